@@ -1,0 +1,22 @@
+//! The seams: each a trait with an embedded implementation (single node, the
+//! default) and, later, a distributed one (DESIGN.md "Layers and seams").
+//!
+//! - [`Registry`]: which server nodes exist, their region and load (K1).
+//! - [`StateStore`]: agent state, apps, and later task records and routes (C12).
+//! - [`Sink`]: where the DataServer sends a data id's records (D5).
+//! - [`Executor`]: how an agent runs a task (T2..T8).
+//!
+//! Code above a seam holds an `Arc<dyn Trait>` and never learns which
+//! implementation it has. The implementations live with their users: the
+//! embedded store and sinks in gse-server, the process executor in gse-agent;
+//! [`registry::StaticRegistry`] is here because every node uses it.
+
+pub mod executor;
+pub mod registry;
+pub mod sink;
+pub mod state_store;
+
+pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind};
+pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
+pub use sink::{Record, Sink, SinkError};
+pub use state_store::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};

@@ -1,0 +1,14 @@
+//! Compiles `proto/**/*.proto` with protox (pure Rust), so that building gse
+//! needs no system `protoc`.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [root.join("gse/link/v1/link.proto")];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}

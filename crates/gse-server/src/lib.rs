@@ -1,0 +1,22 @@
+//! gse-server: every server role of the platform, in one process or spread
+//! over several (`--roles`).
+//!
+//! Start reading at [`node::Node`], which builds the seams (state store,
+//! registry) from [`config::ServerConfig`] and starts the roles:
+//! - [`role::link`]: holds agent connections over mutual TLS, registration,
+//!   heartbeats, liveness (C3, K3, K6, K7);
+//! - [`role::api`]: the HTTP API upper systems call (C6, A1..A3);
+//! - [`role::alarm`]: lost-connection and later other alarms, to a JSON-lines
+//!   log and a webhook (C7, K4).
+//!
+//! The embedded state store is in [`store`]; `quickstart` wires a server and
+//! local agents together for a first look.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod node;
+pub mod quickstart;
+pub mod role;
+pub mod store;
+pub mod telemetry;
