@@ -1,1 +1,84 @@
-fn main() {}
+//! `gse-agent`: run the agent of this host.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gse_agent::{Agent, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The gse agent: keeps this host connected to its gse-server (mutual TLS),
+/// reports heartbeats with its own cpu and memory, and (in later versions)
+/// runs tasks, moves files and sends data.
+#[derive(Parser, Debug)]
+#[command(name = "gse-agent", version, about, long_about = None)]
+struct Cli {
+    /// Agent config file (TOML); see docs/CONFIG.md.
+    #[arg(
+        short = 'c',
+        long,
+        env = "GSE_AGENT_CONFIG",
+        default_value = "/etc/gse/gse-agent.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    /// Append logs to this file instead of stderr.
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent in the foreground until SIGTERM or SIGINT (the default).
+    Run,
+    /// Check the config file and print the agent's identity, then exit.
+    CheckConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    gse_core::logging::init(&cli.log_level, cli.log_json, cli.log_file.as_deref())
+        .context("cannot open the log file")?;
+    let config = AgentConfig::load(&cli.config)?;
+    let agent = Agent::new(config.clone())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            println!("config {} is valid", cli.config.display());
+            println!("agent_id: {}", agent.agent_id());
+            println!("cloud_id: {}", config.agent.cloud_id);
+            match config.agent.identity_ip {
+                Some(ip) => println!("identity_ip: {ip}"),
+                None => println!("identity_ip: (the local address of the upstream connection)"),
+            }
+            println!("upstream: {}", config.upstream.servers.join(", "));
+            Ok(())
+        }
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, "gse-agent starting");
+            agent.run(shutdown).await;
+            tracing::info!("gse-agent stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+}

@@ -48,7 +48,11 @@ impl CertKind {
 
     fn default_names(self) -> Vec<String> {
         match self {
-            CertKind::Server => vec![DEFAULT_SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into()],
+            CertKind::Server => vec![
+                DEFAULT_SERVER_NAME.into(),
+                "localhost".into(),
+                "127.0.0.1".into(),
+            ],
             CertKind::Agent => vec!["gse-agent".into()],
             CertKind::Proxy => vec!["gse-proxy".into()],
             CertKind::ApiClient => vec!["gse-api-client".into()],
@@ -58,7 +62,10 @@ impl CertKind {
     fn purposes(self) -> Vec<ExtendedKeyUsagePurpose> {
         match self {
             CertKind::ApiClient => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            _ => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         }
     }
 }
@@ -67,9 +74,15 @@ impl CertKind {
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}; run `gse-server certs init --dir {dir}` first", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot generate or parse certificate material ({what}): {source}")]
     Rcgen { what: String, source: rcgen::Error },
     #[error("{path} exists already; pass --force to replace it")]
@@ -138,9 +151,16 @@ impl CertDir {
     pub fn make_ca(&self, days: u32) -> Result<(), CertError> {
         let key = KeyPair::generate().map_err(rc("CA key"))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA params"))?;
-        params.distinguished_name = dn(&format!("gse CA {}", OffsetDateTime::now_utc().unix_timestamp()));
+        params.distinguished_name = dn(&format!(
+            "gse CA {}",
+            OffsetDateTime::now_utc().unix_timestamp()
+        ));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, days);
         let cert = params.self_signed(&key).map_err(rc("CA certificate"))?;
         write_file(&self.ca_cert(), cert.pem().as_bytes(), false)?;
@@ -171,13 +191,19 @@ impl CertDir {
         names.extend(extra_names.iter().cloned());
         names.dedup();
         let key = KeyPair::generate().map_err(rc("leaf key"))?;
-        let mut params = CertificateParams::new(names.clone()).map_err(rc(format!("names {names:?}")))?;
+        let mut params =
+            CertificateParams::new(names.clone()).map_err(rc(format!("names {names:?}")))?;
         params.distinguished_name = dn(&names[0]);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = kind.purposes();
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, days);
-        let cert = params.signed_by(&key, &issuer).map_err(rc("leaf certificate"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(rc("leaf certificate"))?;
         write_file(&paths.cert, cert.pem().as_bytes(), false)?;
         write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
         Ok(paths)
@@ -226,7 +252,7 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{client_config, server_config, TlsFiles};
+    use crate::tls::{TlsFiles, client_config, server_config};
 
     #[test]
     fn init_makes_a_usable_set_and_refuses_overwrite() {
@@ -239,13 +265,30 @@ mod tests {
         }
         let server = cd.paths(CertKind::Server, None);
         let agent = cd.paths(CertKind::Agent, None);
-        server_config(&TlsFiles { ca_file: cd.ca_cert(), cert_file: server.cert, key_file: server.key }).unwrap();
-        client_config(&TlsFiles { ca_file: cd.ca_cert(), cert_file: agent.cert, key_file: agent.key }).unwrap();
+        server_config(&TlsFiles {
+            ca_file: cd.ca_cert(),
+            cert_file: server.cert,
+            key_file: server.key,
+        })
+        .unwrap();
+        client_config(&TlsFiles {
+            ca_file: cd.ca_cert(),
+            cert_file: agent.cert,
+            key_file: agent.key,
+        })
+        .unwrap();
         assert!(matches!(
             cd.issue(CertKind::Agent, None, &[], 30, false),
             Err(CertError::Exists { .. })
         ));
-        cd.issue(CertKind::Proxy, Some("proxy-a"), &["10.1.1.1".into()], 30, false).unwrap();
+        cd.issue(
+            CertKind::Proxy,
+            Some("proxy-a"),
+            &["10.1.1.1".into()],
+            30,
+            false,
+        )
+        .unwrap();
         assert!(dir.path().join("proxy-a.crt").exists());
     }
 }

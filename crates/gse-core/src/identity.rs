@@ -16,7 +16,9 @@ pub const MAX_AGENT_ID_LEN: usize = 64;
 
 /// `cloud_id:ip`: the key status and routes are kept under. Serialised as
 /// that string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct AgentKey {
     pub cloud_id: i64,
@@ -132,7 +134,10 @@ mod tests {
     #[test]
     fn legacy_form_parses_as_key() {
         let r = AgentRef::parse("0:10.0.0.1").unwrap();
-        assert_eq!(r, AgentRef::Key(AgentKey::new(0, "10.0.0.1".parse().unwrap())));
+        assert_eq!(
+            r,
+            AgentRef::Key(AgentKey::new(0, "10.0.0.1".parse().unwrap()))
+        );
         assert_eq!(r.to_string(), "0:10.0.0.1");
         let r = AgentRef::parse("3:[::1]").unwrap();
         assert_eq!(r.to_string(), "3:::1");
@@ -143,9 +148,18 @@ mod tests {
         let id = "0100005254008ed86116666614661851";
         assert_eq!(AgentRef::parse(id).unwrap(), AgentRef::Id(id.into()));
         assert!(matches!(AgentRef::parse(""), Err(IdentityError::Empty(_))));
-        assert!(matches!(AgentRef::parse(&"a".repeat(65)), Err(IdentityError::TooLong { len: 65, .. })));
-        assert!(matches!(AgentRef::parse("a b"), Err(IdentityError::BadChars(_))));
+        assert!(matches!(
+            AgentRef::parse(&"a".repeat(65)),
+            Err(IdentityError::TooLong { len: 65, .. })
+        ));
+        assert!(matches!(
+            AgentRef::parse("a b"),
+            Err(IdentityError::BadChars(_))
+        ));
         // Not a key (cloud is not numeric), but a valid id.
-        assert_eq!(AgentRef::parse("x:1.2.3.4").unwrap(), AgentRef::Id("x:1.2.3.4".into()));
+        assert_eq!(
+            AgentRef::parse("x:1.2.3.4").unwrap(),
+            AgentRef::Id("x:1.2.3.4".into())
+        );
     }
 }

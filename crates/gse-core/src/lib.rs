@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod identity;
+pub mod logging;
 pub mod seams;
 pub mod tls;
 

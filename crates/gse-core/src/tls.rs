@@ -45,7 +45,10 @@ pub enum TlsError {
     #[error("{what} {path} holds no PEM certificate")]
     Empty { what: &'static str, path: PathBuf },
     #[error("cannot use the CA certificate in {path}: {source}")]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("certificate {cert} and key {key} do not form a usable pair: {source}")]
     BadPair {
         cert: PathBuf,
@@ -119,7 +122,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(bad_pair(files))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs("certificate", &files.cert_file)?, load_key(&files.key_file)?)
+        .with_single_cert(
+            load_certs("certificate", &files.cert_file)?,
+            load_key(&files.key_file)?,
+        )
         .map_err(bad_pair(files))?;
     Ok(Arc::new(config))
 }
@@ -139,7 +145,10 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
         .map_err(bad_pair(files))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(load_certs("certificate", &files.cert_file)?, load_key(&files.key_file)?)
+        .with_client_auth_cert(
+            load_certs("certificate", &files.cert_file)?,
+            load_key(&files.key_file)?,
+        )
         .map_err(bad_pair(files))?;
     Ok(Arc::new(config))
 }
@@ -195,19 +204,27 @@ pub fn explain(side: Side, peer: &str, files: &TlsFiles, err: &io::Error) -> Opt
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
                 "TLS refused: the {they} at {peer} presented a certificate that is not valid yet; check both hosts' clocks"
             ),
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
-                "TLS refused: the server certificate at {peer} does not carry the name we connect with; set server_name in the agent's [upstream] section to a name in the server certificate, or reissue it with that name"
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "TLS refused: the server certificate at {peer} does not carry the name we connect with; set server_name in the agent's [upstream] section to a name in the server certificate, or reissue it with that name"
+                )
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                format!(
+                    "TLS refused: the {they} at {peer} presented a certificate made for another purpose (server vs client); issue the right kind with `gse-server certs issue`"
+                )
+            }
+            other => format!(
+                "TLS refused: the {they} at {peer} presented an unusable certificate: {other:?}"
             ),
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!(
-                "TLS refused: the {they} at {peer} presented a certificate made for another purpose (server vs client); issue the right kind with `gse-server certs issue`"
-            ),
-            other => format!("TLS refused: the {they} at {peer} presented an unusable certificate: {other:?}"),
         },
         rustls::Error::AlertReceived(alert) => match alert {
             AlertDescription::CertificateRequired => format!(
                 "TLS refused by the {they} at {peer}: it requires a client certificate and we sent none; set cert_file/key_file in our [tls] section"
             ),
-            AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError => format!(
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::DecryptError => format!(
                 "TLS refused by the {they} at {peer}: it does not trust our certificate ({cert}, alert {alert:?}); our certificate comes from another CA than the {they}'s: {our_ca_hint}"
             ),
             AlertDescription::CertificateExpired => format!(

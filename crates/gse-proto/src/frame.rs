@@ -106,9 +106,13 @@ impl Frame {
 /// Why a byte stream is not a valid sequence of frames.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("bad frame magic 0x{found:04x} (expected 0x{FRAME_MAGIC:04x}): the peer does not speak the gse link protocol")]
+    #[error(
+        "bad frame magic 0x{found:04x} (expected 0x{FRAME_MAGIC:04x}): the peer does not speak the gse link protocol"
+    )]
     BadMagic { found: u16 },
-    #[error("unsupported frame version {found} (this build speaks {FRAME_VERSION}): upgrade the older side")]
+    #[error(
+        "unsupported frame version {found} (this build speaks {FRAME_VERSION}): upgrade the older side"
+    )]
     UnsupportedVersion { found: u8 },
     #[error("frame body of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
@@ -246,7 +250,11 @@ mod tests {
 
     #[test]
     fn partial_input_waits_for_more() {
-        let full = encoded(Frame::new(MsgType::Goodbye, 1, &crate::link::Goodbye { reason: "x".into() }));
+        let full = encoded(Frame::new(
+            MsgType::Goodbye,
+            1,
+            &crate::link::Goodbye { reason: "x".into() },
+        ));
         let mut codec = FrameCodec::default();
         for cut in [0, 5, HEADER_LEN, full.len() - 1] {
             let mut part = BytesMut::from(&full[..cut]);
@@ -258,7 +266,10 @@ mod tests {
     fn bad_magic_version_and_oversize_are_errors() {
         let mut buf = encoded(Frame::new(MsgType::Heartbeat, 0, &Heartbeat::default()));
         buf[0] = 0;
-        assert!(matches!(FrameCodec::default().decode(&mut buf), Err(FrameError::BadMagic { .. })));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut buf),
+            Err(FrameError::BadMagic { .. })
+        ));
 
         let mut buf = encoded(Frame::new(MsgType::Heartbeat, 0, &Heartbeat::default()));
         buf[2] = 9;

@@ -1,1 +1,264 @@
-fn main() {}
+//! `gse-server`: run a node, make certificates, manage apps, or start a
+//! complete single-node platform with `quickstart`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS};
+use gse_core::seams::{AppRecord, StateStore};
+use gse_server::config::ServerConfig;
+use gse_server::node::Node;
+use gse_server::quickstart::{self, QuickstartOptions};
+use gse_server::store::EmbeddedStore;
+
+/// The gse server: holds agent connections (mutual TLS), serves the HTTP API
+/// upper systems call (job platform, node manager, monitoring), and raises
+/// alarms. With no ZooKeeper or Redis configured it is a complete
+/// single-node platform on its embedded store.
+#[derive(Parser, Debug)]
+#[command(name = "gse-server", version, about, long_about = None)]
+struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    /// Append logs to this file instead of stderr (quickstart: DIR/server.log).
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server node from a config file until SIGTERM or SIGINT.
+    Run {
+        /// Server config file (TOML); see docs/CONFIG.md.
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a server and N local agents on the embedded store, ready for gsectl.
+    Quickstart(QuickstartArgs),
+    /// Make the CA and the certificates of a deployment.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Manage the apps (bk_app_code/bk_app_secret) allowed to call the API.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Check a config file and print it with every default filled in.
+    CheckConfig {
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct QuickstartArgs {
+    /// Directory for certificates, state, logs and quickstart.json (created).
+    #[arg(long, default_value = "./gse-quickstart")]
+    dir: PathBuf,
+    /// Number of local agents, with identity IPs 127.0.0.1 .. 127.0.0.N.
+    #[arg(long, default_value_t = 1)]
+    agents: u32,
+    /// Address of the HTTP API (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:59313")]
+    api_listen: SocketAddr,
+    /// Address agents connect to (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:28668")]
+    agent_listen: SocketAddr,
+    /// The gse-agent binary; default: next to gse-server.
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Make a CA (unless DIR has one) and server, agent and API-client certificates.
+    Init {
+        /// Where to write gseca.crt/.key, gse_server.*, gse_agent.*, gse_api_client.*.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra DNS name or IP for the server certificate (repeatable); it
+        /// always carries gse-server, localhost and 127.0.0.1.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_CA_DAYS)]
+        days: u32,
+    },
+    /// Issue one more certificate from the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// What the certificate is for.
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// File name stem (default: gse_server, gse_agent, gse_proxy, gse_api_client).
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra DNS name or IP the certificate carries (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS)]
+        days: u32,
+        /// Replace an existing certificate of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum KindArg {
+    Server,
+    Agent,
+    Proxy,
+    ApiClient,
+}
+
+impl From<KindArg> for CertKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Server => CertKind::Server,
+            KindArg::Agent => CertKind::Agent,
+            KindArg::Proxy => CertKind::Proxy,
+            KindArg::ApiClient => CertKind::ApiClient,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum AppsCommand {
+    /// Register an app (or change its secret); prints the secret.
+    Add {
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+        /// The bk_app_code.
+        #[arg(long)]
+        code: String,
+        /// The bk_app_secret; default: a new random one.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let log_file = match (&cli.command, &cli.log_file) {
+        (Command::Quickstart(q), None) => Some(q.dir.join("server.log")),
+        (_, given) => given.clone(),
+    };
+    gse_core::logging::init(&cli.log_level, cli.log_json, log_file.as_deref())
+        .context("cannot open the log file")?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => run(ServerConfig::load(&config)?).await,
+        Command::Quickstart(q) => {
+            raise_fd_limit();
+            quickstart::run(QuickstartOptions {
+                dir: q.dir,
+                agents: q.agents,
+                api_listen: q.api_listen,
+                agent_listen: q.agent_listen,
+                agent_bin: q.agent_bin,
+            })
+            .await
+        }
+        Command::Certs(c) => certs(c),
+        Command::Apps(AppsCommand::Add {
+            config,
+            code,
+            secret,
+        }) => {
+            let config = ServerConfig::load(&config)?;
+            let secret = secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+            let store = EmbeddedStore::open(&config.store_path())?;
+            store
+                .put_app(AppRecord {
+                    app_code: code.clone(),
+                    app_secret: secret.clone(),
+                })
+                .await?;
+            println!("app {code} registered in {}", store.path().display());
+            println!("bk_app_secret: {secret}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let config = ServerConfig::load(&config)?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: ServerConfig) -> Result<()> {
+    raise_fd_limit();
+    let node = Node::start(config).await?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    node.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+fn certs(c: CertsCommand) -> Result<()> {
+    match c {
+        CertsCommand::Init {
+            dir,
+            server_names,
+            days,
+        } => {
+            let cd = CertDir::new(&dir);
+            cd.init(&server_names, days)?;
+            println!("certificates written to {}:", dir.display());
+            for kind in [CertKind::Server, CertKind::Agent, CertKind::ApiClient] {
+                let p = cd.paths(kind, None);
+                println!("  {} / {}", p.cert.display(), p.key.display());
+            }
+            println!(
+                "  CA: {} (keep {} secret)",
+                cd.ca_cert().display(),
+                cd.ca_key().display()
+            );
+        }
+        CertsCommand::Issue {
+            dir,
+            kind,
+            name,
+            sans,
+            days,
+            force,
+        } => {
+            let p = CertDir::new(&dir).issue(kind.into(), name.as_deref(), &sans, days, force)?;
+            println!("issued {} / {}", p.cert.display(), p.key.display());
+        }
+    }
+    Ok(())
+}
+
+/// Lifts the soft open-files limit to the hard one: every agent holds a
+/// socket, and the default soft limit (often 1024) is far too low.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            tracing::warn!(
+                soft,
+                hard,
+                "cannot raise the open-files limit; fewer agents can connect"
+            );
+        }
+    }
+}

@@ -17,10 +17,6 @@ use tokio_util::sync::CancellationToken;
 pub struct ExecRequest {
     /// Command line, run by the platform shell (`sh -c` on Unix).
     pub command: String,
-    /// Run as this user (T4); `None` = the agent's own user.
-    pub user: Option<String>,
-    /// Give the process that user's login environment (T5).
-    pub login_env: bool,
     pub timeout: Duration,
     /// Output beyond this many bytes is dropped and marked truncated.
     pub output_limit: usize,
@@ -55,5 +51,10 @@ pub trait Executor: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Runs `req`, sending output chunks (stdout and stderr interleaved) to
     /// `output` as they come, until it ends, times out, or `cancel` fires.
-    async fn run(&self, req: ExecRequest, output: mpsc::Sender<Bytes>, cancel: CancellationToken) -> ExecOutcome;
+    async fn run(
+        &self,
+        req: ExecRequest,
+        output: mpsc::Sender<Bytes>,
+        cancel: CancellationToken,
+    ) -> ExecOutcome;
 }

@@ -34,7 +34,10 @@ pub struct NodeInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry backend {backend} unavailable: {message}")]
-    Unavailable { backend: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 #[async_trait]
@@ -127,7 +130,11 @@ mod tests {
         let mut rx = reg.watch();
         reg.announce(node("me", 3)).await.unwrap();
         assert!(rx.has_changed().unwrap());
-        let ids: Vec<_> = rx.borrow_and_update().iter().map(|n| n.node_id.clone()).collect();
+        let ids: Vec<_> = rx
+            .borrow_and_update()
+            .iter()
+            .map(|n| n.node_id.clone())
+            .collect();
         assert_eq!(ids, ["me", "peer"]);
         reg.announce(node("me", 3)).await.unwrap();
         assert!(!rx.has_changed().unwrap(), "same state is not a change");

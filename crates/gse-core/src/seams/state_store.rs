@@ -78,8 +78,9 @@ pub trait StateStore: Send + Sync {
     /// Applies a batch of heartbeats; unknown keys are ignored.
     async fn record_heartbeats(&self, beats: &[HeartbeatUpdate]) -> Result<(), StoreError>;
     /// Marks an agent offline, if `node_id` still holds it (a newer
-    /// connection on another node must not be overwritten).
-    async fn mark_offline(&self, key: AgentKey, node_id: &str, at_ms: u64) -> Result<(), StoreError>;
+    /// connection on another node must not be overwritten). `last_seen_ms`
+    /// keeps the time of its last heartbeat.
+    async fn mark_offline(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError>;
     /// Looks agents up by either name; `None` for unknown ones, same order.
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError>;
     /// Every known agent.

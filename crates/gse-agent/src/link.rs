@@ -1,0 +1,310 @@
+//! The agent's one long-lived link to its upstream node.
+//!
+//! [`run`] loops: connect (TCP with keepalive, then mutual TLS) -> register
+//! -> heartbeat until the link ends -> wait a jittered backoff -> again.
+//! Certificate problems are explained in one log line per attempt; in TLS
+//! 1.3 the server's refusal of our certificate only shows on the first read,
+//! so the Register answer is where it is reported. A link counts as dead when
+//! nothing came back for three heartbeat periods, even if TCP has not noticed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gse_core::tls::{Side, explain};
+use gse_proto::link::{Goodbye, Heartbeat, LinkError, Register, RegisterAck};
+use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgType};
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{Instant, timeout};
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::identity::AgentIdentity;
+use crate::stats::SelfStats;
+
+type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// A link that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Missed heartbeat answers before the link is declared dead.
+const MISSED_ACKS: u32 = 3;
+
+/// How a session ended.
+enum End {
+    /// We are shutting down; do not reconnect.
+    Shutdown,
+    /// The link was lost after working for a while; reconnect.
+    Lost(String),
+}
+
+/// Why a connection attempt failed, already put in words.
+struct AttemptError(String);
+
+/// Runs the link until `shutdown`.
+pub async fn run(cfg: Arc<AgentConfig>, identity: AgentIdentity, shutdown: CancellationToken) {
+    let tls = match gse_core::tls::client_config(&cfg.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!("cannot load the agent's TLS material: {e}");
+            return;
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let mut backoff = Backoff::new(cfg.upstream.backoff_initial, cfg.upstream.backoff_max);
+    let mut stats = SelfStats::new();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut attempt: usize = 0;
+    loop {
+        let server = &cfg.upstream.servers[attempt % cfg.upstream.servers.len()];
+        attempt += 1;
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = connect(&cfg, &connector, server, &identity, started) => o,
+        };
+        match outcome {
+            Ok((mut link, ack)) => {
+                tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
+                match session(&mut link, &ack, &mut stats, &shutdown).await {
+                    End::Shutdown => return,
+                    End::Lost(reason) => {
+                        tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
+                    }
+                }
+                if began.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+            }
+            Err(AttemptError(text)) => tracing::warn!(server = %server, "cannot connect: {text}"),
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(delay = ?delay, "waiting before the next connection attempt");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// TCP + TLS + Register; returns the link and the server's answer.
+async fn connect(
+    cfg: &AgentConfig,
+    connector: &tokio_rustls::TlsConnector,
+    server: &str,
+    identity: &AgentIdentity,
+    started: u64,
+) -> Result<(Link, RegisterAck), AttemptError> {
+    let limit = cfg.upstream.connect_timeout;
+    let tcp = timeout(limit, dial(server, cfg.upstream.bind_ip))
+        .await
+        .map_err(|_| AttemptError(format!("no TCP connection within {limit:?}")))?
+        .map_err(AttemptError)?;
+    let local_ip = tcp.local_addr().map(|a| a.ip()).ok();
+    let name = ServerName::try_from(cfg.upstream.server_name.clone()).map_err(|e| {
+        AttemptError(format!(
+            "upstream.server_name {:?} is not a valid name: {e}",
+            cfg.upstream.server_name
+        ))
+    })?;
+    let explain_io = |e: std::io::Error| {
+        AttemptError(
+            explain(Side::Client, server, &cfg.tls, &e)
+                .unwrap_or_else(|| format!("TLS connection failed: {e}")),
+        )
+    };
+    let tls = timeout(limit, connector.connect(name, tcp))
+        .await
+        .map_err(|_| AttemptError(format!("no TLS handshake within {limit:?}")))?
+        .map_err(explain_io)?;
+    let mut link = Framed::new(tls, FrameCodec::default());
+
+    let identity_ip = cfg
+        .agent
+        .identity_ip
+        .or(local_ip)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let register = Register {
+        agent_id: identity.agent_id.clone(),
+        cloud_id: identity.cloud_id,
+        identity_ip,
+        version: gse_core::VERSION.into(),
+        hostname: sysinfo::System::host_name().unwrap_or_default(),
+        os_type: std::env::consts::OS.into(),
+        start_time_s: started,
+        zone: cfg.agent.zone.clone(),
+        run_mode: 1,
+        protocol_version: LINK_PROTOCOL_VERSION,
+    };
+    link.send(Frame::new(MsgType::Register, 1, &register))
+        .await
+        .map_err(|e| AttemptError(format!("cannot send Register: {e}")))?;
+    let answer = timeout(limit, link.next())
+        .await
+        .map_err(|_| AttemptError(format!("no answer to Register within {limit:?}")))?;
+    let frame = match answer {
+        Some(Ok(frame)) => frame,
+        None => {
+            return Err(AttemptError(
+                "the server closed the connection before answering Register".into(),
+            ));
+        }
+        Some(Err(gse_proto::FrameError::Io(e))) => return Err(explain_io(e)),
+        Some(Err(e)) => return Err(AttemptError(format!("bad answer to Register: {e}"))),
+    };
+    match frame.msg_type {
+        MsgType::RegisterAck => {
+            let ack: RegisterAck = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
+            if ack.accepted {
+                Ok((link, ack))
+            } else {
+                Err(AttemptError(format!(
+                    "the server refused our registration: {}",
+                    ack.message
+                )))
+            }
+        }
+        MsgType::LinkError => {
+            let err: LinkError = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
+            Err(AttemptError(format!(
+                "the server reported a protocol error: {}",
+                err.message
+            )))
+        }
+        other => Err(AttemptError(format!(
+            "unexpected answer to Register (type {})",
+            other.to_u16()
+        ))),
+    }
+}
+
+/// Resolves `server` and opens a TCP connection from `bind_ip`, with keepalive.
+async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("cannot resolve {server}: {e}"))?
+        .collect();
+    let mut last = format!("{server} resolved to no address");
+    for addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+        if let Some(ip) = bind_ip {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("cannot bind to upstream.bind_ip {ip}: {e}"))?;
+        }
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
+        match socket.connect(addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Err(e) => {
+                last = format!(
+                    "TCP connect to {addr} failed: {e} (is gse-server running and link.listen reachable?)"
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Heartbeats until the link ends or we shut down.
+async fn session(
+    link: &mut Link,
+    ack: &RegisterAck,
+    stats: &mut SelfStats,
+    shutdown: &CancellationToken,
+) -> End {
+    let period = Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(100)));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let bye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: "agent stopping".into() });
+                let _ = timeout(Duration::from_secs(2), async {
+                    let _ = link.send(bye).await;
+                    let _ = link.get_mut().shutdown().await;
+                }).await;
+                return End::Shutdown;
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > period * MISSED_ACKS {
+                    return End::Lost(format!("no answer from the server for {:?}", last_heard.elapsed()));
+                }
+                seq += 1;
+                let s = stats.sample();
+                let hb = Heartbeat {
+                    seq,
+                    time_ms: gse_core::now_ms(),
+                    cpu_percent: s.cpu_percent,
+                    mem_bytes: s.mem_bytes,
+                    mem_percent: s.mem_percent,
+                };
+                if let Err(e) = link.send(Frame::new(MsgType::Heartbeat, 0, &hb)).await {
+                    return End::Lost(format!("cannot send a heartbeat: {e}"));
+                }
+            }
+            next = link.next() => {
+                let frame = match next {
+                    None => return End::Lost("the server closed the connection".into()),
+                    Some(Err(e)) => return End::Lost(format!("connection error: {e}")),
+                    Some(Ok(frame)) => frame,
+                };
+                last_heard = Instant::now();
+                if let Some(end) = on_frame(frame) {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// Handles one frame from the server; `Some` ends the session.
+fn on_frame(frame: Frame) -> Option<End> {
+    match frame.msg_type {
+        MsgType::HeartbeatAck => None,
+        MsgType::Goodbye => {
+            let reason = frame
+                .decode::<Goodbye>()
+                .map(|g| g.reason)
+                .unwrap_or_default();
+            Some(End::Lost(format!("the server said goodbye: {reason}")))
+        }
+        MsgType::LinkError => {
+            let message = frame
+                .decode::<LinkError>()
+                .map(|e| e.message)
+                .unwrap_or_default();
+            Some(End::Lost(format!(
+                "the server reported a protocol error: {message}"
+            )))
+        }
+        other => {
+            tracing::debug!(
+                msg_type = other.to_u16(),
+                "ignoring a frame type this agent does not handle"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `gse-server` configuration (TOML), one struct per section.
+//!
+//! Loading is three steps (CONVENTIONS §4): parse ([`ServerConfig::from_toml`]),
+//! fill derived values ([`ServerConfig::resolve`]: node id, advertise IP,
+//! default paths under `data_dir`), then validate ([`ServerConfig::validate`],
+//! pure, reports every problem at once) — all before anything binds.
+//! Role sections live beside their roles and are re-exported here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use gse_core::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+pub use crate::role::alarm::AlarmConfig;
+pub use crate::role::api::ApiConfig;
+pub use crate::role::link::LinkConfig;
+
+/// The whole server config file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub node: NodeConfig,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub link: LinkConfig,
+    #[serde(default)]
+    pub alarm: AlarmConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[node]`: who this node is and where it keeps its state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable name of this node in the cluster; default: the host name.
+    #[serde(default)]
+    pub id: String,
+    /// Directory for the embedded store and default log/alarm files.
+    pub data_dir: PathBuf,
+    /// IP reported to agents and in `parent_ip`; default: the link listen
+    /// IP, or 127.0.0.1 when that is a wildcard.
+    #[serde(default)]
+    pub advertise_ip: Option<IpAddr>,
+    /// K5 region of this node; empty = cluster-wide.
+    #[serde(default)]
+    pub region: String,
+    /// Roles this node runs; default: all of them.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+}
+
+/// A server role that `[node] roles` can select.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Api,
+    Link,
+    Alarm,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Api, Role::Link, Role::Alarm]
+}
+
+/// `[store]`: where cluster state is kept.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Which store: only `embedded` (memory + SQLite) so far; `redis`
+    /// comes with the cluster work.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// SQLite file of the embedded store; default `<data_dir>/state.sqlite`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// The state store implementations.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+}
+
+/// Why the config cannot be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl ServerConfig {
+    /// Reads, parses, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.resolve();
+        cfg.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("server config always serialises")
+    }
+
+    /// Fills derived values: node id, advertise IP, paths under data_dir.
+    pub fn resolve(&mut self) {
+        if self.node.id.is_empty() {
+            self.node.id = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "gse-node".into());
+        }
+        if self.node.advertise_ip.is_none() {
+            let ip = self.link.listen.ip();
+            self.node.advertise_ip = Some(if ip.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                ip
+            });
+        }
+        if self.alarm.log_file.is_none() {
+            self.alarm.log_file = Some(self.node.data_dir.join("alarms.jsonl"));
+        }
+    }
+
+    /// Pure checks; every problem names its key and value.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.node.roles.is_empty() {
+            problems.push("node.roles is empty: name at least one of api, link, alarm".into());
+        }
+        for (key, path) in [
+            ("tls.ca_file", &self.tls.ca_file),
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                problems.push(format!("{key} is empty"));
+            }
+        }
+        problems.extend(self.link.problems());
+        problems.extend(self.alarm.problems());
+        if self.api.max_hosts_per_call == 0 {
+            problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
+        }
+        if self.api.max_body_bytes < 1024 {
+            problems.push(format!(
+                "api.max_body_bytes = {}: it must be at least 1024",
+                self.api.max_body_bytes
+            ));
+        }
+        for app in &self.api.apps {
+            if app.app_code.is_empty() || app.app_secret.is_empty() {
+                problems.push(format!(
+                    "api.apps: app {:?} needs both app_code and app_secret",
+                    app.app_code
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn has_role(&self, role: Role) -> bool {
+        self.node.roles.contains(&role)
+    }
+
+    /// Path of the embedded store's SQLite file.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("state.sqlite"))
+    }
+
+    /// A config with every default, for `quickstart` and tests.
+    pub fn with_defaults(data_dir: PathBuf, tls: TlsFiles) -> Self {
+        ServerConfig {
+            node: NodeConfig {
+                id: String::new(),
+                data_dir,
+                advertise_ip: None,
+                region: String::new(),
+                roles: default_roles(),
+            },
+            tls,
+            api: ApiConfig::default(),
+            link: LinkConfig::default(),
+            alarm: AlarmConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+
+    /// The agent-link address agents should dial.
+    pub fn agent_addr(&self, bound: SocketAddr) -> SocketAddr {
+        SocketAddr::new(self.node.advertise_ip.unwrap_or(bound.ip()), bound.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+data_dir = "/tmp/gse-test"
+[tls]
+ca_file = "ca.crt"
+cert_file = "s.crt"
+key_file = "s.key"
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let mut cfg = ServerConfig::from_toml(MINIMAL).unwrap();
+        cfg.resolve();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.link.listen.port(), 28668);
+        assert_eq!(cfg.node.advertise_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            cfg.alarm.log_file.as_deref(),
+            Some(Path::new("/tmp/gse-test/alarms.jsonl"))
+        );
+        assert!(cfg.has_role(Role::Api) && cfg.has_role(Role::Link));
+        // Round trip through the serialised form.
+        let again = ServerConfig::from_toml(&cfg.to_toml()).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("{MINIMAL}\n[link]\nlisten_port = 1\n");
+        let err = ServerConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut cfg = ServerConfig::from_toml(MINIMAL).unwrap();
+        cfg.node.roles.clear();
+        cfg.api.max_hosts_per_call = 0;
+        cfg.resolve();
+        let problems = cfg.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

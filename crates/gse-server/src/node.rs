@@ -1,0 +1,198 @@
+//! A running gse-server node: the seams built from the config and the roles
+//! started over them.
+//!
+//! [`Node::start`] opens the state store (embedded: memory + SQLite), seeds
+//! the configured apps, starts the alarm, link and API roles that
+//! `[node] roles` selects, and announces the node to the registry with its
+//! agent count. [`Node::stop`] cancels everything and waits for the roles to
+//! finish. Addresses actually bound (port 0 allowed) are in the `Node`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gse_core::seams::{NodeInfo, Registry, StateStore, StaticRegistry};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Role, ServerConfig};
+use crate::role::alarm::AlarmService;
+use crate::role::api::{self, ApiContext};
+use crate::role::link::{LinkParts, LinkService};
+use crate::store::EmbeddedStore;
+
+/// How often the node refreshes its registry entry (load for balancing).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+
+/// A started node.
+pub struct Node {
+    pub config: ServerConfig,
+    /// Where the HTTP API listens, if this node runs it.
+    pub api_addr: Option<SocketAddr>,
+    /// Where agents connect, as advertised to them, if this node runs the link.
+    pub agent_addr: Option<SocketAddr>,
+    pub store: Arc<dyn StateStore>,
+    pub link: Option<Arc<LinkService>>,
+    pub alarms: Option<Arc<AlarmService>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; set {key} to a free address or stop the process using it")
+    })
+}
+
+impl Node {
+    /// Builds the seams and starts the roles; returns once every listener
+    /// is bound.
+    pub async fn start(config: ServerConfig) -> Result<Node> {
+        std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
+            format!(
+                "cannot create node.data_dir {}",
+                config.node.data_dir.display()
+            )
+        })?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let store = open_store(&config).await?;
+        let node_id = config.node.id.clone();
+
+        let alarms = if config.has_role(Role::Alarm) {
+            let svc = AlarmService::start(config.alarm.clone(), node_id.clone(), shutdown.clone())
+                .context("cannot start the alarm role")?;
+            Some(svc)
+        } else {
+            None
+        };
+
+        let (link, agent_addr) = if config.has_role(Role::Link) {
+            let listener = bind(config.link.listen, "agents", "link.listen").await?;
+            let parent = config.agent_addr(listener.local_addr()?);
+            let link = LinkService::new(LinkParts {
+                node_id: node_id.clone(),
+                config: config.link.clone(),
+                tls_files: config.tls.clone(),
+                store: store.clone(),
+                alarms: alarms.clone(),
+                parent,
+                shutdown: shutdown.clone(),
+            })
+            .context("cannot load the TLS material in [tls]")?;
+            tasks.spawn(link.clone().serve(listener));
+            (Some(link), Some(parent))
+        } else {
+            (None, None)
+        };
+
+        let api_addr = if config.has_role(Role::Api) {
+            let listener = bind(config.api.listen, "the HTTP API", "api.listen").await?;
+            let addr = listener.local_addr()?;
+            let ctx = ApiContext {
+                store: store.clone(),
+                config: config.api.clone(),
+                metrics: Some(crate::telemetry::metrics_handle()),
+            };
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = api::serve(listener, ctx, token).await {
+                    tracing::error!(error = %e, "the HTTP API stopped with an error");
+                }
+            });
+            Some(addr)
+        } else {
+            None
+        };
+
+        let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new(Vec::new()));
+        tasks.spawn(announce(
+            registry,
+            node_info(&config, api_addr, agent_addr),
+            link.clone(),
+            shutdown.clone(),
+        ));
+
+        tracing::info!(node = %node_id, api = ?api_addr, agents = ?agent_addr, store = store.kind(), "gse-server node started");
+        Ok(Node {
+            config,
+            api_addr,
+            agent_addr,
+            store,
+            link,
+            alarms,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Cancelling this token stops the node.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every role, waiting up to `grace` for them to finish.
+    pub async fn stop(mut self, grace: Duration) {
+        self.shutdown.cancel();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("some roles did not stop within {grace:?}; exiting anyway");
+        }
+    }
+}
+
+/// Opens the configured state store and seeds the configured apps.
+async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
+    let path = config.store_path();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path)).await??;
+    let store: Arc<dyn StateStore> = Arc::new(store);
+    for app in &config.api.apps {
+        store
+            .put_app(app.clone())
+            .await
+            .context("cannot save the apps of [api] apps")?;
+    }
+    Ok(store)
+}
+
+fn node_info(
+    config: &ServerConfig,
+    api: Option<SocketAddr>,
+    agents: Option<SocketAddr>,
+) -> NodeInfo {
+    let roles = config
+        .node
+        .roles
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect();
+    NodeInfo {
+        node_id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        roles,
+        agent_addr: agents.map(|a| a.to_string()).unwrap_or_default(),
+        api_addr: api.map(|a| a.to_string()).unwrap_or_default(),
+        agents: 0,
+    }
+}
+
+/// Keeps this node's registry entry and its load current.
+async fn announce(
+    registry: Arc<dyn Registry>,
+    mut me: NodeInfo,
+    link: Option<Arc<LinkService>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        me.agents = link.as_ref().map_or(0, |l| l.connected() as u64);
+        if let Err(e) = registry.announce(me.clone()).await {
+            tracing::warn!(registry = registry.kind(), error = %e, "cannot announce this node");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+        }
+    }
+}

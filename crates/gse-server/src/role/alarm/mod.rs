@@ -1,0 +1,209 @@
+//! The alarm role (C7): raises alarms and delivers them to the alarm sinks.
+//!
+//! Start at [`AlarmService`]. The lost-connection alarm (K4) is raised once
+//! per loss: when an agent's link drops, a timer of `lost_grace` starts; if
+//! the agent is back before it fires nothing is raised (a blip, a server
+//! restart), otherwise one `agent_lost` alarm goes out and the agent is
+//! remembered as alarmed until it reconnects, which raises `agent_recovered`
+//! (the clear). Delivery (JSON-lines log, webhook) is in [`sinks`]; alarms are
+//! queued so that a slow webhook never holds up the agent link.
+
+mod config;
+pub mod sinks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gse_core::AgentKey;
+use gse_core::seams::AgentRecord;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AlarmConfig;
+
+/// Alarms waiting for delivery; beyond this, new ones are dropped and counted.
+const QUEUE_LEN: usize = 10_000;
+
+/// What an alarm is about. The names are the `kind` field of the JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// K4: an agent's heartbeat stopped.
+    AgentLost,
+    /// The clear of `AgentLost`: the agent is connected again.
+    AgentRecovered,
+}
+
+impl AlarmKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::AgentLost => "agent_lost",
+            AlarmKind::AgentRecovered => "agent_recovered",
+        }
+    }
+}
+
+/// One alarm, as written to every sink (one JSON object).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Alarm {
+    /// RFC 3339 UTC time it was raised.
+    pub time: String,
+    pub time_ms: u64,
+    pub kind: AlarmKind,
+    /// "warning" for raised alarms, "info" for clears.
+    pub severity: &'static str,
+    /// The node that raised it.
+    pub node_id: String,
+    /// `cloud:ip` of the agent concerned.
+    pub agent: String,
+    pub bk_cloud_id: i64,
+    pub ip: String,
+    pub bk_agent_id: String,
+    pub message: String,
+}
+
+impl Alarm {
+    fn about_agent(kind: AlarmKind, node_id: &str, rec: &AgentRecord, message: String) -> Self {
+        let time_ms = gse_core::now_ms();
+        Alarm {
+            time: humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(time_ms),
+            )
+            .to_string(),
+            time_ms,
+            kind,
+            severity: if kind == AlarmKind::AgentRecovered {
+                "info"
+            } else {
+                "warning"
+            },
+            node_id: node_id.to_string(),
+            agent: rec.key.to_string(),
+            bk_cloud_id: rec.key.cloud_id,
+            ip: rec.key.ip.to_string(),
+            bk_agent_id: rec.agent_id.clone(),
+            message,
+        }
+    }
+}
+
+enum LostState {
+    /// Lost, waiting out the grace period; cancel to forget it.
+    Pending(CancellationToken),
+    /// The lost alarm went out; a reconnect raises the clear.
+    Alarmed,
+}
+
+/// Raises alarms and hands them to the delivery task.
+pub struct AlarmService {
+    node_id: String,
+    config: AlarmConfig,
+    tx: mpsc::Sender<Alarm>,
+    lost: Mutex<HashMap<AgentKey, LostState>>,
+    shutdown: CancellationToken,
+}
+
+impl AlarmService {
+    /// Starts the delivery task; it drains the queue and stops on `shutdown`.
+    pub fn start(
+        config: AlarmConfig,
+        node_id: String,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        let delivery = sinks::Delivery::open(&config)?;
+        tokio::spawn(delivery.run(rx));
+        Ok(Arc::new(AlarmService {
+            node_id,
+            config,
+            tx,
+            lost: Mutex::new(HashMap::new()),
+            shutdown,
+        }))
+    }
+
+    /// Queues an alarm for every sink.
+    pub fn raise(&self, alarm: Alarm) {
+        metrics::counter!("gse_alarm_raised_total", "kind" => alarm.kind.as_str()).increment(1);
+        tracing::warn!(kind = alarm.kind.as_str(), agent = %alarm.agent, message = %alarm.message, "alarm");
+        if self.tx.try_send(alarm).is_err() {
+            metrics::counter!("gse_alarm_dropped_total").increment(1);
+            tracing::error!(
+                "alarm queue full; an alarm was dropped (are the alarm sinks reachable?)"
+            );
+        }
+    }
+
+    /// An agent's link dropped: raise `agent_lost` after the grace period
+    /// unless it comes back first. Repeated calls for one loss raise one alarm.
+    pub fn agent_lost(self: &Arc<Self>, rec: AgentRecord, reason: String) {
+        let token = {
+            let mut lost = self.lost.lock();
+            if lost.contains_key(&rec.key) {
+                return;
+            }
+            let token = self.shutdown.child_token();
+            lost.insert(rec.key, LostState::Pending(token.clone()));
+            token
+        };
+        let this = self.clone();
+        let grace = self.config.lost_grace;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(grace) => this.fire_lost(rec, reason),
+            }
+        });
+    }
+
+    fn fire_lost(&self, rec: AgentRecord, reason: String) {
+        {
+            let mut lost = self.lost.lock();
+            match lost.get(&rec.key) {
+                Some(LostState::Pending(_)) => {
+                    lost.insert(rec.key, LostState::Alarmed);
+                }
+                _ => return,
+            }
+        }
+        let message = format!(
+            "agent {} ({}) lost its connection to node {}: {reason}; it has not come back for {}",
+            rec.key,
+            rec.agent_id,
+            self.node_id,
+            humantime::format_duration(self.config.lost_grace)
+        );
+        self.raise(Alarm::about_agent(
+            AlarmKind::AgentLost,
+            &self.node_id,
+            &rec,
+            message,
+        ));
+    }
+
+    /// An agent (re)registered: forget a pending loss, or clear a raised one.
+    pub fn agent_back(&self, rec: &AgentRecord) {
+        let state = self.lost.lock().remove(&rec.key);
+        match state {
+            Some(LostState::Pending(token)) => token.cancel(),
+            Some(LostState::Alarmed) => {
+                let message = format!(
+                    "agent {} ({}) is connected again to node {}",
+                    rec.key, rec.agent_id, self.node_id
+                );
+                self.raise(Alarm::about_agent(
+                    AlarmKind::AgentRecovered,
+                    &self.node_id,
+                    rec,
+                    message,
+                ));
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

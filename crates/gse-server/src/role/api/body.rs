@@ -1,0 +1,165 @@
+//! Reading a request body: bounded in size, parsed as a JSON object, and read
+//! field by field so an error names the exact field (`hosts[3].ip`).
+//!
+//! Unknown fields are ignored everywhere: clients add their own (bk_token,
+//! bk_username, bk_supplier_account, nodeman_spec, atomicTaskNum ...).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, json_type, quoted};
+
+/// A request body parsed as a JSON object.
+pub type Fields = Map<String, Value>;
+
+/// Reads the whole body, refusing it as soon as it grows past `limit` bytes
+/// (and before reading anything when Content-Length already says so).
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BodyUnreadable {
+            reason: e.to_string(),
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Parses the body as a JSON object; an empty body counts as `{}`.
+pub fn parse_object(bytes: &[u8]) -> Result<Fields, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::BodyNotObject {
+            got: json_type(&other),
+        }),
+        Err(e) => Err(ApiError::InvalidJson {
+            line: e.line(),
+            column: e.column(),
+            reason: syntax_reason(&e),
+        }),
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C", which
+/// the error repeats in its own words.
+fn syntax_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}
+
+/// A required array field, refused with 413 when it has more than `limit`
+/// entries (checked before any entry is looked at).
+pub fn bounded_array<'a>(
+    fields: &'a Fields,
+    name: &'static str,
+    limit: usize,
+) -> Result<&'a [Value], ApiError> {
+    let value = fields.get(name).ok_or_else(|| ApiError::MissingField {
+        field: name.to_string(),
+    })?;
+    let items = value.as_array().ok_or_else(|| ApiError::WrongType {
+        field: name.to_string(),
+        expected: "an array",
+        got: json_type(value),
+    })?;
+    if items.len() > limit {
+        return Err(ApiError::TooManyEntries {
+            field: name,
+            count: items.len(),
+            limit,
+        });
+    }
+    Ok(items)
+}
+
+/// An optional boolean field; null counts as absent.
+pub fn optional_bool(fields: &Fields, name: &str) -> Result<Option<bool>, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::WrongType {
+            field: name.to_string(),
+            expected: "a boolean",
+            got: json_type(other),
+        }),
+    }
+}
+
+/// An optional string field; null counts as absent.
+pub fn optional_str<'a>(fields: &'a Fields, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::WrongType {
+            field: name.to_string(),
+            expected: "a string",
+            got: json_type(other),
+        }),
+    }
+}
+
+/// A required string field of an array entry, named `list[index].name`.
+pub fn entry_str<'a>(entry: &'a Value, path: &str, name: &str) -> Result<&'a str, ApiError> {
+    let field = || format!("{path}.{name}");
+    let obj = entry.as_object().ok_or_else(|| ApiError::WrongType {
+        field: path.to_string(),
+        expected: "an object",
+        got: json_type(entry),
+    })?;
+    match obj.get(name) {
+        None | Some(Value::Null) => Err(ApiError::MissingField { field: field() }),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(ApiError::WrongType {
+            field: field(),
+            expected: "a string",
+            got: json_type(other),
+        }),
+    }
+}
+
+/// A required cloud id of an array entry: an integer >= 0, or a string of
+/// digits (old ESB callers send it quoted).
+pub fn entry_cloud_id(entry: &Value, path: &str) -> Result<i64, ApiError> {
+    let field = format!("{path}.bk_cloud_id");
+    let value = entry.get("bk_cloud_id").filter(|v| !v.is_null());
+    let Some(value) = value else {
+        return Err(ApiError::MissingField { field });
+    };
+    let parsed = match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    };
+    match parsed {
+        Some(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::BadCloudId {
+            field,
+            value: quoted(&value.to_string()),
+        }),
+    }
+}

@@ -1,0 +1,169 @@
+//! Every way an API call can fail, and its wire form (code, HTTP status).
+//!
+//! The codes are ours except 1011003, which bk-nodeman reads as "none of the
+//! agents is known" (COMPAT.md §2.1). docs/API.md lists them all.
+
+use axum::http::StatusCode;
+use gse_core::identity::IdentityError;
+use gse_core::seams::StoreError;
+
+/// Longest piece of caller input quoted back in an error message.
+const MAX_QUOTED_CHARS: usize = 64;
+
+/// Why an API call was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "request body is not valid JSON at line {line} column {column}: {reason}; send a JSON object"
+    )]
+    InvalidJson {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("request body could not be read: {reason}; send the request again")]
+    BodyUnreadable { reason: String },
+    #[error("request body must be a JSON object, got {got}")]
+    BodyNotObject { got: &'static str },
+    #[error("{field}: missing; this field is required")]
+    MissingField { field: String },
+    #[error("{field}: expected {expected}, got {got}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("{field}: {value:?} is not an IP address")]
+    BadIp { field: String, value: String },
+    #[error("{field}: {value} is not a cloud id; use an integer >= 0")]
+    BadCloudId { field: String, value: String },
+    #[error("{field}: {source}")]
+    BadAgentId {
+        field: String,
+        source: IdentityError,
+    },
+
+    #[error(
+        "no credentials found: send the X-Bkapi-Authorization header \
+         ({{\"bk_app_code\":..,\"bk_app_secret\":..}}), the X-Bkapi-App-Code and \
+         X-Bkapi-App-Secret headers, or bk_app_code and bk_app_secret in the JSON body"
+    )]
+    NoCredentials,
+    #[error(
+        "X-Bkapi-Authorization header is not usable: {reason}; send a JSON object with \
+         bk_app_code and bk_app_secret"
+    )]
+    BadAuthorizationHeader { reason: String },
+    #[error("app code {app_code:?} is not registered; register it with gse-server apps add")]
+    UnknownApp { app_code: String },
+    #[error("wrong secret for app {app_code:?}; check bk_app_secret against the registered app")]
+    WrongSecret { app_code: String },
+
+    #[error("no API at {path:?}; see docs/API.md for the list of endpoints")]
+    UnknownPath { path: String },
+    #[error("/metrics is not served: this node runs without a metrics recorder")]
+    MetricsDisabled,
+    #[error("{method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+
+    #[error(
+        "request body is over the limit of {limit} bytes (config api.max_body_bytes); split the request"
+    )]
+    BodyTooLarge { limit: usize },
+    #[error(
+        "{field} names {count} entries, over the limit of {limit} per call \
+         (config api.max_hosts_per_call); split the request"
+    )]
+    TooManyEntries {
+        field: &'static str,
+        count: usize,
+        limit: usize,
+    },
+
+    #[error("state store failed, try again later: {0}")]
+    Store(#[from] StoreError),
+
+    #[error("none of the {asked} requested agents is known to gse")]
+    NoAgentFound { asked: usize },
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// The envelope `code`.
+    pub fn code(&self) -> i64 {
+        use ApiError::*;
+        match self {
+            InvalidJson { .. }
+            | BodyUnreadable { .. }
+            | BodyNotObject { .. }
+            | MissingField { .. }
+            | WrongType { .. } => 1000400,
+            BadIp { .. } | BadCloudId { .. } | BadAgentId { .. } => 1000400,
+            NoCredentials | BadAuthorizationHeader { .. } => 1000401,
+            UnknownApp { .. } => 1000402,
+            WrongSecret { .. } => 1000403,
+            UnknownPath { .. } | MetricsDisabled => 1000404,
+            MethodNotAllowed { .. } => 1000405,
+            BodyTooLarge { .. } | TooManyEntries { .. } => 1000413,
+            Store(_) => 1000500,
+            NoAgentFound { .. } => 1011003,
+        }
+    }
+
+    /// The HTTP status the envelope travels with.
+    pub fn status(&self) -> StatusCode {
+        match self.code() {
+            1000400 => StatusCode::BAD_REQUEST,
+            1000401..=1000403 => StatusCode::UNAUTHORIZED,
+            1000404 => StatusCode::NOT_FOUND,
+            1000405 => StatusCode::METHOD_NOT_ALLOWED,
+            1000413 => StatusCode::PAYLOAD_TOO_LARGE,
+            1000500 => StatusCode::INTERNAL_SERVER_ERROR,
+            // 1011003 is an answer, not a failure of the call: bk-nodeman
+            // reads the envelope only when the HTTP status is 2xx.
+            _ => StatusCode::OK,
+        }
+    }
+
+    /// The envelope `data`: an empty list where clients iterate it even on
+    /// failure, else null.
+    pub fn data(&self) -> serde_json::Value {
+        match self {
+            ApiError::NoAgentFound { .. } => serde_json::Value::Array(Vec::new()),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Whether this is an authentication failure (logged at WARN).
+    pub fn is_auth_failure(&self) -> bool {
+        (1000401..=1000403).contains(&self.code())
+    }
+}
+
+/// Caller input shortened for quoting in a message, so a huge field cannot
+/// blow up the answer or the log.
+pub fn quoted(s: &str) -> String {
+    if s.chars().count() <= MAX_QUOTED_CHARS {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(MAX_QUOTED_CHARS).collect();
+    out.push_str("...");
+    out
+}
+
+/// The JSON type name of a value, for "expected X, got Y" messages.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

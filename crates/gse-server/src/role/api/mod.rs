@@ -1,0 +1,41 @@
+//! The API role: the HTTP API upper systems call (C6, A1..A3), in the shapes
+//! bk-job, bk-nodeman and bk-monitor expect (COMPAT.md §2).
+//!
+//! Start reading at [`router`]: every request goes through one handler that
+//! resolves an [`endpoint::Endpoint`] from the one table of paths, reads and
+//! authenticates the body ([`auth`]), runs the endpoint and wraps the answer
+//! in the BlueKing envelope ([`envelope`]). Errors and their codes are in
+//! [`error`]. Agent state comes from the [`StateStore`] seam only: this role
+//! never talks to agents; the link role keeps the store current.
+
+mod agents;
+pub mod auth;
+mod body;
+pub mod config;
+pub mod endpoint;
+pub mod envelope;
+pub mod error;
+pub mod metrics;
+mod server;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use gse_core::seams::StateStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use config::ApiConfig;
+pub use error::ApiError;
+pub use server::{router, serve};
+
+/// What the API role needs from the node that runs it.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// Where agent state and registered apps are read from.
+    pub store: Arc<dyn StateStore>,
+    pub config: ApiConfig,
+    /// Rendered at `GET /metrics`; `None` answers 404 there.
+    pub metrics: Option<PrometheusHandle>,
+}

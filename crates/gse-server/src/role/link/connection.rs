@@ -1,0 +1,317 @@
+//! One agent connection, from TCP accept to close:
+//! handshake -> register -> serve (heartbeats, outbound frames) -> detach.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use gse_core::identity::validate_agent_id;
+use gse_core::seams::{AgentRecord, HeartbeatUpdate};
+use gse_core::tls::{Side, explain};
+use gse_core::{AgentKey, now_ms};
+use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
+use gse_proto::{Frame, FrameCodec, MsgType};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::{LinkService, OUTBOUND_QUEUE};
+
+type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// Initial read buffer per connection; grows only for large frames, which
+/// keeps tens of thousands of idle links small.
+const READ_BUFFER: usize = 512;
+
+pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
+    let deadline = Instant::now() + svc.config.handshake_timeout;
+    let Some(mut link) = handshake(&svc, tcp, peer, deadline).await else {
+        return;
+    };
+    let Some(record) = register(&svc, &mut link, peer, deadline).await else {
+        return;
+    };
+    let key = record.key;
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let close = svc.shutdown.child_token();
+    svc.attach(key, conn_id, tx, close.clone());
+    if let Err(e) = svc.store.upsert_agent(record.clone()).await {
+        tracing::error!(agent = %key, error = %e, "cannot record the agent's registration");
+    }
+    if let Some(alarms) = &svc.alarms {
+        alarms.agent_back(&record);
+    }
+    metrics::counter!("gse_link_registrations_total").increment(1);
+    tracing::info!(agent = %key, agent_id = %record.agent_id, peer = %peer, version = %record.version, "agent registered");
+
+    let reason = serve(&svc, &mut link, key, rx, close).await;
+
+    if svc.detach(key, conn_id) {
+        if let Err(e) = svc.store.mark_offline(key, &svc.node_id).await {
+            tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
+        }
+        tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
+        if let Some(alarms) = &svc.alarms {
+            if !svc.shutdown.is_cancelled() {
+                alarms.agent_lost(record, reason);
+            }
+        }
+    }
+}
+
+/// TLS handshake; a failure is logged once, in words (K6).
+async fn handshake(
+    svc: &LinkService,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Link> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(svc.tls.clone());
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Framed::with_capacity(
+            tls,
+            FrameCodec::new(svc.config.max_frame_bytes),
+            READ_BUFFER,
+        )),
+        Ok(Err(e)) => {
+            metrics::counter!("gse_link_tls_failures_total").increment(1);
+            match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
+                Some(text) => tracing::warn!(peer = %peer, "{text}"),
+                None => {
+                    tracing::debug!(peer = %peer, error = %e, "connection closed during the TLS handshake")
+                }
+            }
+            None
+        }
+        Err(_) => {
+            tracing::warn!(peer = %peer, "no TLS handshake within {:?}; closing", svc.config.handshake_timeout);
+            None
+        }
+    }
+}
+
+/// Reads and checks the first frame, which must be `Register`, and answers it.
+async fn register(
+    svc: &LinkService,
+    link: &mut Link,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<AgentRecord> {
+    let frame = match timeout_at(deadline, link.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(peer = %peer, error = %e, "bad first frame from agent; closing");
+            return None;
+        }
+        Ok(None) => return None,
+        Err(_) => {
+            tracing::warn!(peer = %peer, "agent sent no Register within the handshake timeout; closing");
+            return None;
+        }
+    };
+    let checked = match frame.msg_type {
+        MsgType::Register => frame
+            .decode::<Register>()
+            .map_err(|e| e.to_string())
+            .and_then(|r| check(r, peer)),
+        other => Err(format!(
+            "the first frame must be Register, got type {}",
+            other.to_u16()
+        )),
+    };
+    let ack = |accepted: bool, message: String| RegisterAck {
+        accepted,
+        message,
+        node_id: svc.node_id.clone(),
+        server_version: gse_core::VERSION.into(),
+        heartbeat_interval_ms: svc.config.heartbeat_interval.as_millis() as u32,
+        parent_ip: svc.parent.ip().to_string(),
+        parent_port: svc.parent.port() as u32,
+    };
+    match checked {
+        Ok(reg) => {
+            let now = now_ms();
+            let record = AgentRecord {
+                key: reg.key,
+                agent_id: reg.msg.agent_id,
+                version: reg.msg.version,
+                hostname: reg.msg.hostname,
+                os_type: reg.msg.os_type,
+                run_mode: reg.msg.run_mode,
+                zone: reg.msg.zone,
+                start_time_s: reg.msg.start_time_s,
+                node_id: svc.node_id.clone(),
+                parent_ip: svc.parent.ip().to_string(),
+                parent_port: svc.parent.port(),
+                peer_addr: peer.to_string(),
+                alive: true,
+                connected_at_ms: now,
+                last_seen_ms: now,
+                cpu_percent: 0.0,
+                mem_bytes: 0,
+                mem_percent: 0.0,
+            };
+            let sent = link
+                .send(Frame::new(
+                    MsgType::RegisterAck,
+                    frame.stream_id,
+                    &ack(true, String::new()),
+                ))
+                .await;
+            sent.ok().map(|_| record)
+        }
+        Err(message) => {
+            tracing::warn!(peer = %peer, "refusing agent registration: {message}");
+            let _ = link
+                .send(Frame::new(
+                    MsgType::RegisterAck,
+                    frame.stream_id,
+                    &ack(false, message),
+                ))
+                .await;
+            None
+        }
+    }
+}
+
+struct CheckedRegister {
+    key: AgentKey,
+    msg: Register,
+}
+
+/// Validates what the agent claims about itself; the error says what to fix.
+fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
+    validate_agent_id(&msg.agent_id)
+        .map_err(|e| format!("{e}; fix agent_id in the agent's config or data dir"))?;
+    if msg.cloud_id < 0 {
+        return Err(format!("cloud_id {} is negative", msg.cloud_id));
+    }
+    let ip: IpAddr = msg.identity_ip.parse().map_err(|_| {
+        format!("identity_ip {:?} (from {peer}) is not an IP address; set identity_ip in the agent's config", msg.identity_ip)
+    })?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "identity_ip {ip} is unspecified; set identity_ip in the agent's config"
+        ));
+    }
+    for (name, value) in [
+        ("version", &msg.version),
+        ("hostname", &msg.hostname),
+        ("os_type", &msg.os_type),
+        ("zone", &msg.zone),
+    ] {
+        if value.len() > 256 {
+            return Err(format!("{name} is {} bytes long; at most 256", value.len()));
+        }
+    }
+    Ok(CheckedRegister {
+        key: AgentKey::new(msg.cloud_id, ip),
+        msg,
+    })
+}
+
+/// Serves a registered link until it ends; returns why it ended.
+async fn serve(
+    svc: &LinkService,
+    link: &mut Link,
+    key: AgentKey,
+    mut outbound: mpsc::Receiver<Frame>,
+    close: CancellationToken,
+) -> String {
+    let timeout = svc.config.heartbeat_timeout;
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            _ = close.cancelled() => {
+                let reason = if svc.shutdown.is_cancelled() { "server shutting down" } else { "replaced by a newer connection" };
+                let _ = link.send(Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into() })).await;
+                return reason.into();
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return format!("no heartbeat for {}", humantime::format_duration(timeout));
+            }
+            Some(frame) = outbound.recv() => {
+                if let Err(e) = link.send(frame).await {
+                    return format!("send failed: {e}");
+                }
+            }
+            next = link.next() => {
+                let frame = match next {
+                    None => return "connection closed by the agent".into(),
+                    Some(Err(e)) => return format!("connection error: {e}"),
+                    Some(Ok(frame)) => frame,
+                };
+                deadline = Instant::now() + timeout;
+                if let Some(reason) = on_frame(svc, link, key, frame).await {
+                    return reason;
+                }
+            }
+        }
+    }
+}
+
+/// Handles one frame from a registered agent; `Some(reason)` ends the link.
+async fn on_frame(
+    svc: &LinkService,
+    link: &mut Link,
+    key: AgentKey,
+    frame: Frame,
+) -> Option<String> {
+    match frame.msg_type {
+        MsgType::Heartbeat => {
+            let hb = match frame.decode::<Heartbeat>() {
+                Ok(hb) => hb,
+                Err(e) => return Some(protocol_error(link, e.to_string()).await),
+            };
+            let update = HeartbeatUpdate {
+                key,
+                at_ms: now_ms(),
+                cpu_percent: hb.cpu_percent,
+                mem_bytes: hb.mem_bytes,
+                mem_percent: hb.mem_percent,
+            };
+            if svc.heartbeats.try_send(update).is_err() {
+                metrics::counter!("gse_link_heartbeats_dropped_total").increment(1);
+            }
+            let ack = HeartbeatAck {
+                seq: hb.seq,
+                server_time_ms: now_ms(),
+            };
+            link.send(Frame::new(MsgType::HeartbeatAck, frame.stream_id, &ack))
+                .await
+                .err()
+                .map(|e| format!("send failed: {e}"))
+        }
+        MsgType::Goodbye => {
+            let reason = frame
+                .decode::<Goodbye>()
+                .map(|g| g.reason)
+                .unwrap_or_default();
+            Some(format!("agent shut down ({reason})"))
+        }
+        MsgType::Register => {
+            Some(protocol_error(link, "Register sent twice on one connection".into()).await)
+        }
+        other => {
+            tracing::debug!(agent = %key, msg_type = other.to_u16(), "ignoring a frame type this server does not handle");
+            None
+        }
+    }
+}
+
+async fn protocol_error(link: &mut Link, message: String) -> String {
+    let _ = link
+        .send(Frame::new(
+            MsgType::LinkError,
+            0,
+            &LinkError {
+                code: 400,
+                message: message.clone(),
+            },
+        ))
+        .await;
+    format!("protocol error: {message}")
+}

@@ -1,0 +1,166 @@
+//! The link role (C3): holds agent connections over mutual TLS.
+//!
+//! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`]),
+//! runs one task per connection ([`connection`]): TLS handshake (a mismatch
+//! is one clear log line, K6), `Register` (identity by the agent's reported
+//! IP, not the socket address, K7), then heartbeats (K3) until the link ends
+//! or goes silent for `heartbeat_timeout`. Heartbeats reach the state store in
+//! batches ([`heartbeats`]). When a link ends the agent is marked offline and
+//! the alarm role is told (K4). Other roles send frames to an agent through
+//! [`LinkService::send_to`]. It does not dispatch tasks itself.
+
+mod config;
+mod connection;
+mod heartbeats;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gse_core::AgentKey;
+use gse_core::seams::StateStore;
+use gse_core::tls::TlsFiles;
+use gse_proto::Frame;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::LinkConfig;
+
+use crate::role::alarm::AlarmService;
+
+/// Frames queued for one agent before `send_to` reports it busy.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// The live connection of one agent.
+struct Session {
+    conn_id: u64,
+    tx: mpsc::Sender<Frame>,
+    /// Cancel to make the connection task say goodbye and close.
+    close: CancellationToken,
+}
+
+/// Why a frame could not be handed to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("agent {0} is not connected to this node")]
+    NotConnected(AgentKey),
+    #[error("agent {0} has {OUTBOUND_QUEUE} frames queued already; its link is too slow")]
+    Busy(AgentKey),
+}
+
+/// Shared state of the link role.
+pub struct LinkService {
+    node_id: String,
+    config: LinkConfig,
+    tls: Arc<rustls::ServerConfig>,
+    tls_files: TlsFiles,
+    store: Arc<dyn StateStore>,
+    alarms: Option<Arc<AlarmService>>,
+    /// What agents are told their parent is (A1 parent_ip/parent_port).
+    parent: SocketAddr,
+    sessions: Mutex<HashMap<AgentKey, Session>>,
+    next_conn: AtomicU64,
+    heartbeats: mpsc::Sender<gse_core::seams::HeartbeatUpdate>,
+    shutdown: CancellationToken,
+}
+
+/// What `LinkService::new` needs.
+pub struct LinkParts {
+    pub node_id: String,
+    pub config: LinkConfig,
+    pub tls_files: TlsFiles,
+    pub store: Arc<dyn StateStore>,
+    pub alarms: Option<Arc<AlarmService>>,
+    pub parent: SocketAddr,
+    pub shutdown: CancellationToken,
+}
+
+impl LinkService {
+    pub fn new(parts: LinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
+        let tls = gse_core::tls::server_config(&parts.tls_files)?;
+        let heartbeats = heartbeats::start(parts.store.clone(), parts.shutdown.clone());
+        Ok(Arc::new(LinkService {
+            node_id: parts.node_id,
+            config: parts.config,
+            tls,
+            tls_files: parts.tls_files,
+            store: parts.store,
+            alarms: parts.alarms,
+            parent: parts.parent,
+            sessions: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            heartbeats,
+            shutdown: parts.shutdown,
+        }))
+    }
+
+    /// Accepts agent connections until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(connection::run(self.clone(), tcp, peer, conn_id));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "cannot accept agent connections (file descriptor limit?)");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Number of agents connected now.
+    pub fn connected(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Hands a frame to a connected agent's link.
+    pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+        let sessions = self.sessions.lock();
+        let session = sessions.get(&key).ok_or(SendError::NotConnected(key))?;
+        session.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
+        })
+    }
+
+    /// Records a new session for `key`, closing any older one it replaces.
+    fn attach(
+        &self,
+        key: AgentKey,
+        conn_id: u64,
+        tx: mpsc::Sender<Frame>,
+        close: CancellationToken,
+    ) {
+        let old = self
+            .sessions
+            .lock()
+            .insert(key, Session { conn_id, tx, close });
+        if let Some(old) = old {
+            tracing::warn!(agent = %key, "a new connection claims this agent's identity; closing the older one (two hosts with the same identity IP?)");
+            old.close.cancel();
+        }
+        metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
+    }
+
+    /// Forgets the session if it is still `conn_id`'s; true if it was.
+    fn detach(&self, key: AgentKey, conn_id: u64) -> bool {
+        let mut sessions = self.sessions.lock();
+        let current = sessions.get(&key).is_some_and(|s| s.conn_id == conn_id);
+        if current {
+            sessions.remove(&key);
+        }
+        metrics::gauge!("gse_link_agents_connected").set(sessions.len() as f64);
+        current
+    }
+}

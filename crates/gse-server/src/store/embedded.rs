@@ -1,0 +1,383 @@
+//! The embedded state store: memory for reads and heartbeats, SQLite for
+//! what must survive a restart (agent identities and last state, apps).
+//!
+//! Heartbeats never touch SQLite (thousands per second at scale); a record
+//! is written when an agent registers or goes offline. SQLite calls run on
+//! tokio's blocking pool behind one connection mutex; WAL with
+//! `synchronous=NORMAL` keeps each write cheap. After a restart every agent
+//! loads as offline until it reconnects.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
+use gse_core::{AgentKey, AgentRef};
+use parking_lot::RwLock;
+use rusqlite::{Connection, OptionalExtension, params};
+
+const BACKEND: &str = "embedded";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    agent_key TEXT PRIMARY KEY,
+    agent_id  TEXT NOT NULL,
+    record    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apps (
+    app_code   TEXT PRIMARY KEY,
+    app_secret TEXT NOT NULL
+);
+";
+
+#[derive(Default)]
+struct Mem {
+    agents: HashMap<AgentKey, AgentRecord>,
+    by_id: HashMap<String, AgentKey>,
+    apps: HashMap<String, AppRecord>,
+}
+
+impl Mem {
+    fn insert(&mut self, rec: AgentRecord) {
+        if let Some(old) = self.agents.get(&rec.key) {
+            if old.agent_id != rec.agent_id && self.by_id.get(&old.agent_id) == Some(&rec.key) {
+                self.by_id.remove(&old.agent_id);
+            }
+        }
+        self.by_id.insert(rec.agent_id.clone(), rec.key);
+        self.agents.insert(rec.key, rec);
+    }
+
+    fn resolve(&self, r: &AgentRef) -> Option<&AgentRecord> {
+        match r {
+            AgentRef::Key(k) => self.agents.get(k),
+            AgentRef::Id(id) => self.by_id.get(id).and_then(|k| self.agents.get(k)),
+        }
+    }
+}
+
+/// Memory + SQLite state store; see the module doc.
+pub struct EmbeddedStore {
+    mem: RwLock<Mem>,
+    db: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// Why the embedded store could not open.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the embedded state store {path}: {source}; check that the directory is writable and no other gse-server uses it"
+)]
+pub struct OpenError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+fn backend_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        backend: BACKEND,
+        doing,
+        message: e.to_string(),
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store at `path` and loads it.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let open_err = |source| OpenError {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {e}",
+                    dir.display()
+                ))))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let mem = load(&conn).map_err(open_err)?;
+        Ok(EmbeddedStore {
+            mem: RwLock::new(mem),
+            db: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the SQLite connection on the blocking pool.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        doing: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            backend: BACKEND,
+            doing,
+            message: e.to_string(),
+        })?
+        .map_err(backend_err(doing))
+    }
+
+    async fn persist_agent(&self, rec: AgentRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&rec).expect("agent records always serialise");
+        self.with_db("saving an agent", move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO agents (agent_key, agent_id, record) VALUES (?1, ?2, ?3)",
+                params![rec.key.to_string(), rec.agent_id, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+fn load(conn: &Connection) -> rusqlite::Result<Mem> {
+    let mut mem = Mem::default();
+    let mut stmt = conn.prepare("SELECT record FROM agents")?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    for json in rows {
+        match serde_json::from_str::<AgentRecord>(&json?) {
+            Ok(mut rec) => {
+                // Nobody is connected to a node that just started.
+                rec.alive = false;
+                mem.insert(rec);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable agent record in the embedded store")
+            }
+        }
+    }
+    let mut stmt = conn.prepare("SELECT app_code, app_secret FROM apps")?;
+    let apps = stmt.query_map([], |row| {
+        Ok(AppRecord {
+            app_code: row.get(0)?,
+            app_secret: row.get(1)?,
+        })
+    })?;
+    for app in apps {
+        let app = app?;
+        mem.apps.insert(app.app_code.clone(), app);
+    }
+    Ok(mem)
+}
+
+#[async_trait]
+impl StateStore for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn upsert_agent(&self, record: AgentRecord) -> Result<(), StoreError> {
+        self.mem.write().insert(record.clone());
+        self.persist_agent(record).await
+    }
+
+    async fn record_heartbeats(&self, beats: &[HeartbeatUpdate]) -> Result<(), StoreError> {
+        let mut mem = self.mem.write();
+        for b in beats {
+            if let Some(rec) = mem.agents.get_mut(&b.key) {
+                rec.last_seen_ms = b.at_ms;
+                rec.cpu_percent = b.cpu_percent;
+                rec.mem_bytes = b.mem_bytes;
+                rec.mem_percent = b.mem_percent;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_offline(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
+        let changed = {
+            let mut mem = self.mem.write();
+            match mem.agents.get_mut(&key) {
+                Some(rec) if rec.alive && rec.node_id == node_id => {
+                    rec.alive = false;
+                    Some(rec.clone())
+                }
+                _ => None,
+            }
+        };
+        match changed {
+            Some(rec) => self.persist_agent(rec).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
+        let mem = self.mem.read();
+        Ok(refs.iter().map(|r| mem.resolve(r).cloned()).collect())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Ok(self.mem.read().agents.values().cloned().collect())
+    }
+
+    async fn get_app(&self, app_code: &str) -> Result<Option<AppRecord>, StoreError> {
+        if let Some(app) = self.mem.read().apps.get(app_code) {
+            return Ok(Some(app.clone()));
+        }
+        // Apps may be added by `gse-server apps add` while this node runs.
+        let code = app_code.to_string();
+        let found = self
+            .with_db("looking up an app", move |c| {
+                c.query_row(
+                    "SELECT app_secret FROM apps WHERE app_code = ?1",
+                    [&code],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()
+                .map(|secret| {
+                    secret.map(|app_secret| AppRecord {
+                        app_code: code,
+                        app_secret,
+                    })
+                })
+            })
+            .await?;
+        if let Some(app) = &found {
+            self.mem
+                .write()
+                .apps
+                .insert(app.app_code.clone(), app.clone());
+        }
+        Ok(found)
+    }
+
+    async fn put_app(&self, app: AppRecord) -> Result<(), StoreError> {
+        let saved = app.clone();
+        self.with_db("saving an app", move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO apps (app_code, app_secret) VALUES (?1, ?2)",
+                params![saved.app_code, saved.app_secret],
+            )
+            .map(|_| ())
+        })
+        .await?;
+        self.mem.write().apps.insert(app.app_code.clone(), app);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ip: &str, id: &str) -> AgentRecord {
+        AgentRecord {
+            key: AgentKey::new(0, ip.parse().unwrap()),
+            agent_id: id.into(),
+            version: "1.0".into(),
+            hostname: "h".into(),
+            os_type: "linux".into(),
+            run_mode: 1,
+            zone: String::new(),
+            start_time_s: 1,
+            node_id: "n1".into(),
+            parent_ip: "127.0.0.1".into(),
+            parent_port: 28668,
+            peer_addr: "127.0.0.1:5000".into(),
+            alive: true,
+            connected_at_ms: 10,
+            last_seen_ms: 10,
+            cpu_percent: 0.0,
+            mem_bytes: 0,
+            mem_percent: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn identities_and_apps_survive_reopen_as_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store
+                .upsert_agent(record("10.0.0.1", "id-1"))
+                .await
+                .unwrap();
+            store
+                .put_app(AppRecord {
+                    app_code: "job".into(),
+                    app_secret: "s".into(),
+                })
+                .await
+                .unwrap();
+            let beat = HeartbeatUpdate {
+                key: AgentKey::new(0, "10.0.0.1".parse().unwrap()),
+                at_ms: 99,
+                cpu_percent: 1.0,
+                mem_bytes: 5,
+                mem_percent: 0.1,
+            };
+            store.record_heartbeats(&[beat]).await.unwrap();
+            let got = store
+                .get_agents(&[AgentRef::Id("id-1".into())])
+                .await
+                .unwrap();
+            assert_eq!(got[0].as_ref().unwrap().last_seen_ms, 99);
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let got = store
+            .get_agents(&[AgentRef::parse("0:10.0.0.1").unwrap()])
+            .await
+            .unwrap();
+        let rec = got[0].clone().unwrap();
+        assert!(!rec.alive);
+        assert_eq!(rec.agent_id, "id-1");
+        assert_eq!(store.get_app("job").await.unwrap().unwrap().app_secret, "s");
+        assert!(store.get_app("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn offline_only_by_the_holding_node_and_apps_seen_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let rec = record("10.0.0.2", "id-2");
+        let key = rec.key;
+        store.upsert_agent(rec).await.unwrap();
+        store.mark_offline(key, "other-node").await.unwrap();
+        assert!(
+            store.get_agents(&[AgentRef::Key(key)]).await.unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .alive
+        );
+        store.mark_offline(key, "n1").await.unwrap();
+        assert!(
+            !store.get_agents(&[AgentRef::Key(key)]).await.unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .alive
+        );
+
+        // A second handle (like `gse-server apps add`) adds an app; the first sees it.
+        let other = EmbeddedStore::open(&path).unwrap();
+        other
+            .put_app(AppRecord {
+                app_code: "late".into(),
+                app_secret: "x".into(),
+            })
+            .await
+            .unwrap();
+        assert!(store.get_app("late").await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,22 @@
+//! Metrics set-up for the server: the `metrics` facade feeds a Prometheus
+//! recorder whose handle the API role renders at `/metrics`. (Logging set-up
+//! is shared with the agent: `gse_core::logging`.)
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (tests): then this
+            // handle renders nothing, which is acceptable there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
