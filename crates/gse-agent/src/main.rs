@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// reports heartbeats with its own cpu and memory, and (in later versions)
 /// runs tasks, moves files and sends data.
 #[derive(Parser, Debug)]
-#[command(name = "gse-agent", version, about, long_about = None)]
+#[command(name = "gse-agent", version)]
 struct Cli {
     /// Agent config file (TOML); see docs/CONFIG.md.
     #[arg(

@@ -1,1 +1,56 @@
-fn main() {}
+//! `gse-bench`: the performance targets of DESIGN.md as commands, each
+//! printing exactly one JSON line on stdout (progress goes to stderr).
+//!
+//! Every bench is a subcommand in its own module: start at [`Command`].
+//! Benches run the REAL binaries ([`server`] spawns the built `gse-server`)
+//! and simulate many agents in this one process over real TCP + mutual TLS
+//! connections, speaking the real link protocol. [`procfs`] reads the
+//! figures (RSS, CPU, fd limits) of both processes. The timed tests of the
+//! workspace live in each crate's `tests/`, not here.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod agents;
+mod procfs;
+mod server;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of gse against its performance targets (DESIGN.md), each
+/// printing one JSON line on stdout.
+#[derive(Parser, Debug)]
+#[command(name = "gse-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Hold K simulated agents on one real gse-server, heartbeating; report
+    /// connect rate, heartbeat rate, and the server's RSS and CPU.
+    Agents(agents::AgentsArgs),
+}
+
+/// What a bench hands back: its JSON line, and what went wrong if the run
+/// was not clean (the line is printed either way, then the exit code is 1).
+pub struct BenchOutput {
+    pub line: serde_json::Value,
+    pub failure: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let out = rt.block_on(async {
+        match cli.command {
+            Command::Agents(args) => agents::run(args).await,
+        }
+    })?;
+    println!("{}", out.line);
+    match out.failure {
+        Some(failure) => anyhow::bail!("{failure}"),
+        None => Ok(()),
+    }
+}

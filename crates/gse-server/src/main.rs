@@ -19,7 +19,7 @@ use gse_server::store::EmbeddedStore;
 /// alarms. With no ZooKeeper or Redis configured it is a complete
 /// single-node platform on its embedded store.
 #[derive(Parser, Debug)]
-#[command(name = "gse-server", version, about, long_about = None)]
+#[command(name = "gse-server", version)]
 struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
     #[arg(long, default_value = "info", global = true)]

@@ -20,6 +20,7 @@ const QUICKSTART_FILE: &str = "quickstart.json";
 
 /// Connection options shared by every subcommand.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
     /// Base URL of the gse API, e.g. http://127.0.0.1:59313 (a gateway URL
     /// ending in /api/bk-gse/prod works too).

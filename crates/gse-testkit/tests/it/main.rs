@@ -1,1 +1,10 @@
+//! End-to-end tests: real gse-server and gse-agent processes on loopback,
+//! driven through the HTTP API and the binaries' CLIs, as a user would.
+//! Run `cargo build --bins` first (scripts/test.sh does).
 
+mod api_input;
+mod k3_status;
+mod k4_liveness;
+mod k6_tls;
+mod quickstart;
+mod restart;

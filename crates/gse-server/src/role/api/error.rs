@@ -75,7 +75,7 @@ pub enum ApiError {
     )]
     BodyTooLarge { limit: usize },
     #[error(
-        "{field} names {count} entries, over the limit of {limit} per call \
+        "{field} has {count} entries, over the limit of {limit} per call \
          (config api.max_hosts_per_call); split the request"
     )]
     TooManyEntries {

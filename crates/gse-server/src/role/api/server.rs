@@ -19,7 +19,7 @@ use super::ApiContext;
 use super::auth::Credentials;
 use super::body::{Fields, parse_object, read_limited};
 use super::endpoint::{Endpoint, Route};
-use super::envelope::{Envelope, request_id, text_response};
+use super::envelope::{Envelope, REQUEST_ID_HEADER, request_id, text_response};
 use super::error::ApiError;
 use super::metrics;
 
@@ -77,10 +77,19 @@ async fn dispatch(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response 
     tracing::debug!(
         path = label,
         code,
+        request_id = response_request_id(&response),
         elapsed_ms = elapsed.as_millis() as u64,
         "API request answered"
     );
     response
+}
+
+fn response_request_id(response: &Response) -> &str {
+    response
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// Reads, authenticates and runs one API call.
@@ -90,8 +99,8 @@ async fn call(
     req: Request,
 ) -> Result<serde_json::Value, ApiError> {
     let (parts, body) = req.into_parts();
-    // Header credentials are checked before the body is read, so a caller
-    // without them learns nothing about the body's validity.
+    // Header credentials are checked before the body is read: a caller with
+    // wrong ones is turned away without its body being read or parsed.
     let from_headers = Credentials::from_headers(&parts.headers)?;
     if let Some(creds) = &from_headers {
         creds.verify(ctx.store.as_ref()).await?;

@@ -25,6 +25,14 @@ const REAL_ID: &str = "0100005254008ed86116666614661851";
 struct FakeStore {
     agents: Mutex<HashMap<AgentKey, AgentRecord>>,
     apps: Mutex<HashMap<String, AppRecord>>,
+    /// How `list_agents` misbehaves, to test timeouts and store failures.
+    list_fault: Option<Fault>,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Hang,
+    Fail,
 }
 
 #[async_trait]
@@ -51,7 +59,15 @@ impl StateStore for FakeStore {
         Ok(refs.iter().map(find).collect())
     }
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agents.lock().unwrap().values().cloned().collect())
+        match self.list_fault {
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Fail) => Err(StoreError::Backend {
+                backend: "fake",
+                doing: "listing agents",
+                message: "disk on fire".into(),
+            }),
+            None => Ok(self.agents.lock().unwrap().values().cloned().collect()),
+        }
     }
     async fn get_app(&self, app_code: &str) -> Result<Option<AppRecord>, StoreError> {
         Ok(self.apps.lock().unwrap().get(app_code).cloned())
@@ -88,7 +104,14 @@ fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
 /// A router over a store with one app, one live agent (10.0.0.1, REAL_ID)
 /// and one offline agent (10.0.0.3).
 async fn app_with(config: ApiConfig) -> axum::Router {
-    let store = FakeStore::default();
+    app_with_fault(config, None).await
+}
+
+async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::Router {
+    let store = FakeStore {
+        list_fault,
+        ..FakeStore::default()
+    };
     store
         .put_app(AppRecord {
             app_code: APP.into(),
@@ -586,4 +609,26 @@ async fn metrics_renders_prometheus_text_when_a_handle_is_given() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&text).contains("gse_api_test_total 1"));
+}
+
+#[tokio::test]
+async fn a_hanging_store_times_out_with_408_and_a_failing_one_is_1000500() {
+    let config = ApiConfig {
+        request_timeout: std::time::Duration::from_millis(50),
+        ..ApiConfig::default()
+    };
+    let app = app_with_fault(config, Some(Fault::Hang)).await;
+    let response = app
+        .oneshot(post("/api/v2/cluster/list_agents", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+
+    let app = app_with_fault(ApiConfig::default(), Some(Fault::Fail)).await;
+    let (status, env) = send(app, post("/api/v2/cluster/list_agents", "{}")).await;
+    assert_eq!(
+        (status, env["code"].as_i64()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some(1000500))
+    );
+    assert!(env["message"].as_str().unwrap().contains("disk on fire"));
 }

@@ -1,0 +1,95 @@
+//! Process figures from `/proc` (Linux): resident memory, CPU time, and the
+//! open-files limit every simulated or served agent spends one descriptor of.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::unistd::{SysconfVar, sysconf};
+
+/// Clock ticks per second of `utime`/`stime` in `/proc/<pid>/stat`.
+fn clock_ticks() -> f64 {
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(n)) if n > 0 => n as f64,
+        // 100 is what Linux reports everywhere in practice.
+        _ => 100.0,
+    }
+}
+
+/// `VmRSS` of `pid` ("self" for this process), KiB.
+pub fn rss_kib(pid: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{path} has no VmRSS line"))
+}
+
+/// User + system CPU seconds `pid` has used so far.
+pub fn cpu_seconds(pid: &str) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name (field 2) may hold spaces; fields are counted from
+    // the ')' that closes it. utime and stime are fields 14 and 15.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path} is not a stat line"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} is not a number", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks())
+}
+
+/// Marks a point in a process's CPU use, to report the share of one core it
+/// used until a later point.
+pub struct CpuMark {
+    pid: String,
+    at: Instant,
+    cpu_s: f64,
+}
+
+impl CpuMark {
+    pub fn now(pid: &str) -> Result<Self> {
+        Ok(CpuMark {
+            pid: pid.to_string(),
+            at: Instant::now(),
+            cpu_s: cpu_seconds(pid)?,
+        })
+    }
+
+    /// CPU used since the mark, percent of one core (200 = both of 2 cores).
+    pub fn percent_since(&self) -> Result<f64> {
+        let wall = self.at.elapsed().as_secs_f64();
+        let used = cpu_seconds(&self.pid)? - self.cpu_s;
+        Ok(if wall > 0.0 { 100.0 * used / wall } else { 0.0 })
+    }
+}
+
+/// Lifts the soft open-files limit to the hard one (children inherit it);
+/// returns the limit now in force.
+pub fn raise_fd_limit() -> Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("cannot read RLIMIT_NOFILE")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .with_context(|| format!("cannot raise the open-files limit from {soft} to {hard}"))?;
+    }
+    Ok(hard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_figures() {
+        assert!(rss_kib("self").unwrap() > 0);
+        assert!(cpu_seconds("self").unwrap() >= 0.0);
+        assert!(CpuMark::now("self").unwrap().percent_since().unwrap() >= 0.0);
+    }
+}

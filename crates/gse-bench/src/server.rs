@@ -1,0 +1,191 @@
+//! A real `gse-server` child process for a bench, in its own temp dir.
+//!
+//! [`BenchServer::start`] makes certificates, writes `server.toml` with free
+//! loopback ports, spawns the built binary and waits (polling with a
+//! deadline) until `GET /healthz` answers 200. [`BenchServer::stop`] sends
+//! SIGTERM and kills after a grace period. The dir holds `server.log` and
+//! `server.out`; it is kept, and its path printed, when a bench fails.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gse_core::certs::{CertDir, CertKind};
+use gse_core::tls::TlsFiles;
+use gse_server::config::ServerConfig;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long the server has to answer `/healthz` after it is spawned.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How long the server has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What the server is started with.
+pub struct ServerOptions {
+    /// The `gse-server` binary; default: beside the current executable.
+    pub bin: Option<PathBuf>,
+    /// `link.heartbeat_interval`; the timeout is three times it.
+    pub heartbeat_interval: Duration,
+}
+
+/// A running `gse-server` and the files it uses.
+pub struct BenchServer {
+    dir: tempfile::TempDir,
+    child: Child,
+    pid: u32,
+    /// Where agents connect.
+    pub link: SocketAddr,
+    /// Agent-side TLS material, signed by the server's CA.
+    pub agent_tls: TlsFiles,
+}
+
+impl BenchServer {
+    pub async fn start(opts: &ServerOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("gse-bench-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let (config, agent_tls) = write_files(dir.path(), opts.heartbeat_interval)?;
+        let bin = match &opts.bin {
+            Some(bin) => bin.clone(),
+            None => beside_current_exe("gse-server")?,
+        };
+        let child = spawn(&bin, dir.path())?;
+        let pid = child.id().context("gse-server exited at once")?;
+        let mut server = BenchServer {
+            dir,
+            child,
+            pid,
+            link: config.link.listen,
+            agent_tls,
+        };
+        if let Err(e) = server.wait_ready(config.api.listen).await {
+            server.stop().await;
+            let kept = server.keep_dir();
+            return Err(e.context(format!("see the server's logs in {}", kept.display())));
+        }
+        Ok(server)
+    }
+
+    /// The server's pid, as `/proc` names it.
+    pub fn proc_id(&self) -> String {
+        self.pid.to_string()
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after the grace period.
+    pub async fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        if timeout(STOP_GRACE, self.child.wait()).await.is_err() {
+            eprintln!("gse-server did not stop within {STOP_GRACE:?} of SIGTERM; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Keeps the temp dir (for a failed run) and returns its path.
+    pub fn keep_dir(self) -> PathBuf {
+        self.dir.keep()
+    }
+
+    async fn wait_ready(&mut self, api: SocketAddr) -> Result<()> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("gse-server exited before it was ready ({status})");
+            }
+            if healthz(api).await.unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("gse-server did not answer GET http://{api}/healthz within {READY_WITHIN:?}");
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Certificates and `server.toml` in `dir`; returns the resolved config and
+/// the agents' TLS files.
+fn write_files(dir: &Path, heartbeat_interval: Duration) -> Result<(ServerConfig, TlsFiles)> {
+    let certs = CertDir::new(dir.join("certs"));
+    certs.init(&[], 3650).context("cannot make certificates")?;
+    let tls = |kind| {
+        let p = certs.paths(kind, None);
+        TlsFiles {
+            ca_file: certs.ca_cert(),
+            cert_file: p.cert,
+            key_file: p.key,
+        }
+    };
+    let mut config = ServerConfig::with_defaults(dir.join("data"), tls(CertKind::Server));
+    config.api.listen = free_port()?;
+    config.link.listen = free_port()?;
+    config.node.id = "bench".into();
+    config.link.heartbeat_interval = heartbeat_interval;
+    config.link.heartbeat_timeout = heartbeat_interval * 3;
+    config.resolve();
+    if let Err(problems) = config.validate() {
+        bail!(
+            "the bench's server config is not valid: {}",
+            problems.join("; ")
+        );
+    }
+    let path = dir.join("server.toml");
+    std::fs::write(&path, config.to_toml())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((config, tls(CertKind::Agent)))
+}
+
+/// A loopback address whose port was free a moment ago.
+fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+fn beside_current_exe(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the current executable")?;
+    let bin = exe.with_file_name(name);
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it (cargo build --release -p gse-server) or pass --server-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn spawn(bin: &Path, dir: &Path) -> Result<Child> {
+    let out = std::fs::File::create(dir.join("server.out"))?;
+    Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(dir.join("server.toml"))
+        .arg("--log-file")
+        .arg(dir.join("server.log"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// True if `GET /healthz` answers 200 (HTTP/1.0 over a raw socket).
+async fn healthz(api: SocketAddr) -> std::io::Result<bool> {
+    let mut tcp = TcpStream::connect(api).await?;
+    tcp.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    timeout(Duration::from_secs(2), tcp.read_to_end(&mut answer)).await??;
+    let status = answer.split(|&b| b == b' ').nth(1);
+    Ok(status == Some(b"200".as_slice()))
+}

@@ -1,0 +1,394 @@
+//! Server and agent processes for tests.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gse_agent::AgentConfig;
+use gse_core::certs::{CertDir, CertKind};
+use gse_core::seams::AppRecord;
+use gse_core::tls::TlsFiles;
+use gse_server::config::ServerConfig;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{Api, bin, eventually, free_port};
+
+/// App every test server knows.
+pub const APP_CODE: &str = "test-app";
+pub const APP_SECRET: &str = "test-secret";
+
+/// A test's directory and certificate set. On a failing test the directory
+/// is kept and its path printed, with the tail of every log in it.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    pub path: PathBuf,
+    pub certs: CertDir,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gse-it-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let certs = CertDir::new(path.join("certs"));
+        certs.init(&[], 30).expect("test certificates");
+        Cluster {
+            dir: Some(dir),
+            path,
+            certs,
+        }
+    }
+
+    /// TLS files of the given kind from this cluster's CA.
+    pub fn tls(&self, kind: CertKind) -> TlsFiles {
+        tls_of(&self.certs, kind)
+    }
+
+    /// A second, unrelated CA with its own certificates (for mismatch tests).
+    pub fn foreign_certs(&self) -> CertDir {
+        let certs = CertDir::new(self.path.join("foreign-certs"));
+        certs.init(&[], 30).expect("foreign certificates");
+        certs
+    }
+
+    pub async fn server(&self, opts: ServerOptions) -> ServerProc {
+        ServerProc::start(self, opts).await
+    }
+
+    pub fn agent(&self, server: &ServerProc, opts: AgentOptions) -> AgentProc {
+        AgentProc::start(self, server.link_addr, opts)
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let path = dir.keep();
+                eprintln!(
+                    "test failed; its processes' files are kept in {}",
+                    path.display()
+                );
+                print_log_tails(&path);
+            }
+        }
+    }
+}
+
+fn print_log_tails(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            print_log_tails(&p);
+        } else if p.extension().is_some_and(|e| e == "log") {
+            let lines = crate::read_lines(&p);
+            eprintln!("--- {} (last 15 lines)", p.display());
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub fn tls_of(certs: &CertDir, kind: CertKind) -> TlsFiles {
+    let p = certs.paths(kind, None);
+    TlsFiles {
+        ca_file: certs.ca_cert(),
+        cert_file: p.cert,
+        key_file: p.key,
+    }
+}
+
+/// Knobs of a test server; the defaults make liveness fast to observe.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub lost_grace: Duration,
+    pub webhook: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            lost_grace: Duration::from_secs(2),
+            webhook: None,
+        }
+    }
+}
+
+/// A running `gse-server run` process.
+pub struct ServerProc {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub alarm_log: PathBuf,
+    pub api_addr: SocketAddr,
+    pub link_addr: SocketAddr,
+    pub api: Api,
+}
+
+impl ServerProc {
+    async fn start(cluster: &Cluster, opts: ServerOptions) -> Self {
+        let dir = cluster.path.join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let link_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cfg = ServerConfig::with_defaults(dir.join("data"), cluster.tls(CertKind::Server));
+        cfg.node.id = "test-node".into();
+        cfg.api.listen = api_addr;
+        cfg.api.apps = vec![AppRecord {
+            app_code: APP_CODE.into(),
+            app_secret: APP_SECRET.into(),
+        }];
+        cfg.link.listen = link_addr;
+        cfg.link.heartbeat_interval = opts.heartbeat_interval;
+        cfg.link.heartbeat_timeout = opts.heartbeat_timeout;
+        cfg.alarm.lost_grace = opts.lost_grace;
+        cfg.alarm.webhook_url = opts.webhook.clone();
+        cfg.alarm.log_file = Some(dir.join("alarms.jsonl"));
+        cfg.resolve();
+        let config_path = dir.join("server.toml");
+        std::fs::write(&config_path, cfg.to_toml()).unwrap();
+        let mut server = ServerProc {
+            child: None,
+            alarm_log: dir.join("alarms.jsonl"),
+            log_path: dir.join("server.log"),
+            dir,
+            config_path,
+            api_addr,
+            link_addr,
+            api: Api::new(format!("http://{api_addr}"), APP_CODE, APP_SECRET),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(bin("gse-server"))
+            .arg("--log-level")
+            .arg("debug")
+            .arg("--log-file")
+            .arg(&self.log_path)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn gse-server");
+        self.child = Some(child);
+        let api = self.api.clone();
+        eventually("gse-server /healthz", Duration::from_secs(20), || {
+            let api = api.clone();
+            async move {
+                match api.get("/healthz").await {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Alarms written to the alarm log so far.
+    pub fn alarms(&self) -> Vec<serde_json::Value> {
+        crate::read_lines(&self.alarm_log)
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; returns the exit code if it exited.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|c| stop_child(c, Duration::from_secs(10)))
+    }
+
+    /// Stops and starts the server on the same config, ports and data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Knobs of a test agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Identity IP (K7).
+    pub ip: IpAddr,
+    /// Local address to connect from; default: the identity IP when it is
+    /// a loopback address.
+    pub bind_ip: Option<IpAddr>,
+    pub cloud_id: i64,
+    /// TLS files; default: the cluster's agent certificate.
+    pub tls: Option<TlsFiles>,
+}
+
+impl AgentOptions {
+    pub fn ip(ip: &str) -> Self {
+        AgentOptions {
+            ip: ip.parse().expect("an IP"),
+            bind_ip: None,
+            cloud_id: 0,
+            tls: None,
+        }
+    }
+}
+
+/// A running `gse-agent` process.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub ip: IpAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl AgentProc {
+    fn start(cluster: &Cluster, server: SocketAddr, opts: AgentOptions) -> Self {
+        let dir = cluster
+            .path
+            .join(format!("agent-{}-{}", opts.cloud_id, opts.ip));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tls = opts
+            .tls
+            .clone()
+            .unwrap_or_else(|| cluster.tls(CertKind::Agent));
+        let mut cfg = AgentConfig::new(dir.join("data"), vec![server.to_string()], tls);
+        cfg.agent.cloud_id = opts.cloud_id;
+        cfg.agent.identity_ip = Some(opts.ip);
+        cfg.upstream.bind_ip = opts.bind_ip.or(opts.ip.is_loopback().then_some(opts.ip));
+        cfg.upstream.backoff_initial = Duration::from_millis(200);
+        cfg.upstream.backoff_max = Duration::from_secs(2);
+        let config_path = dir.join("agent.toml");
+        std::fs::write(&config_path, cfg.to_toml()).unwrap();
+        let mut agent = AgentProc {
+            child: None,
+            ip: opts.ip,
+            log_path: dir.join("agent.log"),
+            dir,
+            config_path,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin("gse-agent"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--log-level")
+            .arg("debug")
+            .arg("--log-file")
+            .arg(&self.log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn gse-agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The agent's id, once it has written it.
+    pub fn agent_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("data/agent_id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal to the agent process.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), sig);
+    }
+
+    /// SIGKILL, as a crash would; reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; returns the exit code if it exited.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|c| stop_child(c, Duration::from_secs(10)))
+    }
+
+    /// Starts the agent again with the same config and data dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; the exit code if it exited.
+pub fn stop_child(mut child: Child, grace: Duration) -> Option<i32> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}

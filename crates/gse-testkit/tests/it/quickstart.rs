@@ -1,0 +1,98 @@
+//! The README's first command, minus the build: `gse-server quickstart`
+//! starts a server and N agents, writes quickstart.json, and stops cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gse_testkit::{Api, bin, eventually};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+#[tokio::test]
+async fn quickstart_runs_a_platform_and_stops_its_agents() {
+    let dir = tempfile::Builder::new()
+        .prefix("gse-qs-")
+        .tempdir()
+        .unwrap();
+    let qs = dir.path().join("qs");
+    let mut child = Command::new(bin("gse-server"))
+        .args([
+            "quickstart",
+            "--agents",
+            "2",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(&qs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let info_path = qs.join("quickstart.json");
+    let info: Value = eventually("quickstart.json", Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&info_path).map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    })
+    .await;
+    for key in [
+        "api",
+        "agent_listen",
+        "bk_app_code",
+        "bk_app_secret",
+        "alarm_log",
+        "server_pid",
+        "agents",
+    ] {
+        assert!(
+            info.get(key).is_some(),
+            "quickstart.json lacks {key}: {info}"
+        );
+    }
+    assert_eq!(info["server_pid"], child.id());
+    let agents = info["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert_eq!(agents[1]["ip"], "127.0.0.2");
+    assert_eq!(agents[1]["bk_cloud_id"], 0);
+
+    let api = Api::new(
+        info["api"].as_str().unwrap(),
+        info["bk_app_code"].as_str().unwrap(),
+        info["bk_app_secret"].as_str().unwrap(),
+    );
+    assert_eq!(api.alive(0, "127.0.0.1").await, 1);
+    assert_eq!(api.alive(0, "127.0.0.2").await, 1);
+    let out = Command::new(bin("gsectl"))
+        .arg("--quickstart")
+        .arg(&qs)
+        .arg("agents")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.matches("alive").count() == 2,
+        "{text}"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = eventually("quickstart exits", Duration::from_secs(20), || {
+        let s = child.try_wait();
+        async move { s.map_err(|e| e.to_string())?.ok_or("running".to_string()) }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    for a in agents {
+        let pid = Pid::from_raw(a["pid"].as_i64().unwrap() as i32);
+        assert!(
+            kill(pid, None).is_err(),
+            "agent {pid} still running after quickstart stopped"
+        );
+    }
+    assert!(
+        !info_path.exists(),
+        "a stale quickstart.json was left behind"
+    );
+}
