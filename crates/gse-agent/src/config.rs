@@ -140,16 +140,14 @@ impl AgentConfig {
                 self.agent.cloud_id
             ));
         }
-        if let Some(ip) = self.agent.identity_ip {
-            if ip.is_unspecified() {
+        if let Some(ip) = self.agent.identity_ip
+            && ip.is_unspecified() {
                 problems.push(format!("agent.identity_ip = {ip}: must be a real address"));
             }
-        }
-        if let Some(id) = &self.agent.agent_id {
-            if let Err(e) = gse_core::identity::validate_agent_id(id) {
+        if let Some(id) = &self.agent.agent_id
+            && let Err(e) = gse_core::identity::validate_agent_id(id) {
                 problems.push(format!("agent.agent_id: {e}"));
             }
-        }
         if self.upstream.servers.is_empty() {
             problems.push("upstream.servers is empty: list at least one host:port".into());
         }
@@ -214,6 +212,14 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&example).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.upstream.server_name, "gse-server");
+    }
+
+    #[test]
+    fn shipped_example_matches_the_defaults() {
+        let example: AgentConfig = toml::from_str(include_str!("../../../etc/gse-agent.toml")).unwrap();
+        example.validate().unwrap();
+        let defaults = AgentConfig::new(example.agent.data_dir.clone(), example.upstream.servers.clone(), example.tls.clone());
+        assert_eq!(example, defaults, "etc/gse-agent.toml drifted from the defaults");
     }
 
     #[test]

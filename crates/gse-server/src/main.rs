@@ -252,13 +252,12 @@ fn certs(c: CertsCommand) -> Result<()> {
 /// socket, and the default soft limit (often 1024) is far too low.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
             tracing::warn!(
                 soft,
                 hard,
                 "cannot raise the open-files limit; fewer agents can connect"
             );
         }
-    }
 }

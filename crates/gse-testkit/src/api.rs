@@ -65,7 +65,7 @@ impl Api {
             .unwrap_or_else(|e| panic!("POST {path} failed: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
 

@@ -72,8 +72,8 @@ impl Default for Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take() {
                 let path = dir.keep();
                 eprintln!(
                     "test failed; its processes' files are kept in {}",
@@ -81,7 +81,6 @@ impl Drop for Cluster {
                 );
                 print_log_tails(&path);
             }
-        }
     }
 }
 

@@ -54,11 +54,10 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
             tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
         }
         tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
-        if let Some(alarms) = &svc.alarms {
-            if !svc.shutdown.is_cancelled() {
+        if let Some(alarms) = &svc.alarms
+            && !svc.shutdown.is_cancelled() {
                 alarms.agent_lost(record, reason);
             }
-        }
     }
 }
 

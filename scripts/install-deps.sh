@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what gse needs on a Debian machine, skipping what is already there.
+#   scripts/install-deps.sh          build tools only (enough for the embedded platform)
+#   scripts/install-deps.sh --tests  also the real servers the test suite starts
+#                                    (ZooKeeper, Redis)
+set -euo pipefail
+
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. Install Rust (stable, 1.88 or newer) with rustup: https://rustup.rs" >&2
+  exit 1
+fi
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ "$want_tests" = 1 ]; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
