@@ -141,13 +141,15 @@ impl AgentConfig {
             ));
         }
         if let Some(ip) = self.agent.identity_ip
-            && ip.is_unspecified() {
-                problems.push(format!("agent.identity_ip = {ip}: must be a real address"));
-            }
+            && ip.is_unspecified()
+        {
+            problems.push(format!("agent.identity_ip = {ip}: must be a real address"));
+        }
         if let Some(id) = &self.agent.agent_id
-            && let Err(e) = gse_core::identity::validate_agent_id(id) {
-                problems.push(format!("agent.agent_id: {e}"));
-            }
+            && let Err(e) = gse_core::identity::validate_agent_id(id)
+        {
+            problems.push(format!("agent.agent_id: {e}"));
+        }
         if self.upstream.servers.is_empty() {
             problems.push("upstream.servers is empty: list at least one host:port".into());
         }
@@ -216,10 +218,18 @@ mod tests {
 
     #[test]
     fn shipped_example_matches_the_defaults() {
-        let example: AgentConfig = toml::from_str(include_str!("../../../etc/gse-agent.toml")).unwrap();
+        let example: AgentConfig =
+            toml::from_str(include_str!("../../../etc/gse-agent.toml")).unwrap();
         example.validate().unwrap();
-        let defaults = AgentConfig::new(example.agent.data_dir.clone(), example.upstream.servers.clone(), example.tls.clone());
-        assert_eq!(example, defaults, "etc/gse-agent.toml drifted from the defaults");
+        let defaults = AgentConfig::new(
+            example.agent.data_dir.clone(),
+            example.upstream.servers.clone(),
+            example.tls.clone(),
+        );
+        assert_eq!(
+            example, defaults,
+            "etc/gse-agent.toml drifted from the defaults"
+        );
     }
 
     #[test]

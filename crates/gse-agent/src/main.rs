@@ -22,15 +22,8 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
-    /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
-    #[arg(long, default_value = "info", global = true)]
-    log_level: String,
-    /// Append logs to this file instead of stderr.
-    #[arg(long, global = true)]
-    log_file: Option<PathBuf>,
-    /// Write logs as JSON lines.
-    #[arg(long, global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    log: gse_core::logging::LogArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,8 +39,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    gse_core::logging::init(&cli.log_level, cli.log_json, cli.log_file.as_deref())
-        .context("cannot open the log file")?;
+    cli.log.init(None).context("cannot open the log file")?;
     let config = AgentConfig::load(&cli.config)?;
     let agent = Agent::new(config.clone())?;
     match cli.command.unwrap_or(Command::Run) {

@@ -1,9 +1,52 @@
 //! Logging set-up shared by the gse binaries: `tracing` to stderr or a file,
 //! as text or JSON lines, filtered by `RUST_LOG` or the level given.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing_subscriber::EnvFilter;
+
+/// The logging flags every gse binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
+    #[arg(long, default_value = "info", global = true)]
+    pub log_level: String,
+    /// Append logs to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+impl LogArgs {
+    /// Installs the subscriber these flags describe; `default_file` is used
+    /// when no --log-file was given.
+    pub fn init(&self, default_file: Option<&Path>) -> std::io::Result<()> {
+        init(
+            &self.log_level,
+            self.log_json,
+            self.log_file.as_deref().or(default_file),
+        )
+    }
+}
+
+/// Opens `path` for appending, creating it and its directory if needed.
+pub fn append_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open {} for appending: {e}", path.display()),
+            )
+        })
+}
 
 /// Installs the global subscriber. `filter` is an EnvFilter string such as
 /// `info` (RUST_LOG wins when set); `file` appends logs there instead of
@@ -15,13 +58,7 @@ pub fn init(filter: &str, json: bool, file: Option<&Path>) -> std::io::Result<()
         .with_target(false);
     let _ = match file {
         Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let f = append_file(path)?;
             let b = builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f));

@@ -264,12 +264,17 @@ key_file = "s.key"
 
     #[test]
     fn shipped_example_matches_the_defaults() {
-        let mut example = ServerConfig::from_toml(include_str!("../../../etc/gse-server.toml")).unwrap();
+        let mut example =
+            ServerConfig::from_toml(include_str!("../../../etc/gse-server.toml")).unwrap();
         example.resolve();
         example.validate().unwrap();
-        let mut defaults = ServerConfig::with_defaults(example.node.data_dir.clone(), example.tls.clone());
+        let mut defaults =
+            ServerConfig::with_defaults(example.node.data_dir.clone(), example.tls.clone());
         defaults.resolve();
-        assert_eq!(example, defaults, "etc/gse-server.toml drifted from the defaults");
+        assert_eq!(
+            example, defaults,
+            "etc/gse-server.toml drifted from the defaults"
+        );
     }
 
     #[test]

@@ -21,15 +21,8 @@ use gse_server::store::EmbeddedStore;
 #[derive(Parser, Debug)]
 #[command(name = "gse-server", version)]
 struct Cli {
-    /// Log filter: error, warn, info, debug, trace, or a RUST_LOG-style list.
-    #[arg(long, default_value = "info", global = true)]
-    log_level: String,
-    /// Append logs to this file instead of stderr (quickstart: DIR/server.log).
-    #[arg(long, global = true)]
-    log_file: Option<PathBuf>,
-    /// Write logs as JSON lines.
-    #[arg(long, global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    log: gse_core::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -148,11 +141,13 @@ enum AppsCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let log_file = match (&cli.command, &cli.log_file) {
-        (Command::Quickstart(q), None) => Some(q.dir.join("server.log")),
-        (_, given) => given.clone(),
+    // Quickstart keeps the terminal for its summary; its log goes to DIR.
+    let default_log = match &cli.command {
+        Command::Quickstart(q) => Some(q.dir.join("server.log")),
+        _ => None,
     };
-    gse_core::logging::init(&cli.log_level, cli.log_json, log_file.as_deref())
+    cli.log
+        .init(default_log.as_deref())
         .context("cannot open the log file")?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(dispatch(cli.command))
@@ -253,11 +248,13 @@ fn certs(c: CertsCommand) -> Result<()> {
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
-            tracing::warn!(
-                soft,
-                hard,
-                "cannot raise the open-files limit; fewer agents can connect"
-            );
-        }
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        tracing::warn!(
+            soft,
+            hard,
+            "cannot raise the open-files limit; fewer agents can connect"
+        );
+    }
 }

@@ -73,14 +73,15 @@ impl Default for Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking()
-            && let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "test failed; its processes' files are kept in {}",
-                    path.display()
-                );
-                print_log_tails(&path);
-            }
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!(
+                "test failed; its processes' files are kept in {}",
+                path.display()
+            );
+            print_log_tails(&path);
+        }
     }
 }
 

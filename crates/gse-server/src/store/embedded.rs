@@ -41,9 +41,11 @@ struct Mem {
 impl Mem {
     fn insert(&mut self, rec: AgentRecord) {
         if let Some(old) = self.agents.get(&rec.key)
-            && old.agent_id != rec.agent_id && self.by_id.get(&old.agent_id) == Some(&rec.key) {
-                self.by_id.remove(&old.agent_id);
-            }
+            && old.agent_id != rec.agent_id
+            && self.by_id.get(&old.agent_id) == Some(&rec.key)
+        {
+            self.by_id.remove(&old.agent_id);
+        }
         self.by_id.insert(rec.agent_id.clone(), rec.key);
         self.agents.insert(rec.key, rec);
     }

@@ -47,11 +47,12 @@ impl AlarmConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(url) = &self.webhook_url
-            && !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(format!(
-                    "alarm.webhook_url = {url:?}: it must start with http:// or https://"
-                ));
-            }
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!(
+                "alarm.webhook_url = {url:?}: it must start with http:// or https://"
+            ));
+        }
         if self.lost_grace > Duration::from_secs(20) {
             problems.push(format!(
                 "alarm.lost_grace = {}: at most 20s, so that a lost agent is alarmed within 30 s",

@@ -24,22 +24,7 @@ pub(crate) struct Delivery {
 impl Delivery {
     pub(crate) fn open(config: &AlarmConfig) -> std::io::Result<Self> {
         let log = match &config.log_file {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        std::io::Error::new(
-                            e.kind(),
-                            format!("cannot open alarm log {}: {e}", path.display()),
-                        )
-                    })?;
-                Some((path.clone(), f))
-            }
+            Some(path) => Some((path.clone(), gse_core::logging::append_file(path)?)),
             None => None,
         };
         let webhook = config.webhook_url.as_ref().map(|url| {

@@ -55,9 +55,10 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
         }
         tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
         if let Some(alarms) = &svc.alarms
-            && !svc.shutdown.is_cancelled() {
-                alarms.agent_lost(record, reason);
-            }
+            && !svc.shutdown.is_cancelled()
+        {
+            alarms.agent_lost(record, reason);
+        }
     }
 }
 
