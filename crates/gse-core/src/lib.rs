@@ -12,9 +12,11 @@
 #![deny(rust_2018_idioms)]
 
 pub mod certs;
+pub mod danger;
 pub mod identity;
 pub mod logging;
 pub mod seams;
+pub mod task;
 pub mod tls;
 
 pub use identity::{AgentKey, AgentRef};

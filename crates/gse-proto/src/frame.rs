@@ -37,6 +37,10 @@ pub enum MsgType {
     HeartbeatAck,
     Goodbye,
     LinkError,
+    RunScript,
+    CancelTask,
+    TaskOutput,
+    TaskStatus,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -50,6 +54,10 @@ impl MsgType {
             MsgType::HeartbeatAck => 4,
             MsgType::Goodbye => 5,
             MsgType::LinkError => 6,
+            MsgType::RunScript => 0x100,
+            MsgType::CancelTask => 0x101,
+            MsgType::TaskOutput => 0x102,
+            MsgType::TaskStatus => 0x103,
             MsgType::Other(n) => n,
         }
     }
@@ -62,6 +70,10 @@ impl MsgType {
             4 => MsgType::HeartbeatAck,
             5 => MsgType::Goodbye,
             6 => MsgType::LinkError,
+            0x100 => MsgType::RunScript,
+            0x101 => MsgType::CancelTask,
+            0x102 => MsgType::TaskOutput,
+            0x103 => MsgType::TaskStatus,
             n => MsgType::Other(n),
         }
     }

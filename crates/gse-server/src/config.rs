@@ -6,9 +6,11 @@
 //! pure, reports every problem at once) — all before anything binds.
 //! Role sections live beside their roles and are re-exported here.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use gse_core::danger::{DangerAction, DangerPolicy, DangerRuleSpec, builtin_rules};
 use gse_core::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,67 @@ pub struct ServerConfig {
     pub alarm: AlarmConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub danger: DangerConfig,
+}
+
+/// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
+/// before dispatch and by agents before running.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DangerConfig {
+    /// Start from the built-in rules (see docs/DANGER.md).
+    #[serde(default = "default_true")]
+    pub builtin: bool,
+    /// Change a rule's action: `rule_name = "alarm"` or `"block"`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, DangerAction>,
+    /// More rules: `{ name, pattern, action, description }`.
+    #[serde(default)]
+    pub rules: Vec<DangerRuleSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DangerConfig {
+    fn default() -> Self {
+        DangerConfig {
+            builtin: true,
+            actions: BTreeMap::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl DangerConfig {
+    /// The rule set this section describes, or what is wrong with it.
+    pub fn resolve(&self) -> Result<Vec<DangerRuleSpec>, Vec<String>> {
+        let mut rules = if self.builtin {
+            builtin_rules()
+        } else {
+            Vec::new()
+        };
+        rules.extend(self.rules.iter().cloned());
+        let mut problems = Vec::new();
+        for (name, action) in &self.actions {
+            match rules.iter_mut().find(|r| &r.name == name) {
+                Some(rule) => rule.action = *action,
+                None => problems.push(format!(
+                    "danger.actions names rule {name:?}, which does not exist"
+                )),
+            }
+        }
+        if let Err(e) = DangerPolicy::new(&rules) {
+            problems.push(format!("danger.rules: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(rules)
+        } else {
+            Err(problems)
+        }
+    }
 }
 
 /// `[node]`: who this node is and where it keeps its state.
@@ -171,6 +234,9 @@ impl ServerConfig {
             }
         }
         problems.extend(self.link.problems());
+        if let Err(p) = self.danger.resolve() {
+            problems.extend(p);
+        }
         problems.extend(self.alarm.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
@@ -223,6 +289,7 @@ impl ServerConfig {
             link: LinkConfig::default(),
             alarm: AlarmConfig::default(),
             store: StoreConfig::default(),
+            danger: DangerConfig::default(),
         }
     }
 

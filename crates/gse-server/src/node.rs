@@ -79,6 +79,10 @@ impl Node {
                 store: store.clone(),
                 alarms: alarms.clone(),
                 parent,
+                danger_rules: config
+                    .danger
+                    .resolve()
+                    .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
                 shutdown: shutdown.clone(),
             })
             .context("cannot load the TLS material in [tls]")?;

@@ -50,6 +50,9 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let reason = serve(&svc, &mut link, key, rx, close).await;
 
     if svc.detach(key, conn_id) {
+        if let Some(frames) = svc.frames.get() {
+            frames.on_disconnect(key);
+        }
         if let Err(e) = svc.store.mark_offline(key, &svc.node_id).await {
             tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
         }
@@ -130,6 +133,11 @@ async fn register(
         heartbeat_interval_ms: svc.config.heartbeat_interval.as_millis() as u32,
         parent_ip: svc.parent.ip().to_string(),
         parent_port: svc.parent.port() as u32,
+        danger_rules: if accepted {
+            svc.danger_rules.clone()
+        } else {
+            Vec::new()
+        },
     };
     match checked {
         Ok(reg) => {
@@ -296,7 +304,12 @@ async fn on_frame(
             Some(protocol_error(link, "Register sent twice on one connection".into()).await)
         }
         other => {
-            tracing::debug!(agent = %key, msg_type = other.to_u16(), "ignoring a frame type this server does not handle");
+            match svc.frames.get() {
+                Some(frames) => frames.on_frame(key, frame),
+                None => {
+                    tracing::debug!(agent = %key, msg_type = other.to_u16(), "ignoring a frame type this node does not handle")
+                }
+            }
             None
         }
     }

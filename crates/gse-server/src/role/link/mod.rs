@@ -7,7 +7,9 @@
 //! or goes silent for `heartbeat_timeout`. Heartbeats reach the state store in
 //! batches ([`heartbeats`]). When a link ends the agent is marked offline and
 //! the alarm role is told (K4). Other roles send frames to an agent through
-//! [`LinkService::send_to`]. It does not dispatch tasks itself.
+//! [`LinkService::send_to`]; frames the link does not handle itself (task
+//! output and status) go to the [`AgentFrames`] handler another role sets.
+//! It does not dispatch tasks itself.
 
 mod config;
 mod connection;
@@ -15,10 +17,11 @@ mod heartbeats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use gse_core::AgentKey;
+use gse_core::danger::DangerRuleSpec;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
 use gse_proto::Frame;
@@ -40,6 +43,15 @@ struct Session {
     tx: mpsc::Sender<Frame>,
     /// Cancel to make the connection task say goodbye and close.
     close: CancellationToken,
+}
+
+/// Receives what agents send that the link does not handle itself (task
+/// output and status), and hears when an agent's link ends.
+pub trait AgentFrames: Send + Sync {
+    /// A frame from a registered agent, of a type the link does not handle.
+    fn on_frame(&self, agent: AgentKey, frame: Frame);
+    /// The agent's link ended (it may come back on a new one).
+    fn on_disconnect(&self, agent: AgentKey);
 }
 
 /// Why a frame could not be handed to an agent.
@@ -64,6 +76,9 @@ pub struct LinkService {
     sessions: Mutex<HashMap<AgentKey, Session>>,
     next_conn: AtomicU64,
     heartbeats: mpsc::Sender<gse_core::seams::HeartbeatUpdate>,
+    /// Rules pushed to agents in RegisterAck.
+    danger_rules: Vec<gse_proto::link::DangerRule>,
+    frames: OnceLock<Arc<dyn AgentFrames>>,
     shutdown: CancellationToken,
 }
 
@@ -75,6 +90,8 @@ pub struct LinkParts {
     pub store: Arc<dyn StateStore>,
     pub alarms: Option<Arc<AlarmService>>,
     pub parent: SocketAddr,
+    /// Dangerous-operation rules agents check before running commands.
+    pub danger_rules: Vec<DangerRuleSpec>,
     pub shutdown: CancellationToken,
 }
 
@@ -82,6 +99,16 @@ impl LinkService {
     pub fn new(parts: LinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
         let tls = gse_core::tls::server_config(&parts.tls_files)?;
         let heartbeats = heartbeats::start(parts.store.clone(), parts.shutdown.clone());
+        let danger_rules = parts
+            .danger_rules
+            .iter()
+            .map(|r| gse_proto::link::DangerRule {
+                name: r.name.clone(),
+                pattern: r.pattern.clone(),
+                action: r.action.as_str().into(),
+                description: r.description.clone(),
+            })
+            .collect();
         Ok(Arc::new(LinkService {
             node_id: parts.node_id,
             config: parts.config,
@@ -93,8 +120,20 @@ impl LinkService {
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             heartbeats,
+            danger_rules,
+            frames: OnceLock::new(),
             shutdown: parts.shutdown,
         }))
+    }
+
+    /// Sets where unhandled agent frames go; only the first call counts.
+    pub fn set_frame_handler(&self, handler: Arc<dyn AgentFrames>) {
+        let _ = self.frames.set(handler);
+    }
+
+    /// Whether an agent is connected to this node now.
+    pub fn is_connected(&self, key: AgentKey) -> bool {
+        self.sessions.lock().contains_key(&key)
     }
 
     /// Accepts agent connections until shutdown.
