@@ -3,10 +3,15 @@
 //! Start at [`Agent::run`]: it loads its identity ([`identity`]), then keeps
 //! one long-lived mutual-TLS link to its upstream node ([`link`]) with
 //! register, heartbeats carrying its own cpu/memory ([`stats`]), keepalive,
-//! and reconnect with jittered exponential backoff ([`backoff`]). Tasks run
-//! through the `Executor` seam; [`executor::ProcessExecutor`] is the real one.
+//! and reconnect with jittered exponential backoff ([`backoff`]). The link
+//! hands task frames to the [`task`] runner, which runs processes through
+//! the `Executor` seam; [`executor::ProcessExecutor`] is the real one.
 //! Config is [`config::AgentConfig`] (TOML).
-#![forbid(unsafe_code)]
+//!
+//! `unsafe` is denied except in one place: the `pre_exec` hook that switches
+//! a child process to the task's user (`executor/unix.rs`, with its SAFETY
+//! argument).
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
@@ -15,9 +20,11 @@ pub mod executor;
 pub mod identity;
 pub mod link;
 pub mod stats;
+pub mod task;
 
 use std::sync::Arc;
 
+use gse_core::seams::Executor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
@@ -26,6 +33,7 @@ pub use config::AgentConfig;
 pub struct Agent {
     config: Arc<AgentConfig>,
     identity: identity::AgentIdentity,
+    executor: Arc<dyn Executor>,
 }
 
 impl Agent {
@@ -35,7 +43,14 @@ impl Agent {
         Ok(Agent {
             config: Arc::new(config),
             identity,
+            executor: Arc::new(executor::ProcessExecutor),
         })
+    }
+
+    /// Runs tasks through `executor` instead of real processes (simulations).
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = executor;
+        self
     }
 
     pub fn agent_id(&self) -> &str {
@@ -44,6 +59,6 @@ impl Agent {
 
     /// Runs until `shutdown` is cancelled; then says goodbye upstream.
     pub async fn run(self, shutdown: CancellationToken) {
-        link::run(self.config, self.identity, shutdown).await
+        link::run(self.config, self.identity, self.executor, shutdown).await
     }
 }

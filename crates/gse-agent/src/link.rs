@@ -6,18 +6,29 @@
 //! 1.3 the server's refusal of our certificate only shows on the first read,
 //! so the Register answer is where it is reported. A link counts as dead when
 //! nothing came back for three heartbeat periods, even if TCP has not noticed.
+//!
+//! Each session also carries tasks: `RunScript`/`CancelTask` frames go to a
+//! [`TaskRunner`] built with the dangerous-operation rules from the
+//! `RegisterAck`, and its `TaskOutput`/`TaskStatus` frames come back through
+//! an outbound queue that the session loop writes to the link. When the
+//! session ends for any reason (lost link, server goodbye, shutdown), every
+//! task is cancelled and its process tree killed before reconnecting: the
+//! server fails a lost agent's unfinished atomic tasks with 117 at once, so
+//! work must not go on unreported.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use gse_core::seams::Executor;
 use gse_core::tls::{Side, explain};
 use gse_proto::link::{Goodbye, Heartbeat, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgType};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
@@ -27,6 +38,7 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 use crate::stats::SelfStats;
+use crate::task::{TaskRunner, policy};
 
 type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 
@@ -34,6 +46,9 @@ type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Missed heartbeat answers before the link is declared dead.
 const MISSED_ACKS: u32 = 3;
+/// Task frames queued for the link; a full queue slows the tasks' output
+/// (and so their processes), never the heartbeats.
+const OUTBOUND_FRAMES: usize = 256;
 
 /// How a session ended.
 enum End {
@@ -46,8 +61,13 @@ enum End {
 /// Why a connection attempt failed, already put in words.
 struct AttemptError(String);
 
-/// Runs the link until `shutdown`.
-pub async fn run(cfg: Arc<AgentConfig>, identity: AgentIdentity, shutdown: CancellationToken) {
+/// Runs the link until `shutdown`; tasks run through `executor`.
+pub async fn run(
+    cfg: Arc<AgentConfig>,
+    identity: AgentIdentity,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+) {
     let tls = match gse_core::tls::client_config(&cfg.tls) {
         Ok(tls) => tls,
         Err(e) => {
@@ -74,7 +94,7 @@ pub async fn run(cfg: Arc<AgentConfig>, identity: AgentIdentity, shutdown: Cance
         match outcome {
             Ok((mut link, ack)) => {
                 tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
-                match session(&mut link, &ack, &mut stats, &shutdown).await {
+                match serve(&mut link, &ack, &mut stats, &shutdown, &executor).await {
                     End::Shutdown => return,
                     End::Lost(reason) => {
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
@@ -225,12 +245,35 @@ async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String
     Err(last)
 }
 
-/// Heartbeats until the link ends or we shut down.
+/// Runs one session with its own task runner; when it ends, every task is
+/// cancelled (and its processes killed) before the next connection.
+async fn serve(
+    link: &mut Link,
+    ack: &RegisterAck,
+    stats: &mut SelfStats,
+    shutdown: &CancellationToken,
+    executor: &Arc<dyn Executor>,
+) -> End {
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+    let policy = policy::from_register_ack(&ack.danger_rules);
+    let runner = TaskRunner::new(executor.clone(), policy, out_tx);
+    let end = session(link, ack, stats, shutdown, &runner, out_rx).await;
+    // The outbound queue's receiver went with the session, so cancelled
+    // tasks cannot block on their last frames.
+    runner.cancel_all().await;
+    end
+}
+
+/// One registered session: heartbeats, and task frames both ways, until the
+/// link ends or we shut down. Frames still queued in `outbound` when the
+/// link ends are dropped (the server fails those tasks with 117).
 async fn session(
     link: &mut Link,
     ack: &RegisterAck,
     stats: &mut SelfStats,
     shutdown: &CancellationToken,
+    tasks: &TaskRunner,
+    mut outbound: mpsc::Receiver<Frame>,
 ) -> End {
     let period = Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(100)));
     let mut ticker = tokio::time::interval(period);
@@ -240,11 +283,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let bye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: "agent stopping".into() });
-                let _ = timeout(Duration::from_secs(2), async {
-                    let _ = link.send(bye).await;
-                    let _ = link.get_mut().shutdown().await;
-                }).await;
+                say_goodbye(link).await;
                 return End::Shutdown;
             }
             _ = ticker.tick() => {
@@ -252,16 +291,13 @@ async fn session(
                     return End::Lost(format!("no answer from the server for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                let s = stats.sample();
-                let hb = Heartbeat {
-                    seq,
-                    time_ms: gse_core::now_ms(),
-                    cpu_percent: s.cpu_percent,
-                    mem_bytes: s.mem_bytes,
-                    mem_percent: s.mem_percent,
-                };
-                if let Err(e) = link.send(Frame::new(MsgType::Heartbeat, 0, &hb)).await {
+                if let Err(e) = link.send(heartbeat(seq, stats)).await {
                     return End::Lost(format!("cannot send a heartbeat: {e}"));
+                }
+            }
+            Some(frame) = outbound.recv() => {
+                if let Err(e) = link.send(frame).await {
+                    return End::Lost(format!("cannot send a task frame: {e}"));
                 }
             }
             next = link.next() => {
@@ -271,7 +307,7 @@ async fn session(
                     Some(Ok(frame)) => frame,
                 };
                 last_heard = Instant::now();
-                if let Some(end) = on_frame(frame) {
+                if let Some(end) = on_frame(frame, tasks) {
                     return end;
                 }
             }
@@ -279,10 +315,42 @@ async fn session(
     }
 }
 
+fn heartbeat(seq: u64, stats: &mut SelfStats) -> Frame {
+    let s = stats.sample();
+    let hb = Heartbeat {
+        seq,
+        time_ms: gse_core::now_ms(),
+        cpu_percent: s.cpu_percent,
+        mem_bytes: s.mem_bytes,
+        mem_percent: s.mem_percent,
+    };
+    Frame::new(MsgType::Heartbeat, 0, &hb)
+}
+
+/// Tells the server we are leaving, without waiting long for it.
+async fn say_goodbye(link: &mut Link) {
+    let bye = Frame::new(
+        MsgType::Goodbye,
+        0,
+        &Goodbye {
+            reason: "agent stopping".into(),
+        },
+    );
+    let _ = timeout(Duration::from_secs(2), async {
+        let _ = link.send(bye).await;
+        let _ = link.get_mut().shutdown().await;
+    })
+    .await;
+}
+
 /// Handles one frame from the server; `Some` ends the session.
-fn on_frame(frame: Frame) -> Option<End> {
+fn on_frame(frame: Frame, tasks: &TaskRunner) -> Option<End> {
     match frame.msg_type {
         MsgType::HeartbeatAck => None,
+        MsgType::RunScript | MsgType::CancelTask => {
+            tasks.handle(&frame);
+            None
+        }
         MsgType::Goodbye => {
             let reason = frame
                 .decode::<Goodbye>()

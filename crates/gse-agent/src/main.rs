@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+#[cfg(unix)]
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -72,5 +73,12 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    shutdown.cancel();
+}
+
+/// Ctrl-C only; running as a Windows service is not implemented yet.
+#[cfg(not(unix))]
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }

@@ -36,7 +36,7 @@ enum Command {
 /// What a bench hands back: its JSON line, and what went wrong if the run
 /// was not clean (the line is printed either way, then the exit code is 1).
 pub struct BenchOutput {
-    pub line: serde_json::Value,
+    pub line: String,
     pub failure: Option<String>,
 }
 

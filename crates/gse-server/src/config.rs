@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::role::alarm::AlarmConfig;
 pub use crate::role::api::ApiConfig;
 pub use crate::role::link::LinkConfig;
+pub use crate::role::task::TaskConfig;
 
 /// The whole server config file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub danger: DangerConfig,
+    #[serde(default)]
+    pub task: TaskConfig,
 }
 
 /// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
@@ -238,6 +241,7 @@ impl ServerConfig {
             problems.extend(p);
         }
         problems.extend(self.alarm.problems());
+        problems.extend(self.task.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
         }
@@ -290,6 +294,7 @@ impl ServerConfig {
             alarm: AlarmConfig::default(),
             store: StoreConfig::default(),
             danger: DangerConfig::default(),
+            task: TaskConfig::default(),
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! [`Node::start`] opens the state store (embedded: memory + SQLite), seeds
 //! the configured apps, starts the alarm, link and API roles that
-//! `[node] roles` selects, and announces the node to the registry with its
+//! `[node] roles` selects, and the task role wherever the API or the link
+//! runs (it takes script tasks from the API to agents over the link and
+//! receives their results), and announces the node to the registry with its
 //! agent count. [`Node::stop`] cancels everything and waits for the roles to
 //! finish. Addresses actually bound (port 0 allowed) are in the `Node`.
 
@@ -21,6 +23,7 @@ use crate::config::{Role, ServerConfig};
 use crate::role::alarm::AlarmService;
 use crate::role::api::{self, ApiContext};
 use crate::role::link::{LinkParts, LinkService};
+use crate::role::task::{AgentLink, TaskParts, TaskService};
 use crate::store::EmbeddedStore;
 
 /// How often the node refreshes its registry entry (load for balancing).
@@ -36,8 +39,9 @@ pub struct Node {
     pub store: Arc<dyn StateStore>,
     pub link: Option<Arc<LinkService>>,
     pub alarms: Option<Arc<AlarmService>>,
+    pub tasks: Option<Arc<TaskService>>,
     shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    joins: JoinSet<()>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener> {
@@ -69,7 +73,11 @@ impl Node {
             None
         };
 
-        let (link, agent_addr) = if config.has_role(Role::Link) {
+        let danger_rules = config
+            .danger
+            .resolve()
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        let (link, agent_listener) = if config.has_role(Role::Link) {
             let listener = bind(config.link.listen, "agents", "link.listen").await?;
             let parent = config.agent_addr(listener.local_addr()?);
             let link = LinkService::new(LinkParts {
@@ -79,17 +87,26 @@ impl Node {
                 store: store.clone(),
                 alarms: alarms.clone(),
                 parent,
-                danger_rules: config
-                    .danger
-                    .resolve()
-                    .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+                danger_rules: danger_rules.clone(),
                 shutdown: shutdown.clone(),
             })
             .context("cannot load the TLS material in [tls]")?;
-            tasks.spawn(link.clone().serve(listener));
-            (Some(link), Some(parent))
+            (Some(link), Some((listener, parent)))
         } else {
             (None, None)
+        };
+
+        let task_service = start_task_role(&config, &store, &link, &alarms, danger_rules).await?;
+        if let Some(svc) = &task_service {
+            tasks.spawn(svc.clone().run(shutdown.clone()));
+        }
+
+        let agent_addr = match (&link, agent_listener) {
+            (Some(link), Some((listener, parent))) => {
+                tasks.spawn(link.clone().serve(listener));
+                Some(parent)
+            }
+            _ => None,
         };
 
         let api_addr = if config.has_role(Role::Api) {
@@ -99,6 +116,7 @@ impl Node {
                 store: store.clone(),
                 config: config.api.clone(),
                 metrics: Some(crate::telemetry::metrics_handle()),
+                tasks: task_service.clone(),
             };
             let token = shutdown.clone();
             tasks.spawn(async move {
@@ -127,8 +145,9 @@ impl Node {
             store,
             link,
             alarms,
+            tasks: task_service,
             shutdown,
-            tasks,
+            joins: tasks,
         })
     }
 
@@ -140,11 +159,40 @@ impl Node {
     /// Stops every role, waiting up to `grace` for them to finish.
     pub async fn stop(mut self, grace: Duration) {
         self.shutdown.cancel();
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let all = async { while self.joins.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("some roles did not stop within {grace:?}; exiting anyway");
         }
     }
+}
+
+/// Starts the task role where the API or the link runs (it takes script
+/// tasks from the API to this node's agents and their results back) and
+/// hands it the link's task frames. The caller spawns its writer.
+async fn start_task_role(
+    config: &ServerConfig,
+    store: &Arc<dyn StateStore>,
+    link: &Option<Arc<LinkService>>,
+    alarms: &Option<Arc<AlarmService>>,
+    danger_rules: Vec<gse_core::danger::DangerRuleSpec>,
+) -> Result<Option<Arc<TaskService>>> {
+    if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
+        return Ok(None);
+    }
+    let svc = TaskService::start(TaskParts {
+        node_id: config.node.id.clone(),
+        config: config.task.clone(),
+        store: store.clone(),
+        link: link.clone().map(|l| l as Arc<dyn AgentLink>),
+        danger_rules,
+        alarms: alarms.clone(),
+    })
+    .await
+    .context("cannot start the task role")?;
+    if let Some(link) = link {
+        link.set_frame_handler(svc.clone());
+    }
+    Ok(Some(svc))
 }
 
 /// Opens the configured state store and seeds the configured apps.

@@ -107,7 +107,7 @@ impl ApiClient {
             )
         } else if e.is_timeout() {
             anyhow!(
-                "no answer from {url} within {}; the server may be overloaded, or raise --timeout",
+                "no answer from {url} within {}; the server may be overloaded, or raise --http-timeout",
                 humantime::format_duration(self.timeout)
             )
         } else {

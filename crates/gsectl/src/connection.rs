@@ -47,10 +47,10 @@ pub struct ConnectionArgs {
     #[arg(long, env = "GSE_QUICKSTART", value_name = "PATH", global = true)]
     pub quickstart: Option<PathBuf>,
 
-    /// Give up on a call after this long (e.g. 10s, 2m).
-    #[arg(long, env = "GSE_TIMEOUT", value_name = "DURATION", default_value = "30s",
+    /// Give up on one HTTP call after this long (e.g. 10s, 2m).
+    #[arg(long = "http-timeout", env = "GSE_HTTP_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = humantime::parse_duration, global = true)]
-    pub timeout: Duration,
+    pub http_timeout: Duration,
 }
 
 /// Settings a call is made with.
@@ -112,7 +112,7 @@ pub fn fill(
             api,
             app_code,
             app_secret,
-            timeout: args.timeout,
+            timeout: args.http_timeout,
         }),
         (api, code, secret) => {
             let missing = [
@@ -195,7 +195,7 @@ mod tests {
 
     fn args() -> ConnectionArgs {
         ConnectionArgs {
-            timeout: Duration::from_secs(30),
+            http_timeout: Duration::from_secs(30),
             ..ConnectionArgs::default()
         }
     }

@@ -11,6 +11,7 @@
 mod agents;
 mod client;
 mod connection;
+mod exec;
 mod table;
 
 use std::process::ExitCode;
@@ -40,13 +41,17 @@ struct Cli {
 enum Command {
     /// List agents with their state, version, CPU, memory and last heartbeat.
     Agents(agents::AgentsArgs),
+    /// Run a command or script on many hosts; live progress, then each
+    /// host's output, grouped when identical. Exit code 1 if any host failed.
+    Exec(exec::ExecArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -54,11 +59,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Runs the subcommand; `Ok(false)` means it ran but something failed
+/// (e.g. a host of `exec`), which exits with 1 without another message.
+async fn run(cli: Cli) -> Result<bool> {
     let connection = cli.connection.resolve()?;
     let client = ApiClient::new(&connection)?;
     match &cli.command {
-        Command::Agents(args) => agents::run(&client, args).await,
+        Command::Agents(args) => agents::run(&client, args).await.map(|()| true),
+        Command::Exec(args) => exec::run(&client, args).await,
     }
 }
 
@@ -84,8 +92,35 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.connection.api.as_deref(), Some("http://x"));
-        let Command::Agents(args) = cli.command;
+        let Command::Agents(args) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
         assert!(args.alive_only);
         assert_eq!(args.agents, ["0:10.0.0.1"]);
+    }
+
+    #[test]
+    fn exec_takes_hosts_user_timeout_and_a_command() {
+        let cli = Cli::try_parse_from([
+            "gsectl",
+            "exec",
+            "--hosts",
+            "0:127.0.0.1,0:127.0.0.2",
+            "--user",
+            "app",
+            "--timeout",
+            "5",
+            "--",
+            "echo",
+            "-n",
+            "hi",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!(args.hosts, ["0:127.0.0.1", "0:127.0.0.2"]);
+        assert_eq!(args.timeout, 5);
+        assert_eq!(args.command, ["echo", "-n", "hi"]);
     }
 }

@@ -16,7 +16,10 @@ pub mod registry;
 pub mod sink;
 pub mod state_store;
 
-pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind};
+pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncation_marker};
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Record, Sink, SinkError};
-pub use state_store::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
+pub use state_store::{
+    AgentRecord, AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, StateStore, StoreError,
+    StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,
+};

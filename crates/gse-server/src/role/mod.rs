@@ -5,3 +5,4 @@ pub mod alarm;
 pub mod api;
 pub mod data;
 pub mod link;
+pub mod task;

@@ -1,5 +1,6 @@
 //! The embedded state store: memory for reads and heartbeats, SQLite for
-//! what must survive a restart (agent identities and last state, apps).
+//! what must survive a restart (agent identities and last state, apps, task
+//! records and logs; the task tables are in [`super::tasks`]).
 //!
 //! Heartbeats never touch SQLite (thousands per second at scale); a record
 //! is written when an agent registers or goes offline. SQLite calls run on
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use gse_core::seams::state_store::{EntryFailure, LogWindow, StoredTask, TaskWrites};
 use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
 use gse_core::{AgentKey, AgentRef};
 use parking_lot::RwLock;
@@ -106,6 +108,7 @@ impl EmbeddedStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(super::tasks::SCHEMA).map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
             mem: RwLock::new(mem),
@@ -274,6 +277,54 @@ impl StateStore for EmbeddedStore {
         .await?;
         self.mem.write().apps.insert(app.app_code.clone(), app);
         Ok(())
+    }
+
+    async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.with_db("saving task records", move |c| {
+            super::tasks::write(c, &writes)
+        })
+        .await
+    }
+
+    async fn get_task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let id = task_id.to_string();
+        self.with_db("reading a task", move |c| super::tasks::get(c, &id))
+            .await
+    }
+
+    async fn read_task_logs(
+        &self,
+        task_id: &str,
+        windows: &[LogWindow],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let id = task_id.to_string();
+        let windows = windows.to_vec();
+        self.with_db("reading task logs", move |c| {
+            super::tasks::read_logs(c, &id, &windows)
+        })
+        .await
+    }
+
+    async fn fail_unfinished_tasks(
+        &self,
+        node_id: &str,
+        failure: EntryFailure,
+    ) -> Result<u64, StoreError> {
+        let node = node_id.to_string();
+        self.with_db("closing unfinished task entries", move |c| {
+            super::tasks::fail_unfinished(c, &node, &failure)
+        })
+        .await
+    }
+
+    async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        self.with_db("pruning old tasks", move |c| {
+            super::tasks::prune(c, created_before_ms)
+        })
+        .await
     }
 }
 

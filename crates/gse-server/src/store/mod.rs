@@ -1,10 +1,12 @@
 //! State store implementations behind `gse_core::seams::StateStore`.
 //!
 //! [`embedded::EmbeddedStore`] is the single-node default: everything in
-//! memory, with agent identities and apps persisted to SQLite so that they
-//! survive a restart. The Redis store arrives with the cluster work; nothing
-//! outside this module and `node` knows which one is in use.
+//! memory, with agent identities, apps and task records (`tasks`) persisted
+//! to SQLite so that they survive a restart. The Redis store arrives with
+//! the cluster work; nothing outside this module and `node` knows which one
+//! is in use.
 
 pub mod embedded;
+mod tasks;
 
 pub use embedded::EmbeddedStore;

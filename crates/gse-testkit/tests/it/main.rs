@@ -8,3 +8,4 @@ mod k4_liveness;
 mod k6_tls;
 mod quickstart;
 mod restart;
+mod t_tasks;

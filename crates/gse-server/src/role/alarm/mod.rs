@@ -5,8 +5,11 @@
 //! the agent is back before it fires nothing is raised (a blip, a server
 //! restart), otherwise one `agent_lost` alarm goes out and the agent is
 //! remembered as alarmed until it reconnects, which raises `agent_recovered`
-//! (the clear). Delivery (JSON-lines log, webhook) is in [`sinks`]; alarms are
-//! queued so that a slow webhook never holds up the agent link.
+//! (the clear). Other roles raise their own alarms through
+//! [`AlarmService::raise`]: the task role raises `dangerous_operation` and
+//! `dangerous_operation_blocked` (T6, T7, [`Alarm::about_task`]). Delivery
+//! (JSON-lines log, webhook) is in [`sinks`]; alarms are queued so that a
+//! slow webhook never holds up the agent link.
 
 mod config;
 pub mod sinks;
@@ -34,13 +37,19 @@ pub enum AlarmKind {
     AgentLost,
     /// The clear of `AgentLost`: the agent is connected again.
     AgentRecovered,
+    /// T6: a task matched an alarm-only dangerous-operation rule; it ran.
+    DangerousOperation,
+    /// T7: a task matched a blocking rule; nothing was dispatched.
+    DangerousOperationBlocked,
 }
 
 impl AlarmKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AlarmKind::AgentLost => "agent_lost",
             AlarmKind::AgentRecovered => "agent_recovered",
+            AlarmKind::DangerousOperation => "dangerous_operation",
+            AlarmKind::DangerousOperationBlocked => "dangerous_operation_blocked",
         }
     }
 }
@@ -56,16 +65,29 @@ pub struct Alarm {
     pub severity: &'static str,
     /// The node that raised it.
     pub node_id: String,
-    /// `cloud:ip` of the agent concerned.
+    /// `cloud:ip` of the agent concerned; for a task alarm, its one target
+    /// as the caller named it, or empty when it has several.
     pub agent: String,
-    pub bk_cloud_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bk_cloud_id: Option<i64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ip: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub bk_agent_id: String,
+    /// Task alarms: the task, the dangerous-operation rule, and how many
+    /// agents the task targets. Omitted from agent alarms.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub task_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_count: Option<usize>,
     pub message: String,
 }
 
 impl Alarm {
-    fn about_agent(kind: AlarmKind, node_id: &str, rec: &AgentRecord, message: String) -> Self {
+    /// An alarm raised now, about nothing in particular yet.
+    fn now(kind: AlarmKind, node_id: &str, message: String) -> Self {
         let time_ms = gse_core::now_ms();
         Alarm {
             time: humantime::format_rfc3339_millis(
@@ -80,11 +102,47 @@ impl Alarm {
                 "warning"
             },
             node_id: node_id.to_string(),
+            agent: String::new(),
+            bk_cloud_id: None,
+            ip: String::new(),
+            bk_agent_id: String::new(),
+            task_id: String::new(),
+            rule: String::new(),
+            agent_count: None,
+            message,
+        }
+    }
+
+    fn about_agent(kind: AlarmKind, node_id: &str, rec: &AgentRecord, message: String) -> Self {
+        Alarm {
             agent: rec.key.to_string(),
-            bk_cloud_id: rec.key.cloud_id,
+            bk_cloud_id: Some(rec.key.cloud_id),
             ip: rec.key.ip.to_string(),
             bk_agent_id: rec.agent_id.clone(),
-            message,
+            ..Alarm::now(kind, node_id, message)
+        }
+    }
+
+    /// An alarm about a task and the agents it targets (dangerous
+    /// operations): `agents` as the caller named them, `rule` the rule that
+    /// matched.
+    pub fn about_task(
+        kind: AlarmKind,
+        node_id: &str,
+        task_id: &str,
+        agents: &[String],
+        rule: &str,
+        message: String,
+    ) -> Self {
+        Alarm {
+            agent: match agents {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            task_id: task_id.to_string(),
+            rule: rule.to_string(),
+            agent_count: Some(agents.len()),
+            ..Alarm::now(kind, node_id, message)
         }
     }
 }
@@ -127,7 +185,7 @@ impl AlarmService {
     /// Queues an alarm for every sink.
     pub fn raise(&self, alarm: Alarm) {
         metrics::counter!("gse_alarm_raised_total", "kind" => alarm.kind.as_str()).increment(1);
-        tracing::warn!(kind = alarm.kind.as_str(), agent = %alarm.agent, message = %alarm.message, "alarm");
+        tracing::warn!(kind = alarm.kind.as_str(), agent = %alarm.agent, task_id = %alarm.task_id, message = %alarm.message, "alarm");
         if self.tx.try_send(alarm).is_err() {
             metrics::counter!("gse_alarm_dropped_total").increment(1);
             tracing::error!(

@@ -163,3 +163,63 @@ pub fn entry_cloud_id(entry: &Value, path: &str) -> Result<i64, ApiError> {
         }),
     }
 }
+
+/// An optional array field, refused with 413 over `limit` entries; null or
+/// absent is an empty list.
+pub fn optional_array<'a>(
+    fields: &'a Fields,
+    name: &'static str,
+    limit: usize,
+) -> Result<&'a [Value], ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(_) => bounded_array(fields, name, limit),
+    }
+}
+
+/// An optional string field of an array entry (null counts as absent).
+pub fn entry_opt_str<'a>(
+    entry: &'a Value,
+    path: &str,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match entry.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::WrongType {
+            field: format!("{path}.{name}"),
+            expected: "a string",
+            got: json_type(other),
+        }),
+    }
+}
+
+/// An optional non-negative integer field of an array entry (or of the
+/// body, with `path` empty); a string of digits is accepted too.
+pub fn entry_opt_u64(entry: &Value, path: &str, name: &str) -> Result<Option<u64>, ApiError> {
+    let field = || {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let parsed = match entry.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        Some(_) => None,
+    };
+    match parsed {
+        Some(n) => Ok(Some(n)),
+        None => Err(ApiError::Invalid {
+            field: field(),
+            problem: format!(
+                "{} is not an integer >= 0",
+                quoted(&entry.get(name).map(Value::to_string).unwrap_or_default())
+            ),
+        }),
+    }
+}

@@ -12,6 +12,7 @@ use super::ApiContext;
 use super::agents;
 use super::body::Fields;
 use super::error::{ApiError, quoted};
+use super::tasks;
 
 /// Prefix the BlueKing API gateway puts in front of GSE's own paths.
 pub const GATEWAY_PREFIX: &str = "/api/bk-gse/prod";
@@ -29,6 +30,12 @@ pub enum Endpoint {
     ListAgentInfo,
     /// Our extension for gsectl: every known agent.
     ListAgents,
+    /// v2 `async_execute_script`: start a script task (bk-job).
+    ExecuteScript,
+    /// v2 `get_execute_script_result`: poll a script task (bk-job).
+    GetScriptResult,
+    /// v2 `async_terminate_execute_script`: stop a script task (bk-job).
+    TerminateScript,
 }
 
 /// Canonical path (no prefix, no trailing slash) of every endpoint.
@@ -44,6 +51,18 @@ pub const ENDPOINTS: &[(&str, Endpoint)] = &[
     ("/api/v2/cluster/list_agent_state", Endpoint::ListAgentState),
     ("/api/v2/cluster/list_agent_info", Endpoint::ListAgentInfo),
     ("/api/v2/cluster/list_agents", Endpoint::ListAgents),
+    (
+        "/api/v2/task/extensions/async_execute_script",
+        Endpoint::ExecuteScript,
+    ),
+    (
+        "/api/v2/task/extensions/get_execute_script_result",
+        Endpoint::GetScriptResult,
+    ),
+    (
+        "/api/v2/task/extensions/async_terminate_execute_script",
+        Endpoint::TerminateScript,
+    ),
 ];
 
 /// What a request is for, once its method and path are checked.
@@ -131,6 +150,9 @@ impl Endpoint {
             Endpoint::ListAgentState => agents::list_agent_state(ctx, body).await,
             Endpoint::ListAgentInfo => agents::list_agent_info(ctx, body).await,
             Endpoint::ListAgents => agents::list_agents(ctx, body).await,
+            Endpoint::ExecuteScript => tasks::execute_script(ctx, body).await,
+            Endpoint::GetScriptResult => tasks::get_script_result(ctx, body).await,
+            Endpoint::TerminateScript => tasks::terminate_script(ctx, body).await,
         }
     }
 }

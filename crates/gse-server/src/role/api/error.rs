@@ -1,11 +1,18 @@
 //! Every way an API call can fail, and its wire form (code, HTTP status).
 //!
 //! The codes are ours except 1011003, which bk-nodeman reads as "none of the
-//! agents is known" (COMPAT.md §2.1). docs/API.md lists them all.
+//! agents is known" (COMPAT.md §2.1); 1011101 (unknown task) is ours in the
+//! same range. docs/API.md lists them all.
 
 use axum::http::StatusCode;
 use gse_core::identity::IdentityError;
 use gse_core::seams::StoreError;
+
+use crate::role::task::TaskError;
+
+/// Envelope code of an unknown task id (ours, in GSE's 1011xxx range of
+/// answers).
+pub const TASK_NOT_FOUND: i64 = 1011101;
 
 /// Longest piece of caller input quoted back in an error message.
 const MAX_QUOTED_CHARS: usize = 64;
@@ -42,6 +49,8 @@ pub enum ApiError {
         field: String,
         source: IdentityError,
     },
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
 
     #[error(
         "no credentials found: send the X-Bkapi-Authorization header \
@@ -89,6 +98,30 @@ pub enum ApiError {
 
     #[error("none of the {asked} requested agents is known to gse")]
     NoAgentFound { asked: usize },
+
+    #[error(
+        "task {task_id:?} not found: it was never started, or it is older than task.retention and was pruned"
+    )]
+    TaskNotFound { task_id: String },
+    #[error(
+        "this node does not run the task role; send task calls to a node that runs the api and link roles"
+    )]
+    TasksUnavailable,
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::NotFound(task_id) => ApiError::TaskNotFound {
+                task_id: quoted(&task_id),
+            },
+            e @ TaskError::TooLarge { .. } => ApiError::Invalid {
+                field: "scripts".into(),
+                problem: e.to_string(),
+            },
+            TaskError::Store(e) => ApiError::Store(e),
+        }
+    }
 }
 
 // === impl ApiError ===
@@ -103,7 +136,7 @@ impl ApiError {
             | BodyNotObject { .. }
             | MissingField { .. }
             | WrongType { .. } => 1000400,
-            BadIp { .. } | BadCloudId { .. } | BadAgentId { .. } => 1000400,
+            BadIp { .. } | BadCloudId { .. } | BadAgentId { .. } | Invalid { .. } => 1000400,
             NoCredentials | BadAuthorizationHeader { .. } => 1000401,
             UnknownApp { .. } => 1000402,
             WrongSecret { .. } => 1000403,
@@ -111,7 +144,9 @@ impl ApiError {
             MethodNotAllowed { .. } => 1000405,
             BodyTooLarge { .. } | TooManyEntries { .. } => 1000413,
             Store(_) => 1000500,
+            TasksUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,
+            TaskNotFound { .. } => TASK_NOT_FOUND,
         }
     }
 
@@ -124,8 +159,9 @@ impl ApiError {
             1000405 => StatusCode::METHOD_NOT_ALLOWED,
             1000413 => StatusCode::PAYLOAD_TOO_LARGE,
             1000500 => StatusCode::INTERNAL_SERVER_ERROR,
-            // 1011003 is an answer, not a failure of the call: bk-nodeman
-            // reads the envelope only when the HTTP status is 2xx.
+            1000503 => StatusCode::SERVICE_UNAVAILABLE,
+            // 1011003 and 1011101 are answers, not failures of the call:
+            // bk-nodeman reads the envelope only when the HTTP status is 2xx.
             _ => StatusCode::OK,
         }
     }

@@ -5,8 +5,9 @@
 //! resolves an [`endpoint::Endpoint`] from the one table of paths, reads and
 //! authenticates the body ([`auth`]), runs the endpoint and wraps the answer
 //! in the BlueKing envelope ([`envelope`]). Errors and their codes are in
-//! [`error`]. Agent state comes from the [`StateStore`] seam only: this role
-//! never talks to agents; the link role keeps the store current.
+//! [`error`]. Agent state comes from the [`StateStore`] seam only; script
+//! tasks (`tasks`) are handed to the task role ([`TaskService`]). This role
+//! never talks to agents itself.
 
 mod agents;
 pub mod auth;
@@ -17,7 +18,11 @@ pub mod envelope;
 pub mod error;
 pub mod metrics;
 mod server;
+mod task_request;
+mod tasks;
 
+#[cfg(test)]
+mod task_tests;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +30,8 @@ use std::sync::Arc;
 
 use gse_core::seams::StateStore;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::role::task::TaskService;
 
 pub use config::ApiConfig;
 pub use error::ApiError;
@@ -38,4 +45,6 @@ pub struct ApiContext {
     pub config: ApiConfig,
     /// Rendered at `GET /metrics`; `None` answers 404 there.
     pub metrics: Option<PrometheusHandle>,
+    /// Where script tasks go; `None` answers their endpoints with 1000503.
+    pub tasks: Option<Arc<TaskService>>,
 }

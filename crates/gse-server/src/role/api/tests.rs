@@ -2,31 +2,42 @@
 //! whole router (`oneshot`), so paths, auth, envelope and shapes are proven
 //! together. Real-process tests live in gse-testkit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use gse_core::identity::{AgentKey, AgentRef};
+use gse_core::seams::state_store::{
+    EntryFailure, LogWindow, StoredTask, TaskEntryState, TaskRecord, TaskWrites,
+};
 use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{ApiConfig, ApiContext, router};
 
-const APP: &str = "bk_job";
-const SECRET: &str = "s3cret";
+pub(super) const APP: &str = "bk_job";
+pub(super) const SECRET: &str = "s3cret";
 const REAL_ID: &str = "0100005254008ed86116666614661851";
 
 // === fake store ===
 
 #[derive(Default)]
-struct FakeStore {
-    agents: Mutex<HashMap<AgentKey, AgentRecord>>,
+pub(super) struct FakeStore {
+    pub(super) agents: Mutex<HashMap<AgentKey, AgentRecord>>,
     apps: Mutex<HashMap<String, AppRecord>>,
+    tasks: Mutex<HashMap<String, FakeTask>>,
     /// How `list_agents` misbehaves, to test timeouts and store failures.
     list_fault: Option<Fault>,
+}
+
+/// A task as the fake store keeps it.
+struct FakeTask {
+    record: TaskRecord,
+    entries: BTreeMap<(u32, u32), TaskEntryState>,
+    logs: HashMap<(u32, u32), Vec<u8>>,
 }
 
 #[derive(Clone, Copy)]
@@ -76,9 +87,88 @@ impl StateStore for FakeStore {
         self.apps.lock().unwrap().insert(app.app_code.clone(), app);
         Ok(())
     }
+    async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        for record in &writes.tasks {
+            tasks
+                .entry(record.task_id.clone())
+                .or_insert_with(|| FakeTask {
+                    record: record.clone(),
+                    entries: BTreeMap::new(),
+                    logs: HashMap::new(),
+                });
+        }
+        for e in &writes.entries {
+            if let Some(t) = tasks.get_mut(&e.task_id) {
+                t.entries.insert((e.target, e.atomic_id), e.clone());
+            }
+        }
+        for chunk in &writes.logs {
+            if let Some(t) = tasks.get_mut(&chunk.task_id) {
+                let log = t.logs.entry((chunk.target, chunk.atomic_id)).or_default();
+                if log.len() as u64 == chunk.offset {
+                    log.extend_from_slice(chunk.data.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+    async fn get_task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
+        Ok(self.tasks.lock().unwrap().get(task_id).map(|t| StoredTask {
+            record: t.record.clone(),
+            entries: t.entries.values().cloned().collect(),
+        }))
+    }
+    async fn read_task_logs(
+        &self,
+        task_id: &str,
+        windows: &[LogWindow],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tasks = self.tasks.lock().unwrap();
+        let log = |w: &LogWindow| -> Vec<u8> {
+            let Some(log) = tasks
+                .get(task_id)
+                .and_then(|t| t.logs.get(&(w.target, w.atomic_id)))
+            else {
+                return Vec::new();
+            };
+            let from = (w.offset as usize).min(log.len());
+            let to = from.saturating_add(w.max_bytes as usize).min(log.len());
+            log[from..to].to_vec()
+        };
+        Ok(windows.iter().map(log).collect())
+    }
+    async fn fail_unfinished_tasks(
+        &self,
+        node_id: &str,
+        failure: EntryFailure,
+    ) -> Result<u64, StoreError> {
+        let mut closed = 0;
+        for t in self.tasks.lock().unwrap().values_mut() {
+            if t.record.node_id != node_id {
+                continue;
+            }
+            for e in t.entries.values_mut() {
+                if !gse_core::task::is_final(e.status, e.error_code) {
+                    e.status = failure.status;
+                    e.error_code = failure.error_code;
+                    e.error_msg = failure.error_msg.clone();
+                    e.end_ms = failure.end_ms;
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
+    }
+    async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        let before = tasks.len();
+        tasks.retain(|_, t| t.record.created_ms >= created_before_ms);
+        Ok((before - tasks.len()) as u64)
+    }
 }
 
-fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
+pub(super) fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
     AgentRecord {
         key: AgentKey::new(0, ip.parse().unwrap()),
         agent_id: agent_id.to_string(),
@@ -131,6 +221,7 @@ async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::R
         store: Arc::new(store),
         config,
         metrics: None,
+        tasks: None,
     })
 }
 
@@ -142,7 +233,7 @@ fn auth_header() -> String {
     json!({ "bk_app_code": APP, "bk_app_secret": SECRET, "bk_username": "admin" }).to_string()
 }
 
-fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
+pub(super) fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
     Request::builder()
         .method(Method::POST)
         .uri(path)
@@ -153,7 +244,7 @@ fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
 }
 
 /// Sends `req` and returns the status and the parsed envelope.
-async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, Value) {
+pub(super) async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, Value) {
     let response = app.oneshot(req).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -599,6 +690,7 @@ async fn metrics_renders_prometheus_text_when_a_handle_is_given() {
         store,
         config: ApiConfig::default(),
         metrics: Some(handle),
+        tasks: None,
     });
     let response = app
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

@@ -188,6 +188,11 @@ impl LinkService {
         if let Some(old) = old {
             tracing::warn!(agent = %key, "a new connection claims this agent's identity; closing the older one (two hosts with the same identity IP?)");
             old.close.cancel();
+            // Whatever ran over the old link is gone with it (the agent
+            // cancels its tasks when a link ends).
+            if let Some(frames) = self.frames.get() {
+                frames.on_disconnect(key);
+            }
         }
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
     }

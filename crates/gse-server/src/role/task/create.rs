@@ -1,0 +1,318 @@
+//! Starting a script task: check it, list every target with its first
+//! state, hand each reachable agent its `RunScript`, raise alarms.
+//!
+//! Every target gets its entries at once (bk-job fails a task whose result
+//! stays empty): dispatched ones `STATUS_DISPATCHED`/115, the others final
+//! with the reason (117 unknown/offline/unreachable, 118 blocked, 101 for
+//! what we cannot run). The task is registered before any frame goes out,
+//! so an agent that drops right after its send is still seen by
+//! `on_disconnect`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gse_core::AgentKey;
+use gse_core::seams::AgentRecord;
+use gse_core::seams::state_store::TaskTarget;
+use gse_core::task::{
+    ERR_AGENT_DOWN, ERR_DANGER_BLOCKED, ERR_RUNNING, ERR_SPAWN, STATUS_DISPATCHED, STATUS_FAILED,
+};
+use gse_proto::link::{AtomicTask, RunScript, ScriptFile};
+use gse_proto::{Frame, MsgType};
+
+use super::dispatch::Route;
+use super::guard::{self, Findings};
+use super::model::{Entry, LiveTask, TargetIndex, TaskState, Update};
+use super::spec::{ScriptTaskSpec, TargetSpec};
+use super::{TaskError, TaskService, metrics};
+
+/// Time an agent has beyond the sum of the atomic tasks' timeouts to
+/// report a final status before its entries are closed.
+const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+
+/// How one target starts.
+enum Start {
+    /// Send it the task along this route.
+    Send(Route, AgentKey),
+    /// Final at once: (error_code, error_msg).
+    Fail(i32, String),
+}
+
+impl TaskService {
+    /// Starts a script task and returns its id; the results come later.
+    #[tracing::instrument(skip_all, fields(task_id))]
+    pub async fn start_script(&self, spec: ScriptTaskSpec) -> Result<String, TaskError> {
+        let begun = Instant::now();
+        let task_id = self.new_task_id();
+        tracing::Span::current().record("task_id", task_id.as_str());
+        let (spec, findings) = guard::check_off_thread(self.danger.clone(), spec).await;
+        let frames = match findings.blocked {
+            Some(_) => HashMap::new(),
+            None => self.encode(&task_id, &spec)?,
+        };
+        let refs: Vec<_> = spec.targets.iter().map(|t| t.agent.clone()).collect();
+        let records = self.store.get_agents(&refs).await?;
+
+        let starts = self.plan(&spec, &records, &findings);
+        let task = self.build(&task_id, &spec, &records, &starts);
+        self.register(&task);
+        let sent = self.send_all(&task, &spec, &starts, &frames);
+
+        let names: Vec<String> = spec.targets.iter().map(|t| t.bk_agent_id.clone()).collect();
+        guard::raise(
+            self.alarms.as_deref(),
+            &self.node_id,
+            &task_id,
+            &names,
+            &findings,
+        );
+        metrics::task_started(begun.elapsed());
+        tracing::info!(
+            task_id = %task_id,
+            targets = spec.targets.len(),
+            dispatched = sent,
+            atomic_tasks = spec.atomic_tasks.len(),
+            blocked = findings.blocked.is_some(),
+            "task started"
+        );
+        Ok(task_id)
+    }
+
+    /// One `RunScript` body per distinct user, checked against the frame
+    /// limit agents accept.
+    fn encode(
+        &self,
+        task_id: &str,
+        spec: &ScriptTaskSpec,
+    ) -> Result<HashMap<String, Bytes>, TaskError> {
+        let default_timeout = self.config.default_timeout_seconds();
+        let mut msg = RunScript {
+            task_id: task_id.to_string(),
+            scripts: spec
+                .scripts
+                .iter()
+                .map(|s| ScriptFile {
+                    name: s.name.clone(),
+                    dir: s.dir.clone(),
+                    content: s.content.clone().into_bytes(),
+                })
+                .collect(),
+            atomic_tasks: spec
+                .atomic_tasks
+                .iter()
+                .map(|a| AtomicTask {
+                    atomic_id: a.id,
+                    command: a.command.clone(),
+                    timeout_seconds: if a.timeout_seconds == 0 {
+                        default_timeout
+                    } else {
+                        a.timeout_seconds
+                    },
+                })
+                .collect(),
+            user: String::new(),
+            login_env: spec.login_env,
+            output_limit: self.config.output_limit,
+            windows_interpreter: spec.windows_interpreter.clone(),
+        };
+        let limit = gse_proto::frame::DEFAULT_MAX_BODY;
+        let mut bodies = HashMap::new();
+        for target in &spec.targets {
+            if bodies.contains_key(&target.user) {
+                continue;
+            }
+            msg.user = target.user.clone();
+            let body = Frame::new(MsgType::RunScript, 0, &msg).body;
+            if body.len() > limit {
+                return Err(TaskError::TooLarge {
+                    bytes: body.len(),
+                    limit,
+                });
+            }
+            bodies.insert(target.user.clone(), body);
+        }
+        Ok(bodies)
+    }
+
+    /// How each target starts, in target order.
+    fn plan(
+        &self,
+        spec: &ScriptTaskSpec,
+        records: &[Option<AgentRecord>],
+        findings: &Findings,
+    ) -> Vec<Start> {
+        let mut first_name: HashMap<AgentKey, &str> = HashMap::new();
+        let mut starts = Vec::with_capacity(spec.targets.len());
+        for (target, record) in spec.targets.iter().zip(records) {
+            let start = match (&findings.blocked, record) {
+                (Some(f), _) => Start::Fail(
+                    ERR_DANGER_BLOCKED,
+                    format!("blocked before dispatch: {}", f.describe()),
+                ),
+                (None, None) => Start::Fail(
+                    ERR_AGENT_DOWN,
+                    super::Unreachable::Unknown(target.bk_agent_id.clone()).to_string(),
+                ),
+                (None, Some(rec)) => self.plan_known(target, rec, &mut first_name),
+            };
+            starts.push(start);
+        }
+        starts
+    }
+
+    fn plan_known<'a>(
+        &self,
+        target: &'a TargetSpec,
+        rec: &AgentRecord,
+        first_name: &mut HashMap<AgentKey, &'a str>,
+    ) -> Start {
+        if !target.bk_container_id.is_empty() {
+            return Start::Fail(
+                ERR_SPAWN,
+                format!(
+                    "bk_container_id {:?}: running in containers is not supported yet; target the host agent {}",
+                    target.bk_container_id, target.bk_agent_id
+                ),
+            );
+        }
+        if let Some(other) = first_name.get(&rec.key) {
+            return Start::Fail(
+                ERR_SPAWN,
+                format!(
+                    "agent {} is also a target of this task as {other}; an agent runs a task once",
+                    target.bk_agent_id
+                ),
+            );
+        }
+        first_name.insert(rec.key, &target.bk_agent_id);
+        match self.dispatch.route(&target.bk_agent_id, rec) {
+            Ok(route) => Start::Send(route, rec.key),
+            Err(why) => Start::Fail(ERR_AGENT_DOWN, why.to_string()),
+        }
+    }
+
+    /// The task in memory, every entry in its first state.
+    fn build(
+        &self,
+        task_id: &str,
+        spec: &ScriptTaskSpec,
+        records: &[Option<AgentRecord>],
+        starts: &[Start],
+    ) -> Arc<LiveTask> {
+        let now = gse_core::now_ms();
+        let n = spec.atomic_tasks.len();
+        let mut entries = Vec::with_capacity(spec.targets.len() * n);
+        let mut by_agent = HashMap::new();
+        for (i, start) in starts.iter().enumerate() {
+            let first = match start {
+                Start::Send(_, key) => {
+                    by_agent.insert(*key, i as u32);
+                    Entry::new(STATUS_DISPATCHED, ERR_RUNNING, String::new())
+                }
+                Start::Fail(code, msg) => Entry::failed(*code, msg.clone(), now),
+            };
+            entries.extend(std::iter::repeat_n(first, n));
+        }
+        let targets: Vec<TaskTarget> = spec
+            .targets
+            .iter()
+            .zip(records)
+            .map(|(t, rec)| TaskTarget {
+                bk_agent_id: t.bk_agent_id.clone(),
+                bk_container_id: t.bk_container_id.clone(),
+                agent_key: rec.as_ref().map(|r| r.key.to_string()).unwrap_or_default(),
+                agent_id: rec.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
+            })
+            .collect();
+        Arc::new(LiveTask {
+            id: task_id.to_string(),
+            tag: spec.tag.clone(),
+            created_ms: now,
+            atomic_count: n as u32,
+            index: TargetIndex::new(&targets),
+            targets,
+            by_agent,
+            deadline: Instant::now() + self.runtime_bound(spec),
+            state: parking_lot::Mutex::new(TaskState::new(entries, self.config.output_limit)),
+        })
+    }
+
+    /// The longest a task can take on an agent that works.
+    fn runtime_bound(&self, spec: &ScriptTaskSpec) -> Duration {
+        let default = u64::from(self.config.default_timeout_seconds());
+        let secs: u64 = spec
+            .atomic_tasks
+            .iter()
+            .map(|a| match a.timeout_seconds {
+                0 => default,
+                t => u64::from(t),
+            })
+            .sum();
+        Duration::from_secs(secs) + DEADLINE_GRACE
+    }
+
+    /// Sends every dispatched target its frame; a failed send closes the
+    /// target's entries with the reason. Returns how many were sent.
+    fn send_all(
+        &self,
+        task: &Arc<LiveTask>,
+        spec: &ScriptTaskSpec,
+        starts: &[Start],
+        frames: &HashMap<String, Bytes>,
+    ) -> usize {
+        let mut sent = 0;
+        for (i, (target, start)) in spec.targets.iter().zip(starts).enumerate() {
+            let Start::Send(route, key) = start else {
+                continue;
+            };
+            let Some(body) = frames.get(&target.user) else {
+                continue;
+            };
+            let frame = Frame {
+                msg_type: MsgType::RunScript,
+                stream_id: 0,
+                body: body.clone(),
+            };
+            match self.dispatch.send(route, &target.bk_agent_id, *key, frame) {
+                Ok(()) => sent += 1,
+                Err(why) => self.close_target(
+                    task,
+                    i as u32,
+                    STATUS_FAILED,
+                    ERR_AGENT_DOWN,
+                    &why.to_string(),
+                ),
+            }
+        }
+        sent
+    }
+
+    /// Closes every unfinished entry of one target with one state.
+    pub(super) fn close_target(
+        &self,
+        task: &Arc<LiveTask>,
+        target: u32,
+        status: i32,
+        error_code: i32,
+        error_msg: &str,
+    ) {
+        let now = gse_core::now_ms();
+        self.change(task, |state, effect| {
+            for atomic_id in 0..task.atomic_count {
+                if let Some(idx) = task.entry_index(target, atomic_id) {
+                    let update = Update {
+                        status,
+                        error_code,
+                        error_msg: error_msg.to_string(),
+                        exit_code: 0,
+                        start_ms: 0,
+                        end_ms: now,
+                    };
+                    state.update(idx, update, effect);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,173 @@
+//! The task role (C3, T1, T6-T8): script tasks from the API to agents and
+//! their results back.
+//!
+//! Start at [`TaskService`]. [`TaskService::start_script`] checks the
+//! dangerous-operation rules ([`guard`]), lists every target at once (unknown
+//! or offline agents fail there with 117) and hands each reachable agent one
+//! `RunScript` through the route step ([`dispatch`]). Agents' `TaskOutput` and
+//! `TaskStatus` frames arrive through [`AgentFrames`] ([`frames`]); polls and
+//! terminate are in [`query`] and [`control`]. Live tasks are kept in memory
+//! ([`model`]); the [`writer`] saves what changed to the state store in
+//! batches, forgets finished tasks after a while and prunes old records.
+//! HTTP shapes are the API role's business, not this module's.
+
+pub mod config;
+mod control;
+mod create;
+pub mod dispatch;
+mod frames;
+mod guard;
+mod metrics;
+mod model;
+mod query;
+pub mod spec;
+mod writer;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gse_core::danger::{DangerError, DangerPolicy, DangerRuleSpec};
+use gse_core::seams::{StateStore, StoreError};
+use parking_lot::{Mutex, RwLock};
+
+pub use config::TaskConfig;
+pub use dispatch::{AgentLink, Dispatch, Route, Unreachable};
+pub use query::EntryView;
+
+use crate::role::alarm::AlarmService;
+use model::{Effect, LiveTask, TaskState};
+
+/// Why a task call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(
+        "task {0:?} not found: it was never started, or it is older than task.retention and was pruned"
+    )]
+    NotFound(String),
+    #[error(
+        "the task encodes to {bytes} bytes for one agent, over the agent link's frame limit of {limit} bytes; send smaller scripts"
+    )]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("state store failed, try again later: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why the task role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStartError {
+    #[error("cannot use the dangerous-operation rules of [danger]: {0}")]
+    Danger(#[from] DangerError),
+    #[error(
+        "cannot close the tasks left unfinished by the last run in the state store: {0}; check the store, then start again"
+    )]
+    Recover(StoreError),
+}
+
+/// What [`TaskService::start`] needs.
+pub struct TaskParts {
+    pub node_id: String,
+    pub config: TaskConfig,
+    pub store: Arc<dyn StateStore>,
+    /// This node's link, if it runs one.
+    pub link: Option<Arc<dyn AgentLink>>,
+    pub danger_rules: Vec<DangerRuleSpec>,
+    pub alarms: Option<Arc<AlarmService>>,
+}
+
+/// Shared state of the task role.
+pub struct TaskService {
+    node_id: String,
+    config: TaskConfig,
+    store: Arc<dyn StateStore>,
+    dispatch: Dispatch,
+    danger: Arc<DangerPolicy>,
+    alarms: Option<Arc<AlarmService>>,
+    /// Tasks in memory: running ones and those finished recently.
+    tasks: RwLock<HashMap<String, Arc<LiveTask>>>,
+    /// Tasks with unfinished entries (disconnects and deadlines look here).
+    active: Mutex<HashMap<String, Arc<LiveTask>>>,
+    /// Tasks with changes the writer has not taken yet.
+    queue: Mutex<Vec<Arc<LiveTask>>>,
+    seq: AtomicU64,
+}
+
+// === impl TaskService ===
+
+impl TaskService {
+    /// Closes what the last run left unfinished, then returns the service;
+    /// spawn [`TaskService::run`] to save its changes.
+    pub async fn start(parts: TaskParts) -> Result<Arc<Self>, TaskStartError> {
+        let svc = Self::new(parts)?;
+        svc.recover().await.map_err(TaskStartError::Recover)?;
+        Ok(svc)
+    }
+
+    /// The service without touching the store (tests call `recover` and
+    /// `flush` themselves).
+    fn new(parts: TaskParts) -> Result<Arc<Self>, TaskStartError> {
+        let danger = Arc::new(DangerPolicy::new(&parts.danger_rules)?);
+        Ok(Arc::new(TaskService {
+            dispatch: Dispatch::new(parts.node_id.clone(), parts.link),
+            node_id: parts.node_id,
+            config: parts.config,
+            store: parts.store,
+            danger,
+            alarms: parts.alarms,
+            tasks: RwLock::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Vec::new()),
+            seq: AtomicU64::new(1),
+        }))
+    }
+
+    /// A new task id, like GSE's `GSETASK:S:<time><random>:<seq>`.
+    fn new_task_id(&self) -> String {
+        let now = std::time::SystemTime::now();
+        let stamp: String = humantime::format_rfc3339_millis(now)
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let random = rand::random::<u32>() % 1_000_000;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("GSETASK:S:{stamp}{random:06}:{seq}")
+    }
+
+    /// The task, if it is in memory.
+    fn live(&self, task_id: &str) -> Option<Arc<LiveTask>> {
+        self.tasks.read().get(task_id).cloned()
+    }
+
+    /// Makes a new task visible to frames, polls, disconnects and the writer.
+    fn register(&self, task: &Arc<LiveTask>) {
+        let unfinished = task.state.lock().unfinished > 0;
+        self.tasks.write().insert(task.id.clone(), task.clone());
+        if unfinished {
+            self.active.lock().insert(task.id.clone(), task.clone());
+        }
+        self.queue.lock().push(task.clone());
+    }
+
+    /// Runs `f` on a task's state, then acts on what it changed.
+    fn change(&self, task: &Arc<LiveTask>, f: impl FnOnce(&mut TaskState, &mut Effect)) {
+        let mut effect = Effect::default();
+        f(&mut task.state.lock(), &mut effect);
+        if effect.enqueue {
+            self.queue.lock().push(task.clone());
+        }
+        metrics::entries_finished(&effect.finished);
+        if effect.task_done {
+            self.active.lock().remove(&task.id);
+            tracing::info!(task_id = %task.id, targets = task.targets.len(), "task finished");
+        }
+    }
+
+    /// Number of tasks in memory and of those still running.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.tasks.read().len(), self.active.lock().len())
+    }
+}

@@ -1,0 +1,328 @@
+//! A live task in memory: its targets (fixed at creation) and the state of
+//! every (target, atomic task) entry, with the bookkeeping the writer needs
+//! (which entries changed, how much of each log is saved).
+//!
+//! Entries are one flat vector, `target * atomic_count + atomic_id`, behind
+//! one mutex per task: an agent frame touches one entry, so a task's lock is
+//! held for microseconds and different tasks never contend.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use gse_core::AgentKey;
+use gse_core::seams::state_store::{
+    TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,
+};
+use gse_core::task::{STATUS_FAILED, is_final};
+use parking_lot::Mutex;
+
+/// Longest `error_msg` kept from an agent, bytes.
+const MAX_ERROR_MSG: usize = 4096;
+/// Room over `output_limit` for the agent's own truncation marker.
+const MARKER_SLACK: usize = 1024;
+
+/// One (target, atomic task) entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Entry {
+    pub status: i32,
+    pub error_code: i32,
+    pub error_msg: String,
+    pub exit_code: i32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub log: String,
+    /// Bytes of `log` already handed to the writer.
+    saved_log: usize,
+    /// Queued in `TaskState::dirty`.
+    dirty: bool,
+    /// The server cut the log (the agent sent more than the limit).
+    cut: bool,
+}
+
+impl Entry {
+    pub fn new(status: i32, error_code: i32, error_msg: String) -> Self {
+        Entry {
+            status,
+            error_code,
+            error_msg,
+            ..Entry::default()
+        }
+    }
+
+    /// An entry that failed before it started.
+    pub fn failed(error_code: i32, error_msg: String, end_ms: u64) -> Self {
+        Entry {
+            end_ms,
+            ..Entry::new(STATUS_FAILED, error_code, error_msg)
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        is_final(self.status, self.error_code)
+    }
+}
+
+/// An update of an entry's state (from an agent, or decided by the server).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Update {
+    pub status: i32,
+    pub error_code: i32,
+    pub error_msg: String,
+    pub exit_code: i32,
+    /// 0 = keep what is known.
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// A task kept in memory while it runs and for a while after.
+pub(super) struct LiveTask {
+    pub id: String,
+    pub tag: String,
+    pub created_ms: u64,
+    pub atomic_count: u32,
+    pub targets: Vec<TaskTarget>,
+    /// The target each dispatched agent runs as (an agent is run once).
+    pub by_agent: HashMap<AgentKey, u32>,
+    /// After this, unfinished entries are closed (the agent went quiet).
+    pub deadline: Instant,
+    pub index: TargetIndex,
+    pub state: Mutex<TaskState>,
+}
+
+/// The mutable part of a [`LiveTask`].
+pub(super) struct TaskState {
+    pub entries: Vec<Entry>,
+    /// Entries not final yet.
+    pub unfinished: usize,
+    /// Indices of entries changed since the writer last looked.
+    dirty: Vec<u32>,
+    /// The task's record is not saved yet.
+    record_unsaved: bool,
+    /// The task is in the writer's queue.
+    pub queued: bool,
+    /// When the last entry became final.
+    pub finished_at: Option<Instant>,
+    output_cap: usize,
+}
+
+/// What a change did to a task, for the caller to act on after unlocking.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Effect {
+    /// The task needs a place in the writer's queue.
+    pub enqueue: bool,
+    /// Final statuses of the entries this change finished.
+    pub finished: Vec<i32>,
+    /// The task's last entry became final.
+    pub task_done: bool,
+}
+
+// === impl TaskState ===
+
+impl TaskState {
+    /// State of a new task: every entry dirty, the record unsaved.
+    pub fn new(entries: Vec<Entry>, output_limit: u64) -> Self {
+        let unfinished = entries.iter().filter(|e| !e.is_final()).count();
+        let mut state = TaskState {
+            dirty: Vec::with_capacity(entries.len()),
+            entries,
+            unfinished,
+            record_unsaved: true,
+            queued: true,
+            finished_at: None,
+            output_cap: (output_limit as usize).saturating_add(MARKER_SLACK),
+        };
+        for i in 0..state.entries.len() {
+            state.mark(i as u32);
+        }
+        if unfinished == 0 {
+            state.finished_at = Some(Instant::now());
+        }
+        state
+    }
+
+    fn mark(&mut self, idx: u32) {
+        let entry = &mut self.entries[idx as usize];
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    fn touched(&mut self, idx: u32, effect: &mut Effect) {
+        self.mark(idx);
+        if !self.queued {
+            self.queued = true;
+            effect.enqueue = true;
+        }
+    }
+
+    /// Applies `update` to a non-final entry; final entries never change.
+    pub fn update(&mut self, idx: u32, update: Update, effect: &mut Effect) {
+        let Some(entry) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        if entry.is_final() {
+            return;
+        }
+        entry.status = update.status;
+        entry.error_code = update.error_code;
+        entry.error_msg = bounded(update.error_msg, MAX_ERROR_MSG);
+        entry.exit_code = update.exit_code;
+        if update.start_ms != 0 {
+            entry.start_ms = update.start_ms;
+        }
+        if update.end_ms != 0 {
+            entry.end_ms = update.end_ms;
+        }
+        if entry.is_final() {
+            if entry.end_ms == 0 {
+                entry.end_ms = gse_core::now_ms();
+            }
+            effect.finished.push(entry.status);
+            self.unfinished -= 1;
+            if self.unfinished == 0 {
+                self.finished_at = Some(Instant::now());
+                effect.task_done = true;
+            }
+        }
+        self.touched(idx, effect);
+    }
+
+    /// Appends output to a non-final entry, up to the output cap.
+    pub fn append(&mut self, idx: u32, data: &str, effect: &mut Effect) {
+        let cap = self.output_cap;
+        let Some(entry) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        if entry.is_final() || entry.cut || data.is_empty() {
+            return;
+        }
+        let room = cap.saturating_sub(entry.log.len());
+        if data.len() <= room {
+            entry.log.push_str(data);
+        } else {
+            entry.log.push_str(&data[..floor_char_boundary(data, room)]);
+            entry
+                .log
+                .push_str("\n[gse-server: output over the limit was dropped]\n");
+            entry.cut = true;
+        }
+        self.touched(idx, effect);
+    }
+
+    /// Moves what changed into `out`; the task leaves the writer's queue.
+    pub fn drain_into(&mut self, task: &LiveTask, node_id: &str, out: &mut TaskWrites) {
+        self.queued = false;
+        if std::mem::take(&mut self.record_unsaved) {
+            out.tasks.push(task.record(node_id));
+        }
+        let n = task.atomic_count.max(1);
+        for idx in std::mem::take(&mut self.dirty) {
+            let entry = &mut self.entries[idx as usize];
+            entry.dirty = false;
+            let (target, atomic_id) = (idx / n, idx % n);
+            out.entries.push(TaskEntryState {
+                task_id: task.id.clone(),
+                target,
+                atomic_id,
+                status: entry.status,
+                error_code: entry.error_code,
+                error_msg: entry.error_msg.clone(),
+                exit_code: entry.exit_code,
+                start_ms: entry.start_ms,
+                end_ms: entry.end_ms,
+            });
+            if entry.log.len() > entry.saved_log {
+                out.logs.push(TaskLogChunk {
+                    task_id: task.id.clone(),
+                    target,
+                    atomic_id,
+                    offset: entry.saved_log as u64,
+                    data: entry.log[entry.saved_log..].to_string(),
+                });
+                entry.saved_log = entry.log.len();
+            }
+        }
+    }
+}
+
+// === impl LiveTask ===
+
+impl LiveTask {
+    /// The flat index of (target, atomic_id), if both exist.
+    pub fn entry_index(&self, target: u32, atomic_id: u32) -> Option<u32> {
+        let n = self.atomic_count;
+        ((target as usize) < self.targets.len() && atomic_id < n).then(|| target * n + atomic_id)
+    }
+
+    /// The task's record for the store.
+    pub fn record(&self, node_id: &str) -> TaskRecord {
+        TaskRecord {
+            task_id: self.id.clone(),
+            node_id: node_id.to_string(),
+            created_ms: self.created_ms,
+            tag: self.tag.clone(),
+            atomic_count: self.atomic_count,
+            targets: self.targets.clone(),
+        }
+    }
+}
+
+/// Finds targets by the names a caller may use for them: the `bk_agent_id`
+/// it sent, the agent's `cloud:ip`, or its real agent id.
+#[derive(Debug, Default)]
+pub(super) struct TargetIndex {
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+impl TargetIndex {
+    pub fn new(targets: &[TaskTarget]) -> Self {
+        let mut by_name: HashMap<String, Vec<u32>> = HashMap::with_capacity(targets.len());
+        for (i, t) in targets.iter().enumerate() {
+            for name in [&t.bk_agent_id, &t.agent_key, &t.agent_id] {
+                if name.is_empty() {
+                    continue;
+                }
+                let list = by_name.entry(name.clone()).or_default();
+                if list.last() != Some(&(i as u32)) {
+                    list.push(i as u32);
+                }
+            }
+        }
+        TargetIndex { by_name }
+    }
+
+    /// The target `bk_agent_id` (in a container or not) names: the one the
+    /// caller named that way first, else one that resolved to that agent.
+    pub fn find(&self, targets: &[TaskTarget], bk_agent_id: &str, container: &str) -> Option<u32> {
+        let lookup = |name: &str| -> Option<u32> {
+            let list = self.by_name.get(name)?;
+            let same_container = |&&i: &&u32| targets[i as usize].bk_container_id == container;
+            list.iter()
+                .filter(same_container)
+                .find(|&&i| targets[i as usize].bk_agent_id == name)
+                .or_else(|| list.iter().find(same_container))
+                .copied()
+        };
+        lookup(bk_agent_id).or_else(|| {
+            let normal = gse_core::AgentRef::parse(bk_agent_id).ok()?.to_string();
+            (normal != bk_agent_id).then(|| lookup(&normal)).flatten()
+        })
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        s.truncate(floor_char_boundary(&s, max));
+    }
+    s
+}
+
+/// The largest char boundary of `s` at or below `i`.
+pub(super) fn floor_char_boundary(s: &str, i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    (0..=i).rev().find(|&j| s.is_char_boundary(j)).unwrap_or(0)
+}
