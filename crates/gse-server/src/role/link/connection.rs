@@ -28,12 +28,18 @@ const READ_BUFFER: usize = 512;
 
 pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
     let deadline = Instant::now() + svc.config.handshake_timeout;
-    let Some(mut link) = handshake(&svc, tcp, peer, deadline).await else {
+    // The handshake and register futures are boxed so that their state is
+    // freed once they finish, instead of staying inside this long-lived
+    // task's future next to the link (about 1.5 KB per agent).
+    let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
         return;
     };
-    let Some(record) = register(&svc, &mut link, peer, deadline).await else {
+    let Some(record) = Box::pin(register(&svc, &mut link, peer, deadline)).await else {
         return;
     };
+    // The RegisterAck (with the danger rules) grew the write buffer to a few
+    // KB; a long idle link needs far less.
+    *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
@@ -226,7 +232,7 @@ async fn serve(
     svc: &LinkService,
     link: &mut Link,
     key: AgentKey,
-    mut outbound: mpsc::Receiver<Frame>,
+    mut outbound: mpsc::Receiver<Box<Frame>>,
     close: CancellationToken,
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
@@ -242,7 +248,7 @@ async fn serve(
                 return format!("no heartbeat for {}", humantime::format_duration(timeout));
             }
             Some(frame) = outbound.recv() => {
-                if let Err(e) = link.send(frame).await {
+                if let Err(e) = link.send(*frame).await {
                     return format!("send failed: {e}");
                 }
             }

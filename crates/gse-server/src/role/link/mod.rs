@@ -40,7 +40,9 @@ const OUTBOUND_QUEUE: usize = 256;
 /// The live connection of one agent.
 struct Session {
     conn_id: u64,
-    tx: mpsc::Sender<Frame>,
+    /// Boxed frames keep the channel's preallocated block small (tokio
+    /// allocates a block of 32 slots per channel up front).
+    tx: mpsc::Sender<Box<Frame>>,
     /// Cancel to make the connection task say goodbye and close.
     close: CancellationToken,
 }
@@ -167,7 +169,7 @@ impl LinkService {
     pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
         let sessions = self.sessions.lock();
         let session = sessions.get(&key).ok_or(SendError::NotConnected(key))?;
-        session.tx.try_send(frame).map_err(|e| match e {
+        session.tx.try_send(Box::new(frame)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
             mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
         })
@@ -178,7 +180,7 @@ impl LinkService {
         &self,
         key: AgentKey,
         conn_id: u64,
-        tx: mpsc::Sender<Frame>,
+        tx: mpsc::Sender<Box<Frame>>,
         close: CancellationToken,
     ) {
         let old = self
