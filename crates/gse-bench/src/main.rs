@@ -4,15 +4,18 @@
 //! Every bench is a subcommand in its own module: start at [`Command`].
 //! Benches run the REAL binaries ([`server`] spawns the built `gse-server`)
 //! and simulate many agents in this one process over real TCP + mutual TLS
-//! connections, speaking the real link protocol. [`procfs`] reads the
+//! connections, speaking the real link protocol ([`sim`], whose tasks run
+//! through the Executor seam's simulation runner). [`procfs`] reads the
 //! figures (RSS, CPU, fd limits) of both processes. The timed tests of the
 //! workspace live in each crate's `tests/`, not here.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod agents;
+mod fanout;
 mod procfs;
 mod server;
+mod sim;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -31,6 +34,10 @@ enum Command {
     /// Hold K simulated agents on one real gse-server, heartbeating; report
     /// connect rate, heartbeat rate, and the server's RSS and CPU.
     Agents(agents::AgentsArgs),
+    /// Run `echo hello` on K simulated agents (or N real gse-agent
+    /// processes) through the task API, every result back; report latency
+    /// percentiles and the server's RSS and CPU.
+    Fanout(fanout::FanoutArgs),
 }
 
 /// What a bench hands back: its JSON line, and what went wrong if the run
@@ -46,6 +53,7 @@ fn main() -> Result<()> {
     let out = rt.block_on(async {
         match cli.command {
             Command::Agents(args) => agents::run(args).await,
+            Command::Fanout(args) => fanout::run(args).await,
         }
     })?;
     println!("{}", out.line);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{SysconfVar, sysconf};
 
@@ -82,9 +82,38 @@ pub fn raise_fd_limit() -> Result<u64> {
     Ok(hard)
 }
 
+/// Descriptors each process keeps for itself beyond one per agent (listeners,
+/// log files, SQLite, epoll, the runtime).
+const FD_RESERVE: u64 = 100;
+
+/// Refuses, up front and naming the limit, a run of `agents` simulated
+/// agents that the open-files limit cannot hold: both the server and this
+/// process hold one descriptor per agent.
+pub fn check_fd_limit(agents: u32, fd_limit: u64) -> Result<()> {
+    if u64::from(agents) + FD_RESERVE > fd_limit {
+        bail!(
+            "--agents {agents} needs about {} open files in gse-server and in gse-bench, \
+             but the open-files hard limit (RLIMIT_NOFILE) is {fd_limit} and raising it needs \
+             CAP_SYS_RESOURCE; use --agents {} or fewer, or raise the hard limit \
+             (ulimit -Hn, limits.conf, systemd LimitNOFILE)",
+            u64::from(agents) + FD_RESERVE,
+            fd_limit.saturating_sub(FD_RESERVE)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fd_limit_error_names_the_limit_and_the_largest_count() {
+        check_fd_limit(19_000, 20_000).unwrap();
+        let err = check_fd_limit(50_000, 20_000).unwrap_err().to_string();
+        assert!(err.contains("hard limit (RLIMIT_NOFILE) is 20000"), "{err}");
+        assert!(err.contains("--agents 19900 or fewer"), "{err}");
+    }
 
     #[test]
     fn reads_own_figures() {

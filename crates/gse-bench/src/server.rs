@@ -1,8 +1,9 @@
 //! A real `gse-server` child process for a bench, in its own temp dir.
 //!
 //! [`BenchServer::start`] makes certificates, writes `server.toml` with free
-//! loopback ports, spawns the built binary and waits (polling with a
-//! deadline) until `GET /healthz` answers 200. [`BenchServer::stop`] sends
+//! loopback ports (and the API apps and host limit of [`ServerOptions`]),
+//! spawns the built binary and waits (polling with a deadline) until
+//! `GET /healthz` answers 200. [`BenchServer::stop`] sends
 //! SIGTERM and kills after a grace period. The dir holds `server.log` and
 //! `server.out`; it is kept, and its path printed, when a bench fails.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gse_core::certs::{CertDir, CertKind};
+use gse_core::seams::AppRecord;
 use gse_core::tls::TlsFiles;
 use gse_server::config::ServerConfig;
 use nix::sys::signal::{Signal, kill};
@@ -33,6 +35,21 @@ pub struct ServerOptions {
     pub bin: Option<PathBuf>,
     /// `link.heartbeat_interval`; the timeout is three times it.
     pub heartbeat_interval: Duration,
+    /// `api.max_hosts_per_call`; `None` = the server's default.
+    pub max_hosts_per_call: Option<usize>,
+    /// `api.apps`: who may call the API.
+    pub apps: Vec<AppRecord>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            bin: None,
+            heartbeat_interval: Duration::from_secs(5),
+            max_hosts_per_call: None,
+            apps: Vec::new(),
+        }
+    }
 }
 
 /// A running `gse-server` and the files it uses.
@@ -42,6 +59,8 @@ pub struct BenchServer {
     pid: u32,
     /// Where agents connect.
     pub link: SocketAddr,
+    /// Where the HTTP API listens.
+    pub api: SocketAddr,
     /// Agent-side TLS material, signed by the server's CA.
     pub agent_tls: TlsFiles,
 }
@@ -52,7 +71,7 @@ impl BenchServer {
             .prefix("gse-bench-")
             .tempdir()
             .context("cannot create a temp dir")?;
-        let (config, agent_tls) = write_files(dir.path(), opts.heartbeat_interval)?;
+        let (config, agent_tls) = write_files(dir.path(), opts)?;
         let bin = match &opts.bin {
             Some(bin) => bin.clone(),
             None => beside_current_exe("gse-server")?,
@@ -64,6 +83,7 @@ impl BenchServer {
             child,
             pid,
             link: config.link.listen,
+            api: config.api.listen,
             agent_tls,
         };
         if let Err(e) = server.wait_ready(config.api.listen).await {
@@ -77,6 +97,11 @@ impl BenchServer {
     /// The server's pid, as `/proc` names it.
     pub fn proc_id(&self) -> String {
         self.pid.to_string()
+    }
+
+    /// The bench's temp dir (kept on failure): a place for other files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after the grace period.
@@ -115,7 +140,7 @@ impl BenchServer {
 
 /// Certificates and `server.toml` in `dir`; returns the resolved config and
 /// the agents' TLS files.
-fn write_files(dir: &Path, heartbeat_interval: Duration) -> Result<(ServerConfig, TlsFiles)> {
+fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFiles)> {
     let certs = CertDir::new(dir.join("certs"));
     certs.init(&[], 3650).context("cannot make certificates")?;
     let tls = |kind| {
@@ -130,8 +155,12 @@ fn write_files(dir: &Path, heartbeat_interval: Duration) -> Result<(ServerConfig
     config.api.listen = free_port()?;
     config.link.listen = free_port()?;
     config.node.id = "bench".into();
-    config.link.heartbeat_interval = heartbeat_interval;
-    config.link.heartbeat_timeout = heartbeat_interval * 3;
+    config.link.heartbeat_interval = opts.heartbeat_interval;
+    config.link.heartbeat_timeout = opts.heartbeat_interval * 3;
+    if let Some(max) = opts.max_hosts_per_call {
+        config.api.max_hosts_per_call = max;
+    }
+    config.api.apps = opts.apps.clone();
     config.resolve();
     if let Err(problems) = config.validate() {
         bail!(
@@ -151,12 +180,13 @@ fn free_port() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-fn beside_current_exe(name: &str) -> Result<PathBuf> {
+/// The built binary `name` in the directory of this executable.
+pub fn beside_current_exe(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the current executable")?;
     let bin = exe.with_file_name(name);
     if !bin.exists() {
         bail!(
-            "{} not found; build it (cargo build --release -p gse-server) or pass --server-bin",
+            "{} not found; build it (cargo build --release -p {name})",
             bin.display()
         );
     }

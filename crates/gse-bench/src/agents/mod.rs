@@ -3,31 +3,26 @@
 //!
 //! Start at [`run`]: check the open-files limit -> start the server
 //! ([`crate::server`]) -> connect K agents with bounded concurrency
-//! ([`sim`]) -> warm up one heartbeat interval -> measure a steady window
-//! (acked heartbeats/s, server CPU) -> read RSS -> stop. The figures are one
-//! [`Report`]. What one simulated agent does lives in [`sim`].
+//! ([`crate::sim`]) -> warm up one heartbeat interval -> measure a steady
+//! window (acked heartbeats/s, server CPU) -> read RSS -> stop. The figures
+//! are one [`Report`]. What one simulated agent does lives in [`crate::sim`].
 
 mod report;
-mod sim;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use tokio::time::{Instant, sleep};
 
 use crate::BenchOutput;
-use crate::procfs::{CpuMark, raise_fd_limit, rss_kib};
+use crate::procfs::{CpuMark, check_fd_limit, raise_fd_limit, rss_kib};
 use crate::server::{BenchServer, ServerOptions};
+use crate::sim::Fleet;
 use report::Report;
-use sim::Fleet;
-
-/// Descriptors each process keeps for itself beyond one per agent (listeners,
-/// log files, SQLite, epoll, the runtime).
-const FD_RESERVE: u64 = 100;
 
 /// Flags of `gse-bench agents`.
 #[derive(Args, Debug)]
@@ -61,6 +56,7 @@ pub async fn run(args: AgentsArgs) -> Result<BenchOutput> {
     let mut server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
         heartbeat_interval: args.heartbeat_interval,
+        ..ServerOptions::default()
     })
     .await?;
     let result = drive(&args, &server, fd_limit).await;
@@ -79,21 +75,6 @@ pub async fn run(args: AgentsArgs) -> Result<BenchOutput> {
         line: serde_json::to_string(&report)?,
         failure,
     })
-}
-
-/// Both the server and this process hold one descriptor per agent.
-fn check_fd_limit(agents: u32, fd_limit: u64) -> Result<()> {
-    if u64::from(agents) + FD_RESERVE > fd_limit {
-        bail!(
-            "--agents {agents} needs about {} open files in gse-server and in gse-bench, \
-             but the open-files hard limit (RLIMIT_NOFILE) is {fd_limit} and raising it needs \
-             CAP_SYS_RESOURCE; use --agents {} or fewer, or raise the hard limit \
-             (ulimit -Hn, limits.conf, systemd LimitNOFILE)",
-            u64::from(agents) + FD_RESERVE,
-            fd_limit.saturating_sub(FD_RESERVE)
-        );
-    }
-    Ok(())
 }
 
 /// Connects the fleet, measures, and shuts the fleet down; returns the
@@ -127,35 +108,12 @@ struct ConnectFigures {
 async fn connect_all(fleet: &Arc<Fleet>, pid: &str, agents: u32) -> Result<ConnectFigures> {
     let server_cpu = CpuMark::now(pid)?;
     let bench_cpu = CpuMark::now("self")?;
-    for i in 0..agents {
-        tokio::spawn(sim::run(fleet.clone(), i));
-    }
-    wait_connected(fleet, agents).await;
+    fleet.spawn_all(agents);
+    fleet.wait_connected(agents).await;
     Ok(ConnectFigures {
         server_cpu_percent: server_cpu.percent_since()?,
         bench_cpu_percent: bench_cpu.percent_since()?,
     })
-}
-
-/// Waits until every agent registered or failed, printing progress.
-async fn wait_connected(fleet: &Fleet, agents: u32) {
-    let mut last_print = Instant::now();
-    loop {
-        let registered = fleet.registered.load(Ordering::Relaxed);
-        let failed = fleet.failed.load(Ordering::Relaxed);
-        let done = registered + failed >= u64::from(agents);
-        if done || last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
-                "connecting: {registered}/{agents} registered, {failed} failed, {:.1}s",
-                fleet.started.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        if done {
-            return;
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Figures of the steady window.
@@ -189,17 +147,4 @@ async fn measure(fleet: &Fleet, pid: &str, length: Duration) -> Result<Window> {
         server_rss_kib: rss_kib(pid)?,
         bench_rss_kib: rss_kib("self")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fd_limit_error_names_the_limit_and_the_largest_count() {
-        check_fd_limit(19_000, 20_000).unwrap();
-        let err = check_fd_limit(50_000, 20_000).unwrap_err().to_string();
-        assert!(err.contains("hard limit (RLIMIT_NOFILE) is 20000"), "{err}");
-        assert!(err.contains("--agents 19900 or fewer"), "{err}");
-    }
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::sim::Fleet;
 use super::{AgentsArgs, ConnectFigures, Window};
+use crate::sim::Fleet;
 
 /// The DESIGN.md figure this bench is measured against.
 const TARGET: &str = "50000 agents per node under 1 GiB RSS";

@@ -1,11 +1,20 @@
-//! One simulated agent: its own source address, TCP + mutual TLS
-//! connection and identity, speaking the real link protocol (Register,
-//! then a Heartbeat every `heartbeat_interval_ms` of the RegisterAck).
+//! Simulated agents, many in this one process: each has its own source
+//! address, TCP + mutual TLS connection and identity, and speaks the real
+//! link protocol (Register, then a Heartbeat every `heartbeat_interval_ms`
+//! of the RegisterAck), and answers `RunScript` frames ([`task`]) through
+//! the Executor seam's simulation runner ([`SimulatedExecutor`]): nothing
+//! is spawned on this host, but the server gets the frames a real agent
+//! sends. Start at [`Fleet`] and [`run`].
 //!
 //! Every agent is one task with small buffers, so that tens of thousands fit
 //! in the bench process beside the server. The TLS client has resumption
 //! disabled: each real agent is its own process with an empty session cache,
 //! so every handshake here is a full one, as on a real fleet's first connect.
+
+mod executor;
+mod task;
+
+pub use executor::SimulatedExecutor;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +23,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
+use gse_core::seams::Executor;
 use gse_core::tls::TlsFiles;
 use gse_proto::link::{Heartbeat, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgType};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
@@ -34,6 +44,8 @@ const LINK_BUFFER: usize = 256;
 const CONNECT_WITHIN: Duration = Duration::from_secs(60);
 /// Largest frame body a simulated agent accepts.
 const MAX_BODY: usize = 64 * 1024;
+/// How often [`Fleet::wait_connected`] prints its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What every simulated agent shares: where to connect, and the counters.
 pub struct Fleet {
@@ -50,6 +62,10 @@ pub struct Fleet {
     pub lost: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub heartbeats_acked: AtomicU64,
+    /// `RunScript` frames answered (every atomic task reported final).
+    pub tasks_answered: AtomicU64,
+    /// Runs the atomic tasks of `RunScript` frames.
+    executor: Arc<dyn Executor>,
     /// Microseconds from `started` to the latest RegisterAck.
     last_ack_us: AtomicU64,
     first_error: OnceLock<String>,
@@ -70,9 +86,39 @@ impl Fleet {
             lost: AtomicU64::new(0),
             heartbeats_sent: AtomicU64::new(0),
             heartbeats_acked: AtomicU64::new(0),
+            tasks_answered: AtomicU64::new(0),
+            executor: Arc::new(SimulatedExecutor),
             last_ack_us: AtomicU64::new(0),
             first_error: OnceLock::new(),
         }))
+    }
+
+    /// Starts agents `0..agents`, one tokio task each.
+    pub fn spawn_all(self: &Arc<Self>, agents: u32) {
+        for i in 0..agents {
+            tokio::spawn(run(self.clone(), i));
+        }
+    }
+
+    /// Waits until every agent registered or failed, printing progress.
+    pub async fn wait_connected(&self, agents: u32) {
+        let mut last_print = Instant::now();
+        loop {
+            let registered = self.registered.load(Ordering::Relaxed);
+            let failed = self.failed.load(Ordering::Relaxed);
+            let done = registered + failed >= u64::from(agents);
+            if done || last_print.elapsed() >= PROGRESS_EVERY {
+                eprintln!(
+                    "connecting: {registered}/{agents} registered, {failed} failed, {:.1}s",
+                    self.started.elapsed().as_secs_f64()
+                );
+                last_print = Instant::now();
+            }
+            if done {
+                return;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Time from the first connect to the latest RegisterAck.
@@ -123,7 +169,7 @@ fn source_ip(i: u32) -> IpAddr {
 }
 
 /// Identity IP of agent `i`: unique per agent, so each is its own host.
-fn identity_ip(i: u32) -> String {
+pub fn identity_ip(i: u32) -> String {
     Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8).to_string()
 }
 
@@ -179,8 +225,8 @@ fn register(i: u32) -> Register {
     }
 }
 
-/// Heartbeats every `period` from a random phase, counting acks, until the
-/// fleet shuts down or the server ends the link.
+/// Heartbeats every `period` from a random phase, counting acks and
+/// answering tasks, until the fleet shuts down or the server ends the link.
 async fn heartbeat(fleet: &Fleet, mut link: Link, period: Duration) {
     let phase = Duration::from_millis(rand::random_range(0..period.as_millis() as u64));
     let mut ticker = interval_at(Instant::now() + phase, period);
@@ -198,10 +244,11 @@ async fn heartbeat(fleet: &Fleet, mut link: Link, period: Duration) {
                 fleet.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
             }
             next = link.next() => match next {
-                Some(Ok(frame)) if frame.msg_type == MsgType::HeartbeatAck => {
-                    fleet.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(frame)) => {
+                    if on_frame(fleet, &mut link, frame).await.is_err() {
+                        break;
+                    }
                 }
-                Some(Ok(_)) => {}
                 // Goodbye is followed by a close, which ends up here.
                 None | Some(Err(_)) => break,
             }
@@ -210,6 +257,25 @@ async fn heartbeat(fleet: &Fleet, mut link: Link, period: Duration) {
     if !fleet.shutdown.is_cancelled() {
         fleet.lost.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Counts a HeartbeatAck or answers a RunScript; other frames (Goodbye,
+/// CancelTask: nothing simulated runs long) are ignored. An error means
+/// the link failed.
+async fn on_frame(fleet: &Fleet, link: &mut Link, frame: Frame) -> Result<()> {
+    match frame.msg_type {
+        MsgType::HeartbeatAck => {
+            fleet.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
+        }
+        MsgType::RunScript => {
+            // Boxed: kept inline, its state would stay in every idle agent's
+            // heartbeat future (~600 bytes each).
+            Box::pin(task::answer(fleet.executor.as_ref(), link, &frame)).await?;
+            fleet.tasks_answered.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! The bench's side of the server's HTTP API, as bk-job calls it:
+//! `async_execute_script`, `get_execute_script_result` (docs/API.md), and
+//! `get_agent_status` to know when the agents are all alive, and the
+//! server's `/metrics` page.
+//!
+//! Every call sends the app's credentials in the `X-Bkapi-Authorization`
+//! header and checks the envelope; answers are read into the few fields
+//! the bench needs. A poll also reports the size of its answer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gse_core::seams::AppRecord;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Longest any one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+const EXECUTE: &str = "/api/v2/task/extensions/async_execute_script";
+const RESULTS: &str = "/api/v2/task/extensions/get_execute_script_result";
+const AGENT_STATUS: &str = "/api/c/compapi/v2/gse/get_agent_status/";
+
+/// One entry of a `get_execute_script_result` answer.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ResultEntry {
+    pub bk_agent_id: String,
+    pub status: i32,
+    pub error_code: i32,
+    pub error_msg: String,
+    /// Unix ms, 0 until known.
+    pub start_time: u64,
+    pub end_time: u64,
+    pub screen: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    code: i64,
+    message: String,
+    data: Option<T>,
+}
+
+#[derive(Deserialize)]
+struct Wrapped<T> {
+    result: T,
+}
+
+#[derive(Deserialize)]
+struct Started {
+    task_id: String,
+}
+
+#[derive(Deserialize)]
+struct AgentAlive {
+    bk_agent_alive: i32,
+}
+
+/// A client of one server's API, as one app.
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl ApiClient {
+    pub fn new(api: SocketAddr, app: &AppRecord) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let auth = json!({"bk_app_code": app.app_code, "bk_app_secret": app.app_secret});
+        Ok(ApiClient {
+            http,
+            base: format!("http://{api}"),
+            auth: auth.to_string(),
+        })
+    }
+
+    /// Starts `command` on every target (`cloud_id:ip`); returns the task id.
+    pub async fn execute(
+        &self,
+        targets: &[String],
+        command: &str,
+        timeout_s: u32,
+    ) -> Result<String> {
+        let agents: Vec<Value> = targets.iter().map(|t| json!({"bk_agent_id": t})).collect();
+        let body = json!({
+            "agents": agents,
+            "atomic_tasks": [{"atomic_task_id": 0, "command": command, "timeout_seconds": timeout_s}],
+        });
+        let (started, _): (Wrapped<Started>, _) = self.call(EXECUTE, &body).await?;
+        Ok(started.result.task_id)
+    }
+
+    /// Every entry of `task_id` (no `agent_tasks`), and the answer's size
+    /// in bytes.
+    pub async fn results(&self, task_id: &str) -> Result<(Vec<ResultEntry>, usize)> {
+        let body = json!({ "task_id": task_id });
+        let (answer, bytes): (Wrapped<Vec<ResultEntry>>, _) = self.call(RESULTS, &body).await?;
+        Ok((answer.result, bytes))
+    }
+
+    /// How many of `ips` (cloud 0) are alive.
+    pub async fn alive(&self, ips: &[String]) -> Result<usize> {
+        let hosts: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"ip": ip, "bk_cloud_id": 0}))
+            .collect();
+        let body = json!({ "hosts": hosts });
+        let (status, _): (std::collections::HashMap<String, AgentAlive>, _) =
+            self.call(AGENT_STATUS, &body).await?;
+        Ok(status.values().filter(|a| a.bk_agent_alive == 1).count())
+    }
+
+    /// The server's `GET /metrics` page (no credentials needed).
+    pub async fn metrics_text(&self) -> Result<String> {
+        let answer = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .context("GET /metrics failed")?
+            .error_for_status()
+            .context("GET /metrics")?;
+        answer.text().await.context("cannot read /metrics")
+    }
+
+    /// POSTs `body` to `path`; the envelope's `data`, and the answer's size.
+    async fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<(T, usize)> {
+        let answer = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("X-Bkapi-Authorization", &self.auth)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path} failed"))?;
+        let status = answer.status();
+        let bytes = answer
+            .bytes()
+            .await
+            .with_context(|| format!("cannot read the answer of {path}"))?;
+        let envelope: Envelope<T> = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{path} answered HTTP {status} with a body that is not the expected envelope: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            )
+        })?;
+        if envelope.code != 0 {
+            bail!(
+                "{path} answered code {}: {}",
+                envelope.code,
+                envelope.message
+            );
+        }
+        let data = envelope
+            .data
+            .with_context(|| format!("{path} answered code 0 without data"))?;
+        Ok((data, bytes.len()))
+    }
+}

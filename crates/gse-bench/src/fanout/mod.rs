@@ -1,0 +1,305 @@
+//! `gse-bench fanout`: a trivial command on many agents through the real
+//! server's task API, every result back (issue "real-time task execution";
+//! DESIGN.md target: 10,000 agents, p50 under 1 s, p99 under 2 s, 2 cores).
+//!
+//! Start at [`run`]: start the real server with an API app and
+//! `api.max_hosts_per_call` >= the agents -> bring up the agents, either K
+//! simulated ones in this process ([`crate::sim`]: real TLS links, the
+//! Executor seam's simulation runner) or N real `gse-agent` processes
+//! ([`real`]) -> wait until the API reports them all alive -> `--rounds`
+//! rounds ([`round`]) of `async_execute_script` + polling
+//! `get_execute_script_result` ([`api`]) -> one [`Report`].
+
+mod api;
+mod metrics;
+mod real;
+mod report;
+mod round;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use gse_core::seams::{AppRecord, Executor};
+use tokio::time::{Instant, sleep};
+
+use crate::BenchOutput;
+use crate::procfs::{CpuMark, check_fd_limit, raise_fd_limit, rss_kib};
+use crate::server::{BenchServer, ServerOptions};
+use crate::sim::{Fleet, SimulatedExecutor, identity_ip};
+use api::ApiClient;
+use metrics::ServerMetrics;
+use real::RealAgents;
+use report::{Report, RunFigures};
+use round::{RoundFigures, RoundPlan};
+
+/// The trivial command, and what it prints.
+const COMMAND: &str = "echo hello";
+const EXPECTED_SCREEN: &str = "hello\n";
+/// `timeout_seconds` of the command.
+const COMMAND_TIMEOUT_S: u32 = 60;
+/// Quiet time between rounds (the server's writer flushes every 150 ms).
+const ROUND_PAUSE: Duration = Duration::from_secs(1);
+/// How long all agents have to show alive in the API once connected.
+const ALIVE_WITHIN: Duration = Duration::from_secs(60);
+/// App the bench registers in `api.apps`.
+const APP_CODE: &str = "gse-bench";
+
+/// Flags of `gse-bench fanout`.
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    /// Number of simulated agents (ignored with --real-agents).
+    #[arg(long, default_value_t = 10_000)]
+    agents: u32,
+    /// Run N real gse-agent processes (beside gse-bench) running real
+    /// commands, instead of simulated agents.
+    #[arg(long, value_name = "N")]
+    real_agents: Option<u32>,
+    /// Rounds of start + poll-until-done, each its own task.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Time between the starts of two polls of get_execute_script_result;
+    /// a poll that takes longer is followed by the next at once.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// A round whose entries are not all final after this long fails.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    round_timeout: Duration,
+    /// TLS handshakes in flight at once while simulated agents connect.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// The gse-server binary; default: beside gse-bench.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Keep the temp dir (certs, configs, logs) and print its path.
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+/// The agents of a run.
+enum Agents {
+    Simulated(Arc<Fleet>),
+    Real(RealAgents),
+}
+
+impl Agents {
+    fn mode(&self) -> &'static str {
+        match self {
+            Agents::Simulated(_) => "simulated",
+            Agents::Real(_) => "real",
+        }
+    }
+
+    /// The `kind()` of the Executor that runs the commands.
+    fn executor(&self) -> &'static str {
+        match self {
+            Agents::Simulated(_) => SimulatedExecutor.kind(),
+            // gse-agent's ProcessExecutor.
+            Agents::Real(_) => "process",
+        }
+    }
+
+    /// Real agents' RSS, all processes together, KiB.
+    fn rss_kib(&self) -> Option<u64> {
+        match self {
+            Agents::Simulated(_) => None,
+            Agents::Real(real) => Some(real.rss_kib_total()),
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            Agents::Simulated(fleet) => fleet.shutdown.cancel(),
+            Agents::Real(real) => real.stop().await,
+        }
+    }
+}
+
+/// Runs the bench; see the module header for the steps.
+pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
+    let fd_limit = raise_fd_limit()?;
+    match args.real_agents {
+        Some(n) => real::check_count(n)?,
+        None => check_fd_limit(args.agents, fd_limit)?,
+    }
+    let hosts = args.real_agents.unwrap_or(args.agents) as usize;
+    let app = AppRecord {
+        app_code: APP_CODE.into(),
+        app_secret: format!("{:032x}", rand::random::<u128>()),
+    };
+    let mut server = BenchServer::start(&ServerOptions {
+        bin: args.server_bin.clone(),
+        max_hosts_per_call: Some(hosts.max(5000)),
+        apps: vec![app.clone()],
+        ..ServerOptions::default()
+    })
+    .await?;
+    let result = drive(&args, &server, &app).await;
+    server.stop().await;
+    let failed = !matches!(&result, Ok((_, None)));
+    if args.keep_dir || failed {
+        eprintln!("bench files kept in {}", server.keep_dir().display());
+    }
+    let (report, failure) = result?;
+    Ok(BenchOutput {
+        line: serde_json::to_string(&report)?,
+        failure,
+    })
+}
+
+/// Brings the agents up, runs the rounds, stops the agents.
+async fn drive(
+    args: &FanoutArgs,
+    server: &BenchServer,
+    app: &AppRecord,
+) -> Result<(Report, Option<String>)> {
+    let pid = server.proc_id();
+    let server_idle_rss_kib = rss_kib(&pid)?;
+    let api = ApiClient::new(server.api, app)?;
+    let began = Instant::now();
+    let (mut agents, targets) = start_agents(args, server, &api).await?;
+    let ready_s = began.elapsed().as_secs_f64();
+    eprintln!("{} agents alive after {ready_s:.1}s", targets.len());
+    let server_ready_rss_kib = rss_kib(&pid)?;
+    let plan = RoundPlan {
+        targets,
+        command: COMMAND.into(),
+        expected_screen: EXPECTED_SCREEN.into(),
+        timeout_s: COMMAND_TIMEOUT_S,
+        poll_every: args.poll_interval,
+        give_up_after: args.round_timeout,
+        server_pid: pid.clone(),
+    };
+    let measured = run_rounds(&api, &plan, args.rounds).await;
+    let server_metrics = scrape_metrics(&api).await;
+    let agents_rss_kib = agents.rss_kib();
+    agents.stop().await;
+    let (rounds, cpu) = measured?;
+    let run = RunFigures {
+        mode: agents.mode(),
+        executor: agents.executor(),
+        agents: plan.targets.len() as u32,
+        command: COMMAND.into(),
+        poll_interval_ms: args.poll_interval.as_secs_f64() * 1000.0,
+        ready_s,
+        server_idle_rss_kib,
+        server_ready_rss_kib,
+        server_after_rss_kib: rss_kib(&pid)?,
+        server_cpu_percent: cpu.server,
+        bench_cpu_percent: cpu.bench,
+        agents_rss_kib,
+        server_metrics,
+    };
+    let report = Report::new(run, &rounds);
+    let failure = report.failure();
+    Ok((report, failure))
+}
+
+/// Starts the agents and waits until all are alive; returns them and their
+/// `cloud_id:ip` names.
+async fn start_agents(
+    args: &FanoutArgs,
+    server: &BenchServer,
+    api: &ApiClient,
+) -> Result<(Agents, Vec<String>)> {
+    if let Some(n) = args.real_agents {
+        let mut real = RealAgents::spawn(n, server.dir(), server.link, &server.agent_tls)?;
+        let targets = real.targets();
+        real.wait_alive(api).await?;
+        return Ok((Agents::Real(real), targets));
+    }
+    let fleet = Fleet::new(&server.agent_tls, server.link, args.concurrency)?;
+    fleet.spawn_all(args.agents);
+    fleet.wait_connected(args.agents).await;
+    if let Some(e) = fleet.first_error() {
+        fleet.shutdown.cancel();
+        bail!("simulated agents failed to connect; first error: {e}");
+    }
+    let ips: Vec<String> = (0..args.agents).map(identity_ip).collect();
+    wait_alive(api, &ips, || Ok(())).await?;
+    let targets = ips.iter().map(|ip| format!("0:{ip}")).collect();
+    Ok((Agents::Simulated(fleet), targets))
+}
+
+/// Polls get_agent_status until every one of `ips` is alive; `check`
+/// runs before each poll and ends the wait with its error.
+pub(crate) async fn wait_alive(
+    api: &ApiClient,
+    ips: &[String],
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + ALIVE_WITHIN;
+    loop {
+        check()?;
+        let alive = api.alive(ips).await?;
+        if alive == ips.len() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "only {alive} of {} agents alive after {ALIVE_WITHIN:?}",
+                ips.len()
+            );
+        }
+        eprintln!("waiting: {alive}/{} agents alive", ips.len());
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The server's histograms; a failed scrape only loses them.
+async fn scrape_metrics(api: &ApiClient) -> ServerMetrics {
+    match api.metrics_text().await {
+        Ok(text) => ServerMetrics::parse(&text),
+        Err(e) => {
+            eprintln!("cannot read the server's metrics: {e:#}");
+            ServerMetrics::default()
+        }
+    }
+}
+
+/// CPU of both processes while rounds ran (pauses left out), % of one core.
+struct RoundsCpu {
+    server: f64,
+    bench: f64,
+}
+
+/// Runs the rounds with a pause between them, printing each in brief.
+async fn run_rounds(
+    api: &ApiClient,
+    plan: &RoundPlan,
+    rounds: usize,
+) -> Result<(Vec<RoundFigures>, RoundsCpu)> {
+    let mut all = Vec::with_capacity(rounds);
+    let (mut wall, mut server_cpu, mut bench_cpu) = (0.0, 0.0, 0.0);
+    for i in 1..=rounds {
+        let server = CpuMark::now(&plan.server_pid)?;
+        let bench = CpuMark::now("self")?;
+        let began = Instant::now();
+        let figures = round::run(api, plan).await?;
+        let seconds = began.elapsed().as_secs_f64();
+        wall += seconds;
+        server_cpu += server.percent_since()? * seconds;
+        bench_cpu += bench.percent_since()? * seconds;
+        let seen = report::Stats::of(&figures.seen_ms);
+        eprintln!(
+            "round {i}/{rounds}: seen p50 {} ms, p99 {} ms, last {:.0} ms, {} polls, {} failed",
+            seen.p50,
+            seen.p99,
+            figures.last_ms,
+            figures.poll_ms.len(),
+            figures.failed
+        );
+        all.push(figures);
+        if i < rounds {
+            sleep(ROUND_PAUSE).await;
+        }
+    }
+    let wall = f64::max(wall, 1e-9);
+    let cpu = RoundsCpu {
+        server: server_cpu / wall,
+        bench: bench_cpu / wall,
+    };
+    Ok((all, cpu))
+}
