@@ -224,17 +224,19 @@ impl DangerPolicy {
     /// Checks every text (commands, script contents) line by line; lines
     /// starting with `#` are comments and are skipped.
     pub fn check<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> Verdict {
+        // Each rule reports its first match only, and a block ends the
+        // check: a hostile script of many matching lines costs no more than
+        // one.
         let mut verdict = Verdict::default();
+        let mut matched = vec![false; self.rules.len()];
         for text in texts {
-            for line in text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            {
-                for (spec, re) in &self.rules {
-                    if !re.is_match(line) {
+            let lines = text.lines().map(str::trim);
+            for line in lines.filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                for (i, (spec, re)) in self.rules.iter().enumerate() {
+                    if matched[i] || !re.is_match(line) {
                         continue;
                     }
+                    matched[i] = true;
                     let m = DangerMatch {
                         rule: spec.name.clone(),
                         action: spec.action,
@@ -242,10 +244,10 @@ impl DangerPolicy {
                         line: line.chars().take(200).collect(),
                     };
                     match spec.action {
-                        DangerAction::Block if verdict.blocked.is_none() => {
-                            verdict.blocked = Some(m)
+                        DangerAction::Block => {
+                            verdict.blocked = Some(m);
+                            return verdict;
                         }
-                        DangerAction::Block => {}
                         DangerAction::Alarm => verdict.alarms.push(m),
                     }
                 }
