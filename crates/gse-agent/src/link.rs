@@ -278,6 +278,9 @@ async fn session(
     let period = Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(100)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nothing else in this loop is polled while a write is pending, so a
+    // server that stops reading must not hold the session forever.
+    let write_limit = period * MISSED_ACKS;
     let mut last_heard = Instant::now();
     let mut seq = 0u64;
     loop {
@@ -291,13 +294,14 @@ async fn session(
                     return End::Lost(format!("no answer from the server for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                if let Err(e) = link.send(heartbeat(seq, stats)).await {
-                    return End::Lost(format!("cannot send a heartbeat: {e}"));
+                let frame = heartbeat(seq, stats);
+                if let Err(end) = send_within(link, frame, write_limit, shutdown, "a heartbeat").await {
+                    return end;
                 }
             }
             Some(frame) = outbound.recv() => {
-                if let Err(e) = link.send(frame).await {
-                    return End::Lost(format!("cannot send a task frame: {e}"));
+                if let Err(end) = send_within(link, frame, write_limit, shutdown, "a task frame").await {
+                    return end;
                 }
             }
             next = link.next() => {
@@ -312,6 +316,30 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Writes `frame` (`what`, for the log), giving up after `limit` or on
+/// shutdown; `Err` ends the session. An abandoned write may leave half a
+/// frame on the link, so the link is not used again either way.
+async fn send_within(
+    link: &mut Link,
+    frame: Frame,
+    limit: Duration,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Result<(), End> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(End::Shutdown),
+        sent = timeout(limit, link.send(frame)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Lost(format!("cannot send {what}: {e}"))),
+            Err(_) => Err(End::Lost(format!(
+                "a write to the server did not complete within {}s ({what}); \
+                 the server or the network stopped reading",
+                limit.as_secs_f64()
+            ))),
+        },
     }
 }
 

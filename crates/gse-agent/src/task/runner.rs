@@ -15,7 +15,7 @@ use gse_core::now_ms;
 use gse_core::seams::executor::RunAs;
 use gse_core::seams::{ExecOutcome, ExecRequest, Executor, ExitKind};
 use gse_core::task::*;
-use gse_proto::link::{AtomicTask, RunScript, TaskStatus};
+use gse_proto::link::{AtomicTask, RunScript, ScriptFile, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::report::{Reporter, forward_output};
@@ -79,9 +79,25 @@ pub async fn run(ctx: TaskContext, req: RunScript) {
 /// The checks and setup before the first process: danger rules, the
 /// user, the script files.
 async fn prepare(ctx: &TaskContext, req: &RunScript) -> Result<Option<RunAs>, Refusal> {
-    check_danger(&ctx.policy, req)?;
-    let run_as = resolve_user(req).await?;
+    // Up to 16 MiB of script is scanned: off the async workers. The scripts
+    // come back out to be written without a second copy.
+    let policy = ctx.policy.clone();
+    let task_id = req.task_id.clone();
+    let commands: Vec<String> = req.atomic_tasks.iter().map(|a| a.command.clone()).collect();
     let scripts = req.scripts.clone();
+    let (checked, scripts) = tokio::task::spawn_blocking(move || {
+        let checked = check_danger(&policy, &task_id, &commands, &scripts);
+        (checked, scripts)
+    })
+    .await
+    .map_err(|e| {
+        refusal(
+            ERR_DANGER_BLOCKED,
+            format!("dangerous-operation check crashed: {e}"),
+        )
+    })?;
+    checked?;
+    let run_as = resolve_user(req).await?;
     let owner = run_as.clone();
     tokio::task::spawn_blocking(move || scripts::write_all(&scripts, owner.as_ref()))
         .await
@@ -92,20 +108,24 @@ async fn prepare(ctx: &TaskContext, req: &RunScript) -> Result<Option<RunAs>, Re
 
 /// The dangerous-operation check, again on the agent (T6, T7): commands
 /// and script contents.
-fn check_danger(policy: &DangerPolicy, req: &RunScript) -> Result<(), Refusal> {
-    let contents: Vec<_> = req
-        .scripts
+/// Blocking: call from `spawn_blocking`.
+fn check_danger(
+    policy: &DangerPolicy,
+    task_id: &str,
+    commands: &[String],
+    scripts: &[ScriptFile],
+) -> Result<(), Refusal> {
+    let contents: Vec<_> = scripts
         .iter()
         .map(|s| String::from_utf8_lossy(&s.content))
         .collect();
-    let texts = req
-        .atomic_tasks
+    let texts = commands
         .iter()
-        .map(|a| a.command.as_str())
+        .map(String::as_str)
         .chain(contents.iter().map(|c| c.as_ref()));
     let verdict = policy.check(texts);
     for alarm in &verdict.alarms {
-        tracing::warn!(task_id = %req.task_id, "running a task that {}", alarm.describe());
+        tracing::warn!(task_id = %task_id, "running a task that {}", alarm.describe());
     }
     match verdict.blocked {
         Some(m) => Err(refusal(ERR_DANGER_BLOCKED, m.describe())),

@@ -142,7 +142,11 @@ fn many_matching_lines_report_one_match_per_rule() {
     let script = "shutdown -r now\n".repeat(10_000);
     let v = DangerPolicy::builtin().check([script.as_str()]);
     assert_eq!(v.alarms.len(), 1);
-    let script = format!("{}rm -rf /\n{}", "reboot\n".repeat(1000), "mkfs /dev/sdz\n".repeat(1000));
+    let script = format!(
+        "{}rm -rf /\n{}",
+        "reboot\n".repeat(1000),
+        "mkfs /dev/sdz\n".repeat(1000)
+    );
     let v = DangerPolicy::builtin().check([script.as_str()]);
     assert_eq!(v.blocked.unwrap().rule, "rm_root");
     assert_eq!(v.alarms.len(), 1);

@@ -1,5 +1,6 @@
 //! Script-writing tests on a temp dir.
 
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
@@ -66,7 +67,7 @@ fn write_failure_names_the_path() {
 }
 
 #[test]
-fn t4_scripts_and_new_dirs_belong_to_the_user() {
+fn t4_scripts_and_their_dir_belong_to_the_user_parents_stay_root() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("note: not root, skipping the chown test");
         return;
@@ -89,7 +90,94 @@ fn t4_scripts_and_new_dirs_belong_to_the_user() {
     let want = (nobody.uid, nobody.gid);
     assert_eq!(owner(&dir.join("a.sh")), want);
     assert_eq!(owner(&dir), want);
-    assert_eq!(owner(dir.parent().unwrap()), want);
-    // The temp dir existed before: it is not given away.
+    // A parent made on the way stays root's, so that another account's
+    // script directory beside it (bk-job: /tmp/bkjob/<account>) stays safe.
+    assert_eq!(owner(dir.parent().unwrap()).0, 0);
     assert_eq!(owner(tmp.path()).0, 0);
+    let root_dir = tmp.path().join("bkjob/root");
+    write_all(&[file(root_dir.to_str().unwrap(), "b.sh", "id -u\n")], None).unwrap();
+    assert_eq!(owner(&root_dir.join("b.sh")).0, 0);
+}
+
+fn is_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("note: not root, skipping an ownership test");
+    false
+}
+
+/// Writes `a.sh` in `dir` as the agent (no user); the error text if refused.
+fn write_in(dir: &Path) -> Result<(), String> {
+    write_all(&[file(dir.to_str().unwrap(), "a.sh", "true\n")], None).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_dir_owned_by_another_user_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs = tmp.path().join("bkjob");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let err = write_in(&theirs.join("root")).unwrap_err();
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    assert!(err.contains(theirs.to_str().unwrap()), "{err}");
+    assert!(!theirs.join("root").exists(), "nothing is created under it");
+}
+
+#[test]
+fn a_symlinked_component_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("bkjob");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err = write_in(&link.join("root")).unwrap_err();
+    assert!(err.contains("symbolic link"), "{err}");
+    // The link as the last component is refused too.
+    let err = write_in(&link).unwrap_err();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+}
+
+#[test]
+fn a_world_writable_dir_needs_the_sticky_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = write_in(&open.join("root")).unwrap_err();
+    assert!(err.contains("mode 0777") && err.contains("sticky"), "{err}");
+    // Sticky, like /tmp: accepted.
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    write_in(&open.join("root")).unwrap();
+}
+
+#[test]
+fn a_symlink_in_place_of_the_script_is_replaced_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("a.sh")).unwrap();
+    write_in(&dir).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+    let meta = fs::symlink_metadata(dir.join("a.sh")).unwrap();
+    assert!(meta.file_type().is_file());
+}
+
+#[test]
+fn a_fresh_dir_under_tmp_works() {
+    let dir = PathBuf::from(format!(
+        "/tmp/gse-scripts-test-{:016x}",
+        rand::random::<u64>()
+    ));
+    let result = write_in(&dir.join("bkjob/root"));
+    let written = fs::read_to_string(dir.join("bkjob/root/a.sh"));
+    let _ = fs::remove_dir_all(&dir);
+    result.unwrap();
+    assert_eq!(written.unwrap(), "true\n");
 }
