@@ -194,24 +194,49 @@ pub(super) fn fail_unfinished(
     Ok(n as u64)
 }
 
-/// Deletes tasks created before `before_ms` with their entries and logs.
+/// Deletes tasks created before `before_ms` whose entries are all final,
+/// with their entries and logs; a task still running is kept however old
+/// it is. Also deletes entries and logs whose task has no record.
+/// Returns how many tasks were deleted.
 pub(super) fn prune(conn: &Connection, before_ms: u64) -> rusqlite::Result<u64> {
     let tx = conn.unchecked_transaction()?;
-    let old = "SELECT task_id FROM tasks WHERE created_ms < ?1";
-    tx.execute(
-        &format!("DELETE FROM task_logs WHERE task_id IN ({old})"),
-        [before_ms as i64],
-    )?;
-    tx.execute(
-        &format!("DELETE FROM task_entries WHERE task_id IN ({old})"),
-        [before_ms as i64],
-    )?;
-    let n = tx.execute(
-        "DELETE FROM tasks WHERE created_ms < ?1",
-        [before_ms as i64],
-    )?;
+    let ids: Vec<String> = tx
+        .prepare(
+            "SELECT task_id FROM tasks t WHERE created_ms < ?1 AND NOT EXISTS ( \
+               SELECT 1 FROM task_entries e WHERE e.task_id = t.task_id \
+                 AND e.status IN (?2, ?3) AND e.error_code IN (?4, ?5))",
+        )?
+        .query_map(
+            params![
+                before_ms as i64,
+                STATUS_DISPATCHED,
+                STATUS_RUNNING,
+                ERR_NONE,
+                ERR_RUNNING
+            ],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    {
+        let mut logs = tx.prepare("DELETE FROM task_logs WHERE task_id = ?1")?;
+        let mut entries = tx.prepare("DELETE FROM task_entries WHERE task_id = ?1")?;
+        let mut tasks = tx.prepare("DELETE FROM tasks WHERE task_id = ?1")?;
+        for id in &ids {
+            logs.execute([id])?;
+            entries.execute([id])?;
+            tasks.execute([id])?;
+        }
+    }
+    // Rows whose task record is gone (a batch dropped after the store
+    // failed for long, or an interrupted older prune).
+    for table in ["task_logs", "task_entries"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE task_id NOT IN (SELECT task_id FROM tasks)"),
+            [],
+        )?;
+    }
     tx.commit()?;
-    Ok(n as u64)
+    Ok(ids.len() as u64)
 }
 
 #[cfg(test)]
@@ -331,5 +356,40 @@ mod tests {
             .unwrap();
         assert_eq!(logs, 0);
         assert!(get(&conn, "c").unwrap().is_some());
+    }
+
+    #[test]
+    fn pruning_keeps_unfinished_tasks_and_drops_orphan_rows() {
+        let conn = open();
+        let writes = TaskWrites {
+            tasks: vec![record("running", "n1", 10), record("queued", "n1", 10)],
+            entries: vec![
+                entry("running", 1, 115),
+                entry("queued", 0, 115),
+                entry("ghost", STATUS_SUCCESS, 0),
+            ],
+            logs: vec![chunk("running", 0, "x"), chunk("ghost", 0, "y")],
+        };
+        write(&conn, &writes).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(prune(&conn, 1_000).unwrap(), 0);
+        assert!(get(&conn, "running").unwrap().is_some());
+        assert!(get(&conn, "queued").unwrap().is_some());
+        assert_eq!((count("task_entries"), count("task_logs")), (2, 1));
+
+        write(
+            &conn,
+            &TaskWrites {
+                entries: vec![entry("running", STATUS_FAILED, ERR_AGENT_DOWN)],
+                ..TaskWrites::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(prune(&conn, 1_000).unwrap(), 1);
+        assert!(get(&conn, "running").unwrap().is_none());
+        assert_eq!((count("task_entries"), count("task_logs")), (1, 0));
     }
 }

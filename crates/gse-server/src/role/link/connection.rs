@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use gse_core::identity::validate_agent_id;
@@ -228,6 +229,10 @@ fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
 }
 
 /// Serves a registered link until it ends; returns why it ended.
+///
+/// Every write is bounded by `heartbeat_timeout`: an agent that stops
+/// reading (stopped process, paused VM) must not hold this task forever
+/// while its heartbeat deadline goes unchecked.
 async fn serve(
     svc: &LinkService,
     link: &mut Link,
@@ -241,15 +246,24 @@ async fn serve(
         tokio::select! {
             _ = close.cancelled() => {
                 let reason = if svc.shutdown.is_cancelled() { "server shutting down" } else { "replaced by a newer connection" };
-                let _ = link.send(Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into() })).await;
+                let goodbye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into() });
+                let _ = send_within(link, goodbye, timeout).await;
                 return reason.into();
             }
             _ = tokio::time::sleep_until(deadline) => {
                 return format!("no heartbeat for {}", humantime::format_duration(timeout));
             }
             Some(frame) = outbound.recv() => {
-                if let Err(e) = link.send(*frame).await {
-                    return format!("send failed: {e}");
+                let limit = svc.config.max_frame_bytes;
+                if frame.body.len() > limit {
+                    // The codec would refuse it and end the link; only this
+                    // frame is lost.
+                    metrics::counter!("gse_link_frames_too_large_total").increment(1);
+                    tracing::error!(agent = %key, msg_type = frame.msg_type.to_u16(), bytes = frame.body.len(), limit, "dropping a frame for the agent over link.max_frame_bytes");
+                    continue;
+                }
+                if let Err(reason) = send_within(link, *frame, timeout).await {
+                    return reason;
                 }
             }
             next = link.next() => {
@@ -267,6 +281,18 @@ async fn serve(
     }
 }
 
+/// Writes one frame, giving up after `limit`; the error is why the link ends.
+async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, link.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed: {e}")),
+        Err(_) => Err(format!(
+            "a write to the agent did not complete within {}",
+            humantime::format_duration(limit)
+        )),
+    }
+}
+
 /// Handles one frame from a registered agent; `Some(reason)` ends the link.
 async fn on_frame(
     svc: &LinkService,
@@ -274,11 +300,12 @@ async fn on_frame(
     key: AgentKey,
     frame: Frame,
 ) -> Option<String> {
+    let timeout = svc.config.heartbeat_timeout;
     match frame.msg_type {
         MsgType::Heartbeat => {
             let hb = match frame.decode::<Heartbeat>() {
                 Ok(hb) => hb,
-                Err(e) => return Some(protocol_error(link, e.to_string()).await),
+                Err(e) => return Some(protocol_error(link, e.to_string(), timeout).await),
             };
             let update = HeartbeatUpdate {
                 key,
@@ -294,10 +321,8 @@ async fn on_frame(
                 seq: hb.seq,
                 server_time_ms: now_ms(),
             };
-            link.send(Frame::new(MsgType::HeartbeatAck, frame.stream_id, &ack))
-                .await
-                .err()
-                .map(|e| format!("send failed: {e}"))
+            let ack = Frame::new(MsgType::HeartbeatAck, frame.stream_id, &ack);
+            send_within(link, ack, timeout).await.err()
         }
         MsgType::Goodbye => {
             let reason = frame
@@ -306,9 +331,14 @@ async fn on_frame(
                 .unwrap_or_default();
             Some(format!("agent shut down ({reason})"))
         }
-        MsgType::Register => {
-            Some(protocol_error(link, "Register sent twice on one connection".into()).await)
-        }
+        MsgType::Register => Some(
+            protocol_error(
+                link,
+                "Register sent twice on one connection".into(),
+                timeout,
+            )
+            .await,
+        ),
         other => {
             match svc.frames.get() {
                 Some(frames) => frames.on_frame(key, frame),
@@ -321,16 +351,15 @@ async fn on_frame(
     }
 }
 
-async fn protocol_error(link: &mut Link, message: String) -> String {
-    let _ = link
-        .send(Frame::new(
-            MsgType::LinkError,
-            0,
-            &LinkError {
-                code: 400,
-                message: message.clone(),
-            },
-        ))
-        .await;
+async fn protocol_error(link: &mut Link, message: String, limit: Duration) -> String {
+    let frame = Frame::new(
+        MsgType::LinkError,
+        0,
+        &LinkError {
+            code: 400,
+            message: message.clone(),
+        },
+    );
+    let _ = send_within(link, frame, limit).await;
     format!("protocol error: {message}")
 }

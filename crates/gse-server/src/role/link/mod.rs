@@ -160,6 +160,12 @@ impl LinkService {
         }
     }
 
+    /// Largest frame body sent to or accepted from an agent, bytes
+    /// (`link.max_frame_bytes`).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes
+    }
+
     /// Number of agents connected now.
     pub fn connected(&self) -> usize {
         self.sessions.lock().len()

@@ -2,12 +2,13 @@
 //! replaced behind our back, and the deadline for agents that stay silent.
 //!
 //! Terminate is asynchronous, as bk-job expects: connected agents are sent
-//! `CancelTask` and report 126 themselves; entries whose agent cannot be
-//! told are closed here at once with DISCARDED/126.
+//! `CancelTask` and report 126 themselves; entries whose agent is not
+//! connected are closed here at once with DISCARDED/126. A cancel that
+//! finds the agent's queue full is retried from the writer's tick.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gse_core::{AgentKey, AgentRef};
 
@@ -17,7 +18,31 @@ use gse_proto::{Frame, MsgType};
 
 use super::model::LiveTask;
 use super::spec::TargetName;
-use super::{Route, TaskError, TaskService};
+use super::{TaskError, TaskService};
+use crate::role::link::SendError;
+
+/// How long a cancel that finds its agent's queue full is retried (longer
+/// than a stuck link takes to be closed, which closes the entries).
+const CANCEL_RETRY_FOR: Duration = Duration::from_secs(30);
+/// When a task with no pending deadline is looked at again.
+const RECHECK_IDLE: Duration = Duration::from_secs(3600);
+
+/// What became of a `CancelTask`.
+#[derive(Debug, PartialEq, Eq)]
+enum Cancel {
+    Sent,
+    /// The agent's queue is full; retried from the writer.
+    Busy,
+    /// The agent cannot be told: nothing more runs there.
+    NotConnected,
+}
+
+/// A cancel waiting for room in its agent's queue.
+pub(super) struct PendingCancel {
+    task: Arc<LiveTask>,
+    key: AgentKey,
+    since: Instant,
+}
 
 impl TaskService {
     /// Stops a task on the named targets (`None` = all of them).
@@ -46,38 +71,54 @@ impl TaskService {
         };
         let key_of: HashMap<u32, AgentKey> =
             task.by_agent.iter().map(|(key, &t)| (t, *key)).collect();
-        let mut cancelled = 0usize;
+        let (mut cancelled, mut pending) = (0usize, 0usize);
         for target in chosen {
             if !self.target_unfinished(&task, target) {
                 continue;
             }
-            match key_of.get(&target) {
-                Some(&key) if self.cancel_on(&task, target, key) => cancelled += 1,
-                _ => self.close_target(
-                    &task,
-                    target,
-                    STATUS_DISCARDED,
-                    ERR_TERMINATED,
-                    "terminated; the agent was not connected, so nothing more ran",
-                ),
+            let Some(&key) = key_of.get(&target) else {
+                self.close_unreachable(&task, target);
+                continue;
+            };
+            match self.cancel_on(&task, target, key) {
+                Cancel::Sent => cancelled += 1,
+                Cancel::Busy => {
+                    pending += 1;
+                    self.cancels
+                        .lock()
+                        .entry((task.id.clone(), target))
+                        .or_insert_with(|| PendingCancel {
+                            task: task.clone(),
+                            key,
+                            since: Instant::now(),
+                        });
+                }
+                Cancel::NotConnected => self.close_unreachable(&task, target),
             }
         }
-        tracing::info!(task_id, cancelled, "task terminate requested");
+        tracing::info!(task_id, cancelled, pending, "task terminate requested");
         Ok(())
     }
 
-    fn target_unfinished(&self, task: &LiveTask, target: u32) -> bool {
-        let state = task.state.lock();
-        (0..task.atomic_count).any(|a| {
-            task.entry_index(target, a)
-                .is_some_and(|i| !state.entries[i as usize].is_final())
-        })
+    /// Closes a target whose agent cannot be told to stop: nothing more runs.
+    fn close_unreachable(&self, task: &Arc<LiveTask>, target: u32) {
+        self.close_target(
+            task,
+            target,
+            STATUS_DISCARDED,
+            ERR_TERMINATED,
+            "terminated; the agent was not connected, so nothing more ran",
+        );
     }
 
-    /// Sends `CancelTask` to a connected agent; false if it cannot be told.
-    fn cancel_on(&self, task: &LiveTask, target: u32, key: AgentKey) -> bool {
+    fn target_unfinished(&self, task: &LiveTask, target: u32) -> bool {
+        task.target_unfinished(&task.state.lock(), target)
+    }
+
+    /// Sends `CancelTask` to a connected agent.
+    fn cancel_on(&self, task: &LiveTask, target: u32, key: AgentKey) -> Cancel {
         if !self.dispatch.is_local(key) {
-            return false;
+            return Cancel::NotConnected;
         }
         let frame = Frame::new(
             MsgType::CancelTask,
@@ -86,33 +127,88 @@ impl TaskService {
                 task_id: task.id.clone(),
             },
         );
-        let name = &task.targets[target as usize].bk_agent_id;
-        match self.dispatch.send(&Route::Local, name, key, frame) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(task_id = %task.id, error = %e, "cannot send CancelTask");
-                false
+        match self.dispatch.send_local(key, frame) {
+            Ok(()) => Cancel::Sent,
+            Err(e @ SendError::Busy(_)) => {
+                let name = &task.targets[target as usize].bk_agent_id;
+                tracing::debug!(task_id = %task.id, agent = %name, error = %e, "cannot send CancelTask yet; will retry");
+                Cancel::Busy
+            }
+            Err(SendError::NotConnected(_)) => Cancel::NotConnected,
+        }
+    }
+
+    /// Sends the cancels that found their agent's queue full again; the
+    /// agent reports 126 itself once one arrives. Called every writer tick.
+    pub(super) fn retry_cancels(&self, now: Instant) {
+        let due = {
+            let mut cancels = self.cancels.lock();
+            if cancels.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *cancels)
+        };
+        for ((task_id, target), p) in due {
+            if !self.target_unfinished(&p.task, target) {
+                continue;
+            }
+            match self.cancel_on(&p.task, target, p.key) {
+                Cancel::Sent => {
+                    tracing::info!(task_id, target, "task cancel sent after a retry")
+                }
+                Cancel::NotConnected => self.close_unreachable(&p.task, target),
+                Cancel::Busy if now.saturating_duration_since(p.since) >= CANCEL_RETRY_FOR => {
+                    let name = &p.task.targets[target as usize].bk_agent_id;
+                    tracing::error!(task_id, agent = %name, "could not send CancelTask within {}: the agent's link stays full; the task keeps running there", humantime::format_duration(CANCEL_RETRY_FOR));
+                }
+                Cancel::Busy => {
+                    self.cancels.lock().entry((task_id, target)).or_insert(p);
+                }
             }
         }
     }
 
-    /// Closes the entries of tasks past their deadline: their agents are
-    /// connected but sent no final status in time.
+    /// Closes the targets past their deadline: their agents are connected
+    /// but sent no final status in time (the atomic tasks' timeouts plus a
+    /// grace from when one was reported running), or never started the
+    /// task within the generous limit for queued work.
     pub(super) fn close_overdue(&self, now: Instant) {
-        let overdue: Vec<Arc<LiveTask>> = self
-            .active
-            .lock()
-            .values()
-            .filter(|t| t.deadline <= now)
-            .cloned()
-            .collect();
-        for task in overdue {
-            tracing::warn!(task_id = %task.id, "task past its deadline; closing what its agents did not finish");
-            for &target in task.by_agent.values() {
+        let active: Vec<Arc<LiveTask>> = self.active.lock().values().cloned().collect();
+        for task in active {
+            let mut overdue = Vec::new();
+            {
+                let mut state = task.state.lock();
+                if state.next_check > now {
+                    continue;
+                }
+                let mut next: Option<Instant> = None;
+                for &target in task.by_agent.values() {
+                    if !task.target_unfinished(&state, target) {
+                        continue;
+                    }
+                    let started = state.run_deadlines.get(&target).copied();
+                    let deadline = started.unwrap_or(task.queued_deadline);
+                    if deadline <= now {
+                        overdue.push((target, started.is_some()));
+                    } else {
+                        next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                    }
+                }
+                state.next_check = next.unwrap_or(now + RECHECK_IDLE);
+            }
+            if overdue.is_empty() {
+                continue;
+            }
+            tracing::warn!(task_id = %task.id, targets = overdue.len(), "task past its deadline; closing what its agents did not finish");
+            for (target, started) in overdue {
                 let name = &task.targets[target as usize].bk_agent_id;
-                let msg = format!(
-                    "agent {name} sent no final status within the atomic tasks' timeouts plus 60s; it may be stuck"
-                );
+                let msg = if started {
+                    format!(
+                        "agent {name} sent no final status within the atomic tasks' timeouts plus 60s; it may be stuck"
+                    )
+                } else {
+                    format!("agent {name} never reported the task running; it may be stuck")
+                };
                 self.close_target(&task, target, STATUS_FAILED, ERR_AGENT_DOWN, &msg);
             }
         }

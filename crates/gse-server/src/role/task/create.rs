@@ -28,9 +28,13 @@ use super::model::{Entry, LiveTask, TargetIndex, TaskState, Update};
 use super::spec::{ScriptTaskSpec, TargetSpec};
 use super::{TaskError, TaskService, metrics};
 
-/// Time an agent has beyond the sum of the atomic tasks' timeouts to
-/// report a final status before its entries are closed.
-const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+/// Time an agent has beyond the timeouts of the atomic tasks it has left
+/// (counted from when it reports one running) to report a final status
+/// before its entries are closed.
+pub(super) const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+/// Least time a target that has not started yet is left waiting: agents
+/// run a bounded number of tasks at once and queue the rest.
+const QUEUED_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// How one target starts.
 enum Start {
@@ -81,7 +85,7 @@ impl TaskService {
     }
 
     /// One `RunScript` body per distinct user, checked against the frame
-    /// limit agents accept.
+    /// limit of the link that carries it (`link.max_frame_bytes`).
     fn encode(
         &self,
         task_id: &str,
@@ -117,7 +121,7 @@ impl TaskService {
             output_limit: self.config.output_limit,
             windows_interpreter: spec.windows_interpreter.clone(),
         };
-        let limit = gse_proto::frame::DEFAULT_MAX_BODY;
+        let limit = self.dispatch.max_frame_bytes();
         let mut bodies = HashMap::new();
         for target in &spec.targets {
             if bodies.contains_key(&target.user) {
@@ -203,6 +207,13 @@ impl TaskService {
     ) -> Arc<LiveTask> {
         let now = gse_core::now_ms();
         let n = spec.atomic_tasks.len();
+        let atomic_timeouts = self.atomic_timeouts(spec);
+        let bound = atomic_timeouts
+            .iter()
+            .map(|&t| Duration::from_secs(u64::from(t)))
+            .sum::<Duration>()
+            + DEADLINE_GRACE;
+        let queued_deadline = Instant::now() + QUEUED_LIMIT.max(bound * 10);
         let mut entries = Vec::with_capacity(spec.targets.len() * n);
         let mut by_agent = HashMap::new();
         for (i, start) in starts.iter().enumerate() {
@@ -234,23 +245,26 @@ impl TaskService {
             index: TargetIndex::new(&targets),
             targets,
             by_agent,
-            deadline: Instant::now() + self.runtime_bound(spec),
-            state: parking_lot::Mutex::new(TaskState::new(entries, self.config.output_limit)),
+            atomic_timeouts,
+            queued_deadline,
+            state: parking_lot::Mutex::new(TaskState::new(
+                entries,
+                self.config.output_limit,
+                queued_deadline,
+            )),
         })
     }
 
-    /// The longest a task can take on an agent that works.
-    fn runtime_bound(&self, spec: &ScriptTaskSpec) -> Duration {
-        let default = u64::from(self.config.default_timeout_seconds());
-        let secs: u64 = spec
-            .atomic_tasks
+    /// Each atomic task's timeout in seconds, the default for 0.
+    fn atomic_timeouts(&self, spec: &ScriptTaskSpec) -> Vec<u32> {
+        let default = self.config.default_timeout_seconds();
+        spec.atomic_tasks
             .iter()
             .map(|a| match a.timeout_seconds {
                 0 => default,
-                t => u64::from(t),
+                t => t,
             })
-            .sum();
-        Duration::from_secs(secs) + DEADLINE_GRACE
+            .collect()
     }
 
     /// Sends every dispatched target its frame; a failed send closes the

@@ -14,14 +14,16 @@ use gse_core::AgentKey;
 use gse_core::seams::AgentRecord;
 use gse_proto::Frame;
 
-use crate::role::link::LinkService;
+use crate::role::link::{LinkService, SendError};
 
 /// What dispatch needs from a link that holds agents: this node's
 /// [`LinkService`], or a fake in tests.
 pub trait AgentLink: Send + Sync {
     fn is_connected(&self, key: AgentKey) -> bool;
     /// Queues a frame for a connected agent; the error says why not.
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), String>;
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError>;
+    /// Largest frame body the link sends to an agent, bytes.
+    fn max_frame_bytes(&self) -> usize;
 }
 
 impl AgentLink for LinkService {
@@ -29,8 +31,12 @@ impl AgentLink for LinkService {
         LinkService::is_connected(self, key)
     }
 
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), String> {
-        self.send_to(key, frame).map_err(|e| e.to_string())
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+        self.send_to(key, frame)
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        LinkService::max_frame_bytes(self)
     }
 }
 
@@ -99,17 +105,32 @@ impl Dispatch {
                     .link
                     .as_ref()
                     .ok_or_else(|| Unreachable::NoLink(name.to_string()))?;
-                link.send(key, frame)
-                    .map_err(|reason| Unreachable::SendFailed {
-                        agent: name.to_string(),
-                        reason,
-                    })
+                link.send(key, frame).map_err(|e| Unreachable::SendFailed {
+                    agent: name.to_string(),
+                    reason: e.to_string(),
+                })
             }
             Route::Node(node) => Err(Unreachable::OtherNode {
                 agent: name.to_string(),
                 node: node.clone(),
             }),
         }
+    }
+
+    /// Queues a frame for an agent on this node's link, keeping the
+    /// link's reason (a full queue is worth retrying, a missing agent not).
+    pub fn send_local(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+        match &self.link {
+            Some(link) => link.send(key, frame),
+            None => Err(SendError::NotConnected(key)),
+        }
+    }
+
+    /// Largest frame body this node's link sends to an agent, bytes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.link
+            .as_ref()
+            .map_or(gse_proto::frame::DEFAULT_MAX_BODY, |l| l.max_frame_bytes())
     }
 
     /// Whether the agent is connected to this node now.

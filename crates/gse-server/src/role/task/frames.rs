@@ -6,12 +6,15 @@
 //! Frames for unknown tasks (finished long ago, or from before a restart)
 //! and updates of entries that are already final are ignored.
 
+use std::time::Instant;
+
 use gse_core::AgentKey;
 use gse_core::task::{ERR_AGENT_DOWN, STATUS_FAILED, STATUS_RUNNING};
 use gse_proto::link::{TaskOutput, TaskStatus};
 use gse_proto::{Frame, MsgType};
 
 use super::TaskService;
+use super::create::DEADLINE_GRACE;
 use super::model::Update;
 use crate::role::link::AgentFrames;
 
@@ -91,6 +94,7 @@ impl TaskService {
             (0, STATUS_RUNNING) => gse_core::now_ms(),
             (ms, _) => ms,
         };
+        let running = st.status == STATUS_RUNNING;
         let update = Update {
             status: st.status,
             error_code: st.error_code,
@@ -99,6 +103,16 @@ impl TaskService {
             start_ms,
             end_ms: st.end_time_ms,
         };
-        self.change(&task, |state, effect| state.update(idx, update, effect));
+        let n = task.atomic_count.max(1);
+        self.change(&task, |state, effect| {
+            let started = running && !state.entries[idx as usize].is_final();
+            state.update(idx, update, effect);
+            if started {
+                // The agent may have kept it queued for a while; its time
+                // counts from now.
+                let deadline = task.run_deadline(idx % n, Instant::now(), DEADLINE_GRACE);
+                state.set_run_deadline(idx / n, deadline);
+            }
+        });
     }
 }

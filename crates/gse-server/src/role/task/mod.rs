@@ -92,6 +92,8 @@ pub struct TaskService {
     active: Mutex<HashMap<String, Arc<LiveTask>>>,
     /// Tasks with changes the writer has not taken yet.
     queue: Mutex<Vec<Arc<LiveTask>>>,
+    /// Cancels waiting for room in their agent's queue, by (task, target).
+    cancels: Mutex<HashMap<(String, u32), control::PendingCancel>>,
     seq: AtomicU64,
 }
 
@@ -120,6 +122,7 @@ impl TaskService {
             tasks: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             queue: Mutex::new(Vec::new()),
+            cancels: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
         }))
     }

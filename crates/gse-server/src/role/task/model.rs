@@ -7,7 +7,7 @@
 //! held for microseconds and different tasks never contend.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gse_core::AgentKey;
 use gse_core::seams::state_store::{
@@ -83,8 +83,12 @@ pub(super) struct LiveTask {
     pub targets: Vec<TaskTarget>,
     /// The target each dispatched agent runs as (an agent is run once).
     pub by_agent: HashMap<AgentKey, u32>,
-    /// After this, unfinished entries are closed (the agent went quiet).
-    pub deadline: Instant,
+    /// Each atomic task's timeout, seconds (defaults resolved).
+    pub atomic_timeouts: Vec<u32>,
+    /// After this, a target none of whose atomic tasks has started yet is
+    /// closed. Generous: agents run a bounded number of tasks at once and
+    /// queue the rest, so a task may wait long before it starts.
+    pub queued_deadline: Instant,
     pub index: TargetIndex,
     pub state: Mutex<TaskState>,
 }
@@ -102,6 +106,11 @@ pub(super) struct TaskState {
     pub queued: bool,
     /// When the last entry became final.
     pub finished_at: Option<Instant>,
+    /// Deadline of each target whose agent reported an atomic task
+    /// running: now + the timeouts of what it has left + a grace.
+    pub run_deadlines: HashMap<u32, Instant>,
+    /// No target's deadline is before this (rechecked when reached).
+    pub next_check: Instant,
     output_cap: usize,
 }
 
@@ -120,7 +129,7 @@ pub(super) struct Effect {
 
 impl TaskState {
     /// State of a new task: every entry dirty, the record unsaved.
-    pub fn new(entries: Vec<Entry>, output_limit: u64) -> Self {
+    pub fn new(entries: Vec<Entry>, output_limit: u64, first_check: Instant) -> Self {
         let unfinished = entries.iter().filter(|e| !e.is_final()).count();
         let mut state = TaskState {
             dirty: Vec::with_capacity(entries.len()),
@@ -129,6 +138,8 @@ impl TaskState {
             record_unsaved: true,
             queued: true,
             finished_at: None,
+            run_deadlines: HashMap::new(),
+            next_check: first_check,
             output_cap: (output_limit as usize).saturating_add(MARKER_SLACK),
         };
         for i in 0..state.entries.len() {
@@ -186,6 +197,12 @@ impl TaskState {
             }
         }
         self.touched(idx, effect);
+    }
+
+    /// Sets a started target's deadline (later or earlier than before).
+    pub fn set_run_deadline(&mut self, target: u32, deadline: Instant) {
+        self.run_deadlines.insert(target, deadline);
+        self.next_check = self.next_check.min(deadline);
     }
 
     /// Appends output to a non-final entry, up to the output cap.
@@ -253,6 +270,27 @@ impl LiveTask {
     pub fn entry_index(&self, target: u32, atomic_id: u32) -> Option<u32> {
         let n = self.atomic_count;
         ((target as usize) < self.targets.len() && atomic_id < n).then(|| target * n + atomic_id)
+    }
+
+    /// Deadline of a target whose agent just started `atomic_id`: `now`
+    /// plus the timeouts of that atomic task and the ones after it, plus
+    /// `grace`.
+    pub fn run_deadline(&self, atomic_id: u32, now: Instant, grace: Duration) -> Instant {
+        let left: u64 = self
+            .atomic_timeouts
+            .iter()
+            .skip(atomic_id as usize)
+            .map(|&t| u64::from(t))
+            .sum();
+        now + Duration::from_secs(left) + grace
+    }
+
+    /// Whether any entry of `target` is not final yet.
+    pub fn target_unfinished(&self, state: &TaskState, target: u32) -> bool {
+        (0..self.atomic_count).any(|a| {
+            self.entry_index(target, a)
+                .is_some_and(|i| !state.entries[i as usize].is_final())
+        })
     }
 
     /// The task's record for the store.

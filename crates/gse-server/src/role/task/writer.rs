@@ -5,12 +5,13 @@
 //! the log bytes not saved yet) go to the store as one batch, one
 //! transaction: agent frames never wait for the store, and 10,000 agents
 //! finishing together cost one write. A failed batch is kept and sent again
-//! with the next one. Every few seconds, running entries of agents that
+//! with the next one. Each round also retries the `CancelTask` frames that
+//! found their agent's queue full. Every few seconds, running entries of agents that
 //! registered again since their task started are closed (the agent dropped
 //! that work). Once a second, entries past their deadline are closed
 //! and tasks finished more than [`MEMORY_TTL`] ago (or the oldest beyond
 //! [`MEMORY_ENTRIES`]) leave memory, polls then read the store; once an
-//! hour records older than `task.retention` are pruned. At start, entries the last run left unfinished are closed.
+//! hour finished records older than `task.retention` are pruned. At start, entries the last run left unfinished are closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,7 @@ impl TaskService {
             if stop {
                 return;
             }
+            self.retry_cancels(Instant::now());
             if housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 housekeeping = Instant::now();
                 self.close_overdue(housekeeping);
@@ -162,7 +164,9 @@ impl TaskService {
         }
     }
 
-    /// Deletes records older than `task.retention`.
+    /// Deletes records older than `task.retention` whose entries are all
+    /// final (a task still running, however old, is kept), and entries and
+    /// logs left without a task record.
     async fn prune(&self) {
         let cutoff = gse_core::now_ms().saturating_sub(self.config.retention.as_millis() as u64);
         match self.store.prune_tasks(cutoff).await {

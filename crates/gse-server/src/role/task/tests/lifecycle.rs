@@ -56,23 +56,125 @@ async fn disconnect_fails_running_entries_and_terminate_discards_unreachable_one
 }
 
 #[tokio::test]
-async fn silent_agents_are_closed_after_the_deadline() {
+async fn a_cancel_that_finds_the_queue_full_is_retried_and_never_closes_the_entry() {
     let h = harness().await;
     let task_id = h
         .svc
-        .start_script(spec(&["0:10.0.0.1"], &["sleep 1"]))
+        .start_script(spec(&["0:10.0.0.1", "0:10.0.0.2"], &["sleep 60"]))
         .await
         .unwrap();
-    h.svc.close_overdue(Instant::now());
-    assert_eq!(
-        poll_all(&h.svc, &task_id).await[0].status,
-        STATUS_DISPATCHED
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        h.svc.on_frame(
+            key(ip),
+            status_frame(&task_id, 0, STATUS_RUNNING, ERR_RUNNING, 0),
+        );
+        h.link.refuse.lock().insert(key(ip));
+    }
+    h.svc.terminate(&task_id, None).await.unwrap();
+    h.svc.retry_cancels(Instant::now());
+    let still_running = |entries: &[EntryView]| {
+        entries
+            .iter()
+            .all(|e| (e.status, e.error_code) == (STATUS_RUNNING, ERR_RUNNING))
+    };
+    assert!(
+        still_running(&poll_all(&h.svc, &task_id).await),
+        "a busy agent's process still runs: no 126 yet"
     );
+    assert_eq!(h.link.cancels_to("10.0.0.1"), 0);
+    assert_eq!(h.svc.cancels.lock().len(), 2);
+
+    // 10.0.0.1's queue drains: the cancel goes out once, and the agent
+    // reports 126 itself.
+    h.link.refuse.lock().remove(&key("10.0.0.1"));
+    h.svc.retry_cancels(Instant::now());
+    h.svc.retry_cancels(Instant::now());
+    assert_eq!(h.link.cancels_to("10.0.0.1"), 1);
+    assert!(still_running(&poll_all(&h.svc, &task_id).await));
+    h.svc.on_frame(
+        key("10.0.0.1"),
+        status_frame(&task_id, 0, STATUS_DISCARDED, ERR_TERMINATED, 0),
+    );
+
+    // 10.0.0.2 stays full past the retry limit: given up, still running.
     h.svc
-        .close_overdue(Instant::now() + Duration::from_secs(600 + 61));
-    let e = &poll_all(&h.svc, &task_id).await[0];
-    assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
-    assert!(e.error_msg.contains("no final status"), "{}", e.error_msg);
+        .retry_cancels(Instant::now() + Duration::from_secs(31));
+    assert!(h.svc.cancels.lock().is_empty());
+    let entries = poll_all(&h.svc, &task_id).await;
+    assert_eq!(
+        (entries[0].status, entries[0].error_code),
+        (STATUS_DISCARDED, ERR_TERMINATED)
+    );
+    assert_eq!(entries[1].status, STATUS_RUNNING);
+
+    // Terminated again, then gone before the retry: closed at once.
+    h.svc.terminate(&task_id, None).await.unwrap();
+    h.link.connected.lock().remove(&key("10.0.0.2"));
+    h.link.refuse.lock().clear();
+    h.svc.retry_cancels(Instant::now());
+    let e = &poll_all(&h.svc, &task_id).await[1];
+    assert_eq!((e.status, e.error_code), (STATUS_DISCARDED, ERR_TERMINATED));
+    assert_eq!(h.svc.counts(), (1, 0));
+}
+
+#[tokio::test]
+async fn deadlines_count_from_the_start_an_agent_reports_not_from_dispatch() {
+    let h = harness().await;
+    // Default timeout 600s per atomic task.
+    let task_id = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1", "0:10.0.0.2"], &["a", "b"]))
+        .await
+        .unwrap();
+    let created = Instant::now();
+    // Past the old bound (2 * 600s + 60s): both agents may still be
+    // running other tasks with this one queued.
+    h.svc
+        .close_overdue(created + Duration::from_secs(2 * 600 + 61));
+    let entries = poll_all(&h.svc, &task_id).await;
+    assert!(entries.iter().all(|e| e.status == STATUS_DISPATCHED));
+
+    // 10.0.0.1 starts it now: it has both timeouts plus 60s from here.
+    h.svc.on_frame(
+        key("10.0.0.1"),
+        status_frame(&task_id, 0, STATUS_RUNNING, ERR_RUNNING, 0),
+    );
+    let started = Instant::now();
+    h.svc
+        .close_overdue(started + Duration::from_secs(1200 + 59));
+    assert_eq!(poll_all(&h.svc, &task_id).await[0].status, STATUS_RUNNING);
+    // Its second atomic task starts: 600s + 60s from then.
+    run_ok(&h.svc, "10.0.0.1", &task_id, 0, "");
+    h.svc.on_frame(
+        key("10.0.0.1"),
+        status_frame(&task_id, 1, STATUS_RUNNING, ERR_RUNNING, 0),
+    );
+    let second = Instant::now();
+    h.svc.close_overdue(second + Duration::from_secs(659));
+    assert_eq!(poll_all(&h.svc, &task_id).await[1].status, STATUS_RUNNING);
+    h.svc.close_overdue(second + Duration::from_secs(661));
+    let entries = poll_all(&h.svc, &task_id).await;
+    assert_eq!(entries[0].status, STATUS_SUCCESS);
+    assert_eq!(
+        (entries[1].status, entries[1].error_code),
+        (STATUS_FAILED, ERR_AGENT_DOWN)
+    );
+    assert!(
+        entries[1].error_msg.contains("no final status"),
+        "{}",
+        entries[1].error_msg
+    );
+    assert!(entries[2..].iter().all(|e| e.status == STATUS_DISPATCHED));
+
+    // 10.0.0.2 never starts it: closed only after the queued limit.
+    h.svc
+        .close_overdue(created + Duration::from_secs(24 * 3600 + 1));
+    let entries = poll_all(&h.svc, &task_id).await;
+    for e in &entries[2..] {
+        assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
+        assert!(e.error_msg.contains("never reported"), "{}", e.error_msg);
+    }
+    assert_eq!(h.svc.counts(), (1, 0));
 }
 
 // === persistence ===
@@ -145,11 +247,33 @@ async fn changes_reach_the_store_in_batches_and_old_tasks_are_pruned() {
         h.store.get_task(&task_id).await.unwrap().unwrap().entries[0].status,
         STATUS_SUCCESS
     );
+    let running = h
+        .svc
+        .start_script(spec(&["0:10.0.0.2"], &["sleep 60"]))
+        .await
+        .unwrap();
+    h.svc.on_frame(
+        key("10.0.0.2"),
+        status_frame(&running, 0, STATUS_RUNNING, ERR_RUNNING, 0),
+    );
+    flush(&h.svc).await;
+    assert_eq!(
+        h.store.prune_tasks(gse_core::now_ms() + 1).await.unwrap(),
+        1,
+        "only the finished task goes"
+    );
+    assert!(h.store.get_task(&task_id).await.unwrap().is_none());
+    assert!(
+        h.store.get_task(&running).await.unwrap().is_some(),
+        "a running task is kept however old"
+    );
+    run_ok(&h.svc, "10.0.0.2", &running, 0, "");
+    flush(&h.svc).await;
     assert_eq!(
         h.store.prune_tasks(gse_core::now_ms() + 1).await.unwrap(),
         1
     );
-    assert!(h.store.get_task(&task_id).await.unwrap().is_none());
+    assert!(h.store.get_task(&running).await.unwrap().is_none());
 }
 
 // === scale ===

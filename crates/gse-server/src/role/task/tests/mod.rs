@@ -29,7 +29,7 @@ use super::spec::{
 use super::writer::{MEMORY_TTL, WriterState};
 use super::{AgentLink, EntryView, TaskConfig, TaskError, TaskParts, TaskService};
 use crate::role::alarm::{AlarmConfig, AlarmService};
-use crate::role::link::AgentFrames;
+use crate::role::link::{AgentFrames, SendError};
 use crate::store::EmbeddedStore;
 
 const NODE: &str = "n1";
@@ -40,9 +40,11 @@ const NODE: &str = "n1";
 #[derive(Default)]
 pub(crate) struct FakeLink {
     pub connected: Mutex<HashSet<AgentKey>>,
-    /// Connected, but every send to them fails.
+    /// Connected, but their queue is full: every send is `Busy`.
     pub refuse: Mutex<HashSet<AgentKey>>,
     pub sent: Mutex<Vec<(AgentKey, Frame)>>,
+    /// `link.max_frame_bytes`; 0 = the default.
+    pub max_frame: Mutex<usize>,
 }
 
 impl AgentLink for FakeLink {
@@ -50,15 +52,33 @@ impl AgentLink for FakeLink {
         self.connected.lock().contains(&key)
     }
 
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), String> {
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
         if self.refuse.lock().contains(&key) {
-            return Err(format!("agent {key} has 256 frames queued already"));
+            return Err(SendError::Busy(key));
         }
         if !self.is_connected(key) {
-            return Err(format!("agent {key} is not connected to this node"));
+            return Err(SendError::NotConnected(key));
         }
         self.sent.lock().push((key, frame));
         Ok(())
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        match *self.max_frame.lock() {
+            0 => gse_proto::frame::DEFAULT_MAX_BODY,
+            n => n,
+        }
+    }
+}
+
+impl FakeLink {
+    /// How many `CancelTask` frames went to `ip`.
+    pub fn cancels_to(&self, ip: &str) -> usize {
+        self.sent
+            .lock()
+            .iter()
+            .filter(|(k, f)| *k == key(ip) && f.msg_type == MsgType::CancelTask)
+            .count()
     }
 }
 

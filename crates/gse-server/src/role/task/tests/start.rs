@@ -196,3 +196,29 @@ async fn blocked_tasks_dispatch_nothing_and_alarm_only_ones_run() {
         (Some("dangerous_operation"), Some("0:10.0.0.1"))
     );
 }
+
+#[tokio::test]
+async fn a_task_over_the_links_frame_limit_is_refused_naming_scripts() {
+    let h = harness().await;
+    *h.link.max_frame.lock() = 4096;
+    let mut big = spec(&["0:10.0.0.1"], &["true"]);
+    big.scripts = vec![ScriptFileSpec {
+        name: "big.sh".into(),
+        dir: "/tmp".into(),
+        content: "x".repeat(5000),
+    }];
+    let err = h.svc.start_script(big.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, TaskError::TooLarge { limit: 4096, bytes } if bytes > 5000),
+        "{err:?}"
+    );
+    let api = crate::role::api::error::ApiError::from(err);
+    assert_eq!(api.code(), 1000400);
+    assert!(api.to_string().contains("scripts"), "{api}");
+    assert!(h.link.sent.lock().is_empty(), "nothing reaches the agent");
+
+    // Under the configured limit it goes out.
+    *h.link.max_frame.lock() = 0;
+    h.svc.start_script(big).await.unwrap();
+    assert_eq!(h.link.sent.lock().len(), 1);
+}
