@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod config;
 pub mod executor;
+pub mod file;
 pub mod identity;
 pub mod link;
 pub mod stats;

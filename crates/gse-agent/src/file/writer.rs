@@ -1,0 +1,259 @@
+//! Writing one target file from pieces that arrive in any order (F1, F5).
+//!
+//! Start at [`PieceWriter`]. Each piece is checked against its blake3 hash
+//! in the manifest *before* it touches the disk: a corrupt piece is refused
+//! with [`PieceError::Corrupt`] (refetch it elsewhere) and never written.
+//! Good pieces go to their offset in a temp file (`install.rs`); the have
+//! bitmap ([`PieceWriter::have`]) is what we announce to peers.
+//! [`PieceWriter::finish`] re-reads the whole file to check the whole-file
+//! blake3 and MD5, then commits (fsync, owner, mode, rename, directory
+//! fsync). Dropping or [`PieceWriter::abort`]ing removes the temp file, so
+//! a half file never appears under the final name. Blocking: callers use
+//! `spawn_blocking`. Choosing which piece to fetch is `picker.rs`.
+
+use std::fs::File;
+use std::io::{self, Seek};
+use std::path::PathBuf;
+
+use super::digest::{DigestError, FileDigest, digest_reader};
+use super::install::{InstallError, InstallOptions, Owner, TempFile, io_err, prepare_parent};
+use super::piece_set::PieceSet;
+use super::target_path::TargetPath;
+
+#[cfg(all(test, unix))]
+mod tests;
+
+/// Why a piece or a file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceError {
+    #[error("{path:?}: the manifest's description of the file is unusable: {source}")]
+    BadDigest { path: PathBuf, source: DigestError },
+    #[error(
+        "{path:?}: there is no piece {index} (the file has {count}); the sender is out of step"
+    )]
+    OutOfRange {
+        path: PathBuf,
+        index: u32,
+        count: u32,
+    },
+    #[error(
+        "{path:?}: piece {index} ({got} bytes, {expected} expected) does not match its blake3 hash; it was not written, fetch it again from another peer"
+    )]
+    Corrupt {
+        path: PathBuf,
+        index: u32,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{path:?}: piece {index} is not here yet, so it cannot be served")]
+    NotHave { path: PathBuf, index: u32 },
+    #[error(
+        "{path:?}: {missing} of {count} pieces are still missing (first: {first}); fetch them before finishing"
+    )]
+    Incomplete {
+        path: PathBuf,
+        missing: u32,
+        count: u32,
+        first: u32,
+    },
+    #[error(transparent)]
+    Install(#[from] InstallError),
+}
+
+/// One target file being assembled from verified pieces.
+pub struct PieceWriter {
+    target: TargetPath,
+    digest: FileDigest,
+    mode: u32,
+    owner: Option<Owner>,
+    temp: TempFile,
+    have: PieceSet,
+}
+
+// === impl PieceWriter ===
+
+impl PieceWriter {
+    /// Validates `digest`, makes sure the directory exists (or creates it
+    /// with `auto_mkdir`), and creates the temp file at full size. The
+    /// final mode is `opts.permission`, else `source_mode`.
+    pub fn create(
+        target: TargetPath,
+        digest: FileDigest,
+        source_mode: u32,
+        opts: &InstallOptions,
+    ) -> Result<Self, PieceError> {
+        digest.validate().map_err(|source| PieceError::BadDigest {
+            path: target.path().into(),
+            source,
+        })?;
+        prepare_parent(&target, opts.auto_mkdir)?;
+        let temp = TempFile::create(&target)?;
+        // Sparse on most filesystems; makes every piece offset valid.
+        temp.file()
+            .set_len(digest.size)
+            .map_err(io_err("size", temp.path()))?;
+        Ok(PieceWriter {
+            have: PieceSet::new(digest.piece_count()),
+            mode: opts.file_mode(source_mode),
+            owner: opts.owner.clone(),
+            target,
+            digest,
+            temp,
+        })
+    }
+
+    /// Verifies piece `index` and writes it at its offset. Returns `false`
+    /// (and writes nothing) when the piece was already here.
+    pub fn write_piece(&mut self, index: u32, bytes: &[u8]) -> Result<bool, PieceError> {
+        let (offset, len) = self.range(index)?;
+        if self.have.contains(index) {
+            return Ok(false);
+        }
+        if !self.digest.piece_matches(index, bytes) {
+            return Err(PieceError::Corrupt {
+                path: self.target.path().into(),
+                index,
+                expected: len,
+                got: bytes.len(),
+            });
+        }
+        write_all_at(self.temp.file(), bytes, offset)
+            .map_err(io_err("write a piece to", self.temp.path()))?;
+        self.have.insert(index);
+        Ok(true)
+    }
+
+    /// Reads back piece `index` (one we have) to serve it to a peer. Not
+    /// re-verified here: the receiving side verifies every piece.
+    pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, PieceError> {
+        let (offset, len) = self.range(index)?;
+        if !self.have.contains(index) {
+            return Err(PieceError::NotHave {
+                path: self.target.path().into(),
+                index,
+            });
+        }
+        let mut buf = vec![0u8; len];
+        read_exact_at(self.temp.file(), &mut buf, offset)
+            .map_err(io_err("read a piece from", self.temp.path()))?;
+        Ok(buf)
+    }
+
+    /// The pieces we have (to announce, and to pick what is missing).
+    pub fn have(&self) -> &PieceSet {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn target(&self) -> &TargetPath {
+        &self.target
+    }
+
+    pub fn digest(&self) -> &FileDigest {
+        &self.digest
+    }
+
+    /// Checks every piece is here, re-reads the temp file to verify the
+    /// whole-file blake3 and MD5, and installs it under the final name. On
+    /// any error the temp file is removed.
+    pub fn finish(self) -> Result<(), PieceError> {
+        if let Some(first) = self.have.missing().next() {
+            return Err(PieceError::Incomplete {
+                path: self.target.path().into(),
+                missing: self.have.len() - self.have.count(),
+                count: self.have.len(),
+                first,
+            });
+        }
+        self.verify_whole()?;
+        self.temp
+            .commit(&self.target, self.mode, self.owner.as_ref())?;
+        Ok(())
+    }
+
+    /// Drops the partial file (the temp file is removed).
+    pub fn abort(self) {}
+
+    fn range(&self, index: u32) -> Result<(u64, usize), PieceError> {
+        self.digest
+            .piece_range(index)
+            .ok_or_else(|| PieceError::OutOfRange {
+                path: self.target.path().into(),
+                index,
+                count: self.digest.piece_count(),
+            })
+    }
+
+    /// One streaming pass over what is on disk, not over what we were sent.
+    fn verify_whole(&self) -> Result<(), PieceError> {
+        let mut file = self.temp.file();
+        let read_err = io_err("read back", self.temp.path());
+        file.rewind()
+            .map_err(io_err("read back", self.temp.path()))?;
+        let on_disk =
+            digest_reader(file, self.digest.size, self.digest.piece_size).map_err(read_err)?;
+        let mismatch = |what| InstallError::Mismatch {
+            path: self.target.path().into(),
+            what,
+        };
+        if on_disk.blake3 != self.digest.blake3 {
+            return Err(mismatch("whole-file blake3 hash").into());
+        }
+        if on_disk.md5 != self.digest.md5 {
+            return Err(mismatch("MD5").into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for PieceWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceWriter")
+            .field("target", &self.target.path())
+            .field("have", &self.have)
+            .finish_non_exhaustive()
+    }
+}
+
+// === positional I/O ===
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_read(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
