@@ -78,7 +78,10 @@ pub(super) fn write(conn: &Connection, writes: &TaskWrites) -> rusqlite::Result<
             ])?;
         }
         let mut insert_log = tx.prepare_cached(
-            "INSERT OR IGNORE INTO task_logs (task_id, target, atomic_id, byte_offset, data) \
+            // REPLACE: a chunk sent again after a write that reported a
+            // failure but committed starts at the same offset and holds at
+            // least the same bytes; keeping the shorter one would leave a gap.
+            "INSERT OR REPLACE INTO task_logs (task_id, target, atomic_id, byte_offset, data) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for chunk in &writes.logs {

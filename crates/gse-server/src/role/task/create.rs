@@ -35,6 +35,12 @@ pub(super) const DEADLINE_GRACE: Duration = Duration::from_secs(60);
 /// Least time a target that has not started yet is left waiting: agents
 /// run a bounded number of tasks at once and queue the rest.
 const QUEUED_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// Most bytes of `RunScript` bodies one task may hold: one body per
+/// distinct `user`, so 5,000 users times a large script would otherwise
+/// take gigabytes from one request.
+pub(super) const MAX_BODIES_BYTES: usize = 256 << 20;
+/// Protobuf key of `RunScript.user`: field 4, length-delimited.
+const USER_KEY: u8 = (4 << 3) | 2;
 
 /// How one target starts.
 enum Start {
@@ -85,14 +91,17 @@ impl TaskService {
     }
 
     /// One `RunScript` body per distinct user, checked against the frame
-    /// limit of the link that carries it (`link.max_frame_bytes`).
+    /// limit of the link that carries it (`link.max_frame_bytes`) and, all
+    /// together, against [`MAX_BODIES_BYTES`]. The message is encoded once
+    /// without a user; each user's body is that plus the `user` field
+    /// appended (a decoder takes fields in any order).
     fn encode(
         &self,
         task_id: &str,
         spec: &ScriptTaskSpec,
     ) -> Result<HashMap<String, Bytes>, TaskError> {
         let default_timeout = self.config.default_timeout_seconds();
-        let mut msg = RunScript {
+        let msg = RunScript {
             task_id: task_id.to_string(),
             scripts: spec
                 .scripts
@@ -121,23 +130,43 @@ impl TaskService {
             output_limit: self.config.output_limit,
             windows_interpreter: spec.windows_interpreter.clone(),
         };
+        let base = Frame::new(MsgType::RunScript, 0, &msg).body;
+        let users: std::collections::HashSet<&str> =
+            spec.targets.iter().map(|t| t.user.as_str()).collect();
         let limit = self.dispatch.max_frame_bytes();
-        let mut bodies = HashMap::new();
-        for target in &spec.targets {
-            if bodies.contains_key(&target.user) {
-                continue;
-            }
-            msg.user = target.user.clone();
-            let body = Frame::new(MsgType::RunScript, 0, &msg).body;
-            if body.len() > limit {
-                return Err(TaskError::TooLarge {
-                    bytes: body.len(),
-                    limit,
-                });
-            }
-            bodies.insert(target.user.clone(), body);
+        let mut largest = 0;
+        let mut total = 0usize;
+        for user in &users {
+            let len = body_len(base.len(), user);
+            largest = largest.max(len);
+            total = total.saturating_add(len);
         }
-        Ok(bodies)
+        if largest > limit {
+            return Err(TaskError::TooLarge {
+                field: "scripts",
+                problem: format!(
+                    "the task encodes to {largest} bytes for one agent, over the agent link's frame limit of {limit} bytes; send smaller scripts"
+                ),
+                bytes: largest,
+                limit,
+            });
+        }
+        if total > MAX_BODIES_BYTES {
+            return Err(TaskError::TooLarge {
+                field: "agents[].user",
+                problem: format!(
+                    "{} distinct users, each with its own copy of the {}-byte task, make {total} bytes, over the limit of {MAX_BODIES_BYTES} bytes per task; use fewer distinct users or smaller scripts, or split the task",
+                    users.len(),
+                    base.len()
+                ),
+                bytes: total,
+                limit: MAX_BODIES_BYTES,
+            });
+        }
+        Ok(users
+            .into_iter()
+            .map(|user| (user.to_string(), with_user(&base, user)))
+            .collect())
     }
 
     /// How each target starts, in target order.
@@ -328,5 +357,75 @@ impl TaskService {
                 }
             }
         });
+    }
+}
+
+/// Length of `base` with `user` appended by [`with_user`].
+fn body_len(base: usize, user: &str) -> usize {
+    if user.is_empty() {
+        return base;
+    }
+    base + 1 + varint_len(user.len()) + user.len()
+}
+
+/// A `RunScript` body encoded without a user, with `user` appended as
+/// field 4 (empty = unchanged, as prost leaves an empty string out).
+fn with_user(base: &Bytes, user: &str) -> Bytes {
+    if user.is_empty() {
+        return base.clone();
+    }
+    let mut out = Vec::with_capacity(body_len(base.len(), user));
+    out.extend_from_slice(base);
+    out.push(USER_KEY);
+    let mut n = user.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(user.as_bytes());
+    Bytes::from(out)
+}
+
+/// Bytes of `n` as a protobuf varint.
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_appended_decodes_as_if_encoded_with_the_message() {
+        let mut msg = RunScript {
+            task_id: "t".into(),
+            atomic_tasks: vec![AtomicTask {
+                atomic_id: 0,
+                command: "id".into(),
+                timeout_seconds: 5,
+            }],
+            output_limit: 9,
+            windows_interpreter: "ps".into(),
+            ..RunScript::default()
+        };
+        let base = Frame::new(MsgType::RunScript, 0, &msg).body;
+        for user in [
+            "",
+            "root",
+            &"u".repeat(127),
+            &"v".repeat(128),
+            &"w".repeat(20_000),
+        ] {
+            let body = with_user(&base, user);
+            assert_eq!(body.len(), body_len(base.len(), user));
+            msg.user = user.to_string();
+            let frame = Frame {
+                msg_type: MsgType::RunScript,
+                stream_id: 0,
+                body,
+            };
+            assert_eq!(frame.decode::<RunScript>().unwrap(), msg);
+        }
     }
 }

@@ -48,10 +48,16 @@ pub enum TaskError {
         "task {0:?} not found: it was never started, or it is older than task.retention and was pruned"
     )]
     NotFound(String),
-    #[error(
-        "the task encodes to {bytes} bytes for one agent, over the agent link's frame limit of {limit} bytes; send smaller scripts"
-    )]
-    TooLarge { bytes: usize, limit: usize },
+    /// The task is too large to send: `bytes` over `limit`; `field` names
+    /// the request field to change (`scripts`, or `agents[].user` when the
+    /// distinct users multiply the bodies past what one task may hold).
+    #[error("{problem}")]
+    TooLarge {
+        field: &'static str,
+        problem: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("state store failed, try again later: {0}")]
     Store(#[from] StoreError),
 }

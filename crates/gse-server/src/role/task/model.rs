@@ -111,6 +111,8 @@ pub(super) struct TaskState {
     pub run_deadlines: HashMap<u32, Instant>,
     /// No target's deadline is before this (rechecked when reached).
     pub next_check: Instant,
+    /// Bytes of all entries' logs held in memory.
+    pub log_bytes: usize,
     output_cap: usize,
 }
 
@@ -140,6 +142,7 @@ impl TaskState {
             finished_at: None,
             run_deadlines: HashMap::new(),
             next_check: first_check,
+            log_bytes: 0,
             output_cap: (output_limit as usize).saturating_add(MARKER_SLACK),
         };
         for i in 0..state.entries.len() {
@@ -215,6 +218,7 @@ impl TaskState {
             return;
         }
         let room = cap.saturating_sub(entry.log.len());
+        let before = entry.log.len();
         if data.len() <= room {
             entry.log.push_str(data);
         } else {
@@ -224,6 +228,7 @@ impl TaskState {
                 .push_str("\n[gse-server: output over the limit was dropped]\n");
             entry.cut = true;
         }
+        self.log_bytes += entry.log.len() - before;
         self.touched(idx, effect);
     }
 
@@ -260,6 +265,29 @@ impl TaskState {
                 entry.saved_log = entry.log.len();
             }
         }
+    }
+
+    /// Undoes part of a [`TaskState::drain_into`] whose batch the store
+    /// refused: the record is unsaved again.
+    pub fn unsave_record(&mut self, effect: &mut Effect) {
+        self.record_unsaved = true;
+        if !self.queued {
+            self.queued = true;
+            effect.enqueue = true;
+        }
+    }
+
+    /// Undoes part of a refused drain: the entry is dirty again and, when
+    /// `log_from` is given, its log is unsaved from that byte on (logs only
+    /// grow, so the offset is still valid).
+    pub fn unsave_entry(&mut self, idx: u32, log_from: Option<u64>, effect: &mut Effect) {
+        let Some(entry) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        if let Some(from) = log_from {
+            entry.saved_log = entry.saved_log.min(from as usize);
+        }
+        self.touched(idx, effect);
     }
 }
 

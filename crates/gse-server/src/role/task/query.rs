@@ -6,6 +6,11 @@
 //! exactly what the caller adds to its offset (bk-job does; COMPAT.md §2.1).
 //! An `offset` inside a character (a caller that lost count) returns the
 //! stray bytes of that character as one `?` each, for the same reason.
+//!
+//! One answer holds at most [`MAX_ANSWER_SCREEN_BYTES`] of screens: entries
+//! past that budget get their screen cut the same way (possibly to `""`), so
+//! the caller's offset accounting still holds and it reads the rest with the
+//! next poll.
 
 use std::collections::HashMap;
 
@@ -14,6 +19,12 @@ use gse_core::seams::state_store::{LogWindow, StoredTask, TaskTarget};
 use super::model::{LiveTask, TargetIndex};
 use super::spec::{MAX_SCREEN_BYTES, ResultQuery};
 use super::{TaskError, TaskService};
+
+/// Most bytes of `screen` one poll's answer holds, all entries together.
+pub const MAX_ANSWER_SCREEN_BYTES: usize = 64 << 20;
+/// Log windows read from the store per call, so that a poll of every entry
+/// reads about what the answer can hold.
+const WINDOWS_PER_READ: usize = 32;
 
 /// One entry of a poll's answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,11 +60,22 @@ impl TaskService {
         task_id: &str,
         query: &ResultQuery,
     ) -> Result<Vec<EntryView>, TaskError> {
+        self.results_within(task_id, query, MAX_ANSWER_SCREEN_BYTES)
+            .await
+    }
+
+    /// [`TaskService::results`] with at most `budget` bytes of screens.
+    pub(super) async fn results_within(
+        &self,
+        task_id: &str,
+        query: &ResultQuery,
+        budget: usize,
+    ) -> Result<Vec<EntryView>, TaskError> {
         if let Some(task) = self.live(task_id) {
-            return Ok(results_live(&task, query));
+            return Ok(results_live(&task, query, budget));
         }
         match self.store.get_task(task_id).await? {
-            Some(stored) => self.results_stored(stored, query).await,
+            Some(stored) => self.results_stored(stored, query, budget).await,
             None => Err(TaskError::NotFound(task_id.to_string())),
         }
     }
@@ -62,21 +84,32 @@ impl TaskService {
         &self,
         stored: StoredTask,
         query: &ResultQuery,
+        mut budget: usize,
     ) -> Result<Vec<EntryView>, TaskError> {
         let record = &stored.record;
         let index = TargetIndex::new(&record.targets);
         let picks = pick(&record.targets, &index, record.atomic_count, query);
-        let windows: Vec<LogWindow> = picks
-            .iter()
-            .map(|p| LogWindow {
-                target: p.target,
-                atomic_id: p.atomic_id,
-                offset: p.offset,
-                // One byte more, to see whether `limit` cuts a character.
-                max_bytes: p.limit + 1,
-            })
-            .collect();
-        let logs = self.store.read_task_logs(&record.task_id, &windows).await?;
+        let mut logs = Vec::with_capacity(picks.len());
+        for chunk in picks.chunks(WINDOWS_PER_READ) {
+            let windows: Vec<LogWindow> = chunk
+                .iter()
+                .map(|p| LogWindow {
+                    target: p.target,
+                    atomic_id: p.atomic_id,
+                    offset: p.offset,
+                    // One byte more, to see whether `limit` cuts a character.
+                    max_bytes: p.limit.min(budget as u64) + 1,
+                })
+                .collect();
+            for (p, log) in chunk
+                .iter()
+                .zip(self.store.read_task_logs(&record.task_id, &windows).await?)
+            {
+                let s = screen(&log, (p.limit as usize).min(budget));
+                budget = budget.saturating_sub(s.len());
+                logs.push(s);
+            }
+        }
         let states: HashMap<(u32, u32), _> = stored
             .entries
             .iter()
@@ -97,7 +130,7 @@ impl TaskService {
                 end_ms: e.end_ms,
                 exit_code: e.exit_code,
                 tag: record.tag.clone(),
-                screen: screen(&log, p.limit as usize),
+                screen: log,
                 bk_agent_id: p.name,
             });
         }
@@ -105,17 +138,21 @@ impl TaskService {
     }
 }
 
-fn results_live(task: &LiveTask, query: &ResultQuery) -> Vec<EntryView> {
+/// The entries of a task in memory. The task's lock is taken per entry, so
+/// agents' frames are not held up for a whole poll.
+fn results_live(task: &LiveTask, query: &ResultQuery, mut budget: usize) -> Vec<EntryView> {
     let picks = pick(&task.targets, &task.index, task.atomic_count, query);
-    let state = task.state.lock();
     let mut out = Vec::with_capacity(picks.len());
     for p in picks {
         let Some(idx) = task.entry_index(p.target, p.atomic_id) else {
             continue;
         };
+        let state = task.state.lock();
         let e = &state.entries[idx as usize];
         let log = e.log.as_bytes();
         let from = (p.offset.min(log.len() as u64)) as usize;
+        let screen = screen(&log[from..], (p.limit as usize).min(budget));
+        budget = budget.saturating_sub(screen.len());
         out.push(EntryView {
             bk_container_id: task.targets[p.target as usize].bk_container_id.clone(),
             atomic_task_id: p.atomic_id,
@@ -126,7 +163,7 @@ fn results_live(task: &LiveTask, query: &ResultQuery) -> Vec<EntryView> {
             end_ms: e.end_ms,
             exit_code: e.exit_code,
             tag: task.tag.clone(),
-            screen: screen(&log[from..], p.limit as usize),
+            screen,
             bk_agent_id: p.name,
         });
     }

@@ -375,3 +375,98 @@ async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
     );
     assert_eq!(entries[1].status, STATUS_DISPATCHED);
 }
+
+#[tokio::test]
+async fn a_store_that_fails_then_recovers_ends_up_with_what_memory_holds() {
+    let h = harness().await;
+    let flaky = Arc::new(FlakyStore {
+        inner: h.store.clone(),
+        fail_writes: 0.into(),
+    });
+    let store: Arc<dyn StateStore> = flaky.clone();
+    let svc = service(&store, &h.link, None).await;
+    let set_failures = |n: usize| {
+        flaky
+            .fail_writes
+            .store(n, std::sync::atomic::Ordering::SeqCst)
+    };
+    let mut writer = WriterState::default();
+    let later = Instant::now() + MEMORY_TTL + Duration::from_secs(1);
+
+    let first = svc
+        .start_script(spec(&["0:10.0.0.1", "0:10.0.0.2"], &["echo", "echo"]))
+        .await
+        .unwrap();
+    svc.on_frame(
+        key("10.0.0.1"),
+        status_frame(&first, 0, STATUS_RUNNING, ERR_RUNNING, 0),
+    );
+    svc.on_frame(key("10.0.0.1"), output_frame(&first, 0, "one "));
+    assert!(svc.flush(&mut writer).await, "the first part is saved");
+    set_failures(4);
+    svc.on_frame(key("10.0.0.1"), output_frame(&first, 0, "two "));
+    assert!(!svc.flush(&mut writer).await);
+    svc.on_frame(key("10.0.0.1"), output_frame(&first, 0, "three"));
+    run_ok(&svc, "10.0.0.1", &first, 1, "x");
+    assert!(!svc.flush(&mut writer).await);
+    let second = svc
+        .start_script(spec(&["0:10.0.0.2"], &["true"]))
+        .await
+        .unwrap();
+    run_ok(&svc, "10.0.0.2", &second, 0, "é");
+    run_ok(&svc, "10.0.0.2", &first, 0, "a");
+    run_ok(&svc, "10.0.0.2", &first, 1, "b");
+    svc.on_frame(
+        key("10.0.0.1"),
+        status_frame(&first, 0, STATUS_SUCCESS, ERR_NONE, 0),
+    );
+    assert!(!svc.flush(&mut writer).await);
+    assert!(!svc.flush(&mut writer).await);
+    svc.evict_within(later, 0, 0);
+    assert_eq!(svc.counts(), (2, 0), "unsaved tasks never leave memory");
+    let in_memory = (poll_all(&svc, &first).await, poll_all(&svc, &second).await);
+    assert_eq!(in_memory.0[0].screen, "one two three");
+    assert!(svc.flush(&mut writer).await, "the store is back");
+    svc.evict_within(later, 0, 0);
+    assert_eq!(svc.counts(), (0, 0));
+    let from_store = (poll_all(&svc, &first).await, poll_all(&svc, &second).await);
+    assert_eq!(from_store, in_memory);
+}
+
+#[tokio::test]
+async fn finished_saved_tasks_leave_memory_when_their_logs_are_over_the_byte_limit() {
+    let h = harness().await;
+    let big = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1"], &["cat big"]))
+        .await
+        .unwrap();
+    run_ok(&h.svc, "10.0.0.1", &big, 0, &"x".repeat(1000));
+    let small = h
+        .svc
+        .start_script(spec(&["0:10.0.0.2"], &["true"]))
+        .await
+        .unwrap();
+    run_ok(&h.svc, "10.0.0.2", &small, 0, "ok");
+    let running = h
+        .svc
+        .start_script(spec(&["0:10.0.0.2"], &["sleep 9"]))
+        .await
+        .unwrap();
+    h.svc
+        .on_frame(key("10.0.0.2"), output_frame(&running, 0, &"y".repeat(500)));
+    flush(&h.svc).await;
+    let now = Instant::now();
+    h.svc.evict_within(now, usize::MAX, 2000);
+    assert_eq!(h.svc.counts(), (3, 1), "1502 bytes are within the limit");
+    h.svc.evict_within(now, usize::MAX, 1000);
+    assert!(h.svc.live(&big).is_none(), "the oldest finished task goes");
+    assert!(
+        h.svc.live(&small).is_some(),
+        "502 bytes are within the limit"
+    );
+    h.svc.evict_within(now, usize::MAX, 100);
+    assert!(h.svc.live(&small).is_none());
+    assert!(h.svc.live(&running).is_some(), "a running task stays");
+    assert_eq!(poll_all(&h.svc, &big).await[0].screen, "x".repeat(1000));
+}

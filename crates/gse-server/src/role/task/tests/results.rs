@@ -197,3 +197,35 @@ async fn polls_find_agents_by_any_name_and_skip_what_the_task_lacks() {
         .unwrap_err();
     assert!(matches!(err, TaskError::NotFound(_)), "{err}");
 }
+
+#[tokio::test]
+async fn one_answer_holds_a_bounded_total_of_screens_cut_on_boundaries() {
+    let h = harness().await;
+    let task_id = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1", "0:10.0.0.2"], &["echo"]))
+        .await
+        .unwrap();
+    run_ok(&h.svc, "10.0.0.1", &task_id, 0, "abcé");
+    run_ok(&h.svc, "10.0.0.2", &task_id, 0, "xyz");
+    let all = ResultQuery::default();
+    let screens = |v: Vec<EntryView>| v.into_iter().map(|e| e.screen).collect::<Vec<_>>();
+    // é is two bytes: a budget of 4 stops before it; the byte left goes on.
+    let live = screens(h.svc.results_within(&task_id, &all, 4).await.unwrap());
+    assert_eq!(live, ["abc", "x"]);
+    let live = screens(h.svc.results_within(&task_id, &all, 5).await.unwrap());
+    assert_eq!(live, ["abcé", ""]);
+    let live = screens(h.svc.results_within(&task_id, &all, 7).await.unwrap());
+    assert_eq!(live, ["abcé", "xy"]);
+    flush(&h.svc).await;
+    h.svc
+        .evict(Instant::now() + MEMORY_TTL + Duration::from_secs(1));
+    assert!(h.svc.live(&task_id).is_none());
+    let stored = screens(h.svc.results_within(&task_id, &all, 4).await.unwrap());
+    assert_eq!(stored, ["abc", "x"]);
+    let stored = screens(h.svc.results_within(&task_id, &all, 5).await.unwrap());
+    assert_eq!(stored, ["abcé", ""]);
+    let stored = screens(h.svc.results_within(&task_id, &all, 7).await.unwrap());
+    assert_eq!(stored, ["abcé", "xy"]);
+    assert_eq!(screens(poll_all(&h.svc, &task_id).await), ["abcé", "xyz"]);
+}

@@ -209,7 +209,7 @@ async fn a_task_over_the_links_frame_limit_is_refused_naming_scripts() {
     }];
     let err = h.svc.start_script(big.clone()).await.unwrap_err();
     assert!(
-        matches!(err, TaskError::TooLarge { limit: 4096, bytes } if bytes > 5000),
+        matches!(err, TaskError::TooLarge { limit: 4096, bytes, field: "scripts", .. } if bytes > 5000),
         "{err:?}"
     );
     let api = crate::role::api::error::ApiError::from(err);
@@ -221,4 +221,34 @@ async fn a_task_over_the_links_frame_limit_is_refused_naming_scripts() {
     *h.link.max_frame.lock() = 0;
     h.svc.start_script(big).await.unwrap();
     assert_eq!(h.link.sent.lock().len(), 1);
+}
+
+#[tokio::test]
+async fn distinct_users_times_the_body_are_capped_naming_agents_user() {
+    let h = harness().await;
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("0:10.9.{}.{}", i / 200, i % 200 + 1))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut many = spec(&refs, &["true"]);
+    many.scripts = vec![ScriptFileSpec {
+        name: "big.sh".into(),
+        dir: "/tmp".into(),
+        content: "x".repeat(1 << 20),
+    }];
+    for (i, t) in many.targets.iter_mut().enumerate() {
+        t.user = format!("u{i}");
+    }
+    let err = h.svc.start_script(many.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, TaskError::TooLarge { field: "agents[].user", bytes, limit, .. }
+            if bytes > 300 << 20 && limit == 256 << 20),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("300 distinct users"), "{err}");
+    // One user for all of them is one body, well under the cap.
+    for t in &mut many.targets {
+        t.user = "root".into();
+    }
+    h.svc.start_script(many).await.unwrap();
 }
