@@ -181,10 +181,17 @@ pub trait StateStore: Send + Sync {
     async fn upsert_agent(&self, record: AgentRecord) -> Result<(), StoreError>;
     /// Applies a batch of heartbeats; unknown keys are ignored.
     async fn record_heartbeats(&self, beats: &[HeartbeatUpdate]) -> Result<(), StoreError>;
-    /// Marks an agent offline, if `node_id` still holds it (a newer
-    /// connection on another node must not be overwritten). `last_seen_ms`
-    /// keeps the time of its last heartbeat.
-    async fn mark_offline(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError>;
+    /// Marks an agent offline, if the stored record is still the connection
+    /// that ended: held by `node_id` and registered at `connected_at_ms`
+    /// (a newer connection, on this node or another, must not be
+    /// overwritten by the old one's late disconnect). `last_seen_ms` keeps
+    /// the time of its last heartbeat.
+    async fn mark_offline(
+        &self,
+        key: AgentKey,
+        node_id: &str,
+        connected_at_ms: u64,
+    ) -> Result<(), StoreError>;
     /// Looks agents up by either name; `None` for unknown ones, same order.
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError>;
     /// Every known agent.

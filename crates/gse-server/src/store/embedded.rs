@@ -208,11 +208,20 @@ impl StateStore for EmbeddedStore {
         Ok(())
     }
 
-    async fn mark_offline(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
+    async fn mark_offline(
+        &self,
+        key: AgentKey,
+        node_id: &str,
+        connected_at_ms: u64,
+    ) -> Result<(), StoreError> {
         let changed = {
             let mut mem = self.mem.write();
             match mem.agents.get_mut(&key) {
-                Some(rec) if rec.alive && rec.node_id == node_id => {
+                Some(rec)
+                    if rec.alive
+                        && rec.node_id == node_id
+                        && rec.connected_at_ms == connected_at_ms =>
+                {
                     rec.alive = false;
                     Some(rec.clone())
                 }
@@ -406,20 +415,38 @@ mod tests {
         let rec = record("10.0.0.2", "id-2");
         let key = rec.key;
         store.upsert_agent(rec).await.unwrap();
-        store.mark_offline(key, "other-node").await.unwrap();
+        store.mark_offline(key, "other-node", 10).await.unwrap();
         assert!(
             store.get_agents(&[AgentRef::Key(key)]).await.unwrap()[0]
                 .as_ref()
                 .unwrap()
                 .alive
         );
-        store.mark_offline(key, "n1").await.unwrap();
+        store.mark_offline(key, "n1", 10).await.unwrap();
         assert!(
             !store.get_agents(&[AgentRef::Key(key)]).await.unwrap()[0]
                 .as_ref()
                 .unwrap()
                 .alive
         );
+
+        // A later connection's record is not taken offline by the older
+        // connection's disconnect arriving after it registered.
+        let alive = |got: Vec<Option<AgentRecord>>| got[0].as_ref().unwrap().alive;
+        let mut newer = record("10.0.0.2", "id-2");
+        newer.connected_at_ms = 10;
+        store.upsert_agent(newer.clone()).await.unwrap();
+        newer.connected_at_ms = 20;
+        store.upsert_agent(newer).await.unwrap();
+        store.mark_offline(key, "n1", 10).await.unwrap();
+        assert!(
+            alive(store.get_agents(&[AgentRef::Key(key)]).await.unwrap()),
+            "the old connection's late disconnect must not win"
+        );
+        store.mark_offline(key, "n1", 20).await.unwrap();
+        assert!(!alive(
+            store.get_agents(&[AgentRef::Key(key)]).await.unwrap()
+        ));
 
         // A second handle (like `gse-server apps add`) adds an app; the first sees it.
         let other = EmbeddedStore::open(&path).unwrap();

@@ -115,9 +115,9 @@ impl From<TaskError> for ApiError {
             TaskError::NotFound(task_id) => ApiError::TaskNotFound {
                 task_id: quoted(&task_id),
             },
-            e @ TaskError::TooLarge { .. } => ApiError::Invalid {
-                field: "scripts".into(),
-                problem: e.to_string(),
+            TaskError::TooLarge { field, problem, .. } => ApiError::Invalid {
+                field: field.into(),
+                problem,
             },
             TaskError::Store(e) => ApiError::Store(e),
         }

@@ -16,7 +16,7 @@ use super::ApiContext;
 use super::body::Fields;
 use super::error::ApiError;
 use super::task_request;
-use crate::role::task::{EntryView, TaskError, TaskService};
+use crate::role::task::{EntryView, TaskService};
 
 fn service(ctx: &ApiContext) -> Result<&Arc<TaskService>, ApiError> {
     ctx.tasks.as_ref().ok_or(ApiError::TasksUnavailable)
@@ -30,20 +30,8 @@ fn task_answer(task_id: &str) -> Value {
 pub async fn execute_script(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let tasks = service(ctx)?;
     let spec = task_request::execute(body, ctx.config.max_hosts_per_call)?;
-    let task_id = tasks.start_script(spec).await.map_err(start_error)?;
+    let task_id = tasks.start_script(spec).await?;
     Ok(task_answer(&task_id))
-}
-
-/// A refused start as the API reports it: a task too large names the
-/// field to change (`scripts` or `agents[].user`).
-fn start_error(e: TaskError) -> ApiError {
-    match e {
-        TaskError::TooLarge { field, problem, .. } => ApiError::Invalid {
-            field: field.into(),
-            problem,
-        },
-        e => e.into(),
-    }
 }
 
 /// One entry of `get_execute_script_result`, field for field as bk-job's
@@ -101,11 +89,12 @@ pub async fn terminate_script(ctx: &ApiContext, body: &Fields) -> Result<Value, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::role::task::TaskError;
 
     #[test]
     fn a_task_too_large_is_1000400_naming_the_field_to_change() {
         for field in ["scripts", "agents[].user"] {
-            let api = start_error(TaskError::TooLarge {
+            let api = ApiError::from(TaskError::TooLarge {
                 field,
                 problem: "300 distinct users make 314572800 bytes".into(),
                 bytes: 1,

@@ -58,7 +58,12 @@ impl StateStore for FakeStore {
     async fn record_heartbeats(&self, _beats: &[HeartbeatUpdate]) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn mark_offline(&self, _key: AgentKey, _node_id: &str) -> Result<(), StoreError> {
+    async fn mark_offline(
+        &self,
+        _key: AgentKey,
+        _node_id: &str,
+        _connected_at_ms: u64,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {

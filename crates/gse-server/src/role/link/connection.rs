@@ -58,9 +58,13 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
 
     if svc.detach(key, conn_id) {
         if let Some(frames) = svc.frames.get() {
-            frames.on_disconnect(key);
+            frames.on_disconnect(key, conn_id);
         }
-        if let Err(e) = svc.store.mark_offline(key, &svc.node_id).await {
+        let marked = svc
+            .store
+            .mark_offline(key, &svc.node_id, record.connected_at_ms)
+            .await;
+        if let Err(e) = marked {
             tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
         }
         tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
@@ -148,7 +152,7 @@ async fn register(
     };
     match checked {
         Ok(reg) => {
-            let now = now_ms();
+            let now = svc.connect_stamp();
             let record = AgentRecord {
                 key: reg.key,
                 agent_id: reg.msg.agent_id,

@@ -39,6 +39,8 @@ const OUTBOUND_QUEUE: usize = 256;
 
 /// The live connection of one agent.
 struct Session {
+    /// The connection's generation: unique per node run, so a disconnect
+    /// or a task names the connection, not just the agent.
     conn_id: u64,
     /// Boxed frames keep the channel's preallocated block small (tokio
     /// allocates a block of 32 slots per channel up front).
@@ -52,8 +54,10 @@ struct Session {
 pub trait AgentFrames: Send + Sync {
     /// A frame from a registered agent, of a type the link does not handle.
     fn on_frame(&self, agent: AgentKey, frame: Frame);
-    /// The agent's link ended (it may come back on a new one).
-    fn on_disconnect(&self, agent: AgentKey);
+    /// The agent's connection `conn_id` ended or was replaced (the agent
+    /// may already be back on a newer one); only what was sent on that
+    /// connection is gone.
+    fn on_disconnect(&self, agent: AgentKey, conn_id: u64);
 }
 
 /// Why a frame could not be handed to an agent.
@@ -77,6 +81,8 @@ pub struct LinkService {
     parent: SocketAddr,
     sessions: Mutex<HashMap<AgentKey, Session>>,
     next_conn: AtomicU64,
+    /// Last `connected_at_ms` given out (see [`unique_ms`]).
+    last_connect_ms: AtomicU64,
     heartbeats: mpsc::Sender<gse_core::seams::HeartbeatUpdate>,
     /// Rules pushed to agents in RegisterAck.
     danger_rules: Vec<gse_proto::link::DangerRule>,
@@ -121,6 +127,7 @@ impl LinkService {
             parent: parts.parent,
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            last_connect_ms: AtomicU64::new(0),
             heartbeats,
             danger_rules,
             frames: OnceLock::new(),
@@ -136,6 +143,17 @@ impl LinkService {
     /// Whether an agent is connected to this node now.
     pub fn is_connected(&self, key: AgentKey) -> bool {
         self.sessions.lock().contains_key(&key)
+    }
+
+    /// The id of the agent's current connection to this node, if any.
+    pub fn conn_id(&self, key: AgentKey) -> Option<u64> {
+        self.sessions.lock().get(&key).map(|s| s.conn_id)
+    }
+
+    /// A registration time for a new connection: now, but never equal to
+    /// one given before, so it names the connection in the store.
+    fn connect_stamp(&self) -> u64 {
+        unique_ms(&self.last_connect_ms, gse_core::now_ms())
     }
 
     /// Accepts agent connections until shutdown.
@@ -171,14 +189,19 @@ impl LinkService {
         self.sessions.lock().len()
     }
 
-    /// Hands a frame to a connected agent's link.
-    pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+    /// Hands a frame to a connected agent's link; returns the id of the
+    /// connection it went on (see [`AgentFrames::on_disconnect`]).
+    pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
         let sessions = self.sessions.lock();
         let session = sessions.get(&key).ok_or(SendError::NotConnected(key))?;
-        session.tx.try_send(Box::new(frame)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
-            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
-        })
+        session
+            .tx
+            .try_send(Box::new(frame))
+            .map(|()| session.conn_id)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
+                mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
+            })
     }
 
     /// Records a new session for `key`, closing any older one it replaces.
@@ -197,9 +220,10 @@ impl LinkService {
             tracing::warn!(agent = %key, "a new connection claims this agent's identity; closing the older one (two hosts with the same identity IP?)");
             old.close.cancel();
             // Whatever ran over the old link is gone with it (the agent
-            // cancels its tasks when a link ends).
+            // cancels its tasks when a link ends); what was already sent on
+            // the new one is not.
             if let Some(frames) = self.frames.get() {
-                frames.on_disconnect(key);
+                frames.on_disconnect(key, old.conn_id);
             }
         }
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
@@ -214,5 +238,30 @@ impl LinkService {
         }
         metrics::gauge!("gse_link_agents_connected").set(sessions.len() as f64);
         current
+    }
+}
+
+/// `now`, or one more than the last stamp taken from `last` if that is not
+/// later: strictly increasing, even for connections in the same millisecond.
+fn unique_ms(last: &AtomicU64, now: u64) -> u64 {
+    let prev = last
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |prev| {
+            Some(now.max(prev + 1))
+        })
+        .unwrap_or_else(|prev| prev);
+    now.max(prev + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_stamps_never_repeat_within_a_millisecond() {
+        let last = AtomicU64::new(0);
+        assert_eq!(unique_ms(&last, 100), 100);
+        assert_eq!(unique_ms(&last, 100), 101);
+        assert_eq!(unique_ms(&last, 100), 102);
+        assert_eq!(unique_ms(&last, 500), 500);
     }
 }

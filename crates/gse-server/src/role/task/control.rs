@@ -128,7 +128,7 @@ impl TaskService {
             },
         );
         match self.dispatch.send_local(key, frame) {
-            Ok(()) => Cancel::Sent,
+            Ok(_) => Cancel::Sent,
             Err(e @ SendError::Busy(_)) => {
                 let name = &task.targets[target as usize].bk_agent_id;
                 tracing::debug!(task_id = %task.id, agent = %name, error = %e, "cannot send CancelTask yet; will retry");
@@ -214,16 +214,36 @@ impl TaskService {
         }
     }
 
-    /// Closes running entries of agents that registered again after their
-    /// task started: the agent killed that work when its old link broke,
-    /// but the link never ended on this node (a newer connection replaced
-    /// it before the old one timed out, or the agent moved to another node).
+    /// Closes running entries whose agent is no longer on the connection
+    /// they were sent on: the agent killed that work when that link broke,
+    /// but its end was not seen here (a newer connection replaced it, or
+    /// the agent moved to another node before the old link timed out).
+    /// Compares connection ids, not times: a task sent on the newer
+    /// connection keeps running, however its creation and the agent's
+    /// registration interleaved.
     pub(super) async fn close_relinked(&self) {
         let active: Vec<Arc<LiveTask>> = self.active.lock().values().cloned().collect();
         let mut watched: HashMap<AgentKey, Vec<(Arc<LiveTask>, u32)>> = HashMap::new();
         for task in &active {
             for (&key, &target) in &task.by_agent {
-                if self.target_unfinished(task, target) {
+                let state = task.state.lock();
+                // Not sent yet: the send itself finds out where the agent is.
+                let Some(&conn_id) = state.sent_on.get(&target) else {
+                    continue;
+                };
+                if !task.target_unfinished(&state, target) {
+                    continue;
+                }
+                drop(state);
+                if self.dispatch.local_conn(key) != Some(conn_id) {
+                    self.close_target(
+                        task,
+                        target,
+                        STATUS_FAILED,
+                        ERR_AGENT_DOWN,
+                        "agent lost its connection during the task",
+                    );
+                } else {
                     watched.entry(key).or_default().push((task.clone(), target));
                 }
             }
@@ -241,11 +261,16 @@ impl TaskService {
             }
         };
         for (key, record) in keys.iter().zip(records) {
+            // Still connected here, but registered on another node after
+            // the task was sent: the agent keeps one link, so the one here
+            // is dead. (Another node's connection has no id comparable to
+            // ours; its time is what there is. A record of the other node
+            // from before the task is an older link, not a move.)
+            let Some(r) = record.filter(|r| r.alive && r.node_id != self.node_id) else {
+                continue;
+            };
             for (task, target) in &watched[key] {
-                let relinked = record
-                    .as_ref()
-                    .is_none_or(|r| !r.alive || r.connected_at_ms > task.created_ms);
-                if relinked {
+                if r.connected_at_ms > task.created_ms {
                     self.close_target(
                         task,
                         *target,

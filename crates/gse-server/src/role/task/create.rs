@@ -5,8 +5,9 @@
 //! stays empty): dispatched ones `STATUS_DISPATCHED`/115, the others final
 //! with the reason (117 unknown/offline/unreachable, 118 blocked, 101 for
 //! what we cannot run). The task is registered before any frame goes out,
-//! so an agent that drops right after its send is still seen by
-//! `on_disconnect`.
+//! and each target's connection is recorded as its frame is sent, so an
+//! agent that drops right after its send is still seen by `on_disconnect`
+//! (which closes only what went on the connection that ended).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -318,8 +319,19 @@ impl TaskService {
                 stream_id: 0,
                 body: body.clone(),
             };
-            match self.dispatch.send(route, &target.bk_agent_id, *key, frame) {
-                Ok(()) => sent += 1,
+            // The connection is recorded under the task's lock, so a
+            // disconnect of it (which closes targets under the same lock)
+            // cannot come between the send and the record.
+            let outcome = {
+                let mut state = task.state.lock();
+                let outcome = self.dispatch.send(route, &target.bk_agent_id, *key, frame);
+                if let Ok(conn_id) = outcome {
+                    state.sent_on.insert(i as u32, conn_id);
+                }
+                outcome
+            };
+            match outcome {
+                Ok(_) => sent += 1,
                 Err(why) => self.close_target(
                     task,
                     i as u32,

@@ -20,8 +20,11 @@ use crate::role::link::{LinkService, SendError};
 /// [`LinkService`], or a fake in tests.
 pub trait AgentLink: Send + Sync {
     fn is_connected(&self, key: AgentKey) -> bool;
-    /// Queues a frame for a connected agent; the error says why not.
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError>;
+    /// The id of the agent's current connection, if it is connected.
+    fn conn_id(&self, key: AgentKey) -> Option<u64>;
+    /// Queues a frame for a connected agent and returns the id of the
+    /// connection it went on; the error says why not.
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError>;
     /// Largest frame body the link sends to an agent, bytes.
     fn max_frame_bytes(&self) -> usize;
 }
@@ -31,7 +34,11 @@ impl AgentLink for LinkService {
         LinkService::is_connected(self, key)
     }
 
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+    fn conn_id(&self, key: AgentKey) -> Option<u64> {
+        LinkService::conn_id(self, key)
+    }
+
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
         self.send_to(key, frame)
     }
 
@@ -91,14 +98,15 @@ impl Dispatch {
         }
     }
 
-    /// Hands `frame` to the agent along `route`.
+    /// Hands `frame` to the agent along `route`; returns the id of the
+    /// local connection it went on.
     pub fn send(
         &self,
         route: &Route,
         name: &str,
         key: AgentKey,
         frame: Frame,
-    ) -> Result<(), Unreachable> {
+    ) -> Result<u64, Unreachable> {
         match route {
             Route::Local => {
                 let link = self
@@ -119,7 +127,8 @@ impl Dispatch {
 
     /// Queues a frame for an agent on this node's link, keeping the
     /// link's reason (a full queue is worth retrying, a missing agent not).
-    pub fn send_local(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+    /// Returns the id of the connection it went on.
+    pub fn send_local(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
         match &self.link {
             Some(link) => link.send(key, frame),
             None => Err(SendError::NotConnected(key)),
@@ -136,5 +145,10 @@ impl Dispatch {
     /// Whether the agent is connected to this node now.
     pub fn is_local(&self, key: AgentKey) -> bool {
         self.link.as_ref().is_some_and(|l| l.is_connected(key))
+    }
+
+    /// The id of the agent's current connection to this node, if any.
+    pub fn local_conn(&self, key: AgentKey) -> Option<u64> {
+        self.link.as_ref().and_then(|l| l.conn_id(key))
     }
 }

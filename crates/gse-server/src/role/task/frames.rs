@@ -40,10 +40,15 @@ impl AgentFrames for TaskService {
         }
     }
 
-    fn on_disconnect(&self, agent: AgentKey) {
+    fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
         let active: Vec<_> = self.active.lock().values().cloned().collect();
         for task in active {
-            if let Some(&target) = task.by_agent.get(&agent) {
+            let Some(&target) = task.by_agent.get(&agent) else {
+                continue;
+            };
+            // Sent on a newer connection (or not sent yet): still running.
+            let sent_here = task.state.lock().sent_on.get(&target) == Some(&conn_id);
+            if sent_here {
                 self.close_target(
                     &task,
                     target,

@@ -111,6 +111,10 @@ pub(super) struct TaskState {
     pub run_deadlines: HashMap<u32, Instant>,
     /// No target's deadline is before this (rechecked when reached).
     pub next_check: Instant,
+    /// The link connection each target's task was sent on: only that
+    /// connection ending closes the target (the agent may already run it
+    /// on a newer one). Set while holding this lock, as the frame is sent.
+    pub sent_on: HashMap<u32, u64>,
     /// Bytes of all entries' logs held in memory.
     pub log_bytes: usize,
     output_cap: usize,
@@ -142,6 +146,7 @@ impl TaskState {
             finished_at: None,
             run_deadlines: HashMap::new(),
             next_check: first_check,
+            sent_on: HashMap::new(),
             log_bytes: 0,
             output_cap: (output_limit as usize).saturating_add(MARKER_SLACK),
         };

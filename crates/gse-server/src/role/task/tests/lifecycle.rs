@@ -18,7 +18,7 @@ async fn disconnect_fails_running_entries_and_terminate_discards_unreachable_one
     );
 
     h.link.connected.lock().remove(&key("10.0.0.1"));
-    h.svc.on_disconnect(key("10.0.0.1"));
+    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
     let e = &poll_all(&h.svc, &task_id).await[0];
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
     assert_eq!(e.error_msg, "agent lost its connection during the task");
@@ -351,6 +351,32 @@ async fn only_saved_finished_tasks_leave_memory() {
 }
 
 #[tokio::test]
+async fn the_old_connections_disconnect_spares_a_task_sent_on_the_new_one() {
+    let h = harness().await;
+    let old = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1"], &["sleep 9"]))
+        .await
+        .unwrap();
+    // A new connection of 10.0.0.1 is attached; a task goes out on it
+    // before the link tells the task role the old one is gone.
+    h.link.conns.lock().insert(key("10.0.0.1"), 2);
+    let new = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1"], &["sleep 9"]))
+        .await
+        .unwrap();
+    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
+    let e = &poll_all(&h.svc, &old).await[0];
+    assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
+    assert_eq!(poll_all(&h.svc, &new).await[0].status, STATUS_DISPATCHED);
+
+    h.svc.on_disconnect(key("10.0.0.1"), 2);
+    let e = &poll_all(&h.svc, &new).await[0];
+    assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
+}
+
+#[tokio::test]
 async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
     let h = harness().await;
     let task_id = h
@@ -364,9 +390,7 @@ async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
         STATUS_DISPATCHED
     );
     // 10.0.0.1's link was replaced by a newer one, without a disconnect here.
-    let mut again = agent_record("10.0.0.1", NODE, true);
-    again.connected_at_ms = gse_core::now_ms() + 1000;
-    h.store.upsert_agent(again).await.unwrap();
+    h.link.conns.lock().insert(key("10.0.0.1"), 2);
     h.svc.close_relinked().await;
     let entries = poll_all(&h.svc, &task_id).await;
     assert_eq!(
@@ -374,6 +398,35 @@ async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
         (STATUS_FAILED, ERR_AGENT_DOWN)
     );
     assert_eq!(entries[1].status, STATUS_DISPATCHED);
+
+    // 10.0.0.2 registered on another node since; its link here is stale.
+    let mut moved = agent_record("10.0.0.2", "n2", true);
+    moved.connected_at_ms = gse_core::now_ms() + 1000;
+    h.store.upsert_agent(moved).await.unwrap();
+    h.svc.close_relinked().await;
+    let e = &poll_all(&h.svc, &task_id).await[1];
+    assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
+}
+
+#[tokio::test]
+async fn a_task_sent_on_a_connection_registered_after_its_creation_is_not_relinked() {
+    let h = harness().await;
+    // The agent's new connection registers (its record stamped later than
+    // the task) while the task is being created; the task goes out on it.
+    h.link.conns.lock().insert(key("10.0.0.1"), 2);
+    let task_id = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1"], &["sleep 9"]))
+        .await
+        .unwrap();
+    let mut again = agent_record("10.0.0.1", NODE, true);
+    again.connected_at_ms = gse_core::now_ms() + 1000;
+    h.store.upsert_agent(again).await.unwrap();
+    h.svc.close_relinked().await;
+    assert_eq!(
+        poll_all(&h.svc, &task_id).await[0].status,
+        STATUS_DISPATCHED
+    );
 }
 
 #[tokio::test]

@@ -48,22 +48,31 @@ pub(crate) struct FakeLink {
     pub sent: Mutex<Vec<(AgentKey, Frame)>>,
     /// `link.max_frame_bytes`; 0 = the default.
     pub max_frame: Mutex<usize>,
+    /// Each connected agent's connection id, when not [`FIRST_CONN`].
+    pub conns: Mutex<std::collections::HashMap<AgentKey, u64>>,
 }
+
+/// The connection id of an agent in `FakeLink::connected` unless `conns`
+/// says otherwise.
+pub(crate) const FIRST_CONN: u64 = 1;
 
 impl AgentLink for FakeLink {
     fn is_connected(&self, key: AgentKey) -> bool {
         self.connected.lock().contains(&key)
     }
 
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
+    fn conn_id(&self, key: AgentKey) -> Option<u64> {
+        self.is_connected(key)
+            .then(|| self.conns.lock().get(&key).copied().unwrap_or(FIRST_CONN))
+    }
+
+    fn send(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
         if self.refuse.lock().contains(&key) {
             return Err(SendError::Busy(key));
         }
-        if !self.is_connected(key) {
-            return Err(SendError::NotConnected(key));
-        }
+        let conn_id = self.conn_id(key).ok_or(SendError::NotConnected(key))?;
         self.sent.lock().push((key, frame));
-        Ok(())
+        Ok(conn_id)
     }
 
     fn max_frame_bytes(&self) -> usize {
@@ -140,8 +149,13 @@ impl StateStore for FlakyStore {
     async fn record_heartbeats(&self, beats: &[HeartbeatUpdate]) -> Result<(), StoreError> {
         self.inner.record_heartbeats(beats).await
     }
-    async fn mark_offline(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
-        self.inner.mark_offline(key, node_id).await
+    async fn mark_offline(
+        &self,
+        key: AgentKey,
+        node_id: &str,
+        connected_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_offline(key, node_id, connected_at_ms).await
     }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         self.inner.get_agents(refs).await
