@@ -64,10 +64,12 @@ pub struct AgentInfo {
     pub pid: u32,
 }
 
-struct RunningAgent {
-    ip: IpAddr,
-    child: Child,
-    log: PathBuf,
+/// A `gse-agent` child process started on this host (quickstart, benches).
+pub struct LocalAgent {
+    pub ip: IpAddr,
+    pub child: Child,
+    /// Its log file.
+    pub log: PathBuf,
 }
 
 /// Identity IP of the i-th agent (1-based): 127.0.0.i, continuing into
@@ -99,9 +101,16 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
     let agent_addr = node.agent_addr.context("quickstart runs the link role")?;
     let secret = ensure_app(node.store.as_ref()).await?;
 
+    let agent_tls = tls_files(&certs, CertKind::Agent);
     let mut agents = Vec::new();
     for i in 1..=opts.agents {
-        agents.push(spawn_agent(&agent_bin, &dir, &certs, agent_addr, agent_ip(i)).await?);
+        agents.push(spawn_local_agent(
+            &agent_bin,
+            &dir,
+            agent_addr,
+            &agent_tls,
+            agent_ip(i),
+        )?);
     }
     let result = async {
         let registered = wait_registered(node.store.as_ref(), &mut agents).await?;
@@ -124,7 +133,7 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
     .await;
 
     println!("stopping {} agent(s) and the server ...", agents.len());
-    stop_agents(&mut agents).await;
+    stop_local_agents(&mut agents).await;
     node.stop(STOP_GRACE).await;
     let _ = std::fs::remove_file(&info_path);
     result
@@ -190,20 +199,19 @@ async fn ensure_app(store: &dyn StateStore) -> Result<String> {
     Ok(secret)
 }
 
-async fn spawn_agent(
+/// Starts `bin` as an agent with identity IP `ip` (also its source
+/// address), connecting to `server`; its config, data and log go under
+/// `dir/agents/<ip>/`.
+pub fn spawn_local_agent(
     bin: &Path,
     dir: &Path,
-    certs: &CertDir,
     server: SocketAddr,
+    tls: &TlsFiles,
     ip: IpAddr,
-) -> Result<RunningAgent> {
+) -> Result<LocalAgent> {
     let home = dir.join("agents").join(ip.to_string());
-    std::fs::create_dir_all(&home)?;
-    let mut cfg = AgentConfig::new(
-        home.join("data"),
-        vec![server.to_string()],
-        tls_files(certs, CertKind::Agent),
-    );
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
+    let mut cfg = AgentConfig::new(home.join("data"), vec![server.to_string()], tls.clone());
     cfg.agent.identity_ip = Some(ip);
     cfg.upstream.bind_ip = Some(ip);
     let cfg_path = home.join("agent.toml");
@@ -220,13 +228,13 @@ async fn spawn_agent(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    Ok(RunningAgent { ip, child, log })
+    Ok(LocalAgent { ip, child, log })
 }
 
 /// Waits until every agent is registered and alive; fails early if one exits.
 async fn wait_registered(
     store: &dyn StateStore,
-    agents: &mut [RunningAgent],
+    agents: &mut [LocalAgent],
 ) -> Result<Vec<AgentInfo>> {
     let refs: Vec<AgentRef> = agents
         .iter()
@@ -334,7 +342,7 @@ async fn wait_for_signal() {
 }
 
 /// SIGTERM every agent, then SIGKILL those still running after the grace.
-async fn stop_agents(agents: &mut [RunningAgent]) {
+pub async fn stop_local_agents(agents: &mut [LocalAgent]) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     for a in agents.iter() {

@@ -4,22 +4,17 @@
 //! Agent i (1-based) has identity IP 127.0.0.i and binds its connection to
 //! that address, as `gse-server quickstart` does; its config is written
 //! with `gse_agent::AgentConfig::new` into `<bench dir>/agents/<ip>/`, with
-//! its log beside it. [`RealAgents::stop`] sends SIGTERM, then kills after
-//! a grace period.
+//! its log beside it (both by quickstart's own `spawn_local_agent`).
+//! [`RealAgents::stop`] sends SIGTERM, then kills after a grace period.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use gse_agent::AgentConfig;
+use anyhow::{Result, bail};
 use gse_core::tls::TlsFiles;
-use gse_server::quickstart::agent_ip;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
-use tokio::time::timeout;
+use gse_server::quickstart::{
+    LocalAgent as RealAgent, agent_ip, spawn_local_agent, stop_local_agents,
+};
 
 use super::api::ApiClient;
 use crate::procfs::rss_kib;
@@ -27,15 +22,6 @@ use crate::server::beside_current_exe;
 
 /// Most real agents: their identity IPs stay in 127.0.0.0/8 like quickstart's.
 const MAX_REAL_AGENTS: u32 = gse_server::quickstart::MAX_AGENTS;
-/// How long an agent has to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// One running agent.
-struct RealAgent {
-    ip: IpAddr,
-    child: Child,
-    log: PathBuf,
-}
 
 /// The agent processes of a run.
 pub struct RealAgents {
@@ -48,7 +34,7 @@ impl RealAgents {
         check_count(n)?;
         let bin = beside_current_exe("gse-agent")?;
         let agents = (1..=n)
-            .map(|i| spawn_one(&bin, dir, link, tls, agent_ip(i)))
+            .map(|i| spawn_local_agent(&bin, dir, link, tls, agent_ip(i)))
             .collect::<Result<_>>()?;
         Ok(RealAgents { agents })
     }
@@ -90,20 +76,7 @@ impl RealAgents {
     /// SIGTERM to every agent, then SIGKILL to those still running after
     /// the grace period.
     pub async fn stop(&mut self) {
-        for a in &self.agents {
-            if let Some(pid) = a.child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-        }
-        for a in &mut self.agents {
-            if timeout(STOP_GRACE, a.child.wait()).await.is_err() {
-                eprintln!(
-                    "agent {} did not stop within {STOP_GRACE:?}; killing it",
-                    a.ip
-                );
-                let _ = a.child.kill().await;
-            }
-        }
+        stop_local_agents(&mut self.agents).await;
     }
 }
 
@@ -114,34 +87,4 @@ pub fn check_count(n: u32) -> Result<()> {
         bail!("--real-agents {n} is out of range: give 1..={MAX_REAL_AGENTS}");
     }
     Ok(())
-}
-
-fn spawn_one(
-    bin: &Path,
-    dir: &Path,
-    link: SocketAddr,
-    tls: &TlsFiles,
-    ip: IpAddr,
-) -> Result<RealAgent> {
-    let home = dir.join("agents").join(ip.to_string());
-    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
-    let mut cfg = AgentConfig::new(home.join("data"), vec![link.to_string()], tls.clone());
-    cfg.agent.identity_ip = Some(ip);
-    cfg.upstream.bind_ip = Some(ip);
-    let cfg_path = home.join("agent.toml");
-    std::fs::write(&cfg_path, cfg.to_toml())
-        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-    let log = home.join("agent.log");
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(&cfg_path)
-        .arg("--log-file")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    Ok(RealAgent { ip, child, log })
 }
