@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod data;
 pub mod executor;
 pub mod file;
 pub mod identity;
