@@ -121,6 +121,31 @@ impl BenchServer {
         self.dir.keep()
     }
 
+    /// The end of every bench run: stops the server (saying how long it
+    /// took), keeps the files when asked or when the run was not clean, and
+    /// turns the report into the bench's output line.
+    pub async fn finish<R: serde::Serialize>(
+        mut self,
+        result: Result<(R, Option<String>)>,
+        keep: bool,
+    ) -> Result<crate::BenchOutput> {
+        let stopping = std::time::Instant::now();
+        self.stop().await;
+        eprintln!(
+            "gse-server stopped in {:.1}s",
+            stopping.elapsed().as_secs_f64()
+        );
+        let failed = !matches!(&result, Ok((_, None)));
+        if keep || failed {
+            eprintln!("bench files kept in {}", self.keep_dir().display());
+        }
+        let (report, failure) = result?;
+        Ok(crate::BenchOutput {
+            line: serde_json::to_string(&report)?,
+            failure,
+        })
+    }
+
     async fn wait_ready(&mut self, api: SocketAddr) -> Result<()> {
         let deadline = Instant::now() + READY_WITHIN;
         loop {

@@ -53,28 +53,14 @@ pub struct AgentsArgs {
 pub async fn run(args: AgentsArgs) -> Result<BenchOutput> {
     let fd_limit = raise_fd_limit()?;
     check_fd_limit(args.agents, fd_limit)?;
-    let mut server = BenchServer::start(&ServerOptions {
+    let server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
         heartbeat_interval: args.heartbeat_interval,
         ..ServerOptions::default()
     })
     .await?;
     let result = drive(&args, &server, fd_limit).await;
-    let stopping = Instant::now();
-    server.stop().await;
-    eprintln!(
-        "gse-server stopped in {:.1}s",
-        stopping.elapsed().as_secs_f64()
-    );
-    let failed = !matches!(&result, Ok((_, None)));
-    if args.keep_dir || failed {
-        eprintln!("bench files kept in {}", server.keep_dir().display());
-    }
-    let (report, failure) = result?;
-    Ok(BenchOutput {
-        line: serde_json::to_string(&report)?,
-        failure,
-    })
+    server.finish(result, args.keep_dir).await
 }
 
 /// Connects the fleet, measures, and shuts the fleet down; returns the

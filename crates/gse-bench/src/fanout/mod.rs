@@ -129,7 +129,7 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
         app_code: APP_CODE.into(),
         app_secret: format!("{:032x}", rand::random::<u128>()),
     };
-    let mut server = BenchServer::start(&ServerOptions {
+    let server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
         max_hosts_per_call: Some(hosts.max(5000)),
         apps: vec![app.clone()],
@@ -137,16 +137,7 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
     })
     .await?;
     let result = drive(&args, &server, &app).await;
-    server.stop().await;
-    let failed = !matches!(&result, Ok((_, None)));
-    if args.keep_dir || failed {
-        eprintln!("bench files kept in {}", server.keep_dir().display());
-    }
-    let (report, failure) = result?;
-    Ok(BenchOutput {
-        line: serde_json::to_string(&report)?,
-        failure,
-    })
+    server.finish(result, args.keep_dir).await
 }
 
 /// Brings the agents up, runs the rounds, stops the agents.
