@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("gse/link/v1/link.proto"),
         root.join("gse/link/v1/task.proto"),
+        root.join("gse/link/v1/file.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -164,6 +164,7 @@ async fn connect(
         zone: cfg.agent.zone.clone(),
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
+        p2p_addr: String::new(),
     };
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await

@@ -41,6 +41,18 @@ pub enum MsgType {
     CancelTask,
     TaskOutput,
     TaskStatus,
+    // File transfer (file.proto): agent link 0x200-0x27f, peer link 0x280-0x2ff.
+    FileManifestRequest,
+    FileManifest,
+    FileStart,
+    PeerSet,
+    FileProgress,
+    CancelTransfer,
+    PieceRequest,
+    PieceData,
+    PeerHello,
+    PeerHelloAck,
+    Have,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -58,6 +70,17 @@ impl MsgType {
             MsgType::CancelTask => 0x101,
             MsgType::TaskOutput => 0x102,
             MsgType::TaskStatus => 0x103,
+            MsgType::FileManifestRequest => 0x200,
+            MsgType::FileManifest => 0x201,
+            MsgType::FileStart => 0x202,
+            MsgType::PeerSet => 0x203,
+            MsgType::FileProgress => 0x204,
+            MsgType::CancelTransfer => 0x205,
+            MsgType::PieceRequest => 0x206,
+            MsgType::PieceData => 0x207,
+            MsgType::PeerHello => 0x280,
+            MsgType::PeerHelloAck => 0x281,
+            MsgType::Have => 0x282,
             MsgType::Other(n) => n,
         }
     }
@@ -74,6 +97,17 @@ impl MsgType {
             0x101 => MsgType::CancelTask,
             0x102 => MsgType::TaskOutput,
             0x103 => MsgType::TaskStatus,
+            0x200 => MsgType::FileManifestRequest,
+            0x201 => MsgType::FileManifest,
+            0x202 => MsgType::FileStart,
+            0x203 => MsgType::PeerSet,
+            0x204 => MsgType::FileProgress,
+            0x205 => MsgType::CancelTransfer,
+            0x206 => MsgType::PieceRequest,
+            0x207 => MsgType::PieceData,
+            0x280 => MsgType::PeerHello,
+            0x281 => MsgType::PeerHelloAck,
+            0x282 => MsgType::Have,
             n => MsgType::Other(n),
         }
     }
@@ -242,6 +276,20 @@ mod tests {
         let mut buf = BytesMut::new();
         FrameCodec::default().encode(frame, &mut buf).unwrap();
         buf
+    }
+
+    #[test]
+    fn every_known_type_keeps_its_number() {
+        for n in (1..=6)
+            .chain(0x100..=0x103)
+            .chain(0x200..=0x207)
+            .chain(0x280..=0x282)
+        {
+            let t = MsgType::from_u16(n);
+            assert!(!matches!(t, MsgType::Other(_)), "type {n:#x} is not named");
+            assert_eq!(t.to_u16(), n);
+        }
+        assert_eq!(MsgType::from_u16(0x208), MsgType::Other(0x208));
     }
 
     #[test]

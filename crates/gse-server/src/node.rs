@@ -190,7 +190,7 @@ async fn start_task_role(
     .await
     .context("cannot start the task role")?;
     if let Some(link) = link {
-        link.set_frame_handler(svc.clone());
+        link.add_frame_handler(0x100..=0x1ff, svc.clone());
     }
     Ok(Some(svc))
 }

@@ -222,6 +222,7 @@ fn register(i: u32) -> Register {
         zone: String::new(),
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
+        p2p_addr: String::new(),
     }
 }
 

@@ -35,7 +35,7 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
         return;
     };
-    let Some(record) = Box::pin(register(&svc, &mut link, peer, deadline)).await else {
+    let Some((record, p2p_addr)) = Box::pin(register(&svc, &mut link, peer, deadline)).await else {
         return;
     };
     // The RegisterAck (with the danger rules) grew the write buffer to a few
@@ -44,7 +44,16 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
-    svc.attach(key, conn_id, tx, close.clone());
+    svc.attach(
+        key,
+        super::Session {
+            conn_id,
+            tx,
+            close: close.clone(),
+            zone: record.zone.clone(),
+            p2p_addr,
+        },
+    );
     if let Err(e) = svc.store.upsert_agent(record.clone()).await {
         tracing::error!(agent = %key, error = %e, "cannot record the agent's registration");
     }
@@ -57,9 +66,7 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let reason = serve(&svc, &mut link, key, rx, close).await;
 
     if svc.detach(key, conn_id) {
-        if let Some(frames) = svc.frames.get() {
-            frames.on_disconnect(key, conn_id);
-        }
+        svc.notify_disconnect(key, conn_id);
         let marked = svc
             .store
             .mark_offline(key, &svc.node_id, record.connected_at_ms)
@@ -113,7 +120,7 @@ async fn register(
     link: &mut Link,
     peer: SocketAddr,
     deadline: Instant,
-) -> Option<AgentRecord> {
+) -> Option<(AgentRecord, Option<SocketAddr>)> {
     let frame = match timeout_at(deadline, link.next()).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(e))) => {
@@ -180,7 +187,7 @@ async fn register(
                     &ack(true, String::new()),
                 ))
                 .await;
-            sent.ok().map(|_| record)
+            sent.ok().map(|_| (record, reg.p2p_addr))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");
@@ -198,6 +205,7 @@ async fn register(
 
 struct CheckedRegister {
     key: AgentKey,
+    p2p_addr: Option<SocketAddr>,
     msg: Register,
 }
 
@@ -226,8 +234,23 @@ fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
             return Err(format!("{name} is {} bytes long; at most 256", value.len()));
         }
     }
+    let p2p_addr = match msg.p2p_addr.as_str() {
+        "" => None,
+        text => {
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                format!("p2p_addr {text:?} is not ip:port; fix [file] p2p_advertise in the agent's config")
+            })?;
+            // A listener on 0.0.0.0 is reached at the identity IP.
+            Some(if addr.ip().is_unspecified() {
+                SocketAddr::new(ip, addr.port())
+            } else {
+                addr
+            })
+        }
+    };
     Ok(CheckedRegister {
         key: AgentKey::new(msg.cloud_id, ip),
+        p2p_addr,
         msg,
     })
 }
@@ -344,11 +367,8 @@ async fn on_frame(
             .await,
         ),
         other => {
-            match svc.frames.get() {
-                Some(frames) => frames.on_frame(key, frame),
-                None => {
-                    tracing::debug!(agent = %key, msg_type = other.to_u16(), "ignoring a frame type this node does not handle")
-                }
+            if let Err(frame) = svc.route_frame(key, frame) {
+                tracing::debug!(agent = %key, msg_type = other.to_u16(), stream = frame.stream_id, "ignoring a frame type this node does not handle");
             }
             None
         }

@@ -17,15 +17,16 @@ mod heartbeats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
 use gse_proto::Frame;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,7 @@ use crate::role::alarm::AlarmService;
 const OUTBOUND_QUEUE: usize = 256;
 
 /// The live connection of one agent.
-struct Session {
+pub(crate) struct Session {
     /// The connection's generation: unique per node run, so a disconnect
     /// or a task names the connection, not just the agent.
     conn_id: u64,
@@ -47,6 +48,24 @@ struct Session {
     tx: mpsc::Sender<Box<Frame>>,
     /// Cancel to make the connection task say goodbye and close.
     close: CancellationToken,
+    /// The agent's P2P zone (F8) and peer listener, from its Register.
+    zone: String,
+    p2p_addr: Option<SocketAddr>,
+}
+
+/// Where a connected agent serves file pieces to its peers (F1, F8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub zone: String,
+    /// None when the agent does not serve pieces (no P2P listener).
+    pub p2p_addr: Option<SocketAddr>,
+}
+
+/// One role's share of the frames agents send: the message types in
+/// `types` go to `handler`.
+struct FrameRoute {
+    types: RangeInclusive<u16>,
+    handler: Arc<dyn AgentFrames>,
 }
 
 /// Receives what agents send that the link does not handle itself (task
@@ -86,7 +105,8 @@ pub struct LinkService {
     heartbeats: mpsc::Sender<gse_core::seams::HeartbeatUpdate>,
     /// Rules pushed to agents in RegisterAck.
     danger_rules: Vec<gse_proto::link::DangerRule>,
-    frames: OnceLock<Arc<dyn AgentFrames>>,
+    /// Set while the node starts, read per frame.
+    frames: RwLock<Vec<FrameRoute>>,
     shutdown: CancellationToken,
 }
 
@@ -130,14 +150,55 @@ impl LinkService {
             last_connect_ms: AtomicU64::new(0),
             heartbeats,
             danger_rules,
-            frames: OnceLock::new(),
+            frames: RwLock::new(Vec::new()),
             shutdown: parts.shutdown,
         }))
     }
 
-    /// Sets where unhandled agent frames go; only the first call counts.
-    pub fn set_frame_handler(&self, handler: Arc<dyn AgentFrames>) {
-        let _ = self.frames.set(handler);
+    /// Sends the frames agents send with a message type in `types` (and
+    /// every disconnect) to `handler`. A type in no role's range is logged
+    /// and dropped.
+    pub fn add_frame_handler(&self, types: RangeInclusive<u16>, handler: Arc<dyn AgentFrames>) {
+        self.frames.write().push(FrameRoute { types, handler });
+    }
+
+    /// Hands `frame` to the role that takes its type; gives it back if none does.
+    fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
+        let n = frame.msg_type.to_u16();
+        let handler = self
+            .frames
+            .read()
+            .iter()
+            .find(|r| r.types.contains(&n))
+            .map(|r| r.handler.clone());
+        match handler {
+            Some(h) => {
+                h.on_frame(key, frame);
+                Ok(())
+            }
+            None => Err(frame),
+        }
+    }
+
+    /// Tells every role that the agent's connection `conn_id` is gone.
+    fn notify_disconnect(&self, key: AgentKey, conn_id: u64) {
+        let handlers: Vec<_> = self
+            .frames
+            .read()
+            .iter()
+            .map(|r| r.handler.clone())
+            .collect();
+        for h in handlers {
+            h.on_disconnect(key, conn_id);
+        }
+    }
+
+    /// The zone and P2P listener of a connected agent.
+    pub fn peer_info(&self, key: AgentKey) -> Option<PeerInfo> {
+        self.sessions.lock().get(&key).map(|s| PeerInfo {
+            zone: s.zone.clone(),
+            p2p_addr: s.p2p_addr,
+        })
     }
 
     /// Whether an agent is connected to this node now.
@@ -205,26 +266,15 @@ impl LinkService {
     }
 
     /// Records a new session for `key`, closing any older one it replaces.
-    fn attach(
-        &self,
-        key: AgentKey,
-        conn_id: u64,
-        tx: mpsc::Sender<Box<Frame>>,
-        close: CancellationToken,
-    ) {
-        let old = self
-            .sessions
-            .lock()
-            .insert(key, Session { conn_id, tx, close });
+    fn attach(&self, key: AgentKey, session: Session) {
+        let old = self.sessions.lock().insert(key, session);
         if let Some(old) = old {
             tracing::warn!(agent = %key, "a new connection claims this agent's identity; closing the older one (two hosts with the same identity IP?)");
             old.close.cancel();
             // Whatever ran over the old link is gone with it (the agent
             // cancels its tasks when a link ends); what was already sent on
             // the new one is not.
-            if let Some(frames) = self.frames.get() {
-                frames.on_disconnect(key, old.conn_id);
-            }
+            self.notify_disconnect(key, old.conn_id);
         }
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
     }
