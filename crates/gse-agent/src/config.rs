@@ -11,9 +11,12 @@
 //! ca_file = "/etc/gse/certs/gseca.crt"
 //! cert_file = "/etc/gse/certs/gse_agent.crt"
 //! key_file = "/etc/gse/certs/gse_agent.key"
+//! [file]                          # optional: file transfer (F1-F10)
+//! p2p_listen = "0.0.0.0:20020"
+//! upload_speed_mb = 100
 //! ```
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +30,8 @@ pub struct AgentConfig {
     pub agent: AgentSection,
     pub upstream: UpstreamConfig,
     pub tls: TlsFiles,
+    #[serde(default)]
+    pub file: FileConfig,
 }
 
 /// `[agent]`: who this agent is.
@@ -71,6 +76,105 @@ pub struct UpstreamConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+}
+
+/// `[file]`: file transfer (F1-F10, C4): the P2P listener that serves
+/// pieces to peers, and this agent's speed and memory limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the P2P listener serves pieces to peers (mutual TLS); `""` =
+    /// no listener (the agent still fetches from peers and direct, but
+    /// serves no one). Port 0 takes a free port, which is then advertised.
+    #[serde(default = "default_p2p_listen", with = "opt_socket_addr")]
+    pub p2p_listen: Option<SocketAddr>,
+    /// The address peers should dial, `"ip"` or `"ip:port"`; `""` = the
+    /// listener's own IP and bound port, or the identity IP when it listens
+    /// on 0.0.0.0 / [::].
+    #[serde(default)]
+    pub p2p_advertise: String,
+    /// Piece uploads served at once; requests beyond it are answered
+    /// PIECE_BUSY.
+    #[serde(default = "default_upload_slots")]
+    pub upload_slots: u32,
+    /// Agent-wide upload cap in MB/s (1 MB = 1024 * 1024 bytes); 0 = none.
+    /// A transfer's own cap applies on top.
+    #[serde(default)]
+    pub upload_speed_mb: u64,
+    /// Agent-wide download cap in MB/s; 0 = none.
+    #[serde(default)]
+    pub download_speed_mb: u64,
+    /// Where zone-chain relays keep what they pass on; `""` =
+    /// `<data_dir>/file-cache`.
+    #[serde(default)]
+    pub cache_dir: PathBuf,
+    /// Piece bytes in flight per download (requested, not yet written), in
+    /// MB; bounds memory whatever the file size.
+    #[serde(default = "default_max_inflight_mb")]
+    pub max_inflight_mb: u64,
+    /// Time allowed for TCP connect, TLS handshake and PeerHello to a peer.
+    #[serde(default = "default_p2p_connect_timeout", with = "humantime_serde")]
+    pub p2p_connect_timeout: Duration,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            p2p_listen: default_p2p_listen(),
+            p2p_advertise: String::new(),
+            upload_slots: default_upload_slots(),
+            upload_speed_mb: 0,
+            download_speed_mb: 0,
+            cache_dir: PathBuf::new(),
+            max_inflight_mb: default_max_inflight_mb(),
+            p2p_connect_timeout: default_p2p_connect_timeout(),
+        }
+    }
+}
+
+/// Default P2P port (GSE's own file-transfer port).
+pub const DEFAULT_P2P_PORT: u16 = 20020;
+
+fn default_p2p_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_P2P_PORT)))
+}
+
+fn default_upload_slots() -> u32 {
+    8
+}
+
+fn default_max_inflight_mb() -> u64 {
+    16
+}
+
+fn default_p2p_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `""` <-> `None`, else `ip:port`.
+mod opt_socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not ip:port (e.g. \"0.0.0.0:20020\"); use \"\" for no listener"
+            ))
+        })
+    }
 }
 
 fn default_server_name() -> String {
@@ -167,6 +271,7 @@ impl AgentConfig {
             problems
                 .push("upstream.backoff_initial must be > 0 and <= upstream.backoff_max".into());
         }
+        self.file.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -193,6 +298,60 @@ impl AgentConfig {
                 backoff_max: default_backoff_max(),
             },
             tls,
+            file: FileConfig::default(),
+        }
+    }
+}
+
+// === impl FileConfig ===
+
+impl FileConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.upload_slots == 0 {
+            problems.push("file.upload_slots = 0: must be at least 1".into());
+        }
+        if self.max_inflight_mb == 0 {
+            problems.push("file.max_inflight_mb = 0: must be at least 1".into());
+        }
+        if self.p2p_connect_timeout.is_zero() {
+            problems.push("file.p2p_connect_timeout must be > 0".into());
+        }
+        if !self.p2p_advertise.is_empty() && self.advertise().is_none() {
+            problems.push(format!(
+                "file.p2p_advertise = {:?}: must be \"\", an IP or ip:port",
+                self.p2p_advertise
+            ));
+        }
+    }
+
+    /// `p2p_advertise` parsed: an IP with an optional port.
+    pub fn advertise(&self) -> Option<(IpAddr, Option<u16>)> {
+        let text = self.p2p_advertise.as_str();
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Some((addr.ip(), Some(addr.port())));
+        }
+        text.parse::<IpAddr>().ok().map(|ip| (ip, None))
+    }
+
+    /// The address to register as `p2p_addr`: `bound` is the listener's
+    /// local address, `identity_ip` this agent's identity IP.
+    pub fn advertised_addr(&self, bound: SocketAddr, identity_ip: Option<IpAddr>) -> SocketAddr {
+        match self.advertise() {
+            Some((ip, port)) => SocketAddr::new(ip, port.unwrap_or(bound.port())),
+            None if bound.ip().is_unspecified() => match identity_ip {
+                Some(ip) => SocketAddr::new(ip, bound.port()),
+                None => bound,
+            },
+            None => bound,
+        }
+    }
+
+    /// `cache_dir`, or its default under `data_dir`.
+    pub fn cache_dir(&self, data_dir: &Path) -> PathBuf {
+        if self.cache_dir.as_os_str().is_empty() {
+            data_dir.join("file-cache")
+        } else {
+            self.cache_dir.clone()
         }
     }
 }
@@ -244,6 +403,46 @@ mod tests {
             },
         );
         cfg.agent.cloud_id = -1;
-        assert_eq!(cfg.validate().unwrap_err().len(), 2);
+        cfg.file.upload_slots = 0;
+        cfg.file.p2p_advertise = "nowhere".into();
+        assert_eq!(cfg.validate().unwrap_err().len(), 4);
+    }
+
+    #[test]
+    fn file_section_is_optional_and_typed() {
+        let base = "[agent]\ndata_dir = \"/d\"\n[upstream]\nservers = [\"h:1\"]\n[tls]\nca_file = \"a\"\ncert_file = \"b\"\nkey_file = \"c\"\n";
+        let cfg: AgentConfig = toml::from_str(base).unwrap();
+        assert_eq!(cfg.file, FileConfig::default());
+        let none: AgentConfig =
+            toml::from_str(&format!("{base}[file]\np2p_listen = \"\"\n")).unwrap();
+        assert_eq!(none.file.p2p_listen, None);
+        assert!(
+            toml::from_str::<AgentConfig>(&format!("{base}[file]\np2p_listen = \"x\"\n")).is_err()
+        );
+        let round: AgentConfig = toml::from_str(&none.to_toml()).unwrap();
+        assert_eq!(round, none);
+    }
+
+    #[test]
+    fn p2p_address_is_advertised_with_the_bound_port() {
+        let mut file = FileConfig::default();
+        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let specific: SocketAddr = "127.0.0.5:4001".parse().unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            file.advertised_addr(any, Some(ip)).to_string(),
+            "10.0.0.1:4000"
+        );
+        assert_eq!(file.advertised_addr(specific, Some(ip)), specific);
+        file.p2p_advertise = "192.168.1.1".into();
+        assert_eq!(
+            file.advertised_addr(specific, Some(ip)).to_string(),
+            "192.168.1.1:4001"
+        );
+        file.p2p_advertise = "192.168.1.1:9".into();
+        assert_eq!(
+            file.advertised_addr(specific, Some(ip)).to_string(),
+            "192.168.1.1:9"
+        );
     }
 }

@@ -15,6 +15,13 @@
 //! task is cancelled and its process tree killed before reconnecting: the
 //! server fails a lost agent's unfinished atomic tasks with 117 at once, so
 //! work must not go on unreported.
+//!
+//! File transfer frames (types 0x200-0x27f) go the same way to a
+//! [`FileRunner`], whose frames come back through a queue of their own
+//! (bounded, and piece frames hold a permit until written), so bulk file
+//! work waits for the link, never the heartbeats. The P2P listener
+//! ([`FileService`]) is bound once, before the first connection, and its
+//! address is registered as `p2p_addr`; file tasks end with the session.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::file::{FileRunner, FileService, LinkOut};
 use crate::identity::AgentIdentity;
 use crate::stats::SelfStats;
 use crate::task::{TaskRunner, policy};
@@ -49,6 +57,13 @@ const MISSED_ACKS: u32 = 3;
 /// Task frames queued for the link; a full queue slows the tasks' output
 /// (and so their processes), never the heartbeats.
 const OUTBOUND_FRAMES: usize = 256;
+
+/// File frames queued for the link (progress, manifests, requests, and a
+/// few piece answers).
+const FILE_OUTBOUND_FRAMES: usize = 64;
+
+/// Message types of file transfer on the agent link (file.proto).
+const FILE_TYPES: std::ops::RangeInclusive<u16> = 0x200..=0x27f;
 
 /// How a session ended.
 enum End {
@@ -76,6 +91,13 @@ pub async fn run(
         }
     };
     let connector = tokio_rustls::TlsConnector::from(tls);
+    let files = match FileService::start(&cfg, shutdown.clone()).await {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!("cannot start file transfer: {e}");
+            return;
+        }
+    };
     let mut backoff = Backoff::new(cfg.upstream.backoff_initial, cfg.upstream.backoff_max);
     let mut stats = SelfStats::new();
     let started = std::time::SystemTime::now()
@@ -89,12 +111,15 @@ pub async fn run(
         let began = Instant::now();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = connect(&cfg, &connector, server, &identity, started) => o,
+            o = connect(&cfg, &connector, server, &identity, started, &files) => o,
         };
         match outcome {
-            Ok((mut link, ack)) => {
+            Ok((mut link, ack, agent)) => {
                 tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
-                match serve(&mut link, &ack, &mut stats, &shutdown, &executor).await {
+                let (file_tx, file_rx) = mpsc::channel(FILE_OUTBOUND_FRAMES);
+                let file_runner = files.runner(file_tx, agent);
+                let files = (file_runner, file_rx);
+                match serve(&mut link, &ack, &mut stats, &shutdown, &executor, files).await {
                     End::Shutdown => return,
                     End::Lost(reason) => {
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
@@ -122,7 +147,8 @@ async fn connect(
     server: &str,
     identity: &AgentIdentity,
     started: u64,
-) -> Result<(Link, RegisterAck), AttemptError> {
+    files: &FileService,
+) -> Result<(Link, RegisterAck, String), AttemptError> {
     let limit = cfg.upstream.connect_timeout;
     let tcp = timeout(limit, dial(server, cfg.upstream.bind_ip))
         .await
@@ -147,12 +173,14 @@ async fn connect(
         .map_err(explain_io)?;
     let mut link = Framed::new(tls, FrameCodec::default());
 
-    let identity_ip = cfg
-        .agent
-        .identity_ip
-        .or(local_ip)
-        .map(|ip| ip.to_string())
+    let identity_ip = cfg.agent.identity_ip.or(local_ip);
+    let p2p_addr = files
+        .p2p_addr(identity_ip)
+        .map(|a| a.to_string())
         .unwrap_or_default();
+    let identity_ip = identity_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    // How peers know this agent ("cloud:ip"), for PeerHello.
+    let agent = format!("{}:{}", identity.cloud_id, identity_ip);
     let register = Register {
         agent_id: identity.agent_id.clone(),
         cloud_id: identity.cloud_id,
@@ -164,7 +192,7 @@ async fn connect(
         zone: cfg.agent.zone.clone(),
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
-        p2p_addr: String::new(),
+        p2p_addr,
     };
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await
@@ -186,7 +214,7 @@ async fn connect(
         MsgType::RegisterAck => {
             let ack: RegisterAck = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
             if ack.accepted {
-                Ok((link, ack))
+                Ok((link, ack, agent))
             } else {
                 Err(AttemptError(format!(
                     "the server refused our registration: {}",
@@ -246,23 +274,35 @@ async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String
     Err(last)
 }
 
-/// Runs one session with its own task runner; when it ends, every task is
-/// cancelled (and its processes killed) before the next connection.
+/// Runs one session with its own task and file runners; when it ends,
+/// every task is cancelled (and its processes killed) and every file task
+/// stopped (temp files removed) before the next connection.
 async fn serve(
     link: &mut Link,
     ack: &RegisterAck,
     stats: &mut SelfStats,
     shutdown: &CancellationToken,
     executor: &Arc<dyn Executor>,
+    (files, file_rx): (FileRunner, mpsc::Receiver<LinkOut>),
 ) -> End {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
     let policy = policy::from_register_ack(&ack.danger_rules);
     let runner = TaskRunner::new(executor.clone(), policy, out_tx);
-    let end = session(link, ack, stats, shutdown, &runner, out_rx).await;
-    // The outbound queue's receiver went with the session, so cancelled
+    let queues = Outbound {
+        tasks: out_rx,
+        files: file_rx,
+    };
+    let end = session(link, ack, stats, shutdown, (&runner, &files), queues).await;
+    // The outbound queues' receivers went with the session, so cancelled
     // tasks cannot block on their last frames.
-    runner.cancel_all().await;
+    tokio::join!(runner.cancel_all(), files.cancel_all());
     end
+}
+
+/// The queues a session writes to the link besides its heartbeats.
+struct Outbound {
+    tasks: mpsc::Receiver<Frame>,
+    files: mpsc::Receiver<LinkOut>,
 }
 
 /// One registered session: heartbeats, and task frames both ways, until the
@@ -273,8 +313,8 @@ async fn session(
     ack: &RegisterAck,
     stats: &mut SelfStats,
     shutdown: &CancellationToken,
-    tasks: &TaskRunner,
-    mut outbound: mpsc::Receiver<Frame>,
+    (tasks, files): (&TaskRunner, &FileRunner),
+    mut outbound: Outbound,
 ) -> End {
     let period = Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(100)));
     let mut ticker = tokio::time::interval(period);
@@ -300,8 +340,14 @@ async fn session(
                     return end;
                 }
             }
-            Some(frame) = outbound.recv() => {
+            Some(frame) = outbound.tasks.recv() => {
                 if let Err(end) = send_within(link, frame, write_limit, shutdown, "a task frame").await {
+                    return end;
+                }
+            }
+            Some(out) = outbound.files.recv() => {
+                // The permit (if any) is released once the frame is written.
+                if let Err(end) = send_within(link, out.frame, write_limit, shutdown, "a file frame").await {
                     return end;
                 }
             }
@@ -312,7 +358,7 @@ async fn session(
                     Some(Ok(frame)) => frame,
                 };
                 last_heard = Instant::now();
-                if let Some(end) = on_frame(frame, tasks) {
+                if let Some(end) = on_frame(frame, tasks, files) {
                     return end;
                 }
             }
@@ -373,11 +419,20 @@ async fn say_goodbye(link: &mut Link) {
 }
 
 /// Handles one frame from the server; `Some` ends the session.
-fn on_frame(frame: Frame, tasks: &TaskRunner) -> Option<End> {
+fn on_frame(frame: Frame, tasks: &TaskRunner, files: &FileRunner) -> Option<End> {
     match frame.msg_type {
         MsgType::HeartbeatAck => None,
         MsgType::RunScript | MsgType::CancelTask => {
             tasks.handle(&frame);
+            None
+        }
+        other if FILE_TYPES.contains(&other.to_u16()) => {
+            if !files.handle(&frame) {
+                tracing::debug!(
+                    msg_type = other.to_u16(),
+                    "ignoring a file frame type this agent does not handle"
+                );
+            }
             None
         }
         MsgType::Goodbye => {

@@ -3,16 +3,21 @@
 //!
 //! Every bench is a subcommand in its own module: start at [`Command`].
 //! Benches run the REAL binaries ([`server`] spawns the built `gse-server`)
-//! and simulate many agents in this one process over real TCP + mutual TLS
-//! connections, speaking the real link protocol ([`sim`], whose tasks run
-//! through the Executor seam's simulation runner). [`procfs`] reads the
-//! figures (RSS, CPU, fd limits) of both processes. The timed tests of the
-//! workspace live in each crate's `tests/`, not here.
+//! and either simulate many agents in this one process over real TCP +
+//! mutual TLS connections, speaking the real link protocol ([`sim`], whose
+//! tasks run through the Executor seam's simulation runner), or spawn real
+//! `gse-agent` processes ([`local_agents`]; `fanout --real-agents`, `p2p`).
+//! All drive the server through its HTTP API ([`api`]). [`procfs`] reads
+//! the processes' figures (RSS, CPU, bytes written, fd limits). The timed
+//! tests of the workspace live in each crate's `tests/`, not here.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod agents;
+mod api;
 mod fanout;
+mod local_agents;
+mod p2p;
 mod procfs;
 mod server;
 mod sim;
@@ -38,6 +43,11 @@ enum Command {
     /// processes) through the task API, every result back; report latency
     /// percentiles and the server's RSS and CPU.
     Fanout(fanout::FanoutArgs),
+    /// Send one file (default 1 GiB) to N real gse-agent processes whose
+    /// uploads are all capped at U, P2P and as a direct-copy baseline;
+    /// report completion times against S/U, bytes the source sent, and
+    /// the agents' peak RSS.
+    P2p(p2p::P2pArgs),
 }
 
 /// What a bench hands back: its JSON line, and what went wrong if the run
@@ -54,6 +64,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Agents(args) => agents::run(args).await,
             Command::Fanout(args) => fanout::run(args).await,
+            Command::P2p(args) => p2p::run(args).await,
         }
     })?;
     println!("{}", out.line);

@@ -1,5 +1,6 @@
-//! Process figures from `/proc` (Linux): resident memory, CPU time, and the
-//! open-files limit every simulated or served agent spends one descriptor of.
+//! Process figures from `/proc` (Linux): resident memory (now and peak),
+//! bytes written, CPU time, and the open-files limit every simulated or
+//! served agent spends one descriptor of.
 
 use std::time::Instant;
 
@@ -18,12 +19,33 @@ fn clock_ticks() -> f64 {
 
 /// `VmRSS` of `pid` ("self" for this process), KiB.
 pub fn rss_kib(pid: &str) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+fn status_kib(pid: &str, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("{path} has no VmRSS line"))
+        .with_context(|| format!("{path} has no {key} line"))
+}
+
+/// `VmHWM` of `pid`: the most resident memory it ever had, KiB.
+pub fn peak_rss_kib(pid: &str) -> Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Bytes `pid` has passed to write-like calls so far (sockets included):
+/// `wchar` of `/proc/<pid>/io`.
+pub fn written_bytes(pid: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{path} has no wchar line"))
 }
 
 /// User + system CPU seconds `pid` has used so far.
@@ -44,6 +66,24 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
             .with_context(|| format!("{path}: field {} is not a number", i + 3))
     };
     Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks())
+}
+
+/// The whole machine's CPU time so far, in ticks: (busy, total), from the
+/// first line of `/proc/stat` (idle and iowait are not busy).
+pub fn machine_cpu_ticks() -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("/proc/stat has no cpu line")?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }
 
 /// Marks a point in a process's CPU use, to report the share of one core it
@@ -118,6 +158,10 @@ mod tests {
     #[test]
     fn reads_own_figures() {
         assert!(rss_kib("self").unwrap() > 0);
+        assert!(peak_rss_kib("self").unwrap() >= rss_kib("self").unwrap() / 2);
+        assert!(written_bytes("self").is_ok());
+        let (busy, total) = machine_cpu_ticks().unwrap();
+        assert!(busy <= total && total > 0);
         assert!(cpu_seconds("self").unwrap() >= 0.0);
         assert!(CpuMark::now("self").unwrap().percent_since().unwrap() >= 0.0);
     }

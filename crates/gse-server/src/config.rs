@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::role::alarm::AlarmConfig;
 pub use crate::role::api::ApiConfig;
+pub use crate::role::file::FileConfig;
 pub use crate::role::link::LinkConfig;
 pub use crate::role::task::TaskConfig;
 
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub danger: DangerConfig,
     #[serde(default)]
     pub task: TaskConfig,
+    #[serde(default)]
+    pub file: FileConfig,
 }
 
 /// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
@@ -242,6 +245,7 @@ impl ServerConfig {
         }
         problems.extend(self.alarm.problems());
         problems.extend(self.task.problems());
+        problems.extend(self.file.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
         }
@@ -295,6 +299,7 @@ impl ServerConfig {
             store: StoreConfig::default(),
             danger: DangerConfig::default(),
             task: TaskConfig::default(),
+            file: FileConfig::default(),
         }
     }
 

@@ -3,9 +3,9 @@
 //!
 //! [`Node::start`] opens the state store (embedded: memory + SQLite), seeds
 //! the configured apps, starts the alarm, link and API roles that
-//! `[node] roles` selects, and the task role wherever the API or the link
-//! runs (it takes script tasks from the API to agents over the link and
-//! receives their results), and announces the node to the registry with its
+//! `[node] roles` selects, and the task and file roles wherever the API or
+//! the link runs (they take script tasks and file transfers from the API to
+//! agents over the link and receive their results), and announces the node to the registry with its
 //! agent count. [`Node::stop`] cancels everything and waits for the roles to
 //! finish. Addresses actually bound (port 0 allowed) are in the `Node`.
 
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Role, ServerConfig};
 use crate::role::alarm::AlarmService;
 use crate::role::api::{self, ApiContext};
+use crate::role::file::{FileLink, FileParts, FileService};
 use crate::role::link::{LinkParts, LinkService};
 use crate::role::task::{AgentLink, TaskParts, TaskService};
 use crate::store::EmbeddedStore;
@@ -40,6 +41,7 @@ pub struct Node {
     pub link: Option<Arc<LinkService>>,
     pub alarms: Option<Arc<AlarmService>>,
     pub tasks: Option<Arc<TaskService>>,
+    pub files: Option<Arc<FileService>>,
     shutdown: CancellationToken,
     joins: JoinSet<()>,
 }
@@ -100,6 +102,10 @@ impl Node {
         if let Some(svc) = &task_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
+        let file_service = start_file_role(&config, &store, &link).await?;
+        if let Some(svc) = &file_service {
+            tasks.spawn(svc.clone().run(shutdown.clone()));
+        }
 
         let agent_addr = match (&link, agent_listener) {
             (Some(link), Some((listener, parent))) => {
@@ -117,6 +123,7 @@ impl Node {
                 config: config.api.clone(),
                 metrics: Some(crate::telemetry::metrics_handle()),
                 tasks: task_service.clone(),
+                files: file_service.clone(),
             };
             let token = shutdown.clone();
             tasks.spawn(async move {
@@ -146,6 +153,7 @@ impl Node {
             link,
             alarms,
             tasks: task_service,
+            files: file_service,
             shutdown,
             joins: tasks,
         })
@@ -191,6 +199,32 @@ async fn start_task_role(
     .context("cannot start the task role")?;
     if let Some(link) = link {
         link.add_frame_handler(0x100..=0x1ff, svc.clone());
+    }
+    Ok(Some(svc))
+}
+
+/// Starts the file role where the API or the link runs (it takes file
+/// transfers from the API to this node's agents and relays their direct
+/// pieces) and hands it the link's file frames. The caller spawns its
+/// writer.
+async fn start_file_role(
+    config: &ServerConfig,
+    store: &Arc<dyn StateStore>,
+    link: &Option<Arc<LinkService>>,
+) -> Result<Option<Arc<FileService>>> {
+    if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
+        return Ok(None);
+    }
+    let svc = FileService::start(FileParts {
+        node_id: config.node.id.clone(),
+        config: config.file.clone(),
+        store: store.clone(),
+        link: link.clone().map(|l| l as Arc<dyn FileLink>),
+    })
+    .await
+    .context("cannot start the file role")?;
+    if let Some(link) = link {
+        link.add_frame_handler(0x200..=0x27f, svc.clone());
     }
     Ok(Some(svc))
 }

@@ -209,11 +209,29 @@ pub fn spawn_local_agent(
     tls: &TlsFiles,
     ip: IpAddr,
 ) -> Result<LocalAgent> {
+    spawn_local_agent_with(bin, dir, server, tls, ip, |_| {})
+}
+
+/// Like [`spawn_local_agent`], with `customize` applied to the agent's
+/// config before it is written (benches set the `[file]` section: P2P
+/// listener, upload caps).
+pub fn spawn_local_agent_with(
+    bin: &Path,
+    dir: &Path,
+    server: SocketAddr,
+    tls: &TlsFiles,
+    ip: IpAddr,
+    customize: impl FnOnce(&mut AgentConfig),
+) -> Result<LocalAgent> {
     let home = dir.join("agents").join(ip.to_string());
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     let mut cfg = AgentConfig::new(home.join("data"), vec![server.to_string()], tls.clone());
     cfg.agent.identity_ip = Some(ip);
     cfg.upstream.bind_ip = Some(ip);
+    // Several local agents share one host: each serves peers on its own
+    // address and a free port (it advertises the bound port).
+    cfg.file.p2p_listen = Some(SocketAddr::new(ip, 0));
+    customize(&mut cfg);
     let cfg_path = home.join("agent.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
     let log = home.join("agent.log");

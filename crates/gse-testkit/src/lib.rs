@@ -9,6 +9,7 @@
 //! `cargo build --bins` put next to the test executable (or `GSE_BIN_DIR`).
 
 mod api;
+mod fake_agent;
 mod procs;
 mod webhook;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use api::Api;
+pub use fake_agent::{FakeAgent, FakeAgentOptions, RoguePeer};
 pub use procs::{AgentOptions, AgentProc, Cluster, ServerOptions, ServerProc};
 pub use webhook::Webhook;
 

@@ -10,6 +10,7 @@ use gse_core::certs::{CertDir, CertKind};
 use gse_core::seams::AppRecord;
 use gse_core::tls::TlsFiles;
 use gse_server::config::ServerConfig;
+use gse_server::role::file::PassThroughRule;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -119,6 +120,8 @@ pub struct ServerOptions {
     pub heartbeat_timeout: Duration,
     pub lost_grace: Duration,
     pub webhook: Option<String>,
+    /// `[[file.pass_through]]` pairs (from_zone, to_zone) allowed for every app.
+    pub file_pass_through: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -128,6 +131,7 @@ impl Default for ServerOptions {
             heartbeat_timeout: Duration::from_secs(3),
             lost_grace: Duration::from_secs(2),
             webhook: None,
+            file_pass_through: Vec::new(),
         }
     }
 }
@@ -163,6 +167,15 @@ impl ServerProc {
         cfg.alarm.lost_grace = opts.lost_grace;
         cfg.alarm.webhook_url = opts.webhook.clone();
         cfg.alarm.log_file = Some(dir.join("alarms.jsonl"));
+        cfg.file.pass_through = opts
+            .file_pass_through
+            .iter()
+            .map(|(from, to)| PassThroughRule {
+                from_zone: from.clone(),
+                to_zone: to.clone(),
+                apps: Vec::new(),
+            })
+            .collect();
         cfg.resolve();
         let config_path = dir.join("server.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
@@ -261,6 +274,13 @@ pub struct AgentOptions {
     pub cloud_id: i64,
     /// TLS files; default: the cluster's agent certificate.
     pub tls: Option<TlsFiles>,
+    /// P2P zone (F8); "" = the default zone.
+    pub zone: String,
+    /// Whether the agent serves pieces to peers (a P2P listener on
+    /// `<ip>:0`); false = `p2p_listen = ""`.
+    pub p2p: bool,
+    /// Agent-wide upload cap, MB/s; 0 = unlimited.
+    pub upload_speed_mb: u64,
 }
 
 impl AgentOptions {
@@ -270,6 +290,9 @@ impl AgentOptions {
             bind_ip: None,
             cloud_id: 0,
             tls: None,
+            zone: String::new(),
+            p2p: true,
+            upload_speed_mb: 0,
         }
     }
 }
@@ -296,6 +319,9 @@ impl AgentProc {
         let mut cfg = AgentConfig::new(dir.join("data"), vec![server.to_string()], tls);
         cfg.agent.cloud_id = opts.cloud_id;
         cfg.agent.identity_ip = Some(opts.ip);
+        cfg.agent.zone = opts.zone.clone();
+        cfg.file.p2p_listen = opts.p2p.then(|| SocketAddr::new(opts.ip, 0));
+        cfg.file.upload_speed_mb = opts.upload_speed_mb;
         cfg.upstream.bind_ip = opts.bind_ip.or(opts.ip.is_loopback().then_some(opts.ip));
         cfg.upstream.backoff_initial = Duration::from_millis(200);
         cfg.upstream.backoff_max = Duration::from_secs(2);

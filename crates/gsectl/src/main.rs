@@ -3,7 +3,7 @@
 //! `main` parses the command line (the clap definitions below are the
 //! `--help`), resolves where the API is and which app to call it as
 //! ([`connection`]), and hands a ready [`client::ApiClient`] to the
-//! subcommand. Each subcommand is one module (`agents`); a new one is a
+//! subcommand. Each subcommand is one module (`agents`, `exec`, `push`); a new one is a
 //! variant of [`Command`] plus its module. Tables are rendered by [`table`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -12,6 +12,7 @@ mod agents;
 mod client;
 mod connection;
 mod exec;
+mod push;
 mod table;
 
 use std::process::ExitCode;
@@ -44,6 +45,10 @@ enum Command {
     /// Run a command or script on many hosts; live progress, then each
     /// host's output, grouped when identical. Exit code 1 if any host failed.
     Exec(exec::ExecArgs),
+    /// Send a file, a directory or matching files from one agent to many
+    /// (P2P between the targets); a bar per target, then the results
+    /// grouped by outcome. Exit code 1 if any target failed.
+    Push(push::PushArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -67,6 +72,7 @@ async fn run(cli: Cli) -> Result<bool> {
     match &cli.command {
         Command::Agents(args) => agents::run(&client, args).await.map(|()| true),
         Command::Exec(args) => exec::run(&client, args).await,
+        Command::Push(args) => push::run(&client, args).await,
     }
 }
 

@@ -212,6 +212,23 @@ impl ManifestBuilder {
     }
 }
 
+// === impl SourceSpec ===
+
+impl SourceSpec {
+    /// Where the entry with manifest path `rel` is on this host (what a
+    /// source serves its pieces from). A tree's paths start with the
+    /// directory's own name, which is `dir` itself.
+    pub fn source_path(&self, rel: &str) -> PathBuf {
+        let rel = match self.selection {
+            Selection::Tree => rel.split_once('/').map_or("", |(_, rest)| rest),
+            _ => rel,
+        };
+        rel.split('/')
+            .filter(|c| !c.is_empty())
+            .fold(self.dir.clone(), |p, c| p.join(c))
+    }
+}
+
 // === impl Manifest ===
 
 impl Manifest {

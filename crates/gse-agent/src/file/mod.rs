@@ -1,37 +1,59 @@
-//! File transfer building blocks on the agent (F1-F7): the source side's
-//! manifest, and the target side's safe, verified writing.
+//! File transfer on the agent (F1-F10, C4): source, target and relay.
 //!
-//! - [`manifest`]: [`ManifestBuilder`] expands a [`SourceSpec`] (one file,
-//!   a tree, a wildcard, a regex) into a [`Manifest`] with per-piece blake3.
-//! - [`target_path`]: [`target_path::resolve`] joins a manifest path onto a
-//!   target directory so it cannot escape it.
-//! - [`writer`]: [`PieceWriter`] assembles one file from verified pieces;
-//!   [`install`] puts files, directories and links in place (temp file,
-//!   fsync, owner, mode, rename) and writes small files directly (F2).
-//! - [`picker`]: rarest-first choice of the next piece; [`piece_set`]: the
-//!   have-bitmap.
+//! Start at [`FileService`] (agent-wide: the P2P listener, the piece store,
+//! upload slots and speed caps) and [`FileRunner`] (one per link session:
+//! it takes the node's file frames and sends the agent's back as
+//! [`LinkOut`]s). The flows:
+//! - source: [`source`] builds the [`Manifest`] ([`ManifestBuilder`]),
+//!   answers FileManifest, and serves the pieces from the [`store`];
+//! - target/relay: [`download`] checks the request, installs directories,
+//!   fetches small files direct through the node ([`direct`]) and large
+//!   ones piece by piece from peers over the [`peer`] link (rarest first,
+//!   [`picker`]), each piece verified before [`PieceWriter`] writes it,
+//!   then links and modes ([`install`], paths via [`target_path`]);
+//! - [`progress`] reports, [`rate`] caps speeds, [`codes`] maps errors to
+//!   the API's codes, [`wire`] converts to and from file.proto.
 //!
-//! Everything here is synchronous and blocking (callers use
-//! `spawn_blocking`). The wire protocol, the tracker, peer selection by
-//! zone, speed limits and the API live elsewhere and come later.
+//! Disk work is blocking and runs in `spawn_blocking`. The node's side
+//! (tracker, peer sets, API) lives in gse-server's `role/file`.
 
+pub mod codes;
 pub mod digest;
+pub mod direct;
+pub mod download;
 pub mod install;
 pub mod manifest;
+pub mod peer;
 pub mod picker;
 pub mod piece_set;
+pub mod progress;
+pub mod rate;
+pub mod runner;
+pub mod service;
+pub mod source;
+pub mod store;
 pub mod target_path;
+pub mod wire;
 pub mod writer;
 
+#[cfg(all(test, unix))]
+mod tests;
+
+pub use codes::Failure;
 pub use digest::{Blake3Hash, FileDigest};
+pub use direct::LinkOut;
 pub use install::{InstallError, InstallOptions, Owner};
 pub use manifest::{
     EntryKind, Manifest, ManifestBuilder, ManifestEntry, ManifestError, Selection, SourceSpec,
 };
 pub use piece_set::PieceSet;
+pub use runner::FileRunner;
+pub use service::{FileService, FileServiceError, FileSettings};
 pub use target_path::{TargetPath, TargetPathError};
 pub use writer::{PieceError, PieceWriter};
 
 /// Files smaller than this (10 KiB) go by direct transfer (F2,
-/// [`install::write_small_file`]); the rest go in pieces (F1).
+/// [`install::write_small_file`]); the rest go in pieces (F1). The node
+/// sets the limit per transfer (`FileStart.direct_limit`); a source uses
+/// this default to decide which files it announces to peers.
 pub const DIRECT_TRANSFER_LIMIT_BYTES: u64 = 10 * 1024;

@@ -4,7 +4,8 @@
 //! updated as peers announce bitmaps or single pieces. [`pick_rarest`]
 //! then chooses, among the pieces a given peer has, we lack and nobody is
 //! already fetching, one held by the fewest peers, breaking ties at random
-//! so that targets starting together spread over different pieces. Pure:
+//! so that targets starting together spread over different pieces;
+//! [`pick_rarest_in`] does so among the first few candidates only. Pure:
 //! no I/O, no clock; the RNG is passed in (seeded in tests). Peer lists,
 //! request slots and timeouts live with the protocol.
 
@@ -64,10 +65,39 @@ impl Availability {
         }
     }
 
+    /// A known peer turned out not to have piece `index` after all (it
+    /// answered "missing"); only call this when its bitmap had it.
+    pub fn peer_lost(&mut self, index: u32) {
+        if let Some(count) = self.counts.get_mut(index as usize) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
     /// How many known peers have piece `index`.
     pub fn count(&self, index: u32) -> u32 {
         self.counts.get(index as usize).copied().unwrap_or(0)
     }
+}
+
+/// Which candidates [`pick_rarest_in`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Pieces below this index are not looked at (we have them all).
+    pub from: u32,
+    /// Only the first `len` candidates, in index order, are compared.
+    pub len: usize,
+    /// Only pieces held by at most this many known peers (`Some(0)`: only
+    /// pieces nobody else has, for asking the source).
+    pub max_count: Option<u32>,
+}
+
+impl Window {
+    /// Every candidate.
+    pub const ALL: Window = Window {
+        from: 0,
+        len: usize::MAX,
+        max_count: None,
+    };
 }
 
 /// The next piece to request from a peer whose bitmap is `peer`, or `None`
@@ -83,11 +113,26 @@ pub fn pick_rarest<R: Rng + ?Sized>(
     availability: &Availability,
     rng: &mut R,
 ) -> Option<u32> {
+    pick_rarest_in(ours, peer, in_flight, availability, Window::ALL, rng)
+}
+
+/// [`pick_rarest`] among the candidates `window` lets through. A window
+/// of the first few candidates makes a file arrive roughly in order (so it
+/// can be checked as it arrives) while staying rarest-first within it.
+pub fn pick_rarest_in<R: Rng + ?Sized>(
+    ours: &PieceSet,
+    peer: &PieceSet,
+    in_flight: &PieceSet,
+    availability: &Availability,
+    window: Window,
+    rng: &mut R,
+) -> Option<u32> {
     let mut best: Option<(u32, u32)> = None; // (count, index)
     let mut ties = 0u32;
-    let candidates = peer
-        .iter()
-        .filter(|&i| !ours.contains(i) && !in_flight.contains(i));
+    let candidates = (window.from..peer.len())
+        .filter(|&i| peer.contains(i) && !ours.contains(i) && !in_flight.contains(i))
+        .filter(|&i| window.max_count.is_none_or(|m| availability.count(i) <= m))
+        .take(window.len);
     for index in candidates {
         let count = availability.count(index);
         match best {
@@ -181,6 +226,42 @@ mod tests {
         assert!(
             seen.iter().all(|&n| n > 5),
             "every tied piece gets picked: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_keeps_picks_near_the_front() {
+        let peer = PieceSet::full(100);
+        let mut avail = availability(100, &[]);
+        for i in 0..100 {
+            if i % 3 == 0 {
+                avail.peer_got(i);
+            }
+        }
+        let ours = set(100, &[0, 1, 2, 3]);
+        let none = PieceSet::new(100);
+        let mut rng = StdRng::seed_from_u64(3);
+        let window = Window {
+            from: 4,
+            len: 10,
+            max_count: None,
+        };
+        for _ in 0..50 {
+            let p = pick_rarest_in(&ours, &peer, &none, &avail, window, &mut rng).unwrap();
+            assert!((4..14).contains(&p) && p % 3 != 0, "{p}");
+        }
+        let only_unique = Window {
+            max_count: Some(0),
+            ..Window::ALL
+        };
+        let all_held = PieceSet::full(100);
+        let p = pick_rarest_in(&ours, &peer, &none, &avail, only_unique, &mut rng).unwrap();
+        assert_ne!(p % 3, 0);
+        let mut held = availability(100, &[&all_held]);
+        held.peer_lost(50);
+        assert_eq!(
+            pick_rarest_in(&ours, &peer, &none, &held, only_unique, &mut rng),
+            Some(50)
         );
     }
 

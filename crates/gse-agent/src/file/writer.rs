@@ -7,7 +7,8 @@
 //! bitmap ([`PieceWriter::have`]) is what we announce to peers.
 //! [`PieceWriter::finish`] re-reads the whole file to check the whole-file
 //! blake3 and MD5, then commits (fsync, owner, mode, rename, directory
-//! fsync). Dropping or [`PieceWriter::abort`]ing removes the temp file, so
+//! fsync); with [`PieceWriter::check_as_written`] that check is done as
+//! the file fills up in order instead. Dropping or [`PieceWriter::abort`]ing removes the temp file, so
 //! a half file never appears under the final name. Blocking: callers use
 //! `spawn_blocking`. Choosing which piece to fetch is `picker.rs`.
 
@@ -15,7 +16,9 @@ use std::fs::File;
 use std::io::{self, Seek};
 use std::path::PathBuf;
 
-use super::digest::{DigestError, FileDigest, digest_reader};
+use md5::{Digest as _, Md5};
+
+use super::digest::{Blake3Hash, DigestError, FileDigest, digest_reader};
 use super::install::{InstallError, InstallOptions, Owner, TempFile, io_err, prepare_parent};
 use super::piece_set::PieceSet;
 use super::target_path::TargetPath;
@@ -68,7 +71,21 @@ pub struct PieceWriter {
     owner: Option<Owner>,
     temp: TempFile,
     have: PieceSet,
+    check: Option<InOrderCheck>,
 }
+
+/// The whole-file hashes, computed over what is on disk as the file fills
+/// up from its start.
+struct InOrderCheck {
+    /// Pieces `0..next` are hashed.
+    next: u32,
+    whole: blake3::Hasher,
+    md5: Md5,
+    buf: Vec<u8>,
+}
+
+/// Read-back chunk of the in-order check.
+const CHECK_CHUNK: usize = 64 * 1024;
 
 // === impl PieceWriter ===
 
@@ -99,7 +116,26 @@ impl PieceWriter {
             target,
             digest,
             temp,
+            check: None,
         })
+    }
+
+    /// Checks the whole file as it fills up, instead of all at [`finish`]:
+    /// once a piece and every piece before it are written, they are read
+    /// back from disk (normally the page cache) into the whole-file blake3
+    /// and MD5. The hashing is spread over the download (pieces arriving
+    /// roughly in order) rather than done at its end. The price: a change
+    /// made to the temp file after its piece was read back goes unseen.
+    ///
+    /// [`finish`]: PieceWriter::finish
+    pub fn check_as_written(mut self) -> Self {
+        self.check = Some(InOrderCheck {
+            next: 0,
+            whole: blake3::Hasher::new(),
+            md5: Md5::new(),
+            buf: Vec::new(),
+        });
+        self
     }
 
     /// Verifies piece `index` and writes it at its offset. Returns `false`
@@ -120,7 +156,37 @@ impl PieceWriter {
         write_all_at(self.temp.file(), bytes, offset)
             .map_err(io_err("write a piece to", self.temp.path()))?;
         self.have.insert(index);
+        self.advance_check()?;
         Ok(true)
+    }
+
+    /// Hashes the pieces that now continue the checked prefix.
+    fn advance_check(&mut self) -> Result<(), PieceError> {
+        let Some(check) = &mut self.check else {
+            return Ok(());
+        };
+        while self.have.contains(check.next) {
+            let (mut offset, len) = self
+                .digest
+                .piece_range(check.next)
+                .expect("a piece we have");
+            let end = offset + len as u64;
+            check.buf.resize(CHECK_CHUNK, 0);
+            while offset < end {
+                let n = (end - offset).min(CHECK_CHUNK as u64) as usize;
+                let chunk = &mut check.buf[..n];
+                read_exact_at(self.temp.file(), chunk, offset)
+                    .map_err(io_err("read back", self.temp.path()))?;
+                check.whole.update(chunk);
+                check.md5.update(&*chunk);
+                offset += n as u64;
+            }
+            check.next += 1;
+        }
+        if check.next == self.have.len() {
+            check.buf = Vec::new();
+        }
+        Ok(())
     }
 
     /// Reads back piece `index` (one we have) to serve it to a peer. Not
@@ -137,6 +203,21 @@ impl PieceWriter {
         read_exact_at(self.temp.file(), &mut buf, offset)
             .map_err(io_err("read a piece from", self.temp.path()))?;
         Ok(buf)
+    }
+
+    /// A second handle on the file being written, for serving its pieces
+    /// to peers while it is assembled; it stays valid after [`finish`]
+    /// renames the file into place (same file), and after [`abort`] until
+    /// dropped. Read it with positional reads only.
+    ///
+    /// [`finish`]: PieceWriter::finish
+    /// [`abort`]: PieceWriter::abort
+    pub fn share_handle(&self) -> Result<File, PieceError> {
+        Ok(self
+            .temp
+            .file()
+            .try_clone()
+            .map_err(io_err("duplicate the handle of", self.temp.path()))?)
     }
 
     /// The pieces we have (to announce, and to pick what is missing).
@@ -168,9 +249,9 @@ impl PieceWriter {
                 first,
             });
         }
-        self.verify_whole()?;
-        self.temp
-            .commit(&self.target, self.mode, self.owner.as_ref())?;
+        let this = self.verify_whole()?;
+        this.temp
+            .commit(&this.target, this.mode, this.owner.as_ref())?;
         Ok(())
     }
 
@@ -187,25 +268,43 @@ impl PieceWriter {
             })
     }
 
-    /// One streaming pass over what is on disk, not over what we were sent.
-    fn verify_whole(&self) -> Result<(), PieceError> {
+    /// One streaming pass over what is on disk, not over what we were sent
+    /// (or the end of the in-order check, which read it back as it came).
+    fn verify_whole(mut self) -> Result<Self, PieceError> {
+        if self.check.is_some() {
+            self.advance_check()?;
+            let check = self.check.take().expect("checked above");
+            let md5 = hex::encode(check.md5.finalize());
+            let blake3 = Blake3Hash(*check.whole.finalize().as_bytes());
+            self.compare(blake3, &md5)?;
+            return Ok(self);
+        }
+        self.verify_by_reading()?;
+        Ok(self)
+    }
+
+    fn compare(&self, blake3: Blake3Hash, md5: &str) -> Result<(), PieceError> {
+        let mismatch = |what| InstallError::Mismatch {
+            path: self.target.path().into(),
+            what,
+        };
+        if blake3 != self.digest.blake3 {
+            return Err(mismatch("whole-file blake3 hash").into());
+        }
+        if md5 != self.digest.md5 {
+            return Err(mismatch("MD5").into());
+        }
+        Ok(())
+    }
+
+    fn verify_by_reading(&self) -> Result<(), PieceError> {
         let mut file = self.temp.file();
         let read_err = io_err("read back", self.temp.path());
         file.rewind()
             .map_err(io_err("read back", self.temp.path()))?;
         let on_disk =
             digest_reader(file, self.digest.size, self.digest.piece_size).map_err(read_err)?;
-        let mismatch = |what| InstallError::Mismatch {
-            path: self.target.path().into(),
-            what,
-        };
-        if on_disk.blake3 != self.digest.blake3 {
-            return Err(mismatch("whole-file blake3 hash").into());
-        }
-        if on_disk.md5 != self.digest.md5 {
-            return Err(mismatch("MD5").into());
-        }
-        Ok(())
+        self.compare(on_disk.blake3, &on_disk.md5)
     }
 }
 

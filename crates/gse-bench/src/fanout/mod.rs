@@ -6,13 +6,11 @@
 //! `api.max_hosts_per_call` >= the agents -> bring up the agents, either K
 //! simulated ones in this process ([`crate::sim`]: real TLS links, the
 //! Executor seam's simulation runner) or N real `gse-agent` processes
-//! ([`real`]) -> wait until the API reports them all alive -> `--rounds`
+//! ([`crate::local_agents`]) -> wait until the API reports them all alive -> `--rounds`
 //! rounds ([`round`]) of `async_execute_script` + polling
-//! `get_execute_script_result` ([`api`]) -> one [`Report`].
+//! `get_execute_script_result` ([`crate::api`]) -> one [`Report`].
 
-mod api;
 mod metrics;
-mod real;
 mod report;
 mod round;
 
@@ -26,12 +24,12 @@ use gse_core::seams::{AppRecord, Executor};
 use tokio::time::{Instant, sleep};
 
 use crate::BenchOutput;
+use crate::api::ApiClient;
+use crate::local_agents::{self, RealAgents};
 use crate::procfs::{CpuMark, check_fd_limit, raise_fd_limit, rss_kib};
 use crate::server::{BenchServer, ServerOptions};
 use crate::sim::{Fleet, SimulatedExecutor, identity_ip};
-use api::ApiClient;
 use metrics::ServerMetrics;
-use real::RealAgents;
 use report::{Report, RunFigures};
 use round::{RoundFigures, RoundPlan};
 
@@ -42,8 +40,6 @@ const EXPECTED_SCREEN: &str = "hello\n";
 const COMMAND_TIMEOUT_S: u32 = 60;
 /// Quiet time between rounds (the server's writer flushes every 150 ms).
 const ROUND_PAUSE: Duration = Duration::from_secs(1);
-/// How long all agents have to show alive in the API once connected.
-const ALIVE_WITHIN: Duration = Duration::from_secs(60);
 /// App the bench registers in `api.apps`.
 const APP_CODE: &str = "gse-bench";
 
@@ -121,7 +117,7 @@ impl Agents {
 pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
     let fd_limit = raise_fd_limit()?;
     match args.real_agents {
-        Some(n) => real::check_count(n)?,
+        Some(n) => local_agents::check_count(n)?,
         None => check_fd_limit(args.agents, fd_limit)?,
     }
     let hosts = args.real_agents.unwrap_or(args.agents) as usize;
@@ -209,34 +205,9 @@ async fn start_agents(
         bail!("simulated agents failed to connect; first error: {e}");
     }
     let ips: Vec<String> = (0..args.agents).map(identity_ip).collect();
-    wait_alive(api, &ips, || Ok(())).await?;
+    api.wait_alive(&ips, || Ok(())).await?;
     let targets = ips.iter().map(|ip| format!("0:{ip}")).collect();
     Ok((Agents::Simulated(fleet), targets))
-}
-
-/// Polls get_agent_status until every one of `ips` is alive; `check`
-/// runs before each poll and ends the wait with its error.
-pub(crate) async fn wait_alive(
-    api: &ApiClient,
-    ips: &[String],
-    mut check: impl FnMut() -> Result<()>,
-) -> Result<()> {
-    let deadline = Instant::now() + ALIVE_WITHIN;
-    loop {
-        check()?;
-        let alive = api.alive(ips).await?;
-        if alive == ips.len() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "only {alive} of {} agents alive after {ALIVE_WITHIN:?}",
-                ips.len()
-            );
-        }
-        eprintln!("waiting: {alive}/{} agents alive", ips.len());
-        sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The server's histograms; a failed scrape only loses them.

@@ -21,7 +21,7 @@ use gse_core::now_ms;
 use gse_core::task::{STATUS_DISPATCHED, STATUS_RUNNING, STATUS_SUCCESS};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use super::api::{ApiClient, ResultEntry};
+use crate::api::{ApiClient, ResultEntry};
 use crate::procfs::rss_kib;
 
 /// What every round does.

@@ -4,5 +4,6 @@
 pub mod alarm;
 pub mod api;
 pub mod data;
+pub mod file;
 pub mod link;
 pub mod task;

@@ -1,6 +1,7 @@
 //! The embedded state store: memory for reads and heartbeats, SQLite for
 //! what must survive a restart (agent identities and last state, apps, task
-//! records and logs; the task tables are in [`super::tasks`]).
+//! records and logs; the task tables are in [`super::tasks`], file
+//! transfers in [`super::files`]).
 //!
 //! Heartbeats never touch SQLite (thousands per second at scale); a record
 //! is written when an agent registers or goes offline. SQLite calls run on
@@ -13,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gse_core::seams::state_store::{EntryFailure, LogWindow, StoredTask, TaskWrites};
+use gse_core::seams::state_store::{
+    EntryFailure, FileTransferRecord, LogWindow, StoredTask, TaskWrites,
+};
 use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
 use gse_core::{AgentKey, AgentRef};
 use parking_lot::RwLock;
@@ -109,6 +112,7 @@ impl EmbeddedStore {
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::tasks::SCHEMA).map_err(open_err)?;
+        conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
             mem: RwLock::new(mem),
@@ -332,6 +336,49 @@ impl StateStore for EmbeddedStore {
     async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
         self.with_db("pruning old tasks", move |c| {
             super::tasks::prune(c, created_before_ms)
+        })
+        .await
+    }
+
+    async fn write_file_transfers(
+        &self,
+        transfers: Arc<Vec<FileTransferRecord>>,
+    ) -> Result<(), StoreError> {
+        if transfers.is_empty() {
+            return Ok(());
+        }
+        self.with_db("saving file transfers", move |c| {
+            super::files::write(c, &transfers)
+        })
+        .await
+    }
+
+    async fn get_file_transfer(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<FileTransferRecord>, StoreError> {
+        let id = task_id.to_string();
+        self.with_db("reading a file transfer", move |c| {
+            super::files::get(c, &id)
+        })
+        .await
+    }
+
+    async fn fail_unfinished_file_transfers(
+        &self,
+        node_id: &str,
+        failure: EntryFailure,
+    ) -> Result<u64, StoreError> {
+        let node = node_id.to_string();
+        self.with_db("closing unfinished file transfers", move |c| {
+            super::files::fail_unfinished(c, &node, &failure)
+        })
+        .await
+    }
+
+    async fn prune_file_transfers(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        self.with_db("pruning old file transfers", move |c| {
+            super::files::prune(c, created_before_ms)
         })
         .await
     }

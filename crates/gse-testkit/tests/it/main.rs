@@ -3,6 +3,7 @@
 //! Run `cargo build --bins` first (scripts/test.sh does).
 
 mod api_input;
+mod f_files;
 mod k3_status;
 mod k4_liveness;
 mod k6_tls;

@@ -360,3 +360,24 @@ fn manifest_round_trips_through_serde() {
     let json = serde_json::to_string(&m).unwrap();
     assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
 }
+
+#[test]
+fn source_paths_map_manifest_paths_back() {
+    let root = sample_tree();
+    let app = root.path().join("app");
+    let tree = SourceSpec {
+        dir: app.clone(),
+        selection: Selection::Tree,
+    };
+    assert_eq!(tree.source_path("app"), app);
+    assert_eq!(tree.source_path("app/logs/x.log"), app.join("logs/x.log"));
+    let pattern = SourceSpec {
+        dir: app.clone(),
+        selection: Selection::Wildcard("**/*.log".into()),
+    };
+    assert_eq!(pattern.source_path("logs/x.log"), app.join("logs/x.log"));
+    let m = ManifestBuilder::new(tree.clone()).build().unwrap();
+    for e in &m.entries {
+        assert!(tree.source_path(&e.path).exists(), "{}", e.path);
+    }
+}

@@ -284,3 +284,41 @@ fn source_manifest_to_target_file_end_to_end() {
         .mode();
     assert_eq!(mode & 0o7777, 0o751);
 }
+
+#[test]
+fn check_as_written_verifies_in_order_and_at_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(6 * PIECE as usize + 9);
+    let target = resolve(root.path(), "f").unwrap();
+    let opts = InstallOptions::default();
+    let mut w = PieceWriter::create(target, digest_of(&data), 0o644, &opts)
+        .unwrap()
+        .check_as_written();
+    for index in [1, 0, 2, 6, 5, 3, 4] {
+        assert!(w.write_piece(index, piece(&data, index)).unwrap());
+    }
+    w.finish().unwrap();
+    assert_eq!(fs::read(root.path().join("f")).unwrap(), data);
+
+    // A change to a piece not yet read back is still caught.
+    let target = resolve(root.path(), "g").unwrap();
+    let mut w = PieceWriter::create(target, digest_of(&data), 0o644, &opts)
+        .unwrap()
+        .check_as_written();
+    for index in [0, 2, 3, 4, 5, 6] {
+        w.write_piece(index, piece(&data, index)).unwrap();
+    }
+    let temp = fs::OpenOptions::new()
+        .write(true)
+        .open(the_temp_file(root.path()))
+        .unwrap();
+    temp.write_all_at(b"tampered", 3 * u64::from(PIECE))
+        .unwrap();
+    w.write_piece(1, piece(&data, 1)).unwrap();
+    let err = w.finish().unwrap_err();
+    assert!(
+        matches!(err, PieceError::Install(InstallError::Mismatch { .. })),
+        "{err}"
+    );
+    assert!(!root.path().join("g").exists());
+}

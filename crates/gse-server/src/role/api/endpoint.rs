@@ -12,6 +12,7 @@ use super::ApiContext;
 use super::agents;
 use super::body::Fields;
 use super::error::{ApiError, quoted};
+use super::files;
 use super::tasks;
 
 /// Prefix the BlueKing API gateway puts in front of GSE's own paths.
@@ -36,6 +37,12 @@ pub enum Endpoint {
     GetScriptResult,
     /// v2 `async_terminate_execute_script`: stop a script task (bk-job).
     TerminateScript,
+    /// v2 `async_transfer_file`: start a file transfer (bk-job).
+    TransferFile,
+    /// v2 `get_transfer_file_result`: poll a file transfer (bk-job).
+    GetTransferResult,
+    /// v2 `async_terminate_transfer_file`: stop a file transfer (bk-job).
+    TerminateTransfer,
 }
 
 /// Canonical path (no prefix, no trailing slash) of every endpoint.
@@ -62,6 +69,18 @@ pub const ENDPOINTS: &[(&str, Endpoint)] = &[
     (
         "/api/v2/task/extensions/async_terminate_execute_script",
         Endpoint::TerminateScript,
+    ),
+    (
+        "/api/v2/task/extensions/async_transfer_file",
+        Endpoint::TransferFile,
+    ),
+    (
+        "/api/v2/task/extensions/get_transfer_file_result",
+        Endpoint::GetTransferResult,
+    ),
+    (
+        "/api/v2/task/extensions/async_terminate_transfer_file",
+        Endpoint::TerminateTransfer,
     ),
 ];
 
@@ -141,9 +160,14 @@ impl Endpoint {
             .map_or("unknown", |(p, _)| p)
     }
 
-    /// Runs the endpoint on an authenticated request; the answer is the
-    /// envelope's `data`.
-    pub async fn handle(self, ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
+    /// Runs the endpoint on a request authenticated as the app `caller`;
+    /// the answer is the envelope's `data`.
+    pub async fn handle(
+        self,
+        ctx: &ApiContext,
+        caller: &str,
+        body: &Fields,
+    ) -> Result<Value, ApiError> {
         match self {
             Endpoint::GetAgentStatus => agents::get_agent_status(ctx, body).await,
             Endpoint::GetAgentInfo => agents::get_agent_info(ctx, body).await,
@@ -153,6 +177,9 @@ impl Endpoint {
             Endpoint::ExecuteScript => tasks::execute_script(ctx, body).await,
             Endpoint::GetScriptResult => tasks::get_script_result(ctx, body).await,
             Endpoint::TerminateScript => tasks::terminate_script(ctx, body).await,
+            Endpoint::TransferFile => files::transfer_file(ctx, caller, body).await,
+            Endpoint::GetTransferResult => files::get_transfer_result(ctx, body).await,
+            Endpoint::TerminateTransfer => files::terminate_transfer(ctx, body).await,
         }
     }
 }

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use gse_core::identity::IdentityError;
 use gse_core::seams::StoreError;
 
+use crate::role::file::FileError;
 use crate::role::task::TaskError;
 
 /// Envelope code of an unknown task id (ours, in GSE's 1011xxx range of
@@ -93,6 +94,17 @@ pub enum ApiError {
         limit: usize,
     },
 
+    #[error(
+        "{field} has {count} {what}, over the limit of {limit} (config {key}); split the request"
+    )]
+    OverLimit {
+        field: String,
+        what: &'static str,
+        count: usize,
+        limit: usize,
+        key: &'static str,
+    },
+
     #[error("state store failed, try again later: {0}")]
     Store(#[from] StoreError),
 
@@ -107,6 +119,14 @@ pub enum ApiError {
         "this node does not run the task role; send task calls to a node that runs the api and link roles"
     )]
     TasksUnavailable,
+    #[error(
+        "file transfer {task_id:?} not found: it was never started, or it is older than file.retention and was pruned"
+    )]
+    TransferNotFound { task_id: String },
+    #[error(
+        "this node does not run the file role; send file calls to a node that runs the api and link roles"
+    )]
+    FilesUnavailable,
 }
 
 impl From<TaskError> for ApiError {
@@ -120,6 +140,22 @@ impl From<TaskError> for ApiError {
                 problem,
             },
             TaskError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        let text = e.to_string();
+        match e {
+            FileError::NotFound(task_id) => ApiError::TransferNotFound {
+                task_id: quoted(&task_id),
+            },
+            FileError::PassThroughRefused { index, .. } => ApiError::Invalid {
+                field: format!("pass_through[{index}]"),
+                problem: text,
+            },
+            FileError::Store(e) => ApiError::Store(e),
         }
     }
 }
@@ -142,11 +178,11 @@ impl ApiError {
             WrongSecret { .. } => 1000403,
             UnknownPath { .. } | MetricsDisabled => 1000404,
             MethodNotAllowed { .. } => 1000405,
-            BodyTooLarge { .. } | TooManyEntries { .. } => 1000413,
+            BodyTooLarge { .. } | TooManyEntries { .. } | OverLimit { .. } => 1000413,
             Store(_) => 1000500,
-            TasksUnavailable => 1000503,
+            TasksUnavailable | FilesUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,
-            TaskNotFound { .. } => TASK_NOT_FOUND,
+            TaskNotFound { .. } | TransferNotFound { .. } => TASK_NOT_FOUND,
         }
     }
 

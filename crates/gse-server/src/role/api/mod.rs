@@ -6,8 +6,9 @@
 //! authenticates the body ([`auth`]), runs the endpoint and wraps the answer
 //! in the BlueKing envelope ([`envelope`]). Errors and their codes are in
 //! [`error`]. Agent state comes from the [`StateStore`] seam only; script
-//! tasks (`tasks`) are handed to the task role ([`TaskService`]). This role
-//! never talks to agents itself.
+//! tasks (`tasks`) are handed to the task role ([`TaskService`]), file
+//! transfers (`files`) to the file role ([`FileService`]). This role never
+//! talks to agents itself.
 
 mod agents;
 pub mod auth;
@@ -16,11 +17,15 @@ pub mod config;
 pub mod endpoint;
 pub mod envelope;
 pub mod error;
+mod file_request;
+mod files;
 pub mod metrics;
 mod server;
 mod task_request;
 mod tasks;
 
+#[cfg(test)]
+mod file_tests;
 #[cfg(test)]
 mod task_tests;
 #[cfg(test)]
@@ -31,6 +36,7 @@ use std::sync::Arc;
 use gse_core::seams::StateStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::role::file::FileService;
 use crate::role::task::TaskService;
 
 pub use config::ApiConfig;
@@ -47,4 +53,6 @@ pub struct ApiContext {
     pub metrics: Option<PrometheusHandle>,
     /// Where script tasks go; `None` answers their endpoints with 1000503.
     pub tasks: Option<Arc<TaskService>>,
+    /// Where file transfers go; `None` answers their endpoints with 1000503.
+    pub files: Option<Arc<FileService>>,
 }

@@ -107,11 +107,15 @@ async fn call(
     }
     let bytes = read_limited(&parts.headers, body, ctx.config.max_body_bytes).await?;
     let fields: Fields = parse_object(&bytes)?;
-    if from_headers.is_none() {
-        let creds = Credentials::from_body(&fields)?.ok_or(ApiError::NoCredentials)?;
-        creds.verify(ctx.store.as_ref()).await?;
-    }
-    endpoint.handle(ctx, &fields).await
+    let creds = match from_headers {
+        Some(creds) => creds,
+        None => {
+            let creds = Credentials::from_body(&fields)?.ok_or(ApiError::NoCredentials)?;
+            creds.verify(ctx.store.as_ref()).await?;
+            creds
+        }
+    };
+    endpoint.handle(ctx, &creds.app_code, &fields).await
 }
 
 /// The failure envelope, logged: auth failures at WARN (they may be an

@@ -48,6 +48,7 @@ async fn app_with(config: ApiConfig) -> (axum::Router, Arc<FakeLink>) {
         config,
         metrics: None,
         tasks: Some(tasks),
+        files: None,
     };
     (router(ctx), link)
 }
@@ -300,6 +301,7 @@ async fn a_node_without_the_task_role_says_so() {
         config: ApiConfig::default(),
         metrics: None,
         tasks: None,
+        files: None,
     };
     let (status, env) = send(router(ctx), post(EXECUTE, job_request().to_string())).await;
     assert_eq!(

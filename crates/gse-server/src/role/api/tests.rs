@@ -227,6 +227,7 @@ async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::R
         config,
         metrics: None,
         tasks: None,
+        files: None,
     })
 }
 
@@ -696,6 +697,7 @@ async fn metrics_renders_prometheus_text_when_a_handle_is_given() {
         config: ApiConfig::default(),
         metrics: Some(handle),
         tasks: None,
+        files: None,
     });
     let response = app
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

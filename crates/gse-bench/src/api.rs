@@ -1,7 +1,8 @@
 //! The bench's side of the server's HTTP API, as bk-job calls it:
-//! `async_execute_script`, `get_execute_script_result` (docs/API.md), and
+//! `async_execute_script`, `get_execute_script_result` (docs/API.md),
 //! `get_agent_status` to know when the agents are all alive, and the
-//! server's `/metrics` page.
+//! server's `/metrics` page. Other calls (the file API of `p2p`) go through
+//! [`ApiClient::call`] from their bench's module.
 //!
 //! Every call sends the app's credentials in the `X-Bkapi-Authorization`
 //! header and checks the envelope; answers are read into the few fields
@@ -15,9 +16,12 @@ use gse_core::seams::AppRecord;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::time::{Instant, sleep};
 
 /// Longest any one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long all agents have to show alive in the API once connected.
+const ALIVE_WITHIN: Duration = Duration::from_secs(60);
 const EXECUTE: &str = "/api/v2/task/extensions/async_execute_script";
 const RESULTS: &str = "/api/v2/task/extensions/get_execute_script_result";
 const AGENT_STATUS: &str = "/api/c/compapi/v2/gse/get_agent_status/";
@@ -127,8 +131,33 @@ impl ApiClient {
         answer.text().await.context("cannot read /metrics")
     }
 
+    /// Polls get_agent_status until every one of `ips` is alive; `check`
+    /// runs before each poll and ends the wait with its error.
+    pub async fn wait_alive(
+        &self,
+        ips: &[String],
+        mut check: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + ALIVE_WITHIN;
+        loop {
+            check()?;
+            let alive = self.alive(ips).await?;
+            if alive == ips.len() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "only {alive} of {} agents alive after {ALIVE_WITHIN:?}",
+                    ips.len()
+                );
+            }
+            eprintln!("waiting: {alive}/{} agents alive", ips.len());
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// POSTs `body` to `path`; the envelope's `data`, and the answer's size.
-    async fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<(T, usize)> {
+    pub async fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<(T, usize)> {
         let answer = self
             .http
             .post(format!("{}{path}", self.base))

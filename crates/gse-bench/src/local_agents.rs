@@ -1,10 +1,11 @@
-//! `--real-agents N`: N real `gse-agent` processes (the binary beside
-//! gse-bench), running real commands through the real process executor.
+//! Real `gse-agent` processes on this host (the binary beside gse-bench),
+//! for `fanout --real-agents` and `p2p`.
 //!
 //! Agent i (1-based) has identity IP 127.0.0.i and binds its connection to
 //! that address, as `gse-server quickstart` does; its config is written
 //! with `gse_agent::AgentConfig::new` into `<bench dir>/agents/<ip>/`, with
-//! its log beside it (both by quickstart's own `spawn_local_agent`).
+//! its log beside it (both by quickstart's own `spawn_local_agent`; `p2p`
+//! spawns through `spawn_local_agent_with` to set the `[file]` section).
 //! [`RealAgents::stop`] sends SIGTERM, then kills after a grace period.
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use gse_server::quickstart::{
     LocalAgent as RealAgent, agent_ip, spawn_local_agent, stop_local_agents,
 };
 
-use super::api::ApiClient;
+use crate::api::ApiClient;
 use crate::procfs::rss_kib;
 use crate::server::beside_current_exe;
 
@@ -29,7 +30,7 @@ pub struct RealAgents {
 }
 
 impl RealAgents {
-    /// Spawns `n` agents connecting to `link`, with their files under `dir`.
+    /// Spawns `n` plain agents connecting to `link`, with their files under `dir`.
     pub fn spawn(n: u32, dir: &Path, link: SocketAddr, tls: &TlsFiles) -> Result<Self> {
         check_count(n)?;
         let bin = beside_current_exe("gse-agent")?;
@@ -39,9 +40,24 @@ impl RealAgents {
         Ok(RealAgents { agents })
     }
 
+    /// Agents a bench spawned itself.
+    pub fn new(agents: Vec<RealAgent>) -> Self {
+        RealAgents { agents }
+    }
+
     /// `cloud_id:ip` of every agent, as task targets.
     pub fn targets(&self) -> Vec<String> {
         self.agents.iter().map(|a| format!("0:{}", a.ip)).collect()
+    }
+
+    /// The agents' pids, as `/proc` names them, in spawn order (an agent
+    /// that has exited is left out).
+    pub fn pids(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter_map(|a| a.child.id())
+            .map(|pid| pid.to_string())
+            .collect()
     }
 
     /// Waits until the server reports every agent alive; fails early, with
@@ -49,7 +65,7 @@ impl RealAgents {
     pub async fn wait_alive(&mut self, api: &ApiClient) -> Result<()> {
         let ips: Vec<String> = self.agents.iter().map(|a| a.ip.to_string()).collect();
         let agents = &mut self.agents;
-        super::wait_alive(api, &ips, || {
+        api.wait_alive(&ips, || {
             for a in agents.iter_mut() {
                 if let Some(status) = a.child.try_wait()? {
                     bail!(
@@ -66,11 +82,7 @@ impl RealAgents {
 
     /// Resident memory of all agents together, KiB.
     pub fn rss_kib_total(&self) -> u64 {
-        self.agents
-            .iter()
-            .filter_map(|a| a.child.id())
-            .filter_map(|pid| rss_kib(&pid.to_string()).ok())
-            .sum()
+        self.pids().iter().filter_map(|pid| rss_kib(pid).ok()).sum()
     }
 
     /// SIGTERM to every agent, then SIGKILL to those still running after

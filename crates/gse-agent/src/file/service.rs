@@ -1,0 +1,120 @@
+//! The agent-wide part of file transfer: what outlives one link session.
+//!
+//! [`FileService::start`] binds the P2P listener (before the agent
+//! registers, so the bound port can be advertised in `Register.p2p_addr`)
+//! and holds the [`PieceStore`], the agent-wide upload slots and speed
+//! caps, and the TLS client for dialling peers. Each link session makes a
+//! [`FileRunner`] from it ([`FileService::runner`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use super::direct::LinkOut;
+use super::peer::PeerServer;
+use super::rate::RateLimit;
+use super::runner::FileRunner;
+use super::store::PieceStore;
+use crate::config::{AgentConfig, FileConfig};
+
+/// One MB of the `*_speed_mb` and `max_inflight_mb` keys.
+const MB: u64 = 1024 * 1024;
+/// Piece frames (direct answers) queued for the agent link at once.
+const DIRECT_UPLOADS: usize = 2;
+
+/// `[file]` with defaults filled in, as the transfer code uses it.
+#[derive(Clone, Debug)]
+pub struct FileSettings {
+    pub config: FileConfig,
+    pub cache_dir: PathBuf,
+    pub max_inflight_bytes: u64,
+    pub connect_timeout: Duration,
+}
+
+/// Why file transfer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum FileServiceError {
+    #[error("cannot load the agent's TLS material for the P2P link: {0}")]
+    Tls(#[from] gse_core::tls::TlsError),
+}
+
+/// File transfer state shared by every link session of this agent.
+pub struct FileService {
+    pub settings: FileSettings,
+    pub store: Arc<PieceStore>,
+    pub upload: Option<Arc<RateLimit>>,
+    pub download: Option<Arc<RateLimit>>,
+    /// Answers to the node's direct requests queued for the link.
+    pub direct_uploads: Arc<Semaphore>,
+    pub connector: TlsConnector,
+    /// Where the P2P listener is bound; `None` without one.
+    pub listen_addr: Option<SocketAddr>,
+}
+
+// === impl FileService ===
+
+impl FileService {
+    /// Binds the P2P listener (if configured) and serves it until
+    /// `shutdown`. A listener that cannot bind is logged, and the agent
+    /// goes on without serving peers.
+    pub async fn start(
+        cfg: &AgentConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, FileServiceError> {
+        let file = &cfg.file;
+        let settings = FileSettings {
+            config: file.clone(),
+            cache_dir: file.cache_dir(&cfg.agent.data_dir),
+            max_inflight_bytes: file.max_inflight_mb.max(1) * MB,
+            connect_timeout: file.p2p_connect_timeout,
+        };
+        let connector = TlsConnector::from(gse_core::tls::client_config(&cfg.tls)?);
+        let store = Arc::new(PieceStore::default());
+        let upload = RateLimit::new(file.upload_speed_mb * MB);
+        let slots = Arc::new(Semaphore::new(file.upload_slots.max(1) as usize));
+        let mut listen_addr = None;
+        if let Some(addr) = file.p2p_listen {
+            let tls = gse_core::tls::server_config(&cfg.tls)?;
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    listen_addr = listener.local_addr().ok();
+                    tracing::info!(addr = ?listen_addr, "P2P listener ready");
+                    let server = PeerServer::new(store.clone(), slots, upload.clone(), tls);
+                    tokio::spawn(server.run(listener, shutdown));
+                }
+                Err(e) => tracing::error!(
+                    addr = %addr, error = %e,
+                    "cannot bind the P2P listener ([file] p2p_listen); this agent will serve no file pieces to peers"
+                ),
+            }
+        }
+        Ok(Arc::new(FileService {
+            download: RateLimit::new(file.download_speed_mb * MB),
+            direct_uploads: Arc::new(Semaphore::new(DIRECT_UPLOADS)),
+            settings,
+            store,
+            upload,
+            connector,
+            listen_addr,
+        }))
+    }
+
+    /// What to register as `p2p_addr`, given the identity IP of this
+    /// session; `None` without a listener.
+    pub fn p2p_addr(&self, identity_ip: Option<IpAddr>) -> Option<SocketAddr> {
+        let bound = self.listen_addr?;
+        Some(self.settings.config.advertised_addr(bound, identity_ip))
+    }
+
+    /// A runner for one link session; its frames go to `out`, and it
+    /// introduces itself to peers as `agent` ("cloud:ip").
+    pub fn runner(self: &Arc<Self>, out: mpsc::Sender<LinkOut>, agent: String) -> FileRunner {
+        FileRunner::new(self.clone(), out, agent)
+    }
+}

@@ -1,0 +1,291 @@
+//! The direct path (F2, F3): a target (or relay) asks this node for a piece
+//! on its agent link; the node asks the source on the source's link, under
+//! a request id of its own, and hands the answer back under the target's.
+//!
+//! Checks before forwarding: the transfer, task, entry and piece exist and
+//! the asker is a target or relay of the task. A source that is not here
+//! gets `PIECE_ERROR` at once; more than [`MAX_OUTSTANDING_PER_SOURCE`]
+//! requests waiting on one source get `PIECE_BUSY`. Requests the source
+//! leaves unanswered for [`ANSWER_WITHIN`] are answered `PIECE_BUSY`
+//! (the writer's tick sweeps them); a source whose link ends fails its
+//! requests with `PIECE_ERROR`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use gse_core::AgentKey;
+use gse_proto::link::{PieceData, PieceRequest, PieceStatus};
+use gse_proto::{Frame, MsgType};
+
+use super::model::Phase;
+use super::{FileService, metrics};
+use crate::role::link::SendError;
+
+/// Requests waiting on one source before more are answered busy.
+pub const MAX_OUTSTANDING_PER_SOURCE: usize = 64;
+/// How long a source has to answer a forwarded request.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// A request forwarded to a source, waiting for its answer.
+struct Pending {
+    requester: AgentKey,
+    /// The id the requester chose.
+    request_id: u64,
+    source: AgentKey,
+    /// The source's connection the request went on.
+    source_conn: Option<u64>,
+    since: Instant,
+    transfer_id: String,
+    task_index: u32,
+    entry_index: u32,
+    piece: u32,
+}
+
+/// Forwarded requests by the id this node gave them.
+#[derive(Default)]
+pub(super) struct RelayTable {
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    per_source: HashMap<AgentKey, usize>,
+}
+
+impl RelayTable {
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(n) = self.per_source.get_mut(&p.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&p.source);
+            }
+        }
+        Some(p)
+    }
+
+    /// Ids of the requests `pred` picks.
+    fn ids(&self, pred: impl Fn(&Pending) -> bool) -> Vec<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| pred(p))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Number of requests waiting for an answer.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl FileService {
+    pub(super) fn on_piece_request(&self, agent: AgentKey, req: PieceRequest) {
+        let source = match self.check_piece_request(agent, &req) {
+            Ok(source) => source,
+            Err(why) => {
+                tracing::debug!(agent = %agent, task_id = %req.transfer_id, reason = %why, "refusing a direct piece request");
+                return self.answer(agent, &req, PieceStatus::PieceError, why);
+            }
+        };
+        let id = {
+            let mut table = self.relay.lock();
+            let waiting = table.per_source.get(&source).copied().unwrap_or(0);
+            if waiting >= MAX_OUTSTANDING_PER_SOURCE {
+                drop(table);
+                let why = format!(
+                    "the source {source} has {waiting} direct requests waiting already; ask again later"
+                );
+                return self.answer(agent, &req, PieceStatus::PieceBusy, why);
+            }
+            table.next_id += 1;
+            let id = table.next_id;
+            *table.per_source.entry(source).or_default() += 1;
+            table.pending.insert(
+                id,
+                Pending {
+                    requester: agent,
+                    request_id: req.request_id,
+                    source,
+                    source_conn: self.dispatch.local_conn(source),
+                    since: Instant::now(),
+                    transfer_id: req.transfer_id.clone(),
+                    task_index: req.task_index,
+                    entry_index: req.entry_index,
+                    piece: req.piece,
+                },
+            );
+            id
+        };
+        let forward = PieceRequest {
+            request_id: id,
+            ..req.clone()
+        };
+        let sent = self
+            .dispatch
+            .send_local(source, Frame::new(MsgType::PieceRequest, 0, &forward));
+        if let Err(e) = sent {
+            self.relay.lock().remove(id);
+            let status = match e {
+                SendError::Busy(_) => PieceStatus::PieceBusy,
+                SendError::NotConnected(_) => PieceStatus::PieceError,
+            };
+            self.answer(agent, &req, status, format!("cannot ask the source: {e}"));
+        }
+    }
+
+    /// The source to forward `req` to, or why it is refused.
+    fn check_piece_request(&self, agent: AgentKey, req: &PieceRequest) -> Result<AgentKey, String> {
+        let t = self
+            .live(&req.transfer_id)
+            .ok_or_else(|| format!("transfer {:?} is not running on this node", req.transfer_id))?;
+        let task = req.task_index as usize;
+        let plan = t
+            .tasks
+            .get(task)
+            .ok_or_else(|| format!("transfer {} has no task {task}", t.id))?;
+        let source = plan.source.usable().ok_or_else(|| {
+            format!(
+                "the source {} of task {task} takes no part",
+                plan.source.name
+            )
+        })?;
+        let st = t.state.lock();
+        let run = &st.runs[task];
+        if !plan.by_key.contains_key(&agent) && !run.relays.contains(&agent) {
+            return Err(format!(
+                "agent {agent} is not a target or relay of task {task} of {}",
+                t.id
+            ));
+        }
+        if run.phase != Phase::Running {
+            return Err(format!("task {task} of {} is not running", t.id));
+        }
+        let shape = run
+            .shapes
+            .get(req.entry_index as usize)
+            .ok_or_else(|| format!("task {task} has no entry {}", req.entry_index))?;
+        if u64::from(req.piece) >= shape.pieces() {
+            return Err(format!(
+                "entry {} of task {task} has no piece {} ({} pieces)",
+                req.entry_index,
+                req.piece,
+                shape.pieces()
+            ));
+        }
+        drop(st);
+        if !self.dispatch.is_local(source) {
+            return Err(format!(
+                "the source {source} is not connected to this node; fetch the piece from a peer"
+            ));
+        }
+        Ok(source)
+    }
+
+    pub(super) fn on_piece_data(&self, agent: AgentKey, data: PieceData) {
+        let pending = {
+            let mut table = self.relay.lock();
+            match table.pending.get(&data.request_id) {
+                Some(p) if p.source == agent => table.remove(data.request_id),
+                _ => None,
+            }
+        };
+        let Some(p) = pending else {
+            tracing::debug!(agent = %agent, request_id = data.request_id, "a piece answer nobody waits for (late, or not from the asked source)");
+            return;
+        };
+        let same_piece = data.transfer_id == p.transfer_id
+            && data.task_index == p.task_index
+            && data.entry_index == p.entry_index
+            && data.piece == p.piece;
+        if !same_piece {
+            tracing::warn!(agent = %agent, task_id = %p.transfer_id, "a source answered a direct request with another piece");
+            let why = "the source answered with another piece".to_string();
+            return self.answer_pending(&p, PieceStatus::PieceError, why);
+        }
+        let bytes = data.data.len() as u64;
+        let back = PieceData {
+            request_id: p.request_id,
+            ..data
+        };
+        match self
+            .dispatch
+            .send_local(p.requester, Frame::new(MsgType::PieceData, 0, &back))
+        {
+            Ok(_) => metrics::bytes_relayed(bytes),
+            Err(e) => {
+                tracing::debug!(agent = %p.requester, error = %e, "cannot hand a direct piece back to its requester")
+            }
+        }
+    }
+
+    /// Answers requests their source left waiting too long; called every
+    /// writer tick.
+    pub(super) fn sweep_relays(&self, now: Instant) {
+        let expired: Vec<Pending> = {
+            let mut table = self.relay.lock();
+            let ids = table.ids(|p| now.saturating_duration_since(p.since) >= ANSWER_WITHIN);
+            ids.into_iter().filter_map(|id| table.remove(id)).collect()
+        };
+        for p in expired {
+            let why = format!(
+                "the source {} did not answer within {}; ask a peer or again later",
+                p.source,
+                humantime::format_duration(ANSWER_WITHIN)
+            );
+            self.answer_pending(&p, PieceStatus::PieceBusy, why);
+        }
+    }
+
+    /// A source's link `conn_id` ended: its requests fail; a requester's
+    /// requests are forgotten.
+    pub(super) fn relay_disconnect(&self, agent: AgentKey, conn_id: u64) {
+        let (failed, _forgotten): (Vec<Pending>, Vec<Pending>) = {
+            let mut table = self.relay.lock();
+            let ids = table.ids(|p| {
+                (p.source == agent && p.source_conn.is_none_or(|c| c == conn_id))
+                    || p.requester == agent
+            });
+            ids.into_iter()
+                .filter_map(|id| table.remove(id))
+                .partition(|p| p.source == agent)
+        };
+        for p in failed {
+            let why = format!("the source {agent} went offline; fetch the piece from a peer");
+            self.answer_pending(&p, PieceStatus::PieceError, why);
+        }
+    }
+
+    fn answer_pending(&self, p: &Pending, status: PieceStatus, message: String) {
+        let req = PieceRequest {
+            transfer_id: p.transfer_id.clone(),
+            task_index: p.task_index,
+            entry_index: p.entry_index,
+            piece: p.piece,
+            request_id: p.request_id,
+        };
+        self.answer(p.requester, &req, status, message);
+    }
+
+    /// Answers `req` on behalf of the source, without data.
+    fn answer(&self, to: AgentKey, req: &PieceRequest, status: PieceStatus, message: String) {
+        let data = PieceData {
+            transfer_id: req.transfer_id.clone(),
+            task_index: req.task_index,
+            entry_index: req.entry_index,
+            piece: req.piece,
+            request_id: req.request_id,
+            status: status as i32,
+            data: Vec::new(),
+            message,
+        };
+        if let Err(e) = self
+            .dispatch
+            .send_local(to, Frame::new(MsgType::PieceData, 0, &data))
+        {
+            tracing::debug!(agent = %to, error = %e, "cannot answer a direct piece request");
+        }
+    }
+
+    /// Direct requests waiting for their source now.
+    pub fn relays_waiting(&self) -> usize {
+        self.relay.lock().len()
+    }
+}
