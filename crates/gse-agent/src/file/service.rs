@@ -25,8 +25,9 @@ use crate::config::{AgentConfig, FileConfig};
 
 /// One MB of the `*_speed_mb` and `max_inflight_mb` keys.
 const MB: u64 = 1024 * 1024;
-/// Piece frames (direct answers) queued for the agent link at once.
-const DIRECT_UPLOADS: usize = 2;
+/// Piece bytes being uploaded at once (read, not yet written), to peers
+/// and direct: with slots alone, 4 MiB pieces would hold 32 MiB.
+pub const UPLOAD_BUFFER_BYTES: usize = 8 << 20;
 
 /// `[file]` with defaults filled in, as the transfer code uses it.
 #[derive(Clone, Debug)]
@@ -35,6 +36,12 @@ pub struct FileSettings {
     pub cache_dir: PathBuf,
     pub max_inflight_bytes: u64,
     pub connect_timeout: Duration,
+}
+
+/// The permits of [`FileService::upload_buffer`] a piece of `len` bytes
+/// takes (never more than there are).
+pub fn upload_buffer_kib(len: usize) -> u32 {
+    len.div_ceil(1024).min(UPLOAD_BUFFER_BYTES / 1024) as u32
 }
 
 /// Why file transfer cannot start.
@@ -50,8 +57,9 @@ pub struct FileService {
     pub store: Arc<PieceStore>,
     pub upload: Option<Arc<RateLimit>>,
     pub download: Option<Arc<RateLimit>>,
-    /// Answers to the node's direct requests queued for the link.
-    pub direct_uploads: Arc<Semaphore>,
+    /// Upload buffer budget, in KiB ([`UPLOAD_BUFFER_BYTES`]); see
+    /// [`upload_buffer_kib`].
+    pub upload_buffer: Arc<Semaphore>,
     pub connector: TlsConnector,
     /// Where the P2P listener is bound; `None` without one.
     pub listen_addr: Option<SocketAddr>,
@@ -78,6 +86,7 @@ impl FileService {
         let store = Arc::new(PieceStore::default());
         let upload = RateLimit::new(file.upload_speed_mb * MB);
         let slots = Arc::new(Semaphore::new(file.upload_slots.max(1) as usize));
+        let upload_buffer = Arc::new(Semaphore::new(UPLOAD_BUFFER_BYTES / 1024));
         let mut listen_addr = None;
         if let Some(addr) = file.p2p_listen {
             let tls = gse_core::tls::server_config(&cfg.tls)?;
@@ -85,7 +94,13 @@ impl FileService {
                 Ok(listener) => {
                     listen_addr = listener.local_addr().ok();
                     tracing::info!(addr = ?listen_addr, "P2P listener ready");
-                    let server = PeerServer::new(store.clone(), slots, upload.clone(), tls);
+                    let server = PeerServer::new(
+                        store.clone(),
+                        slots,
+                        upload_buffer.clone(),
+                        upload.clone(),
+                        tls,
+                    );
                     tokio::spawn(server.run(listener, shutdown));
                 }
                 Err(e) => tracing::error!(
@@ -96,7 +111,7 @@ impl FileService {
         }
         Ok(Arc::new(FileService {
             download: RateLimit::new(file.download_speed_mb * MB),
-            direct_uploads: Arc::new(Semaphore::new(DIRECT_UPLOADS)),
+            upload_buffer,
             settings,
             store,
             upload,
@@ -110,6 +125,15 @@ impl FileService {
     pub fn p2p_addr(&self, identity_ip: Option<IpAddr>) -> Option<SocketAddr> {
         let bound = self.listen_addr?;
         Some(self.settings.config.advertised_addr(bound, identity_ip))
+    }
+
+    /// Waits for room to hold a piece of `len` bytes being uploaded.
+    pub async fn upload_buffer(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.upload_buffer
+            .clone()
+            .acquire_many_owned(upload_buffer_kib(len))
+            .await
+            .ok()
     }
 
     /// A runner for one link session; its frames go to `out`, and it

@@ -218,12 +218,12 @@ async fn answer_direct(
             return;
         }
     };
-    let Ok(permit) = service.direct_uploads.clone().acquire_owned().await else {
-        return;
-    };
     Limits::new([share.upload.clone(), service.upload.clone()])
         .acquire(len)
         .await;
+    let Some(permit) = service.upload_buffer(len as usize).await else {
+        return;
+    };
     let (entry, piece) = (req.entry_index, req.piece);
     let buf = Vec::with_capacity(len as usize);
     let read = tokio::task::spawn_blocking(move || share.read_piece(entry, piece, buf)).await;

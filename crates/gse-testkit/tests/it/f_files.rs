@@ -278,6 +278,18 @@ async fn f2_small_file_goes_direct_renamed_with_permission() {
     let got = dst.join("renamed.cfg");
     assert_eq!(std::fs::read(&got).unwrap(), content);
     assert_eq!(mode_of(&got), 0o600);
+
+    // The results survive a server restart.
+    let mut s = s;
+    s.server.restart().await;
+    let again = results(&s.server.api, &id).await;
+    assert_eq!(again.len(), 2, "{again:#?}");
+    let d = download_of(&again, "0:127.0.2.12");
+    assert_eq!(
+        (code(d), &d["content"]["bytes_direct"]),
+        (0, &json!(5000)),
+        "{d}"
+    );
 }
 
 #[tokio::test]

@@ -48,12 +48,12 @@ pub fn peer_codec() -> FrameCodec {
 pub enum Outgoing {
     Frame(Frame),
     /// A `PieceData` whose `data` is written from `data`, not from `head`.
-    /// `permit` (an upload slot) is released once the bytes are written.
+    /// `permits` (upload slot, buffer) are released once it is written.
     Piece {
         stream_id: u64,
         head: PieceDataBody,
         data: Vec<u8>,
-        permit: Option<OwnedSemaphorePermit>,
+        permits: Vec<OwnedSemaphorePermit>,
     },
 }
 
@@ -76,12 +76,12 @@ pub async fn write_outgoing<W: AsyncWrite + Unpin>(
             stream_id,
             head,
             data,
-            permit,
+            permits,
         } => {
             w.write_all(&piece_frame_head(stream_id, &head, data.len()))
                 .await?;
             w.write_all(&data).await?;
-            drop(permit);
+            drop(permits);
             Ok(())
         }
     }

@@ -15,21 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gse_proto::link::{Have, PeerHello, PeerHelloAck, PieceRequest, PieceStatus};
-use gse_proto::{Frame, MsgType};
+use gse_proto::link::{EntryHave, Have, PeerHello, PeerHelloAck, PieceRequest, PieceStatus};
+use gse_proto::{Frame, FrameCodec, MsgType};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{CONN_QUEUE, Outgoing, peer_codec, run_writer};
+use super::{CONN_QUEUE, Outgoing, run_writer};
 use crate::file::rate::{Limits, RateLimit};
+use crate::file::service::upload_buffer_kib;
 use crate::file::store::{PieceStore, ServeError, TaskShare};
 use crate::file::wire::PieceDataBody;
 
+/// Largest frame a downloader may send us (a hello or a request).
+const MAX_REQUEST_FRAME: usize = 64 * 1024;
 /// How long a hello for a task not here yet waits for it.
 const UNKNOWN_TASK_WAIT: Duration = Duration::from_secs(3);
 /// Time for the TLS handshake and the PeerHello.
@@ -47,11 +51,17 @@ const MAX_UPLOAD_QUEUE: Duration = Duration::from_millis(500);
 /// Most pieces in one `Have` frame.
 const HAVE_CHUNK: usize = 65_536;
 
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+type RequestReader = FramedRead<ReadHalf<ServerTls>, FrameCodec>;
+type ConnWriter = WriteHalf<ServerTls>;
+
 /// The P2P listener's shared state.
 pub struct PeerServer {
     store: Arc<PieceStore>,
     /// Upload slots, agent-wide (`[file] upload_slots`).
     slots: Arc<Semaphore>,
+    /// Upload buffer budget, in KiB (`FileService::upload_buffer`).
+    buffer: Arc<Semaphore>,
     /// The agent-wide upload cap.
     upload: Option<Arc<RateLimit>>,
     acceptor: TlsAcceptor,
@@ -74,12 +84,14 @@ impl PeerServer {
     pub fn new(
         store: Arc<PieceStore>,
         slots: Arc<Semaphore>,
+        buffer: Arc<Semaphore>,
         upload: Option<Arc<RateLimit>>,
         tls: Arc<rustls::ServerConfig>,
     ) -> Arc<Self> {
         Arc::new(PeerServer {
             store,
             slots,
+            buffer,
             upload,
             acceptor: TlsAcceptor::from(tls),
             conns: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
@@ -120,59 +132,28 @@ impl PeerServer {
         }
     }
 
-    /// One connection, from handshake to close.
+    /// One connection: handshake and hello, then requests until it closes.
     async fn serve(
         self: Arc<Self>,
         tcp: TcpStream,
         addr: SocketAddr,
         shutdown: CancellationToken,
     ) -> Result<(), String> {
-        let tls = timeout(HELLO_TIMEOUT, self.acceptor.accept(tcp))
-            .await
-            .map_err(|_| "no TLS handshake in time".to_owned())?
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        let (rd, wr) = tokio::io::split(tls);
-        let mut reader = FramedRead::new(rd, peer_codec());
-        let hello = match timeout(HELLO_TIMEOUT, reader.next()).await {
-            Ok(Some(Ok(f))) if f.msg_type == MsgType::PeerHello => f
-                .decode::<PeerHello>()
-                .map_err(|e| format!("bad PeerHello: {e}"))?,
-            Ok(Some(Ok(f))) => {
-                return Err(format!(
-                    "first frame has type {:#x}, not PeerHello",
-                    f.msg_type.to_u16()
-                ));
-            }
-            Ok(Some(Err(e))) => return Err(format!("bad first frame: {e}")),
-            Ok(None) => return Err("closed before PeerHello".into()),
-            Err(_) => return Err("no PeerHello in time".into()),
-        };
+        let (mut reader, wr, hello) = self.greet(tcp).await?;
         let (tx, rx) = mpsc::channel(CONN_QUEUE);
         let writer = tokio::spawn(run_writer(wr, rx));
         let share = match self.admit(&hello).await {
             Ok(share) => share,
             Err(message) => {
                 tracing::info!(peer = %addr, agent = %hello.agent, transfer_id = %hello.transfer_id, reason = %message, "refusing a peer");
-                let ack = PeerHelloAck {
-                    accepted: false,
-                    message: message.clone(),
-                    have: Vec::new(),
-                };
-                let _ = tx
-                    .send(Outgoing::Frame(Frame::new(MsgType::PeerHelloAck, 0, &ack)))
-                    .await;
+                let _ = tx.send(ack_frame(false, message.clone(), Vec::new())).await;
                 drop(tx);
                 let _ = writer.await;
                 return Err(message);
             }
         };
         let (have, log_pos) = share.have_snapshot();
-        let ack = PeerHelloAck {
-            accepted: true,
-            message: String::new(),
-            have,
-        };
-        tx.send(Outgoing::Frame(Frame::new(MsgType::PeerHelloAck, 0, &ack)))
+        tx.send(ack_frame(true, String::new(), have))
             .await
             .map_err(|_| "writer ended".to_owned())?;
         let conn = Arc::new(Conn {
@@ -188,6 +169,46 @@ impl PeerServer {
         });
         let _done = conn.done.clone().drop_guard();
         tokio::spawn(push_haves(conn.clone(), log_pos));
+        self.serve_requests(&conn, &mut reader, &shutdown).await
+    }
+
+    /// TLS, then the first frame, which must be a PeerHello.
+    async fn greet(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(RequestReader, ConnWriter, PeerHello), String> {
+        let tls = timeout(HELLO_TIMEOUT, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| "no TLS handshake in time".to_owned())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let (rd, wr) = tokio::io::split(tls);
+        // Downloaders send only hellos and requests: small frames.
+        let mut reader = FramedRead::new(rd, FrameCodec::new(MAX_REQUEST_FRAME));
+        let hello = match timeout(HELLO_TIMEOUT, reader.next()).await {
+            Ok(Some(Ok(f))) if f.msg_type == MsgType::PeerHello => f
+                .decode::<PeerHello>()
+                .map_err(|e| format!("bad PeerHello: {e}"))?,
+            Ok(Some(Ok(f))) => {
+                return Err(format!(
+                    "first frame has type {:#x}, not PeerHello",
+                    f.msg_type.to_u16()
+                ));
+            }
+            Ok(Some(Err(e))) => return Err(format!("bad first frame: {e}")),
+            Ok(None) => return Err("closed before PeerHello".into()),
+            Err(_) => return Err("no PeerHello in time".into()),
+        };
+        Ok((reader, wr, hello))
+    }
+
+    /// Answers the connection's requests until it closes, the task leaves
+    /// the store, or we shut down.
+    async fn serve_requests(
+        self: Arc<Self>,
+        conn: &Arc<Conn>,
+        reader: &mut RequestReader,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
         loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -205,7 +226,7 @@ impl PeerServer {
             let req: PieceRequest = frame
                 .decode()
                 .map_err(|e| format!("bad PieceRequest: {e}"))?;
-            if let Some(reply) = self.clone().on_request(&conn, req, frame.stream_id) {
+            if let Some(reply) = self.clone().on_request(conn, req, frame.stream_id) {
                 // Waits while the writer is behind: a peer that floods
                 // requests but does not read slows only itself.
                 if conn.tx.send(reply).await.is_err() {
@@ -281,48 +302,85 @@ impl PeerServer {
         if !conn.share.claim_seed_upload(entry, piece) {
             return reply(PieceStatus::PieceBusy, String::new());
         }
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let claim = SeedClaim {
-                share: conn.share.clone(),
-                entry,
-                piece,
-                sent: false,
-            };
-            tokio::select! {
-                _ = conn.done.cancelled() => return,
-                _ = limits.acquire(len as u64) => {}
-            }
-            let share = conn.share.clone();
-            // Allocated here, not on the blocking thread: piece buffers
-            // then come from the runtime threads' few malloc arenas.
-            let buf = Vec::with_capacity(len);
-            let read =
-                tokio::task::spawn_blocking(move || share.read_piece(entry, piece, buf)).await;
-            let out = match read {
-                Ok(Ok(data)) => Outgoing::Piece {
-                    stream_id,
-                    head: piece_head(&req, PieceStatus::PieceOk, String::new()),
-                    data,
-                    permit: Some(slot),
-                },
-                Ok(Err(ServeError::Missing { .. })) => {
-                    limits.refund(len as u64);
-                    reply_frame(stream_id, &req, PieceStatus::PieceMissing, String::new())
-                }
-                Ok(Err(ServeError::Failed(message))) => {
-                    tracing::warn!(peer = %conn.peer, entry, piece, error = %message, "cannot serve a piece");
-                    reply_frame(stream_id, &req, PieceStatus::PieceError, message)
-                }
-                Err(e) => reply_frame(stream_id, &req, PieceStatus::PieceError, e.to_string()),
-            };
-            let mut claim = claim;
-            claim.sent = matches!(out, Outgoing::Piece { .. });
-            let _ = conn.tx.send(out).await;
-            drop((upload, claim));
-        });
+        let job = Upload {
+            conn: conn.clone(),
+            req,
+            stream_id,
+            len,
+            limits,
+            slot,
+            _slot_of_conn: upload,
+        };
+        tokio::spawn(self.upload(job));
         None
     }
+
+    /// One accepted request: waits for its turn under the caps and for
+    /// buffer room, reads (and, on a source, verifies) the piece, queues it.
+    async fn upload(self: Arc<Self>, job: Upload) {
+        let Upload {
+            conn,
+            req,
+            stream_id,
+            len,
+            limits,
+            slot,
+            _slot_of_conn,
+        } = job;
+        let (entry, piece) = (req.entry_index, req.piece);
+        let mut claim = SeedClaim {
+            share: conn.share.clone(),
+            entry,
+            piece,
+            sent: false,
+        };
+        tokio::select! {
+            _ = conn.done.cancelled() => return,
+            _ = limits.acquire(len as u64) => {}
+        }
+        let buffer = tokio::select! {
+            _ = conn.done.cancelled() => return,
+            b = self.buffer.clone().acquire_many_owned(upload_buffer_kib(len)) => match b {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+        };
+        let share = conn.share.clone();
+        // Allocated here, not on the blocking thread: piece buffers then
+        // come from the runtime threads' few malloc arenas.
+        let buf = Vec::with_capacity(len);
+        let read = tokio::task::spawn_blocking(move || share.read_piece(entry, piece, buf)).await;
+        let out = match read {
+            Ok(Ok(data)) => Outgoing::Piece {
+                stream_id,
+                head: piece_head(&req, PieceStatus::PieceOk, String::new()),
+                data,
+                permits: vec![slot, buffer],
+            },
+            Ok(Err(ServeError::Missing { .. })) => {
+                limits.refund(len as u64);
+                reply_frame(stream_id, &req, PieceStatus::PieceMissing, String::new())
+            }
+            Ok(Err(ServeError::Failed(message))) => {
+                tracing::warn!(peer = %conn.peer, entry, piece, error = %message, "cannot serve a piece");
+                reply_frame(stream_id, &req, PieceStatus::PieceError, message)
+            }
+            Err(e) => reply_frame(stream_id, &req, PieceStatus::PieceError, e.to_string()),
+        };
+        claim.sent = matches!(out, Outgoing::Piece { .. });
+        let _ = conn.tx.send(out).await;
+    }
+}
+
+/// An accepted request and what it holds.
+struct Upload {
+    conn: Arc<Conn>,
+    req: PieceRequest,
+    stream_id: u64,
+    len: usize,
+    limits: Limits,
+    slot: OwnedSemaphorePermit,
+    _slot_of_conn: OwnedSemaphorePermit,
 }
 
 /// A source's claim on uploading one piece, ended when dropped.
@@ -381,6 +439,15 @@ fn piece_head(req: &PieceRequest, status: PieceStatus, message: String) -> Piece
         data: Default::default(),
         message,
     }
+}
+
+fn ack_frame(accepted: bool, message: String, have: Vec<EntryHave>) -> Outgoing {
+    let ack = PeerHelloAck {
+        accepted,
+        message,
+        have,
+    };
+    Outgoing::Frame(Frame::new(MsgType::PeerHelloAck, 0, &ack))
 }
 
 fn reply_frame(

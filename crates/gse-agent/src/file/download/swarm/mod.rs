@@ -18,10 +18,14 @@
 //! against its peer (banned after [`PEER_MAX_FAILURES`]) and is fetched
 //! again elsewhere. Pieces are served on (store) as soon as written.
 //!
-//! `peers.rs` holds peer connections, `pieces.rs` piece and file state.
+//! `peers.rs` holds peer connections, `pieces.rs` file and piece state
+//! (writers, verification), `requests.rs` asking peers, `fallback.rs`
+//! fetching direct.
 
+mod fallback;
 mod peers;
 mod pieces;
+mod requests;
 
 use std::collections::HashMap;
 use std::fs::File;
