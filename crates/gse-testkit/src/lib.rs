@@ -46,6 +46,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Copies every key of the object `extra` into the object `body` (test
+/// requests: defaults plus a case's own fields).
+pub fn merge_json(body: &mut serde_json::Value, extra: &serde_json::Value) {
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -83,11 +83,7 @@ fn task(src_agent: &str, src_dir: &Path, name: &str, targets: &[&str], dst_dir: 
 async fn start(api: &Api, tasks: Vec<Value>, extra: Value) -> String {
     let mut body = json!({"tasks": tasks, "timeout_seconds": 120, "auto_mkdir": true,
                           "upload_speed": 0, "download_speed": 0});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    gse_testkit::merge_json(&mut body, &extra);
     let (status, v) = api.post(TRANSFER, body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["code"], 0, "{v}");

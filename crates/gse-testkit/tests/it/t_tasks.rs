@@ -16,11 +16,7 @@ async fn start(api: &Api, agents: &[&str], command: &str, extra: Value) -> Strin
         "atomic_tasks": [{"atomic_task_id": 0, "command": command, "timeout_seconds": 60}],
         "atomicTaskNum": 0,
     });
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    gse_testkit::merge_json(&mut body, &extra);
     let (status, v) = api.post(EXECUTE, body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["code"], 0, "{v}");

@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use gse_core::seams::StateStore;
 use gse_core::seams::state_store::FileEntryRecord;
-use gse_core::seams::{AgentRecord, StateStore};
 use gse_core::{AgentKey, AgentRef};
 use gse_proto::link::{
     CancelTransfer, EntryType, FileEntry, FileManifest, FileManifestRequest, FileProgress,
@@ -142,32 +142,8 @@ fn p2p(key: AgentKey) -> SocketAddr {
     SocketAddr::new(key.ip, 20020)
 }
 
-pub(crate) fn key(ip: &str) -> AgentKey {
-    AgentKey::new(0, ip.parse().unwrap())
-}
-
-pub(crate) fn agent_record(ip: &str, node: &str, alive: bool) -> AgentRecord {
-    AgentRecord {
-        key: key(ip),
-        agent_id: format!("id-{ip}"),
-        version: "0.1.0".into(),
-        hostname: "h".into(),
-        os_type: "linux".into(),
-        run_mode: 1,
-        zone: String::new(),
-        start_time_s: 1,
-        node_id: node.into(),
-        parent_ip: "127.0.0.1".into(),
-        parent_port: 28668,
-        peer_addr: format!("{ip}:5000"),
-        alive,
-        connected_at_ms: 1,
-        last_seen_ms: 1,
-        cpu_percent: 0.0,
-        mem_bytes: 0,
-        mem_percent: 0.0,
-    }
-}
+// The same fake agents as the task role's tests.
+pub(crate) use crate::role::task::tests::{agent_record, key};
 
 // === harness ===
 
