@@ -5,8 +5,10 @@
 //! register, heartbeats carrying its own cpu/memory ([`stats`]), keepalive,
 //! and reconnect with jittered exponential backoff ([`backoff`]). The link
 //! hands task frames to the [`task`] runner, which runs processes through
-//! the `Executor` seam; [`executor::ProcessExecutor`] is the real one.
-//! Config is [`config::AgentConfig`] (TOML).
+//! the `Executor` seam; [`executor::ProcessExecutor`] is the real one; and
+//! file transfer frames to the [`file`] runner (source, target, relay, and
+//! a P2P listener serving pieces to other agents). Config is
+//! [`config::AgentConfig`] (TOML).
 //!
 //! `unsafe` is denied except in one place: the `pre_exec` hook that switches
 //! a child process to the task's user (`executor/unix.rs`, with its SAFETY

@@ -8,8 +8,9 @@ use gse_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The gse agent: keeps this host connected to its gse-server (mutual TLS),
-/// reports heartbeats with its own cpu and memory, and (in later versions)
-/// runs tasks, moves files and sends data.
+/// reports heartbeats with its own cpu and memory, runs tasks and moves
+/// files (serving pieces to other agents), and (in later versions) sends
+/// data.
 #[derive(Parser, Debug)]
 #[command(name = "gse-agent", version)]
 struct Cli {
@@ -52,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
                 None => println!("identity_ip: (the local address of the upstream connection)"),
             }
             println!("upstream: {}", config.upstream.servers.join(", "));
+            match config.file.p2p_listen {
+                Some(addr) => println!("p2p_listen: {addr}"),
+                None => println!("p2p_listen: (none: serves no file pieces to peers)"),
+            }
             Ok(())
         }
         Command::Run => {

@@ -232,6 +232,10 @@ impl Swarm {
         }
         let initial = std::mem::take(&mut self.initial_peers);
         self.set_peers(initial);
+        if self.peers.is_empty() {
+            // Nobody to wait for: fetch direct from the start.
+            self.source_down_since = Instant::now().checked_sub(FALLBACK_AFTER);
+        }
         loop {
             self.open_files();
             if self.files.iter().all(|f| f.phase == Phase::Done) {

@@ -23,8 +23,9 @@ const PICK_WINDOW: usize = 64;
 /// Pieces a source is asked for are chosen among this many (the first
 /// ones only it has).
 const SOURCE_WINDOW: usize = 4;
-/// Longest wait after a peer answered "busy" (grows with repeats).
-const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Wait after a peer answered "busy"; doubles with repeats up to the max.
+const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(320);
 
 // === impl Swarm: requesting over P2P ===
 
@@ -120,8 +121,12 @@ impl Swarm {
             unreachable!("requests go to connected peers only");
         };
         expected.fetch_add(1, Ordering::AcqRel);
-        let at = self.ctx.limits.reserve(len);
-        if at <= now {
+        let at = if self.ctx.limits.is_unlimited() {
+            now
+        } else {
+            self.ctx.limits.reserve(len)
+        };
+        if at <= Instant::now() {
             // The queue is deeper than PER_PEER_DEPTH: full only if broken.
             let _ = tx.try_send(out);
         } else {
@@ -164,11 +169,12 @@ impl Swarm {
                 self.release(&req);
                 self.ctx.limits.refund(req.len);
                 let peer = &mut self.peers[id];
-                peer.busy_streak += 1;
-                let base = Duration::from_millis(10) * peer.busy_streak.min(20);
-                let jitter = self.rng.random_range(0..=base.as_millis() as u64);
-                peer.busy_until =
-                    Instant::now() + (base + Duration::from_millis(jitter)).min(BUSY_BACKOFF_MAX);
+                peer.busy_streak = (peer.busy_streak + 1).min(8);
+                // Doubling from 20 ms, then up to half again at random, so
+                // the peers a busy uploader turned away come back spread.
+                let base = (BUSY_BACKOFF_MIN * (1 << (peer.busy_streak - 1))).min(BUSY_BACKOFF_MAX);
+                let jitter = self.rng.random_range(0..=base.as_millis() as u64 / 2);
+                peer.busy_until = Instant::now() + base + Duration::from_millis(jitter);
             }
             Ok(PieceStatus::PieceMissing) => {
                 self.release(&req);
