@@ -39,7 +39,7 @@ const UNKNOWN_TASK_WAIT: Duration = Duration::from_secs(3);
 /// Time for the TLS handshake and the PeerHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often gained pieces are pushed as `Have`s.
-pub const HAVE_BATCH: Duration = Duration::from_millis(100);
+pub const HAVE_BATCH: Duration = Duration::from_millis(50);
 /// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 512;
 /// Piece uploads one connection may hold at once.
