@@ -7,3 +7,15 @@ pub mod data;
 pub mod file;
 pub mod link;
 pub mod task;
+
+/// A new GSE-style task id: `GSETASK:<kind>:<time digits><random>:<seq>`
+/// (`S` script tasks, `F` file transfers), unique per node run by `seq`.
+pub(crate) fn gse_task_id(kind: char, seq: u64) -> String {
+    let stamp: String = humantime::format_rfc3339_millis(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let random = rand::random::<u32>() % 1_000_000;
+    format!("GSETASK:{kind}:{stamp}{random:06}:{seq}")
+}

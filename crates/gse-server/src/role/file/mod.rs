@@ -147,14 +147,7 @@ impl FileService {
 
     /// A new transfer id, like GSE's `GSETASK:F:<time><random>:<seq>`.
     fn new_task_id(&self) -> String {
-        let stamp: String = humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            .to_string()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        let random = rand::random::<u32>() % 1_000_000;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("GSETASK:F:{stamp}{random:06}:{seq}")
+        super::gse_task_id('F', self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The transfer, if it is in memory.

@@ -135,15 +135,7 @@ impl TaskService {
 
     /// A new task id, like GSE's `GSETASK:S:<time><random>:<seq>`.
     fn new_task_id(&self) -> String {
-        let now = std::time::SystemTime::now();
-        let stamp: String = humantime::format_rfc3339_millis(now)
-            .to_string()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        let random = rand::random::<u32>() % 1_000_000;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("GSETASK:S:{stamp}{random:06}:{seq}")
+        super::gse_task_id('S', self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The task, if it is in memory.

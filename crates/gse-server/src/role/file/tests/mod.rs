@@ -11,7 +11,7 @@ mod lifecycle;
 mod relay;
 mod start;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,49 +32,41 @@ use crate::role::task::AgentLink;
 use crate::store::EmbeddedStore;
 
 pub(crate) const NODE: &str = "n1";
-/// The first connection id of every connected agent.
-pub(crate) const FIRST_CONN: u64 = 1;
+pub(crate) use crate::role::task::tests::FIRST_CONN;
+use crate::role::task::tests::FakeLink;
 
 // === fake link ===
 
-/// Records frames instead of sending them; agents in `connected` are up,
-/// with the zone and P2P address in `peers`.
+/// The task tests' fake link (records frames; agents in `connected` are
+/// up), plus each agent's zone and P2P address in `peers`.
 #[derive(Default)]
 pub(crate) struct FakeFileLink {
-    pub connected: Mutex<HashSet<AgentKey>>,
-    /// Connected, but their queue is full: every send is `Busy`.
-    pub refuse: Mutex<HashSet<AgentKey>>,
-    pub sent: Mutex<Vec<(AgentKey, Frame)>>,
-    /// `link.max_frame_bytes`; 0 = the default.
-    pub max_frame: Mutex<usize>,
-    pub conns: Mutex<HashMap<AgentKey, u64>>,
+    pub base: FakeLink,
     pub peers: Mutex<HashMap<AgentKey, PeerInfo>>,
+}
+
+impl std::ops::Deref for FakeFileLink {
+    type Target = FakeLink;
+    fn deref(&self) -> &FakeLink {
+        &self.base
+    }
 }
 
 impl AgentLink for FakeFileLink {
     fn is_connected(&self, key: AgentKey) -> bool {
-        self.connected.lock().contains(&key)
+        self.base.is_connected(key)
     }
 
     fn conn_id(&self, key: AgentKey) -> Option<u64> {
-        self.is_connected(key)
-            .then(|| self.conns.lock().get(&key).copied().unwrap_or(FIRST_CONN))
+        self.base.conn_id(key)
     }
 
     fn send(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
-        if self.refuse.lock().contains(&key) {
-            return Err(SendError::Busy(key));
-        }
-        let conn_id = self.conn_id(key).ok_or(SendError::NotConnected(key))?;
-        self.sent.lock().push((key, frame));
-        Ok(conn_id)
+        self.base.send(key, frame)
     }
 
     fn max_frame_bytes(&self) -> usize {
-        match *self.max_frame.lock() {
-            0 => gse_proto::frame::DEFAULT_MAX_BODY,
-            n => n,
-        }
+        self.base.max_frame_bytes()
     }
 }
 
