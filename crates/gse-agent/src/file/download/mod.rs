@@ -14,7 +14,7 @@
 
 mod plan;
 mod small;
-mod swarm;
+pub(crate) mod swarm;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -60,6 +60,10 @@ pub(super) struct PeerState {
     /// Bitmaps by entry index, as the peer announced them.
     pub have: HashMap<u32, PieceSet>,
     pub inflight: usize,
+    /// Pieces received from this peer still being verified. They count
+    /// against its depth (up to twice over) so a peer serving garbage
+    /// faster than we can check it is not handed more meanwhile.
+    pub verifying: usize,
     pub busy_until: Instant,
     pub busy_streak: u32,
     pub failures: u32,
@@ -81,17 +85,18 @@ impl PeerState {
 
     /// Whether a request may go to this peer now.
     pub fn can_take(&self, now: Instant) -> bool {
-        matches!(self.link, Link::Up { .. })
-            && self.inflight < PER_PEER_DEPTH
-            && self.busy_until <= now
+        matches!(self.link, Link::Up { .. }) && self.has_room() && self.busy_until <= now
+    }
+
+    /// Below its request depth, counting pieces still being verified.
+    fn has_room(&self) -> bool {
+        self.inflight < PER_PEER_DEPTH && self.inflight + self.verifying < 2 * PER_PEER_DEPTH
     }
 
     /// When this peer needs the loop's attention next.
     pub fn wake_at(&self, now: Instant) -> Option<Instant> {
         match self.link {
-            Link::Up { .. } if self.busy_until > now && self.inflight < PER_PEER_DEPTH => {
-                Some(self.busy_until)
-            }
+            Link::Up { .. } if self.busy_until > now && self.has_room() => Some(self.busy_until),
             Link::Down { retry_at } => Some(retry_at),
             _ => None,
         }
@@ -155,6 +160,7 @@ impl Swarm {
                 initial: true,
                 have: HashMap::new(),
                 inflight: 0,
+                verifying: 0,
                 busy_until: Instant::now(),
                 busy_streak: 0,
                 failures: 0,

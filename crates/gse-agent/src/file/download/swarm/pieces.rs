@@ -229,6 +229,9 @@ impl Swarm {
             self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
             return;
         };
+        if let Via::Peer(id) = via {
+            self.peers[id].verifying += 1;
+        }
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             let written = tokio::task::spawn_blocking(move || match writer.lock().as_mut() {
@@ -263,6 +266,10 @@ impl Swarm {
         result: Result<(), WriteError>,
     ) -> Result<(), Failure> {
         self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+        if let Via::Peer(id) = via {
+            let peer = &mut self.peers[id];
+            peer.verifying = peer.verifying.saturating_sub(1);
+        }
         let file = &mut self.files[slot];
         match result {
             Ok(()) => {
