@@ -53,6 +53,13 @@ pub enum MsgType {
     PeerHello,
     PeerHelloAck,
     Have,
+    // Data link (data.proto): 0x400-0x47f.
+    DataHello,
+    DataHelloAck,
+    DataBatch,
+    DataAck,
+    /// On the control link: the agent's DataServer changed (D4).
+    DataAssign,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -81,6 +88,11 @@ impl MsgType {
             MsgType::PeerHello => 0x280,
             MsgType::PeerHelloAck => 0x281,
             MsgType::Have => 0x282,
+            MsgType::DataHello => 0x400,
+            MsgType::DataHelloAck => 0x401,
+            MsgType::DataBatch => 0x402,
+            MsgType::DataAck => 0x403,
+            MsgType::DataAssign => 0x410,
             MsgType::Other(n) => n,
         }
     }
@@ -108,6 +120,11 @@ impl MsgType {
             0x280 => MsgType::PeerHello,
             0x281 => MsgType::PeerHelloAck,
             0x282 => MsgType::Have,
+            0x400 => MsgType::DataHello,
+            0x401 => MsgType::DataHelloAck,
+            0x402 => MsgType::DataBatch,
+            0x403 => MsgType::DataAck,
+            0x410 => MsgType::DataAssign,
             n => MsgType::Other(n),
         }
     }
@@ -284,6 +301,8 @@ mod tests {
             .chain(0x100..=0x103)
             .chain(0x200..=0x207)
             .chain(0x280..=0x282)
+            .chain(0x400..=0x403)
+            .chain(0x410..=0x410)
         {
             let t = MsgType::from_u16(n);
             assert!(!matches!(t, MsgType::Other(_)), "type {n:#x} is not named");

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gse_agent::AgentConfig;
@@ -114,7 +115,7 @@ pub fn tls_of(certs: &CertDir, kind: CertKind) -> TlsFiles {
 }
 
 /// Knobs of a test server; the defaults make liveness fast to observe.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
@@ -122,7 +123,13 @@ pub struct ServerOptions {
     pub webhook: Option<String>,
     /// `[[file.pass_through]]` pairs (from_zone, to_zone) allowed for every app.
     pub file_pass_through: Vec<(String, String)>,
+    /// Last changes to the config before it is written (listen addresses,
+    /// sections a test needs).
+    pub customize: Option<ConfigHook<ServerConfig>>,
 }
+
+/// A change a test makes to a generated config.
+pub type ConfigHook<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -132,6 +139,7 @@ impl Default for ServerOptions {
             lost_grace: Duration::from_secs(2),
             webhook: None,
             file_pass_through: Vec::new(),
+            customize: None,
         }
     }
 }
@@ -176,6 +184,9 @@ impl ServerProc {
                 apps: Vec::new(),
             })
             .collect();
+        if let Some(hook) = &opts.customize {
+            hook(&mut cfg);
+        }
         cfg.resolve();
         let config_path = dir.join("server.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
@@ -252,6 +263,21 @@ impl ServerProc {
         self.stop();
         self.spawn().await;
     }
+
+    /// SIGKILL, as a crash would; reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again after [`ServerProc::kill9`] or
+    /// [`ServerProc::stop`], on the same config, ports and data.
+    pub async fn start_again(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
 }
 
 impl Drop for ServerProc {
@@ -264,7 +290,7 @@ impl Drop for ServerProc {
 }
 
 /// Knobs of a test agent.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentOptions {
     /// Identity IP (K7).
     pub ip: IpAddr,
@@ -281,6 +307,8 @@ pub struct AgentOptions {
     pub p2p: bool,
     /// Agent-wide upload cap, MB/s; 0 = unlimited.
     pub upload_speed_mb: u64,
+    /// Last changes to the config before it is written.
+    pub customize: Option<ConfigHook<AgentConfig>>,
 }
 
 impl AgentOptions {
@@ -293,6 +321,7 @@ impl AgentOptions {
             zone: String::new(),
             p2p: true,
             upload_speed_mb: 0,
+            customize: None,
         }
     }
 }
@@ -325,6 +354,9 @@ impl AgentProc {
         cfg.upstream.bind_ip = opts.bind_ip.or(opts.ip.is_loopback().then_some(opts.ip));
         cfg.upstream.backoff_initial = Duration::from_millis(200);
         cfg.upstream.backoff_max = Duration::from_secs(2);
+        if let Some(hook) = &opts.customize {
+            hook(&mut cfg);
+        }
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
         let mut agent = AgentProc {

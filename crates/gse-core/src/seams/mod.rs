@@ -18,7 +18,7 @@ pub mod state_store;
 
 pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncation_marker};
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
-pub use sink::{Record, Sink, SinkError};
+pub use sink::{Batch, Record, Sink, SinkError};
 pub use state_store::{
     AgentRecord, AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, StateStore, StoreError,
     StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,

@@ -3,6 +3,11 @@
 //! Run `cargo build --bins` first (scripts/test.sh does).
 
 mod api_input;
+mod d_data;
+mod d_kafka;
+mod d_plugins;
+mod d_routes;
+mod d_snapshot;
 mod f_files;
 mod k3_status;
 mod k4_liveness;

@@ -50,11 +50,8 @@ async fn app_with(api: ApiConfig, file: FileConfig) -> App {
     }
     let files: Arc<FileService> = service(&store, &link, file).await;
     let ctx = ApiContext {
-        store,
-        config: api,
-        metrics: None,
-        tasks: None,
         files: Some(files),
+        ..ApiContext::new(store, api)
     };
     App {
         router: router(ctx),
@@ -414,13 +411,7 @@ async fn unknown_transfers_and_nodes_without_the_role() {
         })
         .await
         .unwrap();
-    let ctx = ApiContext {
-        store,
-        config: ApiConfig::default(),
-        metrics: None,
-        tasks: None,
-        files: None,
-    };
+    let ctx = ApiContext::new(store, ApiConfig::default());
     let (status, env) = send(router(ctx), post(TRANSFER, job_request().to_string())).await;
     assert_eq!(
         (status, env["code"].as_i64()),

@@ -56,3 +56,17 @@ pub struct ApiContext {
     /// Where file transfers go; `None` answers their endpoints with 1000503.
     pub files: Option<Arc<FileService>>,
 }
+
+impl ApiContext {
+    /// A context with no roles behind it: every role's endpoints answer
+    /// 1000503 until its field is set.
+    pub fn new(store: Arc<dyn StateStore>, config: ApiConfig) -> Self {
+        ApiContext {
+            store,
+            config,
+            metrics: None,
+            tasks: None,
+            files: None,
+        }
+    }
+}

@@ -44,11 +44,8 @@ async fn app_with(config: ApiConfig) -> (axum::Router, Arc<FakeLink>) {
     .await
     .unwrap();
     let ctx = ApiContext {
-        store,
-        config,
-        metrics: None,
         tasks: Some(tasks),
-        files: None,
+        ..ApiContext::new(store, config)
     };
     (router(ctx), link)
 }
@@ -287,22 +284,15 @@ async fn too_many_agents_is_413_and_an_unknown_task_is_1011101() {
 
 #[tokio::test]
 async fn a_node_without_the_task_role_says_so() {
-    let ctx = ApiContext {
-        store: Arc::new({
-            let s = FakeStore::default();
-            s.put_app(gse_core::seams::AppRecord {
-                app_code: APP.into(),
-                app_secret: super::tests::SECRET.into(),
-            })
-            .await
-            .unwrap();
-            s
-        }),
-        config: ApiConfig::default(),
-        metrics: None,
-        tasks: None,
-        files: None,
-    };
+    let store = FakeStore::default();
+    store
+        .put_app(gse_core::seams::AppRecord {
+            app_code: APP.into(),
+            app_secret: super::tests::SECRET.into(),
+        })
+        .await
+        .unwrap();
+    let ctx = ApiContext::new(Arc::new(store), ApiConfig::default());
     let (status, env) = send(router(ctx), post(EXECUTE, job_request().to_string())).await;
     assert_eq!(
         (status, env["code"].as_i64()),

@@ -222,13 +222,7 @@ async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::R
         .upsert_agent(record("10.0.0.3", "offline-agent", false))
         .await
         .unwrap();
-    router(ApiContext {
-        store: Arc::new(store),
-        config,
-        metrics: None,
-        tasks: None,
-        files: None,
-    })
+    router(ApiContext::new(Arc::new(store), config))
 }
 
 async fn app() -> axum::Router {
@@ -693,11 +687,8 @@ async fn metrics_renders_prometheus_text_when_a_handle_is_given() {
     });
     let store = Arc::new(FakeStore::default());
     let app = router(ApiContext {
-        store,
-        config: ApiConfig::default(),
         metrics: Some(handle),
-        tasks: None,
-        files: None,
+        ..ApiContext::new(store, ApiConfig::default())
     });
     let response = app
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

@@ -156,6 +156,8 @@ async fn register(
         } else {
             Vec::new()
         },
+        // Filled in by the data role's assignment (D4) once it exists.
+        data_endpoint: String::new(),
     };
     match checked {
         Ok(reg) => {
