@@ -2,7 +2,8 @@
 # Installs what gse needs on a Debian machine, skipping what is already there.
 #   scripts/install-deps.sh          build tools only (enough for the embedded platform)
 #   scripts/install-deps.sh --tests  also the real servers the test suite starts
-#                                    (ZooKeeper, Redis)
+#                                    (ZooKeeper, Redis, and the tansu Kafka broker,
+#                                    built once into ${GSE_TOOLS_DIR:-~/.cache/gse})
 set -euo pipefail
 
 want_tests=0
@@ -27,4 +28,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# tansu: an Apache-Kafka-compatible broker (Rust, crates.io) for the Kafka sink
+# tests. Apache Kafka itself is not packaged for Debian. Built outside the
+# workspace and cached; `dynostore` is needed for its in-memory storage.
+if [ "$want_tests" = 1 ]; then
+  tools="${GSE_TOOLS_DIR:-$HOME/.cache/gse}"
+  if [ ! -x "$tools/tansu/bin/tansu" ]; then
+    mkdir -p "$tools"
+    echo "building tansu 0.6.0 into $tools/tansu (once; takes about 12 minutes; log: $tools/tansu-build.log)"
+    if ! cargo install tansu --version 0.6.0 --locked --features dynostore \
+        --root "$tools/tansu" --target-dir "$tools/tansu-target" >"$tools/tansu-build.log" 2>&1; then
+      echo "error: building tansu failed; see $tools/tansu-build.log" >&2
+      exit 1
+    fi
+  fi
 fi

@@ -23,6 +23,9 @@ use std::time::Duration;
 use gse_core::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+pub use crate::data::config::DataConfig;
+pub use crate::plugin::config::PluginConfig;
+
 /// The whole agent config file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,12 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub file: FileConfig,
+    /// `[data]`: local send socket, spool and DataServer uplink (D1-D5).
+    #[serde(default)]
+    pub data: DataConfig,
+    /// `[plugin]`: plugin supervisor and plugin-message socket (D2, C8).
+    #[serde(default)]
+    pub plugin: PluginConfig,
 }
 
 /// `[agent]`: who this agent is.
@@ -272,6 +281,8 @@ impl AgentConfig {
                 .push("upstream.backoff_initial must be > 0 and <= upstream.backoff_max".into());
         }
         self.file.validate(&mut problems);
+        self.data.validate(&mut problems);
+        self.plugin.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -299,6 +310,8 @@ impl AgentConfig {
             },
             tls,
             file: FileConfig::default(),
+            data: DataConfig::default(),
+            plugin: PluginConfig::default(),
         }
     }
 }

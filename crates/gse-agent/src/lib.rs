@@ -23,6 +23,8 @@ pub mod executor;
 pub mod file;
 pub mod identity;
 pub mod link;
+pub mod plugin;
+pub mod snapshot;
 pub mod stats;
 pub mod task;
 
@@ -61,8 +63,33 @@ impl Agent {
         &self.identity.agent_id
     }
 
-    /// Runs until `shutdown` is cancelled; then says goodbye upstream.
-    pub async fn run(self, shutdown: CancellationToken) {
-        link::run(self.config, self.identity, self.executor, shutdown).await
+    /// Runs until `shutdown` is cancelled; then says goodbye upstream and
+    /// spools the data still in memory. Fails only if the data path cannot
+    /// start (socket in use, spool dir not writable, TLS files).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), data::DataError> {
+        #[cfg(unix)]
+        let data = Some(Arc::new(
+            data::start(&self.config, &self.identity, shutdown.clone()).await?,
+        ));
+        #[cfg(not(unix))]
+        let data: Option<Arc<data::DataPlane>> = None;
+        if let Some(data) = &data {
+            tokio::spawn(snapshot::run(
+                snapshot::SnapshotTask::new(&self.config.data, data),
+                shutdown.clone(),
+            ));
+        }
+        link::run(
+            self.config,
+            self.identity,
+            self.executor,
+            data.clone(),
+            shutdown,
+        )
+        .await;
+        if let Some(data) = data {
+            data.finished().await;
+        }
+        Ok(())
     }
 }

@@ -22,6 +22,10 @@
 //! work waits for the link, never the heartbeats. The P2P listener
 //! ([`FileService`]) is bound once, before the first connection, and its
 //! address is registered as `p2p_addr`; file tasks end with the session.
+//!
+//! Plugin frames (0x300-0x37f) go to the [`PluginService`], which lives
+//! across sessions (plugins are supervised while the link is down); each
+//! session attaches a queue for its results and status reports.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -43,8 +47,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::data::DataPlane;
 use crate::file::{FileRunner, FileService, LinkOut};
 use crate::identity::AgentIdentity;
+use crate::plugin::PluginService;
 use crate::stats::SelfStats;
 use crate::task::{TaskRunner, policy};
 
@@ -65,6 +71,9 @@ const FILE_OUTBOUND_FRAMES: usize = 64;
 /// Message types of file transfer on the agent link (file.proto).
 const FILE_TYPES: std::ops::RangeInclusive<u16> = 0x200..=0x27f;
 
+/// Message types of plugin management on the agent link (proc.proto).
+const PLUGIN_TYPES: std::ops::RangeInclusive<u16> = 0x300..=0x37f;
+
 /// How a session ended.
 enum End {
     /// We are shutting down; do not reconnect.
@@ -81,6 +90,7 @@ pub async fn run(
     cfg: Arc<AgentConfig>,
     identity: AgentIdentity,
     executor: Arc<dyn Executor>,
+    data: Option<Arc<DataPlane>>,
     shutdown: CancellationToken,
 ) {
     let tls = match gse_core::tls::client_config(&cfg.tls) {
@@ -98,6 +108,8 @@ pub async fn run(
             return;
         }
     };
+    // Plugins are supervised whether or not a link is up.
+    let plugins = PluginService::start(&cfg, &identity, shutdown.clone());
     let mut backoff = Backoff::new(cfg.upstream.backoff_initial, cfg.upstream.backoff_max);
     let mut stats = SelfStats::new();
     let started = std::time::SystemTime::now()
@@ -115,11 +127,24 @@ pub async fn run(
         };
         match outcome {
             Ok((mut link, ack, agent)) => {
+                if let Some(data) = &data {
+                    data.control_registered(server, &ack.data_endpoint, &agent);
+                }
                 tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
                 let (file_tx, file_rx) = mpsc::channel(FILE_OUTBOUND_FRAMES);
                 let file_runner = files.runner(file_tx, agent);
                 let files = (file_runner, file_rx);
-                match serve(&mut link, &ack, &mut stats, &shutdown, &executor, files).await {
+                let served = serve(
+                    &mut link,
+                    &ack,
+                    &mut stats,
+                    &shutdown,
+                    &executor,
+                    files,
+                    &plugins,
+                    data.clone(),
+                );
+                match served.await {
                     End::Shutdown => return,
                     End::Lost(reason) => {
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
@@ -277,6 +302,8 @@ async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String
 /// Runs one session with its own task and file runners; when it ends,
 /// every task is cancelled (and its processes killed) and every file task
 /// stopped (temp files removed) before the next connection.
+// One parameter per service a session feeds; grouping them would only hide that.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     link: &mut Link,
     ack: &RegisterAck,
@@ -284,15 +311,23 @@ async fn serve(
     shutdown: &CancellationToken,
     executor: &Arc<dyn Executor>,
     (files, file_rx): (FileRunner, mpsc::Receiver<LinkOut>),
+    plugins: &PluginService,
+    data: Option<Arc<DataPlane>>,
 ) -> End {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+    let (plugin_tx, plugin_rx) = mpsc::channel(crate::plugin::OUTBOUND_FRAMES);
+    plugins.attach(plugin_tx);
     let policy = policy::from_register_ack(&ack.danger_rules);
     let runner = TaskRunner::new(executor.clone(), policy, out_tx);
     let queues = Outbound {
         tasks: out_rx,
         files: file_rx,
+        plugins: plugin_rx,
+        data,
     };
-    let end = session(link, ack, stats, shutdown, (&runner, &files), queues).await;
+    let runners = (&runner, &files, plugins);
+    let end = session(link, ack, stats, shutdown, runners, queues).await;
+    plugins.detach();
     // The outbound queues' receivers went with the session, so cancelled
     // tasks cannot block on their last frames.
     tokio::join!(runner.cancel_all(), files.cancel_all());
@@ -303,6 +338,9 @@ async fn serve(
 struct Outbound {
     tasks: mpsc::Receiver<Frame>,
     files: mpsc::Receiver<LinkOut>,
+    plugins: mpsc::Receiver<Frame>,
+    /// Where `DataAssign` frames go (D4); `None` without a data path.
+    data: Option<Arc<DataPlane>>,
 }
 
 /// One registered session: heartbeats, and task frames both ways, until the
@@ -313,7 +351,7 @@ async fn session(
     ack: &RegisterAck,
     stats: &mut SelfStats,
     shutdown: &CancellationToken,
-    (tasks, files): (&TaskRunner, &FileRunner),
+    (tasks, files, plugins): (&TaskRunner, &FileRunner, &PluginService),
     mut outbound: Outbound,
 ) -> End {
     let period = Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(100)));
@@ -351,6 +389,11 @@ async fn session(
                     return end;
                 }
             }
+            Some(frame) = outbound.plugins.recv() => {
+                if let Err(end) = send_within(link, frame, write_limit, shutdown, "a plugin frame").await {
+                    return end;
+                }
+            }
             next = link.next() => {
                 let frame = match next {
                     None => return End::Lost("the server closed the connection".into()),
@@ -358,7 +401,11 @@ async fn session(
                     Some(Ok(frame)) => frame,
                 };
                 last_heard = Instant::now();
-                if let Some(end) = on_frame(frame, tasks, files) {
+                if frame.msg_type == MsgType::DataAssign {
+                    data_assign(&frame, outbound.data.as_deref());
+                    continue;
+                }
+                if let Some(end) = on_frame(frame, tasks, files, plugins) {
                     return end;
                 }
             }
@@ -402,6 +449,16 @@ fn heartbeat(seq: u64, stats: &mut SelfStats) -> Frame {
     Frame::new(MsgType::Heartbeat, 0, &hb)
 }
 
+/// Hands a `DataAssign` (the node moved this agent to another DataServer,
+/// D4) to the data path.
+fn data_assign(frame: &Frame, data: Option<&DataPlane>) {
+    match (frame.decode::<gse_proto::link::DataAssign>(), data) {
+        (Ok(assign), Some(data)) => data.reassigned(&assign.endpoint, &assign.reason),
+        (Ok(_), None) => tracing::debug!("DataAssign ignored: this agent has no data path"),
+        (Err(e), _) => tracing::warn!(error = %e, "ignoring a bad DataAssign frame"),
+    }
+}
+
 /// Tells the server we are leaving, without waiting long for it.
 async fn say_goodbye(link: &mut Link) {
     let bye = Frame::new(
@@ -419,7 +476,12 @@ async fn say_goodbye(link: &mut Link) {
 }
 
 /// Handles one frame from the server; `Some` ends the session.
-fn on_frame(frame: Frame, tasks: &TaskRunner, files: &FileRunner) -> Option<End> {
+fn on_frame(
+    frame: Frame,
+    tasks: &TaskRunner,
+    files: &FileRunner,
+    plugins: &PluginService,
+) -> Option<End> {
     match frame.msg_type {
         MsgType::HeartbeatAck => None,
         MsgType::RunScript | MsgType::CancelTask => {
@@ -431,6 +493,15 @@ fn on_frame(frame: Frame, tasks: &TaskRunner, files: &FileRunner) -> Option<End>
                 tracing::debug!(
                     msg_type = other.to_u16(),
                     "ignoring a file frame type this agent does not handle"
+                );
+            }
+            None
+        }
+        other if PLUGIN_TYPES.contains(&other.to_u16()) => {
+            if !plugins.handle(&frame) {
+                tracing::debug!(
+                    msg_type = other.to_u16(),
+                    "ignoring a plugin frame type this agent does not handle"
                 );
             }
             None

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The gse agent: keeps this host connected to its gse-server (mutual TLS),
 /// reports heartbeats with its own cpu and memory, runs tasks and moves
-/// files (serving pieces to other agents), and (in later versions) sends
-/// data.
+/// files (serving pieces to other agents), and carries local collectors'
+/// data to the DataServer (local socket, spool, at-least-once).
 #[derive(Parser, Debug)]
 #[command(name = "gse-agent", version)]
 struct Cli {
@@ -35,12 +35,31 @@ enum Command {
     Run,
     /// Check the config file and print the agent's identity, then exit.
     CheckConfig,
+    /// Send stdin to the running agent's local data socket (D1): every
+    /// non-empty line becomes one record (a 0xC01 frame) of `--data-id`.
+    /// Prints how many records were sent. The socket is `--socket`, or the
+    /// `[data] ipc` path of the config file (`--config`).
+    Send(SendArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SendArgs {
+    /// Data id (channel id) of the records; a route for it must exist on
+    /// the DataServer, else they are counted and dropped there.
+    #[arg(long)]
+    data_id: u32,
+    /// The agent's local data socket; default: `[data] ipc` of the config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.log.init(None).context("cannot open the log file")?;
+    if let Some(Command::Send(args)) = &cli.command {
+        return send(&cli.config, args);
+    }
     let config = AgentConfig::load(&cli.config)?;
     let agent = Agent::new(config.clone())?;
     match cli.command.unwrap_or(Command::Run) {
@@ -57,17 +76,50 @@ async fn main() -> anyhow::Result<()> {
                 Some(addr) => println!("p2p_listen: {addr}"),
                 None => println!("p2p_listen: (none: serves no file pieces to peers)"),
             }
+            let data_dir = &config.agent.data_dir;
+            println!("data_ipc: {}", config.data.ipc_path(data_dir).display());
+            for link in &config.data.ipc_links {
+                println!("data_ipc_link: {}", link.display());
+            }
+            println!("data_spool: {}", config.data.spool_path(data_dir).display());
             Ok(())
         }
         Command::Run => {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, "gse-agent starting");
-            agent.run(shutdown).await;
+            agent.run(shutdown).await?;
             tracing::info!("gse-agent stopped");
             Ok(())
         }
+        Command::Send(_) => unreachable!("handled before loading the agent"),
     }
+}
+
+/// `gse-agent send`: stdin lines -> records on the local socket.
+#[cfg(unix)]
+fn send(config: &std::path::Path, args: &SendArgs) -> anyhow::Result<()> {
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => {
+            let cfg = AgentConfig::load(config)
+                .context("no --socket given, so the socket path comes from the config")?;
+            cfg.data.ipc_path(&cfg.agent.data_dir)
+        }
+    };
+    let stdin = std::io::stdin().lock();
+    let sent = gse_agent::data::send::send_lines(&socket, args.data_id, stdin)?;
+    println!(
+        "sent {sent} records to {} (data id {})",
+        socket.display(),
+        args.data_id
+    );
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn send(_config: &std::path::Path, _args: &SendArgs) -> anyhow::Result<()> {
+    anyhow::bail!("gse-agent send needs a unix socket; not supported on this platform yet")
 }
 
 #[cfg(unix)]

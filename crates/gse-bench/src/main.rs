@@ -15,6 +15,7 @@
 
 mod agents;
 mod api;
+mod data;
 mod fanout;
 mod local_agents;
 mod p2p;
@@ -48,6 +49,11 @@ enum Command {
     /// report completion times against S/U, bytes the source sent, and
     /// the agents' peak RSS.
     P2p(p2p::P2pArgs),
+    /// Send N records (default 1M of 1 KiB) through the agent's local data
+    /// socket alone, then through a real agent and server into a file sink;
+    /// report records/s, MB/s, CPU and RSS per side, lost and duplicated
+    /// records.
+    Data(data::DataArgs),
 }
 
 /// What a bench hands back: its JSON line, and what went wrong if the run
@@ -65,6 +71,7 @@ fn main() -> Result<()> {
             Command::Agents(args) => agents::run(args).await,
             Command::Fanout(args) => fanout::run(args).await,
             Command::P2p(args) => p2p::run(args).await,
+            Command::Data(args) => data::run(args).await,
         }
     })?;
     println!("{}", out.line);

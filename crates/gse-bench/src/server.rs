@@ -179,6 +179,7 @@ fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFil
     let mut config = ServerConfig::with_defaults(dir.join("data"), tls(CertKind::Server));
     config.api.listen = free_port()?;
     config.link.listen = free_port()?;
+    config.data.listen = vec![free_port()?];
     config.node.id = "bench".into();
     config.link.heartbeat_interval = opts.heartbeat_interval;
     config.link.heartbeat_timeout = opts.heartbeat_interval * 3;

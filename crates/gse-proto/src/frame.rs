@@ -53,6 +53,11 @@ pub enum MsgType {
     PeerHello,
     PeerHelloAck,
     Have,
+    // Plugin management (proc.proto): agent link 0x300-0x37f.
+    ProcOperate,
+    ProcOperateResult,
+    ProcStatusReport,
+    ProcAlarm,
     // Data link (data.proto): 0x400-0x47f.
     DataHello,
     DataHelloAck,
@@ -88,6 +93,10 @@ impl MsgType {
             MsgType::PeerHello => 0x280,
             MsgType::PeerHelloAck => 0x281,
             MsgType::Have => 0x282,
+            MsgType::ProcOperate => 0x300,
+            MsgType::ProcOperateResult => 0x301,
+            MsgType::ProcStatusReport => 0x302,
+            MsgType::ProcAlarm => 0x303,
             MsgType::DataHello => 0x400,
             MsgType::DataHelloAck => 0x401,
             MsgType::DataBatch => 0x402,
@@ -120,6 +129,10 @@ impl MsgType {
             0x280 => MsgType::PeerHello,
             0x281 => MsgType::PeerHelloAck,
             0x282 => MsgType::Have,
+            0x300 => MsgType::ProcOperate,
+            0x301 => MsgType::ProcOperateResult,
+            0x302 => MsgType::ProcStatusReport,
+            0x303 => MsgType::ProcAlarm,
             0x400 => MsgType::DataHello,
             0x401 => MsgType::DataHelloAck,
             0x402 => MsgType::DataBatch,
@@ -301,6 +314,7 @@ mod tests {
             .chain(0x100..=0x103)
             .chain(0x200..=0x207)
             .chain(0x280..=0x282)
+            .chain(0x300..=0x303)
             .chain(0x400..=0x403)
             .chain(0x410..=0x410)
         {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::role::alarm::AlarmConfig;
 pub use crate::role::api::ApiConfig;
+pub use crate::role::data::DataConfig;
 pub use crate::role::file::FileConfig;
 pub use crate::role::link::LinkConfig;
 pub use crate::role::task::TaskConfig;
@@ -40,6 +41,12 @@ pub struct ServerConfig {
     pub task: TaskConfig,
     #[serde(default)]
     pub file: FileConfig,
+    /// `[data]`: DataServers (C5, D4).
+    #[serde(default)]
+    pub data: DataConfig,
+    /// `[proc]`: plugin process operations (D2, C8).
+    #[serde(default)]
+    pub proc: crate::role::proc::ProcConfig,
 }
 
 /// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
@@ -129,10 +136,12 @@ pub enum Role {
     Api,
     Link,
     Alarm,
+    /// DataServers: agents' data links, routes to sinks (C5).
+    Data,
 }
 
 fn default_roles() -> Vec<Role> {
-    vec![Role::Api, Role::Link, Role::Alarm]
+    vec![Role::Api, Role::Link, Role::Alarm, Role::Data]
 }
 
 /// `[store]`: where cluster state is kept.
@@ -228,7 +237,8 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.node.roles.is_empty() {
-            problems.push("node.roles is empty: name at least one of api, link, alarm".into());
+            problems
+                .push("node.roles is empty: name at least one of api, link, alarm, data".into());
         }
         for (key, path) in [
             ("tls.ca_file", &self.tls.ca_file),
@@ -246,6 +256,10 @@ impl ServerConfig {
         problems.extend(self.alarm.problems());
         problems.extend(self.task.problems());
         problems.extend(self.file.problems());
+        if self.has_role(Role::Data) {
+            problems.extend(self.data.problems());
+        }
+        problems.extend(self.proc.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
         }
@@ -300,6 +314,8 @@ impl ServerConfig {
             danger: DangerConfig::default(),
             task: TaskConfig::default(),
             file: FileConfig::default(),
+            data: DataConfig::default(),
+            proc: Default::default(),
         }
     }
 

@@ -22,8 +22,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Role, ServerConfig};
 use crate::role::alarm::AlarmService;
 use crate::role::api::{self, ApiContext};
+use crate::role::data::routes::{RouteService, RouteTable};
+use crate::role::data::sink::SinkContext;
+use crate::role::data::snapshot::SnapshotCache;
+use crate::role::data::{DataParts, DataService, DataTap};
 use crate::role::file::{FileLink, FileParts, FileService};
 use crate::role::link::{LinkParts, LinkService};
+use crate::role::proc::{ProcParts, ProcService};
 use crate::role::task::{AgentLink, TaskParts, TaskService};
 use crate::store::EmbeddedStore;
 
@@ -42,6 +47,11 @@ pub struct Node {
     pub alarms: Option<Arc<AlarmService>>,
     pub tasks: Option<Arc<TaskService>>,
     pub files: Option<Arc<FileService>>,
+    /// Data routes and the live route table (D5), where the API or the link runs.
+    pub routes: Option<Arc<RouteService>>,
+    pub procs: Option<Arc<ProcService>>,
+    /// The DataServers (C5, D4), if this node runs the data role.
+    pub data: Option<DataService>,
     shutdown: CancellationToken,
     joins: JoinSet<()>,
 }
@@ -107,6 +117,42 @@ impl Node {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
 
+        let route_service = start_route_service(&config, &store).await?;
+        // Taps see every record of their data id (the snapshot cache, D3).
+        let snapshots = start_snapshot_cache(&config, &shutdown, &mut tasks);
+        let data_taps: Vec<Arc<dyn DataTap>> = snapshots
+            .iter()
+            .map(|c| c.clone() as Arc<dyn DataTap>)
+            .collect();
+        // Before the link serves: registering agents are given a DataServer.
+        let data_service = if config.has_role(Role::Data) {
+            let parts = DataParts {
+                node_id: node_id.clone(),
+                config: config.data.clone(),
+                tls_files: config.tls.clone(),
+                advertise_ip: config.node.advertise_ip.unwrap_or([127, 0, 0, 1].into()),
+                routes: route_service
+                    .as_ref()
+                    .map(|r| r.table())
+                    .unwrap_or_else(RouteTable::default),
+                taps: data_taps,
+                link: link.clone(),
+                shutdown: shutdown.clone(),
+            };
+            Some(
+                DataService::start(parts, &mut tasks)
+                    .await
+                    .context("cannot start the data role")?,
+            )
+        } else {
+            None
+        };
+
+        let proc_service = start_proc_role(&config, &store, &link, &alarms);
+        if let Some(svc) = &proc_service {
+            tasks.spawn(svc.clone().run(shutdown.clone()));
+        }
+
         let agent_addr = match (&link, agent_listener) {
             (Some(link), Some((listener, parent))) => {
                 tasks.spawn(link.clone().serve(listener));
@@ -124,6 +170,9 @@ impl Node {
                 metrics: Some(crate::telemetry::metrics_handle()),
                 tasks: task_service.clone(),
                 files: file_service.clone(),
+                routes: route_service.clone(),
+                procs: proc_service.clone(),
+                snapshots: snapshots.clone(),
             };
             let token = shutdown.clone();
             tasks.spawn(async move {
@@ -154,6 +203,9 @@ impl Node {
             alarms,
             tasks: task_service,
             files: file_service,
+            routes: route_service,
+            procs: proc_service,
+            data: data_service,
             shutdown,
             joins: tasks,
         })
@@ -227,6 +279,68 @@ async fn start_file_role(
         link.add_frame_handler(0x200..=0x27f, svc.clone());
     }
     Ok(Some(svc))
+}
+
+/// Loads the data routes where the API or the link runs: the API changes
+/// them, the data path reads their table (`RouteService::table`).
+async fn start_route_service(
+    config: &ServerConfig,
+    store: &Arc<dyn StateStore>,
+) -> Result<Option<Arc<RouteService>>> {
+    if !(config.has_role(Role::Api) || config.has_role(Role::Link) || config.has_role(Role::Data)) {
+        return Ok(None);
+    }
+    let sinks = SinkContext {
+        data_dir: config.node.data_dir.clone(),
+    };
+    let svc = RouteService::start(store.clone(), sinks)
+        .await
+        .context("cannot load the data routes from the state store")?;
+    Ok(Some(svc))
+}
+
+/// The system snapshot cache (D3) where the data role runs: a tap on the
+/// DataServers, read by the API. Its sweeper is spawned into `tasks`.
+fn start_snapshot_cache(
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Option<Arc<SnapshotCache>> {
+    if !config.has_role(Role::Data) {
+        return None;
+    }
+    let cache = Arc::new(SnapshotCache::new(
+        config.data.snapshot_data_id,
+        config.data.snapshot.clone(),
+    ));
+    tasks.spawn(cache.clone().run_sweeper(shutdown.clone()));
+    Some(cache)
+}
+
+/// Starts the proc role where the API or the link runs (it takes plugin
+/// process operations from the API to this node's agents and their
+/// results, status and alarms back) and hands it the link's plugin frames.
+/// The caller spawns its dispatcher.
+fn start_proc_role(
+    config: &ServerConfig,
+    store: &Arc<dyn StateStore>,
+    link: &Option<Arc<LinkService>>,
+    alarms: &Option<Arc<AlarmService>>,
+) -> Option<Arc<ProcService>> {
+    if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
+        return None;
+    }
+    let svc = ProcService::new(ProcParts {
+        node_id: config.node.id.clone(),
+        config: config.proc.clone(),
+        store: store.clone(),
+        link: link.clone().map(|l| l as Arc<dyn AgentLink>),
+        alarms: alarms.clone(),
+    });
+    if let Some(link) = link {
+        link.add_frame_handler(0x300..=0x37f, svc.clone());
+    }
+    Some(svc)
 }
 
 /// Opens the configured state store and seeds the configured apps.

@@ -62,6 +62,9 @@ pub struct AgentInfo {
     pub ip: String,
     pub bk_cloud_id: i64,
     pub pid: u32,
+    /// The agent's local data socket (D1): collectors and `gse-agent send
+    /// --socket` write here.
+    pub data_ipc: PathBuf,
 }
 
 /// A `gse-agent` child process started on this host (quickstart, benches).
@@ -70,6 +73,8 @@ pub struct LocalAgent {
     pub child: Child,
     /// Its log file.
     pub log: PathBuf,
+    /// Its local data socket (D1).
+    pub data_ipc: PathBuf,
 }
 
 /// Identity IP of the i-th agent (1-based): 127.0.0.i, continuing into
@@ -179,6 +184,8 @@ fn server_config(dir: &Path, certs: &CertDir, opts: &QuickstartOptions) -> Serve
     config.node.id = "quickstart".into();
     config.api.listen = opts.api_listen;
     config.link.listen = opts.agent_listen;
+    // A free port: agents learn their DataServer from the link (D4).
+    config.data.listen = vec![SocketAddr::new(opts.agent_listen.ip(), 0)];
     config.alarm.log_file = Some(dir.join("alarms.jsonl"));
     config.resolve();
     config
@@ -232,6 +239,7 @@ pub fn spawn_local_agent_with(
     // address and a free port (it advertises the bound port).
     cfg.file.p2p_listen = Some(SocketAddr::new(ip, 0));
     customize(&mut cfg);
+    let data_ipc = cfg.data.ipc_path(&cfg.agent.data_dir);
     let cfg_path = home.join("agent.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
     let log = home.join("agent.log");
@@ -246,7 +254,12 @@ pub fn spawn_local_agent_with(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    Ok(LocalAgent { ip, child, log })
+    Ok(LocalAgent {
+        ip,
+        child,
+        log,
+        data_ipc,
+    })
 }
 
 /// Waits until every agent is registered and alive; fails early if one exits.
@@ -281,6 +294,7 @@ async fn wait_registered(
                     ip: r.key.ip.to_string(),
                     bk_cloud_id: r.key.cloud_id,
                     pid: a.child.id().unwrap_or(0),
+                    data_ipc: a.data_ipc.clone(),
                 })
                 .collect());
         }
@@ -325,8 +339,12 @@ fn print_summary(info: &QuickstartInfo, dir: &Path) {
     println!("  agents ({}):", info.agents.len());
     for a in &info.agents {
         println!(
-            "    {}:{}  agent_id {}  pid {}",
-            a.bk_cloud_id, a.ip, a.bk_agent_id, a.pid
+            "    {}:{}  agent_id {}  pid {}  data socket {}",
+            a.bk_cloud_id,
+            a.ip,
+            a.bk_agent_id,
+            a.pid,
+            a.data_ipc.display()
         );
     }
     println!(

@@ -11,6 +11,8 @@
 mod api;
 mod fake_agent;
 mod procs;
+pub mod redis;
+pub mod tansu;
 mod webhook;
 
 use std::future::Future;

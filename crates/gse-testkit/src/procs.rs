@@ -170,6 +170,7 @@ impl ServerProc {
             app_secret: APP_SECRET.into(),
         }];
         cfg.link.listen = link_addr;
+        cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
         cfg.link.heartbeat_interval = opts.heartbeat_interval;
         cfg.link.heartbeat_timeout = opts.heartbeat_timeout;
         cfg.alarm.lost_grace = opts.lost_grace;

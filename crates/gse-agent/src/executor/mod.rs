@@ -40,6 +40,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use output::{OutputSink, Utf8Sanitizer};
+/// The user switch, for the plugin supervisor's control commands.
+#[cfg(unix)]
+pub(crate) use unix::{needs_switch, switch_user};
 
 /// Time between SIGTERM and SIGKILL to a timed-out process group; also how
 /// long output is still read after the process ended (a background child

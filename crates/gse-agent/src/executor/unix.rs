@@ -97,14 +97,14 @@ fn working_dir(home: &Path) -> PathBuf {
 /// No switch when the agent already is that (non-root) user: it could not
 /// call setgroups, and nothing would change. Root always switches, so the
 /// groups are exactly the user's.
-fn needs_switch(user: &RunAs) -> bool {
+pub(crate) fn needs_switch(user: &RunAs) -> bool {
     let euid = Uid::effective();
     euid.is_root() || euid.as_raw() != user.uid || Gid::effective().as_raw() != user.gid
 }
 
 /// Makes the child take `user`'s groups, gid and uid before exec.
 #[allow(unsafe_code)]
-fn switch_user(cmd: &mut Command, user: &RunAs) {
+pub(crate) fn switch_user(cmd: &mut Command, user: &RunAs) {
     // Everything the child needs is computed here, in the parent.
     let groups: Vec<Gid> = user.groups.iter().copied().map(Gid::from_raw).collect();
     let gid = Gid::from_raw(user.gid);

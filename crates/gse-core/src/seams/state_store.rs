@@ -10,6 +10,9 @@
 //! tasks to SQLite; the Redis store (cluster issue) shares them between nodes.
 //! File transfers ([`FileTransferRecord`]) are saved whole, one record per
 //! transfer, at most every few hundred milliseconds while they change.
+//! Data routes (D5) are [`StreamToRecord`]s and [`ChannelRecord`]s: an id,
+//! a platform and the data role's own JSON document; new ids are picked by
+//! the store ([`NewId`]) so that concurrent adds never share one.
 
 use std::sync::Arc;
 
@@ -244,6 +247,45 @@ impl FileTransferRecord {
     }
 }
 
+/// A data receiver (`stream_to`, D5) as stored: its id and platform, and the
+/// data role's own JSON document (the store never reads it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamToRecord {
+    pub stream_to_id: u32,
+    pub plat_name: String,
+    /// JSON owned by the data role (`role::data::routes` in gse-server).
+    pub spec: String,
+}
+
+/// A data channel (one data id and its routes, D5) as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The data id.
+    pub channel_id: u32,
+    pub plat_name: String,
+    /// JSON owned by the data role (`role::data::routes` in gse-server).
+    pub spec: String,
+}
+
+/// Which id a new record gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewId {
+    /// Exactly this one; refused if it is taken.
+    Given(u32),
+    /// One more than the largest id in `first..=last` (or `first`);
+    /// refused when `last` is taken.
+    Next { first: u32, last: u32 },
+}
+
+/// The error of a data-route method a store does not implement.
+fn no_data_routes(backend: &'static str, doing: &'static str) -> StoreError {
+    StoreError::Backend {
+        backend,
+        doing,
+        message: "this state store does not keep data routes; use the embedded store".into(),
+    }
+}
+
 /// The error of a file-transfer method a store does not implement.
 fn no_file_transfers(backend: &'static str, doing: &'static str) -> StoreError {
     StoreError::Backend {
@@ -344,5 +386,56 @@ pub trait StateStore: Send + Sync {
     async fn prune_file_transfers(&self, created_before_ms: u64) -> Result<u64, StoreError> {
         let _ = created_before_ms;
         Err(no_file_transfers(self.kind(), "pruning file transfers"))
+    }
+
+    /// Stores a new stream_to under the id `id` picks (the record's own
+    /// `stream_to_id` is ignored); `None` when that id is taken or the
+    /// range is full.
+    async fn insert_stream_to(
+        &self,
+        record: StreamToRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        let _ = (record, id);
+        Err(no_data_routes(self.kind(), "adding a stream_to"))
+    }
+    /// Replaces a stored stream_to; `false` if there is none with its id.
+    async fn replace_stream_to(&self, record: StreamToRecord) -> Result<bool, StoreError> {
+        let _ = record;
+        Err(no_data_routes(self.kind(), "updating a stream_to"))
+    }
+    /// Deletes a stream_to; `false` if there was none.
+    async fn delete_stream_to(&self, stream_to_id: u32) -> Result<bool, StoreError> {
+        let _ = stream_to_id;
+        Err(no_data_routes(self.kind(), "deleting a stream_to"))
+    }
+    /// Every stored stream_to, by id.
+    async fn list_stream_tos(&self) -> Result<Vec<StreamToRecord>, StoreError> {
+        Err(no_data_routes(self.kind(), "listing stream_tos"))
+    }
+    /// Stores a new channel under the id `id` picks (the record's own
+    /// `channel_id` is ignored); `None` when that id is taken or the range
+    /// is full.
+    async fn insert_channel(
+        &self,
+        record: ChannelRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        let _ = (record, id);
+        Err(no_data_routes(self.kind(), "adding a data channel"))
+    }
+    /// Replaces a stored channel; `false` if there is none with its id.
+    async fn replace_channel(&self, record: ChannelRecord) -> Result<bool, StoreError> {
+        let _ = record;
+        Err(no_data_routes(self.kind(), "updating a data channel"))
+    }
+    /// Deletes a channel; `false` if there was none.
+    async fn delete_channel(&self, channel_id: u32) -> Result<bool, StoreError> {
+        let _ = channel_id;
+        Err(no_data_routes(self.kind(), "deleting a data channel"))
+    }
+    /// Every stored channel, by id.
+    async fn list_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        Err(no_data_routes(self.kind(), "listing data channels"))
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod data;
 pub mod file;
 pub mod link;
+pub mod proc;
 pub mod task;
 
 /// A new GSE-style task id: `GSETASK:<kind>:<time digits><random>:<seq>`

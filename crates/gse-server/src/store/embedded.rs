@@ -22,6 +22,9 @@ use gse_core::{AgentKey, AgentRef};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::routes::{self, Table};
+use gse_core::seams::state_store::{ChannelRecord, NewId, StreamToRecord};
+
 const BACKEND: &str = "embedded";
 
 const SCHEMA: &str = "
@@ -113,6 +116,8 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::tasks::SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
+        conn.execute_batch(super::routes::SCHEMA)
+            .map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
             mem: RwLock::new(mem),
@@ -381,6 +386,82 @@ impl StateStore for EmbeddedStore {
             super::files::prune(c, created_before_ms)
         })
         .await
+    }
+
+    async fn insert_stream_to(
+        &self,
+        record: StreamToRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        self.with_db("adding a stream_to", move |c| {
+            routes::insert(c, Table::StreamTos, &record.plat_name, &record.spec, id)
+        })
+        .await
+    }
+
+    async fn replace_stream_to(&self, record: StreamToRecord) -> Result<bool, StoreError> {
+        self.with_db("updating a stream_to", move |c| {
+            let StreamToRecord {
+                stream_to_id,
+                plat_name,
+                spec,
+            } = &record;
+            routes::replace(c, Table::StreamTos, *stream_to_id, plat_name, spec)
+        })
+        .await
+    }
+
+    async fn delete_stream_to(&self, stream_to_id: u32) -> Result<bool, StoreError> {
+        self.with_db("deleting a stream_to", move |c| {
+            routes::delete(c, Table::StreamTos, stream_to_id)
+        })
+        .await
+    }
+
+    async fn list_stream_tos(&self) -> Result<Vec<StreamToRecord>, StoreError> {
+        let rows = self
+            .with_db("listing stream_tos", |c| routes::list(c, Table::StreamTos))
+            .await?;
+        Ok(rows.into_iter().map(routes::stream_to).collect())
+    }
+
+    async fn insert_channel(
+        &self,
+        record: ChannelRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        self.with_db("adding a data channel", move |c| {
+            routes::insert(c, Table::Channels, &record.plat_name, &record.spec, id)
+        })
+        .await
+    }
+
+    async fn replace_channel(&self, record: ChannelRecord) -> Result<bool, StoreError> {
+        self.with_db("updating a data channel", move |c| {
+            let ChannelRecord {
+                channel_id,
+                plat_name,
+                spec,
+            } = &record;
+            routes::replace(c, Table::Channels, *channel_id, plat_name, spec)
+        })
+        .await
+    }
+
+    async fn delete_channel(&self, channel_id: u32) -> Result<bool, StoreError> {
+        self.with_db("deleting a data channel", move |c| {
+            routes::delete(c, Table::Channels, channel_id)
+        })
+        .await
+    }
+
+    async fn list_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        let rows = self
+            .with_db("listing data channels", |c| {
+                routes::list(c, Table::Channels)
+            })
+            .await?;
+        Ok(rows.into_iter().map(routes::channel).collect())
     }
 }
 

@@ -57,6 +57,14 @@ async fn quickstart_runs_a_platform_and_stops_its_agents() {
     assert_eq!(agents.len(), 2);
     assert_eq!(agents[1]["ip"], "127.0.0.2");
     assert_eq!(agents[1]["bk_cloud_id"], 0);
+    // Each agent names its local data socket (D1), and it is live.
+    for a in agents {
+        let ipc = a["data_ipc"].as_str().expect("agents[].data_ipc");
+        assert!(
+            std::os::unix::net::UnixStream::connect(ipc).is_ok(),
+            "data_ipc {ipc} does not accept connections"
+        );
+    }
 
     let api = Api::new(
         info["api"].as_str().unwrap(),

@@ -41,6 +41,8 @@ pub enum AlarmKind {
     DangerousOperation,
     /// T7: a task matched a blocking rule; nothing was dispatched.
     DangerousOperationBlocked,
+    /// D2: a hosted plugin kept failing to restart; its agent gave up.
+    PluginFailed,
 }
 
 impl AlarmKind {
@@ -50,6 +52,7 @@ impl AlarmKind {
             AlarmKind::AgentRecovered => "agent_recovered",
             AlarmKind::DangerousOperation => "dangerous_operation",
             AlarmKind::DangerousOperationBlocked => "dangerous_operation_blocked",
+            AlarmKind::PluginFailed => "plugin_failed",
         }
     }
 }
@@ -82,6 +85,9 @@ pub struct Alarm {
     pub rule: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_count: Option<usize>,
+    /// Plugin alarms: the plugin, `namespace:name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub plugin: String,
     pub message: String,
 }
 
@@ -109,6 +115,7 @@ impl Alarm {
             task_id: String::new(),
             rule: String::new(),
             agent_count: None,
+            plugin: String::new(),
             message,
         }
     }
@@ -119,6 +126,23 @@ impl Alarm {
             bk_cloud_id: Some(rec.key.cloud_id),
             ip: rec.key.ip.to_string(),
             bk_agent_id: rec.agent_id.clone(),
+            ..Alarm::now(kind, node_id, message)
+        }
+    }
+
+    /// An alarm about a plugin (`namespace:name`) on an agent.
+    pub fn about_plugin(
+        kind: AlarmKind,
+        node_id: &str,
+        agent: AgentKey,
+        plugin: &str,
+        message: String,
+    ) -> Self {
+        Alarm {
+            agent: agent.to_string(),
+            bk_cloud_id: Some(agent.cloud_id),
+            ip: agent.ip.to_string(),
+            plugin: plugin.to_string(),
             ..Alarm::now(kind, node_id, message)
         }
     }

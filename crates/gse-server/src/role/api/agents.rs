@@ -49,7 +49,10 @@ fn parse_hosts(ctx: &ApiContext, body: &Fields) -> Result<Vec<Host>, ApiError> {
 }
 
 /// `agent_id_list: [string]` of the v2 calls, each `cloud:ip` or a real id.
-fn parse_agent_ids(ctx: &ApiContext, body: &Fields) -> Result<Vec<(String, AgentRef)>, ApiError> {
+pub(super) fn parse_agent_ids(
+    ctx: &ApiContext,
+    body: &Fields,
+) -> Result<Vec<(String, AgentRef)>, ApiError> {
     let items = bounded_array(body, "agent_id_list", ctx.config.max_hosts_per_call)?;
     let mut ids = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use gse_core::identity::IdentityError;
 use gse_core::seams::StoreError;
 
+use crate::role::data::routes::RouteError;
 use crate::role::file::FileError;
+use crate::role::proc::ProcError;
 use crate::role::task::TaskError;
 
 /// Envelope code of an unknown task id (ours, in GSE's 1011xxx range of
@@ -127,6 +129,32 @@ pub enum ApiError {
         "this node does not run the file role; send file calls to a node that runs the api and link roles"
     )]
     FilesUnavailable,
+
+    #[error(
+        "this node does not run the proc role; send process calls to a node that runs the api and link roles"
+    )]
+    ProcsUnavailable,
+    #[error(
+        "proc task {task_id:?} not found: it was never started, or it is older than proc.retention and was dropped"
+    )]
+    ProcTaskNotFound { task_id: String },
+    /// Not a failure: the task is still in the dispatch queue (bk-nodeman
+    /// polls again on 1000115); `data` holds every entry at 115.
+    #[error("proc task {task_id:?} is still queued; poll again")]
+    ProcTaskQueued {
+        task_id: String,
+        data: serde_json::Value,
+    },
+
+    #[error(
+        "this node does not run the data role, which keeps the agents' system snapshots; \
+         send get_agent_snapshot to a node that runs the api and data roles"
+    )]
+    SnapshotsUnavailable,
+
+    /// A data-route call (route/stream_to APIs) refused or failed.
+    #[error(transparent)]
+    Route(#[from] RouteError),
 }
 
 impl From<TaskError> for ApiError {
@@ -140,6 +168,17 @@ impl From<TaskError> for ApiError {
                 problem,
             },
             TaskError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<ProcError> for ApiError {
+    fn from(e: ProcError) -> Self {
+        match e {
+            ProcError::NotFound(task_id) => ApiError::ProcTaskNotFound {
+                task_id: quoted(&task_id),
+            },
+            ProcError::Store(e) => ApiError::Store(e),
         }
     }
 }
@@ -182,7 +221,12 @@ impl ApiError {
             Store(_) => 1000500,
             TasksUnavailable | FilesUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,
+            ProcsUnavailable => 1000503,
+            SnapshotsUnavailable => 1000503,
+            ProcTaskNotFound { .. } => TASK_NOT_FOUND,
+            ProcTaskQueued { .. } => crate::role::proc::codes::ENVELOPE_QUEUED,
             TaskNotFound { .. } | TransferNotFound { .. } => TASK_NOT_FOUND,
+            Route(e) => e.code(),
         }
     }
 
@@ -207,6 +251,7 @@ impl ApiError {
     pub fn data(&self) -> serde_json::Value {
         match self {
             ApiError::NoAgentFound { .. } => serde_json::Value::Array(Vec::new()),
+            ApiError::ProcTaskQueued { data, .. } => data.clone(),
             _ => serde_json::Value::Null,
         }
     }

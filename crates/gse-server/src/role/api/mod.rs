@@ -14,13 +14,17 @@ mod agents;
 pub mod auth;
 mod body;
 pub mod config;
+mod data_routes;
 pub mod endpoint;
 pub mod envelope;
 pub mod error;
 mod file_request;
 mod files;
 pub mod metrics;
+mod proc_request;
+mod procs;
 mod server;
+mod snapshot;
 mod task_request;
 mod tasks;
 
@@ -36,7 +40,10 @@ use std::sync::Arc;
 use gse_core::seams::StateStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::role::data::routes::RouteService;
+use crate::role::data::snapshot::SnapshotCache;
 use crate::role::file::FileService;
+use crate::role::proc::ProcService;
 use crate::role::task::TaskService;
 
 pub use config::ApiConfig;
@@ -55,6 +62,15 @@ pub struct ApiContext {
     pub tasks: Option<Arc<TaskService>>,
     /// Where file transfers go; `None` answers their endpoints with 1000503.
     pub files: Option<Arc<FileService>>,
+    /// Where plugin process operations go; `None` answers their endpoints
+    /// with 1000503.
+    pub procs: Option<Arc<ProcService>>,
+    /// Where data routes and stream_tos go; `None` answers their
+    /// endpoints with 1000503.
+    pub routes: Option<Arc<RouteService>>,
+    /// The data role's system snapshots (D3); `None` answers
+    /// `get_agent_snapshot` with 1000503.
+    pub snapshots: Option<Arc<SnapshotCache>>,
 }
 
 impl ApiContext {
@@ -67,6 +83,9 @@ impl ApiContext {
             metrics: None,
             tasks: None,
             files: None,
+            procs: None,
+            routes: None,
+            snapshots: None,
         }
     }
 }

@@ -1,1 +1,170 @@
-//! Data role (in progress).
+//! The data role (C5, D4, D5, C9): DataServers that take agents' data links
+//! and deliver each batch to the sinks of its data id's routes.
+//!
+//! Start at [`DataService::start`]: it binds one [`server::DataServer`] per
+//! `[data] listen` address (several in one process share the load), each
+//! handing batches to the shared [`batch::BatchHandler`] (route table from
+//! [`routes`], sinks from [`sink`], [`DataTap`]s such as the [`snapshot`]
+//! cache) and acking a batch only when every sink stored it. Where the link
+//! role runs, [`balance::Balancer`] assigns each registering agent the
+//! least-loaded DataServer and moves agents every `rebalance_interval`
+//! (D4). Metrics are in [`metrics`]. The route and stream_to APIs are in
+//! `role::api::data_routes`; the agent side is `gse_agent::data`.
+
+pub mod balance;
+pub mod batch;
+pub mod config;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod sink;
+pub mod snapshot;
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use gse_core::seams::Record;
+use gse_core::tls::TlsFiles;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::DataConfig;
+
+use self::balance::{Balancer, ServerLoad};
+use self::batch::BatchHandler;
+use self::routes::RouteTable;
+use self::server::DataServer;
+use crate::role::link::LinkService;
+
+/// Sees every record of one data id as it arrives, routed or not (the
+/// snapshot cache is one). Must be quick: it runs on the data path.
+pub trait DataTap: Send + Sync {
+    /// The data id this tap wants.
+    fn data_id(&self) -> u32;
+    /// One record of that data id from agent `source` (`cloud:ip`).
+    fn observe(&self, source: &str, record: &Record);
+}
+
+/// What [`DataService::start`] needs.
+pub struct DataParts {
+    pub node_id: String,
+    pub config: DataConfig,
+    pub tls_files: TlsFiles,
+    /// The node's advertise IP, for DataServers on a wildcard address.
+    pub advertise_ip: IpAddr,
+    pub routes: RouteTable,
+    pub taps: Vec<Arc<dyn DataTap>>,
+    /// The link role of this node, if it runs: then agents are assigned
+    /// and rebalanced here.
+    pub link: Option<Arc<LinkService>>,
+    pub shutdown: CancellationToken,
+}
+
+/// The started DataServers.
+pub struct DataService {
+    /// Each DataServer's endpoint as agents are told (`host:port`), in
+    /// `[data] listen` order.
+    pub endpoints: Vec<String>,
+    pub servers: Vec<Arc<DataServer>>,
+    pub balancer: Option<Arc<Balancer>>,
+}
+
+// === impl DataService ===
+
+impl DataService {
+    /// Binds every DataServer, wires the balancer into the link and spawns
+    /// the listeners (and the rebalance loop) into `tasks`.
+    pub async fn start(parts: DataParts, tasks: &mut JoinSet<()>) -> Result<DataService> {
+        let tls = gse_core::tls::server_config(&parts.tls_files)
+            .context("cannot load the TLS material in [tls] for the DataServers")?;
+        let handler = BatchHandler::new(parts.routes, parts.taps);
+        let mut servers = Vec::new();
+        let mut listeners = Vec::new();
+        for (i, addr) in parts.config.listen.iter().enumerate() {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for data links on {addr}; set data.listen to free addresses or stop the process using it")
+            })?;
+            let bound = listener.local_addr()?;
+            let endpoint = endpoint(&parts.config, parts.advertise_ip, bound);
+            let load = Arc::new(ServerLoad::new(
+                i,
+                format!("{}/data{i}", parts.node_id),
+                endpoint,
+            ));
+            servers.push(Arc::new(DataServer {
+                load,
+                tls: tls.clone(),
+                tls_files: parts.tls_files.clone(),
+                handler: handler.clone(),
+                config: parts.config.clone(),
+                shutdown: parts.shutdown.clone(),
+            }));
+            listeners.push(listener);
+        }
+        for (svc, listener) in servers.iter().zip(listeners) {
+            tasks.spawn(svc.clone().serve(listener));
+        }
+        let balancer = parts.link.map(|link| {
+            let loads = servers.iter().map(|s| s.load.clone()).collect();
+            let b = Balancer::new(loads, link.clone());
+            link.set_data_assigner(b.clone());
+            // Agents never send this type: the route only delivers disconnects.
+            link.add_frame_handler(0x410..=0x410, b.clone());
+            tasks.spawn(
+                b.clone()
+                    .run(parts.config.rebalance_interval, parts.shutdown.clone()),
+            );
+            b
+        });
+        Ok(DataService {
+            endpoints: servers.iter().map(|s| s.load.endpoint.clone()).collect(),
+            servers,
+            balancer,
+        })
+    }
+}
+
+/// `host:port` agents should dial for a DataServer bound at `bound`.
+fn endpoint(config: &DataConfig, advertise_ip: IpAddr, bound: SocketAddr) -> String {
+    let host = match &config.advertise_host {
+        Some(h) => h.clone(),
+        None if bound.ip().is_unspecified() => advertise_ip.to_string(),
+        None => bound.ip().to_string(),
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_a_reachable_host() {
+        let cfg = DataConfig::default();
+        let adv: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(
+            endpoint(&cfg, adv, "0.0.0.0:28625".parse().unwrap()),
+            "10.0.0.9:28625"
+        );
+        assert_eq!(
+            endpoint(&cfg, adv, "127.0.0.1:5".parse().unwrap()),
+            "127.0.0.1:5"
+        );
+        assert_eq!(endpoint(&cfg, adv, "[::1]:5".parse().unwrap()), "[::1]:5");
+        let named = DataConfig {
+            advertise_host: Some("data.example".into()),
+            ..DataConfig::default()
+        };
+        assert_eq!(
+            endpoint(&named, adv, "0.0.0.0:1".parse().unwrap()),
+            "data.example:1"
+        );
+    }
+}

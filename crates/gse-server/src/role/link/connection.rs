@@ -35,7 +35,9 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
         return;
     };
-    let Some((record, p2p_addr)) = Box::pin(register(&svc, &mut link, peer, deadline)).await else {
+    let Some((record, p2p_addr)) =
+        Box::pin(register(&svc, &mut link, peer, deadline, conn_id)).await
+    else {
         return;
     };
     // The RegisterAck (with the danger rules) grew the write buffer to a few
@@ -120,6 +122,7 @@ async fn register(
     link: &mut Link,
     peer: SocketAddr,
     deadline: Instant,
+    conn_id: u64,
 ) -> Option<(AgentRecord, Option<SocketAddr>)> {
     let frame = match timeout_at(deadline, link.next()).await {
         Ok(Some(Ok(frame))) => frame,
@@ -143,7 +146,7 @@ async fn register(
             other.to_u16()
         )),
     };
-    let ack = |accepted: bool, message: String| RegisterAck {
+    let ack = |accepted: bool, message: String, data_endpoint: String| RegisterAck {
         accepted,
         message,
         node_id: svc.node_id.clone(),
@@ -156,8 +159,7 @@ async fn register(
         } else {
             Vec::new()
         },
-        // Filled in by the data role's assignment (D4) once it exists.
-        data_endpoint: String::new(),
+        data_endpoint,
     };
     match checked {
         Ok(reg) => {
@@ -186,7 +188,7 @@ async fn register(
                 .send(Frame::new(
                     MsgType::RegisterAck,
                     frame.stream_id,
-                    &ack(true, String::new()),
+                    &ack(true, String::new(), svc.data_endpoint(reg.key, conn_id)),
                 ))
                 .await;
             sent.ok().map(|_| (record, reg.p2p_addr))
@@ -197,7 +199,7 @@ async fn register(
                 .send(Frame::new(
                     MsgType::RegisterAck,
                     frame.stream_id,
-                    &ack(false, message),
+                    &ack(false, message, String::new()),
                 ))
                 .await;
             None

@@ -79,6 +79,15 @@ pub trait AgentFrames: Send + Sync {
     fn on_disconnect(&self, agent: AgentKey, conn_id: u64);
 }
 
+/// Chooses the DataServer an agent sends its data to (D4); asked when an
+/// agent registers, for `RegisterAck.data_endpoint`. Moves later are sent
+/// by the assigner itself as `DataAssign` frames through [`LinkService::send_to`].
+pub trait DataAssigner: Send + Sync {
+    /// The `host:port` of the DataServer for `agent`, registering on the
+    /// connection `conn_id`.
+    fn assign(&self, agent: AgentKey, conn_id: u64) -> String;
+}
+
 /// Why a frame could not be handed to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -107,6 +116,8 @@ pub struct LinkService {
     danger_rules: Vec<gse_proto::link::DangerRule>,
     /// Set while the node starts, read per frame.
     frames: RwLock<Vec<FrameRoute>>,
+    /// Set while the node starts when it runs DataServers (D4).
+    data_assigner: RwLock<Option<Arc<dyn DataAssigner>>>,
     shutdown: CancellationToken,
 }
 
@@ -151,6 +162,7 @@ impl LinkService {
             heartbeats,
             danger_rules,
             frames: RwLock::new(Vec::new()),
+            data_assigner: RwLock::new(None),
             shutdown: parts.shutdown,
         }))
     }
@@ -160,6 +172,18 @@ impl LinkService {
     /// and dropped.
     pub fn add_frame_handler(&self, types: RangeInclusive<u16>, handler: Arc<dyn AgentFrames>) {
         self.frames.write().push(FrameRoute { types, handler });
+    }
+
+    /// Lets `assigner` choose each registering agent's DataServer.
+    pub fn set_data_assigner(&self, assigner: Arc<dyn DataAssigner>) {
+        *self.data_assigner.write() = Some(assigner);
+    }
+
+    /// The DataServer endpoint for a registering agent; `""` when this node
+    /// has none (the agent then uses its own `[data] servers`).
+    fn data_endpoint(&self, key: AgentKey, conn_id: u64) -> String {
+        let assigner = self.data_assigner.read().clone();
+        assigner.map(|a| a.assign(key, conn_id)).unwrap_or_default()
     }
 
     /// Hands `frame` to the role that takes its type; gives it back if none does.

@@ -1,0 +1,277 @@
+//! The batcher: one task between the record producers (local socket,
+//! [`Intake`](super::Intake)) and the uplink. It groups records per data id,
+//! stamps each with the agent's receive time (libgse's `utctime` is not
+//! reliable, COMPAT §1.2) and cuts a data id's batch when it reaches
+//! `batch_max_kb` or its first record is `batch_linger_ms` old.
+//!
+//! Memory is bounded: at most [`MAX_OPEN_GROUPS`] data ids are open at once
+//! (the oldest is cut early beyond that), each below `batch_max_kb`, and the
+//! queue to the uplink is bounded, so a slow uplink makes this task wait,
+//! which makes the socket connections stop reading (backpressure up to the
+//! collectors). Data id 0 is not a channel (libgse never sends it): counted
+//! and dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::DataStats;
+use super::ipc_codec::Record;
+use super::wire::WireRecord;
+
+/// Most data ids with an open (not yet cut) batch.
+pub const MAX_OPEN_GROUPS: usize = 1024;
+/// Per-record overhead counted towards a batch's size (protobuf framing).
+const RECORD_OVERHEAD: usize = 16;
+
+/// One data id's records, cut and ready for the uplink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutBatch {
+    pub data_id: u32,
+    pub records: Vec<WireRecord>,
+    /// Approximate encoded size (payloads plus framing).
+    pub bytes: usize,
+}
+
+/// When to cut.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_bytes: usize,
+    pub linger: Duration,
+}
+
+/// The open batches, one per data id. Pure: time is passed in.
+#[derive(Debug)]
+pub struct Groups {
+    limits: BatchLimits,
+    open: HashMap<u32, (Instant, OutBatch)>,
+}
+
+// === impl Groups ===
+
+impl Groups {
+    pub fn new(limits: BatchLimits) -> Groups {
+        Groups {
+            limits,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Adds a record; returns the batches this cut (its own when full, the
+    /// oldest one when too many data ids are open).
+    pub fn add(&mut self, record: WireRecord, now: Instant) -> Vec<OutBatch> {
+        let mut cut = Vec::new();
+        if !self.open.contains_key(&record.data_id) && self.open.len() >= MAX_OPEN_GROUPS {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| *k);
+            if let Some((_, b)) = oldest.and_then(|k| self.open.remove(&k)) {
+                cut.push(b);
+            }
+        }
+        let size = record.payload.len() + RECORD_OVERHEAD;
+        let data_id = record.data_id;
+        let (_, batch) = self.open.entry(data_id).or_insert_with(|| {
+            (
+                now,
+                OutBatch {
+                    data_id,
+                    records: Vec::new(),
+                    bytes: 0,
+                },
+            )
+        });
+        batch.records.push(record);
+        batch.bytes += size;
+        if batch.bytes >= self.limits.max_bytes {
+            let (_, b) = self.open.remove(&data_id).expect("just inserted");
+            cut.push(b);
+        }
+        cut
+    }
+
+    /// Batches whose linger time is over at `now`.
+    pub fn due(&mut self, now: Instant) -> Vec<OutBatch> {
+        let linger = self.limits.linger;
+        let due: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, (t, _))| *t + linger <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        due.into_iter()
+            .filter_map(|k| self.open.remove(&k).map(|(_, b)| b))
+            .collect()
+    }
+
+    /// When the next batch becomes due, if any is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .values()
+            .map(|(t, _)| *t + self.limits.linger)
+            .min()
+    }
+
+    /// Every open batch (at shutdown).
+    pub fn drain(&mut self) -> Vec<OutBatch> {
+        self.open.drain().map(|(_, (_, b))| b).collect()
+    }
+}
+
+/// Runs the batcher until `shutdown` (or until every producer is gone);
+/// then cuts what is open, hands it on and returns, which closes `out`.
+pub async fn run(
+    mut records: mpsc::Receiver<Record>,
+    out: mpsc::Sender<OutBatch>,
+    limits: BatchLimits,
+    stats: Arc<DataStats>,
+    shutdown: CancellationToken,
+) {
+    let mut groups = Groups::new(limits);
+    loop {
+        let deadline = groups.next_deadline();
+        let cut = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = records.recv() => match r {
+                Some(r) => accept(&mut groups, r, &stats),
+                None => break,
+            },
+            _ = sleep_until_opt(deadline) => groups.due(Instant::now()),
+        };
+        for batch in cut {
+            if out.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+    // Whatever producers already handed over still goes on.
+    let mut rest = Vec::new();
+    while let Ok(r) = records.try_recv() {
+        rest.extend(accept(&mut groups, r, &stats));
+    }
+    rest.extend(groups.drain());
+    for batch in rest {
+        if out.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn accept(groups: &mut Groups, r: Record, stats: &DataStats) -> Vec<OutBatch> {
+    if r.data_id == 0 {
+        DataStats::bump(&stats.no_data_id, 1);
+        return Vec::new();
+    }
+    DataStats::bump(&stats.records_in, 1);
+    let record = WireRecord {
+        data_id: r.data_id,
+        received_ms: gse_core::now_ms(),
+        payload: r.payload,
+    };
+    groups.add(record, Instant::now())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn rec(data_id: u32, len: usize) -> WireRecord {
+        WireRecord {
+            data_id,
+            received_ms: 1,
+            payload: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            max_bytes: 1000,
+            linger: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn groups_per_data_id_and_cuts_by_size() {
+        let t0 = Instant::now();
+        let mut g = Groups::new(limits());
+        assert!(g.add(rec(1, 400), t0).is_empty());
+        assert!(g.add(rec(2, 400), t0).is_empty());
+        let cut = g.add(rec(1, 600), t0);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].data_id, 1);
+        assert_eq!(cut[0].records.len(), 2);
+        // Data id 2 is still open, alone.
+        let rest = g.drain();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].data_id, 2);
+    }
+
+    #[test]
+    fn cuts_by_linger_time_in_order_of_age() {
+        let t0 = Instant::now();
+        let mut g = Groups::new(limits());
+        g.add(rec(1, 10), t0);
+        g.add(rec(2, 10), t0 + Duration::from_millis(10));
+        assert_eq!(g.next_deadline(), Some(t0 + Duration::from_millis(20)));
+        assert!(g.due(t0 + Duration::from_millis(19)).is_empty());
+        let due = g.due(t0 + Duration::from_millis(20));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].data_id, 1);
+        assert_eq!(g.next_deadline(), Some(t0 + Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn too_many_open_data_ids_cut_the_oldest() {
+        let t0 = Instant::now();
+        let mut g = Groups::new(limits());
+        for id in 1..=MAX_OPEN_GROUPS as u32 {
+            assert!(
+                g.add(rec(id, 1), t0 + Duration::from_micros(id.into()))
+                    .is_empty()
+            );
+        }
+        let cut = g.add(rec(99_999, 1), t0 + Duration::from_secs(1));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].data_id, 1);
+    }
+
+    #[tokio::test]
+    async fn run_drops_data_id_zero_and_flushes_at_shutdown() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let stats = Arc::new(DataStats::default());
+        let shutdown = CancellationToken::new();
+        let limits = BatchLimits {
+            max_bytes: 1 << 20,
+            linger: Duration::from_secs(3600),
+        };
+        let task = tokio::spawn(run(rx, out_tx, limits, stats.clone(), shutdown.clone()));
+        let intake = super::super::Intake::new(tx);
+        assert!(intake.push(0, Bytes::from_static(b"zero")));
+        assert!(intake.push(5, Bytes::from_static(b"five")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let batch = out_rx.recv().await.unwrap();
+        assert_eq!(batch.data_id, 5);
+        assert_eq!(&batch.records[0].payload[..], b"five");
+        assert!(batch.records[0].received_ms > 0);
+        assert!(out_rx.recv().await.is_none());
+        assert_eq!(stats.snapshot().no_data_id, 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! One data link to a DataServer: TCP, mutual TLS (the agent's certificate,
+//! as on the control link), `DataHello` -> `DataHelloAck`, then a writer
+//! task and a reader task. The uplink talks to them through channels and
+//! learns of acks and of the link's end as [`Event`]s. Dropping a [`Conn`]
+//! stops both tasks and closes the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gse_core::tls::{Side, TlsFiles, explain};
+use gse_proto::link::{DataAck, DataHello, DataHelloAck};
+use gse_proto::{Frame, FrameCodec, MsgType};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Version of the data link protocol sent in `DataHello`.
+pub const DATA_PROTOCOL_VERSION: u32 = 1;
+
+/// What the reader and writer report.
+#[derive(Debug)]
+pub enum Event {
+    Ack(DataAck),
+    /// The link ended; the text says why.
+    Closed(String),
+}
+
+/// How to reach DataServers.
+#[derive(Clone)]
+pub struct Dialer {
+    pub connector: TlsConnector,
+    pub server_name: String,
+    pub tls_files: TlsFiles,
+    pub connect_timeout: Duration,
+    pub hello: DataHello,
+    /// Frames queued for the writer (the in-flight window).
+    pub queue: usize,
+}
+
+/// A live data link.
+pub struct Conn {
+    pub endpoint: String,
+    pub server_id: String,
+    /// Largest batch body the server takes (0 = no limit given).
+    pub max_batch_bytes: usize,
+    pub frames: mpsc::Sender<Frame>,
+    pub events: mpsc::Receiver<Event>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+// === impl Dialer ===
+
+impl Dialer {
+    /// Connects and says hello; the error is one line saying what failed.
+    pub async fn connect(self: Arc<Self>, endpoint: String) -> Result<Conn, String> {
+        let limit = self.connect_timeout;
+        let tcp = timeout(limit, TcpStream::connect(&endpoint))
+            .await
+            .map_err(|_| format!("no TCP connection to DataServer {endpoint} within {limit:?}"))?
+            .map_err(|e| format!("TCP connect to DataServer {endpoint} failed: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut hello = self.hello.clone();
+        if hello.identity_ip.is_empty() {
+            hello.identity_ip = tcp
+                .local_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+        }
+        let name = ServerName::try_from(self.server_name.clone())
+            .map_err(|e| format!("server name {:?} is not valid: {e}", self.server_name))?;
+        let explain_io = |e: std::io::Error| {
+            explain(Side::Client, &endpoint, &self.tls_files, &e)
+                .unwrap_or_else(|| format!("TLS with DataServer {endpoint} failed: {e}"))
+        };
+        let tls = timeout(limit, self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| format!("no TLS handshake with DataServer {endpoint} within {limit:?}"))?
+            .map_err(explain_io)?;
+        let (rd, wr) = tokio::io::split(tls);
+        let mut reader = FramedRead::new(rd, FrameCodec::default());
+        let mut writer = FramedWrite::new(wr, FrameCodec::default());
+        writer
+            .send(Frame::new(MsgType::DataHello, 0, &hello))
+            .await
+            .map_err(|e| format!("cannot send DataHello to {endpoint}: {e}"))?;
+        let answer = timeout(limit, reader.next())
+            .await
+            .map_err(|_| format!("no DataHelloAck from {endpoint} within {limit:?}"))?;
+        let ack: DataHelloAck = match answer {
+            Some(Ok(f)) if f.msg_type == MsgType::DataHelloAck => {
+                f.decode().map_err(|e| e.to_string())?
+            }
+            Some(Ok(f)) => {
+                return Err(format!(
+                    "DataServer {endpoint} answered DataHello with frame type {}",
+                    f.msg_type.to_u16()
+                ));
+            }
+            Some(Err(gse_proto::FrameError::Io(e))) => return Err(explain_io(e)),
+            Some(Err(e)) => return Err(format!("bad answer from {endpoint}: {e}")),
+            None => {
+                return Err(format!(
+                    "DataServer {endpoint} closed the link after DataHello"
+                ));
+            }
+        };
+        if !ack.accepted {
+            return Err(format!(
+                "DataServer {endpoint} refused this agent: {}",
+                ack.message
+            ));
+        }
+        let (frames_tx, frames_rx) = mpsc::channel(self.queue.max(1));
+        let (events_tx, events_rx) = mpsc::channel(self.queue.max(1) * 2 + 4);
+        let tasks = [
+            tokio::spawn(write_loop(writer, frames_rx, events_tx.clone())),
+            tokio::spawn(read_loop(reader, events_tx)),
+        ];
+        Ok(Conn {
+            endpoint,
+            server_id: ack.server_id,
+            max_batch_bytes: ack.max_batch_bytes as usize,
+            frames: frames_tx,
+            events: events_rx,
+            tasks,
+        })
+    }
+}
+
+type Reader =
+    FramedRead<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>, FrameCodec>;
+type Writer =
+    FramedWrite<tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>, FrameCodec>;
+
+/// Writes queued frames, flushing once per burst.
+async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, events: mpsc::Sender<Event>) {
+    while let Some(frame) = rx.recv().await {
+        let mut result = w.feed(frame).await;
+        while result.is_ok() {
+            match rx.try_recv() {
+                Ok(f) => result = w.feed(f).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = result.and(w.flush().await) {
+            let _ = events
+                .send(Event::Closed(format!("write failed: {e}")))
+                .await;
+            return;
+        }
+    }
+}
+
+/// Reads acks until the link ends.
+async fn read_loop(mut r: Reader, events: mpsc::Sender<Event>) {
+    let reason = loop {
+        match r.next().await {
+            None => break "the DataServer closed the link".to_string(),
+            Some(Err(e)) => break format!("read failed: {e}"),
+            Some(Ok(f)) if f.msg_type == MsgType::DataAck => match f.decode::<DataAck>() {
+                Ok(ack) => {
+                    if events.send(Event::Ack(ack)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => break format!("bad DataAck: {e}"),
+            },
+            Some(Ok(f)) => {
+                tracing::debug!(msg_type = f.msg_type.to_u16(), "ignoring a data link frame");
+            }
+        }
+    };
+    let _ = events.send(Event::Closed(reason)).await;
+}

@@ -1,0 +1,421 @@
+//! The plugin supervisor (D2, C8): runs nodeman's process operations on
+//! this host and keeps hosted (delegated) plugins alive.
+//!
+//! Start at [`PluginService`]. The link hands it `ProcOperate` frames
+//! ([`PluginService::handle`]); each runs on the plugin's own task
+//! ([`supervisor::PluginState::operate`]) and answers one
+//! `ProcOperateResult`. A monitor loop checks every hosted plugin each
+//! `plugin.check_interval` (liveness by pid, cpu/mem limits in
+//! [`limits`]) and restarts the dead with backoff, raising a `ProcAlarm`
+//! upstream when it gives up. Control commands and pids are [`process`];
+//! what survives an agent restart is `<data_dir>/plugins.json`
+//! ([`state_file`]), re-adopted by pid at start. Status goes upstream as
+//! `ProcStatusReport`: everything when a link comes up and every
+//! `report_interval`, single plugins when they change. Plugins keep
+//! running when the agent stops or loses its link. The plugin-message
+//! socket is `crate::data::message_ipc`.
+
+pub mod config;
+pub mod limits;
+pub mod process;
+pub mod spec;
+pub mod state_file;
+pub mod supervisor;
+
+#[cfg(all(test, unix))]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gse_proto::link::{ProcAlarm, ProcOperate, ProcOperateResult, ProcStatus, ProcStatusReport};
+use gse_proto::{Frame, MsgType};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::PluginConfig;
+use limits::Sampler;
+use spec::{OpType, PluginId, PluginSpec};
+use supervisor::{OpOutcome, PluginState};
+
+/// Frames queued for the link; beyond this, status reports are dropped
+/// (the next full report repairs the server's view).
+pub const OUTBOUND_FRAMES: usize = 256;
+/// Most plugins one agent supervises.
+const MAX_PLUGINS: usize = 256;
+
+/// One supervised plugin.
+struct Plugin {
+    /// Held by whoever operates on or checks the plugin.
+    state: Arc<tokio::sync::Mutex<PluginState>>,
+    /// What was last published (saved and reported), readable without
+    /// waiting for a running operation.
+    published: Mutex<(ProcStatus, state_file::SavedPlugin)>,
+}
+
+struct Shared {
+    cfg: PluginConfig,
+    data_dir: PathBuf,
+    state_path: PathBuf,
+    plugins: Mutex<BTreeMap<PluginId, Arc<Plugin>>>,
+    upstream: Mutex<Option<mpsc::Sender<Frame>>>,
+    /// Alarms raised while no link was up; sent on the next one.
+    pending_alarms: Mutex<Vec<ProcAlarm>>,
+    /// Serialises writes of the state file.
+    save_lock: tokio::sync::Mutex<()>,
+}
+
+/// The agent's plugin supervisor. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginService {
+    shared: Arc<Shared>,
+}
+
+// === impl PluginService ===
+
+impl PluginService {
+    /// Loads `<data_dir>/plugins.json`, re-adopts what still runs, starts
+    /// the monitor loop and the plugin-message socket (until `shutdown`).
+    pub fn start(
+        cfg: &crate::AgentConfig,
+        identity: &crate::identity::AgentIdentity,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let data_dir = cfg.agent.data_dir.clone();
+        let state_path = data_dir.join("plugins.json");
+        let saved = state_file::load(&state_path).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load the supervised plugins");
+            Vec::new()
+        });
+        let svc = PluginService {
+            shared: Arc::new(Shared {
+                cfg: cfg.plugin.clone(),
+                data_dir: data_dir.clone(),
+                state_path,
+                plugins: Mutex::new(BTreeMap::new()),
+                upstream: Mutex::new(None),
+                pending_alarms: Mutex::new(Vec::new()),
+                save_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        for s in saved {
+            let log = process::control_log(&data_dir, &s.id.namespace, &s.id.name);
+            let st = PluginState::restore(s, log);
+            tracing::info!(plugin = %st.id, hosted = st.hosted, pid = st.proc.map(|p| p.pid), "supervising a plugin from the last run");
+            svc.insert(st);
+        }
+        start_message_socket(cfg, identity, shutdown.clone());
+        tokio::spawn(svc.clone().monitor(shutdown));
+        svc
+    }
+
+    fn insert(&self, st: PluginState) -> Arc<Plugin> {
+        let published = (status_of(&st), st.to_saved());
+        let id = st.id.clone();
+        let plugin = Arc::new(Plugin {
+            state: Arc::new(tokio::sync::Mutex::new(st)),
+            published: Mutex::new(published),
+        });
+        self.shared.plugins.lock().insert(id, plugin.clone());
+        plugin
+    }
+
+    /// The link is up: frames go to `tx` from now on, starting with the
+    /// full status and any alarm that waited for a link.
+    pub fn attach(&self, tx: mpsc::Sender<Frame>) {
+        *self.shared.upstream.lock() = Some(tx);
+        self.report_all();
+        let alarms = std::mem::take(&mut *self.shared.pending_alarms.lock());
+        for a in alarms {
+            self.send_alarm(a);
+        }
+    }
+
+    /// The link is down; plugins go on running and being supervised.
+    pub fn detach(&self) {
+        *self.shared.upstream.lock() = None;
+    }
+
+    /// Takes a frame of the plugin range (0x300-0x37f) from the server;
+    /// false if this agent does not handle its type.
+    pub fn handle(&self, frame: &Frame) -> bool {
+        if frame.msg_type != MsgType::ProcOperate {
+            return false;
+        }
+        match frame.decode::<ProcOperate>() {
+            Ok(op) => {
+                let svc = self.clone();
+                tokio::spawn(async move { svc.operate(op).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a plugin operation that does not decode")
+            }
+        }
+        true
+    }
+
+    /// Runs one operation and answers it upstream.
+    async fn operate(&self, op: ProcOperate) {
+        let (outcome, status) = match self.prepare(&op) {
+            Err(outcome) => (outcome, unregistered(&op)),
+            Ok((plugin, kind, spec)) => {
+                let mut st = plugin.state.clone().lock_owned().await;
+                st.spec = spec;
+                tracing::info!(plugin = %st.id, op = kind.as_str(), task_id = %op.task_id, "plugin operation");
+                let outcome = st.operate(kind).await;
+                let status = self.publish(&plugin, &st).await;
+                (outcome, status)
+            }
+        };
+        let content = serde_json::json!({
+            "pid": status.pid,
+            "status": status.status,
+            "isauto": status.is_auto,
+            "version": status.version,
+            "proc_name": status.proc_name,
+        })
+        .to_string();
+        let result = ProcOperateResult {
+            task_id: op.task_id.clone(),
+            index: op.index,
+            error_code: outcome.code,
+            error_msg: outcome.message,
+            content,
+            status: Some(status),
+        };
+        self.send(Frame::new(MsgType::ProcOperateResult, 0, &result));
+    }
+
+    /// Checks the op and finds (or makes) its plugin, with the op's spec.
+    fn prepare(&self, op: &ProcOperate) -> Result<(Arc<Plugin>, OpType, PluginSpec), OpOutcome> {
+        let fail = |code, msg: String| OpOutcome { code, message: msg };
+        let kind = OpType::from_wire(op.op_type).ok_or_else(|| {
+            fail(
+                spec::CODE_UNKNOWN_OP,
+                format!("op_type {} is not one of 0,1,2,3,4,7,8,9", op.op_type),
+            )
+        })?;
+        spec::check_name("namespace", &op.namespace)
+            .and_then(|()| spec::check_name("name", &op.name))
+            .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
+        let labels: BTreeMap<String, String> = op.labels.clone().into_iter().collect();
+        let wire = op.spec.clone().unwrap_or_default();
+        let spec = PluginSpec::from_wire(&wire, labels)
+            .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
+        let id = PluginId {
+            namespace: op.namespace.clone(),
+            name: op.name.clone(),
+        };
+        if let Some(p) = self.shared.plugins.lock().get(&id).cloned() {
+            // The op's spec replaces the old one once the plugin is free.
+            return Ok((p, kind, spec));
+        }
+        if self.shared.plugins.lock().len() >= MAX_PLUGINS {
+            return Err(fail(
+                spec::CODE_FAILED,
+                format!("this agent already supervises {MAX_PLUGINS} plugins"),
+            ));
+        }
+        let log = process::control_log(&self.shared.data_dir, &id.namespace, &id.name);
+        let plugin = self.insert(PluginState::new(id, spec.clone(), log));
+        Ok((plugin, kind, spec))
+    }
+
+    /// Saves and reports the plugin if what is visible of it changed;
+    /// returns its status.
+    async fn publish(&self, plugin: &Plugin, st: &PluginState) -> ProcStatus {
+        let status = status_of(st);
+        let saved = st.to_saved();
+        let changed = {
+            let mut p = plugin.published.lock();
+            let changed = !same_status(&p.0, &status) || p.1 != saved;
+            *p = (status.clone(), saved);
+            changed
+        };
+        if changed {
+            self.save().await;
+            let report = ProcStatusReport {
+                full: false,
+                procs: vec![status.clone()],
+            };
+            self.send(Frame::new(MsgType::ProcStatusReport, 0, &report));
+        }
+        status
+    }
+
+    /// Writes every plugin's last published state to the state file.
+    async fn save(&self) {
+        let _guard = self.shared.save_lock.lock().await;
+        let all: Vec<_> = self
+            .shared
+            .plugins
+            .lock()
+            .values()
+            .map(|p| p.published.lock().1.clone())
+            .collect();
+        let path = self.shared.state_path.clone();
+        let saved = tokio::task::spawn_blocking(move || state_file::save(&path, &all)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot save the supervised plugins"),
+            Err(e) => tracing::error!(error = %e, "saving the supervised plugins panicked"),
+        }
+    }
+
+    fn report_all(&self) {
+        let procs: Vec<ProcStatus> = self
+            .shared
+            .plugins
+            .lock()
+            .values()
+            .map(|p| p.published.lock().0.clone())
+            .collect();
+        let report = ProcStatusReport { full: true, procs };
+        self.send(Frame::new(MsgType::ProcStatusReport, 0, &report));
+    }
+
+    /// Queues a frame for the link; dropped (with a debug line) when no
+    /// link is up or its queue is full.
+    fn send(&self, frame: Frame) -> bool {
+        let tx = self.shared.upstream.lock().clone();
+        match tx.map(|tx| tx.try_send(frame)) {
+            Some(Ok(())) => true,
+            _ => {
+                tracing::debug!(
+                    "no link for a plugin frame; the next full report repairs the server's view"
+                );
+                false
+            }
+        }
+    }
+
+    fn send_alarm(&self, alarm: ProcAlarm) {
+        let frame = Frame::new(MsgType::ProcAlarm, 0, &alarm);
+        if !self.send(frame) {
+            self.shared.pending_alarms.lock().push(alarm);
+        }
+    }
+
+    /// Checks every plugin each `check_interval`; full report each
+    /// `report_interval`.
+    async fn monitor(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.shared.cfg.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report = tokio::time::interval(self.shared.cfg.report_interval);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sampler = Sampler::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = report.tick() => self.report_all(),
+                _ = tick.tick() => self.check_all(&mut sampler),
+            }
+        }
+    }
+
+    /// Starts a check of every plugin nobody is operating on.
+    fn check_all(&self, sampler: &mut Sampler) {
+        let plugins: Vec<Arc<Plugin>> = self.shared.plugins.lock().values().cloned().collect();
+        let pids: Vec<u32> = plugins
+            .iter()
+            .filter_map(|p| {
+                let published = p.published.lock();
+                Some(published.0.pid).filter(|pid| *pid > 0 && published.0.is_auto)
+            })
+            .collect();
+        let usage: HashMap<u32, limits::Usage> = sampler.sample(&pids).into_iter().collect();
+        let samples = self.shared.cfg.limit_samples;
+        for plugin in plugins {
+            let Ok(mut st) = plugin.state.clone().try_lock_owned() else {
+                continue;
+            };
+            let svc = self.clone();
+            let sample = st.proc.and_then(|p| usage.get(&p.pid).copied());
+            tokio::spawn(async move {
+                let checked = st.check(sample, samples).await;
+                if let Some(message) = checked.gave_up {
+                    tracing::error!(plugin = %st.id, "{message}");
+                    svc.send_alarm(ProcAlarm {
+                        namespace: st.id.namespace.clone(),
+                        name: st.id.name.clone(),
+                        failed_restarts: st.failed_restarts,
+                        message,
+                    });
+                }
+                svc.publish(&plugin, &st).await;
+            });
+        }
+    }
+}
+
+/// Binds the plugin-message socket (COMPAT §1.3); a failure is logged and
+/// the agent goes on without it.
+#[cfg(unix)]
+fn start_message_socket(
+    cfg: &crate::AgentConfig,
+    identity: &crate::identity::AgentIdentity,
+    shutdown: CancellationToken,
+) {
+    use crate::data::message_ipc::{KeepaliveAnswer, MessageServer};
+    let path = cfg.plugin.message_ipc(&cfg.agent.data_dir);
+    let answer = KeepaliveAnswer::running(&identity.agent_id, identity.cloud_id);
+    match MessageServer::bind(&path, answer, cfg.plugin.max_message_bytes) {
+        Ok(server) => {
+            tokio::spawn(server.run(shutdown));
+        }
+        Err(e) => tracing::error!(error = %e, "plugin-message socket not available"),
+    }
+}
+
+#[cfg(not(unix))]
+fn start_message_socket(
+    _: &crate::AgentConfig,
+    _: &crate::identity::AgentIdentity,
+    _: CancellationToken,
+) {
+    tracing::warn!("the plugin-message socket is implemented for Unix only");
+}
+
+/// The wire status of a plugin.
+fn status_of(st: &PluginState) -> ProcStatus {
+    ProcStatus {
+        namespace: st.id.namespace.clone(),
+        name: st.id.name.clone(),
+        proc_name: st.spec.proc_name.clone(),
+        status: st.status(),
+        is_auto: st.hosted,
+        version: st.version.clone(),
+        pid: st.proc.map_or(0, |p| p.pid),
+        setup_path: st.spec.setup_path.display().to_string(),
+        failed_restarts: st.failed_restarts,
+        gave_up: st.gave_up,
+        cpu_percent: st.usage.cpu_percent,
+        mem_percent: st.usage.mem_percent,
+        labels: st.spec.labels.clone().into_iter().collect(),
+        changed_ms: gse_core::now_ms(),
+    }
+}
+
+/// Equal but for the time stamp and the resource samples.
+fn same_status(a: &ProcStatus, b: &ProcStatus) -> bool {
+    let strip = |s: &ProcStatus| ProcStatus {
+        changed_ms: 0,
+        cpu_percent: 0.0,
+        mem_percent: 0.0,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Status of a plugin an operation could not even name.
+fn unregistered(op: &ProcOperate) -> ProcStatus {
+    ProcStatus {
+        namespace: op.namespace.clone(),
+        name: op.name.clone(),
+        status: spec::STATUS_UNREGISTERED,
+        changed_ms: gse_core::now_ms(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,151 @@
+//! The supervisor's state machine against real short-lived processes: a
+//! plugin made of shell scripts that writes its pid file, started,
+//! stopped, killed, restarted, given up on, and re-adopted from the state
+//! file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use gse_proto::link::ProcSpec;
+
+use super::process;
+use super::spec::*;
+use super::state_file;
+use super::supervisor::PluginState;
+
+/// A plugin in `dir`: `start.sh` backgrounds a `sleep` and writes its pid.
+fn plugin(dir: &Path, start: &str) -> PluginState {
+    std::fs::write(dir.join("start.sh"), start).unwrap();
+    std::fs::write(dir.join("stop.sh"), "kill $(cat plugin.pid)\n").unwrap();
+    let wire = ProcSpec {
+        proc_name: "sleeper".into(),
+        setup_path: dir.display().to_string(),
+        pid_path: dir.join("plugin.pid").display().to_string(),
+        start_cmd: "sh ./start.sh".into(),
+        stop_cmd: "sh ./stop.sh".into(),
+        version_cmd: "echo 1.2.3".into(),
+        start_check_secs: 1,
+        stop_check_secs: 3,
+        start_retries: 2,
+        start_interval_secs: 1,
+        op_timeout_secs: 10,
+        auto_type: 1,
+        ..Default::default()
+    };
+    let id = PluginId {
+        namespace: "nodeman".into(),
+        name: "sleeper".into(),
+    };
+    let spec = PluginSpec::from_wire(&wire, BTreeMap::new()).unwrap();
+    PluginState::new(id, spec, dir.join("ctl.log"))
+}
+
+const GOOD_START: &str = "sleep 600 &\necho $! > plugin.pid\n";
+
+fn kill_now(st: &PluginState) {
+    if let Some(p) = st.proc {
+        let _ = process::kill(p.pid);
+    }
+}
+
+#[tokio::test]
+async fn start_stop_and_their_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = plugin(dir.path(), GOOD_START);
+    let out = st.operate(OpType::Start).await;
+    assert_eq!(out.code, CODE_OK, "{}", out.message);
+    assert_eq!(st.status(), STATUS_RUNNING);
+    assert!(st.hosted);
+    assert_eq!(st.version, "1.2.3");
+    let pid = st.proc.unwrap().pid;
+    assert_eq!(
+        process::read_pid_file(&dir.path().join("plugin.pid")),
+        Some(pid)
+    );
+
+    assert_eq!(st.operate(OpType::Start).await.code, CODE_ALREADY_RUNNING);
+    let out = st.operate(OpType::Stop).await;
+    assert_eq!(out.code, CODE_OK, "{}", out.message);
+    assert_eq!(st.status(), STATUS_STOPPED);
+    assert!(!st.hosted);
+    assert_eq!(st.operate(OpType::Stop).await.code, CODE_NOT_RUNNING);
+}
+
+#[tokio::test]
+async fn a_hosted_plugin_that_dies_is_restarted_with_a_new_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = plugin(dir.path(), GOOD_START);
+    assert_eq!(st.operate(OpType::Start).await.code, CODE_OK);
+    let first = st.proc.unwrap().pid;
+    kill_now(&st);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checked = st.check(None, 5).await;
+    assert!(checked.restarted);
+    assert_eq!(checked.gave_up, None);
+    let second = st.proc.expect("restarted").pid;
+    assert_ne!(first, second);
+    // Not hosted: a death is noticed but nothing restarts it.
+    assert_eq!(st.operate(OpType::Undelegate).await.code, CODE_OK);
+    kill_now(&st);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checked = st.check(None, 5).await;
+    assert!(!checked.restarted);
+    assert_eq!(st.status(), STATUS_STOPPED);
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_starts_is_given_up_after_start_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = plugin(dir.path(), "echo cannot start >&2\nexit 0\n");
+    let out = st.operate(OpType::Start).await;
+    assert_eq!(out.code, CODE_NOT_ALIVE, "{}", out.message);
+    // First retry at once, the next after start_interval (1 s).
+    let first = st.check(None, 5).await;
+    assert!(first.restarted && first.gave_up.is_none());
+    assert_eq!(st.failed_restarts, 1);
+    let early = st.check(None, 5).await;
+    assert!(!early.restarted, "backoff: too early for another try");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = st.check(None, 5).await;
+    let message = last.gave_up.expect("gave up after 2 failures");
+    assert!(message.contains("failed to restart 2 times"), "{message}");
+    assert!(st.gave_up);
+    // Given up: no more tries until an operator delegates it again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!st.check(None, 5).await.restarted);
+    assert_eq!(st.operate(OpType::Delegate).await.code, CODE_OK);
+    assert!(!st.gave_up && st.failed_restarts == 0);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_and_the_running_plugin_is_re_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = plugin(dir.path(), GOOD_START);
+    assert_eq!(st.operate(OpType::Start).await.code, CODE_OK);
+    let pid = st.proc.unwrap().pid;
+    let file = dir.path().join("plugins.json");
+    state_file::save(&file, &[st.to_saved()]).unwrap();
+
+    let saved = state_file::load(&file).unwrap().remove(0);
+    let back = PluginState::restore(saved, dir.path().join("ctl.log"));
+    assert_eq!(back.proc.map(|p| p.pid), Some(pid));
+    assert!(back.hosted);
+    assert_eq!(back.version, "1.2.3");
+    kill_now(&back);
+}
+
+#[tokio::test]
+async fn kill_and_unknown_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = plugin(dir.path(), GOOD_START);
+    // No reload_cmd and no restart_cmd: nothing to run.
+    let out = st.operate(OpType::Reload).await;
+    assert_eq!(out.code, CODE_FAILED);
+    assert!(out.message.contains("reload_cmd"), "{}", out.message);
+    assert_eq!(st.operate(OpType::Start).await.code, CODE_OK);
+    let out = st.operate(OpType::Kill).await;
+    assert_eq!(out.code, CODE_OK, "{}", out.message);
+    assert_eq!(st.status(), STATUS_STOPPED);
+    assert!(!st.hosted);
+}

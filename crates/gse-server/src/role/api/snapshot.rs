@@ -1,0 +1,110 @@
+//! `get_agent_snapshot` (D3): the system snapshots each requested agent
+//! sent in the last window, read from the data role's [`SnapshotCache`].
+//!
+//! Agents are named as in the other v2 cluster calls (`cloud:ip` or a real
+//! agent id); real ids are resolved to `cloud:ip` through the state store.
+//! Every requested agent gets an entry, in request order: one with no
+//! snapshot has an empty list and says why in its own `code` and `message`.
+//! The snapshots are the agents' JSON objects as they sent them; docs/API.md
+//! lists their fields.
+
+use gse_core::identity::{AgentKey, AgentRef};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ApiContext;
+use super::agents::parse_agent_ids;
+use super::body::{Fields, optional_bool};
+use super::error::ApiError;
+use crate::role::data::snapshot::SnapshotCache;
+
+/// Entry `code` of an agent gse does not know (GSE's "agent not found").
+pub const AGENT_UNKNOWN: i64 = 1011003;
+/// Entry `code` of a known agent with no snapshot in the window (ours).
+pub const NO_SNAPSHOT: i64 = 1011201;
+
+/// One requested agent in the answer.
+#[derive(Serialize)]
+struct AgentSnapshots {
+    /// Exactly the id the caller sent.
+    bk_agent_id: String,
+    /// `cloud:ip` when known, else "".
+    agent_key: String,
+    code: i64,
+    message: String,
+    /// Oldest first.
+    snapshots: Vec<Value>,
+}
+
+pub async fn get_agent_snapshot(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
+    let cache = ctx
+        .snapshots
+        .as_ref()
+        .ok_or(ApiError::SnapshotsUnavailable)?;
+    let latest_only = optional_bool(body, "latest_only")?.unwrap_or(false);
+    let ids = parse_agent_ids(ctx, body)?;
+    let refs: Vec<AgentRef> = ids.iter().map(|(_, r)| r.clone()).collect();
+    let records = ctx.store.get_agents(&refs).await?;
+    let answer: Vec<AgentSnapshots> = ids
+        .into_iter()
+        .zip(records)
+        .map(|((sent, agent), record)| {
+            let key = match agent {
+                AgentRef::Key(k) => Some(k),
+                AgentRef::Id(_) => record.as_ref().map(|r| r.key),
+            };
+            entry(cache, sent, key, record.is_some(), latest_only)
+        })
+        .collect();
+    Ok(serde_json::to_value(answer).unwrap_or(Value::Null))
+}
+
+fn entry(
+    cache: &SnapshotCache,
+    sent: String,
+    key: Option<AgentKey>,
+    known: bool,
+    latest_only: bool,
+) -> AgentSnapshots {
+    let kept = key.and_then(|k| cache.get(&k, latest_only));
+    let agent_key = key.map(|k| k.to_string()).unwrap_or_default();
+    let Some(kept) = kept else {
+        let window = humantime::format_duration(cache.window());
+        let (code, message) = if known {
+            (
+                NO_SNAPSHOT,
+                format!(
+                    "agent {sent} sent no system snapshot in the last {window}: it is offline, \
+                     its data link is down, or its data.snapshot_interval is 0"
+                ),
+            )
+        } else {
+            (
+                AGENT_UNKNOWN,
+                format!("agent {sent} is not known to gse and sent no system snapshot"),
+            )
+        };
+        return AgentSnapshots {
+            bk_agent_id: sent,
+            agent_key,
+            code,
+            message,
+            snapshots: Vec::new(),
+        };
+    };
+    // The cache only keeps JSON objects; a parse failure cannot happen.
+    let snapshots = kept
+        .iter()
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect();
+    AgentSnapshots {
+        bk_agent_id: sent,
+        agent_key,
+        code: 0,
+        message: String::new(),
+        snapshots,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! `[data]` config section: the DataServers of this node (C5, D4).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default DataServer port (GSE 2.0's data_port).
+pub const DEFAULT_DATA_PORT: u16 = 28625;
+/// Default data id of the agents' system snapshot (D3).
+pub const DEFAULT_SNAPSHOT_DATA_ID: u32 = 1_100_001;
+
+/// `[data]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// One DataServer per address (several in one process share the load,
+    /// D4). Port 0 takes a free port.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Host told to agents in their DataServer endpoint; default: the
+    /// listen IP, or `node.advertise_ip` when listening on a wildcard.
+    #[serde(default)]
+    pub advertise_host: Option<String>,
+    /// Largest batch body accepted from an agent, bytes (told to agents in
+    /// DataHelloAck; a larger frame closes the link).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// How often agents are moved between DataServers by load (D4).
+    #[serde(default = "default_rebalance_interval", with = "humantime_serde")]
+    pub rebalance_interval: Duration,
+    /// Data id of the agents' system snapshot (D3), given to the snapshot
+    /// cache.
+    #[serde(default = "default_snapshot_data_id")]
+    pub snapshot_data_id: u32,
+    /// Time a new data link has for its TLS handshake and DataHello.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Batches of one agent link being stored at once.
+    #[serde(default = "default_batches_in_progress")]
+    pub batches_in_progress: usize,
+    /// `[data.snapshot]`: how much of the agents' system snapshots (D3) the
+    /// snapshot cache keeps.
+    #[serde(default)]
+    pub snapshot: super::snapshot::SnapshotCacheConfig,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_DATA_PORT))]
+}
+fn default_max_batch_bytes() -> usize {
+    8 << 20
+}
+fn default_rebalance_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_snapshot_data_id() -> u32 {
+    DEFAULT_SNAPSHOT_DATA_ID
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_batches_in_progress() -> usize {
+    8
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            listen: default_listen(),
+            advertise_host: None,
+            max_batch_bytes: default_max_batch_bytes(),
+            rebalance_interval: default_rebalance_interval(),
+            snapshot_data_id: default_snapshot_data_id(),
+            handshake_timeout: default_handshake_timeout(),
+            batches_in_progress: default_batches_in_progress(),
+            snapshot: Default::default(),
+        }
+    }
+}
+
+// === impl DataConfig ===
+
+impl DataConfig {
+    /// Problems with this section, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.is_empty() {
+            p.push(
+                "data.listen is empty: give at least one address (e.g. \"0.0.0.0:28625\")".into(),
+            );
+        }
+        if self.max_batch_bytes < 64 << 10 || self.max_batch_bytes > 64 << 20 {
+            p.push(format!(
+                "data.max_batch_bytes = {}: must be 65536..=67108864",
+                self.max_batch_bytes
+            ));
+        }
+        if self.rebalance_interval < Duration::from_secs(1) {
+            p.push("data.rebalance_interval must be at least 1s".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            p.push("data.handshake_timeout must be > 0".into());
+        }
+        if self.batches_in_progress == 0 || self.batches_in_progress > 256 {
+            p.push(format!(
+                "data.batches_in_progress = {}: must be 1..=256",
+                self.batches_in_progress
+            ));
+        }
+        if self
+            .advertise_host
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.contains(' '))
+        {
+            p.push("data.advertise_host must be a host name or IP".into());
+        }
+        p.extend(self.snapshot.problems());
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_named() {
+        assert!(DataConfig::default().problems().is_empty());
+        let bad = DataConfig {
+            listen: Vec::new(),
+            rebalance_interval: Duration::ZERO,
+            ..DataConfig::default()
+        };
+        let p = bad.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("data.listen"));
+    }
+}

@@ -1,0 +1,287 @@
+//! One DataServer (C5): a mutual-TLS listener for agents' data links.
+//!
+//! Per connection ([`serve_link`]): TLS handshake and `DataHello` within
+//! `handshake_timeout` (the agent id, cloud id and identity IP are checked;
+//! the source of every record is `cloud:ip`), `DataHelloAck` with the
+//! batch size limit, then `DataBatch` frames. Up to `batches_in_progress`
+//! batches of a link are stored at once ([`BatchHandler`]); each is
+//! answered by one `DataAck` (code 0 only after every sink stored it, else
+//! [`ACK_SINK_FAILED`] and the agent retries). Frames over the limit, bodies
+//! that do not decode and unexpected types close that link only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use gse_core::AgentKey;
+use gse_core::identity::validate_agent_id;
+use gse_core::tls::{Side, TlsFiles, explain};
+use gse_proto::link::{DataAck, DataHello, DataHelloAck};
+use gse_proto::{Frame, FrameCodec, MsgType};
+use prost::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::balance::ServerLoad;
+use super::batch::BatchHandler;
+use super::config::DataConfig;
+use super::metrics;
+use super::wire::WireBatch;
+
+/// Ack code: a sink could not store the batch (retry later).
+pub const ACK_SINK_FAILED: u32 = 1;
+/// How long a write to an agent may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Room for the frame's own framing around the largest batch body.
+const FRAME_SLACK: usize = 4096;
+
+type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// One listening DataServer.
+pub struct DataServer {
+    pub load: Arc<ServerLoad>,
+    pub(super) tls: Arc<rustls::ServerConfig>,
+    pub(super) tls_files: TlsFiles,
+    pub(super) handler: BatchHandler,
+    pub(super) config: DataConfig,
+    pub(super) shutdown: CancellationToken,
+}
+
+// === impl DataServer ===
+
+impl DataServer {
+    /// Accepts data links until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tracing::info!(server = %self.load.id, endpoint = %self.load.endpoint, "DataServer listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(serve_link(self.clone(), tcp, peer));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept data links (file descriptor limit?)");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr) {
+    let limit = svc.config.handshake_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(svc.tls.clone());
+    let tls = match timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
+                Some(text) => tracing::warn!(peer = %peer, "data link: {text}"),
+                None => {
+                    tracing::debug!(peer = %peer, error = %e, "data link closed during the TLS handshake")
+                }
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %peer, "data link: no TLS handshake within {limit:?}; closing");
+            return;
+        }
+    };
+    let codec = FrameCodec::new(svc.config.max_batch_bytes + FRAME_SLACK);
+    let mut link = Framed::new(tls, codec);
+    let Some(key) = hello(&svc, &mut link, peer).await else {
+        return;
+    };
+    let counters = svc.load.attach(key);
+    let source: Arc<str> = key.to_string().into();
+    tracing::info!(agent = %key, server = %svc.load.id, "data link up");
+    let reason = pump(&svc, &mut link, &source, &counters).await;
+    svc.load.detach();
+    tracing::info!(agent = %key, server = %svc.load.id, reason = %reason, "data link closed");
+}
+
+/// Reads and checks `DataHello`, answers it; the agent's key if accepted.
+async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<AgentKey> {
+    let limit = svc.config.handshake_timeout;
+    let first = match timeout(limit, link.next()).await {
+        Ok(Some(Ok(f))) => f,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(peer = %peer, error = %e, "bad first frame on a data link; closing");
+            return None;
+        }
+        Ok(None) => return None,
+        Err(_) => {
+            tracing::warn!(peer = %peer, "no DataHello within {limit:?}; closing");
+            return None;
+        }
+    };
+    let checked = match first.msg_type {
+        MsgType::DataHello => first
+            .decode::<DataHello>()
+            .map_err(|e| e.to_string())
+            .and_then(check_hello),
+        other => Err(format!(
+            "the first frame of a data link must be DataHello, got type {}",
+            other.to_u16()
+        )),
+    };
+    let answer = |accepted: bool, message: String| DataHelloAck {
+        accepted,
+        message,
+        server_id: svc.load.id.clone(),
+        max_batch_bytes: svc.config.max_batch_bytes as u32,
+    };
+    let (ack, key) = match checked {
+        Ok(key) => (answer(true, String::new()), Some(key)),
+        Err(message) => {
+            tracing::warn!(peer = %peer, "refusing a data link: {message}");
+            (answer(false, message), None)
+        }
+    };
+    let frame = Frame::new(MsgType::DataHelloAck, first.stream_id, &ack);
+    match timeout(WRITE_TIMEOUT, link.send(frame)).await {
+        Ok(Ok(())) => key,
+        _ => None,
+    }
+}
+
+/// Validates what the agent says about itself.
+fn check_hello(h: DataHello) -> Result<AgentKey, String> {
+    validate_agent_id(&h.agent_id).map_err(|e| format!("agent_id: {e}"))?;
+    if h.cloud_id < 0 {
+        return Err(format!("cloud_id {} is negative", h.cloud_id));
+    }
+    if h.protocol_version == 0 {
+        return Err("protocol_version 0: upgrade the agent".into());
+    }
+    let ip: IpAddr = h
+        .identity_ip
+        .parse()
+        .map_err(|_| format!("identity_ip {:?} is not an IP address", h.identity_ip))?;
+    if ip.is_unspecified() {
+        return Err(format!("identity_ip {ip} is unspecified"));
+    }
+    Ok(AgentKey::new(h.cloud_id, ip))
+}
+
+/// Stores batches and acks them until the link ends; returns why it ended.
+async fn pump(
+    svc: &DataServer,
+    link: &mut Link,
+    source: &Arc<str>,
+    counters: &super::balance::AgentCounters,
+) -> String {
+    let mut storing = FuturesUnordered::new();
+    let max = svc.config.batches_in_progress;
+    let reason = loop {
+        tokio::select! {
+            _ = svc.shutdown.cancelled() => break "server shutting down".to_string(),
+            Some((seq, result)) = storing.next(), if !storing.is_empty() => {
+                if let Err(e) = ack(svc, link, seq, result).await {
+                    return e;
+                }
+            }
+            next = link.next(), if storing.len() < max => {
+                let frame = match next {
+                    None => break "closed by the agent".to_string(),
+                    Some(Err(e)) => break format!("bad frame: {e}"),
+                    Some(Ok(f)) => f,
+                };
+                if frame.msg_type != MsgType::DataBatch {
+                    break format!("unexpected frame type {} on a data link", frame.msg_type.to_u16());
+                }
+                let len = frame.body.len() as u64;
+                let batch = match WireBatch::decode(frame.body) {
+                    Ok(b) => b,
+                    Err(e) => break format!("DataBatch {} does not decode: {e}", frame.stream_id),
+                };
+                counters.records.fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                counters.bytes.fetch_add(len, Ordering::Relaxed);
+                let handler = svc.handler.clone();
+                let source = source.clone();
+                storing.push(async move {
+                    let seq = batch.seq;
+                    (seq, handler.store(&source, batch).await)
+                });
+            }
+        }
+    };
+    // Finish what is being stored, so those acks are not lost needlessly.
+    let drain = async {
+        while let Some((seq, result)) = storing.next().await {
+            if ack(svc, link, seq, result).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = timeout(WRITE_TIMEOUT, drain).await;
+    reason
+}
+
+async fn ack(
+    svc: &DataServer,
+    link: &mut Link,
+    seq: u64,
+    result: Result<super::batch::Stored, super::batch::StoreError>,
+) -> Result<(), String> {
+    let (code, message) = match result {
+        Ok(_) => (0, String::new()),
+        Err(e) => {
+            tracing::warn!(server = %svc.load.id, seq, error = %e, "a data batch was not stored; the agent will send it again");
+            (ACK_SINK_FAILED, e.to_string())
+        }
+    };
+    metrics::batch(&svc.load.id, code == 0);
+    let frame = Frame::new(MsgType::DataAck, seq, &DataAck { seq, code, message });
+    match timeout(WRITE_TIMEOUT, link.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot send an ack: {e}")),
+        Err(_) => Err("an ack write did not complete in time".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_is_checked() {
+        let good = DataHello {
+            agent_id: "agent-1".into(),
+            cloud_id: 0,
+            identity_ip: "10.0.0.1".into(),
+            protocol_version: 1,
+        };
+        assert_eq!(check_hello(good.clone()).unwrap().to_string(), "0:10.0.0.1");
+        for bad in [
+            DataHello {
+                identity_ip: "x".into(),
+                ..good.clone()
+            },
+            DataHello {
+                identity_ip: "0.0.0.0".into(),
+                ..good.clone()
+            },
+            DataHello {
+                cloud_id: -1,
+                ..good.clone()
+            },
+            DataHello {
+                protocol_version: 0,
+                ..good.clone()
+            },
+        ] {
+            assert!(check_hello(bad).is_err());
+        }
+    }
+}

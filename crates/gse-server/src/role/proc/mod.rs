@@ -1,0 +1,307 @@
+//! The proc role (D2, C8): nodeman's plugin-process operations, from the
+//! API to agents' plugin supervisors, and their results and status back.
+//!
+//! Start at [`ProcService`]. [`ProcService::operate`] turns the operations
+//! of one `operate_proc_multi` call into a task ([`model`]) with one entry
+//! per (operation, agent) and puts it in the queue; [`ProcService::run`]
+//! dispatches queued tasks every `proc.dispatch_interval` (unknown or
+//! offline agents answer 117 there) and fails overdue entries. Agents'
+//! results, status reports and alarms arrive through [`AgentFrames`]
+//! ([`frames`]); the last status each agent reported is kept in
+//! [`status::StatusCache`] for `get_proc_status_v2`. Tasks live in memory
+//! for `proc.retention`; HTTP shapes are the API role's.
+
+pub mod codes;
+pub mod config;
+mod frames;
+mod metrics;
+pub mod model;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gse_core::AgentRef;
+use gse_core::seams::{StateStore, StoreError};
+use gse_proto::link::ProcOperate;
+use gse_proto::{Frame, MsgType};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ProcConfig;
+pub use model::{Answer, OpRequest};
+pub use status::ProcView;
+
+use crate::role::alarm::AlarmService;
+use crate::role::task::{AgentLink, Dispatch};
+use codes::*;
+use model::{EntryState, ProcTask};
+
+/// Why a proc call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error(
+        "proc task {0:?} not found: it was never started, or it is older than proc.retention and was dropped"
+    )]
+    NotFound(String),
+    #[error("state store failed, try again later: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What [`ProcService::new`] needs.
+pub struct ProcParts {
+    pub node_id: String,
+    pub config: ProcConfig,
+    pub store: Arc<dyn StateStore>,
+    /// This node's link, if it runs one.
+    pub link: Option<Arc<dyn AgentLink>>,
+    pub alarms: Option<Arc<AlarmService>>,
+}
+
+/// The results of one task, as `get_proc_operate_result_v2` shows them.
+pub struct TaskResults {
+    /// Nothing was dispatched yet (envelope 1000115).
+    pub queued: bool,
+    pub answers: std::collections::BTreeMap<String, Answer>,
+}
+
+/// Shared state of the proc role.
+pub struct ProcService {
+    node_id: String,
+    config: ProcConfig,
+    store: Arc<dyn StateStore>,
+    dispatch: Dispatch,
+    alarms: Option<Arc<AlarmService>>,
+    tasks: Mutex<HashMap<String, Arc<ProcTask>>>,
+    /// Task ids in creation order, for retention.
+    order: Mutex<std::collections::VecDeque<String>>,
+    /// Tasks waiting for the dispatcher.
+    queue: Mutex<Vec<Arc<ProcTask>>>,
+    /// Tasks with entries sent and not answered.
+    active: Mutex<HashMap<String, Arc<ProcTask>>>,
+    status: status::StatusCache,
+    seq: AtomicU64,
+}
+
+// === impl ProcService ===
+
+impl ProcService {
+    pub fn new(parts: ProcParts) -> Arc<Self> {
+        Arc::new(ProcService {
+            dispatch: Dispatch::new(parts.node_id.clone(), parts.link),
+            node_id: parts.node_id,
+            config: parts.config,
+            store: parts.store,
+            alarms: parts.alarms,
+            tasks: Mutex::new(HashMap::new()),
+            order: Mutex::new(Default::default()),
+            queue: Mutex::new(Vec::new()),
+            active: Mutex::new(HashMap::new()),
+            status: status::StatusCache::default(),
+            seq: AtomicU64::new(1),
+        })
+    }
+
+    /// Queues the operations as one task; returns its id.
+    pub fn operate(&self, ops: Vec<OpRequest>) -> String {
+        let id = super::gse_task_id('P', self.seq.fetch_add(1, Ordering::Relaxed));
+        let task = Arc::new(ProcTask::new(id.clone(), ops));
+        let entries = task.state.lock().entries.len();
+        tracing::info!(task_id = %id, ops = task.ops.len(), entries, "proc task queued");
+        metrics::task_created();
+        self.tasks.lock().insert(id.clone(), task.clone());
+        self.order.lock().push_back(id.clone());
+        self.queue.lock().push(task);
+        self.prune();
+        id
+    }
+
+    /// The task's answers by result key.
+    pub fn results(&self, task_id: &str) -> Result<TaskResults, ProcError> {
+        let task = self
+            .tasks
+            .lock()
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| ProcError::NotFound(task_id.to_string()))?;
+        let (queued, answers) = task.answers();
+        Ok(TaskResults { queued, answers })
+    }
+
+    /// The last reported state of plugin `namespace:name` on each agent.
+    pub async fn status(
+        &self,
+        namespace: &str,
+        name: &str,
+        agents: &[(String, AgentRef)],
+    ) -> Result<Vec<ProcView>, ProcError> {
+        let refs: Vec<AgentRef> = agents.iter().map(|(_, r)| r.clone()).collect();
+        let records = self.store.get_agents(&refs).await?;
+        Ok(agents
+            .iter()
+            .zip(records)
+            .map(|((sent, r), rec)| self.status.view(sent, r, rec.as_ref(), namespace, name))
+            .collect())
+    }
+
+    /// Dispatches queued tasks and fails overdue entries until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.dispatch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let queued = std::mem::take(&mut *self.queue.lock());
+            for task in queued {
+                if let Err(e) = self.dispatch_task(&task).await {
+                    tracing::error!(task_id = %task.id, error = %e, "cannot dispatch a proc task; its entries fail");
+                    self.fail_open(&task, CODE_FAILED, &format!("dispatch failed: {e}"));
+                }
+            }
+            self.expire();
+        }
+    }
+
+    /// Sends every queued entry of `task` to its agent.
+    async fn dispatch_task(&self, task: &Arc<ProcTask>) -> Result<(), StoreError> {
+        let refs: Vec<AgentRef> = task
+            .state
+            .lock()
+            .entries
+            .iter()
+            .map(|e| task.ops[e.op].targets[e.target].1.clone())
+            .collect();
+        let records = self.store.get_agents(&refs).await?;
+        let mut st = task.state.lock();
+        st.dispatched = true;
+        for (index, record) in records.into_iter().enumerate() {
+            let entry = &st.entries[index];
+            if entry.state != EntryState::Queued {
+                continue;
+            }
+            let op = &task.ops[entry.op];
+            let name = &op.targets[entry.target].0;
+            let outcome = match record {
+                None => Err(format!(
+                    "agent {name} is unknown to gse; check the agent id, or that the agent has registered"
+                )),
+                Some(rec) => self
+                    .dispatch
+                    .route(name, &rec)
+                    .and_then(|route| {
+                        let frame =
+                            Frame::new(MsgType::ProcOperate, 0, &operate_frame(task, index, op));
+                        self.dispatch.send(&route, name, rec.key, frame)
+                    })
+                    .map(|conn| (rec.key, conn))
+                    .map_err(|e| e.to_string()),
+            };
+            st.entries[index].state = match outcome {
+                Ok((agent, conn)) => EntryState::Sent {
+                    agent,
+                    conn,
+                    deadline: Instant::now() + self.answer_time(&op.spec),
+                },
+                Err(why) => EntryState::done(Answer::new(CODE_AGENT_ABNORMAL, why)),
+            };
+        }
+        let sent = st
+            .entries
+            .iter()
+            .any(|e| matches!(e.state, EntryState::Sent { .. }));
+        drop(st);
+        if sent {
+            self.active.lock().insert(task.id.clone(), task.clone());
+        }
+        Ok(())
+    }
+
+    /// How long an agent may take to answer an op with this spec.
+    fn answer_time(&self, spec: &gse_proto::link::ProcSpec) -> Duration {
+        let secs = |n: u32, default: u64| if n == 0 { default } else { u64::from(n) };
+        let op = secs(spec.op_timeout_secs, 60).min(600);
+        let check = secs(spec.start_check_secs, 5)
+            .max(secs(spec.stop_check_secs, 5))
+            .min(300);
+        // A restart may run two commands and a version probe.
+        Duration::from_secs(2 * op + check + 10) + self.config.answer_grace
+    }
+
+    /// Fails entries whose answer is overdue.
+    fn expire(&self) {
+        let now = Instant::now();
+        let active: Vec<_> = self.active.lock().values().cloned().collect();
+        for task in active {
+            {
+                let mut st = task.state.lock();
+                for e in st.entries.iter_mut() {
+                    if let EntryState::Sent {
+                        deadline, agent, ..
+                    } = e.state
+                        && deadline <= now
+                    {
+                        e.state = EntryState::done(Answer::new(
+                            CODE_FAILED,
+                            format!("agent {agent} did not answer the operation in time"),
+                        ));
+                    }
+                }
+            }
+            self.retire(&task);
+        }
+    }
+
+    /// Forgets an active task once it has nothing open.
+    fn retire(&self, task: &Arc<ProcTask>) {
+        if !task.unfinished() {
+            self.active.lock().remove(&task.id);
+        }
+    }
+
+    fn fail_open(&self, task: &Arc<ProcTask>, code: i32, why: &str) {
+        let mut st = task.state.lock();
+        st.dispatched = true;
+        for i in 0..st.entries.len() {
+            st.close(i, None, Answer::new(code, why));
+        }
+    }
+
+    /// Drops tasks older than the retention or beyond `max_tasks`.
+    fn prune(&self) {
+        let mut order = self.order.lock();
+        let mut tasks = self.tasks.lock();
+        while let Some(oldest) = order.front() {
+            let old = tasks
+                .get(oldest)
+                .is_none_or(|t| t.created.elapsed() > self.config.retention);
+            if !old && tasks.len() <= self.config.max_tasks {
+                break;
+            }
+            if let Some(id) = order.pop_front() {
+                tasks.remove(&id);
+                self.active.lock().remove(&id);
+            }
+        }
+    }
+}
+
+/// The frame for entry `index` of `task`.
+fn operate_frame(task: &ProcTask, index: usize, op: &OpRequest) -> ProcOperate {
+    ProcOperate {
+        task_id: task.id.clone(),
+        index: index as u32,
+        namespace: op.namespace.clone(),
+        name: op.name.clone(),
+        op_type: op.op_type,
+        spec: Some(op.spec.clone()),
+        labels: op.labels.clone().into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
