@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(name = "gse-agent", version)]
 struct Cli {
-    /// Agent config file (TOML); see docs/CONFIG.md.
+    /// Agent config file (TOML); every key with its default: etc/gse-agent.toml.
     #[arg(
         short = 'c',
         long,

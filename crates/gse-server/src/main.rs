@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run a server node from a config file until SIGTERM or SIGINT.
     Run {
-        /// Server config file (TOML); see docs/CONFIG.md.
+        /// Server config file (TOML); every key with its default: etc/gse-server.toml.
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
     },

@@ -3,12 +3,14 @@
 //! `main` parses the command line (the clap definitions below are the
 //! `--help`), resolves where the API is and which app to call it as
 //! ([`connection`]), and hands a ready [`client::ApiClient`] to the
-//! subcommand. Each subcommand is one module (`agents`, `exec`, `push`); a new one is a
+//! subcommand. Each subcommand is one module (`agents`, `exec`, `push`,
+//! `call`); a new one is a
 //! variant of [`Command`] plus its module. Tables are rendered by [`table`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod agents;
+mod call;
 mod client;
 mod connection;
 mod exec;
@@ -49,6 +51,9 @@ enum Command {
     /// (P2P between the targets); a bar per target, then the results
     /// grouped by outcome. Exit code 1 if any target failed.
     Push(push::PushArgs),
+    /// Call any API endpoint by its path (data routes, process operations,
+    /// snapshots, ...) with a JSON body; prints the answer's `data`.
+    Call(call::CallArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -73,6 +78,7 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Agents(args) => agents::run(&client, args).await.map(|()| true),
         Command::Exec(args) => exec::run(&client, args).await,
         Command::Push(args) => push::run(&client, args).await,
+        Command::Call(args) => call::run(&client, args).await.map(|()| true),
     }
 }
 

@@ -21,20 +21,33 @@ use tokio_util::sync::CancellationToken;
 
 use super::DataStats;
 use super::ipc_codec::Record;
-use super::wire::WireRecord;
+use super::wire::BatchBuf;
 
 /// Most data ids with an open (not yet cut) batch.
 pub const MAX_OPEN_GROUPS: usize = 1024;
 /// Per-record overhead counted towards a batch's size (protobuf framing).
 const RECORD_OVERHEAD: usize = 16;
+/// Buffer size of a data id's first batch; later ones start at the size of
+/// the data id's previous batch, so a busy one is not grown by copying.
+const FIRST_BUFFER: usize = 32 * 1024;
+/// Data ids whose last batch size is remembered (cleared beyond).
+const MAX_SIZE_HINTS: usize = 4 * MAX_OPEN_GROUPS;
 
-/// One data id's records, cut and ready for the uplink.
+/// One data id's records, cut and ready for the uplink: already encoded
+/// as a `DataBatch` frame but for its seq ([`BatchBuf`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutBatch {
     pub data_id: u32,
-    pub records: Vec<WireRecord>,
-    /// Approximate encoded size (payloads plus framing).
+    pub buf: BatchBuf,
+    /// Approximate size (payloads plus framing), for memory accounting.
     pub bytes: usize,
+}
+
+impl OutBatch {
+    /// Records in the batch.
+    pub fn records(&self) -> usize {
+        self.buf.records()
+    }
 }
 
 /// When to cut.
@@ -49,6 +62,8 @@ pub struct BatchLimits {
 pub struct Groups {
     limits: BatchLimits,
     open: HashMap<u32, (Instant, OutBatch)>,
+    /// Encoded size of each data id's last batch.
+    hints: HashMap<u32, usize>,
 }
 
 // === impl Groups ===
@@ -58,42 +73,67 @@ impl Groups {
         Groups {
             limits,
             open: HashMap::new(),
+            hints: HashMap::new(),
         }
     }
 
-    /// Adds a record; returns the batches this cut (its own when full, the
-    /// oldest one when too many data ids are open).
-    pub fn add(&mut self, record: WireRecord, now: Instant) -> Vec<OutBatch> {
+    /// Adds a record (its payload is copied into the batch); returns the
+    /// batches this cut (its own when full, the oldest one when too many
+    /// data ids are open).
+    pub fn add(
+        &mut self,
+        data_id: u32,
+        received_ms: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Vec<OutBatch> {
         let mut cut = Vec::new();
-        if !self.open.contains_key(&record.data_id) && self.open.len() >= MAX_OPEN_GROUPS {
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| *k);
-            if let Some((_, b)) = oldest.and_then(|k| self.open.remove(&k)) {
-                cut.push(b);
+        let size = payload.len() + RECORD_OVERHEAD;
+        let full = match self.open.get_mut(&data_id) {
+            Some((_, batch)) => {
+                batch.buf.push(data_id, received_ms, payload);
+                batch.bytes += size;
+                batch.bytes >= self.limits.max_bytes
             }
-        }
-        let size = record.payload.len() + RECORD_OVERHEAD;
-        let data_id = record.data_id;
-        let (_, batch) = self.open.entry(data_id).or_insert_with(|| {
-            (
-                now,
-                OutBatch {
+            None => {
+                if self.open.len() >= MAX_OPEN_GROUPS {
+                    let oldest = self
+                        .open
+                        .iter()
+                        .min_by_key(|(_, (t, _))| *t)
+                        .map(|(k, _)| *k);
+                    if let Some(b) = oldest.and_then(|k| self.take(k)) {
+                        cut.push(b);
+                    }
+                }
+                let hint = self.hints.get(&data_id).copied().unwrap_or(FIRST_BUFFER);
+                let capacity = hint.min(self.limits.max_bytes) + hint / 8 + size;
+                let mut buf = BatchBuf::with_capacity(capacity);
+                buf.push(data_id, received_ms, payload);
+                let batch = OutBatch {
                     data_id,
-                    records: Vec::new(),
-                    bytes: 0,
-                },
-            )
-        });
-        batch.records.push(record);
-        batch.bytes += size;
-        if batch.bytes >= self.limits.max_bytes {
-            let (_, b) = self.open.remove(&data_id).expect("just inserted");
+                    buf,
+                    bytes: size,
+                };
+                let full = batch.bytes >= self.limits.max_bytes;
+                self.open.insert(data_id, (now, batch));
+                full
+            }
+        };
+        if full && let Some(b) = self.take(data_id) {
             cut.push(b);
         }
         cut
+    }
+
+    /// Removes a data id's open batch, remembering its size.
+    fn take(&mut self, data_id: u32) -> Option<OutBatch> {
+        let (_, b) = self.open.remove(&data_id)?;
+        if self.hints.len() >= MAX_SIZE_HINTS {
+            self.hints.clear();
+        }
+        self.hints.insert(data_id, b.buf.records_len());
+        Some(b)
     }
 
     /// Batches whose linger time is over at `now`.
@@ -105,9 +145,7 @@ impl Groups {
             .filter(|(_, (t, _))| *t + linger <= now)
             .map(|(k, _)| *k)
             .collect();
-        due.into_iter()
-            .filter_map(|k| self.open.remove(&k).map(|(_, b)| b))
-            .collect()
+        due.into_iter().filter_map(|k| self.take(k)).collect()
     }
 
     /// When the next batch becomes due, if any is open.
@@ -126,8 +164,9 @@ impl Groups {
 
 /// Runs the batcher until `shutdown` (or until every producer is gone);
 /// then cuts what is open, hands it on and returns, which closes `out`.
+/// Producers hand over records in chunks (all a socket read brought).
 pub async fn run(
-    mut records: mpsc::Receiver<Record>,
+    mut records: mpsc::Receiver<Vec<Record>>,
     out: mpsc::Sender<OutBatch>,
     limits: BatchLimits,
     stats: Arc<DataStats>,
@@ -163,18 +202,21 @@ pub async fn run(
     }
 }
 
-fn accept(groups: &mut Groups, r: Record, stats: &DataStats) -> Vec<OutBatch> {
-    if r.data_id == 0 {
-        DataStats::bump(&stats.no_data_id, 1);
-        return Vec::new();
+/// Adds a chunk of records, all stamped with one receive time.
+fn accept(groups: &mut Groups, chunk: Vec<Record>, stats: &DataStats) -> Vec<OutBatch> {
+    let (received_ms, now) = (gse_core::now_ms(), Instant::now());
+    let mut cut = Vec::new();
+    let mut taken = 0;
+    for r in &chunk {
+        if r.data_id == 0 {
+            DataStats::bump(&stats.no_data_id, 1);
+            continue;
+        }
+        taken += 1;
+        cut.extend(groups.add(r.data_id, received_ms, &r.payload, now));
     }
-    DataStats::bump(&stats.records_in, 1);
-    let record = WireRecord {
-        data_id: r.data_id,
-        received_ms: gse_core::now_ms(),
-        payload: r.payload,
-    };
-    groups.add(record, Instant::now())
+    DataStats::bump(&stats.records_in, taken);
+    cut
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -187,15 +229,18 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use prost::Message;
 
     use super::*;
+    use crate::data::wire::{WireBatch, frame_body};
 
-    fn rec(data_id: u32, len: usize) -> WireRecord {
-        WireRecord {
-            data_id,
-            received_ms: 1,
-            payload: Bytes::from(vec![b'x'; len]),
-        }
+    /// Adds a record of `len` bytes.
+    fn add(g: &mut Groups, data_id: u32, len: usize, now: Instant) -> Vec<OutBatch> {
+        g.add(data_id, 1, &vec![b'x'; len], now)
+    }
+
+    fn decode(b: OutBatch) -> WireBatch {
+        WireBatch::decode(frame_body(&b.buf.finish(1))).unwrap()
     }
 
     fn limits() -> BatchLimits {
@@ -209,12 +254,15 @@ mod tests {
     fn groups_per_data_id_and_cuts_by_size() {
         let t0 = Instant::now();
         let mut g = Groups::new(limits());
-        assert!(g.add(rec(1, 400), t0).is_empty());
-        assert!(g.add(rec(2, 400), t0).is_empty());
-        let cut = g.add(rec(1, 600), t0);
+        assert!(add(&mut g, 1, 400, t0).is_empty());
+        assert!(add(&mut g, 2, 400, t0).is_empty());
+        let cut = add(&mut g, 1, 600, t0);
         assert_eq!(cut.len(), 1);
         assert_eq!(cut[0].data_id, 1);
-        assert_eq!(cut[0].records.len(), 2);
+        assert_eq!(cut[0].records(), 2);
+        let sent = decode(cut.into_iter().next().unwrap());
+        assert_eq!(sent.records.len(), 2);
+        assert_eq!(sent.records[1].payload.len(), 600);
         // Data id 2 is still open, alone.
         let rest = g.drain();
         assert_eq!(rest.len(), 1);
@@ -225,8 +273,8 @@ mod tests {
     fn cuts_by_linger_time_in_order_of_age() {
         let t0 = Instant::now();
         let mut g = Groups::new(limits());
-        g.add(rec(1, 10), t0);
-        g.add(rec(2, 10), t0 + Duration::from_millis(10));
+        add(&mut g, 1, 10, t0);
+        add(&mut g, 2, 10, t0 + Duration::from_millis(10));
         assert_eq!(g.next_deadline(), Some(t0 + Duration::from_millis(20)));
         assert!(g.due(t0 + Duration::from_millis(19)).is_empty());
         let due = g.due(t0 + Duration::from_millis(20));
@@ -240,12 +288,9 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Groups::new(limits());
         for id in 1..=MAX_OPEN_GROUPS as u32 {
-            assert!(
-                g.add(rec(id, 1), t0 + Duration::from_micros(id.into()))
-                    .is_empty()
-            );
+            assert!(add(&mut g, id, 1, t0 + Duration::from_micros(id.into())).is_empty());
         }
-        let cut = g.add(rec(99_999, 1), t0 + Duration::from_secs(1));
+        let cut = add(&mut g, 99_999, 1, t0 + Duration::from_secs(1));
         assert_eq!(cut.len(), 1);
         assert_eq!(cut[0].data_id, 1);
     }
@@ -269,8 +314,10 @@ mod tests {
         task.await.unwrap();
         let batch = out_rx.recv().await.unwrap();
         assert_eq!(batch.data_id, 5);
-        assert_eq!(&batch.records[0].payload[..], b"five");
-        assert!(batch.records[0].received_ms > 0);
+        let sent = decode(batch);
+        assert_eq!(&sent.records[0].payload[..], b"five");
+        assert!(sent.records[0].received_ms > 0);
+        assert_eq!(sent.records[0].data_id, 5);
         assert!(out_rx.recv().await.is_none());
         assert_eq!(stats.snapshot().no_data_id, 1);
     }

@@ -41,8 +41,10 @@ pub struct DataConfig {
     /// counted, logged at ERROR).
     #[serde(default = "default_spool_max_mb")]
     pub spool_max_mb: u64,
-    /// Batches held in memory (waiting or in flight) in MB; beyond it new
-    /// batches go to the spool.
+    /// Batches held in memory (waiting or in flight) in MB. When it is
+    /// full and the DataServer keeps acknowledging, the local socket waits
+    /// (backpressure); when the link is down or stalled, new batches go to
+    /// the spool.
     #[serde(default = "default_memory_max_mb")]
     pub memory_max_mb: u64,
     /// A data id's batch is cut at this size, in KB.

@@ -14,14 +14,14 @@ use super::ipc_codec::{Record, RecordKind};
 /// spooled, acknowledged).
 #[derive(Clone, Debug)]
 pub struct Intake {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Vec<Record>>,
     dropped: Arc<AtomicU64>,
 }
 
 // === impl Intake ===
 
 impl Intake {
-    pub(crate) fn new(tx: mpsc::Sender<Record>) -> Intake {
+    pub(crate) fn new(tx: mpsc::Sender<Vec<Record>>) -> Intake {
         Intake {
             tx,
             dropped: Arc::default(),
@@ -40,7 +40,7 @@ impl Intake {
             metas: Vec::new(),
             payload,
         };
-        match self.tx.try_send(record) {
+        match self.tx.try_send(vec![record]) {
             Ok(()) => true,
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -67,6 +67,7 @@ mod tests {
         assert!(!intake.clone().push(7, Bytes::from_static(b"b")));
         assert_eq!(intake.dropped(), 1);
         let got = rx.recv().await.unwrap();
-        assert_eq!((got.data_id, &got.payload[..]), (7, &b"a"[..]));
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].data_id, &got[0].payload[..]), (7, &b"a"[..]));
     }
 }

@@ -10,17 +10,24 @@
 //! authorised after the first one. Respond messages (0x900a) are checked
 //! and counted; forwarding them to a server callback is not implemented.
 //! A bad magic, a length under 28 or over `plugin.max_message_bytes`
-//! closes that connection only. Frames are [`MessageCodec`].
+//! closes that connection only. The socket is open to every local user
+//! (plugins run as other users), so connections are bounded: at most
+//! `plugin.max_message_connections` at once (further ones wait in the
+//! listen backlog), and one that completes no frame for
+//! [`IDLE_TIMEOUT`] (20 keepalive periods) is closed. Frames are
+//! [`MessageCodec`].
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +47,9 @@ pub const DISPATCH_MESSAGE: u16 = 0x9008;
 pub const RESPOND_MESSAGE: u16 = 0x900a;
 /// Socket file mode: plugins run as other users.
 const SOCKET_MODE: u32 = 0o666;
+/// A connection that completes no frame for this long is closed; the SDK
+/// sends a keepalive every 3 s.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The fixed part of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +238,8 @@ pub struct MessageServer {
     path: PathBuf,
     answer: Arc<Bytes>,
     max: u32,
+    max_connections: usize,
+    idle_timeout: Duration,
 }
 
 // === impl MessageServer ===
@@ -265,7 +277,22 @@ impl MessageServer {
             path: path.into(),
             answer: Arc::new(Bytes::from(body)),
             max: max_frame_bytes,
+            max_connections: crate::plugin::config::DEFAULT_MAX_MESSAGE_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// At most `n` (at least 1) connections are served at once; further
+    /// ones wait until one closes.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Closes a connection that completes no frame for `idle`.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -274,17 +301,20 @@ impl MessageServer {
 
     /// Serves connections until `shutdown`; then removes the socket file.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(path = %self.path.display(), "plugin-message socket listening");
+        tracing::info!(path = %self.path.display(), max_connections = self.max_connections, "plugin-message socket listening");
+        let limit = Arc::new(Semaphore::new(self.max_connections));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                a = self.listener.accept() => a,
+                a = accept_with_permit(&self.listener, &limit) => a,
             };
             match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, permit)) => {
                     let conn = Connection {
                         answer: self.answer.clone(),
                         max: self.max,
+                        idle_timeout: self.idle_timeout,
+                        _permit: permit,
                     };
                     tokio::spawn(conn.serve(stream, shutdown.child_token()));
                 }
@@ -298,10 +328,26 @@ impl MessageServer {
     }
 }
 
-/// One plugin's connection.
+/// Waits for a free connection slot, then for a connection.
+async fn accept_with_permit(
+    listener: &UnixListener,
+    limit: &Arc<Semaphore>,
+) -> io::Result<(UnixStream, OwnedSemaphorePermit)> {
+    let permit = limit
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, permit))
+}
+
+/// One plugin's connection; holds its slot until it ends.
 struct Connection {
     answer: Arc<Bytes>,
     max: u32,
+    idle_timeout: Duration,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Connection {
@@ -310,7 +356,14 @@ impl Connection {
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                n = framed.next() => n,
+                n = tokio::time::timeout(self.idle_timeout, framed.next()) => n,
+            };
+            let Ok(next) = next else {
+                tracing::debug!(
+                    idle = ?self.idle_timeout,
+                    "closing a plugin-message connection that sent no frame in time"
+                );
+                return;
             };
             let frame = match next {
                 None => return,
@@ -482,6 +535,78 @@ mod tests {
         assert_eq!(v["cloud_id"], 3);
         assert_eq!(v["run_mode"], 1);
         assert_eq!(v["status_code"], 2);
+        stop.cancel();
+    }
+
+    /// A keepalive round trip on `conn`, or `None` if nothing came back
+    /// within `wait`.
+    async fn keepalive(
+        conn: &mut Framed<UnixStream, MessageCodec>,
+        wait: std::time::Duration,
+    ) -> Option<MessageFrame> {
+        conn.send(MessageFrame::new(
+            KEEPALIVE_REQ,
+            1,
+            Bytes::from_static(b"{}"),
+        ))
+        .await
+        .ok()?;
+        tokio::time::timeout(wait, conn.next())
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+    }
+
+    #[tokio::test]
+    async fn connections_are_bounded_and_idle_ones_are_closed() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.state.message");
+        let server = MessageServer::bind(&path, KeepaliveAnswer::running("a", 0), 4096)
+            .unwrap()
+            .with_max_connections(2)
+            .with_idle_timeout(std::time::Duration::from_millis(600));
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        let connect = || async {
+            Framed::new(
+                UnixStream::connect(&path).await.unwrap(),
+                MessageCodec::new(4096),
+            )
+        };
+        let short = std::time::Duration::from_millis(300);
+
+        // Two slots: both served; a third waits for a slot.
+        let mut a = connect().await;
+        let mut b = connect().await;
+        assert!(keepalive(&mut a, short).await.is_some());
+        assert!(keepalive(&mut b, short).await.is_some());
+        let mut c = connect().await;
+        assert!(
+            keepalive(&mut c, short).await.is_none(),
+            "a third connection is served beyond max_connections"
+        );
+        // One closing frees its slot for the waiting one.
+        drop(a);
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(2), c.next())
+            .await
+            .expect("the waiting connection is served once a slot is free");
+        assert!(reply.is_some());
+
+        // A connection that sends nothing is closed after the idle timeout
+        // (an open one would never end this read).
+        let mut idle = UnixStream::connect(&path).await.unwrap();
+        drop(b);
+        let mut sink = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            idle.read_to_end(&mut sink),
+        )
+        .await
+        .expect("an idle connection is closed")
+        .unwrap();
+        assert_eq!(n, 0);
         stop.cancel();
     }
 }

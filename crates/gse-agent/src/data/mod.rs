@@ -55,8 +55,9 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 
-/// Records queued between the producers and the batcher.
-const RECORD_QUEUE: usize = 8192;
+/// Chunks of records (all one socket read brought, or one `Intake` record)
+/// queued between the producers and the batcher.
+const RECORD_QUEUE: usize = 256;
 /// Batches queued between the batcher and the uplink.
 const BATCH_QUEUE: usize = 16;
 
@@ -215,7 +216,7 @@ pub async fn start(
     let (info_tx, info_rx) = watch::channel(info);
     let (records_tx, records_rx) = mpsc::channel(RECORD_QUEUE);
     let ipc_path = data.ipc_path(data_dir);
-    let server = ipc_server::IpcServer::bind(
+    let server = ipc_server::IpcServer::bind_chunked(
         ipc_server::IpcServerConfig {
             path: ipc_path.clone(),
             ..Default::default()

@@ -1,11 +1,24 @@
-//! The data link's batch body with zero-copy payloads.
+//! The data link's batch body, and the whole `DataBatch` frame built with
+//! one copy of each payload.
 //!
-//! Same tags and types as `DataBatch`/`DataRecord` in
-//! `proto/gse/link/v1/data.proto` (a test checks the bytes against the
-//! generated types), but payloads are `Bytes`, so a record is copied once,
-//! into the frame body, on its way from the local socket to the DataServer.
+//! [`WireBatch`]/[`WireRecord`] have the same tags and types as
+//! `DataBatch`/`DataRecord` in `proto/gse/link/v1/data.proto` (a test checks
+//! the bytes against the generated types), with `Bytes` payloads; they are
+//! used to read a batch back (spool, tests).
+//!
+//! [`BatchBuf`] is what the batcher fills: each record is protobuf-encoded
+//! straight into one buffer as it arrives (its payload copied once, from the
+//! socket's read buffer), behind room for the frame header and the seq.
+//! [`BatchBuf::finish`] writes those into that room once the uplink knows
+//! the seq, so the finished frame is one contiguous `Bytes` the link writes
+//! as is: no re-encoding, no copy into a codec buffer, and a retry or a
+//! resend after a move sends the same bytes again. The bytes are exactly
+//! what `prost` would encode for the same `DataBatch` (tested).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use gse_proto::MsgType;
+use gse_proto::frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 /// One record (`gse.link.v1.DataRecord`).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -28,9 +41,128 @@ pub struct WireBatch {
     pub records: Vec<WireRecord>,
 }
 
+/// Tags of `DataBatch` and `DataRecord`.
+const TAG_SEQ: u32 = 1;
+const TAG_RECORDS: u32 = 2;
+const TAG_DATA_ID: u32 = 1;
+const TAG_RECEIVED_MS: u32 = 2;
+const TAG_PAYLOAD: u32 = 3;
+/// Room before the records: the frame header and the seq field (one key
+/// byte and at most ten varint bytes).
+pub const HEADROOM: usize = HEADER_LEN + 1 + 10;
+
+/// The encoded size of one record inside a batch (key, length, message).
+pub fn record_encoded_len(data_id: u32, received_ms: u64, payload_len: usize) -> usize {
+    let inner = record_inner_len(data_id, received_ms, payload_len);
+    key_len(TAG_RECORDS) + encoded_len_varint(inner as u64) + inner
+}
+
+fn record_inner_len(data_id: u32, received_ms: u64, payload_len: usize) -> usize {
+    let mut n = 0;
+    if data_id != 0 {
+        n += key_len(TAG_DATA_ID) + encoded_len_varint(u64::from(data_id));
+    }
+    if received_ms != 0 {
+        n += key_len(TAG_RECEIVED_MS) + encoded_len_varint(received_ms);
+    }
+    if payload_len != 0 {
+        n += key_len(TAG_PAYLOAD) + encoded_len_varint(payload_len as u64) + payload_len;
+    }
+    n
+}
+
+/// A `DataBatch` frame being filled (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchBuf {
+    buf: BytesMut,
+    records: usize,
+}
+
+// === impl BatchBuf ===
+
+impl BatchBuf {
+    /// An empty batch with room for about `capacity` bytes of records.
+    pub fn with_capacity(capacity: usize) -> BatchBuf {
+        let mut buf = BytesMut::with_capacity(HEADROOM + capacity);
+        buf.put_bytes(0, HEADROOM);
+        BatchBuf { buf, records: 0 }
+    }
+
+    /// Appends one `DataRecord`.
+    pub fn push(&mut self, data_id: u32, received_ms: u64, payload: &[u8]) {
+        let inner = record_inner_len(data_id, received_ms, payload.len());
+        let buf = &mut self.buf;
+        buf.reserve(key_len(TAG_RECORDS) + encoded_len_varint(inner as u64) + inner);
+        encode_key(TAG_RECORDS, WireType::LengthDelimited, buf);
+        encode_varint(inner as u64, buf);
+        if data_id != 0 {
+            encode_key(TAG_DATA_ID, WireType::Varint, buf);
+            encode_varint(u64::from(data_id), buf);
+        }
+        if received_ms != 0 {
+            encode_key(TAG_RECEIVED_MS, WireType::Varint, buf);
+            encode_varint(received_ms, buf);
+        }
+        if !payload.is_empty() {
+            encode_key(TAG_PAYLOAD, WireType::LengthDelimited, buf);
+            encode_varint(payload.len() as u64, buf);
+            buf.put_slice(payload);
+        }
+        self.records += 1;
+    }
+
+    /// Records pushed so far.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Encoded bytes of the records so far.
+    pub fn records_len(&self) -> usize {
+        self.buf.len() - HEADROOM
+    }
+
+    /// Writes the seq and the frame header (type `DataBatch`, stream id =
+    /// `seq`) in front of the records; returns the whole frame.
+    pub fn finish(self, seq: u64) -> Bytes {
+        let mut buf = self.buf;
+        let mut seq_field = [0u8; 11];
+        let mut seq_len = 0;
+        if seq != 0 {
+            let mut w = &mut seq_field[..];
+            encode_key(TAG_SEQ, WireType::Varint, &mut w);
+            encode_varint(seq, &mut w);
+            seq_len = key_len(TAG_SEQ) + encoded_len_varint(seq);
+        }
+        let body_len = seq_len + buf.len() - HEADROOM;
+        let start = HEADROOM - seq_len - HEADER_LEN;
+        let mut head = &mut buf[start..HEADROOM];
+        put_header(&mut head, MsgType::DataBatch, seq, body_len);
+        head.put_slice(&seq_field[..seq_len]);
+        buf.freeze().slice(start..)
+    }
+}
+
+/// Writes a frame header (the layout of [`gse_proto::frame`]).
+fn put_header(dst: &mut impl BufMut, msg_type: MsgType, stream_id: u64, body_len: usize) {
+    dst.put_u16(FRAME_MAGIC);
+    dst.put_u8(FRAME_VERSION);
+    dst.put_u8(0);
+    dst.put_u16(msg_type.to_u16());
+    dst.put_u16(0);
+    dst.put_u64(stream_id);
+    dst.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
+}
+
+/// The body of a finished `DataBatch` frame (the frame minus its header).
+pub fn frame_body(frame: &Bytes) -> Bytes {
+    frame.slice(HEADER_LEN.min(frame.len())..)
+}
+
 #[cfg(test)]
 mod tests {
+    use gse_proto::{Frame, FrameCodec};
     use prost::Message;
+    use tokio_util::codec::Encoder;
 
     use super::*;
 
@@ -55,5 +187,55 @@ mod tests {
         assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
         let back = WireBatch::decode(Bytes::from(theirs.encode_to_vec())).unwrap();
         assert_eq!(back, ours);
+    }
+
+    /// What the codec would put on the wire for `batch`.
+    fn codec_frame(batch: &WireBatch) -> Vec<u8> {
+        let frame = Frame::new(MsgType::DataBatch, batch.seq, batch);
+        let mut out = BytesMut::new();
+        FrameCodec::default().encode(frame, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    /// (data id, receive time, payload)
+    type Rec<'a> = (u32, u64, &'a [u8]);
+
+    #[test]
+    fn batch_buf_frames_equal_the_codec_and_prost_encoding() {
+        let big = vec![b'z'; 300];
+        let cases: Vec<(u64, Vec<Rec<'_>>)> = vec![
+            (0, vec![]),
+            (1, vec![(7, 5, b"a")]),
+            (300, vec![(0, 0, b""), (1, 0, b"x"), (0, 9, b"")]),
+            (
+                u64::MAX,
+                vec![
+                    (u32::MAX, u64::MAX, &big[..]),
+                    (1_500_001, 1_700_000_000_000, b"{}"),
+                ],
+            ),
+        ];
+        for (seq, records) in cases {
+            let mut b = BatchBuf::with_capacity(4);
+            let mut expect = WireBatch {
+                seq,
+                records: Vec::new(),
+            };
+            let mut len = 0;
+            for (data_id, received_ms, payload) in &records {
+                b.push(*data_id, *received_ms, payload);
+                len += record_encoded_len(*data_id, *received_ms, payload.len());
+                expect.records.push(WireRecord {
+                    data_id: *data_id,
+                    received_ms: *received_ms,
+                    payload: Bytes::copy_from_slice(payload),
+                });
+            }
+            assert_eq!(b.records(), records.len());
+            assert_eq!(b.records_len(), len);
+            let frame = b.finish(seq);
+            assert_eq!(frame.to_vec(), codec_frame(&expect), "seq {seq}");
+            assert_eq!(WireBatch::decode(frame_body(&frame)).unwrap(), expect);
+        }
     }
 }

@@ -7,6 +7,8 @@
 //! check_interval = "1s"     # how often hosted plugins are checked
 //! limit_samples = 5         # samples over a cpu/mem limit before a kill
 //! report_interval = "60s"   # full status report upstream
+//! max_message_bytes = 1048576    # largest plugin-message frame
+//! max_message_connections = 256  # plugin-message connections at once
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MESSAGE_IPC: &str = "ipc.state.message";
 /// Largest plugin-message frame taken by default (header included).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1024 * 1024;
+/// Plugin-message connections served at once by default.
+pub const DEFAULT_MAX_MESSAGE_CONNECTIONS: usize = 256;
 
 /// `[plugin]` settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -45,6 +49,10 @@ pub struct PluginConfig {
     /// included; a larger one closes that connection.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: u32,
+    /// Connections the plugin-message socket serves at once (it is open to
+    /// every local user); further ones wait until one closes.
+    #[serde(default = "default_max_message_connections")]
+    pub max_message_connections: usize,
 }
 
 impl Default for PluginConfig {
@@ -55,6 +63,7 @@ impl Default for PluginConfig {
             limit_samples: default_limit_samples(),
             report_interval: default_report_interval(),
             max_message_bytes: default_max_message_bytes(),
+            max_message_connections: default_max_message_connections(),
         }
     }
 }
@@ -73,6 +82,10 @@ fn default_report_interval() -> Duration {
 
 fn default_max_message_bytes() -> u32 {
     DEFAULT_MAX_MESSAGE_BYTES
+}
+
+fn default_max_message_connections() -> usize {
+    DEFAULT_MAX_MESSAGE_CONNECTIONS
 }
 
 // === impl PluginConfig ===
@@ -100,6 +113,9 @@ impl PluginConfig {
                 "plugin.max_message_bytes = {}: must be at least 1024",
                 self.max_message_bytes
             ));
+        }
+        if self.max_message_connections == 0 {
+            problems.push("plugin.max_message_connections = 0: must be at least 1".into());
         }
     }
 
@@ -136,10 +152,11 @@ mod tests {
             limit_samples: 0,
             report_interval: Duration::ZERO,
             max_message_bytes: 1,
+            max_message_connections: 0,
             ..PluginConfig::default()
         };
         let mut problems = Vec::new();
         cfg.validate(&mut problems);
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 }

@@ -55,6 +55,16 @@ struct Plugin {
     published: Mutex<(ProcStatus, state_file::SavedPlugin)>,
 }
 
+impl Plugin {
+    fn new(st: PluginState) -> Arc<Self> {
+        let published = (status_of(&st), st.to_saved());
+        Arc::new(Plugin {
+            state: Arc::new(tokio::sync::Mutex::new(st)),
+            published: Mutex::new(published),
+        })
+    }
+}
+
 struct Shared {
     cfg: PluginConfig,
     data_dir: PathBuf,
@@ -112,12 +122,8 @@ impl PluginService {
     }
 
     fn insert(&self, st: PluginState) -> Arc<Plugin> {
-        let published = (status_of(&st), st.to_saved());
         let id = st.id.clone();
-        let plugin = Arc::new(Plugin {
-            state: Arc::new(tokio::sync::Mutex::new(st)),
-            published: Mutex::new(published),
-        });
+        let plugin = Plugin::new(st);
         self.shared.plugins.lock().insert(id, plugin.clone());
         plugin
     }
@@ -208,18 +214,22 @@ impl PluginService {
             namespace: op.namespace.clone(),
             name: op.name.clone(),
         };
-        if let Some(p) = self.shared.plugins.lock().get(&id).cloned() {
+        // Found or made under one hold of the lock: two first ops on the
+        // same plugin must share one state, or one of them is lost.
+        let mut plugins = self.shared.plugins.lock();
+        if let Some(p) = plugins.get(&id).cloned() {
             // The op's spec replaces the old one once the plugin is free.
             return Ok((p, kind, spec));
         }
-        if self.shared.plugins.lock().len() >= MAX_PLUGINS {
+        if plugins.len() >= MAX_PLUGINS {
             return Err(fail(
                 spec::CODE_FAILED,
                 format!("this agent already supervises {MAX_PLUGINS} plugins"),
             ));
         }
         let log = process::control_log(&self.shared.data_dir, &id.namespace, &id.name);
-        let plugin = self.insert(PluginState::new(id, spec.clone(), log));
+        let plugin = Plugin::new(PluginState::new(id.clone(), spec.clone(), log));
+        plugins.insert(id, plugin.clone());
         Ok((plugin, kind, spec))
     }
 
@@ -363,6 +373,7 @@ fn start_message_socket(
     let answer = KeepaliveAnswer::running(&identity.agent_id, identity.cloud_id);
     match MessageServer::bind(&path, answer, cfg.plugin.max_message_bytes) {
         Ok(server) => {
+            let server = server.with_max_connections(cfg.plugin.max_message_connections);
             tokio::spawn(server.run(shutdown));
         }
         Err(e) => tracing::error!(error = %e, "plugin-message socket not available"),

@@ -149,3 +149,61 @@ async fn kill_and_unknown_commands() {
     assert_eq!(st.status(), STATUS_STOPPED);
     assert!(!st.hosted);
 }
+
+/// Two first operations on a plugin the agent does not know yet (nodeman
+/// sends several ops per call; each runs on its own task) must land on one
+/// state: a second copy would take one op's effect (say, hosting) with it.
+#[test]
+fn first_ops_on_one_plugin_at_once_share_its_state() {
+    use std::sync::{Arc, Barrier};
+
+    use gse_proto::link::ProcOperate;
+    use parking_lot::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = super::PluginService {
+        shared: Arc::new(super::Shared {
+            cfg: super::PluginConfig::default(),
+            data_dir: dir.path().to_path_buf(),
+            state_path: dir.path().join("plugins.json"),
+            plugins: Mutex::new(BTreeMap::new()),
+            upstream: Mutex::new(None),
+            pending_alarms: Mutex::new(Vec::new()),
+            save_lock: tokio::sync::Mutex::new(()),
+        }),
+    };
+    const THREADS: usize = 8;
+    for round in 0..100 {
+        let op = ProcOperate {
+            task_id: "T".into(),
+            namespace: "nodeman".into(),
+            name: format!("beat{round}"),
+            op_type: 2,
+            spec: Some(ProcSpec {
+                proc_name: "beat".into(),
+                setup_path: dir.path().display().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let barrier = Barrier::new(THREADS);
+        let got: Vec<Arc<super::Plugin>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        svc.prepare(&op).expect("a valid op").0
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for p in &got[1..] {
+            assert!(
+                Arc::ptr_eq(&got[0], p),
+                "round {round}: concurrent first ops made two states of one plugin"
+            );
+        }
+        assert_eq!(svc.shared.plugins.lock().len(), round + 1);
+    }
+}

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::collector::{self, Load};
 use crate::procfs::cpu_seconds;
 
-/// Records the listener may queue for the counting consumer.
-const QUEUE: usize = 8192;
+/// Chunks (one per socket read) the listener may queue for the consumer,
+/// as the agent's own batcher takes them.
+const QUEUE: usize = 64;
 
 /// What the intake phase measured.
 #[derive(Debug, serde::Serialize)]
@@ -41,7 +42,7 @@ pub async fn run(dir: &std::path::Path, load: Load) -> Result<IntakeFigures> {
         path: path.clone(),
         ..IpcServerConfig::default()
     };
-    let server = IpcServer::bind(config, info_rx, tx)
+    let server = IpcServer::bind_chunked(config, info_rx, tx)
         .with_context(|| format!("cannot bind the intake socket {}", path.display()))?;
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.run(shutdown.clone()));
@@ -51,9 +52,9 @@ pub async fn run(dir: &std::path::Path, load: Load) -> Result<IntakeFigures> {
         let mut bytes = 0u64;
         while n < want {
             match rx.recv().await {
-                Some(r) => {
-                    n += 1;
-                    bytes += r.payload.len() as u64;
+                Some(chunk) => {
+                    n += chunk.len() as u64;
+                    bytes += chunk.iter().map(|r| r.payload.len() as u64).sum::<u64>();
                 }
                 None => break,
             }

@@ -86,7 +86,7 @@ struct Report {
     /// pipeline records/s over intake records/s, when both ran.
     pipeline_vs_intake: Option<f64>,
     /// The sink's write rate (its file bytes over the pipeline's time) over
-    /// the disk reference's.
+    /// the disk reference's sustained (synced) rate.
     sink_write_vs_disk: Option<f64>,
     /// Machine CPU busy over the whole run, percent of all cores.
     machine_busy_percent: f64,
@@ -153,7 +153,7 @@ pub async fn run(args: DataArgs) -> Result<BenchOutput> {
         kept?;
     }
     if let (Some(d), Some(p)) = (&report.disk, &report.pipeline) {
-        report.sink_write_vs_disk = Some(p.sink_bytes as f64 / p.seconds / 1e6 / d.mb_per_s);
+        report.sink_write_vs_disk = Some(p.sink_bytes as f64 / p.seconds / 1e6 / d.synced_mb_per_s);
     }
     if let (Some(i), Some(p)) = (&report.intake, &report.pipeline) {
         report.pipeline_vs_intake = Some(p.records_per_s / i.records_per_s);

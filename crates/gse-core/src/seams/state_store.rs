@@ -272,8 +272,9 @@ pub struct ChannelRecord {
 pub enum NewId {
     /// Exactly this one; refused if it is taken.
     Given(u32),
-    /// One more than the largest id in `first..=last` (or `first`);
-    /// refused when `last` is taken.
+    /// One more than the largest id in `first..=last` (or `first`); once
+    /// `last` is taken, the lowest free id of the range; refused when the
+    /// range is full.
     Next { first: u32, last: u32 },
 }
 

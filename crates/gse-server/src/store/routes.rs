@@ -3,8 +3,8 @@
 //! document beside its id and platform.
 //!
 //! New ids are picked inside the insert's transaction ([`NewId::Next`]:
-//! one past the largest id of the range), so two concurrent adds never get
-//! the same id.
+//! one past the largest id of the range, or the lowest free one once the
+//! range's last id is taken), so two concurrent adds never get the same id.
 
 use gse_core::seams::state_store::{ChannelRecord, NewId, StreamToRecord};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -70,7 +70,9 @@ pub(super) fn insert(
             match max {
                 None => Some(first),
                 Some(m) if m < i64::from(last) => Some(m as u32 + 1),
-                Some(_) => None,
+                // `last` is taken (a caller may register any id, the top
+                // one too): the lowest free id of the range, if any.
+                Some(_) => lowest_free(&tx, name, first, last)?,
             }
         }
     };
@@ -83,6 +85,36 @@ pub(super) fn insert(
     )?;
     tx.commit()?;
     Ok(Some(chosen))
+}
+
+/// The lowest id in `first..=last` no row has; `None` when all are taken.
+fn lowest_free(
+    conn: &Connection,
+    name: &str,
+    first: u32,
+    last: u32,
+) -> rusqlite::Result<Option<u32>> {
+    let first_taken: Option<i64> = conn
+        .query_row(
+            &format!("SELECT id FROM {name} WHERE id = ?1"),
+            [first],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if first_taken.is_none() {
+        return Ok(Some(first));
+    }
+    // One past a taken id whose successor is free; the primary key index
+    // answers each probe.
+    let gap: Option<i64> = conn.query_row(
+        &format!(
+            "SELECT MIN(t.id + 1) FROM {name} t WHERE t.id BETWEEN ?1 AND ?2 - 1 \
+             AND NOT EXISTS (SELECT 1 FROM {name} u WHERE u.id = t.id + 1)"
+        ),
+        params![first, last],
+        |r| r.get(0),
+    )?;
+    Ok(gap.and_then(|g| u32::try_from(g).ok()))
 }
 
 /// Replaces a row's platform and document; `false` if there is none.
@@ -161,6 +193,28 @@ mod tests {
         assert_eq!(ins(next), None, "range full");
         assert_eq!(ins(NewId::Given(7)), None, "taken");
         assert_eq!(list(&conn, Table::StreamTos).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_caller_taking_the_last_id_does_not_exhaust_the_range() {
+        let conn = db();
+        let next = NewId::Next {
+            first: 100,
+            last: 1_000_000,
+        };
+        let ins = |id| insert(&conn, Table::Channels, "bkmonitor", "{}", id).unwrap();
+        // add_route with metadata.channel_id at the top of the range.
+        assert_eq!(ins(NewId::Given(1_000_000)), Some(1_000_000));
+        assert_eq!(ins(next), Some(100), "the range is nearly all free");
+        assert_eq!(ins(next), Some(101));
+        assert_eq!(ins(NewId::Given(103)), Some(103));
+        assert_eq!(ins(next), Some(102));
+        assert_eq!(ins(next), Some(104));
+        // Truly full ranges are still refused.
+        let small = NewId::Next { first: 7, last: 8 };
+        assert_eq!(ins(NewId::Given(8)), Some(8));
+        assert_eq!(ins(small), Some(7));
+        assert_eq!(ins(small), None);
     }
 
     #[test]

@@ -445,3 +445,52 @@ async fn peer_credentials_name_the_client_process() {
             .starts_with(&format!("pid {} uid ", std::process::id()))
     );
 }
+
+#[tokio::test]
+async fn chunked_server_hands_over_each_read_in_order_and_bounds_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc.state.report");
+    let (tx, mut rx) = mpsc::channel(4);
+    let (_info_tx, info_rx) = watch::channel(info());
+    let config = IpcServerConfig {
+        path: path.clone(),
+        ..Default::default()
+    };
+    let server = IpcServer::bind_chunked(config, info_rx, tx).unwrap();
+    let stats = server.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    // 600 records of 1 KiB in one write, and a frame split across writes.
+    let mut c = UnixStream::connect(&path).await.unwrap();
+    let mut all = Vec::new();
+    for n in 0..600u32 {
+        all.extend(test_frames::raw(0xC01, n + 1, &[b'x'; 1024]));
+    }
+    let last = test_frames::raw(0xC01, 601, b"tail");
+    let writer = tokio::spawn(async move {
+        c.write_all(&all).await.unwrap();
+        c.write_all(&last[..10]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.write_all(&last[10..]).await.unwrap();
+        c
+    });
+    let mut next = 1;
+    while next <= 601 {
+        let chunk = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!chunk.is_empty(), "no empty chunks");
+        let payload: usize = chunk.iter().map(|r| r.payload.len()).sum();
+        assert!(payload <= CHUNK_MAX_BYTES, "a chunk of {payload} bytes");
+        for r in chunk {
+            assert_eq!(r.data_id, next, "in order, none lost");
+            next += 1;
+        }
+    }
+    assert_eq!(stats.snapshot().records, 601);
+    assert_eq!(stats.snapshot().payload_bytes, 600 * 1024 + 4);
+    drop(writer.await.unwrap());
+    shutdown.cancel();
+    task.await.unwrap();
+}

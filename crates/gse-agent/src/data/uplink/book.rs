@@ -164,7 +164,7 @@ impl Book {
             return AckOutcome::default();
         }
         self.retry_delay = None;
-        let records = p.records.len();
+        let records = p.records;
         let spool_ack = match p.origin {
             Origin::Memory => {
                 self.mem_bytes -= p.bytes as u64;

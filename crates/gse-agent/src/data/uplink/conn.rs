@@ -3,21 +3,32 @@
 //! task and a reader task. The uplink talks to them through channels and
 //! learns of acks and of the link's end as [`Event`]s. Dropping a [`Conn`]
 //! stops both tasks and closes the socket.
+//!
+//! The writer takes whole encoded frames (`DataBatch` frames are built by
+//! [`BatchBuf`](crate::data::wire::BatchBuf)) and writes them straight into
+//! the TLS stream, flushing once per burst: no codec buffer in between.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use gse_core::tls::{Side, TlsFiles, explain};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Most encrypted bytes rustls holds for the socket. Above the default
+/// (64 KiB) so that a whole batch frame is taken in one write and leaves in
+/// few large `writev`s instead of 64 KiB pieces plus a small tail each.
+const TLS_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Version of the data link protocol sent in `DataHello`.
 pub const DATA_PROTOCOL_VERSION: u32 = 1;
@@ -48,7 +59,8 @@ pub struct Conn {
     pub server_id: String,
     /// Largest batch body the server takes (0 = no limit given).
     pub max_batch_bytes: usize,
-    pub frames: mpsc::Sender<Frame>,
+    /// Whole encoded frames to write.
+    pub frames: mpsc::Sender<Bytes>,
     pub events: mpsc::Receiver<Event>,
     tasks: [JoinHandle<()>; 2],
 }
@@ -89,6 +101,8 @@ impl Dialer {
             .await
             .map_err(|_| format!("no TLS handshake with DataServer {endpoint} within {limit:?}"))?
             .map_err(explain_io)?;
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FramedRead::new(rd, FrameCodec::default());
         let mut writer = FramedWrite::new(wr, FrameCodec::default());
@@ -126,7 +140,11 @@ impl Dialer {
         let (frames_tx, frames_rx) = mpsc::channel(self.queue.max(1));
         let (events_tx, events_rx) = mpsc::channel(self.queue.max(1) * 2 + 4);
         let tasks = [
-            tokio::spawn(write_loop(writer, frames_rx, events_tx.clone())),
+            tokio::spawn(write_loop(
+                writer.into_inner(),
+                frames_rx,
+                events_tx.clone(),
+            )),
             tokio::spawn(read_loop(reader, events_tx)),
         ];
         Ok(Conn {
@@ -142,16 +160,15 @@ impl Dialer {
 
 type Reader =
     FramedRead<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>, FrameCodec>;
-type Writer =
-    FramedWrite<tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>, FrameCodec>;
+type Writer = tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Writes queued frames, flushing once per burst.
-async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Frame>, events: mpsc::Sender<Event>) {
+async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Bytes>, events: mpsc::Sender<Event>) {
     while let Some(frame) = rx.recv().await {
-        let mut result = w.feed(frame).await;
+        let mut result = w.write_all(&frame).await;
         while result.is_ok() {
             match rx.try_recv() {
-                Ok(f) => result = w.feed(f).await,
+                Ok(f) => result = w.write_all(&f).await,
                 Err(_) => break,
             }
         }

@@ -4,7 +4,9 @@
 //! Start at [`run`]. One task owns all state ([`book::Book`]): batches from
 //! the batcher get a wire seq ([`seqs`], increasing across restarts) and go
 //! to memory while the link is up, nothing waits in the spool and memory is
-//! below `memory_max_mb`; otherwise to the spool ([`stored`]). Up to
+//! below `memory_max_mb`. With memory full on a link that keeps acking, the
+//! batcher (and so the local socket) waits; otherwise batches go to the
+//! spool ([`stored`]). Up to
 //! `max_in_flight` batches are on the link at once ([`conn`]), spool first
 //! (oldest first), then memory. A batch is forgotten only on `DataAck`
 //! code 0; another code keeps it for a retry with backoff. A lost link or
@@ -28,8 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_proto::link::DataAck;
-use gse_proto::{Frame, MsgType};
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -40,10 +40,9 @@ pub use conn::{DATA_PROTOCOL_VERSION, Dialer};
 use self::book::Book;
 use self::conn::{Conn, Event};
 use self::seqs::SeqLease;
-use self::stored::{Origin, Pending, SpoolHandle};
+use self::stored::{Pending, SpoolHandle};
 use super::DataStats;
 use super::batcher::OutBatch;
-use super::wire::WireBatch;
 use crate::backoff::Backoff;
 
 /// How long a move waits for the old link's acks before re-sending.
@@ -119,6 +118,12 @@ pub async fn run(parts: UplinkParts, shutdown: CancellationToken) {
     up.stop(stop).await;
 }
 
+/// The rule of [`Uplink::holding_back`]: wait only on a live link with
+/// nothing spooled, memory full, and an ack within [`HOLD_BACK_MAX`].
+fn hold_back(live: bool, spooled: u64, fits: bool, since_ack: Duration) -> bool {
+    live && spooled == 0 && !fits && since_ack < HOLD_BACK_MAX
+}
+
 // === impl Uplink ===
 
 impl Uplink {
@@ -153,11 +158,12 @@ impl Uplink {
     /// that is down or stalled, not for one that is merely slower than the
     /// collectors: going through the disk there would only slow it more.
     fn holding_back(&self) -> bool {
-        self.conn.is_some()
-            && self.draining.is_none()
-            && self.p.spool.waiting() == 0
-            && !self.book.fits(self.p.batch_max, self.p.memory_max)
-            && self.last_ack.elapsed() < HOLD_BACK_MAX
+        hold_back(
+            self.conn.is_some() && self.draining.is_none(),
+            self.p.spool.waiting(),
+            self.book.fits(self.p.batch_max, self.p.memory_max),
+            self.last_ack.elapsed(),
+        )
     }
 
     /// Where the uplink should be connected now.
@@ -228,18 +234,12 @@ impl Uplink {
         let seq = match self.p.seqs.take() {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("data batch of {} records lost: {e}", b.records.len());
-                DataStats::bump(&self.p.stats.lost_records, b.records.len() as u64);
+                tracing::error!("data batch of {} records lost: {e}", b.records());
+                DataStats::bump(&self.p.stats.lost_records, b.records() as u64);
                 return;
             }
         };
-        let p = Pending {
-            seq,
-            data_id: b.data_id,
-            bytes: b.bytes,
-            records: b.records,
-            origin: Origin::Memory,
-        };
+        let p = Pending::from_batcher(b, seq);
         let live = self.conn.is_some() && self.draining.is_none();
         if live && self.p.spool.waiting() == 0 && self.book.fits(p.bytes, self.p.memory_max) {
             self.book.push_memory(p);
@@ -266,10 +266,10 @@ impl Uplink {
                     }
                 }
                 Err(e) => {
-                    DataStats::bump(&stats.lost_records, p.records.len() as u64);
+                    DataStats::bump(&stats.lost_records, p.records as u64);
                     tracing::error!(
                         seq = p.seq,
-                        records = p.records.len(),
+                        records = p.records,
                         "cannot spool a data batch; it is lost: {e}"
                     );
                 }
@@ -324,33 +324,24 @@ impl Uplink {
     /// Hands one batch to the link's writer.
     fn send(&mut self, p: Pending) {
         let Some(conn) = &self.conn else { return };
-        let body = WireBatch {
-            seq: p.seq,
-            records: p.records.clone(),
-        }
-        .encode_to_vec();
-        if conn.max_batch_bytes > 0 && body.len() > conn.max_batch_bytes {
+        let body_len = p.body_len();
+        if conn.max_batch_bytes > 0 && body_len > conn.max_batch_bytes {
             tracing::error!(
                 seq = p.seq,
-                bytes = body.len(),
+                bytes = body_len,
                 limit = conn.max_batch_bytes,
                 "data batch is larger than the DataServer takes; dropped (lower data.batch_max_kb)"
             );
-            DataStats::bump(&self.p.stats.lost_records, p.records.len() as u64);
+            DataStats::bump(&self.p.stats.lost_records, p.records as u64);
             // Book it as stored so memory and the spool move past it.
             let (seq, now) = (p.seq, Instant::now());
             self.book.sent(p, now);
             self.book.on_ack(seq, 0, now);
             return;
         }
-        let frame = Frame {
-            msg_type: MsgType::DataBatch,
-            stream_id: p.seq,
-            body: body.into(),
-        };
         // The writer's queue is as long as the window, so this only fails
         // when the link is gone; its event comes next.
-        if conn.frames.try_send(frame).is_ok() {
+        if conn.frames.try_send(p.frame.clone()).is_ok() {
             DataStats::bump(&self.p.stats.batches_sent, 1);
         }
         self.book.sent(p, Instant::now());
@@ -464,14 +455,7 @@ impl Uplink {
                     Ok(s) => s,
                     Err(_) => continue,
                 };
-                let p = Pending {
-                    seq,
-                    data_id: b.data_id,
-                    bytes: b.bytes,
-                    records: b.records,
-                    origin: Origin::Memory,
-                };
-                self.spool(vec![p]).await;
+                self.spool(vec![Pending::from_batcher(b, seq)]).await;
             }
         }
         self.conn = None;
@@ -512,4 +496,21 @@ async fn join_connect(
     let endpoint = endpoint.clone();
     *connecting = None;
     (endpoint, result)
+}
+
+#[cfg(test)]
+mod hold_back_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_memory_waits_only_on_a_live_acking_link_with_nothing_spooled() {
+        let recent = Duration::from_millis(10);
+        assert!(hold_back(true, 0, false, recent));
+        // Room in memory, link down or moving, data already spooled, or
+        // acks stalled: take the batch (to memory or to the spool).
+        assert!(!hold_back(true, 0, true, recent));
+        assert!(!hold_back(false, 0, false, recent));
+        assert!(!hold_back(true, 3, false, recent));
+        assert!(!hold_back(true, 0, false, HOLD_BACK_MAX));
+    }
 }

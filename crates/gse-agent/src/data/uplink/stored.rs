@@ -5,14 +5,19 @@
 //! (8 bytes, big-endian), every further record is the record's receive time
 //! (8 bytes, big-endian, unix ms) followed by its payload. So a batch sent
 //! again from the spool keeps its seq and its records their receive times.
+//! In memory a batch is its finished `DataBatch` frame
+//! ([`BatchBuf`](crate::data::wire::BatchBuf)); the spool entry is made
+//! from it (and it from the entry) only when a batch goes through the disk.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
+use prost::Message;
 
+use crate::data::batcher::OutBatch;
 use crate::data::spool::{PushOutcome, SeqNo, Spool, SpoolBatch, SpoolError};
-use crate::data::wire::WireRecord;
+use crate::data::wire::{BatchBuf, WireBatch, frame_body};
 
 /// Where a pending batch lives besides memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,16 +34,41 @@ pub struct Pending {
     /// The wire seq: (agent, seq) names the delivery.
     pub seq: u64,
     pub data_id: u32,
-    pub records: Vec<WireRecord>,
+    /// Records in the batch.
+    pub records: usize,
+    /// The whole `DataBatch` frame, as it goes on the link.
+    pub frame: Bytes,
+    /// Approximate size, for memory accounting.
     pub bytes: usize,
     pub origin: Origin,
 }
 
+impl Pending {
+    /// A batch from the batcher, given its wire seq.
+    pub fn from_batcher(b: OutBatch, seq: u64) -> Pending {
+        Pending {
+            seq,
+            data_id: b.data_id,
+            records: b.records(),
+            bytes: b.bytes,
+            frame: b.buf.finish(seq),
+            origin: Origin::Memory,
+        }
+    }
+
+    /// Bytes of the frame's body (what the DataServer's limit applies to).
+    pub fn body_len(&self) -> usize {
+        frame_body(&self.frame).len()
+    }
+}
+
 /// Encodes `p` as a spool entry.
 pub fn to_spool(p: &Pending) -> SpoolBatch {
-    let mut records = Vec::with_capacity(p.records.len() + 1);
+    // Our own frame always decodes; the payloads are slices of it.
+    let batch = WireBatch::decode(frame_body(&p.frame)).unwrap_or_default();
+    let mut records = Vec::with_capacity(batch.records.len() + 1);
     records.push(Bytes::copy_from_slice(&p.seq.to_be_bytes()));
-    for r in &p.records {
+    for r in &batch.records {
         let mut b = BytesMut::with_capacity(8 + r.payload.len());
         b.put_u64(r.received_ms);
         b.put_slice(&r.payload);
@@ -56,25 +86,22 @@ pub fn from_spool(at: SeqNo, b: SpoolBatch) -> Option<Pending> {
     let mut it = b.records.into_iter();
     let head = it.next()?;
     let seq = u64::from_be_bytes(head.as_ref().try_into().ok()?);
-    let mut records = Vec::with_capacity(it.len());
+    let size: usize = it.as_slice().iter().map(|r| r.len() + 16).sum();
+    let mut buf = BatchBuf::with_capacity(size);
     let mut bytes = 0;
-    for mut r in it {
+    for r in it {
         if r.len() < 8 {
             return None;
         }
-        let payload = r.split_off(8);
-        let received_ms = u64::from_be_bytes(r.as_ref().try_into().ok()?);
-        bytes += payload.len() + 16;
-        records.push(WireRecord {
-            data_id: b.data_id,
-            received_ms,
-            payload,
-        });
+        let received_ms = u64::from_be_bytes(r[..8].try_into().ok()?);
+        buf.push(b.data_id, received_ms, &r[8..]);
+        bytes += r.len() - 8 + 16;
     }
     Some(Pending {
         seq,
         data_id: b.data_id,
-        records,
+        records: buf.records(),
+        frame: buf.finish(seq),
         bytes,
         origin: Origin::Spool(at),
     })
@@ -187,28 +214,27 @@ mod tests {
 
     #[test]
     fn spool_entries_keep_seq_and_receive_times() {
-        let p = Pending {
-            seq: 77,
-            data_id: 9,
-            records: vec![
-                WireRecord {
-                    data_id: 9,
-                    received_ms: 123,
-                    payload: Bytes::from_static(b"one"),
-                },
-                WireRecord {
-                    data_id: 9,
-                    received_ms: 456,
-                    payload: Bytes::new(),
-                },
-            ],
-            bytes: 35,
-            origin: Origin::Memory,
-        };
+        let mut buf = BatchBuf::with_capacity(0);
+        buf.push(9, 123, b"one");
+        buf.push(9, 456, b"");
+        let p = Pending::from_batcher(
+            OutBatch {
+                data_id: 9,
+                buf,
+                bytes: 35,
+            },
+            77,
+        );
+        assert_eq!((p.records, p.origin), (2, Origin::Memory));
         let back = from_spool(SeqNo(3), to_spool(&p)).unwrap();
         assert_eq!(back.seq, 77);
-        assert_eq!(back.records, p.records);
+        assert_eq!(back.records, 2);
+        assert_eq!(back.bytes, p.bytes);
+        assert_eq!(back.frame, p.frame, "the same frame goes on the link");
         assert_eq!(back.origin, Origin::Spool(SeqNo(3)));
+        let records = WireBatch::decode(frame_body(&back.frame)).unwrap().records;
+        assert_eq!(&records[0].payload[..], b"one");
+        assert_eq!((records[0].received_ms, records[1].received_ms), (123, 456));
         let junk = SpoolBatch {
             data_id: 1,
             records: vec![Bytes::from_static(b"short")],

@@ -1,20 +1,18 @@
-use bytes::Bytes;
-
 use super::*;
-use crate::data::wire::WireRecord;
+use crate::data::batcher::OutBatch;
+use crate::data::wire::BatchBuf;
 
 fn mem(seq: u64) -> Pending {
-    Pending {
-        seq,
-        data_id: 1,
-        records: vec![WireRecord {
+    let mut buf = BatchBuf::with_capacity(16);
+    buf.push(1, 1, b"x");
+    Pending::from_batcher(
+        OutBatch {
             data_id: 1,
-            received_ms: 1,
-            payload: Bytes::from_static(b"x"),
-        }],
-        bytes: 10,
-        origin: Origin::Memory,
-    }
+            buf,
+            bytes: 10,
+        },
+        seq,
+    )
 }
 
 fn spooled(seq: u64, at: u64) -> Pending {
