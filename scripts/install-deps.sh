@@ -43,5 +43,7 @@ if [ "$want_tests" = 1 ]; then
       echo "error: building tansu failed; see $tools/tansu-build.log" >&2
       exit 1
     fi
+    # Only the binary is needed; the build dir is about 1.5 GB.
+    rm -rf "$tools/tansu-target"
   fi
 fi
