@@ -206,14 +206,19 @@ impl PluginService {
         spec::check_name("namespace", &op.namespace)
             .and_then(|()| spec::check_name("name", &op.name))
             .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
-        let labels: BTreeMap<String, String> = op.labels.clone().into_iter().collect();
-        let wire = op.spec.clone().unwrap_or_default();
-        let spec = PluginSpec::from_wire(&wire, labels)
-            .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
         let id = PluginId {
             namespace: op.namespace.clone(),
             name: op.name.clone(),
         };
+        // Asking about a plugin this agent never ran must not register it:
+        // it is "unregistered" (0), not "stopped" (2).
+        if kind == OpType::Status && !self.shared.plugins.lock().contains_key(&id) {
+            return Err(fail(0, "not registered on this agent".into()));
+        }
+        let labels: BTreeMap<String, String> = op.labels.clone().into_iter().collect();
+        let wire = op.spec.clone().unwrap_or_default();
+        let spec = PluginSpec::from_wire(&wire, labels)
+            .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
         // Found or made under one hold of the lock: two first ops on the
         // same plugin must share one state, or one of them is lost.
         let mut plugins = self.shared.plugins.lock();

@@ -150,6 +150,42 @@ async fn kill_and_unknown_commands() {
     assert!(!st.hosted);
 }
 
+/// STATUS of a plugin this agent never ran answers "unregistered" and
+/// leaves no entry behind (else it would report "stopped" from then on).
+#[test]
+fn status_of_an_unknown_plugin_is_unregistered_and_registers_nothing() {
+    use std::sync::Arc;
+
+    use gse_proto::link::ProcOperate;
+    use parking_lot::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = super::PluginService {
+        shared: Arc::new(super::Shared {
+            cfg: super::PluginConfig::default(),
+            data_dir: dir.path().to_path_buf(),
+            state_path: dir.path().join("plugins.json"),
+            plugins: Mutex::new(BTreeMap::new()),
+            upstream: Mutex::new(None),
+            pending_alarms: Mutex::new(Vec::new()),
+            save_lock: tokio::sync::Mutex::new(()),
+        }),
+    };
+    let op = ProcOperate {
+        task_id: "T".into(),
+        namespace: "nodeman".into(),
+        name: "never_seen".into(),
+        op_type: 2,
+        ..Default::default()
+    };
+    let Err(outcome) = svc.prepare(&op) else {
+        panic!("an unknown plugin's STATUS must not be prepared as an operation")
+    };
+    assert_eq!(outcome.code, 0, "{}", outcome.message);
+    assert_eq!(super::unregistered(&op).status, STATUS_UNREGISTERED);
+    assert!(svc.shared.plugins.lock().is_empty());
+}
+
 /// Two first operations on a plugin the agent does not know yet (nodeman
 /// sends several ops per call; each runs on its own task) must land on one
 /// state: a second copy would take one op's effect (say, hosting) with it.
@@ -178,7 +214,7 @@ fn first_ops_on_one_plugin_at_once_share_its_state() {
             task_id: "T".into(),
             namespace: "nodeman".into(),
             name: format!("beat{round}"),
-            op_type: 2,
+            op_type: 3,
             spec: Some(ProcSpec {
                 proc_name: "beat".into(),
                 setup_path: dir.path().display().to_string(),
