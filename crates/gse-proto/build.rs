@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    prost_build::Config::new()
+        // Record payloads stay slices of the frame body when decoded (no
+        // copy per record on the DataServer).
+        .bytes([".gse.link.v1.DataRecord.payload"])
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -232,15 +232,15 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::data::wire::{WireBatch, frame_body};
+    use crate::data::wire::{DataBatch, frame_body};
 
     /// Adds a record of `len` bytes.
     fn add(g: &mut Groups, data_id: u32, len: usize, now: Instant) -> Vec<OutBatch> {
         g.add(data_id, 1, &vec![b'x'; len], now)
     }
 
-    fn decode(b: OutBatch) -> WireBatch {
-        WireBatch::decode(frame_body(&b.buf.finish(1))).unwrap()
+    fn decode(b: OutBatch) -> DataBatch {
+        DataBatch::decode(frame_body(&b.buf.finish(1))).unwrap()
     }
 
     fn limits() -> BatchLimits {

@@ -1,7 +1,7 @@
 //! The data link's batch body, and the whole `DataBatch` frame built with
 //! one copy of each payload.
 //!
-//! [`WireBatch`]/[`WireRecord`] have the same tags and types as
+//! [`DataBatch`]/[`DataRecord`] have the same tags and types as
 //! `DataBatch`/`DataRecord` in `proto/gse/link/v1/data.proto` (a test checks
 //! the bytes against the generated types), with `Bytes` payloads; they are
 //! used to read a batch back (spool, tests).
@@ -20,26 +20,7 @@ use gse_proto::MsgType;
 use gse_proto::frame::{FRAME_MAGIC, FRAME_VERSION, HEADER_LEN};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-/// One record (`gse.link.v1.DataRecord`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WireRecord {
-    #[prost(uint32, tag = "1")]
-    pub data_id: u32,
-    /// When the agent received it, unix ms.
-    #[prost(uint64, tag = "2")]
-    pub received_ms: u64,
-    #[prost(bytes = "bytes", tag = "3")]
-    pub payload: Bytes,
-}
-
-/// One batch (`gse.link.v1.DataBatch`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WireBatch {
-    #[prost(uint64, tag = "1")]
-    pub seq: u64,
-    #[prost(message, repeated, tag = "2")]
-    pub records: Vec<WireRecord>,
-}
+pub use gse_proto::link::{DataBatch, DataRecord};
 
 /// Tags of `DataBatch` and `DataRecord`.
 const TAG_SEQ: u32 = 1;
@@ -166,31 +147,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn encodes_exactly_like_the_generated_types() {
-        let ours = WireBatch {
-            seq: 42,
-            records: vec![WireRecord {
-                data_id: 1001,
-                received_ms: 1_700_000_000_123,
-                payload: Bytes::from_static(b"{\"a\":1}"),
-            }],
-        };
-        let theirs = gse_proto::link::DataBatch {
-            seq: 42,
-            records: vec![gse_proto::link::DataRecord {
-                data_id: 1001,
-                received_ms: 1_700_000_000_123,
-                payload: b"{\"a\":1}".to_vec(),
-            }],
-        };
-        assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
-        let back = WireBatch::decode(Bytes::from(theirs.encode_to_vec())).unwrap();
-        assert_eq!(back, ours);
-    }
-
     /// What the codec would put on the wire for `batch`.
-    fn codec_frame(batch: &WireBatch) -> Vec<u8> {
+    fn codec_frame(batch: &DataBatch) -> Vec<u8> {
         let frame = Frame::new(MsgType::DataBatch, batch.seq, batch);
         let mut out = BytesMut::new();
         FrameCodec::default().encode(frame, &mut out).unwrap();
@@ -217,7 +175,7 @@ mod tests {
         ];
         for (seq, records) in cases {
             let mut b = BatchBuf::with_capacity(4);
-            let mut expect = WireBatch {
+            let mut expect = DataBatch {
                 seq,
                 records: Vec::new(),
             };
@@ -225,7 +183,7 @@ mod tests {
             for (data_id, received_ms, payload) in &records {
                 b.push(*data_id, *received_ms, payload);
                 len += record_encoded_len(*data_id, *received_ms, payload.len());
-                expect.records.push(WireRecord {
+                expect.records.push(DataRecord {
                     data_id: *data_id,
                     received_ms: *received_ms,
                     payload: Bytes::copy_from_slice(payload),
@@ -235,7 +193,7 @@ mod tests {
             assert_eq!(b.records_len(), len);
             let frame = b.finish(seq);
             assert_eq!(frame.to_vec(), codec_frame(&expect), "seq {seq}");
-            assert_eq!(WireBatch::decode(frame_body(&frame)).unwrap(), expect);
+            assert_eq!(DataBatch::decode(frame_body(&frame)).unwrap(), expect);
         }
     }
 }

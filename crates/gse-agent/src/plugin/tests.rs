@@ -150,27 +150,29 @@ async fn kill_and_unknown_commands() {
     assert!(!st.hosted);
 }
 
+/// A plugin service with no link and nothing supervised, its files in `dir`.
+fn bare_service(dir: &Path) -> super::PluginService {
+    super::PluginService {
+        shared: std::sync::Arc::new(super::Shared {
+            cfg: super::PluginConfig::default(),
+            data_dir: dir.to_path_buf(),
+            state_path: dir.join("plugins.json"),
+            plugins: parking_lot::Mutex::new(BTreeMap::new()),
+            upstream: parking_lot::Mutex::new(None),
+            pending_alarms: parking_lot::Mutex::new(Vec::new()),
+            save_lock: tokio::sync::Mutex::new(()),
+        }),
+    }
+}
+
 /// STATUS of a plugin this agent never ran answers "unregistered" and
 /// leaves no entry behind (else it would report "stopped" from then on).
 #[test]
 fn status_of_an_unknown_plugin_is_unregistered_and_registers_nothing() {
-    use std::sync::Arc;
-
     use gse_proto::link::ProcOperate;
-    use parking_lot::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
-    let svc = super::PluginService {
-        shared: Arc::new(super::Shared {
-            cfg: super::PluginConfig::default(),
-            data_dir: dir.path().to_path_buf(),
-            state_path: dir.path().join("plugins.json"),
-            plugins: Mutex::new(BTreeMap::new()),
-            upstream: Mutex::new(None),
-            pending_alarms: Mutex::new(Vec::new()),
-            save_lock: tokio::sync::Mutex::new(()),
-        }),
-    };
+    let svc = bare_service(dir.path());
     let op = ProcOperate {
         task_id: "T".into(),
         namespace: "nodeman".into(),
@@ -194,20 +196,9 @@ fn first_ops_on_one_plugin_at_once_share_its_state() {
     use std::sync::{Arc, Barrier};
 
     use gse_proto::link::ProcOperate;
-    use parking_lot::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
-    let svc = super::PluginService {
-        shared: Arc::new(super::Shared {
-            cfg: super::PluginConfig::default(),
-            data_dir: dir.path().to_path_buf(),
-            state_path: dir.path().join("plugins.json"),
-            plugins: Mutex::new(BTreeMap::new()),
-            upstream: Mutex::new(None),
-            pending_alarms: Mutex::new(Vec::new()),
-            save_lock: tokio::sync::Mutex::new(()),
-        }),
-    };
+    let svc = bare_service(dir.path());
     const THREADS: usize = 8;
     for round in 0..100 {
         let op = ProcOperate {

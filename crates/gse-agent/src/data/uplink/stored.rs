@@ -17,7 +17,7 @@ use prost::Message;
 
 use crate::data::batcher::OutBatch;
 use crate::data::spool::{PushOutcome, SeqNo, Spool, SpoolBatch, SpoolError};
-use crate::data::wire::{BatchBuf, WireBatch, frame_body};
+use crate::data::wire::{BatchBuf, DataBatch, frame_body};
 
 /// Where a pending batch lives besides memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Pending {
 /// Encodes `p` as a spool entry.
 pub fn to_spool(p: &Pending) -> SpoolBatch {
     // Our own frame always decodes; the payloads are slices of it.
-    let batch = WireBatch::decode(frame_body(&p.frame)).unwrap_or_default();
+    let batch = DataBatch::decode(frame_body(&p.frame)).unwrap_or_default();
     let mut records = Vec::with_capacity(batch.records.len() + 1);
     records.push(Bytes::copy_from_slice(&p.seq.to_be_bytes()));
     for r in &batch.records {
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(back.bytes, p.bytes);
         assert_eq!(back.frame, p.frame, "the same frame goes on the link");
         assert_eq!(back.origin, Origin::Spool(SeqNo(3)));
-        let records = WireBatch::decode(frame_body(&back.frame)).unwrap().records;
+        let records = DataBatch::decode(frame_body(&back.frame)).unwrap().records;
         assert_eq!(&records[0].payload[..], b"one");
         assert_eq!((records[0].received_ms, records[1].received_ms), (123, 456));
         let junk = SpoolBatch {

@@ -17,7 +17,7 @@ use gse_core::seams::{Batch, Record};
 use super::DataTap;
 use super::metrics;
 use super::routes::RouteTable;
-use super::wire::WireBatch;
+use gse_proto::link::DataBatch;
 
 /// Least time between two "no route" log lines.
 pub const UNROUTED_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -61,7 +61,7 @@ impl BatchHandler {
 
     /// Stores `batch` from agent `source` (`cloud:ip`); `Ok` only when every
     /// sink of every routed record stored it.
-    pub async fn store(&self, source: &Arc<str>, batch: WireBatch) -> Result<Stored, StoreError> {
+    pub async fn store(&self, source: &Arc<str>, batch: DataBatch) -> Result<Stored, StoreError> {
         let now = gse_core::now_ms();
         let mut stored = Stored {
             records: batch.records.len(),

@@ -19,7 +19,6 @@ pub mod routes;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
-pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -32,7 +32,7 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
-use super::wire::WireBatch;
+use gse_proto::link::DataBatch;
 
 /// Ack code: a sink could not store the batch (retry later).
 pub const ACK_SINK_FAILED: u32 = 1;
@@ -201,7 +201,7 @@ async fn pump(
                     break format!("unexpected frame type {} on a data link", frame.msg_type.to_u16());
                 }
                 let len = frame.body.len() as u64;
-                let batch = match WireBatch::decode(frame.body) {
+                let batch = match DataBatch::decode(frame.body) {
                     Ok(b) => b,
                     Err(e) => break format!("DataBatch {} does not decode: {e}", frame.stream_id),
                 };

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::role::data::routes::RouteTarget;
-use crate::role::data::wire::WireRecord;
+use gse_proto::link::DataRecord;
 
 /// Keeps what it is given; fails while `fail` is set.
 #[derive(Default)]
@@ -77,12 +77,12 @@ fn table(routes: Vec<(u32, Vec<Arc<FakeSink>>)>) -> RouteTable {
     table
 }
 
-fn batch(seq: u64, records: &[(u32, &'static str)]) -> WireBatch {
-    WireBatch {
+fn batch(seq: u64, records: &[(u32, &'static str)]) -> DataBatch {
+    DataBatch {
         seq,
         records: records
             .iter()
-            .map(|(id, p)| WireRecord {
+            .map(|(id, p)| DataRecord {
                 data_id: *id,
                 received_ms: 1,
                 payload: Bytes::from_static(p.as_bytes()),
