@@ -373,7 +373,7 @@ async fn session(
                     return End::Lost(format!("no answer from the server for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                let frame = heartbeat(seq, stats);
+                let frame = heartbeat(seq, stats, outbound.data.as_deref());
                 if let Err(end) = send_within(link, frame, write_limit, shutdown, "a heartbeat").await {
                     return end;
                 }
@@ -437,14 +437,17 @@ async fn send_within(
     }
 }
 
-fn heartbeat(seq: u64, stats: &mut SelfStats) -> Frame {
+fn heartbeat(seq: u64, stats: &mut SelfStats, data: Option<&DataPlane>) -> Frame {
     let s = stats.sample();
+    let drops = data.map(|d| d.stats.snapshot()).unwrap_or_default();
     let hb = Heartbeat {
         seq,
         time_ms: gse_core::now_ms(),
         cpu_percent: s.cpu_percent,
         mem_bytes: s.mem_bytes,
         mem_percent: s.mem_percent,
+        data_spool_dropped_batches: drops.spool_dropped_batches,
+        data_lost_records: drops.lost_records,
     };
     Frame::new(MsgType::Heartbeat, 0, &hb)
 }

@@ -472,3 +472,66 @@ async fn d4_agents_move_between_data_servers_without_loss() {
         .count();
     assert!(moved >= 1, "no agent saw a DataAssign");
 }
+
+/// A full spool drops the oldest batches; the agent reports the count in
+/// its heartbeats and the node raises one `data_dropped` alarm naming the
+/// setting to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_a_full_spool_drops_the_oldest_and_the_node_raises_an_alarm() {
+    use gse_server::config::Role;
+
+    let cluster = Cluster::new();
+    // No DataServer on this node: the agent can only spool.
+    let server = cluster
+        .server(ServerOptions {
+            customize: Some(Arc::new(|cfg| {
+                cfg.node.roles = vec![Role::Api, Role::Link, Role::Alarm];
+            })),
+            ..ServerOptions::default()
+        })
+        .await;
+    let agent = cluster.agent(
+        &server,
+        AgentOptions {
+            customize: Some(Arc::new(|cfg| {
+                cfg.data.spool_max_mb = 1;
+                cfg.data.batch_max_kb = 16;
+            })),
+            ..AgentOptions::ip("127.0.0.1")
+        },
+    );
+    registered(&server.api, "127.0.0.1").await;
+    // About 4 MB of records into a 1 MB spool.
+    let mut conn = connect(&socket_of(&agent)).await;
+    let payload = vec![b'x'; 1000];
+    for _ in 0..40 {
+        let mut buf = Vec::new();
+        for _ in 0..100 {
+            buf.extend(plain(0xC01, DATA_ID, &payload));
+        }
+        conn.write_all(&buf).await.unwrap();
+    }
+    let alarm = eventually("a data_dropped alarm", Duration::from_secs(20), || async {
+        server
+            .alarms()
+            .into_iter()
+            .find(|a| a["kind"] == "data_dropped")
+            .ok_or_else(|| format!("alarms so far: {:?}", server.alarms()))
+    })
+    .await;
+    assert_eq!(alarm["agent"], "0:127.0.0.1");
+    let message = alarm["message"].as_str().unwrap();
+    assert!(message.contains("spool_max_mb"), "{message}");
+    assert!(
+        agent.log().contains("data spool is full"),
+        "the agent logs the drops itself too"
+    );
+    // One alarm, not one per heartbeat.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let count = server
+        .alarms()
+        .iter()
+        .filter(|a| a["kind"] == "data_dropped")
+        .count();
+    assert_eq!(count, 1);
+}

@@ -43,6 +43,9 @@ pub enum AlarmKind {
     DangerousOperationBlocked,
     /// D2: a hosted plugin kept failing to restart; its agent gave up.
     PluginFailed,
+    /// D5/C9: an agent dropped data (its spool was full, or a batch was
+    /// lost).
+    DataDropped,
 }
 
 impl AlarmKind {
@@ -53,6 +56,7 @@ impl AlarmKind {
             AlarmKind::DangerousOperation => "dangerous_operation",
             AlarmKind::DangerousOperationBlocked => "dangerous_operation_blocked",
             AlarmKind::PluginFailed => "plugin_failed",
+            AlarmKind::DataDropped => "data_dropped",
         }
     }
 }
@@ -130,6 +134,21 @@ impl Alarm {
         }
     }
 
+    /// An alarm about an agent known by its key.
+    pub fn about_agent_key(
+        kind: AlarmKind,
+        node_id: &str,
+        agent: AgentKey,
+        message: String,
+    ) -> Self {
+        Alarm {
+            agent: agent.to_string(),
+            bk_cloud_id: Some(agent.cloud_id),
+            ip: agent.ip.to_string(),
+            ..Alarm::now(kind, node_id, message)
+        }
+    }
+
     /// An alarm about a plugin (`namespace:name`) on an agent.
     pub fn about_plugin(
         kind: AlarmKind,
@@ -139,11 +158,8 @@ impl Alarm {
         message: String,
     ) -> Self {
         Alarm {
-            agent: agent.to_string(),
-            bk_cloud_id: Some(agent.cloud_id),
-            ip: agent.ip.to_string(),
             plugin: plugin.to_string(),
-            ..Alarm::now(kind, node_id, message)
+            ..Alarm::about_agent_key(kind, node_id, agent, message)
         }
     }
 

@@ -20,6 +20,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::{LinkService, OUTBOUND_QUEUE};
+use crate::role::alarm::{Alarm, AlarmKind};
 
 type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 
@@ -324,6 +325,32 @@ async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(
     }
 }
 
+/// Counts what the agent says it dropped and alarms when it grew
+/// (`data_drops.rs`).
+fn data_dropped(svc: &LinkService, key: AgentKey, hb: &Heartbeat) {
+    let Some(g) = svc.data_drops.observe(
+        key,
+        hb.data_spool_dropped_batches,
+        hb.data_lost_records,
+        now_ms(),
+    ) else {
+        return;
+    };
+    metrics::counter!("gse_data_agent_spool_dropped_batches_total").increment(g.batches);
+    metrics::counter!("gse_data_agent_lost_records_total").increment(g.records);
+    if let (true, Some(alarms)) = (g.alarm, &svc.alarms) {
+        alarms.raise(Alarm::about_agent_key(
+            AlarmKind::DataDropped,
+            &svc.node_id,
+            key,
+            format!(
+                "agent {key} dropped data: {} spooled batches since it started (its spool was full: raise [data] spool_max_mb on the agent or restore its DataServer link) and {} records lost otherwise (see the agent's log)",
+                hb.data_spool_dropped_batches, hb.data_lost_records
+            ),
+        ));
+    }
+}
+
 /// Handles one frame from a registered agent; `Some(reason)` ends the link.
 async fn on_frame(
     svc: &LinkService,
@@ -348,6 +375,7 @@ async fn on_frame(
             if svc.heartbeats.try_send(update).is_err() {
                 metrics::counter!("gse_link_heartbeats_dropped_total").increment(1);
             }
+            data_dropped(svc, key, &hb);
             let ack = HeartbeatAck {
                 seq: hb.seq,
                 server_time_ms: now_ms(),

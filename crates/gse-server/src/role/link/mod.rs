@@ -13,6 +13,7 @@
 
 mod config;
 mod connection;
+mod data_drops;
 mod heartbeats;
 
 use std::collections::HashMap;
@@ -118,6 +119,8 @@ pub struct LinkService {
     frames: RwLock<Vec<FrameRoute>>,
     /// Set while the node starts when it runs DataServers (D4).
     data_assigner: RwLock<Option<Arc<dyn DataAssigner>>>,
+    /// Data agents report they dropped (heartbeats), for alarms.
+    data_drops: data_drops::DataDrops,
     shutdown: CancellationToken,
 }
 
@@ -163,6 +166,7 @@ impl LinkService {
             danger_rules,
             frames: RwLock::new(Vec::new()),
             data_assigner: RwLock::new(None),
+            data_drops: data_drops::DataDrops::default(),
             shutdown: parts.shutdown,
         }))
     }
