@@ -244,6 +244,22 @@ pub(super) fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
 }
 
 /// Sends `req` and returns the status and the parsed envelope.
+/// Asserts that a call was refused as a bad request (HTTP 400, code
+/// 1000400) and returns the message naming the field; `context` goes into
+/// the failure text.
+pub(super) fn bad_request_message<'a>(
+    status: StatusCode,
+    env: &'a Value,
+    context: &str,
+) -> &'a str {
+    assert_eq!(
+        (status, env["code"].as_i64()),
+        (StatusCode::BAD_REQUEST, Some(1000400)),
+        "{context}: {env}"
+    );
+    env["message"].as_str().unwrap()
+}
+
 pub(super) async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, Value) {
     let response = app.oneshot(req).await.unwrap();
     let status = response.status();
@@ -429,11 +445,7 @@ async fn malformed_json_names_line_and_column() {
         ),
     )
     .await;
-    assert_eq!(
-        (status, env["code"].as_i64()),
-        (StatusCode::BAD_REQUEST, Some(1000400))
-    );
-    let message = env["message"].as_str().unwrap();
+    let message = bad_request_message(status, &env, "malformed JSON");
     assert!(message.contains("line 2 column"), "{message}");
 }
 
@@ -441,17 +453,8 @@ async fn malformed_json_names_line_and_column() {
 async fn missing_hosts_and_bad_fields_are_named() {
     let path = "/api/c/compapi/v2/gse/get_agent_status";
     let (status, env) = call(path, json!({ "bk_supplier_account": "0" })).await;
-    assert_eq!(
-        (status, env["code"].as_i64()),
-        (StatusCode::BAD_REQUEST, Some(1000400))
-    );
-    assert!(
-        env["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("hosts: missing"),
-        "{env}"
-    );
+    let message = bad_request_message(status, &env, "no hosts");
+    assert!(message.starts_with("hosts: missing"), "{env}");
 
     let hosts = json!([{"ip": "10.0.0.1", "bk_cloud_id": 0}, {"ip": "x", "bk_cloud_id": 0}]);
     let (_, env) = call(path, json!({ "hosts": hosts })).await;

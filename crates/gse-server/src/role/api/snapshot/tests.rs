@@ -134,17 +134,8 @@ async fn latest_only_gives_the_newest_snapshot() {
 #[tokio::test]
 async fn bad_requests_name_the_field() {
     let (status, body) = call(true, json!({ "agent_id_list": ["0:10.0.0.1", "bad id!"] })).await;
-    assert_eq!(
-        (status, body["code"].as_i64()),
-        (StatusCode::BAD_REQUEST, Some(1000400))
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("agent_id_list[1]"),
-        "{body}"
-    );
+    let message = crate::role::api::tests::bad_request_message(status, &body, "agent_id_list");
+    assert!(message.contains("agent_id_list[1]"), "{body}");
 
     let (status, body) = call(true, json!({ "agent_id_list": [], "latest_only": "yes" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
