@@ -10,6 +10,7 @@
 
 mod api;
 mod fake_agent;
+pub mod hostile;
 mod procs;
 pub mod redis;
 pub mod tansu;
