@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gse_agent::{Agent, AgentConfig};
+use gse_core::private_files;
 use tokio_util::sync::CancellationToken;
 
 /// The gse agent: keeps this host connected to its gse-server (mutual TLS),
@@ -82,9 +83,18 @@ async fn main() -> anyhow::Result<()> {
                 println!("data_ipc_link: {}", link.display());
             }
             println!("data_spool: {}", config.data.spool_path(data_dir).display());
+            let key = &config.tls.key_file;
+            if let Some(exposed) = private_files::exposure(key, "the agent's private TLS key") {
+                eprintln!("warning: {exposed}");
+            }
             Ok(())
         }
         Command::Run => {
+            if let Some(exposed) =
+                private_files::exposure(&config.tls.key_file, "the agent's private TLS key")
+            {
+                tracing::warn!("{exposed}");
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, "gse-agent starting");

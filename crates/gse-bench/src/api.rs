@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use gse_core::seams::AppRecord;
+use gse_server::role::api::AppConfig;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -69,12 +69,12 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(api: SocketAddr, app: &AppRecord) -> Result<Self> {
+    pub fn new(api: SocketAddr, app: &AppConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
-        let auth = json!({"bk_app_code": app.app_code, "bk_app_secret": app.app_secret});
+        let auth = json!({"bk_app_code": app.app_code, "bk_app_secret": app.app_secret.as_deref().unwrap_or_default()});
         Ok(ApiClient {
             http,
             base: format!("http://{api}"),

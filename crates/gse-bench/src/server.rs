@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gse_core::certs::{CertDir, CertKind};
-use gse_core::seams::AppRecord;
 use gse_core::tls::TlsFiles;
 use gse_server::config::ServerConfig;
+use gse_server::role::api::AppConfig;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,7 @@ pub struct ServerOptions {
     /// `api.max_hosts_per_call`; `None` = the server's default.
     pub max_hosts_per_call: Option<usize>,
     /// `api.apps`: who may call the API.
-    pub apps: Vec<AppRecord>,
+    pub apps: Vec<AppConfig>,
 }
 
 impl Default for ServerOptions {

@@ -9,7 +9,6 @@
 //! P2P pieces to each other and servers also dial each other.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -134,7 +133,8 @@ impl CertDir {
     /// client certificate. `server_names` are extra DNS names or IPs for the
     /// server certificate.
     pub fn init(&self, server_names: &[String], days: u32) -> Result<(), CertError> {
-        fs::create_dir_all(&self.dir).map_err(|source| CertError::Write {
+        // 0700: the directory holds the CA key and the private keys.
+        crate::private_files::create_private_dir(&self.dir).map_err(|source| CertError::Write {
             path: self.dir.clone(),
             source,
         })?;
@@ -236,17 +236,12 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> 
         path: path.to_path_buf(),
         source,
     };
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
+    if secret {
+        // A key is 0600 from its first byte, and replaces any old file (or
+        // planted link) by rename instead of writing through it.
+        return crate::private_files::write_private(path, bytes).map_err(err);
     }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(bytes).map_err(err)
+    fs::write(path, bytes).map_err(err)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! - [`tls`]: the one mutual-TLS loader for every link, and plain-language
 //!   explanations of certificate mismatches (K6).
 //! - [`certs`]: making a CA and the server, agent and proxy certificates.
+//! - [`app_secret`], [`private_files`]: secrets at rest (hashed app secrets,
+//!   0600/0700 files and dirs).
 //! - [`seams`]: the traits that hide embedded vs distributed implementations
 //!   (Registry, StateStore, Sink, Executor); start reading there.
 //!
@@ -11,10 +13,12 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod app_secret;
 pub mod certs;
 pub mod danger;
 pub mod identity;
 pub mod logging;
+pub mod private_files;
 pub mod seams;
 pub mod task;
 pub mod tls;

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use gse_core::danger::{DangerAction, DangerPolicy, DangerRuleSpec, builtin_rules};
+use gse_core::private_files::{Exposure, exposure};
 use gse_core::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -269,14 +270,7 @@ impl ServerConfig {
                 self.api.max_body_bytes
             ));
         }
-        for app in &self.api.apps {
-            if app.app_code.is_empty() || app.app_secret.is_empty() {
-                problems.push(format!(
-                    "api.apps: app {:?} needs both app_code and app_secret",
-                    app.app_code
-                ));
-            }
-        }
+        problems.extend(self.api.apps.iter().filter_map(|app| app.problem()));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -317,6 +311,45 @@ impl ServerConfig {
             data: DataConfig::default(),
             proc: Default::default(),
         }
+    }
+
+    /// Files and directories of this config that hold secrets and that
+    /// other local users can read (`check-config` warns, `run` logs them):
+    /// the config file itself when it lists a plain app secret, the TLS
+    /// key, the data dir and the state store.
+    pub fn exposures(&self, config_file: &Path) -> Vec<Exposure> {
+        let mut checks = vec![
+            (self.tls.key_file.clone(), "the server's private TLS key"),
+            (
+                self.node.data_dir.clone(),
+                "the node's state (app secret hashes, task records)",
+            ),
+            (self.store_path(), "the state store"),
+        ];
+        if self.api.apps.iter().any(|a| a.app_secret.is_some()) {
+            checks.insert(
+                0,
+                (
+                    config_file.to_path_buf(),
+                    "plain-text app secrets ([[api.apps]] app_secret; prefer app_secret_hash)",
+                ),
+            );
+        }
+        checks
+            .iter()
+            .filter_map(|(path, holds)| exposure(path, holds))
+            .collect()
+    }
+
+    /// This config with plain secrets replaced, for printing.
+    pub fn redacted(&self) -> ServerConfig {
+        let mut shown = self.clone();
+        for app in &mut shown.api.apps {
+            if app.app_secret.is_some() {
+                app.app_secret = Some("<hidden>".into());
+            }
+        }
+        shown
     }
 
     /// The agent-link address agents should dial.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gse_core::app_secret::{self, SecretHash};
 use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS};
 use gse_core::seams::{AppRecord, StateStore};
 use gse_server::config::ServerConfig;
@@ -126,16 +127,27 @@ impl From<KindArg> for CertKind {
 
 #[derive(Subcommand, Debug)]
 enum AppsCommand {
-    /// Register an app (or change its secret); prints the secret.
+    /// Register an app (or give it a new secret) in the node's state store.
+    /// The store keeps only a salted hash: the secret is printed this once,
+    /// note it now. A running node sees a new app at once; a changed secret
+    /// after its restart.
     Add {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
         /// The bk_app_code.
         #[arg(long)]
         code: String,
-        /// The bk_app_secret; default: a new random one.
+        /// The bk_app_secret; default: a new random one (128 bits).
         #[arg(long)]
         secret: Option<String>,
+    },
+    /// Print the hash of a secret for `app_secret_hash` in `[[api.apps]]`
+    /// (a config that then holds no secret). Reads the secret from stdin;
+    /// with `--new`, makes a random one and prints it too, this once.
+    Hash {
+        /// Make a new random secret instead of reading one from stdin.
+        #[arg(long)]
+        new: bool,
     },
 }
 
@@ -155,7 +167,7 @@ fn main() -> Result<()> {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config } => run(ServerConfig::load(&config)?).await,
+        Command::Run { config: path } => run(ServerConfig::load(&path)?, &path).await,
         Command::Quickstart(q) => {
             raise_fd_limit();
             quickstart::run(QuickstartOptions {
@@ -168,34 +180,76 @@ async fn dispatch(command: Command) -> Result<()> {
             .await
         }
         Command::Certs(c) => certs(c),
-        Command::Apps(AppsCommand::Add {
-            config,
-            code,
-            secret,
-        }) => {
-            let config = ServerConfig::load(&config)?;
-            let secret = secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
-            let store = EmbeddedStore::open(&config.store_path())?;
-            store
-                .put_app(AppRecord {
-                    app_code: code.clone(),
-                    app_secret: secret.clone(),
-                })
-                .await?;
-            println!("app {code} registered in {}", store.path().display());
-            println!("bk_app_secret: {secret}");
-            Ok(())
-        }
-        Command::CheckConfig { config } => {
-            let config = ServerConfig::load(&config)?;
-            print!("{}", config.to_toml());
+        Command::Apps(apps) => apps_command(apps).await,
+        Command::CheckConfig { config: path } => {
+            let config = ServerConfig::load(&path)?;
+            print!("{}", config.redacted().to_toml());
+            for exposed in config.exposures(&path) {
+                eprintln!("warning: {exposed}");
+            }
             Ok(())
         }
     }
 }
 
-async fn run(config: ServerConfig) -> Result<()> {
+async fn apps_command(command: AppsCommand) -> Result<()> {
+    match command {
+        AppsCommand::Add {
+            config,
+            code,
+            secret,
+        } => {
+            let config = ServerConfig::load(&config)?;
+            let secret = secret.unwrap_or_else(app_secret::generate);
+            let (record, secret) = tokio::task::spawn_blocking(move || {
+                (AppRecord::with_secret(code, &secret), secret)
+            })
+            .await?;
+            let code = record.app_code.clone();
+            let store = EmbeddedStore::open(&config.store_path())?;
+            store.put_app(record).await?;
+            println!(
+                "app {code} registered in {} (as a salted hash)",
+                store.path().display()
+            );
+            println!("bk_app_secret: {secret}");
+            println!("(shown this once: the server cannot show it again)");
+            Ok(())
+        }
+        AppsCommand::Hash { new } => {
+            let secret = if new {
+                app_secret::generate()
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the secret from stdin")?;
+                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                anyhow::ensure!(
+                    !line.is_empty(),
+                    "no secret on stdin: pipe one in, or pass --new"
+                );
+                line
+            };
+            let hash = tokio::task::spawn_blocking({
+                let secret = secret.clone();
+                move || SecretHash::hash(&secret)
+            })
+            .await?;
+            if new {
+                println!("bk_app_secret: {secret}");
+            }
+            println!("app_secret_hash = \"{}\"", hash.as_str());
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: ServerConfig, path: &std::path::Path) -> Result<()> {
     raise_fd_limit();
+    for exposed in config.exposures(path) {
+        tracing::warn!("{exposed}");
+    }
     let node = Node::start(config).await?;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;

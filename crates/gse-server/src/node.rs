@@ -66,12 +66,7 @@ impl Node {
     /// Builds the seams and starts the roles; returns once every listener
     /// is bound.
     pub async fn start(config: ServerConfig) -> Result<Node> {
-        std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
-            format!(
-                "cannot create node.data_dir {}",
-                config.node.data_dir.display()
-            )
-        })?;
+        prepare_data_dir(&config.node.data_dir)?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let store = open_store(&config).await?;
@@ -165,14 +160,13 @@ impl Node {
             let listener = bind(config.api.listen, "the HTTP API", "api.listen").await?;
             let addr = listener.local_addr()?;
             let ctx = ApiContext {
-                store: store.clone(),
-                config: config.api.clone(),
                 metrics: Some(crate::telemetry::metrics_handle()),
                 tasks: task_service.clone(),
                 files: file_service.clone(),
                 routes: route_service.clone(),
                 procs: proc_service.clone(),
                 snapshots: snapshots.clone(),
+                ..ApiContext::new(store.clone(), config.api.clone())
             };
             let token = shutdown.clone();
             tasks.spawn(async move {
@@ -343,14 +337,32 @@ fn start_proc_role(
     Some(svc)
 }
 
+/// Makes `node.data_dir` (0700: it holds the state store and task logs);
+/// an existing one that other users can enter is closed to them.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
+    let closed = gse_core::private_files::make_private_dir(dir)
+        .with_context(|| format!("cannot create node.data_dir {} (mode 0700)", dir.display()))?;
+    if let Some(mode) = closed {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:04o}"), "node.data_dir was open to other users; closed it (0700)");
+    }
+    Ok(())
+}
+
 /// Opens the configured state store and seeds the configured apps.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
     let path = config.store_path();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path)).await??;
     let store: Arc<dyn StateStore> = Arc::new(store);
-    for app in &config.api.apps {
+    let apps = config.api.apps.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        apps.iter()
+            .filter_map(|a| a.to_record())
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    for app in records {
         store
-            .put_app(app.clone())
+            .put_app(app)
             .await
             .context("cannot save the apps of [api] apps")?;
     }

@@ -8,6 +8,9 @@
 //! SIGTERM it stops the agents (SIGTERM, then SIGKILL after a grace period)
 //! and then the node. The files it writes (`server.toml`, agent configs) are
 //! ordinary configs: `gse-server run` / `gse-agent` run them the same way.
+//! DIR is 0700 and every file in it that holds a secret or names one
+//! (quickstart.json, the configs, keys, the store) is 0600 from creation;
+//! each run gives the app a new secret (the store keeps only its hash).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gse_agent::AgentConfig;
+use gse_core::app_secret;
 use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS};
+use gse_core::private_files;
 use gse_core::seams::{AppRecord, StateStore};
 use gse_core::tls::TlsFiles;
 use gse_core::{AgentKey, AgentRef};
@@ -91,8 +96,15 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
             opts.agents
         );
     }
-    std::fs::create_dir_all(&opts.dir)
-        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    // 0700: it holds quickstart.json (the app secret), keys and the store.
+    if let Some(mode) = private_files::make_private_dir(&opts.dir)
+        .with_context(|| format!("cannot create {} (mode 0700)", opts.dir.display()))?
+    {
+        println!(
+            "{} was open to other users (mode {mode:04o}); closed it (0700)",
+            opts.dir.display()
+        );
+    }
     let dir = opts.dir.canonicalize()?;
     let info_path = dir.join("quickstart.json");
     let _ = std::fs::remove_file(&info_path);
@@ -100,7 +112,7 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
     let certs = ensure_certs(&dir.join("certs"))?;
 
     let config = server_config(&dir, &certs, &opts);
-    std::fs::write(dir.join("server.toml"), config.to_toml())?;
+    private_files::write_private(&dir.join("server.toml"), config.to_toml().as_bytes())?;
     let node = Node::start(config).await?;
     let api = node.api_addr.context("quickstart runs the api role")?;
     let agent_addr = node.agent_addr.context("quickstart runs the link role")?;
@@ -128,9 +140,8 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
             server_pid: std::process::id(),
             agents: registered,
         };
-        let tmp = info_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
-        std::fs::rename(&tmp, &info_path)?;
+        private_files::write_private(&info_path, &serde_json::to_vec_pretty(&info)?)
+            .with_context(|| format!("cannot write {}", info_path.display()))?;
         print_summary(&info, &dir);
         wait_for_signal().await;
         anyhow::Ok(())
@@ -191,18 +202,17 @@ fn server_config(dir: &Path, certs: &CertDir, opts: &QuickstartOptions) -> Serve
     config
 }
 
-/// The quickstart app's secret: kept from an earlier run, or new.
+/// A new secret for the quickstart app, each run: the store keeps only its
+/// hash, so an earlier run's secret cannot be read back (quickstart.json,
+/// 0600, has the current one).
 async fn ensure_app(store: &dyn StateStore) -> Result<String> {
-    if let Some(app) = store.get_app(APP_CODE).await? {
-        return Ok(app.app_secret);
-    }
-    let secret = hex::encode(rand::random::<[u8; 16]>());
-    store
-        .put_app(AppRecord {
-            app_code: APP_CODE.into(),
-            app_secret: secret.clone(),
-        })
-        .await?;
+    let secret = app_secret::generate();
+    let record = tokio::task::spawn_blocking({
+        let secret = secret.clone();
+        move || AppRecord::with_secret(APP_CODE, &secret)
+    })
+    .await?;
+    store.put_app(record).await?;
     Ok(secret)
 }
 
@@ -241,7 +251,8 @@ pub fn spawn_local_agent_with(
     customize(&mut cfg);
     let data_ipc = cfg.data.ipc_path(&cfg.agent.data_dir);
     let cfg_path = home.join("agent.toml");
-    std::fs::write(&cfg_path, cfg.to_toml())?;
+    private_files::write_private(&cfg_path, cfg.to_toml().as_bytes())
+        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     let log = home.join("agent.log");
     let child = Command::new(bin)
         .arg("--config")

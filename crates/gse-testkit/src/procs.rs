@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use gse_agent::AgentConfig;
 use gse_core::certs::{CertDir, CertKind};
-use gse_core::seams::AppRecord;
 use gse_core::tls::TlsFiles;
 use gse_server::config::ServerConfig;
+use gse_server::role::api::AppConfig;
 use gse_server::role::file::PassThroughRule;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -165,10 +165,7 @@ impl ServerProc {
         let mut cfg = ServerConfig::with_defaults(dir.join("data"), cluster.tls(CertKind::Server));
         cfg.node.id = "test-node".into();
         cfg.api.listen = api_addr;
-        cfg.api.apps = vec![AppRecord {
-            app_code: APP_CODE.into(),
-            app_secret: APP_SECRET.into(),
-        }];
+        cfg.api.apps = vec![AppConfig::with_secret(APP_CODE, APP_SECRET)];
         cfg.link.listen = link_addr;
         cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
         cfg.link.heartbeat_interval = opts.heartbeat_interval;

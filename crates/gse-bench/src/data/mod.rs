@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use gse_core::seams::AppRecord;
+use gse_server::role::api::AppConfig;
 use serde::Serialize;
 
 use crate::BenchOutput;
@@ -125,10 +125,7 @@ pub async fn run(args: DataArgs) -> Result<BenchOutput> {
     }
     let mut failure = None;
     if args.phases != Phases::Intake {
-        let app = AppRecord {
-            app_code: APP_CODE.into(),
-            app_secret: format!("{:032x}", rand::random::<u128>()),
-        };
+        let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
         let server = BenchServer::start(&ServerOptions {
             bin: args.server_bin.clone(),
             apps: vec![app.clone()],
@@ -173,7 +170,7 @@ pub async fn run(args: DataArgs) -> Result<BenchOutput> {
 /// file route.
 async fn pipeline_phase(
     server: &BenchServer,
-    app: &AppRecord,
+    app: &AppConfig,
     load: Load,
 ) -> Result<(pipeline::TransportFigures, pipeline::PipelineFigures)> {
     let api = ApiClient::new(server.api, app)?;

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use gse_core::seams::{AppRecord, Executor};
+use gse_core::seams::Executor;
+use gse_server::role::api::AppConfig;
 use tokio::time::{Instant, sleep};
 
 use crate::BenchOutput;
@@ -121,10 +122,7 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
         None => check_fd_limit(args.agents, fd_limit)?,
     }
     let hosts = args.real_agents.unwrap_or(args.agents) as usize;
-    let app = AppRecord {
-        app_code: APP_CODE.into(),
-        app_secret: format!("{:032x}", rand::random::<u128>()),
-    };
+    let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
     let server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
         max_hosts_per_call: Some(hosts.max(5000)),
@@ -140,7 +138,7 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
 async fn drive(
     args: &FanoutArgs,
     server: &BenchServer,
-    app: &AppRecord,
+    app: &AppConfig,
 ) -> Result<(Report, Option<String>)> {
     let pid = server.proc_id();
     let server_idle_rss_kib = rss_kib(&pid)?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use gse_core::seams::AppRecord;
+use gse_server::role::api::AppConfig;
 
 use crate::BenchOutput;
 use crate::api::ApiClient;
@@ -98,10 +98,7 @@ enum Phase {
 pub async fn run(args: P2pArgs) -> Result<BenchOutput> {
     local_agents::check_count(args.agents + 1)?;
     raise_fd_limit()?;
-    let app = AppRecord {
-        app_code: APP_CODE.into(),
-        app_secret: format!("{:032x}", rand::random::<u128>()),
-    };
+    let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
     let server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
         apps: vec![app.clone()],
@@ -127,7 +124,7 @@ struct Bench<'a> {
 async fn drive(
     args: &P2pArgs,
     server: &BenchServer,
-    app: &AppRecord,
+    app: &AppConfig,
 ) -> Result<(Report, Option<String>)> {
     let layout = Layout {
         dir: server.dir().to_path_buf(),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::app_secret::SecretHash;
 use crate::identity::{AgentKey, AgentRef};
 
 /// Everything known about one agent.
@@ -60,11 +61,23 @@ pub struct HeartbeatUpdate {
     pub mem_percent: f32,
 }
 
-/// An upper system allowed to call the API (A3).
+/// An upper system allowed to call the API (A3). The store keeps only a
+/// salted hash of its secret ([`crate::app_secret`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRecord {
     pub app_code: String,
-    pub app_secret: String,
+    pub secret_hash: SecretHash,
+}
+
+impl AppRecord {
+    /// A record for `app_code` whose secret is `secret` (hashed here; slow
+    /// on purpose, call it off the async threads).
+    pub fn with_secret(app_code: impl Into<String>, secret: &str) -> Self {
+        AppRecord {
+            app_code: app_code.into(),
+            secret_hash: SecretHash::hash(secret),
+        }
+    }
 }
 
 /// Why the store could not do what was asked.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use gse_core::app_secret::SecretHash;
 use gse_core::seams::state_store::{
     EntryFailure, FileTransferRecord, LogWindow, StoredTask, TaskWrites,
 };
@@ -34,8 +35,8 @@ CREATE TABLE IF NOT EXISTS agents (
     record    TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS apps (
-    app_code   TEXT PRIMARY KEY,
-    app_secret TEXT NOT NULL
+    app_code    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL
 );
 ";
 
@@ -43,7 +44,6 @@ CREATE TABLE IF NOT EXISTS apps (
 struct Mem {
     agents: HashMap<AgentKey, AgentRecord>,
     by_id: HashMap<String, AgentKey>,
-    apps: HashMap<String, AppRecord>,
 }
 
 impl Mem {
@@ -106,6 +106,14 @@ impl EmbeddedStore {
                 ))))
             })?;
         }
+        // 0600 before SQLite opens it: its -wal and -shm files take the
+        // database file's mode, so none of them is ever readable by others.
+        gse_core::private_files::ensure_private_file(path).map_err(|e| {
+            open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                "{}: {e}",
+                path.display()
+            ))))
+        })?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
@@ -113,6 +121,7 @@ impl EmbeddedStore {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
+        migrate_plain_secrets(&conn).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::tasks::SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
@@ -179,18 +188,57 @@ fn load(conn: &Connection) -> rusqlite::Result<Mem> {
             }
         }
     }
-    let mut stmt = conn.prepare("SELECT app_code, app_secret FROM apps")?;
-    let apps = stmt.query_map([], |row| {
-        Ok(AppRecord {
-            app_code: row.get(0)?,
-            app_secret: row.get(1)?,
-        })
-    })?;
-    for app in apps {
-        let app = app?;
-        mem.apps.insert(app.app_code.clone(), app);
-    }
     Ok(mem)
+}
+
+/// An app row as a record; `None` (with a warning) when its hash is unusable.
+fn app_record(app_code: String, hash: &str) -> Option<AppRecord> {
+    match SecretHash::parse(hash) {
+        Ok(secret_hash) => Some(AppRecord {
+            app_code,
+            secret_hash,
+        }),
+        Err(e) => {
+            tracing::warn!(app_code, error = %e, "ignoring an app whose stored secret hash is unusable; register it again with `gse-server apps add`");
+            None
+        }
+    }
+}
+
+/// Stores of earlier versions kept app secrets in plain text
+/// (`apps.app_secret`): hash each one and rename the column, in one
+/// transaction, so no plain secret survives the upgrade.
+fn migrate_plain_secrets(conn: &Connection) -> rusqlite::Result<()> {
+    let has_plain_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('apps') WHERE name = 'app_secret'")?
+        .exists([])?;
+    if !has_plain_column {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT app_code, app_secret FROM apps")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (code, secret) in &rows {
+        let hash = match SecretHash::parse(secret) {
+            Ok(already) => already,
+            Err(_) => SecretHash::hash(secret),
+        };
+        tx.execute(
+            "UPDATE apps SET app_secret = ?1 WHERE app_code = ?2",
+            params![hash.as_str(), code],
+        )?;
+    }
+    tx.execute_batch("ALTER TABLE apps RENAME COLUMN app_secret TO secret_hash")?;
+    tx.commit()?;
+    // The old values may linger in free pages and the WAL: rewrite the file.
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+    tracing::info!(
+        apps = rows.len(),
+        "replaced the plain-text app secrets of an older state store by salted hashes"
+    );
+    Ok(())
 }
 
 #[async_trait]
@@ -253,48 +301,34 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn get_app(&self, app_code: &str) -> Result<Option<AppRecord>, StoreError> {
-        if let Some(app) = self.mem.read().apps.get(app_code) {
-            return Ok(Some(app.clone()));
-        }
-        // Apps may be added by `gse-server apps add` while this node runs.
+        // Always from SQLite: `gse-server apps add` may add an app or give
+        // it a new secret while this node runs, and the old secret must stop
+        // working at once. A point query; the API's VerifiedSecrets keeps
+        // the expensive hash check off the hot path.
         let code = app_code.to_string();
         let found = self
             .with_db("looking up an app", move |c| {
                 c.query_row(
-                    "SELECT app_secret FROM apps WHERE app_code = ?1",
+                    "SELECT secret_hash FROM apps WHERE app_code = ?1",
                     [&code],
                     |row| row.get::<_, String>(0),
                 )
                 .optional()
-                .map(|secret| {
-                    secret.map(|app_secret| AppRecord {
-                        app_code: code,
-                        app_secret,
-                    })
-                })
+                .map(|hash| hash.and_then(|h| app_record(code, &h)))
             })
             .await?;
-        if let Some(app) = &found {
-            self.mem
-                .write()
-                .apps
-                .insert(app.app_code.clone(), app.clone());
-        }
         Ok(found)
     }
 
     async fn put_app(&self, app: AppRecord) -> Result<(), StoreError> {
-        let saved = app.clone();
         self.with_db("saving an app", move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO apps (app_code, app_secret) VALUES (?1, ?2)",
-                params![saved.app_code, saved.app_secret],
+                "INSERT OR REPLACE INTO apps (app_code, secret_hash) VALUES (?1, ?2)",
+                params![app.app_code, app.secret_hash.as_str()],
             )
             .map(|_| ())
         })
-        .await?;
-        self.mem.write().apps.insert(app.app_code.clone(), app);
-        Ok(())
+        .await
     }
 
     async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
@@ -503,10 +537,7 @@ mod tests {
                 .await
                 .unwrap();
             store
-                .put_app(AppRecord {
-                    app_code: "job".into(),
-                    app_secret: "s".into(),
-                })
+                .put_app(AppRecord::with_secret("job", "s"))
                 .await
                 .unwrap();
             let beat = HeartbeatUpdate {
@@ -531,7 +562,8 @@ mod tests {
         let rec = got[0].clone().unwrap();
         assert!(!rec.alive);
         assert_eq!(rec.agent_id, "id-1");
-        assert_eq!(store.get_app("job").await.unwrap().unwrap().app_secret, "s");
+        let app = store.get_app("job").await.unwrap().unwrap();
+        assert!(app.secret_hash.verify("s") && !app.secret_hash.verify("t"));
         assert!(store.get_app("nope").await.unwrap().is_none());
     }
 
@@ -579,12 +611,59 @@ mod tests {
         // A second handle (like `gse-server apps add`) adds an app; the first sees it.
         let other = EmbeddedStore::open(&path).unwrap();
         other
-            .put_app(AppRecord {
-                app_code: "late".into(),
-                app_secret: "x".into(),
-            })
+            .put_app(AppRecord::with_secret("late", "x"))
             .await
             .unwrap();
         assert!(store.get_app("late").await.unwrap().is_some());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_store_file_is_private_from_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = EmbeddedStore::open(&path).unwrap();
+        store
+            .put_app(AppRecord::with_secret("a", "b"))
+            .await
+            .unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_secrets_of_an_older_store_are_hashed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let plain = "old-plain-secret-0123456789";
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE apps (app_code TEXT PRIMARY KEY, app_secret TEXT NOT NULL);",
+            )
+            .unwrap();
+            c.execute("INSERT INTO apps VALUES ('job', ?1)", [plain])
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let app = store.get_app("job").await.unwrap().expect("migrated app");
+        assert!(app.secret_hash.verify(plain));
+        drop(store);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(
+                !bytes.windows(plain.len()).any(|w| w == plain.as_bytes()),
+                "{} still holds the plain secret",
+                p.display()
+            );
+        }
+        // Opening again finds nothing to migrate.
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store.get_app("job").await.unwrap().is_some());
     }
 }

@@ -4,7 +4,8 @@
 //! header (bk-job, bk-monitor), the `X-Bkapi-App-Code`/`X-Bkapi-App-Secret`
 //! headers, and the `bk_app_code`/`bk_app_secret` body fields (bk-nodeman's
 //! default). The app must be registered in the state store; user identity
-//! (`bk_username`, `bk_token`) is accepted and ignored.
+//! (`bk_username`, `bk_token`) is accepted and ignored. The store holds
+//! only a hash of each secret; [`VerifiedSecrets`] checks against it.
 
 use axum::http::HeaderMap;
 use gse_core::seams::StateStore;
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use super::body::{Fields, optional_str};
 use super::error::{ApiError, quoted};
+use super::secret_cache::VerifiedSecrets;
 
 const AUTHORIZATION_HEADER: &str = "x-bkapi-authorization";
 const APP_CODE_HEADER: &str = "x-bkapi-app-code";
@@ -87,15 +89,19 @@ impl Credentials {
         }
     }
 
-    /// Checks the app is registered and the secret matches.
-    pub async fn verify(&self, store: &dyn StateStore) -> Result<(), ApiError> {
+    /// Checks the app is registered and the secret matches its stored hash.
+    pub async fn verify(
+        &self,
+        store: &dyn StateStore,
+        secrets: &VerifiedSecrets,
+    ) -> Result<(), ApiError> {
         let app = store.get_app(&self.app_code).await?;
         let Some(app) = app else {
             return Err(ApiError::UnknownApp {
                 app_code: quoted(&self.app_code),
             });
         };
-        if !constant_time_eq(app.app_secret.as_bytes(), self.app_secret.as_bytes()) {
+        if !secrets.verify(&app, &self.app_secret).await {
             return Err(ApiError::WrongSecret {
                 app_code: quoted(&self.app_code),
             });
@@ -104,27 +110,9 @@ impl Credentials {
     }
 }
 
-/// Compares two secrets without an early exit, so the time taken does not
-/// tell an attacker how many leading bytes were right. The length may leak.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_whole_secrets() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(constant_time_eq(b"", b""));
-    }
 
     #[test]
     fn debug_never_shows_the_secret() {

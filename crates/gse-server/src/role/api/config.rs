@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use gse_core::app_secret::SecretHash;
 use gse_core::seams::AppRecord;
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,81 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Apps allowed to call the API; seeded into the state store at start.
     #[serde(default)]
-    pub apps: Vec<AppRecord>,
+    pub apps: Vec<AppConfig>,
+}
+
+/// `[[api.apps]]`: an app allowed to call the API, with either its secret
+/// in plain text (hashed when the node starts; the file must then be 0600,
+/// `check-config` warns otherwise) or, better, the hash that
+/// `gse-server apps hash` prints.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The bk_app_code.
+    pub app_code: String,
+    /// The bk_app_secret, in plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    /// The bk_app_secret as an Argon2id PHC string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret_hash: Option<SecretHash>,
+}
+
+// === impl AppConfig ===
+
+impl AppConfig {
+    /// An app given by its plain secret (tests, benches).
+    pub fn with_secret(app_code: impl Into<String>, secret: impl Into<String>) -> Self {
+        AppConfig {
+            app_code: app_code.into(),
+            app_secret: Some(secret.into()),
+            app_secret_hash: None,
+        }
+    }
+
+    /// The record to store: the given hash, or a new hash of the secret
+    /// (slow on purpose: call it off the async threads). `None` when the
+    /// entry names neither (validation reports that).
+    pub fn to_record(&self) -> Option<AppRecord> {
+        let secret_hash = match (&self.app_secret_hash, &self.app_secret) {
+            (Some(hash), _) => hash.clone(),
+            (None, Some(secret)) => SecretHash::hash(secret),
+            (None, None) => return None,
+        };
+        Some(AppRecord {
+            app_code: self.app_code.clone(),
+            secret_hash,
+        })
+    }
+
+    /// What is wrong with this entry, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let code = &self.app_code;
+        match (&self.app_secret, &self.app_secret_hash) {
+            _ if code.is_empty() => Some("api.apps: an app has an empty app_code".into()),
+            (None, None) => Some(format!(
+                "api.apps: app {code:?} needs app_secret_hash (from `gse-server apps hash`) or app_secret"
+            )),
+            (Some(_), Some(_)) => Some(format!(
+                "api.apps: app {code:?} gives both app_secret and app_secret_hash: keep only app_secret_hash"
+            )),
+            (Some(s), None) if s.is_empty() => {
+                Some(format!("api.apps: app {code:?} has an empty app_secret"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The plain secret never reaches a log line.
+        f.debug_struct("AppConfig")
+            .field("app_code", &self.app_code)
+            .field("app_secret", &self.app_secret.as_ref().map(|_| "<hidden>"))
+            .field("app_secret_hash", &self.app_secret_hash)
+            .finish()
+    }
 }
 
 fn default_listen() -> SocketAddr {

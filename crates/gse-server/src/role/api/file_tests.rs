@@ -34,10 +34,7 @@ async fn app_with(api: ApiConfig, file: FileConfig) -> App {
     let store: Arc<dyn StateStore> =
         Arc::new(EmbeddedStore::open(&dir.path().join("s.sqlite")).unwrap());
     store
-        .put_app(AppRecord {
-            app_code: APP.into(),
-            app_secret: SECRET.into(),
-        })
+        .put_app(AppRecord::with_secret(APP, SECRET))
         .await
         .unwrap();
     let link = Arc::new(FakeFileLink::default());
@@ -395,10 +392,7 @@ async fn unknown_transfers_and_nodes_without_the_role() {
 
     let store = Arc::new(super::tests::FakeStore::default());
     store
-        .put_app(AppRecord {
-            app_code: APP.into(),
-            app_secret: SECRET.into(),
-        })
+        .put_app(AppRecord::with_secret(APP, SECRET))
         .await
         .unwrap();
     let ctx = ApiContext::new(store, ApiConfig::default());

@@ -23,6 +23,7 @@ mod files;
 pub mod metrics;
 mod proc_request;
 mod procs;
+mod secret_cache;
 mod server;
 mod snapshot;
 mod task_request;
@@ -46,7 +47,9 @@ use crate::role::file::FileService;
 use crate::role::proc::ProcService;
 use crate::role::task::TaskService;
 
-pub use config::ApiConfig;
+use secret_cache::VerifiedSecrets;
+
+pub use config::{ApiConfig, AppConfig};
 pub use error::ApiError;
 pub use server::{router, serve};
 
@@ -55,6 +58,8 @@ pub use server::{router, serve};
 pub struct ApiContext {
     /// Where agent state and registered apps are read from.
     pub store: Arc<dyn StateStore>,
+    /// App secrets already checked against their stored hashes.
+    pub secrets: Arc<VerifiedSecrets>,
     pub config: ApiConfig,
     /// Rendered at `GET /metrics`; `None` answers 404 there.
     pub metrics: Option<PrometheusHandle>,
@@ -79,6 +84,7 @@ impl ApiContext {
     pub fn new(store: Arc<dyn StateStore>, config: ApiConfig) -> Self {
         ApiContext {
             store,
+            secrets: Arc::default(),
             config,
             metrics: None,
             tasks: None,

@@ -103,7 +103,7 @@ async fn call(
     // wrong ones is turned away without its body being read or parsed.
     let from_headers = Credentials::from_headers(&parts.headers)?;
     if let Some(creds) = &from_headers {
-        creds.verify(ctx.store.as_ref()).await?;
+        creds.verify(ctx.store.as_ref(), &ctx.secrets).await?;
     }
     let bytes = read_limited(&parts.headers, body, ctx.config.max_body_bytes).await?;
     let fields: Fields = parse_object(&bytes)?;
@@ -111,7 +111,7 @@ async fn call(
         Some(creds) => creds,
         None => {
             let creds = Credentials::from_body(&fields)?.ok_or(ApiError::NoCredentials)?;
-            creds.verify(ctx.store.as_ref()).await?;
+            creds.verify(ctx.store.as_ref(), &ctx.secrets).await?;
             creds
         }
     };

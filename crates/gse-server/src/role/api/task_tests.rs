@@ -21,10 +21,10 @@ const TERMINATE: &str = "/api/bk-gse/prod/api/v2/task/extensions/async_terminate
 async fn app_with(config: ApiConfig) -> (axum::Router, Arc<FakeLink>) {
     let store = Arc::new(FakeStore::default());
     store
-        .put_app(gse_core::seams::AppRecord {
-            app_code: APP.into(),
-            app_secret: super::tests::SECRET.into(),
-        })
+        .put_app(gse_core::seams::AppRecord::with_secret(
+            APP,
+            super::tests::SECRET,
+        ))
         .await
         .unwrap();
     store
@@ -281,10 +281,10 @@ async fn too_many_agents_is_413_and_an_unknown_task_is_1011101() {
 async fn a_node_without_the_task_role_says_so() {
     let store = FakeStore::default();
     store
-        .put_app(gse_core::seams::AppRecord {
-            app_code: APP.into(),
-            app_secret: super::tests::SECRET.into(),
-        })
+        .put_app(gse_core::seams::AppRecord::with_secret(
+            APP,
+            super::tests::SECRET,
+        ))
         .await
         .unwrap();
     let ctx = ApiContext::new(Arc::new(store), ApiConfig::default());

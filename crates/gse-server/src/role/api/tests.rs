@@ -208,10 +208,7 @@ async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::R
         ..FakeStore::default()
     };
     store
-        .put_app(AppRecord {
-            app_code: APP.into(),
-            app_secret: SECRET.into(),
-        })
+        .put_app(AppRecord::with_secret(APP, SECRET))
         .await
         .unwrap();
     store

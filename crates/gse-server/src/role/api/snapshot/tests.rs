@@ -19,10 +19,7 @@ const PATH: &str = "/api/v2/cluster/get_agent_snapshot";
 async fn app(with_cache: bool) -> axum::Router {
     let store = FakeStore::default();
     store
-        .put_app(AppRecord {
-            app_code: APP.into(),
-            app_secret: SECRET.into(),
-        })
+        .put_app(AppRecord::with_secret(APP, SECRET))
         .await
         .unwrap();
     for (ip, id) in [
