@@ -56,8 +56,11 @@ use crate::task::{TaskRunner, policy};
 
 type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 
-/// A link that stayed up this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A link that stayed registered this long resets the backoff, so one flap
+/// does not leave the agent offline for the longest delay after the next
+/// short outage; a server that drops agents right after registering them
+/// still meets a growing delay.
+const STABLE_AFTER: Duration = Duration::from_secs(3);
 /// Missed heartbeat answers before the link is declared dead.
 const MISSED_ACKS: u32 = 3;
 /// Task frames queued for the link; a full queue slows the tasks' output
@@ -120,7 +123,6 @@ pub async fn run(
     loop {
         let server = &cfg.upstream.servers[attempt % cfg.upstream.servers.len()];
         attempt += 1;
-        let began = Instant::now();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             o = connect(&cfg, &connector, server, &identity, started, &files) => o,
@@ -131,6 +133,7 @@ pub async fn run(
                     data.control_registered(server, &ack.data_endpoint, &agent);
                 }
                 tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
+                let registered = Instant::now();
                 let (file_tx, file_rx) = mpsc::channel(FILE_OUTBOUND_FRAMES);
                 let file_runner = files.runner(file_tx, agent);
                 let files = (file_runner, file_rx);
@@ -150,14 +153,17 @@ pub async fn run(
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
                     }
                 }
-                if began.elapsed() >= STABLE_AFTER {
+                if registered.elapsed() >= STABLE_AFTER {
                     backoff.reset();
                 }
             }
             Err(AttemptError(text)) => tracing::warn!(server = %server, "cannot connect: {text}"),
         }
         let delay = backoff.next_delay();
-        tracing::debug!(delay = ?delay, "waiting before the next connection attempt");
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "waiting before the next connection attempt"
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -54,8 +54,44 @@ struct SendArgs {
     socket: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before anything opens a descriptor of its own (the runtime, the log).
+    close_inherited_descriptors();
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(agent_main())
+}
+
+/// Closes every descriptor above stderr that this process inherited: a
+/// service manager, installer or shell that started the agent with an open
+/// file or socket would otherwise pass it on to every task and plugin the
+/// agent runs as any user. (Descriptors the agent opens itself are
+/// close-on-exec: std, tokio and socket2 open them so.) Best effort: a
+/// descriptor that cannot be closed is reported once on stderr.
+fn close_inherited_descriptors() {
+    #[cfg(unix)]
+    {
+        let fds: Vec<i32> =
+            match std::fs::read_dir("/proc/self/fd").or_else(|_| std::fs::read_dir("/dev/fd")) {
+                Ok(dir) => dir
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .filter(|fd| *fd > 2)
+                    .collect(),
+                Err(_) => return,
+            };
+        // The listing's own descriptor is among them and already closed by
+        // now: EBADF is expected for that one.
+        for fd in fds {
+            match nix::unistd::close(fd) {
+                Ok(()) | Err(nix::errno::Errno::EBADF) => {}
+                Err(e) => eprintln!("gse-agent: cannot close inherited descriptor {fd}: {e}"),
+            }
+        }
+    }
+}
+
+async fn agent_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.log.init(None).context("cannot open the log file")?;
     if let Some(Command::Send(args)) = &cli.command {

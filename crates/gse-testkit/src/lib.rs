@@ -11,6 +11,7 @@
 mod api;
 mod fake_agent;
 pub mod hostile;
+mod ports;
 mod procs;
 pub mod redis;
 pub mod tansu;
@@ -59,12 +60,11 @@ pub fn merge_json(body: &mut serde_json::Value, extra: &serde_json::Value) {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A loopback port reserved for this test process, outside the range the
+/// kernel hands out for `:0` binds, so a server restarted on it never finds
+/// it taken by another listener ([`ports`] says how).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    ports::reserve_port()
 }
 
 /// How long `eventually` waits, scaled by `GSE_TEST_PATIENCE` (e.g. 2.0 on

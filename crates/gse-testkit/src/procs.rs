@@ -307,6 +307,10 @@ pub struct AgentOptions {
     pub upload_speed_mb: u64,
     /// Last changes to the config before it is written.
     pub customize: Option<ConfigHook<AgentConfig>>,
+    /// A command that starts the agent: the agent's binary and arguments
+    /// are appended (e.g. `sh -c 'exec 7<FILE; exec "$@"' sh` to start it
+    /// with an inherited descriptor). Empty = run the agent directly.
+    pub launcher: Vec<String>,
 }
 
 impl AgentOptions {
@@ -320,6 +324,7 @@ impl AgentOptions {
             p2p: true,
             upload_speed_mb: 0,
             customize: None,
+            launcher: Vec::new(),
         }
     }
 }
@@ -327,6 +332,7 @@ impl AgentOptions {
 /// A running `gse-agent` process.
 pub struct AgentProc {
     child: Option<Child>,
+    launcher: Vec<String>,
     pub ip: IpAddr,
     pub dir: PathBuf,
     pub config_path: PathBuf,
@@ -359,6 +365,7 @@ impl AgentProc {
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
         let mut agent = AgentProc {
             child: None,
+            launcher: opts.launcher.clone(),
             ip: opts.ip,
             log_path: dir.join("agent.log"),
             dir,
@@ -369,7 +376,15 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin("gse-agent"))
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("gse-agent"));
+                c
+            }
+            None => Command::new(bin("gse-agent")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .arg("--log-level")

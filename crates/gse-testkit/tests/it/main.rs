@@ -13,6 +13,8 @@ mod k3_status;
 mod k4_liveness;
 mod k6_tls;
 mod quickstart;
+mod r9_link;
 mod r9_secrets;
 mod restart;
 mod t_tasks;
+mod task_api;

@@ -3,85 +3,12 @@
 
 use std::time::Duration;
 
-use gse_testkit::{AgentOptions, AgentProc, Api, Cluster, ServerOptions, ServerProc, eventually};
-use serde_json::{Value, json};
+use gse_testkit::{Cluster, ServerOptions, eventually};
+use serde_json::json;
 
-const EXECUTE: &str = "/api/v2/task/extensions/async_execute_script";
-const RESULT: &str = "/api/v2/task/extensions/get_execute_script_result";
+use crate::task_api::{EXECUTE, RESULT, alive_agents, entries, start, wait_final};
+
 const TERMINATE: &str = "/api/v2/task/extensions/async_terminate_execute_script";
-
-async fn start(api: &Api, agents: &[&str], command: &str, extra: Value) -> String {
-    let mut body = json!({
-        "agents": agents.iter().map(|a| json!({"bk_agent_id": a})).collect::<Vec<_>>(),
-        "atomic_tasks": [{"atomic_task_id": 0, "command": command, "timeout_seconds": 60}],
-        "atomicTaskNum": 0,
-    });
-    gse_testkit::merge_json(&mut body, &extra);
-    let (status, v) = api.post(EXECUTE, body).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["code"], 0, "{v}");
-    v["data"]["result"]["task_id"]
-        .as_str()
-        .expect("task_id")
-        .to_string()
-}
-
-/// Every entry of the task (all agents, atomic task 0, from offset 0).
-async fn entries(api: &Api, task_id: &str, agents: &[&str]) -> Vec<Value> {
-    let agent_tasks: Vec<Value> = agents
-        .iter()
-        .map(|a| json!({"bk_agent_id": a, "atomic_tasks": [{"atomic_task_id": 0, "offset": 0}]}))
-        .collect();
-    let (_, v) = api
-        .post(
-            RESULT,
-            json!({"task_id": task_id, "agent_tasks": agent_tasks}),
-        )
-        .await;
-    v["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no result list: {v}"))
-}
-
-fn is_final(e: &Value) -> bool {
-    let (s, c) = (
-        e["status"].as_i64().unwrap(),
-        e["error_code"].as_i64().unwrap(),
-    );
-    !(matches!(s, 0 | 1) && matches!(c, 0 | 115))
-}
-
-async fn wait_final(api: &Api, task_id: &str, agents: &[&str], within: Duration) -> Vec<Value> {
-    eventually(&format!("task {task_id} final"), within, || async {
-        let got = entries(api, task_id, agents).await;
-        (got.len() == agents.len() && got.iter().all(is_final))
-            .then_some(got.clone())
-            .ok_or(format!("{got:?}"))
-    })
-    .await
-}
-
-async fn alive_agents(cluster: &Cluster, server: &ServerProc, ips: &[&str]) -> Vec<AgentProc> {
-    let agents: Vec<AgentProc> = ips
-        .iter()
-        .map(|ip| cluster.agent(server, AgentOptions::ip(ip)))
-        .collect();
-    for ip in ips {
-        let api = &server.api;
-        eventually(
-            &format!("{ip} alive"),
-            Duration::from_secs(15),
-            || async move {
-                (api.alive(0, ip).await == 1)
-                    .then_some(())
-                    .ok_or(String::new())
-            },
-        )
-        .await;
-    }
-    agents
-}
 
 #[tokio::test]
 async fn t2_command_and_scripts_run_and_unknown_agent_is_117_at_once() {

@@ -73,6 +73,23 @@ impl Drop for Conn {
     }
 }
 
+/// How long a closing link may take to write what is queued and its TLS
+/// close_notify.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+impl Conn {
+    /// Ends the link cleanly: the writer finishes the queued frames and
+    /// sends TLS close_notify, so the DataServer sees a closed link, not a
+    /// broken one. Gives up (and drops it) after [`CLOSE_WITHIN`].
+    pub async fn close(mut self) {
+        // Dropping the only sender ends the writer's queue.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.frames, closed));
+        let _ = timeout(CLOSE_WITHIN, &mut self.tasks[0]).await;
+        // Drop aborts the reader (and a writer that did not finish).
+    }
+}
+
 // === impl Dialer ===
 
 impl Dialer {
@@ -162,7 +179,8 @@ type Reader =
     FramedRead<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>, FrameCodec>;
 type Writer = tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Writes queued frames, flushing once per burst.
+/// Writes queued frames, flushing once per burst; when the queue closes
+/// ([`Conn::close`]), shuts the TLS stream down (close_notify).
 async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Bytes>, events: mpsc::Sender<Event>) {
     while let Some(frame) = rx.recv().await {
         let mut result = w.write_all(&frame).await;
@@ -179,6 +197,7 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Bytes>, events: mpsc::
             return;
         }
     }
+    let _ = w.shutdown().await;
 }
 
 /// Reads acks until the link ends.

@@ -458,7 +458,9 @@ impl Uplink {
                 self.spool(vec![Pending::from_batcher(b, seq)]).await;
             }
         }
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
         let memory = self.book.reset_link(false);
         let n = memory.len();
         self.spool(memory).await;
