@@ -93,4 +93,19 @@ impl Api {
             .as_i64()
             .unwrap_or(0)
     }
+
+    /// Waits until agent `0:ip` is alive (20 s, scaled by the test
+    /// patience); panics naming it otherwise.
+    pub async fn wait_alive(&self, ip: &str) {
+        crate::eventually(
+            &format!("agent 0:{ip} alive"),
+            std::time::Duration::from_secs(20),
+            || async {
+                (self.alive(0, ip).await == 1)
+                    .then_some(())
+                    .ok_or("not alive".to_string())
+            },
+        )
+        .await;
+    }
 }

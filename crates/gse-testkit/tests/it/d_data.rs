@@ -166,16 +166,7 @@ async fn wait_all(path: &Path, want: &[String], within: Duration) -> HashMap<Str
 }
 
 async fn registered(api: &Api, ip: &str) {
-    eventually(
-        &format!("agent {ip} alive"),
-        Duration::from_secs(20),
-        || async {
-            (api.alive(0, ip).await == 1)
-                .then_some(())
-                .ok_or("not yet".to_string())
-        },
-    )
-    .await;
+    api.wait_alive(ip).await;
 }
 
 /// Sends `n` records `<tag>-<i>` as 0xC01 on one connection, `per_tick` at a

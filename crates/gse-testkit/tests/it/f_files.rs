@@ -144,17 +144,7 @@ async fn setup(server_opts: ServerOptions, agents: Vec<AgentOptions>) -> Setup {
         .map(|o| cluster.agent(&server, o))
         .collect();
     for ip in &ips {
-        let api = &server.api;
-        eventually(
-            &format!("{ip} alive"),
-            Duration::from_secs(15),
-            || async move {
-                (api.alive(0, ip).await == 1)
-                    .then_some(())
-                    .ok_or(String::new())
-            },
-        )
-        .await;
+        server.api.wait_alive(ip).await;
     }
     Setup {
         cluster,

@@ -14,16 +14,7 @@ async fn k3_status_and_info_of_real_agents() {
     let _a2 = cluster.agent(&server, AgentOptions::ip("127.0.0.12"));
     let api = &server.api;
     for ip in ["127.0.0.11", "127.0.0.12"] {
-        eventually(
-            &format!("agent {ip} alive"),
-            Duration::from_secs(15),
-            || async move {
-                (api.alive(0, ip).await == 1)
-                    .then_some(())
-                    .ok_or("not alive".to_string())
-            },
-        )
-        .await;
+        api.wait_alive(ip).await;
     }
 
     // v1 status, with the trailing slash as the legacy ESB sends it.

@@ -7,19 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_agent::AgentConfig;
-use gse_testkit::{AgentOptions, Api, Cluster, ServerOptions, eventually};
+use gse_testkit::{AgentOptions, Cluster, ServerOptions, eventually};
 use serde_json::json;
 
 use crate::task_api::{start, wait_final};
-
-async fn wait_alive(api: &Api, ip: &str) {
-    eventually(&format!("{ip} alive"), Duration::from_secs(20), || async {
-        (api.alive(0, ip).await == 1)
-            .then_some(())
-            .ok_or(String::new())
-    })
-    .await;
-}
 
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
@@ -58,7 +49,7 @@ async fn r9_10_backoff_resets_once_a_link_has_been_up_a_short_while() {
         c.upstream.backoff_max = Duration::from_secs(60);
     }));
     let agent = cluster.agent(&server, opts);
-    wait_alive(&server.api, "127.0.9.1").await;
+    server.api.wait_alive("127.0.9.1").await;
 
     // A first outage long enough for several failed attempts: the delay grows.
     server.kill9();
@@ -68,7 +59,7 @@ async fn r9_10_backoff_resets_once_a_link_has_been_up_a_short_while() {
     })
     .await;
     server.start_again().await;
-    wait_alive(&server.api, "127.0.9.1").await;
+    server.api.wait_alive("127.0.9.1").await;
     // The link now stays up for a while (longer than the agent's 3 s):
     // this wait is the scenario, not a readiness guess.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -86,7 +77,7 @@ async fn r9_10_backoff_resets_once_a_link_has_been_up_a_short_while() {
         "after a link that was up 5 s the agent waits {delay} ms, not at most {FIRST_STEP_MS} ms"
     );
     server.start_again().await;
-    wait_alive(&server.api, "127.0.9.1").await;
+    server.api.wait_alive("127.0.9.1").await;
 }
 
 #[tokio::test]
@@ -104,7 +95,7 @@ async fn r9_10_task_processes_inherit_no_descriptor_the_agent_was_started_with()
         "sh".into(),
     ];
     let _agent = cluster.agent(&server, opts);
-    wait_alive(&server.api, "127.0.9.2").await;
+    server.api.wait_alive("127.0.9.2").await;
 
     let agents = ["0:127.0.9.2"];
     let task = start(&server.api, &agents, "ls -l /proc/self/fd/", json!({})).await;
@@ -127,7 +118,7 @@ async fn r9_10_a_stopping_agent_closes_its_links_cleanly() {
     let cluster = Cluster::new();
     let server = cluster.server(ServerOptions::default()).await;
     let mut agent = cluster.agent(&server, AgentOptions::ip("127.0.9.3"));
-    wait_alive(&server.api, "127.0.9.3").await;
+    server.api.wait_alive("127.0.9.3").await;
     eventually("the data link", Duration::from_secs(20), || async {
         (count(&server.log(), "data link up") >= 1)
             .then_some(())

@@ -68,17 +68,7 @@ pub async fn alive_agents(cluster: &Cluster, server: &ServerProc, ips: &[&str]) 
         .map(|ip| cluster.agent(server, AgentOptions::ip(ip)))
         .collect();
     for ip in ips {
-        let api = &server.api;
-        eventually(
-            &format!("{ip} alive"),
-            Duration::from_secs(15),
-            || async move {
-                (api.alive(0, ip).await == 1)
-                    .then_some(())
-                    .ok_or(String::new())
-            },
-        )
-        .await;
+        server.api.wait_alive(ip).await;
     }
     agents
 }
