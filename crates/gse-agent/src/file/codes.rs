@@ -8,11 +8,16 @@
 
 use std::io;
 
+use super::account::AccountError;
 use super::install::InstallError;
 use super::manifest::ManifestError;
 use super::target_path::TargetPathError;
 use super::writer::PieceError;
+use crate::task::user::UserError;
 
+/// The source's account does not exist on the source host (bk-job reads
+/// it as "user does not exist", as for scripts).
+pub const NO_SUCH_USER: u32 = gse_core::task::ERR_NO_SUCH_USER as u32;
 /// Pieces could not be obtained from any peer nor direct.
 pub const PIECES_UNOBTAINABLE: u32 = 701;
 /// Received content does not match the manifest (or the manifest is corrupt).
@@ -73,6 +78,16 @@ impl From<ManifestError> for Failure {
             | ManifestError::BadRegex { .. } => SOURCE_BAD_SELECTION,
             ManifestError::Shrank { .. } => SOURCE_CHANGED,
             ManifestError::TooManyEntries { .. } => MANIFEST_TOO_LARGE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<AccountError> for Failure {
+    fn from(e: AccountError) -> Self {
+        let code = match &e {
+            AccountError::User(UserError::NoSuchUser(_)) => NO_SUCH_USER,
+            _ => SOURCE_UNREADABLE,
         };
         Failure::new(code, e.to_string())
     }
@@ -144,6 +159,8 @@ mod tests {
         };
         assert_eq!(Failure::from(io("write")).code, WRITE);
         assert_eq!(Failure::from(io("rename into place")).code, INSTALL);
+        let nobody: Failure = AccountError::User(UserError::NoSuchUser("x".into())).into();
+        assert_eq!(nobody.code, NO_SUCH_USER);
         let dir: Failure = InstallError::MissingDir { dir: "/t".into() }.into();
         assert_eq!(dir.code, WRITE);
         assert!(dir.message.contains("auto_mkdir"), "{}", dir.message);
