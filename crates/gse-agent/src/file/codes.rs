@@ -13,6 +13,7 @@ use super::install::InstallError;
 use super::manifest::ManifestError;
 use super::target_path::TargetPathError;
 use super::writer::PieceError;
+use crate::safe_dir::DirError;
 use crate::task::user::UserError;
 
 /// The source's account does not exist on the source host (bk-job reads
@@ -22,7 +23,8 @@ pub const NO_SUCH_USER: u32 = gse_core::task::ERR_NO_SUCH_USER as u32;
 pub const PIECES_UNOBTAINABLE: u32 = 701;
 /// Received content does not match the manifest (or the manifest is corrupt).
 pub const VERIFICATION: u32 = 702;
-/// A target path escapes the target directory or crosses a link.
+/// A target path escapes the target directory, crosses a link, or goes
+/// through a directory a local user planted.
 pub const PATH: u32 = 703;
 /// Cannot write: missing directory without auto_mkdir, not writable, disk full.
 pub const WRITE: u32 = 704;
@@ -97,6 +99,7 @@ impl From<InstallError> for Failure {
     fn from(e: InstallError) -> Self {
         let code = match &e {
             InstallError::Path(_) => PATH,
+            InstallError::Dir(dir) => dir_code(dir),
             InstallError::Mismatch { .. } => VERIFICATION,
             InstallError::MissingDir { .. } | InstallError::InTheWay { .. } => WRITE,
             InstallError::Io { op, source, .. } => io_code(op, source),
@@ -125,6 +128,23 @@ impl From<PieceError> for Failure {
 impl From<TargetPathError> for Failure {
     fn from(e: TargetPathError) -> Self {
         Failure::new(PATH, e.to_string())
+    }
+}
+
+/// Which code an unusable target directory gets: planted or untrusted is
+/// an unsafe path, the rest cannot be written.
+fn dir_code(e: &DirError) -> u32 {
+    match e {
+        DirError::NotAbsolute { .. }
+        | DirError::Symlink { .. }
+        | DirError::Untrusted { .. }
+        | DirError::Writable { .. }
+        | DirError::TooManyLinks { .. } => PATH,
+        DirError::NotADir { .. }
+        | DirError::Missing { .. }
+        | DirError::Create { .. }
+        | DirError::Open { .. }
+        | DirError::Chown { .. } => WRITE,
     }
 }
 

@@ -11,7 +11,7 @@ use gse_testkit::hostile::{as_user, open_path_to, run_json};
 use gse_testkit::{AgentOptions, ServerOptions};
 use serde_json::{Value, json};
 
-use crate::f_files::{code, noise, setup, start, temp_files, wait_final, write_file};
+use crate::f_files::{Setup, code, noise, setup, start, temp_files, wait_final, write_file};
 
 const SRC: &str = "0:127.0.94.1";
 const DST: &str = "0:127.0.94.2";
@@ -38,20 +38,25 @@ fn download<'a>(all: &'a [Value], name: &str, dst_dir: &Path) -> &'a Value {
         .unwrap_or_else(|| panic!("no download entry of {name:?} into {dst_dir:?}: {all:#?}"))
 }
 
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-#[tokio::test]
-async fn r9_4_source_reads_files_as_the_named_user() {
-    let s = setup(
+/// A server with the agents [`SRC`] and [`DST`].
+async fn source_and_target() -> Setup {
+    setup(
         ServerOptions::default(),
         vec![
             AgentOptions::ip("127.0.94.1"),
             AgentOptions::ip("127.0.94.2"),
         ],
     )
-    .await;
+    .await
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn r9_4_source_reads_files_as_the_named_user() {
+    let s = source_and_target().await;
     let src = s.cluster.path.join("src");
     let secret = noise(3000, 41);
     let big_secret = noise(3 << 20, 42);
@@ -116,14 +121,7 @@ async fn r9_4_source_reads_files_as_the_named_user() {
 
 #[tokio::test]
 async fn r9_5_target_directories_planted_by_a_local_user_are_not_followed() {
-    let s = setup(
-        ServerOptions::default(),
-        vec![
-            AgentOptions::ip("127.0.94.1"),
-            AgentOptions::ip("127.0.94.2"),
-        ],
-    )
-    .await;
+    let s = source_and_target().await;
     // A root-owned directory nobody must not get root to write in.
     let vault = s.cluster.path.join("vault");
     std::fs::create_dir(&vault).unwrap();
@@ -146,8 +144,10 @@ async fn r9_5_target_directories_planted_by_a_local_user_are_not_followed() {
         );
         assert_eq!(planted["planted"], true, "{link:?}: {planted}");
     }
-    let planted = run_json(as_user("nobody").arg("plant-dir").arg(x.join("owned")));
-    assert_eq!(planted["planted"], true, "{planted}");
+    for dir in [x.join("owned"), x.join("tree2")] {
+        let planted = run_json(as_user("nobody").arg("plant-dir").arg(&dir));
+        assert_eq!(planted["planted"], true, "{dir:?}: {planted}");
+    }
 
     let src = s.cluster.path.join("src");
     let small = noise(5000, 51);
@@ -156,20 +156,22 @@ async fn r9_5_target_directories_planted_by_a_local_user_are_not_followed() {
     write_file(&src.join("big.bin"), &big, 0o644);
     write_file(&src.join("app.conf"), b"pushed", 0o644);
     write_file(&src.join("tree/inner.txt"), b"inner", 0o644);
+    write_file(&src.join("tree2/inner.txt"), b"inner", 0o644);
     let tasks = vec![
         task_as(None, &src, "small.cfg", &x.join("inbox")),
         task_as(None, &src, "big.bin", &x.join("inbox")),
         task_as(None, &src, "small.cfg", &x.join("owned")),
         task_as(None, &src, "app.conf", &x),
         task_as(None, &src.join("tree"), "", &x),
+        task_as(None, &src.join("tree2"), "", &x),
     ];
     let api = &s.server.api;
     let id = start(api, tasks, json!({})).await;
-    let done = wait_final(api, &id, 10, Duration::from_secs(90)).await;
+    let done = wait_final(api, &id, 12, Duration::from_secs(90)).await;
 
     // Through the planted `inbox` link (direct and P2P), into nobody's own
-    // directory, and into a tree whose top directory is a planted link:
-    // refused as unsafe paths, naming what is wrong.
+    // directory, and into trees whose top directory is a planted link or
+    // nobody's directory: refused as unsafe paths, naming what is wrong.
     for (i, name, dir, why) in [
         (0, "small.cfg", x.join("inbox"), "symbolic link"),
         (1, "big.bin", x.join("inbox"), "symbolic link"),
@@ -180,8 +182,16 @@ async fn r9_5_target_directories_planted_by_a_local_user_are_not_followed() {
         let msg = d["error_msg"].as_str().unwrap_or_default();
         assert!(msg.contains(why), "task {i}: {msg}");
     }
-    let tree = download(&done, "", &x);
-    assert_eq!(code(tree), 703, "{tree:#}");
+    for tree in ["tree", "tree2"] {
+        let d = done
+            .iter()
+            .find(|e| {
+                e["content"]["mode"] == 1
+                    && e["content"]["source_file_dir"] == json!(src.join(tree))
+            })
+            .unwrap_or_else(|| panic!("no download entry of {tree}: {done:#?}"));
+        assert_eq!(code(d), 703, "{tree}: {d:#}");
+    }
     // A link planted at the final name is replaced, never written through.
     let app = download(&done, "app.conf", &x);
     assert_eq!(code(app), 0, "{app:#}");
@@ -200,6 +210,12 @@ async fn r9_5_target_directories_planted_by_a_local_user_are_not_followed() {
         std::fs::read(vault.join("victim.conf")).unwrap(),
         b"original"
     );
-    assert_eq!(std::fs::read_dir(x.join("owned")).unwrap().count(), 0);
+    for theirs in ["owned", "tree2"] {
+        assert_eq!(
+            std::fs::read_dir(x.join(theirs)).unwrap().count(),
+            0,
+            "{theirs}"
+        );
+    }
     assert!(temp_files(&x).is_empty() && temp_files(&vault).is_empty());
 }
