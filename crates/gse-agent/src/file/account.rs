@@ -38,7 +38,8 @@ pub enum AccountError {
     #[error("source account: {0}")]
     User(#[from] UserError),
     #[error(
-        "cannot read the source as user {user:?}: {reason}; run the agent as root, or name the agent's own user"
+        "cannot read the source as user {user:?}: {reason}; run the agent as root, or name the \
+         agent's own user (for transfers that name none: `[file] default_source_user = \"\"`)"
     )]
     Switch { user: String, reason: String },
     #[error("the thread reading as user {user:?} has stopped; retry the transfer")]
