@@ -124,6 +124,11 @@ pub struct FileConfig {
     /// Time allowed for TCP connect, TLS handshake and PeerHello to a peer.
     #[serde(default = "default_p2p_connect_timeout", with = "humantime_serde")]
     pub p2p_connect_timeout: Duration,
+    /// The account a transfer's source files are listed and read as when
+    /// the transfer names no `user` for its source; `""` = the agent's own
+    /// user. A named user is always read as that user.
+    #[serde(default = "default_source_user")]
+    pub default_source_user: String,
 }
 
 impl Default for FileConfig {
@@ -137,6 +142,7 @@ impl Default for FileConfig {
             cache_dir: PathBuf::new(),
             max_inflight_mb: default_max_inflight_mb(),
             p2p_connect_timeout: default_p2p_connect_timeout(),
+            default_source_user: default_source_user(),
         }
     }
 }
@@ -158,6 +164,11 @@ fn default_max_inflight_mb() -> u64 {
 
 fn default_p2p_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// root: what GSE has always read sources as.
+fn default_source_user() -> String {
+    "root".into()
 }
 
 /// `""` <-> `None`, else `ip:port`.
@@ -328,6 +339,12 @@ impl FileConfig {
         }
         if self.p2p_connect_timeout.is_zero() {
             problems.push("file.p2p_connect_timeout must be > 0".into());
+        }
+        if self.default_source_user.contains(['\0', ':', '/']) {
+            problems.push(format!(
+                "file.default_source_user = {:?}: must be a user name (or \"\" for the agent's own user)",
+                self.default_source_user
+            ));
         }
         if !self.p2p_advertise.is_empty() && self.advertise().is_none() {
             problems.push(format!(

@@ -8,7 +8,9 @@
 //! the `Executor` seam; [`executor::ProcessExecutor`] is the real one; and
 //! file transfer frames to the [`file`] runner (source, target, relay, and
 //! a P2P listener serving pieces to other agents). Config is
-//! [`config::AgentConfig`] (TOML).
+//! [`config::AgentConfig`] (TOML). Scripts and pushed files are written
+//! only through directories [`safe_dir`] opened without following links a
+//! local user could plant.
 //!
 //! `unsafe` is denied except in one place: the `pre_exec` hook that switches
 //! a child process to the task's user (`executor/unix.rs`, with its SAFETY
@@ -24,6 +26,7 @@ pub mod file;
 pub mod identity;
 pub mod link;
 pub mod plugin;
+pub mod safe_dir;
 pub mod snapshot;
 pub mod stats;
 pub mod task;

@@ -8,16 +8,23 @@
 
 use std::io;
 
+use super::account::AccountError;
 use super::install::InstallError;
 use super::manifest::ManifestError;
 use super::target_path::TargetPathError;
 use super::writer::PieceError;
+use crate::safe_dir::DirError;
+use crate::task::user::UserError;
 
+/// The source's account does not exist on the source host (bk-job reads
+/// it as "user does not exist", as for scripts).
+pub const NO_SUCH_USER: u32 = gse_core::task::ERR_NO_SUCH_USER as u32;
 /// Pieces could not be obtained from any peer nor direct.
 pub const PIECES_UNOBTAINABLE: u32 = 701;
 /// Received content does not match the manifest (or the manifest is corrupt).
 pub const VERIFICATION: u32 = 702;
-/// A target path escapes the target directory or crosses a link.
+/// A target path escapes the target directory, crosses a link, or goes
+/// through a directory a local user planted.
 pub const PATH: u32 = 703;
 /// Cannot write: missing directory without auto_mkdir, not writable, disk full.
 pub const WRITE: u32 = 704;
@@ -78,10 +85,21 @@ impl From<ManifestError> for Failure {
     }
 }
 
+impl From<AccountError> for Failure {
+    fn from(e: AccountError) -> Self {
+        let code = match &e {
+            AccountError::User(UserError::NoSuchUser(_)) => NO_SUCH_USER,
+            _ => SOURCE_UNREADABLE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
 impl From<InstallError> for Failure {
     fn from(e: InstallError) -> Self {
         let code = match &e {
             InstallError::Path(_) => PATH,
+            InstallError::Dir(dir) => dir_code(dir),
             InstallError::Mismatch { .. } => VERIFICATION,
             InstallError::MissingDir { .. } | InstallError::InTheWay { .. } => WRITE,
             InstallError::Io { op, source, .. } => io_code(op, source),
@@ -110,6 +128,23 @@ impl From<PieceError> for Failure {
 impl From<TargetPathError> for Failure {
     fn from(e: TargetPathError) -> Self {
         Failure::new(PATH, e.to_string())
+    }
+}
+
+/// Which code an unusable target directory gets: planted or untrusted is
+/// an unsafe path, the rest cannot be written.
+fn dir_code(e: &DirError) -> u32 {
+    match e {
+        DirError::NotAbsolute { .. }
+        | DirError::Symlink { .. }
+        | DirError::Untrusted { .. }
+        | DirError::Writable { .. }
+        | DirError::TooManyLinks { .. } => PATH,
+        DirError::NotADir { .. }
+        | DirError::Missing { .. }
+        | DirError::Create { .. }
+        | DirError::Open { .. }
+        | DirError::Chown { .. } => WRITE,
     }
 }
 
@@ -144,6 +179,8 @@ mod tests {
         };
         assert_eq!(Failure::from(io("write")).code, WRITE);
         assert_eq!(Failure::from(io("rename into place")).code, INSTALL);
+        let nobody: Failure = AccountError::User(UserError::NoSuchUser("x".into())).into();
+        assert_eq!(nobody.code, NO_SUCH_USER);
         let dir: Failure = InstallError::MissingDir { dir: "/t".into() }.into();
         assert_eq!(dir.code, WRITE);
         assert!(dir.message.contains("auto_mkdir"), "{}", dir.message);

@@ -1,22 +1,31 @@
 //! Putting verified content in place on a target: temp file, fsync, owner,
-//! mode, rename, directory fsync.
+//! mode, rename, directory fsync, all relative to directory descriptors.
 //!
-//! Every file is written to a temporary name in its destination directory
+//! Every write starts by opening the entry's directory with
+//! [`crate::safe_dir`] ([`open_parent`]): the target directory is walked
+//! from `/` without following any link but root's, a directory in a parent
+//! others may write in (/tmp) must be owned by root, the agent or the
+//! files' owner, and inside the target no link is ever followed; so a
+//! local user's planted link or directory cannot redirect a write (703).
+//! Every file is written to a temporary name in that directory
 //! ([`TempFile`], `.<name>.gse-tmp-<random>`, created exclusively, mode
 //! 0600) and renamed over the final name only once complete and verified,
-//! so a half-written file never appears under the final name (F1); the temp
-//! file is removed when dropped without being committed. Also here: the
+//! so a half-written file never appears under the final name (F1) and a
+//! link at the final name is replaced, not followed. Also here: the
 //! direct-transfer helper for small files ([`write_small_file`], F2),
 //! directories ([`install_dir`], [`set_dir_mode`]) and links
 //! ([`install_symlink`]). Piece-by-piece writing is `writer.rs`. All of it
 //! is blocking: call from `spawn_blocking`.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::digest::{Blake3Hash, FileDigest, md5_hex};
 use super::target_path::{TargetPath, TargetPathError};
+use crate::safe_dir::{DirError, DirOpener, Policy, SafeDir};
+
+pub use crate::safe_dir::{TempFile, is_temp_file_name};
 
 mod owner;
 #[cfg(all(test, unix))]
@@ -25,13 +34,9 @@ mod tests;
 pub use owner::Owner;
 
 /// Mode of directories created because they were missing (`auto_mkdir`).
-pub const DEFAULT_DIR_MODE: u32 = 0o755;
-
-/// Marks temporary files: `.<name>` + this + 16 hex digits.
-const TEMP_MARKER: &str = ".gse-tmp-";
-/// Longest part of the final name kept in a temp name, so the temp name
-/// stays within the usual 255-byte limit.
-const TEMP_NAME_KEEP: usize = 200;
+pub const DEFAULT_DIR_MODE: u32 = crate::safe_dir::DIR_MODE;
+/// Mode of temporary files while they are written.
+const TEMP_MODE: u32 = 0o600;
 
 /// How a transfer's target side wants files installed (COMPAT §2.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +55,8 @@ pub struct InstallOptions {
 pub enum InstallError {
     #[error(transparent)]
     Path(#[from] TargetPathError),
+    #[error("unsafe target directory: {0}")]
+    Dir(#[from] DirError),
     #[error("target directory {dir:?} does not exist; create it or set auto_mkdir")]
     MissingDir { dir: PathBuf },
     #[error("cannot create directory {path:?}: a {what} is in the way; remove it")]
@@ -72,7 +79,10 @@ pub enum InstallError {
     OwnerUnsupported,
 }
 
-pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError {
+pub(super) fn io_err(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> InstallError + use<> {
     let path = path.to_path_buf();
     move |source| InstallError::Io { op, path, source }
 }
@@ -84,32 +94,42 @@ impl InstallOptions {
     }
 }
 
-/// Makes sure the directory that will hold `target` exists: creates it
-/// (and its parents, [`DEFAULT_DIR_MODE`]) with `auto_mkdir`, else fails.
-pub fn prepare_parent(target: &TargetPath, auto_mkdir: bool) -> Result<(), InstallError> {
-    let dir = target.parent();
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(InstallError::InTheWay {
-                path: dir.into(),
-                what: "file",
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspect", dir)(e)),
+/// Opens the directory that will hold `target` (see the module docs),
+/// creating missing ones ([`DEFAULT_DIR_MODE`]) with `auto_mkdir`; without
+/// it a missing directory is [`InstallError::MissingDir`].
+pub fn open_parent(target: &TargetPath, opts: &InstallOptions) -> Result<SafeDir, InstallError> {
+    let missing = |e| match e {
+        DirError::Missing { .. } => InstallError::MissingDir {
+            dir: target.parent().into(),
+        },
+        e => InstallError::Dir(e),
+    };
+    let opener = opener(opts, opts.auto_mkdir);
+    let mut dir = opener.open(target.root()).map_err(missing)?;
+    for name in target.dirs() {
+        dir = opener.child(&dir, name).map_err(missing)?;
     }
-    if !auto_mkdir {
-        return Err(InstallError::MissingDir { dir: dir.into() });
+    Ok(dir)
+}
+
+/// Checks the target directory `root` before anything is fetched: it must
+/// open safely, or be missing with `auto_mkdir`.
+pub fn check_target_dir(root: &Path, opts: &InstallOptions) -> Result<(), InstallError> {
+    match opener(opts, false).open(root) {
+        Ok(_) => Ok(()),
+        Err(DirError::Missing { .. }) if opts.auto_mkdir => Ok(()),
+        Err(DirError::Missing { .. }) => Err(InstallError::MissingDir { dir: root.into() }),
+        Err(e) => Err(e.into()),
     }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DEFAULT_DIR_MODE);
-    builder
-        .create(dir)
-        .map_err(io_err("create directory", dir))?;
-    Ok(target.recheck()?)
+}
+
+/// Target directories: nothing planted by a local user (module docs).
+fn opener(opts: &InstallOptions, create: bool) -> DirOpener {
+    let opener = DirOpener::new(Policy::NoPlanted).create(create);
+    match &opts.owner {
+        Some(owner) => opener.trust(owner.uid, format!("the files' owner {:?}", owner.name)),
+        None => opener,
+    }
 }
 
 /// Direct transfer (F2): checks `content` against `digest` (size, MD5 and
@@ -134,40 +154,56 @@ pub fn write_small_file(
     if Blake3Hash::of(content) != digest.blake3 {
         return Err(mismatch("blake3 hash"));
     }
-    prepare_parent(target, opts.auto_mkdir)?;
-    let temp = TempFile::create(target)?;
+    let temp = create_temp(target, opts)?;
     temp.file()
         .write_all(content)
-        .map_err(io_err("write", temp.path()))?;
-    temp.commit(target, opts.file_mode(source_mode), opts.owner.as_ref())
+        .map_err(io_err("write", &temp.path()))?;
+    commit(
+        temp,
+        target,
+        opts.file_mode(source_mode),
+        opts.owner.as_ref(),
+    )
+}
+
+/// Opens `target`'s directory and a temp file for it there.
+pub(super) fn create_temp(
+    target: &TargetPath,
+    opts: &InstallOptions,
+) -> Result<TempFile, InstallError> {
+    let dir = open_parent(target, opts)?;
+    TempFile::create(&dir, target.file_name(), TEMP_MODE)
+        .map_err(io_err("create a temporary file in", target.parent()))
+}
+
+/// Sets owner then mode (chown clears set-id bits, so it goes first),
+/// syncs, renames over the final name (relative to the directory opened at
+/// creation) and syncs the directory so the rename survives a crash.
+pub(super) fn commit(
+    temp: TempFile,
+    target: &TargetPath,
+    mode: u32,
+    owner: Option<&Owner>,
+) -> Result<(), InstallError> {
+    let temp_path = temp.path();
+    set_owner_and_mode(temp.file(), &temp_path, mode, owner)?;
+    temp.file().sync_all().map_err(io_err("sync", &temp_path))?;
+    let dir = temp.dir().clone();
+    temp.persist(target.file_name())
+        .map_err(io_err("rename into place", target.path()))?;
+    dir.sync()
+        .map_err(io_err("sync directory", target.parent()))
 }
 
 /// Creates the directory `target` if missing ([`DEFAULT_DIR_MODE`]); an
 /// existing directory is kept as is, anything else in the way (a file, a
 /// link) is an error. Its final mode comes from [`set_dir_mode`].
 pub fn install_dir(target: &TargetPath, opts: &InstallOptions) -> Result<(), InstallError> {
-    prepare_parent(target, opts.auto_mkdir)?;
-    let path = target.path();
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(meta) => Err(InstallError::InTheWay {
-            path: path.into(),
-            what: if meta.file_type().is_symlink() {
-                "symbolic link"
-            } else {
-                "file"
-            },
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut builder = fs::DirBuilder::new();
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, DEFAULT_DIR_MODE);
-            builder
-                .create(path)
-                .map_err(io_err("create directory", path))
-        }
-        Err(e) => Err(io_err("inspect", path)(e)),
-    }
+    let parent = open_parent(target, opts)?;
+    opener(opts, true)
+        .child(&parent, target.file_name())
+        .map(drop)
+        .map_err(in_the_way)
 }
 
 /// Gives the directory `target` its owner and `mode` (F6). Call it after
@@ -180,9 +216,50 @@ pub fn set_dir_mode(
     mode: u32,
     opts: &InstallOptions,
 ) -> Result<(), InstallError> {
-    let path = target.path();
-    let dir = open_dir_no_follow(path)?;
-    set_owner_and_mode(&dir, path, mode & 0o7777, opts.owner.as_ref())
+    let existing = InstallOptions {
+        auto_mkdir: false,
+        ..opts.clone()
+    };
+    let parent = open_parent(target, &existing)?;
+    let dir = opener(opts, false)
+        .child(&parent, target.file_name())
+        .map_err(in_the_way)?;
+    give_dir(&dir, target.path(), mode & 0o7777, opts.owner.as_ref())
+}
+
+#[cfg(unix)]
+fn give_dir(
+    dir: &SafeDir,
+    path: &Path,
+    mode: u32,
+    owner: Option<&Owner>,
+) -> Result<(), InstallError> {
+    set_owner_and_mode(dir.as_file(), path, mode, owner)
+}
+
+#[cfg(not(unix))]
+fn give_dir(
+    _dir: &SafeDir,
+    _path: &Path,
+    _mode: u32,
+    owner: Option<&Owner>,
+) -> Result<(), InstallError> {
+    match owner {
+        Some(_) => Err(InstallError::OwnerUnsupported),
+        None => Ok(()),
+    }
+}
+
+/// A link or file where a directory entry goes.
+fn in_the_way(e: DirError) -> InstallError {
+    match e {
+        DirError::Symlink { path, .. } => InstallError::InTheWay {
+            path,
+            what: "symbolic link",
+        },
+        DirError::NotADir { path } => InstallError::InTheWay { path, what: "file" },
+        e => InstallError::Dir(e),
+    }
 }
 
 /// Creates the symbolic link `target` -> `link_target` (replacing whatever
@@ -194,138 +271,32 @@ pub fn install_symlink(
     link_target: &str,
     opts: &InstallOptions,
 ) -> Result<(), InstallError> {
-    prepare_parent(target, opts.auto_mkdir)?;
-    let mut temp = TempLink::create(target, link_target)?;
-    if let Some(owner) = &opts.owner {
-        std::os::unix::fs::lchown(&temp.path, Some(owner.uid), Some(owner.gid))
-            .map_err(io_err("change the owner of", &temp.path))?;
-    }
-    target.recheck()?;
-    fs::rename(&temp.path, target.path()).map_err(io_err("rename into place", target.path()))?;
-    temp.armed = false;
-    sync_dir(target.parent())
-}
-
-/// Whether `name` is one of our temp files (for cleaning up after a crash).
-pub fn is_temp_file_name(name: &str) -> bool {
-    name.starts_with('.')
-        && name.rsplit_once(TEMP_MARKER).is_some_and(|(head, hex)| {
-            head.len() > 1 && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        })
-}
-
-// === impl TempFile ===
-
-/// A file being written under a temporary name; removed on drop unless
-/// committed.
-pub(super) struct TempFile {
-    file: File,
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    /// Creates `.<name>.gse-tmp-<random>` next to `target`, exclusively and
-    /// readable by the agent only. The parent must exist.
-    pub fn create(target: &TargetPath) -> Result<Self, InstallError> {
-        let mut options = fs::OpenOptions::new();
-        options.read(true).write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        loop {
-            let path = temp_path(target);
-            match options.open(&path) {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        file,
-                        path,
-                        armed: true,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("create a temporary file", &path)(e)),
-            }
+    let dir = open_parent(target, opts)?;
+    let temp = loop {
+        let name = std::ffi::OsString::from(crate::safe_dir::temp_name(target.file_name()));
+        match dir.symlink(link_target, &name) {
+            Ok(()) => break name,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("create a temporary link in", target.parent())(e)),
         }
-    }
-
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Sets owner then mode (chown clears set-id bits, so it goes first),
-    /// syncs, re-checks the target path, renames over the final name and
-    /// syncs the directory so the rename survives a crash.
-    pub fn commit(
-        mut self,
-        target: &TargetPath,
-        mode: u32,
-        owner: Option<&Owner>,
-    ) -> Result<(), InstallError> {
-        set_owner_and_mode(&self.file, &self.path, mode, owner)?;
-        self.file.sync_all().map_err(io_err("sync", &self.path))?;
-        target.recheck()?;
-        fs::rename(&self.path, target.path())
-            .map_err(io_err("rename into place", target.path()))?;
-        self.armed = false;
-        sync_dir(target.parent())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
+    };
+    let placed = (|| {
+        if let Some(owner) = &opts.owner {
+            dir.lchown(&temp, owner.uid, owner.gid)
+                .map_err(io_err("change the owner of", &dir.path().join(&temp)))?;
         }
+        dir.rename(&temp, target.file_name().as_ref())
+            .map_err(io_err("rename into place", target.path()))
+    })();
+    if placed.is_err() {
+        let _ = dir.remove_file(&temp);
     }
+    placed?;
+    dir.sync()
+        .map_err(io_err("sync directory", target.parent()))
 }
 
-/// A temporary symbolic link, removed on drop unless renamed into place.
-#[cfg(unix)]
-struct TempLink {
-    path: PathBuf,
-    armed: bool,
-}
-
-#[cfg(unix)]
-impl TempLink {
-    fn create(target: &TargetPath, link_target: &str) -> Result<Self, InstallError> {
-        loop {
-            let path = temp_path(target);
-            match std::os::unix::fs::symlink(link_target, &path) {
-                Ok(()) => return Ok(TempLink { path, armed: true }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("create a temporary link", &path)(e)),
-            }
-        }
-    }
-}
-
-#[cfg(unix)]
-impl Drop for TempLink {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn temp_path(target: &TargetPath) -> PathBuf {
-    let name = target.file_name();
-    let mut keep = name.len().min(TEMP_NAME_KEEP);
-    while !name.is_char_boundary(keep) {
-        keep -= 1;
-    }
-    let suffix: u64 = rand::random();
-    target
-        .parent()
-        .join(format!(".{}{TEMP_MARKER}{suffix:016x}", &name[..keep]))
-}
-
-// === owner, mode, sync ===
+// === owner, mode ===
 
 fn set_owner_and_mode(
     file: &File,
@@ -349,26 +320,4 @@ fn set_owner_and_mode(
     };
     file.set_permissions(perms)
         .map_err(io_err("set the mode of", path))
-}
-
-fn open_dir_no_follow(path: &Path) -> Result<File, InstallError> {
-    let mut options = fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use nix::fcntl::OFlag;
-        let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, flags.bits());
-    }
-    options.open(path).map_err(io_err("open directory", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), InstallError> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync directory", dir))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }

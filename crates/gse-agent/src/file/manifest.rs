@@ -111,7 +111,7 @@ pub enum ManifestError {
     )]
     NoBaseName { dir: PathBuf },
     #[error(
-        "cannot read {path:?}: {source}; check that it exists and that the agent's user may read it"
+        "cannot read {path:?}: {source}; check that it exists and that the source's account (the transfer's `user`) may read it"
     )]
     Read { path: PathBuf, source: io::Error },
     #[error(

@@ -4,8 +4,9 @@
 //! upload slots and speed caps) and [`FileRunner`] (one per link session:
 //! it takes the node's file frames and sends the agent's back as
 //! [`LinkOut`]s). The flows:
-//! - source: [`source`] builds the [`Manifest`] ([`ManifestBuilder`]),
-//!   answers FileManifest, and serves the pieces from the [`store`];
+//! - source: [`source`] builds the [`Manifest`] ([`ManifestBuilder`]) as
+//!   the task's [`account`], answers FileManifest, and serves the pieces
+//!   from the [`store`];
 //! - target/relay: [`download`] checks the request, installs directories,
 //!   fetches small files direct through the node ([`direct`]) and large
 //!   ones piece by piece from peers over the [`peer`] link (rarest first,
@@ -17,6 +18,7 @@
 //! Disk work is blocking and runs in `spawn_blocking`. The node's side
 //! (tracker, peer sets, API) lives in gse-server's `role/file`.
 
+pub mod account;
 pub mod codes;
 pub mod digest;
 pub mod direct;

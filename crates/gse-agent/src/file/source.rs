@@ -2,7 +2,10 @@
 //! then serve the task's pieces until CancelTransfer or the deadline.
 //!
 //! [`run_source`] builds the manifest in `spawn_blocking` (it walks and
-//! hashes), answers with the entries or an error code (`codes.rs`), and
+//! hashes) with the rights of the task's account (the request's `user`,
+//! else `[file] default_source_user`; [`SourceAccount`]), so nothing the
+//! account cannot read is listed, hashed or served; it answers with the
+//! entries or an error code (`codes.rs`), and
 //! registers the task as a seed in the [`PieceStore`]: the P2P listener
 //! serves it to holders of the token, and [`serve_direct`] answers the
 //! node's direct requests. Every piece read from the source file is checked
@@ -10,6 +13,7 @@
 //! FileProgress SIDE_UPLOAD about once a second while they change.
 //!
 //! [`PieceStore`]: super::store::PieceStore
+//! [`SourceAccount`]: super::account::SourceAccount
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +26,10 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::account::SourceAccount;
 use super::codes::{self, Failure};
 use super::direct::LinkOut;
-use super::manifest::{EntryKind, ManifestBuilder, SourceSpec};
+use super::manifest::{EntryKind, ManifestBuilder, ManifestError, SourceSpec};
 use super::progress::{REPORT_EVERY, Reporter};
 use super::rate::{Limits, RateLimit};
 use super::service::FileService;
@@ -49,7 +54,8 @@ pub async fn run_source(
     cancel: CancellationToken,
 ) {
     let deadline = deadline(req.timeout_ms);
-    let share = match build(&req).await {
+    let default_user = &ctx.service.settings.config.default_source_user;
+    let share = match build(&req, default_user).await {
         Ok((answer, share)) => {
             // Serve before answering: targets may dial at once.
             ctx.service.store.insert(share.clone());
@@ -120,15 +126,27 @@ async fn serve_until(
 }
 
 /// Builds the manifest and the seed share, or the failure to report.
-async fn build(req: &FileManifestRequest) -> Result<(FileManifest, Arc<TaskShare>), Failure> {
+async fn build(
+    req: &FileManifestRequest,
+    default_user: &str,
+) -> Result<(FileManifest, Arc<TaskShare>), Failure> {
     let spec = SourceSpec {
         dir: req.source_dir.clone().into(),
         selection: wire::selection(req.selection, &req.pattern)?,
     };
     let builder = ManifestBuilder::new(spec.clone());
-    let manifest = tokio::task::spawn_blocking(move || builder.build())
-        .await
-        .map_err(|e| Failure::new(codes::SOURCE_UNREADABLE, format!("hashing failed: {e}")))??;
+    let user = match req.user.as_str() {
+        "" => default_user.to_owned(),
+        named => named.to_owned(),
+    };
+    let (account, manifest) = tokio::task::spawn_blocking(move || {
+        let account = SourceAccount::resolve(&user)?;
+        let built = account.run(move || builder.build())?;
+        let manifest = built.map_err(|e| failure_as(e, &account))?;
+        Ok::<_, Failure>((account, manifest))
+    })
+    .await
+    .map_err(|e| Failure::new(codes::SOURCE_UNREADABLE, format!("hashing failed: {e}")))??;
     let answer = FileManifest {
         transfer_id: req.transfer_id.clone(),
         task_index: req.task_index,
@@ -154,13 +172,27 @@ async fn build(req: &FileManifestRequest) -> Result<(FileManifest, Arc<TaskShare
         Arc::new(manifest.entries),
         RateLimit::new(req.upload_bytes_per_s),
     )
-    .into_seed();
+    .into_seed()
+    .read_as(account);
     for (index, entry) in share.manifest().iter().enumerate() {
         if let EntryKind::File(_) = entry.kind {
             share.set_source(index, Source::Seed(spec.source_path(&entry.path)));
         }
     }
     Ok((answer, Arc::new(share)))
+}
+
+/// The failure to report for `e`, naming the account it was read as.
+fn failure_as(e: ManifestError, account: &SourceAccount) -> Failure {
+    let mut failure = Failure::from(e);
+    if !account.name().is_empty() {
+        failure.message = format!(
+            "{} (the source is read as user {:?})",
+            failure.message,
+            account.name()
+        );
+    }
+    failure
 }
 
 /// Answers the node's `PieceRequest` (a target's direct fetch) from the

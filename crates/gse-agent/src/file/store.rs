@@ -6,7 +6,9 @@
 //! its bytes are ([`Source`]): the source's own file, read and *verified*
 //! per piece so that a file changed since hashing is never served as good
 //! data; or a target's open file (the temp file while downloading, the
-//! installed file after), holding only verified pieces. Pieces a target
+//! installed file after), holding only verified pieces. A source's files
+//! are opened with its task's account ([`TaskShare::read_as`]), never with
+//! more rights than the manifest was built with. Pieces a target
 //! gains are logged in order so every peer connection can push `Have`s
 //! ([`TaskShare::gained_since`]). Reading is blocking (callers use
 //! `spawn_blocking`); who may ask, slots and speed live in `peer/`.
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::DIRECT_TRANSFER_LIMIT_BYTES;
+use super::account::SourceAccount;
 use super::digest::FileDigest;
 use super::manifest::{EntryKind, ManifestEntry};
 use super::piece_set::PieceSet;
@@ -98,6 +101,8 @@ pub struct TaskShare {
     served: AtomicU64,
     /// Set on the transfer's source: see [`TaskShare::claim_seed_upload`].
     seed_uploads: Option<Mutex<SeedUploads>>,
+    /// Whose rights `Source::Seed` files are opened with.
+    account: SourceAccount,
     /// Pieces gained, in order, for `Have`s; the watch holds its length.
     gained: Mutex<Vec<(u32, u32)>>,
     gained_len: watch::Sender<usize>,
@@ -190,6 +195,7 @@ impl TaskShare {
             upload,
             served: AtomicU64::new(0),
             seed_uploads: None,
+            account: SourceAccount::agent(),
             gained: Mutex::new(Vec::new()),
             gained_len: watch::channel(0).0,
             closed: CancellationToken::new(),
@@ -213,6 +219,13 @@ impl TaskShare {
             to_send,
             ..SeedUploads::default()
         }));
+        self
+    }
+
+    /// Opens `Source::Seed` files with `account`'s rights (the transfer's
+    /// source account) instead of the agent's.
+    pub fn read_as(mut self, account: SourceAccount) -> Self {
+        self.account = account;
         self
     }
 
@@ -398,7 +411,7 @@ impl TaskShare {
                 ))
             })?,
             (None, Some(path)) => {
-                read_seed(&path, &mut buf, offset)?;
+                read_seed(&self.account, &path, &mut buf, offset)?;
                 if !digest.piece_matches(piece, &buf) {
                     return Err(ServeError::Failed(format!(
                         "source file {path:?} changed since it was hashed (piece {piece} differs); \
@@ -418,8 +431,13 @@ impl TaskShare {
     }
 }
 
-fn read_seed(path: &std::path::Path, buf: &mut [u8], offset: u64) -> Result<(), ServeError> {
-    let file = File::open(path).map_err(|e| {
+fn read_seed(
+    account: &SourceAccount,
+    path: &std::path::Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), ServeError> {
+    let file = account.open(path).map_err(|e| {
         ServeError::Failed(format!(
             "cannot open source file {path:?}: {e}; it was moved or made unreadable since it was hashed"
         ))

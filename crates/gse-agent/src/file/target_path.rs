@@ -6,15 +6,15 @@
 //!   empty components, no NUL, no backslash, no Windows drive prefix
 //!   ([`validate_relative`]; the manifest builder applies the same rule);
 //! - no *existing* directory between the root and the final component is a
-//!   symbolic link (each is `lstat`ed), so a link planted in the target tree
-//!   cannot redirect a write outside it.
+//!   symbolic link (each is `lstat`ed), so a transfer that would cross one
+//!   fails (703) before anything is fetched.
 //!
 //! The final component itself may exist and may be a link: files and links
 //! replace it with `rename`, which never follows it, and directories
-//! `lstat` it themselves (`install.rs`). The check is a snapshot; a local
-//! user racing us by swapping a directory for a link *after* it is narrowed
-//! by re-resolving just before the rename ([`TargetPath::recheck`]), not
-//! closed (that needs `openat` walking, a later step).
+//! refuse it (`install.rs`). That check is a snapshot; what makes writes
+//! safe against a local user racing us is that they go through directory
+//! descriptors opened without following links ([`crate::safe_dir`], used
+//! by `install.rs`), not paths.
 
 use std::fs;
 use std::io;
@@ -149,10 +149,10 @@ impl TargetPath {
         self.rel.rsplit('/').next().unwrap_or(&self.rel)
     }
 
-    /// Repeats the symlink check, e.g. just before renaming into place after
-    /// a long download.
-    pub fn recheck(&self) -> Result<(), TargetPathError> {
-        self.check_parents()
+    /// The directories between the root and the final component, in order.
+    pub fn dirs(&self) -> impl Iterator<Item = &str> {
+        let parent = self.rel.rsplit_once('/').map_or("", |(dirs, _)| dirs);
+        parent.split('/').filter(|c| !c.is_empty())
     }
 
     fn check_parents(&self) -> Result<(), TargetPathError> {
@@ -237,8 +237,10 @@ mod tests {
         assert_eq!(t.parent(), root.path().join("a").join("b"));
         assert_eq!(t.file_name(), "c.txt");
         assert_eq!(t.rel(), "a/b/c.txt");
+        assert_eq!(t.dirs().collect::<Vec<_>>(), ["a", "b"]);
         let top = resolve(root.path(), "top").unwrap();
         assert_eq!(top.parent(), root.path());
+        assert_eq!(top.dirs().count(), 0);
     }
 
     #[test]
@@ -267,20 +269,6 @@ mod tests {
         assert!(err.to_string().contains("symbolic link"), "{err}");
         // The link itself as the final component is left to the caller.
         resolve(root.path(), "a/evil").unwrap();
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn recheck_sees_a_link_planted_after_resolve() {
-        let root = tempfile::tempdir().unwrap();
-        fs::create_dir(root.path().join("d")).unwrap();
-        let t = resolve(root.path(), "d/f").unwrap();
-        fs::remove_dir(root.path().join("d")).unwrap();
-        std::os::unix::fs::symlink("/tmp", root.path().join("d")).unwrap();
-        assert!(matches!(
-            t.recheck(),
-            Err(TargetPathError::SymlinkInPath { .. })
-        ));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use md5::{Digest as _, Md5};
 
 use super::digest::{Blake3Hash, DigestError, FileDigest, digest_reader};
-use super::install::{InstallError, InstallOptions, Owner, TempFile, io_err, prepare_parent};
+use super::install::{self, InstallError, InstallOptions, Owner, TempFile, io_err};
 use super::piece_set::PieceSet;
 use super::target_path::TargetPath;
 
@@ -103,12 +103,11 @@ impl PieceWriter {
             path: target.path().into(),
             source,
         })?;
-        prepare_parent(&target, opts.auto_mkdir)?;
-        let temp = TempFile::create(&target)?;
+        let temp = install::create_temp(&target, opts)?;
         // Sparse on most filesystems; makes every piece offset valid.
         temp.file()
             .set_len(digest.size)
-            .map_err(io_err("size", temp.path()))?;
+            .map_err(io_err("size", &temp.path()))?;
         Ok(PieceWriter {
             have: PieceSet::new(digest.piece_count()),
             mode: opts.file_mode(source_mode),
@@ -154,7 +153,7 @@ impl PieceWriter {
             });
         }
         write_all_at(self.temp.file(), bytes, offset)
-            .map_err(io_err("write a piece to", self.temp.path()))?;
+            .map_err(|e| io_err("write a piece to", &self.temp.path())(e))?;
         self.have.insert(index);
         self.advance_check()?;
         Ok(true)
@@ -176,7 +175,7 @@ impl PieceWriter {
                 let n = (end - offset).min(CHECK_CHUNK as u64) as usize;
                 let chunk = &mut check.buf[..n];
                 read_exact_at(self.temp.file(), chunk, offset)
-                    .map_err(io_err("read back", self.temp.path()))?;
+                    .map_err(|e| io_err("read back", &self.temp.path())(e))?;
                 check.whole.update(chunk);
                 check.md5.update(&*chunk);
                 offset += n as u64;
@@ -201,7 +200,7 @@ impl PieceWriter {
         }
         let mut buf = vec![0u8; len];
         read_exact_at(self.temp.file(), &mut buf, offset)
-            .map_err(io_err("read a piece from", self.temp.path()))?;
+            .map_err(io_err("read a piece from", &self.temp.path()))?;
         Ok(buf)
     }
 
@@ -217,7 +216,7 @@ impl PieceWriter {
             .temp
             .file()
             .try_clone()
-            .map_err(io_err("duplicate the handle of", self.temp.path()))?)
+            .map_err(io_err("duplicate the handle of", &self.temp.path()))?)
     }
 
     /// The pieces we have (to announce, and to pick what is missing).
@@ -250,8 +249,7 @@ impl PieceWriter {
             });
         }
         let this = self.verify_whole()?;
-        this.temp
-            .commit(&this.target, this.mode, this.owner.as_ref())?;
+        install::commit(this.temp, &this.target, this.mode, this.owner.as_ref())?;
         Ok(())
     }
 
@@ -299,9 +297,9 @@ impl PieceWriter {
 
     fn verify_by_reading(&self) -> Result<(), PieceError> {
         let mut file = self.temp.file();
-        let read_err = io_err("read back", self.temp.path());
+        let read_err = io_err("read back", &self.temp.path());
         file.rewind()
-            .map_err(io_err("read back", self.temp.path()))?;
+            .map_err(io_err("read back", &self.temp.path()))?;
         let on_disk =
             digest_reader(file, self.digest.size, self.digest.piece_size).map_err(read_err)?;
         self.compare(on_disk.blake3, &on_disk.md5)

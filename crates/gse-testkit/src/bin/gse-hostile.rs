@@ -20,12 +20,21 @@ struct Cli {
 enum Cmd {
     /// Tries to read a file; prints {"read": bool, "bytes": N, "error": ".."}.
     ReadFile { path: std::path::PathBuf },
+    /// Makes LINK a symbolic link to TARGET; prints {"planted": bool, "error": ".."}.
+    PlantSymlink {
+        link: std::path::PathBuf,
+        target: std::path::PathBuf,
+    },
+    /// Makes the directory PATH (mode 0777); prints {"planted": bool, "error": ".."}.
+    PlantDir { path: std::path::PathBuf },
 }
 
 fn main() {
     let cli = Cli::parse();
     let out = match cli.cmd {
         Cmd::ReadFile { path } => gse_testkit::hostile::files::read_file(&path),
+        Cmd::PlantSymlink { link, target } => gse_testkit::hostile::plant::symlink(&link, &target),
+        Cmd::PlantDir { path } => gse_testkit::hostile::plant::dir(&path),
     };
     println!("{out}");
 }

@@ -20,7 +20,7 @@ const RESULT: &str = "/api/v2/task/extensions/get_transfer_file_result";
 const TERMINATE: &str = "/api/v2/task/extensions/async_terminate_transfer_file";
 
 /// Deterministic pseudo-random bytes (xorshift), so content mix-ups show.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -33,7 +33,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) {
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -48,7 +48,7 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 /// Every path under `dir` whose name marks a temporary file.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -67,12 +67,18 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn agent_obj(id: &str) -> Value {
+pub(crate) fn agent_obj(id: &str) -> Value {
     json!({"bk_agent_id": id})
 }
 
 /// One `tasks[]` item: `source` on `src_agent`, to `dst_dir` on `targets`.
-fn task(src_agent: &str, src_dir: &Path, name: &str, targets: &[&str], dst_dir: &Path) -> Value {
+pub(crate) fn task(
+    src_agent: &str,
+    src_dir: &Path,
+    name: &str,
+    targets: &[&str],
+    dst_dir: &Path,
+) -> Value {
     json!({
         "source": {"file_name": name, "store_dir": src_dir, "agent": agent_obj(src_agent)},
         "target": {"file_name": "", "store_dir": dst_dir,
@@ -80,7 +86,7 @@ fn task(src_agent: &str, src_dir: &Path, name: &str, targets: &[&str], dst_dir: 
     })
 }
 
-async fn start(api: &Api, tasks: Vec<Value>, extra: Value) -> String {
+pub(crate) async fn start(api: &Api, tasks: Vec<Value>, extra: Value) -> String {
     let mut body = json!({"tasks": tasks, "timeout_seconds": 120, "auto_mkdir": true,
                           "upload_speed": 0, "download_speed": 0});
     gse_testkit::merge_json(&mut body, &extra);
@@ -93,7 +99,7 @@ async fn start(api: &Api, tasks: Vec<Value>, extra: Value) -> String {
         .to_string()
 }
 
-async fn results(api: &Api, task_id: &str) -> Vec<Value> {
+pub(crate) async fn results(api: &Api, task_id: &str) -> Vec<Value> {
     let (_, v) = api.post(RESULT, json!({"task_id": task_id})).await;
     v["data"]["result"]
         .as_array()
@@ -101,25 +107,25 @@ async fn results(api: &Api, task_id: &str) -> Vec<Value> {
         .unwrap_or_else(|| panic!("no result list: {v}"))
 }
 
-fn code(e: &Value) -> i64 {
+pub(crate) fn code(e: &Value) -> i64 {
     e["error_code"].as_i64().unwrap_or(-1)
 }
 
-fn downloads(all: &[Value]) -> Vec<Value> {
+pub(crate) fn downloads(all: &[Value]) -> Vec<Value> {
     all.iter()
         .filter(|e| e["content"]["mode"] == 1)
         .cloned()
         .collect()
 }
 
-fn download_of<'a>(all: &'a [Value], dest: &str) -> &'a Value {
+pub(crate) fn download_of<'a>(all: &'a [Value], dest: &str) -> &'a Value {
     all.iter()
         .find(|e| e["content"]["mode"] == 1 && e["content"]["dest_agent_id"] == dest)
         .unwrap_or_else(|| panic!("no download entry for {dest}: {all:?}"))
 }
 
 /// Polls until `n` entries are listed and every one is final.
-async fn wait_final(api: &Api, task_id: &str, n: usize, within: Duration) -> Vec<Value> {
+pub(crate) async fn wait_final(api: &Api, task_id: &str, n: usize, within: Duration) -> Vec<Value> {
     eventually(&format!("transfer {task_id} final"), within, || async {
         let got = results(api, task_id).await;
         (got.len() == n && got.iter().all(|e| code(e) != 115))
@@ -129,13 +135,13 @@ async fn wait_final(api: &Api, task_id: &str, n: usize, within: Duration) -> Vec
     .await
 }
 
-struct Setup {
-    cluster: Cluster,
-    server: ServerProc,
-    agents: Vec<AgentProc>,
+pub(crate) struct Setup {
+    pub cluster: Cluster,
+    pub server: ServerProc,
+    pub agents: Vec<AgentProc>,
 }
 
-async fn setup(server_opts: ServerOptions, agents: Vec<AgentOptions>) -> Setup {
+pub(crate) async fn setup(server_opts: ServerOptions, agents: Vec<AgentOptions>) -> Setup {
     let cluster = Cluster::new();
     let server = cluster.server(server_opts).await;
     let ips: Vec<String> = agents.iter().map(|a| a.ip.to_string()).collect();

@@ -3,7 +3,9 @@
 //! [`Plan::build`] converts the manifest (code 702 for a corrupt entry),
 //! applies `target_name`, resolves every path under the target directory
 //! (or the relay's cache directory) with `target_path::resolve` (703 for
-//! any path that would escape it), and looks up the owner (710). Only then
+//! any path that would escape it), looks up the owner (710), and opens the
+//! target directory as the writes will (703 for a link or directory a
+//! local user planted, 704 when missing without auto_mkdir). Only then
 //! does the download create anything. It also sorts entries into what is
 //! fetched how: directories, small files (direct, whole), large files
 //! (pieces over P2P), links.
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use gse_proto::link::{FileRole, FileStart};
 
 use crate::file::codes::{self, Failure};
-use crate::file::install::{InstallError, InstallOptions, Owner};
+use crate::file::install::{self, InstallOptions, Owner};
 use crate::file::manifest::{EntryKind, ManifestEntry};
 use crate::file::target_path::{TargetPath, resolve};
 use crate::file::wire::entry_from_wire;
@@ -64,12 +66,14 @@ impl Plan {
             .iter()
             .map(|e| resolve(&root, &e.path))
             .collect::<Result<Vec<_>, _>>()?;
-        if !relay && !start.auto_mkdir && !root.is_dir() {
-            // Known before anything is fetched: say so at once.
-            return Err(InstallError::MissingDir { dir: root }.into());
+        let opts = install_options(start, relay)?;
+        if !relay {
+            // A missing or unsafe target directory is known before anything
+            // is fetched: say so at once.
+            install::check_target_dir(&root, &opts)?;
         }
         Ok(Plan {
-            opts: install_options(start, relay)?,
+            opts,
             root,
             relay,
             entries: Arc::new(entries),

@@ -276,7 +276,7 @@ fn temp_names_are_recognised_and_fit_long_names() {
     let root = tempfile::tempdir().unwrap();
     let long = "n".repeat(250);
     let target = resolve(root.path(), &long).unwrap();
-    let temp = TempFile::create(&target).unwrap();
+    let temp = create_temp(&target, &InstallOptions::default()).unwrap();
     let name = temp
         .path()
         .file_name()

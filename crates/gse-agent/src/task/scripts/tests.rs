@@ -128,18 +128,34 @@ fn a_dir_owned_by_another_user_is_refused() {
 }
 
 #[test]
-fn a_symlinked_component_is_refused() {
+fn a_symlinked_component_is_refused_unless_root_made_it() {
+    if !is_root() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let real = tmp.path().join("real");
     fs::create_dir(&real).unwrap();
     let link = tmp.path().join("bkjob");
     std::os::unix::fs::symlink(&real, &link).unwrap();
+    // Made by another user: refused, on the way and as the last component.
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
     let err = write_in(&link.join("root")).unwrap_err();
-    assert!(err.contains("symbolic link"), "{err}");
-    // The link as the last component is refused too.
+    assert!(
+        err.contains("symbolic link") && err.contains("uid 65534"),
+        "{err}"
+    );
     let err = write_in(&link).unwrap_err();
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+    // Root's own link (`/var/run -> ../run`) is followed, and its target
+    // is checked like any other directory.
+    std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+    write_in(&link.join("root")).unwrap();
+    assert!(real.join("root/a.sh").is_file());
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("real/../real/./", &link).unwrap();
+    write_in(&link).unwrap();
+    assert!(real.join("a.sh").is_file());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! (COMPAT.md §2.1, §2.4). Agents report the 7xx codes in `FileManifest`
 //! and `FileProgress`; docs/API.md has the table.
 
-pub use gse_core::task::{ERR_AGENT_DOWN, ERR_NONE, ERR_RUNNING, ERR_TERMINATED};
+pub use gse_core::task::{ERR_AGENT_DOWN, ERR_NO_SUCH_USER, ERR_NONE, ERR_RUNNING, ERR_TERMINATED};
 
 /// `status`: listed, nothing started yet.
 pub const STATUS_WAITING: i32 = 0;
@@ -40,6 +40,7 @@ pub const ERR_INSTALL: i32 = 710;
 const KNOWN_FINAL: &[i32] = &[
     ERR_NONE,
     ERR_AGENT_DOWN,
+    ERR_NO_SUCH_USER,
     ERR_TOO_LARGE,
     ERR_TIMEOUT,
     ERR_TERMINATED,
@@ -69,6 +70,7 @@ pub fn code_label(code: i32) -> &'static str {
     match code {
         ERR_NONE => "0",
         ERR_AGENT_DOWN => "117",
+        ERR_NO_SUCH_USER => "122",
         ERR_TOO_LARGE => "119",
         ERR_TIMEOUT => "120",
         ERR_TERMINATED => "126",
@@ -103,6 +105,7 @@ mod tests {
     fn agent_codes_are_kept_when_known_and_never_read_as_success() {
         assert_eq!(failure_code(705), 705);
         assert_eq!(failure_code(120), 120);
+        assert_eq!(failure_code(122), 122);
         assert_eq!(failure_code(0), 701);
         assert_eq!(failure_code(115), 701);
         assert_eq!(failure_code(999), 701);

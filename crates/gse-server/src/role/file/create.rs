@@ -203,6 +203,7 @@ impl FileService {
                     upload_bytes_per_s: t.upload_bps,
                     timeout_ms: remaining_ms(t),
                     token: t.token.clone(),
+                    user: plan.source_user.clone(),
                 },
             );
             self.change(t, Some("failed"), |st, effect| {
@@ -272,6 +273,7 @@ fn plan_task(
         source,
         source_dir: task.source.store_dir.clone(),
         source_name: task.source.file_name.clone(),
+        source_user: task.source.agent.user.clone(),
         selection: task.source.selection(),
         target,
         targets,

@@ -47,6 +47,9 @@ pub(super) struct TaskPlan {
     /// `store_dir` and `file_name` as sent.
     pub source_dir: String,
     pub source_name: String,
+    /// The account the source reads as (its agent's `user`; "" = the
+    /// agent's default).
+    pub source_user: String,
     pub selection: Selection,
     pub target: TargetDirSpec,
     pub targets: Vec<AgentSlot>,
