@@ -81,6 +81,13 @@ async fn main() -> anyhow::Result<()> {
             for link in &config.data.ipc_links {
                 println!("data_ipc_link: {}", link.display());
             }
+            println!(
+                "message_ipc: {}",
+                config.plugin.message_ipc(data_dir).display()
+            );
+            for link in &config.plugin.message_ipc_links {
+                println!("message_ipc_link: {}", link.display());
+            }
             println!("data_spool: {}", config.data.spool_path(data_dir).display());
             Ok(())
         }
