@@ -20,12 +20,16 @@ struct Cli {
 enum Cmd {
     /// Tries to read a file; prints {"read": bool, "bytes": N, "error": ".."}.
     ReadFile { path: std::path::PathBuf },
+    /// Attacks on the agent's local data and plugin-message sockets.
+    #[command(subcommand)]
+    Ipc(gse_testkit::hostile::ipc::IpcCmd),
 }
 
 fn main() {
     let cli = Cli::parse();
     let out = match cli.cmd {
         Cmd::ReadFile { path } => gse_testkit::hostile::files::read_file(&path),
+        Cmd::Ipc(cmd) => gse_testkit::hostile::ipc::run(cmd),
     };
     println!("{out}");
 }

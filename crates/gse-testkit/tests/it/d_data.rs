@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const DATA_ID: u32 = 1001;
+pub(crate) const DATA_ID: u32 = 1001;
 
 // === the collector: COMPAT §1.2 frames ===
 
-fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
+pub(crate) fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
     for v in [msg_type, data_id, 1_700_000_000, body_len, 0, 0] {
         out.extend_from_slice(&v.to_be_bytes());
@@ -31,7 +31,7 @@ fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
 }
 
 /// 0xC01 and 0xC0C: the whole body is the payload.
-fn plain(msg_type: u32, data_id: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn plain(msg_type: u32, data_id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = header(msg_type, data_id, payload.len() as u32);
     out.extend_from_slice(payload);
     out
@@ -59,11 +59,11 @@ fn dynamic(data_id: u32, payload: &[u8], meta: Option<(&str, &str)>) -> Vec<u8> 
     out
 }
 
-fn socket_of(agent: &AgentProc) -> PathBuf {
+pub(crate) fn socket_of(agent: &AgentProc) -> PathBuf {
     agent.dir.join("data").join("ipc.state.report")
 }
 
-async fn connect(path: &Path) -> UnixStream {
+pub(crate) async fn connect(path: &Path) -> UnixStream {
     eventually(
         "the agent's data socket",
         Duration::from_secs(20),
@@ -91,7 +91,7 @@ async fn agent_info(conn: &mut UnixStream) -> Value {
 // === routes and the file sink ===
 
 /// A file stream_to and a route for `data_id`; returns the sink file.
-async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
+pub(crate) async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
     let (status, v) = server
         .api
         .post(
@@ -125,7 +125,7 @@ async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
 }
 
 /// Payload -> how many times it is in the sink file.
-fn sink_counts(path: &Path) -> HashMap<String, usize> {
+pub(crate) fn sink_counts(path: &Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for line in read_lines(path) {
         let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -136,7 +136,11 @@ fn sink_counts(path: &Path) -> HashMap<String, usize> {
 }
 
 /// Waits until every payload in `want` is in the sink; prints duplicates.
-async fn wait_all(path: &Path, want: &[String], within: Duration) -> HashMap<String, usize> {
+pub(crate) async fn wait_all(
+    path: &Path,
+    want: &[String],
+    within: Duration,
+) -> HashMap<String, usize> {
     let counts = eventually(
         &format!("{} records in {}", want.len(), path.display()),
         within,
@@ -165,7 +169,7 @@ async fn wait_all(path: &Path, want: &[String], within: Duration) -> HashMap<Str
     counts
 }
 
-async fn registered(api: &Api, ip: &str) {
+pub(crate) async fn registered(api: &Api, ip: &str) {
     eventually(
         &format!("agent {ip} alive"),
         Duration::from_secs(20),
