@@ -429,7 +429,10 @@ impl Connection {
                 match written {
                     Ok(Ok(())) => out.clear(),
                     Ok(Err(e)) => return End::Bad(MessageError::Io(e)),
-                    Err(_) => return End::Idle,
+                    Err(_) => {
+                        let late = io::Error::new(io::ErrorKind::TimedOut, "reply write timed out");
+                        return End::Bad(MessageError::Io(late));
+                    }
                 }
             }
             let head = codec.frame_len(reader.buf());

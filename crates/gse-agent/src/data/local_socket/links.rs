@@ -99,23 +99,21 @@ fn make_one(target: &Path, link: &Path) -> Result<Made, String> {
         return Err("not a path to a file".into());
     };
     let dir = open_dir(parent)?;
-    let made = || Made {
-        dir: dir
-            .try_clone()
-            .expect("a directory descriptor can be duplicated"),
+    let made = |dir: File| Made {
+        dir,
         name: name.to_os_string(),
         path: link.to_path_buf(),
         target: target.to_path_buf(),
     };
     match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => match symlinkat(target, dir.as_fd(), name) {
-            Ok(()) => Ok(made()),
+            Ok(()) => Ok(made(dir)),
             Err(e) => Err(format!("cannot make the symlink: {e}")),
         },
         Ok(st) if is(st.st_mode, SFlag::S_IFLNK) => {
             let to = readlinkat(dir.as_fd(), name).map_err(|e| format!("cannot read it: {e}"))?;
             if Path::new(&to) == target {
-                Ok(made())
+                Ok(made(dir))
             } else {
                 Err(format!(
                     "the path is a symlink to {} (not this agent's); left alone",
