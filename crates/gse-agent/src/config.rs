@@ -301,7 +301,11 @@ impl AgentConfig {
         }
     }
 
-    /// A config with defaults for one agent (quickstart, tests).
+    /// A config with defaults for one of several agents on a host
+    /// (quickstart, tests, benchmarks): like the defaults, but with no
+    /// `ipc_links`/`message_ipc_links`, since those name host-wide paths
+    /// only one agent can own. A packaged agent's config keeps the
+    /// defaults (etc/gse-agent.toml).
     pub fn new(data_dir: PathBuf, servers: Vec<String>, tls: TlsFiles) -> Self {
         AgentConfig {
             agent: AgentSection {
@@ -321,8 +325,14 @@ impl AgentConfig {
             },
             tls,
             file: FileConfig::default(),
-            data: DataConfig::default(),
-            plugin: PluginConfig::default(),
+            data: DataConfig {
+                ipc_links: Vec::new(),
+                ..DataConfig::default()
+            },
+            plugin: PluginConfig {
+                message_ipc_links: Vec::new(),
+                ..PluginConfig::default()
+            },
         }
     }
 }
@@ -410,15 +420,47 @@ mod tests {
         let example: AgentConfig =
             toml::from_str(include_str!("../../../etc/gse-agent.toml")).unwrap();
         example.validate().unwrap();
-        let defaults = AgentConfig::new(
+        let mut defaults = AgentConfig::new(
             example.agent.data_dir.clone(),
             example.upstream.servers.clone(),
             example.tls.clone(),
         );
+        // A packaged agent serves the host-wide collector paths.
+        defaults.data.ipc_links = DataConfig::default().ipc_links;
+        defaults.plugin.message_ipc_links = PluginConfig::default().message_ipc_links;
         assert_eq!(
             example, defaults,
             "etc/gse-agent.toml drifted from the defaults"
         );
+    }
+
+    #[test]
+    fn the_packaged_config_links_the_paths_real_collectors_dial() {
+        let example: AgentConfig =
+            toml::from_str(include_str!("../../../etc/gse-agent.toml")).unwrap();
+        let mut data: Vec<_> = example
+            .data
+            .ipc_links
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect();
+        data.sort();
+        assert_eq!(
+            data,
+            [
+                "/usr/local/gse/agent/data/ipc.state.report",
+                "/usr/local/gse/gseagent/ipc.state.report",
+                "/var/run/gse2/agent/ipc.state.report",
+                "/var/run/ipc.state.report",
+            ]
+        );
+        assert_eq!(
+            example.plugin.message_ipc_links,
+            [PathBuf::from("/var/run/gse2/agent/ipc.state.message")]
+        );
+        // Agents sharing a host (quickstart, tests) own none of them.
+        let local = AgentConfig::new("/d".into(), vec!["h:1".into()], example.tls.clone());
+        assert!(local.data.ipc_links.is_empty() && local.plugin.message_ipc_links.is_empty());
     }
 
     #[test]

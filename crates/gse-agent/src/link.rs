@@ -112,7 +112,7 @@ pub async fn run(
         }
     };
     // Plugins are supervised whether or not a link is up.
-    let plugins = PluginService::start(&cfg, &identity, shutdown.clone());
+    let plugins = PluginService::start(&cfg, shutdown.clone());
     let mut backoff = Backoff::new(cfg.upstream.backoff_initial, cfg.upstream.backoff_max);
     let mut stats = SelfStats::new();
     let started = std::time::SystemTime::now()

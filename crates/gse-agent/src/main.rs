@@ -118,6 +118,13 @@ async fn agent_main() -> anyhow::Result<()> {
             for link in &config.data.ipc_links {
                 println!("data_ipc_link: {}", link.display());
             }
+            println!(
+                "message_ipc: {}",
+                config.plugin.message_ipc(data_dir).display()
+            );
+            for link in &config.plugin.message_ipc_links {
+                println!("message_ipc_link: {}", link.display());
+            }
             println!("data_spool: {}", config.data.spool_path(data_dir).display());
             let key = &config.tls.key_file;
             if let Some(exposed) = private_files::exposure(key, "the agent's private TLS key") {

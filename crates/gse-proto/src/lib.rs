@@ -23,3 +23,22 @@ pub mod link {
 
 /// Version of the agent link protocol this build speaks; sent in `Register`.
 pub const LINK_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest record a collector may send on the agent's local data socket, in
+/// body bytes of one frame (so at least its payload): the SDK's own 10 MiB
+/// message limit (COMPAT §1.2). One number for every hop of the data path:
+/// the socket refuses a larger frame (closing the connection, with an ERROR
+/// naming this limit), the batcher puts a record this large in a batch of
+/// its own, and every DataServer takes such a batch ([`MAX_BATCH_BYTES`]),
+/// so a record the socket accepted is never dropped for its size later.
+pub const MAX_RECORD_BYTES: usize = 10 << 20;
+
+/// What a `DataBatch` body adds around its records at most, per batch: the
+/// seq field, and one record's key, length, data id, receive time and
+/// sender fields (about 50 bytes; the rest is room).
+pub const BATCH_FRAMING_BYTES: usize = 1024;
+
+/// Largest `DataBatch` body an agent sends: one [`MAX_RECORD_BYTES`] record
+/// with its framing. The batcher never cuts a larger one, and a DataServer's
+/// `data.max_batch_bytes` may not be set below it.
+pub const MAX_BATCH_BYTES: usize = MAX_RECORD_BYTES + BATCH_FRAMING_BYTES;

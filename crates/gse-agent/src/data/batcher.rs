@@ -10,6 +10,11 @@
 //! which makes the socket connections stop reading (backpressure up to the
 //! collectors). Data id 0 is not a channel (libgse never sends it): counted
 //! and dropped.
+//!
+//! No batch body exceeds `gse_proto::MAX_BATCH_BYTES`, which every
+//! DataServer takes: a record that would push its data id's open batch past
+//! it cuts that batch first, so the largest record the socket accepts
+//! (`gse_proto::MAX_RECORD_BYTES`) travels in a batch of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::DataStats;
-use super::ipc_codec::Record;
-use super::wire::BatchBuf;
+use super::ipc_codec::{Peer, Record};
+use super::wire::{BatchBuf, SEQ_FIELD_MAX, record_encoded_len};
 
 /// Most data ids with an open (not yet cut) batch.
 pub const MAX_OPEN_GROUPS: usize = 1024;
@@ -32,6 +37,9 @@ const RECORD_OVERHEAD: usize = 16;
 const FIRST_BUFFER: usize = 32 * 1024;
 /// Data ids whose last batch size is remembered (cleared beyond).
 const MAX_SIZE_HINTS: usize = 4 * MAX_OPEN_GROUPS;
+/// Encoded record bytes a batch may hold: the link's batch limit minus the
+/// seq that [`BatchBuf::finish`] adds.
+pub const MAX_RECORDS_LEN: usize = gse_proto::MAX_BATCH_BYTES - SEQ_FIELD_MAX;
 
 /// One data id's records, cut and ready for the uplink: already encoded
 /// as a `DataBatch` frame but for its seq ([`BatchBuf`]).
@@ -78,20 +86,30 @@ impl Groups {
     }
 
     /// Adds a record (its payload is copied into the batch); returns the
-    /// batches this cut (its own when full, the oldest one when too many
+    /// batches this cut (the open one when the record would take it past
+    /// [`MAX_RECORDS_LEN`], its own when full, the oldest one when too many
     /// data ids are open).
     pub fn add(
         &mut self,
         data_id: u32,
         received_ms: u64,
+        peer: Peer,
         payload: &[u8],
         now: Instant,
     ) -> Vec<OutBatch> {
         let mut cut = Vec::new();
+        let encoded = record_encoded_len(data_id, received_ms, peer, payload.len());
+        let overflows = self
+            .open
+            .get(&data_id)
+            .is_some_and(|(_, b)| b.buf.records_len() + encoded > MAX_RECORDS_LEN);
+        if overflows && let Some(b) = self.take(data_id) {
+            cut.push(b);
+        }
         let size = payload.len() + RECORD_OVERHEAD;
         let full = match self.open.get_mut(&data_id) {
             Some((_, batch)) => {
-                batch.buf.push(data_id, received_ms, payload);
+                batch.buf.push(data_id, received_ms, peer, payload);
                 batch.bytes += size;
                 batch.bytes >= self.limits.max_bytes
             }
@@ -109,7 +127,7 @@ impl Groups {
                 let hint = self.hints.get(&data_id).copied().unwrap_or(FIRST_BUFFER);
                 let capacity = hint.min(self.limits.max_bytes) + hint / 8 + size;
                 let mut buf = BatchBuf::with_capacity(capacity);
-                buf.push(data_id, received_ms, payload);
+                buf.push(data_id, received_ms, peer, payload);
                 let batch = OutBatch {
                     data_id,
                     buf,
@@ -213,7 +231,7 @@ fn accept(groups: &mut Groups, chunk: Vec<Record>, stats: &DataStats) -> Vec<Out
             continue;
         }
         taken += 1;
-        cut.extend(groups.add(r.data_id, received_ms, &r.payload, now));
+        cut.extend(groups.add(r.data_id, received_ms, r.peer, &r.payload, now));
     }
     DataStats::bump(&stats.records_in, taken);
     cut
@@ -236,7 +254,7 @@ mod tests {
 
     /// Adds a record of `len` bytes.
     fn add(g: &mut Groups, data_id: u32, len: usize, now: Instant) -> Vec<OutBatch> {
-        g.add(data_id, 1, &vec![b'x'; len], now)
+        g.add(data_id, 1, Peer::default(), &vec![b'x'; len], now)
     }
 
     fn decode(b: OutBatch) -> DataBatch {
@@ -267,6 +285,42 @@ mod tests {
         let rest = g.drain();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].data_id, 2);
+    }
+
+    #[test]
+    fn the_largest_record_goes_alone_and_no_batch_passes_the_link_limit() {
+        let t0 = Instant::now();
+        let mut g = Groups::new(BatchLimits {
+            max_bytes: 16 << 20,
+            linger: Duration::from_secs(1),
+        });
+        let sender = Peer {
+            pid: Some(i32::MAX),
+            uid: Some(u32::MAX),
+        };
+        let big = vec![b'b'; gse_proto::MAX_RECORD_BYTES];
+        let small = vec![b's'; gse_proto::BATCH_FRAMING_BYTES];
+        assert!(g.add(u32::MAX, u64::MAX, sender, &small, t0).is_empty());
+        // The big one does not fit beside the small one: that batch goes.
+        let cut = g.add(u32::MAX, u64::MAX, sender, &big, t0);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].records(), 1);
+        // And the next small record does not fit beside the big one.
+        let cut = g.add(u32::MAX, u64::MAX, sender, &small, t0);
+        assert_eq!(cut.len(), 1);
+        let alone = cut.into_iter().next().unwrap();
+        assert_eq!(alone.records(), 1);
+        let frame = alone.buf.finish(u64::MAX);
+        let body = frame_body(&frame);
+        assert!(
+            body.len() <= gse_proto::MAX_BATCH_BYTES,
+            "a {}-byte batch body",
+            body.len()
+        );
+        assert_eq!(
+            DataBatch::decode(body).unwrap().records[0].payload.len(),
+            big.len()
+        );
     }
 
     #[test]

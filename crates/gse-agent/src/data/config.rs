@@ -5,8 +5,16 @@
 //! [data]
 //! ipc = ""                        # "" = <agent.data_dir>/ipc.state.report
 //! ipc_links = ["/var/run/ipc.state.report"]
+//! socket_mode = "0660"            # octal; "0666" (the default) = every local user
+//! socket_group = "gse"            # "" = the agent's own group
+//! max_connections_per_uid = 32
 //! spool_max_mb = 1024
 //! ```
+//!
+//! The socket is open to local users, who are not trusted (DESIGN "Trust"):
+//! `max_connections` bounds what all of them hold, `max_connections_per_uid`
+//! what one non-root user holds, and `idle_timeout` how long a connection
+//! may sit without completing a frame.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +25,25 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SNAPSHOT_DATA_ID: u32 = 1_100_001;
 /// File name of the socket under `agent.data_dir` (GSE 2.0's name).
 pub const IPC_FILE_NAME: &str = "ipc.state.report";
+/// The data-socket paths real collectors dial (COMPAT §1.1), linked to the
+/// socket by default: libgse's compiled-in path for op data (whatever the
+/// beat's configured endpoint), the GSE 2.0 layout, the SDK examples' path,
+/// and the endpoint written into shipped bkmonitorbeat/bkunifylogbeat
+/// configs.
+pub const COLLECTOR_PATHS: [&str; 4] = [
+    "/usr/local/gse/gseagent/ipc.state.report",
+    "/usr/local/gse/agent/data/ipc.state.report",
+    "/var/run/gse2/agent/ipc.state.report",
+    "/var/run/ipc.state.report",
+];
+/// Default socket file mode: collectors run as many users.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+/// Default cap on the socket's open connections (all users together).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default cap on one non-root user's open connections.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// Default idle timeout: four of libgse's 31 s agent-info periods.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `[data]` section.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -26,13 +53,36 @@ pub struct DataConfig {
     /// `<agent.data_dir>/ipc.state.report` (the GSE 2.0 layout).
     #[serde(default)]
     pub ipc: PathBuf,
-    /// More paths made as symlinks to the socket at start, for collectors
-    /// with a fixed endpoint: e.g. `/var/run/ipc.state.report` (what
-    /// bkmonitorbeat's and bkunifylogbeat's shipped configs name) or
-    /// `/usr/local/gse/agent/data/ipc.state.report`. An existing symlink is
-    /// replaced; any other existing file is left alone (logged).
-    #[serde(default)]
+    /// More paths made as symlinks to the socket at start and removed at
+    /// stop, for collectors with a fixed endpoint; default
+    /// [`COLLECTOR_PATHS`]. Missing parent directories are created (root's,
+    /// 0755) without following a symlink a local user could have planted;
+    /// an existing file, or a symlink to anything but this socket, is left
+    /// alone (logged): it belongs to someone else. Several agents on one
+    /// host (quickstart) must each set their own list, or `[]`.
+    #[serde(default = "default_ipc_links")]
     pub ipc_links: Vec<PathBuf>,
+    /// Permission bits of the socket file, octal (`"0666"`: every local
+    /// user may send; `"0660"` with `socket_group`: root and that group).
+    #[serde(default = "default_socket_mode", with = "octal_mode")]
+    pub socket_mode: u32,
+    /// Group given to the socket file; `""` = the agent's own.
+    #[serde(default)]
+    pub socket_group: String,
+    /// Connections served at once, all users together; further ones wait
+    /// in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one local user (uid) may hold at once; beyond it that
+    /// user's new connections are closed at once (logged at most every
+    /// 10 s). Root is not limited. Below `max_connections`, so one user
+    /// can never take every slot.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// A connection that completes no frame for this long is closed
+    /// (libgse asks for the agent info every 31 s on its connection).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Where batches wait on disk while the DataServer is unreachable;
     /// `""` = `<agent.data_dir>/data-spool`.
     #[serde(default)]
@@ -72,6 +122,21 @@ pub struct DataConfig {
     pub snapshot_data_id: u32,
 }
 
+fn default_ipc_links() -> Vec<PathBuf> {
+    COLLECTOR_PATHS.iter().map(PathBuf::from).collect()
+}
+fn default_socket_mode() -> u32 {
+    DEFAULT_SOCKET_MODE
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_connections_per_uid() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_UID
+}
+fn default_idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
 fn default_spool_max_mb() -> u64 {
     1024
 }
@@ -101,7 +166,12 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             ipc: PathBuf::new(),
-            ipc_links: Vec::new(),
+            ipc_links: default_ipc_links(),
+            socket_mode: default_socket_mode(),
+            socket_group: String::new(),
+            max_connections: default_max_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
+            idle_timeout: default_idle_timeout(),
             spool_dir: PathBuf::new(),
             spool_max_mb: default_spool_max_mb(),
             memory_max_mb: default_memory_max_mb(),
@@ -151,6 +221,7 @@ impl DataConfig {
 
     /// Pure checks; each problem names its key.
     pub fn validate(&self, problems: &mut Vec<String>) {
+        self.validate_socket(problems);
         if self.spool_max_mb == 0 {
             problems.push("data.spool_max_mb = 0: must be at least 1".into());
         }
@@ -181,6 +252,71 @@ impl DataConfig {
                 .is_none()
             {
                 problems.push(format!("data.servers: {s:?} is not host:port"));
+            }
+        }
+    }
+
+    fn validate_socket(&self, problems: &mut Vec<String>) {
+        if self.socket_mode > 0o777 {
+            problems.push(format!(
+                "data.socket_mode = \"{:04o}\": must be permission bits, at most \"0777\"",
+                self.socket_mode
+            ));
+        }
+        if self.max_connections < 2 {
+            problems.push(format!(
+                "data.max_connections = {}: must be at least 2",
+                self.max_connections
+            ));
+        }
+        if self.max_connections_per_uid == 0 || self.max_connections_per_uid >= self.max_connections
+        {
+            problems.push(format!(
+                "data.max_connections_per_uid = {}: must be 1..{} (below data.max_connections, \
+                 so one local user cannot take every connection)",
+                self.max_connections_per_uid, self.max_connections
+            ));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            problems.push(format!(
+                "data.idle_timeout = {:?}: must be at least 1s",
+                self.idle_timeout
+            ));
+        }
+        for link in &self.ipc_links {
+            if !link.is_absolute() {
+                problems.push(format!(
+                    "data.ipc_links: {} is not an absolute path",
+                    link.display()
+                ));
+            }
+        }
+    }
+}
+
+/// `socket_mode` as an octal string (`"0660"`); an integer (TOML's `0o660`)
+/// is read too.
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{mode:04o}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Mode {
+            Int(u32),
+            Text(String),
+        }
+        match Mode::deserialize(d)? {
+            Mode::Int(m) => Ok(m),
+            Mode::Text(t) => {
+                let digits = t.strip_prefix("0o").unwrap_or(&t);
+                u32::from_str_radix(digits, 8).map_err(|_| {
+                    D::Error::custom(format!("{t:?} is not an octal mode such as \"0660\""))
+                })
             }
         }
     }
@@ -222,5 +358,35 @@ mod tests {
         let mut problems = Vec::new();
         bad.validate(&mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn socket_keys_parse_octal_and_bad_ones_are_named() {
+        for text in ["socket_mode = \"0660\"", "socket_mode = 0o660"] {
+            let cfg: DataConfig = toml::from_str(text).unwrap();
+            assert_eq!(cfg.socket_mode, 0o660, "{text}");
+        }
+        assert!(toml::from_str::<DataConfig>("socket_mode = \"rw\"").is_err());
+        let back: DataConfig =
+            toml::from_str(&toml::to_string(&DataConfig::default()).unwrap()).unwrap();
+        assert_eq!(back, DataConfig::default());
+        let bad = DataConfig {
+            socket_mode: 0o4777,
+            max_connections_per_uid: 256,
+            idle_timeout: Duration::ZERO,
+            ipc_links: vec!["relative/ipc".into()],
+            ..DataConfig::default()
+        };
+        let mut problems = Vec::new();
+        bad.validate(&mut problems);
+        let text = problems.join("\n");
+        for key in [
+            "data.socket_mode",
+            "data.max_connections_per_uid",
+            "data.idle_timeout",
+            "data.ipc_links",
+        ] {
+            assert!(text.contains(key), "{key} not named in {text}");
+        }
     }
 }

@@ -39,6 +39,7 @@ impl Intake {
             flags: 0,
             metas: Vec::new(),
             payload,
+            peer: Default::default(),
         };
         match self.tx.try_send(vec![record]) {
             Ok(()) => true,

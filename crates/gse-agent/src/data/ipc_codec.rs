@@ -7,8 +7,10 @@
 //! (agent-info request) into [`Frame`]s. Downstream (agent -> collector) it
 //! encodes [`DownFrame`]s: an 8-byte header `{u32 type, u32 len}` and the body.
 //!
-//! Invariants: a frame's body is never buffered past `max_body`; every length
-//! is checked against the bytes that hold it before it is used; any error
+//! Invariants: a frame's body is never buffered past `max_body`, and the
+//! decoder reserves no room for what a header claims (the reader grows its
+//! buffer as bytes arrive, see `local_socket::reader`); every length is
+//! checked against the bytes that hold it before it is used; any error
 //! means the stream is out of step and the connection must be closed.
 //! `dataid` is passed through as sent, 0 included (libgse never sends
 //! `dataid <= 0`, but the SDK does not check): the consumer decides.
@@ -34,8 +36,9 @@ pub const DYNAMIC_EXT_LEN: usize = 24;
 pub const META_ENTRY_PREFIX_LEN: usize = 8;
 /// Length of the downstream header.
 pub const DOWN_HEADER_LEN: usize = 8;
-/// Default largest accepted body: the SDK's own 10 MiB message limit.
-pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+/// Default largest accepted body: the SDK's own 10 MiB message limit, the
+/// largest record every hop of the data path carries.
+pub const DEFAULT_MAX_BODY: usize = gse_proto::MAX_RECORD_BYTES;
 
 /// Which upstream message type carried a [`Record`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +62,24 @@ impl RecordKind {
     }
 }
 
+/// Who wrote a record to the socket (SO_PEERCRED of its connection); both
+/// `None` for records the agent makes itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, self.uid) {
+            (Some(pid), Some(uid)) => write!(f, "pid {pid} uid {uid}"),
+            (None, Some(uid)) => write!(f, "uid {uid}"),
+            _ => f.write_str("unknown peer"),
+        }
+    }
+}
+
 /// One data record from a collector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -76,6 +97,9 @@ pub struct Record {
     pub metas: Vec<(String, String)>,
     /// The record itself, in practice UTF-8 JSON.
     pub payload: Bytes,
+    /// The sending process, filled in by the socket (the codec leaves it
+    /// unknown).
+    pub peer: Peer,
 }
 
 /// A decoded upstream frame.
@@ -100,7 +124,10 @@ pub enum DecodeError {
         "unknown message type {msg_type:#x} (body length {body_len}); expected 0x9, 0xa, 0xc01 or 0xc0c"
     )]
     UnknownType { msg_type: u32, body_len: u32 },
-    #[error("message type {msg_type:#x} body length {body_len} exceeds the limit of {max} bytes")]
+    #[error(
+        "message type {msg_type:#x} body length {body_len} exceeds the limit of {max} bytes \
+         (the largest record the data path carries); send smaller records"
+    )]
     BodyTooLarge {
         msg_type: u32,
         body_len: u32,
@@ -195,6 +222,12 @@ impl IpcCodec {
         self.max_body
     }
 
+    /// The whole length (header and body) the frame at the start of `src`
+    /// claims, once its header is there.
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        Header::peek(src).map(|h| HEADER_LEN + h.body_len as usize)
+    }
+
     /// Checks the header before any of its body is buffered.
     fn check_header(&self, h: &Header) -> Result<(), DecodeError> {
         let known = matches!(
@@ -224,13 +257,12 @@ impl Decoder for IpcCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         let Some(header) = Header::peek(src) else {
-            src.reserve(HEADER_LEN - src.len());
             return Ok(None);
         };
         self.check_header(&header)?;
         let total = HEADER_LEN + header.body_len as usize;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // No `reserve` for the claimed body: see the module doc.
             return Ok(None);
         }
         let mut frame = src.split_to(total).freeze();
@@ -243,6 +275,7 @@ impl Decoder for IpcCodec {
             flags,
             metas,
             payload,
+            peer: Peer::default(),
         };
         let frame = match header.msg_type {
             // A request carries no body; one sent anyway is skipped.

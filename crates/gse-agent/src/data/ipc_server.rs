@@ -2,129 +2,104 @@
 //!
 //! Start at [`IpcServer::bind_chunked`] (or [`IpcServer::bind`]), then
 //! [`IpcServer::run`]. Each connection is its own task: it reads what the
-//! socket holds (at least [`READ_CHUNK`] bytes of room per read), decodes
-//! every complete frame in it with [`IpcCodec`], answers 0x0A requests from
-//! the latest [`AgentInfo`] in a `watch` channel, and sends the records of
-//! that read into a bounded `mpsc` channel: as one `Vec` per read with
-//! `bind_chunked` (one channel hand-over per read, not per record), or one
-//! by one with `bind`. Many short-lived connections are normal (libgse
-//! opens one per 0xC0C op message).
+//! socket holds ([`FrameReader`]), decodes every complete frame in it with
+//! [`IpcCodec`], answers 0x0A requests from the latest [`AgentInfo`] in a
+//! `watch` channel, and sends the records of that read, each stamped with
+//! the sender's uid and pid (SO_PEERCRED), into a bounded `mpsc` channel:
+//! as one `Vec` per read with `bind_chunked` (one channel hand-over per
+//! read, not per record), or one by one with `bind`. Many short-lived
+//! connections are normal (libgse opens one per 0xC0C op message).
 //!
 //! Invariants:
+//! - The socket is open to local users, who are not trusted: connections
+//!   are admitted within `max_connections` and, per non-root uid,
+//!   `max_connections_per_uid`; unfinished large frames are buffered only
+//!   within a budget; a connection that completes no frame for
+//!   `idle_timeout` is closed (see `local_socket`).
 //! - A bad frame closes only its own connection, with one WARN naming the
-//!   peer's pid/uid (SO_PEERCRED) and the error; others are unaffected.
+//!   peer's pid/uid and the error; a frame over the record limit is refused
+//!   with an ERROR naming the limit (the record is lost to the collector).
 //! - Backpressure: when the record channel is full the connection awaits
 //!   `send` and stops reading (a chunk holds at most [`CHUNK_MAX_BYTES`] of
 //!   payload, or one larger frame), so the kernel buffer fills and the collector's
 //!   write blocks (libgse times out after 5 s and retries). The agent itself
 //!   never drops a decoded record, except the one in hand at shutdown.
 //! - The socket file is removed at start only if nothing answers on it, and
-//!   at exit only if it is still the one this server bound.
+//!   at exit only if it is still the one this server bound; the same for
+//!   its links.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::agent_info::AgentInfo;
-use super::ipc_codec::{DEFAULT_MAX_BODY, DecodeError, Frame, IpcCodec, Record};
+use super::config::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
+    DEFAULT_SOCKET_MODE,
+};
+use super::ipc_codec::{DEFAULT_MAX_BODY, DecodeError, Frame, HEADER_LEN, IpcCodec, Peer, Record};
+use super::local_socket::admission::{Admission, Conn, ConnLimits, Names, Slot};
+use super::local_socket::links::Links;
+use super::local_socket::reader::{FrameReader, ReadEnd};
+use super::local_socket::{SocketError, SocketFile, SocketOptions};
 
 /// Default socket path: the GSE 2.0 agent's data socket.
 pub const DEFAULT_PATH: &str = "/usr/local/gse/agent/data/ipc.state.report";
-/// Default socket file mode: collectors run as other users.
-pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
-/// Default cap on open connections; further clients wait in the backlog.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// How long an agent-info reply may take to write (libgse's write timeout).
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of fds) so it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Free room in a connection's buffer before each read.
-pub const READ_CHUNK: usize = 64 * 1024;
 /// Payload bytes of one chunk of records, at most (but one whole frame).
 pub const CHUNK_MAX_BYTES: usize = 256 * 1024;
 /// Room for records reserved in a new chunk (about one read of 1 KiB ones).
 const CHUNK_RECORDS: usize = 64;
 
-/// `[data.ipc]`-style settings for the listener.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// How the listener is set up (from `[data]`, see `DataConfig`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpcServerConfig {
     /// Unix socket path; its parent directory is created.
-    #[serde(default = "default_path")]
     pub path: PathBuf,
     /// Permission bits set on the socket file after bind.
-    #[serde(default = "default_socket_mode")]
     pub socket_mode: u32,
+    /// Group given to the socket file; `""` = the agent's own.
+    pub socket_group: String,
     /// Largest accepted frame body in bytes; larger closes the connection.
-    #[serde(default = "default_max_body")]
     pub max_body: usize,
     /// Most connections served at once.
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from(DEFAULT_PATH)
-}
-fn default_socket_mode() -> u32 {
-    DEFAULT_SOCKET_MODE
-}
-fn default_max_body() -> usize {
-    DEFAULT_MAX_BODY
-}
-fn default_max_connections() -> usize {
-    DEFAULT_MAX_CONNECTIONS
+    /// Most connections of one non-root uid at once.
+    pub max_connections_per_uid: usize,
+    /// A connection completing no frame for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for IpcServerConfig {
     fn default() -> Self {
         IpcServerConfig {
-            path: default_path(),
-            socket_mode: default_socket_mode(),
-            max_body: default_max_body(),
-            max_connections: default_max_connections(),
+            path: PathBuf::from(DEFAULT_PATH),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: String::new(),
+            max_body: DEFAULT_MAX_BODY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
 
 /// Why the listener could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum IpcServerError {
-    #[error("creating socket directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("{path} exists and is not a socket; remove it or choose another path")]
-    NotASocket { path: PathBuf },
-    #[error("{path} is in use by another listener (is another agent running?)")]
-    InUse { path: PathBuf },
-    #[error("probing existing socket {path}: {source}")]
-    Probe { path: PathBuf, source: io::Error },
-    #[error("removing stale socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
-    #[error("binding {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
-    #[error("setting mode {mode:o} on {path}: {source}")]
-    Chmod {
-        path: PathBuf,
-        mode: u32,
-        source: io::Error,
-    },
-    #[error("max_connections must be at least 1")]
-    NoConnections,
-}
+pub type IpcServerError = SocketError;
 
 /// Counters, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -143,6 +118,8 @@ pub struct IpcStats {
     pub info_replies: AtomicU64,
     /// 0x0A requests left unanswered because the agent info was not ready.
     pub info_unanswered: AtomicU64,
+    /// Connections closed for completing no frame within `idle_timeout`.
+    pub idle_closed: AtomicU64,
 }
 
 /// A point-in-time copy of [`IpcStats`].
@@ -155,6 +132,7 @@ pub struct IpcStatsSnapshot {
     pub bad_frames: u64,
     pub info_replies: u64,
     pub info_unanswered: u64,
+    pub idle_closed: u64,
 }
 
 impl IpcStats {
@@ -168,6 +146,7 @@ impl IpcStats {
             bad_frames: get(&self.bad_frames),
             info_replies: get(&self.info_replies),
             info_unanswered: get(&self.info_unanswered),
+            idle_closed: get(&self.idle_closed),
         }
     }
 }
@@ -181,9 +160,9 @@ fn bump(c: &AtomicU64, n: u64) {
 /// A bound listener, ready to [`run`](IpcServer::run).
 pub struct IpcServer {
     listener: UnixListener,
-    config: IpcServerConfig,
-    /// (dev, ino) of the socket file this server created.
-    socket_id: (u64, u64),
+    file: SocketFile,
+    admission: Admission,
+    links: Links,
     shared: Shared,
 }
 
@@ -212,12 +191,14 @@ struct Shared {
     records: RecordOut,
     stats: Arc<IpcStats>,
     max_body: usize,
+    idle_timeout: Duration,
 }
 
 impl IpcServer {
     /// Binds the socket: creates the parent directory, removes a stale
-    /// socket file nobody listens on, binds and sets the file mode. Must be
-    /// called inside a tokio runtime. Records are sent one by one.
+    /// socket file nobody listens on, binds and sets the file mode and
+    /// group. Must be called inside a tokio runtime. Records are sent one
+    /// by one.
     pub fn bind(
         config: IpcServerConfig,
         info: watch::Receiver<AgentInfo>,
@@ -242,45 +223,49 @@ impl IpcServer {
         info: watch::Receiver<AgentInfo>,
         records: RecordOut,
     ) -> Result<IpcServer, IpcServerError> {
-        if config.max_connections == 0 {
-            return Err(IpcServerError::NoConnections);
-        }
-        let path = config.path.clone();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| IpcServerError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        remove_stale_socket(&path)?;
-        let listener = UnixListener::bind(&path).map_err(|source| IpcServerError::Bind {
-            path: path.clone(),
-            source,
-        })?;
-        let chmod_err = |source| IpcServerError::Chmod {
-            path: path.clone(),
+        let opts = SocketOptions {
             mode: config.socket_mode,
-            source,
+            group: config.socket_group.clone(),
+            key: "data.ipc",
         };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(config.socket_mode))
-            .map_err(chmod_err)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(chmod_err)?;
+        let (listener, file) = SocketFile::bind(&config.path, &opts)?;
+        let admission = Admission::new(
+            Names {
+                socket: "local data socket",
+                per_uid_key: "data.max_connections_per_uid",
+            },
+            ConnLimits {
+                max_connections: config.max_connections,
+                max_connections_per_uid: config.max_connections_per_uid,
+                idle_timeout: config.idle_timeout,
+                max_frame: HEADER_LEN + config.max_body,
+            },
+        );
         let shared = Shared {
             info,
             records,
             stats: Arc::default(),
             max_body: config.max_body,
+            idle_timeout: config.idle_timeout,
         };
         Ok(IpcServer {
             listener,
-            socket_id: (meta.dev(), meta.ino()),
-            config,
+            file,
+            admission,
+            links: Links::default(),
             shared,
         })
     }
 
+    /// Makes `links` symlinks to the socket now; they are removed when
+    /// [`run`](IpcServer::run) ends.
+    pub fn with_links(mut self, links: &[PathBuf]) -> Self {
+        self.links = Links::make(self.file.path(), links, "data.ipc_links");
+        self
+    }
+
     pub fn path(&self) -> &Path {
-        &self.config.path
+        self.file.path()
     }
 
     pub fn stats(&self) -> Arc<IpcStats> {
@@ -289,131 +274,42 @@ impl IpcServer {
 
     /// Serves until `shutdown` is cancelled or the record receiver is
     /// dropped; then closes every connection, waits for their tasks and
-    /// removes the socket file.
+    /// removes the socket file and its links.
     pub async fn run(self, shutdown: CancellationToken) {
-        info!(path = %self.config.path.display(), "local data socket listening");
+        let path = self.file.path().display().to_string();
+        let limits = self.admission.limits().clone();
+        info!(%path, max_connections = limits.max_connections, max_connections_per_uid = limits.max_connections_per_uid, idle_timeout = ?limits.idle_timeout, "local data socket listening");
         let conns = shutdown.child_token();
         let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.shared.records.closed() => {
-                    warn!(path = %self.config.path.display(), "record consumer is gone; local data socket stops");
+                    warn!(%path, "record consumer is gone; local data socket stops");
                     break;
                 }
-                a = accept_with_permit(&self.listener, &limit) => a,
+                a = self.admission.accept(&self.listener) => a,
             };
-            let (stream, permit) = match accepted {
-                Ok(a) => a,
+            match accepted {
+                Ok(conn) => {
+                    tracker.spawn(serve_connection(conn, self.shared.clone(), conns.clone()));
+                }
                 Err(error) => {
                     warn!(%error, "accepting a local data connection failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
                 }
-            };
-            let shared = self.shared.clone();
-            let cancel = conns.clone();
-            tracker.spawn(async move {
-                serve_connection(stream, shared, cancel).await;
-                drop(permit);
-            });
+            }
         }
         conns.cancel();
         tracker.close();
         tracker.wait().await;
-        self.remove_own_socket();
-        info!(path = %self.config.path.display(), "local data socket closed");
-    }
-
-    /// Removes the socket file unless someone replaced it meanwhile.
-    fn remove_own_socket(&self) {
-        let path = &self.config.path;
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if (m.dev(), m.ino()) == self.socket_id => {
-                if let Err(error) = std::fs::remove_file(path) {
-                    warn!(path = %path.display(), %error, "removing the local data socket failed");
-                }
-            }
-            _ => debug!(path = %path.display(), "socket file is gone or replaced; left alone"),
-        }
-    }
-}
-
-async fn accept_with_permit(
-    listener: &UnixListener,
-    limit: &Arc<Semaphore>,
-) -> io::Result<(UnixStream, tokio::sync::OwnedSemaphorePermit)> {
-    let permit = limit
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, permit))
-}
-
-/// Removes `path` if it is a socket nobody accepts on; refuses otherwise.
-fn remove_stale_socket(path: &Path) -> Result<(), IpcServerError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(IpcServerError::Probe {
-                path: path.into(),
-                source,
-            });
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(IpcServerError::NotASocket { path: path.into() });
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(IpcServerError::InUse { path: path.into() }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            info!(path = %path.display(), "removing stale local data socket");
-            std::fs::remove_file(path).map_err(|source| IpcServerError::RemoveStale {
-                path: path.into(),
-                source,
-            })
-        }
-        Err(source) => Err(IpcServerError::Probe {
-            path: path.into(),
-            source,
-        }),
+        self.file.remove();
+        self.links.remove();
+        info!(%path, "local data socket closed");
     }
 }
 
 // === one connection ===
-
-/// Who is on the other end, from SO_PEERCRED, for log lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Peer {
-    pub pid: Option<i32>,
-    pub uid: Option<u32>,
-}
-
-impl Peer {
-    pub(crate) fn of(stream: &UnixStream) -> Peer {
-        match stream.peer_cred() {
-            Ok(c) => Peer {
-                pid: c.pid(),
-                uid: Some(c.uid()),
-            },
-            Err(_) => Peer::default(),
-        }
-    }
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.pid, self.uid) {
-            (Some(pid), Some(uid)) => write!(f, "pid {pid} uid {uid}"),
-            (None, Some(uid)) => write!(f, "uid {uid}"),
-            _ => f.write_str("unknown peer"),
-        }
-    }
-}
 
 /// Why a connection ended.
 enum End {
@@ -423,96 +319,151 @@ enum End {
     BadFrame(DecodeError),
     /// The socket failed (reset, reply write timeout).
     Io(io::Error),
+    /// No frame completed within the idle timeout.
+    Idle(Duration),
     /// The record receiver was dropped.
     ConsumerGone,
 }
 
-async fn serve_connection(stream: UnixStream, shared: Shared, cancel: CancellationToken) {
-    let peer = Peer::of(&stream);
+async fn serve_connection(conn: Conn, shared: Shared, cancel: CancellationToken) {
+    let Conn { stream, peer, slot } = conn;
     let stats = shared.stats.clone();
     bump(&stats.connections, 1);
     bump(&stats.open_connections, 1);
     debug!(%peer, "local data connection opened");
     let end = tokio::select! {
         _ = cancel.cancelled() => End::Closed,
-        end = pump_frames(stream, &shared) => end,
+        end = pump_frames(stream, peer, &slot, &shared) => end,
     };
     stats.open_connections.fetch_sub(1, Ordering::Relaxed);
     match end {
         End::Closed => debug!(%peer, "local data connection closed"),
+        End::BadFrame(error @ DecodeError::BodyTooLarge { .. }) => {
+            bump(&stats.bad_frames, 1);
+            tracing::error!(%peer, %error, "refused a record over the size limit; connection closed");
+        }
         End::BadFrame(error) => {
             bump(&stats.bad_frames, 1);
             warn!(%peer, %error, "closing local data connection: bad frame");
         }
         End::Io(error) => debug!(%peer, %error, "local data connection failed"),
+        End::Idle(idle) => {
+            bump(&stats.idle_closed, 1);
+            debug!(%peer, ?idle, "closing a local data connection that completed no frame in time (data.idle_timeout)");
+        }
         End::ConsumerGone => debug!(%peer, "record consumer gone; connection closed"),
     }
+}
+
+/// What one pass over the buffered bytes decoded.
+struct Pass {
+    chunk: Vec<Record>,
+    bytes: usize,
+    /// The chunk reached [`CHUNK_MAX_BYTES`]: hand it on before reading.
+    full: bool,
+    /// Frames completed (records and agent-info requests).
+    frames: usize,
+    ended: Option<End>,
 }
 
 /// Reads frames until the connection ends; the socket is only read again
 /// after the records of the previous read were accepted by the channel
 /// (backpressure). Records decoded before a bad frame are still handed on.
-async fn pump_frames(stream: UnixStream, shared: &Shared) -> End {
+async fn pump_frames(
+    stream: tokio::net::UnixStream,
+    peer: Peer,
+    slot: &Slot,
+    shared: &Shared,
+) -> End {
     let (mut rd, mut wr) = stream.into_split();
     let mut codec = IpcCodec::new(shared.max_body);
-    let mut buf = BytesMut::new();
+    let mut reader = FrameReader::new(shared.idle_timeout);
     let mut eof = false;
     loop {
-        let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
-        let mut bytes = 0;
-        let mut ended = None;
-        loop {
-            let frame = if eof {
-                codec.decode_eof(&mut buf)
-            } else {
-                codec.decode(&mut buf)
-            };
-            match frame {
-                Ok(Some(Frame::Record(record))) => {
-                    bytes += record.payload.len();
-                    chunk.push(record);
-                    if bytes >= CHUNK_MAX_BYTES {
-                        break;
-                    }
-                }
-                Ok(Some(Frame::AgentInfoRequest)) => {
-                    if !hand_over(shared, std::mem::take(&mut chunk), &mut bytes).await {
-                        return End::ConsumerGone;
-                    }
-                    if let Err(e) = answer_info(&mut wr, shared).await {
-                        return End::Io(e);
-                    }
-                }
-                Ok(None) if eof => {
-                    ended = Some(End::Closed);
-                    break;
-                }
-                Ok(None) => break,
-                Err(DecodeError::Io(e)) => {
-                    ended = Some(End::Io(e));
-                    break;
-                }
-                Err(e) => {
-                    ended = Some(End::BadFrame(e));
-                    break;
-                }
-            }
-        }
-        let full = bytes >= CHUNK_MAX_BYTES;
-        if !hand_over(shared, chunk, &mut bytes).await {
+        let mut pass = match decode_pass(&mut codec, &mut reader, eof, peer, &mut wr, shared).await
+        {
+            Ok(pass) => pass,
+            Err(end) => return end,
+        };
+        if !hand_over(shared, std::mem::take(&mut pass.chunk), &mut pass.bytes).await {
             return End::ConsumerGone;
         }
-        if let Some(end) = ended {
+        if pass.frames > 0 {
+            // Once per pass, after the hand-over: waiting on a full channel
+            // is not idleness.
+            reader.progress();
+        }
+        if let Some(end) = pass.ended {
             return end;
         }
-        if full {
+        if pass.full {
             continue;
         }
-        buf.reserve(READ_CHUNK);
-        match rd.read_buf(&mut buf).await {
+        let head = codec.frame_len(reader.buf());
+        match reader.fill(&mut rd, slot, head).await {
             Ok(0) => eof = true,
             Ok(_) => {}
-            Err(e) => return End::Io(e),
+            Err(ReadEnd::Idle(idle)) => return End::Idle(idle),
+            Err(ReadEnd::Io(e)) => return End::Io(e),
+        }
+    }
+}
+
+/// Decodes the buffered frames: records (stamped with `peer`) into a
+/// chunk, 0x0A requests answered in order (after handing on the records
+/// before them).
+async fn decode_pass(
+    codec: &mut IpcCodec,
+    reader: &mut FrameReader,
+    eof: bool,
+    peer: Peer,
+    wr: &mut OwnedWriteHalf,
+    shared: &Shared,
+) -> Result<Pass, End> {
+    let mut pass = Pass {
+        chunk: Vec::with_capacity(CHUNK_RECORDS),
+        bytes: 0,
+        full: false,
+        frames: 0,
+        ended: None,
+    };
+    loop {
+        let buf = reader.buf();
+        let frame = if eof {
+            codec.decode_eof(buf)
+        } else {
+            codec.decode(buf)
+        };
+        match frame {
+            Ok(Some(Frame::Record(mut record))) => {
+                pass.frames += 1;
+                record.peer = peer;
+                pass.bytes += record.payload.len();
+                pass.chunk.push(record);
+                if pass.bytes >= CHUNK_MAX_BYTES {
+                    pass.full = true;
+                    return Ok(pass);
+                }
+            }
+            Ok(Some(Frame::AgentInfoRequest)) => {
+                pass.frames += 1;
+                if !hand_over(shared, std::mem::take(&mut pass.chunk), &mut pass.bytes).await {
+                    return Err(End::ConsumerGone);
+                }
+                answer_info(wr, shared).await.map_err(End::Io)?;
+            }
+            Ok(None) => {
+                pass.ended = eof.then_some(End::Closed);
+                return Ok(pass);
+            }
+            Err(DecodeError::Io(e)) => {
+                pass.ended = Some(End::Io(e));
+                return Ok(pass);
+            }
+            Err(e) => {
+                pass.ended = Some(End::BadFrame(e));
+                return Ok(pass);
+            }
         }
     }
 }

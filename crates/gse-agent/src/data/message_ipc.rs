@@ -3,33 +3,45 @@
 //! `ipc.state.message` and speak 28-byte big-endian headers with magic
 //! `0xDEADBEEF`, version 6.
 //!
-//! Start at [`MessageServer::bind`], then [`MessageServer::run`]. A
-//! keepalive (0x9006) is answered with 0x9007 carrying the agent's identity
-//! and status (`{agent_id, version, cloud_id, run_mode, status_code,
-//! status}`), echoing the request's sequence; the SDK counts itself
-//! authorised after the first one. Respond messages (0x900a) are checked
-//! and counted; forwarding them to a server callback is not implemented.
-//! A bad magic, a length under 28 or over `plugin.max_message_bytes`
-//! closes that connection only. The socket is open to every local user
-//! (plugins run as other users), so connections are bounded: at most
-//! `plugin.max_message_connections` at once (further ones wait in the
-//! listen backlog), and one that completes no frame for
-//! [`IDLE_TIMEOUT`] (20 keepalive periods) is closed. Frames are
+//! Start at [`MessageServer::start`] (or [`MessageServer::bind`]), then
+//! [`MessageServer::run`]. A keepalive (0x9006) is answered with 0x9007
+//! carrying the agent's identity and status (`{agent_id, version,
+//! cloud_id, run_mode, status_code, status}`), echoing the request's
+//! sequence; the SDK counts itself authorised after the first one. Respond
+//! messages (0x900a) are checked and counted; forwarding them to a server
+//! callback is not implemented. A bad magic, a length under 28 or over
+//! `plugin.max_message_bytes` closes that connection only. Frames are
 //! [`MessageCodec`].
+//!
+//! The socket is open to every local user (plugins run as other users),
+//! who are not trusted, so what they hold is bounded as on the data socket
+//! (`local_socket`): at most `plugin.max_message_connections` at once
+//! (further ones wait in the listen backlog) and
+//! `plugin.max_message_connections_per_uid` of one non-root user (further
+//! ones are closed at once); unfinished large frames only within a budget;
+//! and a connection that completes no frame for [`IDLE_TIMEOUT`] (20
+//! keepalive periods) is closed. `plugin.message_ipc_links` are made at
+//! start and removed at stop.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
+
+use super::local_socket::admission::{Admission, Conn, ConnLimits, Names, Slot};
+use super::local_socket::links::Links;
+use super::local_socket::reader::{FrameReader, ReadEnd};
+use super::local_socket::{SocketError, SocketFile, SocketOptions};
+use crate::plugin::config::{
+    DEFAULT_MAX_MESSAGE_CONNECTIONS, DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID,
+};
 
 /// First four bytes of every frame.
 pub const MAGIC: u32 = 0xDEAD_BEEF;
@@ -50,6 +62,8 @@ const SOCKET_MODE: u32 = 0o666;
 /// A connection that completes no frame for this long is closed; the SDK
 /// sends a keepalive every 3 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reply may take to write.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The fixed part of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +129,13 @@ impl MessageCodec {
             max: max_frame_bytes,
         }
     }
+
+    /// The whole length the frame at the start of `src` claims, once its
+    /// header is there.
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        let field = src.get(16..20)?;
+        Some(u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize)
+    }
 }
 
 /// Parses the first [`HEADER_LEN`] bytes of `buf`.
@@ -161,7 +182,8 @@ impl Decoder for MessageCodec {
         }
         let total = header.length as usize;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // No `reserve` for what the header claims: the reader grows the
+            // buffer as bytes arrive (`local_socket::reader`).
             return Ok(None);
         }
         src.advance(HEADER_LEN);
@@ -216,107 +238,125 @@ impl KeepaliveAnswer {
 }
 
 /// Why the socket could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum MessageServerError {
-    #[error("cannot create the directory of the plugin-message socket {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error(
-        "{path} exists and is not a socket; remove it or set plugin.message_ipc to another path"
-    )]
-    NotASocket { path: PathBuf },
-    #[error(
-        "{path} is in use by another listener (is another agent running?); stop it or set plugin.message_ipc"
-    )]
-    InUse { path: PathBuf },
-    #[error("cannot bind the plugin-message socket {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
-}
+pub type MessageServerError = SocketError;
 
 /// A bound plugin-message socket.
 pub struct MessageServer {
     listener: UnixListener,
-    path: PathBuf,
+    file: SocketFile,
+    links: Links,
     answer: Arc<Bytes>,
     max: u32,
-    max_connections: usize,
-    idle_timeout: Duration,
+    limits: ConnLimits,
 }
 
 // === impl MessageServer ===
 
 impl MessageServer {
+    /// Binds the socket `[plugin]` names and makes its links; a failure is
+    /// logged and the agent goes on without the socket.
+    pub fn start(
+        cfg: &crate::AgentConfig,
+        identity: &crate::identity::AgentIdentity,
+    ) -> Option<MessageServer> {
+        let plugin = &cfg.plugin;
+        let path = plugin.message_ipc(&cfg.agent.data_dir);
+        let answer = KeepaliveAnswer::running(&identity.agent_id, identity.cloud_id);
+        match MessageServer::bind(&path, answer, plugin.max_message_bytes) {
+            Ok(server) => Some(
+                server
+                    .with_max_connections(plugin.max_message_connections)
+                    .with_max_connections_per_uid(plugin.max_message_connections_per_uid)
+                    .with_links(&plugin.message_ipc_links),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "plugin-message socket not available");
+                None
+            }
+        }
+    }
+
     /// Binds `path` (removing a stale socket nobody listens on).
     pub fn bind(
         path: &Path,
         answer: KeepaliveAnswer,
         max_frame_bytes: u32,
     ) -> Result<Self, MessageServerError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| MessageServerError::CreateDir {
-                path: dir.into(),
-                source,
-            })?;
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(MessageServerError::NotASocket { path: path.into() });
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(MessageServerError::InUse { path: path.into() });
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(|source| MessageServerError::Bind {
-            path: path.into(),
-            source,
-        })?;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE));
+        let opts = SocketOptions {
+            mode: SOCKET_MODE,
+            group: String::new(),
+            key: "plugin.message_ipc",
+        };
+        let (listener, file) = SocketFile::bind(path, &opts)?;
         let body = serde_json::to_vec(&answer).expect("the keepalive answer serialises");
         Ok(MessageServer {
             listener,
-            path: path.into(),
+            file,
+            links: Links::default(),
             answer: Arc::new(Bytes::from(body)),
             max: max_frame_bytes,
-            max_connections: crate::plugin::config::DEFAULT_MAX_MESSAGE_CONNECTIONS,
-            idle_timeout: IDLE_TIMEOUT,
+            limits: ConnLimits {
+                max_connections: DEFAULT_MAX_MESSAGE_CONNECTIONS,
+                max_connections_per_uid: DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID,
+                idle_timeout: IDLE_TIMEOUT,
+                max_frame: max_frame_bytes as usize,
+            },
         })
     }
 
     /// At most `n` (at least 1) connections are served at once; further
     /// ones wait until one closes.
     pub fn with_max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        self.limits.max_connections = n.max(1);
+        self
+    }
+
+    /// At most `n` connections of one non-root user at once.
+    pub fn with_max_connections_per_uid(mut self, n: usize) -> Self {
+        self.limits.max_connections_per_uid = n.max(1);
         self
     }
 
     /// Closes a connection that completes no frame for `idle`.
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = idle;
+        self.limits.idle_timeout = idle;
+        self
+    }
+
+    /// Makes `links` symlinks to the socket now; removed when `run` ends.
+    pub fn with_links(mut self, links: &[PathBuf]) -> Self {
+        self.links = Links::make(self.file.path(), links, "plugin.message_ipc_links");
         self
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
-    /// Serves connections until `shutdown`; then removes the socket file.
+    /// Serves connections until `shutdown`; then removes the socket file
+    /// and its links.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(path = %self.path.display(), max_connections = self.max_connections, "plugin-message socket listening");
-        let limit = Arc::new(Semaphore::new(self.max_connections));
+        tracing::info!(path = %self.file.path().display(), max_connections = self.limits.max_connections, max_connections_per_uid = self.limits.max_connections_per_uid, "plugin-message socket listening");
+        let admission = Admission::new(
+            Names {
+                socket: "plugin-message socket",
+                per_uid_key: "plugin.max_message_connections_per_uid",
+            },
+            self.limits.clone(),
+        );
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                a = accept_with_permit(&self.listener, &limit) => a,
+                a = admission.accept(&self.listener) => a,
             };
             match accepted {
-                Ok((stream, permit)) => {
-                    let conn = Connection {
+                Ok(conn) => {
+                    let c = Connection {
                         answer: self.answer.clone(),
                         max: self.max,
-                        idle_timeout: self.idle_timeout,
-                        _permit: permit,
+                        idle_timeout: self.limits.idle_timeout,
                     };
-                    tokio::spawn(conn.serve(stream, shutdown.child_token()));
+                    tokio::spawn(c.serve(conn, shutdown.child_token()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a plugin-message connection");
@@ -324,60 +364,83 @@ impl MessageServer {
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        self.file.remove();
+        self.links.remove();
     }
 }
 
-/// Waits for a free connection slot, then for a connection.
-async fn accept_with_permit(
-    listener: &UnixListener,
-    limit: &Arc<Semaphore>,
-) -> io::Result<(UnixStream, OwnedSemaphorePermit)> {
-    let permit = limit
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
-    let (stream, _) = listener.accept().await?;
-    Ok((stream, permit))
-}
-
-/// One plugin's connection; holds its slot until it ends.
+/// One plugin's connection.
 struct Connection {
     answer: Arc<Bytes>,
     max: u32,
     idle_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a plugin-message connection ended.
+enum End {
+    Closed,
+    Idle,
+    Bad(MessageError),
 }
 
 impl Connection {
-    async fn serve(self, stream: UnixStream, shutdown: CancellationToken) {
-        let mut framed = Framed::new(stream, MessageCodec::new(self.max));
+    async fn serve(self, conn: Conn, shutdown: CancellationToken) {
+        let Conn { stream, peer, slot } = conn;
+        let end = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            end = self.pump(stream, &slot) => end,
+        };
+        match end {
+            End::Closed => {}
+            End::Idle => tracing::debug!(
+                %peer,
+                idle = ?self.idle_timeout,
+                "closing a plugin-message connection that sent no frame in time"
+            ),
+            End::Bad(MessageError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "a plugin-message connection went away")
+            }
+            End::Bad(e) => tracing::warn!(%peer, error = %e, "closing a plugin-message connection"),
+        }
+    }
+
+    /// Answers frames until the connection ends, reading within the
+    /// connection's budget and idle timeout.
+    async fn pump(&self, stream: UnixStream, slot: &Slot) -> End {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut codec = MessageCodec::new(self.max);
+        let mut reader = FrameReader::new(self.idle_timeout);
+        let mut out = BytesMut::new();
         loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = tokio::time::timeout(self.idle_timeout, framed.next()) => n,
-            };
-            let Ok(next) = next else {
-                tracing::debug!(
-                    idle = ?self.idle_timeout,
-                    "closing a plugin-message connection that sent no frame in time"
-                );
-                return;
-            };
-            let frame = match next {
-                None => return,
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "closing a plugin-message connection");
-                    return;
+            loop {
+                match codec.decode(reader.buf()) {
+                    Ok(Some(frame)) => {
+                        reader.progress();
+                        if let Some(reply) = self.on_frame(&frame) {
+                            codec.encode(reply, &mut out).expect("encoding never fails");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return End::Bad(e),
                 }
-            };
-            if let Some(reply) = self.on_frame(&frame)
-                && let Err(e) = framed.send(reply).await
-            {
-                tracing::debug!(error = %e, "a plugin-message connection went away");
-                return;
+            }
+            if !out.is_empty() {
+                let written = tokio::time::timeout(REPLY_WRITE_TIMEOUT, wr.write_all(&out)).await;
+                match written {
+                    Ok(Ok(())) => out.clear(),
+                    Ok(Err(e)) => return End::Bad(MessageError::Io(e)),
+                    Err(_) => {
+                        let late = io::Error::new(io::ErrorKind::TimedOut, "reply write timed out");
+                        return End::Bad(MessageError::Io(late));
+                    }
+                }
+            }
+            let head = codec.frame_len(reader.buf());
+            match reader.fill(&mut rd, slot, head).await {
+                Ok(0) => return End::Closed,
+                Ok(_) => {}
+                Err(ReadEnd::Idle(_)) => return End::Idle,
+                Err(ReadEnd::Io(e)) => return End::Bad(MessageError::Io(e)),
             }
         }
     }
@@ -427,186 +490,4 @@ fn plugin_name(body: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn encode(f: MessageFrame) -> BytesMut {
-        let mut b = BytesMut::new();
-        MessageCodec::new(1024).encode(f, &mut b).unwrap();
-        b
-    }
-
-    #[test]
-    fn header_layout_is_big_endian_and_length_counts_the_header() {
-        let b = encode(MessageFrame::new(
-            KEEPALIVE_RESP,
-            0x0102,
-            Bytes::from_static(b"{}"),
-        ));
-        assert_eq!(&b[0..4], &[0xDE, 0xAD, 0xBE, 0xEF]);
-        assert_eq!(&b[4..6], &[0x90, 0x07]);
-        assert_eq!(&b[6..8], &[0, 6]);
-        assert_eq!(&b[8..16], &[0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(&b[16..20], &30u32.to_be_bytes());
-        assert_eq!(b.len(), 30);
-    }
-
-    #[test]
-    fn round_trip_and_partial_input() {
-        let frame = MessageFrame::new(KEEPALIVE_REQ, 9, Bytes::from_static(b"{\"pid\":1}"));
-        let full = encode(frame.clone());
-        let mut codec = MessageCodec::new(1024);
-        for cut in [0, 3, 4, 27, 28, full.len() - 1] {
-            let mut part = BytesMut::from(&full[..cut]);
-            assert!(codec.decode(&mut part).unwrap().is_none(), "cut {cut}");
-        }
-        let mut all = full.clone();
-        assert_eq!(codec.decode(&mut all).unwrap(), Some(frame));
-        assert!(all.is_empty());
-    }
-
-    #[test]
-    fn bad_magic_short_and_oversized_frames_are_errors() {
-        let mut codec = MessageCodec::new(64);
-        let mut b = encode(MessageFrame::new(KEEPALIVE_REQ, 1, Bytes::new()));
-        b[0] = 0;
-        assert!(matches!(
-            codec.decode(&mut b),
-            Err(MessageError::BadMagic(_))
-        ));
-        // Refused as soon as four bytes show the wrong magic.
-        let mut b = BytesMut::from(&b"GET / HTTP/1.1"[..4]);
-        assert!(matches!(
-            codec.decode(&mut b),
-            Err(MessageError::BadMagic(_))
-        ));
-        let mut b = encode(MessageFrame::new(KEEPALIVE_REQ, 1, Bytes::new()));
-        b[16..20].copy_from_slice(&10u32.to_be_bytes());
-        assert!(matches!(
-            codec.decode(&mut b),
-            Err(MessageError::TooShort(10))
-        ));
-        let mut b = encode(MessageFrame::new(
-            KEEPALIVE_REQ,
-            1,
-            Bytes::from(vec![b'x'; 100]),
-        ));
-        assert!(matches!(
-            codec.decode(&mut b),
-            Err(MessageError::TooLarge { len: 128, max: 64 })
-        ));
-    }
-
-    #[tokio::test]
-    async fn keepalive_is_answered_and_a_bad_client_does_not_hurt_others() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ipc.state.message");
-        let server =
-            MessageServer::bind(&path, KeepaliveAnswer::running("agent-1", 3), 4096).unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(server.run(stop.clone()));
-
-        let mut bad = UnixStream::connect(&path).await.unwrap();
-        bad.write_all(b"hello, this is not a frame at all")
-            .await
-            .unwrap();
-        let mut sink = Vec::new();
-        let n = bad.read_to_end(&mut sink).await.unwrap();
-        assert_eq!(n, 0, "the server closes a bad connection");
-
-        let mut good = Framed::new(
-            UnixStream::connect(&path).await.unwrap(),
-            MessageCodec::new(4096),
-        );
-        let body = br#"{"plugin_name":"beat","version":"1","pid":1,"status_code":0,"status":"ok","remark":""}"#;
-        good.send(MessageFrame::new(
-            KEEPALIVE_REQ,
-            77,
-            Bytes::from_static(body),
-        ))
-        .await
-        .unwrap();
-        let reply = good.next().await.unwrap().unwrap();
-        assert_eq!(reply.header.proto_type, KEEPALIVE_RESP);
-        assert_eq!(reply.header.sequence, 77);
-        let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(v["agent_id"], "agent-1");
-        assert_eq!(v["cloud_id"], 3);
-        assert_eq!(v["run_mode"], 1);
-        assert_eq!(v["status_code"], 2);
-        stop.cancel();
-    }
-
-    /// A keepalive round trip on `conn`, or `None` if nothing came back
-    /// within `wait`.
-    async fn keepalive(
-        conn: &mut Framed<UnixStream, MessageCodec>,
-        wait: std::time::Duration,
-    ) -> Option<MessageFrame> {
-        conn.send(MessageFrame::new(
-            KEEPALIVE_REQ,
-            1,
-            Bytes::from_static(b"{}"),
-        ))
-        .await
-        .ok()?;
-        tokio::time::timeout(wait, conn.next())
-            .await
-            .ok()
-            .flatten()
-            .and_then(Result::ok)
-    }
-
-    #[tokio::test]
-    async fn connections_are_bounded_and_idle_ones_are_closed() {
-        use tokio::io::AsyncReadExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ipc.state.message");
-        let server = MessageServer::bind(&path, KeepaliveAnswer::running("a", 0), 4096)
-            .unwrap()
-            .with_max_connections(2)
-            .with_idle_timeout(std::time::Duration::from_millis(600));
-        let stop = CancellationToken::new();
-        tokio::spawn(server.run(stop.clone()));
-        let connect = || async {
-            Framed::new(
-                UnixStream::connect(&path).await.unwrap(),
-                MessageCodec::new(4096),
-            )
-        };
-        let short = std::time::Duration::from_millis(300);
-
-        // Two slots: both served; a third waits for a slot.
-        let mut a = connect().await;
-        let mut b = connect().await;
-        assert!(keepalive(&mut a, short).await.is_some());
-        assert!(keepalive(&mut b, short).await.is_some());
-        let mut c = connect().await;
-        assert!(
-            keepalive(&mut c, short).await.is_none(),
-            "a third connection is served beyond max_connections"
-        );
-        // One closing frees its slot for the waiting one.
-        drop(a);
-        let reply = tokio::time::timeout(std::time::Duration::from_secs(2), c.next())
-            .await
-            .expect("the waiting connection is served once a slot is free");
-        assert!(reply.is_some());
-
-        // A connection that sends nothing is closed after the idle timeout
-        // (an open one would never end this read).
-        let mut idle = UnixStream::connect(&path).await.unwrap();
-        drop(b);
-        let mut sink = Vec::new();
-        let n = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            idle.read_to_end(&mut sink),
-        )
-        .await
-        .expect("an idle connection is closed")
-        .unwrap();
-        assert_eq!(n, 0);
-        stop.cancel();
-    }
-}
+mod tests;

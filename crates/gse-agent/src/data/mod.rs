@@ -4,10 +4,14 @@
 //! Start at [`start`]. It binds the local data-report socket
 //! ([`ipc_server::IpcServer`], COMPAT §1.1-1.2: 0x09, 0xC01, 0xC0C and the
 //! 0x0A agent-info reply from [`agent_info`]) before the control link
-//! connects, makes the configured `ipc_links` symlinks, and spawns the
-//! [`batcher`] (per data id, bounded memory) and the [`uplink`] (mutual-TLS
-//! data link, in-flight window, acks, the crash-safe [`spool`], moves
-//! between DataServers). Delivery is **at-least-once**: see [`uplink`].
+//! connects, makes the configured `ipc_links` symlinks, binds the
+//! plugin-message socket ([`message_ipc`], COMPAT §1.3, for
+//! [`crate::plugin`]'s plugins) with its `message_ipc_links`, and spawns
+//! the [`batcher`] (per data id, bounded memory) and the [`uplink`]
+//! (mutual-TLS data link, in-flight window, acks, the crash-safe [`spool`],
+//! moves between DataServers). Delivery is **at-least-once**: see
+//! [`uplink`]. Both sockets are open to local users; what they may hold is
+//! bounded in [`local_socket`].
 //!
 //! Other producers inside the agent (the system snapshot collector, ...)
 //! send records through [`Intake`]: a cloneable, non-blocking handle whose
@@ -17,8 +21,8 @@
 //! The control link ([`crate::link`]) feeds the DataServer assignment in
 //! (`RegisterAck.data_endpoint`, then `DataAssign`) through
 //! [`DataPlane::assigned`], and the identity IP through [`DataPlane::info`].
-//! The plugin-message socket (COMPAT §1.3) is [`message_ipc`], used by
-//! [`crate::plugin`], not by this data path.
+//! [`DataPlane::finished`] also waits for both sockets to remove their
+//! files and links.
 
 pub mod agent_info;
 pub mod batcher;
@@ -27,6 +31,8 @@ pub mod intake;
 pub mod ipc_codec;
 #[cfg(unix)]
 pub mod ipc_server;
+#[cfg(unix)]
+pub mod local_socket;
 /// The plugin-message socket (COMPAT §1.3), owned by the plugin work.
 #[cfg(unix)]
 pub mod message_ipc;
@@ -39,7 +45,7 @@ pub mod wire;
 #[cfg(test)]
 mod test_frames;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -127,7 +133,7 @@ impl DataStats {
 pub enum DataError {
     #[cfg(unix)]
     #[error("cannot open the local data socket (data.ipc): {0}")]
-    Ipc(#[from] ipc_server::IpcServerError),
+    Ipc(#[from] local_socket::SocketError),
     #[error("cannot open the data spool (data.spool_dir): {0}")]
     Spool(#[from] spool::SpoolError),
     #[error("cannot use the batch counter (data.spool_dir): {0}")]
@@ -219,12 +225,17 @@ pub async fn start(
     let server = ipc_server::IpcServer::bind_chunked(
         ipc_server::IpcServerConfig {
             path: ipc_path.clone(),
+            socket_mode: data.socket_mode,
+            socket_group: data.socket_group.clone(),
+            max_connections: data.max_connections,
+            max_connections_per_uid: data.max_connections_per_uid,
+            idle_timeout: data.idle_timeout,
             ..Default::default()
         },
         info_rx,
         records_tx.clone(),
-    )?;
-    make_links(&ipc_path, &data.ipc_links);
+    )?
+    .with_links(&data.ipc_links);
 
     let spool_dir = data.spool_path(data_dir);
     let opts = spool::SpoolOptions {
@@ -282,6 +293,9 @@ pub async fn start(
     };
     let tasks = TaskTracker::new();
     tasks.spawn(server.run(shutdown.clone()));
+    if let Some(messages) = message_ipc::MessageServer::start(cfg, identity) {
+        tasks.spawn(messages.run(shutdown.clone()));
+    }
     tasks.spawn(batcher::run(
         records_rx,
         batches_tx,
@@ -299,32 +313,6 @@ pub async fn start(
         control: parking_lot::Mutex::new(String::new()),
         tasks,
     })
-}
-
-/// Makes each of `links` a symlink to the socket at `target`. An existing
-/// symlink is replaced; anything else there is left alone, with a warning.
-#[cfg(unix)]
-fn make_links(target: &Path, links: &[PathBuf]) {
-    for link in links {
-        if let Ok(meta) = std::fs::symlink_metadata(link) {
-            if !meta.file_type().is_symlink() {
-                tracing::warn!(link = %link.display(), "data.ipc_links: the path exists and is not a symlink; left alone");
-                continue;
-            }
-            let _ = std::fs::remove_file(link);
-        }
-        if let Some(dir) = link.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match std::os::unix::fs::symlink(target, link) {
-            Ok(()) => {
-                tracing::info!(link = %link.display(), target = %target.display(), "local data socket linked")
-            }
-            Err(e) => {
-                tracing::warn!(link = %link.display(), error = %e, "data.ipc_links: cannot make the symlink")
-            }
-        }
-    }
 }
 
 /// The DataServer address to dial for an assigned `endpoint`: a missing or

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::ipc_codec::{HEADER_LEN, MSG_TYPE_COMMON};
 
-/// Longest line sent; longer ones are refused (the agent takes 10 MiB).
-pub const MAX_LINE: usize = 8 << 20;
+/// Longest line sent: the largest record the agent's socket takes (and
+/// the data path carries); longer ones are refused here.
+pub const MAX_LINE: usize = gse_proto::MAX_RECORD_BYTES;
 
 /// Why `send` failed.
 #[derive(Debug, thiserror::Error)]

@@ -22,24 +22,44 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 
 pub use gse_proto::link::{DataBatch, DataRecord};
 
+use super::ipc_codec::Peer;
+
 /// Tags of `DataBatch` and `DataRecord`.
 const TAG_SEQ: u32 = 1;
 const TAG_RECORDS: u32 = 2;
 const TAG_DATA_ID: u32 = 1;
 const TAG_RECEIVED_MS: u32 = 2;
 const TAG_PAYLOAD: u32 = 3;
+const TAG_PEER_UID: u32 = 4;
+const TAG_PEER_PID: u32 = 5;
 /// Room before the records: the frame header and the seq field (one key
 /// byte and at most ten varint bytes).
 pub const HEADROOM: usize = HEADER_LEN + 1 + 10;
 
+/// Longest encoded seq field (key and a ten-byte varint): what
+/// [`BatchBuf::finish`] adds to the records.
+pub const SEQ_FIELD_MAX: usize = 11;
+
 /// The encoded size of one record inside a batch (key, length, message).
-pub fn record_encoded_len(data_id: u32, received_ms: u64, payload_len: usize) -> usize {
-    let inner = record_inner_len(data_id, received_ms, payload_len);
+pub fn record_encoded_len(data_id: u32, received_ms: u64, peer: Peer, payload_len: usize) -> usize {
+    let inner = record_inner_len(data_id, received_ms, peer, payload_len);
     key_len(TAG_RECORDS) + encoded_len_varint(inner as u64) + inner
 }
 
-fn record_inner_len(data_id: u32, received_ms: u64, payload_len: usize) -> usize {
+/// The sender fields as they go on the wire (`optional uint32`: present,
+/// even when 0, whenever known).
+fn peer_fields(peer: Peer) -> [(u32, Option<u32>); 2] {
+    let pid = peer.pid.and_then(|p| u32::try_from(p).ok());
+    [(TAG_PEER_UID, peer.uid), (TAG_PEER_PID, pid)]
+}
+
+fn record_inner_len(data_id: u32, received_ms: u64, peer: Peer, payload_len: usize) -> usize {
     let mut n = 0;
+    for (tag, value) in peer_fields(peer) {
+        if let Some(v) = value {
+            n += key_len(tag) + encoded_len_varint(u64::from(v));
+        }
+    }
     if data_id != 0 {
         n += key_len(TAG_DATA_ID) + encoded_len_varint(u64::from(data_id));
     }
@@ -70,8 +90,8 @@ impl BatchBuf {
     }
 
     /// Appends one `DataRecord`.
-    pub fn push(&mut self, data_id: u32, received_ms: u64, payload: &[u8]) {
-        let inner = record_inner_len(data_id, received_ms, payload.len());
+    pub fn push(&mut self, data_id: u32, received_ms: u64, peer: Peer, payload: &[u8]) {
+        let inner = record_inner_len(data_id, received_ms, peer, payload.len());
         let buf = &mut self.buf;
         buf.reserve(key_len(TAG_RECORDS) + encoded_len_varint(inner as u64) + inner);
         encode_key(TAG_RECORDS, WireType::LengthDelimited, buf);
@@ -88,6 +108,12 @@ impl BatchBuf {
             encode_key(TAG_PAYLOAD, WireType::LengthDelimited, buf);
             encode_varint(payload.len() as u64, buf);
             buf.put_slice(payload);
+        }
+        for (tag, value) in peer_fields(peer) {
+            if let Some(v) = value {
+                encode_key(tag, WireType::Varint, buf);
+                encode_varint(u64::from(v), buf);
+            }
         }
         self.records += 1;
     }
@@ -106,7 +132,7 @@ impl BatchBuf {
     /// `seq`) in front of the records; returns the whole frame.
     pub fn finish(self, seq: u64) -> Bytes {
         let mut buf = self.buf;
-        let mut seq_field = [0u8; 11];
+        let mut seq_field = [0u8; SEQ_FIELD_MAX];
         let mut seq_len = 0;
         if seq != 0 {
             let mut w = &mut seq_field[..];
@@ -158,6 +184,21 @@ mod tests {
     /// (data id, receive time, payload)
     type Rec<'a> = (u32, u64, &'a [u8]);
 
+    /// Who sent record `i` of a case: unknown, root, or a user.
+    fn peer_of(i: usize) -> Peer {
+        match i % 3 {
+            0 => Peer::default(),
+            1 => Peer {
+                pid: Some(1),
+                uid: Some(0),
+            },
+            _ => Peer {
+                pid: Some(i32::MAX),
+                uid: Some(65534),
+            },
+        }
+    }
+
     #[test]
     fn batch_buf_frames_equal_the_codec_and_prost_encoding() {
         let big = vec![b'z'; 300];
@@ -180,13 +221,16 @@ mod tests {
                 records: Vec::new(),
             };
             let mut len = 0;
-            for (data_id, received_ms, payload) in &records {
-                b.push(*data_id, *received_ms, payload);
-                len += record_encoded_len(*data_id, *received_ms, payload.len());
+            for (i, (data_id, received_ms, payload)) in records.iter().enumerate() {
+                let peer = peer_of(i);
+                b.push(*data_id, *received_ms, peer, payload);
+                len += record_encoded_len(*data_id, *received_ms, peer, payload.len());
                 expect.records.push(DataRecord {
                     data_id: *data_id,
                     received_ms: *received_ms,
                     payload: Bytes::copy_from_slice(payload),
+                    peer_uid: peer.uid,
+                    peer_pid: peer.pid.map(|p| p as u32),
                 });
             }
             assert_eq!(b.records(), records.len());

@@ -9,6 +9,8 @@
 //! report_interval = "60s"   # full status report upstream
 //! max_message_bytes = 1048576    # largest plugin-message frame
 //! max_message_connections = 256  # plugin-message connections at once
+//! max_message_connections_per_uid = 64  # ... of one non-root user
+//! message_ipc_links = ["/var/run/gse2/agent/ipc.state.message"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,13 @@ pub const DEFAULT_MESSAGE_IPC: &str = "ipc.state.message";
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1024 * 1024;
 /// Plugin-message connections served at once by default.
 pub const DEFAULT_MAX_MESSAGE_CONNECTIONS: usize = 256;
+/// Plugin-message connections one non-root user may hold by default.
+pub const DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID: usize = 64;
+/// Where SDK-built plugins look for the plugin-message socket (the SDK
+/// examples, COMPAT §1.1), linked to it by default.
+pub const PLUGIN_PATHS: [&str; 1] = ["/var/run/gse2/agent/ipc.state.message"];
+/// Largest `max_message_bytes`: the SDK's own 10 MiB message limit.
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 10 << 20;
 
 /// `[plugin]` settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -53,6 +62,15 @@ pub struct PluginConfig {
     /// every local user); further ones wait until one closes.
     #[serde(default = "default_max_message_connections")]
     pub max_message_connections: usize,
+    /// Connections one local user (uid) may hold on the plugin-message
+    /// socket; beyond it that user's new ones are closed at once. Root is
+    /// not limited. Below `max_message_connections`.
+    #[serde(default = "default_max_message_connections_per_uid")]
+    pub max_message_connections_per_uid: usize,
+    /// Paths made as symlinks to the plugin-message socket at start and
+    /// removed at stop (like `data.ipc_links`); default [`PLUGIN_PATHS`].
+    #[serde(default = "default_message_ipc_links")]
+    pub message_ipc_links: Vec<PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -64,8 +82,18 @@ impl Default for PluginConfig {
             report_interval: default_report_interval(),
             max_message_bytes: default_max_message_bytes(),
             max_message_connections: default_max_message_connections(),
+            max_message_connections_per_uid: default_max_message_connections_per_uid(),
+            message_ipc_links: default_message_ipc_links(),
         }
     }
+}
+
+fn default_max_message_connections_per_uid() -> usize {
+    DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID
+}
+
+fn default_message_ipc_links() -> Vec<PathBuf> {
+    PLUGIN_PATHS.iter().map(PathBuf::from).collect()
 }
 
 fn default_check_interval() -> Duration {
@@ -108,14 +136,32 @@ impl PluginConfig {
                 self.report_interval
             ));
         }
-        if self.max_message_bytes < 1024 {
+        if !(1024..=MAX_MESSAGE_BYTES_LIMIT).contains(&self.max_message_bytes) {
             problems.push(format!(
-                "plugin.max_message_bytes = {}: must be at least 1024",
+                "plugin.max_message_bytes = {}: must be 1024..={MAX_MESSAGE_BYTES_LIMIT}",
                 self.max_message_bytes
             ));
         }
-        if self.max_message_connections == 0 {
-            problems.push("plugin.max_message_connections = 0: must be at least 1".into());
+        if self.max_message_connections < 2 {
+            problems.push(format!(
+                "plugin.max_message_connections = {}: must be at least 2",
+                self.max_message_connections
+            ));
+        }
+        if self.max_message_connections_per_uid == 0
+            || self.max_message_connections_per_uid >= self.max_message_connections
+        {
+            problems.push(format!(
+                "plugin.max_message_connections_per_uid = {}: must be 1..{} (below \
+                 plugin.max_message_connections)",
+                self.max_message_connections_per_uid, self.max_message_connections
+            ));
+        }
+        for link in self.message_ipc_links.iter().filter(|l| !l.is_absolute()) {
+            problems.push(format!(
+                "plugin.message_ipc_links: {} is not an absolute path",
+                link.display()
+            ));
         }
     }
 
@@ -157,6 +203,7 @@ mod tests {
         };
         let mut problems = Vec::new();
         cfg.validate(&mut problems);
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        // max_message_connections 0 also puts the per-uid cap above it.
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 }

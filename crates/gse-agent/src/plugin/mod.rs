@@ -86,13 +86,10 @@ pub struct PluginService {
 // === impl PluginService ===
 
 impl PluginService {
-    /// Loads `<data_dir>/plugins.json`, re-adopts what still runs, starts
-    /// the monitor loop and the plugin-message socket (until `shutdown`).
-    pub fn start(
-        cfg: &crate::AgentConfig,
-        identity: &crate::identity::AgentIdentity,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// Loads `<data_dir>/plugins.json`, re-adopts what still runs and
+    /// starts the monitor loop (until `shutdown`). The plugin-message
+    /// socket is started with the data path (`crate::data::start`).
+    pub fn start(cfg: &crate::AgentConfig, shutdown: CancellationToken) -> Self {
         let data_dir = cfg.agent.data_dir.clone();
         let state_path = data_dir.join("plugins.json");
         let saved = state_file::load(&state_path).unwrap_or_else(|e| {
@@ -116,7 +113,6 @@ impl PluginService {
             tracing::info!(plugin = %st.id, hosted = st.hosted, pid = st.proc.map(|p| p.pid), "supervising a plugin from the last run");
             svc.insert(st);
         }
-        start_message_socket(cfg, identity, shutdown.clone());
         tokio::spawn(svc.clone().monitor(shutdown));
         svc
     }
@@ -363,35 +359,6 @@ impl PluginService {
             });
         }
     }
-}
-
-/// Binds the plugin-message socket (COMPAT §1.3); a failure is logged and
-/// the agent goes on without it.
-#[cfg(unix)]
-fn start_message_socket(
-    cfg: &crate::AgentConfig,
-    identity: &crate::identity::AgentIdentity,
-    shutdown: CancellationToken,
-) {
-    use crate::data::message_ipc::{KeepaliveAnswer, MessageServer};
-    let path = cfg.plugin.message_ipc(&cfg.agent.data_dir);
-    let answer = KeepaliveAnswer::running(&identity.agent_id, identity.cloud_id);
-    match MessageServer::bind(&path, answer, cfg.plugin.max_message_bytes) {
-        Ok(server) => {
-            let server = server.with_max_connections(cfg.plugin.max_message_connections);
-            tokio::spawn(server.run(shutdown));
-        }
-        Err(e) => tracing::error!(error = %e, "plugin-message socket not available"),
-    }
-}
-
-#[cfg(not(unix))]
-fn start_message_socket(
-    _: &crate::AgentConfig,
-    _: &crate::identity::AgentIdentity,
-    _: CancellationToken,
-) {
-    tracing::warn!("the plugin-message socket is implemented for Unix only");
 }
 
 /// The wire status of a plugin.

@@ -11,12 +11,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 /// One record as the data path carries it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     pub data_id: u32,
     /// When the agent received it, unix ms.
     pub received_ms: u64,
     pub payload: Bytes,
+    /// The local user that wrote it to the agent's data socket (SO_PEERCRED);
+    /// `None` for records the agent made itself, or from older agents.
+    pub peer_uid: Option<u32>,
+    /// That user's process, as [`peer_uid`](Record::peer_uid).
+    pub peer_pid: Option<u32>,
 }
 
 /// Records of one agent batch (or the part of it bound for one sink).

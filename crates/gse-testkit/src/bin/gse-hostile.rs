@@ -27,6 +27,9 @@ enum Cmd {
     },
     /// Makes the directory PATH (mode 0777); prints {"planted": bool, "error": ".."}.
     PlantDir { path: std::path::PathBuf },
+    /// Attacks on the agent's local data and plugin-message sockets.
+    #[command(subcommand)]
+    Ipc(gse_testkit::hostile::ipc::IpcCmd),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Cmd::ReadFile { path } => gse_testkit::hostile::files::read_file(&path),
         Cmd::PlantSymlink { link, target } => gse_testkit::hostile::plant::symlink(&link, &target),
         Cmd::PlantDir { path } => gse_testkit::hostile::plant::dir(&path),
+        Cmd::Ipc(cmd) => gse_testkit::hostile::ipc::run(cmd),
     };
     println!("{out}");
 }

@@ -3,6 +3,7 @@
 //! unprivileged local user.
 
 pub mod files;
+pub mod ipc;
 pub mod plant;
 
 use std::os::unix::process::CommandExt;

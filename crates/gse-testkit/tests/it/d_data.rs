@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_testkit::{
-    AgentOptions, AgentProc, Api, Cluster, ServerOptions, ServerProc, bin, eventually, read_lines,
+    AgentOptions, AgentProc, Cluster, ServerOptions, ServerProc, bin, eventually, read_lines,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const DATA_ID: u32 = 1001;
+pub(crate) const DATA_ID: u32 = 1001;
 
 // === the collector: COMPAT §1.2 frames ===
 
-fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
+pub(crate) fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
     for v in [msg_type, data_id, 1_700_000_000, body_len, 0, 0] {
         out.extend_from_slice(&v.to_be_bytes());
@@ -31,7 +31,7 @@ fn header(msg_type: u32, data_id: u32, body_len: u32) -> Vec<u8> {
 }
 
 /// 0xC01 and 0xC0C: the whole body is the payload.
-fn plain(msg_type: u32, data_id: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn plain(msg_type: u32, data_id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = header(msg_type, data_id, payload.len() as u32);
     out.extend_from_slice(payload);
     out
@@ -59,11 +59,11 @@ fn dynamic(data_id: u32, payload: &[u8], meta: Option<(&str, &str)>) -> Vec<u8> 
     out
 }
 
-fn socket_of(agent: &AgentProc) -> PathBuf {
+pub(crate) fn socket_of(agent: &AgentProc) -> PathBuf {
     agent.dir.join("data").join("ipc.state.report")
 }
 
-async fn connect(path: &Path) -> UnixStream {
+pub(crate) async fn connect(path: &Path) -> UnixStream {
     eventually(
         "the agent's data socket",
         Duration::from_secs(20),
@@ -91,7 +91,7 @@ async fn agent_info(conn: &mut UnixStream) -> Value {
 // === routes and the file sink ===
 
 /// A file stream_to and a route for `data_id`; returns the sink file.
-async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
+pub(crate) async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
     let (status, v) = server
         .api
         .post(
@@ -125,7 +125,7 @@ async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
 }
 
 /// Payload -> how many times it is in the sink file.
-fn sink_counts(path: &Path) -> HashMap<String, usize> {
+pub(crate) fn sink_counts(path: &Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for line in read_lines(path) {
         let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -136,7 +136,11 @@ fn sink_counts(path: &Path) -> HashMap<String, usize> {
 }
 
 /// Waits until every payload in `want` is in the sink; prints duplicates.
-async fn wait_all(path: &Path, want: &[String], within: Duration) -> HashMap<String, usize> {
+pub(crate) async fn wait_all(
+    path: &Path,
+    want: &[String],
+    within: Duration,
+) -> HashMap<String, usize> {
     let counts = eventually(
         &format!("{} records in {}", want.len(), path.display()),
         within,
@@ -165,10 +169,6 @@ async fn wait_all(path: &Path, want: &[String], within: Duration) -> HashMap<Str
     counts
 }
 
-async fn registered(api: &Api, ip: &str) {
-    api.wait_alive(ip).await;
-}
-
 /// Sends `n` records `<tag>-<i>` as 0xC01 on one connection, `per_tick` at a
 /// time every `tick`.
 async fn stream_records(path: PathBuf, tag: String, n: usize, per_tick: usize, tick: Duration) {
@@ -191,7 +191,7 @@ async fn d1_collector_frames_reach_the_file_sink_and_bad_frames_close_only_their
     let server = cluster.server(ServerOptions::default()).await;
     let sink = file_route(&server, DATA_ID).await;
     let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    registered(&server.api, "127.0.0.1").await;
+    server.api.wait_alive("127.0.0.1").await;
     let path = socket_of(&agent);
 
     let mut main = connect(&path).await;
@@ -273,7 +273,7 @@ async fn d5_server_sigkill_mid_stream_loses_no_record() {
     let mut server = cluster.server(ServerOptions::default()).await;
     let sink = file_route(&server, DATA_ID).await;
     let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    registered(&server.api, "127.0.0.1").await;
+    server.api.wait_alive("127.0.0.1").await;
     let n = 3000;
     let sender = tokio::spawn(stream_records(
         socket_of(&agent),
@@ -341,7 +341,7 @@ async fn d1_gse_agent_send_turns_stdin_lines_into_records() {
     let server = cluster.server(ServerOptions::default()).await;
     let sink = file_route(&server, DATA_ID).await;
     let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    registered(&server.api, "127.0.0.1").await;
+    server.api.wait_alive("127.0.0.1").await;
     connect(&socket_of(&agent)).await;
 
     let run = |args: Vec<String>, stdin: &'static str| {
@@ -421,7 +421,7 @@ async fn d4_agents_move_between_data_servers_without_loss() {
     for i in 1..=4 {
         let ip = format!("127.0.0.{i}");
         agents.push(cluster.agent(&server, AgentOptions::ip(&ip)));
-        registered(&server.api, &ip).await;
+        server.api.wait_alive(&ip).await;
     }
     // Only agents 1 and 3 send: the first DataServer carries all the load,
     // so the node moves one of them to the second.
@@ -491,7 +491,7 @@ async fn d5_a_full_spool_drops_the_oldest_and_the_node_raises_an_alarm() {
             ..AgentOptions::ip("127.0.0.1")
         },
     );
-    registered(&server.api, "127.0.0.1").await;
+    server.api.wait_alive("127.0.0.1").await;
     // About 4 MB of records into a 1 MB spool.
     let mut conn = connect(&socket_of(&agent)).await;
     let payload = vec![b'x'; 1000];

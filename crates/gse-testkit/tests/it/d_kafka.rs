@@ -63,6 +63,7 @@ fn batch(source: &str, seq: u64, n: usize, size: usize) -> Batch {
                     data_id: 10010,
                     received_ms: 1_700_000_000_000 + i as u64,
                     payload: payload.into(),
+                    ..Record::default()
                 }
             })
             .collect(),

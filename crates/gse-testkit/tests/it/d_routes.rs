@@ -292,6 +292,7 @@ fn batch(n: usize) -> Batch {
                 data_id: 1001,
                 received_ms: 1000 + i as u64,
                 payload: format!("{{\"i\":{i}}}").into_bytes().into(),
+                ..Record::default()
             })
             .collect(),
     }

@@ -14,6 +14,7 @@ mod k4_liveness;
 mod k6_tls;
 mod quickstart;
 mod r9_files;
+mod r9_ipc;
 mod r9_link;
 mod r9_secrets;
 mod restart;

@@ -8,8 +8,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
 use super::*;
 use crate::data::ipc_codec::RecordKind;
+use crate::data::local_socket::peer_of;
 use crate::data::test_frames;
 
 /// Patience for anything the test waits on.
@@ -156,6 +159,58 @@ async fn dynamic_frame_with_two_metas_is_delivered() {
     assert_eq!(r.metas[0], ("bk_tenant_id".into(), "t1".into()));
     assert_eq!(r.metas[1], ("source".into(), "beat".into()));
     h.stop().await;
+}
+
+#[tokio::test]
+async fn records_carry_the_sending_process() {
+    let mut h = start();
+    send_once(&h, &test_frames::raw(0xC01, 11, b"who")).await;
+    let r = h.recv().await;
+    assert_eq!(r.peer.pid, Some(std::process::id() as i32));
+    assert_eq!(r.peer.uid, Some(nix::unistd::getuid().as_raw()));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_completes_no_frame_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc.state.report");
+    let (tx, mut rx) = mpsc::channel(4);
+    let (_info_tx, info_rx) = watch::channel(info());
+    let config = IpcServerConfig {
+        path: path.clone(),
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = IpcServer::bind(config, info_rx, tx).unwrap();
+    let stats = server.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    // Silent, and half a header: both closed.
+    let mut silent = UnixStream::connect(&path).await.unwrap();
+    let mut partial = UnixStream::connect(&path).await.unwrap();
+    partial
+        .write_all(&test_frames::raw(0xC01, 1, b"x")[..10])
+        .await
+        .unwrap();
+    // A connection sending a frame every 100 ms stays.
+    let mut busy = UnixStream::connect(&path).await.unwrap();
+    for _ in 0..8 {
+        busy.write_all(&test_frames::raw(0xC01, 1, b"x"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(&rx.recv().await.unwrap().payload[..], b"x");
+    }
+    assert_closed_by_server(&mut silent).await;
+    assert_closed_by_server(&mut partial).await;
+    assert_eq!(stats.snapshot().idle_closed, 2);
+    busy.write_all(&test_frames::raw(0xC01, 1, b"y"))
+        .await
+        .unwrap();
+    assert_eq!(&rx.recv().await.unwrap().payload[..], b"y");
+    shutdown.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test]
@@ -437,7 +492,7 @@ async fn stale_socket_is_replaced_but_a_live_one_is_not() {
 #[tokio::test]
 async fn peer_credentials_name_the_client_process() {
     let (a, _b) = UnixStream::pair().unwrap();
-    let peer = Peer::of(&a);
+    let peer = peer_of(&a);
     assert_eq!(peer.pid, Some(std::process::id() as i32));
     assert!(peer.uid.is_some());
     assert!(

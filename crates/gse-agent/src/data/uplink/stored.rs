@@ -2,9 +2,13 @@
 //! kept in the spool ([`SpoolHandle`]).
 //!
 //! A spool entry is one [`SpoolBatch`]: `records[0]` is the batch's wire seq
-//! (8 bytes, big-endian), every further record is the record's receive time
-//! (8 bytes, big-endian, unix ms) followed by its payload. So a batch sent
-//! again from the spool keeps its seq and its records their receive times.
+//! (8 bytes, big-endian) and the entry format (1 byte, [`ENTRY_V1`]); every
+//! further record is its receive time (8 bytes, big-endian, unix ms), its
+//! sender ([`PEER_LEN`] bytes: a flags byte saying which of uid and pid are
+//! known, then both as big-endian u32) and its payload. So a batch sent
+//! again from the spool keeps its seq and its records their receive times
+//! and senders. Entries written before the sender was kept (an 8-byte
+//! `records[0]`, records of receive time and payload) are still read.
 //! In memory a batch is its finished `DataBatch` frame
 //! ([`BatchBuf`](crate::data::wire::BatchBuf)); the spool entry is made
 //! from it (and it from the entry) only when a batch goes through the disk.
@@ -16,8 +20,16 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use crate::data::batcher::OutBatch;
+use crate::data::ipc_codec::Peer;
 use crate::data::spool::{PushOutcome, SeqNo, Spool, SpoolBatch, SpoolError};
-use crate::data::wire::{BatchBuf, DataBatch, frame_body};
+use crate::data::wire::{BatchBuf, DataBatch, DataRecord, frame_body};
+
+/// Entry format byte after the seq: records carry their sender.
+const ENTRY_V1: u8 = 1;
+/// Bytes of a record's sender in a [`ENTRY_V1`] entry.
+const PEER_LEN: usize = 9;
+const HAS_UID: u8 = 1;
+const HAS_PID: u8 = 2;
 
 /// Where a pending batch lives besides memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,10 +79,14 @@ pub fn to_spool(p: &Pending) -> SpoolBatch {
     // Our own frame always decodes; the payloads are slices of it.
     let batch = DataBatch::decode(frame_body(&p.frame)).unwrap_or_default();
     let mut records = Vec::with_capacity(batch.records.len() + 1);
-    records.push(Bytes::copy_from_slice(&p.seq.to_be_bytes()));
+    let mut head = BytesMut::with_capacity(9);
+    head.put_u64(p.seq);
+    head.put_u8(ENTRY_V1);
+    records.push(head.freeze());
     for r in &batch.records {
-        let mut b = BytesMut::with_capacity(8 + r.payload.len());
+        let mut b = BytesMut::with_capacity(8 + PEER_LEN + r.payload.len());
         b.put_u64(r.received_ms);
+        put_peer(&mut b, r);
         b.put_slice(&r.payload);
         records.push(b.freeze());
     }
@@ -80,22 +96,49 @@ pub fn to_spool(p: &Pending) -> SpoolBatch {
     }
 }
 
+fn put_peer(b: &mut BytesMut, r: &DataRecord) {
+    let flags = if r.peer_uid.is_some() { HAS_UID } else { 0 }
+        | if r.peer_pid.is_some() { HAS_PID } else { 0 };
+    b.put_u8(flags);
+    b.put_u32(r.peer_uid.unwrap_or(0));
+    b.put_u32(r.peer_pid.unwrap_or(0));
+}
+
+fn get_peer(b: &[u8]) -> Peer {
+    let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    Peer {
+        uid: (b[0] & HAS_UID != 0).then(|| u32_at(1)),
+        pid: (b[0] & HAS_PID != 0).then(|| u32_at(5) as i32),
+    }
+}
+
 /// Decodes a spool entry; `None` if it is not one of ours (then it is
 /// skipped: it cannot be sent meaningfully).
 pub fn from_spool(at: SeqNo, b: SpoolBatch) -> Option<Pending> {
     let mut it = b.records.into_iter();
     let head = it.next()?;
-    let seq = u64::from_be_bytes(head.as_ref().try_into().ok()?);
+    let seq = u64::from_be_bytes(head.get(..8)?.try_into().ok()?);
+    let peer_len = match head.get(8..) {
+        Some([]) => 0,
+        Some([ENTRY_V1]) => PEER_LEN,
+        _ => return None,
+    };
     let size: usize = it.as_slice().iter().map(|r| r.len() + 16).sum();
     let mut buf = BatchBuf::with_capacity(size);
     let mut bytes = 0;
     for r in it {
-        if r.len() < 8 {
+        let start = 8 + peer_len;
+        if r.len() < start {
             return None;
         }
         let received_ms = u64::from_be_bytes(r[..8].try_into().ok()?);
-        buf.push(b.data_id, received_ms, &r[8..]);
-        bytes += r.len() - 8 + 16;
+        let peer = if peer_len > 0 {
+            get_peer(&r[8..start])
+        } else {
+            Peer::default()
+        };
+        buf.push(b.data_id, received_ms, peer, &r[start..]);
+        bytes += r.len() - start + 16;
     }
     Some(Pending {
         seq,
@@ -215,8 +258,12 @@ mod tests {
     #[test]
     fn spool_entries_keep_seq_and_receive_times() {
         let mut buf = BatchBuf::with_capacity(0);
-        buf.push(9, 123, b"one");
-        buf.push(9, 456, b"");
+        let sender = Peer {
+            pid: Some(4242),
+            uid: Some(0),
+        };
+        buf.push(9, 123, sender, b"one");
+        buf.push(9, 456, Peer::default(), b"");
         let p = Pending::from_batcher(
             OutBatch {
                 data_id: 9,
@@ -235,10 +282,33 @@ mod tests {
         let records = DataBatch::decode(frame_body(&back.frame)).unwrap().records;
         assert_eq!(&records[0].payload[..], b"one");
         assert_eq!((records[0].received_ms, records[1].received_ms), (123, 456));
+        assert_eq!(
+            (records[0].peer_uid, records[0].peer_pid),
+            (Some(0), Some(4242))
+        );
+        assert_eq!((records[1].peer_uid, records[1].peer_pid), (None, None));
         let junk = SpoolBatch {
             data_id: 1,
             records: vec![Bytes::from_static(b"short")],
         };
         assert!(from_spool(SeqNo(1), junk).is_none());
+    }
+
+    #[test]
+    fn entries_spooled_before_senders_were_kept_still_read() {
+        let old = SpoolBatch {
+            data_id: 5,
+            records: vec![
+                Bytes::copy_from_slice(&12u64.to_be_bytes()),
+                Bytes::from([&99u64.to_be_bytes()[..], b"old"].concat()),
+            ],
+        };
+        let p = from_spool(SeqNo(1), old).unwrap();
+        assert_eq!(p.seq, 12);
+        let r = &DataBatch::decode(frame_body(&p.frame)).unwrap().records[0];
+        assert_eq!(
+            (r.received_ms, &r.payload[..], r.peer_uid),
+            (99, &b"old"[..], None)
+        );
     }
 }

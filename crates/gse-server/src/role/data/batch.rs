@@ -74,6 +74,8 @@ impl BatchHandler {
                 data_id: r.data_id,
                 received_ms: r.received_ms,
                 payload: r.payload,
+                peer_uid: r.peer_uid,
+                peer_pid: r.peer_pid,
             });
         }
         let mut writes = Vec::new();

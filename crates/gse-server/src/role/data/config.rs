@@ -23,7 +23,10 @@ pub struct DataConfig {
     #[serde(default)]
     pub advertise_host: Option<String>,
     /// Largest batch body accepted from an agent, bytes (told to agents in
-    /// DataHelloAck; a larger frame closes the link).
+    /// DataHelloAck; a larger frame closes the link). At least
+    /// `gse_proto::MAX_BATCH_BYTES` (one largest record, which agents
+    /// accept from collectors, in a batch of its own); agents never send
+    /// more, so a larger value changes nothing.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
     /// How often agents are moved between DataServers by load (D4).
@@ -49,7 +52,7 @@ fn default_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_DATA_PORT))]
 }
 fn default_max_batch_bytes() -> usize {
-    8 << 20
+    gse_proto::MAX_BATCH_BYTES
 }
 fn default_rebalance_interval() -> Duration {
     Duration::from_secs(60)
@@ -90,10 +93,13 @@ impl DataConfig {
                 "data.listen is empty: give at least one address (e.g. \"0.0.0.0:28625\")".into(),
             );
         }
-        if self.max_batch_bytes < 64 << 10 || self.max_batch_bytes > 64 << 20 {
+        let min = gse_proto::MAX_BATCH_BYTES;
+        if self.max_batch_bytes < min || self.max_batch_bytes > 64 << 20 {
             p.push(format!(
-                "data.max_batch_bytes = {}: must be 65536..=67108864",
-                self.max_batch_bytes
+                "data.max_batch_bytes = {}: must be {min}..=67108864 (agents accept records of \
+                 up to {} bytes and send each in a batch the DataServer must take)",
+                self.max_batch_bytes,
+                gse_proto::MAX_RECORD_BYTES
             ));
         }
         if self.rebalance_interval < Duration::from_secs(1) {
@@ -135,5 +141,15 @@ mod tests {
         let p = bad.problems();
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].contains("data.listen"));
+        // The old 8 MiB default is below one largest record's batch.
+        let small = DataConfig {
+            max_batch_bytes: 8 << 20,
+            ..DataConfig::default()
+        };
+        let p = small.problems();
+        assert!(
+            p.len() == 1 && p[0].contains(&gse_proto::MAX_RECORD_BYTES.to_string()),
+            "{p:?}"
+        );
     }
 }

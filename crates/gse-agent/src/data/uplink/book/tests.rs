@@ -4,7 +4,7 @@ use crate::data::wire::BatchBuf;
 
 fn mem(seq: u64) -> Pending {
     let mut buf = BatchBuf::with_capacity(16);
-    buf.push(1, 1, b"x");
+    buf.push(1, 1, Default::default(), b"x");
     Pending::from_batcher(
         OutBatch {
             data_id: 1,

@@ -86,6 +86,7 @@ fn batch(seq: u64, records: &[(u32, &'static str)]) -> DataBatch {
                 data_id: *id,
                 received_ms: 1,
                 payload: Bytes::from_static(p.as_bytes()),
+                ..DataRecord::default()
             })
             .collect(),
     }

@@ -73,6 +73,7 @@ fn batch(payload: &str) -> Batch {
             data_id: 1001,
             received_ms: 1,
             payload: Bytes::copy_from_slice(payload.as_bytes()),
+            ..Record::default()
         }],
     }
 }
@@ -167,6 +168,15 @@ async fn file_paths_outside_the_data_dir_are_refused() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("data_log_path"), "{err}");
+    }
+    let long = "a/".repeat(2049);
+    for bad in ["x\ny", "x\u{1b}[2J", "x\ty", "x\u{85}", "", long.as_str()] {
+        let body = json!({"name": "f", "report_mode": "file", "data_log_path": bad});
+        let err = validate::stream_to(Some(&body), "stream_to").unwrap_err();
+        assert!(
+            err.to_string().contains("stream_to.data_log_path"),
+            "{bad:?}: {err}"
+        );
     }
     let inside = f.dir.path().join("abs").display().to_string();
     f.svc

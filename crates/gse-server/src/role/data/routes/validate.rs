@@ -23,6 +23,8 @@ pub const MAX_ADDRESSES: usize = 64;
 pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// Largest channel id (libgse sends the data id as an i32 and refuses <= 0).
 pub const MAX_CHANNEL_ID: u32 = i32::MAX as u32;
+/// Longest `data_log_path`, in bytes (Linux's PATH_MAX).
+pub const MAX_DATA_LOG_PATH_BYTES: usize = 4096;
 
 type Result<T> = std::result::Result<T, RouteError>;
 
@@ -230,12 +232,7 @@ pub fn stream_to(v: Option<&Value>, field: &str) -> Result<StreamToSpec> {
     match report_mode {
         ReportMode::File => {
             let path = opt_str(m, field, "data_log_path")?.unwrap_or_default();
-            if path.is_empty() || path.contains('\0') {
-                return Err(RouteError::invalid(
-                    join(field, "data_log_path"),
-                    "a file stream_to needs a non-empty directory path",
-                ));
-            }
+            data_log_path(path, &join(field, "data_log_path"))?;
         }
         mode => {
             let key = mode.as_str();
@@ -253,6 +250,38 @@ pub fn stream_to(v: Option<&Value>, field: &str) -> Result<StreamToSpec> {
         report_mode,
         body,
     })
+}
+
+/// A file stream_to's directory: not empty, at most
+/// [`MAX_DATA_LOG_PATH_BYTES`], no control characters (a newline or an
+/// escape sequence in a path would forge log lines and garble listings).
+fn data_log_path(path: &str, field: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(RouteError::invalid(
+            field,
+            "a file stream_to needs a non-empty directory path",
+        ));
+    }
+    if path.len() > MAX_DATA_LOG_PATH_BYTES {
+        return Err(RouteError::invalid(
+            field,
+            format!(
+                "is {} bytes; give a path of at most {MAX_DATA_LOG_PATH_BYTES} bytes",
+                path.len()
+            ),
+        ));
+    }
+    if let Some((at, c)) = path.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(RouteError::invalid(
+            field,
+            format!(
+                "contains the control character U+{:04X} at byte {at}; give a path of printable \
+                 characters",
+                c as u32
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `storage_address: [{ip, port}]`: at least one, each a host and a port.

@@ -2,11 +2,14 @@
 //! `<dir>/<channel_id>_<route name>.jsonl`, one line per record:
 //!
 //! ```text
-//! {"dataid":1001,"agent":"0:10.0.0.1","seq":7,"time_ms":1700000000000,"data":"<payload>"}
+//! {"dataid":1001,"agent":"0:10.0.0.1","seq":7,"time_ms":1700000000000,"data":"<payload>","peer_uid":0,"peer_pid":4242}
 //! ```
 //!
 //! `data` is the payload as a JSON string; a payload that is not UTF-8 is
-//! written as `"data_base64"` instead. `dir` is `stream_to.data_log_path`:
+//! written as `"data_base64"` instead. `peer_uid`/`peer_pid` name the local
+//! user and process that wrote the record to the agent's socket; they come
+//! last and only when known (not for the agent's own records, nor from
+//! older agents), so the fields before them are as they always were. `dir` is `stream_to.data_log_path`:
 //! a relative path resolves under `node.data_dir`; an absolute one must lie
 //! inside `node.data_dir` (an API caller must not pick arbitrary files on
 //! the server). A batch is one `write(2)` in append mode, done on the
@@ -261,6 +264,12 @@ pub fn encode_batch(batch: &Batch) -> Vec<u8> {
                 out.push(b'"');
             }
         }
+        if let Some(uid) = r.peer_uid {
+            let _ = write!(out, ",\"peer_uid\":{uid}");
+        }
+        if let Some(pid) = r.peer_pid {
+            let _ = write!(out, ",\"peer_pid\":{pid}");
+        }
         out.extend_from_slice(b"}\n");
     }
     out
@@ -285,6 +294,7 @@ mod tests {
                     data_id: 1001,
                     received_ms: 1_700_000_000_000 + i as u64,
                     payload: Bytes::copy_from_slice(p),
+                    ..Record::default()
                 })
                 .collect(),
         }
@@ -333,6 +343,23 @@ mod tests {
         );
         assert_eq!(lines[1]["data"], "");
         assert_eq!(lines[2]["time_ms"], 1_700_000_000_002u64);
+    }
+
+    #[test]
+    fn the_sender_comes_last_and_only_when_known() {
+        let mut b = batch(&[b"a", b"b"]);
+        b.records[0].peer_uid = Some(65534);
+        b.records[0].peer_pid = Some(321);
+        let text = String::from_utf8(encode_batch(&b)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            r#"{"dataid":1001,"agent":"0:10.0.0.1","seq":42,"time_ms":1700000000000,"data":"a","peer_uid":65534,"peer_pid":321}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"dataid":1001,"agent":"0:10.0.0.1","seq":42,"time_ms":1700000000001,"data":"b"}"#
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   (`cloud:ip`); timestamp = when the agent received it; headers
 //!   `gse_agent`, `gse_seq` (the agent's batch seq), `gse_index` (position in
 //!   the batch part this sink got) and `gse_data_id`, so a consumer can drop
-//!   the duplicates that at-least-once delivery may cause.
+//!   the duplicates that at-least-once delivery may cause; and, when known,
+//!   `gse_peer_uid`/`gse_peer_pid`: the local user and process that wrote
+//!   the record to the agent's socket.
 //! - **Partition**: the route's `partition` is the topic's partition count
 //!   (bk-monitor's meaning); a batch goes to `fnv1a(agent) % count`, so one
 //!   agent's records stay in order. Absent or 1: partition 0.
@@ -64,6 +66,11 @@ pub const HEADER_SEQ: &str = "gse_seq";
 pub const HEADER_INDEX: &str = "gse_index";
 /// Record header: the record's data id, decimal.
 pub const HEADER_DATA_ID: &str = "gse_data_id";
+/// Record header: the local uid that wrote the record to the agent's
+/// socket, decimal; only when known.
+pub const HEADER_PEER_UID: &str = "gse_peer_uid";
+/// Record header: that process's pid, decimal; only when known.
+pub const HEADER_PEER_PID: &str = "gse_peer_pid";
 
 /// A Kafka topic as a [`Sink`]. Cheap to share: one instance per route
 /// target, called concurrently by the DataServer's connections.
@@ -349,9 +356,9 @@ fn request_cuts(records: &[Record], source_len: usize, max_bytes: usize) -> Vec<
 
 /// What a record weighs in a produce request: the payload, the agent as key
 /// and as a header, the other headers (names and decimal values, at most
-/// 80 bytes) and the record framing.
+/// 128 bytes) and the record framing.
 fn record_size(payload_len: usize, source_len: usize) -> usize {
-    payload_len + 2 * source_len + 80 + RECORD_OVERHEAD_BYTES
+    payload_len + 2 * source_len + 128 + RECORD_OVERHEAD_BYTES
 }
 
 /// Kafka records for `batch.records[start..end]`.
@@ -362,7 +369,7 @@ fn to_kafka_records(batch: &Batch, start: usize, end: usize) -> Vec<rskafka::rec
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let headers = BTreeMap::from([
+            let mut headers = BTreeMap::from([
                 (HEADER_AGENT.to_owned(), key.clone()),
                 (HEADER_SEQ.to_owned(), seq.clone()),
                 (
@@ -374,6 +381,12 @@ fn to_kafka_records(batch: &Batch, start: usize, end: usize) -> Vec<rskafka::rec
                     r.data_id.to_string().into_bytes(),
                 ),
             ]);
+            let sender = [(HEADER_PEER_UID, r.peer_uid), (HEADER_PEER_PID, r.peer_pid)];
+            for (name, value) in sender {
+                if let Some(v) = value {
+                    headers.insert(name.to_owned(), v.to_string().into_bytes());
+                }
+            }
             rskafka::record::Record {
                 key: Some(key.clone()),
                 value: Some(r.payload.to_vec()),

@@ -7,8 +7,11 @@
 //! Pub/sub keeps nothing for absent subscribers, so a route may instead ask
 //! for a stream with `redis.mode: "stream"` (our extension): each record is
 //! `XADD channel MAXLEN ~ <redis.maxlen, default 1000000> * dataid .. agent
-//! .. seq .. time_ms .. data <payload>`, which a consumer reads with XREAD
-//! at its own pace.
+//! .. seq .. time_ms .. data <payload> [peer_uid .. peer_pid ..]`, which a
+//! consumer reads with XREAD at its own pace; `peer_uid`/`peer_pid` (the
+//! local user and process that wrote the record to the agent's socket) are
+//! added only when known. PUBLISH sends the bare payload, so it carries no
+//! sender.
 //!
 //! A batch is one pipeline; `write_batch` returns once Redis answered every
 //! command. The first address of `stream_to.redis.storage_address` is used,
@@ -182,8 +185,8 @@ impl RedisSink {
                         .ignore();
                 }
                 RedisMode::Stream { maxlen } => {
-                    pipe.cmd("XADD")
-                        .arg(&self.channel)
+                    let cmd = pipe.cmd("XADD");
+                    cmd.arg(&self.channel)
                         .arg("MAXLEN")
                         .arg("~")
                         .arg(maxlen)
@@ -197,8 +200,14 @@ impl RedisSink {
                         .arg("time_ms")
                         .arg(r.received_ms)
                         .arg("data")
-                        .arg(&r.payload[..])
-                        .ignore();
+                        .arg(&r.payload[..]);
+                    if let Some(uid) = r.peer_uid {
+                        cmd.arg("peer_uid").arg(uid);
+                    }
+                    if let Some(pid) = r.peer_pid {
+                        cmd.arg("peer_pid").arg(pid);
+                    }
+                    cmd.ignore();
                 }
             }
         }

@@ -31,6 +31,7 @@ fn batch(payloads: &[usize]) -> Batch {
                 data_id: 1001,
                 received_ms: 1_700_000_000_000 + i as u64,
                 payload: Bytes::from(vec![b'x'; n]),
+                ..Record::default()
             })
             .collect(),
     }
@@ -154,6 +155,17 @@ fn records_carry_value_key_and_dedup_headers() {
     assert_eq!(r.headers[HEADER_DATA_ID], b"1001");
     assert_eq!(r.headers[HEADER_AGENT], b"0:10.0.0.1");
     assert_eq!(r.timestamp.timestamp_millis(), 1_700_000_000_001);
+    assert!(!r.headers.contains_key(HEADER_PEER_UID));
+}
+
+#[test]
+fn records_name_their_sender_when_known() {
+    let mut b = batch(&[3]);
+    b.records[0].peer_uid = Some(0);
+    b.records[0].peer_pid = Some(77);
+    let r = &to_kafka_records(&b, 0, 1)[0];
+    assert_eq!(r.headers[HEADER_PEER_UID], b"0");
+    assert_eq!(r.headers[HEADER_PEER_PID], b"77");
 }
 
 #[test]

@@ -1,0 +1,185 @@
+//! The plugin-message codec, and the socket over real connections.
+
+use futures::{SinkExt, StreamExt};
+use tokio_util::codec::Framed;
+
+use super::*;
+
+fn encode(f: MessageFrame) -> BytesMut {
+    let mut b = BytesMut::new();
+    MessageCodec::new(1024).encode(f, &mut b).unwrap();
+    b
+}
+
+#[test]
+fn header_layout_is_big_endian_and_length_counts_the_header() {
+    let b = encode(MessageFrame::new(
+        KEEPALIVE_RESP,
+        0x0102,
+        Bytes::from_static(b"{}"),
+    ));
+    assert_eq!(&b[0..4], &[0xDE, 0xAD, 0xBE, 0xEF]);
+    assert_eq!(&b[4..6], &[0x90, 0x07]);
+    assert_eq!(&b[6..8], &[0, 6]);
+    assert_eq!(&b[8..16], &[0, 0, 0, 0, 0, 0, 1, 2]);
+    assert_eq!(&b[16..20], &30u32.to_be_bytes());
+    assert_eq!(b.len(), 30);
+}
+
+#[test]
+fn round_trip_and_partial_input() {
+    let frame = MessageFrame::new(KEEPALIVE_REQ, 9, Bytes::from_static(b"{\"pid\":1}"));
+    let full = encode(frame.clone());
+    let mut codec = MessageCodec::new(1024);
+    for cut in [0, 3, 4, 27, 28, full.len() - 1] {
+        let mut part = BytesMut::from(&full[..cut]);
+        assert!(codec.decode(&mut part).unwrap().is_none(), "cut {cut}");
+    }
+    let mut all = full.clone();
+    assert_eq!(codec.decode(&mut all).unwrap(), Some(frame));
+    assert!(all.is_empty());
+}
+
+#[test]
+fn bad_magic_short_and_oversized_frames_are_errors() {
+    let mut codec = MessageCodec::new(64);
+    let mut b = encode(MessageFrame::new(KEEPALIVE_REQ, 1, Bytes::new()));
+    b[0] = 0;
+    assert!(matches!(
+        codec.decode(&mut b),
+        Err(MessageError::BadMagic(_))
+    ));
+    // Refused as soon as four bytes show the wrong magic.
+    let mut b = BytesMut::from(&b"GET / HTTP/1.1"[..4]);
+    assert!(matches!(
+        codec.decode(&mut b),
+        Err(MessageError::BadMagic(_))
+    ));
+    let mut b = encode(MessageFrame::new(KEEPALIVE_REQ, 1, Bytes::new()));
+    b[16..20].copy_from_slice(&10u32.to_be_bytes());
+    assert!(matches!(
+        codec.decode(&mut b),
+        Err(MessageError::TooShort(10))
+    ));
+    let mut b = encode(MessageFrame::new(
+        KEEPALIVE_REQ,
+        1,
+        Bytes::from(vec![b'x'; 100]),
+    ));
+    assert!(matches!(
+        codec.decode(&mut b),
+        Err(MessageError::TooLarge { len: 128, max: 64 })
+    ));
+}
+
+#[tokio::test]
+async fn keepalive_is_answered_and_a_bad_client_does_not_hurt_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc.state.message");
+    let server = MessageServer::bind(&path, KeepaliveAnswer::running("agent-1", 3), 4096).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+
+    let mut bad = UnixStream::connect(&path).await.unwrap();
+    bad.write_all(b"hello, this is not a frame at all")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let n = bad.read_to_end(&mut sink).await.unwrap();
+    assert_eq!(n, 0, "the server closes a bad connection");
+
+    let mut good = Framed::new(
+        UnixStream::connect(&path).await.unwrap(),
+        MessageCodec::new(4096),
+    );
+    let body = br#"{"plugin_name":"beat","version":"1","pid":1,"status_code":0,"status":"ok","remark":""}"#;
+    good.send(MessageFrame::new(
+        KEEPALIVE_REQ,
+        77,
+        Bytes::from_static(body),
+    ))
+    .await
+    .unwrap();
+    let reply = good.next().await.unwrap().unwrap();
+    assert_eq!(reply.header.proto_type, KEEPALIVE_RESP);
+    assert_eq!(reply.header.sequence, 77);
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(v["agent_id"], "agent-1");
+    assert_eq!(v["cloud_id"], 3);
+    assert_eq!(v["run_mode"], 1);
+    assert_eq!(v["status_code"], 2);
+    stop.cancel();
+}
+
+/// A keepalive round trip on `conn`, or `None` if nothing came back
+/// within `wait`.
+async fn keepalive(
+    conn: &mut Framed<UnixStream, MessageCodec>,
+    wait: std::time::Duration,
+) -> Option<MessageFrame> {
+    conn.send(MessageFrame::new(
+        KEEPALIVE_REQ,
+        1,
+        Bytes::from_static(b"{}"),
+    ))
+    .await
+    .ok()?;
+    tokio::time::timeout(wait, conn.next())
+        .await
+        .ok()
+        .flatten()
+        .and_then(Result::ok)
+}
+
+#[tokio::test]
+async fn connections_are_bounded_and_idle_ones_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipc.state.message");
+    let server = MessageServer::bind(&path, KeepaliveAnswer::running("a", 0), 4096)
+        .unwrap()
+        .with_max_connections(2)
+        .with_idle_timeout(std::time::Duration::from_millis(600));
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let connect = || async {
+        Framed::new(
+            UnixStream::connect(&path).await.unwrap(),
+            MessageCodec::new(4096),
+        )
+    };
+    let short = std::time::Duration::from_millis(300);
+
+    // Two slots: both served; a third waits for a slot.
+    let mut a = connect().await;
+    let mut b = connect().await;
+    assert!(keepalive(&mut a, short).await.is_some());
+    assert!(keepalive(&mut b, short).await.is_some());
+    let mut c = connect().await;
+    assert!(
+        keepalive(&mut c, short).await.is_none(),
+        "a third connection is served beyond max_connections"
+    );
+    // One closing frees its slot for the waiting one.
+    drop(a);
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(2), c.next())
+        .await
+        .expect("the waiting connection is served once a slot is free");
+    assert!(reply.is_some());
+
+    // A connection that sends nothing is closed after the idle timeout
+    // (an open one would never end this read).
+    let mut idle = UnixStream::connect(&path).await.unwrap();
+    drop(b);
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        idle.read_to_end(&mut sink),
+    )
+    .await
+    .expect("an idle connection is closed")
+    .unwrap();
+    assert_eq!(n, 0);
+    stop.cancel();
+}
