@@ -322,8 +322,8 @@ async fn serve(
 ) -> End {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
     let (plugin_tx, plugin_rx) = mpsc::channel(crate::plugin::OUTBOUND_FRAMES);
-    plugins.attach(plugin_tx);
     let policy = policy::from_register_ack(&ack.danger_rules);
+    plugins.attach(plugin_tx, Arc::new(policy.clone()));
     let runner = TaskRunner::new(executor.clone(), policy, out_tx);
     let queues = Outbound {
         tasks: out_rx,

@@ -1,17 +1,32 @@
 //! Dangerous-operation rules (T6, T7): which commands are too risky to run
 //! blindly, and what to do about them.
 //!
-//! A rule is a regular expression matched against every non-comment line of
-//! a command and of each script a task writes; its action is `block` (do not
-//! run; the task fails naming the rule, and an alarm is raised) or `alarm`
-//! (run it, and raise an alarm). [`builtin_rules`] is the default set: the
-//! destructive rules block, the disruptive ones alarm. Operators override
-//! actions and add rules in the server config; the server pushes the
-//! resolved set to agents at registration, so both sides apply the same
-//! [`DangerPolicy`] (the server before dispatch, the agent before it runs).
+//! A rule's action is `block` (do not run; the task fails naming the rule,
+//! and an alarm is raised) or `alarm` (run it, and raise an alarm). It
+//! matches either by a regular expression (operators' rules: against each
+//! logical line and each command's words) or by a built-in matcher in code
+//! (`pattern = "builtin:<name>"`, [`builtin_rules`]: the destructive ones
+//! block, the disruptive ones alarm). Commands are found the way the shell
+//! finds them ([`lexer`]: quotes, continuations, separators, substitutions;
+//! [`command`]: wrappers such as `sudo` and `sh -c` strings), and
+//! [`DangerPolicy::check_destination`] checks where a script is written.
+//! The server applies the resolved [`DangerPolicy`] before dispatch and
+//! pushes it to agents at registration, which apply it again before they
+//! run anything. This is a guard against accidents, not a security
+//! boundary: an encoded payload (`echo … | base64 -d | sh`) always gets
+//! through (docs/DANGER.md).
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+
+mod builtin;
+mod command;
+mod lexer;
+mod paths;
+mod scan;
+
+use builtin::{Builtin, CATALOGUE, PREFIX};
+use scan::{Matcher, Scan};
 
 /// What happens when a rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -46,100 +61,34 @@ impl DangerAction {
 pub struct DangerRuleSpec {
     /// Short unique name, shown in error messages and alarms.
     pub name: String,
-    /// Regular expression (Rust `regex` syntax), matched per line.
+    /// A regular expression (Rust `regex` syntax) matched against each
+    /// logical line and each command's words, or `builtin:<name>` for a
+    /// built-in matcher.
     pub pattern: String,
     pub action: DangerAction,
     #[serde(default)]
     pub description: String,
 }
 
-/// Where a command begins: the start of a line or after a shell separator,
-/// optionally behind a wrapper such as `sudo` or `nohup`. So `rm` in `firm`,
-/// `--rm`, or `echo reboot` does not count.
-const START: &str =
-    r#"(?:^|[;&|(`{!])\s*(?:(?:sudo|nohup|time|exec|nice|env|xargs|command)\s+(?:-\S+\s+)*)*"#;
-/// Where an argument ends.
-const END: &str = r#"(?:["']?\s*$|["']?\s*[;&|)`]|["']?\s+)"#;
-
-fn rule(name: &str, action: DangerAction, description: &str, pattern: String) -> DangerRuleSpec {
-    DangerRuleSpec {
-        name: name.into(),
-        pattern,
-        action,
-        description: description.into(),
-    }
+/// The built-in rule set, with default actions.
+pub fn builtin_rules() -> Vec<DangerRuleSpec> {
+    CATALOGUE
+        .iter()
+        .map(|(_, name, action, description)| DangerRuleSpec {
+            name: (*name).into(),
+            pattern: format!("{PREFIX}{name}"),
+            action: *action,
+            description: (*description).into(),
+        })
+        .collect()
 }
 
-/// The built-in rule set.
-pub fn builtin_rules() -> Vec<DangerRuleSpec> {
-    use DangerAction::{Alarm, Block};
-    let top_dirs = "bin|boot|dev|etc|home|lib|lib32|lib64|opt|proc|root|run|sbin|srv|sys|usr|var";
-    vec![
-        rule(
-            "rm_root",
-            Block,
-            "recursive delete of / or a top-level system directory",
-            format!(
-                r#"{START}(?:/bin/|/usr/bin/)?rm\s+(?:-{{1,2}}[\w-]+\s+)*-{{1,2}}\w*[rR]\w*\s+(?:-{{1,2}}[\w-]+\s+)*["']?/+(?:(?:{top_dirs})/*)?\*?{END}"#
-            ),
-        ),
-        rule(
-            "mkfs",
-            Block,
-            "making a file system (erases a device)",
-            format!(r"{START}(?:/s?bin/|/usr/s?bin/)?mkfs(?:\.\w+)?(?:\s|$)"),
-        ),
-        rule(
-            "dd_to_device",
-            Block,
-            "dd writing onto a block device",
-            format!(
-                r"{START}dd\s[^;&|]*\bof=/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|dm-|md|loop|disk|mapper/)"
-            ),
-        ),
-        rule(
-            "fork_bomb",
-            Block,
-            "a fork bomb",
-            r":\s*\(\s*\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:".into(),
-        ),
-        rule(
-            "overwrite_passwd",
-            Block,
-            "overwriting /etc/passwd, /etc/shadow, /etc/group or /etc/sudoers",
-            format!(
-                r"(?:>\s*/etc/(?:passwd|shadow|group|gshadow|sudoers)\b|{START}tee\s+(?:-\w+\s+)*/etc/(?:passwd|shadow|group|gshadow|sudoers)\b|{START}(?:cp|mv|install)\s[^;&|]*\s/etc/(?:passwd|shadow|group|gshadow|sudoers)\s*(?:$|[;&|]))"
-            ),
-        ),
-        rule(
-            "chmod_777_root",
-            Block,
-            "making the whole file system world-writable",
-            format!(
-                r#"{START}chmod\s+(?:-\w+\s+)*(?:-\w*R\w*\s+(?:-\w+\s+)*0?777|0?777\s+(?:-\w+\s+)*-\w*R\w*)\s+["']?/+\*?{END}"#
-            ),
-        ),
-        rule(
-            "shutdown",
-            Alarm,
-            "shutting down or rebooting the host",
-            format!(
-                r"{START}(?:/s?bin/|/usr/s?bin/)?(?:shutdown|reboot|halt|poweroff)(?:\s|$|[;&|)])"
-            ),
-        ),
-        rule(
-            "systemctl_power",
-            Alarm,
-            "shutting down or rebooting the host through systemd",
-            format!(r"{START}systemctl\s+(?:-\S+\s+)*(?:reboot|poweroff|halt|kexec)\b"),
-        ),
-        rule(
-            "init_runlevel",
-            Alarm,
-            "switching to runlevel 0 or 6",
-            format!(r"{START}(?:/s?bin/)?(?:telinit|init)\s+[06](?:\s|$|[;&|])"),
-        ),
-    ]
+/// Whether `pattern` names a built-in matcher this build does not have
+/// (a newer server's rule); such a rule cannot be compiled here.
+pub fn is_unknown_builtin(pattern: &str) -> bool {
+    pattern
+        .strip_prefix(PREFIX)
+        .is_some_and(|name| Builtin::by_name(name).is_none())
 }
 
 /// Why rules could not be used.
@@ -155,6 +104,18 @@ pub enum DangerError {
     },
     #[error("dangerous-operation rule {0:?} is defined twice")]
     Duplicate(String),
+    #[error(
+        "dangerous-operation rule {name:?}: there is no built-in matcher {matcher:?}; built-in ones are {known}"
+    )]
+    UnknownBuiltin {
+        name: String,
+        matcher: String,
+        known: String,
+    },
+    #[error(
+        "dangerous-operation rule {0:?} has an empty pattern, which would match every line; give a regular expression"
+    )]
+    EmptyPattern(String),
 }
 
 /// A rule that matched, and where.
@@ -189,25 +150,35 @@ pub struct Verdict {
     pub alarms: Vec<DangerMatch>,
 }
 
+impl Verdict {
+    /// Adds `other`: its block if this has none, its alarms for rules not
+    /// reported yet.
+    pub fn merge(&mut self, other: Verdict) {
+        if self.blocked.is_none() {
+            self.blocked = other.blocked;
+        }
+        for a in other.alarms {
+            if !self.alarms.iter().any(|m| m.rule == a.rule) {
+                self.alarms.push(a);
+            }
+        }
+    }
+}
+
 /// Compiled rules.
 #[derive(Clone, Debug)]
 pub struct DangerPolicy {
-    rules: Vec<(DangerRuleSpec, Regex)>,
+    rules: Vec<(DangerRuleSpec, Matcher)>,
 }
 
 impl DangerPolicy {
     pub fn new(specs: &[DangerRuleSpec]) -> Result<Self, DangerError> {
-        let mut rules: Vec<(DangerRuleSpec, Regex)> = Vec::with_capacity(specs.len());
+        let mut rules: Vec<(DangerRuleSpec, Matcher)> = Vec::with_capacity(specs.len());
         for spec in specs {
             if rules.iter().any(|(r, _)| r.name == spec.name) {
                 return Err(DangerError::Duplicate(spec.name.clone()));
             }
-            let re = Regex::new(&spec.pattern).map_err(|source| DangerError::BadPattern {
-                name: spec.name.clone(),
-                pattern: spec.pattern.clone(),
-                source,
-            })?;
-            rules.push((spec.clone(), re));
+            rules.push((spec.clone(), compile(spec)?));
         }
         Ok(DangerPolicy { rules })
     }
@@ -221,40 +192,50 @@ impl DangerPolicy {
         self.rules.iter().map(|(s, _)| s)
     }
 
-    /// Checks every text (commands, script contents) line by line; lines
-    /// starting with `#` are comments and are skipped.
+    /// Checks every text (commands, script contents): its lines and the
+    /// commands in it. Each rule reports its first match only, and a block
+    /// ends the check, so a hostile script of many matching lines costs no
+    /// more than one.
     pub fn check<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> Verdict {
-        // Each rule reports its first match only, and a block ends the
-        // check: a hostile script of many matching lines costs no more than
-        // one.
-        let mut verdict = Verdict::default();
-        let mut matched = vec![false; self.rules.len()];
+        let mut scan = Scan::new(&self.rules);
         for text in texts {
-            let lines = text.lines().map(str::trim);
-            for line in lines.filter(|l| !l.is_empty() && !l.starts_with('#')) {
-                for (i, (spec, re)) in self.rules.iter().enumerate() {
-                    if matched[i] || !re.is_match(line) {
-                        continue;
-                    }
-                    matched[i] = true;
-                    let m = DangerMatch {
-                        rule: spec.name.clone(),
-                        action: spec.action,
-                        description: spec.description.clone(),
-                        line: line.chars().take(200).collect(),
-                    };
-                    match spec.action {
-                        DangerAction::Block => {
-                            verdict.blocked = Some(m);
-                            return verdict;
-                        }
-                        DangerAction::Alarm => verdict.alarms.push(m),
-                    }
-                }
+            if scan.text(text).is_break() {
+                break;
             }
         }
-        verdict
+        scan.verdict
     }
+
+    /// Checks writing a script named `name` into directory `dir`.
+    pub fn check_destination(&self, dir: &str, name: &str) -> Verdict {
+        let mut scan = Scan::new(&self.rules);
+        let _ = scan.destination(dir, name);
+        scan.verdict
+    }
+}
+
+/// The matcher of one rule.
+fn compile(spec: &DangerRuleSpec) -> Result<Matcher, DangerError> {
+    if let Some(matcher) = spec.pattern.strip_prefix(PREFIX) {
+        let known = || CATALOGUE.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+        return Builtin::by_name(matcher)
+            .map(Matcher::Builtin)
+            .ok_or_else(|| DangerError::UnknownBuiltin {
+                name: spec.name.clone(),
+                matcher: matcher.to_string(),
+                known: known(),
+            });
+    }
+    if spec.pattern.is_empty() {
+        return Err(DangerError::EmptyPattern(spec.name.clone()));
+    }
+    Regex::new(&spec.pattern)
+        .map(Matcher::Regex)
+        .map_err(|source| DangerError::BadPattern {
+            name: spec.name.clone(),
+            pattern: spec.pattern.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -21,6 +21,21 @@ pub mod link {
     include!(concat!(env!("OUT_DIR"), "/gse.link.v1.rs"));
 }
 
+impl link::ProcSpec {
+    /// The commands an agent may run for a plugin, each with its API field
+    /// name (the dangerous-operation check names the one that matched).
+    pub fn control_commands(&self) -> [(&'static str, &str); 6] {
+        [
+            ("spec.control.start_cmd", &self.start_cmd),
+            ("spec.control.stop_cmd", &self.stop_cmd),
+            ("spec.control.restart_cmd", &self.restart_cmd),
+            ("spec.control.reload_cmd", &self.reload_cmd),
+            ("spec.control.kill_cmd", &self.kill_cmd),
+            ("spec.control.version_cmd", &self.version_cmd),
+        ]
+    }
+}
+
 /// Version of the agent link protocol this build speaks; sent in `Register`.
 pub const LINK_PROTOCOL_VERSION: u32 = 1;
 

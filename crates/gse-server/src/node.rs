@@ -103,6 +103,10 @@ impl Node {
             (None, None)
         };
 
+        let danger = Arc::new(
+            gse_core::danger::DangerPolicy::new(&danger_rules)
+                .context("cannot use the dangerous-operation rules of [danger]")?,
+        );
         let task_service = start_task_role(&config, &store, &link, &alarms, danger_rules).await?;
         if let Some(svc) = &task_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
@@ -143,7 +147,7 @@ impl Node {
             None
         };
 
-        let proc_service = start_proc_role(&config, &store, &link, &alarms);
+        let proc_service = start_proc_role(&config, &store, &link, &alarms, danger);
         if let Some(svc) = &proc_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
@@ -320,6 +324,7 @@ fn start_proc_role(
     store: &Arc<dyn StateStore>,
     link: &Option<Arc<LinkService>>,
     alarms: &Option<Arc<AlarmService>>,
+    danger: Arc<gse_core::danger::DangerPolicy>,
 ) -> Option<Arc<ProcService>> {
     if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
         return None;
@@ -330,6 +335,7 @@ fn start_proc_role(
         store: store.clone(),
         link: link.clone().map(|l| l as Arc<dyn AgentLink>),
         alarms: alarms.clone(),
+        danger,
     });
     if let Some(link) = link {
         link.add_frame_handler(0x300..=0x37f, svc.clone());

@@ -12,8 +12,10 @@
 //! ([`state_file`]), re-adopted by pid at start. Status goes upstream as
 //! `ProcStatusReport`: everything when a link comes up and every
 //! `report_interval`, single plugins when they change. Plugins keep
-//! running when the agent stops or loses its link. The plugin-message
-//! socket is `crate::data::message_ipc`.
+//! running when the agent stops or loses its link. An operation whose
+//! control commands a dangerous-operation rule blocks (the link session's
+//! rules, as for script tasks) is refused before anything runs or the spec
+//! is kept. The plugin-message socket is `crate::data::message_ipc`.
 
 pub mod config;
 pub mod limits;
@@ -29,7 +31,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gse_proto::link::{ProcAlarm, ProcOperate, ProcOperateResult, ProcStatus, ProcStatusReport};
+use gse_core::danger::DangerPolicy;
+use gse_proto::link::{
+    ProcAlarm, ProcOperate, ProcOperateResult, ProcSpec, ProcStatus, ProcStatusReport,
+};
 use gse_proto::{Frame, MsgType};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -71,6 +76,9 @@ struct Shared {
     state_path: PathBuf,
     plugins: Mutex<BTreeMap<PluginId, Arc<Plugin>>>,
     upstream: Mutex<Option<mpsc::Sender<Frame>>>,
+    /// The dangerous-operation rules of the current link session (the
+    /// built-in ones before the first).
+    policy: Mutex<Arc<DangerPolicy>>,
     /// Alarms raised while no link was up; sent on the next one.
     pending_alarms: Mutex<Vec<ProcAlarm>>,
     /// Serialises writes of the state file.
@@ -103,6 +111,7 @@ impl PluginService {
                 state_path,
                 plugins: Mutex::new(BTreeMap::new()),
                 upstream: Mutex::new(None),
+                policy: Mutex::new(Arc::new(DangerPolicy::builtin())),
                 pending_alarms: Mutex::new(Vec::new()),
                 save_lock: tokio::sync::Mutex::new(()),
             }),
@@ -125,8 +134,10 @@ impl PluginService {
     }
 
     /// The link is up: frames go to `tx` from now on, starting with the
-    /// full status and any alarm that waited for a link.
-    pub fn attach(&self, tx: mpsc::Sender<Frame>) {
+    /// full status and any alarm that waited for a link; operations are
+    /// checked against `policy`, the rules the server sent.
+    pub fn attach(&self, tx: mpsc::Sender<Frame>, policy: Arc<DangerPolicy>) {
+        *self.shared.policy.lock() = policy;
         *self.shared.upstream.lock() = Some(tx);
         self.report_all();
         let alarms = std::mem::take(&mut *self.shared.pending_alarms.lock());
@@ -215,6 +226,8 @@ impl PluginService {
         let wire = op.spec.clone().unwrap_or_default();
         let spec = PluginSpec::from_wire(&wire, labels)
             .map_err(|e| fail(spec::CODE_FAILED, e.to_string()))?;
+        let policy = self.shared.policy.lock().clone();
+        check_commands(&policy, &wire, &id).map_err(|m| fail(spec::CODE_FAILED, m))?;
         // Found or made under one hold of the lock: two first ops on the
         // same plugin must share one state, or one of them is lost.
         let mut plugins = self.shared.plugins.lock();
@@ -359,6 +372,28 @@ impl PluginService {
             });
         }
     }
+}
+
+/// The dangerous-operation check of an operation's control commands (T6,
+/// T7): a blocked one refuses the operation, naming the rule and the
+/// field; alarm-only matches are logged (the server raised the alarm).
+fn check_commands(policy: &DangerPolicy, wire: &ProcSpec, plugin: &PluginId) -> Result<(), String> {
+    for (field, cmd) in wire.control_commands() {
+        if cmd.trim().is_empty() {
+            continue;
+        }
+        let verdict = policy.check([cmd]);
+        if let Some(m) = verdict.blocked {
+            return Err(format!(
+                "refused by the dangerous-operation check: {} (in {field})",
+                m.describe()
+            ));
+        }
+        for m in verdict.alarms {
+            tracing::warn!(plugin = %plugin, "a plugin command {} (in {field})", m.describe());
+        }
+    }
+    Ok(())
 }
 
 /// The wire status of a plugin.

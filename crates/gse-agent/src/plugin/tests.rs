@@ -159,6 +159,9 @@ fn bare_service(dir: &Path) -> super::PluginService {
             state_path: dir.join("plugins.json"),
             plugins: parking_lot::Mutex::new(BTreeMap::new()),
             upstream: parking_lot::Mutex::new(None),
+            policy: parking_lot::Mutex::new(std::sync::Arc::new(
+                gse_core::danger::DangerPolicy::builtin(),
+            )),
             pending_alarms: parking_lot::Mutex::new(Vec::new()),
             save_lock: tokio::sync::Mutex::new(()),
         }),
@@ -233,4 +236,52 @@ fn first_ops_on_one_plugin_at_once_share_its_state() {
         }
         assert_eq!(svc.shared.plugins.lock().len(), round + 1);
     }
+}
+
+/// An operation whose control command a dangerous-operation rule blocks is
+/// answered 65535 naming the rule and the field; nothing runs and the spec
+/// is not kept (issue 9 item 6: the agent's own check).
+#[tokio::test]
+async fn r9_6_a_blocked_control_command_is_refused_before_anything_runs() {
+    use gse_core::danger::{DangerAction, DangerPolicy, DangerRuleSpec, builtin_rules};
+    use gse_proto::link::{ProcOperate, ProcOperateResult};
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = bare_service(dir.path());
+    let mut rules = builtin_rules();
+    rules.push(DangerRuleSpec {
+        name: "no_marker".into(),
+        pattern: r"^touch\s.*marker".into(),
+        action: DangerAction::Block,
+        description: "test".into(),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    svc.attach(tx, std::sync::Arc::new(DangerPolicy::new(&rules).unwrap()));
+    let marker = dir.path().join("marker");
+    let op = ProcOperate {
+        task_id: "T".into(),
+        namespace: "nodeman".into(),
+        name: "beat".into(),
+        op_type: 0,
+        spec: Some(ProcSpec {
+            proc_name: "beat".into(),
+            setup_path: dir.path().display().to_string(),
+            start_cmd: format!("true && \"touch\" {}", marker.display()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    svc.operate(op).await;
+    let answer = loop {
+        let frame = rx.recv().await.expect("an answer");
+        if frame.msg_type == gse_proto::MsgType::ProcOperateResult {
+            break frame.decode::<ProcOperateResult>().unwrap();
+        }
+    };
+    assert_eq!(answer.error_code, CODE_FAILED, "{answer:?}");
+    for part in ["no_marker", "spec.control.start_cmd"] {
+        assert!(answer.error_msg.contains(part), "{answer:?}");
+    }
+    assert!(!marker.exists(), "the blocked start_cmd ran");
+    assert!(svc.shared.plugins.lock().is_empty(), "the spec was kept");
 }

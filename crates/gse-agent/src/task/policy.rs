@@ -3,11 +3,14 @@
 //!
 //! The server checks a task before dispatch; the agent checks it again
 //! before running, so a rule still holds if something between them (a
-//! proxy, a bug, a replayed frame) let a task through. When the server sent
-//! no rules or a rule the agent cannot use, the agent falls back to the
-//! built-in set rather than checking nothing.
+//! proxy, a bug, a replayed frame) let a task through. The same policy
+//! checks plugin control commands ([`crate::plugin`]). A rule naming a
+//! built-in matcher this agent does not have (a newer server's) is skipped
+//! with a warning: the server checked it before dispatch. When the server
+//! sent no rules or a rule the agent cannot use, the agent falls back to
+//! the built-in set rather than checking nothing.
 
-use gse_core::danger::{DangerAction, DangerPolicy, DangerRuleSpec};
+use gse_core::danger::{DangerAction, DangerPolicy, DangerRuleSpec, is_unknown_builtin};
 use gse_proto::link::DangerRule;
 
 /// Why the pushed rules were not used.
@@ -42,6 +45,13 @@ pub fn try_from_rules(rules: &[DangerRule]) -> Result<DangerPolicy, PolicyError>
     }
     let specs = rules
         .iter()
+        .filter(|r| {
+            let unknown = is_unknown_builtin(&r.pattern);
+            if unknown {
+                tracing::warn!(rule = %r.name, pattern = %r.pattern, "skipping a dangerous-operation rule whose built-in matcher this agent does not have; the server still checks it");
+            }
+            !unknown
+        })
         .map(|r| {
             let action = DangerAction::parse(&r.action).ok_or_else(|| PolicyError::BadAction {
                 name: r.name.clone(),
@@ -55,6 +65,9 @@ pub fn try_from_rules(rules: &[DangerRule]) -> Result<DangerPolicy, PolicyError>
             })
         })
         .collect::<Result<Vec<_>, PolicyError>>()?;
+    if specs.is_empty() {
+        return Err(PolicyError::Empty);
+    }
     Ok(DangerPolicy::new(&specs)?)
 }
 
@@ -93,5 +106,19 @@ mod tests {
             let policy = from_register_ack(rules);
             assert!(policy.check(["rm -rf /"]).blocked.is_some());
         }
+    }
+
+    #[test]
+    fn r9_6_builtin_rules_travel_by_name_and_unknown_ones_are_skipped() {
+        let rules = [
+            rule("rm_root", "builtin:rm_root", "block"),
+            rule("from_the_future", "builtin:not_in_this_build", "block"),
+            rule("no_foo", r"^foo\b", "alarm"),
+        ];
+        let policy = try_from_rules(&rules).unwrap();
+        let names: Vec<&str> = policy.specs().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["rm_root", "no_foo"]);
+        assert!(policy.check(["\\rm -rf /"]).blocked.is_some());
+        assert_eq!(policy.check(["sudo foo"]).alarms.len(), 1);
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gse_core::danger::DangerPolicy;
+use gse_core::danger::{DangerPolicy, Verdict};
 use gse_core::now_ms;
 use gse_core::seams::executor::RunAs;
 use gse_core::seams::{ExecOutcome, ExecRequest, Executor, ExitKind};
@@ -106,8 +106,8 @@ async fn prepare(ctx: &TaskContext, req: &RunScript) -> Result<Option<RunAs>, Re
     Ok(run_as)
 }
 
-/// The dangerous-operation check, again on the agent (T6, T7): commands
-/// and script contents.
+/// The dangerous-operation check, again on the agent (T6, T7): where the
+/// scripts are written, the commands and the script contents.
 /// Blocking: call from `spawn_blocking`.
 fn check_danger(
     policy: &DangerPolicy,
@@ -115,6 +115,10 @@ fn check_danger(
     commands: &[String],
     scripts: &[ScriptFile],
 ) -> Result<(), Refusal> {
+    let mut verdict = Verdict::default();
+    for s in scripts {
+        verdict.merge(policy.check_destination(&s.dir, &s.name));
+    }
     let contents: Vec<_> = scripts
         .iter()
         .map(|s| String::from_utf8_lossy(&s.content))
@@ -123,7 +127,9 @@ fn check_danger(
         .iter()
         .map(String::as_str)
         .chain(contents.iter().map(|c| c.as_ref()));
-    let verdict = policy.check(texts);
+    if verdict.blocked.is_none() {
+        verdict.merge(policy.check(texts));
+    }
     for alarm in &verdict.alarms {
         tracing::warn!(task_id = %task_id, "running a task that {}", alarm.describe());
     }

@@ -195,6 +195,25 @@ async fn t7_blocked_task_runs_nothing_and_writes_nothing() {
     assert!(!dir.path().join("x.sh").exists());
 }
 
+/// The agent checks where scripts go, too (issue 9 item 6): a shell
+/// start-up file is refused in any directory (a temporary one here, so a
+/// missing check writes nothing that matters).
+#[tokio::test]
+async fn r9_6_a_script_destination_is_checked_on_the_agent_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = task("r9", vec![atomic(0, "true", 10)]);
+    req.scripts = vec![ScriptFile {
+        name: ".bashrc".into(),
+        dir: dir.path().to_str().unwrap().into(),
+        content: b"echo hi\n".to_vec(),
+    }];
+    let seen = run_to_end(req).await;
+    assert_eq!(codes(&seen), [(0, STATUS_FAILED, ERR_DANGER_BLOCKED)]);
+    let msg = &statuses(&seen).next().unwrap().error_msg;
+    assert!(msg.contains("script_destination"), "{msg}");
+    assert!(!dir.path().join(".bashrc").exists());
+}
+
 #[tokio::test]
 async fn t4_unknown_user_fails_every_atomic_task() {
     let mut req = task("t7", vec![atomic(0, "true", 10), atomic(1, "true", 10)]);

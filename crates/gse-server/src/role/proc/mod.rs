@@ -5,14 +5,16 @@
 //! of one `operate_proc_multi` call into a task ([`model`]) with one entry
 //! per (operation, agent) and puts it in the queue; [`ProcService::run`]
 //! dispatches queued tasks every `proc.dispatch_interval` (unknown or
-//! offline agents answer 117 there) and fails overdue entries. Agents'
-//! results, status reports and alarms arrive through [`AgentFrames`]
-//! ([`frames`]); the last status each agent reported is kept in
+//! offline agents answer 117 there) and fails overdue entries; control
+//! commands a dangerous-operation rule blocks are refused first
+//! ([`danger`]). Agents' results, status reports and alarms arrive through
+//! [`AgentFrames`] ([`frames`]); the last status each agent reported is kept in
 //! [`status::StatusCache`] for `get_proc_status_v2`. Tasks live in memory
 //! for `proc.retention`; HTTP shapes are the API role's.
 
 pub mod codes;
 pub mod config;
+mod danger;
 mod frames;
 mod metrics;
 pub mod model;
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gse_core::AgentRef;
+use gse_core::danger::DangerPolicy;
 use gse_core::seams::{StateStore, StoreError};
 use gse_proto::link::ProcOperate;
 use gse_proto::{Frame, MsgType};
@@ -59,6 +62,8 @@ pub struct ProcParts {
     /// This node's link, if it runs one.
     pub link: Option<Arc<dyn AgentLink>>,
     pub alarms: Option<Arc<AlarmService>>,
+    /// The dangerous-operation rules control commands are checked against.
+    pub danger: Arc<DangerPolicy>,
 }
 
 /// The results of one task, as `get_proc_operate_result_v2` shows them.
@@ -75,6 +80,7 @@ pub struct ProcService {
     store: Arc<dyn StateStore>,
     dispatch: Dispatch,
     alarms: Option<Arc<AlarmService>>,
+    danger: Arc<DangerPolicy>,
     tasks: Mutex<HashMap<String, Arc<ProcTask>>>,
     /// Task ids in creation order, for retention.
     order: Mutex<std::collections::VecDeque<String>>,
@@ -96,6 +102,7 @@ impl ProcService {
             config: parts.config,
             store: parts.store,
             alarms: parts.alarms,
+            danger: parts.danger,
             tasks: Mutex::new(HashMap::new()),
             order: Mutex::new(Default::default()),
             queue: Mutex::new(Vec::new()),
@@ -105,10 +112,14 @@ impl ProcService {
         })
     }
 
-    /// Queues the operations as one task; returns its id.
+    /// Queues the operations as one task; returns its id. Operations whose
+    /// control commands a dangerous-operation rule blocks are answered at
+    /// once and never sent.
     pub fn operate(&self, ops: Vec<OpRequest>) -> String {
         let id = super::gse_task_id('P', self.seq.fetch_add(1, Ordering::Relaxed));
+        let findings = danger::check(&self.danger, &ops);
         let task = Arc::new(ProcTask::new(id.clone(), ops));
+        danger::apply(&task, &findings, self.alarms.as_deref(), &self.node_id);
         let entries = task.state.lock().entries.len();
         tracing::info!(task_id = %id, ops = task.ops.len(), entries, "proc task queued");
         metrics::task_created();

@@ -39,6 +39,7 @@ async fn harness() -> Harness {
         store: store.clone(),
         link: Some(link.clone() as Arc<dyn AgentLink>),
         alarms: None,
+        danger: Arc::new(gse_core::danger::DangerPolicy::builtin()),
     });
     Harness {
         svc,
@@ -229,4 +230,32 @@ async fn wait_until(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not met within 5s");
+}
+
+#[tokio::test]
+async fn r9_6_a_blocked_control_command_is_refused_and_never_sent() {
+    let h = harness().await;
+    online(&h, "10.0.0.1").await;
+    let mut blocked = op(1, &["0:10.0.0.1"]);
+    blocked.spec.start_cmd = "./start.sh beat".into();
+    blocked.spec.reload_cmd = "sudo bash -c 'rm -rf /'".into();
+    let mut fine = op(0, &["0:10.0.0.1"]);
+    fine.name = "other".into();
+    fine.spec.start_cmd = "./start.sh other".into();
+    let id = h.svc.operate(vec![blocked, fine]);
+    let stop = CancellationToken::new();
+    tokio::spawn(h.svc.clone().run(stop.clone()));
+    wait_until(|| !h.link.sent.lock().is_empty()).await;
+    let r = h.svc.results(&id).unwrap();
+    let refused = &r.answers["0:10.0.0.1:nodeman:beat"];
+    assert_eq!(refused.error_code, CODE_FAILED, "{refused:?}");
+    for part in ["rm_root", "spec.control.reload_cmd"] {
+        assert!(refused.error_msg.contains(part), "{refused:?}");
+    }
+    assert_eq!(r.answers["0:10.0.0.1:nodeman:other"].error_code, 115);
+    // Only the other operation went to the agent.
+    let sent = h.link.sent.lock().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.decode::<ProcOperate>().unwrap().name, "other");
+    stop.cancel();
 }

@@ -1,10 +1,12 @@
 //! The server's dangerous-operation check (T6, T7), before dispatch: every
-//! command and script of a task against the [`DangerPolicy`], and the
-//! alarms it raises. Agents check again with the same rules before running.
+//! command, script and script destination of a task (and every control
+//! command of a plugin operation, for the proc role) against the
+//! [`DangerPolicy`], and the alarms it raises. Agents check again with the
+//! same rules before running.
 
 use std::sync::Arc;
 
-use gse_core::danger::{DangerMatch, DangerPolicy};
+use gse_core::danger::{DangerMatch, DangerPolicy, Verdict};
 
 use super::spec::ScriptTaskSpec;
 use crate::role::alarm::{Alarm, AlarmKind, AlarmService};
@@ -16,7 +18,7 @@ const AGENTS_NAMED: usize = 5;
 
 /// A rule that matched, and in which part of the task.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Finding {
+pub(crate) struct Finding {
     pub matched: DangerMatch,
     /// "the command of atomic task 0", "script bk_gse_script_1.sh".
     pub source: String,
@@ -30,50 +32,80 @@ impl Finding {
 
 /// What the rules say about a task.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct Findings {
+pub(crate) struct Findings {
     /// The first blocking match: nothing is dispatched.
     pub blocked: Option<Finding>,
     /// Alarm-only matches, at most one per rule.
     pub alarms: Vec<Finding>,
 }
 
-/// Checks every command and script of `spec`.
+/// One part of a task to check, and how a message names it.
+pub(crate) enum Part<'a> {
+    /// A command or a script's content.
+    Text(&'a str, String),
+    /// Where a script is written.
+    Destination { dir: &'a str, name: &'a str },
+}
+
+/// Checks every command, script and script destination of `spec`.
 pub(super) fn check(policy: &DangerPolicy, spec: &ScriptTaskSpec) -> Findings {
-    let mut findings = Findings::default();
     let commands = spec.atomic_tasks.iter().map(|a| {
-        (
-            a.command.as_str(),
-            format!("the command of atomic task {}", a.id),
-        )
+        let source = format!("the command of atomic task {}", a.id);
+        Part::Text(a.command.as_str(), source)
+    });
+    let destinations = spec.scripts.iter().map(|s| Part::Destination {
+        dir: &s.dir,
+        name: &s.name,
     });
     let scripts = spec
         .scripts
         .iter()
-        .map(|s| (s.content.as_str(), format!("script {}", s.name)));
-    for (text, source) in commands.chain(scripts) {
-        let verdict = policy.check([text]);
-        if findings.blocked.is_none()
+        .map(|s| Part::Text(s.content.as_str(), format!("script {}", s.name)));
+    check_parts(policy, commands.chain(destinations).chain(scripts))
+}
+
+/// Checks each part; the first block, and one alarm per rule.
+pub(crate) fn check_parts<'a>(
+    policy: &DangerPolicy,
+    parts: impl IntoIterator<Item = Part<'a>>,
+) -> Findings {
+    let mut findings = Findings::default();
+    for part in parts {
+        let (verdict, source) = match part {
+            Part::Text(text, source) => (policy.check([text]), source),
+            Part::Destination { dir, name } => (
+                policy.check_destination(dir, name),
+                "the destination of a script".to_string(),
+            ),
+        };
+        findings.add(verdict, &source);
+        if findings.blocked.is_some() {
+            break;
+        }
+    }
+    findings
+}
+
+impl Findings {
+    fn add(&mut self, verdict: Verdict, source: &str) {
+        if self.blocked.is_none()
             && let Some(matched) = verdict.blocked
         {
-            findings.blocked = Some(Finding {
+            self.blocked = Some(Finding {
                 matched,
-                source: source.clone(),
+                source: source.to_string(),
             });
         }
         for matched in verdict.alarms {
-            let seen = findings
-                .alarms
-                .iter()
-                .any(|f| f.matched.rule == matched.rule);
-            if !seen && findings.alarms.len() < MAX_ALARMS_PER_TASK {
-                findings.alarms.push(Finding {
+            let seen = self.alarms.iter().any(|f| f.matched.rule == matched.rule);
+            if !seen && self.alarms.len() < MAX_ALARMS_PER_TASK {
+                self.alarms.push(Finding {
                     matched,
-                    source: source.clone(),
+                    source: source.to_string(),
                 });
             }
         }
     }
-    findings
 }
 
 /// [`check`] on the blocking pool: scripts may be megabytes of lines.
@@ -93,7 +125,7 @@ pub(super) async fn check_off_thread(
 
 /// Raises the task's dangerous-operation alarms (or logs them when this
 /// node runs no alarm role).
-pub(super) fn raise(
+pub(crate) fn raise(
     alarms: Option<&AlarmService>,
     node_id: &str,
     task_id: &str,

@@ -16,7 +16,7 @@ mod control;
 mod create;
 pub mod dispatch;
 mod frames;
-mod guard;
+pub(crate) mod guard;
 mod metrics;
 mod model;
 mod query;

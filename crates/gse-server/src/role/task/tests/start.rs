@@ -198,6 +198,27 @@ async fn blocked_tasks_dispatch_nothing_and_alarm_only_ones_run() {
 }
 
 #[tokio::test]
+async fn r9_6_a_script_into_a_system_directory_is_blocked_before_dispatch() {
+    let h = harness().await;
+    let mut s = spec(&["0:10.0.0.1"], &["true"]);
+    s.scripts = vec![ScriptFileSpec {
+        name: "passwd".into(),
+        dir: "/etc//".into(),
+        content: "root::0:0::/root:/bin/sh\n".into(),
+    }];
+    let blocked = h.svc.start_script(s).await.unwrap();
+    assert!(h.link.sent.lock().is_empty(), "nothing is dispatched");
+    let e = &poll_all(&h.svc, &blocked).await[0];
+    assert_eq!(
+        (e.status, e.error_code),
+        (STATUS_FAILED, ERR_DANGER_BLOCKED)
+    );
+    for part in ["\"script_destination\"", "/etc//passwd"] {
+        assert!(e.error_msg.contains(part), "{}", e.error_msg);
+    }
+}
+
+#[tokio::test]
 async fn a_task_over_the_links_frame_limit_is_refused_naming_scripts() {
     let h = harness().await;
     *h.link.max_frame.lock() = 4096;
