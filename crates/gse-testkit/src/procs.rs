@@ -106,12 +106,7 @@ fn print_log_tails(dir: &Path) {
 }
 
 pub fn tls_of(certs: &CertDir, kind: CertKind) -> TlsFiles {
-    let p = certs.paths(kind, None);
-    TlsFiles {
-        ca_file: certs.ca_cert(),
-        cert_file: p.cert,
-        key_file: p.key,
-    }
+    certs.tls_files(kind)
 }
 
 /// Knobs of a test server; the defaults make liveness fast to observe.
@@ -310,6 +305,9 @@ pub struct AgentOptions {
     pub upload_speed_mb: u64,
     /// Last changes to the config before it is written.
     pub customize: Option<ConfigHook<AgentConfig>>,
+    /// Directory name under the cluster's, for two agents (two "hosts")
+    /// claiming one identity; default `agent-<cloud>-<ip>`.
+    pub name: Option<String>,
 }
 
 impl AgentOptions {
@@ -323,6 +321,7 @@ impl AgentOptions {
             p2p: true,
             upload_speed_mb: 0,
             customize: None,
+            name: None,
         }
     }
 }
@@ -338,9 +337,11 @@ pub struct AgentProc {
 
 impl AgentProc {
     fn start(cluster: &Cluster, server: SocketAddr, opts: AgentOptions) -> Self {
-        let dir = cluster
-            .path
-            .join(format!("agent-{}-{}", opts.cloud_id, opts.ip));
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("agent-{}-{}", opts.cloud_id, opts.ip));
+        let dir = cluster.path.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tls = opts
             .tls
