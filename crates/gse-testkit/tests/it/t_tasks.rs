@@ -10,7 +10,7 @@ const EXECUTE: &str = "/api/v2/task/extensions/async_execute_script";
 const RESULT: &str = "/api/v2/task/extensions/get_execute_script_result";
 const TERMINATE: &str = "/api/v2/task/extensions/async_terminate_execute_script";
 
-async fn start(api: &Api, agents: &[&str], command: &str, extra: Value) -> String {
+pub(crate) async fn start(api: &Api, agents: &[&str], command: &str, extra: Value) -> String {
     let mut body = json!({
         "agents": agents.iter().map(|a| json!({"bk_agent_id": a})).collect::<Vec<_>>(),
         "atomic_tasks": [{"atomic_task_id": 0, "command": command, "timeout_seconds": 60}],
@@ -52,7 +52,12 @@ fn is_final(e: &Value) -> bool {
     !(matches!(s, 0 | 1) && matches!(c, 0 | 115))
 }
 
-async fn wait_final(api: &Api, task_id: &str, agents: &[&str], within: Duration) -> Vec<Value> {
+pub(crate) async fn wait_final(
+    api: &Api,
+    task_id: &str,
+    agents: &[&str],
+    within: Duration,
+) -> Vec<Value> {
     eventually(&format!("task {task_id} final"), within, || async {
         let got = entries(api, task_id, agents).await;
         (got.len() == agents.len() && got.iter().all(is_final))
