@@ -468,11 +468,7 @@ mod tests {
         let mut cfg = AgentConfig::new(
             "/tmp/x".into(),
             vec!["nohost".into()],
-            TlsFiles {
-                ca_file: "a".into(),
-                cert_file: "b".into(),
-                key_file: "c".into(),
-            },
+            TlsFiles::new("a".into(), "b".into(), "c".into()),
         );
         cfg.agent.cloud_id = -1;
         cfg.file.upload_slots = 0;

@@ -141,7 +141,11 @@ async fn agent_main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, "gse-agent starting");
-            agent.run(shutdown).await?;
+            if let Err(e) = agent.run(shutdown).await {
+                // Into the agent's log file too, not only stderr.
+                tracing::error!("gse-agent cannot run: {e}");
+                return Err(e.into());
+            }
             tracing::info!("gse-agent stopped");
             Ok(())
         }

@@ -168,14 +168,7 @@ impl BenchServer {
 fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFiles)> {
     let certs = CertDir::new(dir.join("certs"));
     certs.init(&[], 3650).context("cannot make certificates")?;
-    let tls = |kind| {
-        let p = certs.paths(kind, None);
-        TlsFiles {
-            ca_file: certs.ca_cert(),
-            cert_file: p.cert,
-            key_file: p.key,
-        }
-    };
+    let tls = |kind| certs.tls_files(kind);
     let mut config = ServerConfig::with_defaults(dir.join("data"), tls(CertKind::Server));
     config.api.listen = free_port()?;
     config.link.listen = free_port()?;

@@ -1,5 +1,5 @@
-//! `gse-server`: run a node, make certificates, manage apps, or start a
-//! complete single-node platform with `quickstart`.
+//! `gse-server`: run a node, make certificates, manage apps and identity
+//! pins, or start a complete single-node platform with `quickstart`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gse_core::AgentKey;
 use gse_core::app_secret::{self, SecretHash};
-use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS};
+use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS, IdentityMark};
 use gse_core::seams::{AppRecord, StateStore};
 use gse_server::config::ServerConfig;
 use gse_server::node::Node;
@@ -44,6 +45,11 @@ enum Command {
     /// Manage the apps (bk_app_code/bk_app_secret) allowed to call the API.
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// Manage agent identity pins: each cloud_id:ip is pinned to the first
+    /// agent id that registered with it; another agent id claiming it is
+    /// refused (identity_conflict alarm) until the pin is released.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
     /// Check a config file and print it with every default filled in.
     CheckConfig {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
@@ -72,7 +78,12 @@ struct QuickstartArgs {
 
 #[derive(Subcommand, Debug)]
 enum CertsCommand {
-    /// Make a CA (unless DIR has one) and server, agent and API-client certificates.
+    /// Make a CA (unless DIR has one) and server, agent and API-client
+    /// certificates, each marked with its role (URI name gse://server,
+    /// gse://agent, gse://api-client): a server takes only agent
+    /// certificates from agents, an agent only a server certificate from
+    /// its server. Run again to re-issue them from the same CA (e.g. to
+    /// replace certificates made before role marks).
     Init {
         /// Where to write gseca.crt/.key, gse_server.*, gse_agent.*, gse_api_client.*.
         #[arg(long)]
@@ -85,14 +96,24 @@ enum CertsCommand {
         #[arg(long, default_value_t = DEFAULT_CA_DAYS)]
         days: u32,
     },
-    /// Issue one more certificate from the CA in DIR.
+    /// Issue one more certificate from the CA in DIR. With --agent, a
+    /// per-agent certificate: it can register only as that identity (and,
+    /// with --agent-id, only with that agent id).
     Issue {
         #[arg(long)]
         dir: PathBuf,
-        /// What the certificate is for.
-        #[arg(long, value_enum)]
-        kind: KindArg,
-        /// File name stem (default: gse_server, gse_agent, gse_proxy, gse_api_client).
+        /// What the certificate is for (default with --agent: agent).
+        #[arg(long, value_enum, required_unless_present = "agent")]
+        kind: Option<KindArg>,
+        /// The identity (cloud_id:ip) a per-agent certificate may claim,
+        /// written into it as the URI name gse://agent/<cloud_id>/<ip>.
+        #[arg(long, value_name = "CLOUD_ID:IP")]
+        agent: Option<AgentKey>,
+        /// The only agent id the per-agent certificate may register with.
+        #[arg(long, requires = "agent")]
+        agent_id: Option<String>,
+        /// File name stem (default: gse_server, gse_agent, gse_proxy,
+        /// gse_api_client; with --agent, gse_agent_<cloud_id>_<ip>).
         #[arg(long)]
         name: Option<String>,
         /// Extra DNS name or IP the certificate carries (repeatable).
@@ -151,6 +172,26 @@ enum AppsCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum AgentsCommand {
+    /// List the identity pins: cloud_id:ip, agent id, since when, and
+    /// whether a per-agent certificate made the pin.
+    Pins {
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Release the pin of one identity (a host re-installed with a new
+    /// agent id, or an identity IP moved to another host): the next agent
+    /// to register with it is pinned. Safe while the server runs.
+    ReleasePin {
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+        /// The identity, cloud_id:ip (e.g. 0:10.0.0.1).
+        #[arg(long, value_name = "CLOUD_ID:IP")]
+        agent: AgentKey,
+    },
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Quickstart keeps the terminal for its summary; its log goes to DIR.
@@ -181,6 +222,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Certs(c) => certs(c),
         Command::Apps(apps) => apps_command(apps).await,
+        Command::Agents(c) => agents(c).await,
         Command::CheckConfig { config: path } => {
             let config = ServerConfig::load(&path)?;
             print!("{}", config.redacted().to_toml());
@@ -285,14 +327,61 @@ fn certs(c: CertsCommand) -> Result<()> {
         CertsCommand::Issue {
             dir,
             kind,
+            agent,
+            agent_id,
             name,
             sans,
             days,
             force,
         } => {
-            let p = CertDir::new(&dir).issue(kind.into(), name.as_deref(), &sans, days, force)?;
+            let cd = CertDir::new(&dir);
+            let p = match (agent, kind) {
+                (Some(key), None | Some(KindArg::Agent)) => {
+                    let identity = IdentityMark { key, agent_id };
+                    cd.issue_agent(identity, name.as_deref(), &sans, days, force)?
+                }
+                (Some(_), Some(other)) => {
+                    anyhow::bail!("--agent makes an agent certificate; drop --kind {other:?}")
+                }
+                (None, Some(kind)) => cd.issue(kind.into(), name.as_deref(), &sans, days, force)?,
+                (None, None) => {
+                    anyhow::bail!("give --kind, or --agent for a per-agent certificate")
+                }
+            };
             println!("issued {} / {}", p.cert.display(), p.key.display());
         }
+    }
+    Ok(())
+}
+
+async fn agents(c: AgentsCommand) -> Result<()> {
+    let config = match &c {
+        AgentsCommand::Pins { config } | AgentsCommand::ReleasePin { config, .. } => config,
+    };
+    let config = ServerConfig::load(config)?;
+    let store = EmbeddedStore::open(&config.store_path())?;
+    match c {
+        AgentsCommand::Pins { .. } => {
+            let pins = store.list_identity_pins().await?;
+            println!(
+                "{:<40} {:<34} {:<21} per-agent certificate",
+                "identity", "agent id", "pinned since"
+            );
+            for p in pins {
+                let since = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(p.pinned_ms),
+                );
+                let by_cert = if p.by_certificate { "yes" } else { "no" };
+                println!("{:<40} {:<34} {since:<21} {by_cert}", p.key, p.agent_id);
+            }
+        }
+        AgentsCommand::ReleasePin { agent, .. } => match store.release_identity(agent).await? {
+            Some(p) => println!(
+                "released the pin of {agent} (agent id {}); the next agent to register as {agent} is pinned",
+                p.agent_id
+            ),
+            None => println!("{agent} is not pinned; nothing to release"),
+        },
     }
     Ok(())
 }

@@ -135,6 +135,7 @@ impl Node {
                     .map(|r| r.table())
                     .unwrap_or_else(RouteTable::default),
                 taps: data_taps,
+                store: store.clone(),
                 link: link.clone(),
                 shutdown: shutdown.clone(),
             };

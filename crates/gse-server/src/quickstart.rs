@@ -181,12 +181,7 @@ fn ensure_certs(dir: &Path) -> Result<CertDir> {
 }
 
 fn tls_files(certs: &CertDir, kind: CertKind) -> TlsFiles {
-    let p = certs.paths(kind, None);
-    TlsFiles {
-        ca_file: certs.ca_cert(),
-        cert_file: p.cert,
-        key_file: p.key,
-    }
+    certs.tls_files(kind)
 }
 
 fn server_config(dir: &Path, certs: &CertDir, opts: &QuickstartOptions) -> ServerConfig {

@@ -9,6 +9,7 @@
 //! `cargo build --bins` put next to the test executable (or `GSE_BIN_DIR`).
 
 mod api;
+pub mod bad_tls;
 mod fake_agent;
 pub mod hostile;
 mod ports;

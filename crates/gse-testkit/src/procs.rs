@@ -106,12 +106,7 @@ fn print_log_tails(dir: &Path) {
 }
 
 pub fn tls_of(certs: &CertDir, kind: CertKind) -> TlsFiles {
-    let p = certs.paths(kind, None);
-    TlsFiles {
-        ca_file: certs.ca_cert(),
-        cert_file: p.cert,
-        key_file: p.key,
-    }
+    certs.tls_files(kind)
 }
 
 /// Knobs of a test server; the defaults make liveness fast to observe.
@@ -311,6 +306,9 @@ pub struct AgentOptions {
     /// are appended (e.g. `sh -c 'exec 7<FILE; exec "$@"' sh` to start it
     /// with an inherited descriptor). Empty = run the agent directly.
     pub launcher: Vec<String>,
+    /// Directory name under the cluster's, for two agents (two "hosts")
+    /// claiming one identity; default `agent-<cloud>-<ip>`.
+    pub name: Option<String>,
 }
 
 impl AgentOptions {
@@ -325,6 +323,7 @@ impl AgentOptions {
             upload_speed_mb: 0,
             customize: None,
             launcher: Vec::new(),
+            name: None,
         }
     }
 }
@@ -341,9 +340,11 @@ pub struct AgentProc {
 
 impl AgentProc {
     fn start(cluster: &Cluster, server: SocketAddr, opts: AgentOptions) -> Self {
-        let dir = cluster
-            .path
-            .join(format!("agent-{}-{}", opts.cloud_id, opts.ip));
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("agent-{}-{}", opts.cloud_id, opts.ip));
+        let dir = cluster.path.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tls = opts
             .tls

@@ -82,7 +82,7 @@ impl FileService {
             max_inflight_bytes: file.max_inflight_mb.max(1) * MB,
             connect_timeout: file.p2p_connect_timeout,
         };
-        let connector = TlsConnector::from(gse_core::tls::client_config(&cfg.tls)?);
+        let connector = TlsConnector::from(gse_core::tls::peer_client_config(&cfg.tls)?);
         let store = Arc::new(PieceStore::default());
         let upload = RateLimit::new(file.upload_speed_mb * MB);
         let slots = Arc::new(Semaphore::new(file.upload_slots.max(1) as usize));

@@ -13,6 +13,8 @@
 //! Data routes (D5) are [`StreamToRecord`]s and [`ChannelRecord`]s: an id,
 //! a platform and the data role's own JSON document; new ids are picked by
 //! the store ([`NewId`]) so that concurrent adds never share one.
+//! Identity pins ([`IdentityPin`], issue 9) bind a `cloud_id:ip` to the
+//! first agent id that claimed it, until an operator releases it.
 
 use std::sync::Arc;
 
@@ -78,6 +80,28 @@ impl AppRecord {
             secret_hash: SecretHash::hash(secret),
         }
     }
+}
+
+/// An identity bound to the agent id that first claimed it (issue 9):
+/// another agent id claiming it is refused until an operator releases the
+/// pin (`gse-server agents release-pin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityPin {
+    pub key: AgentKey,
+    pub agent_id: String,
+    /// When the pin was made, unix ms.
+    pub pinned_ms: u64,
+    /// Made by a per-agent certificate naming this identity: then only such
+    /// a certificate may claim it, whatever agent id comes with a shared one.
+    pub by_certificate: bool,
+}
+
+/// The pin in force after a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinClaim {
+    pub pin: IdentityPin,
+    /// Whether this claim made it (the identity was free).
+    pub made: bool,
 }
 
 /// Why the store could not do what was asked.
@@ -300,6 +324,15 @@ fn no_data_routes(backend: &'static str, doing: &'static str) -> StoreError {
     }
 }
 
+/// The error of an identity-pin method a store does not implement.
+fn no_identity_pins(backend: &'static str, doing: &'static str) -> StoreError {
+    StoreError::Backend {
+        backend,
+        doing,
+        message: "this state store does not keep identity pins; use the embedded store".into(),
+    }
+}
+
 /// The error of a file-transfer method a store does not implement.
 fn no_file_transfers(backend: &'static str, doing: &'static str) -> StoreError {
     StoreError::Backend {
@@ -451,5 +484,30 @@ pub trait StateStore: Send + Sync {
     /// Every stored channel, by id.
     async fn list_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
         Err(no_data_routes(self.kind(), "listing data channels"))
+    }
+
+    /// Pins `pin.key` to `pin.agent_id` unless it is pinned already, and
+    /// returns the pin in force afterwards: `pin` itself when the identity
+    /// was free, else the older one (unchanged). Two racing claims see one
+    /// winner. A store without pins refuses (the default), so registrations
+    /// fail closed.
+    async fn claim_identity(&self, pin: IdentityPin) -> Result<PinClaim, StoreError> {
+        let _ = pin;
+        Err(no_identity_pins(self.kind(), "claiming an identity"))
+    }
+    /// Sets the pin of `pin.key`, replacing any (a per-agent certificate
+    /// naming the identity outranks a pin made with the shared one).
+    async fn repin_identity(&self, pin: IdentityPin) -> Result<(), StoreError> {
+        let _ = pin;
+        Err(no_identity_pins(self.kind(), "re-pinning an identity"))
+    }
+    /// Removes the pin of `key`; returns it, `None` if there was none.
+    async fn release_identity(&self, key: AgentKey) -> Result<Option<IdentityPin>, StoreError> {
+        let _ = key;
+        Err(no_identity_pins(self.kind(), "releasing an identity pin"))
+    }
+    /// Every pin, by key.
+    async fn list_identity_pins(&self) -> Result<Vec<IdentityPin>, StoreError> {
+        Err(no_identity_pins(self.kind(), "listing identity pins"))
     }
 }

@@ -1,7 +1,7 @@
 //! The embedded state store: memory for reads and heartbeats, SQLite for
 //! what must survive a restart (agent identities and last state, apps, task
 //! records and logs; the task tables are in [`super::tasks`], file
-//! transfers in [`super::files`]).
+//! transfers in [`super::files`], identity pins in [`super::pins`]).
 //!
 //! Heartbeats never touch SQLite (thousands per second at scale); a record
 //! is written when an agent registers or goes offline. SQLite calls run on
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use gse_core::app_secret::SecretHash;
 use gse_core::seams::state_store::{
-    EntryFailure, FileTransferRecord, LogWindow, StoredTask, TaskWrites,
+    EntryFailure, FileTransferRecord, IdentityPin, LogWindow, PinClaim, StoredTask, TaskWrites,
 };
 use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
 use gse_core::{AgentKey, AgentRef};
@@ -127,6 +127,7 @@ impl EmbeddedStore {
         conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::routes::SCHEMA)
             .map_err(open_err)?;
+        conn.execute_batch(super::pins::SCHEMA).map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
             mem: RwLock::new(mem),
@@ -496,6 +497,30 @@ impl StateStore for EmbeddedStore {
             })
             .await?;
         Ok(rows.into_iter().map(routes::channel).collect())
+    }
+
+    async fn claim_identity(&self, pin: IdentityPin) -> Result<PinClaim, StoreError> {
+        self.with_db("claiming an identity", move |c| super::pins::claim(c, &pin))
+            .await
+    }
+
+    async fn repin_identity(&self, pin: IdentityPin) -> Result<(), StoreError> {
+        self.with_db("re-pinning an identity", move |c| {
+            super::pins::repin(c, &pin)
+        })
+        .await
+    }
+
+    async fn release_identity(&self, key: AgentKey) -> Result<Option<IdentityPin>, StoreError> {
+        self.with_db("releasing an identity pin", move |c| {
+            super::pins::release(c, key)
+        })
+        .await
+    }
+
+    async fn list_identity_pins(&self) -> Result<Vec<IdentityPin>, StoreError> {
+        self.with_db("listing identity pins", super::pins::list)
+            .await
     }
 }
 

@@ -2,13 +2,14 @@
 //!
 //! [`embedded::EmbeddedStore`] is the single-node default: everything in
 //! memory, with agent identities, apps, task records (`tasks`), file
-//! transfers (`files`) and data routes (`routes`) persisted to SQLite so
-//! that they survive a restart.
+//! transfers (`files`), data routes (`routes`) and identity pins (`pins`)
+//! persisted to SQLite so that they survive a restart.
 //! The Redis store arrives with the cluster work; nothing outside this
 //! module and `node` knows which one is in use.
 
 pub mod embedded;
 mod files;
+mod pins;
 mod routes;
 mod tasks;
 

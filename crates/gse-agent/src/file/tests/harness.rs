@@ -41,13 +41,8 @@ pub fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let cd = CertDir::new(dir.path());
     cd.init(&[], 30).unwrap();
-    let agent = cd.paths(CertKind::Agent, None);
     Certs {
-        tls: TlsFiles {
-            ca_file: cd.ca_cert(),
-            cert_file: agent.cert,
-            key_file: agent.key,
-        },
+        tls: cd.tls_files(CertKind::Agent),
         _dir: dir,
     }
 }

@@ -7,7 +7,8 @@
 //! remembered as alarmed until it reconnects, which raises `agent_recovered`
 //! (the clear). Other roles raise their own alarms through
 //! [`AlarmService::raise`]: the task role raises `dangerous_operation` and
-//! `dangerous_operation_blocked` (T6, T7, [`Alarm::about_task`]). Delivery
+//! `dangerous_operation_blocked` (T6, T7, [`Alarm::about_task`]), the link
+//! role `identity_conflict` and `data_dropped`. Delivery
 //! (JSON-lines log, webhook) is in [`sinks`]; alarms are queued so that a
 //! slow webhook never holds up the agent link.
 
@@ -46,6 +47,9 @@ pub enum AlarmKind {
     /// D5/C9: an agent dropped data (its spool was full, or a batch was
     /// lost).
     DataDropped,
+    /// Issue 9: a registration claimed an identity that is pinned to
+    /// another agent id, or not the one its certificate names; refused.
+    IdentityConflict,
 }
 
 impl AlarmKind {
@@ -57,6 +61,7 @@ impl AlarmKind {
             AlarmKind::DangerousOperationBlocked => "dangerous_operation_blocked",
             AlarmKind::PluginFailed => "plugin_failed",
             AlarmKind::DataDropped => "data_dropped",
+            AlarmKind::IdentityConflict => "identity_conflict",
         }
     }
 }

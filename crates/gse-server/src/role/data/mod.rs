@@ -56,6 +56,8 @@ pub struct DataParts {
     pub advertise_ip: IpAddr,
     pub routes: RouteTable,
     pub taps: Vec<Arc<dyn DataTap>>,
+    /// Where identity pins are checked (data links claim identities too).
+    pub store: Arc<dyn gse_core::seams::StateStore>,
     /// The link role of this node, if it runs: then agents are assigned
     /// and rebalanced here.
     pub link: Option<Arc<LinkService>>,
@@ -99,6 +101,7 @@ impl DataService {
                 tls_files: parts.tls_files.clone(),
                 handler: handler.clone(),
                 config: parts.config.clone(),
+                store: parts.store.clone(),
                 shutdown: parts.shutdown.clone(),
             }));
             listeners.push(listener);

@@ -1,8 +1,10 @@
 //! One DataServer (C5): a mutual-TLS listener for agents' data links.
 //!
 //! Per connection ([`serve_link`]): TLS handshake and `DataHello` within
-//! `handshake_timeout` (the agent id, cloud id and identity IP are checked;
-//! the source of every record is `cloud:ip`), `DataHelloAck` with the
+//! `handshake_timeout` (the agent id, cloud id and identity IP are checked,
+//! and the claim admitted like a registration's: the certificate's identity
+//! and the identity pin, `role::link::identity`; the source of every record
+//! is `cloud:ip`), `DataHelloAck` with the
 //! batch size limit, then `DataBatch` frames. Up to `batches_in_progress`
 //! batches of a link are stored at once ([`BatchHandler`]); each is
 //! answered by one `DataAck` (code 0 only after every sink stored it, else
@@ -18,6 +20,7 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
 use gse_core::identity::validate_agent_id;
+use gse_core::seams::StateStore;
 use gse_core::tls::{Side, TlsFiles, explain};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
@@ -32,6 +35,7 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
+use crate::role::link::identity::{self, Claim};
 use gse_proto::link::DataBatch;
 
 /// Ack code: a sink could not store the batch (retry later).
@@ -50,6 +54,8 @@ pub struct DataServer {
     pub(super) tls_files: TlsFiles,
     pub(super) handler: BatchHandler,
     pub(super) config: DataConfig,
+    /// Where identity pins are checked.
+    pub(super) store: Arc<dyn StateStore>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -135,6 +141,10 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
             other.to_u16()
         )),
     };
+    let checked = match checked {
+        Ok((key, agent_id)) => admit(svc, link, key, &agent_id).await.map(|()| key),
+        Err(message) => Err(message),
+    };
     let answer = |accepted: bool, message: String| DataHelloAck {
         accepted,
         message,
@@ -155,8 +165,22 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
     }
 }
 
-/// Validates what the agent says about itself.
-fn check_hello(h: DataHello) -> Result<AgentKey, String> {
+/// A data link may send as an identity only what may register as it.
+async fn admit(svc: &DataServer, link: &Link, key: AgentKey, agent_id: &str) -> Result<(), String> {
+    let certs = link.get_ref().get_ref().1.peer_certificates();
+    let claim = Claim {
+        key,
+        agent_id,
+        certificate: identity::certificate_identity(certs),
+    };
+    identity::admit(svc.store.as_ref(), claim)
+        .await
+        .map(|_| ())
+        .map_err(|refusal| refusal.message().to_string())
+}
+
+/// Validates what the agent says about itself: its key and agent id.
+fn check_hello(h: DataHello) -> Result<(AgentKey, String), String> {
     validate_agent_id(&h.agent_id).map_err(|e| format!("agent_id: {e}"))?;
     if h.cloud_id < 0 {
         return Err(format!("cloud_id {} is negative", h.cloud_id));
@@ -171,7 +195,7 @@ fn check_hello(h: DataHello) -> Result<AgentKey, String> {
     if ip.is_unspecified() {
         return Err(format!("identity_ip {ip} is unspecified"));
     }
-    Ok(AgentKey::new(h.cloud_id, ip))
+    Ok((AgentKey::new(h.cloud_id, ip), h.agent_id))
 }
 
 /// Stores batches and acks them until the link ends; returns why it ended.
@@ -262,7 +286,10 @@ mod tests {
             identity_ip: "10.0.0.1".into(),
             protocol_version: 1,
         };
-        assert_eq!(check_hello(good.clone()).unwrap().to_string(), "0:10.0.0.1");
+        assert_eq!(
+            check_hello(good.clone()).unwrap().0.to_string(),
+            "0:10.0.0.1"
+        );
         for bad in [
             DataHello {
                 identity_ip: "x".into(),

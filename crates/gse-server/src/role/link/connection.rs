@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{LinkService, OUTBOUND_QUEUE};
+use super::{LinkService, OUTBOUND_QUEUE, identity};
 use crate::role::alarm::{Alarm, AlarmKind};
 
 type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
@@ -147,6 +147,14 @@ async fn register(
             other.to_u16()
         )),
     };
+    let checked = match checked {
+        Ok(reg) => {
+            let certificate =
+                identity::certificate_identity(link.get_ref().get_ref().1.peer_certificates());
+            svc.admit(certificate, &reg, peer).await.map(|()| reg)
+        }
+        Err(message) => Err(message),
+    };
     let ack = |accepted: bool, message: String, data_endpoint: String| RegisterAck {
         accepted,
         message,
@@ -208,10 +216,10 @@ async fn register(
     }
 }
 
-struct CheckedRegister {
-    key: AgentKey,
+pub(super) struct CheckedRegister {
+    pub(super) key: AgentKey,
     p2p_addr: Option<SocketAddr>,
-    msg: Register,
+    pub(super) msg: Register,
 }
 
 /// Validates what the agent claims about itself; the error says what to fix.

@@ -3,10 +3,12 @@
 //! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`]),
 //! runs one task per connection ([`connection`]): TLS handshake (a mismatch
 //! is one clear log line, K6), `Register` (identity by the agent's reported
-//! IP, not the socket address, K7), then heartbeats (K3) until the link ends
-//! or goes silent for `heartbeat_timeout`. Heartbeats reach the state store in
-//! batches ([`heartbeats`]). When a link ends the agent is marked offline and
-//! the alarm role is told (K4). Other roles send frames to an agent through
+//! IP, not the socket address, K7; the claim checked against the agent's
+//! certificate and the identity's pin, `identity`), then heartbeats (K3)
+//! until the link ends or goes silent for `heartbeat_timeout`. Heartbeats
+//! reach the state store in batches ([`heartbeats`]). When a link ends the
+//! agent is marked offline and the alarm role is told (K4). Other roles send
+//! frames to an agent through
 //! [`LinkService::send_to`]; frames the link does not handle itself (task
 //! output and status) go to the [`AgentFrames`] handler another role sets.
 //! It does not dispatch tasks itself.
@@ -15,6 +17,7 @@ mod config;
 mod connection;
 mod data_drops;
 mod heartbeats;
+pub(crate) mod identity;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -121,6 +124,8 @@ pub struct LinkService {
     data_assigner: RwLock<Option<Arc<dyn DataAssigner>>>,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
+    /// Identity conflicts alarmed lately, so a retrying impostor raises one.
+    conflict_alarms: identity::ConflictAlarms,
     shutdown: CancellationToken,
 }
 
@@ -167,6 +172,7 @@ impl LinkService {
             frames: RwLock::new(Vec::new()),
             data_assigner: RwLock::new(None),
             data_drops: data_drops::DataDrops::default(),
+            conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
         }))
     }
@@ -293,11 +299,12 @@ impl LinkService {
             })
     }
 
-    /// Records a new session for `key`, closing any older one it replaces.
+    /// Records a new session for `key`, closing any older one it replaces
+    /// (the same agent again: [`identity`] lets no other agent id here).
     fn attach(&self, key: AgentKey, session: Session) {
         let old = self.sessions.lock().insert(key, session);
         if let Some(old) = old {
-            tracing::warn!(agent = %key, "a new connection claims this agent's identity; closing the older one (two hosts with the same identity IP?)");
+            tracing::info!(agent = %key, "a new connection of this agent replaces its older one");
             old.close.cancel();
             // Whatever ran over the old link is gone with it (the agent
             // cancels its tasks when a link ends); what was already sent on

@@ -4,18 +4,25 @@
 //! `gse_server.crt`, `gse_agent.crt`, ...) so operators find what they know.
 //! [`CertDir::init`] makes a CA (unless one is there) and a server, agent and
 //! API-client certificate; [`CertDir::issue`] makes one more from the same CA
-//! for a real deployment (another server name, a proxy). Server, agent and
-//! proxy certificates are good for both TLS roles, since agents also serve
-//! P2P pieces to each other and servers also dial each other.
+//! for a real deployment (another server name, a proxy), and
+//! [`CertDir::issue_agent`] a per-agent certificate for one identity. Every
+//! certificate carries its role (and a per-agent one its identity) as a
+//! `gse://` URI name: see [`mark`]. Server, agent and proxy certificates are
+//! good for both TLS purposes, since agents also serve P2P pieces to each
+//! other; what a peer may be is decided by the role mark, not the purpose.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
+
+pub mod mark;
+
+pub use mark::{CertMark, IdentityMark, MarkError, read_mark};
 
 /// Default validity of a CA, in days.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
@@ -35,6 +42,39 @@ pub enum CertKind {
 }
 
 impl CertKind {
+    /// Every kind, in mark-name order.
+    pub const ALL: [CertKind; 4] = [
+        CertKind::Server,
+        CertKind::Agent,
+        CertKind::Proxy,
+        CertKind::ApiClient,
+    ];
+
+    /// The role's name in a `gse://` mark.
+    pub fn mark_name(self) -> &'static str {
+        match self {
+            CertKind::Server => "server",
+            CertKind::Agent => "agent",
+            CertKind::Proxy => "proxy",
+            CertKind::ApiClient => "api-client",
+        }
+    }
+
+    /// The kind of a mark's role name.
+    pub fn from_mark_name(name: &str) -> Option<CertKind> {
+        Self::ALL.into_iter().find(|k| k.mark_name() == name)
+    }
+
+    /// "a server certificate", "an agent certificate", ... for messages.
+    pub fn a_certificate(self) -> &'static str {
+        match self {
+            CertKind::Server => "a server certificate",
+            CertKind::Agent => "an agent certificate",
+            CertKind::Proxy => "a proxy certificate",
+            CertKind::ApiClient => "an API client certificate",
+        }
+    }
+
     /// Base file name, GSE style: `gse_server`, `gse_agent`, ...
     pub fn file_stem(self) -> &'static str {
         match self {
@@ -86,6 +126,8 @@ pub enum CertError {
     Rcgen { what: String, source: rcgen::Error },
     #[error("{path} exists already; pass --force to replace it")]
     Exists { path: PathBuf },
+    #[error("{0}; bind the certificate to the id in the agent's data_dir/agent_id file")]
+    BadAgentId(crate::identity::IdentityError),
 }
 
 /// A directory holding a CA and the certificates it issued.
@@ -127,6 +169,13 @@ impl CertDir {
             cert: self.dir.join(format!("{stem}.crt")),
             key: self.dir.join(format!("{stem}.key")),
         }
+    }
+
+    /// The TLS section for a side using the certificate of `kind` (its
+    /// default file name) from this directory.
+    pub fn tls_files(&self, kind: CertKind) -> crate::tls::TlsFiles {
+        let p = self.paths(kind, None);
+        crate::tls::TlsFiles::new(self.ca_cert(), p.cert, p.key)
     }
 
     /// Makes a CA unless there is one, then a server, an agent and an API
@@ -180,25 +229,70 @@ impl CertDir {
         force: bool,
     ) -> Result<IssuedPaths, CertError> {
         let paths = self.paths(kind, stem);
+        let names = leaf_names(kind, extra_names);
+        let common_name = names[0].clone();
+        self.issue_marked(
+            &CertMark::role(kind),
+            &common_name,
+            names,
+            &paths,
+            days,
+            force,
+        )
+    }
+
+    /// Issues a per-agent certificate: it may register only as `identity`
+    /// (and, when the identity names one, only with that agent id). The
+    /// file stem defaults to `gse_agent_<cloud>_<ip>`.
+    pub fn issue_agent(
+        &self,
+        identity: IdentityMark,
+        stem: Option<&str>,
+        extra_names: &[String],
+        days: u32,
+        force: bool,
+    ) -> Result<IssuedPaths, CertError> {
+        if let Some(id) = &identity.agent_id {
+            crate::identity::validate_agent_id(id).map_err(CertError::BadAgentId)?;
+        }
+        let default_stem = agent_stem(&identity);
+        let paths = self.paths(CertKind::Agent, Some(stem.unwrap_or(&default_stem)));
+        let common_name = format!("gse-agent {}", identity.key);
+        let mark = CertMark::agent(identity.key, identity.agent_id);
+        let names = leaf_names(CertKind::Agent, extra_names);
+        self.issue_marked(&mark, &common_name, names, &paths, days, force)
+    }
+
+    fn issue_marked(
+        &self,
+        mark: &CertMark,
+        common_name: &str,
+        names: Vec<String>,
+        paths: &IssuedPaths,
+        days: u32,
+        force: bool,
+    ) -> Result<IssuedPaths, CertError> {
         if !force && paths.cert.exists() {
-            return Err(CertError::Exists { path: paths.cert });
+            return Err(CertError::Exists {
+                path: paths.cert.clone(),
+            });
         }
         let ca_pem = read_file(&self.ca_cert())?;
         let ca_key = KeyPair::from_pem(&read_file(&self.ca_key())?).map_err(rc("CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rc("CA certificate"))?;
 
-        let mut names = kind.default_names();
-        names.extend(extra_names.iter().cloned());
-        names.dedup();
         let key = KeyPair::generate().map_err(rc("leaf key"))?;
         let mut params =
             CertificateParams::new(names.clone()).map_err(rc(format!("names {names:?}")))?;
-        params.distinguished_name = dn(&names[0]);
+        let uri = mark.uri();
+        let uri_name = uri.as_str().try_into().map_err(rc(format!("mark {uri}")))?;
+        params.subject_alt_names.push(SanType::URI(uri_name));
+        params.distinguished_name = dn(common_name);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = kind.purposes();
+        params.extended_key_usages = mark.kind.purposes();
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, days);
         let cert = params
@@ -206,8 +300,26 @@ impl CertDir {
             .map_err(rc("leaf certificate"))?;
         write_file(&paths.cert, cert.pem().as_bytes(), false)?;
         write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
-        Ok(paths)
+        Ok(paths.clone())
     }
+}
+
+/// The DNS names and IPs of a certificate of `kind`: its defaults, then
+/// `extra`, without repeats.
+fn leaf_names(kind: CertKind, extra: &[String]) -> Vec<String> {
+    let mut names = kind.default_names();
+    for name in extra {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// `gse_agent_0_10.0.0.1`; an IPv6 address's colons become dashes.
+fn agent_stem(identity: &IdentityMark) -> String {
+    let ip = identity.key.ip.to_string().replace(':', "-");
+    format!("gse_agent_{}_{ip}", identity.key.cloud_id)
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -245,45 +357,4 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tls::{TlsFiles, client_config, server_config};
-
-    #[test]
-    fn init_makes_a_usable_set_and_refuses_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let cd = CertDir::new(dir.path());
-        cd.init(&["gse.example".into()], 30).unwrap();
-        for kind in [CertKind::Server, CertKind::Agent, CertKind::ApiClient] {
-            let p = cd.paths(kind, None);
-            assert!(p.cert.exists() && p.key.exists(), "{kind:?}");
-        }
-        let server = cd.paths(CertKind::Server, None);
-        let agent = cd.paths(CertKind::Agent, None);
-        server_config(&TlsFiles {
-            ca_file: cd.ca_cert(),
-            cert_file: server.cert,
-            key_file: server.key,
-        })
-        .unwrap();
-        client_config(&TlsFiles {
-            ca_file: cd.ca_cert(),
-            cert_file: agent.cert,
-            key_file: agent.key,
-        })
-        .unwrap();
-        assert!(matches!(
-            cd.issue(CertKind::Agent, None, &[], 30, false),
-            Err(CertError::Exists { .. })
-        ));
-        cd.issue(
-            CertKind::Proxy,
-            Some("proxy-a"),
-            &["10.1.1.1".into()],
-            30,
-            false,
-        )
-        .unwrap();
-        assert!(dir.path().join("proxy-a.crt").exists());
-    }
-}
+mod tests;

@@ -1,0 +1,242 @@
+//! One sentence for a TLS refusal, on either side of a link (K6).
+//!
+//! A refusal is either ours (the peer's certificate failed our checks: the
+//! rustls error says which, and [`super::verify::PeerCertProblem`] adds the
+//! role and the usual defects) or theirs (we received an alert). An alert
+//! names no reason, so for one we look at our own certificate for what
+//! the peer's checks would refuse (an old version, self-signed, a CA's, a
+//! wrong or missing role mark) and name it; only when ours looks right do
+//! we fall back to the likely cause for that alert.
+
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::TlsFiles;
+use super::verify::{Defect, PeerCertProblem, defect};
+use crate::certs::{CertKind, read_mark};
+
+/// Which end of a link is explaining a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The accepting side (gse-server, later gse-proxy).
+    Server,
+    /// The connecting side (gse-agent).
+    Client,
+}
+
+/// What each side is and what to tell it.
+struct Words {
+    /// The peer, "agent" or "server".
+    they: &'static str,
+    /// Our own certificate's kind.
+    ours: CertKind,
+    /// How to get the peer a certificate from our CA.
+    their_ca_hint: &'static str,
+    /// How to get us a certificate from the peer's CA.
+    our_ca_hint: &'static str,
+    /// How to give the peer a certificate of the right kind.
+    their_kind_hint: &'static str,
+    /// How to give us a certificate of the right kind.
+    our_kind_hint: &'static str,
+}
+
+fn words(side: Side) -> Words {
+    match side {
+        Side::Server => Words {
+            they: "agent",
+            ours: CertKind::Server,
+            their_ca_hint: "issue the agent's certificate from this server's CA (`gse-server certs issue --kind agent`)",
+            our_ca_hint: "issue this server's certificate from the CA the agents trust",
+            their_kind_hint: "give the agent an agent certificate (gse_agent.crt from `gse-server certs init`, or `gse-server certs issue --kind agent`)",
+            our_kind_hint: "set cert_file and key_file in this server's [tls] section to gse_server.crt and gse_server.key (from `gse-server certs init`, or `gse-server certs issue --kind server`)",
+        },
+        Side::Client => Words {
+            they: "server",
+            ours: CertKind::Agent,
+            their_ca_hint: "point ca_file at the gseca.crt of the CA that issued the server's certificate",
+            our_ca_hint: "issue this agent's certificate from the server's CA (`gse-server certs issue --kind agent`)",
+            their_kind_hint: "the server must present a server certificate (gse_server.crt from `gse-server certs init`, or `gse-server certs issue --kind server`) in its [tls] section",
+            our_kind_hint: "set cert_file and key_file in this agent's [tls] section to gse_agent.crt and gse_agent.key (from `gse-server certs init`, or `gse-server certs issue --kind agent`)",
+        },
+    }
+}
+
+/// Finds the rustls error inside an I/O error from a TLS stream, if any.
+pub fn rustls_cause(err: &io::Error) -> Option<&rustls::Error> {
+    err.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// One sentence on what did not match, when `err` is a certificate problem;
+/// `None` when it is not a TLS certificate failure (e.g. connection reset).
+///
+/// `peer` names the other side (an address); `files` is our own TLS config,
+/// so the sentence can name the file to look at.
+pub fn explain(side: Side, peer: &str, files: &TlsFiles, err: &io::Error) -> Option<String> {
+    let w = words(side);
+    let they = w.they;
+    let text = match rustls_cause(err)? {
+        rustls::Error::NoCertificatesPresented => format!(
+            "TLS refused: the {they} at {peer} presented no certificate; configure cert_file/key_file in its [tls] section"
+        ),
+        rustls::Error::InvalidCertificate(ce) => {
+            format!(
+                "TLS refused: the {they} at {peer} presented {}",
+                their_certificate(&w, files, ce)
+            )
+        }
+        rustls::Error::AlertReceived(alert) => {
+            format!(
+                "TLS refused by the {they} at {peer}: {}",
+                our_certificate(&w, files, *alert)
+            )
+        }
+        other => format!("TLS failure with the {they} at {peer}: {other}"),
+    };
+    Some(text)
+}
+
+/// What was wrong with the peer's certificate and what to do, after
+/// "presented ".
+fn their_certificate(w: &Words, files: &TlsFiles, ce: &CertificateError) -> String {
+    let ca = files.ca_file.display();
+    let their_ca_hint = w.their_ca_hint;
+    match ce {
+        CertificateError::Other(other) => match other.0.downcast_ref::<PeerCertProblem>() {
+            Some(problem) => their_problem(w, files, problem),
+            None => format!("an unusable certificate: {other}"),
+        },
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+            "a certificate not signed by our CA ({ca}); the two sides use different CAs: {their_ca_hint}"
+        ),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            format!("an expired certificate; issue a new one from the CA ({ca})")
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "a certificate that is not valid yet; check both hosts' clocks".into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "a certificate that does not carry the name we connect with; set server_name in the agent's [upstream] section to a name in the server certificate, or reissue it with that name".into()
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "a certificate made for another purpose (server vs client); issue the right kind with `gse-server certs issue`".into()
+        }
+        other => format!("an unusable certificate: {other}"),
+    }
+}
+
+fn their_problem(w: &Words, files: &TlsFiles, problem: &PeerCertProblem) -> String {
+    let hint = w.their_kind_hint;
+    match problem {
+        PeerCertProblem::WrongRole { mark, wanted } => format!(
+            "{} (marked {mark}), not {}; {hint}",
+            mark.kind.a_certificate(),
+            wanted.a_certificate()
+        ),
+        PeerCertProblem::Unmarked { wanted } => format!(
+            "a certificate without a gse role mark where {} was expected (made by `gse-server certs` before role marks, or by another PKI); {hint}, or, while upgrading, set legacy_unmarked_certs = true in this side's [tls] section (then any certificate from the CA passes in any role)",
+            wanted.a_certificate()
+        ),
+        PeerCertProblem::BadMark(e) => {
+            format!("a certificate whose gse mark cannot be used ({e}); {hint}")
+        }
+        PeerCertProblem::Defect(Defect::OldVersion { version }) => format!(
+            "an X.509 v{version} certificate; gse takes only X.509 v3 certificates (they carry the role and purpose): {hint}"
+        ),
+        PeerCertProblem::Defect(Defect::SelfSigned { subject }) => format!(
+            "a self-signed certificate (subject {subject}), not one issued by our CA ({}); {}",
+            files.ca_file.display(),
+            w.their_ca_hint
+        ),
+        PeerCertProblem::Defect(Defect::CaAsLeaf { subject }) => format!(
+            "a CA certificate (subject {subject}) as its own; it must present a certificate issued by the CA, not the CA's: {hint}"
+        ),
+    }
+}
+
+/// Why the peer probably refused us, after "TLS refused by the X at P: ".
+fn our_certificate(w: &Words, files: &TlsFiles, alert: AlertDescription) -> String {
+    let cert = files.cert_file.display();
+    let they = w.they;
+    match alert {
+        AlertDescription::CertificateRequired => {
+            "it requires a client certificate and we sent none; set cert_file/key_file in our [tls] section".into()
+        }
+        AlertDescription::CertificateExpired => {
+            format!("our certificate ({cert}) has expired (or is not valid yet); issue a new one, and check both hosts' clocks")
+        }
+        AlertDescription::UnknownCA
+        | AlertDescription::BadCertificate
+        | AlertDescription::DecryptError
+        | AlertDescription::CertificateUnknown
+        | AlertDescription::UnsupportedCertificate
+        | AlertDescription::AccessDenied => {
+            let other_ca = matches!(
+                alert,
+                AlertDescription::UnknownCA
+                    | AlertDescription::BadCertificate
+                    | AlertDescription::DecryptError
+            );
+            match own_problem(w, files, !other_ca) {
+                Some(problem) => format!("our certificate ({cert}) {problem}"),
+                None if other_ca => format!(
+                    "it does not trust our certificate ({cert}, alert {alert:?}); our certificate comes from another CA than the {they}'s: {}",
+                    w.our_ca_hint
+                ),
+                None => format!(
+                    "it does not accept our certificate ({cert}, alert {alert:?}); the {they}'s log says why"
+                ),
+            }
+        }
+        other => format!("alert {other:?}"),
+    }
+}
+
+/// What the peer would refuse in our own certificate, after "our
+/// certificate (path) "; role marks only when `marks` (an unknown-CA alert
+/// is about the chain, not the role).
+fn own_problem(w: &Words, files: &TlsFiles, marks: bool) -> Option<String> {
+    let der = CertificateDer::pem_file_iter(&files.cert_file)
+        .ok()?
+        .next()?
+        .ok()?;
+    let ours = w.ours;
+    if let Some(d) = defect(&der) {
+        return Some(match d {
+            Defect::OldVersion { version } => format!(
+                "is an X.509 v{version} certificate; gse takes only X.509 v3 certificates: {}",
+                w.our_kind_hint
+            ),
+            Defect::SelfSigned { subject } => format!(
+                "is self-signed (subject {subject}), not issued by the CA the {} trusts: {}",
+                w.they, w.our_ca_hint
+            ),
+            Defect::CaAsLeaf { subject } => format!(
+                "is a CA certificate (subject {subject}), not one the CA issued: {}",
+                w.our_kind_hint
+            ),
+        });
+    }
+    if !marks {
+        return None;
+    }
+    match read_mark(&der) {
+        Ok(Some(mark)) if mark.kind == ours => None,
+        Ok(Some(mark)) => Some(format!(
+            "is {} (marked {mark}), but this side needs {}: {}",
+            mark.kind.a_certificate(),
+            ours.a_certificate(),
+            w.our_kind_hint
+        )),
+        Ok(None) => Some(format!(
+            "has no gse role mark (made by `gse-server certs` before role marks, or by another PKI): {}, or set legacy_unmarked_certs = true in the {}'s [tls] section while upgrading",
+            w.our_kind_hint, w.they
+        )),
+        Err(e) => Some(format!(
+            "has a gse mark that cannot be used ({e}): {}",
+            w.our_kind_hint
+        )),
+    }
+}

@@ -1,0 +1,231 @@
+//! The one mutual-TLS loader for every gse link (K6), and the words for when
+//! certificates do not match.
+//!
+//! Both sides present a certificate signed by the same CA: servers require a
+//! client certificate, agents verify the server's name, and each side checks
+//! the other's role mark (issue 9): a server accepts agent certificates, an
+//! agent accepts a server certificate from its upstream and agent
+//! certificates from its P2P peers ([`verify`]). [`TlsFiles`] is the config
+//! section; [`server_config`], [`client_config`] and [`peer_client_config`]
+//! build rustls configs from it; [`explain`] turns a handshake or first-read
+//! failure into one sentence that says what did not match and what to do,
+//! for the logs of both sides. The crypto provider is aws-lc-rs, chosen
+//! explicitly so that a second provider pulled in by another crate can never
+//! make rustls panic.
+
+mod explain;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+pub use explain::{Side, explain, rustls_cause};
+
+use crate::certs::CertKind;
+use verify::{Defect, PeerPolicy, RoleClientVerifier, RoleServerVerifier};
+
+/// Paths of the CA bundle and this side's certificate and key (PEM).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s) that sign every gse certificate (`gseca.crt`).
+    pub ca_file: PathBuf,
+    /// This side's certificate chain (`gse_server.crt` / `gse_agent.crt`).
+    pub cert_file: PathBuf,
+    /// This side's private key, unencrypted PKCS#8/PKCS#1/SEC1 PEM.
+    pub key_file: PathBuf,
+    /// Accept peer certificates that carry no gse role mark (made by
+    /// `gse-server certs` before marks, or by another PKI). For upgrades
+    /// only: with it, any certificate from the CA passes in any role (a
+    /// server's or API client's as an agent's, an agent's as the server's).
+    #[serde(default)]
+    pub legacy_unmarked_certs: bool,
+}
+
+impl TlsFiles {
+    /// The three files, marks required.
+    pub fn new(ca_file: PathBuf, cert_file: PathBuf, key_file: PathBuf) -> Self {
+        TlsFiles {
+            ca_file,
+            cert_file,
+            key_file,
+            legacy_unmarked_certs: false,
+        }
+    }
+
+    fn policy(&self, wanted: CertKind) -> PeerPolicy {
+        PeerPolicy {
+            wanted,
+            legacy: self.legacy_unmarked_certs,
+        }
+    }
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}; check the path in the [tls] section")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{what} {path} holds no PEM certificate")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("cannot use the CA certificate in {path}: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("certificate {cert} and key {key} do not form a usable pair: {source}")]
+    BadPair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot build the certificate verifier from {path}: {message}")]
+    Verifier { path: PathBuf, message: String },
+    #[error(
+        "{path} holds an X.509 v{version} certificate; gse (rustls) takes only X.509 v3 certificates, which carry the role and purpose: issue a new one with `gse-server certs issue`"
+    )]
+    OldVersion { path: PathBuf, version: u32 },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// This side's own chain; an X.509 v1/v2 leaf is refused here in words
+/// (rustls would only say "invalid peer certificate").
+fn load_own_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = load_certs("certificate", path)?;
+    if let Some(Defect::OldVersion { version }) = verify::defect(&certs[0]) {
+        return Err(TlsError::OldVersion {
+            path: path.to_path_buf(),
+            version,
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Read {
+        what: "private key",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs("CA file", path)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn bad_pair(files: &TlsFiles) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |source| TlsError::BadPair {
+        cert: files.cert_file.clone(),
+        key: files.key_file.clone(),
+        source,
+    }
+}
+
+/// A server config that requires a client certificate from the CA, marked
+/// as an agent's (gse-server's link and DataServers, an agent's P2P
+/// listener).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = load_roots(&files.ca_file)?;
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: files.ca_file.clone(),
+            message: e.to_string(),
+        })?;
+    let verifier = Arc::new(RoleClientVerifier {
+        inner: webpki,
+        policy: files.policy(CertKind::Agent),
+    });
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(bad_pair(files))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            load_own_certs(&files.cert_file)?,
+            load_key(&files.key_file)?,
+        )
+        .map_err(bad_pair(files))?;
+    Ok(Arc::new(config))
+}
+
+/// A client config for an agent's upstream links (agent link, data link):
+/// verifies the server against the CA, its name and its server mark, and
+/// presents our own certificate.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_for(files, CertKind::Server)
+}
+
+/// A client config for an agent's P2P connections to other agents: the
+/// peer must present an agent certificate.
+pub fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_for(files, CertKind::Agent)
+}
+
+fn client_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(&files.ca_file)?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: files.ca_file.clone(),
+            message: e.to_string(),
+        })?;
+    let verifier = Arc::new(RoleServerVerifier {
+        inner: webpki,
+        policy: files.policy(peer),
+    });
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(bad_pair(files))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            load_own_certs(&files.cert_file)?,
+            load_key(&files.key_file)?,
+        )
+        .map_err(bad_pair(files))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests;

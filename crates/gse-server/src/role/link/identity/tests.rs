@@ -1,0 +1,114 @@
+//! Unit tests of identity claims against certificates and pins, on the
+//! embedded store.
+
+use super::*;
+use crate::store::EmbeddedStore;
+
+fn key(ip: &str) -> AgentKey {
+    AgentKey::new(0, ip.parse().unwrap())
+}
+
+fn claim<'a>(ip: &str, id: &'a str, cert: Option<(&str, Option<&str>)>) -> Claim<'a> {
+    Claim {
+        key: key(ip),
+        agent_id: id,
+        certificate: cert.map(|(ip, id)| IdentityMark {
+            key: key(ip),
+            agent_id: id.map(str::to_string),
+        }),
+    }
+}
+
+fn conflict(r: Result<Admitted, Refusal>) -> String {
+    match r {
+        Err(Refusal::Conflict(m)) => m,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_per_agent_certificate_claims_only_what_it_names() {
+    let mark = IdentityMark {
+        key: key("10.0.0.1"),
+        agent_id: Some("a1".into()),
+    };
+    assert!(match_certificate(Some(&mark), key("10.0.0.1"), "a1").is_ok());
+    let e = match_certificate(Some(&mark), key("10.0.0.2"), "a1").unwrap_err();
+    assert!(
+        e.contains(
+            "issued for 0:10.0.0.1 with agent id a1, but it claims 0:10.0.0.2 with agent id a1"
+        ),
+        "{e}"
+    );
+    assert!(match_certificate(Some(&mark), key("10.0.0.1"), "b2").is_err());
+    let any_id = IdentityMark {
+        agent_id: None,
+        ..mark
+    };
+    assert!(match_certificate(Some(&any_id), key("10.0.0.1"), "b2").is_ok());
+    assert!(match_certificate(None, key("10.0.0.9"), "b2").is_ok());
+}
+
+#[tokio::test]
+async fn the_first_agent_id_pins_an_identity_and_a_second_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.sqlite")).unwrap();
+    let ip = "10.0.0.1";
+    assert_eq!(
+        admit(&store, claim(ip, "a", None)).await,
+        Ok(Admitted::Pinned)
+    );
+    assert_eq!(
+        admit(&store, claim(ip, "a", None)).await,
+        Ok(Admitted::Held)
+    );
+    let m = conflict(admit(&store, claim(ip, "b", None)).await);
+    assert!(
+        m.contains("is pinned to agent id a") && m.contains("agent id b"),
+        "{m}"
+    );
+    assert!(m.contains("release-pin"), "{m}");
+
+    // A per-agent certificate naming the identity outranks the pin...
+    let cert = Some((ip, None));
+    assert_eq!(
+        admit(&store, claim(ip, "b", cert)).await,
+        Ok(Admitted::Repinned { from: "a".into() })
+    );
+    // ...and after it, the shared certificate cannot claim it, even with
+    // the right agent id.
+    let m = conflict(admit(&store, claim(ip, "b", None)).await);
+    assert!(m.contains("bound to a per-agent certificate"), "{m}");
+    assert_eq!(
+        admit(&store, claim(ip, "b", cert)).await,
+        Ok(Admitted::Held)
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_upgrades_the_pin_of_its_own_agent_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.sqlite")).unwrap();
+    let ip = "10.0.0.3";
+    admit(&store, claim(ip, "a", None)).await.unwrap();
+    let cert = Some((ip, Some("a")));
+    assert_eq!(
+        admit(&store, claim(ip, "a", cert)).await,
+        Ok(Admitted::Held)
+    );
+    let pins = store.list_identity_pins().await.unwrap();
+    assert!(pins[0].by_certificate, "{pins:?}");
+    // A mismatch is refused before the pin is looked at.
+    let m = conflict(admit(&store, claim("10.0.0.4", "a", cert)).await);
+    assert!(m.contains("issued for 0:10.0.0.3"), "{m}");
+}
+
+#[test]
+fn one_alarm_per_conflict_per_window() {
+    let alarms = ConflictAlarms::default();
+    let k = key("10.0.0.1");
+    assert!(alarms.due(k, "b", 1_000));
+    assert!(!alarms.due(k, "b", 2_000));
+    assert!(alarms.due(k, "c", 2_000));
+    assert!(alarms.due(k, "b", 1_000 + REALARM_AFTER));
+}
