@@ -91,6 +91,32 @@ async fn agent_info(conn: &mut UnixStream) -> Value {
 // === routes and the file sink ===
 
 /// A file stream_to and a route for `data_id`; returns the sink file.
+/// A server with a file route for [`DATA_ID`] and one alive agent,
+/// 127.0.0.1, whose local data socket is `socket`.
+pub(crate) struct DataRig {
+    pub cluster: Cluster,
+    pub server: ServerProc,
+    pub sink: PathBuf,
+    pub agent: AgentProc,
+    pub socket: PathBuf,
+}
+
+pub(crate) async fn data_rig() -> DataRig {
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let sink = file_route(&server, DATA_ID).await;
+    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
+    server.api.wait_alive("127.0.0.1").await;
+    let socket = socket_of(&agent);
+    DataRig {
+        cluster,
+        server,
+        sink,
+        agent,
+        socket,
+    }
+}
+
 pub(crate) async fn file_route(server: &ServerProc, data_id: u32) -> PathBuf {
     let (status, v) = server
         .api
@@ -187,12 +213,13 @@ async fn stream_records(path: PathBuf, tag: String, n: usize, per_tick: usize, t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d1_collector_frames_reach_the_file_sink_and_bad_frames_close_only_their_connection() {
-    let cluster = Cluster::new();
-    let server = cluster.server(ServerOptions::default()).await;
-    let sink = file_route(&server, DATA_ID).await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    server.api.wait_alive("127.0.0.1").await;
-    let path = socket_of(&agent);
+    let DataRig {
+        cluster: _cluster,
+        server: _server,
+        sink,
+        agent,
+        socket: path,
+    } = data_rig().await;
 
     let mut main = connect(&path).await;
     let info = agent_info(&mut main).await;
@@ -269,11 +296,13 @@ async fn d1_collector_frames_reach_the_file_sink_and_bad_frames_close_only_their
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d5_server_sigkill_mid_stream_loses_no_record() {
-    let cluster = Cluster::new();
-    let mut server = cluster.server(ServerOptions::default()).await;
-    let sink = file_route(&server, DATA_ID).await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    server.api.wait_alive("127.0.0.1").await;
+    let DataRig {
+        cluster: _cluster,
+        mut server,
+        sink,
+        agent,
+        socket: _socket,
+    } = data_rig().await;
     let n = 3000;
     let sender = tokio::spawn(stream_records(
         socket_of(&agent),
@@ -337,12 +366,14 @@ async fn d5_records_spool_while_the_server_is_down_and_drain_when_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d1_gse_agent_send_turns_stdin_lines_into_records() {
-    let cluster = Cluster::new();
-    let server = cluster.server(ServerOptions::default()).await;
-    let sink = file_route(&server, DATA_ID).await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    server.api.wait_alive("127.0.0.1").await;
-    connect(&socket_of(&agent)).await;
+    let DataRig {
+        cluster,
+        server: _server,
+        sink,
+        agent,
+        socket,
+    } = data_rig().await;
+    connect(&socket).await;
 
     let run = |args: Vec<String>, stdin: &'static str| {
         let mut child = std::process::Command::new(bin("gse-agent"))

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::d_data::{DATA_ID, connect, file_route, header, plain, socket_of, wait_all};
+use crate::d_data::{
+    DATA_ID, DataRig, connect, data_rig, file_route, header, plain, socket_of, wait_all,
+};
 
 /// The SDK's message limit (COMPAT §1.2), which the agent takes as its
 /// largest record.
@@ -290,12 +292,13 @@ async fn r9_7_partial_huge_frames_do_not_grow_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r9_7_records_name_the_uid_and_pid_that_sent_them() {
-    let cluster = Cluster::new();
-    let server = cluster.server(ServerOptions::default()).await;
-    let sink = file_route(&server, DATA_ID).await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    server.api.wait_alive("127.0.0.1").await;
-    let path = socket_of(&agent);
+    let DataRig {
+        cluster: _cluster,
+        server: _server,
+        sink,
+        agent: _agent,
+        socket: path,
+    } = data_rig().await;
     drop(connect(&path).await);
     hostile::open_path_to(path.parent().unwrap());
 
@@ -346,12 +349,13 @@ async fn r9_7_records_name_the_uid_and_pid_that_sent_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r9_8_records_up_to_the_socket_limit_arrive_and_a_larger_one_is_refused_naming_it() {
     assert_eq!(SDK_MAX, gse_proto::MAX_RECORD_BYTES);
-    let cluster = Cluster::new();
-    let server = cluster.server(ServerOptions::default()).await;
-    let sink = file_route(&server, DATA_ID).await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
-    server.api.wait_alive("127.0.0.1").await;
-    let path = socket_of(&agent);
+    let DataRig {
+        cluster: _cluster,
+        server: _server,
+        sink,
+        agent,
+        socket: path,
+    } = data_rig().await;
 
     // 9,000,000 bytes (the case) and exactly the limit, each after
     // a small record so they share the data id's open batch.
