@@ -3,6 +3,7 @@
 //! unprivileged local user.
 
 pub mod files;
+pub mod http;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};

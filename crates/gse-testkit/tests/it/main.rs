@@ -13,5 +13,6 @@ mod k3_status;
 mod k4_liveness;
 mod k6_tls;
 mod quickstart;
+mod r9_http;
 mod restart;
 mod t_tasks;
