@@ -4,6 +4,7 @@
 //! - [`tls`]: the one mutual-TLS loader for every link, and plain-language
 //!   explanations of certificate mismatches (K6).
 //! - [`certs`]: making a CA and the server, agent and proxy certificates.
+//! - [`refusals`]: refused connections logged once per burst, not one by one.
 //! - [`seams`]: the traits that hide embedded vs distributed implementations
 //!   (Registry, StateStore, Sink, Executor); start reading there.
 //!
@@ -15,6 +16,7 @@ pub mod certs;
 pub mod danger;
 pub mod identity;
 pub mod logging;
+pub mod refusals;
 pub mod seams;
 pub mod task;
 pub mod tls;

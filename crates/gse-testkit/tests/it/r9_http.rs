@@ -206,13 +206,14 @@ async fn r9_2_one_address_cannot_take_the_api_and_over_the_cap_is_503() {
         "{v}"
     );
 
-    // Two more addresses fill the global cap of 12: the 13th connection
-    // and later ones are refused whatever their address.
+    // Two more addresses fill the global cap of 12 (the test's own client
+    // may hold a pooled connection too): the 13th connection and later
+    // ones are refused whatever their address.
     let (b, opened) = hold(addr.clone(), "127.0.0.12", 5, &args).await;
     assert_eq!(opened["open"], 5, "{opened}");
     let (c, opened) = hold(addr.clone(), "127.0.0.13", 5, &args).await;
-    assert_eq!(opened["open"], 2, "{opened}");
-    assert_eq!(count(&opened, "codes", "1000503"), 3, "{opened}");
+    assert!(opened["open"].as_u64().unwrap() <= 2, "{opened}");
+    assert!(count(&opened, "codes", "1000503") >= 3, "{opened}");
     let msg = opened["messages"][0].as_str().unwrap_or_default();
     assert!(msg.contains("api.max_connections"), "{msg}");
     let v = request(&server, "127.0.0.2", "/healthz", &["--method", "GET"]).await;
@@ -328,15 +329,15 @@ async fn r9_2_unauthenticated_big_bodies_do_not_grow_the_server() {
     .map(String::from)
     .to_vec())
     .await;
-    assert_eq!(
-        v["answers"]["401 1000401"], 100,
-        "each told to authenticate: {v}"
-    );
     let (_, hwm_after) = memory_kb(server.pid());
     let grew_mb = hwm_after.saturating_sub(rss_before.max(hwm_before)) / 1024;
     assert!(
         grew_mb < 100,
         "100 x 8 MiB unauthenticated bodies raised the server's peak RSS by {grew_mb} MiB: {v}"
+    );
+    assert_eq!(
+        v["answers"]["401 1000401"], 100,
+        "each told to authenticate: {v}"
     );
 
     // Credentials in the body still work for small requests.
@@ -345,7 +346,11 @@ async fn r9_2_unauthenticated_big_bodies_do_not_grow_the_server() {
     // A big body with its credentials only in the body is refused, saying
     // what to do; with credential headers it is read.
     let pad = "x".repeat(100 * 1024);
-    let (status, v) = server.api.post(LIST_AGENTS, json!({"pad": pad})).await;
+    let body = json!({"bk_app_code": server.api.app_code, "bk_app_secret": server.api.app_secret, "pad": pad});
+    let (status, v) = server
+        .api
+        .send(LIST_AGENTS, body.to_string().into_bytes(), &[])
+        .await;
     assert_eq!((status, v["code"].as_i64()), (401, Some(1000401)), "{v}");
     assert!(
         v["message"]

@@ -14,12 +14,15 @@ mod agents;
 pub mod auth;
 mod body;
 pub mod config;
+mod conn_io;
+mod conn_limits;
 mod data_routes;
 pub mod endpoint;
 pub mod envelope;
 pub mod error;
 mod file_request;
 mod files;
+mod listener;
 pub mod metrics;
 mod proc_request;
 mod procs;
@@ -48,7 +51,8 @@ use crate::role::task::TaskService;
 
 pub use config::ApiConfig;
 pub use error::ApiError;
-pub use server::{router, serve};
+pub use listener::serve;
+pub use server::router;
 
 /// What the API role needs from the node that runs it.
 #[derive(Clone)]

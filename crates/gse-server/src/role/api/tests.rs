@@ -558,7 +558,7 @@ async fn oversize_body_gets_the_envelope() {
 
 #[tokio::test]
 async fn v1_get_agent_status_lists_every_host_with_exact_keys() {
-    let hosts = json!([{"ip": "10.0.0.1", "bk_cloud_id": 0}, {"ip": "10.0.0.3", "bk_cloud_id": 0}, {"ip": "10.0.0.9", "bk_cloud_id": "0"}]);
+    let hosts = json!([{"ip": "10.0.0.1", "bk_cloud_id": 0}, {"ip": "10.0.0.3", "bk_cloud_id": 0}, {"ip": "10.0.0.9", "bk_cloud_id": 0}]);
     let (_, env) = call(
         "/api/c/compapi/v2/gse/get_agent_status/",
         json!({ "bk_supplier_account": "0", "hosts": hosts }),
