@@ -198,7 +198,7 @@ pub(super) fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
 
 /// A router over a store with one app, one live agent (10.0.0.1, REAL_ID)
 /// and one offline agent (10.0.0.3).
-async fn app_with(config: ApiConfig) -> axum::Router {
+pub(super) async fn app_with(config: ApiConfig) -> axum::Router {
     app_with_fault(config, None).await
 }
 
@@ -716,6 +716,11 @@ async fn a_hanging_store_times_out_with_408_and_a_failing_one_is_1000500() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let env: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(env["code"], 1000408, "in the envelope: {env}");
 
     let app = app_with_fault(ApiConfig::default(), Some(Fault::Fail)).await;
     let (status, env) = send(app, post("/api/v2/cluster/list_agents", "{}")).await;
