@@ -6,6 +6,7 @@
 //! - [`certs`]: making a CA and the server, agent and proxy certificates.
 //! - [`app_secret`], [`private_files`]: secrets at rest (hashed app secrets,
 //!   0600/0700 files and dirs).
+//! - [`refusals`]: refused connections logged once per burst, not one by one.
 //! - [`seams`]: the traits that hide embedded vs distributed implementations
 //!   (Registry, StateStore, Sink, Executor); start reading there.
 //!
@@ -19,6 +20,7 @@ pub mod danger;
 pub mod identity;
 pub mod logging;
 pub mod private_files;
+pub mod refusals;
 pub mod seams;
 pub mod task;
 pub mod tls;

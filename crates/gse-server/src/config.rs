@@ -261,6 +261,7 @@ impl ServerConfig {
             problems.extend(self.data.problems());
         }
         problems.extend(self.proc.problems());
+        problems.extend(self.api.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
         }

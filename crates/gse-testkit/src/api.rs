@@ -2,6 +2,9 @@
 
 use serde_json::Value;
 
+/// The server's default `api.preauth_body_limit`.
+const PREAUTH_BODY_LIMIT: usize = 64 * 1024;
+
 /// Talks to one server's API with one app's credentials.
 #[derive(Clone, Debug)]
 pub struct Api {
@@ -22,13 +25,25 @@ impl Api {
     }
 
     /// POSTs `body` with the credentials merged into it; returns the HTTP
-    /// status and the JSON answer.
+    /// status and the JSON answer. A body over the server's default
+    /// pre-auth limit (64 KiB) carries them in the `X-Bkapi-App-Code` and
+    /// `X-Bkapi-App-Secret` headers too, as bk-nodeman sends them: body
+    /// credentials alone are only read from small bodies.
     pub async fn post(&self, path: &str, mut body: Value) -> (u16, Value) {
         if let Some(obj) = body.as_object_mut() {
             obj.insert("bk_app_code".into(), self.app_code.clone().into());
             obj.insert("bk_app_secret".into(), self.app_secret.clone().into());
         }
-        self.send(path, body.to_string().into_bytes(), &[]).await
+        let bytes = body.to_string().into_bytes();
+        let headers = if bytes.len() > PREAUTH_BODY_LIMIT {
+            vec![
+                ("X-Bkapi-App-Code", self.app_code.clone()),
+                ("X-Bkapi-App-Secret", self.app_secret.clone()),
+            ]
+        } else {
+            Vec::new()
+        };
+        self.send(path, bytes, &headers).await
     }
 
     /// POSTs `body` with the credentials in the X-Bkapi-Authorization header.

@@ -121,6 +121,9 @@ pub struct ServerOptions {
     /// Last changes to the config before it is written (listen addresses,
     /// sections a test needs).
     pub customize: Option<ConfigHook<ServerConfig>>,
+    /// Open-files limit (soft and hard) the server runs under; `None` = the
+    /// test's own. Lets descriptor-exhaustion tests stay cheap.
+    pub open_files_limit: Option<u64>,
 }
 
 /// A change a test makes to a generated config.
@@ -135,6 +138,7 @@ impl Default for ServerOptions {
             webhook: None,
             file_pass_through: Vec::new(),
             customize: None,
+            open_files_limit: None,
         }
     }
 }
@@ -142,6 +146,7 @@ impl Default for ServerOptions {
 /// A running `gse-server run` process.
 pub struct ServerProc {
     child: Option<Child>,
+    open_files_limit: Option<u64>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -185,6 +190,7 @@ impl ServerProc {
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
         let mut server = ServerProc {
             child: None,
+            open_files_limit: opts.open_files_limit,
             alarm_log: dir.join("alarms.jsonl"),
             log_path: dir.join("server.log"),
             dir,
@@ -197,8 +203,24 @@ impl ServerProc {
         server
     }
 
+    /// `gse-server`, or a shell that lowers the open-files limit and then
+    /// becomes `gse-server` (exec: the pid is the server's).
+    fn command(&self) -> Command {
+        match self.open_files_limit {
+            None => Command::new(bin("gse-server")),
+            Some(n) => {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin("gse-server"));
+                cmd
+            }
+        }
+    }
+
     async fn spawn(&mut self) {
-        let child = Command::new(bin("gse-server"))
+        let child = self
+            .command()
             .arg("--log-level")
             .arg("debug")
             .arg("--log-file")

@@ -8,6 +8,7 @@
 //! from the JSON whether the defence held. Exit 2 = bad usage or setup.
 
 use clap::{Parser, Subcommand};
+use gse_testkit::hostile::http;
 
 #[derive(Parser)]
 #[command(name = "gse-hostile", about = "Attack steps for gse's security tests")]
@@ -30,6 +31,64 @@ enum Cmd {
     /// Attacks on the agent's local data and plugin-message sockets.
     #[command(subcommand)]
     Ipc(gse_testkit::hostile::ipc::IpcCmd),
+    /// Opens COUNT connections to an HTTP server and holds them; prints a
+    /// summary when they are open ("phase": "opened") and when every one
+    /// is closed or WATCH_SECS passed ("phase": "done").
+    HoldHttp {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Source address to connect from (e.g. 127.0.0.2).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, value_enum)]
+        send: gse_testkit::hostile::http::Send,
+        /// After a half header, send one more header byte every N ms.
+        #[arg(long)]
+        trickle_ms: Option<u64>,
+        #[arg(long, default_value_t = 1000)]
+        settle_ms: u64,
+        #[arg(long)]
+        watch_secs: u64,
+    },
+    /// Sends one hand-made HTTP request; prints {"status", "json", "text"}.
+    HttpRequest {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        /// Characters appended to the path.
+        #[arg(long, default_value_t = 0)]
+        path_pad: usize,
+        /// Bytes of one extra header's value.
+        #[arg(long, default_value_t = 0)]
+        header_pad: usize,
+        /// Extra small headers.
+        #[arg(long, default_value_t = 0)]
+        header_count: usize,
+        /// "Name: value" headers, as given.
+        #[arg(long)]
+        header: Vec<String>,
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+    /// Sends COUNT requests at once, each streaming a BYTES-byte body with
+    /// no credentials; prints how they were answered.
+    BigBodies {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "/api/v2/cluster/list_agents")]
+        path: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        bytes: usize,
+    },
 }
 
 fn main() {
@@ -39,6 +98,50 @@ fn main() {
         Cmd::PlantSymlink { link, target } => gse_testkit::hostile::plant::symlink(&link, &target),
         Cmd::PlantDir { path } => gse_testkit::hostile::plant::dir(&path),
         Cmd::Ipc(cmd) => gse_testkit::hostile::ipc::run(cmd),
+        Cmd::HoldHttp {
+            addr,
+            bind,
+            count,
+            send,
+            trickle_ms,
+            settle_ms,
+            watch_secs,
+        } => http::hold(http::HoldSpec {
+            addr,
+            bind,
+            count,
+            send,
+            trickle_ms,
+            settle_ms,
+            watch_secs,
+        }),
+        Cmd::HttpRequest {
+            addr,
+            bind,
+            method,
+            path,
+            path_pad,
+            header_pad,
+            header_count,
+            header,
+            body,
+        } => http::request(http::RequestSpec {
+            addr,
+            bind,
+            method,
+            path,
+            path_pad,
+            header_pad,
+            header_count,
+            headers: header,
+            body,
+        }),
+        Cmd::BigBodies {
+            addr,
+            path,
+            count,
+            bytes,
+        } => http::big_bodies(addr, &path, count, bytes),
     };
     println!("{out}");
 }

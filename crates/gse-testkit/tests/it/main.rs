@@ -15,6 +15,7 @@ mod k6_tls;
 mod quickstart;
 mod r9_danger;
 mod r9_files;
+mod r9_http;
 mod r9_identity;
 mod r9_ipc;
 mod r9_link;

@@ -4,6 +4,8 @@
 //! state store once, and shapes the answer exactly as the client reads it.
 //! Field names and key sets are the wire contract; docs/API.md shows them.
 
+use std::collections::HashSet;
+
 use gse_core::identity::{AgentKey, AgentRef};
 use gse_core::seams::AgentRecord;
 use serde::Serialize;
@@ -48,13 +50,15 @@ fn parse_hosts(ctx: &ApiContext, body: &Fields) -> Result<Vec<Host>, ApiError> {
     Ok(hosts)
 }
 
-/// `agent_id_list: [string]` of the v2 calls, each `cloud:ip` or a real id.
+/// `agent_id_list: [string]` of the v2 calls, each `cloud:ip` or a real id;
+/// an id listed again is answered once.
 pub(super) fn parse_agent_ids(
     ctx: &ApiContext,
     body: &Fields,
 ) -> Result<Vec<(String, AgentRef)>, ApiError> {
     let items = bounded_array(body, "agent_id_list", ctx.config.max_hosts_per_call)?;
     let mut ids = Vec::with_capacity(items.len());
+    let mut seen = HashSet::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let field = format!("agent_id_list[{i}]");
         let Some(raw) = item.as_str() else {
@@ -67,7 +71,9 @@ pub(super) fn parse_agent_ids(
         };
         let agent =
             AgentRef::parse(raw).map_err(|source| ApiError::BadAgentId { field, source })?;
-        ids.push((raw.to_string(), agent));
+        if seen.insert(raw) {
+            ids.push((raw.to_string(), agent));
+        }
     }
     Ok(ids)
 }

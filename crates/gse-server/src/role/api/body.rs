@@ -140,8 +140,8 @@ pub fn entry_str<'a>(entry: &'a Value, path: &str, name: &str) -> Result<&'a str
     }
 }
 
-/// A required cloud id of an array entry: an integer >= 0, or a string of
-/// digits (old ESB callers send it quoted).
+/// A required cloud id of an array entry: an integer >= 0. A number in a
+/// string (`"0"`) is refused: every client schema says int (COMPAT.md §2).
 pub fn entry_cloud_id(entry: &Value, path: &str) -> Result<i64, ApiError> {
     let field = format!("{path}.bk_cloud_id");
     let value = entry.get("bk_cloud_id").filter(|v| !v.is_null());
@@ -150,10 +150,7 @@ pub fn entry_cloud_id(entry: &Value, path: &str) -> Result<i64, ApiError> {
     };
     let parsed = match value {
         Value::Number(n) => n.as_i64(),
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
-        }
-        _ => None,
+        other => return Err(not_an_integer(field, other)),
     };
     match parsed {
         Some(id) if id >= 0 => Ok(id),
@@ -195,7 +192,7 @@ pub fn entry_opt_str<'a>(
 }
 
 /// An optional non-negative integer field of an array entry (or of the
-/// body, with `path` empty); a string of digits is accepted too.
+/// body, with `path` empty). A number in a string is refused.
 pub fn entry_opt_u64(entry: &Value, path: &str, name: &str) -> Result<Option<u64>, ApiError> {
     let field = || {
         if path.is_empty() {
@@ -207,10 +204,9 @@ pub fn entry_opt_u64(entry: &Value, path: &str, name: &str) -> Result<Option<u64
     let parsed = match entry.get(name) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
+        Some(other @ (Value::String(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => {
+            return Err(not_an_integer(field(), other));
         }
-        Some(_) => None,
     };
     match parsed {
         Some(n) => Ok(Some(n)),
@@ -221,5 +217,15 @@ pub fn entry_opt_u64(entry: &Value, path: &str, name: &str) -> Result<Option<u64
                 quoted(&entry.get(name).map(Value::to_string).unwrap_or_default())
             ),
         }),
+    }
+}
+
+/// The error for a field that must be an integer and is not a number at
+/// all (a number in a string included: clients send ints as ints).
+pub fn not_an_integer(field: String, got: &Value) -> ApiError {
+    ApiError::WrongType {
+        field,
+        expected: "an integer",
+        got: json_type(got),
     }
 }

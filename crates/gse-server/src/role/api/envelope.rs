@@ -57,6 +57,71 @@ impl Envelope {
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         response
     }
+
+    /// Like [`Envelope::into_response_with_id`], but refused with
+    /// [`ApiError::AnswerTooLarge`] as soon as its JSON grows past `limit`
+    /// bytes (serialisation stops there: the over-large text is never
+    /// held whole).
+    pub fn into_bounded_response(
+        self,
+        request_id: HeaderValue,
+        limit: usize,
+    ) -> Result<Response, ApiError> {
+        let mut out = Bounded {
+            buf: Vec::new(),
+            limit,
+        };
+        serde_json::to_writer(&mut out, &self).map_err(|_| ApiError::AnswerTooLarge { limit })?;
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            out.buf,
+        )
+            .into_response();
+        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        Ok(response)
+    }
+
+    /// A whole HTTP/1.1 answer carrying this envelope, for the places that
+    /// answer outside the HTTP server (connections refused at accept,
+    /// requests the HTTP parser itself refused). It asks the client to
+    /// close the connection.
+    pub fn to_http_bytes(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("an envelope always serialises");
+        let reason = self.status.canonical_reason().unwrap_or("Error");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n{}: ",
+            self.status.as_u16(),
+            body.len(),
+            REQUEST_ID_HEADER,
+        )
+        .into_bytes();
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            return Err(std::io::Error::other("answer over the limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The caller's request id if it sent a usable one, else a fresh random one

@@ -107,6 +107,40 @@ pub enum ApiError {
         key: &'static str,
     },
 
+    #[error(
+        "request body is over {limit} bytes (config api.preauth_body_limit) and carries its \
+         credentials only in the body: send them in the X-Bkapi-Authorization header (or \
+         X-Bkapi-App-Code and X-Bkapi-App-Secret) with big requests"
+    )]
+    PreAuthBodyTooLarge { limit: usize },
+    #[error(
+        "the answer is over {limit} bytes (config api.max_response_bytes): name fewer agents \
+         per call, or ask for less output (a smaller limit)"
+    )]
+    AnswerTooLarge { limit: usize },
+    #[error(
+        "request URI is over {limit} bytes; API paths are short and the query string is not read"
+    )]
+    UriTooLong { limit: usize },
+    #[error("request headers are over {bytes} bytes or {count} fields; send smaller headers")]
+    HeadersTooLarge { bytes: usize, count: usize },
+    #[error("the request is not valid HTTP/1.1; send a POST with a JSON body")]
+    BadHttp,
+    #[error(
+        "no answer within {after:?} (config api.request_timeout); try again, or ask for less at once"
+    )]
+    Timeout { after: std::time::Duration },
+    #[error(
+        "too many API connections: at most {limit} at once (config api.max_connections, within \
+         the open-files limit minus api.fd_reserve); close idle connections or try again later"
+    )]
+    TooManyConnections { limit: usize },
+    #[error(
+        "too many API connections from {addr}: at most {limit} at once from one address \
+         (config api.max_connections_per_ip); reuse connections or close idle ones"
+    )]
+    TooManyConnectionsFrom { addr: String, limit: usize },
+
     #[error("state store failed, try again later: {0}")]
     Store(#[from] StoreError),
 
@@ -212,7 +246,13 @@ impl ApiError {
             | MissingField { .. }
             | WrongType { .. } => 1000400,
             BadIp { .. } | BadCloudId { .. } | BadAgentId { .. } | Invalid { .. } => 1000400,
-            NoCredentials | BadAuthorizationHeader { .. } => 1000401,
+            BadHttp => 1000400,
+            NoCredentials | BadAuthorizationHeader { .. } | PreAuthBodyTooLarge { .. } => 1000401,
+            Timeout { .. } => 1000408,
+            UriTooLong { .. } => 1000414,
+            HeadersTooLarge { .. } => 1000431,
+            AnswerTooLarge { .. } => 1000413,
+            TooManyConnections { .. } | TooManyConnectionsFrom { .. } => 1000503,
             UnknownApp { .. } => 1000402,
             WrongSecret { .. } => 1000403,
             UnknownPath { .. } | MetricsDisabled => 1000404,
@@ -237,7 +277,10 @@ impl ApiError {
             1000401..=1000403 => StatusCode::UNAUTHORIZED,
             1000404 => StatusCode::NOT_FOUND,
             1000405 => StatusCode::METHOD_NOT_ALLOWED,
+            1000408 => StatusCode::REQUEST_TIMEOUT,
             1000413 => StatusCode::PAYLOAD_TOO_LARGE,
+            1000414 => StatusCode::URI_TOO_LONG,
+            1000431 => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             1000500 => StatusCode::INTERNAL_SERVER_ERROR,
             1000503 => StatusCode::SERVICE_UNAVAILABLE,
             // 1011003 and 1011101 are answers, not failures of the call:

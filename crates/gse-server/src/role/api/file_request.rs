@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use gse_core::AgentRef;
 use serde_json::Value;
 
-use super::body::Fields;
+use super::body::{Fields, not_an_integer};
 use super::error::{ApiError, json_type, quoted};
 use crate::role::file::FileConfig;
 use crate::role::file::spec::{
@@ -111,15 +111,14 @@ fn opt_bool(o: &Fields, path: &str, name: &str) -> Result<Option<bool>, ApiError
     }
 }
 
-/// An integer (or a string of digits, as some callers quote numbers).
+/// An integer; a number in a string is refused (bk-job sends ints).
 fn opt_int(o: &Fields, path: &str, name: &str) -> Result<Option<i64>, ApiError> {
     let Some(v) = get(o, name) else {
         return Ok(None);
     };
     let parsed = match v {
         Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse::<i64>().ok(),
-        _ => None,
+        other => return Err(not_an_integer(join(path, name), other)),
     };
     parsed.map(Some).ok_or_else(|| {
         invalid(

@@ -5,7 +5,10 @@
 //! resolves an [`endpoint::Endpoint`] from the one table of paths, reads and
 //! authenticates the body ([`auth`]), runs the endpoint and wraps the answer
 //! in the BlueKing envelope ([`envelope`]). Errors and their codes are in
-//! [`error`]. Agent state comes from the [`StateStore`] seam only; script
+//! [`error`]. Connections are accepted by [`serve`] (`listener`), which
+//! bounds what one client can hold: connection caps within the open-files
+//! limit (`conn_limits`), header and idle timeouts (`conn_io`), refusals
+//! logged once per burst. Agent state comes from the [`StateStore`] seam only; script
 //! tasks (`tasks`) are handed to the task role ([`TaskService`]), file
 //! transfers (`files`) to the file role ([`FileService`]). This role never
 //! talks to agents itself.
@@ -14,12 +17,15 @@ mod agents;
 pub mod auth;
 mod body;
 pub mod config;
+mod conn_io;
+mod conn_limits;
 mod data_routes;
 pub mod endpoint;
 pub mod envelope;
 pub mod error;
 mod file_request;
 mod files;
+mod listener;
 pub mod metrics;
 mod proc_request;
 mod procs;
@@ -31,6 +37,8 @@ mod tasks;
 
 #[cfg(test)]
 mod file_tests;
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod task_tests;
 #[cfg(test)]
@@ -51,7 +59,8 @@ use secret_cache::VerifiedSecrets;
 
 pub use config::{ApiConfig, AppConfig};
 pub use error::ApiError;
-pub use server::{router, serve};
+pub use listener::serve;
+pub use server::router;
 
 /// What the API role needs from the node that runs it.
 #[derive(Clone)]

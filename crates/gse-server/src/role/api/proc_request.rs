@@ -428,9 +428,18 @@ mod tests {
     fn v1_hosts_become_cloud_ip_names() {
         let mut op = nodeman_op();
         op.as_object_mut().unwrap().remove("agent_id_list");
-        op["hosts"] = json!([{"ip": "10.0.0.7", "bk_cloud_id": "2"}]);
-        let ops = operate_one(&fields(op), 100).unwrap();
+        op["hosts"] = json!([{"ip": "10.0.0.7", "bk_cloud_id": 2}]);
+        let ops = operate_one(&fields(op.clone()), 100).unwrap();
         assert_eq!(ops[0].targets[0].0, "2:10.0.0.7");
+        // A cloud id in a string is refused, naming the field.
+        op["hosts"] = json!([{"ip": "10.0.0.7", "bk_cloud_id": "2"}]);
+        let e = operate_one(&fields(op), 100).unwrap_err();
+        assert_eq!(e.code(), 1000400);
+        assert!(
+            e.to_string()
+                .contains("hosts[0].bk_cloud_id: expected an integer"),
+            "{e}"
+        );
     }
 
     #[test]

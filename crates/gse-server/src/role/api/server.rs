@@ -1,72 +1,45 @@
-//! The HTTP side: one catch-all handler that resolves the [`Route`], reads
-//! and authenticates the body, runs the endpoint and wraps the answer.
+//! The HTTP side of one request: one catch-all handler that resolves the
+//! [`Route`], reads and authenticates the body, runs the endpoint and wraps
+//! the answer; connections themselves are [`listener`](super::listener)'s.
 //!
 //! A catch-all rather than axum routes, so that prefix and slash handling,
-//! 404 and 405 all answer in the envelope from one place.
+//! 404, 405, 408 and 414 all answer in the envelope from one place.
+//! Credentials in headers are checked before any body byte is read; with
+//! credentials in the body only `api.preauth_body_limit` bytes are read
+//! before the app is checked. Answers are bounded by
+//! `api.max_response_bytes`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::Response;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 use super::ApiContext;
 use super::auth::Credentials;
 use super::body::{Fields, parse_object, read_limited};
+use super::conn_io::{MAX_HEAD_BYTES, MAX_HEADERS, MAX_URI_BYTES};
 use super::endpoint::{Endpoint, Route};
 use super::envelope::{Envelope, REQUEST_ID_HEADER, request_id, text_response};
 use super::error::ApiError;
 use super::metrics;
 
-/// The complete API app: every endpoint, /healthz and /metrics, with the
-/// request timeout applied.
+/// The complete API app: every endpoint, /healthz and /metrics.
 pub fn router(ctx: ApiContext) -> Router {
-    let timeout = ctx.config.request_timeout;
-    Router::new()
-        .fallback(dispatch)
-        .with_state(Arc::new(ctx))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-}
-
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets
-/// requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: ApiContext,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "API listening");
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    tracing::info!(%addr, "API stopped");
-    Ok(())
+    Router::new().fallback(dispatch).with_state(Arc::new(ctx))
 }
 
 async fn dispatch(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
-    let route = Route::parse(req.method(), req.uri().path());
+    let route = check_head(&req).and_then(|()| Route::parse(req.method(), req.uri().path()));
     let label = route.as_ref().map_or(metrics::UNKNOWN_PATH, Route::label);
     let (code, response) = match route {
         Ok(Route::Health) => health(id),
         Ok(Route::Metrics) => prometheus(&ctx, id),
-        Ok(Route::Api(endpoint)) => {
-            let envelope = match call(&ctx, endpoint, req).await {
-                Ok(data) => Envelope::success(data),
-                Err(err) => failure(&id, endpoint.path(), &err),
-            };
-            (envelope.code, envelope.into_response_with_id(id))
-        }
+        Ok(Route::Api(endpoint)) => api_call(&ctx, endpoint, req, id).await,
         Err(err) => {
             let envelope = failure(&id, label, &err);
             (envelope.code, envelope.into_response_with_id(id))
@@ -84,12 +57,59 @@ async fn dispatch(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response 
     response
 }
 
+/// Refuses a request line or headers over the limits. hyper refuses
+/// most such requests itself (see [`conn_io`](super::conn_io)), but a head
+/// that arrives whole in one read gets through its buffer check.
+fn check_head(req: &Request) -> Result<(), ApiError> {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong {
+            limit: MAX_URI_BYTES,
+        });
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEAD_BYTES || headers.len() > MAX_HEADERS {
+        return Err(ApiError::HeadersTooLarge {
+            bytes: MAX_HEAD_BYTES,
+            count: MAX_HEADERS,
+        });
+    }
+    Ok(())
+}
+
 fn response_request_id(response: &Response) -> &str {
     response
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
+}
+
+/// One API call within `api.request_timeout`, its answer within
+/// `api.max_response_bytes`; every failure in the envelope.
+async fn api_call(
+    ctx: &ApiContext,
+    endpoint: Endpoint,
+    req: Request,
+    id: HeaderValue,
+) -> (i64, Response) {
+    let after = ctx.config.request_timeout;
+    let answered = tokio::time::timeout(after, call(ctx, endpoint, req))
+        .await
+        .unwrap_or(Err(ApiError::Timeout { after }))
+        .and_then(|data| {
+            Envelope::success(data).into_bounded_response(id.clone(), ctx.config.max_response_bytes)
+        });
+    match answered {
+        Ok(response) => (0, response),
+        Err(err) => {
+            let envelope = failure(&id, endpoint.path(), &err);
+            (envelope.code, envelope.into_response_with_id(id))
+        }
+    }
 }
 
 /// Reads, authenticates and runs one API call.
@@ -99,20 +119,30 @@ async fn call(
     req: Request,
 ) -> Result<serde_json::Value, ApiError> {
     let (parts, body) = req.into_parts();
-    // Header credentials are checked before the body is read: a caller with
-    // wrong ones is turned away without its body being read or parsed.
-    let from_headers = Credentials::from_headers(&parts.headers)?;
-    if let Some(creds) = &from_headers {
-        creds.verify(ctx.store.as_ref(), &ctx.secrets).await?;
-    }
-    let bytes = read_limited(&parts.headers, body, ctx.config.max_body_bytes).await?;
-    let fields: Fields = parse_object(&bytes)?;
-    let creds = match from_headers {
-        Some(creds) => creds,
+    let store = ctx.store.as_ref();
+    let (creds, fields) = match Credentials::from_headers(&parts.headers)? {
+        // Header credentials are checked before any body byte is read: a
+        // caller with wrong ones is turned away without its body.
+        Some(creds) => {
+            creds.verify(store, &ctx.secrets).await?;
+            let bytes = read_limited(&parts.headers, body, ctx.config.max_body_bytes).await?;
+            (creds, parse_object(&bytes)?)
+        }
+        // Credentials in the body: only a small body is read before the
+        // app is known, so unauthenticated callers cannot make the server
+        // hold big bodies.
         None => {
+            let limit = ctx.config.preauth_body_limit;
+            let bytes = read_limited(&parts.headers, body, limit)
+                .await
+                .map_err(|e| match e {
+                    ApiError::BodyTooLarge { .. } => ApiError::PreAuthBodyTooLarge { limit },
+                    other => other,
+                })?;
+            let fields: Fields = parse_object(&bytes)?;
             let creds = Credentials::from_body(&fields)?.ok_or(ApiError::NoCredentials)?;
-            creds.verify(ctx.store.as_ref(), &ctx.secrets).await?;
-            creds
+            creds.verify(store, &ctx.secrets).await?;
+            (creds, fields)
         }
     };
     endpoint.handle(ctx, &creds.app_code, &fields).await

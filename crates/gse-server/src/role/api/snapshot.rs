@@ -3,7 +3,8 @@
 //!
 //! Agents are named as in the other v2 cluster calls (`cloud:ip` or a real
 //! agent id); real ids are resolved to `cloud:ip` through the state store.
-//! Every requested agent gets an entry, in request order: one with no
+//! Every requested agent gets an entry, in request order (an agent listed
+//! again, once): one with no
 //! snapshot has an empty list and says why in its own `code` and `message`.
 //! The snapshots are the agents' JSON objects as they sent them; docs/API.md
 //! lists their fields.
@@ -45,17 +46,23 @@ pub async fn get_agent_snapshot(ctx: &ApiContext, body: &Fields) -> Result<Value
     let ids = parse_agent_ids(ctx, body)?;
     let refs: Vec<AgentRef> = ids.iter().map(|(_, r)| r.clone()).collect();
     let records = ctx.store.get_agents(&refs).await?;
-    let answer: Vec<AgentSnapshots> = ids
-        .into_iter()
-        .zip(records)
-        .map(|((sent, agent), record)| {
-            let key = match agent {
-                AgentRef::Key(k) => Some(k),
-                AgentRef::Id(_) => record.as_ref().map(|r| r.key),
-            };
-            entry(cache, sent, key, record.is_some(), latest_only)
-        })
-        .collect();
+    // Snapshots are counted as they are taken, so an answer over the cap
+    // is refused before it is built whole.
+    let limit = ctx.config.max_response_bytes;
+    let mut bytes = 0usize;
+    let mut answer = Vec::with_capacity(ids.len());
+    for ((sent, agent), record) in ids.into_iter().zip(records) {
+        let key = match agent {
+            AgentRef::Key(k) => Some(k),
+            AgentRef::Id(_) => record.as_ref().map(|r| r.key),
+        };
+        let (entry, size) = entry(cache, sent, key, record.is_some(), latest_only);
+        bytes += size;
+        if bytes > limit {
+            return Err(ApiError::AnswerTooLarge { limit });
+        }
+        answer.push(entry);
+    }
     Ok(serde_json::to_value(answer).unwrap_or(Value::Null))
 }
 
@@ -65,7 +72,7 @@ fn entry(
     key: Option<AgentKey>,
     known: bool,
     latest_only: bool,
-) -> AgentSnapshots {
+) -> (AgentSnapshots, usize) {
     let kept = key.and_then(|k| cache.get(&k, latest_only));
     let agent_key = key.map(|k| k.to_string()).unwrap_or_default();
     let Some(kept) = kept else {
@@ -84,26 +91,30 @@ fn entry(
                 format!("agent {sent} is not known to gse and sent no system snapshot"),
             )
         };
-        return AgentSnapshots {
+        let size = message.len();
+        let entry = AgentSnapshots {
             bk_agent_id: sent,
             agent_key,
             code,
             message,
             snapshots: Vec::new(),
         };
+        return (entry, size);
     };
+    let size = kept.iter().map(|json| json.len()).sum();
     // The cache only keeps JSON objects; a parse failure cannot happen.
     let snapshots = kept
         .iter()
         .filter_map(|json| serde_json::from_str(json).ok())
         .collect();
-    AgentSnapshots {
+    let entry = AgentSnapshots {
         bk_agent_id: sent,
         agent_key,
         code: 0,
         message: String::new(),
         snapshots,
-    }
+    };
+    (entry, size)
 }
 
 #[cfg(test)]

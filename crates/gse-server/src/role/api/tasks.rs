@@ -16,7 +16,7 @@ use super::ApiContext;
 use super::body::Fields;
 use super::error::ApiError;
 use super::task_request;
-use crate::role::task::{EntryView, TaskService};
+use crate::role::task::{EntryView, MAX_ANSWER_SCREEN_BYTES, TaskService};
 
 fn service(ctx: &ApiContext) -> Result<&Arc<TaskService>, ApiError> {
     ctx.tasks.as_ref().ok_or(ApiError::TasksUnavailable)
@@ -73,7 +73,10 @@ pub async fn get_script_result(ctx: &ApiContext, body: &Fields) -> Result<Value,
     let tasks = service(ctx)?;
     let task_id = task_request::task_id(body)?;
     let query = task_request::result_query(body, ctx.config.max_hosts_per_call)?;
-    let entries = tasks.results(&task_id, &query).await?;
+    // Screens take at most half the answer cap: the rest is room for the
+    // entries' other fields and for JSON escaping.
+    let budget = MAX_ANSWER_SCREEN_BYTES.min(ctx.config.max_response_bytes / 2);
+    let entries = tasks.results_within(&task_id, &query, budget).await?;
     let list: Vec<ScriptResult<'_>> = entries.iter().map(ScriptResult::new).collect();
     Ok(json!({ "result": list }))
 }

@@ -198,7 +198,7 @@ pub(super) fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
 
 /// A router over a store with one app, one live agent (10.0.0.1, REAL_ID)
 /// and one offline agent (10.0.0.3).
-async fn app_with(config: ApiConfig) -> axum::Router {
+pub(super) async fn app_with(config: ApiConfig) -> axum::Router {
     app_with_fault(config, None).await
 }
 
@@ -555,7 +555,7 @@ async fn oversize_body_gets_the_envelope() {
 
 #[tokio::test]
 async fn v1_get_agent_status_lists_every_host_with_exact_keys() {
-    let hosts = json!([{"ip": "10.0.0.1", "bk_cloud_id": 0}, {"ip": "10.0.0.3", "bk_cloud_id": 0}, {"ip": "10.0.0.9", "bk_cloud_id": "0"}]);
+    let hosts = json!([{"ip": "10.0.0.1", "bk_cloud_id": 0}, {"ip": "10.0.0.3", "bk_cloud_id": 0}, {"ip": "10.0.0.9", "bk_cloud_id": 0}]);
     let (_, env) = call(
         "/api/c/compapi/v2/gse/get_agent_status/",
         json!({ "bk_supplier_account": "0", "hosts": hosts }),
@@ -713,6 +713,11 @@ async fn a_hanging_store_times_out_with_408_and_a_failing_one_is_1000500() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let env: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(env["code"], 1000408, "in the envelope: {env}");
 
     let app = app_with_fault(ApiConfig::default(), Some(Fault::Fail)).await;
     let (status, env) = send(app, post("/api/v2/cluster/list_agents", "{}")).await;

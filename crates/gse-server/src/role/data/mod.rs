@@ -22,8 +22,10 @@ pub mod snapshot;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use gse_core::refusals::RefusalLog;
 use gse_core::seams::Record;
 use gse_core::tls::TlsFiles;
 use tokio::net::TcpListener;
@@ -37,6 +39,9 @@ use self::batch::BatchHandler;
 use self::routes::RouteTable;
 use self::server::DataServer;
 use crate::role::link::LinkService;
+
+/// Refused data connections are summed up in one log line this often.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Sees every record of one data id as it arrives, routed or not (the
 /// snapshot cache is one). Must be quick: it runs on the data path.
@@ -102,6 +107,7 @@ impl DataService {
                 handler: handler.clone(),
                 config: parts.config.clone(),
                 store: parts.store.clone(),
+                refusals: Arc::new(RefusalLog::new("data connections", REFUSAL_LOG_WINDOW)),
                 shutdown: parts.shutdown.clone(),
             }));
             listeners.push(listener);

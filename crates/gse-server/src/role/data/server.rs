@@ -21,6 +21,7 @@ use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
 use gse_core::identity::validate_agent_id;
 use gse_core::seams::StateStore;
+use gse_core::refusals::RefusalLog;
 use gse_core::tls::{Side, TlsFiles, explain};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
@@ -56,6 +57,8 @@ pub struct DataServer {
     pub(super) config: DataConfig,
     /// Where identity pins are checked.
     pub(super) store: Arc<dyn StateStore>,
+    /// Failed accepts and TLS handshakes, logged once per burst.
+    pub(super) refusals: Arc<RefusalLog>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -65,6 +68,7 @@ impl DataServer {
     /// Accepts data links until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         tracing::info!(server = %self.load.id, endpoint = %self.load.endpoint, "DataServer listening");
+        tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -76,7 +80,10 @@ impl DataServer {
                     tokio::spawn(serve_link(self.clone(), tcp, peer));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot accept data links (file descriptor limit?)");
+                    // Back off instead of spinning; one line per burst.
+                    self.refusals.refused("accept failed", None, || {
+                        format!("cannot accept data links: {e} (file descriptor limit? raise LimitNOFILE)")
+                    });
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -91,7 +98,9 @@ async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
-                Some(text) => tracing::warn!(peer = %peer, "data link: {text}"),
+                Some(text) => svc.refusals.refused("TLS refused", Some(peer.ip()), || {
+                    format!("data link: {text}")
+                }),
                 None => {
                     tracing::debug!(peer = %peer, error = %e, "data link closed during the TLS handshake")
                 }
@@ -99,7 +108,10 @@ async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
         Err(_) => {
-            tracing::warn!(peer = %peer, "data link: no TLS handshake within {limit:?}; closing");
+            svc.refusals
+                .refused("no TLS handshake in time", Some(peer.ip()), || {
+                    format!("data link: no TLS handshake from {peer} within {limit:?}; closing")
+                });
             return;
         }
     };

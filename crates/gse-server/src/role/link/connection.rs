@@ -103,7 +103,9 @@ async fn handshake(
         Ok(Err(e)) => {
             metrics::counter!("gse_link_tls_failures_total").increment(1);
             match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
-                Some(text) => tracing::warn!(peer = %peer, "{text}"),
+                Some(text) => svc
+                    .refusals
+                    .refused("TLS refused", Some(peer.ip()), || text),
                 None => {
                     tracing::debug!(peer = %peer, error = %e, "connection closed during the TLS handshake")
                 }
@@ -111,7 +113,11 @@ async fn handshake(
             None
         }
         Err(_) => {
-            tracing::warn!(peer = %peer, "no TLS handshake within {:?}; closing", svc.config.handshake_timeout);
+            let limit = svc.config.handshake_timeout;
+            svc.refusals
+                .refused("no TLS handshake in time", Some(peer.ip()), || {
+                    format!("no TLS handshake from {peer} within {limit:?}; closing")
+                });
             None
         }
     }

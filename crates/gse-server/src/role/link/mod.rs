@@ -24,9 +24,11 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
+use gse_core::refusals::RefusalLog;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
 use gse_proto::Frame;
@@ -126,8 +128,13 @@ pub struct LinkService {
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
+    /// Failed accepts and TLS handshakes, logged once per burst.
+    refusals: Arc<RefusalLog>,
     shutdown: CancellationToken,
 }
+
+/// Refused agent connections are summed up in one log line this often.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// What `LinkService::new` needs.
 pub struct LinkParts {
@@ -173,6 +180,7 @@ impl LinkService {
             data_assigner: RwLock::new(None),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
+            refusals: Arc::new(RefusalLog::new("agent connections", REFUSAL_LOG_WINDOW)),
             shutdown: parts.shutdown,
         }))
     }
@@ -253,6 +261,7 @@ impl LinkService {
 
     /// Accepts agent connections until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -265,9 +274,12 @@ impl LinkService {
                     tokio::spawn(connection::run(self.clone(), tcp, peer, conn_id));
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::error!(error = %e, "cannot accept agent connections (file descriptor limit?)");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    // EMFILE and friends: back off instead of spinning, and
+                    // say so once per burst.
+                    self.refusals.refused("accept failed", None, || {
+                        format!("cannot accept agent connections: {e} (file descriptor limit? raise LimitNOFILE)")
+                    });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }

@@ -36,7 +36,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use config::TaskConfig;
 pub use dispatch::{AgentLink, Dispatch, Route, Unreachable};
-pub use query::EntryView;
+pub use query::{EntryView, MAX_ANSWER_SCREEN_BYTES};
 
 use crate::role::alarm::AlarmService;
 use model::{Effect, LiveTask, TaskState};

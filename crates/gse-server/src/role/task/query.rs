@@ -7,12 +7,15 @@
 //! An `offset` inside a character (a caller that lost count) returns the
 //! stray bytes of that character as one `?` each, for the same reason.
 //!
-//! One answer holds at most [`MAX_ANSWER_SCREEN_BYTES`] of screens: entries
+//! An entry asked for twice in one poll is answered once, as first asked.
+//!
+//! One answer holds at most [`MAX_ANSWER_SCREEN_BYTES`] of screens (or the
+//! smaller budget the API passes): entries
 //! past that budget get their screen cut the same way (possibly to `""`), so
 //! the caller's offset accounting still holds and it reads the rest with the
 //! next poll.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use gse_core::seams::state_store::{LogWindow, StoredTask, TaskTarget};
 
@@ -64,8 +67,9 @@ impl TaskService {
             .await
     }
 
-    /// [`TaskService::results`] with at most `budget` bytes of screens.
-    pub(super) async fn results_within(
+    /// [`TaskService::results`] with at most `budget` bytes of screens
+    /// (the API derives it from its answer size cap).
+    pub async fn results_within(
         &self,
         task_id: &str,
         query: &ResultQuery,
@@ -195,16 +199,20 @@ fn pick(
             .collect();
     };
     let mut picks = Vec::new();
+    // An entry named again (the same agent listed twice, or under both its
+    // names) is answered once, as first asked.
+    let mut seen = HashSet::new();
     for q in agents {
         let name = &q.target.bk_agent_id;
         let Some(target) = index.find(targets, name, &q.target.bk_container_id) else {
             continue;
         };
         if q.atomic_tasks.is_empty() {
-            picks.extend(every_atomic(target, name));
+            picks.extend(every_atomic(target, name).filter(|p| seen.insert((target, p.atomic_id))));
             continue;
         }
-        for a in q.atomic_tasks.iter().filter(|a| a.atomic_id < atomic_count) {
+        let asked = q.atomic_tasks.iter().filter(|a| a.atomic_id < atomic_count);
+        for a in asked.filter(|a| seen.insert((target, a.atomic_id))) {
             picks.push(Pick {
                 target,
                 atomic_id: a.atomic_id,

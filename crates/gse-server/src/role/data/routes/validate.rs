@@ -100,8 +100,9 @@ pub fn name(m: &Map<String, Value>, field: &str, key: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-/// An optional id: an integer, or a string of digits; 0 and null count as
-/// absent (Go clients send their zero value).
+/// An optional id: an integer (a number in a string is refused: the
+/// clients' schemas say int); 0 and null count as absent (Go clients send
+/// their zero value).
 pub fn opt_id(m: &Map<String, Value>, field: &str, key: &str, max: u32) -> Result<Option<u32>> {
     let bad = |v: &Value| {
         RouteError::invalid(
@@ -118,10 +119,11 @@ pub fn opt_id(m: &Map<String, Value>, field: &str, key: &str, max: u32) -> Resul
     };
     let n = match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
+        other => {
+            let got = crate::role::api::error::json_type(other);
+            let problem = format!("expected an integer between 1 and {max}, got {got}");
+            return Err(RouteError::invalid(join(field, key), problem));
         }
-        _ => None,
     };
     match n {
         Some(0) => Ok(None),

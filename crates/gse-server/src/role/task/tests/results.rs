@@ -229,3 +229,30 @@ async fn one_answer_holds_a_bounded_total_of_screens_cut_on_boundaries() {
     assert_eq!(stored, ["abcé", "xy"]);
     assert_eq!(screens(poll_all(&h.svc, &task_id).await), ["abcé", "xyz"]);
 }
+
+#[tokio::test]
+async fn an_entry_asked_for_again_is_answered_once_as_first_asked() {
+    let h = harness().await;
+    let task_id = h
+        .svc
+        .start_script(spec(&["0:10.0.0.1"], &["echo a"]))
+        .await
+        .unwrap();
+    run_ok(&h.svc, "10.0.0.1", &task_id, 0, "hello\n");
+    let once = poll_one("0:10.0.0.1", 0, 2, None);
+    let mut agents = once.agents.clone().unwrap();
+    // The same entry 1000 more times, from another offset, and once with
+    // every atomic task: still one entry, from the first offset.
+    let mut again = poll_one("0:10.0.0.1", 0, 0, None).agents.unwrap();
+    again[0].atomic_tasks.clear();
+    for _ in 0..1000 {
+        agents.extend(poll_one("0:10.0.0.1", 0, 0, None).agents.unwrap());
+    }
+    agents.extend(again);
+    let query = ResultQuery {
+        agents: Some(agents),
+    };
+    let entries = h.svc.results(&task_id, &query).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].screen, "llo\n");
+}
