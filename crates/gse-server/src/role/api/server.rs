@@ -10,11 +10,13 @@
 //! `api.max_response_bytes`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::body::HttpBody;
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 
 use super::ApiContext;
@@ -97,7 +99,8 @@ async fn api_call(
     id: HeaderValue,
 ) -> (i64, Response) {
     let after = ctx.config.request_timeout;
-    let answered = tokio::time::timeout(after, call(ctx, endpoint, req))
+    let body_read = AtomicBool::new(req.body().is_end_stream());
+    let answered = tokio::time::timeout(after, call(ctx, endpoint, req, &body_read))
         .await
         .unwrap_or(Err(ApiError::Timeout { after }))
         .and_then(|data| {
@@ -107,7 +110,18 @@ async fn api_call(
         Ok(response) => (0, response),
         Err(err) => {
             let envelope = failure(&id, endpoint.path(), &err);
-            (envelope.code, envelope.into_response_with_id(id))
+            let code = envelope.code;
+            let mut response = envelope.into_response_with_id(id);
+            if !body_read.load(Ordering::Relaxed) {
+                // Refused before its body was read (credentials, size): the
+                // rest of the body is still on the connection, so it cannot
+                // carry another request. Say so, or a client's pool would
+                // send its next request on a connection we are closing.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (code, response)
         }
     }
 }
@@ -117,6 +131,7 @@ async fn call(
     ctx: &ApiContext,
     endpoint: Endpoint,
     req: Request,
+    body_read: &AtomicBool,
 ) -> Result<serde_json::Value, ApiError> {
     let (parts, body) = req.into_parts();
     let store = ctx.store.as_ref();
@@ -126,6 +141,7 @@ async fn call(
         Some(creds) => {
             creds.verify(store, &ctx.secrets).await?;
             let bytes = read_limited(&parts.headers, body, ctx.config.max_body_bytes).await?;
+            body_read.store(true, Ordering::Relaxed);
             (creds, parse_object(&bytes)?)
         }
         // Credentials in the body: only a small body is read before the
@@ -139,6 +155,7 @@ async fn call(
                     ApiError::BodyTooLarge { .. } => ApiError::PreAuthBodyTooLarge { limit },
                     other => other,
                 })?;
+            body_read.store(true, Ordering::Relaxed);
             let fields: Fields = parse_object(&bytes)?;
             let creds = Credentials::from_body(&fields)?.ok_or(ApiError::NoCredentials)?;
             creds.verify(store, &ctx.secrets).await?;
