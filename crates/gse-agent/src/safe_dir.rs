@@ -1,7 +1,9 @@
 //! Opening directories a local user cannot redirect, and writing files in
 //! them by descriptor: the task script writer (T3) and file-transfer targets
 //! (F1-F10) both write as root into directories named by a remote caller,
-//! often under the world-writable /tmp (issue 9, item 5).
+//! often under the world-writable /tmp (issue 9, item 5); the collector
+//! socket links (`data::local_socket::links`) are made as root in host-wide
+//! directories (`/var/run/gse2/...`, `/usr/local/gse/...`).
 //!
 //! Start at [`DirOpener`]. [`DirOpener::open`] walks a directory from `/`,
 //! one `openat(O_NOFOLLOW|O_DIRECTORY)` per component, so what it returns
@@ -10,8 +12,9 @@
 //!   made it (`/var/run -> ../run`, `/data -> /data1`), and its target is
 //!   walked with the same checks; a link anyone else made is refused;
 //! - every directory is checked against a [`Policy`]: [`Policy::Strict`]
-//!   (scripts, run as root right after: owned by root, the agent or the
-//!   trusted user, and writable by no one else unless sticky, like /tmp) or
+//!   (scripts, run as root right after, and socket links, which trust no
+//!   other user: owned by root, the agent or the trusted user, and writable
+//!   by no one else unless sticky, like /tmp) or
 //!   [`Policy::NoPlanted`] (pushed files: a directory in a parent that
 //!   others may write in must be owned by root, the agent or the trusted
 //!   user, so nobody can slip in a directory of their own);

@@ -274,7 +274,7 @@ pub fn install_symlink(
     let dir = open_parent(target, opts)?;
     let temp = loop {
         let name = std::ffi::OsString::from(crate::safe_dir::temp_name(target.file_name()));
-        match dir.symlink(link_target, &name) {
+        match dir.symlink(Path::new(link_target), &name) {
             Ok(()) => break name,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_err("create a temporary link in", target.parent())(e)),

@@ -291,9 +291,16 @@ impl SafeDir {
         Ok(unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir)?)
     }
 
-    /// Makes `name` here a symbolic link with the text `target`.
-    pub fn symlink(&self, target: &str, name: &OsStr) -> io::Result<()> {
+    /// Makes `name` here a symbolic link with the text `target`
+    /// (`AlreadyExists` if the name is taken).
+    pub fn symlink(&self, target: &Path, name: &OsStr) -> io::Result<()> {
         Ok(symlinkat(target, self.fd.as_fd(), name)?)
+    }
+
+    /// The text of the symbolic link `name` here (`InvalidInput` if it is
+    /// not a link).
+    pub fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        Ok(readlinkat(self.fd.as_fd(), name)?.into())
     }
 
     /// Gives the entry `name` here (a link: the link itself) to uid:gid.
