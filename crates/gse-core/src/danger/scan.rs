@@ -251,17 +251,24 @@ fn logical_lines(src: &str) -> impl Iterator<Item = (usize, usize, Cow<'_, str>)
     })
 }
 
+/// The largest char boundary of `text` at or below `i`.
+fn char_floor(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 /// The source lines around `span`, continuations joined and blanks
 /// collapsed, at most [`MAX_LINE_CHARS`] characters.
 fn snippet(text: &str, (a, b): (usize, usize)) -> String {
-    let a = a.min(text.len());
-    let b = b.saturating_sub(1).clamp(a, text.len());
+    // Span ends may fall inside a multi-byte character (a command that
+    // ends in CJK text): step back to a boundary before slicing.
+    let a = char_floor(text, a.min(text.len()));
+    let b = char_floor(text, b.saturating_sub(1).clamp(a, text.len()));
     let start = text[..a].rfind('\n').map_or(0, |i| i + 1);
     let end = text[b..].find('\n').map_or(text.len(), |i| b + i);
-    let mut stop = end.min(start + 4 * MAX_LINE_CHARS);
-    while !text.is_char_boundary(stop) {
-        stop -= 1;
-    }
+    let stop = char_floor(text, end.min(start + 4 * MAX_LINE_CHARS));
     let raw = text[start..stop].replace("\\\n", "");
     let collapsed = raw.split_whitespace().collect::<Vec<_>>().join(" ");
     collapsed.chars().take(MAX_LINE_CHARS).collect()
