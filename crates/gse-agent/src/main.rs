@@ -67,7 +67,9 @@ fn main() -> anyhow::Result<()> {
 /// file or socket would otherwise pass it on to every task and plugin the
 /// agent runs as any user. (Descriptors the agent opens itself are
 /// close-on-exec: std, tokio and socket2 open them so.) Best effort: a
-/// descriptor that cannot be closed is reported once on stderr.
+/// descriptor that cannot be closed is reported once on stderr. (Closed
+/// stdin, stdout or stderr need no care here: Rust's runtime reopens them
+/// on /dev/null before `main`.)
 fn close_inherited_descriptors() {
     #[cfg(unix)]
     {

@@ -81,8 +81,16 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// A directory this process owns and keeps secrets in (a server's data
 /// dir, quickstart's dir): created 0700, or closed to group and others
 /// when it already exists open. Returns the old mode when it had to close it.
+///
+/// Refused (`PermissionDenied`, saying why) when the directory or one of
+/// its ancestors belongs to another user or is writable by others without
+/// the sticky bit: such a user could have planted it (with a CA key of
+/// their own in it) or could swap it after the check.
 pub fn make_private_dir(dir: &Path) -> io::Result<Option<u32>> {
     create_private_dir(dir)?;
+    if let Some(why) = untrusted_dir(dir) {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    }
     let Some(open) = exposure(dir, "") else {
         return Ok(None);
     };
@@ -92,6 +100,55 @@ pub fn make_private_dir(dir: &Path) -> io::Result<Option<u32>> {
         fs::set_permissions(dir, fs::Permissions::from_mode(open.mode & 0o7700))?;
     }
     Ok(Some(open.mode))
+}
+
+/// Why `dir` (which exists) cannot be trusted to keep this process's
+/// secrets, if it cannot: it, or a directory above it, belongs to a user
+/// other than root and this process, or is writable by group or others
+/// without the sticky bit (as /tmp has it).
+pub fn untrusted_dir(dir: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::Uid::effective().as_raw();
+        let real = match dir.canonicalize() {
+            Ok(p) => p,
+            Err(e) => return Some(format!("cannot resolve {}: {e}", dir.display())),
+        };
+        for (depth, d) in real.ancestors().enumerate() {
+            let meta = match fs::metadata(d) {
+                Ok(m) => m,
+                Err(e) => return Some(format!("cannot inspect {}: {e}", d.display())),
+            };
+            let (owner, mode) = (meta.uid(), meta.mode());
+            if owner != 0 && owner != me {
+                return Some(format!(
+                    "{} belongs to uid {owner}, not to this user (uid {me}) or root: that user could have planted {}; remove it or choose another directory",
+                    d.display(),
+                    if depth == 0 {
+                        "it"
+                    } else {
+                        "or swap what is inside"
+                    }
+                ));
+            }
+            let others_write = mode & 0o022 != 0;
+            let sticky = mode & 0o1000 != 0;
+            if others_write && !(sticky && depth > 0) {
+                return Some(format!(
+                    "{} is writable by group or others (mode {:04o}): another user could swap what is inside; chmod go-w it or choose another directory",
+                    d.display(),
+                    mode & 0o7777
+                ));
+            }
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 /// Creates `path` as an empty 0600 file if it does not exist (so that a
@@ -171,6 +228,36 @@ mod tests {
         ensure_private_file(&db).unwrap();
         ensure_private_file(&db).unwrap();
         assert_eq!(mode(&db), 0o600);
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_not_made_private_but_refused() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to give a directory to another user");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let planted = root.path().join("planted");
+        fs::create_dir(&planted).unwrap();
+        nix::unistd::chown(&planted, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = make_private_dir(&planted).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        // Inside it, even a directory we make ourselves is refused.
+        let err = make_private_dir(&planted.join("mine")).unwrap_err();
+        assert!(err.to_string().contains("planted"), "{err}");
+        // A world-writable (not sticky) parent is refused too.
+        let open = root.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = make_private_dir(&open.join("qs")).unwrap_err();
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+        // Under a sticky world-writable dir (like /tmp) our own dir is fine.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        make_private_dir(&open.join("qs")).unwrap();
     }
 
     #[test]

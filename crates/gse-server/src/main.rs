@@ -196,7 +196,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // Quickstart keeps the terminal for its summary; its log goes to DIR.
     let default_log = match &cli.command {
-        Command::Quickstart(q) => Some(q.dir.join("server.log")),
+        Command::Quickstart(q) => {
+            // Before the log file is opened there: DIR must be ours.
+            quickstart::prepare_dir(&q.dir)?;
+            Some(q.dir.join("server.log"))
+        }
         _ => None,
     };
     cli.log

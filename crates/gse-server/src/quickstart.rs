@@ -96,15 +96,7 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
             opts.agents
         );
     }
-    // 0700: it holds quickstart.json (the app secret), keys and the store.
-    if let Some(mode) = private_files::make_private_dir(&opts.dir)
-        .with_context(|| format!("cannot create {} (mode 0700)", opts.dir.display()))?
-    {
-        println!(
-            "{} was open to other users (mode {mode:04o}); closed it (0700)",
-            opts.dir.display()
-        );
-    }
+    prepare_dir(&opts.dir)?;
     let dir = opts.dir.canonicalize()?;
     let info_path = dir.join("quickstart.json");
     let _ = std::fs::remove_file(&info_path);
@@ -153,6 +145,21 @@ pub async fn run(opts: QuickstartOptions) -> Result<()> {
     node.stop(STOP_GRACE).await;
     let _ = std::fs::remove_file(&info_path);
     result
+}
+
+/// Makes quickstart's DIR private (0700: it holds quickstart.json with the
+/// app secret, keys and the store), or refuses a DIR another user owns or
+/// could swap. Call it before anything is written there, the log included.
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    let closed = private_files::make_private_dir(dir)
+        .with_context(|| format!("cannot use {} as quickstart's directory", dir.display()))?;
+    if let Some(mode) = closed {
+        println!(
+            "{} was open to other users (mode {mode:04o}); closed it (0700)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn find_agent_bin(given: Option<&Path>) -> Result<PathBuf> {

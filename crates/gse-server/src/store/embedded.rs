@@ -108,12 +108,16 @@ impl EmbeddedStore {
         }
         // 0600 before SQLite opens it: its -wal and -shm files take the
         // database file's mode, so none of them is ever readable by others.
-        gse_core::private_files::ensure_private_file(path).map_err(|e| {
-            open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
-                "{}: {e}",
-                path.display()
-            ))))
-        })?;
+        // A store made by an older version may be 0644: close it (and its
+        // WAL files) to others as well.
+        gse_core::private_files::ensure_private_file(path)
+            .and_then(|()| close_store_files(path))
+            .map_err(|e| {
+                open_err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {e}",
+                    path.display()
+                ))))
+            })?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
@@ -192,6 +196,25 @@ fn load(conn: &Connection) -> rusqlite::Result<Mem> {
     Ok(mem)
 }
 
+/// Makes the store file and its `-wal`/`-shm` companions 0600 where they
+/// exist and others could read them.
+fn close_store_files(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        if gse_core::private_files::exposure(&file, "the state store").is_some() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                tracing::warn!(file = %file.display(), "the state store was readable by other users; made it 0600");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An app row as a record; `None` (with a warning) when its hash is unusable.
 fn app_record(app_code: String, hash: &str) -> Option<AppRecord> {
     match SecretHash::parse(hash) {
@@ -233,8 +256,9 @@ fn migrate_plain_secrets(conn: &Connection) -> rusqlite::Result<()> {
     }
     tx.execute_batch("ALTER TABLE apps RENAME COLUMN app_secret TO secret_hash")?;
     tx.commit()?;
-    // The old values may linger in free pages and the WAL: rewrite the file.
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+    // The old values may linger in free pages: rewrite the file (in WAL
+    // mode VACUUM writes into the WAL), then fold the WAL into it and empty it.
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
     tracing::info!(
         apps = rows.len(),
         "replaced the plain-text app secrets of an older state store by salted hashes"
@@ -666,18 +690,26 @@ mod tests {
         let path = dir.path().join("s.sqlite");
         let plain = "old-plain-secret-0123456789";
         {
+            // As an older version left it: WAL mode, 0644.
             let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
             c.execute_batch(
                 "CREATE TABLE apps (app_code TEXT PRIMARY KEY, app_secret TEXT NOT NULL);",
             )
             .unwrap();
             c.execute("INSERT INTO apps VALUES ('job', ?1)", [plain])
                 .unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
         }
         let store = EmbeddedStore::open(&path).unwrap();
         let app = store.get_app("job").await.unwrap().expect("migrated app");
         assert!(app.secret_hash.verify(plain));
-        drop(store);
+        // Checked while the store is still open: neither the file nor its
+        // WAL may hold the old secret.
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let p = entry.unwrap().path();
             let bytes = std::fs::read(&p).unwrap();
@@ -686,7 +718,14 @@ mod tests {
                 "{} still holds the plain secret",
                 p.display()
             );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+            }
         }
+        drop(store);
         // Opening again finds nothing to migrate.
         let store = EmbeddedStore::open(&path).unwrap();
         assert!(store.get_app("job").await.unwrap().is_some());

@@ -263,3 +263,36 @@ async fn r9_1_check_config_names_every_secret_file_others_can_read() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn r9_1_quickstart_refuses_a_directory_another_user_planted() {
+    let parent = tempfile::tempdir().unwrap();
+    // A shared, sticky directory like /tmp, where `nobody` got there first
+    // (with, say, a CA of their own inside).
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    open_path_to(parent.path());
+    let planted = parent.path().join("gse-quickstart");
+    let made = run_json(as_user("nobody").arg("plant-dir").arg(&planted));
+    assert_eq!(made["planted"], true, "{made}");
+
+    let out = Command::new(bin("gse-server"))
+        .args(["quickstart", "--agents", "1"])
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(&planted)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "quickstart used nobody's directory");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&planted).unwrap().count(),
+        0,
+        "quickstart wrote into nobody's directory"
+    );
+}

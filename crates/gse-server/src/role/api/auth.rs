@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::body::{Fields, optional_str};
 use super::error::{ApiError, quoted};
-use super::secret_cache::VerifiedSecrets;
+use super::secret_cache::{Verdict, VerifiedSecrets};
 
 const AUTHORIZATION_HEADER: &str = "x-bkapi-authorization";
 const APP_CODE_HEADER: &str = "x-bkapi-app-code";
@@ -101,12 +101,13 @@ impl Credentials {
                 app_code: quoted(&self.app_code),
             });
         };
-        if !secrets.verify(&app, &self.app_secret).await {
-            return Err(ApiError::WrongSecret {
+        match secrets.verify(&app, &self.app_secret).await {
+            Verdict::Right => Ok(()),
+            Verdict::Wrong => Err(ApiError::WrongSecret {
                 app_code: quoted(&self.app_code),
-            });
+            }),
+            Verdict::Busy => Err(ApiError::AuthBusy),
         }
-        Ok(())
     }
 }
 

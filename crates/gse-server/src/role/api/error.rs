@@ -71,6 +71,11 @@ pub enum ApiError {
     #[error("wrong secret for app {app_code:?}; check bk_app_secret against the registered app")]
     WrongSecret { app_code: String },
 
+    #[error(
+        "too many app secret checks are waiting (a flood of wrong secrets?); retry in a few seconds"
+    )]
+    AuthBusy,
+
     #[error("no API at {path:?}; see docs/API.md for the list of endpoints")]
     UnknownPath { path: String },
     #[error("/metrics is not served: this node runs without a metrics recorder")]
@@ -255,6 +260,7 @@ impl ApiError {
             TooManyConnections { .. } | TooManyConnectionsFrom { .. } => 1000503,
             UnknownApp { .. } => 1000402,
             WrongSecret { .. } => 1000403,
+            AuthBusy => 1000503,
             UnknownPath { .. } | MetricsDisabled => 1000404,
             MethodNotAllowed { .. } => 1000405,
             BodyTooLarge { .. } | TooManyEntries { .. } | OverLimit { .. } => 1000413,

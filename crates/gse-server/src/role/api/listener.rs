@@ -39,7 +39,7 @@ use super::metrics;
 use super::server::router;
 
 /// Refused connections are summed up in one log line this often.
-const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Longest a refused connection is kept to read what the client still
 /// sends after our answer (closing with unread data would reset the
 /// connection and could lose the answer).
@@ -78,6 +78,7 @@ pub async fn serve(
     let limits = Arc::new(ConnLimits::from_config(&ctx.config, open_files));
     let refusals = Arc::new(RefusalLog::new("API connections", REFUSAL_LOG_WINDOW));
     tokio::spawn(refusals.clone().run(shutdown.clone()));
+    tokio::spawn(ctx.auth_refusals.clone().run(shutdown.clone()));
     let slots = (limits.max_total() / 16).clamp(MIN_REFUSAL_SLOTS, MAX_REFUSAL_SLOTS);
     let server = Arc::new(Server {
         app: router(ctx.clone()),

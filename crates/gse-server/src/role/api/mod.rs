@@ -55,6 +55,7 @@ use crate::role::file::FileService;
 use crate::role::proc::ProcService;
 use crate::role::task::TaskService;
 
+use gse_core::refusals::RefusalLog;
 use secret_cache::VerifiedSecrets;
 
 pub use config::{ApiConfig, AppConfig};
@@ -69,6 +70,8 @@ pub struct ApiContext {
     pub store: Arc<dyn StateStore>,
     /// App secrets already checked against their stored hashes.
     pub secrets: Arc<VerifiedSecrets>,
+    /// Calls refused for their credentials, logged once per burst.
+    pub auth_refusals: Arc<RefusalLog>,
     pub config: ApiConfig,
     /// Rendered at `GET /metrics`; `None` answers 404 there.
     pub metrics: Option<PrometheusHandle>,
@@ -94,6 +97,10 @@ impl ApiContext {
         ApiContext {
             store,
             secrets: Arc::default(),
+            auth_refusals: Arc::new(RefusalLog::new(
+                "API calls for their credentials",
+                listener::REFUSAL_LOG_WINDOW,
+            )),
             config,
             metrics: None,
             tasks: None,

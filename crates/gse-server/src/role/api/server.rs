@@ -109,6 +109,14 @@ async fn api_call(
     match answered {
         Ok(response) => (0, response),
         Err(err) => {
+            if err.is_auth_failure() || matches!(err, ApiError::AuthBusy) {
+                let request_id = id.to_str().unwrap_or_default().to_string();
+                let path = endpoint.path();
+                let reason = auth_reason(&err);
+                ctx.auth_refusals.refused(reason, None, || {
+                    format!("API call to {path} refused (request {request_id}): {err}")
+                });
+            }
             let envelope = failure(&id, endpoint.path(), &err);
             let code = envelope.code;
             let mut response = envelope.into_response_with_id(id);
@@ -169,14 +177,26 @@ async fn call(
 /// attack or a misconfigured client), the rest at DEBUG.
 fn failure(id: &HeaderValue, path: &str, err: &ApiError) -> Envelope {
     let request_id = id.to_str().unwrap_or_default();
-    if err.is_auth_failure() {
-        tracing::warn!(path, request_id, error = %err, "API call refused");
+    if err.is_auth_failure() || matches!(err, ApiError::AuthBusy) {
+        // Logged by the caller through the burst log (a flood of guesses
+        // must not bury the log); here only at DEBUG.
+        tracing::debug!(path, request_id, error = %err, "API call refused");
     } else if matches!(err, ApiError::Store(_)) {
         tracing::warn!(path, request_id, error = %err, "API call failed");
     } else {
         tracing::debug!(path, request_id, error = %err, "API call refused");
     }
     Envelope::failure(err)
+}
+
+/// The burst log's reason for a refused credential.
+fn auth_reason(err: &ApiError) -> &'static str {
+    match err {
+        ApiError::UnknownApp { .. } => "unknown app",
+        ApiError::WrongSecret { .. } => "wrong secret",
+        ApiError::AuthBusy => "too many secret checks waiting",
+        _ => "no or malformed credentials",
+    }
 }
 
 fn health(id: HeaderValue) -> (i64, Response) {
