@@ -169,6 +169,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_caller_that_hangs_up_keeps_its_slot_until_its_check_ends() {
+        let cache = Arc::new(VerifiedSecrets::default());
+        let app = AppRecord::with_secret("job", "right");
+        let call = {
+            let (cache, app) = (cache.clone(), app.clone());
+            tokio::spawn(async move { cache.verify(&app, "a guess").await })
+        };
+        while cache.slow_checks.available_permits() == SLOW_CHECKS_AT_ONCE {
+            tokio::task::yield_now().await;
+        }
+        // The client closes its connection: hyper drops the call.
+        call.abort();
+        let _ = call.await;
+        assert_eq!(
+            cache.slow_checks.available_permits(),
+            SLOW_CHECKS_AT_ONCE - 1,
+            "the slot was freed while its Argon2 check still runs"
+        );
+        while cache.slow_checks.available_permits() < SLOW_CHECKS_AT_ONCE {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_flood_of_guesses_is_turned_away_not_queued() {
         let cache = Arc::new(VerifiedSecrets::default());
         let app = AppRecord::with_secret("job", "right");
