@@ -180,9 +180,10 @@ enum AgentsCommand {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
     },
-    /// Release the pin of one identity (a host re-installed with a new
-    /// agent id, or an identity IP moved to another host): the next agent
-    /// to register with it is pinned. Safe while the server runs.
+    /// Release the pin of one identity and its agent id (a host re-installed
+    /// with a new agent id, an identity IP moved to another host, or a host
+    /// whose identity IP changed): the next agent to register with either
+    /// is pinned. Safe while the server runs.
     ReleasePin {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
@@ -381,7 +382,7 @@ async fn agents(c: AgentsCommand) -> Result<()> {
         }
         AgentsCommand::ReleasePin { agent, .. } => match store.release_identity(agent).await? {
             Some(p) => println!(
-                "released the pin of {agent} (agent id {}); the next agent to register as {agent} is pinned",
+                "released the pin of {agent} (agent id {0}); {agent} and agent id {0} are free: the next agent to register as {agent}, and the next registration with agent id {0}, are pinned",
                 p.agent_id
             ),
             None => println!("{agent} is not pinned; nothing to release"),

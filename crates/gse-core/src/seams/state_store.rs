@@ -13,8 +13,9 @@
 //! Data routes (D5) are [`StreamToRecord`]s and [`ChannelRecord`]s: an id,
 //! a platform and the data role's own JSON document; new ids are picked by
 //! the store ([`NewId`]) so that concurrent adds never share one.
-//! Identity pins ([`IdentityPin`], issue 9) bind a `cloud_id:ip` to the
-//! first agent id that claimed it, until an operator releases it.
+//! Identity pins ([`IdentityPin`], issue 9) bind a `cloud_id:ip` and the
+//! first agent id that claimed it to each other, until an operator
+//! releases the pin.
 
 use std::sync::Arc;
 
@@ -82,9 +83,10 @@ impl AppRecord {
     }
 }
 
-/// An identity bound to the agent id that first claimed it (issue 9):
-/// another agent id claiming it is refused until an operator releases the
-/// pin (`gse-server agents release-pin`).
+/// An identity and the agent id that first claimed it, bound to each other
+/// (issue 9): another agent id claiming the identity, or the agent id
+/// claimed under another identity, is refused until an operator releases
+/// the pin (`gse-server agents release-pin`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityPin {
     pub key: AgentKey,
@@ -486,22 +488,26 @@ pub trait StateStore: Send + Sync {
         Err(no_data_routes(self.kind(), "listing data channels"))
     }
 
-    /// Pins `pin.key` to `pin.agent_id` unless it is pinned already, and
-    /// returns the pin in force afterwards: `pin` itself when the identity
-    /// was free, else the older one (unchanged). Two racing claims see one
-    /// winner. A store without pins refuses (the default), so registrations
-    /// fail closed.
+    /// Pins `pin.key` and `pin.agent_id` to each other unless either is
+    /// pinned already (a pin binds both ways: one agent id per identity,
+    /// one identity per agent id), and returns the pin in force afterwards:
+    /// `pin` itself when both were free, else the older one (unchanged):
+    /// the agent id's pin when it is on another identity, else the
+    /// identity's. Two racing claims see one winner. A store without pins
+    /// refuses (the default), so registrations fail closed.
     async fn claim_identity(&self, pin: IdentityPin) -> Result<PinClaim, StoreError> {
         let _ = pin;
         Err(no_identity_pins(self.kind(), "claiming an identity"))
     }
-    /// Sets the pin of `pin.key`, replacing any (a per-agent certificate
-    /// naming the identity outranks a pin made with the shared one).
+    /// Sets the pin of `pin.key`, replacing the identity's pin and the
+    /// agent id's pin on another identity (a per-agent certificate naming
+    /// them outranks a pin made with the shared one).
     async fn repin_identity(&self, pin: IdentityPin) -> Result<(), StoreError> {
         let _ = pin;
         Err(no_identity_pins(self.kind(), "re-pinning an identity"))
     }
-    /// Removes the pin of `key`; returns it, `None` if there was none.
+    /// Removes the pin of `key`, freeing the identity and its agent id;
+    /// returns it, `None` if there was none.
     async fn release_identity(&self, key: AgentKey) -> Result<Option<IdentityPin>, StoreError> {
         let _ = key;
         Err(no_identity_pins(self.kind(), "releasing an identity pin"))

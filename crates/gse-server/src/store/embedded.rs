@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS apps (
 );
 ";
 
+/// Agents by identity, and which identity each agent id resolves to.
+///
+/// An agent id resolves to the identity it registered last. The link admits
+/// a registration only when its agent id is pinned to its identity (or
+/// free), so an agent id moves to another identity only after its pin
+/// moved (`agents release-pin`, a per-agent certificate); [`Mem::insert`]
+/// returns such a move so that it is logged, never done silently.
 #[derive(Default)]
 struct Mem {
     agents: HashMap<AgentKey, AgentRecord>,
@@ -47,15 +54,22 @@ struct Mem {
 }
 
 impl Mem {
-    fn insert(&mut self, rec: AgentRecord) {
+    /// Stores `rec` under its identity and resolves its agent id there;
+    /// returns the identity the agent id resolved to before, when another.
+    #[must_use]
+    fn insert(&mut self, rec: AgentRecord) -> Option<AgentKey> {
         if let Some(old) = self.agents.get(&rec.key)
             && old.agent_id != rec.agent_id
             && self.by_id.get(&old.agent_id) == Some(&rec.key)
         {
             self.by_id.remove(&old.agent_id);
         }
-        self.by_id.insert(rec.agent_id.clone(), rec.key);
+        let moved_from = self
+            .by_id
+            .insert(rec.agent_id.clone(), rec.key)
+            .filter(|was| *was != rec.key);
         self.agents.insert(rec.key, rec);
+        moved_from
     }
 
     fn resolve(&self, r: &AgentRef) -> Option<&AgentRecord> {
@@ -131,7 +145,7 @@ impl EmbeddedStore {
         conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::routes::SCHEMA)
             .map_err(open_err)?;
-        conn.execute_batch(super::pins::SCHEMA).map_err(open_err)?;
+        super::pins::create(&conn).map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
             mem: RwLock::new(mem),
@@ -178,20 +192,32 @@ impl EmbeddedStore {
 }
 
 fn load(conn: &Connection) -> rusqlite::Result<Mem> {
-    let mut mem = Mem::default();
+    let mut records = Vec::new();
     let mut stmt = conn.prepare("SELECT record FROM agents")?;
     let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
     for json in rows {
         match serde_json::from_str::<AgentRecord>(&json?) {
-            Ok(mut rec) => {
-                // Nobody is connected to a node that just started.
-                rec.alive = false;
-                mem.insert(rec);
-            }
+            Ok(rec) => records.push(rec),
             Err(e) => {
                 tracing::warn!(error = %e, "skipping an unreadable agent record in the embedded store")
             }
         }
+    }
+    // An agent id known under several identities resolves to the one it is
+    // pinned to, else to the one it registered last: those go in last.
+    let pinned: HashMap<String, AgentKey> = super::pins::list(conn)?
+        .into_iter()
+        .map(|p| (p.agent_id, p.key))
+        .collect();
+    records.sort_by_key(|r| {
+        let here = pinned.get(&r.agent_id) == Some(&r.key);
+        (here, r.connected_at_ms, r.key)
+    });
+    let mut mem = Mem::default();
+    for mut rec in records {
+        // Nobody is connected to a node that just started.
+        rec.alive = false;
+        let _ = mem.insert(rec);
     }
     Ok(mem)
 }
@@ -273,7 +299,10 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn upsert_agent(&self, record: AgentRecord) -> Result<(), StoreError> {
-        self.mem.write().insert(record.clone());
+        let moved_from = self.mem.write().insert(record.clone());
+        if let Some(from) = moved_from {
+            tracing::warn!(agent_id = record.agent_id, from = %from, to = %record.key, "agent id now resolves to another identity: its pin moved there (released, or a per-agent certificate); tasks for this agent id go to the new identity");
+        }
         self.persist_agent(record).await
     }
 

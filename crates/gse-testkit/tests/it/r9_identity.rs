@@ -19,6 +19,8 @@ use serde_json::json;
 
 use crate::task_api::{start, wait_final};
 
+mod agent_id_pins;
+
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// An agent with its own directory (its own "host"), claiming `ip`.

@@ -5,13 +5,17 @@
 //!
 //! 1. a per-agent certificate (`gse://agent/<cloud>/<ip>[/<agent_id>]`)
 //!    may claim only what it names ([`match_certificate`]);
-//! 2. the identity's pin ([`IdentityPin`] in the state store): the first
-//!    agent id to claim a free identity pins it; the same agent id again
-//!    (a flap, a restart) is let in, so it still replaces its own older
-//!    link; another agent id with the shared certificate is refused until
-//!    an operator releases the pin (`gse-server agents release-pin`). A
-//!    per-agent certificate outranks a pin: its claim re-pins, and an
-//!    identity pinned by one accepts no shared certificate after.
+//! 2. the pins ([`IdentityPin`] in the state store), which bind both ways:
+//!    the first claim of a free identity with a free agent id pins the two
+//!    to each other. The same pair again (a flap, a restart) is let in, so
+//!    it still replaces its own older link. With the shared certificate,
+//!    another agent id claiming a pinned identity, or a pinned agent id
+//!    claimed under another identity (which would take every task
+//!    addressed by `bk_agent_id`), is refused until an operator releases
+//!    the pin (`gse-server agents release-pin`). A per-agent certificate
+//!    outranks a pin: its claim re-pins the identity it names (and the
+//!    agent id, when it names one too), and an identity pinned by one
+//!    accepts no shared certificate after.
 //!
 //! The role of the certificate itself (agent, not server or API client) was
 //! checked in the TLS handshake (`gse_core::tls::verify`). Refusals are
@@ -55,13 +59,17 @@ pub(crate) enum Admitted {
     Held,
     /// A per-agent certificate moved the pin from the agent id named.
     Repinned { from: String },
+    /// A per-agent certificate naming this identity and agent id moved the
+    /// agent id's pin from the identity named.
+    Moved { from: AgentKey },
 }
 
 /// Why a claim was refused; each says what to do.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The claim is not what the certificate names, or the identity is
-    /// pinned to another agent id: raise `identity_conflict`.
+    /// The claim is not what the certificate names, the identity is pinned
+    /// to another agent id, or the agent id to another identity: raise
+    /// `identity_conflict`.
     Conflict(String),
     /// The pin could not be read; the agent retries.
     Store(String),
@@ -105,8 +113,8 @@ pub(crate) fn match_certificate(
     ))
 }
 
-/// Checks `claim` against its certificate and the identity's pin, pinning
-/// a free identity; see the module doc.
+/// Checks `claim` against its certificate and the pins, pinning a free
+/// identity and agent id to each other; see the module doc.
 pub(crate) async fn admit(store: &dyn StateStore, claim: Claim<'_>) -> Result<Admitted, Refusal> {
     match_certificate(claim.certificate.as_ref(), claim.key, claim.agent_id)
         .map_err(Refusal::Conflict)?;
@@ -116,6 +124,10 @@ pub(crate) async fn admit(store: &dyn StateStore, claim: Claim<'_>) -> Result<Ad
         pinned_ms: gse_core::now_ms(),
         by_certificate: claim.certificate.is_some(),
     };
+    let names_agent_id = claim
+        .certificate
+        .as_ref()
+        .is_some_and(|mark| mark.agent_id.is_some());
     let store_err = |e| {
         Refusal::Store(format!(
             "cannot check the identity pin of {}: {e}; the agent will try again",
@@ -130,8 +142,12 @@ pub(crate) async fn admit(store: &dyn StateStore, claim: Claim<'_>) -> Result<Ad
         return Ok(Admitted::Pinned);
     }
     let held = claimed.pin;
-    let verdict = judge(&held, &wanted);
-    if matches!(verdict, Ok(Admitted::Repinned { .. })) || upgrade(&held, &wanted) {
+    let verdict = judge(&held, &wanted, names_agent_id);
+    let moves = matches!(
+        verdict,
+        Ok(Admitted::Repinned { .. } | Admitted::Moved { .. })
+    );
+    if moves || upgrade(&held, &wanted) {
         store.repin_identity(wanted).await.map_err(store_err)?;
     }
     verdict
@@ -140,15 +156,32 @@ pub(crate) async fn admit(store: &dyn StateStore, claim: Claim<'_>) -> Result<Ad
 /// A pin made with the shared certificate, now claimed by the same agent
 /// id with a per-agent certificate: it becomes a certificate's pin.
 fn upgrade(held: &IdentityPin, wanted: &IdentityPin) -> bool {
-    held.agent_id == wanted.agent_id && wanted.by_certificate && !held.by_certificate
+    held.key == wanted.key
+        && held.agent_id == wanted.agent_id
+        && wanted.by_certificate
+        && !held.by_certificate
 }
 
-/// The decision on `wanted` against the pin `held` in force.
-fn judge(held: &IdentityPin, wanted: &IdentityPin) -> Result<Admitted, Refusal> {
+/// When `pin` was made, for messages.
+fn since(pin: &IdentityPin) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(pin.pinned_ms),
+    )
+}
+
+/// The decision on `wanted` against the pin `held` in force: the agent
+/// id's pin on another identity, or else the identity's own pin.
+/// `names_agent_id`: the claim's certificate names its agent id.
+fn judge(
+    held: &IdentityPin,
+    wanted: &IdentityPin,
+    names_agent_id: bool,
+) -> Result<Admitted, Refusal> {
+    if held.key != wanted.key {
+        return judge_agent_id(held, wanted, names_agent_id);
+    }
     let key = wanted.key;
-    let since = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(held.pinned_ms),
-    );
+    let since = since(held);
     if held.by_certificate && !wanted.by_certificate {
         return Err(Refusal::Conflict(format!(
             "identity {key} is bound to a per-agent certificate (pinned to agent id {} since {since}); this agent claims it with agent id {} and a certificate that does not name it; give the agent its per-agent certificate",
@@ -166,6 +199,31 @@ fn judge(held: &IdentityPin, wanted: &IdentityPin) -> Result<Admitted, Refusal> 
     Err(Refusal::Conflict(format!(
         "identity {key} is pinned to agent id {} (since {since}); this agent claims it with agent id {}: two hosts use one identity (give each its own identity_ip), or the host was re-installed (then release the pin on the server: gse-server agents release-pin -c CONFIG --agent {key})",
         held.agent_id, wanted.agent_id
+    )))
+}
+
+/// The decision on `wanted` when its agent id is pinned to another
+/// identity: only a per-agent certificate naming both moves it.
+fn judge_agent_id(
+    held: &IdentityPin,
+    wanted: &IdentityPin,
+    names_agent_id: bool,
+) -> Result<Admitted, Refusal> {
+    if names_agent_id {
+        return Ok(Admitted::Moved { from: held.key });
+    }
+    let hint = if wanted.by_certificate {
+        "; a per-agent certificate moves an agent id only when it names it (certs issue --agent-id)"
+    } else {
+        ""
+    };
+    Err(Refusal::Conflict(format!(
+        "agent id {} is pinned to identity {} (since {}); this agent claims it as {}: two hosts use one agent id (a copied data dir, or agent_id set to another host's), or the host's identity changed (then release the old pin on the server: gse-server agents release-pin -c CONFIG --agent {}){hint}",
+        wanted.agent_id,
+        held.key,
+        since(held),
+        wanted.key,
+        held.key
     )))
 }
 
@@ -190,11 +248,15 @@ impl LinkService {
         match admit(self.store.as_ref(), claim).await {
             Ok(Admitted::Held) => Ok(()),
             Ok(Admitted::Pinned) => {
-                tracing::info!(agent = %key, agent_id, "identity pinned to this agent id");
+                tracing::info!(agent = %key, agent_id, "identity and agent id pinned to each other");
                 Ok(())
             }
             Ok(Admitted::Repinned { from }) => {
                 tracing::warn!(agent = %key, agent_id, from = %from, peer = %peer, "identity re-pinned to a new agent id: its per-agent certificate names this identity");
+                Ok(())
+            }
+            Ok(Admitted::Moved { from }) => {
+                tracing::warn!(agent = %key, agent_id, from = %from, peer = %peer, "agent id re-pinned to a new identity: its per-agent certificate names this identity and agent id");
                 Ok(())
             }
             Err(refusal) => {

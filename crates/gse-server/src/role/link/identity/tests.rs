@@ -103,6 +103,54 @@ async fn a_certificate_upgrades_the_pin_of_its_own_agent_id() {
     assert!(m.contains("issued for 0:10.0.0.3"), "{m}");
 }
 
+#[tokio::test]
+async fn an_agent_id_is_pinned_to_its_identity_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.sqlite")).unwrap();
+    admit(&store, claim("10.0.0.5", "a", None)).await.unwrap();
+
+    // The shared certificate, a free identity, a pinned agent id.
+    let m = conflict(admit(&store, claim("10.0.0.6", "a", None)).await);
+    assert!(
+        m.contains("agent id a is pinned to identity 0:10.0.0.5")
+            && m.contains("claims it as 0:10.0.0.6")
+            && m.contains("release-pin -c CONFIG --agent 0:10.0.0.5"),
+        "{m}"
+    );
+    // A certificate naming only the identity does not move an agent id,
+    // even onto an identity pinned to another one.
+    admit(&store, claim("10.0.0.7", "b", None)).await.unwrap();
+    for ip in ["10.0.0.6", "10.0.0.7"] {
+        let m = conflict(admit(&store, claim(ip, "a", Some((ip, None)))).await);
+        assert!(m.contains("only when it names it"), "{m}");
+    }
+    let pins = store.list_identity_pins().await.unwrap();
+    let pairs: Vec<_> = pins.iter().map(|p| (p.key, p.agent_id.as_str())).collect();
+    assert_eq!(pairs, vec![(key("10.0.0.5"), "a"), (key("10.0.0.7"), "b")]);
+
+    // A certificate naming the identity and the agent id moves both pins.
+    let cert = Some(("10.0.0.7", Some("a")));
+    assert_eq!(
+        admit(&store, claim("10.0.0.7", "a", cert)).await,
+        Ok(Admitted::Moved {
+            from: key("10.0.0.5")
+        })
+    );
+    let pins = store.list_identity_pins().await.unwrap();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(
+        (pins[0].key, pins[0].by_certificate),
+        (key("10.0.0.7"), true)
+    );
+
+    // Released, the agent id may pin another identity.
+    store.release_identity(key("10.0.0.7")).await.unwrap();
+    assert_eq!(
+        admit(&store, claim("10.0.0.6", "a", None)).await,
+        Ok(Admitted::Pinned)
+    );
+}
+
 #[test]
 fn one_alarm_per_conflict_per_window() {
     let alarms = ConflictAlarms::default();
