@@ -36,14 +36,11 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
         return;
     };
-    let Some((record, p2p_addr)) =
+    let Some((record, p2p_addr, ack)) =
         Box::pin(register(&svc, &mut link, peer, deadline, conn_id)).await
     else {
         return;
     };
-    // The RegisterAck (with the danger rules) grew the write buffer to a few
-    // KB; a long idle link needs far less.
-    *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
@@ -66,7 +63,17 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     metrics::counter!("gse_link_registrations_total").increment(1);
     tracing::info!(agent = %key, agent_id = %record.agent_id, peer = %peer, version = %record.version, "agent registered");
 
-    let reason = serve(&svc, &mut link, key, rx, close).await;
+    // The agent is told only now, once it is attached and recorded: whoever
+    // sees its RegisterAck (the agent's next step, a test) finds it online.
+    let reason = match link.send(ack).await {
+        Ok(()) => {
+            // The RegisterAck (with the danger rules) grew the write buffer
+            // to a few KB; a long idle link needs far less.
+            *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
+            serve(&svc, &mut link, key, rx, close).await
+        }
+        Err(e) => format!("cannot send the RegisterAck: {e}"),
+    };
 
     if svc.detach(key, conn_id) {
         svc.notify_disconnect(key, conn_id);
@@ -123,14 +130,16 @@ async fn handshake(
     }
 }
 
-/// Reads and checks the first frame, which must be `Register`, and answers it.
+/// Reads and checks the first frame, which must be `Register`; refuses it
+/// (answering why) or returns the record and the accepting RegisterAck to
+/// send once the agent is attached.
 async fn register(
     svc: &LinkService,
     link: &mut Link,
     peer: SocketAddr,
     deadline: Instant,
     conn_id: u64,
-) -> Option<(AgentRecord, Option<SocketAddr>)> {
+) -> Option<(AgentRecord, Option<SocketAddr>, Frame)> {
     let frame = match timeout_at(deadline, link.next()).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(e))) => {
@@ -199,14 +208,12 @@ async fn register(
                 mem_bytes: 0,
                 mem_percent: 0.0,
             };
-            let sent = link
-                .send(Frame::new(
-                    MsgType::RegisterAck,
-                    frame.stream_id,
-                    &ack(true, String::new(), svc.data_endpoint(reg.key, conn_id)),
-                ))
-                .await;
-            sent.ok().map(|_| (record, reg.p2p_addr))
+            let accepted = Frame::new(
+                MsgType::RegisterAck,
+                frame.stream_id,
+                &ack(true, String::new(), svc.data_endpoint(reg.key, conn_id)),
+            );
+            Some((record, reg.p2p_addr, accepted))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");
