@@ -10,11 +10,15 @@
 //!   log and a webhook (C7, K4).
 //!
 //! The embedded state store is in [`store`]; `quickstart` wires a server and
-//! local agents together for a first look.
+//! local agents together for a first look. [`fd_budget`] shares the
+//! open-files limit among the listeners' unauthenticated connections, which
+//! each listener caps with [`conn_limits`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod config;
+pub mod conn_limits;
+pub mod fd_budget;
 pub mod node;
 pub mod quickstart;
 pub mod role;

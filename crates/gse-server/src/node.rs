@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Role, ServerConfig};
+use crate::fd_budget::{self, FdBudget};
 use crate::role::alarm::AlarmService;
 use crate::role::api::{self, ApiContext};
 use crate::role::data::routes::{RouteService, RouteTable};
@@ -80,6 +81,14 @@ impl Node {
             None
         };
 
+        let budget = FdBudget::plan(&config, fd_budget::open_files_limit());
+        tracing::info!(
+            open_files = budget.open_files,
+            api_connections = budget.api.total,
+            link_pending_handshakes = budget.link_pending.total,
+            data_pending_handshakes = budget.data_pending.total,
+            "open files shared among unauthenticated connections"
+        );
         let danger_rules = config
             .danger
             .resolve()
@@ -95,6 +104,7 @@ impl Node {
                 alarms: alarms.clone(),
                 parent,
                 danger_rules: danger_rules.clone(),
+                pending: budget.link_pending_limits(),
                 shutdown: shutdown.clone(),
             })
             .context("cannot load the TLS material in [tls]")?;
@@ -136,6 +146,7 @@ impl Node {
                     .unwrap_or_else(RouteTable::default),
                 taps: data_taps,
                 store: store.clone(),
+                pending: budget.data_pending_limits(),
                 link: link.clone(),
                 shutdown: shutdown.clone(),
             };
@@ -174,8 +185,9 @@ impl Node {
                 ..ApiContext::new(store.clone(), config.api.clone())
             };
             let token = shutdown.clone();
+            let limits = budget.api_limits();
             tasks.spawn(async move {
-                if let Err(e) = api::serve(listener, ctx, token).await {
+                if let Err(e) = api::serve(listener, ctx, limits, token).await {
                     tracing::error!(error = %e, "the HTTP API stopped with an error");
                 }
             });

@@ -8,7 +8,7 @@
 //! from the JSON whether the defence held. Exit 2 = bad usage or setup.
 
 use clap::{Parser, Subcommand};
-use gse_testkit::hostile::http;
+use gse_testkit::hostile::{hold, http};
 
 #[derive(Parser)]
 #[command(name = "gse-hostile", about = "Attack steps for gse's security tests")]
@@ -31,24 +31,32 @@ enum Cmd {
     /// Attacks on the agent's local data and plugin-message sockets.
     #[command(subcommand)]
     Ipc(gse_testkit::hostile::ipc::IpcCmd),
-    /// Opens COUNT connections to an HTTP server and holds them; prints a
-    /// summary when they are open ("phase": "opened") and when every one
-    /// is closed or WATCH_SECS passed ("phase": "done").
-    HoldHttp {
+    /// Opens COUNT connections to a server and holds them; prints a
+    /// summary when the counts waited for are reached ("phase": "opened")
+    /// and when every one is closed or WATCH_SECS passed ("phase": "done").
+    HoldConnections {
         #[arg(long)]
         addr: std::net::SocketAddr,
-        /// Source address to connect from (e.g. 127.0.0.2).
+        /// Source address to connect from (e.g. 127.0.0.2); several are
+        /// taken in turn.
         #[arg(long)]
-        bind: Option<std::net::IpAddr>,
+        bind: Vec<std::net::IpAddr>,
         #[arg(long)]
         count: usize,
         #[arg(long, value_enum)]
-        send: gse_testkit::hostile::http::Send,
+        send: hold::Send,
         /// After a half header, send one more header byte every N ms.
         #[arg(long)]
         trickle_ms: Option<u64>,
-        #[arg(long, default_value_t = 1000)]
-        settle_ms: u64,
+        /// "opened" waits until N connections were answered or closed.
+        #[arg(long, default_value_t = 0)]
+        until_answered: usize,
+        /// "opened" waits until the server closed N connections.
+        #[arg(long, default_value_t = 0)]
+        until_closed: usize,
+        /// Longest wait for those counts.
+        #[arg(long, default_value_t = 60_000)]
+        max_wait_ms: u64,
         #[arg(long)]
         watch_secs: u64,
     },
@@ -98,21 +106,25 @@ fn main() {
         Cmd::PlantSymlink { link, target } => gse_testkit::hostile::plant::symlink(&link, &target),
         Cmd::PlantDir { path } => gse_testkit::hostile::plant::dir(&path),
         Cmd::Ipc(cmd) => gse_testkit::hostile::ipc::run(cmd),
-        Cmd::HoldHttp {
+        Cmd::HoldConnections {
             addr,
             bind,
             count,
             send,
             trickle_ms,
-            settle_ms,
+            until_answered,
+            until_closed,
+            max_wait_ms,
             watch_secs,
-        } => http::hold(http::HoldSpec {
+        } => hold::hold(hold::HoldSpec {
             addr,
-            bind,
+            binds: bind,
             count,
             send,
             trickle_ms,
-            settle_ms,
+            until_answered,
+            until_closed,
+            max_wait_ms,
             watch_secs,
         }),
         Cmd::HttpRequest {

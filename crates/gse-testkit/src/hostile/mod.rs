@@ -3,6 +3,7 @@
 //! unprivileged local user.
 
 pub mod files;
+pub mod hold;
 pub mod http;
 pub mod ipc;
 pub mod plant;

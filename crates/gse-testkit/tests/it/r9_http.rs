@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_server::config::ServerConfig;
-use gse_testkit::hostile::http::Background;
+use gse_testkit::hostile::hold::Background;
 use gse_testkit::{AgentOptions, Cluster, ServerOptions, ServerProc, bin, eventually};
 use serde_json::{Value, json};
 
@@ -28,8 +28,9 @@ fn hostile(args: &[&str]) -> Command {
     cmd
 }
 
-/// Starts `hold-http` and returns it with its "opened" summary.
-async fn hold(
+/// Starts `hold-connections` and returns it with its "opened" summary
+/// (printed once the counts `extra` asks to wait for are reached).
+pub(crate) async fn hold(
     server_addr: String,
     bind: &str,
     count: usize,
@@ -37,7 +38,7 @@ async fn hold(
 ) -> (Background, Value) {
     let count = count.to_string();
     let mut args = vec![
-        "hold-http",
+        "hold-connections",
         "--addr",
         &server_addr,
         "--bind",
@@ -56,8 +57,8 @@ async fn hold(
     (opened.0, opened.1)
 }
 
-/// The "done" summary of a `hold-http` run.
-async fn done(mut bg: Background) -> Value {
+/// The "done" summary of a `hold-connections` run.
+pub(crate) async fn done(mut bg: Background) -> Value {
     tokio::task::spawn_blocking(move || bg.next_json())
         .await
         .unwrap()
@@ -73,7 +74,7 @@ async fn run(args: Vec<String>) -> Value {
 }
 
 /// One raw request from `bind` (`extra`: more `http-request` flags).
-async fn request(server: &ServerProc, bind: &str, path: &str, extra: &[&str]) -> Value {
+pub(crate) async fn request(server: &ServerProc, bind: &str, path: &str, extra: &[&str]) -> Value {
     let mut args: Vec<String> = ["http-request", "--addr", &server.api_addr.to_string()]
         .iter()
         .chain(&["--bind", bind, "--path", path])
@@ -102,7 +103,7 @@ async fn r9_2_half_sent_headers_are_closed_after_the_header_timeout() {
         }))
         .await;
     let addr = server.api_addr.to_string();
-    let watch = ["--watch-secs", "30", "--settle-ms", "200"];
+    let watch = ["--watch-secs", "30"];
     let (silent, _) = hold(
         addr.clone(),
         "127.0.0.1",
@@ -149,8 +150,8 @@ async fn r9_2_idle_connections_are_closed_after_the_idle_timeout() {
         "idle-after-request",
         "--watch-secs",
         "30",
-        "--settle-ms",
-        "200",
+        "--until-answered",
+        "5",
     ];
     let (bg, opened) = hold(server.api_addr.to_string(), "127.0.0.1", 5, &args).await;
     assert_eq!(
@@ -181,8 +182,10 @@ async fn r9_2_one_address_cannot_take_the_api_and_over_the_cap_is_503() {
     let addr = server.api_addr.to_string();
     let args = ["--send", "half-header", "--watch-secs", "300"];
 
-    // One address holding 10: 5 kept, 5 answered 503 in the envelope.
-    let (a, opened) = hold(addr.clone(), "127.0.0.11", 10, &args).await;
+    // One address holding 10: 5 kept, 5 answered 503 in the envelope and
+    // closed (the server takes them in order, so the 5 kept came first).
+    let until_5_closed = [&args[..], &["--until-closed", "5"]].concat();
+    let (a, opened) = hold(addr.clone(), "127.0.0.11", 10, &until_5_closed).await;
     assert_eq!(opened["open"], 5, "{opened}");
     assert_eq!(count(&opened, "statuses", "503"), 5, "{opened}");
     assert_eq!(count(&opened, "codes", "1000503"), 5, "{opened}");
@@ -211,20 +214,40 @@ async fn r9_2_one_address_cannot_take_the_api_and_over_the_cap_is_503() {
     // ones are refused whatever their address.
     let (b, opened) = hold(addr.clone(), "127.0.0.12", 5, &args).await;
     assert_eq!(opened["open"], 5, "{opened}");
-    let (c, opened) = hold(addr.clone(), "127.0.0.13", 5, &args).await;
+    let until_3_closed = [&args[..], &["--until-closed", "3"]].concat();
+    let (c, opened) = hold(addr.clone(), "127.0.0.13", 5, &until_3_closed).await;
     assert!(opened["open"].as_u64().unwrap() <= 2, "{opened}");
     assert!(count(&opened, "codes", "1000503") >= 3, "{opened}");
     let msg = opened["messages"][0].as_str().unwrap_or_default();
     assert!(msg.contains("api.max_connections"), "{msg}");
-    let v = request(&server, "127.0.0.2", "/healthz", &["--method", "GET"]).await;
-    assert_eq!(
-        (v["status"].as_u64(), v["json"]["code"].as_i64()),
-        (Some(503), Some(1000503)),
-        "{v}"
-    );
+    // While the cap is full, any address is refused. A connection the
+    // server was still closing when `c` connected (the 127.0.0.2 call's)
+    // leaves a place free once it is gone: each 200 here means such a
+    // place, which one more held connection takes.
+    let mut top_ups = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = request(&server, "127.0.0.2", "/healthz", &["--method", "GET"]).await;
+        if (v["status"].as_u64(), v["json"]["code"].as_i64()) == (Some(503), Some(1000503)) {
+            let msg = v["json"]["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("api.max_connections") && !msg.contains("per_ip"),
+                "{msg}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the global cap never filled ({} held after c): {v}",
+            top_ups.len()
+        );
+        // Accepted in order: this one is taken before the next /healthz.
+        let bind = format!("127.0.1.{}", top_ups.len() + 1);
+        top_ups.push(hold(addr.clone(), &bind, 1, &args).await.0);
+    }
 
     // Connections closed: the API answers again.
-    drop((a, b, c));
+    drop((a, b, c, top_ups));
     eventually("the API answers again", Duration::from_secs(15), || async {
         let v = request(&server, "127.0.0.2", "/healthz", &["--method", "GET"]).await;
         (v["status"] == 200).then_some(()).ok_or(v.to_string())
@@ -246,13 +269,15 @@ async fn r9_2_agents_register_while_the_api_connections_are_exhausted() {
         })
         .await;
     // 300 held connections: more than the 256 descriptors the server has.
+    // Those over the cap are closed (most answered 503 first): wait until
+    // at least 300 - 128 are, so none still waits in the accept backlog.
     let args = [
         "--send",
         "half-header",
         "--watch-secs",
         "300",
-        "--settle-ms",
-        "3000",
+        "--until-closed",
+        "172",
     ];
     let (holder, opened) = hold(server.api_addr.to_string(), "127.0.0.1", 300, &args).await;
     assert!(

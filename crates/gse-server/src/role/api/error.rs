@@ -137,7 +137,8 @@ pub enum ApiError {
     Timeout { after: std::time::Duration },
     #[error(
         "too many API connections: at most {limit} at once (config api.max_connections, within \
-         the open-files limit minus api.fd_reserve); close idle connections or try again later"
+         the open-files limit less api.fd_reserve and the agent-facing handshake caps); close \
+         idle connections or try again later"
     )]
     TooManyConnections { limit: usize },
     #[error(
@@ -234,6 +235,20 @@ impl From<FileError> for ApiError {
                 problem: text,
             },
             FileError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+/// An API connection refused at accept (answered 503 before closing).
+impl From<crate::conn_limits::Refusal> for ApiError {
+    fn from(r: crate::conn_limits::Refusal) -> Self {
+        use crate::conn_limits::Refusal;
+        match r {
+            Refusal::Total { limit, .. } => ApiError::TooManyConnections { limit },
+            Refusal::PerIp { ip, limit, .. } => ApiError::TooManyConnectionsFrom {
+                addr: ip.to_string(),
+                limit,
+            },
         }
     }
 }

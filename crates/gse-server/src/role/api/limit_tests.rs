@@ -164,3 +164,26 @@ async fn a_long_uri_is_414_and_big_headers_431_in_the_envelope() {
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Some(1000431))
     );
 }
+
+#[test]
+fn connections_over_the_caps_are_told_which_key_in_a_503() {
+    use std::sync::Arc;
+
+    use super::ApiError;
+    use crate::fd_budget::API;
+
+    let limits = Arc::new(crate::conn_limits::ConnLimits::new(2, 1, API));
+    let _held = limits.admit("10.0.0.1".parse().unwrap()).unwrap();
+    let per_ip = limits.admit("10.0.0.1".parse().unwrap()).map(|_| ());
+    let err = ApiError::from(per_ip.unwrap_err());
+    assert_eq!(err.code(), 1000503);
+    let text = err.to_string();
+    assert!(text.contains("10.0.0.1") && text.contains("api.max_connections_per_ip"));
+    let _other = limits.admit("10.0.0.2".parse().unwrap()).unwrap();
+    let total = limits.admit("10.0.0.3".parse().unwrap()).map(|_| ());
+    let err = ApiError::from(total.unwrap_err());
+    assert!(
+        err.to_string().contains("config api.max_connections,"),
+        "{err}"
+    );
+}

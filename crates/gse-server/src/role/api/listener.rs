@@ -2,8 +2,8 @@
 //! clients.
 //!
 //! Start at [`serve`]. Each accepted connection is admitted by
-//! [`ConnLimits`] (global cap within the open-files limit, cap per address)
-//! or refused: answered 503 in the envelope and closed, by one of a few
+//! [`ConnLimits`] (global cap within the open-files limit, cap per address:
+//! `crate::fd_budget`) or refused: answered 503 in the envelope and closed, by one of a few
 //! refusal slots, or closed at once when those are busy too, so refusing
 //! never costs more than a handful of descriptors. Refusals are logged once
 //! per burst ([`RefusalLog`]). An admitted connection is served by hyper's
@@ -32,11 +32,11 @@ use gse_core::refusals::RefusalLog;
 use super::ApiContext;
 use super::config::ApiConfig;
 use super::conn_io::{self, Activity, ApiStream, MAX_HEAD_BYTES, MAX_HEADERS};
-use super::conn_limits::{ConnLimits, ConnPermit, Refusal};
 use super::envelope::{Envelope, request_id};
 use super::error::ApiError;
 use super::metrics;
 use super::server::router;
+use crate::conn_limits::{ConnLimits, ConnPermit, Refusal};
 
 /// Refused connections are summed up in one log line this often.
 pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -67,15 +67,15 @@ struct Server {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets
-/// requests in flight finish (at most `api.request_timeout`).
+/// requests in flight finish (at most `api.request_timeout`). `limits`
+/// caps its connections (`FdBudget::api_limits`).
 pub async fn serve(
     listener: TcpListener,
     ctx: ApiContext,
+    limits: Arc<ConnLimits>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    let open_files = open_files_limit();
-    let limits = Arc::new(ConnLimits::from_config(&ctx.config, open_files));
     let refusals = Arc::new(RefusalLog::new("API connections", REFUSAL_LOG_WINDOW));
     tokio::spawn(refusals.clone().run(shutdown.clone()));
     tokio::spawn(ctx.auth_refusals.clone().run(shutdown.clone()));
@@ -93,7 +93,6 @@ pub async fn serve(
         %addr,
         max_connections = server.limits.max_total(),
         max_connections_per_ip = server.limits.max_per_ip(),
-        open_files,
         "API listening"
     );
     accept_loop(&server, &listener).await;
@@ -136,7 +135,7 @@ async fn accept_loop(server: &Arc<Server>, listener: &TcpListener) {
 /// closes it.
 fn refuse(server: &Arc<Server>, tcp: TcpStream, peer: SocketAddr, refusal: Refusal) {
     metrics::connection_refused(refusal.reason());
-    let err = refusal.error();
+    let err = ApiError::from(refusal);
     server
         .refusals
         .refused(refusal.reason(), Some(peer.ip()), || {
@@ -174,7 +173,6 @@ async fn answer_refusal(mut tcp: TcpStream, err: ApiError, _slot: OwnedSemaphore
 /// or the node shuts down.
 async fn serve_conn(server: Arc<Server>, tcp: TcpStream, permit: ConnPermit) {
     let _ = tcp.set_nodelay(true);
-    metrics::connections_open(server.limits.open());
     let activity = Activity::new();
     let io = TokioIo::new(ApiStream::new(tcp, activity.clone()));
     let app = server.app.clone();
@@ -210,11 +208,4 @@ async fn serve_conn(server: Arc<Server>, tcp: TcpStream, permit: ConnPermit) {
         }
     }
     drop(permit);
-    metrics::connections_open(server.limits.open());
-}
-
-/// The soft open-files limit of this process (unbounded if unknown).
-fn open_files_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit};
-    getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft)
 }

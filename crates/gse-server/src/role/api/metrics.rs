@@ -17,16 +17,9 @@ pub fn record(path: &'static str, code: i64, elapsed: Duration) {
     ::metrics::histogram!(REQUEST_DURATION_SECONDS, "path" => path).record(elapsed.as_secs_f64());
 }
 
-/// API connections open now.
-pub const CONNECTIONS: &str = "gse_api_connections";
 /// Connections refused at accept, by reason (`over api.max_connections`,
 /// `over api.max_connections_per_ip`).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "gse_api_connections_refused_total";
-
-/// Sets the number of open API connections.
-pub fn connections_open(n: usize) {
-    ::metrics::gauge!(CONNECTIONS).set(n as f64);
-}
 
 /// Counts one connection refused at accept.
 pub fn connection_refused(reason: &'static str) {

@@ -39,6 +39,16 @@ pub struct DataConfig {
     /// Time a new data link has for its TLS handshake and DataHello.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Most connections at once, to all DataServers of the node, that have
+    /// not finished their TLS handshake and DataHello; further ones are
+    /// closed at once. At most an eighth of the open-files limit.
+    #[serde(default = "default_max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// Most such connections at once from one address (IPv6: one /64);
+    /// lowered in proportion when `max_pending_handshakes` is lowered to
+    /// fit the open-files limit.
+    #[serde(default = "default_max_pending_handshakes_per_ip")]
+    pub max_pending_handshakes_per_ip: usize,
     /// Batches of one agent link being stored at once.
     #[serde(default = "default_batches_in_progress")]
     pub batches_in_progress: usize,
@@ -61,7 +71,13 @@ fn default_snapshot_data_id() -> u32 {
     DEFAULT_SNAPSHOT_DATA_ID
 }
 fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(5)
+}
+fn default_max_pending_handshakes() -> usize {
+    1024
+}
+fn default_max_pending_handshakes_per_ip() -> usize {
+    128
 }
 fn default_batches_in_progress() -> usize {
     8
@@ -76,6 +92,8 @@ impl Default for DataConfig {
             rebalance_interval: default_rebalance_interval(),
             snapshot_data_id: default_snapshot_data_id(),
             handshake_timeout: default_handshake_timeout(),
+            max_pending_handshakes: default_max_pending_handshakes(),
+            max_pending_handshakes_per_ip: default_max_pending_handshakes_per_ip(),
             batches_in_progress: default_batches_in_progress(),
             snapshot: Default::default(),
         }
@@ -105,9 +123,12 @@ impl DataConfig {
         if self.rebalance_interval < Duration::from_secs(1) {
             p.push("data.rebalance_interval must be at least 1s".into());
         }
-        if self.handshake_timeout.is_zero() {
-            p.push("data.handshake_timeout must be > 0".into());
-        }
+        p.extend(crate::fd_budget::pending_problems(
+            "data",
+            self.handshake_timeout,
+            self.max_pending_handshakes,
+            self.max_pending_handshakes_per_ip,
+        ));
         if self.batches_in_progress == 0 || self.batches_in_progress > 256 {
             p.push(format!(
                 "data.batches_in_progress = {}: must be 1..=256",

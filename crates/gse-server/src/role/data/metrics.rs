@@ -16,6 +16,8 @@
 //! | `gse_data_agents` (gauge) | server |
 //! | `gse_data_server_bytes_per_second` (gauge, last interval) | server |
 //! | `gse_data_agent_moves_total` | — |
+//! | `gse_data_pending_handshakes` (gauge: data links before DataHello) | — |
+//! | `gse_data_connections_refused_total` (closed at accept) | reason |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -84,6 +86,12 @@ pub fn agents(server: &str, n: usize) {
 pub fn server_rate(server: &str, bytes_per_s: f64) {
     metrics::gauge!("gse_data_server_bytes_per_second", "server" => server.to_string())
         .set(bytes_per_s);
+}
+
+/// A data link closed at accept, over a pending-handshake cap (`reason`:
+/// "over data.max_pending_handshakes[_per_ip]").
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!("gse_data_connections_refused_total", "reason" => reason).increment(1);
 }
 
 pub fn agent_moved() {

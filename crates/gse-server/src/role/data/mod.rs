@@ -38,6 +38,7 @@ use self::balance::{Balancer, ServerLoad};
 use self::batch::BatchHandler;
 use self::routes::RouteTable;
 use self::server::DataServer;
+use crate::conn_limits::ConnLimits;
 use crate::role::link::LinkService;
 
 /// Refused data connections are summed up in one log line this often.
@@ -63,6 +64,9 @@ pub struct DataParts {
     pub taps: Vec<Arc<dyn DataTap>>,
     /// Where identity pins are checked (data links claim identities too).
     pub store: Arc<dyn gse_core::seams::StateStore>,
+    /// Caps on data links before DataHello, shared by every DataServer
+    /// (`FdBudget::data_pending_limits`).
+    pub pending: Arc<ConnLimits>,
     /// The link role of this node, if it runs: then agents are assigned
     /// and rebalanced here.
     pub link: Option<Arc<LinkService>>,
@@ -108,6 +112,7 @@ impl DataService {
                 config: parts.config.clone(),
                 store: parts.store.clone(),
                 refusals: Arc::new(RefusalLog::new("data connections", REFUSAL_LOG_WINDOW)),
+                pending: parts.pending.clone(),
                 shutdown: parts.shutdown.clone(),
             }));
             listeners.push(listener);

@@ -1,7 +1,10 @@
 //! One DataServer (C5): a mutual-TLS listener for agents' data links.
 //!
-//! Per connection ([`serve_link`]): TLS handshake and `DataHello` within
-//! `handshake_timeout` (the agent id, cloud id and identity IP are checked,
+//! Per connection ([`serve_link`]), once admitted within the node's
+//! pending-handshake caps (`[data] max_pending_handshakes`, in all and per
+//! address, shared by every DataServer of the node: `crate::fd_budget`;
+//! over them a connection is closed at once): TLS handshake and `DataHello`
+//! within `handshake_timeout` (the agent id, cloud id and identity IP are checked,
 //! and the claim admitted like a registration's: the certificate's identity
 //! and the identity pin, `role::link::identity`; the source of every record
 //! is `cloud:ip`), `DataHelloAck` with the
@@ -36,6 +39,7 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
+use crate::conn_limits::{ConnLimits, ConnPermit};
 use crate::role::link::identity::{self, Claim};
 use gse_proto::link::DataBatch;
 
@@ -59,6 +63,8 @@ pub struct DataServer {
     pub(super) store: Arc<dyn StateStore>,
     /// Failed accepts and TLS handshakes, logged once per burst.
     pub(super) refusals: Arc<RefusalLog>,
+    /// Caps on connections before DataHello, shared by the node's DataServers.
+    pub(super) pending: Arc<ConnLimits>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -76,8 +82,11 @@ impl DataServer {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(serve_link(self.clone(), tcp, peer));
+                    // Over the caps the connection is dropped (closed) here.
+                    if let Some(permit) = self.admit_pending(peer) {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(serve_link(self.clone(), tcp, peer, permit));
+                    }
                 }
                 Err(e) => {
                     // Back off instead of spinning; one line per burst.
@@ -89,9 +98,25 @@ impl DataServer {
             }
         }
     }
+
+    /// A place among the connections still in their handshake, or `None`
+    /// (counted and logged) when `peer` or everyone is over the cap.
+    fn admit_pending(&self, peer: SocketAddr) -> Option<ConnPermit> {
+        match self.pending.admit(peer.ip()) {
+            Ok(permit) => Some(permit),
+            Err(refusal) => {
+                metrics::connection_refused(refusal.reason());
+                self.refusals
+                    .refused(refusal.reason(), Some(peer.ip()), || {
+                        format!("data link from {peer} closed at once: too many data links without DataHello yet, {refusal}")
+                    });
+                None
+            }
+        }
+    }
 }
 
-async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr) {
+async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pending: ConnPermit) {
     let limit = svc.config.handshake_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(svc.tls.clone());
     let tls = match timeout(limit, acceptor.accept(tcp)).await {
@@ -120,6 +145,8 @@ async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr) {
     let Some(key) = hello(&svc, &mut link, peer).await else {
         return;
     };
+    // Admitted: no longer counted among the pending handshakes.
+    drop(pending);
     let counters = svc.load.attach(key);
     let source: Arc<str> = key.to_string().into();
     tracing::info!(agent = %key, server = %svc.load.id, "data link up");

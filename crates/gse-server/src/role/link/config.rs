@@ -21,6 +21,16 @@ pub struct LinkConfig {
     /// Time a new connection has for the TLS handshake and its Register.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Most connections at once that have not finished their TLS handshake
+    /// and Register; further ones are closed at once. At most an eighth of
+    /// the open-files limit. Registered agents are not counted.
+    #[serde(default = "default_max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// Most such connections at once from one address (IPv6: one /64);
+    /// lowered in proportion when `max_pending_handshakes` is lowered to
+    /// fit the open-files limit.
+    #[serde(default = "default_max_pending_handshakes_per_ip")]
+    pub max_pending_handshakes_per_ip: usize,
     /// Largest frame body accepted from an agent, bytes.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
@@ -39,7 +49,15 @@ fn default_heartbeat_timeout() -> Duration {
 }
 
 fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(5)
+}
+
+fn default_max_pending_handshakes() -> usize {
+    1024
+}
+
+fn default_max_pending_handshakes_per_ip() -> usize {
+    128
 }
 
 fn default_max_frame_bytes() -> usize {
@@ -53,6 +71,8 @@ impl Default for LinkConfig {
             heartbeat_interval: default_heartbeat_interval(),
             heartbeat_timeout: default_heartbeat_timeout(),
             handshake_timeout: default_handshake_timeout(),
+            max_pending_handshakes: default_max_pending_handshakes(),
+            max_pending_handshakes_per_ip: default_max_pending_handshakes_per_ip(),
             max_frame_bytes: default_max_frame_bytes(),
         }
     }
@@ -78,6 +98,12 @@ impl LinkConfig {
                 humantime::format_duration(self.heartbeat_timeout)
             ));
         }
+        problems.extend(crate::fd_budget::pending_problems(
+            "link",
+            self.handshake_timeout,
+            self.max_pending_handshakes,
+            self.max_pending_handshakes_per_ip,
+        ));
         if self.max_frame_bytes < 4096 {
             problems.push(format!(
                 "link.max_frame_bytes = {}: at least 4096",
@@ -85,5 +111,28 @@ impl LinkConfig {
             ));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_pending_caps_are_named() {
+        assert!(LinkConfig::default().problems().is_empty());
+        let bad = LinkConfig {
+            handshake_timeout: Duration::ZERO,
+            max_pending_handshakes: 10,
+            max_pending_handshakes_per_ip: 11,
+            ..LinkConfig::default()
+        };
+        let p = bad.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("link.handshake_timeout"), "{p:?}");
+        assert!(
+            p[1].contains("link.max_pending_handshakes_per_ip = 11"),
+            "{p:?}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::{LinkService, OUTBOUND_QUEUE, identity};
+use crate::conn_limits::ConnPermit;
 use crate::role::alarm::{Alarm, AlarmKind};
 
 type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
@@ -28,7 +29,13 @@ type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 /// keeps tens of thousands of idle links small.
 const READ_BUFFER: usize = 512;
 
-pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr, conn_id: u64) {
+pub(super) async fn run(
+    svc: Arc<LinkService>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    pending: ConnPermit,
+) {
     let deadline = Instant::now() + svc.config.handshake_timeout;
     // The handshake and register futures are boxed so that their state is
     // freed once they finish, instead of staying inside this long-lived
@@ -41,6 +48,8 @@ pub(super) async fn run(svc: Arc<LinkService>, tcp: TcpStream, peer: SocketAddr,
     else {
         return;
     };
+    // Registered: no longer counted among the pending handshakes.
+    drop(pending);
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();

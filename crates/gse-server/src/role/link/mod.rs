@@ -1,8 +1,10 @@
 //! The link role (C3): holds agent connections over mutual TLS.
 //!
-//! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`]),
-//! runs one task per connection ([`connection`]): TLS handshake (a mismatch
-//! is one clear log line, K6), `Register` (identity by the agent's reported
+//! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`])
+//! within the pending-handshake caps (`[link] max_pending_handshakes`, in all
+//! and per address: `crate::fd_budget`; over them a connection is closed at
+//! once), runs one task per connection ([`connection`]): TLS handshake (a
+//! mismatch is one clear log line, K6), `Register` (identity by the agent's reported
 //! IP, not the socket address, K7; the claim checked against the agent's
 //! certificate and the identity's pin, `identity`), then heartbeats (K3)
 //! until the link ends or goes silent for `heartbeat_timeout`. Heartbeats
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::LinkConfig;
 
+use crate::conn_limits::{ConnLimits, ConnPermit};
 use crate::role::alarm::AlarmService;
 
 /// Frames queued for one agent before `send_to` reports it busy.
@@ -130,6 +133,8 @@ pub struct LinkService {
     conflict_alarms: identity::ConflictAlarms,
     /// Failed accepts and TLS handshakes, logged once per burst.
     refusals: Arc<RefusalLog>,
+    /// Caps on connections that have not registered yet.
+    pending: Arc<ConnLimits>,
     shutdown: CancellationToken,
 }
 
@@ -146,6 +151,8 @@ pub struct LinkParts {
     pub parent: SocketAddr,
     /// Dangerous-operation rules agents check before running commands.
     pub danger_rules: Vec<DangerRuleSpec>,
+    /// Caps on connections before Register (`FdBudget::link_pending_limits`).
+    pub pending: Arc<ConnLimits>,
     pub shutdown: CancellationToken,
 }
 
@@ -181,6 +188,7 @@ impl LinkService {
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             refusals: Arc::new(RefusalLog::new("agent connections", REFUSAL_LOG_WINDOW)),
+            pending: parts.pending,
             shutdown: parts.shutdown,
         }))
     }
@@ -262,6 +270,12 @@ impl LinkService {
     /// Accepts agent connections until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
+        tracing::info!(
+            max_pending_handshakes = self.pending.max_total(),
+            max_pending_handshakes_per_ip = self.pending.max_per_ip(),
+            handshake_timeout = ?self.config.handshake_timeout,
+            "agent link listening"
+        );
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -269,9 +283,12 @@ impl LinkService {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    let Some(permit) = self.admit_pending(peer) else {
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(connection::run(self.clone(), tcp, peer, conn_id));
+                    tokio::spawn(connection::run(self.clone(), tcp, peer, conn_id, permit));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning, and
@@ -281,6 +298,24 @@ impl LinkService {
                     });
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+            }
+        }
+    }
+
+    /// A place among the connections still in their handshake, or `None`
+    /// (counted and logged) when `peer` or everyone is over the cap: the
+    /// caller drops the connection at once.
+    fn admit_pending(&self, peer: SocketAddr) -> Option<ConnPermit> {
+        match self.pending.admit(peer.ip()) {
+            Ok(permit) => Some(permit),
+            Err(refusal) => {
+                metrics::counter!("gse_link_connections_refused_total", "reason" => refusal.reason())
+                    .increment(1);
+                self.refusals
+                    .refused(refusal.reason(), Some(peer.ip()), || {
+                        format!("agent connection from {peer} closed at once: too many connections not registered yet, {refusal}")
+                    });
+                None
             }
         }
     }
