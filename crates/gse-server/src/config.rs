@@ -213,7 +213,8 @@ impl ServerConfig {
         toml::to_string_pretty(self).expect("server config always serialises")
     }
 
-    /// Fills derived values: node id, advertise IP, paths under data_dir.
+    /// Fills derived values (node id, advertise IP, paths under data_dir)
+    /// and raises values an older config may hold (logged at WARN).
     pub fn resolve(&mut self) {
         if self.node.id.is_empty() {
             self.node.id = nix::unistd::gethostname()
@@ -232,6 +233,7 @@ impl ServerConfig {
         if self.alarm.log_file.is_none() {
             self.alarm.log_file = Some(self.node.data_dir.join("alarms.jsonl"));
         }
+        self.data.resolve();
     }
 
     /// Pure checks; every problem names its key and value.
@@ -402,6 +404,16 @@ key_file = "s.key"
             example, defaults,
             "etc/gse-server.toml drifted from the defaults"
         );
+    }
+
+    #[test]
+    fn a_config_from_before_the_record_size_fix_still_loads() {
+        // The old default written out explicitly (issue 9 item 8 raised it).
+        let text = format!("{MINIMAL}\n[data]\nmax_batch_bytes = 8388608\n");
+        let mut cfg = ServerConfig::from_toml(&text).unwrap();
+        cfg.resolve();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.data.max_batch_bytes, gse_proto::MAX_BATCH_BYTES);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::DataStats;
+use super::intake::Inbox;
 use super::ipc_codec::{Peer, Record};
 use super::wire::{BatchBuf, SEQ_FIELD_MAX, record_encoded_len};
 
@@ -184,7 +185,7 @@ impl Groups {
 /// then cuts what is open, hands it on and returns, which closes `out`.
 /// Producers hand over records in chunks (all a socket read brought).
 pub async fn run(
-    mut records: mpsc::Receiver<Vec<Record>>,
+    mut records: Inbox,
     out: mpsc::Sender<OutBatch>,
     limits: BatchLimits,
     stats: Arc<DataStats>,
@@ -209,7 +210,7 @@ pub async fn run(
     }
     // Whatever producers already handed over still goes on.
     let mut rest = Vec::new();
-    while let Ok(r) = records.try_recv() {
+    while let Some(r) = records.try_recv() {
         rest.extend(accept(&mut groups, r, &stats));
     }
     rest.extend(groups.drain());
@@ -352,6 +353,8 @@ mod tests {
     #[tokio::test]
     async fn run_drops_data_id_zero_and_flushes_at_shutdown() {
         let (tx, rx) = mpsc::channel(16);
+        let (_socket_tx, socket_rx) = mpsc::channel(16);
+        let rx = Inbox::new(rx, socket_rx);
         let (out_tx, mut out_rx) = mpsc::channel(16);
         let stats = Arc::new(DataStats::default());
         let shutdown = CancellationToken::new();

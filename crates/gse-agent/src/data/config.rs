@@ -8,13 +8,17 @@
 //! socket_mode = "0660"            # octal; "0666" (the default) = every local user
 //! socket_group = "gse"            # "" = the agent's own group
 //! max_connections_per_uid = 32
+//! root_reserved_connections = 64  # default: a quarter of max_connections
 //! spool_max_mb = 1024
 //! ```
 //!
 //! The socket is open to local users, who are not trusted (DESIGN "Trust"):
 //! `max_connections` bounds what all of them hold, `max_connections_per_uid`
-//! what one non-root user holds, and `idle_timeout` how long a connection
-//! may sit without completing a frame.
+//! what one non-root user holds, `root_reserved_connections` what all
+//! non-root users leave to root, and `idle_timeout` how long a connection
+//! may sit without completing a frame. When only the collectors of one
+//! group should write, `socket_mode = "0660"` with `socket_group` keeps
+//! every other local user out (the default "0666" is for compatibility).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +46,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default cap on one non-root user's open connections.
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// Connections kept for root by default: `max_connections` divided by this.
+pub const ROOT_RESERVE_DIVISOR: usize = 4;
 /// Default idle timeout: four of libgse's 31 s agent-info periods.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -79,6 +85,12 @@ pub struct DataConfig {
     /// can never take every slot.
     #[serde(default = "default_max_connections_per_uid")]
     pub max_connections_per_uid: usize,
+    /// Connections only root may take: non-root users together hold at
+    /// most `max_connections` minus this, so root's collectors always get
+    /// in; beyond it, non-root users' new connections are closed at once
+    /// (logged). Unset = a quarter of `max_connections`; 0 = none kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_reserved_connections: Option<usize>,
     /// A connection that completes no frame for this long is closed
     /// (libgse asks for the agent info every 31 s on its connection).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
@@ -171,6 +183,7 @@ impl Default for DataConfig {
             socket_group: String::new(),
             max_connections: default_max_connections(),
             max_connections_per_uid: default_max_connections_per_uid(),
+            root_reserved_connections: None,
             idle_timeout: default_idle_timeout(),
             spool_dir: PathBuf::new(),
             spool_max_mb: default_spool_max_mb(),
@@ -205,6 +218,12 @@ impl DataConfig {
         } else {
             self.spool_dir.clone()
         }
+    }
+
+    /// Connections kept for root (see `root_reserved_connections`).
+    pub fn root_reserve(&self) -> usize {
+        self.root_reserved_connections
+            .unwrap_or(self.max_connections / ROOT_RESERVE_DIVISOR)
     }
 
     pub fn batch_max_bytes(&self) -> usize {
@@ -275,6 +294,15 @@ impl DataConfig {
                 "data.max_connections_per_uid = {}: must be 1..{} (below data.max_connections, \
                  so one local user cannot take every connection)",
                 self.max_connections_per_uid, self.max_connections
+            ));
+        }
+        if let Some(reserve) = self.root_reserved_connections
+            && reserve >= self.max_connections
+        {
+            problems.push(format!(
+                "data.root_reserved_connections = {reserve}: must be below data.max_connections \
+                 = {} (local users need at least one connection)",
+                self.max_connections
             ));
         }
         if self.idle_timeout < Duration::from_secs(1) {
@@ -373,6 +401,7 @@ mod tests {
         let bad = DataConfig {
             socket_mode: 0o4777,
             max_connections_per_uid: 256,
+            root_reserved_connections: Some(256),
             idle_timeout: Duration::ZERO,
             ipc_links: vec!["relative/ipc".into()],
             ..DataConfig::default()
@@ -383,6 +412,7 @@ mod tests {
         for key in [
             "data.socket_mode",
             "data.max_connections_per_uid",
+            "data.root_reserved_connections",
             "data.idle_timeout",
             "data.ipc_links",
         ] {

@@ -12,10 +12,13 @@
 //!
 //! Invariants:
 //! - The socket is open to local users, who are not trusted: connections
-//!   are admitted within `max_connections` and, per non-root uid,
-//!   `max_connections_per_uid`; unfinished large frames are buffered only
-//!   within a budget; a connection that completes no frame for
-//!   `idle_timeout` is closed (see `local_socket`).
+//!   are admitted within `max_connections`, per non-root uid within
+//!   `max_connections_per_uid`, and for all non-root uids together within
+//!   `max_connections - root_reserved_connections`; unfinished large frames
+//!   are buffered only within a budget; a connection that completes no
+//!   frame for `idle_timeout` is closed; and records are handed to the
+//!   channel by turns of uid, so a user flooding on all its connections
+//!   gets one hand-over per round like any other (see `local_socket`).
 //! - A bad frame closes only its own connection, with one WARN naming the
 //!   peer's pid/uid and the error; a frame over the record limit is refused
 //!   with an ERROR naming the limit (the record is lost to the collector).
@@ -46,7 +49,7 @@ use tracing::{debug, info, warn};
 use super::agent_info::AgentInfo;
 use super::config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
-    DEFAULT_SOCKET_MODE,
+    DEFAULT_SOCKET_MODE, ROOT_RESERVE_DIVISOR,
 };
 use super::ipc_codec::{DEFAULT_MAX_BODY, DecodeError, Frame, HEADER_LEN, IpcCodec, Peer, Record};
 use super::local_socket::admission::{Admission, Conn, ConnLimits, Names, Slot};
@@ -80,6 +83,8 @@ pub struct IpcServerConfig {
     pub max_connections: usize,
     /// Most connections of one non-root uid at once.
     pub max_connections_per_uid: usize,
+    /// Connections kept for root; `None` = a quarter of `max_connections`.
+    pub root_reserve: Option<usize>,
     /// A connection completing no frame for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -93,6 +98,7 @@ impl Default for IpcServerConfig {
             max_body: DEFAULT_MAX_BODY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            root_reserve: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
@@ -233,10 +239,14 @@ impl IpcServer {
             Names {
                 socket: "local data socket",
                 per_uid_key: "data.max_connections_per_uid",
+                reserve_key: "data.root_reserved_connections",
             },
             ConnLimits {
                 max_connections: config.max_connections,
                 max_connections_per_uid: config.max_connections_per_uid,
+                root_reserve: config
+                    .root_reserve
+                    .unwrap_or(config.max_connections / ROOT_RESERVE_DIVISOR),
                 idle_timeout: config.idle_timeout,
                 max_frame: HEADER_LEN + config.max_body,
             },
@@ -278,7 +288,7 @@ impl IpcServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let path = self.file.path().display().to_string();
         let limits = self.admission.limits().clone();
-        info!(%path, max_connections = limits.max_connections, max_connections_per_uid = limits.max_connections_per_uid, idle_timeout = ?limits.idle_timeout, "local data socket listening");
+        info!(%path, max_connections = limits.max_connections, max_connections_per_uid = limits.max_connections_per_uid, root_reserved_connections = limits.root_reserve, idle_timeout = ?limits.idle_timeout, "local data socket listening");
         let conns = shutdown.child_token();
         let tracker = TaskTracker::new();
         loop {
@@ -380,12 +390,19 @@ async fn pump_frames(
     let mut reader = FrameReader::new(shared.idle_timeout);
     let mut eof = false;
     loop {
-        let mut pass = match decode_pass(&mut codec, &mut reader, eof, peer, &mut wr, shared).await
+        let mut pass =
+            match decode_pass(&mut codec, &mut reader, eof, peer, &mut wr, slot, shared).await {
+                Ok(pass) => pass,
+                Err(end) => return end,
+            };
+        if !hand_over(
+            shared,
+            slot,
+            std::mem::take(&mut pass.chunk),
+            &mut pass.bytes,
+        )
+        .await
         {
-            Ok(pass) => pass,
-            Err(end) => return end,
-        };
-        if !hand_over(shared, std::mem::take(&mut pass.chunk), &mut pass.bytes).await {
             return End::ConsumerGone;
         }
         if pass.frames > 0 {
@@ -418,6 +435,7 @@ async fn decode_pass(
     eof: bool,
     peer: Peer,
     wr: &mut OwnedWriteHalf,
+    slot: &Slot,
     shared: &Shared,
 ) -> Result<Pass, End> {
     let mut pass = Pass {
@@ -447,7 +465,14 @@ async fn decode_pass(
             }
             Ok(Some(Frame::AgentInfoRequest)) => {
                 pass.frames += 1;
-                if !hand_over(shared, std::mem::take(&mut pass.chunk), &mut pass.bytes).await {
+                if !hand_over(
+                    shared,
+                    slot,
+                    std::mem::take(&mut pass.chunk),
+                    &mut pass.bytes,
+                )
+                .await
+                {
                     return Err(End::ConsumerGone);
                 }
                 answer_info(wr, shared).await.map_err(End::Io)?;
@@ -468,9 +493,10 @@ async fn decode_pass(
     }
 }
 
-/// Sends a chunk of `bytes` payload bytes (if not empty), in order, and
-/// counts what was accepted; false when the consumer is gone.
-async fn hand_over(shared: &Shared, chunk: Vec<Record>, bytes: &mut usize) -> bool {
+/// Sends a chunk of `bytes` payload bytes (if not empty), in order and in
+/// the sender's turn ([`Slot::send`]), and counts what was accepted; false
+/// when the consumer is gone.
+async fn hand_over(shared: &Shared, slot: &Slot, chunk: Vec<Record>, bytes: &mut usize) -> bool {
     if chunk.is_empty() {
         return true;
     }
@@ -479,7 +505,7 @@ async fn hand_over(shared: &Shared, chunk: Vec<Record>, bytes: &mut usize) -> bo
         RecordOut::One(tx) => {
             for r in chunk {
                 let len = r.payload.len() as u64;
-                if tx.send(r).await.is_err() {
+                if slot.send(tx, r).await.is_err() {
                     return false;
                 }
                 bump(&stats.records, 1);
@@ -488,7 +514,7 @@ async fn hand_over(shared: &Shared, chunk: Vec<Record>, bytes: &mut usize) -> bo
         }
         RecordOut::Chunks(tx) => {
             let n = chunk.len() as u64;
-            if tx.send(chunk).await.is_err() {
+            if slot.send(tx, chunk).await.is_err() {
                 return false;
             }
             bump(&stats.records, n);

@@ -20,21 +20,28 @@
 //! `plugin.max_message_connections_per_uid` of one non-root user (further
 //! ones are closed at once); unfinished large frames only within a budget;
 //! and a connection that completes no frame for [`IDLE_TIMEOUT`] (20
-//! keepalive periods) is closed. `plugin.message_ipc_links` are made at
-//! start and removed at stop.
+//! keepalive periods) is closed. Replies wait unwritten up to
+//! [`MAX_PENDING_REPLIES`] bytes: past that, decoding stops until they are
+//! written, so pipelined keepalives from a client that never reads cannot
+//! grow the agent. `plugin.message_ipc_links` are made at start and removed
+//! at stop.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
+pub use self::codec::*;
+
+use super::config::ROOT_RESERVE_DIVISOR;
 use super::local_socket::admission::{Admission, Conn, ConnLimits, Names, Slot};
 use super::local_socket::links::Links;
 use super::local_socket::reader::{FrameReader, ReadEnd};
@@ -43,20 +50,6 @@ use crate::plugin::config::{
     DEFAULT_MAX_MESSAGE_CONNECTIONS, DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID,
 };
 
-/// First four bytes of every frame.
-pub const MAGIC: u32 = 0xDEAD_BEEF;
-/// Protocol version this agent speaks.
-pub const VERSION: u16 = 6;
-/// Size of the fixed header.
-pub const HEADER_LEN: usize = 28;
-/// Plugin -> agent keepalive.
-pub const KEEPALIVE_REQ: u16 = 0x9006;
-/// Agent -> plugin keepalive answer.
-pub const KEEPALIVE_RESP: u16 = 0x9007;
-/// Agent -> plugin dispatched message.
-pub const DISPATCH_MESSAGE: u16 = 0x9008;
-/// Plugin -> agent message for the server.
-pub const RESPOND_MESSAGE: u16 = 0x900a;
 /// Socket file mode: plugins run as other users.
 const SOCKET_MODE: u32 = 0o666;
 /// A connection that completes no frame for this long is closed; the SDK
@@ -64,151 +57,9 @@ const SOCKET_MODE: u32 = 0o666;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a reply may take to write.
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The fixed part of a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MessageHeader {
-    pub proto_type: u16,
-    pub version: u16,
-    pub sequence: u64,
-    /// Whole frame, header included.
-    pub length: u32,
-    pub reserved0: u32,
-    pub reserved1: u32,
-}
-
-/// One frame: header and body (`length - 28` bytes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MessageFrame {
-    pub header: MessageHeader,
-    pub body: Bytes,
-}
-
-impl MessageFrame {
-    /// A frame of `proto_type` with `body`; length and version filled in,
-    /// reserved fields 0.
-    pub fn new(proto_type: u16, sequence: u64, body: Bytes) -> Self {
-        MessageFrame {
-            header: MessageHeader {
-                proto_type,
-                version: VERSION,
-                sequence,
-                length: (HEADER_LEN + body.len()) as u32,
-                reserved0: 0,
-                reserved1: 0,
-            },
-            body,
-        }
-    }
-}
-
-/// Why a byte stream is not valid plugin-message frames.
-#[derive(Debug, thiserror::Error)]
-pub enum MessageError {
-    #[error(
-        "bad magic 0x{0:08x} (expected 0xdeadbeef): the peer does not speak the plugin-message protocol"
-    )]
-    BadMagic(u32),
-    #[error("frame length {0} is shorter than the 28-byte header")]
-    TooShort(u32),
-    #[error("frame of {len} bytes is over the limit of {max} (plugin.max_message_bytes)")]
-    TooLarge { len: u32, max: u32 },
-    #[error("i/o error: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// tokio codec for [`MessageFrame`]s, bounded by a total frame size.
-#[derive(Clone, Debug)]
-pub struct MessageCodec {
-    max: u32,
-}
-
-impl MessageCodec {
-    pub fn new(max_frame_bytes: u32) -> Self {
-        MessageCodec {
-            max: max_frame_bytes,
-        }
-    }
-
-    /// The whole length the frame at the start of `src` claims, once its
-    /// header is there.
-    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
-        let field = src.get(16..20)?;
-        Some(u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize)
-    }
-}
-
-/// Parses the first [`HEADER_LEN`] bytes of `buf`.
-pub fn parse_header(mut buf: &[u8]) -> Result<MessageHeader, MessageError> {
-    let magic = buf.get_u32();
-    if magic != MAGIC {
-        return Err(MessageError::BadMagic(magic));
-    }
-    Ok(MessageHeader {
-        proto_type: buf.get_u16(),
-        version: buf.get_u16(),
-        sequence: buf.get_u64(),
-        length: buf.get_u32(),
-        reserved0: buf.get_u32(),
-        reserved1: buf.get_u32(),
-    })
-}
-
-impl Decoder for MessageCodec {
-    type Item = MessageFrame;
-    type Error = MessageError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<MessageFrame>, MessageError> {
-        if src.len() < 4 {
-            return Ok(None);
-        }
-        // Check the magic as soon as it is there: a stranger is cut off at once.
-        let magic = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
-        if magic != MAGIC {
-            return Err(MessageError::BadMagic(magic));
-        }
-        if src.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let header = parse_header(&src[..HEADER_LEN])?;
-        if (header.length as usize) < HEADER_LEN {
-            return Err(MessageError::TooShort(header.length));
-        }
-        if header.length > self.max {
-            return Err(MessageError::TooLarge {
-                len: header.length,
-                max: self.max,
-            });
-        }
-        let total = header.length as usize;
-        if src.len() < total {
-            // No `reserve` for what the header claims: the reader grows the
-            // buffer as bytes arrive (`local_socket::reader`).
-            return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        let body = src.split_to(total - HEADER_LEN).freeze();
-        Ok(Some(MessageFrame { header, body }))
-    }
-}
-
-impl Encoder<MessageFrame> for MessageCodec {
-    type Error = MessageError;
-
-    fn encode(&mut self, f: MessageFrame, dst: &mut BytesMut) -> Result<(), MessageError> {
-        let h = f.header;
-        dst.reserve(HEADER_LEN + f.body.len());
-        dst.put_u32(MAGIC);
-        dst.put_u16(h.proto_type);
-        dst.put_u16(h.version);
-        dst.put_u64(h.sequence);
-        dst.put_u32((HEADER_LEN + f.body.len()) as u32);
-        dst.put_u32(h.reserved0);
-        dst.put_u32(h.reserved1);
-        dst.extend_from_slice(&f.body);
-        Ok(())
-    }
-}
+/// Reply bytes one connection buffers at most before writing them (about
+/// 90 keepalive answers).
+pub const MAX_PENDING_REPLIES: usize = 16 * 1024;
 
 /// The body of a keepalive answer (0x9007).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -298,6 +149,7 @@ impl MessageServer {
             limits: ConnLimits {
                 max_connections: DEFAULT_MAX_MESSAGE_CONNECTIONS,
                 max_connections_per_uid: DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID,
+                root_reserve: DEFAULT_MAX_MESSAGE_CONNECTIONS / ROOT_RESERVE_DIVISOR,
                 idle_timeout: IDLE_TIMEOUT,
                 max_frame: max_frame_bytes as usize,
             },
@@ -308,6 +160,7 @@ impl MessageServer {
     /// ones wait until one closes.
     pub fn with_max_connections(mut self, n: usize) -> Self {
         self.limits.max_connections = n.max(1);
+        self.limits.root_reserve = self.limits.max_connections / ROOT_RESERVE_DIVISOR;
         self
     }
 
@@ -341,6 +194,7 @@ impl MessageServer {
             Names {
                 socket: "plugin-message socket",
                 per_uid_key: "plugin.max_message_connections_per_uid",
+                reserve_key: "a quarter of plugin.max_message_connections",
             },
             self.limits.clone(),
         );
@@ -405,34 +259,27 @@ impl Connection {
     }
 
     /// Answers frames until the connection ends, reading within the
-    /// connection's budget and idle timeout.
+    /// connection's budget and idle timeout. At most [`MAX_PENDING_REPLIES`]
+    /// bytes of replies wait before they are written: decoding (and so
+    /// reading) stops until they are, so a client that pipelines keepalives
+    /// and never reads holds one such buffer, and then the write timeout
+    /// closes it.
     async fn pump(&self, stream: UnixStream, slot: &Slot) -> End {
         let (mut rd, mut wr) = stream.into_split();
         let mut codec = MessageCodec::new(self.max);
         let mut reader = FrameReader::new(self.idle_timeout);
         let mut out = BytesMut::new();
         loop {
-            loop {
-                match codec.decode(reader.buf()) {
-                    Ok(Some(frame)) => {
-                        reader.progress();
-                        if let Some(reply) = self.on_frame(&frame) {
-                            codec.encode(reply, &mut out).expect("encoding never fails");
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => return End::Bad(e),
-                }
+            match self.answer_some(&mut codec, reader.buf(), &mut out) {
+                Ok(0) => {}
+                Ok(_) => reader.progress(),
+                Err(e) => return End::Bad(e),
             }
             if !out.is_empty() {
-                let written = tokio::time::timeout(REPLY_WRITE_TIMEOUT, wr.write_all(&out)).await;
-                match written {
-                    Ok(Ok(())) => out.clear(),
-                    Ok(Err(e)) => return End::Bad(MessageError::Io(e)),
-                    Err(_) => {
-                        let late = io::Error::new(io::ErrorKind::TimedOut, "reply write timed out");
-                        return End::Bad(MessageError::Io(late));
-                    }
+                // Frames may be left in the buffer: decode again first.
+                match write_replies(&mut wr, &mut out).await {
+                    Ok(()) => continue,
+                    Err(e) => return End::Bad(MessageError::Io(e)),
                 }
             }
             let head = codec.frame_len(reader.buf());
@@ -443,6 +290,28 @@ impl Connection {
                 Err(ReadEnd::Io(e)) => return End::Bad(MessageError::Io(e)),
             }
         }
+    }
+
+    /// Decodes the complete frames in `buf` and encodes their replies into
+    /// `out`, stopping once `out` holds [`MAX_PENDING_REPLIES`] bytes (what
+    /// is left stays in `buf`). Returns the frames decoded.
+    fn answer_some(
+        &self,
+        codec: &mut MessageCodec,
+        buf: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<usize, MessageError> {
+        let mut frames = 0;
+        while out.len() < MAX_PENDING_REPLIES {
+            let Some(frame) = codec.decode(buf)? else {
+                break;
+            };
+            frames += 1;
+            if let Some(reply) = self.on_frame(&frame) {
+                codec.encode(reply, out).expect("encoding never fails");
+            }
+        }
+        Ok(frames)
     }
 
     fn on_frame(&self, frame: &MessageFrame) -> Option<MessageFrame> {
@@ -477,6 +346,22 @@ impl Connection {
     }
 }
 
+/// Writes the buffered replies (within [`REPLY_WRITE_TIMEOUT`]) and empties
+/// `out`.
+async fn write_replies(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
+    match tokio::time::timeout(REPLY_WRITE_TIMEOUT, wr.write_all(out)).await {
+        Ok(Ok(())) => {
+            out.clear();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "reply write timed out",
+        )),
+    }
+}
+
 /// `plugin_name` of a keepalive body, for the log; "?" when absent.
 fn plugin_name(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -489,5 +374,6 @@ fn plugin_name(body: &[u8]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+mod codec;
 #[cfg(test)]
 mod tests;

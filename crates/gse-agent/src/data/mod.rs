@@ -61,9 +61,12 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 
-/// Chunks of records (all one socket read brought, or one `Intake` record)
-/// queued between the producers and the batcher.
+/// Chunks of records (all one socket read brought) queued between the
+/// local socket and the batcher.
 const RECORD_QUEUE: usize = 256;
+/// Records of the agent's own producers ([`Intake`]) queued for the
+/// batcher, taken before the socket's.
+const OWN_QUEUE: usize = 64;
 /// Batches queued between the batcher and the uplink.
 const BATCH_QUEUE: usize = 16;
 
@@ -221,6 +224,7 @@ pub async fn start(
     };
     let (info_tx, info_rx) = watch::channel(info);
     let (records_tx, records_rx) = mpsc::channel(RECORD_QUEUE);
+    let (own_tx, own_rx) = mpsc::channel(OWN_QUEUE);
     let ipc_path = data.ipc_path(data_dir);
     let server = ipc_server::IpcServer::bind_chunked(
         ipc_server::IpcServerConfig {
@@ -229,11 +233,12 @@ pub async fn start(
             socket_group: data.socket_group.clone(),
             max_connections: data.max_connections,
             max_connections_per_uid: data.max_connections_per_uid,
+            root_reserve: Some(data.root_reserve()),
             idle_timeout: data.idle_timeout,
             ..Default::default()
         },
         info_rx,
-        records_tx.clone(),
+        records_tx,
     )?
     .with_links(&data.ipc_links);
 
@@ -297,7 +302,7 @@ pub async fn start(
         tasks.spawn(messages.run(shutdown.clone()));
     }
     tasks.spawn(batcher::run(
-        records_rx,
+        intake::Inbox::new(own_rx, records_rx),
         batches_tx,
         limits,
         stats.clone(),
@@ -305,7 +310,7 @@ pub async fn start(
     ));
     tasks.spawn(uplink::run(parts, shutdown));
     Ok(DataPlane {
-        intake: Intake::new(records_tx),
+        intake: Intake::new(own_tx),
         assigned: assigned_tx,
         info: info_tx,
         stats,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat, renameat};
-use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, symlinkat, unlinkat};
 
 use super::{DIR_MODE, DirError, DirOpener, MAX_LINKS};
@@ -169,7 +169,10 @@ impl DirOpener {
         Ok(Step::Dir(dir))
     }
 
-    /// `name` is not a directory: a link to follow, or the error.
+    /// `name` is not a directory: a link to follow, or the error. The
+    /// entry is opened once (`O_PATH|O_NOFOLLOW`) and its owner and text
+    /// are read through that descriptor, so a name swapped in between
+    /// cannot pass one link's owner off with another link's text.
     fn not_a_dir(
         &self,
         parent: &SafeDir,
@@ -177,12 +180,14 @@ impl DirOpener {
         path: PathBuf,
         follow: bool,
     ) -> Result<Step, DirError> {
-        let stat = fstatat(parent.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| {
-            DirError::Open {
-                path: path.clone(),
-                source: e.into(),
-            }
-        })?;
+        let open_err = |e: Errno| DirError::Open {
+            path: path.clone(),
+            source: e.into(),
+        };
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let entry =
+            File::from(openat(parent.fd.as_fd(), name, flags, Mode::empty()).map_err(open_err)?);
+        let stat = fstat(entry.as_fd()).map_err(open_err)?;
         if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFLNK {
             return Err(DirError::NotADir { path });
         }
@@ -199,10 +204,8 @@ impl DirOpener {
                 ),
             });
         }
-        let text = readlinkat(parent.fd.as_fd(), name).map_err(|e| DirError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        // An empty name reads the link the descriptor is (readlinkat(2)).
+        let text = readlinkat(entry.as_fd(), "").map_err(open_err)?;
         Ok(Step::Link(path, text))
     }
 

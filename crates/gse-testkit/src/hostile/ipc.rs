@@ -1,8 +1,8 @@
 //! Local socket attacks (issue 9 items 7, 8): what an unprivileged local
 //! user can do to the agent's data socket (`ipc.state.report`) and
 //! plugin-message socket (`ipc.state.message`): hold connections, send
-//! frames that claim a huge body and never finish, or send a record whose
-//! sender the agent must name.
+//! frames that claim a huge body and never finish, flood well-formed
+//! records, or send a record whose sender the agent must name.
 //!
 //! Each step prints one JSON line (see [`IpcCmd`]); a connection counts as
 //! "closed by the agent" when a read on it returns end-of-file or an error.
@@ -48,6 +48,22 @@ pub enum IpcCmd {
         #[arg(long)]
         seconds: u64,
     },
+    /// Opens CONNECTIONS connections and sends 0xC01 records of SIZE bytes
+    /// on DATA_ID on each, as fast as the agent takes them, for SECONDS (or
+    /// until the agent closed them all). Payloads are `flood-<conn>-<n>`
+    /// padded with `x`. Prints {"opened", "records_sent"}.
+    Flood {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        data_id: u32,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Sends one 0xC01 record with PAYLOAD on DATA_ID. Prints {"sent",
     /// "pid", "uid", "error"}: who the agent should say sent it.
     SendRecord {
@@ -81,6 +97,16 @@ pub fn run(cmd: IpcCmd) -> Value {
                 send,
                 seconds,
             } => partial_frames(&socket, count, claim, send, Duration::from_secs(seconds)).await,
+            IpcCmd::Flood {
+                socket,
+                data_id,
+                connections,
+                size,
+                seconds,
+            } => {
+                let deadline = Instant::now() + Duration::from_secs(seconds);
+                flood(&socket, data_id, connections, size, deadline).await
+            }
             IpcCmd::SendRecord {
                 socket,
                 data_id,
@@ -198,6 +224,42 @@ async fn partial_frames(
         "bytes_written": bytes_written,
         "closed_by_agent": closed,
         "open_at_end": opened - closed,
+    })
+}
+
+/// Records per write of a flooding connection.
+const FLOOD_RECORDS_PER_WRITE: usize = 16;
+
+async fn flood(
+    socket: &Path,
+    data_id: u32,
+    connections: usize,
+    size: usize,
+    deadline: Instant,
+) -> Value {
+    let (conns, connect_errors) = open_many(socket, connections).await;
+    let opened = conns.len();
+    let sends = conns.into_iter().enumerate().map(|(i, mut c)| async move {
+        let mut sent = 0usize;
+        loop {
+            let mut burst = Vec::with_capacity(FLOOD_RECORDS_PER_WRITE * (24 + size));
+            for k in 0..FLOOD_RECORDS_PER_WRITE {
+                let mut payload = format!("flood-{i}-{}", sent + k).into_bytes();
+                payload.resize(size.max(payload.len()), b'x');
+                burst.extend_from_slice(&common_header(data_id, payload.len() as u32));
+                burst.extend_from_slice(&payload);
+            }
+            match tokio::time::timeout_at(deadline, c.write_all(&burst)).await {
+                Ok(Ok(())) => sent += FLOOD_RECORDS_PER_WRITE,
+                _ => return sent,
+            }
+        }
+    });
+    let records_sent: usize = futures::future::join_all(sends).await.into_iter().sum();
+    json!({
+        "opened": opened,
+        "connect_errors": connect_errors,
+        "records_sent": records_sent,
     })
 }
 

@@ -18,6 +18,7 @@ mod r9_files;
 mod r9_http;
 mod r9_identity;
 mod r9_ipc;
+mod r9_ipc_fair;
 mod r9_link;
 mod r9_link_flood;
 mod r9_secrets;

@@ -25,7 +25,7 @@ const SDK_MAX: usize = 10 << 20;
 // === helpers ===
 
 /// An agent on 127.0.0.1 whose config `hook` adjusts.
-fn agent_with(
+pub(crate) fn agent_with(
     cluster: &Cluster,
     server: &gse_testkit::ServerProc,
     hook: impl Fn(&mut gse_agent::AgentConfig) + Send + Sync + 'static,
@@ -49,14 +49,14 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 /// Descriptors the process has open now.
-fn open_fds(pid: u32) -> usize {
+pub(crate) fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 /// Starts `gse-hostile` as nobody with `args`, its JSON on a pipe.
-fn spawn_nobody(args: &[String]) -> std::process::Child {
+pub(crate) fn spawn_nobody(args: &[String]) -> std::process::Child {
     as_user("nobody")
         .args(args)
         .stdout(Stdio::piped())
@@ -66,7 +66,7 @@ fn spawn_nobody(args: &[String]) -> std::process::Child {
 }
 
 /// Waits for a spawned `gse-hostile` and parses the JSON line it printed.
-async fn finish_nobody(child: std::process::Child) -> Value {
+pub(crate) async fn finish_nobody(child: std::process::Child) -> Value {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
@@ -83,7 +83,7 @@ async fn finish_nobody(child: std::process::Child) -> Value {
 
 /// Waits until the agent holds `more` descriptors than `before`: the
 /// attacker's connections are in.
-async fn attacker_holds(agent: &AgentProc, before: usize, more: usize) {
+pub(crate) async fn attacker_holds(agent: &AgentProc, before: usize, more: usize) {
     let pid = agent.pid();
     eventually(
         "the attacker's connections held by the agent",
@@ -100,7 +100,7 @@ async fn attacker_holds(agent: &AgentProc, before: usize, more: usize) {
 
 /// `gse-agent send --socket <socket>` of one line, as root; fails if it
 /// does not finish within `within`.
-async fn root_send(socket: &Path, line: &str, within: Duration) -> Result<(), String> {
+pub(crate) async fn root_send(socket: &Path, line: &str, within: Duration) -> Result<(), String> {
     let mut child = tokio::process::Command::new(bin("gse-agent"))
         .arg("send")
         .arg("--data-id")
@@ -129,7 +129,7 @@ async fn root_send(socket: &Path, line: &str, within: Duration) -> Result<(), St
 
 /// The sink's complete lines, parsed (a line the server is still
 /// writing is left for the next look).
-fn sink_lines(path: &Path) -> Vec<Value> {
+pub(crate) fn sink_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     complete
@@ -138,7 +138,7 @@ fn sink_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn s(v: impl std::fmt::Display) -> String {
+pub(crate) fn s(v: impl std::fmt::Display) -> String {
     v.to_string()
 }
 

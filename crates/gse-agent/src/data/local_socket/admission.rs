@@ -3,12 +3,19 @@
 //!
 //! - At most `max_connections` connections at once (all users); further
 //!   clients wait in the listen backlog.
-//! - At most `max_connections_per_uid` of one non-root uid (SO_PEERCRED);
-//!   its further connections are closed as soon as they are accepted, so
-//!   one local user holding thousands of connections never locks the
-//!   others out. Root is trusted (DESIGN "Trust") and only counts against
-//!   the global cap. Refusals are logged at most once per
+//! - At most `max_connections_per_uid` of one non-root uid (SO_PEERCRED),
+//!   and at most `max_connections - root_reserve` of all non-root uids
+//!   together: further connections are closed as soon as they are
+//!   accepted, so one local user holding thousands of connections never
+//!   locks the others out, and a few users holding their whole share never
+//!   lock root's collectors out. Root is trusted (DESIGN "Trust") and only
+//!   counts against the global cap. Refusals are logged at most once per
 //!   [`REFUSAL_LOG_EVERY`], with their count and the key to raise.
+//! - Records are handed on by turns of uid ([`Slot::send`]): each uid has
+//!   at most one connection waiting on the (first come, first served)
+//!   channel at a time, so when the consumer is the bottleneck every uid
+//!   with records gets one hand-over per round, however many connections
+//!   it floods on.
 //! - Unfinished frames larger than [`FREE_FRAME_BYTES`] are buffered only
 //!   within a byte budget ([`Slot::reserve`]): [`UID_BUFFER_FRAMES`] largest
 //!   frames per uid and [`TOTAL_BUFFER_FRAMES`] in all, so frames that claim
@@ -16,7 +23,8 @@
 //!   room (bounded by the idle timeout) instead.
 //!
 //! What it does not bound: complete records already handed to the batcher
-//! (those are the data path's backpressure, `data.memory_max_mb`).
+//! (those are the data path's backpressure, `data.memory_max_mb`); turns
+//! share hand-overs, not bytes, and a flooding uid still gets its turn.
 
 use std::collections::HashMap;
 use std::io;
@@ -26,6 +34,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc::{self, error::SendError, error::TrySendError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::peer_of;
@@ -46,6 +55,9 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct ConnLimits {
     pub max_connections: usize,
     pub max_connections_per_uid: usize,
+    /// Connections only root may take: non-root uids together hold at
+    /// most `max_connections - root_reserve`.
+    pub root_reserve: usize,
     pub idle_timeout: Duration,
     /// Largest frame the protocol takes, header included.
     pub max_frame: usize,
@@ -56,6 +68,8 @@ pub struct ConnLimits {
 pub struct Names {
     pub socket: &'static str,
     pub per_uid_key: &'static str,
+    /// What sets `root_reserve` (a key, or how it is derived).
+    pub reserve_key: &'static str,
 }
 
 /// Hands out connections within the limits; cheap to clone.
@@ -66,17 +80,35 @@ struct Inner {
     names: Names,
     limits: ConnLimits,
     slots: Arc<Semaphore>,
-    uids: Mutex<HashMap<u32, UidUse>>,
+    uids: Mutex<Uids>,
     buffer: Arc<Semaphore>,
     refused: AtomicU64,
     refused_unlogged: AtomicU64,
     last_log_ms: AtomicU64,
 }
 
-/// One uid's open connections and unfinished-frame budget.
+/// Who holds connections now.
+#[derive(Default)]
+struct Uids {
+    by_uid: HashMap<u32, UidUse>,
+    /// Connections of all non-root uids together.
+    non_root: usize,
+}
+
+/// One uid's open connections, unfinished-frame budget and hand-over turn.
 struct UidUse {
     conns: usize,
     buffer: Arc<Semaphore>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why a connection was closed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Its uid holds `max_connections_per_uid`.
+    PerUid,
+    /// Non-root uids together hold all but `root_reserve`.
+    Share,
 }
 
 /// An accepted connection, its sender, and its place in the limits.
@@ -91,6 +123,7 @@ pub struct Slot {
     inner: Arc<Inner>,
     uid: u32,
     buffer: Arc<Semaphore>,
+    turn: Arc<tokio::sync::Mutex<()>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -124,7 +157,8 @@ impl Admission {
         &self.0.limits
     }
 
-    /// Connections refused over the per-uid cap so far.
+    /// Connections refused over the per-uid cap or the non-root share so
+    /// far.
     pub fn refused(&self) -> u64 {
         self.0.refused.load(Ordering::Relaxed)
     }
@@ -143,40 +177,50 @@ impl Admission {
             let (stream, _) = listener.accept().await?;
             let peer = peer_of(&stream);
             match self.admit(peer, permit) {
-                Some(slot) => return Ok(Conn { stream, peer, slot }),
-                None => {
+                Ok(slot) => return Ok(Conn { stream, peer, slot }),
+                Err(why) => {
                     drop(stream);
-                    self.note_refused(peer);
+                    self.note_refused(peer, why);
                 }
             }
         }
     }
 
-    fn admit(&self, peer: Peer, permit: OwnedSemaphorePermit) -> Option<Slot> {
+    fn admit(&self, peer: Peer, permit: OwnedSemaphorePermit) -> Result<Slot, Refusal> {
         // An unknown sender shares one bucket with the other unknowns.
         let uid = peer.uid.unwrap_or(u32::MAX);
         let inner = &self.0;
+        let limits = &inner.limits;
         let mut uids = inner.uids.lock();
-        let per_uid_budget = inner.limits.max_frame.max(FREE_FRAME_BYTES) * UID_BUFFER_FRAMES;
-        let entry = uids.entry(uid).or_insert_with(|| UidUse {
+        let held = uids.by_uid.get(&uid).map_or(0, |u| u.conns);
+        if uid != 0 {
+            if held >= limits.max_connections_per_uid {
+                return Err(Refusal::PerUid);
+            }
+            if uids.non_root >= limits.non_root_share() {
+                return Err(Refusal::Share);
+            }
+            uids.non_root += 1;
+        }
+        let per_uid_budget = limits.max_frame.max(FREE_FRAME_BYTES) * UID_BUFFER_FRAMES;
+        let entry = uids.by_uid.entry(uid).or_insert_with(|| UidUse {
             conns: 0,
             buffer: Arc::new(Semaphore::new(per_uid_budget)),
+            turn: Arc::default(),
         });
-        if uid != 0 && entry.conns >= inner.limits.max_connections_per_uid {
-            return None;
-        }
         entry.conns += 1;
-        Some(Slot {
+        Ok(Slot {
             inner: inner.clone(),
             uid,
             buffer: entry.buffer.clone(),
+            turn: entry.turn.clone(),
             _permit: permit,
         })
     }
 
     /// Counts a refusal; logs the count at most once per
-    /// [`REFUSAL_LOG_EVERY`].
-    fn note_refused(&self, peer: Peer) {
+    /// [`REFUSAL_LOG_EVERY`], with the limit of the latest one.
+    fn note_refused(&self, peer: Peer, why: Refusal) {
         let inner = &self.0;
         inner.refused.fetch_add(1, Ordering::Relaxed);
         inner.refused_unlogged.fetch_add(1, Ordering::Relaxed);
@@ -192,16 +236,39 @@ impl Admission {
             return;
         }
         let count = inner.refused_unlogged.swap(0, Ordering::Relaxed);
+        let (names, limits) = (&inner.names, &inner.limits);
+        let over = match why {
+            Refusal::PerUid => format!(
+                "over {} = {}",
+                names.per_uid_key, limits.max_connections_per_uid
+            ),
+            Refusal::Share => format!(
+                "over the {} connections all local users may hold together ({} of the {} are \
+                 kept for root: {})",
+                limits.non_root_share(),
+                limits.root_reserve,
+                limits.max_connections,
+                names.reserve_key
+            ),
+        };
         tracing::warn!(
-            socket = inner.names.socket,
+            socket = names.socket,
             %peer,
             refused = count,
-            limit = inner.limits.max_connections_per_uid,
-            "closed {count} connection(s) of a local user over {} = {} (the latest from {peer}); \
+            "closed {count} connection(s) of local users (the latest from {peer}, {over}); \
              further refusals are logged at most every {REFUSAL_LOG_EVERY:?}",
-            inner.names.per_uid_key,
-            inner.limits.max_connections_per_uid,
         );
+    }
+}
+
+// === impl ConnLimits ===
+
+impl ConnLimits {
+    /// Connections non-root uids may hold together (at least one).
+    pub fn non_root_share(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.root_reserve)
+            .max(1)
     }
 }
 
@@ -224,89 +291,37 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Sends `item` on `tx` in its uid's turn: at once while the channel
+    /// has room (then nobody is waiting, so nobody is passed); when it is
+    /// full, behind the uid's other connections, so the channel's queue
+    /// holds at most one waiter per uid and serves the uids by turns.
+    pub async fn send<T>(&self, tx: &mpsc::Sender<T>, item: T) -> Result<(), SendError<T>> {
+        match tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(item)) => Err(SendError(item)),
+            Err(TrySendError::Full(item)) => {
+                let _turn = self.turn.lock().await;
+                tx.send(item).await
+            }
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut uids = self.inner.uids.lock();
-        if let Some(u) = uids.get_mut(&self.uid) {
+        if self.uid != 0 {
+            uids.non_root -= 1;
+        }
+        if let Some(u) = uids.by_uid.get_mut(&self.uid) {
             u.conns -= 1;
             if u.conns == 0 {
-                uids.remove(&self.uid);
+                uids.by_uid.remove(&self.uid);
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn admission(per_uid: usize) -> Admission {
-        Admission::new(
-            Names {
-                socket: "test socket",
-                per_uid_key: "test.max_connections_per_uid",
-            },
-            ConnLimits {
-                max_connections: 8,
-                max_connections_per_uid: per_uid,
-                idle_timeout: Duration::from_secs(1),
-                max_frame: 1 << 20,
-            },
-        )
-    }
-
-    fn slot(a: &Admission, uid: u32) -> Option<Slot> {
-        let permit = a.0.slots.clone().try_acquire_owned().unwrap();
-        a.admit(
-            Peer {
-                pid: Some(1),
-                uid: Some(uid),
-            },
-            permit,
-        )
-    }
-
-    #[test]
-    fn a_user_is_capped_but_root_and_others_are_not() {
-        let a = admission(2);
-        let held: Vec<_> = (0..2).map(|_| slot(&a, 65534).unwrap()).collect();
-        assert!(slot(&a, 65534).is_none(), "a third connection of one user");
-        let others = [slot(&a, 1000), slot(&a, 0), slot(&a, 0), slot(&a, 0)];
-        assert!(
-            others.iter().all(Option::is_some),
-            "root and others still admitted"
-        );
-        drop(held);
-        let again = slot(&a, 65534);
-        assert!(again.is_some(), "closing frees the user's places");
-        assert_eq!(a.0.uids.lock().get(&65534).map(|u| u.conns), Some(1));
-        drop(again);
-        assert!(
-            a.0.uids.lock().get(&65534).is_none(),
-            "a user's entry goes with its last connection"
-        );
-    }
-
-    #[tokio::test]
-    async fn unfinished_frames_share_a_bounded_budget_per_user() {
-        let a = admission(4);
-        let frame = 1 << 20;
-        let s1 = slot(&a, 7).unwrap();
-        let s2 = slot(&a, 7).unwrap();
-        let s3 = slot(&a, 7).unwrap();
-        let held = [s1.reserve(frame).await, s2.reserve(frame).await];
-        // The user's two frames are buffered; a third waits for room.
-        let third = tokio::time::timeout(Duration::from_millis(100), s3.reserve(frame)).await;
-        assert!(
-            third.is_err(),
-            "a third unfinished frame of one user got room"
-        );
-        // Another user still has room.
-        let other = slot(&a, 8).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(1), other.reserve(frame)).await;
-        assert!(got.is_ok());
-        drop(held);
-        let third = tokio::time::timeout(Duration::from_secs(1), s3.reserve(frame)).await;
-        assert_eq!(third.expect("room once a frame is done").len, frame);
-    }
-}
+mod tests;

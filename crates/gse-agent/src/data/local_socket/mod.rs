@@ -2,9 +2,11 @@
 //! §1.1-1.2, and the plugin-message socket, §1.3) share: they are open to
 //! local users, who are not trusted (DESIGN "Trust").
 //!
-//! - [`SocketFile`]: binds the socket file (removing a stale one nobody
-//!   listens on), sets its mode and group without following a symlink, and
-//!   removes it at exit only if it is still ours.
+//! - [`SocketFile`]: opens the socket's directory with `safe_dir` (no
+//!   symlink or directory another user planted on the way), binds the
+//!   socket file in it (removing a stale one nobody listens on), sets its
+//!   mode and group without following a symlink, and removes it at exit
+//!   only if it is still ours.
 //! - [`admission`]: at most `max_connections` at once, at most
 //!   `max_connections_per_uid` of one non-root user (SO_PEERCRED); and a
 //!   budget for unfinished large frames per user and in total.
@@ -18,19 +20,18 @@
 //! `message_ipc`.
 
 pub mod admission;
+mod file;
 pub mod links;
 pub mod reader;
 
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::fcntl::{OFlag, open};
-use nix::sys::stat::Mode;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
+pub use self::file::SocketFile;
 use super::ipc_codec::Peer;
+use crate::safe_dir::DirError;
 
 /// Who is on the other end of `stream` (SO_PEERCRED).
 pub fn peer_of(stream: &UnixStream) -> Peer {
@@ -57,11 +58,15 @@ pub struct SocketOptions {
 /// Why a socket could not be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("cannot create the directory {path} of the socket ({key}): {source}")]
-    CreateDir {
+    #[error(
+        "{path} is not a path to a socket file ({key}); name a file, e.g. .../ipc.state.report"
+    )]
+    NotAFile { key: &'static str, path: PathBuf },
+    #[error("cannot use the directory of the socket {path} ({key}): {source}")]
+    Dir {
         key: &'static str,
         path: PathBuf,
-        source: io::Error,
+        source: DirError,
     },
     #[error("{path} exists and is not a socket; remove it or set {key} to another path")]
     NotASocket { key: &'static str, path: PathBuf },
@@ -90,151 +95,6 @@ pub enum SocketError {
         group: String,
         source: io::Error,
     },
-}
-
-// === impl SocketFile ===
-
-/// A socket file this process bound.
-#[derive(Debug)]
-pub struct SocketFile {
-    path: PathBuf,
-    /// (dev, ino) of the file, to leave a replaced one alone at exit.
-    id: (u64, u64),
-}
-
-impl SocketFile {
-    /// Creates the parent directory, removes a stale socket nobody listens
-    /// on, binds `path` and sets its mode and group. Needs a tokio runtime.
-    pub fn bind(
-        path: &Path,
-        opts: &SocketOptions,
-    ) -> Result<(UnixListener, SocketFile), SocketError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SocketError::CreateDir {
-                key: opts.key,
-                path: dir.into(),
-                source,
-            })?;
-        }
-        remove_stale(path, opts.key)?;
-        let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
-            path: path.into(),
-            source,
-        })?;
-        let id = set_mode_and_group(path, opts)?;
-        Ok((
-            listener,
-            SocketFile {
-                path: path.into(),
-                id,
-            },
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Removes the file unless someone replaced it meanwhile.
-    pub fn remove(&self) {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == self.id => {
-                if let Err(error) = std::fs::remove_file(&self.path) {
-                    tracing::warn!(path = %self.path.display(), %error, "removing a local socket failed");
-                }
-            }
-            _ => {
-                tracing::debug!(path = %self.path.display(), "socket file is gone or replaced; left alone")
-            }
-        }
-    }
-}
-
-/// Sets mode and group on the socket just bound at `path`, through an
-/// `O_PATH|O_NOFOLLOW` descriptor: if the name was swapped for a symlink
-/// meanwhile, it is refused rather than followed (a plain chmod by path
-/// would follow it, as root). Returns the file's (dev, ino).
-fn set_mode_and_group(path: &Path, opts: &SocketOptions) -> Result<(u64, u64), SocketError> {
-    let chmod_err = |source: io::Error| SocketError::Chmod {
-        path: path.into(),
-        mode: opts.mode,
-        source,
-    };
-    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = open(path, flags, Mode::empty()).map_err(|e| chmod_err(e.into()))?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(chmod_err)?;
-    if !meta.file_type().is_socket() {
-        return Err(chmod_err(io::Error::other(
-            "it is no longer the socket just bound",
-        )));
-    }
-    if !opts.group.is_empty() {
-        let group = nix::unistd::Group::from_name(&opts.group)
-            .ok()
-            .flatten()
-            .ok_or_else(|| SocketError::NoGroup {
-                group: opts.group.clone(),
-            })?;
-        nix::unistd::fchownat(
-            file.as_fd(),
-            "",
-            None,
-            Some(group.gid),
-            nix::fcntl::AtFlags::AT_EMPTY_PATH,
-        )
-        .map_err(|e| SocketError::Chown {
-            path: path.into(),
-            group: opts.group.clone(),
-            source: e.into(),
-        })?;
-    }
-    // chmod through the descriptor: /proc/self/fd/N names this very inode.
-    let by_fd = PathBuf::from(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&file)
-    ));
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(opts.mode))
-        .map_err(chmod_err)?;
-    Ok((meta.dev(), meta.ino()))
-}
-
-/// Removes `path` if it is a socket nobody accepts on; refuses otherwise.
-fn remove_stale(path: &Path, key: &'static str) -> Result<(), SocketError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(SocketError::Probe {
-                path: path.into(),
-                source,
-            });
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(SocketError::NotASocket {
-            key,
-            path: path.into(),
-        });
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(SocketError::InUse {
-            key,
-            path: path.into(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            tracing::info!(path = %path.display(), "removing a stale local socket");
-            std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
-                path: path.into(),
-                source,
-            })
-        }
-        Err(source) => Err(SocketError::Probe {
-            path: path.into(),
-            source,
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Socket files, links and the reader over real sockets in temp dirs.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -67,7 +68,9 @@ fn mode_is_never_set_through_a_symlink() {
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
     let link = dir.path().join("ipc.sock");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    assert!(set_mode_and_group(&link, &opts(0o666, "")).is_err());
+    let opened = open_dir(dir.path()).unwrap();
+    let name = std::ffi::OsStr::new("ipc.sock");
+    assert!(file::set_mode_and_group(&opened, name, &link, &opts(0o666, "")).is_err());
     let mode = std::fs::metadata(&victim).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600, "the symlink's target was changed");
 }
@@ -156,15 +159,79 @@ fn a_symlink_or_directory_another_user_controls_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn the_socket_directory_is_walked_safely_and_a_stale_socket_removed_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The agent's own directories (root's in tests; the user's in a quick
+    // start run by that user), made on the way.
+    let path = dir.path().join("data/ipc.sock");
+    let (listener, file) = SocketFile::bind(&path, &opts(0o666, "")).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    drop(listener);
+    // Stale now: the next agent removes it and binds again.
+    let (_listener, again) = SocketFile::bind(&path, &opts(0o666, "")).unwrap();
+    again.remove();
+    assert!(std::fs::symlink_metadata(&path).is_err());
+    drop(file);
+    if !is_root() {
+        return;
+    }
+    // What a local user plants in a world-writable directory (like /tmp):
+    // a symlink to a directory of root's, or a directory of their own.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let planted_link = shared.join("agent");
+    std::os::unix::fs::symlink(&victim, &planted_link).unwrap();
+    give_link_to_nobody(&planted_link);
+    let err = SocketFile::bind(&planted_link.join("ipc.sock"), &opts(0o666, "")).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SocketError::Dir {
+                source: DirError::Symlink { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("test.ipc"), "names the key: {err}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    let planted_dir = shared.join("theirs");
+    std::fs::create_dir(&planted_dir).unwrap();
+    std::os::unix::fs::chown(&planted_dir, Some(65534), Some(65534)).unwrap();
+    let err = SocketFile::bind(&planted_dir.join("ipc.sock"), &opts(0o666, "")).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SocketError::Dir {
+                source: DirError::Untrusted { uid: 65534, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&planted_dir).unwrap().count(), 0);
+}
+
 fn admission(idle: Duration) -> Admission {
     Admission::new(
         Names {
             socket: "test socket",
             per_uid_key: "test.max_connections_per_uid",
+            reserve_key: "test.root_reserved_connections",
         },
         ConnLimits {
             max_connections: 8,
             max_connections_per_uid: 4,
+            root_reserve: 2,
             idle_timeout: idle,
             max_frame: 4 << 20,
         },

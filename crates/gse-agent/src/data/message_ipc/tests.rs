@@ -183,3 +183,44 @@ async fn connections_are_bounded_and_idle_ones_are_closed() {
     assert_eq!(n, 0);
     stop.cancel();
 }
+
+#[test]
+fn pipelined_keepalives_buffer_a_bounded_answer_at_a_time() {
+    let conn = Connection {
+        answer: Arc::new(Bytes::from(
+            serde_json::to_vec(&KeepaliveAnswer::running("a".repeat(32).as_str(), 0)).unwrap(),
+        )),
+        max: 1024,
+        idle_timeout: IDLE_TIMEOUT,
+    };
+    // What one 64 KiB read holds: ~2,300 keepalives of 28 bytes.
+    const SENT: usize = 65536 / HEADER_LEN;
+    let mut buf = BytesMut::new();
+    for seq in 0..SENT {
+        buf.extend_from_slice(&encode(MessageFrame::new(
+            KEEPALIVE_REQ,
+            seq as u64,
+            Bytes::new(),
+        )));
+    }
+    let mut codec = MessageCodec::new(1024);
+    let reply_len = encode(MessageFrame::new(KEEPALIVE_RESP, 0, (*conn.answer).clone())).len();
+    let (mut out, mut answered, mut rounds) = (BytesMut::new(), 0, 0);
+    loop {
+        let frames = conn.answer_some(&mut codec, &mut buf, &mut out).unwrap();
+        if frames == 0 {
+            break;
+        }
+        assert!(
+            out.len() < MAX_PENDING_REPLIES + reply_len,
+            "{} reply bytes buffered",
+            out.len()
+        );
+        // The replies are written (the pump does so) before decoding more.
+        answered += out.len() / reply_len;
+        out.clear();
+        rounds += 1;
+    }
+    assert_eq!(answered, SENT, "every keepalive answered, in rounds");
+    assert!(rounds > 1 && buf.is_empty());
+}

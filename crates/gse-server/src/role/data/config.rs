@@ -25,8 +25,9 @@ pub struct DataConfig {
     /// Largest batch body accepted from an agent, bytes (told to agents in
     /// DataHelloAck; a larger frame closes the link). At least
     /// `gse_proto::MAX_BATCH_BYTES` (one largest record, which agents
-    /// accept from collectors, in a batch of its own); agents never send
-    /// more, so a larger value changes nothing.
+    /// accept from collectors, in a batch of its own): a smaller value
+    /// (such as the old default, 8388608) is raised to it at load, with a
+    /// WARN. Agents never send more, so a larger value changes nothing.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
     /// How often agents are moved between DataServers by load (D4).
@@ -103,6 +104,24 @@ impl Default for DataConfig {
 // === impl DataConfig ===
 
 impl DataConfig {
+    /// Fixes values an older config may hold: a `max_batch_bytes` below
+    /// one largest record's batch (the old 8 MiB default, written out
+    /// explicitly) is raised to it, with a WARN naming the key, instead of
+    /// refusing to start after an upgrade.
+    pub fn resolve(&mut self) {
+        let min = gse_proto::MAX_BATCH_BYTES;
+        if self.max_batch_bytes < min {
+            tracing::warn!(
+                "data.max_batch_bytes = {} is below {min}, the batch of one largest record \
+                 ({} bytes, which agents accept from collectors); using {min} (raise the key, or \
+                 remove it to take the default)",
+                self.max_batch_bytes,
+                gse_proto::MAX_RECORD_BYTES
+            );
+            self.max_batch_bytes = min;
+        }
+    }
+
     /// Problems with this section, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -172,5 +191,23 @@ mod tests {
             p.len() == 1 && p[0].contains(&gse_proto::MAX_RECORD_BYTES.to_string()),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_old_batch_default_is_raised_with_a_warning_not_refused() {
+        let mut cfg: DataConfig = toml::from_str("max_batch_bytes = 8388608").unwrap();
+        cfg.resolve();
+        assert_eq!(cfg.max_batch_bytes, gse_proto::MAX_BATCH_BYTES);
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        // Values in range are kept; too large ones are still refused.
+        for (bytes, ok) in [(gse_proto::MAX_BATCH_BYTES + 1, true), (65 << 20, false)] {
+            let mut cfg = DataConfig {
+                max_batch_bytes: bytes,
+                ..DataConfig::default()
+            };
+            cfg.resolve();
+            assert_eq!(cfg.max_batch_bytes, bytes);
+            assert_eq!(cfg.problems().is_empty(), ok, "{bytes}");
+        }
     }
 }
