@@ -582,26 +582,7 @@ mod tests {
     use super::*;
 
     fn record(ip: &str, id: &str) -> AgentRecord {
-        AgentRecord {
-            key: AgentKey::new(0, ip.parse().unwrap()),
-            agent_id: id.into(),
-            version: "1.0".into(),
-            hostname: "h".into(),
-            os_type: "linux".into(),
-            run_mode: 1,
-            zone: String::new(),
-            start_time_s: 1,
-            node_id: "n1".into(),
-            parent_ip: "127.0.0.1".into(),
-            parent_port: 28668,
-            peer_addr: "127.0.0.1:5000".into(),
-            alive: true,
-            connected_at_ms: 10,
-            last_seen_ms: 10,
-            cpu_percent: 0.0,
-            mem_bytes: 0,
-            mem_percent: 0.0,
-        }
+        crate::store::pins::tests::record(ip, id, 10)
     }
 
     #[tokio::test]

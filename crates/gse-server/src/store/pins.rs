@@ -271,4 +271,4 @@ pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<IdentityPin>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

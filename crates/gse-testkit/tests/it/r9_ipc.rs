@@ -590,6 +590,17 @@ async fn r9_9_the_packaged_config_serves_the_paths_real_collectors_dial() {
 async fn r9_10_data_log_path_with_control_characters_or_too_long_is_refused() {
     let cluster = Cluster::new();
     let server = cluster.server(ServerOptions::default()).await;
+    let add_file_sink = |path: String| {
+        let api = &server.api;
+        async move {
+            let body = json!({
+                "operation": {"operator_name": "admin"},
+                "metadata": {"plat_name": "bkmonitor"},
+                "stream_to": {"name": "f", "report_mode": "file", "data_log_path": path},
+            });
+            api.post("/api/v2/data/add_streamto", body).await
+        }
+    };
     let long = "a/".repeat(2049);
     for (what, path) in [
         ("a newline", "logs\nx".to_string()),
@@ -597,34 +608,13 @@ async fn r9_10_data_log_path_with_control_characters_or_too_long_is_refused() {
         ("a DEL", "logs\u{7f}".to_string()),
         ("4098 bytes", long),
     ] {
-        let (status, v) = server
-            .api
-            .post(
-                "/api/v2/data/add_streamto",
-                json!({
-                    "operation": {"operator_name": "admin"},
-                    "metadata": {"plat_name": "bkmonitor"},
-                    "stream_to": {"name": "f", "report_mode": "file", "data_log_path": path},
-                }),
-            )
-            .await;
+        let (status, v) = add_file_sink(path).await;
         assert!((400..500).contains(&status), "{what}: status {status}: {v}");
         assert_ne!(v["code"], 0, "{what}: {v}");
         let message = v["message"].as_str().unwrap_or_default();
         assert!(message.contains("data_log_path"), "{what}: {message}");
     }
     // 4096 bytes is fine.
-    let ok = "b/".repeat(2048);
-    let (status, v) = server
-        .api
-        .post(
-            "/api/v2/data/add_streamto",
-            json!({
-                "operation": {"operator_name": "admin"},
-                "metadata": {"plat_name": "bkmonitor"},
-                "stream_to": {"name": "f", "report_mode": "file", "data_log_path": ok},
-            }),
-        )
-        .await;
+    let (status, v) = add_file_sink("b/".repeat(2048)).await;
     assert_eq!((status, &v["code"]), (200, &json!(0)), "{v}");
 }

@@ -7,7 +7,8 @@ use gse_core::seams::{AgentRecord, StateStore};
 use super::*;
 use crate::store::EmbeddedStore;
 
-fn record(ip: &str, id: &str, connected_at_ms: u64) -> AgentRecord {
+/// An agent record for store tests (also used by the embedded store's).
+pub(crate) fn record(ip: &str, id: &str, connected_at_ms: u64) -> AgentRecord {
     AgentRecord {
         key: AgentKey::new(0, ip.parse().unwrap()),
         agent_id: id.into(),
