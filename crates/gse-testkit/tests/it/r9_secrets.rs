@@ -70,18 +70,20 @@ impl Drop for Quickstart {
     }
 }
 
+/// `gse-server quickstart` with one agent on free ports, in `dir`.
+fn quickstart_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("gse-server"));
+    cmd.args(["quickstart", "--agents", "1"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .args(["--agent-listen", "127.0.0.1:0"])
+        .arg("--dir")
+        .arg(dir);
+    cmd
+}
+
 async fn quickstart(parent: &Path) -> Quickstart {
     let dir = parent.join("qs");
-    let child = Command::new(bin("gse-server"))
-        .args(["quickstart", "--agents", "1"])
-        .args([
-            "--api-listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--dir")
-        .arg(&dir)
+    let child = quickstart_cmd(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -275,18 +277,7 @@ async fn r9_1_quickstart_refuses_a_directory_another_user_planted() {
     let made = run_json(as_user("nobody").arg("plant-dir").arg(&planted));
     assert_eq!(made["planted"], true, "{made}");
 
-    let out = Command::new(bin("gse-server"))
-        .args(["quickstart", "--agents", "1"])
-        .args([
-            "--api-listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--dir")
-        .arg(&planted)
-        .output()
-        .unwrap();
+    let out = quickstart_cmd(&planted).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "quickstart used nobody's directory");
     assert!(stderr.contains("uid 65534"), "{stderr}");
