@@ -1,7 +1,7 @@
 //! `gse-server` configuration (TOML), one struct per section.
 //!
 //! Loading is three steps (CONVENTIONS §4): parse ([`ServerConfig::from_toml`]),
-//! fill derived values ([`ServerConfig::resolve`]: node id, advertise IP,
+//! fill derived values ([`ServerConfig::resolve`]: node id,
 //! default paths under `data_dir`), then validate ([`ServerConfig::validate`],
 //! pure, reports every problem at once) — all before anything binds.
 //! Role sections live beside their roles and are re-exported here.
@@ -118,8 +118,9 @@ pub struct NodeConfig {
     pub id: String,
     /// Directory for the embedded store and default log/alarm files.
     pub data_dir: PathBuf,
-    /// IP reported to agents and in `parent_ip`; default: the link listen
-    /// IP, or 127.0.0.1 when that is a wildcard.
+    /// IP reported to agents as their parent (`parent_ip`) and for
+    /// DataServers on a wildcard address; default: the address each agent
+    /// connected to. A loopback value is never told to a remote agent.
     #[serde(default)]
     pub advertise_ip: Option<IpAddr>,
     /// K5 region of this node; empty = cluster-wide.
@@ -213,7 +214,7 @@ impl ServerConfig {
         toml::to_string_pretty(self).expect("server config always serialises")
     }
 
-    /// Fills derived values (node id, advertise IP, paths under data_dir)
+    /// Fills derived values (node id, paths under data_dir)
     /// and raises values an older config may hold (logged at WARN).
     pub fn resolve(&mut self) {
         if self.node.id.is_empty() {
@@ -221,14 +222,6 @@ impl ServerConfig {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "gse-node".into());
-        }
-        if self.node.advertise_ip.is_none() {
-            let ip = self.link.listen.ip();
-            self.node.advertise_ip = Some(if ip.is_unspecified() {
-                IpAddr::from([127, 0, 0, 1])
-            } else {
-                ip
-            });
         }
         if self.alarm.log_file.is_none() {
             self.alarm.log_file = Some(self.node.data_dir.join("alarms.jsonl"));
@@ -355,7 +348,8 @@ impl ServerConfig {
         shown
     }
 
-    /// The agent-link address agents should dial.
+    /// The agent-link address for this node's registry entry and
+    /// quickstart: the advertised IP, or the bound address.
     pub fn agent_addr(&self, bound: SocketAddr) -> SocketAddr {
         SocketAddr::new(self.node.advertise_ip.unwrap_or(bound.ip()), bound.port())
     }
@@ -380,7 +374,7 @@ key_file = "s.key"
         cfg.resolve();
         cfg.validate().unwrap();
         assert_eq!(cfg.link.listen.port(), 28668);
-        assert_eq!(cfg.node.advertise_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(cfg.node.advertise_ip, None, "derived per agent link");
         assert_eq!(
             cfg.alarm.log_file.as_deref(),
             Some(Path::new("/tmp/gse-test/alarms.jsonl"))

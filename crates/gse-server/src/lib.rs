@@ -21,6 +21,7 @@ pub mod conn_limits;
 pub mod fd_budget;
 pub mod node;
 pub mod quickstart;
+pub mod reach;
 pub mod role;
 pub mod store;
 pub mod telemetry;

@@ -14,6 +14,7 @@ use gse_core::seams::{AppRecord, StateStore};
 use gse_server::config::ServerConfig;
 use gse_server::node::Node;
 use gse_server::quickstart::{self, QuickstartOptions};
+use gse_server::reach::{self, Reach};
 use gse_server::store::EmbeddedStore;
 
 /// The gse server: holds agent connections (mutual TLS), serves the HTTP API
@@ -234,6 +235,12 @@ async fn dispatch(command: Command) -> Result<()> {
             for exposed in config.exposures(&path) {
                 eprintln!("warning: {exposed}");
             }
+            for finding in reach::findings(&config) {
+                match finding {
+                    Reach::Warning(w) => eprintln!("warning: {w}"),
+                    Reach::Note(n) => eprintln!("note: {n}"),
+                }
+            }
             Ok(())
         }
     }
@@ -296,6 +303,12 @@ async fn run(config: ServerConfig, path: &std::path::Path) -> Result<()> {
     raise_fd_limit();
     for exposed in config.exposures(path) {
         tracing::warn!("{exposed}");
+    }
+    for finding in reach::findings(&config) {
+        match finding {
+            Reach::Warning(w) => tracing::warn!("{w}"),
+            Reach::Note(n) => tracing::info!("{n}"),
+        }
     }
     let node = Node::start(config).await?;
     use tokio::signal::unix::{SignalKind, signal};

@@ -102,7 +102,7 @@ impl Node {
                 tls_files: config.tls.clone(),
                 store: store.clone(),
                 alarms: alarms.clone(),
-                parent,
+                advertise_ip: config.node.advertise_ip,
                 danger_rules: danger_rules.clone(),
                 pending: budget.link_pending_limits(),
                 shutdown: shutdown.clone(),
@@ -139,7 +139,6 @@ impl Node {
                 node_id: node_id.clone(),
                 config: config.data.clone(),
                 tls_files: config.tls.clone(),
-                advertise_ip: config.node.advertise_ip.unwrap_or([127, 0, 0, 1].into()),
                 routes: route_service
                     .as_ref()
                     .map(|r| r.table())

@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics;
-use crate::role::link::{AgentFrames, DataAssigner, LinkService};
+use super::{DataEndpoint, metrics};
+use crate::role::link::{AgentFrames, AgentPath, DataAssigner, LinkService};
 
 /// Differences in load below this many bytes/s are not worth a move.
 pub const MIN_SPREAD: f64 = 16.0 * 1024.0;
@@ -44,8 +44,8 @@ pub struct ServerLoad {
     pub index: usize,
     /// `<node>/data<index>`, for logs and metric labels.
     pub id: String,
-    /// `host:port` agents are told.
-    pub endpoint: String,
+    /// Where agents are told to dial it.
+    pub endpoint: DataEndpoint,
     links: AtomicUsize,
     per_agent: Mutex<HashMap<AgentKey, Arc<AgentCounters>>>,
 }
@@ -53,7 +53,7 @@ pub struct ServerLoad {
 // === impl ServerLoad ===
 
 impl ServerLoad {
-    pub fn new(index: usize, id: String, endpoint: String) -> ServerLoad {
+    pub fn new(index: usize, id: String, endpoint: DataEndpoint) -> ServerLoad {
         ServerLoad {
             index,
             id,
@@ -249,6 +249,15 @@ impl Balancer {
 
     fn tell(&self, m: Move) {
         let to = &self.servers[m.to];
+        let Some(endpoint) = self
+            .link
+            .path(m.agent)
+            .and_then(|path| to.endpoint.for_agent(path))
+        else {
+            // Gone, or it cannot reach that DataServer: it stays put.
+            self.undo(m);
+            return;
+        };
         let reason = format!(
             "rebalance: {} is busier than {} ({:.0} B/s moved)",
             self.servers[m.from].id, to.id, m.rate
@@ -257,7 +266,7 @@ impl Balancer {
             MsgType::DataAssign,
             0,
             &DataAssign {
-                endpoint: to.endpoint.clone(),
+                endpoint,
                 reason: reason.clone(),
             },
         );
@@ -268,18 +277,31 @@ impl Balancer {
             }
             Err(e) => {
                 tracing::debug!(agent = %m.agent, error = %e, "cannot move the agent now");
-                if let Some(a) = self.state.lock().assigned.get_mut(&m.agent) {
-                    a.0 = m.from;
-                }
+                self.undo(m);
             }
+        }
+    }
+
+    /// Forgets a move that was not made.
+    fn undo(&self, m: Move) {
+        if let Some(a) = self.state.lock().assigned.get_mut(&m.agent) {
+            a.0 = m.from;
         }
     }
 }
 
 impl DataAssigner for Balancer {
-    fn assign(&self, agent: AgentKey, conn_id: u64) -> String {
+    fn assign(&self, agent: AgentKey, conn_id: u64, path: AgentPath) -> String {
         let mut st = self.state.lock();
-        let mut load = vec![(0.0f64, 0usize); self.servers.len()];
+        // (load, agents) per DataServer; one the agent cannot reach never wins.
+        let mut load: Vec<(f64, usize)> = self
+            .servers
+            .iter()
+            .map(|s| match s.endpoint.for_agent(path) {
+                Some(_) => (0.0, 0),
+                None => (f64::INFINITY, 0),
+            })
+            .collect();
         for (k, (s, _)) in &st.assigned {
             if *k != agent {
                 load[*s].0 += st.rates.get(k).copied().unwrap_or(0.0);
@@ -294,8 +316,18 @@ impl DataAssigner for Balancer {
                     .then(load[*a].1.cmp(&load[*b].1))
             })
             .unwrap_or(0);
+        let Some(endpoint) = self.servers[best].endpoint.for_agent(path) else {
+            tracing::warn!(
+                agent = %agent,
+                from = %path.peer_ip,
+                data_servers = %self.servers.iter().map(|s| s.endpoint.to_string()).collect::<Vec<_>>().join(", "),
+                "no DataServer of this node is reachable for an agent on another host (they listen on loopback only); \
+                 it sends to its own [data] servers, if any. Set data.listen to an address agents reach"
+            );
+            return String::new();
+        };
         st.assigned.insert(agent, (best, conn_id));
-        self.servers[best].endpoint.clone()
+        endpoint
     }
 }
 

@@ -19,7 +19,8 @@ pub struct DataConfig {
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
     /// Host told to agents in their DataServer endpoint; default: the
-    /// listen IP, or `node.advertise_ip` when listening on a wildcard.
+    /// listen IP, or the agent's parent IP when listening on a wildcard
+    /// (`role::data::endpoint`).
     #[serde(default)]
     pub advertise_host: Option<String>,
     /// Largest batch body accepted from an agent, bytes (told to agents in

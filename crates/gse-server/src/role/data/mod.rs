@@ -14,13 +14,13 @@
 pub mod balance;
 pub mod batch;
 pub mod config;
+pub mod endpoint;
 pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod sink;
 pub mod snapshot;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::DataConfig;
+pub use endpoint::DataEndpoint;
 
 use self::balance::{Balancer, ServerLoad};
 use self::batch::BatchHandler;
@@ -58,8 +59,6 @@ pub struct DataParts {
     pub node_id: String,
     pub config: DataConfig,
     pub tls_files: TlsFiles,
-    /// The node's advertise IP, for DataServers on a wildcard address.
-    pub advertise_ip: IpAddr,
     pub routes: RouteTable,
     pub taps: Vec<Arc<dyn DataTap>>,
     /// Where identity pins are checked (data links claim identities too).
@@ -75,9 +74,9 @@ pub struct DataParts {
 
 /// The started DataServers.
 pub struct DataService {
-    /// Each DataServer's endpoint as agents are told (`host:port`), in
-    /// `[data] listen` order.
-    pub endpoints: Vec<String>,
+    /// Each DataServer's endpoint as agents are told, in `[data] listen`
+    /// order.
+    pub endpoints: Vec<DataEndpoint>,
     pub servers: Vec<Arc<DataServer>>,
     pub balancer: Option<Arc<Balancer>>,
 }
@@ -98,7 +97,7 @@ impl DataService {
                 format!("cannot listen for data links on {addr}; set data.listen to free addresses or stop the process using it")
             })?;
             let bound = listener.local_addr()?;
-            let endpoint = endpoint(&parts.config, parts.advertise_ip, bound);
+            let endpoint = DataEndpoint::new(&parts.config, bound);
             let load = Arc::new(ServerLoad::new(
                 i,
                 format!("{}/data{i}", parts.node_id),
@@ -137,47 +136,5 @@ impl DataService {
             servers,
             balancer,
         })
-    }
-}
-
-/// `host:port` agents should dial for a DataServer bound at `bound`.
-fn endpoint(config: &DataConfig, advertise_ip: IpAddr, bound: SocketAddr) -> String {
-    let host = match &config.advertise_host {
-        Some(h) => h.clone(),
-        None if bound.ip().is_unspecified() => advertise_ip.to_string(),
-        None => bound.ip().to_string(),
-    };
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{}", bound.port())
-    } else {
-        format!("{host}:{}", bound.port())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_name_a_reachable_host() {
-        let cfg = DataConfig::default();
-        let adv: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(
-            endpoint(&cfg, adv, "0.0.0.0:28625".parse().unwrap()),
-            "10.0.0.9:28625"
-        );
-        assert_eq!(
-            endpoint(&cfg, adv, "127.0.0.1:5".parse().unwrap()),
-            "127.0.0.1:5"
-        );
-        assert_eq!(endpoint(&cfg, adv, "[::1]:5".parse().unwrap()), "[::1]:5");
-        let named = DataConfig {
-            advertise_host: Some("data.example".into()),
-            ..DataConfig::default()
-        };
-        assert_eq!(
-            endpoint(&named, adv, "0.0.0.0:1".parse().unwrap()),
-            "data.example:1"
-        );
     }
 }

@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{LinkService, OUTBOUND_QUEUE, identity};
+use super::{AgentPath, LinkService, OUTBOUND_QUEUE, identity};
 use crate::conn_limits::ConnPermit;
 use crate::role::alarm::{Alarm, AlarmKind};
 
@@ -37,14 +37,29 @@ pub(super) async fn run(
     pending: ConnPermit,
 ) {
     let deadline = Instant::now() + svc.config.handshake_timeout;
+    // Where the agent reached us is what it is told we are (`advertise`).
+    let local = match tcp.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "agent connection closed before its handshake");
+            return;
+        }
+    };
+    let path = svc.advertiser.path(local, peer);
     // The handshake and register futures are boxed so that their state is
     // freed once they finish, instead of staying inside this long-lived
     // task's future next to the link (about 1.5 KB per agent).
     let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
         return;
     };
+    let reached = Reached {
+        peer,
+        port: local.port(),
+        path,
+        conn_id,
+    };
     let Some((record, p2p_addr, ack)) =
-        Box::pin(register(&svc, &mut link, peer, deadline, conn_id)).await
+        Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
     };
@@ -61,6 +76,7 @@ pub(super) async fn run(
             close: close.clone(),
             zone: record.zone.clone(),
             p2p_addr,
+            path,
         },
     );
     if let Err(e) = svc.store.upsert_agent(record.clone()).await {
@@ -142,13 +158,22 @@ async fn handshake(
 /// Reads and checks the first frame, which must be `Register`; refuses it
 /// (answering why) or returns the record and the accepting RegisterAck to
 /// send once the agent is attached.
+/// One accepted connection: who it comes from and how it reached us.
+struct Reached {
+    peer: SocketAddr,
+    /// Our port it arrived on, told to the agent as `parent_port`.
+    port: u16,
+    path: AgentPath,
+    conn_id: u64,
+}
+
 async fn register(
     svc: &LinkService,
     link: &mut Link,
-    peer: SocketAddr,
+    reached: Reached,
     deadline: Instant,
-    conn_id: u64,
 ) -> Option<(AgentRecord, Option<SocketAddr>, Frame)> {
+    let peer = reached.peer;
     let frame = match timeout_at(deadline, link.next()).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(e))) => {
@@ -185,8 +210,8 @@ async fn register(
         node_id: svc.node_id.clone(),
         server_version: gse_core::VERSION.into(),
         heartbeat_interval_ms: svc.config.heartbeat_interval.as_millis() as u32,
-        parent_ip: svc.parent.ip().to_string(),
-        parent_port: svc.parent.port() as u32,
+        parent_ip: reached.path.parent_ip.to_string(),
+        parent_port: u32::from(reached.port),
         danger_rules: if accepted {
             svc.danger_rules.clone()
         } else {
@@ -207,8 +232,8 @@ async fn register(
                 zone: reg.msg.zone,
                 start_time_s: reg.msg.start_time_s,
                 node_id: svc.node_id.clone(),
-                parent_ip: svc.parent.ip().to_string(),
-                parent_port: svc.parent.port(),
+                parent_ip: reached.path.parent_ip.to_string(),
+                parent_port: reached.port,
                 peer_addr: peer.to_string(),
                 alive: true,
                 connected_at_ms: now,
@@ -220,7 +245,11 @@ async fn register(
             let accepted = Frame::new(
                 MsgType::RegisterAck,
                 frame.stream_id,
-                &ack(true, String::new(), svc.data_endpoint(reg.key, conn_id)),
+                &ack(
+                    true,
+                    String::new(),
+                    svc.data_endpoint(reg.key, reached.conn_id, reached.path),
+                ),
             );
             Some((record, reg.p2p_addr, accepted))
         }

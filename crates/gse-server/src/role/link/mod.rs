@@ -15,6 +15,7 @@
 //! output and status) go to the [`AgentFrames`] handler another role sets.
 //! It does not dispatch tasks itself.
 
+mod advertise;
 mod config;
 mod connection;
 mod data_drops;
@@ -22,7 +23,7 @@ mod heartbeats;
 pub(crate) mod identity;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use advertise::AgentPath;
 pub use config::LinkConfig;
 
 use crate::conn_limits::{ConnLimits, ConnPermit};
@@ -60,6 +62,8 @@ pub(crate) struct Session {
     /// The agent's P2P zone (F8) and peer listener, from its Register.
     zone: String,
     p2p_addr: Option<SocketAddr>,
+    /// How the agent reached this node (what it was told as its parent).
+    path: AgentPath,
 }
 
 /// Where a connected agent serves file pieces to its peers (F1, F8).
@@ -93,8 +97,8 @@ pub trait AgentFrames: Send + Sync {
 /// by the assigner itself as `DataAssign` frames through [`LinkService::send_to`].
 pub trait DataAssigner: Send + Sync {
     /// The `host:port` of the DataServer for `agent`, registering on the
-    /// connection `conn_id`.
-    fn assign(&self, agent: AgentKey, conn_id: u64) -> String;
+    /// connection `conn_id` over `path`; `""` when none is reachable for it.
+    fn assign(&self, agent: AgentKey, conn_id: u64, path: AgentPath) -> String;
 }
 
 /// Why a frame could not be handed to an agent.
@@ -114,8 +118,8 @@ pub struct LinkService {
     tls_files: TlsFiles,
     store: Arc<dyn StateStore>,
     alarms: Option<Arc<AlarmService>>,
-    /// What agents are told their parent is (A1 parent_ip/parent_port).
-    parent: SocketAddr,
+    /// What agents are told their parent is (A1 parent_ip).
+    advertiser: advertise::Advertiser,
     sessions: Mutex<HashMap<AgentKey, Session>>,
     next_conn: AtomicU64,
     /// Last `connected_at_ms` given out (see [`unique_ms`]).
@@ -148,7 +152,9 @@ pub struct LinkParts {
     pub tls_files: TlsFiles,
     pub store: Arc<dyn StateStore>,
     pub alarms: Option<Arc<AlarmService>>,
-    pub parent: SocketAddr,
+    /// `node.advertise_ip`; unset: each agent is told the address it
+    /// connected to.
+    pub advertise_ip: Option<IpAddr>,
     /// Dangerous-operation rules agents check before running commands.
     pub danger_rules: Vec<DangerRuleSpec>,
     /// Caps on connections before Register (`FdBudget::link_pending_limits`).
@@ -177,7 +183,7 @@ impl LinkService {
             tls_files: parts.tls_files,
             store: parts.store,
             alarms: parts.alarms,
-            parent: parts.parent,
+            advertiser: advertise::Advertiser::new(parts.advertise_ip),
             sessions: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             last_connect_ms: AtomicU64::new(0),
@@ -207,9 +213,11 @@ impl LinkService {
 
     /// The DataServer endpoint for a registering agent; `""` when this node
     /// has none (the agent then uses its own `[data] servers`).
-    fn data_endpoint(&self, key: AgentKey, conn_id: u64) -> String {
+    fn data_endpoint(&self, key: AgentKey, conn_id: u64, path: AgentPath) -> String {
         let assigner = self.data_assigner.read().clone();
-        assigner.map(|a| a.assign(key, conn_id)).unwrap_or_default()
+        assigner
+            .map(|a| a.assign(key, conn_id, path))
+            .unwrap_or_default()
     }
 
     /// Hands `frame` to the role that takes its type; gives it back if none does.
@@ -249,6 +257,11 @@ impl LinkService {
             zone: s.zone.clone(),
             p2p_addr: s.p2p_addr,
         })
+    }
+
+    /// How a connected agent reached this node.
+    pub fn path(&self, key: AgentKey) -> Option<AgentPath> {
+        self.sessions.lock().get(&key).map(|s| s.path)
     }
 
     /// Whether an agent is connected to this node now.
