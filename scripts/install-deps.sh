@@ -2,7 +2,8 @@
 # Installs what gse needs on a Debian machine, skipping what is already there.
 #   scripts/install-deps.sh          build tools only (enough for the embedded platform)
 #   scripts/install-deps.sh --tests  also the real servers the test suite starts
-#                                    (ZooKeeper, Redis, and the tansu Kafka broker,
+#                                    (ZooKeeper, Redis, iproute2 and nftables for the
+#                                    network-namespace tests, and the tansu Kafka broker,
 #                                    built once into ${GSE_TOOLS_DIR:-~/.cache/gse})
 set -euo pipefail
 
@@ -20,6 +21,9 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 if [ "$want_tests" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+  # The multi-host tests join network namespaces (ip) and NAT one (nft).
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -12,6 +12,7 @@ mod api;
 pub mod bad_tls;
 mod fake_agent;
 pub mod hostile;
+pub mod netlab;
 mod ports;
 mod procs;
 pub mod redis;

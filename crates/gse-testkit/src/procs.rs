@@ -147,6 +147,8 @@ impl Default for ServerOptions {
 pub struct ServerProc {
     child: Option<Child>,
     open_files_limit: Option<u64>,
+    /// Prefix of the command line (e.g. `ip netns exec NS`); empty = none.
+    launcher: Vec<String>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -191,6 +193,7 @@ impl ServerProc {
         let mut server = ServerProc {
             child: None,
             open_files_limit: opts.open_files_limit,
+            launcher: Vec::new(),
             alarm_log: dir.join("alarms.jsonl"),
             log_path: dir.join("server.log"),
             dir,
@@ -203,19 +206,49 @@ impl ServerProc {
         server
     }
 
+    /// A server on a config file the test wrote itself (e.g. the shipped
+    /// one with an operator's changes), started through `launcher` (e.g.
+    /// [`crate::netlab::NetHost::launcher`]) and reached at `api`. Its files
+    /// are in `dir`.
+    pub async fn from_config(
+        dir: PathBuf,
+        config_path: PathBuf,
+        launcher: Vec<String>,
+        api: Api,
+        api_addr: SocketAddr,
+    ) -> ServerProc {
+        let text = std::fs::read_to_string(&config_path).expect("server config");
+        let mut cfg = ServerConfig::from_toml(&text).expect("a valid server config");
+        cfg.resolve();
+        let mut server = ServerProc {
+            child: None,
+            open_files_limit: None,
+            launcher,
+            alarm_log: cfg.alarm.log_file.clone().expect("resolved"),
+            log_path: dir.join("server.log"),
+            dir,
+            config_path,
+            api_addr,
+            link_addr: cfg.link.listen,
+            api,
+        };
+        server.spawn().await;
+        server
+    }
+
     /// `gse-server`, or a shell that lowers the open-files limit and then
-    /// becomes `gse-server` (exec: the pid is the server's).
+    /// becomes `gse-server` (exec: the pid is the server's), behind the
+    /// launcher if any.
     fn command(&self) -> Command {
-        match self.open_files_limit {
-            None => Command::new(bin("gse-server")),
-            Some(n) => {
-                let mut cmd = Command::new("/bin/sh");
-                cmd.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(bin("gse-server"));
-                cmd
-            }
+        let mut args: Vec<std::ffi::OsString> = self.launcher.iter().map(Into::into).collect();
+        if let Some(n) = self.open_files_limit {
+            args.extend(["/bin/sh", "-c"].map(Into::into));
+            args.push(format!("ulimit -n {n} && exec \"$0\" \"$@\"").into());
         }
+        args.push(bin("gse-server").into());
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..]);
+        cmd
     }
 
     async fn spawn(&mut self) {
@@ -386,10 +419,22 @@ impl AgentProc {
         }
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
+        AgentProc::from_config(dir, config_path, opts.ip, opts.launcher.clone())
+    }
+
+    /// An agent on a config file the test wrote itself (e.g. the shipped
+    /// one with an operator's changes), started through `launcher`; its
+    /// identity IP is `ip`, its files are in `dir`.
+    pub fn from_config(
+        dir: PathBuf,
+        config_path: PathBuf,
+        ip: IpAddr,
+        launcher: Vec<String>,
+    ) -> AgentProc {
         let mut agent = AgentProc {
             child: None,
-            launcher: opts.launcher.clone(),
-            ip: opts.ip,
+            launcher,
+            ip,
             log_path: dir.join("agent.log"),
             dir,
             config_path,

@@ -1,0 +1,387 @@
+//! Issue 10: a server and agents on separate hosts, deployed as the README's
+//! "Deploying by hand" says: certificates from `gse-server certs init
+//! --server-name`, the shipped `etc/gse-server.toml` and `etc/gse-agent.toml`
+//! with only the keys it names changed, an app from `gse-server apps add`.
+//! The hosts are network namespaces on one bridge ([`NetLab`]): nothing
+//! reaches anything by the accident of sharing 127.0.0.1.
+//!
+//! The hosts share one filesystem, so each agent also sets `ipc_links` and
+//! `message_ipc_links` to `[]` (the README's "second agent on the host").
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gse_testkit::netlab::{Forward, NetHost, NetLab};
+use gse_testkit::{AgentProc, Api, Cluster, ServerProc, bin, eventually};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::d_data::{DATA_ID, connect, file_route, plain, wait_all};
+use crate::f_files::{agent_obj, download_of, results, write_file};
+use crate::task_api;
+
+const SERVER_NAME: &str = "gse.example.com";
+const APP: &str = "bk_job";
+
+/// The shipped config file `name` (in the repository's `etc/`), parsed.
+fn shipped(name: &str) -> toml::Table {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../etc")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("the shipped config");
+    text.parse().expect("the shipped config parses")
+}
+
+/// Sets `section.key` in a parsed config.
+fn set(cfg: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+    cfg.get_mut(section)
+        .and_then(toml::Value::as_table_mut)
+        .unwrap_or_else(|| panic!("[{section}] in the shipped config"))
+        .insert(key.into(), value.into());
+}
+
+fn set_tls(cfg: &mut toml::Table, certs: &Path, cert: &str) {
+    let file = |f: &str| certs.join(f).display().to_string();
+    set(cfg, "tls", "ca_file", file("gseca.crt"));
+    set(cfg, "tls", "cert_file", file(&format!("{cert}.crt")));
+    set(cfg, "tls", "key_file", file(&format!("{cert}.key")));
+}
+
+fn gse_server(args: &[&str]) -> String {
+    let out = Command::new(bin("gse-server"))
+        .args(args)
+        .output()
+        .expect("run gse-server");
+    assert!(
+        out.status.success(),
+        "gse-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A server host (10.77.0.1) and agent hosts, deployed from the shipped
+/// configs. Fields drop in order: processes first, the lab (namespaces) last.
+struct Deployment {
+    agents: Vec<AgentProc>,
+    server: ServerProc,
+    _api: Forward,
+    hosts: Vec<NetHost>,
+    cluster: Cluster,
+    _lab: NetLab,
+}
+
+impl Deployment {
+    /// Hosts `agent-<last>` at 10.77.0.<last> for each of `agents`, plus a
+    /// host behind NAT (10.77.9.2 behind 10.77.0.20) when `natted`.
+    async fn start(agents: &[u8], natted: bool) -> Deployment {
+        let lab = NetLab::new();
+        let cluster = Cluster::new();
+        let certs = cluster.path.join("etc-certs");
+        gse_server(&[
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--server-name",
+            SERVER_NAME,
+        ]);
+
+        let server_host = lab.host("server", 1);
+        let dir = cluster.path.join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = shipped("gse-server.toml");
+        set(
+            &mut cfg,
+            "node",
+            "data_dir",
+            dir.join("data").display().to_string(),
+        );
+        set_tls(&mut cfg, &certs, "gse_server");
+        // So that bk-job on another host reaches the API.
+        set(&mut cfg, "api", "listen", "10.77.0.1:59313");
+        let config_path = dir.join("gse-server.toml");
+        std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+        let out = gse_server(&[
+            "apps",
+            "add",
+            "-c",
+            config_path.to_str().unwrap(),
+            "--code",
+            APP,
+        ]);
+        let secret = out
+            .lines()
+            .find_map(|l| l.strip_prefix("bk_app_secret: "))
+            .unwrap_or_else(|| panic!("no secret in {out:?}"))
+            .to_string();
+        let api_addr: SocketAddr = "10.77.0.1:59313".parse().unwrap();
+        let api = server_host.forward(api_addr);
+        let server = ServerProc::from_config(
+            dir,
+            config_path,
+            server_host.launcher(),
+            Api::new(format!("http://{}", api.addr), APP, &secret),
+            api_addr,
+        )
+        .await;
+
+        let mut hosts: Vec<NetHost> = agents
+            .iter()
+            .map(|last| lab.host(&format!("agent-{last}"), *last))
+            .collect();
+        if natted {
+            hosts.push(lab.natted_host("natted", 20, 9));
+        }
+        let agents = hosts
+            .iter()
+            .map(|host| start_agent(&cluster, &certs, host))
+            .collect();
+        for host in &hosts {
+            server.api.wait_alive(&host.ip.to_string()).await;
+        }
+        Deployment {
+            agents,
+            server,
+            _api: api,
+            hosts,
+            cluster,
+            _lab: lab,
+        }
+    }
+
+    fn agent_id(&self, i: usize) -> String {
+        self.agents[i].agent_id().expect("agent id written")
+    }
+}
+
+/// An agent on `host` from the shipped config with the README's changes.
+fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
+    let dir = cluster.path.join(format!("agent-{}", host.ip));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = shipped("gse-agent.toml");
+    set(
+        &mut cfg,
+        "agent",
+        "data_dir",
+        dir.join("data").display().to_string(),
+    );
+    set(&mut cfg, "upstream", "servers", vec!["10.77.0.1:28668"]);
+    set(&mut cfg, "upstream", "server_name", SERVER_NAME);
+    set_tls(&mut cfg, certs, "gse_agent");
+    set(&mut cfg, "data", "ipc_links", Vec::<String>::new());
+    set(
+        &mut cfg,
+        "plugin",
+        "message_ipc_links",
+        Vec::<String>::new(),
+    );
+    if !host.ip.to_string().starts_with("10.77.0.") {
+        // Behind NAT, as the shipped config's comment says.
+        set(&mut cfg, "agent", "identity_ip", host.ip.to_string());
+    }
+    let path = dir.join("gse-agent.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    AgentProc::from_config(dir, path, host.ip, host.launcher())
+}
+
+async fn agent_info(api: &Api, ip: &str) -> Value {
+    let (_, v) = api
+        .post(
+            "/api/c/compapi/v2/gse/get_agent_info",
+            json!({"bk_supplier_account": "0", "hosts": [{"ip": ip, "bk_cloud_id": 0}]}),
+        )
+        .await;
+    v["data"][format!("0:{ip}")].clone()
+}
+
+#[tokio::test]
+async fn r10_agents_on_other_hosts_get_data_tasks_files_and_nat_from_the_shipped_configs() {
+    let d = Deployment::start(&[11, 12], true).await;
+    let api = &d.server.api;
+    let ips: Vec<String> = d.hosts.iter().map(|h| h.ip.to_string()).collect();
+
+    // Every agent is told the server's address, whatever it connected from.
+    for ip in &ips {
+        let info = agent_info(api, ip).await;
+        assert_eq!(info["parent_ip"], "10.77.0.1", "{ip}: {info}");
+        assert_eq!(info["parent_port"], 28668, "{ip}: {info}");
+    }
+
+    // Records reach the sink through the DataServer the node assigned.
+    let sink = file_route(&d.server, DATA_ID).await;
+    let mut want = Vec::new();
+    for (i, agent) in d.agents.iter().enumerate() {
+        let mut conn = connect(&agent.dir.join("data/ipc.state.report")).await;
+        for n in 0..20 {
+            let payload = format!("host{i}-record{n}");
+            conn.write_all(&plain(0xC01, DATA_ID, payload.as_bytes()))
+                .await
+                .unwrap();
+            want.push(payload);
+        }
+    }
+    wait_all(&sink, &want, Duration::from_secs(60)).await;
+
+    // A task runs on each host: each sees its own address.
+    let ids: Vec<String> = (0..d.agents.len()).map(|i| d.agent_id(i)).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let task = task_api::start(api, &id_refs, "ip -4 -o addr show dev eth0", json!({})).await;
+    let done = task_api::wait_final(api, &task, &id_refs, Duration::from_secs(60)).await;
+    for (id, ip) in ids.iter().zip(&ips) {
+        let e = done
+            .iter()
+            .find(|e| e["bk_agent_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no entry for {id}: {done:?}"));
+        assert_eq!(e["error_code"], 0, "{e}");
+        assert!(
+            e["screen"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("inet {ip}/")),
+            "{e}"
+        );
+    }
+
+    // The NAT'd agent is keyed by its identity IP; its peer is the gateway.
+    let (_, v) = api.post("/api/v2/cluster/list_agents", json!({})).await;
+    let natted = v["data"]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_key"] == "0:10.77.9.2")
+        .unwrap_or_else(|| panic!("no 0:10.77.9.2 in {v}"))
+        .clone();
+    assert!(
+        natted["peer_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.77.0.20:"),
+        "{natted}"
+    );
+
+    // P2P between agent hosts: pieces go from host 11 to host 12.
+    push_p2p(&d, &ids).await;
+}
+
+/// Pushes a file from the first agent to the second (and the NAT'd one,
+/// each into its own directory: the hosts share a filesystem); the second
+/// gets pieces peer to peer.
+async fn push_p2p(d: &Deployment, ids: &[String]) {
+    let src = d.cluster.path.join("push-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let content = crate::f_files::noise(6 << 20, 10);
+    write_file(&src.join("pkg.bin"), &content, 0o644);
+    let task = |target: &str, dir: &PathBuf| {
+        json!({
+            "source": {"file_name": "pkg.bin", "store_dir": src, "agent": agent_obj(&ids[0])},
+            "target": {"file_name": "", "store_dir": dir, "agents": [agent_obj(target)]},
+        })
+    };
+    let dirs: Vec<PathBuf> = (1..ids.len())
+        .map(|i| d.cluster.path.join(format!("push-dst-{i}")))
+        .collect();
+    let tasks = (1..ids.len())
+        .map(|i| task(&ids[i], &dirs[i - 1]))
+        .collect();
+    let api = &d.server.api;
+    let id = crate::f_files::start(api, tasks, json!({})).await;
+    let done = eventually("the push final", Duration::from_secs(90), || async {
+        let got = results(api, &id).await;
+        let finals = (1..ids.len())
+            .filter(|i| {
+                got.iter().any(|e| {
+                    e["content"]["mode"] == 1
+                        && e["content"]["dest_agent_id"] == ids[*i].as_str()
+                        && crate::f_files::code(e) != 115
+                })
+            })
+            .count();
+        (finals == ids.len() - 1)
+            .then_some(got.clone())
+            .ok_or(format!("{got:#?}"))
+    })
+    .await;
+    for (i, dir) in dirs.iter().enumerate() {
+        let e = download_of(&done, &ids[i + 1]);
+        assert_eq!(crate::f_files::code(e), 0, "{e}");
+        assert_eq!(std::fs::read(dir.join("pkg.bin")).unwrap(), content);
+    }
+    let direct_peer = download_of(&done, &ids[1]);
+    assert!(
+        direct_peer["content"]["bytes_p2p"].as_u64().unwrap() > 0,
+        "host 12 fetched pieces from host 11 peer to peer: {direct_peer}"
+    );
+}
+
+#[tokio::test]
+async fn r10_a_cut_link_and_a_server_crash_give_offline_and_agent_lost() {
+    let mut d = Deployment::start(&[31, 32], false).await;
+    let count = |server: &ServerProc, agent: &str| {
+        server
+            .alarms()
+            .iter()
+            .filter(|a| a["kind"] == "agent_lost" && a["agent"] == agent)
+            .count()
+    };
+    let api = d.server.api.clone();
+    let alive = |want: i64, ip: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(
+                &format!("{ip} alive == {want}"),
+                Duration::from_secs(60),
+                || {
+                    let api = api.clone();
+                    async move {
+                        let got = api.alive(0, ip).await;
+                        (got == want).then_some(()).ok_or(format!("alive = {got}"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+
+    // A cable pulled, no process told: offline, then one agent_lost.
+    d.hosts[1].cut();
+    alive(0, "10.77.0.32").await;
+    eventually(
+        "agent_lost for the cut host",
+        Duration::from_secs(60),
+        || async {
+            (count(&d.server, "0:10.77.0.32") == 1)
+                .then_some(())
+                .ok_or(format!("{:?}", d.server.alarms()))
+        },
+    )
+    .await;
+    d.hosts[1].restore();
+    alive(1, "10.77.0.32").await;
+    assert_eq!(d.server.api.alive(0, "10.77.0.31").await, 1);
+
+    // The server crashes; host 32 never comes back, host 31 does.
+    d.server.kill9();
+    d.agents[1].kill9();
+    d.server.start_again().await;
+    alive(1, "10.77.0.31").await;
+    eventually(
+        "agent_lost for the host that did not come back",
+        Duration::from_secs(60),
+        || async {
+            (count(&d.server, "0:10.77.0.32") == 2)
+                .then_some(())
+                .ok_or(format!("{:?}", d.server.alarms()))
+        },
+    )
+    .await;
+    assert_eq!(d.server.api.alive(0, "10.77.0.32").await, 0);
+    assert_eq!(
+        count(&d.server, "0:10.77.0.31"),
+        0,
+        "{:?}",
+        d.server.alarms()
+    );
+}
