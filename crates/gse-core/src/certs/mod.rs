@@ -85,7 +85,7 @@ impl CertKind {
         }
     }
 
-    fn default_names(self) -> Vec<String> {
+    pub(crate) fn default_names(self) -> Vec<String> {
         match self {
             CertKind::Server => vec![
                 DEFAULT_SERVER_NAME.into(),

@@ -5,8 +5,12 @@
 //! role and the usual defects) or theirs (we received an alert). An alert
 //! names no reason, so for one we look at our own certificate for what
 //! the peer's checks would refuse (an old version, self-signed, a CA's, a
-//! wrong or missing role mark) and name it; only when ours looks right do
-//! we fall back to the likely cause for that alert.
+//! wrong or missing role mark) and name it; a server also checks the name
+//! the agent asked for against its certificate ([`super::names`]). Only
+//! when all that looks right do we fall back to the likely cause for that
+//! alert, and the CA is blamed only where the alert is about the chain
+//! (unknown_ca, decrypt_error) or, worded as the less likely cause, where
+//! we cannot see the name (bad_certificate without SNI).
 
 use std::io;
 
@@ -15,14 +19,17 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::TlsFiles;
+use super::names::{NameSeen, list, name_seen, reissue_command};
 use super::verify::{Defect, PeerCertProblem, defect};
 use crate::certs::{CertKind, read_mark};
 
 /// Which end of a link is explaining a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The accepting side (gse-server, later gse-proxy).
-    Server,
+pub enum Side<'a> {
+    /// The accepting side (gse-server, later gse-proxy); `sni` is the DNS
+    /// name the client asked for, `None` when it sent none (see
+    /// [`super::accept`]).
+    Server { sni: Option<&'a str> },
     /// The connecting side (gse-agent).
     Client,
 }
@@ -41,17 +48,23 @@ struct Words {
     their_kind_hint: &'static str,
     /// How to give us a certificate of the right kind.
     our_kind_hint: &'static str,
+    /// Where the name an agent connects with is set.
+    name_key: &'static str,
+    /// The server certificate, seen from this side.
+    server_cert: &'static str,
 }
 
-fn words(side: Side) -> Words {
+fn words(side: Side<'_>) -> Words {
     match side {
-        Side::Server => Words {
+        Side::Server { .. } => Words {
             they: "agent",
             ours: CertKind::Server,
             their_ca_hint: "issue the agent's certificate from this server's CA (`gse-server certs issue --kind agent`)",
             our_ca_hint: "issue this server's certificate from the CA the agents trust",
             their_kind_hint: "give the agent an agent certificate (gse_agent.crt from `gse-server certs init`, or `gse-server certs issue --kind agent`)",
             our_kind_hint: "set cert_file and key_file in this server's [tls] section to gse_server.crt and gse_server.key (from `gse-server certs init`, or `gse-server certs issue --kind server`)",
+            name_key: "server_name in the agent's [upstream] section",
+            server_cert: "this server's certificate",
         },
         Side::Client => Words {
             they: "server",
@@ -60,6 +73,8 @@ fn words(side: Side) -> Words {
             our_ca_hint: "issue this agent's certificate from the server's CA (`gse-server certs issue --kind agent`)",
             their_kind_hint: "the server must present a server certificate (gse_server.crt from `gse-server certs init`, or `gse-server certs issue --kind server`) in its [tls] section",
             our_kind_hint: "set cert_file and key_file in this agent's [tls] section to gse_agent.crt and gse_agent.key (from `gse-server certs init`, or `gse-server certs issue --kind agent`)",
+            name_key: "server_name in this agent's [upstream] section",
+            server_cert: "the server's certificate",
         },
     }
 }
@@ -74,7 +89,7 @@ pub fn rustls_cause(err: &io::Error) -> Option<&rustls::Error> {
 ///
 /// `peer` names the other side (an address); `files` is our own TLS config,
 /// so the sentence can name the file to look at.
-pub fn explain(side: Side, peer: &str, files: &TlsFiles, err: &io::Error) -> Option<String> {
+pub fn explain(side: Side<'_>, peer: &str, files: &TlsFiles, err: &io::Error) -> Option<String> {
     let w = words(side);
     let they = w.they;
     let text = match rustls_cause(err)? {
@@ -90,7 +105,7 @@ pub fn explain(side: Side, peer: &str, files: &TlsFiles, err: &io::Error) -> Opt
         rustls::Error::AlertReceived(alert) => {
             format!(
                 "TLS refused by the {they} at {peer}: {}",
-                our_certificate(&w, files, *alert)
+                our_certificate(&w, side, files, *alert)
             )
         }
         other => format!("TLS failure with the {they} at {peer}: {other}"),
@@ -117,9 +132,21 @@ fn their_certificate(w: &Words, files: &TlsFiles, ce: &CertificateError) -> Stri
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "a certificate that is not valid yet; check both hosts' clocks".into()
         }
-        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            "a certificate that does not carry the name we connect with; set server_name in the agent's [upstream] section to a name in the server certificate, or reissue it with that name".into()
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let expected = expected.to_str();
+            format!(
+                "a certificate for {}, not for {expected}, the name we connect with: {}",
+                list(presented),
+                name_fix(w, presented, Some(&expected))
+            )
         }
+        CertificateError::NotValidForName => format!(
+            "a certificate that does not carry the name we connect with; set {} to a name in the server certificate, or re-issue it with that name",
+            w.name_key
+        ),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "a certificate made for another purpose (server vs client); issue the right kind with `gse-server certs issue`".into()
         }
@@ -156,10 +183,25 @@ fn their_problem(w: &Words, files: &TlsFiles, problem: &PeerCertProblem) -> Stri
     }
 }
 
+/// How to make the name an agent connects with (`wanted`, when known) and
+/// the server certificate's names (`ours`) meet.
+fn name_fix(w: &Words, ours: &[String], wanted: Option<&str>) -> String {
+    let (with, command) = match wanted {
+        Some(name) => ("that name", reissue_command(ours, name)),
+        None => (
+            "the agent's server_name",
+            reissue_command(ours, "<the agent's upstream.server_name>"),
+        ),
+    };
+    format!(
+        "set {} to one of those names, or re-issue {} from the same CA with {with} (`{command}`) and restart gse-server",
+        w.name_key, w.server_cert
+    )
+}
+
 /// Why the peer probably refused us, after "TLS refused by the X at P: ".
-fn our_certificate(w: &Words, files: &TlsFiles, alert: AlertDescription) -> String {
+fn our_certificate(w: &Words, side: Side<'_>, files: &TlsFiles, alert: AlertDescription) -> String {
     let cert = files.cert_file.display();
-    let they = w.they;
     match alert {
         AlertDescription::CertificateRequired => {
             "it requires a client certificate and we sent none; set cert_file/key_file in our [tls] section".into()
@@ -172,38 +214,79 @@ fn our_certificate(w: &Words, files: &TlsFiles, alert: AlertDescription) -> Stri
         | AlertDescription::DecryptError
         | AlertDescription::CertificateUnknown
         | AlertDescription::UnsupportedCertificate
-        | AlertDescription::AccessDenied => {
-            let other_ca = matches!(
-                alert,
-                AlertDescription::UnknownCA
-                    | AlertDescription::BadCertificate
-                    | AlertDescription::DecryptError
-            );
-            match own_problem(w, files, !other_ca) {
-                Some(problem) => format!("our certificate ({cert}) {problem}"),
-                None if other_ca => format!(
-                    "it does not trust our certificate ({cert}, alert {alert:?}); our certificate comes from another CA than the {they}'s: {}",
-                    w.our_ca_hint
-                ),
-                None => format!(
-                    "it does not accept our certificate ({cert}, alert {alert:?}); the {they}'s log says why"
-                ),
-            }
-        }
+        | AlertDescription::AccessDenied => refused_ours(w, side, files, alert),
         other => format!("alert {other:?}"),
     }
 }
 
-/// What the peer would refuse in our own certificate, after "our
-/// certificate (path) "; role marks only when `marks` (an unknown-CA alert
-/// is about the chain, not the role).
-fn own_problem(w: &Words, files: &TlsFiles, marks: bool) -> Option<String> {
-    let der = CertificateDer::pem_file_iter(&files.cert_file)
+/// Why the peer refused our certificate with `alert`: a defect or wrong
+/// mark of ours when it has one; then, on a server, the name the agent
+/// asked for; then the likely cause for that alert.
+fn refused_ours(w: &Words, side: Side<'_>, files: &TlsFiles, alert: AlertDescription) -> String {
+    use AlertDescription::{BadCertificate, DecryptError, UnknownCA};
+    let cert = files.cert_file.display();
+    let der = own_cert(files);
+    // An alert about the chain or the name is not about the role mark.
+    let marks = !matches!(alert, UnknownCA | BadCertificate | DecryptError);
+    if let Some(problem) = der.as_ref().and_then(|d| own_problem(w, d, marks)) {
+        return format!("our certificate ({cert}) {problem}");
+    }
+    let seen = match (side, &der) {
+        (Side::Server { sni }, Some(der)) => Some(name_seen(der, sni)),
+        _ => None,
+    };
+    let they = w.they;
+    let another_ca = format!(
+        "our certificate comes from another CA than the {they}'s: {}",
+        w.our_ca_hint
+    );
+    let refused = format!("it does not accept our certificate ({cert}, alert {alert:?})");
+    match (alert, seen) {
+        (UnknownCA | DecryptError, Some(NameSeen::Missing { asked, ours })) => format!(
+            "it does not trust our certificate ({cert}, alert {alert:?}); {another_ca}; besides, {}",
+            missing_name(w, &asked, &ours)
+        ),
+        (UnknownCA | DecryptError, _) => {
+            format!("it does not trust our certificate ({cert}, alert {alert:?}); {another_ca}")
+        }
+        (_, Some(NameSeen::Missing { asked, ours })) => {
+            format!("{refused}: {}", missing_name(w, &asked, &ours))
+        }
+        (BadCertificate, Some(NameSeen::Unknown { ours })) => format!(
+            "{refused} and sent no name we could check (it connects by IP address): most likely it connects with a name our certificate does not carry (ours carries {}): {}; less likely, {another_ca}; the {they}'s log says which",
+            list(&ours),
+            name_fix(w, &ours, None)
+        ),
+        (_, Some(NameSeen::Carried { asked })) => format!(
+            "{refused}, though ours carries the name {asked} it connects with; the {they}'s log says why"
+        ),
+        _ => format!("{refused}; the {they}'s log says why"),
+    }
+}
+
+/// The agent asked for `asked`, which our certificate lacks.
+fn missing_name(w: &Words, asked: &str, ours: &[String]) -> String {
+    format!(
+        "the agent connects with the name {asked} (its upstream.server_name), which our certificate does not carry; ours carries {}: {}",
+        list(ours),
+        name_fix(w, ours, Some(asked))
+    )
+}
+
+/// Our own certificate (the first in our chain), when it can be read.
+fn own_cert(files: &TlsFiles) -> Option<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(&files.cert_file)
         .ok()?
         .next()?
-        .ok()?;
+        .ok()
+}
+
+/// What the peer would refuse in our own certificate `der`, after "our
+/// certificate (path) "; role marks only when `marks` (an unknown-CA alert
+/// is about the chain, not the role).
+fn own_problem(w: &Words, der: &CertificateDer<'_>, marks: bool) -> Option<String> {
     let ours = w.ours;
-    if let Some(d) = defect(&der) {
+    if let Some(d) = defect(der) {
         return Some(match d {
             Defect::OldVersion { version } => format!(
                 "is an X.509 v{version} certificate; gse takes only X.509 v3 certificates: {}",
@@ -222,7 +305,7 @@ fn own_problem(w: &Words, files: &TlsFiles, marks: bool) -> Option<String> {
     if !marks {
         return None;
     }
-    match read_mark(&der) {
+    match read_mark(der) {
         Ok(Some(mark)) if mark.kind == ours => None,
         Ok(Some(mark)) => Some(format!(
             "is {} (marked {mark}), but this side needs {}: {}",

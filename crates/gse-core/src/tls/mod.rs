@@ -7,13 +7,17 @@
 //! agent accepts a server certificate from its upstream and agent
 //! certificates from its P2P peers ([`verify`]). [`TlsFiles`] is the config
 //! section; [`server_config`], [`client_config`] and [`peer_client_config`]
-//! build rustls configs from it; [`explain`] turns a handshake or first-read
-//! failure into one sentence that says what did not match and what to do,
-//! for the logs of both sides. The crypto provider is aws-lc-rs, chosen
+//! build rustls configs from it; [`accept`] runs a server's handshake and
+//! keeps the name the client asked for; [`explain`] turns a handshake or
+//! first-read failure into one sentence that says what did not match and
+//! what to do, for the logs of both sides ([`names`]: the name an agent
+//! expected and the names the server certificate carries). The crypto provider is aws-lc-rs, chosen
 //! explicitly so that a second provider pulled in by another crate can never
 //! make rustls panic.
 
+mod accept;
 mod explain;
+pub mod names;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +31,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
+pub use accept::{AcceptError, accept};
 pub use explain::{Side, explain, rustls_cause};
 
 use crate::certs::CertKind;

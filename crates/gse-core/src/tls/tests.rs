@@ -67,7 +67,7 @@ fn handshake_as(
     (client_err.map(io), server_err.map(io))
 }
 
-fn say(side: Side, files: &TlsFiles, err: &Option<io::Error>) -> String {
+fn say(side: Side<'_>, files: &TlsFiles, err: &Option<io::Error>) -> String {
     let err = err.as_ref().expect("a refusal");
     explain(side, "peer", files, err).expect("a TLS refusal")
 }
@@ -93,7 +93,7 @@ fn a_server_certificate_cannot_be_an_agent_and_both_sides_say_so() {
         client_config(&wrong).unwrap(),
         server_config(&server).unwrap(),
     );
-    let text = say(Side::Server, &server, &s);
+    let text = say(Side::Server { sni: None }, &server, &s);
     assert!(
         text.contains(
             "presented a server certificate (marked gse://server), not an agent certificate"
@@ -126,7 +126,7 @@ fn an_agent_certificate_cannot_be_the_server_and_both_sides_say_so() {
         ),
         "{text}"
     );
-    let text = say(Side::Server, &fake, &s);
+    let text = say(Side::Server { sni: None }, &fake, &s);
     assert!(text.contains("is an agent certificate"), "{text}");
 }
 
@@ -163,9 +163,135 @@ fn an_api_client_certificate_is_not_an_agent() {
         client_config(&client).unwrap(),
         server_config(&server).unwrap(),
     );
-    let text = say(Side::Server, &server, &s);
+    let text = say(Side::Server { sni: None }, &server, &s);
     assert!(
         text.contains("presented an API client certificate"),
         "{text}"
+    );
+}
+
+/// A handshake over an in-memory pipe, the server side through [`accept`]
+/// (which keeps the name the client asked for): each side's error.
+async fn handshake_piped(
+    name: &str,
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> (Option<io::Error>, Option<AcceptError>) {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let (c, s) = tokio::join!(connector.connect(name, c), accept(server, s));
+    (c.err(), s.err())
+}
+
+const DEFAULT_NAMES: &str = "gse-server, localhost, 127.0.0.1";
+
+#[tokio::test]
+async fn a_name_the_server_certificate_lacks_is_named_on_both_sides() {
+    let (_d, cd) = cert_dir();
+    let agent = files(&cd, CertKind::Agent, None);
+    let server = files(&cd, CertKind::Server, None);
+    let (c, s) = handshake_piped(
+        "gse.example.org",
+        client_config(&agent).unwrap(),
+        server_config(&server).unwrap(),
+    )
+    .await;
+    let text = say(Side::Client, &agent, &c);
+    let wanted = format!("presented a certificate for {DEFAULT_NAMES}, not for gse.example.org");
+    assert!(text.contains(&wanted), "{text}");
+    assert!(text.contains("--server-name gse.example.org`"), "{text}");
+    assert!(
+        !text.contains("DnsName") && !text.contains("gse://"),
+        "{text}"
+    );
+
+    let s = s.expect("the server hears the refusal");
+    assert_eq!(s.sni.as_deref(), Some("gse.example.org"));
+    let text = s.explain("peer", &server).expect("a TLS refusal");
+    assert!(
+        text.contains("connects with the name gse.example.org")
+            && text.contains(&format!("ours carries {DEFAULT_NAMES}:")),
+        "{text}"
+    );
+    assert!(!text.contains("another CA"), "{text}");
+}
+
+#[tokio::test]
+async fn an_ip_name_leaves_the_server_both_causes() {
+    let (_d, cd) = cert_dir();
+    let agent = files(&cd, CertKind::Agent, None);
+    let server = files(&cd, CertKind::Server, None);
+    let (c, s) = handshake_piped(
+        "10.1.2.3",
+        client_config(&agent).unwrap(),
+        server_config(&server).unwrap(),
+    )
+    .await;
+    let text = say(Side::Client, &agent, &c);
+    assert!(text.contains("not for 10.1.2.3"), "{text}");
+    let s = s.expect("the server hears the refusal");
+    assert_eq!(s.sni, None, "no SNI for an IP address");
+    let text = s.explain("peer", &server).expect("a TLS refusal");
+    assert!(
+        text.contains("sent no name")
+            && text.contains("most likely it connects with a name our certificate does not carry")
+            && text.contains("less likely, our certificate comes from another CA"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn another_ca_is_blamed_on_the_ca_and_a_missing_name_besides() {
+    let (_d, cd) = cert_dir();
+    let (_f, foreign) = cert_dir();
+    let agent = files(&cd, CertKind::Agent, None);
+    let server = files(&foreign, CertKind::Server, None);
+    for (name, besides) in [("gse-server", false), ("gse.example.org", true)] {
+        let (_, s) = handshake_piped(
+            name,
+            client_config(&agent).unwrap(),
+            server_config(&server).unwrap(),
+        )
+        .await;
+        let s = s.expect("the server hears the refusal");
+        let text = s.explain("peer", &server).expect("a TLS refusal");
+        // UnknownCA, or DecryptError when both CAs got one name (made
+        // within a second): the chain's alerts.
+        assert!(text.contains("comes from another CA"), "{text}");
+        assert_eq!(
+            text.contains("besides, the agent connects with the name gse.example.org"),
+            besides,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn names_are_the_dns_names_and_ips_and_a_reissue_keeps_them() {
+    let (_d, cd) = cert_dir();
+    let extra = vec!["10.77.0.1".to_string(), "gse.lan".to_string()];
+    cd.issue(CertKind::Server, Some("srv"), &extra, 30, false)
+        .unwrap();
+    let pem = std::fs::read(cd.paths(CertKind::Server, Some("srv")).cert).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    let ours = names::cert_names(&der);
+    assert_eq!(
+        ours,
+        [
+            "gse-server",
+            "localhost",
+            "127.0.0.1",
+            "10.77.0.1",
+            "gse.lan"
+        ]
+    );
+    assert_eq!(
+        names::reissue_command(&ours, "gse.example.org"),
+        "gse-server certs init --dir <the CA's directory> --server-name 10.77.0.1 --server-name gse.lan --server-name gse.example.org"
+    );
+    assert_eq!(
+        names::reissue_command(&ours, "gse.lan"),
+        "gse-server certs init --dir <the CA's directory> --server-name 10.77.0.1 --server-name gse.lan"
     );
 }

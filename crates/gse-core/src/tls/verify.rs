@@ -8,7 +8,9 @@
 //! when `legacy_unmarked_certs` allows certificates made before marks.
 //! Refusals are [`PeerCertProblem`]s inside `CertificateError::Other`,
 //! which [`super::explain`] puts in words; the peer gets the
-//! `certificate_unknown` alert.
+//! `certificate_unknown` alert. webpki's own refusals pass through (a name
+//! mismatch with its names made plain by [`super::names`]), keeping their
+//! alerts.
 
 use std::sync::Arc;
 
@@ -80,8 +82,9 @@ fn refusal(problem: PeerCertProblem) -> rustls::Error {
 }
 
 /// The peer certificate check after webpki's: a webpki refusal is replaced
-/// by the certificate's defect when it has one; an acceptance still needs
-/// the role.
+/// by the certificate's defect when it has one (a name mismatch keeps its
+/// kind but lists the certificate's names plainly); an acceptance still
+/// needs the role.
 fn after_webpki<T>(
     result: Result<T, rustls::Error>,
     end_entity: &CertificateDer<'_>,
@@ -90,7 +93,7 @@ fn after_webpki<T>(
     match result {
         Err(e) => Err(defect(end_entity)
             .map(|d| refusal(PeerCertProblem::Defect(d)))
-            .unwrap_or(e)),
+            .unwrap_or_else(|| super::names::with_cert_names(e, end_entity))),
         Ok(v) => check_role(end_entity, policy.wanted, policy.legacy)
             .map(|()| v)
             .map_err(refusal),

@@ -25,7 +25,7 @@ use gse_core::AgentKey;
 use gse_core::identity::validate_agent_id;
 use gse_core::refusals::RefusalLog;
 use gse_core::seams::StateStore;
-use gse_core::tls::{Side, TlsFiles, explain};
+use gse_core::tls::{TlsFiles, accept};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use prost::Message;
@@ -118,11 +118,10 @@ impl DataServer {
 
 async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pending: ConnPermit) {
     let limit = svc.config.handshake_timeout;
-    let acceptor = tokio_rustls::TlsAcceptor::from(svc.tls.clone());
-    let tls = match timeout(limit, acceptor.accept(tcp)).await {
+    let tls = match timeout(limit, accept(svc.tls.clone(), tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
+            match e.explain(&peer.to_string(), &svc.tls_files) {
                 Some(text) => svc.refusals.refused("TLS refused", Some(peer.ip()), || {
                     format!("data link: {text}")
                 }),

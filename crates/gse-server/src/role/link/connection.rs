@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use gse_core::identity::validate_agent_id;
 use gse_core::seams::{AgentRecord, HeartbeatUpdate};
-use gse_core::tls::{Side, explain};
+use gse_core::tls::accept;
 use gse_core::{AgentKey, now_ms};
 use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
@@ -125,8 +125,7 @@ async fn handshake(
     peer: SocketAddr,
     deadline: Instant,
 ) -> Option<Link> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(svc.tls.clone());
-    match timeout_at(deadline, acceptor.accept(tcp)).await {
+    match timeout_at(deadline, accept(svc.tls.clone(), tcp)).await {
         Ok(Ok(tls)) => Some(Framed::with_capacity(
             tls,
             FrameCodec::new(svc.config.max_frame_bytes),
@@ -134,7 +133,7 @@ async fn handshake(
         )),
         Ok(Err(e)) => {
             metrics::counter!("gse_link_tls_failures_total").increment(1);
-            match explain(Side::Server, &peer.to_string(), &svc.tls_files, &e) {
+            match e.explain(&peer.to_string(), &svc.tls_files) {
                 Some(text) => svc
                     .refusals
                     .refused("TLS refused", Some(peer.ip()), || text),
