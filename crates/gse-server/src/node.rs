@@ -6,7 +6,9 @@
 //! `[node] roles` selects, and the task and file roles wherever the API or
 //! the link runs (they take script tasks and file transfers from the API to
 //! agents over the link and receive their results), and announces the node to the registry with its
-//! agent count. [`Node::stop`] cancels everything and waits for the roles to
+//! agent count. Before the link serves, the alarm role picks up the agents
+//! known before this start, so that one that does not come back raises
+//! `agent_lost` (`role::alarm::lost`). [`Node::stop`] cancels everything and waits for the roles to
 //! finish. Addresses actually bound (port 0 allowed) are in the `Node`.
 
 use std::net::SocketAddr;
@@ -74,8 +76,13 @@ impl Node {
         let node_id = config.node.id.clone();
 
         let alarms = if config.has_role(Role::Alarm) {
-            let svc = AlarmService::start(config.alarm.clone(), node_id.clone(), shutdown.clone())
-                .context("cannot start the alarm role")?;
+            let svc = AlarmService::start(
+                config.alarm.clone(),
+                node_id.clone(),
+                store.clone(),
+                shutdown.clone(),
+            )
+            .context("cannot start the alarm role")?;
             Some(svc)
         } else {
             None
@@ -163,6 +170,11 @@ impl Node {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
 
+        // Before the link serves: an agent that reconnects at once finds its
+        // grace already running and cancels it.
+        if let (Some(alarms), Some(_)) = (&alarms, &link) {
+            alarms.resume_after_restart().await;
+        }
         let agent_addr = match (&link, agent_listener) {
             (Some(link), Some((listener, parent))) => {
                 tasks.spawn(link.clone().serve(listener));

@@ -20,6 +20,6 @@ pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncati
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Batch, Record, Sink, SinkError};
 pub use state_store::{
-    AgentRecord, AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, StateStore, StoreError,
-    StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,
+    AgentRecord, AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, LostAlarm, StateStore,
+    StoreError, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,
 };

@@ -106,6 +106,18 @@ pub struct PinClaim {
     pub made: bool,
 }
 
+/// An `agent_lost` alarm (K4) a node raised and has not cleared yet: kept
+/// so that after a restart the node neither raises it again nor forgets to
+/// clear it when the agent comes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostAlarm {
+    pub key: AgentKey,
+    /// The node that raised it.
+    pub node_id: String,
+    /// When it was raised, unix ms.
+    pub raised_ms: u64,
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -335,6 +347,15 @@ fn no_identity_pins(backend: &'static str, doing: &'static str) -> StoreError {
     }
 }
 
+/// The error of a lost-alarm method a store does not implement.
+fn no_lost_alarms(backend: &'static str, doing: &'static str) -> StoreError {
+    StoreError::Backend {
+        backend,
+        doing,
+        message: "this state store does not keep raised alarms; use the embedded store".into(),
+    }
+}
+
 /// The error of a file-transfer method a store does not implement.
 fn no_file_transfers(backend: &'static str, doing: &'static str) -> StoreError {
     StoreError::Backend {
@@ -515,5 +536,30 @@ pub trait StateStore: Send + Sync {
     /// Every pin, by key.
     async fn list_identity_pins(&self) -> Result<Vec<IdentityPin>, StoreError> {
         Err(no_identity_pins(self.kind(), "listing identity pins"))
+    }
+
+    /// Remembers a raised `agent_lost`, replacing any kept for its agent.
+    async fn put_lost_alarm(&self, alarm: LostAlarm) -> Result<(), StoreError> {
+        let _ = alarm;
+        Err(no_lost_alarms(
+            self.kind(),
+            "saving a raised agent_lost alarm",
+        ))
+    }
+    /// Forgets the `agent_lost` of `key` that `node_id` raised (it cleared
+    /// it); one raised by another node stays.
+    async fn clear_lost_alarm(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
+        let _ = (key, node_id);
+        Err(no_lost_alarms(
+            self.kind(),
+            "clearing a raised agent_lost alarm",
+        ))
+    }
+    /// Every `agent_lost` raised and not cleared, by any node.
+    async fn list_lost_alarms(&self) -> Result<Vec<LostAlarm>, StoreError> {
+        Err(no_lost_alarms(
+            self.kind(),
+            "listing raised agent_lost alarms",
+        ))
     }
 }

@@ -1,7 +1,8 @@
 //! The embedded state store: memory for reads and heartbeats, SQLite for
 //! what must survive a restart (agent identities and last state, apps, task
 //! records and logs; the task tables are in [`super::tasks`], file
-//! transfers in [`super::files`], identity pins in [`super::pins`]).
+//! transfers in [`super::files`], identity pins in [`super::pins`], raised
+//! `agent_lost` alarms in [`super::lost`]).
 //!
 //! Heartbeats never touch SQLite (thousands per second at scale); a record
 //! is written when an agent registers or goes offline. SQLite calls run on
@@ -18,7 +19,7 @@ use gse_core::app_secret::SecretHash;
 use gse_core::seams::state_store::{
     EntryFailure, FileTransferRecord, IdentityPin, LogWindow, PinClaim, StoredTask, TaskWrites,
 };
-use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
+use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, LostAlarm, StateStore, StoreError};
 use gse_core::{AgentKey, AgentRef};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -145,6 +146,7 @@ impl EmbeddedStore {
         conn.execute_batch(super::files::SCHEMA).map_err(open_err)?;
         conn.execute_batch(super::routes::SCHEMA)
             .map_err(open_err)?;
+        conn.execute_batch(super::lost::SCHEMA).map_err(open_err)?;
         super::pins::create(&conn).map_err(open_err)?;
         let mem = load(&conn).map_err(open_err)?;
         Ok(EmbeddedStore {
@@ -573,6 +575,26 @@ impl StateStore for EmbeddedStore {
 
     async fn list_identity_pins(&self) -> Result<Vec<IdentityPin>, StoreError> {
         self.with_db("listing identity pins", super::pins::list)
+            .await
+    }
+
+    async fn put_lost_alarm(&self, alarm: LostAlarm) -> Result<(), StoreError> {
+        self.with_db("saving a raised agent_lost alarm", move |c| {
+            super::lost::put(c, &alarm)
+        })
+        .await
+    }
+
+    async fn clear_lost_alarm(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
+        let node_id = node_id.to_string();
+        self.with_db("clearing a raised agent_lost alarm", move |c| {
+            super::lost::clear(c, key, &node_id)
+        })
+        .await
+    }
+
+    async fn list_lost_alarms(&self) -> Result<Vec<LostAlarm>, StoreError> {
+        self.with_db("listing raised agent_lost alarms", super::lost::list)
             .await
     }
 }

@@ -15,6 +15,7 @@ mod k6_tls;
 mod quickstart;
 mod r10_certs;
 mod r10_hosts;
+mod r10_lost;
 mod r9_danger;
 mod r9_files;
 mod r9_http;

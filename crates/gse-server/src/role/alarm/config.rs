@@ -18,7 +18,9 @@ pub struct AlarmConfig {
     /// How long one webhook POST may take.
     #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
     pub webhook_timeout: Duration,
-    /// How long an agent may stay disconnected before `agent_lost` is raised.
+    /// How long an agent may stay disconnected before `agent_lost` is raised:
+    /// after its link drops, and after this node starts, for every agent
+    /// last connected to it.
     #[serde(default = "default_lost_grace", with = "humantime_serde")]
     pub lost_grace: Duration,
 }

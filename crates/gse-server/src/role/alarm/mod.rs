@@ -1,10 +1,9 @@
 //! The alarm role (C7): raises alarms and delivers them to the alarm sinks.
 //!
 //! Start at [`AlarmService`]. The lost-connection alarm (K4) is raised once
-//! per loss: when an agent's link drops, a timer of `lost_grace` starts; if
-//! the agent is back before it fires nothing is raised (a blip, a server
-//! restart), otherwise one `agent_lost` alarm goes out and the agent is
-//! remembered as alarmed until it reconnects, which raises `agent_recovered`
+//! per loss, also across a restart of this node (`lost.rs`): an agent not
+//! back within `lost_grace` of its link dropping, or of the node
+//! restarting, raises `agent_lost`; its return raises `agent_recovered`
 //! (the clear). Other roles raise their own alarms through
 //! [`AlarmService::raise`]: the task role raises `dangerous_operation` and
 //! `dangerous_operation_blocked` (T6, T7, [`Alarm::about_task`]), the link
@@ -13,13 +12,14 @@
 //! slow webhook never holds up the agent link.
 
 mod config;
+mod lost;
 pub mod sinks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use gse_core::AgentKey;
-use gse_core::seams::AgentRecord;
+use gse_core::seams::{AgentRecord, StateStore};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -192,19 +192,16 @@ impl Alarm {
     }
 }
 
-enum LostState {
-    /// Lost, waiting out the grace period; cancel to forget it.
-    Pending(CancellationToken),
-    /// The lost alarm went out; a reconnect raises the clear.
-    Alarmed,
-}
-
 /// Raises alarms and hands them to the delivery task.
 pub struct AlarmService {
     node_id: String,
     config: AlarmConfig,
     tx: mpsc::Sender<Alarm>,
-    lost: Mutex<HashMap<AgentKey, LostState>>,
+    /// Where raised `agent_lost` alarms are kept across restarts (`lost.rs`).
+    store: Arc<dyn StateStore>,
+    lost: Mutex<HashMap<AgentKey, lost::LostState>>,
+    /// Serialises the writes of `lost` to the store (see `persist_lost`).
+    persisting: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
 
@@ -213,6 +210,7 @@ impl AlarmService {
     pub fn start(
         config: AlarmConfig,
         node_id: String,
+        store: Arc<dyn StateStore>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
@@ -222,7 +220,9 @@ impl AlarmService {
             node_id,
             config,
             tx,
+            store,
             lost: Mutex::new(HashMap::new()),
+            persisting: tokio::sync::Mutex::new(()),
             shutdown,
         }))
     }
@@ -236,74 +236,6 @@ impl AlarmService {
             tracing::error!(
                 "alarm queue full; an alarm was dropped (are the alarm sinks reachable?)"
             );
-        }
-    }
-
-    /// An agent's link dropped: raise `agent_lost` after the grace period
-    /// unless it comes back first. Repeated calls for one loss raise one alarm.
-    pub fn agent_lost(self: &Arc<Self>, rec: AgentRecord, reason: String) {
-        let token = {
-            let mut lost = self.lost.lock();
-            if lost.contains_key(&rec.key) {
-                return;
-            }
-            let token = self.shutdown.child_token();
-            lost.insert(rec.key, LostState::Pending(token.clone()));
-            token
-        };
-        let this = self.clone();
-        let grace = self.config.lost_grace;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = tokio::time::sleep(grace) => this.fire_lost(rec, reason),
-            }
-        });
-    }
-
-    fn fire_lost(&self, rec: AgentRecord, reason: String) {
-        {
-            let mut lost = self.lost.lock();
-            match lost.get(&rec.key) {
-                Some(LostState::Pending(_)) => {
-                    lost.insert(rec.key, LostState::Alarmed);
-                }
-                _ => return,
-            }
-        }
-        let message = format!(
-            "agent {} ({}) lost its connection to node {}: {reason}; it has not come back for {}",
-            rec.key,
-            rec.agent_id,
-            self.node_id,
-            humantime::format_duration(self.config.lost_grace)
-        );
-        self.raise(Alarm::about_agent(
-            AlarmKind::AgentLost,
-            &self.node_id,
-            &rec,
-            message,
-        ));
-    }
-
-    /// An agent (re)registered: forget a pending loss, or clear a raised one.
-    pub fn agent_back(&self, rec: &AgentRecord) {
-        let state = self.lost.lock().remove(&rec.key);
-        match state {
-            Some(LostState::Pending(token)) => token.cancel(),
-            Some(LostState::Alarmed) => {
-                let message = format!(
-                    "agent {} ({}) is connected again to node {}",
-                    rec.key, rec.agent_id, self.node_id
-                );
-                self.raise(Alarm::about_agent(
-                    AlarmKind::AgentRecovered,
-                    &self.node_id,
-                    rec,
-                    message,
-                ));
-            }
-            None => {}
         }
     }
 }

@@ -142,7 +142,13 @@ async fn blocked_tasks_dispatch_nothing_and_alarm_only_ones_run() {
         log_file: Some(log.clone()),
         ..AlarmConfig::default()
     };
-    let alarms = AlarmService::start(config, NODE.into(), CancellationToken::new()).unwrap();
+    let alarms = AlarmService::start(
+        config,
+        NODE.into(),
+        h.store.clone(),
+        CancellationToken::new(),
+    )
+    .unwrap();
     let svc = service(&h.store, &h.link, Some(alarms)).await;
 
     let mut s = spec(&["0:10.0.0.1", "0:10.9.9.9"], &["echo start", "/tmp/x.sh"]);
