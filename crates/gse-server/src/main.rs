@@ -79,18 +79,22 @@ struct QuickstartArgs {
 
 #[derive(Subcommand, Debug)]
 enum CertsCommand {
-    /// Make a CA (unless DIR has one) and server, agent and API-client
+    /// Make a CA (unless DIR has one) and the server and shared agent
     /// certificates, each marked with its role (URI name gse://server,
-    /// gse://agent, gse://api-client): a server takes only agent
-    /// certificates from agents, an agent only a server certificate from
-    /// its server. Run again to re-issue them from the same CA (e.g. to
-    /// replace certificates made before role marks).
+    /// gse://agent): a server takes only agent certificates from agents, an
+    /// agent only a server certificate from its server. Agents check the
+    /// server certificate for the name in their upstream.server_name
+    /// (default gse-server). Run again to re-issue them from the same CA
+    /// (e.g. to replace certificates made before role marks).
     Init {
-        /// Where to write gseca.crt/.key, gse_server.*, gse_agent.*, gse_api_client.*.
+        /// Where to write gseca.crt/.key (the CA: keep the key on this
+        /// host), gse_server.crt/.key (the server's) and gse_agent.crt/.key
+        /// (every agent's, with gseca.crt).
         #[arg(long)]
         dir: PathBuf,
         /// Extra DNS name or IP for the server certificate (repeatable); it
-        /// always carries gse-server, localhost and 127.0.0.1.
+        /// always carries gse-server, localhost and 127.0.0.1. Agents check
+        /// it only if their upstream.server_name is set to it.
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Validity in days.
@@ -332,9 +336,12 @@ fn certs(c: CertsCommand) -> Result<()> {
             let cd = CertDir::new(&dir);
             cd.init(&server_names, days)?;
             println!("certificates written to {}:", dir.display());
-            for kind in [CertKind::Server, CertKind::Agent, CertKind::ApiClient] {
+            for (kind, whose) in [
+                (CertKind::Server, "the server hosts' (keep the key there)"),
+                (CertKind::Agent, "every agent host's, beside gseca.crt"),
+            ] {
                 let p = cd.paths(kind, None);
-                println!("  {} / {}", p.cert.display(), p.key.display());
+                println!("  {} / {}: {whose}", p.cert.display(), p.key.display());
             }
             println!(
                 "  CA: {} (keep {} secret)",

@@ -38,6 +38,10 @@ impl Cluster {
         let path = dir.path().to_path_buf();
         let certs = CertDir::new(path.join("certs"));
         certs.init(&[], 30).expect("test certificates");
+        // Not made by init; the tests that a wrong role is refused use it.
+        certs
+            .issue(CertKind::ApiClient, None, &[], 30, false)
+            .expect("an API-client certificate");
         Cluster {
             dir: Some(dir),
             path,

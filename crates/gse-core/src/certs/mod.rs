@@ -178,9 +178,11 @@ impl CertDir {
         crate::tls::TlsFiles::new(self.ca_cert(), p.cert, p.key)
     }
 
-    /// Makes a CA unless there is one, then a server, an agent and an API
-    /// client certificate. `server_names` are extra DNS names or IPs for the
-    /// server certificate.
+    /// Makes a CA unless there is one, then a server and a shared agent
+    /// certificate: what a deployment needs. `server_names` are extra DNS
+    /// names or IPs for the server certificate. (No API-client certificate:
+    /// the HTTP API authenticates apps by code and secret, and an unused
+    /// private key is only something to leak; `issue` makes one on request.)
     pub fn init(&self, server_names: &[String], days: u32) -> Result<(), CertError> {
         // 0700: the directory holds the CA key and the private keys.
         crate::private_files::create_private_dir(&self.dir).map_err(|source| CertError::Write {
@@ -192,7 +194,6 @@ impl CertDir {
         }
         self.issue(CertKind::Server, None, server_names, days, true)?;
         self.issue(CertKind::Agent, None, &[], days, true)?;
-        self.issue(CertKind::ApiClient, None, &[], days, true)?;
         Ok(())
     }
 

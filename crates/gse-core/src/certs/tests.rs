@@ -8,10 +8,14 @@ fn init_makes_a_usable_set_and_refuses_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let cd = CertDir::new(dir.path());
     cd.init(&["gse.example".into()], 30).unwrap();
-    for kind in [CertKind::Server, CertKind::Agent, CertKind::ApiClient] {
+    for kind in [CertKind::Server, CertKind::Agent] {
         let p = cd.paths(kind, None);
         assert!(p.cert.exists() && p.key.exists(), "{kind:?}");
     }
+    assert!(
+        !cd.paths(CertKind::ApiClient, None).cert.exists(),
+        "nothing uses it"
+    );
     let server = cd.paths(CertKind::Server, None);
     let agent = cd.paths(CertKind::Agent, None);
     server_config(&TlsFiles::new(cd.ca_cert(), server.cert, server.key)).unwrap();
@@ -43,6 +47,7 @@ fn every_certificate_carries_its_role_and_a_per_agent_one_its_identity() {
     let dir = tempfile::tempdir().unwrap();
     let cd = CertDir::new(dir.path());
     cd.init(&[], 30).unwrap();
+    cd.issue(CertKind::ApiClient, None, &[], 30, false).unwrap();
     for kind in [CertKind::Server, CertKind::Agent, CertKind::ApiClient] {
         assert_eq!(
             mark_of(&cd.paths(kind, None).cert),
