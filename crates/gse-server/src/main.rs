@@ -337,7 +337,7 @@ fn certs(c: CertsCommand) -> Result<()> {
             cd.init(&server_names, days)?;
             println!("certificates written to {}:", dir.display());
             for (kind, whose) in [
-                (CertKind::Server, "the server hosts' (keep the key there)"),
+                (CertKind::Server, "the server host's (keep the key there)"),
                 (CertKind::Agent, "every agent host's, beside gseca.crt"),
             ] {
                 let p = cd.paths(kind, None);

@@ -77,6 +77,11 @@ impl Deployment {
     /// Hosts `agent-<last>` at 10.77.0.<last> for each of `agents`, plus a
     /// host behind NAT (10.77.9.2 behind 10.77.0.20) when `natted`.
     async fn start(agents: &[u8], natted: bool) -> Deployment {
+        Deployment::start_with(agents, natted, |_| {}).await
+    }
+
+    /// As [`Deployment::start`], with `edit` applied to the server config.
+    async fn start_with(agents: &[u8], natted: bool, edit: fn(&mut toml::Table)) -> Deployment {
         let lab = NetLab::new();
         let cluster = Cluster::new();
         let certs = cluster.path.join("etc-certs");
@@ -102,6 +107,7 @@ impl Deployment {
         set_tls(&mut cfg, &certs, "gse_server");
         // So that bk-job on another host reaches the API.
         set(&mut cfg, "api", "listen", "10.77.0.1:59313");
+        edit(&mut cfg);
         let config_path = dir.join("gse-server.toml");
         std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
         let out = gse_server(&[
@@ -211,19 +217,7 @@ async fn r10_agents_on_other_hosts_get_data_tasks_files_and_nat_from_the_shipped
     }
 
     // Records reach the sink through the DataServer the node assigned.
-    let sink = file_route(&d.server, DATA_ID).await;
-    let mut want = Vec::new();
-    for (i, agent) in d.agents.iter().enumerate() {
-        let mut conn = connect(&agent.dir.join("data/ipc.state.report")).await;
-        for n in 0..20 {
-            let payload = format!("host{i}-record{n}");
-            conn.write_all(&plain(0xC01, DATA_ID, payload.as_bytes()))
-                .await
-                .unwrap();
-            want.push(payload);
-        }
-    }
-    wait_all(&sink, &want, Duration::from_secs(60)).await;
+    records_arrive(&d, 20).await;
 
     // A task runs on each host: each sees its own address.
     let ids: Vec<String> = (0..d.agents.len()).map(|i| d.agent_id(i)).collect();
@@ -264,6 +258,52 @@ async fn r10_agents_on_other_hosts_get_data_tasks_files_and_nat_from_the_shipped
 
     // P2P between agent hosts: pieces go from host 11 to host 12.
     push_p2p(&d, &ids).await;
+}
+
+/// `n` records through the local socket of every agent reach a new file
+/// route.
+async fn records_arrive(d: &Deployment, n: usize) {
+    let sink = file_route(&d.server, DATA_ID).await;
+    let mut want = Vec::new();
+    for (i, agent) in d.agents.iter().enumerate() {
+        let mut conn = connect(&agent.dir.join("data/ipc.state.report")).await;
+        for k in 0..n {
+            let payload = format!("host{i}-record{k}");
+            conn.write_all(&plain(0xC01, DATA_ID, payload.as_bytes()))
+                .await
+                .unwrap();
+            want.push(payload);
+        }
+    }
+    wait_all(&sink, &want, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn r10_1_a_loopback_advertise_ip_is_never_told_to_a_remote_agent() {
+    let d = Deployment::start_with(&[41], false, |cfg| {
+        set(cfg, "node", "advertise_ip", "127.0.0.1");
+    })
+    .await;
+    let info = agent_info(&d.server.api, "10.77.0.41").await;
+    assert_eq!(info["parent_ip"], "10.77.0.1", "{info}");
+    records_arrive(&d, 10).await;
+    assert!(
+        d.server
+            .log()
+            .contains("node.advertise_ip is a loopback address"),
+        "the server says why it did not use it"
+    );
+    // check-config says it before anything is deployed.
+    let out = Command::new(bin("gse-server"))
+        .args(["check-config", "-c"])
+        .arg(&d.server.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: node.advertise_ip = \"127.0.0.1\" is loopback"),
+        "{stderr}"
+    );
 }
 
 /// Pushes a file from the first agent to the second (and the NAT'd one,
