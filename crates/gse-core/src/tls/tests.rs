@@ -157,6 +157,7 @@ fn p2p_peers_must_be_agents() {
 #[test]
 fn an_api_client_certificate_is_not_an_agent() {
     let (_d, cd) = cert_dir();
+    cd.issue(CertKind::ApiClient, None, &[], 30, false).unwrap();
     let client = files(&cd, CertKind::ApiClient, None);
     let server = files(&cd, CertKind::Server, None);
     let (_, s) = handshake(
