@@ -13,6 +13,7 @@ mod k3_status;
 mod k4_liveness;
 mod k6_tls;
 mod quickstart;
+mod r10_visible;
 mod r9_danger;
 mod r9_files;
 mod r9_http;
