@@ -386,6 +386,34 @@ impl FileConfig {
         }
     }
 
+    /// The advertised address in words, for logs and `check-config`:
+    /// `listen` is the listener's address (port 0 = chosen at start),
+    /// `identity_ip` the configured identity IP, if any.
+    pub fn describe_advertised(&self, listen: SocketAddr, identity_ip: Option<IpAddr>) -> String {
+        let port = match listen.port() {
+            0 => "<port bound at start>".to_string(),
+            p => p.to_string(),
+        };
+        let host = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        match self.advertise() {
+            Some((ip, Some(p))) => format!("{} (file.p2p_advertise)", SocketAddr::new(ip, p)),
+            Some((ip, None)) => format!("{}:{port} (file.p2p_advertise)", host(ip)),
+            None if listen.ip().is_unspecified() => match identity_ip {
+                Some(ip) => format!(
+                    "{}:{port} (agent.identity_ip: p2p_listen is a wildcard and p2p_advertise is empty)",
+                    host(ip)
+                ),
+                None => format!(
+                    "<identity IP>:{port} (p2p_listen is a wildcard and p2p_advertise and identity_ip are empty: the local address of the connection to gse-server)"
+                ),
+            },
+            None => format!("{}:{port} (the listen address)", host(listen.ip())),
+        }
+    }
+
     /// `cache_dir`, or its default under `data_dir`.
     pub fn cache_dir(&self, data_dir: &Path) -> PathBuf {
         if self.cache_dir.as_os_str().is_empty() {
@@ -511,6 +539,38 @@ mod tests {
         assert_eq!(
             file.advertised_addr(specific, Some(ip)).to_string(),
             "192.168.1.1:9"
+        );
+    }
+
+    #[test]
+    fn the_advertised_address_is_described_with_where_it_comes_from() {
+        let mut file = FileConfig::default();
+        let any: SocketAddr = "0.0.0.0:20020".parse().unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let text = file.describe_advertised(any, Some(ip));
+        assert!(
+            text.starts_with("10.0.0.1:20020 (agent.identity_ip"),
+            "{text}"
+        );
+        let text = file.describe_advertised(any, None);
+        assert!(text.starts_with("<identity IP>:20020 ("), "{text}");
+        let text =
+            file.describe_advertised("[::]:0".parse().unwrap(), Some("fd00::1".parse().unwrap()));
+        assert!(
+            text.starts_with("[fd00::1]:<port bound at start>"),
+            "{text}"
+        );
+        file.p2p_advertise = "192.0.2.5".into();
+        let text = file.describe_advertised(any, Some(ip));
+        assert!(
+            text.starts_with("192.0.2.5:20020 (file.p2p_advertise"),
+            "{text}"
+        );
+        file.p2p_advertise = String::new();
+        let text = file.describe_advertised("127.0.0.5:7".parse().unwrap(), Some(ip));
+        assert!(
+            text.starts_with("127.0.0.5:7 (the listen address"),
+            "{text}"
         );
     }
 }

@@ -25,6 +25,7 @@ pub mod executor;
 pub mod file;
 pub mod identity;
 pub mod link;
+pub mod net_hint;
 pub mod plugin;
 pub mod safe_dir;
 pub mod snapshot;

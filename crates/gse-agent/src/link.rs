@@ -50,6 +50,7 @@ use crate::config::AgentConfig;
 use crate::data::DataPlane;
 use crate::file::{FileRunner, FileService, LinkOut};
 use crate::identity::AgentIdentity;
+use crate::net_hint;
 use crate::plugin::PluginService;
 use crate::stats::SelfStats;
 use crate::task::{TaskRunner, policy};
@@ -76,6 +77,9 @@ const FILE_TYPES: std::ops::RangeInclusive<u16> = 0x200..=0x27f;
 
 /// Message types of plugin management on the agent link (proc.proto).
 const PLUGIN_TYPES: std::ops::RangeInclusive<u16> = 0x300..=0x37f;
+
+/// What to check when nothing answers at an upstream address.
+const UNANSWERED: &str = "is gse-server running and link.listen reachable?";
 
 /// How a session ended.
 enum End {
@@ -128,11 +132,20 @@ pub async fn run(
             o = connect(&cfg, &connector, server, &identity, started, &files) => o,
         };
         match outcome {
-            Ok((mut link, ack, agent)) => {
+            Ok(Registered {
+                mut link,
+                ack,
+                agent,
+                p2p_addr,
+            }) => {
                 if let Some(data) = &data {
                     data.control_registered(server, &ack.data_endpoint, &agent);
                 }
-                tracing::info!(server = %server, node = %ack.node_id, "connected and registered");
+                tracing::info!(
+                    server = %server, node = %ack.node_id, agent = %agent,
+                    p2p_addr = %if p2p_addr.is_empty() { "(none)" } else { &p2p_addr },
+                    "connected and registered"
+                );
                 let registered = Instant::now();
                 let (file_tx, file_rx) = mpsc::channel(FILE_OUTBOUND_FRAMES);
                 let file_runner = files.runner(file_tx, agent);
@@ -171,6 +184,16 @@ pub async fn run(
     }
 }
 
+/// A registered link.
+struct Registered {
+    link: Link,
+    ack: RegisterAck,
+    /// This agent as peers know it, "cloud:ip".
+    agent: String,
+    /// What went in `Register.p2p_addr` ("" = no P2P listener).
+    p2p_addr: String,
+}
+
 /// TCP + TLS + Register; returns the link and the server's answer.
 async fn connect(
     cfg: &AgentConfig,
@@ -179,11 +202,15 @@ async fn connect(
     identity: &AgentIdentity,
     started: u64,
     files: &FileService,
-) -> Result<(Link, RegisterAck, String), AttemptError> {
+) -> Result<Registered, AttemptError> {
     let limit = cfg.upstream.connect_timeout;
     let tcp = timeout(limit, dial(server, cfg.upstream.bind_ip))
         .await
-        .map_err(|_| AttemptError(format!("no TCP connection within {limit:?}")))?
+        .map_err(|_| {
+            AttemptError(format!(
+                "no TCP connection to {server} within {limit:?} ({UNANSWERED})"
+            ))
+        })?
         .map_err(AttemptError)?;
     let local_ip = tcp.local_addr().map(|a| a.ip()).ok();
     let name = ServerName::try_from(cfg.upstream.server_name.clone()).map_err(|e| {
@@ -223,7 +250,7 @@ async fn connect(
         zone: cfg.agent.zone.clone(),
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
-        p2p_addr,
+        p2p_addr: p2p_addr.clone(),
     };
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await
@@ -245,7 +272,12 @@ async fn connect(
         MsgType::RegisterAck => {
             let ack: RegisterAck = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
             if ack.accepted {
-                Ok((link, ack, agent))
+                Ok(Registered {
+                    link,
+                    ack,
+                    agent,
+                    p2p_addr,
+                })
             } else {
                 Err(AttemptError(format!(
                     "the server refused our registration: {}",
@@ -295,11 +327,7 @@ async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String
                 let _ = tcp.set_nodelay(true);
                 return Ok(tcp);
             }
-            Err(e) => {
-                last = format!(
-                    "TCP connect to {addr} failed: {e} (is gse-server running and link.listen reachable?)"
-                )
-            }
+            Err(e) => last = net_hint::connect_failed(&addr.to_string(), &e, UNANSWERED),
         }
     }
     Err(last)

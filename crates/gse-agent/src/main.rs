@@ -112,8 +112,17 @@ async fn agent_main() -> anyhow::Result<()> {
             }
             println!("upstream: {}", config.upstream.servers.join(", "));
             match config.file.p2p_listen {
-                Some(addr) => println!("p2p_listen: {addr}"),
-                None => println!("p2p_listen: (none: serves no file pieces to peers)"),
+                Some(addr) => {
+                    println!("p2p_listen: {addr}");
+                    let advertised = config
+                        .file
+                        .describe_advertised(addr, config.agent.identity_ip);
+                    println!("p2p_advertised: {advertised}");
+                }
+                None => {
+                    println!("p2p_listen: (none: serves no file pieces to peers)");
+                    println!("p2p_advertised: (none)");
+                }
             }
             let data_dir = &config.agent.data_dir;
             println!("data_ipc: {}", config.data.ipc_path(data_dir).display());

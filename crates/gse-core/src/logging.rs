@@ -1,6 +1,11 @@
 //! Logging set-up shared by the gse binaries: `tracing` to stderr or a file,
-//! as text or JSON lines, filtered by `RUST_LOG` or the level given.
+//! as text or JSON lines, filtered by `RUST_LOG` or the level given. Text
+//! on stderr is coloured only when stderr is a terminal and `NO_COLOR` is
+//! unset or empty (<https://no-color.org>): a pipe, the journal or a file
+//! gets plain text.
 
+use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use tracing_subscriber::EnvFilter;
@@ -69,7 +74,36 @@ pub fn init(filter: &str, json: bool, file: Option<&Path>) -> std::io::Result<()
             }
         }
         None if json => builder.json().with_writer(std::io::stderr).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => {
+            let ansi = use_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            );
+            builder
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
     };
     Ok(())
+}
+
+/// Whether text logs get ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but "".
+pub fn use_colour(terminal: bool, no_color: Option<OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some("".into())));
+    }
 }

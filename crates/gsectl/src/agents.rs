@@ -2,6 +2,11 @@
 //!
 //! Without AGENT arguments it calls our `list_agents` extension (every
 //! agent); with them, the standard `list_agent_info` (COMPAT.md §2.2).
+//! The `list_agents` table gets a PEER IP column when some agent connects
+//! from another address than its identity IP (NAT, K7): that address for
+//! those agents, "-" for the others.
+
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -58,6 +63,12 @@ struct AgentList {
 struct ListedAgent {
     agent_key: String,
     bk_agent_id: String,
+    /// The identity IP.
+    #[serde(default)]
+    ip: String,
+    /// The socket address the server sees the agent connect from.
+    #[serde(default)]
+    peer_addr: String,
     alive: bool,
     #[serde(default)]
     version: String,
@@ -115,9 +126,14 @@ pub async fn run(client: &ApiClient, args: &AgentsArgs) -> Result<()> {
 }
 
 fn listed_table(agents: &[ListedAgent], now_ms: u64) -> Table {
-    let mut table = Table::new(HEADERS);
+    let natd = agents.iter().any(|a| a.peer_ip().is_some());
+    let mut headers = HEADERS.to_vec();
+    if natd {
+        headers.insert(2, "PEER IP");
+    }
+    let mut table = Table::new(&headers);
     for a in agents {
-        table.push(vec![
+        let mut row = vec![
             a.agent_key.clone(),
             a.bk_agent_id.clone(),
             state(a.alive).into(),
@@ -125,9 +141,21 @@ fn listed_table(agents: &[ListedAgent], now_ms: u64) -> Table {
             format!("{:.1}", a.cpu_rate),
             human_bytes(a.mem_bytes),
             age(now_ms, a.report_time),
-        ]);
+        ];
+        if natd {
+            row.insert(2, a.peer_ip().map_or("-".into(), |ip| ip.to_string()));
+        }
+        table.push(row);
     }
     table
+}
+
+impl ListedAgent {
+    /// The IP the agent connects from, when it is not its identity IP.
+    fn peer_ip(&self) -> Option<IpAddr> {
+        let peer = self.peer_addr.parse::<SocketAddr>().ok()?.ip();
+        (self.ip.parse::<IpAddr>().ok() != Some(peer)).then_some(peer)
+    }
 }
 
 /// `list_agent_info` echoes the id the caller asked with, so AGENT_ID shows
@@ -231,6 +259,40 @@ mod tests {
             "AGENT        AGENT_ID  STATE  VERSION  CPU%  MEM      LAST HEARTBEAT\n\
              0:127.0.0.1  0100abc   alive  0.1.0    1.3   7.8 MiB  3s ago\n"
         );
+    }
+
+    #[test]
+    fn a_natd_agent_shows_the_ip_it_connects_from() {
+        let data = json!([
+            {"agent_key": "0:10.77.0.11", "bk_agent_id": "a1", "ip": "10.77.0.11", "peer_addr": "192.168.1.5:40000",
+             "alive": true, "report_time": 1_000},
+            {"agent_key": "0:10.77.0.12", "bk_agent_id": "a2", "ip": "10.77.0.12", "peer_addr": "10.77.0.12:40001",
+             "alive": true, "report_time": 1_000},
+            {"agent_key": "0:fd00::3", "bk_agent_id": "a3", "ip": "fd00::3", "peer_addr": "[fd00::3]:40002",
+             "alive": false, "report_time": 0}
+        ]);
+        let agents: Vec<ListedAgent> = serde_json::from_value(data).unwrap();
+        let text = listed_table(&agents, 4_000).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("AGENT         AGENT_ID  PEER IP      STATE"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("0:10.77.0.11  a1        192.168.1.5  alive"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("0:10.77.0.12  a2        -            alive"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("0:fd00::3     a3        -            offline"),
+            "{text}"
+        );
+        // Nobody behind NAT: no column.
+        let plain = listed_table(&agents[1..], 4_000).render();
+        assert!(!plain.contains("PEER IP"), "{plain}");
     }
 
     #[test]

@@ -149,8 +149,9 @@ pub enum DataError {
 pub struct DataPlane {
     /// For in-agent producers.
     pub intake: Intake,
-    /// The DataServer the node assigned (`None`/`""` = none yet).
-    pub assigned: watch::Sender<Option<String>>,
+    /// The DataServer the node assigned (`None` = none yet, or none:
+    /// use `data.servers`); sent on every registration and `DataAssign`.
+    pub assigned: watch::Sender<Option<uplink::Assignment>>,
     /// What 0x0A answers; the control link fills in the identity IP.
     pub info: watch::Sender<AgentInfo>,
     pub stats: Arc<DataStats>,
@@ -179,18 +180,23 @@ impl DataPlane {
     }
 
     /// The node assigned `endpoint` (`""` = none, use `data.servers`).
+    /// The uplink hears of it even when it is the same endpoint again: a
+    /// link that is down then dials at once.
     pub fn reassigned(&self, endpoint: &str, reason: &str) {
+        let server = self.control.lock().clone();
         let target = match endpoint {
             "" => None,
-            e => Some(resolve_endpoint(e, &self.control.lock())),
+            e => Some(uplink::Assignment {
+                endpoint: resolve_endpoint(e, &server),
+                server,
+            }),
         };
-        self.assigned.send_if_modified(|cur| {
-            let changed = *cur != target;
-            if changed {
-                tracing::info!(endpoint = ?target, reason, "DataServer assigned");
-                *cur = target;
+        self.assigned.send_modify(|cur| {
+            if *cur != target {
+                let endpoint = target.as_ref().map(|a| a.endpoint.as_str());
+                tracing::info!(endpoint = ?endpoint, reason, "DataServer assigned");
             }
-            changed
+            *cur = target;
         });
     }
 

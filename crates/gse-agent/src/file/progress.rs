@@ -6,6 +6,7 @@
 //! the link is up.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct DownloadStats {
     /// What the download counts towards, once its plan is known.
     pub total: AtomicU64,
     pub files_total: AtomicU32,
+    /// Why pieces meant for peers first went direct (F3); set once.
+    pub fallback: OnceLock<String>,
 }
 
 impl DownloadStats {
@@ -93,6 +96,7 @@ impl Reporter {
             bytes_p2p: stats.p2p.load(Ordering::Relaxed),
             bytes_direct: stats.direct.load(Ordering::Relaxed),
             files_done: stats.files_done.load(Ordering::Relaxed),
+            fallback_reason: stats.fallback.get().cloned().unwrap_or_default(),
             bytes_per_s: self.speed(done),
             ..self.base.clone()
         };

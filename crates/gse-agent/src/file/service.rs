@@ -92,8 +92,13 @@ impl FileService {
             let tls = gse_core::tls::server_config(&cfg.tls)?;
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
-                    listen_addr = listener.local_addr().ok();
-                    tracing::info!(addr = ?listen_addr, "P2P listener ready");
+                    let bound = listener.local_addr().unwrap_or(addr);
+                    listen_addr = Some(bound);
+                    tracing::info!(
+                        addr = %bound,
+                        advertised = %file.describe_advertised(bound, cfg.agent.identity_ip),
+                        "P2P listener ready"
+                    );
                     let server = PeerServer::new(
                         store.clone(),
                         slots,

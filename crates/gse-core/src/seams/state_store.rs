@@ -270,6 +270,9 @@ pub struct FileEntryRecord {
     /// Downloads: how the bytes came (peers, or direct through the node).
     pub bytes_p2p: u64,
     pub bytes_direct: u64,
+    /// Downloads: why pieces meant for peers went direct through the node
+    /// (F3), as the target reported it; empty when none did.
+    pub p2p_fallback: String,
 }
 
 impl FileEntryRecord {

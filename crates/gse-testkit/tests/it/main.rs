@@ -16,6 +16,7 @@ mod quickstart;
 mod r10_certs;
 mod r10_hosts;
 mod r10_lost;
+mod r10_visible;
 mod r9_danger;
 mod r9_files;
 mod r9_http;

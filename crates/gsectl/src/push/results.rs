@@ -1,6 +1,7 @@
 //! The entries of `get_transfer_file_result`, kept across polls, and the
-//! final text: targets grouped by outcome (like `exec`), total time, and how
-//! the bytes came (P2P or direct).
+//! final text: targets grouped by outcome (like `exec`), targets that fell
+//! back to direct grouped by the reason they gave, total time, and how the
+//! bytes came (P2P or direct).
 //!
 //! An entry is keyed as bk-job keys it: upload entries by (source agent,
 //! source path), download entries by that plus (target agent, target path).
@@ -45,6 +46,8 @@ pub struct Content {
     pub end_time: u64,
     pub bytes_p2p: u64,
     pub bytes_direct: u64,
+    /// Why the target's pieces went direct instead of P2P; "" = they did not.
+    pub p2p_fallback: String,
 }
 
 /// One result entry as the API gives it.
@@ -262,6 +265,7 @@ impl Entries {
                 e.outcome()
             ));
         }
+        out.push_str(&self.render_fallbacks(&repeated));
         let seen = self.downloads().count();
         if seen < expected {
             out.push_str(&format!(
@@ -270,6 +274,34 @@ impl Entries {
             ));
         }
         out.push_str(&self.summary(elapsed));
+        out
+    }
+
+    /// Targets that fell back to direct, grouped by their reason.
+    fn render_fallbacks(&self, repeated: &BTreeMap<&str, usize>) -> String {
+        let mut by_reason: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (_, e) in self.downloads() {
+            if !e.content.p2p_fallback.is_empty() {
+                let with_path = repeated[e.content.dest_agent_id.as_str()] > 1;
+                by_reason
+                    .entry(&e.content.p2p_fallback)
+                    .or_default()
+                    .push(e.target_label(with_path));
+            }
+        }
+        let mut out = String::new();
+        for (reason, targets) in by_reason {
+            let noun = if targets.len() == 1 {
+                "target"
+            } else {
+                "targets"
+            };
+            out.push_str(&format!(
+                "=== {} {noun} ({}) fell back to direct through the server: {reason}\n",
+                targets.len(),
+                targets.join(", ")
+            ));
+        }
         out
     }
 

@@ -317,3 +317,25 @@ fn every_target_ok_is_success_and_missing_targets_are_named() {
             .contains("1 target(s) never reported a result")
     );
 }
+
+#[test]
+fn targets_that_fell_back_to_direct_are_grouped_by_their_reason() {
+    let why = "source 0:127.0.0.1 at 10.0.0.9:20020 unreachable over P2P: connection refused";
+    let with_reason = |dest: &str| {
+        let mut e = entry(dest, 0, 100, 0, 1000);
+        e["content"]["p2p_fallback"] = json!(why);
+        e
+    };
+    let mut entries = Entries::default();
+    entries.update(&json!([
+        with_reason("0:127.0.0.2"),
+        with_reason("0:127.0.0.3"),
+        entry("0:127.0.0.4", 0, 100, 1000, 0)
+    ]));
+    let text = entries.render(3, Duration::ZERO);
+    let line = format!(
+        "=== 2 targets (0:127.0.0.2, 0:127.0.0.3) fell back to direct through the server: {why}\n"
+    );
+    assert!(text.contains(&line), "{text}");
+    assert_eq!(text.matches("fell back").count(), 1, "{text}");
+}

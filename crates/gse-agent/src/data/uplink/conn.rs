@@ -25,6 +25,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use super::target::Target;
+use crate::net_hint::{self, ConnectFailure};
+
 /// Most encrypted bytes rustls holds for the socket. Above the default
 /// (64 KiB) so that a whole batch frame is taken in one write and leaves in
 /// few large `writev`s instead of 64 KiB pieces plus a small tail each.
@@ -93,13 +96,20 @@ impl Conn {
 // === impl Dialer ===
 
 impl Dialer {
-    /// Connects and says hello; the error is one line saying what failed.
-    pub async fn connect(self: Arc<Self>, endpoint: String) -> Result<Conn, String> {
+    /// Connects and says hello; the error is one line saying what failed
+    /// (and, for the TCP connect, where the endpoint came from).
+    pub async fn connect(self: Arc<Self>, target: Target) -> Result<Conn, String> {
         let limit = self.connect_timeout;
-        let tcp = timeout(limit, TcpStream::connect(&endpoint))
+        let tcp = timeout(limit, TcpStream::connect(&target.endpoint))
             .await
-            .map_err(|_| format!("no TCP connection to DataServer {endpoint} within {limit:?}"))?
-            .map_err(|e| format!("TCP connect to DataServer {endpoint} failed: {e}"))?;
+            .map_err(|_| {
+                target.connect_failed(
+                    ConnectFailure::Unanswered,
+                    format_args!("no answer within {limit:?}"),
+                )
+            })?
+            .map_err(|e| target.connect_failed(net_hint::classify(&e), e))?;
+        let endpoint = target.endpoint;
         let _ = tcp.set_nodelay(true);
         let mut hello = self.hello.clone();
         if hello.identity_ip.is_empty() {

@@ -13,7 +13,11 @@
 //! acks slower than `ack_timeout` move every memory batch to the spool and
 //! reconnect with backoff; the spool is then drained first. A new endpoint
 //! (`DataAssign`, D4) stops sending on the old link, waits (bounded) for
-//! its acks, then sends what is still unacked on the new link.
+//! its acks, then sends what is still unacked on the new link. While the
+//! link is down, any assignment (a re-registration's `data_endpoint` too:
+//! the server is back) ends the back-off and dials at once. A failed
+//! connect says whether the endpoint came from the server or from
+//! `[data] servers` ([`target`]).
 //!
 //! Delivery is at-least-once: a batch whose ack was lost is sent again with
 //! the same seq, so (agent, seq) lets a consumer drop the duplicate. What is
@@ -25,6 +29,7 @@ mod book;
 mod conn;
 pub mod seqs;
 pub mod stored;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use conn::{DATA_PROTOCOL_VERSION, Dialer};
+pub use target::{Assignment, Target};
 
 use self::book::Book;
 use self::conn::{Conn, Event};
@@ -60,8 +66,9 @@ const HOLD_BACK_MAX: Duration = Duration::from_secs(1);
 /// Everything the uplink needs.
 pub struct UplinkParts {
     pub dialer: Arc<Dialer>,
-    /// The endpoint the node assigned (`None` or `""` = none: use `fallback`).
-    pub assigned: watch::Receiver<Option<String>>,
+    /// The endpoint the node assigned (`None` = none: use `fallback`);
+    /// every registration and `DataAssign` notifies, changed or not.
+    pub assigned: watch::Receiver<Option<Assignment>>,
     pub fallback: Vec<String>,
     pub batches: mpsc::Receiver<OutBatch>,
     pub spool: SpoolHandle,
@@ -166,31 +173,39 @@ impl Uplink {
         )
     }
 
-    /// Where the uplink should be connected now.
-    fn target(&self) -> Option<String> {
-        match self.p.assigned.borrow().as_deref() {
-            Some(e) if !e.is_empty() => Some(e.to_string()),
+    /// Where the uplink should be connected now, and who said so.
+    fn target(&self) -> Option<Target> {
+        match self.p.assigned.borrow().as_ref() {
+            Some(a) if !a.endpoint.is_empty() => Some(Target::assigned(a)),
             _ if self.p.fallback.is_empty() => None,
-            _ => Some(self.p.fallback[self.attempts % self.p.fallback.len()].clone()),
+            _ => Some(Target::configured(
+                &self.p.fallback[self.attempts % self.p.fallback.len()],
+            )),
         }
+    }
+
+    /// The endpoint of [`Uplink::target`].
+    fn target_endpoint(&self) -> Option<String> {
+        self.target().map(|t| t.endpoint)
     }
 
     fn maybe_connect(&mut self) {
         if self.conn.is_some() || self.connecting.is_some() || Instant::now() < self.next_attempt {
             return;
         }
-        let Some(endpoint) = self.target() else {
+        let Some(target) = self.target() else {
             return;
         };
         let dialer = self.p.dialer.clone();
-        let task = tokio::spawn(dialer.connect(endpoint.clone()));
+        let endpoint = target.endpoint.clone();
+        let task = tokio::spawn(dialer.connect(target));
         self.connecting = Some((endpoint, task));
     }
 
     async fn on_connected(&mut self, done: (String, Result<Conn, String>)) {
         let (endpoint, result) = done;
         match result {
-            Ok(conn) if Some(&endpoint) == self.target().as_ref() => {
+            Ok(conn) if Some(&endpoint) == self.target_endpoint().as_ref() => {
                 tracing::info!(endpoint = %endpoint, server = %conn.server_id, spooled = self.p.spool.waiting(), memory_bytes = self.book.mem_bytes(), "data link up");
                 self.conn = Some(conn);
                 self.connected_at = Some(Instant::now());
@@ -203,23 +218,29 @@ impl Uplink {
             Err(reason) => {
                 self.attempts += 1;
                 let delay = self.p.backoff.next_delay();
-                tracing::warn!(endpoint = %endpoint, retry_in = ?delay, spooled = self.p.spool.waiting(), "cannot open the data link: {reason}");
+                tracing::warn!(endpoint = %endpoint, retry_in = ?delay, spooled = self.p.spool.waiting(), "cannot open the data link: {reason}; retrying in {delay:.1?}, or at once when the server assigns an endpoint");
                 self.next_attempt = Instant::now() + delay;
             }
         }
     }
 
-    /// The node assigned another DataServer (D4).
+    /// The node assigned a DataServer: at registration (the same one
+    /// again, maybe) or by `DataAssign` (D4).
     fn on_assign(&mut self) {
-        let target = self.target();
+        let target = self.target_endpoint();
         if let Some((endpoint, task)) = &self.connecting
             && Some(endpoint) != target.as_ref()
         {
             task.abort();
             self.connecting = None;
-            self.next_attempt = Instant::now();
         }
         let Some(conn) = &self.conn else {
+            // Down: the server just (re)assigned an endpoint, so it is up
+            // again or moved us; waiting out the back-off would only delay.
+            if self.connecting.is_none() {
+                self.p.backoff.reset();
+                self.next_attempt = Instant::now();
+            }
             return;
         };
         if Some(&conn.endpoint) != target.as_ref() && self.draining.is_none() {

@@ -48,6 +48,8 @@ pub struct DownloadCtx {
     pub agent: String,
     pub transfer_id: String,
     pub task_index: u32,
+    /// The task's source, "cloud:ip" (for the fallback reason).
+    pub source_agent: String,
     pub token: Vec<u8>,
     /// Download caps: the task's and the agent's.
     pub limits: Limits,
@@ -83,6 +85,7 @@ impl DownloadCtx {
             agent,
             transfer_id: start.transfer_id.clone(),
             task_index: start.task_index,
+            source_agent: start.source_agent.clone(),
             token: start.token.clone(),
             p2p_attempts: match start.p2p_attempts {
                 0 => DEFAULT_P2P_ATTEMPTS,

@@ -17,6 +17,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::FramedRead;
 
 use super::{Outgoing, PEER_SERVER_NAME, peer_codec, write_outgoing};
+use crate::net_hint::{self, ConnectFailure};
 
 /// The read side of a peer connection, framed.
 pub type PeerReader = FramedRead<ReadHalf<TlsStream<TcpStream>>, FrameCodec>;
@@ -44,6 +45,27 @@ pub enum PeerError {
     Refused { addr: SocketAddr, message: String },
     #[error("peer {addr} broke the protocol: {message}")]
     Protocol { addr: SocketAddr, message: String },
+}
+
+impl PeerError {
+    /// The error with what to check, for a failed connect or no answer
+    /// (see [`net_hint`]): the peer's listener, or the route to it.
+    pub fn explained(&self) -> String {
+        let failure = match self {
+            PeerError::Connect { source, .. } => net_hint::classify(source),
+            PeerError::Timeout { .. } => ConnectFailure::Unanswered,
+            _ => ConnectFailure::Other,
+        };
+        let addr = match self {
+            PeerError::Connect { addr, .. } | PeerError::Timeout { addr, .. } => addr.to_string(),
+            _ => String::new(),
+        };
+        let unanswered = "is that agent's P2P listener reachable at this address? check [file] p2p_listen / p2p_advertise on it";
+        match net_hint::hint(failure, &addr, unanswered) {
+            Some(h) => format!("{self} ({h})"),
+            None => self.to_string(),
+        }
+    }
 }
 
 /// Connects to the peer at `addr` and says `hello`, all within `limit`.

@@ -149,6 +149,7 @@ async fn transfer_poll_and_terminate_answer_in_bk_jobs_shapes() {
             "dest_file_name",
             "end_time",
             "mode",
+            "p2p_fallback",
             "progress",
             "protover",
             "size",

@@ -54,8 +54,9 @@ struct FileResult<'a> {
     content: Content<'a>,
 }
 
-/// bk-job's `AtomicFileTaskResultContent`, plus our `bytes_p2p` and
-/// `bytes_direct`. Times are unix ms, `speed` KB/s, `size` bytes.
+/// bk-job's `AtomicFileTaskResultContent`, plus our `bytes_p2p`,
+/// `bytes_direct` and `p2p_fallback` (bk-job's Jackson ignores unknown
+/// fields, COMPAT.md §2.0). Times are unix ms, `speed` KB/s, `size` bytes.
 #[derive(Serialize)]
 struct Content<'a> {
     mode: u8,
@@ -77,6 +78,7 @@ struct Content<'a> {
     protover: u32,
     bytes_p2p: u64,
     bytes_direct: u64,
+    p2p_fallback: &'a str,
 }
 
 impl<'a> FileResult<'a> {
@@ -104,6 +106,7 @@ impl<'a> FileResult<'a> {
                 protover: PROTOVER,
                 bytes_p2p: e.bytes_p2p,
                 bytes_direct: e.bytes_direct,
+                p2p_fallback: &e.p2p_fallback,
             },
         }
     }

@@ -277,10 +277,10 @@ impl TransferState {
         e.status = outcome.status;
         e.error_code = outcome.code;
         e.error_msg = bounded(outcome.msg, MAX_ERROR_MSG);
-        e.status_info = if outcome.code == ERR_NONE {
-            "done".to_string()
-        } else {
-            e.error_msg.clone()
+        e.status_info = match outcome.code {
+            ERR_NONE if e.p2p_fallback.is_empty() => "done".to_string(),
+            ERR_NONE => format!("done; {}", fallback_note(&e.p2p_fallback)),
+            _ => e.error_msg.clone(),
         };
         e.end_ms = gse_core::now_ms();
         e.speed_kbps = 0;
@@ -363,10 +363,16 @@ impl TransferState {
         e.speed_kbps = p.bytes_per_s / 1024;
         e.bytes_p2p = p.bytes_p2p;
         e.bytes_direct = p.bytes_direct;
-        let info = format!(
+        if !p.fallback_reason.is_empty() {
+            e.p2p_fallback = bounded(p.fallback_reason.clone(), MAX_ERROR_MSG);
+        }
+        let mut info = format!(
             "downloading: {} of {} bytes, {} of {} files",
             p.done_bytes, p.total_bytes, p.files_done, p.files_total
         );
+        if !e.p2p_fallback.is_empty() {
+            info = format!("{info}; {}", fallback_note(&e.p2p_fallback));
+        }
         self.set_running(idx, info, effect);
     }
 
@@ -435,6 +441,11 @@ impl TransferState {
         self.last_saved = None;
         self.touch(Unsaved::Final, effect);
     }
+}
+
+/// How a download's `status_info` mentions its fallback to direct.
+fn fallback_note(reason: &str) -> String {
+    format!("P2P fell back to direct through the server: {reason}")
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.

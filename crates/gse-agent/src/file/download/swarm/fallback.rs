@@ -1,13 +1,16 @@
 //! Direct fallback (F3): pieces fetched through the node when P2P cannot
 //! provide them: set aside after `p2p_attempts` failures, or, while the
-//! source is unreachable over P2P, held by no connected peer.
+//! source is unreachable over P2P, held by no connected peer. The first
+//! reason is noted once per task ([`Swarm::note_fallback`]): a WARN line,
+//! and the `fallback_reason` of the task's progress reports, so the
+//! target's result says why its bytes came direct.
 
 use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
 use super::pieces::Phase;
-use super::{DIRECT_DEPTH, Event, Swarm, Via};
+use super::{DIRECT_DEPTH, Event, FALLBACK_AFTER, Swarm, Via};
 use crate::file::codes::Failure;
 use crate::file::direct::DirectError;
 use crate::file::download::small::{DIRECT_ATTEMPTS, unobtainable};
@@ -19,16 +22,52 @@ impl Swarm {
     pub(super) fn schedule_direct(&mut self, now: Instant) {
         let fallback = self.fallback_active(now);
         while self.direct_inflight < DIRECT_DEPTH {
-            let Some((slot, piece)) = self.pick_direct(fallback) else {
+            let Some((slot, piece, orphan)) = self.pick_direct(fallback) else {
                 return;
             };
+            if orphan {
+                self.note_fallback(|s| s.source_unreachable());
+            }
             self.fetch_direct(slot, piece);
         }
     }
 
+    /// Notes (once per task) why pieces meant for P2P go direct: logged,
+    /// and reported with the task's progress.
+    pub(super) fn note_fallback(&self, why: impl FnOnce(&Self) -> String) {
+        if self.ctx.stats.fallback.get().is_some() {
+            return;
+        }
+        let why = why(self);
+        tracing::warn!(reason = %why, "falling back to direct transfer through the server");
+        let _ = self.ctx.stats.fallback.set(why);
+    }
+
+    /// Why the source gives us nothing over P2P, as far as we know.
+    fn source_unreachable(&self) -> String {
+        let source = &self.ctx.source_agent;
+        match self.peers.iter().find(|p| p.is_source) {
+            Some(p) => match &p.last_error {
+                Some(e) => format!("source {} at {} unreachable over P2P: {e}", p.agent, p.addr),
+                None => format!(
+                    "source {} at {} not connected over P2P within {}s",
+                    p.agent,
+                    p.addr,
+                    FALLBACK_AFTER.as_secs()
+                ),
+            },
+            None if self.peers.is_empty() => format!(
+                "no peer to fetch from: the source {source} has no P2P address (its [file] p2p_listen is empty or did not bind) and no other target serves pieces"
+            ),
+            None => format!(
+                "the source {source} is not among this target's peers: it has no P2P address (its [file] p2p_listen is empty or did not bind), or this target is in another zone"
+            ),
+        }
+    }
+
     /// A piece set aside for direct; or, in fallback, one no connected
-    /// peer has.
-    fn pick_direct(&self, fallback: bool) -> Option<(usize, u32)> {
+    /// peer has (`true`: picked because of the fallback).
+    fn pick_direct(&self, fallback: bool) -> Option<(usize, u32, bool)> {
         let active = || {
             self.files
                 .iter()
@@ -37,7 +76,7 @@ impl Swarm {
         };
         for (slot, f) in active() {
             if let Some(p) = f.direct_wanted.iter().find(|&p| !f.direct_busy.contains(p)) {
-                return Some((slot, p));
+                return Some((slot, p, false));
             }
         }
         if !fallback {
@@ -61,7 +100,7 @@ impl Swarm {
                 }
             }
             if let Some(p) = chosen {
-                return Some((slot, p));
+                return Some((slot, p, true));
             }
         }
         None

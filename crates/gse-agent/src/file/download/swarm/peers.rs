@@ -68,6 +68,9 @@ pub(super) struct PeerState {
     pub busy_streak: u32,
     pub failures: u32,
     pub backoff: Duration,
+    /// Why the last connection attempt failed or the last connection
+    /// ended, for the fallback reason.
+    pub last_error: Option<String>,
 }
 
 // === impl PeerState ===
@@ -165,6 +168,7 @@ impl Swarm {
                 busy_streak: 0,
                 failures: 0,
                 backoff: RECONNECT_MIN,
+                last_error: None,
             });
             self.connect(self.peers.len() - 1);
         }
@@ -204,7 +208,7 @@ impl Swarm {
                         .send(Event::ConnectFailed {
                             peer: conn.peer,
                             attempt: conn.attempt,
-                            error: e.to_string(),
+                            error: e.explained(),
                         })
                         .await;
                 }
@@ -277,6 +281,7 @@ impl Swarm {
             tracing::debug!(peer = %peer.agent, error = %error, "cannot reach peer");
         }
         peer.initial = false;
+        peer.last_error = Some(error.to_string());
         peer.link = Link::Down {
             retry_at: Instant::now() + peer.backoff,
         };
@@ -346,6 +351,9 @@ impl Swarm {
         }
         peer.have.clear();
         peer.inflight = 0;
+        if was_up {
+            peer.last_error = Some(format!("connection ended: {reason}"));
+        }
         if matches!(peer.link, Link::Gone) {
             return;
         }

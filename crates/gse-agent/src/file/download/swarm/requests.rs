@@ -212,6 +212,17 @@ impl Swarm {
         if u32::from(*n) >= self.ctx.p2p_attempts && !file.have.contains(piece) {
             file.direct_wanted.insert(piece);
             file.busy.insert(piece);
+            let (path, n) = (file.path.clone(), *n);
+            self.note_fallback(|s| {
+                let last = peer
+                    .map(|id| {
+                        let p = &s.peers[id];
+                        let error = p.last_error.as_deref().unwrap_or("no answer or a bad piece");
+                        format!("; last from {} at {}: {error}", p.agent, p.addr)
+                    })
+                    .unwrap_or_default();
+                format!("piece {piece} of {path} failed over P2P {n} times (file.p2p_attempts on the server){last}")
+            });
         }
         if let Some(id) = peer {
             self.peers[id].failures += 1;

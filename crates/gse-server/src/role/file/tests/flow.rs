@@ -80,6 +80,44 @@ async fn the_task_owner_wins_over_agent_users() {
 }
 
 #[tokio::test]
+async fn a_targets_fallback_reason_is_kept_and_shown_in_its_status() {
+    let h = harness().await;
+    let id = h.start(spec("0:10.0.0.1", &["0:10.0.0.2"])).await;
+    h.manifest("10.0.0.1", &id, 0);
+    let why = "source 0:10.0.0.1 at 10.0.0.1:20020 unreachable over P2P: connect timed out";
+    let running = FileProgress {
+        done_bytes: 10,
+        total_bytes: 100,
+        bytes_direct: 10,
+        fallback_reason: why.into(),
+        ..FileProgress::default()
+    };
+    h.progress(
+        "10.0.0.2",
+        &id,
+        ProgressSide::SideDownload,
+        FileState::FileRunning,
+        running,
+    );
+    let e = h.download(&id, "10.0.0.2").await;
+    assert_eq!(e.p2p_fallback, why);
+    assert!(
+        e.status_info.starts_with("downloading: 10 of 100 bytes"),
+        "{}",
+        e.status_info
+    );
+    assert!(e.status_info.ends_with(why), "{}", e.status_info);
+    // A later report without it does not erase it; the final status says it.
+    h.done("10.0.0.2", &id);
+    let e = h.download(&id, "10.0.0.2").await;
+    assert_eq!((e.error_code, e.p2p_fallback.as_str()), (ERR_NONE, why));
+    assert_eq!(
+        e.status_info,
+        format!("done; P2P fell back to direct through the server: {why}")
+    );
+}
+
+#[tokio::test]
 async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
     let h = harness().await;
     let id = h
