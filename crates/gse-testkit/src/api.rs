@@ -24,6 +24,21 @@ impl Api {
         }
     }
 
+    /// A `gsectl` command connected to this API with these credentials;
+    /// the test adds the subcommand.
+    pub fn gsectl(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(crate::bin("gsectl"));
+        cmd.args([
+            "--api",
+            &self.base,
+            "--app-code",
+            &self.app_code,
+            "--app-secret",
+            &self.app_secret,
+        ]);
+        cmd
+    }
+
     /// POSTs `body` with the credentials merged into it; returns the HTTP
     /// status and the JSON answer. A body over the server's default
     /// pre-auth limit (64 KiB) carries them in the `X-Bkapi-App-Code` and

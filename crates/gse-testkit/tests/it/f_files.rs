@@ -844,15 +844,7 @@ async fn gsectl_push_shows_results_and_the_p2p_direct_split() {
     write_file(&src, &content, 0o644);
     let dst = s.cluster.path.join("dst");
     let api = &s.server.api;
-    let out = tokio::process::Command::new(gse_testkit::bin("gsectl"))
-        .args([
-            "--api",
-            &api.base,
-            "--app-code",
-            &api.app_code,
-            "--app-secret",
-            &api.app_secret,
-        ])
+    let out = tokio::process::Command::from(api.gsectl())
         .arg("push")
         .arg("--from")
         .arg(format!("0:127.0.3.61:{}", src.display()))
@@ -871,15 +863,7 @@ async fn gsectl_push_shows_results_and_the_p2p_direct_split() {
     assert_eq!(std::fs::read(dst.join("p.bin")).unwrap(), content);
 
     // A missing source: non-zero exit and the error named.
-    let out = tokio::process::Command::new(gse_testkit::bin("gsectl"))
-        .args([
-            "--api",
-            &api.base,
-            "--app-code",
-            &api.app_code,
-            "--app-secret",
-            &api.app_secret,
-        ])
+    let out = tokio::process::Command::from(api.gsectl())
         .arg("push")
         .arg("--from")
         .arg("0:127.0.3.61:/no/such/file.bin")

@@ -103,18 +103,7 @@ async fn k3_status_and_info_of_real_agents() {
     ));
 
     // gsectl lists both agents as alive.
-    let out = std::process::Command::new(gse_testkit::bin("gsectl"))
-        .args([
-            "--api",
-            &api.base,
-            "--app-code",
-            &api.app_code,
-            "--app-secret",
-            &api.app_secret,
-            "agents",
-        ])
-        .output()
-        .unwrap();
+    let out = api.gsectl().args(["agents"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

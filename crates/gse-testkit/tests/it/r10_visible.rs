@@ -28,18 +28,7 @@ use crate::f_files::{download_of, noise, results, setup, start, task, wait_final
 /// `gsectl` against `server`'s API with `args`; (success, stdout, stderr).
 fn gsectl(server: &ServerProc, args: &[&str]) -> (bool, String, String) {
     let api = &server.api;
-    let out = Command::new(bin("gsectl"))
-        .args([
-            "--api",
-            &api.base,
-            "--app-code",
-            &api.app_code,
-            "--app-secret",
-            &api.app_secret,
-        ])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = api.gsectl().args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

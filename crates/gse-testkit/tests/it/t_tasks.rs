@@ -299,15 +299,7 @@ async fn t9_gsectl_exec_groups_output_and_fails_when_a_host_fails() {
     let _agents = alive_agents(&cluster, &server, &["127.0.1.7", "127.0.1.8"]).await;
     let api = &server.api;
     let gsectl = |hosts: &str| {
-        std::process::Command::new(gse_testkit::bin("gsectl"))
-            .args([
-                "--api",
-                &api.base,
-                "--app-code",
-                &api.app_code,
-                "--app-secret",
-                &api.app_secret,
-            ])
+        api.gsectl()
             .args(["exec", "--hosts", hosts, "--", "echo", "same", "output"])
             .output()
             .unwrap()
