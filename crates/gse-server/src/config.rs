@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub alarm: AlarmConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    /// `[cluster]`: ZooKeeper membership (K1); empty: a single node.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     #[serde(default)]
     pub danger: DangerConfig,
     #[serde(default)]
@@ -231,7 +234,7 @@ impl ServerConfig {
 
     /// Pure checks; every problem names its key and value.
     pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems = self.cluster.problems();
         if self.node.roles.is_empty() {
             problems
                 .push("node.roles is empty: name at least one of api, link, alarm, data".into());
@@ -301,6 +304,7 @@ impl ServerConfig {
             link: LinkConfig::default(),
             alarm: AlarmConfig::default(),
             store: StoreConfig::default(),
+            cluster: Default::default(),
             danger: DangerConfig::default(),
             task: TaskConfig::default(),
             file: FileConfig::default(),

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod cluster;
 pub mod config;
 pub mod conn_limits;
 pub mod fd_budget;

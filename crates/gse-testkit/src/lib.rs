@@ -18,6 +18,7 @@ mod procs;
 pub mod redis;
 pub mod tansu;
 mod webhook;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ mod d_plugins;
 mod d_routes;
 mod d_snapshot;
 mod f_files;
+mod k1_registry;
 mod k3_status;
 mod k4_liveness;
 mod k6_tls;

@@ -1,0 +1,121 @@
+//! Cluster membership (K1): the `[cluster]` config section and the
+//! ZooKeeper [`Registry`](gse_core::seams::Registry) ([`ZkRegistry`]).
+//! Without `[cluster] zookeeper` a node is the embedded single node and
+//! uses the static registry.
+
+pub mod zk;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use zk::ZkRegistry;
+
+/// `[cluster]`: how this node finds the others.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// ZooKeeper servers, "host:port"; empty: an embedded single node.
+    #[serde(default)]
+    pub zookeeper: Vec<String>,
+    /// Path under which this cluster keeps its entries (made if missing);
+    /// clusters sharing a ZooKeeper use different roots.
+    #[serde(default = "default_zk_root")]
+    pub zk_root: String,
+    /// Digest authentication, "user:password" (GSE's `zkauth`); unset:
+    /// none. With it, the entries this node makes only it may change.
+    #[serde(default)]
+    pub zk_auth: Option<String>,
+    /// ZooKeeper session timeout: a node that dies leaves the list this
+    /// long after (a clean stop leaves at once).
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often every node's entry (its load) is read again; joins and
+    /// departures are seen at once.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            zookeeper: Vec::new(),
+            zk_root: default_zk_root(),
+            zk_auth: None,
+            session_timeout: default_session_timeout(),
+            refresh: default_refresh(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node is a cluster member.
+    pub fn enabled(&self) -> bool {
+        !self.zookeeper.is_empty()
+    }
+
+    /// Pure checks; each problem names its key and value.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for server in &self.zookeeper {
+            let port_ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                p.push(format!(
+                    "cluster.zookeeper has {server:?}: write each server as \"host:port\""
+                ));
+            }
+        }
+        if !self.zk_root.starts_with('/') || (self.zk_root.len() > 1 && self.zk_root.ends_with('/'))
+        {
+            p.push(format!(
+                "cluster.zk_root = {:?}: an absolute ZooKeeper path such as \"/gse\"",
+                self.zk_root
+            ));
+        }
+        if self.zk_auth.as_ref().is_some_and(|a| !a.contains(':')) {
+            p.push("cluster.zk_auth must be \"user:password\"".into());
+        }
+        if self.session_timeout < Duration::from_secs(2) {
+            p.push(format!(
+                "cluster.session_timeout = {:?}: at least 2s",
+                self.session_timeout
+            ));
+        }
+        p
+    }
+}
+
+fn default_zk_root() -> String {
+    "/gse".into()
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_named() {
+        let cfg = ClusterConfig {
+            zookeeper: vec!["zk1:2181".into(), "zk2".into()],
+            zk_root: "gse/".into(),
+            zk_auth: Some("nopass".into()),
+            session_timeout: Duration::from_millis(500),
+            ..ClusterConfig::default()
+        };
+        let p = cfg.problems();
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p[0].contains("\"zk2\""));
+        assert!(ClusterConfig::default().problems().is_empty());
+        assert!(!ClusterConfig::default().enabled());
+    }
+}

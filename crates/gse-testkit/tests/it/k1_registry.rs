@@ -1,0 +1,129 @@
+//! K1: nodes find each other through a real ZooKeeper: each node's entry
+//! (id, region, roles, addresses, load) is seen by the others, joins and
+//! departures within seconds, and a ZooKeeper restart (even one that
+//! lost its data, expiring every session) is survived.
+
+use std::time::Duration;
+
+use gse_core::seams::{NodeInfo, Registry};
+use gse_server::cluster::{ClusterConfig, ZkRegistry};
+use gse_testkit::eventually;
+use gse_testkit::zookeeper::ZooKeeperServer;
+use tokio_util::sync::CancellationToken;
+
+fn config(zk: &ZooKeeperServer, root: &str) -> ClusterConfig {
+    ClusterConfig {
+        zookeeper: vec![zk.connect_string()],
+        zk_root: root.into(),
+        session_timeout: Duration::from_secs(4),
+        refresh: Duration::from_millis(300),
+        ..ClusterConfig::default()
+    }
+}
+
+fn node(id: &str, agents: u64) -> NodeInfo {
+    NodeInfo {
+        node_id: id.into(),
+        region: "east".into(),
+        roles: vec!["api".into(), "link".into()],
+        agent_addr: format!("127.0.0.1:{}", 28000 + agents),
+        api_addr: "127.0.0.1:59313".into(),
+        agents,
+    }
+}
+
+/// Waits until `registry` lists exactly `want` (node id, agents).
+async fn sees(registry: &ZkRegistry, want: &[(&str, u64)]) {
+    eventually(
+        &format!("the registry lists {want:?}"),
+        Duration::from_secs(20),
+        || async {
+            let got: Vec<(String, u64)> = registry
+                .nodes()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|n| (n.node_id, n.agents))
+                .collect();
+            let want: Vec<(String, u64)> = want.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+            (got == want).then_some(()).ok_or(format!("{got:?}"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn k1_nodes_see_joins_load_and_departures() {
+    let mut zk = ZooKeeperServer::start().await;
+    let stop_a = CancellationToken::new();
+    let a = ZkRegistry::start(config(&zk, "/gse-k1"), stop_a.clone())
+        .await
+        .expect("node a registers");
+    a.announce(node("a", 1)).await.unwrap();
+    sees(&a, &[("a", 1)]).await;
+
+    let stop_b = CancellationToken::new();
+    let b = ZkRegistry::start(config(&zk, "/gse-k1"), stop_b.clone())
+        .await
+        .expect("node b registers");
+    let changes = a.watch();
+    b.announce(node("b", 2)).await.unwrap();
+    sees(&a, &[("a", 1), ("b", 2)]).await;
+    sees(&b, &[("a", 1), ("b", 2)]).await;
+    assert!(changes.has_changed().unwrap(), "watchers hear of the join");
+    let entry = a.nodes().await.unwrap()[1].clone();
+    assert_eq!(entry, node("b", 2), "every field travels");
+
+    // Load changes are seen without a restart.
+    b.announce(node("b", 7)).await.unwrap();
+    sees(&a, &[("a", 1), ("b", 7)]).await;
+
+    // Another cluster on the same ZooKeeper is not mixed in.
+    let stop_c = CancellationToken::new();
+    let c = ZkRegistry::start(config(&zk, "/other"), stop_c.clone())
+        .await
+        .unwrap();
+    c.announce(node("c", 0)).await.unwrap();
+    sees(&c, &[("c", 0)]).await;
+
+    // ZooKeeper restarted: the session resumes and the entries stay.
+    zk.restart().await;
+    b.announce(node("b", 8))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sees(&a, &[("a", 1), ("b", 8)]).await;
+
+    // ZooKeeper lost its data: sessions expired, entries gone. Each node
+    // opens a new session and makes its entry again.
+    zk.restart_empty().await;
+    sees(&a, &[("a", 1), ("b", 8)]).await;
+    sees(&b, &[("a", 1), ("b", 8)]).await;
+
+    // A clean stop leaves at once (its session is closed).
+    stop_b.cancel();
+    drop(b);
+    sees(&a, &[("a", 1)]).await;
+    stop_a.cancel();
+    stop_c.cancel();
+}
+
+#[tokio::test]
+async fn k1_an_unreachable_zookeeper_is_one_clear_error() {
+    let port = gse_testkit::free_port();
+    let cfg = ClusterConfig {
+        zookeeper: vec![format!("127.0.0.1:{port}")],
+        session_timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let err = match ZkRegistry::start(cfg, CancellationToken::new()).await {
+        Ok(_) => panic!("nothing listens there"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("[cluster] zookeeper"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails promptly"
+    );
+}
