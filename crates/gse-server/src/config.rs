@@ -235,6 +235,16 @@ impl ServerConfig {
     /// Pure checks; every problem names its key and value.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = self.cluster.problems();
+        if self.cluster.enabled()
+            && self.link.listen.ip().is_unspecified()
+            && self.node.advertise_ip.is_none()
+        {
+            problems.push(format!(
+                "node.advertise_ip is unset while link.listen = \"{}\" is a wildcard: a cluster member must tell \
+                 the other nodes (and the agents they send here) its address; set node.advertise_ip",
+                self.link.listen
+            ));
+        }
         if self.node.roles.is_empty() {
             problems
                 .push("node.roles is empty: name at least one of api, link, alarm, data".into());

@@ -183,6 +183,7 @@ impl Node {
             _ => None,
         };
 
+        let registry = start_registry(&config, &shutdown).await?;
         let api_addr = if config.has_role(Role::Api) {
             let listener = bind(config.api.listen, "the HTTP API", "api.listen").await?;
             let addr = listener.local_addr()?;
@@ -193,6 +194,7 @@ impl Node {
                 routes: route_service.clone(),
                 procs: proc_service.clone(),
                 snapshots: snapshots.clone(),
+                registry: Some(registry.clone()),
                 ..ApiContext::new(store.clone(), config.api.clone())
             };
             let token = shutdown.clone();
@@ -207,7 +209,6 @@ impl Node {
             None
         };
 
-        let registry: Arc<dyn Registry> = Arc::new(StaticRegistry::new(Vec::new()));
         tasks.spawn(announce(
             registry,
             node_info(&config, api_addr, agent_addr),
@@ -397,6 +398,20 @@ async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
             .context("cannot save the apps of [api] apps")?;
     }
     Ok(store)
+}
+
+/// ZooKeeper when `[cluster] zookeeper` is set (K1), else this node alone.
+async fn start_registry(
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Registry>> {
+    if !config.cluster.enabled() {
+        return Ok(Arc::new(StaticRegistry::new(Vec::new())));
+    }
+    let registry = crate::cluster::ZkRegistry::start(config.cluster.clone(), shutdown.clone())
+        .await
+        .context("cannot join the cluster in [cluster]")?;
+    Ok(registry)
 }
 
 fn node_info(

@@ -14,6 +14,7 @@ mod call;
 mod client;
 mod connection;
 mod exec;
+mod nodes;
 mod push;
 mod table;
 
@@ -44,6 +45,9 @@ struct Cli {
 enum Command {
     /// List agents with their state, version, CPU, memory and last heartbeat.
     Agents(agents::AgentsArgs),
+    /// List the cluster's server nodes: region, roles, addresses and the
+    /// agents each holds.
+    Nodes(nodes::NodesArgs),
     /// Run a command or script on many hosts; live progress, then each
     /// host's output, grouped when identical. Exit code 1 if any host failed.
     Exec(exec::ExecArgs),
@@ -76,6 +80,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let client = ApiClient::new(&connection)?;
     match &cli.command {
         Command::Agents(args) => agents::run(&client, args).await.map(|()| true),
+        Command::Nodes(args) => nodes::run(&client, args).await.map(|()| true),
         Command::Exec(args) => exec::run(&client, args).await,
         Command::Push(args) => push::run(&client, args).await,
         Command::Call(args) => call::run(&client, args).await.map(|()| true),

@@ -95,8 +95,15 @@ impl ZkRegistry {
         Ok(watcher)
     }
 
-    /// The loop of the module doc.
+    /// The loop of the module doc; at shutdown the session is closed, so
+    /// this node leaves the list at once.
     async fn keep(self: Arc<Self>, shutdown: CancellationToken) {
+        self.keep_until(&shutdown).await;
+        // Dropping the last clone of the client sends closeSession.
+        self.client.lock().take();
+    }
+
+    async fn keep_until(&self, shutdown: &CancellationToken) {
         let mut failing = false;
         while !shutdown.is_cancelled() {
             let state = self.client().ok().map(|c| c.state_watcher());

@@ -14,6 +14,7 @@ use super::body::Fields;
 use super::data_routes;
 use super::error::{ApiError, quoted};
 use super::files;
+use super::nodes;
 use super::procs;
 use super::snapshot;
 use super::tasks;
@@ -73,6 +74,9 @@ pub enum Endpoint {
     /// `get_agent_snapshot`: the agents' system snapshots of the last
     /// minute (D3; our extension).
     GetAgentSnapshot,
+    /// `list_nodes`: the cluster's server nodes and their load (K1; our
+    /// extension).
+    ListNodes,
 }
 
 /// Canonical path (no prefix, no trailing slash) of every endpoint.
@@ -88,6 +92,7 @@ pub const ENDPOINTS: &[(&str, Endpoint)] = &[
     ("/api/v2/cluster/list_agent_state", Endpoint::ListAgentState),
     ("/api/v2/cluster/list_agent_info", Endpoint::ListAgentInfo),
     ("/api/v2/cluster/list_agents", Endpoint::ListAgents),
+    ("/api/v2/cluster/list_nodes", Endpoint::ListNodes),
     (
         "/api/v2/task/extensions/async_execute_script",
         Endpoint::ExecuteScript,
@@ -280,6 +285,7 @@ impl Endpoint {
             Endpoint::ListAgentState => agents::list_agent_state(ctx, body).await,
             Endpoint::ListAgentInfo => agents::list_agent_info(ctx, body).await,
             Endpoint::ListAgents => agents::list_agents(ctx, body).await,
+            Endpoint::ListNodes => nodes::list_nodes(ctx).await,
             Endpoint::ExecuteScript => tasks::execute_script(ctx, body).await,
             Endpoint::GetScriptResult => tasks::get_script_result(ctx, body).await,
             Endpoint::TerminateScript => tasks::terminate_script(ctx, body).await,

@@ -192,6 +192,10 @@ pub enum ApiError {
     )]
     SnapshotsUnavailable,
 
+    /// The cluster registry cannot list the nodes now.
+    #[error("cannot list the cluster's nodes: {0}; retry, and check the node's log and ZooKeeper")]
+    Registry(#[from] gse_core::seams::RegistryError),
+
     /// A data-route call (route/stream_to APIs) refused or failed.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -283,7 +287,7 @@ impl ApiError {
             TasksUnavailable | FilesUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,
             ProcsUnavailable => 1000503,
-            SnapshotsUnavailable => 1000503,
+            SnapshotsUnavailable | Registry(_) => 1000503,
             ProcTaskNotFound { .. } => TASK_NOT_FOUND,
             ProcTaskQueued { .. } => crate::role::proc::codes::ENVELOPE_QUEUED,
             TaskNotFound { .. } | TransferNotFound { .. } => TASK_NOT_FOUND,

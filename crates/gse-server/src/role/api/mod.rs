@@ -26,6 +26,7 @@ mod file_request;
 mod files;
 mod listener;
 pub mod metrics;
+mod nodes;
 mod proc_request;
 mod procs;
 mod secret_cache;
@@ -87,6 +88,9 @@ pub struct ApiContext {
     /// The data role's system snapshots (D3); `None` answers
     /// `get_agent_snapshot` with 1000503.
     pub snapshots: Option<Arc<SnapshotCache>>,
+    /// The cluster's nodes (K1): ZooKeeper in a cluster, this node alone
+    /// otherwise; `None` answers `list_nodes` with this node unknown.
+    pub registry: Option<Arc<dyn gse_core::seams::Registry>>,
 }
 
 impl ApiContext {
@@ -107,6 +111,7 @@ impl ApiContext {
             procs: None,
             routes: None,
             snapshots: None,
+            registry: None,
         }
     }
 }
