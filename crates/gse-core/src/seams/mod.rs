@@ -2,6 +2,7 @@
 //! default) and, later, a distributed one (DESIGN.md "Layers and seams").
 //!
 //! - [`Registry`]: which server nodes exist, their region and load (K1).
+//! - [`AgentDirectory`]: which node holds each agent, fenced by epochs.
 //! - [`StateStore`]: agent state, apps, and later task records and routes (C12).
 //! - [`Sink`]: where the DataServer sends a data id's records (D5).
 //! - [`Executor`]: how an agent runs a task (T2..T8).
@@ -11,11 +12,13 @@
 //! embedded store and sinks in gse-server, the process executor in gse-agent;
 //! [`registry::StaticRegistry`] is here because every node uses it.
 
+pub mod directory;
 pub mod executor;
 pub mod registry;
 pub mod sink;
 pub mod state_store;
 
+pub use directory::{AgentDirectory, DirectoryError, Epoch, Location, MemoryDirectory};
 pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncation_marker};
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Batch, Record, Sink, SinkError};
