@@ -24,7 +24,7 @@ mod tests;
 
 pub use book::{Book, Effect};
 pub use ledger::{Ledger, Memory, Standing};
-pub(crate) use writer::{Due, JobKind, Names, Take, Timing, Writer, flush, recover, run};
+pub(crate) use writer::{Due, JobKind, Names, Take, Timing, recover, run};
 
 /// A job the [`Ledger`] holds.
 pub trait Job: Send + Sync + 'static {

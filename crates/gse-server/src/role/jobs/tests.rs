@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::writer::HOUSEKEEPING_EVERY;
+use super::writer::{HOUSEKEEPING_EVERY, Writer, flush};
 use super::*;
 
 struct FakeJob {

@@ -125,6 +125,14 @@ pub struct Writer {
     failing: bool,
 }
 
+impl Writer {
+    /// Whether the last batch was refused.
+    #[cfg(test)]
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
 /// Saves changes and keeps memory in check until `shutdown`, then saves
 /// everything once more.
 pub async fn run<K: JobKind>(kind: Arc<K>, shutdown: CancellationToken) {

@@ -32,7 +32,8 @@ use super::spec::{
 use super::writer::{MEMORY, MEMORY_TTL};
 use super::{AgentLink, EntryView, TaskConfig, TaskError, TaskParts, TaskService};
 use crate::role::alarm::{AlarmConfig, AlarmService};
-use crate::role::jobs::{self, Memory, Writer as WriterState};
+use crate::role::jobs::writer::Writer as WriterState;
+use crate::role::jobs::{self, Memory};
 use crate::role::link::{AgentFrames, SendError};
 use crate::store::EmbeddedStore;
 
@@ -352,7 +353,7 @@ fn run_ok(svc: &TaskService, ip: &str, task_id: &str, atomic_id: u32, output: &s
 /// The writer's steps, driven by hand.
 impl TaskService {
     async fn flush(&self, state: &mut WriterState) -> bool {
-        jobs::flush(self, false, state).await
+        jobs::writer::flush(self, false, state).await
     }
 
     fn evict(&self, now: Instant) {
