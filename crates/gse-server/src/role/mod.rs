@@ -5,6 +5,7 @@ pub mod alarm;
 pub mod api;
 pub mod data;
 pub mod file;
+pub(crate) mod jobs;
 pub mod link;
 pub mod proc;
 pub mod task;

@@ -154,11 +154,10 @@ impl FileService {
     /// involved to stop; called every second by the writer.
     pub(super) fn close_overdue(&self, now: Instant) {
         let overdue: Vec<Arc<LiveTransfer>> = self
-            .active
-            .lock()
-            .values()
+            .jobs
+            .open_jobs()
+            .into_iter()
             .filter(|t| t.deadline <= now)
-            .cloned()
             .collect();
         for t in overdue {
             let why = format!(

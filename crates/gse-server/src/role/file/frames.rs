@@ -47,7 +47,7 @@ impl AgentFrames for FileService {
 
     fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
         self.relay_disconnect(agent, conn_id);
-        let active: Vec<_> = self.active.lock().values().cloned().collect();
+        let active = self.jobs.open_jobs();
         for t in active {
             self.transfer_disconnect(&t, agent, conn_id);
         }

@@ -2,7 +2,6 @@
 //! in [`super::codes`] or `other`, never an agent or a transfer id.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use super::codes::code_label;
 
@@ -37,12 +36,4 @@ pub fn entries_final(codes: &[i32]) {
     for (code, n) in counts {
         ::metrics::counter!(ENTRIES_FINAL_TOTAL, "code" => code).increment(n);
     }
-}
-
-pub fn flushed(elapsed: Duration) {
-    ::metrics::histogram!(STORE_FLUSH_SECONDS).record(elapsed.as_secs_f64());
-}
-
-pub fn flush_failed() {
-    ::metrics::counter!(STORE_FAILURES_TOTAL).increment(1);
 }

@@ -8,8 +8,11 @@
 //! (zones, chains, pass-throughs) and every target and relay gets a
 //! `FileStart`. Agents' reports and disconnects come through
 //! [`AgentFrames`] ([`frames`]); pieces fetched direct pass through this
-//! node ([`relay`]). Polls and terminate are in [`query`] and [`control`];
-//! the [`writer`] saves transfers, closes overdue ones and prunes old ones.
+//! node ([`relay`]). Polls and terminate are in [`query`] and [`control`].
+//! Live transfers are kept in the job engine's ledger
+//! ([`crate::role::jobs`]), whose writer saves them, forgets finished ones
+//! and prunes old ones; [`writer`] is the file role's side of it (pacing,
+//! deadlines, relays).
 //! Peer-to-peer bytes never pass through here; HTTP shapes are the API
 //! role's business.
 
@@ -30,16 +33,16 @@ mod writer;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gse_core::AgentKey;
 use gse_core::seams::{StateStore, StoreError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 pub use config::{FileConfig, PassThroughRule};
 
+use crate::role::jobs::{self, Ledger};
 use crate::role::link::{LinkService, PeerInfo};
 use crate::role::task::{AgentLink, Dispatch};
 use model::{Effect, LiveTransfer, TransferState};
@@ -102,12 +105,9 @@ pub struct FileService {
     store: Arc<dyn StateStore>,
     dispatch: Dispatch,
     link: Option<Arc<dyn FileLink>>,
-    /// Transfers in memory: running ones and those finished recently.
-    transfers: RwLock<HashMap<String, Arc<LiveTransfer>>>,
-    /// Transfers with unfinished entries (disconnects and deadlines look here).
-    active: Mutex<HashMap<String, Arc<LiveTransfer>>>,
-    /// Transfers with changes the writer has not saved yet.
-    queue: Mutex<Vec<Arc<LiveTransfer>>>,
+    /// Transfers in memory, those with unfinished entries, and those with
+    /// changes the writer has not saved yet.
+    jobs: Ledger<LiveTransfer>,
     /// Direct piece requests on their way to a source.
     relay: Mutex<relay::RelayTable>,
     seq: AtomicU64,
@@ -120,7 +120,9 @@ impl FileService {
     /// spawn [`FileService::run`] to save its changes.
     pub async fn start(parts: FileParts) -> Result<Arc<Self>, FileStartError> {
         let svc = Self::new(parts);
-        svc.recover().await.map_err(FileStartError::Recover)?;
+        jobs::recover(&*svc)
+            .await
+            .map_err(FileStartError::Recover)?;
         Ok(svc)
     }
 
@@ -132,9 +134,7 @@ impl FileService {
             config: parts.config,
             store: parts.store,
             link: parts.link,
-            transfers: RwLock::new(HashMap::new()),
-            active: Mutex::new(HashMap::new()),
-            queue: Mutex::new(Vec::new()),
+            jobs: Ledger::default(),
             relay: Mutex::new(relay::RelayTable::default()),
             seq: AtomicU64::new(1),
         })
@@ -152,18 +152,14 @@ impl FileService {
 
     /// The transfer, if it is in memory.
     fn live(&self, task_id: &str) -> Option<Arc<LiveTransfer>> {
-        self.transfers.read().get(task_id).cloned()
+        self.jobs.get(task_id)
     }
 
     /// Makes a new transfer visible to frames, polls, disconnects and the
     /// writer.
     fn register(&self, t: &Arc<LiveTransfer>) {
-        let unfinished = t.state.lock().unfinished > 0;
-        self.transfers.write().insert(t.id.clone(), t.clone());
-        if unfinished {
-            self.active.lock().insert(t.id.clone(), t.clone());
-        }
-        self.queue.lock().push(t.clone());
+        let open = t.state.lock().book.unfinished() > 0;
+        self.jobs.register(t, open);
     }
 
     /// Runs `f` on a transfer's state, then acts on what it changed: tasks
@@ -182,17 +178,14 @@ impl FileService {
     }
 
     fn apply(&self, t: &Arc<LiveTransfer>, effect: Effect, cancel: Option<&str>) {
-        if effect.enqueue {
-            self.queue.lock().push(t.clone());
-        }
-        metrics::entries_final(&effect.final_codes);
+        let done = self.jobs.settle(t, &effect.job);
+        metrics::entries_final(&effect.job.finals);
         if let Some(reason) = cancel {
             for task in &effect.tasks_done {
                 self.cancel_task(t, *task, reason);
             }
         }
-        if effect.transfer_done {
-            self.active.lock().remove(&t.id);
+        if done {
             tracing::info!(task_id = %t.id, tasks = t.tasks.len(), "file transfer finished");
         }
     }
@@ -204,6 +197,6 @@ impl FileService {
 
     /// Number of transfers in memory and of those still running.
     pub fn counts(&self) -> (usize, usize) {
-        (self.transfers.read().len(), self.active.lock().len())
+        self.jobs.counts()
     }
 }

@@ -14,6 +14,8 @@ use gse_core::seams::state_store::{FileEntryRecord, FileTransferRecord};
 use gse_proto::link::{FileProgress, Peer};
 use parking_lot::Mutex;
 
+use crate::role::jobs::{self, Book, Job, Resident, Standing};
+
 use super::codes::*;
 use super::spec::{Selection, TargetDirSpec, ZonePair};
 
@@ -22,7 +24,7 @@ const MAX_ERROR_MSG: usize = 4096;
 
 /// An agent of the transfer as the caller named it, and what it resolved to.
 #[derive(Clone, Debug, Default)]
-pub(super) struct AgentSlot {
+pub(crate) struct AgentSlot {
     pub name: String,
     pub container: String,
     /// `None` = unknown to gse.
@@ -42,7 +44,7 @@ impl AgentSlot {
 }
 
 /// One task as planned at the start.
-pub(super) struct TaskPlan {
+pub(crate) struct TaskPlan {
     pub source: AgentSlot,
     /// `store_dir` and `file_name` as sent.
     pub source_dir: String,
@@ -70,13 +72,13 @@ impl TaskPlan {
 }
 
 /// One hop of a zone chain as planned.
-pub(super) struct HopPlan {
+pub(crate) struct HopPlan {
     pub zone: String,
     pub relays: Vec<AgentSlot>,
 }
 
 /// A transfer kept in memory while it runs and for a while after.
-pub(super) struct LiveTransfer {
+pub(crate) struct LiveTransfer {
     pub id: String,
     pub created_ms: u64,
     /// Shared secret peers present to each other.
@@ -97,7 +99,7 @@ pub(super) struct LiveTransfer {
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     /// Waiting for the source's manifest.
     Manifest,
     /// Targets are fetching.
@@ -109,7 +111,7 @@ pub(super) enum Phase {
 /// What the node needs of one manifest entry to check a direct piece
 /// request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct EntryShape {
+pub(crate) struct EntryShape {
     pub is_file: bool,
     pub size: u64,
     pub piece_size: u32,
@@ -126,7 +128,7 @@ impl EntryShape {
 }
 
 /// The mutable part of one task.
-pub(super) struct TaskRun {
+pub(crate) struct TaskRun {
     pub phase: Phase,
     pub upload: u32,
     pub downloads: u32,
@@ -148,7 +150,7 @@ pub(super) struct TaskRun {
 
 /// How urgently a transfer's record must be saved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Unsaved {
+pub(crate) enum Unsaved {
     #[default]
     Nothing,
     /// Only progress changed: save when the save interval allows.
@@ -160,7 +162,7 @@ pub(super) enum Unsaved {
 /// How often a transfer's record may be saved: each save writes the whole
 /// transfer, so a large one is saved less often while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Pace {
+pub(crate) struct Pace {
     /// After an entry became final (a finished transfer is saved at once).
     pub final_every: Duration,
     /// When only progress changed.
@@ -169,7 +171,7 @@ pub(super) struct Pace {
 
 /// How an entry ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Outcome {
+pub(crate) struct Outcome {
     pub status: i32,
     pub code: i32,
     pub msg: String,
@@ -195,31 +197,24 @@ impl Outcome {
 }
 
 /// The mutable part of a [`LiveTransfer`].
-pub(super) struct TransferState {
+pub(crate) struct TransferState {
     pub entries: Vec<FileEntryRecord>,
-    /// Entries not final yet.
-    pub unfinished: usize,
+    /// Open entries, the writer's queue, finish time.
+    pub book: Book,
     pub runs: Vec<TaskRun>,
     pub unsaved: Unsaved,
-    /// The transfer is in the writer's queue.
-    pub queued: bool,
     pub last_saved: Option<Instant>,
-    /// When the last entry became final.
-    pub finished_at: Option<Instant>,
 }
 
 /// What a change did, for the caller to act on after unlocking.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct Effect {
-    /// The transfer needs a place in the writer's queue.
-    pub enqueue: bool,
-    /// Codes of the entries this change made final.
-    pub final_codes: Vec<i32>,
+pub(crate) struct Effect {
+    /// The ledger's part: a place in the writer's queue, the codes of the
+    /// entries made final, the transfer done.
+    pub job: jobs::Effect,
     /// Tasks whose last download became final: their agents are told to
     /// stop and drop what they keep for it.
     pub tasks_done: Vec<u32>,
-    /// The transfer's last entry became final.
-    pub transfer_done: bool,
 }
 
 // === impl TransferState ===
@@ -231,21 +226,16 @@ impl TransferState {
         let unfinished = entries.iter().filter(|e| !e.is_final()).count();
         TransferState {
             entries,
-            unfinished,
+            book: Book::new(unfinished),
             runs,
             unsaved: Unsaved::Final,
-            queued: true,
             last_saved: None,
-            finished_at: (unfinished == 0).then(Instant::now),
         }
     }
 
     fn touch(&mut self, level: Unsaved, effect: &mut Effect) {
         self.unsaved = self.unsaved.max(level);
-        if !self.queued {
-            self.queued = true;
-            effect.enqueue = true;
-        }
+        self.book.touch(&mut effect.job);
     }
 
     fn set_progress(&mut self, idx: usize, progress: u32) {
@@ -288,8 +278,7 @@ impl TransferState {
         if outcome.code == ERR_NONE {
             self.set_progress(i, 100);
         }
-        self.unfinished -= 1;
-        effect.final_codes.push(outcome.code);
+        self.book.entry_final(outcome.code, &mut effect.job);
         if mode == 1 {
             let run = &mut self.runs[task];
             run.open_downloads = run.open_downloads.saturating_sub(1);
@@ -298,10 +287,6 @@ impl TransferState {
                 effect.tasks_done.push(task as u32);
                 self.settle_upload(task, effect);
             }
-        }
-        if self.unfinished == 0 {
-            self.finished_at = Some(Instant::now());
-            effect.transfer_done = true;
         }
         self.touch(Unsaved::Final, effect);
         true
@@ -400,7 +385,7 @@ impl TransferState {
 
     /// Moves the record out for saving when it is due (see [`Pace`]), or
     /// at once with `force`. Leaves the writer's queue when it returns a
-    /// record or has nothing to save.
+    /// record or has nothing to save (a save not due yet stays queued).
     pub fn take_record(
         &mut self,
         t: &LiveTransfer,
@@ -411,10 +396,10 @@ impl TransferState {
     ) -> Option<FileTransferRecord> {
         let wait = match self.unsaved {
             Unsaved::Nothing => {
-                self.queued = false;
+                self.book.leave_queue();
                 return None;
             }
-            Unsaved::Final if self.unfinished == 0 => Duration::ZERO,
+            Unsaved::Final if self.book.unfinished() == 0 => Duration::ZERO,
             Unsaved::Final => pace.final_every,
             Unsaved::Progress => pace.progress_every,
         };
@@ -426,7 +411,7 @@ impl TransferState {
             return None;
         }
         self.unsaved = Unsaved::Nothing;
-        self.queued = false;
+        self.book.leave_queue();
         self.last_saved = Some(now);
         Some(FileTransferRecord {
             task_id: t.id.clone(),
@@ -443,13 +428,33 @@ impl TransferState {
     }
 }
 
+// === impl LiveTransfer ===
+
+impl Job for LiveTransfer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Resident for LiveTransfer {
+    fn standing(&self) -> Standing {
+        let st = self.state.lock();
+        Standing {
+            finished_at: st.book.finished_at(),
+            unsaved: st.book.queued(),
+            entries: st.entries.len(),
+            bytes: 0,
+        }
+    }
+}
+
 /// How a download's `status_info` mentions its fallback to direct.
 fn fallback_note(reason: &str) -> String {
     format!("P2P fell back to direct through the server: {reason}")
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-pub(super) fn bounded(mut s: String, max: usize) -> String {
+pub(crate) fn bounded(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {

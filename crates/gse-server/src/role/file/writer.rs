@@ -1,6 +1,6 @@
-//! The file role's worker: saves what changed in batches, answers direct
-//! requests their source left waiting, closes transfers past their
-//! deadline, forgets finished transfers and prunes old records.
+//! The file role's side of the job engine's writer ([`crate::role::jobs`]):
+//! how a transfer is saved, and its work between saves (direct requests
+//! their source left waiting, transfers past their deadline).
 //!
 //! Each save writes a whole transfer, so saves are paced ([`pace`]): a
 //! change that made an entry final is saved within [`FLUSH_EVERY`] for small
@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gse_core::seams::StoreError;
-use gse_core::seams::state_store::EntryFailure;
+use gse_core::seams::state_store::{EntryFailure, FileTransferRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::codes::{ERR_AGENT_DOWN, STATUS_FAILED};
 use super::model::{Effect, LiveTransfer, Pace};
 use super::{FileService, metrics};
+use crate::role::jobs::{self, Due, JobKind, Ledger, Memory, Names, Take, Timing};
 
 /// How often changes are looked at and saved.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -30,8 +31,12 @@ pub const MEMORY_TTL: Duration = Duration::from_secs(600);
 /// Most entries of finished transfers kept in memory; beyond it the oldest
 /// finished transfers leave early.
 pub const MEMORY_ENTRIES: usize = 500_000;
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// What finished transfers may hold of memory (they hold no logs).
+pub const MEMORY: Memory = Memory {
+    ttl: MEMORY_TTL,
+    max_entries: MEMORY_ENTRIES,
+    max_bytes: usize::MAX,
+};
 
 /// How often `t` may be saved: about 1 ms per 10 entries between saves.
 fn pace(entries: usize) -> Pace {
@@ -47,146 +52,101 @@ impl FileService {
     /// Saves changes and keeps transfers in check until `shutdown`, then
     /// saves everything once more.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut housekeeping = Instant::now();
-        let mut pruned: Option<Instant> = None;
-        loop {
-            let stop = tokio::select! {
-                _ = shutdown.cancelled() => true,
-                _ = tick.tick() => false,
-            };
-            self.flush(stop, &mut failing).await;
-            if stop {
-                return;
-            }
-            let now = Instant::now();
-            self.sweep_relays(now);
-            if now.duration_since(housekeeping) >= HOUSEKEEPING_EVERY {
-                housekeeping = now;
-                self.close_overdue(now);
-                self.evict(now, MEMORY_ENTRIES);
-            }
-            if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                pruned = Some(Instant::now());
-                self.prune().await;
-            }
+        jobs::run(self, shutdown).await
+    }
+}
+
+impl JobKind for FileService {
+    type Job = LiveTransfer;
+    type Batch = Vec<FileTransferRecord>;
+    type Error = StoreError;
+    const NAMES: Names = Names {
+        noun: "file transfer",
+        plural: "transfers",
+        retention_key: "file.retention",
+        flush_seconds: metrics::STORE_FLUSH_SECONDS,
+        store_failures: metrics::STORE_FAILURES_TOTAL,
+    };
+
+    fn ledger(&self) -> &Ledger<LiveTransfer> {
+        &self.jobs
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            flush_every: FLUSH_EVERY,
+            slow_every: None,
+            memory: MEMORY,
+            retention: self.config.retention,
         }
     }
 
-    /// Writes the transfers whose save is due (all of them with `force`);
-    /// true when the store took the batch (or there was nothing to save).
-    pub(super) async fn flush(&self, force: bool, failing: &mut bool) -> bool {
-        let now = Instant::now();
-        let drained = std::mem::take(&mut *self.queue.lock());
-        let mut batch = Vec::new();
-        let mut saved = Vec::new();
-        let mut later = Vec::new();
-        for t in drained {
-            let mut st = t.state.lock();
-            let p = pace(st.entries.len());
-            if let Some(record) = st.take_record(&t, &self.node_id, now, p, force) {
+    /// The transfer's whole record when its save is due.
+    fn take(
+        &self,
+        t: &Arc<LiveTransfer>,
+        now: Instant,
+        force: bool,
+        batch: &mut Vec<FileTransferRecord>,
+    ) -> Take {
+        let mut st = t.state.lock();
+        let p = pace(st.entries.len());
+        match st.take_record(t, &self.node_id, now, p, force) {
+            Some(record) => {
                 batch.push(record);
-                saved.push(t.clone());
-            } else if st.queued {
-                later.push(t.clone());
+                Take::Taken
             }
-        }
-        self.queue.lock().extend(later);
-        if batch.is_empty() {
-            return true;
-        }
-        let began = Instant::now();
-        match self.store.write_file_transfers(Arc::new(batch)).await {
-            Ok(()) => {
-                metrics::flushed(began.elapsed());
-                if std::mem::take(failing) {
-                    tracing::info!("file transfer records are being saved again");
-                }
-                true
-            }
-            Err(e) => {
-                metrics::flush_failed();
-                if !std::mem::replace(failing, true) {
-                    tracing::warn!(error = %e, "cannot save file transfer records; retrying with the next batch (unsaved transfers stay in memory, polls are served from there)");
-                }
-                self.unsave(&saved);
-                false
-            }
+            None if st.book.queued() => Take::Later,
+            None => Take::Clean,
         }
     }
 
-    /// Marks transfers of a refused batch unsaved again and requeues them.
-    fn unsave(&self, saved: &[Arc<LiveTransfer>]) {
-        let mut queue = self.queue.lock();
-        for t in saved {
-            let mut effect = Effect::default();
-            t.state.lock().unsave(&mut effect);
-            if effect.enqueue {
-                queue.push(t.clone());
-            }
-        }
+    fn is_empty(batch: &Vec<FileTransferRecord>) -> bool {
+        batch.is_empty()
     }
 
-    /// Forgets transfers finished more than [`MEMORY_TTL`] ago, and the
-    /// oldest finished ones beyond `max_entries`; only saved transfers
-    /// leave memory (polls then read the store).
-    pub(super) fn evict(&self, now: Instant, max_entries: usize) {
-        let mut transfers = self.transfers.write();
-        let mut done: Vec<(Instant, usize, String)> = transfers
-            .values()
-            .filter_map(|t| {
-                let st = t.state.lock();
-                let at = st.finished_at.filter(|_| !st.queued)?;
-                Some((at, st.entries.len(), t.id.clone()))
+    /// Marks the transfers of a refused batch unsaved again.
+    fn unsave(
+        &self,
+        taken: &[Arc<LiveTransfer>],
+        _: &Vec<FileTransferRecord>,
+    ) -> Vec<Arc<LiveTransfer>> {
+        taken
+            .iter()
+            .filter(|t| {
+                let mut effect = Effect::default();
+                t.state.lock().unsave(&mut effect);
+                effect.job.enqueue
             })
-            .collect();
-        done.sort_unstable();
-        let mut kept: usize = done.iter().map(|(_, n, _)| n).sum();
-        for (at, entries, id) in done {
-            if now.saturating_duration_since(at) < MEMORY_TTL && kept <= max_entries {
-                break;
-            }
-            transfers.remove(&id);
-            kept -= entries;
-        }
+            .cloned()
+            .collect()
     }
 
-    /// Deletes finished records older than `file.retention`.
-    async fn prune(&self) {
-        let cutoff = gse_core::now_ms().saturating_sub(self.config.retention.as_millis() as u64);
-        match self.store.prune_file_transfers(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                transfers = n,
-                "pruned file transfer records older than file.retention"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot prune old file transfer records; will try again in an hour")
-            }
-        }
+    async fn write(&self, batch: Arc<Vec<FileTransferRecord>>) -> Result<(), StoreError> {
+        self.store.write_file_transfers(batch).await
     }
 
-    /// Closes the entries this node's last run left unfinished.
-    pub(super) async fn recover(&self) -> Result<(), StoreError> {
+    async fn prune(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        self.store.prune_file_transfers(created_before_ms).await
+    }
+
+    async fn fail_unfinished(&self, end_ms: u64) -> Result<u64, StoreError> {
         let failure = EntryFailure {
             status: STATUS_FAILED,
             error_code: ERR_AGENT_DOWN,
             error_msg: "server restarted during the transfer; start it again".into(),
-            end_ms: gse_core::now_ms(),
+            end_ms,
         };
-        let closed = self
-            .store
+        self.store
             .fail_unfinished_file_transfers(&self.node_id, failure)
-            .await?;
-        if closed > 0 {
-            tracing::warn!(
-                entries = closed,
-                "closed file transfer entries left unfinished when this node last stopped"
-            );
+            .await
+    }
+
+    async fn round(&self, now: Instant, due: Due) {
+        self.sweep_relays(now);
+        if due.second {
+            self.close_overdue(now);
         }
-        Ok(())
     }
 }
 

@@ -34,8 +34,7 @@ impl AgentFrames for ProcService {
     }
 
     fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
-        let active: Vec<_> = self.active.lock().values().cloned().collect();
-        for task in active {
+        for task in self.jobs.open_jobs() {
             {
                 let mut st = task.state.lock();
                 for e in st.entries.iter_mut() {
@@ -60,7 +59,7 @@ impl ProcService {
         if let Some(status) = r.status.clone() {
             self.status.update(agent, false, vec![status]);
         }
-        let Some(task) = self.tasks.lock().get(&r.task_id).cloned() else {
+        let Some(task) = self.jobs.get(&r.task_id) else {
             tracing::debug!(agent = %agent, task_id = %r.task_id, "result for a proc task this node does not hold");
             return;
         };

@@ -9,8 +9,10 @@
 //! commands a dangerous-operation rule blocks are refused first
 //! ([`danger`]). Agents' results, status reports and alarms arrive through
 //! [`AgentFrames`] ([`frames`]); the last status each agent reported is kept in
-//! [`status::StatusCache`] for `get_proc_status_v2`. Tasks live in memory
-//! for `proc.retention`; HTTP shapes are the API role's.
+//! [`status::StatusCache`] for `get_proc_status_v2`. Tasks live in memory,
+//! in the job engine's ledger ([`crate::role::jobs`]), for
+//! `proc.retention`: they are not stored, so the engine's writer does not
+//! run for them; HTTP shapes are the API role's.
 
 pub mod codes;
 pub mod config;
@@ -20,7 +22,6 @@ mod metrics;
 pub mod model;
 pub mod status;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub use model::{Answer, OpRequest};
 pub use status::ProcView;
 
 use crate::role::alarm::AlarmService;
+use crate::role::jobs::Ledger;
 use crate::role::task::{AgentLink, Dispatch};
 use codes::*;
 use model::{EntryState, ProcTask};
@@ -81,13 +83,11 @@ pub struct ProcService {
     dispatch: Dispatch,
     alarms: Option<Arc<AlarmService>>,
     danger: Arc<DangerPolicy>,
-    tasks: Mutex<HashMap<String, Arc<ProcTask>>>,
+    /// Tasks in memory, those with entries sent and not answered (open),
+    /// and those waiting for the dispatcher (the queue).
+    jobs: Ledger<ProcTask>,
     /// Task ids in creation order, for retention.
     order: Mutex<std::collections::VecDeque<String>>,
-    /// Tasks waiting for the dispatcher.
-    queue: Mutex<Vec<Arc<ProcTask>>>,
-    /// Tasks with entries sent and not answered.
-    active: Mutex<HashMap<String, Arc<ProcTask>>>,
     status: status::StatusCache,
     seq: AtomicU64,
 }
@@ -103,10 +103,8 @@ impl ProcService {
             store: parts.store,
             alarms: parts.alarms,
             danger: parts.danger,
-            tasks: Mutex::new(HashMap::new()),
+            jobs: Ledger::default(),
             order: Mutex::new(Default::default()),
-            queue: Mutex::new(Vec::new()),
-            active: Mutex::new(HashMap::new()),
             status: status::StatusCache::default(),
             seq: AtomicU64::new(1),
         })
@@ -123,9 +121,8 @@ impl ProcService {
         let entries = task.state.lock().entries.len();
         tracing::info!(task_id = %id, ops = task.ops.len(), entries, "proc task queued");
         metrics::task_created();
-        self.tasks.lock().insert(id.clone(), task.clone());
+        self.jobs.register(&task, false);
         self.order.lock().push_back(id.clone());
-        self.queue.lock().push(task);
         self.prune();
         id
     }
@@ -133,10 +130,8 @@ impl ProcService {
     /// The task's answers by result key.
     pub fn results(&self, task_id: &str) -> Result<TaskResults, ProcError> {
         let task = self
-            .tasks
-            .lock()
+            .jobs
             .get(task_id)
-            .cloned()
             .ok_or_else(|| ProcError::NotFound(task_id.to_string()))?;
         let (queued, answers) = task.answers();
         Ok(TaskResults { queued, answers })
@@ -167,8 +162,7 @@ impl ProcService {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let queued = std::mem::take(&mut *self.queue.lock());
-            for task in queued {
+            for task in self.jobs.take_queue() {
                 if let Err(e) = self.dispatch_task(&task).await {
                     tracing::error!(task_id = %task.id, error = %e, "cannot dispatch a proc task; its entries fail");
                     self.fail_open(&task, CODE_FAILED, &format!("dispatch failed: {e}"));
@@ -227,7 +221,7 @@ impl ProcService {
             .any(|e| matches!(e.state, EntryState::Sent { .. }));
         drop(st);
         if sent {
-            self.active.lock().insert(task.id.clone(), task.clone());
+            self.jobs.open(task);
         }
         Ok(())
     }
@@ -246,8 +240,7 @@ impl ProcService {
     /// Fails entries whose answer is overdue.
     fn expire(&self) {
         let now = Instant::now();
-        let active: Vec<_> = self.active.lock().values().cloned().collect();
-        for task in active {
+        for task in self.jobs.open_jobs() {
             {
                 let mut st = task.state.lock();
                 for e in st.entries.iter_mut() {
@@ -270,7 +263,7 @@ impl ProcService {
     /// Forgets an active task once it has nothing open.
     fn retire(&self, task: &Arc<ProcTask>) {
         if !task.unfinished() {
-            self.active.lock().remove(&task.id);
+            self.jobs.close(&task.id);
         }
     }
 
@@ -283,19 +276,20 @@ impl ProcService {
     }
 
     /// Drops tasks older than the retention or beyond `max_tasks`.
+    /// (Proc tasks are memory only: they leave by age from their creation,
+    /// running or not, rather than by the engine's writer.)
     fn prune(&self) {
         let mut order = self.order.lock();
-        let mut tasks = self.tasks.lock();
         while let Some(oldest) = order.front() {
-            let old = tasks
+            let old = self
+                .jobs
                 .get(oldest)
                 .is_none_or(|t| t.created.elapsed() > self.config.retention);
-            if !old && tasks.len() <= self.config.max_tasks {
+            if !old && self.jobs.counts().0 <= self.config.max_tasks {
                 break;
             }
             if let Some(id) = order.pop_front() {
-                tasks.remove(&id);
-                self.active.lock().remove(&id);
+                self.jobs.remove(&id);
             }
         }
     }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::codes::*;
+use crate::role::jobs::Job;
 
 /// One operation of `operate_proc_multi`, checked.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +102,12 @@ pub fn result_key(agent: &str, namespace: &str, name: &str) -> String {
 }
 
 // === impl ProcTask ===
+
+impl Job for ProcTask {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
 
 impl ProcTask {
     /// A new task; entries of an unknown op type are answered 832 at once.

@@ -173,7 +173,7 @@ impl TaskService {
     /// grace from when one was reported running), or never started the
     /// task within the generous limit for queued work.
     pub(super) fn close_overdue(&self, now: Instant) {
-        let active: Vec<Arc<LiveTask>> = self.active.lock().values().cloned().collect();
+        let active = self.jobs.open_jobs();
         for task in active {
             let mut overdue = Vec::new();
             {
@@ -222,7 +222,7 @@ impl TaskService {
     /// connection keeps running, however its creation and the agent's
     /// registration interleaved.
     pub(super) async fn close_relinked(&self) {
-        let active: Vec<Arc<LiveTask>> = self.active.lock().values().cloned().collect();
+        let active = self.jobs.open_jobs();
         let mut watched: HashMap<AgentKey, Vec<(Arc<LiveTask>, u32)>> = HashMap::new();
         for task in &active {
             for (&key, &target) in &task.by_agent {

@@ -41,7 +41,7 @@ impl AgentFrames for TaskService {
     }
 
     fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
-        let active: Vec<_> = self.active.lock().values().cloned().collect();
+        let active = self.jobs.open_jobs();
         for task in active {
             let Some(&target) = task.by_agent.get(&agent) else {
                 continue;

@@ -51,11 +51,3 @@ pub fn entries_finished(statuses: &[i32]) {
         ::metrics::counter!(ENTRIES_FINISHED_TOTAL, "status" => status_label(status)).increment(n);
     }
 }
-
-pub fn flushed(elapsed: Duration) {
-    ::metrics::histogram!(STORE_FLUSH_SECONDS).record(elapsed.as_secs_f64());
-}
-
-pub fn flush_failed() {
-    ::metrics::counter!(STORE_FAILURES_TOTAL).increment(1);
-}

@@ -7,8 +7,9 @@
 //! `RunScript` through the route step ([`dispatch`]). Agents' `TaskOutput` and
 //! `TaskStatus` frames arrive through [`AgentFrames`] ([`frames`]); polls and
 //! terminate are in [`query`] and [`control`]. Live tasks are kept in memory
-//! ([`model`]); the [`writer`] saves what changed to the state store in
-//! batches, forgets finished tasks after a while and prunes old records.
+//! ([`model`]) in the job engine's ledger ([`crate::role::jobs`]), whose
+//! writer saves what changed in batches, forgets finished tasks after a
+//! while and prunes old records; [`writer`] is the task role's side of it.
 //! HTTP shapes are the API role's business, not this module's.
 
 pub mod config;
@@ -32,13 +33,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gse_core::danger::{DangerError, DangerPolicy, DangerRuleSpec};
 use gse_core::seams::{StateStore, StoreError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 pub use config::TaskConfig;
 pub use dispatch::{AgentLink, Dispatch, Route, Unreachable};
 pub use query::{EntryView, MAX_ANSWER_SCREEN_BYTES};
 
 use crate::role::alarm::AlarmService;
+use crate::role::jobs::{self, Ledger};
 use model::{Effect, LiveTask, TaskState};
 
 /// Why a task call failed.
@@ -92,12 +94,9 @@ pub struct TaskService {
     dispatch: Dispatch,
     danger: Arc<DangerPolicy>,
     alarms: Option<Arc<AlarmService>>,
-    /// Tasks in memory: running ones and those finished recently.
-    tasks: RwLock<HashMap<String, Arc<LiveTask>>>,
-    /// Tasks with unfinished entries (disconnects and deadlines look here).
-    active: Mutex<HashMap<String, Arc<LiveTask>>>,
-    /// Tasks with changes the writer has not taken yet.
-    queue: Mutex<Vec<Arc<LiveTask>>>,
+    /// Tasks in memory, those with unfinished entries, and those with
+    /// changes the writer has not taken yet.
+    jobs: Ledger<LiveTask>,
     /// Cancels waiting for room in their agent's queue, by (task, target).
     cancels: Mutex<HashMap<(String, u32), control::PendingCancel>>,
     seq: AtomicU64,
@@ -110,7 +109,9 @@ impl TaskService {
     /// spawn [`TaskService::run`] to save its changes.
     pub async fn start(parts: TaskParts) -> Result<Arc<Self>, TaskStartError> {
         let svc = Self::new(parts)?;
-        svc.recover().await.map_err(TaskStartError::Recover)?;
+        jobs::recover(&*svc)
+            .await
+            .map_err(TaskStartError::Recover)?;
         Ok(svc)
     }
 
@@ -125,9 +126,7 @@ impl TaskService {
             store: parts.store,
             danger,
             alarms: parts.alarms,
-            tasks: RwLock::new(HashMap::new()),
-            active: Mutex::new(HashMap::new()),
-            queue: Mutex::new(Vec::new()),
+            jobs: Ledger::default(),
             cancels: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
         }))
@@ -140,35 +139,27 @@ impl TaskService {
 
     /// The task, if it is in memory.
     fn live(&self, task_id: &str) -> Option<Arc<LiveTask>> {
-        self.tasks.read().get(task_id).cloned()
+        self.jobs.get(task_id)
     }
 
     /// Makes a new task visible to frames, polls, disconnects and the writer.
     fn register(&self, task: &Arc<LiveTask>) {
-        let unfinished = task.state.lock().unfinished > 0;
-        self.tasks.write().insert(task.id.clone(), task.clone());
-        if unfinished {
-            self.active.lock().insert(task.id.clone(), task.clone());
-        }
-        self.queue.lock().push(task.clone());
+        let open = task.state.lock().book.unfinished() > 0;
+        self.jobs.register(task, open);
     }
 
     /// Runs `f` on a task's state, then acts on what it changed.
     fn change(&self, task: &Arc<LiveTask>, f: impl FnOnce(&mut TaskState, &mut Effect)) {
         let mut effect = Effect::default();
         f(&mut task.state.lock(), &mut effect);
-        if effect.enqueue {
-            self.queue.lock().push(task.clone());
-        }
-        metrics::entries_finished(&effect.finished);
-        if effect.task_done {
-            self.active.lock().remove(&task.id);
+        metrics::entries_finished(&effect.finals);
+        if self.jobs.settle(task, &effect) {
             tracing::info!(task_id = %task.id, targets = task.targets.len(), "task finished");
         }
     }
 
     /// Number of tasks in memory and of those still running.
     pub fn counts(&self) -> (usize, usize) {
-        (self.tasks.read().len(), self.active.lock().len())
+        self.jobs.counts()
     }
 }

@@ -16,6 +16,9 @@ use gse_core::seams::state_store::{
 use gse_core::task::{STATUS_FAILED, is_final};
 use parking_lot::Mutex;
 
+pub(crate) use crate::role::jobs::Effect;
+use crate::role::jobs::{Book, Job, Resident, Standing};
+
 /// Longest `error_msg` kept from an agent, bytes.
 const MAX_ERROR_MSG: usize = 4096;
 /// Room over `output_limit` for the agent's own truncation marker.
@@ -23,7 +26,7 @@ const MARKER_SLACK: usize = 1024;
 
 /// One (target, atomic task) entry.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     pub status: i32,
     pub error_code: i32,
     pub error_msg: String,
@@ -64,7 +67,7 @@ impl Entry {
 
 /// An update of an entry's state (from an agent, or decided by the server).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct Update {
+pub(crate) struct Update {
     pub status: i32,
     pub error_code: i32,
     pub error_msg: String,
@@ -75,7 +78,7 @@ pub(super) struct Update {
 }
 
 /// A task kept in memory while it runs and for a while after.
-pub(super) struct LiveTask {
+pub(crate) struct LiveTask {
     pub id: String,
     pub tag: String,
     pub created_ms: u64,
@@ -94,18 +97,14 @@ pub(super) struct LiveTask {
 }
 
 /// The mutable part of a [`LiveTask`].
-pub(super) struct TaskState {
+pub(crate) struct TaskState {
     pub entries: Vec<Entry>,
-    /// Entries not final yet.
-    pub unfinished: usize,
+    /// Open entries, the writer's queue, finish time.
+    pub book: Book,
     /// Indices of entries changed since the writer last looked.
     dirty: Vec<u32>,
     /// The task's record is not saved yet.
     record_unsaved: bool,
-    /// The task is in the writer's queue.
-    pub queued: bool,
-    /// When the last entry became final.
-    pub finished_at: Option<Instant>,
     /// Deadline of each target whose agent reported an atomic task
     /// running: now + the timeouts of what it has left + a grace.
     pub run_deadlines: HashMap<u32, Instant>,
@@ -120,17 +119,6 @@ pub(super) struct TaskState {
     output_cap: usize,
 }
 
-/// What a change did to a task, for the caller to act on after unlocking.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct Effect {
-    /// The task needs a place in the writer's queue.
-    pub enqueue: bool,
-    /// Final statuses of the entries this change finished.
-    pub finished: Vec<i32>,
-    /// The task's last entry became final.
-    pub task_done: bool,
-}
-
 // === impl TaskState ===
 
 impl TaskState {
@@ -140,10 +128,8 @@ impl TaskState {
         let mut state = TaskState {
             dirty: Vec::with_capacity(entries.len()),
             entries,
-            unfinished,
+            book: Book::new(unfinished),
             record_unsaved: true,
-            queued: true,
-            finished_at: None,
             run_deadlines: HashMap::new(),
             next_check: first_check,
             sent_on: HashMap::new(),
@@ -152,9 +138,6 @@ impl TaskState {
         };
         for i in 0..state.entries.len() {
             state.mark(i as u32);
-        }
-        if unfinished == 0 {
-            state.finished_at = Some(Instant::now());
         }
         state
     }
@@ -169,10 +152,7 @@ impl TaskState {
 
     fn touched(&mut self, idx: u32, effect: &mut Effect) {
         self.mark(idx);
-        if !self.queued {
-            self.queued = true;
-            effect.enqueue = true;
-        }
+        self.book.touch(effect);
     }
 
     /// Applies `update` to a non-final entry; final entries never change.
@@ -197,12 +177,7 @@ impl TaskState {
             if entry.end_ms == 0 {
                 entry.end_ms = gse_core::now_ms();
             }
-            effect.finished.push(entry.status);
-            self.unfinished -= 1;
-            if self.unfinished == 0 {
-                self.finished_at = Some(Instant::now());
-                effect.task_done = true;
-            }
+            self.book.entry_final(entry.status, effect);
         }
         self.touched(idx, effect);
     }
@@ -238,8 +213,10 @@ impl TaskState {
     }
 
     /// Moves what changed into `out`; the task leaves the writer's queue.
-    pub fn drain_into(&mut self, task: &LiveTask, node_id: &str, out: &mut TaskWrites) {
-        self.queued = false;
+    /// True if it had anything to save.
+    pub fn drain_into(&mut self, task: &LiveTask, node_id: &str, out: &mut TaskWrites) -> bool {
+        self.book.leave_queue();
+        let changed = self.record_unsaved || !self.dirty.is_empty();
         if std::mem::take(&mut self.record_unsaved) {
             out.tasks.push(task.record(node_id));
         }
@@ -270,16 +247,14 @@ impl TaskState {
                 entry.saved_log = entry.log.len();
             }
         }
+        changed
     }
 
     /// Undoes part of a [`TaskState::drain_into`] whose batch the store
     /// refused: the record is unsaved again.
     pub fn unsave_record(&mut self, effect: &mut Effect) {
         self.record_unsaved = true;
-        if !self.queued {
-            self.queued = true;
-            effect.enqueue = true;
-        }
+        self.book.touch(effect);
     }
 
     /// Undoes part of a refused drain: the entry is dirty again and, when
@@ -297,6 +272,24 @@ impl TaskState {
 }
 
 // === impl LiveTask ===
+
+impl Job for LiveTask {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Resident for LiveTask {
+    fn standing(&self) -> Standing {
+        let state = self.state.lock();
+        Standing {
+            finished_at: state.book.finished_at(),
+            unsaved: state.book.queued(),
+            entries: state.entries.len(),
+            bytes: state.log_bytes,
+        }
+    }
+}
 
 impl LiveTask {
     /// The flat index of (target, atomic_id), if both exist.
@@ -342,7 +335,7 @@ impl LiveTask {
 /// Finds targets by the names a caller may use for them: the `bk_agent_id`
 /// it sent, the agent's `cloud:ip`, or its real agent id.
 #[derive(Debug, Default)]
-pub(super) struct TargetIndex {
+pub(crate) struct TargetIndex {
     by_name: HashMap<String, Vec<u32>>,
 }
 
@@ -391,7 +384,7 @@ fn bounded(mut s: String, max: usize) -> String {
 }
 
 /// The largest char boundary of `s` at or below `i`.
-pub(super) fn floor_char_boundary(s: &str, i: usize) -> usize {
+pub(crate) fn floor_char_boundary(s: &str, i: usize) -> usize {
     if i >= s.len() {
         return s.len();
     }

@@ -307,13 +307,13 @@ async fn progress_alone_is_saved_paced_and_final_changes_promptly() {
         FileState::FileRunning,
         p,
     );
-    assert!(h.svc.flush(false, &mut false).await);
+    assert!(h.svc.flush(false, &mut Writer::default()).await);
     let stored = h.store.get_file_transfer(&id).await.unwrap().unwrap();
     assert_eq!(stored.entries[1].progress, 0, "progress waits for its pace");
     h.done("10.0.0.3", &id);
     // The last save was just now: a final change waits for the short pace.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(h.svc.flush(false, &mut false).await);
+    assert!(h.svc.flush(false, &mut Writer::default()).await);
     let stored = h.store.get_file_transfer(&id).await.unwrap().unwrap();
     assert_eq!(stored.entries[2].error_code, ERR_NONE);
     assert_eq!(stored.entries[1].progress, 10, "saved along with it");
@@ -339,9 +339,9 @@ async fn a_store_that_refuses_transfers_leaves_them_in_memory_for_polls() {
         .await
         .unwrap();
     svc.terminate(&id, None).await.unwrap();
-    let mut failing = false;
+    let mut failing = Writer::default();
     assert!(!svc.flush(true, &mut failing).await);
-    assert!(failing);
+    assert!(failing.failing());
     svc.evict(Instant::now() + MEMORY_TTL, 0);
     let all = svc.results(&id, None).await.unwrap();
     assert!(

@@ -27,6 +27,8 @@ use parking_lot::Mutex;
 
 use super::spec::{AgentSpec, FileKind, FileTaskSpec, SourceSpec, TargetDirSpec, TransferSpec};
 use super::{FileConfig, FileLink, FileParts, FileService};
+use crate::role::jobs::writer::Writer;
+use crate::role::jobs::{self, Memory};
 use crate::role::link::{AgentFrames, PeerInfo, SendError};
 use crate::role::task::AgentLink;
 use crate::store::EmbeddedStore;
@@ -34,6 +36,22 @@ use crate::store::EmbeddedStore;
 pub(crate) const NODE: &str = "n1";
 pub(crate) use crate::role::task::tests::FIRST_CONN;
 use crate::role::task::tests::FakeLink;
+
+// === the writer's steps, driven by hand ===
+
+impl FileService {
+    pub(crate) async fn flush(&self, force: bool, writer: &mut Writer) -> bool {
+        jobs::writer::flush(self, force, writer).await
+    }
+
+    pub(crate) fn evict(&self, now: std::time::Instant, max_entries: usize) {
+        let memory = Memory {
+            max_entries,
+            ..super::writer::MEMORY
+        };
+        self.jobs.evict(now, &memory);
+    }
+}
 
 // === fake link ===
 
@@ -328,6 +346,6 @@ impl Harness {
     }
 
     pub async fn flush(&self) {
-        assert!(self.svc.flush(true, &mut false).await);
+        assert!(self.svc.flush(true, &mut Writer::default()).await);
     }
 }

@@ -29,9 +29,11 @@ use super::spec::{
     AgentQuery, AtomicQuery, AtomicSpec, ResultQuery, ScriptFileSpec, ScriptTaskSpec, TargetName,
     TargetSpec,
 };
-use super::writer::{MEMORY_TTL, WriterState};
+use super::writer::{MEMORY, MEMORY_TTL};
 use super::{AgentLink, EntryView, TaskConfig, TaskError, TaskParts, TaskService};
 use crate::role::alarm::{AlarmConfig, AlarmService};
+use crate::role::jobs::writer::Writer as WriterState;
+use crate::role::jobs::{self, Memory};
 use crate::role::link::{AgentFrames, SendError};
 use crate::store::EmbeddedStore;
 
@@ -346,6 +348,26 @@ fn run_ok(svc: &TaskService, ip: &str, task_id: &str, atomic_id: u32, output: &s
         key(ip),
         status_frame(task_id, atomic_id, STATUS_SUCCESS, ERR_NONE, 0),
     );
+}
+
+/// The writer's steps, driven by hand.
+impl TaskService {
+    async fn flush(&self, state: &mut WriterState) -> bool {
+        jobs::writer::flush(self, false, state).await
+    }
+
+    fn evict(&self, now: Instant) {
+        self.evict_within(now, MEMORY.max_entries, MEMORY.max_bytes);
+    }
+
+    fn evict_within(&self, now: Instant, max_entries: usize, max_bytes: usize) {
+        let memory = Memory {
+            max_entries,
+            max_bytes,
+            ..MEMORY
+        };
+        self.jobs.evict(now, &memory);
+    }
 }
 
 async fn flush(svc: &TaskService) {
