@@ -1,10 +1,10 @@
 //! One DataServer (C5): a mutual-TLS listener for agents' data links.
 //!
-//! Per connection ([`serve_link`]), once admitted within the node's
-//! pending-handshake caps (`[data] max_pending_handshakes`, in all and per
-//! address, shared by every DataServer of the node: `crate::fd_budget`;
-//! over them a connection is closed at once): TLS handshake and `DataHello`
-//! within `handshake_timeout` (the agent id, cloud id and identity IP are checked,
+//! Per connection ([`serve_link`]), once admitted by `gse_transport`'s
+//! accept loop within the node's pending-handshake caps (`[data]
+//! max_pending_handshakes`, in all and per address, shared by every
+//! DataServer of the node: `crate::fd_budget`; over them a connection is
+//! closed at once): TLS handshake and `DataHello` each within `handshake_timeout` (the agent id, cloud id and identity IP are checked,
 //! and the claim admitted like a registration's: the certificate's identity
 //! and the identity pin, `role::link::identity`; the source of every record
 //! is `cloud:ip`), `DataHelloAck` with the
@@ -23,15 +23,14 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
 use gse_core::identity::validate_agent_id;
-use gse_core::refusals::RefusalLog;
 use gse_core::seams::StateStore;
-use gse_core::tls::{TlsFiles, accept};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
+use gse_transport::session::{FirstFrameError, ServerSession as Link, first_frame};
+use gse_transport::{AcceptNames, Accepted, Acceptor};
 use prost::Message;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +38,6 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
-use crate::conn_limits::{ConnLimits, ConnPermit};
 use crate::role::link::identity::{self, Claim};
 use gse_proto::link::DataBatch;
 
@@ -50,21 +48,26 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Room for the frame's own framing around the largest batch body.
 const FRAME_SLACK: usize = 4096;
 
-type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
+/// How a DataServer's accept loop names its connections (log lines, metrics).
+pub(super) const ACCEPT_NAMES: AcceptNames = AcceptNames {
+    one: "data link",
+    many: "data connections",
+    over_caps: "too many data links without DataHello yet",
+    tls_prefix: "data link: ",
+    refused_metric: metrics::CONNECTIONS_REFUSED_TOTAL,
+    tls_failures_metric: None,
+};
 
 /// One listening DataServer.
 pub struct DataServer {
     pub load: Arc<ServerLoad>,
-    pub(super) tls: Arc<rustls::ServerConfig>,
-    pub(super) tls_files: TlsFiles,
+    /// Accepts data links up to their TLS handshake, within the pending
+    /// caps shared by the node's DataServers.
+    pub(super) acceptor: Arc<Acceptor>,
     pub(super) handler: BatchHandler,
     pub(super) config: DataConfig,
     /// Where identity pins are checked.
     pub(super) store: Arc<dyn StateStore>,
-    /// Failed accepts and TLS handshakes, logged once per burst.
-    pub(super) refusals: Arc<RefusalLog>,
-    /// Caps on connections before DataHello, shared by the node's DataServers.
-    pub(super) pending: Arc<ConnLimits>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -74,71 +77,20 @@ impl DataServer {
     /// Accepts data links until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         tracing::info!(server = %self.load.id, endpoint = %self.load.endpoint, "DataServer listening");
-        tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    // Over the caps the connection is dropped (closed) here.
-                    if let Some(permit) = self.admit_pending(peer) {
-                        let _ = tcp.set_nodelay(true);
-                        tokio::spawn(serve_link(self.clone(), tcp, peer, permit));
-                    }
-                }
-                Err(e) => {
-                    // Back off instead of spinning; one line per burst.
-                    self.refusals.refused("accept failed", None, || {
-                        format!("cannot accept data links: {e} (file descriptor limit? raise LimitNOFILE)")
-                    });
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    /// A place among the connections still in their handshake, or `None`
-    /// (counted and logged) when `peer` or everyone is over the cap.
-    fn admit_pending(&self, peer: SocketAddr) -> Option<ConnPermit> {
-        match self.pending.admit(peer.ip()) {
-            Ok(permit) => Some(permit),
-            Err(refusal) => {
-                metrics::connection_refused(refusal.reason());
-                self.refusals
-                    .refused(refusal.reason(), Some(peer.ip()), || {
-                        format!("data link from {peer} closed at once: too many data links without DataHello yet, {refusal}")
-                    });
-                None
-            }
-        }
+        let svc = self.clone();
+        let acceptor = self.acceptor.clone();
+        acceptor
+            .run(listener, self.shutdown.clone(), move |accepted| {
+                serve_link(svc.clone(), accepted)
+            })
+            .await;
     }
 }
 
-async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pending: ConnPermit) {
-    let limit = svc.config.handshake_timeout;
-    let tls = match timeout(limit, accept(svc.tls.clone(), tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            match e.explain(&peer.to_string(), &svc.tls_files) {
-                Some(text) => svc.refusals.refused("TLS refused", Some(peer.ip()), || {
-                    format!("data link: {text}")
-                }),
-                None => {
-                    tracing::debug!(peer = %peer, error = %e, "data link closed during the TLS handshake")
-                }
-            }
-            return;
-        }
-        Err(_) => {
-            svc.refusals
-                .refused("no TLS handshake in time", Some(peer.ip()), || {
-                    format!("data link: no TLS handshake from {peer} within {limit:?}; closing")
-                });
-            return;
-        }
-    };
+async fn serve_link(svc: Arc<DataServer>, accepted: Accepted) {
+    let Accepted {
+        tls, peer, pending, ..
+    } = accepted;
     let codec = FrameCodec::new(svc.config.max_batch_bytes + FRAME_SLACK);
     let mut link = Framed::new(tls, codec);
     let Some(key) = hello(&svc, &mut link, peer).await else {
@@ -157,14 +109,14 @@ async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pend
 /// Reads and checks `DataHello`, answers it; the agent's key if accepted.
 async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<AgentKey> {
     let limit = svc.config.handshake_timeout;
-    let first = match timeout(limit, link.next()).await {
-        Ok(Some(Ok(f))) => f,
-        Ok(Some(Err(e))) => {
+    let first = match first_frame(link, Instant::now() + limit).await {
+        Ok(f) => f,
+        Err(FirstFrameError::Frame(e)) => {
             tracing::warn!(peer = %peer, error = %e, "bad first frame on a data link; closing");
             return None;
         }
-        Ok(None) => return None,
-        Err(_) => {
+        Err(FirstFrameError::Closed) => return None,
+        Err(FirstFrameError::Timeout) => {
             tracing::warn!(peer = %peer, "no DataHello within {limit:?}; closing");
             return None;
         }
