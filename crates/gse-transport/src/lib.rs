@@ -9,6 +9,10 @@
 //!   connections still in their handshake ([`limits`]), descriptor
 //!   back-off when accept fails, refusals logged once per burst, the TLS
 //!   handshake within a deadline and explained when it fails.
+//! - [`dial`]: the other side. Start at [`dial::Dialer`]: resolve, bind,
+//!   connect within a timeout (keepalive where asked), TLS with the server
+//!   name; failures classified ([`net_hint`]) and explained. Reconnects
+//!   are paced by [`backoff::Backoff`].
 //! - [`session`]: a framed stream's first frame within a deadline and
 //!   writes bounded in time.
 //!
@@ -20,8 +24,13 @@
 #![deny(rust_2018_idioms)]
 
 pub mod accept;
+pub mod backoff;
+pub mod dial;
 pub mod limits;
+pub mod net_hint;
 pub mod session;
 
 pub use accept::{AcceptNames, Accepted, Acceptor, AcceptorParts};
+pub use backoff::Backoff;
+pub use dial::{DialError, Dialer, DialerParts};
 pub use limits::{CapNames, ConnLimits, ConnPermit};
