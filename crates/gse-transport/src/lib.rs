@@ -15,6 +15,9 @@
 //!   are paced by [`backoff::Backoff`].
 //! - [`session`]: a framed stream's first frame within a deadline and
 //!   writes bounded in time.
+//! - [`claim`]: the identity a hello claims (`cloud_id:ip`, agent id),
+//!   checked against the peer's certificate and the pins in the store; one
+//!   check for every hello that claims one.
 //!
 //! What a hello carries, and what a link does once it is up, is its role's
 //! (gse-server `role::link`, `role::data`; gse-agent `link`, `data`,
@@ -25,6 +28,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod claim;
 pub mod dial;
 pub mod limits;
 pub mod net_hint;

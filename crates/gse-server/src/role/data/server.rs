@@ -4,17 +4,18 @@
 //! accept loop within the node's pending-handshake caps (`[data]
 //! max_pending_handshakes`, in all and per address, shared by every
 //! DataServer of the node: `crate::fd_budget`; over them a connection is
-//! closed at once): TLS handshake and `DataHello` each within `handshake_timeout` (the agent id, cloud id and identity IP are checked,
+//! closed at once): TLS handshake and `DataHello` each within
+//! `handshake_timeout` (the agent id, cloud id and identity IP are checked,
 //! and the claim admitted like a registration's: the certificate's identity
-//! and the identity pin, `role::link::identity`; the source of every record
-//! is `cloud:ip`), `DataHelloAck` with the
-//! batch size limit, then `DataBatch` frames. Up to `batches_in_progress`
+//! and the identity pin, `gse_transport::claim`; the source of every record
+//! is `cloud:ip`), `DataHelloAck` with the batch size limit, then
+//! `DataBatch` frames. Up to `batches_in_progress`
 //! batches of a link are stored at once ([`BatchHandler`]); each is
 //! answered by one `DataAck` (code 0 only after every sink stored it, else
 //! [`ACK_SINK_FAILED`] and the agent retries). Frames over the limit, bodies
 //! that do not decode and unexpected types close that link only.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,10 +23,10 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
-use gse_core::identity::validate_agent_id;
 use gse_core::seams::StateStore;
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
+use gse_transport::claim::{self, Claim, claimed_key};
 use gse_transport::session::{FirstFrameError, ServerSession as Link, first_frame};
 use gse_transport::{AcceptNames, Accepted, Acceptor};
 use prost::Message;
@@ -38,7 +39,6 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
-use crate::role::link::identity::{self, Claim};
 use gse_proto::link::DataBatch;
 
 /// Ack code: a sink could not store the batch (retry later).
@@ -132,7 +132,17 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
         )),
     };
     let checked = match checked {
-        Ok((key, agent_id)) => admit(svc, link, key, &agent_id).await.map(|()| key),
+        Ok((key, agent_id)) => {
+            let claim = Claim::new(
+                key,
+                &agent_id,
+                link.get_ref().get_ref().1.peer_certificates(),
+            );
+            claim::admit(svc.store.as_ref(), claim, peer)
+                .await
+                .map(|_| key)
+                .map_err(|refusal| refusal.message().to_string())
+        }
         Err(message) => Err(message),
     };
     let answer = |accepted: bool, message: String| DataHelloAck {
@@ -155,37 +165,15 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
     }
 }
 
-/// A data link may send as an identity only what may register as it.
-async fn admit(svc: &DataServer, link: &Link, key: AgentKey, agent_id: &str) -> Result<(), String> {
-    let certs = link.get_ref().get_ref().1.peer_certificates();
-    let claim = Claim {
-        key,
-        agent_id,
-        certificate: identity::certificate_identity(certs),
-    };
-    identity::admit(svc.store.as_ref(), claim)
-        .await
-        .map(|_| ())
-        .map_err(|refusal| refusal.message().to_string())
-}
-
-/// Validates what the agent says about itself: its key and agent id.
+/// Validates what the agent says about itself: its key and agent id (a
+/// data link may send as an identity only what may register as it, so the
+/// claim is checked like a registration's: `gse_transport::claim`).
 fn check_hello(h: DataHello) -> Result<(AgentKey, String), String> {
-    validate_agent_id(&h.agent_id).map_err(|e| format!("agent_id: {e}"))?;
-    if h.cloud_id < 0 {
-        return Err(format!("cloud_id {} is negative", h.cloud_id));
-    }
     if h.protocol_version == 0 {
         return Err("protocol_version 0: upgrade the agent".into());
     }
-    let ip: IpAddr = h
-        .identity_ip
-        .parse()
-        .map_err(|_| format!("identity_ip {:?} is not an IP address", h.identity_ip))?;
-    if ip.is_unspecified() {
-        return Err(format!("identity_ip {ip} is unspecified"));
-    }
-    Ok((AgentKey::new(h.cloud_id, ip), h.agent_id))
+    let key = claimed_key(&h.agent_id, h.cloud_id, &h.identity_ip).map_err(|e| e.to_string())?;
+    Ok((key, h.agent_id))
 }
 
 /// Stores batches and acks them until the link ends; returns why it ended.

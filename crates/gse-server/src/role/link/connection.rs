@@ -1,24 +1,24 @@
 //! One agent connection, from its TLS handshake (`gse_transport::accept`)
 //! to close: register -> serve (heartbeats, outbound frames) -> detach.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use gse_core::identity::validate_agent_id;
 use gse_core::seams::{AgentRecord, HeartbeatUpdate};
 use gse_core::{AgentKey, now_ms};
 use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use gse_transport::Accepted;
+use gse_transport::claim::{certificate_identity, claimed_key};
 use gse_transport::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{AgentPath, LinkService, OUTBOUND_QUEUE, identity};
+use super::{AgentPath, LinkService, OUTBOUND_QUEUE};
 use crate::role::alarm::{Alarm, AlarmKind};
 
 /// Initial read buffer per connection; grows only for large frames, which
@@ -141,7 +141,7 @@ async fn register(
         MsgType::Register => frame
             .decode::<Register>()
             .map_err(|e| e.to_string())
-            .and_then(|r| check(r, peer)),
+            .and_then(check),
         other => Err(format!(
             "the first frame must be Register, got type {}",
             other.to_u16()
@@ -149,9 +149,10 @@ async fn register(
     };
     let checked = match checked {
         Ok(reg) => {
-            let certificate =
-                identity::certificate_identity(link.get_ref().get_ref().1.peer_certificates());
-            svc.admit(certificate, &reg, peer).await.map(|()| reg)
+            let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
+            svc.admit(reg.key, &reg.msg.agent_id, certificate, peer)
+                .await
+                .map(|()| reg)
         }
         Err(message) => Err(message),
     };
@@ -218,27 +219,17 @@ async fn register(
     }
 }
 
-pub(super) struct CheckedRegister {
-    pub(super) key: AgentKey,
+struct CheckedRegister {
+    key: AgentKey,
     p2p_addr: Option<SocketAddr>,
-    pub(super) msg: Register,
+    msg: Register,
 }
 
-/// Validates what the agent claims about itself; the error says what to fix.
-fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
-    validate_agent_id(&msg.agent_id)
-        .map_err(|e| format!("{e}; fix agent_id in the agent's config or data dir"))?;
-    if msg.cloud_id < 0 {
-        return Err(format!("cloud_id {} is negative", msg.cloud_id));
-    }
-    let ip: IpAddr = msg.identity_ip.parse().map_err(|_| {
-        format!("identity_ip {:?} (from {peer}) is not an IP address; set identity_ip in the agent's config", msg.identity_ip)
-    })?;
-    if ip.is_unspecified() {
-        return Err(format!(
-            "identity_ip {ip} is unspecified; set identity_ip in the agent's config"
-        ));
-    }
+/// Validates what the agent claims about itself (its identity:
+/// `gse_transport::claim`); the error says what to fix.
+fn check(msg: Register) -> Result<CheckedRegister, String> {
+    let key =
+        claimed_key(&msg.agent_id, msg.cloud_id, &msg.identity_ip).map_err(|e| e.to_string())?;
     for (name, value) in [
         ("version", &msg.version),
         ("hostname", &msg.hostname),
@@ -257,17 +248,13 @@ fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
             })?;
             // A listener on 0.0.0.0 is reached at the identity IP.
             Some(if addr.ip().is_unspecified() {
-                SocketAddr::new(ip, addr.port())
+                SocketAddr::new(key.ip, addr.port())
             } else {
                 addr
             })
         }
     };
-    Ok(CheckedRegister {
-        key: AgentKey::new(msg.cloud_id, ip),
-        p2p_addr,
-        msg,
-    })
+    Ok(CheckedRegister { key, p2p_addr, msg })
 }
 
 /// Serves a registered link until it ends; returns why it ended.

@@ -21,7 +21,7 @@ mod config;
 mod connection;
 mod data_drops;
 mod heartbeats;
-pub(crate) mod identity;
+mod identity;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
