@@ -17,14 +17,15 @@
 //! server fails a lost agent's unfinished atomic tasks with 117 at once, so
 //! work must not go on unreported.
 //!
-//! File transfer frames (types 0x200-0x27f) go the same way to a
+//! Frames go to their role by family (`gse_proto::MsgFamily`). File
+//! transfer frames (`MsgFamily::File`) go the same way to a
 //! [`FileRunner`], whose frames come back through a queue of their own
 //! (bounded, and piece frames hold a permit until written), so bulk file
 //! work waits for the link, never the heartbeats. The P2P listener
 //! ([`FileService`]) is bound once, before the first connection, and its
 //! address is registered as `p2p_addr`; file tasks end with the session.
 //!
-//! Plugin frames (0x300-0x37f) go to the [`PluginService`], which lives
+//! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
 //! across sessions (plugins are supervised while the link is down); each
 //! session attaches a queue for its results and status reports.
 
@@ -34,7 +35,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use gse_core::seams::Executor;
 use gse_proto::link::{Goodbye, Heartbeat, LinkError, Register, RegisterAck};
-use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgType};
+use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgFamily, MsgType};
 use gse_transport::session::{ClientSession as Link, FirstFrameError, WriteError, first_frame};
 use gse_transport::{Backoff, DialError, Dialer, DialerParts, net_hint};
 use tokio::io::AsyncWriteExt;
@@ -65,12 +66,6 @@ const OUTBOUND_FRAMES: usize = 256;
 /// File frames queued for the link (progress, manifests, requests, and a
 /// few piece answers).
 const FILE_OUTBOUND_FRAMES: usize = 64;
-
-/// Message types of file transfer on the agent link (file.proto).
-const FILE_TYPES: std::ops::RangeInclusive<u16> = 0x200..=0x27f;
-
-/// Message types of plugin management on the agent link (proc.proto).
-const PLUGIN_TYPES: std::ops::RangeInclusive<u16> = 0x300..=0x37f;
 
 /// What to check when nothing answers at an upstream address.
 const UNANSWERED: &str = "is gse-server running and link.listen reachable?";
@@ -494,37 +489,35 @@ async fn say_goodbye(link: &mut Link) {
     .await;
 }
 
-/// Handles one frame from the server; `Some` ends the session.
+/// Handles one frame from the server by its family; `Some` ends the
+/// session.
 fn on_frame(
     frame: Frame,
     tasks: &TaskRunner,
     files: &FileRunner,
     plugins: &PluginService,
 ) -> Option<End> {
+    let family = frame.msg_type.family();
+    let handled = match family {
+        Some(MsgFamily::Link) => return on_link_frame(frame),
+        Some(MsgFamily::Task) => tasks.handle(&frame),
+        Some(MsgFamily::File) => files.handle(&frame),
+        Some(MsgFamily::Proc) => plugins.handle(&frame),
+        _ => false,
+    };
+    if !handled {
+        tracing::debug!(
+            msg_type = frame.msg_type.to_u16(),
+            family = ?family,
+            "ignoring a frame type this agent does not handle"
+        );
+    }
+    None
+}
+
+/// A frame of the link itself: an answer, or why the server ends the link.
+fn on_link_frame(frame: Frame) -> Option<End> {
     match frame.msg_type {
-        MsgType::HeartbeatAck => None,
-        MsgType::RunScript | MsgType::CancelTask => {
-            tasks.handle(&frame);
-            None
-        }
-        other if FILE_TYPES.contains(&other.to_u16()) => {
-            if !files.handle(&frame) {
-                tracing::debug!(
-                    msg_type = other.to_u16(),
-                    "ignoring a file frame type this agent does not handle"
-                );
-            }
-            None
-        }
-        other if PLUGIN_TYPES.contains(&other.to_u16()) => {
-            if !plugins.handle(&frame) {
-                tracing::debug!(
-                    msg_type = other.to_u16(),
-                    "ignoring a plugin frame type this agent does not handle"
-                );
-            }
-            None
-        }
         MsgType::Goodbye => {
             let reason = frame
                 .decode::<Goodbye>()
@@ -541,12 +534,7 @@ fn on_frame(
                 "the server reported a protocol error: {message}"
             )))
         }
-        other => {
-            tracing::debug!(
-                msg_type = other.to_u16(),
-                "ignoring a frame type this agent does not handle"
-            );
-            None
-        }
+        // HeartbeatAck: hearing anything is what counts.
+        _ => None,
     }
 }

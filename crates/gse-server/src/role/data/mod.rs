@@ -26,6 +26,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use gse_core::seams::Record;
 use gse_core::tls::TlsFiles;
+use gse_proto::MsgFamily;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,8 +123,8 @@ impl DataService {
             let loads = servers.iter().map(|s| s.load.clone()).collect();
             let b = Balancer::new(loads, link.clone());
             link.set_data_assigner(b.clone());
-            // Agents never send this type: the route only delivers disconnects.
-            link.add_frame_handler(0x410..=0x410, b.clone());
+            // Agents never send this family: the route only delivers disconnects.
+            link.add_frame_handler(MsgFamily::DataAssign, b.clone());
             tasks.spawn(
                 b.clone()
                     .run(parts.config.rebalance_interval, parts.shutdown.clone()),

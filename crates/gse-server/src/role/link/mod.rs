@@ -25,7 +25,6 @@ mod identity;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,7 +32,7 @@ use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
-use gse_proto::Frame;
+use gse_proto::{Frame, MsgFamily};
 use gse_transport::{AcceptNames, Acceptor, AcceptorParts, ConnLimits};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
@@ -73,10 +72,10 @@ pub struct PeerInfo {
     pub p2p_addr: Option<SocketAddr>,
 }
 
-/// One role's share of the frames agents send: the message types in
-/// `types` go to `handler`.
+/// One role's share of the frames agents send: the message types of
+/// `family` go to `handler`.
 struct FrameRoute {
-    types: RangeInclusive<u16>,
+    family: MsgFamily,
     handler: Arc<dyn AgentFrames>,
 }
 
@@ -204,11 +203,11 @@ impl LinkService {
         }))
     }
 
-    /// Sends the frames agents send with a message type in `types` (and
-    /// every disconnect) to `handler`. A type in no role's range is logged
-    /// and dropped.
-    pub fn add_frame_handler(&self, types: RangeInclusive<u16>, handler: Arc<dyn AgentFrames>) {
-        self.frames.write().push(FrameRoute { types, handler });
+    /// Sends the frames agents send of message types in `family` (and
+    /// every disconnect) to `handler`. A type of no role's family is
+    /// logged and dropped.
+    pub fn add_frame_handler(&self, family: MsgFamily, handler: Arc<dyn AgentFrames>) {
+        self.frames.write().push(FrameRoute { family, handler });
     }
 
     /// Lets `assigner` choose each registering agent's DataServer.
@@ -227,12 +226,12 @@ impl LinkService {
 
     /// Hands `frame` to the role that takes its type; gives it back if none does.
     fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
-        let n = frame.msg_type.to_u16();
+        let family = frame.msg_type.family();
         let handler = self
             .frames
             .read()
             .iter()
-            .find(|r| r.types.contains(&n))
+            .find(|r| Some(r.family) == family)
             .map(|r| r.handler.clone());
         match handler {
             Some(h) => {
