@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 /// Names of one listener's caps, as refusals, logs and metrics show them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapNames {
-    /// The refusal reason of the global cap: "over <its config key>".
+    /// The refusal reason of the global cap: "over `<its config key>`".
     pub total: &'static str,
     /// The refusal reason of the per-address cap.
     pub per_ip: &'static str,
@@ -147,7 +147,7 @@ impl Drop for ConnPermit {
 // === impl Refusal ===
 
 impl Refusal {
-    /// Short reason for the refusal log and metrics: "over <config key>".
+    /// Short reason for the refusal log and metrics: "over `<config key>`".
     pub fn reason(&self) -> &'static str {
         match *self {
             Refusal::Total { reason, .. } | Refusal::PerIp { reason, .. } => reason,

@@ -1,7 +1,7 @@
 //! Dialling a peer: TCP, mutual TLS (the peer must present an agent
-//! certificate, name [`PEER_SERVER_NAME`]: the [`Dialer`] of
-//! `FileService::peer_dialer`), `PeerHello`, `PeerHelloAck`. What to request
-//! over the connection is the swarm's business.
+//! certificate, name [`PEER_SERVER_NAME`](super::PEER_SERVER_NAME); the
+//! [`Dialer`] is `FileService::peer_dialer`), `PeerHello`, `PeerHelloAck`.
+//! What to request over the connection is the swarm's business.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,8 +17,6 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::FramedRead;
 
-#[cfg(doc)]
-use super::PEER_SERVER_NAME;
 use super::{Outgoing, peer_codec, write_outgoing};
 
 /// The read side of a peer connection, framed.
