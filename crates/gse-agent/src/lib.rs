@@ -3,7 +3,8 @@
 //! Start at [`Agent::run`]: it loads its identity ([`identity`]), then keeps
 //! one long-lived mutual-TLS link to its upstream node ([`link`]) with
 //! register, heartbeats carrying its own cpu/memory ([`stats`]), keepalive,
-//! and reconnect with jittered exponential backoff ([`backoff`]). The link
+//! and reconnect with jittered exponential backoff (dialing and backoff
+//! are `gse_transport`'s, shared with the data link and P2P). The link
 //! hands task frames to the [`task`] runner, which runs processes through
 //! the `Executor` seam; [`executor::ProcessExecutor`] is the real one; and
 //! file transfer frames to the [`file`] runner (source, target, relay, and
@@ -18,14 +19,12 @@
 #![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod backoff;
 pub mod config;
 pub mod data;
 pub mod executor;
 pub mod file;
 pub mod identity;
 pub mod link;
-pub mod net_hint;
 pub mod plugin;
 pub mod safe_dir;
 pub mod snapshot;

@@ -1,7 +1,8 @@
 //! The agent's one long-lived link to its upstream node.
 //!
-//! [`run`] loops: connect (TCP with keepalive, then mutual TLS) -> register
-//! -> heartbeat until the link ends -> wait a jittered backoff -> again.
+//! [`run`] loops: dial (TCP with keepalive, then mutual TLS:
+//! `gse_transport::Dialer`) -> register -> heartbeat until the link ends ->
+//! wait a jittered backoff -> again.
 //! Certificate problems are explained in one log line per attempt; in TLS
 //! 1.3 the server's refusal of our certificate only shows on the first read,
 //! so the Register answer is where it is reported. A link counts as dead when
@@ -16,46 +17,40 @@
 //! server fails a lost agent's unfinished atomic tasks with 117 at once, so
 //! work must not go on unreported.
 //!
-//! File transfer frames (types 0x200-0x27f) go the same way to a
+//! Frames go to their role by family (`gse_proto::MsgFamily`). File
+//! transfer frames (`MsgFamily::File`) go the same way to a
 //! [`FileRunner`], whose frames come back through a queue of their own
 //! (bounded, and piece frames hold a permit until written), so bulk file
 //! work waits for the link, never the heartbeats. The P2P listener
 //! ([`FileService`]) is bound once, before the first connection, and its
 //! address is registered as `p2p_addr`; file tasks end with the session.
 //!
-//! Plugin frames (0x300-0x37f) go to the [`PluginService`], which lives
+//! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
 //! across sessions (plugins are supervised while the link is down); each
 //! session attaches a queue for its results and status reports.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use gse_core::seams::Executor;
-use gse_core::tls::{Side, explain};
 use gse_proto::link::{Goodbye, Heartbeat, LinkError, Register, RegisterAck};
-use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgType};
-use rustls::pki_types::ServerName;
+use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgFamily, MsgType};
+use gse_transport::session::{ClientSession as Link, FirstFrameError, WriteError, first_frame};
+use gse_transport::{Backoff, DialError, Dialer, DialerParts, net_hint};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::data::DataPlane;
 use crate::file::{FileRunner, FileService, LinkOut};
 use crate::identity::AgentIdentity;
-use crate::net_hint;
 use crate::plugin::PluginService;
 use crate::stats::SelfStats;
 use crate::task::{TaskRunner, policy};
-
-type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 /// A link that stayed registered this long resets the backoff, so one flap
 /// does not leave the agent offline for the longest delay after the next
@@ -71,12 +66,6 @@ const OUTBOUND_FRAMES: usize = 256;
 /// File frames queued for the link (progress, manifests, requests, and a
 /// few piece answers).
 const FILE_OUTBOUND_FRAMES: usize = 64;
-
-/// Message types of file transfer on the agent link (file.proto).
-const FILE_TYPES: std::ops::RangeInclusive<u16> = 0x200..=0x27f;
-
-/// Message types of plugin management on the agent link (proc.proto).
-const PLUGIN_TYPES: std::ops::RangeInclusive<u16> = 0x300..=0x37f;
 
 /// What to check when nothing answers at an upstream address.
 const UNANSWERED: &str = "is gse-server running and link.listen reachable?";
@@ -107,7 +96,14 @@ pub async fn run(
             return;
         }
     };
-    let connector = tokio_rustls::TlsConnector::from(tls);
+    let dialer = Dialer::new(DialerParts {
+        tls,
+        tls_files: cfg.tls.clone(),
+        server_name: cfg.upstream.server_name.clone(),
+        bind_ip: cfg.upstream.bind_ip,
+        connect_timeout: cfg.upstream.connect_timeout,
+        keepalive: true,
+    });
     let files = match FileService::start(&cfg, shutdown.clone()).await {
         Ok(files) => files,
         Err(e) => {
@@ -129,7 +125,7 @@ pub async fn run(
         attempt += 1;
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = connect(&cfg, &connector, server, &identity, started, &files) => o,
+            o = connect(&cfg, &dialer, server, &identity, started, &files) => o,
         };
         match outcome {
             Ok(Registered {
@@ -197,38 +193,25 @@ struct Registered {
 /// TCP + TLS + Register; returns the link and the server's answer.
 async fn connect(
     cfg: &AgentConfig,
-    connector: &tokio_rustls::TlsConnector,
+    dialer: &Dialer,
     server: &str,
     identity: &AgentIdentity,
     started: u64,
     files: &FileService,
 ) -> Result<Registered, AttemptError> {
     let limit = cfg.upstream.connect_timeout;
-    let tcp = timeout(limit, dial(server, cfg.upstream.bind_ip))
+    let tls = dialer
+        .dial(server)
         .await
-        .map_err(|_| {
-            AttemptError(format!(
-                "no TCP connection to {server} within {limit:?} ({UNANSWERED})"
-            ))
-        })?
-        .map_err(AttemptError)?;
-    let local_ip = tcp.local_addr().map(|a| a.ip()).ok();
-    let name = ServerName::try_from(cfg.upstream.server_name.clone()).map_err(|e| {
-        AttemptError(format!(
-            "upstream.server_name {:?} is not a valid name: {e}",
-            cfg.upstream.server_name
-        ))
-    })?;
+        .map_err(|e| AttemptError(dial_failed(server, e)))?;
+    let local_ip = tls.get_ref().0.local_addr().map(|a| a.ip()).ok();
     let explain_io = |e: std::io::Error| {
         AttemptError(
-            explain(Side::Client, server, &cfg.tls, &e)
+            dialer
+                .explain(server, &e)
                 .unwrap_or_else(|| format!("TLS connection failed: {e}")),
         )
     };
-    let tls = timeout(limit, connector.connect(name, tcp))
-        .await
-        .map_err(|_| AttemptError(format!("no TLS handshake within {limit:?}")))?
-        .map_err(explain_io)?;
     let mut link = Framed::new(tls, FrameCodec::default());
 
     let identity_ip = cfg.agent.identity_ip.or(local_ip);
@@ -255,18 +238,22 @@ async fn connect(
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await
         .map_err(|e| AttemptError(format!("cannot send Register: {e}")))?;
-    let answer = timeout(limit, link.next())
-        .await
-        .map_err(|_| AttemptError(format!("no answer to Register within {limit:?}")))?;
-    let frame = match answer {
-        Some(Ok(frame)) => frame,
-        None => {
+    let frame = match first_frame(&mut link, Instant::now() + limit).await {
+        Ok(frame) => frame,
+        Err(FirstFrameError::Timeout) => {
+            return Err(AttemptError(format!(
+                "no answer to Register within {limit:?}"
+            )));
+        }
+        Err(FirstFrameError::Closed) => {
             return Err(AttemptError(
                 "the server closed the connection before answering Register".into(),
             ));
         }
-        Some(Err(gse_proto::FrameError::Io(e))) => return Err(explain_io(e)),
-        Some(Err(e)) => return Err(AttemptError(format!("bad answer to Register: {e}"))),
+        Err(FirstFrameError::Frame(gse_proto::FrameError::Io(e))) => return Err(explain_io(e)),
+        Err(FirstFrameError::Frame(e)) => {
+            return Err(AttemptError(format!("bad answer to Register: {e}")));
+        }
     };
     match frame.msg_type {
         MsgType::RegisterAck => {
@@ -299,38 +286,28 @@ async fn connect(
     }
 }
 
-/// Resolves `server` and opens a TCP connection from `bind_ip`, with keepalive.
-async fn dial(server: &str, bind_ip: Option<IpAddr>) -> Result<TcpStream, String> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
-        .await
-        .map_err(|e| format!("cannot resolve {server}: {e}"))?
-        .collect();
-    let mut last = format!("{server} resolved to no address");
-    for addr in addrs {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
+/// A failed dial in the control link's words: what to check, and the
+/// config key to fix where there is one.
+fn dial_failed(server: &str, e: DialError) -> String {
+    match e {
+        DialError::Connect { addr, source } => {
+            net_hint::connect_failed(&addr.to_string(), &source, UNANSWERED)
         }
-        .map_err(|e| format!("cannot create a socket: {e}"))?;
-        if let Some(ip) = bind_ip {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| format!("cannot bind to upstream.bind_ip {ip}: {e}"))?;
+        DialError::ConnectTimeout { limit, .. } => {
+            format!("no TCP connection to {server} within {limit:?} ({UNANSWERED})")
         }
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
-        match socket.connect(addr).await {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                return Ok(tcp);
-            }
-            Err(e) => last = net_hint::connect_failed(&addr.to_string(), &e, UNANSWERED),
+        DialError::Bind { ip, source } => {
+            format!("cannot bind to upstream.bind_ip {ip}: {source}")
         }
+        DialError::ServerName { name, reason } => {
+            format!("upstream.server_name {name:?} is not a valid name: {reason}")
+        }
+        DialError::Tls {
+            source, explained, ..
+        } => explained.unwrap_or_else(|| format!("TLS connection failed: {source}")),
+        DialError::TlsTimeout { limit, .. } => format!("no TLS handshake within {limit:?}"),
+        other => other.to_string(),
     }
-    Err(last)
 }
 
 /// Runs one session with its own task and file runners; when it ends,
@@ -459,10 +436,10 @@ async fn send_within(
 ) -> Result<(), End> {
     tokio::select! {
         _ = shutdown.cancelled() => Err(End::Shutdown),
-        sent = timeout(limit, link.send(frame)) => match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Lost(format!("cannot send {what}: {e}"))),
-            Err(_) => Err(End::Lost(format!(
+        sent = gse_transport::session::send_within(link, frame, limit) => match sent {
+            Ok(()) => Ok(()),
+            Err(WriteError::Failed(e)) => Err(End::Lost(format!("cannot send {what}: {e}"))),
+            Err(WriteError::TimedOut(limit)) => Err(End::Lost(format!(
                 "a write to the server did not complete within {}s ({what}); \
                  the server or the network stopped reading",
                 limit.as_secs_f64()
@@ -512,37 +489,35 @@ async fn say_goodbye(link: &mut Link) {
     .await;
 }
 
-/// Handles one frame from the server; `Some` ends the session.
+/// Handles one frame from the server by its family; `Some` ends the
+/// session.
 fn on_frame(
     frame: Frame,
     tasks: &TaskRunner,
     files: &FileRunner,
     plugins: &PluginService,
 ) -> Option<End> {
+    let family = frame.msg_type.family();
+    let handled = match family {
+        Some(MsgFamily::Link) => return on_link_frame(frame),
+        Some(MsgFamily::Task) => tasks.handle(&frame),
+        Some(MsgFamily::File) => files.handle(&frame),
+        Some(MsgFamily::Proc) => plugins.handle(&frame),
+        _ => false,
+    };
+    if !handled {
+        tracing::debug!(
+            msg_type = frame.msg_type.to_u16(),
+            family = ?family,
+            "ignoring a frame type this agent does not handle"
+        );
+    }
+    None
+}
+
+/// A frame of the link itself: an answer, or why the server ends the link.
+fn on_link_frame(frame: Frame) -> Option<End> {
     match frame.msg_type {
-        MsgType::HeartbeatAck => None,
-        MsgType::RunScript | MsgType::CancelTask => {
-            tasks.handle(&frame);
-            None
-        }
-        other if FILE_TYPES.contains(&other.to_u16()) => {
-            if !files.handle(&frame) {
-                tracing::debug!(
-                    msg_type = other.to_u16(),
-                    "ignoring a file frame type this agent does not handle"
-                );
-            }
-            None
-        }
-        other if PLUGIN_TYPES.contains(&other.to_u16()) => {
-            if !plugins.handle(&frame) {
-                tracing::debug!(
-                    msg_type = other.to_u16(),
-                    "ignoring a plugin frame type this agent does not handle"
-                );
-            }
-            None
-        }
         MsgType::Goodbye => {
             let reason = frame
                 .decode::<Goodbye>()
@@ -559,12 +534,7 @@ fn on_frame(
                 "the server reported a protocol error: {message}"
             )))
         }
-        other => {
-            tracing::debug!(
-                msg_type = other.to_u16(),
-                "ignoring a frame type this agent does not handle"
-            );
-            None
-        }
+        // HeartbeatAck: hearing anything is what counts.
+        _ => None,
     }
 }

@@ -28,7 +28,7 @@ pub const HEADER_LEN: usize = 20;
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Which message a frame's body holds. Numbers are part of the wire contract:
-/// never reuse one.
+/// never reuse one. Each is in its family's block ([`crate::MsgFamily`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MsgType {
     Register,
@@ -41,7 +41,7 @@ pub enum MsgType {
     CancelTask,
     TaskOutput,
     TaskStatus,
-    // File transfer (file.proto): agent link 0x200-0x27f, peer link 0x280-0x2ff.
+    // File transfer (file.proto): agent link 0x200-0x27f (File), peer link 0x280-0x2ff (Peer).
     FileManifestRequest,
     FileManifest,
     FileStart,
@@ -53,12 +53,12 @@ pub enum MsgType {
     PeerHello,
     PeerHelloAck,
     Have,
-    // Plugin management (proc.proto): agent link 0x300-0x37f.
+    // Plugin management (proc.proto): agent link 0x300-0x37f (Proc).
     ProcOperate,
     ProcOperateResult,
     ProcStatusReport,
     ProcAlarm,
-    // Data link (data.proto): 0x400-0x47f.
+    // Data (data.proto): data link 0x400-0x40f (Data), agent link 0x410-0x41f (DataAssign).
     DataHello,
     DataHelloAck,
     DataBatch,

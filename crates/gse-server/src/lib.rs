@@ -12,13 +12,12 @@
 //! The embedded state store is in [`store`]; `quickstart` wires a server and
 //! local agents together for a first look. [`fd_budget`] shares the
 //! open-files limit among the listeners' unauthenticated connections, which
-//! each listener caps with [`conn_limits`].
+//! each listener caps with `gse_transport::limits`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod cluster;
 pub mod config;
-pub mod conn_limits;
 pub mod fd_budget;
 pub mod node;
 pub mod quickstart;

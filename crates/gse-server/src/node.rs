@@ -273,7 +273,7 @@ async fn start_task_role(
     .await
     .context("cannot start the task role")?;
     if let Some(link) = link {
-        link.add_frame_handler(0x100..=0x1ff, svc.clone());
+        link.add_frame_handler(gse_proto::MsgFamily::Task, svc.clone());
     }
     Ok(Some(svc))
 }
@@ -299,7 +299,7 @@ async fn start_file_role(
     .await
     .context("cannot start the file role")?;
     if let Some(link) = link {
-        link.add_frame_handler(0x200..=0x27f, svc.clone());
+        link.add_frame_handler(gse_proto::MsgFamily::File, svc.clone());
     }
     Ok(Some(svc))
 }
@@ -363,7 +363,7 @@ fn start_proc_role(
         danger,
     });
     if let Some(link) = link {
-        link.add_frame_handler(0x300..=0x37f, svc.clone());
+        link.add_frame_handler(gse_proto::MsgFamily::Proc, svc.clone());
     }
     Some(svc)
 }

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use gse_transport::{Backoff, Dialer, DialerParts};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,7 +58,6 @@ use tokio_util::task::TaskTracker;
 pub use intake::Intake;
 
 use self::agent_info::AgentInfo;
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 
@@ -267,11 +267,16 @@ pub async fn start(
     let stats = Arc::new(DataStats::default());
     let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE);
     let (assigned_tx, assigned_rx) = watch::channel(None);
-    let dialer = uplink::Dialer {
-        connector: tokio_rustls::TlsConnector::from(gse_core::tls::client_config(&cfg.tls)?),
-        server_name: cfg.upstream.server_name.clone(),
+    let transport = Dialer::new(DialerParts {
+        tls: gse_core::tls::client_config(&cfg.tls)?,
         tls_files: cfg.tls.clone(),
+        server_name: cfg.upstream.server_name.clone(),
+        bind_ip: None,
         connect_timeout: cfg.upstream.connect_timeout,
+        keepalive: false,
+    });
+    let dialer = uplink::Dialer {
+        transport,
         hello: gse_proto::link::DataHello {
             agent_id: identity.agent_id.clone(),
             cloud_id: identity.cloud_id,

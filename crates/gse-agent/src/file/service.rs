@@ -3,7 +3,7 @@
 //! [`FileService::start`] binds the P2P listener (before the agent
 //! registers, so the bound port can be advertised in `Register.p2p_addr`)
 //! and holds the [`PieceStore`], the agent-wide upload slots and speed
-//! caps, and the TLS client for dialling peers. Each link session makes a
+//! caps, and the [`Dialer`] for dialling peers. Each link session makes a
 //! [`FileRunner`] from it ([`FileService::runner`]).
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gse_transport::{Dialer, DialerParts};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::direct::LinkOut;
-use super::peer::PeerServer;
+use super::peer::{PEER_SERVER_NAME, PeerServer};
 use super::rate::RateLimit;
 use super::runner::FileRunner;
 use super::store::PieceStore;
@@ -60,7 +60,9 @@ pub struct FileService {
     /// Upload buffer budget, in KiB ([`UPLOAD_BUFFER_BYTES`]); see
     /// [`upload_buffer_kib`].
     pub upload_buffer: Arc<Semaphore>,
-    pub connector: TlsConnector,
+    /// Dials peers (agent certificates, name `PEER_SERVER_NAME`) within
+    /// `[file] p2p_connect_timeout`.
+    pub peer_dialer: Dialer,
     /// Where the P2P listener is bound; `None` without one.
     pub listen_addr: Option<SocketAddr>,
 }
@@ -82,7 +84,14 @@ impl FileService {
             max_inflight_bytes: file.max_inflight_mb.max(1) * MB,
             connect_timeout: file.p2p_connect_timeout,
         };
-        let connector = TlsConnector::from(gse_core::tls::peer_client_config(&cfg.tls)?);
+        let peer_dialer = Dialer::new(DialerParts {
+            tls: gse_core::tls::peer_client_config(&cfg.tls)?,
+            tls_files: cfg.tls.clone(),
+            server_name: PEER_SERVER_NAME.into(),
+            bind_ip: None,
+            connect_timeout: settings.connect_timeout,
+            keepalive: false,
+        });
         let store = Arc::new(PieceStore::default());
         let upload = RateLimit::new(file.upload_speed_mb * MB);
         let slots = Arc::new(Semaphore::new(file.upload_slots.max(1) as usize));
@@ -120,7 +129,7 @@ impl FileService {
             settings,
             store,
             upload,
-            connector,
+            peer_dialer,
             listen_addr,
         }))
     }

@@ -1,5 +1,6 @@
 //! One data link to a DataServer: TCP, mutual TLS (the agent's certificate,
-//! as on the control link), `DataHello` -> `DataHelloAck`, then a writer
+//! as on the control link; both dialed by `gse_transport::Dialer`),
+//! `DataHello` -> `DataHelloAck`, then a writer
 //! task and a reader task. The uplink talks to them through channels and
 //! learns of acks and of the link's end as [`Event`]s. Dropping a [`Conn`]
 //! stops both tasks and closes the socket.
@@ -13,20 +14,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use gse_core::tls::{Side, TlsFiles, explain};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use rustls::pki_types::ServerName;
+use gse_transport::net_hint::ConnectFailure;
+use gse_transport::session::{FirstFrameError, first_frame};
+use gse_transport::{DialError, Dialer as TransportDialer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
-use tokio_rustls::TlsConnector;
+use tokio::time::{Instant, timeout};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::target::Target;
-use crate::net_hint::{self, ConnectFailure};
 
 /// Most encrypted bytes rustls holds for the socket. Above the default
 /// (64 KiB) so that a whole batch frame is taken in one write and leaves in
@@ -47,10 +47,8 @@ pub enum Event {
 /// How to reach DataServers.
 #[derive(Clone)]
 pub struct Dialer {
-    pub connector: TlsConnector,
-    pub server_name: String,
-    pub tls_files: TlsFiles,
-    pub connect_timeout: Duration,
+    /// TCP and TLS, with `upstream.server_name` and `connect_timeout`.
+    pub transport: TransportDialer,
     pub hello: DataHello,
     /// Frames queued for the writer (the in-flight window).
     pub queue: usize,
@@ -99,36 +97,27 @@ impl Dialer {
     /// Connects and says hello; the error is one line saying what failed
     /// (and, for the TCP connect, where the endpoint came from).
     pub async fn connect(self: Arc<Self>, target: Target) -> Result<Conn, String> {
-        let limit = self.connect_timeout;
-        let tcp = timeout(limit, TcpStream::connect(&target.endpoint))
+        let limit = self.transport.connect_timeout();
+        let mut tls = self
+            .transport
+            .dial(&target.endpoint)
             .await
-            .map_err(|_| {
-                target.connect_failed(
-                    ConnectFailure::Unanswered,
-                    format_args!("no answer within {limit:?}"),
-                )
-            })?
-            .map_err(|e| target.connect_failed(net_hint::classify(&e), e))?;
+            .map_err(|e| dial_failed(&target, e))?;
         let endpoint = target.endpoint;
-        let _ = tcp.set_nodelay(true);
         let mut hello = self.hello.clone();
         if hello.identity_ip.is_empty() {
-            hello.identity_ip = tcp
+            hello.identity_ip = tls
+                .get_ref()
+                .0
                 .local_addr()
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
         }
-        let name = ServerName::try_from(self.server_name.clone())
-            .map_err(|e| format!("server name {:?} is not valid: {e}", self.server_name))?;
         let explain_io = |e: std::io::Error| {
-            explain(Side::Client, &endpoint, &self.tls_files, &e)
+            self.transport
+                .explain(&endpoint, &e)
                 .unwrap_or_else(|| format!("TLS with DataServer {endpoint} failed: {e}"))
         };
-        let tls = timeout(limit, self.connector.connect(name, tcp))
-            .await
-            .map_err(|_| format!("no TLS handshake with DataServer {endpoint} within {limit:?}"))?
-            .map_err(explain_io)?;
-        let mut tls = tls;
         tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let (rd, wr) = tokio::io::split(tls);
         let mut reader = FramedRead::new(rd, FrameCodec::default());
@@ -137,22 +126,26 @@ impl Dialer {
             .send(Frame::new(MsgType::DataHello, 0, &hello))
             .await
             .map_err(|e| format!("cannot send DataHello to {endpoint}: {e}"))?;
-        let answer = timeout(limit, reader.next())
-            .await
-            .map_err(|_| format!("no DataHelloAck from {endpoint} within {limit:?}"))?;
-        let ack: DataHelloAck = match answer {
-            Some(Ok(f)) if f.msg_type == MsgType::DataHelloAck => {
+        let ack: DataHelloAck = match first_frame(&mut reader, Instant::now() + limit).await {
+            Ok(f) if f.msg_type == MsgType::DataHelloAck => {
                 f.decode().map_err(|e| e.to_string())?
             }
-            Some(Ok(f)) => {
+            Ok(f) => {
                 return Err(format!(
                     "DataServer {endpoint} answered DataHello with frame type {}",
                     f.msg_type.to_u16()
                 ));
             }
-            Some(Err(gse_proto::FrameError::Io(e))) => return Err(explain_io(e)),
-            Some(Err(e)) => return Err(format!("bad answer from {endpoint}: {e}")),
-            None => {
+            Err(FirstFrameError::Timeout) => {
+                return Err(format!("no DataHelloAck from {endpoint} within {limit:?}"));
+            }
+            Err(FirstFrameError::Frame(gse_proto::FrameError::Io(e))) => {
+                return Err(explain_io(e));
+            }
+            Err(FirstFrameError::Frame(e)) => {
+                return Err(format!("bad answer from {endpoint}: {e}"));
+            }
+            Err(FirstFrameError::Closed) => {
                 return Err(format!(
                     "DataServer {endpoint} closed the link after DataHello"
                 ));
@@ -182,6 +175,34 @@ impl Dialer {
             events: events_rx,
             tasks,
         })
+    }
+}
+
+/// A failed dial in the data link's words: the TCP connect with where the
+/// endpoint came from ([`Target::connect_failed`]), the TLS handshake with
+/// the DataServer named.
+fn dial_failed(target: &Target, e: DialError) -> String {
+    let endpoint = &target.endpoint;
+    match e {
+        DialError::ConnectTimeout { limit, .. } => target.connect_failed(
+            ConnectFailure::Unanswered,
+            format_args!("no answer within {limit:?}"),
+        ),
+        DialError::Connect { source, .. } | DialError::Resolve { source, .. } => {
+            target.connect_failed(gse_transport::net_hint::classify(&source), source)
+        }
+        DialError::ServerName { name, reason } => {
+            format!("server name {name:?} is not valid: {reason}")
+        }
+        DialError::Tls {
+            source, explained, ..
+        } => {
+            explained.unwrap_or_else(|| format!("TLS with DataServer {endpoint} failed: {source}"))
+        }
+        DialError::TlsTimeout { limit, .. } => {
+            format!("no TLS handshake with DataServer {endpoint} within {limit:?}")
+        }
+        other => target.connect_failed(ConnectFailure::Other, other),
     }
 }
 

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_proto::link::DataAck;
+use gse_transport::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -49,7 +50,6 @@ use self::seqs::SeqLease;
 use self::stored::{Pending, SpoolHandle};
 use super::DataStats;
 use super::batcher::OutBatch;
-use crate::backoff::Backoff;
 
 /// How long a move waits for the old link's acks before re-sending.
 const MOVE_DRAIN_MAX: Duration = Duration::from_secs(5);

@@ -1,5 +1,6 @@
 //! Dialling a peer: TCP, mutual TLS (the peer must present an agent
-//! certificate, name [`PEER_SERVER_NAME`]), `PeerHello`, `PeerHelloAck`.
+//! certificate, name [`PEER_SERVER_NAME`](super::PEER_SERVER_NAME); the
+//! [`Dialer`] is `FileService::peer_dialer`), `PeerHello`, `PeerHelloAck`.
 //! What to request over the connection is the swarm's business.
 
 use std::net::SocketAddr;
@@ -8,16 +9,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use gse_proto::link::{PeerHello, PeerHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use rustls::pki_types::ServerName;
+use gse_transport::net_hint::{self, ConnectFailure};
+use gse_transport::{DialError, Dialer};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::FramedRead;
 
-use super::{Outgoing, PEER_SERVER_NAME, peer_codec, write_outgoing};
-use crate::net_hint::{self, ConnectFailure};
+use super::{Outgoing, peer_codec, write_outgoing};
 
 /// The read side of a peer connection, framed.
 pub type PeerReader = FramedRead<ReadHalf<TlsStream<TcpStream>>, FrameCodec>;
@@ -48,6 +48,26 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// A failed dial of the peer at `addr`.
+    fn dial(addr: SocketAddr, e: DialError) -> Self {
+        match e {
+            DialError::ConnectTimeout { limit, .. } | DialError::TlsTimeout { limit, .. } => {
+                PeerError::Timeout { addr, limit }
+            }
+            DialError::Tls { source, .. } => PeerError::Tls { addr, source },
+            DialError::Connect { source, .. }
+            | DialError::Resolve { source, .. }
+            | DialError::Socket(source)
+            | DialError::Bind { source, .. } => PeerError::Connect { addr, source },
+            other @ (DialError::NoAddress { .. } | DialError::ServerName { .. }) => {
+                PeerError::Connect {
+                    addr,
+                    source: std::io::Error::other(other.to_string()),
+                }
+            }
+        }
+    }
+
     /// The error with what to check, for a failed connect or no answer
     /// (see [`net_hint`]): the peer's listener, or the route to it.
     pub fn explained(&self) -> String {
@@ -68,32 +88,28 @@ impl PeerError {
     }
 }
 
-/// Connects to the peer at `addr` and says `hello`, all within `limit`.
+/// Connects to the peer at `addr` and says `hello`, all within the
+/// dialer's connect timeout.
 pub async fn connect(
-    connector: &TlsConnector,
+    dialer: &Dialer,
     addr: SocketAddr,
     hello: &PeerHello,
-    limit: Duration,
 ) -> Result<(PeerHelloAck, PeerReader, PeerWriter), PeerError> {
-    timeout(limit, connect_inner(connector, addr, hello))
+    let limit = dialer.connect_timeout();
+    timeout(limit, connect_inner(dialer, addr, hello))
         .await
         .map_err(|_| PeerError::Timeout { addr, limit })?
 }
 
 async fn connect_inner(
-    connector: &TlsConnector,
+    dialer: &Dialer,
     addr: SocketAddr,
     hello: &PeerHello,
 ) -> Result<(PeerHelloAck, PeerReader, PeerWriter), PeerError> {
-    let tcp = TcpStream::connect(addr)
+    let tls = dialer
+        .dial(&addr.to_string())
         .await
-        .map_err(|source| PeerError::Connect { addr, source })?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(PEER_SERVER_NAME).expect("a valid DNS name");
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|source| PeerError::Tls { addr, source })?;
+        .map_err(|e| PeerError::dial(addr, e))?;
     let (rd, mut wr) = tokio::io::split(tls);
     let frame = Frame::new(MsgType::PeerHello, 0, hello);
     let protocol = |message: String| PeerError::Protocol { addr, message };

@@ -112,7 +112,7 @@ async fn peer_hello_with_a_wrong_token_or_task_is_refused() {
     std::fs::write(world.agents[0].path("f"), content(50_000, 3)).unwrap();
     let dir = world.agents[0].dir.path().to_path_buf();
     world.manifest(0, &dir, "f", 0).await;
-    let connector = world.agents[0].service.connector.clone();
+    let dialer = world.agents[0].service.peer_dialer.clone();
     let addr = world.agents[0].service.listen_addr.unwrap();
     let mut hello = PeerHello {
         transfer_id: TRANSFER.into(),
@@ -120,8 +120,7 @@ async fn peer_hello_with_a_wrong_token_or_task_is_refused() {
         token: b"guess".to_vec(),
         agent: "0:10.9.9.9".into(),
     };
-    let limit = Duration::from_secs(5);
-    match peer::connect(&connector, addr, &hello, limit).await {
+    match peer::connect(&dialer, addr, &hello).await {
         Err(PeerError::Refused { message, .. }) => {
             assert!(message.contains("wrong token"), "{message}")
         }
@@ -130,13 +129,11 @@ async fn peer_hello_with_a_wrong_token_or_task_is_refused() {
     hello.token = TOKEN.to_vec();
     hello.task_index = 5;
     assert!(matches!(
-        peer::connect(&connector, addr, &hello, limit).await,
+        peer::connect(&dialer, addr, &hello).await,
         Err(PeerError::Refused { .. })
     ));
     hello.task_index = 0;
-    let (ack, _, _) = peer::connect(&connector, addr, &hello, limit)
-        .await
-        .unwrap();
+    let (ack, _, _) = peer::connect(&dialer, addr, &hello).await.unwrap();
     assert!(ack.accepted);
     assert_eq!(ack.have.len(), 1, "the seed announces its file");
 }
@@ -150,15 +147,10 @@ async fn raw_peer(world: &World) -> (PeerReader, PeerWriter) {
         agent: "0:10.9.9.9".into(),
     };
     let service = &world.agents[0].service;
-    let limit = Duration::from_secs(5);
-    let (_, reader, writer) = peer::connect(
-        &service.connector,
-        service.listen_addr.unwrap(),
-        &hello,
-        limit,
-    )
-    .await
-    .unwrap();
+    let (_, reader, writer) =
+        peer::connect(&service.peer_dialer, service.listen_addr.unwrap(), &hello)
+            .await
+            .unwrap();
     (reader, writer)
 }
 

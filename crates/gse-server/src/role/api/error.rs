@@ -244,9 +244,9 @@ impl From<FileError> for ApiError {
 }
 
 /// An API connection refused at accept (answered 503 before closing).
-impl From<crate::conn_limits::Refusal> for ApiError {
-    fn from(r: crate::conn_limits::Refusal) -> Self {
-        use crate::conn_limits::Refusal;
+impl From<gse_transport::limits::Refusal> for ApiError {
+    fn from(r: gse_transport::limits::Refusal) -> Self {
+        use gse_transport::limits::Refusal;
         match r {
             Refusal::Total { limit, .. } => ApiError::TooManyConnections { limit },
             Refusal::PerIp { ip, limit, .. } => ApiError::TooManyConnectionsFrom {

@@ -88,11 +88,10 @@ pub fn server_rate(server: &str, bytes_per_s: f64) {
         .set(bytes_per_s);
 }
 
-/// A data link closed at accept, over a pending-handshake cap (`reason`:
-/// "over data.max_pending_handshakes[_per_ip]").
-pub fn connection_refused(reason: &'static str) {
-    metrics::counter!("gse_data_connections_refused_total", "reason" => reason).increment(1);
-}
+/// Data links closed at accept, over a pending-handshake cap (`reason`:
+/// "over data.max_pending_handshakes[_per_ip]"); counted by the accept
+/// loop (`gse_transport::accept`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "gse_data_connections_refused_total";
 
 pub fn agent_moved() {
     metrics::counter!("gse_data_agent_moves_total").increment(1);

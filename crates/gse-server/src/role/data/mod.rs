@@ -22,12 +22,11 @@ pub mod sink;
 pub mod snapshot;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gse_core::refusals::RefusalLog;
 use gse_core::seams::Record;
 use gse_core::tls::TlsFiles;
+use gse_proto::MsgFamily;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -39,11 +38,8 @@ use self::balance::{Balancer, ServerLoad};
 use self::batch::BatchHandler;
 use self::routes::RouteTable;
 use self::server::DataServer;
-use crate::conn_limits::ConnLimits;
 use crate::role::link::LinkService;
-
-/// Refused data connections are summed up in one log line this often.
-const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+use gse_transport::{Acceptor, AcceptorParts, ConnLimits};
 
 /// Sees every record of one data id as it arrives, routed or not (the
 /// snapshot cache is one). Must be quick: it runs on the data path.
@@ -103,15 +99,19 @@ impl DataService {
                 format!("{}/data{i}", parts.node_id),
                 endpoint,
             ));
-            servers.push(Arc::new(DataServer {
-                load,
+            let acceptor = Acceptor::new(AcceptorParts {
+                names: server::ACCEPT_NAMES,
                 tls: tls.clone(),
                 tls_files: parts.tls_files.clone(),
+                handshake_timeout: parts.config.handshake_timeout,
+                pending: parts.pending.clone(),
+            });
+            servers.push(Arc::new(DataServer {
+                load,
+                acceptor,
                 handler: handler.clone(),
                 config: parts.config.clone(),
                 store: parts.store.clone(),
-                refusals: Arc::new(RefusalLog::new("data connections", REFUSAL_LOG_WINDOW)),
-                pending: parts.pending.clone(),
                 shutdown: parts.shutdown.clone(),
             }));
             listeners.push(listener);
@@ -123,8 +123,8 @@ impl DataService {
             let loads = servers.iter().map(|s| s.load.clone()).collect();
             let b = Balancer::new(loads, link.clone());
             link.set_data_assigner(b.clone());
-            // Agents never send this type: the route only delivers disconnects.
-            link.add_frame_handler(0x410..=0x410, b.clone());
+            // Agents never send this family: the route only delivers disconnects.
+            link.add_frame_handler(MsgFamily::DataAssign, b.clone());
             tasks.spawn(
                 b.clone()
                     .run(parts.config.rebalance_interval, parts.shutdown.clone()),

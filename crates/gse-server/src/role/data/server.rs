@@ -1,20 +1,21 @@
 //! One DataServer (C5): a mutual-TLS listener for agents' data links.
 //!
-//! Per connection ([`serve_link`]), once admitted within the node's
-//! pending-handshake caps (`[data] max_pending_handshakes`, in all and per
-//! address, shared by every DataServer of the node: `crate::fd_budget`;
-//! over them a connection is closed at once): TLS handshake and `DataHello`
-//! within `handshake_timeout` (the agent id, cloud id and identity IP are checked,
+//! Per connection ([`serve_link`]), once admitted by `gse_transport`'s
+//! accept loop within the node's pending-handshake caps (`[data]
+//! max_pending_handshakes`, in all and per address, shared by every
+//! DataServer of the node: `crate::fd_budget`; over them a connection is
+//! closed at once): TLS handshake and `DataHello` each within
+//! `handshake_timeout` (the agent id, cloud id and identity IP are checked,
 //! and the claim admitted like a registration's: the certificate's identity
-//! and the identity pin, `role::link::identity`; the source of every record
-//! is `cloud:ip`), `DataHelloAck` with the
-//! batch size limit, then `DataBatch` frames. Up to `batches_in_progress`
+//! and the identity pin, `gse_transport::claim`; the source of every record
+//! is `cloud:ip`), `DataHelloAck` with the batch size limit, then
+//! `DataBatch` frames. Up to `batches_in_progress`
 //! batches of a link are stored at once ([`BatchHandler`]); each is
 //! answered by one `DataAck` (code 0 only after every sink stored it, else
 //! [`ACK_SINK_FAILED`] and the agent retries). Frames over the limit, bodies
 //! that do not decode and unexpected types close that link only.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,16 +23,15 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
-use gse_core::identity::validate_agent_id;
-use gse_core::refusals::RefusalLog;
 use gse_core::seams::StateStore;
-use gse_core::tls::{TlsFiles, accept};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
+use gse_transport::claim::{self, Claim, claimed_key};
+use gse_transport::session::{FirstFrameError, ServerSession as Link, first_frame};
+use gse_transport::{AcceptNames, Accepted, Acceptor};
 use prost::Message;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -39,8 +39,6 @@ use super::balance::ServerLoad;
 use super::batch::BatchHandler;
 use super::config::DataConfig;
 use super::metrics;
-use crate::conn_limits::{ConnLimits, ConnPermit};
-use crate::role::link::identity::{self, Claim};
 use gse_proto::link::DataBatch;
 
 /// Ack code: a sink could not store the batch (retry later).
@@ -50,21 +48,26 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Room for the frame's own framing around the largest batch body.
 const FRAME_SLACK: usize = 4096;
 
-type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
+/// How a DataServer's accept loop names its connections (log lines, metrics).
+pub(super) const ACCEPT_NAMES: AcceptNames = AcceptNames {
+    one: "data link",
+    many: "data connections",
+    over_caps: "too many data links without DataHello yet",
+    tls_prefix: "data link: ",
+    refused_metric: metrics::CONNECTIONS_REFUSED_TOTAL,
+    tls_failures_metric: None,
+};
 
 /// One listening DataServer.
 pub struct DataServer {
     pub load: Arc<ServerLoad>,
-    pub(super) tls: Arc<rustls::ServerConfig>,
-    pub(super) tls_files: TlsFiles,
+    /// Accepts data links up to their TLS handshake, within the pending
+    /// caps shared by the node's DataServers.
+    pub(super) acceptor: Arc<Acceptor>,
     pub(super) handler: BatchHandler,
     pub(super) config: DataConfig,
     /// Where identity pins are checked.
     pub(super) store: Arc<dyn StateStore>,
-    /// Failed accepts and TLS handshakes, logged once per burst.
-    pub(super) refusals: Arc<RefusalLog>,
-    /// Caps on connections before DataHello, shared by the node's DataServers.
-    pub(super) pending: Arc<ConnLimits>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -74,71 +77,20 @@ impl DataServer {
     /// Accepts data links until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         tracing::info!(server = %self.load.id, endpoint = %self.load.endpoint, "DataServer listening");
-        tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    // Over the caps the connection is dropped (closed) here.
-                    if let Some(permit) = self.admit_pending(peer) {
-                        let _ = tcp.set_nodelay(true);
-                        tokio::spawn(serve_link(self.clone(), tcp, peer, permit));
-                    }
-                }
-                Err(e) => {
-                    // Back off instead of spinning; one line per burst.
-                    self.refusals.refused("accept failed", None, || {
-                        format!("cannot accept data links: {e} (file descriptor limit? raise LimitNOFILE)")
-                    });
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    /// A place among the connections still in their handshake, or `None`
-    /// (counted and logged) when `peer` or everyone is over the cap.
-    fn admit_pending(&self, peer: SocketAddr) -> Option<ConnPermit> {
-        match self.pending.admit(peer.ip()) {
-            Ok(permit) => Some(permit),
-            Err(refusal) => {
-                metrics::connection_refused(refusal.reason());
-                self.refusals
-                    .refused(refusal.reason(), Some(peer.ip()), || {
-                        format!("data link from {peer} closed at once: too many data links without DataHello yet, {refusal}")
-                    });
-                None
-            }
-        }
+        let svc = self.clone();
+        let acceptor = self.acceptor.clone();
+        acceptor
+            .run(listener, self.shutdown.clone(), move |accepted| {
+                serve_link(svc.clone(), accepted)
+            })
+            .await;
     }
 }
 
-async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pending: ConnPermit) {
-    let limit = svc.config.handshake_timeout;
-    let tls = match timeout(limit, accept(svc.tls.clone(), tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            match e.explain(&peer.to_string(), &svc.tls_files) {
-                Some(text) => svc.refusals.refused("TLS refused", Some(peer.ip()), || {
-                    format!("data link: {text}")
-                }),
-                None => {
-                    tracing::debug!(peer = %peer, error = %e, "data link closed during the TLS handshake")
-                }
-            }
-            return;
-        }
-        Err(_) => {
-            svc.refusals
-                .refused("no TLS handshake in time", Some(peer.ip()), || {
-                    format!("data link: no TLS handshake from {peer} within {limit:?}; closing")
-                });
-            return;
-        }
-    };
+async fn serve_link(svc: Arc<DataServer>, accepted: Accepted) {
+    let Accepted {
+        tls, peer, pending, ..
+    } = accepted;
     let codec = FrameCodec::new(svc.config.max_batch_bytes + FRAME_SLACK);
     let mut link = Framed::new(tls, codec);
     let Some(key) = hello(&svc, &mut link, peer).await else {
@@ -157,14 +109,14 @@ async fn serve_link(svc: Arc<DataServer>, tcp: TcpStream, peer: SocketAddr, pend
 /// Reads and checks `DataHello`, answers it; the agent's key if accepted.
 async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<AgentKey> {
     let limit = svc.config.handshake_timeout;
-    let first = match timeout(limit, link.next()).await {
-        Ok(Some(Ok(f))) => f,
-        Ok(Some(Err(e))) => {
+    let first = match first_frame(link, Instant::now() + limit).await {
+        Ok(f) => f,
+        Err(FirstFrameError::Frame(e)) => {
             tracing::warn!(peer = %peer, error = %e, "bad first frame on a data link; closing");
             return None;
         }
-        Ok(None) => return None,
-        Err(_) => {
+        Err(FirstFrameError::Closed) => return None,
+        Err(FirstFrameError::Timeout) => {
             tracing::warn!(peer = %peer, "no DataHello within {limit:?}; closing");
             return None;
         }
@@ -180,7 +132,17 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
         )),
     };
     let checked = match checked {
-        Ok((key, agent_id)) => admit(svc, link, key, &agent_id).await.map(|()| key),
+        Ok((key, agent_id)) => {
+            let claim = Claim::new(
+                key,
+                &agent_id,
+                link.get_ref().get_ref().1.peer_certificates(),
+            );
+            claim::admit(svc.store.as_ref(), claim, peer)
+                .await
+                .map(|_| key)
+                .map_err(|refusal| refusal.message().to_string())
+        }
         Err(message) => Err(message),
     };
     let answer = |accepted: bool, message: String| DataHelloAck {
@@ -203,37 +165,15 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
     }
 }
 
-/// A data link may send as an identity only what may register as it.
-async fn admit(svc: &DataServer, link: &Link, key: AgentKey, agent_id: &str) -> Result<(), String> {
-    let certs = link.get_ref().get_ref().1.peer_certificates();
-    let claim = Claim {
-        key,
-        agent_id,
-        certificate: identity::certificate_identity(certs),
-    };
-    identity::admit(svc.store.as_ref(), claim)
-        .await
-        .map(|_| ())
-        .map_err(|refusal| refusal.message().to_string())
-}
-
-/// Validates what the agent says about itself: its key and agent id.
+/// Validates what the agent says about itself: its key and agent id (a
+/// data link may send as an identity only what may register as it, so the
+/// claim is checked like a registration's: `gse_transport::claim`).
 fn check_hello(h: DataHello) -> Result<(AgentKey, String), String> {
-    validate_agent_id(&h.agent_id).map_err(|e| format!("agent_id: {e}"))?;
-    if h.cloud_id < 0 {
-        return Err(format!("cloud_id {} is negative", h.cloud_id));
-    }
     if h.protocol_version == 0 {
         return Err("protocol_version 0: upgrade the agent".into());
     }
-    let ip: IpAddr = h
-        .identity_ip
-        .parse()
-        .map_err(|_| format!("identity_ip {:?} is not an IP address", h.identity_ip))?;
-    if ip.is_unspecified() {
-        return Err(format!("identity_ip {ip} is unspecified"));
-    }
-    Ok((AgentKey::new(h.cloud_id, ip), h.agent_id))
+    let key = claimed_key(&h.agent_id, h.cloud_id, &h.identity_ip).map_err(|e| e.to_string())?;
+    Ok((key, h.agent_id))
 }
 
 /// Stores batches and acks them until the link ends; returns why it ended.

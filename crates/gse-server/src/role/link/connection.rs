@@ -1,63 +1,51 @@
-//! One agent connection, from TCP accept to close:
-//! handshake -> register -> serve (heartbeats, outbound frames) -> detach.
+//! One agent connection, from its TLS handshake (`gse_transport::accept`)
+//! to close: register -> serve (heartbeats, outbound frames) -> detach.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use gse_core::identity::validate_agent_id;
 use gse_core::seams::{AgentRecord, HeartbeatUpdate};
-use gse_core::tls::accept;
 use gse_core::{AgentKey, now_ms};
 use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use tokio::net::TcpStream;
+use gse_transport::Accepted;
+use gse_transport::claim::{certificate_identity, claimed_key};
+use gse_transport::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout_at};
-use tokio_rustls::server::TlsStream;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{AgentPath, LinkService, OUTBOUND_QUEUE, identity};
-use crate::conn_limits::ConnPermit;
+use super::{AgentPath, LinkService, OUTBOUND_QUEUE};
 use crate::role::alarm::{Alarm, AlarmKind};
-
-type Link = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 /// Initial read buffer per connection; grows only for large frames, which
 /// keeps tens of thousands of idle links small.
 const READ_BUFFER: usize = 512;
 
-pub(super) async fn run(
-    svc: Arc<LinkService>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    conn_id: u64,
-    pending: ConnPermit,
-) {
-    let deadline = Instant::now() + svc.config.handshake_timeout;
+pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64) {
+    let Accepted {
+        tls,
+        peer,
+        local,
+        deadline,
+        pending,
+    } = accepted;
     // Where the agent reached us is what it is told we are (`advertise`).
-    let local = match tcp.local_addr() {
-        Ok(local) => local,
-        Err(e) => {
-            tracing::debug!(peer = %peer, error = %e, "agent connection closed before its handshake");
-            return;
-        }
-    };
     let path = svc.advertiser.path(local, peer);
-    // The handshake and register futures are boxed so that their state is
-    // freed once they finish, instead of staying inside this long-lived
-    // task's future next to the link (about 1.5 KB per agent).
-    let Some(mut link) = Box::pin(handshake(&svc, tcp, peer, deadline)).await else {
-        return;
-    };
+    let codec = FrameCodec::new(svc.config.max_frame_bytes);
+    let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
     let reached = Reached {
         peer,
         port: local.port(),
         path,
         conn_id,
     };
+    // Boxed so that its state is freed once it finishes, instead of
+    // staying inside this long-lived task's future next to the link
+    // (about 1.5 KB per agent).
     let Some((record, p2p_addr, ack)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
@@ -118,42 +106,6 @@ pub(super) async fn run(
     }
 }
 
-/// TLS handshake; a failure is logged once, in words (K6).
-async fn handshake(
-    svc: &LinkService,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    deadline: Instant,
-) -> Option<Link> {
-    match timeout_at(deadline, accept(svc.tls.clone(), tcp)).await {
-        Ok(Ok(tls)) => Some(Framed::with_capacity(
-            tls,
-            FrameCodec::new(svc.config.max_frame_bytes),
-            READ_BUFFER,
-        )),
-        Ok(Err(e)) => {
-            metrics::counter!("gse_link_tls_failures_total").increment(1);
-            match e.explain(&peer.to_string(), &svc.tls_files) {
-                Some(text) => svc
-                    .refusals
-                    .refused("TLS refused", Some(peer.ip()), || text),
-                None => {
-                    tracing::debug!(peer = %peer, error = %e, "connection closed during the TLS handshake")
-                }
-            }
-            None
-        }
-        Err(_) => {
-            let limit = svc.config.handshake_timeout;
-            svc.refusals
-                .refused("no TLS handshake in time", Some(peer.ip()), || {
-                    format!("no TLS handshake from {peer} within {limit:?}; closing")
-                });
-            None
-        }
-    }
-}
-
 /// Reads and checks the first frame, which must be `Register`; refuses it
 /// (answering why) or returns the record and the accepting RegisterAck to
 /// send once the agent is attached.
@@ -173,14 +125,14 @@ async fn register(
     deadline: Instant,
 ) -> Option<(AgentRecord, Option<SocketAddr>, Frame)> {
     let peer = reached.peer;
-    let frame = match timeout_at(deadline, link.next()).await {
-        Ok(Some(Ok(frame))) => frame,
-        Ok(Some(Err(e))) => {
+    let frame = match first_frame(link, deadline).await {
+        Ok(frame) => frame,
+        Err(FirstFrameError::Frame(e)) => {
             tracing::warn!(peer = %peer, error = %e, "bad first frame from agent; closing");
             return None;
         }
-        Ok(None) => return None,
-        Err(_) => {
+        Err(FirstFrameError::Closed) => return None,
+        Err(FirstFrameError::Timeout) => {
             tracing::warn!(peer = %peer, "agent sent no Register within the handshake timeout; closing");
             return None;
         }
@@ -189,7 +141,7 @@ async fn register(
         MsgType::Register => frame
             .decode::<Register>()
             .map_err(|e| e.to_string())
-            .and_then(|r| check(r, peer)),
+            .and_then(check),
         other => Err(format!(
             "the first frame must be Register, got type {}",
             other.to_u16()
@@ -197,9 +149,10 @@ async fn register(
     };
     let checked = match checked {
         Ok(reg) => {
-            let certificate =
-                identity::certificate_identity(link.get_ref().get_ref().1.peer_certificates());
-            svc.admit(certificate, &reg, peer).await.map(|()| reg)
+            let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
+            svc.admit(reg.key, &reg.msg.agent_id, certificate, peer)
+                .await
+                .map(|()| reg)
         }
         Err(message) => Err(message),
     };
@@ -266,27 +219,17 @@ async fn register(
     }
 }
 
-pub(super) struct CheckedRegister {
-    pub(super) key: AgentKey,
+struct CheckedRegister {
+    key: AgentKey,
     p2p_addr: Option<SocketAddr>,
-    pub(super) msg: Register,
+    msg: Register,
 }
 
-/// Validates what the agent claims about itself; the error says what to fix.
-fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
-    validate_agent_id(&msg.agent_id)
-        .map_err(|e| format!("{e}; fix agent_id in the agent's config or data dir"))?;
-    if msg.cloud_id < 0 {
-        return Err(format!("cloud_id {} is negative", msg.cloud_id));
-    }
-    let ip: IpAddr = msg.identity_ip.parse().map_err(|_| {
-        format!("identity_ip {:?} (from {peer}) is not an IP address; set identity_ip in the agent's config", msg.identity_ip)
-    })?;
-    if ip.is_unspecified() {
-        return Err(format!(
-            "identity_ip {ip} is unspecified; set identity_ip in the agent's config"
-        ));
-    }
+/// Validates what the agent claims about itself (its identity:
+/// `gse_transport::claim`); the error says what to fix.
+fn check(msg: Register) -> Result<CheckedRegister, String> {
+    let key =
+        claimed_key(&msg.agent_id, msg.cloud_id, &msg.identity_ip).map_err(|e| e.to_string())?;
     for (name, value) in [
         ("version", &msg.version),
         ("hostname", &msg.hostname),
@@ -305,17 +248,13 @@ fn check(msg: Register, peer: SocketAddr) -> Result<CheckedRegister, String> {
             })?;
             // A listener on 0.0.0.0 is reached at the identity IP.
             Some(if addr.ip().is_unspecified() {
-                SocketAddr::new(ip, addr.port())
+                SocketAddr::new(key.ip, addr.port())
             } else {
                 addr
             })
         }
     };
-    Ok(CheckedRegister {
-        key: AgentKey::new(msg.cloud_id, ip),
-        p2p_addr,
-        msg,
-    })
+    Ok(CheckedRegister { key, p2p_addr, msg })
 }
 
 /// Serves a registered link until it ends; returns why it ended.
@@ -373,14 +312,15 @@ async fn serve(
 
 /// Writes one frame, giving up after `limit`; the error is why the link ends.
 async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(), String> {
-    match tokio::time::timeout(limit, link.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("send failed: {e}")),
-        Err(_) => Err(format!(
-            "a write to the agent did not complete within {}",
-            humantime::format_duration(limit)
-        )),
-    }
+    gse_transport::session::send_within(link, frame, limit)
+        .await
+        .map_err(|e| match e {
+            WriteError::Failed(e) => format!("send failed: {e}"),
+            WriteError::TimedOut(limit) => format!(
+                "a write to the agent did not complete within {}",
+                humantime::format_duration(limit)
+            ),
+        })
 }
 
 /// Counts what the agent says it dropped and alarms when it grew

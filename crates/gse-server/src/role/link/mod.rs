@@ -1,10 +1,11 @@
 //! The link role (C3): holds agent connections over mutual TLS.
 //!
-//! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`])
-//! within the pending-handshake caps (`[link] max_pending_handshakes`, in all
-//! and per address: `crate::fd_budget`; over them a connection is closed at
-//! once), runs one task per connection ([`connection`]): TLS handshake (a
-//! mismatch is one clear log line, K6), `Register` (identity by the agent's reported
+//! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`],
+//! through `gse_transport::Acceptor`) within the pending-handshake caps
+//! (`[link] max_pending_handshakes`, in all and per address:
+//! `crate::fd_budget`; over them a connection is closed at once) and the
+//! TLS handshake (a mismatch is one clear log line, K6), then runs one task
+//! per connection ([`connection`]): `Register` (identity by the agent's reported
 //! IP, not the socket address, K7; the claim checked against the agent's
 //! certificate and the identity's pin, `identity`), then heartbeats (K3)
 //! until the link ends or goes silent for `heartbeat_timeout`. Heartbeats
@@ -20,21 +21,19 @@ mod config;
 mod connection;
 mod data_drops;
 mod heartbeats;
-pub(crate) mod identity;
+mod identity;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
-use gse_core::refusals::RefusalLog;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
-use gse_proto::Frame;
+use gse_proto::{Frame, MsgFamily};
+use gse_transport::{AcceptNames, Acceptor, AcceptorParts, ConnLimits};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -43,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 pub use advertise::AgentPath;
 pub use config::LinkConfig;
 
-use crate::conn_limits::{ConnLimits, ConnPermit};
 use crate::role::alarm::AlarmService;
 
 /// Frames queued for one agent before `send_to` reports it busy.
@@ -74,10 +72,10 @@ pub struct PeerInfo {
     pub p2p_addr: Option<SocketAddr>,
 }
 
-/// One role's share of the frames agents send: the message types in
-/// `types` go to `handler`.
+/// One role's share of the frames agents send: the message types of
+/// `family` go to `handler`.
 struct FrameRoute {
-    types: RangeInclusive<u16>,
+    family: MsgFamily,
     handler: Arc<dyn AgentFrames>,
 }
 
@@ -114,8 +112,8 @@ pub enum SendError {
 pub struct LinkService {
     node_id: String,
     config: LinkConfig,
-    tls: Arc<rustls::ServerConfig>,
-    tls_files: TlsFiles,
+    /// Accepts connections up to their TLS handshake.
+    acceptor: Arc<Acceptor>,
     store: Arc<dyn StateStore>,
     alarms: Option<Arc<AlarmService>>,
     /// What agents are told their parent is (A1 parent_ip).
@@ -135,15 +133,18 @@ pub struct LinkService {
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
-    /// Failed accepts and TLS handshakes, logged once per burst.
-    refusals: Arc<RefusalLog>,
-    /// Caps on connections that have not registered yet.
-    pending: Arc<ConnLimits>,
     shutdown: CancellationToken,
 }
 
-/// Refused agent connections are summed up in one log line this often.
-const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+/// How the link's accept loop names its connections (log lines, metrics).
+const ACCEPT_NAMES: AcceptNames = AcceptNames {
+    one: "agent connection",
+    many: "agent connections",
+    over_caps: "too many connections not registered yet",
+    tls_prefix: "",
+    refused_metric: "gse_link_connections_refused_total",
+    tls_failures_metric: Some("gse_link_tls_failures_total"),
+};
 
 /// What `LinkService::new` needs.
 pub struct LinkParts {
@@ -164,7 +165,13 @@ pub struct LinkParts {
 
 impl LinkService {
     pub fn new(parts: LinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
-        let tls = gse_core::tls::server_config(&parts.tls_files)?;
+        let acceptor = Acceptor::new(AcceptorParts {
+            names: ACCEPT_NAMES,
+            tls: gse_core::tls::server_config(&parts.tls_files)?,
+            tls_files: parts.tls_files,
+            handshake_timeout: parts.config.handshake_timeout,
+            pending: parts.pending,
+        });
         let heartbeats = heartbeats::start(parts.store.clone(), parts.shutdown.clone());
         let danger_rules = parts
             .danger_rules
@@ -179,8 +186,7 @@ impl LinkService {
         Ok(Arc::new(LinkService {
             node_id: parts.node_id,
             config: parts.config,
-            tls,
-            tls_files: parts.tls_files,
+            acceptor,
             store: parts.store,
             alarms: parts.alarms,
             advertiser: advertise::Advertiser::new(parts.advertise_ip),
@@ -193,17 +199,15 @@ impl LinkService {
             data_assigner: RwLock::new(None),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
-            refusals: Arc::new(RefusalLog::new("agent connections", REFUSAL_LOG_WINDOW)),
-            pending: parts.pending,
             shutdown: parts.shutdown,
         }))
     }
 
-    /// Sends the frames agents send with a message type in `types` (and
-    /// every disconnect) to `handler`. A type in no role's range is logged
-    /// and dropped.
-    pub fn add_frame_handler(&self, types: RangeInclusive<u16>, handler: Arc<dyn AgentFrames>) {
-        self.frames.write().push(FrameRoute { types, handler });
+    /// Sends the frames agents send of message types in `family` (and
+    /// every disconnect) to `handler`. A type of no role's family is
+    /// logged and dropped.
+    pub fn add_frame_handler(&self, family: MsgFamily, handler: Arc<dyn AgentFrames>) {
+        self.frames.write().push(FrameRoute { family, handler });
     }
 
     /// Lets `assigner` choose each registering agent's DataServer.
@@ -222,12 +226,12 @@ impl LinkService {
 
     /// Hands `frame` to the role that takes its type; gives it back if none does.
     fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
-        let n = frame.msg_type.to_u16();
+        let family = frame.msg_type.family();
         let handler = self
             .frames
             .read()
             .iter()
-            .find(|r| r.types.contains(&n))
+            .find(|r| Some(r.family) == family)
             .map(|r| r.handler.clone());
         match handler {
             Some(h) => {
@@ -282,55 +286,21 @@ impl LinkService {
 
     /// Accepts agent connections until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        tokio::spawn(self.refusals.clone().run(self.shutdown.clone()));
+        let pending = self.acceptor.pending();
         tracing::info!(
-            max_pending_handshakes = self.pending.max_total(),
-            max_pending_handshakes_per_ip = self.pending.max_per_ip(),
+            max_pending_handshakes = pending.max_total(),
+            max_pending_handshakes_per_ip = pending.max_per_ip(),
             handshake_timeout = ?self.config.handshake_timeout,
             "agent link listening"
         );
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let Some(permit) = self.admit_pending(peer) else {
-                        continue;
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(connection::run(self.clone(), tcp, peer, conn_id, permit));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning, and
-                    // say so once per burst.
-                    self.refusals.refused("accept failed", None, || {
-                        format!("cannot accept agent connections: {e} (file descriptor limit? raise LimitNOFILE)")
-                    });
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
-    /// A place among the connections still in their handshake, or `None`
-    /// (counted and logged) when `peer` or everyone is over the cap: the
-    /// caller drops the connection at once.
-    fn admit_pending(&self, peer: SocketAddr) -> Option<ConnPermit> {
-        match self.pending.admit(peer.ip()) {
-            Ok(permit) => Some(permit),
-            Err(refusal) => {
-                metrics::counter!("gse_link_connections_refused_total", "reason" => refusal.reason())
-                    .increment(1);
-                self.refusals
-                    .refused(refusal.reason(), Some(peer.ip()), || {
-                        format!("agent connection from {peer} closed at once: too many connections not registered yet, {refusal}")
-                    });
-                None
-            }
-        }
+        let svc = self.clone();
+        let acceptor = self.acceptor.clone();
+        acceptor
+            .run(listener, self.shutdown.clone(), move |accepted| {
+                let conn_id = svc.next_conn.fetch_add(1, Ordering::Relaxed);
+                connection::run(svc.clone(), accepted, conn_id)
+            })
+            .await;
     }
 
     /// Largest frame body sent to or accepted from an agent, bytes

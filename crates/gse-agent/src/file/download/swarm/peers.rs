@@ -193,12 +193,11 @@ impl Swarm {
             events: self.events_tx.clone(),
             stop,
         };
-        let connector = self.ctx.service.connector.clone();
-        let limit = self.ctx.service.settings.connect_timeout;
+        let service = self.ctx.service.clone();
         tokio::spawn(async move {
             let dialled = tokio::select! {
                 _ = conn.stop.cancelled() => return,
-                r = connect(&connector, conn.addr, &hello, limit) => r,
+                r = connect(&service.peer_dialer, conn.addr, &hello) => r,
             };
             match dialled {
                 Ok((ack, reader, writer)) => conn.run(ack, reader, writer).await,

@@ -1,8 +1,19 @@
-//! Unit tests of identity claims against certificates and pins, on the
-//! embedded store.
+//! Identity claims (`gse_transport::claim::admit`) against the pins of
+//! the embedded store, and the link's alarm window.
+
+use std::net::SocketAddr;
+
+use gse_core::seams::StateStore;
+use gse_transport::claim::Admitted;
 
 use super::*;
 use crate::store::EmbeddedStore;
+
+const PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+async fn admit(store: &EmbeddedStore, claim: Claim<'_>) -> Result<Admitted, Refusal> {
+    claim::admit(store, claim, PEER).await
+}
 
 fn key(ip: &str) -> AgentKey {
     AgentKey::new(0, ip.parse().unwrap())
@@ -24,29 +35,6 @@ fn conflict(r: Result<Admitted, Refusal>) -> String {
         Err(Refusal::Conflict(m)) => m,
         other => panic!("expected a conflict, got {other:?}"),
     }
-}
-
-#[test]
-fn a_per_agent_certificate_claims_only_what_it_names() {
-    let mark = IdentityMark {
-        key: key("10.0.0.1"),
-        agent_id: Some("a1".into()),
-    };
-    assert!(match_certificate(Some(&mark), key("10.0.0.1"), "a1").is_ok());
-    let e = match_certificate(Some(&mark), key("10.0.0.2"), "a1").unwrap_err();
-    assert!(
-        e.contains(
-            "issued for 0:10.0.0.1 with agent id a1, but it claims 0:10.0.0.2 with agent id a1"
-        ),
-        "{e}"
-    );
-    assert!(match_certificate(Some(&mark), key("10.0.0.1"), "b2").is_err());
-    let any_id = IdentityMark {
-        agent_id: None,
-        ..mark
-    };
-    assert!(match_certificate(Some(&any_id), key("10.0.0.1"), "b2").is_ok());
-    assert!(match_certificate(None, key("10.0.0.9"), "b2").is_ok());
 }
 
 #[tokio::test]

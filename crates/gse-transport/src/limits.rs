@@ -1,15 +1,15 @@
 //! How many connections of one kind a listener holds at once: in all and
-//! per client address. One mechanism for every TCP listener of the node:
-//! the API's connections, and the agent link's and DataServers'
-//! connections that have not yet finished their TLS handshake and
-//! Register (DataHello).
+//! per client address. One mechanism for every TCP listener of a node:
+//! the API's connections, and the connections of the agent link, the
+//! DataServers (and, later, the node link and the proxy) that have not yet
+//! finished their TLS handshake and hello ([`crate::accept`]).
 //!
 //! Each listener admits a connection ([`ConnLimits::admit`]) before it
 //! spends anything on it and keeps the [`ConnPermit`] as long as the
 //! connection counts; a refused one is closed by the listener at once. The
-//! caps themselves, and how they share the open-files limit, are
-//! [`crate::fd_budget`]'s. IPv6 clients are counted per /64, the block one
-//! host usually holds.
+//! caps themselves, and how they share the open-files limit, are the
+//! server's (`gse_server::fd_budget`). IPv6 clients are counted per /64,
+//! the block one host usually holds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 /// Names of one listener's caps, as refusals, logs and metrics show them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapNames {
-    /// The refusal reason of the global cap: "over <its config key>".
+    /// The refusal reason of the global cap: "over `<its config key>`".
     pub total: &'static str,
     /// The refusal reason of the per-address cap.
     pub per_ip: &'static str,
@@ -147,7 +147,7 @@ impl Drop for ConnPermit {
 // === impl Refusal ===
 
 impl Refusal {
-    /// Short reason for the refusal log and metrics: "over <config key>".
+    /// Short reason for the refusal log and metrics: "over `<config key>`".
     pub fn reason(&self) -> &'static str {
         match *self {
             Refusal::Total { reason, .. } | Refusal::PerIp { reason, .. } => reason,

@@ -1,5 +1,6 @@
-//! What to check when a TCP connect fails, said the same way on the control
-//! link ([`crate::link`]) and the data link ([`crate::data::uplink`]).
+//! What to check when a TCP connect fails, said the same way by every link
+//! that dials ([`crate::dial`]): the agent's control link, its data link and
+//! its P2P client.
 //!
 //! [`classify`] sorts the error: nothing answered at the address (refused,
 //! timed out: is the service running there, is it the right address?), or

@@ -1,0 +1,116 @@
+//! A framed session: gse-proto frames ([`FrameCodec`]) over a TLS stream,
+//! with the two time bounds every link needs.
+//!
+//! - [`first_frame`]: the hello (or its answer) by a deadline; a link's
+//!   first frame is what lets the peer in, so waiting for it is bounded.
+//! - [`send_within`]: one write bounded in time; a peer that stops reading
+//!   (a stopped process, a paused VM) must not hold the writer forever.
+//!   An abandoned write may leave half a frame behind, so the caller ends
+//!   the session on either error.
+//!
+//! Each link puts the errors in its own words (what it was reading or
+//! writing, and to whom).
+
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use gse_proto::{Frame, FrameCodec, FrameError};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::codec::Framed;
+
+/// A session on the accepting side (agent link, DataServer).
+pub type ServerSession = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec>;
+/// A session on the dialing side.
+pub type ClientSession = Framed<tokio_rustls::client::TlsStream<TcpStream>, FrameCodec>;
+
+/// Why no first frame came.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstFrameError {
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Frame(FrameError),
+    #[error("no frame in time")]
+    Timeout,
+}
+
+/// Why a bounded write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Failed(FrameError),
+    #[error("the write did not complete within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The next frame of `frames` if it comes by `deadline`.
+pub async fn first_frame<S>(frames: &mut S, deadline: Instant) -> Result<Frame, FirstFrameError>
+where
+    S: Stream<Item = Result<Frame, FrameError>> + Unpin,
+{
+    match timeout_at(deadline, frames.next()).await {
+        Ok(Some(Ok(frame))) => Ok(frame),
+        Ok(Some(Err(e))) => Err(FirstFrameError::Frame(e)),
+        Ok(None) => Err(FirstFrameError::Closed),
+        Err(_) => Err(FirstFrameError::Timeout),
+    }
+}
+
+/// Writes (and flushes) `frame`, giving up after `limit`.
+pub async fn send_within<S>(sink: &mut S, frame: Frame, limit: Duration) -> Result<(), WriteError>
+where
+    S: Sink<Frame, Error = FrameError> + Unpin,
+{
+    match timeout(limit, sink.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Failed(e)),
+        Err(_) => Err(WriteError::TimedOut(limit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gse_proto::MsgType;
+    use gse_proto::link::Goodbye;
+    use tokio::io::duplex;
+
+    fn goodbye() -> Frame {
+        Frame::new(MsgType::Goodbye, 7, &Goodbye { reason: "x".into() })
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_comes_closes_or_times_out() {
+        let (a, b) = duplex(4096);
+        let (mut a, mut b) = (
+            Framed::new(a, FrameCodec::default()),
+            Framed::new(b, FrameCodec::default()),
+        );
+        send_within(&mut a, goodbye(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert_eq!(first_frame(&mut b, soon).await.unwrap(), goodbye());
+        let quick = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(
+            first_frame(&mut b, quick).await,
+            Err(FirstFrameError::Timeout)
+        ));
+        drop(a);
+        assert!(matches!(
+            first_frame(&mut b, soon).await,
+            Err(FirstFrameError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_nobody_reads_gives_up_in_time() {
+        // A pipe with room for less than one frame, never read.
+        let (a, _b) = duplex(8);
+        let mut a = Framed::new(a, FrameCodec::default());
+        let limit = Duration::from_millis(50);
+        let e = send_within(&mut a, goodbye(), limit).await.unwrap_err();
+        assert!(matches!(e, WriteError::TimedOut(l) if l == limit), "{e}");
+    }
+}
