@@ -4,7 +4,7 @@
 //! one long-lived mutual-TLS link to its upstream node ([`link`]) with
 //! register, heartbeats carrying its own cpu/memory ([`stats`]), keepalive,
 //! and reconnect with jittered exponential backoff (dialing and backoff
-//! are `gse_transport`'s, shared with the data link and P2P). The link
+//! are `gse_link`'s, shared with the data link and P2P). The link
 //! hands task frames to the [`task`] runner, which runs processes through
 //! the `Executor` seam; [`executor::ProcessExecutor`] is the real one; and
 //! file transfer frames to the [`file`] runner (source, target, relay, and

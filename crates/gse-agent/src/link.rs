@@ -1,7 +1,7 @@
 //! The agent's one long-lived link to its upstream node.
 //!
 //! [`run`] loops: dial (TCP with keepalive, then mutual TLS:
-//! `gse_transport::Dialer`) -> register -> heartbeat until the link ends ->
+//! `gse_link::Dialer`) -> register -> heartbeat until the link ends ->
 //! wait a jittered backoff -> again.
 //! Certificate problems are explained in one log line per attempt; in TLS
 //! 1.3 the server's refusal of our certificate only shows on the first read,
@@ -34,10 +34,10 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use gse_core::seams::Executor;
+use gse_link::session::{ClientSession as Link, FirstFrameError, WriteError, first_frame};
+use gse_link::{Backoff, DialError, Dialer, DialerParts, net_hint};
 use gse_proto::link::{Goodbye, Heartbeat, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, LINK_PROTOCOL_VERSION, MsgFamily, MsgType};
-use gse_transport::session::{ClientSession as Link, FirstFrameError, WriteError, first_frame};
-use gse_transport::{Backoff, DialError, Dialer, DialerParts, net_hint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -436,7 +436,7 @@ async fn send_within(
 ) -> Result<(), End> {
     tokio::select! {
         _ = shutdown.cancelled() => Err(End::Shutdown),
-        sent = gse_transport::session::send_within(link, frame, limit) => match sent {
+        sent = gse_link::session::send_within(link, frame, limit) => match sent {
             Ok(()) => Ok(()),
             Err(WriteError::Failed(e)) => Err(End::Lost(format!("cannot send {what}: {e}"))),
             Err(WriteError::TimedOut(limit)) => Err(End::Lost(format!(

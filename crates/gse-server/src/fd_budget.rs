@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Role, ServerConfig};
-use gse_transport::limits::{CapNames, ConnLimits};
+use gse_link::limits::{CapNames, ConnLimits};
 
 /// The caps of API connections.
 pub const API: CapNames = CapNames {

@@ -12,7 +12,7 @@
 //! The embedded state store is in [`store`]; `quickstart` wires a server and
 //! local agents together for a first look. [`fd_budget`] shares the
 //! open-files limit among the listeners' unauthenticated connections, which
-//! each listener caps with `gse_transport::limits`.
+//! each listener caps with `gse_link::limits`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 

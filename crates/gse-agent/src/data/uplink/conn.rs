@@ -1,5 +1,5 @@
 //! One data link to a DataServer: TCP, mutual TLS (the agent's certificate,
-//! as on the control link; both dialed by `gse_transport::Dialer`),
+//! as on the control link; both dialed by `gse_link::Dialer`),
 //! `DataHello` -> `DataHelloAck`, then a writer
 //! task and a reader task. The uplink talks to them through channels and
 //! learns of acks and of the link's end as [`Event`]s. Dropping a [`Conn`]
@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use gse_link::net_hint::ConnectFailure;
+use gse_link::session::{FirstFrameError, first_frame};
+use gse_link::{DialError, Dialer as TransportDialer};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use gse_transport::net_hint::ConnectFailure;
-use gse_transport::session::{FirstFrameError, first_frame};
-use gse_transport::{DialError, Dialer as TransportDialer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -189,7 +189,7 @@ fn dial_failed(target: &Target, e: DialError) -> String {
             format_args!("no answer within {limit:?}"),
         ),
         DialError::Connect { source, .. } | DialError::Resolve { source, .. } => {
-            target.connect_failed(gse_transport::net_hint::classify(&source), source)
+            target.connect_failed(gse_link::net_hint::classify(&source), source)
         }
         DialError::ServerName { name, reason } => {
             format!("server name {name:?} is not valid: {reason}")

@@ -34,8 +34,8 @@ pub mod target;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gse_link::Backoff;
 use gse_proto::link::DataAck;
-use gse_transport::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -6,7 +6,7 @@
 
 use std::fmt::Display;
 
-use gse_transport::net_hint::{self, ConnectFailure};
+use gse_link::net_hint::{self, ConnectFailure};
 
 /// An endpoint the node assigned, as the control link passes it on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
+use gse_link::net_hint::{self, ConnectFailure};
+use gse_link::{DialError, Dialer};
 use gse_proto::link::{PeerHello, PeerHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use gse_transport::net_hint::{self, ConnectFailure};
-use gse_transport::{DialError, Dialer};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;

@@ -244,9 +244,9 @@ impl From<FileError> for ApiError {
 }
 
 /// An API connection refused at accept (answered 503 before closing).
-impl From<gse_transport::limits::Refusal> for ApiError {
-    fn from(r: gse_transport::limits::Refusal) -> Self {
-        use gse_transport::limits::Refusal;
+impl From<gse_link::limits::Refusal> for ApiError {
+    fn from(r: gse_link::limits::Refusal) -> Self {
+        use gse_link::limits::Refusal;
         match r {
             Refusal::Total { limit, .. } => ApiError::TooManyConnections { limit },
             Refusal::PerIp { ip, limit, .. } => ApiError::TooManyConnectionsFrom {

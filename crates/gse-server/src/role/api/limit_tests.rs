@@ -172,7 +172,7 @@ fn connections_over_the_caps_are_told_which_key_in_a_503() {
     use super::ApiError;
     use crate::fd_budget::API;
 
-    let limits = Arc::new(gse_transport::limits::ConnLimits::new(2, 1, API));
+    let limits = Arc::new(gse_link::limits::ConnLimits::new(2, 1, API));
     let _held = limits.admit("10.0.0.1".parse().unwrap()).unwrap();
     let per_ip = limits.admit("10.0.0.1".parse().unwrap()).map(|_| ());
     let err = ApiError::from(per_ip.unwrap_err());

@@ -36,7 +36,7 @@ use super::envelope::{Envelope, request_id};
 use super::error::ApiError;
 use super::metrics;
 use super::server::router;
-use gse_transport::limits::{ConnLimits, ConnPermit, Refusal};
+use gse_link::limits::{ConnLimits, ConnPermit, Refusal};
 
 /// Refused connections are summed up in one log line this often.
 pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);

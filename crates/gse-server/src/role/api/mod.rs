@@ -7,7 +7,7 @@
 //! in the BlueKing envelope ([`envelope`]). Errors and their codes are in
 //! [`error`]. Connections are accepted by [`serve`] (`listener`), which
 //! bounds what one client can hold: connection caps within the open-files
-//! limit (`gse_transport::limits`, `crate::fd_budget`), header and idle timeouts (`conn_io`), refusals
+//! limit (`gse_link::limits`, `crate::fd_budget`), header and idle timeouts (`conn_io`), refusals
 //! logged once per burst. Agent state comes from the [`StateStore`] seam only; script
 //! tasks (`tasks`) are handed to the task role ([`TaskService`]), file
 //! transfers (`files`) to the file role ([`FileService`]). This role never

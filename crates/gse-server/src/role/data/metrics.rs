@@ -90,7 +90,7 @@ pub fn server_rate(server: &str, bytes_per_s: f64) {
 
 /// Data links closed at accept, over a pending-handshake cap (`reason`:
 /// "over data.max_pending_handshakes[_per_ip]"); counted by the accept
-/// loop (`gse_transport::accept`).
+/// loop (`gse_link::accept`).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "gse_data_connections_refused_total";
 
 pub fn agent_moved() {

@@ -39,7 +39,7 @@ use self::batch::BatchHandler;
 use self::routes::RouteTable;
 use self::server::DataServer;
 use crate::role::link::LinkService;
-use gse_transport::{Acceptor, AcceptorParts, ConnLimits};
+use gse_link::{Acceptor, AcceptorParts, ConnLimits};
 
 /// Sees every record of one data id as it arrives, routed or not (the
 /// snapshot cache is one). Must be quick: it runs on the data path.

@@ -1,13 +1,13 @@
 //! One DataServer (C5): a mutual-TLS listener for agents' data links.
 //!
-//! Per connection ([`serve_link`]), once admitted by `gse_transport`'s
+//! Per connection ([`serve_link`]), once admitted by `gse_link`'s
 //! accept loop within the node's pending-handshake caps (`[data]
 //! max_pending_handshakes`, in all and per address, shared by every
 //! DataServer of the node: `crate::fd_budget`; over them a connection is
 //! closed at once): TLS handshake and `DataHello` each within
 //! `handshake_timeout` (the agent id, cloud id and identity IP are checked,
 //! and the claim admitted like a registration's: the certificate's identity
-//! and the identity pin, `gse_transport::claim`; the source of every record
+//! and the identity pin, `gse_link::claim`; the source of every record
 //! is `cloud:ip`), `DataHelloAck` with the batch size limit, then
 //! `DataBatch` frames. Up to `batches_in_progress`
 //! batches of a link are stored at once ([`BatchHandler`]); each is
@@ -24,11 +24,11 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
 use gse_core::seams::StateStore;
+use gse_link::claim::{self, Claim, claimed_key};
+use gse_link::session::{FirstFrameError, ServerSession as Link, first_frame};
+use gse_link::{AcceptNames, Accepted, Acceptor};
 use gse_proto::link::{DataAck, DataHello, DataHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use gse_transport::claim::{self, Claim, claimed_key};
-use gse_transport::session::{FirstFrameError, ServerSession as Link, first_frame};
-use gse_transport::{AcceptNames, Accepted, Acceptor};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, timeout};
@@ -167,7 +167,7 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
 
 /// Validates what the agent says about itself: its key and agent id (a
 /// data link may send as an identity only what may register as it, so the
-/// claim is checked like a registration's: `gse_transport::claim`).
+/// claim is checked like a registration's: `gse_link::claim`).
 fn check_hello(h: DataHello) -> Result<(AgentKey, String), String> {
     if h.protocol_version == 0 {
         return Err("protocol_version 0: upgrade the agent".into());

@@ -1,4 +1,4 @@
-//! One agent connection, from its TLS handshake (`gse_transport::accept`)
+//! One agent connection, from its TLS handshake (`gse_link::accept`)
 //! to close: register -> serve (heartbeats, outbound frames) -> detach.
 
 use std::net::SocketAddr;
@@ -8,11 +8,11 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use gse_core::seams::{AgentRecord, HeartbeatUpdate};
 use gse_core::{AgentKey, now_ms};
+use gse_link::Accepted;
+use gse_link::claim::{certificate_identity, claimed_key};
+use gse_link::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
 use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
-use gse_transport::Accepted;
-use gse_transport::claim::{certificate_identity, claimed_key};
-use gse_transport::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -226,7 +226,7 @@ struct CheckedRegister {
 }
 
 /// Validates what the agent claims about itself (its identity:
-/// `gse_transport::claim`); the error says what to fix.
+/// `gse_link::claim`); the error says what to fix.
 fn check(msg: Register) -> Result<CheckedRegister, String> {
     let key =
         claimed_key(&msg.agent_id, msg.cloud_id, &msg.identity_ip).map_err(|e| e.to_string())?;
@@ -312,7 +312,7 @@ async fn serve(
 
 /// Writes one frame, giving up after `limit`; the error is why the link ends.
 async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(), String> {
-    gse_transport::session::send_within(link, frame, limit)
+    gse_link::session::send_within(link, frame, limit)
         .await
         .map_err(|e| match e {
             WriteError::Failed(e) => format!("send failed: {e}"),

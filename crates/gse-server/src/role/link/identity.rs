@@ -1,7 +1,7 @@
 //! What the link does with a refused identity claim (issue 9).
 //!
 //! The claim itself (the hello's fields, the certificate, the pins) is
-//! checked by `gse_transport::claim`, the one check the link and the
+//! checked by `gse_link::claim`, the one check the link and the
 //! DataServers share. A registration it refuses for a conflict (another
 //! host's identity or agent id) is counted and raised as an
 //! `identity_conflict` alarm at most once per [`REALARM_AFTER`] for one
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use gse_core::AgentKey;
 use gse_core::certs::IdentityMark;
-use gse_transport::claim::{self, Claim, Refusal};
+use gse_link::claim::{self, Claim, Refusal};
 use parking_lot::Mutex;
 
 use super::LinkService;

@@ -1,7 +1,7 @@
 //! The link role (C3): holds agent connections over mutual TLS.
 //!
 //! Start at [`LinkService`]. It accepts connections ([`LinkService::serve`],
-//! through `gse_transport::Acceptor`) within the pending-handshake caps
+//! through `gse_link::Acceptor`) within the pending-handshake caps
 //! (`[link] max_pending_handshakes`, in all and per address:
 //! `crate::fd_budget`; over them a connection is closed at once) and the
 //! TLS handshake (a mismatch is one clear log line, K6), then runs one task
@@ -32,8 +32,8 @@ use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
 use gse_core::seams::StateStore;
 use gse_core::tls::TlsFiles;
+use gse_link::{AcceptNames, Acceptor, AcceptorParts, ConnLimits};
 use gse_proto::{Frame, MsgFamily};
-use gse_transport::{AcceptNames, Acceptor, AcceptorParts, ConnLimits};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -1,10 +1,10 @@
-//! Identity claims (`gse_transport::claim::admit`) against the pins of
+//! Identity claims (`gse_link::claim::admit`) against the pins of
 //! the embedded store, and the link's alarm window.
 
 use std::net::SocketAddr;
 
 use gse_core::seams::StateStore;
-use gse_transport::claim::Admitted;
+use gse_link::claim::Admitted;
 
 use super::*;
 use crate::store::EmbeddedStore;

@@ -1,4 +1,4 @@
-//! gse-transport: how gse processes reach each other, written once.
+//! gse-link: how gse processes reach each other, written once.
 //!
 //! Every link of the platform (agent <-> node, agent <-> DataServer, agent
 //! <-> peer, and next node <-> node and proxy) is TCP, then mutual TLS,
