@@ -1,8 +1,10 @@
 //! Cluster membership (K1): the `[cluster]` config section and the
 //! ZooKeeper [`Registry`](gse_core::seams::Registry) ([`ZkRegistry`]).
 //! Without `[cluster] zookeeper` a node is the embedded single node and
-//! uses the static registry.
+//! uses the static registry. [`sender`] is the one way to reach an agent,
+//! wherever the agent directory says it is held.
 
+pub mod sender;
 pub mod zk;
 
 use std::time::Duration;

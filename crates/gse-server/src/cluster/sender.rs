@@ -1,0 +1,252 @@
+//! The one module that sends a frame to an agent (DESIGN.md "Reaching an
+//! agent").
+//!
+//! [`Sender::send`] asks the [`AgentDirectory`] where the agent is and
+//! delivers there: to this node's link ([`LocalLink`]), or to the node that
+//! holds it through a [`NodeForwarder`] (the node-to-node link), or, later,
+//! down a proxy chain. The task, file and proc roles hand it frames and get
+//! back a [`Delivery`]: an opaque token naming the claim the frame went to,
+//! which they compare with the one a disconnect names
+//! ([`crate::role::link::AgentFrames::on_disconnect`]). They never see
+//! connection ids, node ids or proxies; a failure is a [`SendError`] whose
+//! kind says what to do and whose text is the per-host error they report.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gse_core::AgentKey;
+use gse_core::seams::directory::{AgentDirectory, DirectoryError, Epoch, Location};
+use gse_proto::Frame;
+use parking_lot::RwLock;
+
+/// Which claim of an agent a frame was handed to. Two deliveries are equal
+/// when they went to the same claim; a disconnect names the claim that
+/// ended, so a role knows what was lost with it. Nothing else can be read
+/// from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    epoch: Epoch,
+}
+
+impl Delivery {
+    /// The delivery token of the claim `epoch` (for the link, which holds
+    /// the claims, and for test doubles of it).
+    pub(crate) fn of_claim(epoch: Epoch) -> Self {
+        Delivery { epoch }
+    }
+}
+
+/// Why a frame did not reach an agent. The kind tells the caller what to
+/// do (retry a busy link, report the others); the text is a per-host error.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No node holds the agent: it is not registered anywhere now.
+    #[error("agent {0} is offline")]
+    Offline(AgentKey),
+    /// The claim the directory named is over: the agent's connection ended
+    /// or was replaced between the lookup and the send.
+    #[error(
+        "agent {0} lost its connection as the frame was sent; it is offline until it registers again"
+    )]
+    Stale(AgentKey),
+    /// Another node holds the agent and this node cannot hand it the frame.
+    #[error("agent {agent} is held by node {node}, which this node cannot reach: {reason}")]
+    RemoteUnreachable {
+        agent: AgentKey,
+        node: String,
+        reason: String,
+    },
+    /// This node holds the agent but runs no link role (a misconfigured
+    /// `[node] roles`, or a test).
+    #[error("agent {0} is held by this node, but this node runs no link role to reach it")]
+    NoLink(AgentKey),
+    /// The agent's outbound queue is full: worth retrying shortly.
+    #[error("agent {agent} has {queued} frames queued already; its link is too slow")]
+    Busy { agent: AgentKey, queued: usize },
+    /// The directory could not answer: worth retrying once it is back.
+    #[error("cannot find where agent {agent} is: {source}")]
+    Directory {
+        agent: AgentKey,
+        #[source]
+        source: DirectoryError,
+    },
+}
+
+impl SendError {
+    /// Whether the same send may succeed shortly (a full queue, the
+    /// directory down); the others need the agent to register again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Busy { .. } | SendError::Directory { .. })
+    }
+
+    /// The per-host error for a target its caller names `name` (its
+    /// `bk_agent_id`, which may differ from the `cloud:ip` key).
+    pub fn for_host(&self, name: &str) -> String {
+        let text = self.to_string();
+        let key = match self {
+            SendError::Offline(k) | SendError::Stale(k) | SendError::NoLink(k) => k,
+            SendError::RemoteUnreachable { agent, .. }
+            | SendError::Busy { agent, .. }
+            | SendError::Directory { agent, .. } => agent,
+        };
+        text.replacen(&key.to_string(), name, 1)
+    }
+}
+
+/// This node's link, as the sender needs it: the real
+/// [`crate::role::link::LinkService`], or a fake in tests.
+pub trait LocalLink: Send + Sync {
+    /// Queues `frame` for `agent` if its connection here is the claim
+    /// `epoch`; `Stale` when it is not (any more), `Busy` when its queue is
+    /// full.
+    fn deliver(&self, agent: AgentKey, epoch: Epoch, frame: Frame) -> Result<(), SendError>;
+    /// Largest frame body the link sends to an agent, bytes.
+    fn max_frame_bytes(&self) -> usize;
+}
+
+/// Hands a frame to the node that holds an agent (the node-to-node link,
+/// built by the cluster work). The receiving node delivers it to the claim
+/// `epoch` only, so a frame never reaches a newer connection it was not
+/// meant for.
+#[async_trait]
+pub trait NodeForwarder: Send + Sync {
+    async fn forward(
+        &self,
+        node_id: &str,
+        agent: AgentKey,
+        epoch: Epoch,
+        frame: Frame,
+    ) -> Result<(), SendError>;
+}
+
+/// Where a located agent is, kept opaque for the roles: pass it back to
+/// [`Sender::deliver`].
+#[derive(Clone, Debug)]
+pub struct Located {
+    agent: AgentKey,
+    at: Location,
+}
+
+impl Located {
+    /// The delivery a successful [`Sender::deliver`] of it returns, known
+    /// before sending, so a role can record it first (a disconnect of the
+    /// claim that arrives during the send then finds the record).
+    pub fn delivery(&self) -> Delivery {
+        Delivery::of_claim(self.at.epoch)
+    }
+}
+
+/// Sends frames to agents wherever they are held.
+pub struct Sender {
+    node_id: String,
+    directory: Arc<dyn AgentDirectory>,
+    local: Option<Arc<dyn LocalLink>>,
+    forwarder: RwLock<Option<Arc<dyn NodeForwarder>>>,
+}
+
+impl Sender {
+    /// A sender for node `node_id`, whose link (if it runs one) is `local`.
+    pub fn new(
+        node_id: String,
+        directory: Arc<dyn AgentDirectory>,
+        local: Option<Arc<dyn LocalLink>>,
+    ) -> Arc<Self> {
+        Arc::new(Sender {
+            node_id,
+            directory,
+            local,
+            forwarder: RwLock::new(None),
+        })
+    }
+
+    /// Lets frames for agents of other nodes go through `forwarder` (set
+    /// once the node-to-node link is up).
+    pub fn set_forwarder(&self, forwarder: Arc<dyn NodeForwarder>) {
+        *self.forwarder.write() = Some(forwarder);
+    }
+
+    /// The directory this sender reads (liveness questions go there too).
+    pub fn directory(&self) -> &Arc<dyn AgentDirectory> {
+        &self.directory
+    }
+
+    /// Largest frame body an agent is sent, bytes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.local
+            .as_ref()
+            .map_or(gse_proto::frame::DEFAULT_MAX_BODY, |l| l.max_frame_bytes())
+    }
+
+    /// Where `agent` is now; `Offline` when no node holds it.
+    pub async fn locate(&self, agent: AgentKey) -> Result<Located, SendError> {
+        match self.directory.locate(agent).await {
+            Ok(Some(at)) => Ok(Located { agent, at }),
+            Ok(None) => Err(SendError::Offline(agent)),
+            Err(source) => Err(SendError::Directory { agent, source }),
+        }
+    }
+
+    /// The delivery a frame sent to `agent` now would have, if it is held
+    /// anywhere: a role compares it with what it sent to learn whether the
+    /// agent still has the connection its work went on.
+    pub async fn current(&self, agent: AgentKey) -> Result<Option<Delivery>, DirectoryError> {
+        Ok(self
+            .directory
+            .locate(agent)
+            .await?
+            .map(|at| Delivery::of_claim(at.epoch)))
+    }
+
+    /// Hands `frame` to the claim `located` names.
+    pub async fn deliver(&self, located: &Located, frame: Frame) -> Result<Delivery, SendError> {
+        let Located { agent, at } = located;
+        if !at.via.is_empty() {
+            return Err(SendError::RemoteUnreachable {
+                agent: *agent,
+                node: at.node_id.clone(),
+                reason: format!(
+                    "the agent is behind proxies ({}), which this node cannot send through yet",
+                    at.via.join(" -> ")
+                ),
+            });
+        }
+        if at.node_id == self.node_id {
+            let link = self.local.as_ref().ok_or(SendError::NoLink(*agent))?;
+            link.deliver(*agent, at.epoch, frame)?;
+            return Ok(located.delivery());
+        }
+        let forwarder = self.forwarder.read().clone();
+        let Some(forwarder) = forwarder else {
+            return Err(SendError::RemoteUnreachable {
+                agent: *agent,
+                node: at.node_id.clone(),
+                reason: "this node has no node-to-node link (it is not a cluster member)".into(),
+            });
+        };
+        forwarder
+            .forward(&at.node_id, *agent, at.epoch, frame)
+            .await?;
+        Ok(located.delivery())
+    }
+
+    /// Finds `agent` and hands it `frame`.
+    pub async fn send(&self, agent: AgentKey, frame: Frame) -> Result<Delivery, SendError> {
+        let located = self.locate(agent).await?;
+        self.deliver(&located, frame).await
+    }
+
+    /// Sends from code that cannot wait (frame handlers, timers): the send
+    /// runs on its own task and a failure is logged with `what`, for frames
+    /// whose loss the protocol tolerates (the agent times out or asks again).
+    pub fn post(self: &Arc<Self>, agent: AgentKey, frame: Frame, what: &'static str) {
+        let sender = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sender.send(agent, frame).await {
+                tracing::debug!(agent = %agent, error = %e, "cannot send {what}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The sender over the real memory directory and a recording link: where a
+//! frame goes, and each failure's kind and per-host text.
+
+use std::collections::HashMap;
+
+use gse_core::seams::MemoryDirectory;
+use gse_proto::MsgType;
+use parking_lot::Mutex;
+
+use super::*;
+
+/// A link holding agents under claims; records what it was handed.
+#[derive(Default)]
+struct RecordingLink {
+    held: Mutex<HashMap<AgentKey, Epoch>>,
+    full: Mutex<bool>,
+    sent: Mutex<Vec<(AgentKey, MsgType)>>,
+}
+
+impl LocalLink for RecordingLink {
+    fn deliver(&self, agent: AgentKey, epoch: Epoch, frame: Frame) -> Result<(), SendError> {
+        if self.held.lock().get(&agent) != Some(&epoch) {
+            return Err(SendError::Stale(agent));
+        }
+        if *self.full.lock() {
+            return Err(SendError::Busy { agent, queued: 1 });
+        }
+        self.sent.lock().push((agent, frame.msg_type));
+        Ok(())
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        1234
+    }
+}
+
+/// Forwards to other nodes by recording; refuses node "down".
+#[derive(Default)]
+struct RecordingForwarder {
+    sent: Mutex<Vec<(String, AgentKey, Epoch)>>,
+}
+
+#[async_trait]
+impl NodeForwarder for RecordingForwarder {
+    async fn forward(
+        &self,
+        node_id: &str,
+        agent: AgentKey,
+        epoch: Epoch,
+        _frame: Frame,
+    ) -> Result<(), SendError> {
+        if node_id == "down" {
+            return Err(SendError::RemoteUnreachable {
+                agent,
+                node: node_id.into(),
+                reason: "connection refused".into(),
+            });
+        }
+        self.sent.lock().push((node_id.into(), agent, epoch));
+        Ok(())
+    }
+}
+
+fn key(last: u8) -> AgentKey {
+    AgentKey::new(0, std::net::IpAddr::from([10, 0, 0, last]))
+}
+
+fn frame() -> Frame {
+    Frame {
+        msg_type: MsgType::CancelTask,
+        stream_id: 0,
+        body: Default::default(),
+    }
+}
+
+struct Setup {
+    dir: Arc<MemoryDirectory>,
+    link: Arc<RecordingLink>,
+    sender: Arc<Sender>,
+}
+
+fn setup() -> Setup {
+    let dir = Arc::new(MemoryDirectory::default());
+    let link = Arc::new(RecordingLink::default());
+    let sender = Sender::new(
+        "me".into(),
+        dir.clone(),
+        Some(link.clone() as Arc<dyn LocalLink>),
+    );
+    Setup { dir, link, sender }
+}
+
+impl Setup {
+    async fn hold_here(&self, agent: AgentKey) -> Epoch {
+        let epoch = self.dir.claim(agent, "me", &[]).await.unwrap();
+        self.link.held.lock().insert(agent, epoch);
+        epoch
+    }
+}
+
+#[tokio::test]
+async fn an_agent_held_here_goes_to_this_nodes_link_under_its_claim() {
+    let s = setup();
+    let e1 = s.hold_here(key(1)).await;
+    let first = s.sender.send(key(1), frame()).await.unwrap();
+    assert_eq!(first, Delivery::of_claim(e1));
+    assert_eq!(*s.link.sent.lock(), [(key(1), MsgType::CancelTask)]);
+    // The agent registers again: a new claim, a different delivery.
+    s.hold_here(key(1)).await;
+    let second = s.sender.send(key(1), frame()).await.unwrap();
+    assert_ne!(first, second, "each claim is its own delivery");
+    assert_eq!(s.sender.current(key(1)).await.unwrap(), Some(second));
+    assert_eq!(s.sender.max_frame_bytes(), 1234);
+}
+
+#[tokio::test]
+async fn an_agent_nobody_holds_is_offline() {
+    let s = setup();
+    let e = s.sender.send(key(2), frame()).await.unwrap_err();
+    assert!(matches!(e, SendError::Offline(k) if k == key(2)), "{e:?}");
+    assert_eq!(e.for_host("host-2"), "agent host-2 is offline");
+    assert!(!e.is_transient());
+    assert_eq!(s.sender.current(key(2)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_claim_that_ended_between_lookup_and_send_is_stale() {
+    let s = setup();
+    s.hold_here(key(3)).await;
+    let located = s.sender.locate(key(3)).await.unwrap();
+    // The link moved on to a newer connection of the agent.
+    s.link.held.lock().insert(key(3), 1);
+    let e = s.sender.deliver(&located, frame()).await.unwrap_err();
+    assert!(matches!(e, SendError::Stale(_)), "{e:?}");
+    assert!(s.link.sent.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_full_queue_is_busy_and_worth_retrying() {
+    let s = setup();
+    s.hold_here(key(4)).await;
+    *s.link.full.lock() = true;
+    let e = s.sender.send(key(4), frame()).await.unwrap_err();
+    assert!(matches!(e, SendError::Busy { .. }), "{e:?}");
+    assert!(e.is_transient());
+}
+
+#[tokio::test]
+async fn an_agent_of_another_node_goes_through_the_forwarder_or_fails_clearly() {
+    let s = setup();
+    let epoch = s.dir.claim(key(5), "other", &[]).await.unwrap();
+    let e = s.sender.send(key(5), frame()).await.unwrap_err();
+    assert!(
+        matches!(&e, SendError::RemoteUnreachable { node, .. } if node == "other"),
+        "{e:?}"
+    );
+    assert!(
+        e.for_host("h5").contains("agent h5 is held by node other")
+            && e.to_string().contains("no node-to-node link"),
+        "{e}"
+    );
+    let fwd = Arc::new(RecordingForwarder::default());
+    s.sender.set_forwarder(fwd.clone());
+    let d = s.sender.send(key(5), frame()).await.unwrap();
+    assert_eq!(d, Delivery::of_claim(epoch));
+    assert_eq!(*fwd.sent.lock(), [("other".to_string(), key(5), epoch)]);
+    s.dir.claim(key(6), "down", &[]).await.unwrap();
+    let e = s.sender.send(key(6), frame()).await.unwrap_err();
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    assert!(
+        s.link.sent.lock().is_empty(),
+        "nothing went to this node's link"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_held_here_without_a_link_role_is_named_so() {
+    let dir = Arc::new(MemoryDirectory::default());
+    let sender = Sender::new("me".into(), dir.clone(), None);
+    dir.claim(key(7), "me", &[]).await.unwrap();
+    let e = sender.send(key(7), frame()).await.unwrap_err();
+    assert!(matches!(e, SendError::NoLink(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn an_agent_behind_a_proxy_is_not_sent_to_yet() {
+    let s = setup();
+    s.dir
+        .claim(key(8), "me", &["proxy-a".to_string()])
+        .await
+        .unwrap();
+    let e = s.sender.send(key(8), frame()).await.unwrap_err();
+    assert!(e.to_string().contains("proxy-a"), "{e}");
+}
