@@ -16,11 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gse_core::seams::{NodeInfo, Registry, StateStore, StaticRegistry};
+use gse_core::seams::{
+    AgentDirectory, MemoryDirectory, NodeInfo, Registry, StateStore, StaticRegistry,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::sender::{LocalLink, Sender};
 use crate::config::{Role, ServerConfig};
 use crate::fd_budget::{self, FdBudget};
 use crate::role::alarm::AlarmService;
@@ -32,7 +35,7 @@ use crate::role::data::{DataParts, DataService, DataTap};
 use crate::role::file::{FileLink, FileParts, FileService};
 use crate::role::link::{LinkParts, LinkService};
 use crate::role::proc::{ProcParts, ProcService};
-use crate::role::task::{AgentLink, TaskParts, TaskService};
+use crate::role::task::{TaskParts, TaskService};
 use crate::store::EmbeddedStore;
 
 /// How often the node refreshes its registry entry (load for balancing).
@@ -47,6 +50,8 @@ pub struct Node {
     pub agent_addr: Option<SocketAddr>,
     pub store: Arc<dyn StateStore>,
     pub link: Option<Arc<LinkService>>,
+    /// How roles reach agents (the node link sets its forwarder here).
+    pub sender: Arc<Sender>,
     pub alarms: Option<Arc<AlarmService>>,
     pub tasks: Option<Arc<TaskService>>,
     pub files: Option<Arc<FileService>>,
@@ -100,6 +105,9 @@ impl Node {
             .danger
             .resolve()
             .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        // Where agents are held: one node's memory until the cluster's
+        // directory (Redis) is configured.
+        let directory: Arc<dyn AgentDirectory> = Arc::new(MemoryDirectory::default());
         let (link, agent_listener) = if config.has_role(Role::Link) {
             let listener = bind(config.link.listen, "agents", "link.listen").await?;
             let parent = config.agent_addr(listener.local_addr()?);
@@ -108,6 +116,7 @@ impl Node {
                 config: config.link.clone(),
                 tls_files: config.tls.clone(),
                 store: store.clone(),
+                directory: directory.clone(),
                 alarms: alarms.clone(),
                 advertise_ip: config.node.advertise_ip,
                 danger_rules: danger_rules.clone(),
@@ -124,11 +133,17 @@ impl Node {
             gse_core::danger::DangerPolicy::new(&danger_rules)
                 .context("cannot use the dangerous-operation rules of [danger]")?,
         );
-        let task_service = start_task_role(&config, &store, &link, &alarms, danger_rules).await?;
+        let sender = Sender::new(
+            node_id.clone(),
+            directory,
+            link.clone().map(|l| l as Arc<dyn LocalLink>),
+        );
+        let task_service =
+            start_task_role(&config, &store, &link, &sender, &alarms, danger_rules).await?;
         if let Some(svc) = &task_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
-        let file_service = start_file_role(&config, &store, &link).await?;
+        let file_service = start_file_role(&config, &store, &link, &sender).await?;
         if let Some(svc) = &file_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
@@ -165,7 +180,7 @@ impl Node {
             None
         };
 
-        let proc_service = start_proc_role(&config, &store, &link, &alarms, danger);
+        let proc_service = start_proc_role(&config, &store, &link, &sender, &alarms, danger);
         if let Some(svc) = &proc_service {
             tasks.spawn(svc.clone().run(shutdown.clone()));
         }
@@ -223,6 +238,7 @@ impl Node {
             agent_addr,
             store,
             link,
+            sender,
             alarms,
             tasks: task_service,
             files: file_service,
@@ -256,6 +272,7 @@ async fn start_task_role(
     config: &ServerConfig,
     store: &Arc<dyn StateStore>,
     link: &Option<Arc<LinkService>>,
+    sender: &Arc<Sender>,
     alarms: &Option<Arc<AlarmService>>,
     danger_rules: Vec<gse_core::danger::DangerRuleSpec>,
 ) -> Result<Option<Arc<TaskService>>> {
@@ -266,7 +283,7 @@ async fn start_task_role(
         node_id: config.node.id.clone(),
         config: config.task.clone(),
         store: store.clone(),
-        link: link.clone().map(|l| l as Arc<dyn AgentLink>),
+        sender: sender.clone(),
         danger_rules,
         alarms: alarms.clone(),
     })
@@ -286,6 +303,7 @@ async fn start_file_role(
     config: &ServerConfig,
     store: &Arc<dyn StateStore>,
     link: &Option<Arc<LinkService>>,
+    sender: &Arc<Sender>,
 ) -> Result<Option<Arc<FileService>>> {
     if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
         return Ok(None);
@@ -295,6 +313,7 @@ async fn start_file_role(
         config: config.file.clone(),
         store: store.clone(),
         link: link.clone().map(|l| l as Arc<dyn FileLink>),
+        sender: sender.clone(),
     })
     .await
     .context("cannot start the file role")?;
@@ -348,6 +367,7 @@ fn start_proc_role(
     config: &ServerConfig,
     store: &Arc<dyn StateStore>,
     link: &Option<Arc<LinkService>>,
+    sender: &Arc<Sender>,
     alarms: &Option<Arc<AlarmService>>,
     danger: Arc<gse_core::danger::DangerPolicy>,
 ) -> Option<Arc<ProcService>> {
@@ -358,7 +378,7 @@ fn start_proc_role(
         node_id: config.node.id.clone(),
         config: config.proc.clone(),
         store: store.clone(),
-        link: link.clone().map(|l| l as Arc<dyn AgentLink>),
+        sender: sender.clone(),
         alarms: alarms.clone(),
         danger,
     });

@@ -38,7 +38,7 @@ impl Delivery {
 
 /// Why a frame did not reach an agent. The kind tells the caller what to
 /// do (retry a busy link, report the others); the text is a per-host error.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SendError {
     /// No node holds the agent: it is not registered anywhere now.
     #[error("agent {0} is offline")]
@@ -68,7 +68,7 @@ pub enum SendError {
     Directory {
         agent: AgentKey,
         #[source]
-        source: DirectoryError,
+        source: Arc<DirectoryError>,
     },
 }
 
@@ -128,6 +128,11 @@ pub struct Located {
 }
 
 impl Located {
+    /// The agent located.
+    pub fn agent(&self) -> AgentKey {
+        self.agent
+    }
+
     /// The delivery a successful [`Sender::deliver`] of it returns, known
     /// before sending, so a role can record it first (a disconnect of the
     /// claim that arrives during the send then finds the record).
@@ -182,7 +187,10 @@ impl Sender {
         match self.directory.locate(agent).await {
             Ok(Some(at)) => Ok(Located { agent, at }),
             Ok(None) => Err(SendError::Offline(agent)),
-            Err(source) => Err(SendError::Directory { agent, source }),
+            Err(e) => Err(SendError::Directory {
+                agent,
+                source: Arc::new(e),
+            }),
         }
     }
 
@@ -197,36 +205,64 @@ impl Sender {
             .map(|at| Delivery::of_claim(at.epoch)))
     }
 
-    /// Hands `frame` to the claim `located` names.
-    pub async fn deliver(&self, located: &Located, frame: Frame) -> Result<Delivery, SendError> {
+    /// Whether a frame for `located` can be handed on from here at all
+    /// (this node's link for its own agents, a node-to-node link for
+    /// others'); the error is the one a send would give.
+    pub fn reachable(&self, located: &Located) -> Result<(), SendError> {
         let Located { agent, at } = located;
         if !at.via.is_empty() {
-            return Err(SendError::RemoteUnreachable {
-                agent: *agent,
-                node: at.node_id.clone(),
-                reason: format!(
-                    "the agent is behind proxies ({}), which this node cannot send through yet",
-                    at.via.join(" -> ")
-                ),
-            });
+            return Err(behind_proxies(*agent, at));
         }
         if at.node_id == self.node_id {
-            let link = self.local.as_ref().ok_or(SendError::NoLink(*agent))?;
-            link.deliver(*agent, at.epoch, frame)?;
-            return Ok(located.delivery());
+            return match self.local {
+                Some(_) => Ok(()),
+                None => Err(SendError::NoLink(*agent)),
+            };
         }
+        match *self.forwarder.read() {
+            Some(_) => Ok(()),
+            None => Err(no_node_link(*agent, at)),
+        }
+    }
+
+    /// Hands `frame` to the claim `located` names.
+    pub async fn deliver(&self, located: &Located, frame: Frame) -> Result<Delivery, SendError> {
+        let frame = match self.deliver_here(located, frame) {
+            Ok(done) => return done,
+            Err(frame) => frame,
+        };
+        let Located { agent, at } = located;
         let forwarder = self.forwarder.read().clone();
         let Some(forwarder) = forwarder else {
-            return Err(SendError::RemoteUnreachable {
-                agent: *agent,
-                node: at.node_id.clone(),
-                reason: "this node has no node-to-node link (it is not a cluster member)".into(),
-            });
+            return Err(no_node_link(*agent, at));
         };
         forwarder
             .forward(&at.node_id, *agent, at.epoch, frame)
             .await?;
         Ok(located.delivery())
+    }
+
+    /// Delivers what needs no other node at once (an agent held here, or
+    /// behind proxies, which are not reached yet); gives back the frame of
+    /// an agent another node holds.
+    fn deliver_here(
+        &self,
+        located: &Located,
+        frame: Frame,
+    ) -> Result<Result<Delivery, SendError>, Frame> {
+        let Located { agent, at } = located;
+        if !at.via.is_empty() {
+            return Ok(Err(behind_proxies(*agent, at)));
+        }
+        if at.node_id != self.node_id {
+            return Err(frame);
+        }
+        Ok(match &self.local {
+            Some(link) => link
+                .deliver(*agent, at.epoch, frame)
+                .map(|()| located.delivery()),
+            None => Err(SendError::NoLink(*agent)),
+        })
     }
 
     /// Finds `agent` and hands it `frame`.
@@ -235,16 +271,77 @@ impl Sender {
         self.deliver(&located, frame).await
     }
 
-    /// Sends from code that cannot wait (frame handlers, timers): the send
-    /// runs on its own task and a failure is logged with `what`, for frames
-    /// whose loss the protocol tolerates (the agent times out or asks again).
+    /// Sends from code that cannot wait (frame handlers, timers, code under
+    /// a lock): the send runs on its own task and a failure is logged with
+    /// `what`, for frames whose loss the protocol tolerates (the agent
+    /// times out or asks again).
     pub fn post(self: &Arc<Self>, agent: AgentKey, frame: Frame, what: &'static str) {
-        let sender = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sender.send(agent, frame).await {
+        self.post_then(agent, frame, move |outcome| {
+            if let Err(e) = outcome {
                 tracing::debug!(agent = %agent, error = %e, "cannot send {what}");
             }
         });
+    }
+
+    /// Like [`Sender::post`], then hands the outcome to `then`.
+    pub fn post_then(
+        self: &Arc<Self>,
+        agent: AgentKey,
+        frame: Frame,
+        then: impl FnOnce(Result<Delivery, SendError>) + Send + 'static,
+    ) {
+        let sender = self.clone();
+        tokio::spawn(async move { then(sender.send(agent, frame).await) });
+    }
+
+    /// Hands `frame` to the claim `located` names without waiting, for
+    /// code that holds a lock while it records what it sent: this node's
+    /// link takes it at once; for another node the forward runs on its own
+    /// task and a failure there is logged (the work then ends at its
+    /// deadline, or when that node reports the agent gone).
+    pub fn deliver_now(
+        self: &Arc<Self>,
+        located: &Located,
+        frame: Frame,
+    ) -> Result<Delivery, SendError> {
+        let frame = match self.deliver_here(located, frame) {
+            Ok(done) => return done,
+            Err(frame) => frame,
+        };
+        if self.forwarder.read().is_none() {
+            return Err(no_node_link(located.agent, &located.at));
+        }
+        let sender = self.clone();
+        let located = located.clone();
+        let delivery = located.delivery();
+        tokio::spawn(async move {
+            if let Err(e) = sender.deliver(&located, frame).await {
+                tracing::warn!(agent = %located.agent, error = %e, "cannot forward a frame to the agent's node");
+            }
+        });
+        Ok(delivery)
+    }
+}
+
+/// The error for an agent behind proxies, until the proxy path exists.
+fn behind_proxies(agent: AgentKey, at: &Location) -> SendError {
+    SendError::RemoteUnreachable {
+        agent,
+        node: at.node_id.clone(),
+        reason: format!(
+            "the agent is behind proxies ({}), which this node cannot send through yet",
+            at.via.join(" -> ")
+        ),
+    }
+}
+
+/// The error for an agent of another node when this node has no
+/// node-to-node link.
+fn no_node_link(agent: AgentKey, at: &Location) -> SendError {
+    SendError::RemoteUnreachable {
+        agent,
+        node: at.node_id.clone(),
+        reason: "this node has no node-to-node link (it is not a cluster member)".into(),
     }
 }
 

@@ -113,7 +113,7 @@ async fn transfer_poll_and_terminate_answer_in_bk_jobs_shapes() {
         .unwrap()
         .to_string();
     assert!(task_id.starts_with("GSETASK:F:"));
-    assert_eq!(app.link.manifest_requests().len(), 1);
+    assert_eq!(app.link.manifest_requests().await.len(), 1);
 
     let (status, env) = call(&app, RESULT, json!({"task_id": task_id})).await;
     assert_eq!(

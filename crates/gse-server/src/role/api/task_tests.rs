@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::tests::{APP, FakeStore, post, record, send};
 use super::{ApiConfig, ApiContext, router};
 use crate::role::task::tests::{FakeLink, key};
-use crate::role::task::{AgentLink, TaskConfig, TaskParts, TaskService};
+use crate::role::task::{TaskConfig, TaskParts, TaskService};
 
 const EXECUTE: &str = "/api/v2/task/extensions/async_execute_script";
 const RESULT: &str = "/api/v2/task/extensions/get_execute_script_result/";
@@ -37,7 +37,7 @@ async fn app_with(config: ApiConfig) -> (axum::Router, Arc<FakeLink>) {
         node_id: "node-1".into(),
         config: TaskConfig::default(),
         store: store.clone(),
-        link: Some(link.clone() as Arc<dyn AgentLink>),
+        sender: link.sender(),
         danger_rules: gse_core::danger::builtin_rules(),
         alarms: None,
     })

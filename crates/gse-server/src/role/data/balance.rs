@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{DataEndpoint, metrics};
+use crate::cluster::sender::Delivery;
 use crate::role::link::{AgentFrames, AgentPath, DataAssigner, LinkService};
 
 /// Differences in load below this many bytes/s are not worth a move.
@@ -154,7 +155,7 @@ fn extremes(load: &[f64]) -> (usize, usize) {
 #[derive(Default)]
 struct State {
     /// agent -> (server, control connection id)
-    assigned: HashMap<AgentKey, (usize, u64)>,
+    assigned: HashMap<AgentKey, (usize, Delivery)>,
     /// Bytes per agent at the last round.
     last_totals: HashMap<AgentKey, u64>,
     /// Rates measured at the last round, bytes/s.
@@ -291,7 +292,7 @@ impl Balancer {
 }
 
 impl DataAssigner for Balancer {
-    fn assign(&self, agent: AgentKey, conn_id: u64, path: AgentPath) -> String {
+    fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath) -> String {
         let mut st = self.state.lock();
         // (load, agents) per DataServer; one the agent cannot reach never wins.
         let mut load: Vec<(f64, usize)> = self
@@ -326,7 +327,7 @@ impl DataAssigner for Balancer {
             );
             return String::new();
         };
-        st.assigned.insert(agent, (best, conn_id));
+        st.assigned.insert(agent, (best, held));
         endpoint
     }
 }
@@ -336,9 +337,13 @@ impl AgentFrames for Balancer {
         tracing::debug!(agent = %agent, msg_type = frame.msg_type.to_u16(), "ignoring a data-assignment frame from an agent");
     }
 
-    fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         let mut st = self.state.lock();
-        if st.assigned.get(&agent).is_some_and(|(_, c)| *c == conn_id) {
+        if st
+            .assigned
+            .get(&agent)
+            .is_some_and(|(_, held)| *held == ended)
+        {
             st.assigned.remove(&agent);
         }
     }

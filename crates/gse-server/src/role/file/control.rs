@@ -143,10 +143,10 @@ impl FileService {
                 reason: reason.to_string(),
             },
         );
+        // A cancel that does not arrive is covered: the agent stops at the
+        // transfer's timeout.
         for key in agents {
-            if let Err(e) = self.dispatch.send_local(key, frame.clone()) {
-                tracing::debug!(task_id = %t.id, agent = %key, error = %e, "cannot send CancelTransfer; the agent stops at the transfer's timeout");
-            }
+            self.sender.post(key, frame.clone(), "CancelTransfer");
         }
     }
 

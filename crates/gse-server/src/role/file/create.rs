@@ -4,10 +4,11 @@
 //! Every entry exists from the first poll on (bk-job fails a task whose
 //! result stays empty): reachable ones waiting (status 0, 115), the others
 //! final at once (117 unknown/offline/unreachable, 701 for containers). An
-//! unusable source fails its upload and all its downloads. The transfer is
-//! registered before any frame goes out, and the source's connection is
-//! recorded as its request is sent, under the transfer's lock, so a
-//! disconnect right after the send is seen.
+//! unusable source fails its upload and all its downloads. Every agent is
+//! located through the sender (the directory says where it is held). The
+//! transfer is registered before any frame goes out, and the source's
+//! delivery is recorded as its request is sent, under the transfer's lock,
+//! so a disconnect right after the send is seen.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +26,11 @@ use super::model::{
 };
 use super::spec::{AgentSpec, BYTES_PER_MB, FileKind, FileTaskSpec, TransferSpec, ZonePair};
 use super::{FileError, FileService, metrics};
-use crate::role::task::{Route, Unreachable};
+use crate::cluster::sender::{Located, SendError};
+use crate::role::task::unknown_agent;
+
+/// Where each known agent of a transfer is, or why it cannot be reached.
+pub(super) type Locations = HashMap<gse_core::AgentKey, Result<Located, SendError>>;
 
 impl FileService {
     /// Starts a transfer for `app_code` and returns its id; the results come
@@ -40,11 +45,13 @@ impl FileService {
         let task_id = self.new_task_id();
         tracing::Span::current().record("task_id", task_id.as_str());
         let records = self.store.get_agents(&agent_refs(&spec)).await?;
-        let (transfer, effect) = self.build(&task_id, &spec, records);
+        let keys = records.iter().flatten().map(|r| r.key).collect();
+        let located = self.locate_all(keys).await;
+        let (transfer, effect) = self.build(&task_id, &spec, records, &located);
         let transfer = Arc::new(transfer);
         self.register(&transfer);
         self.apply(&transfer, effect, None);
-        let asked = self.request_manifests(&transfer);
+        let asked = self.request_manifests(&transfer, &located);
         metrics::transfer_started();
         tracing::info!(
             task_id = %task_id,
@@ -83,9 +90,10 @@ impl FileService {
         task_id: &str,
         spec: &TransferSpec,
         records: Vec<Option<AgentRecord>>,
+        located: &Locations,
     ) -> (LiveTransfer, Effect) {
         let mut records = records.into_iter();
-        let mut next = |a: &AgentSpec| self.slot(a, records.next().flatten());
+        let mut next = |a: &AgentSpec| self.slot(a, records.next().flatten(), located);
         let mut entries = Vec::new();
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         let mut runs = Vec::with_capacity(spec.tasks.len());
@@ -140,7 +148,7 @@ impl FileService {
     }
 
     /// An agent as named, resolved, and whether it can take part.
-    fn slot(&self, a: &AgentSpec, record: Option<AgentRecord>) -> AgentSlot {
+    fn slot(&self, a: &AgentSpec, record: Option<AgentRecord>, located: &Locations) -> AgentSlot {
         let name = &a.bk_agent_id;
         let down = if !a.bk_container_id.is_empty() {
             Some((
@@ -152,21 +160,16 @@ impl FileService {
             ))
         } else {
             match &record {
-                None => Some((
-                    ERR_AGENT_DOWN,
-                    Unreachable::Unknown(name.clone()).to_string(),
-                )),
-                Some(rec) => match self.dispatch.route(name, rec) {
-                    Ok(Route::Local) => None,
-                    Ok(Route::Node(node)) => Some((
-                        ERR_AGENT_DOWN,
-                        Unreachable::OtherNode {
-                            agent: name.clone(),
-                            node,
-                        }
-                        .to_string(),
-                    )),
-                    Err(why) => Some((ERR_AGENT_DOWN, why.to_string())),
+                None => Some((ERR_AGENT_DOWN, unknown_agent(name))),
+                Some(rec) => match located.get(&rec.key) {
+                    // Fail now what no send could reach (another node's
+                    // agent without a node link), not when the manifest is in.
+                    Some(Ok(at)) => match self.sender.reachable(at) {
+                        Ok(()) => None,
+                        Err(why) => Some((ERR_AGENT_DOWN, why.for_host(name))),
+                    },
+                    Some(Err(why)) => Some((ERR_AGENT_DOWN, why.for_host(name))),
+                    None => Some((ERR_AGENT_DOWN, SendError::Offline(rec.key).for_host(name))),
                 },
             }
         };
@@ -183,12 +186,27 @@ impl FileService {
         }
     }
 
+    /// Where each of `keys` is held now (each agent asked once).
+    pub(super) async fn locate_all(&self, mut keys: Vec<gse_core::AgentKey>) -> Locations {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut out = Locations::with_capacity(keys.len());
+        for key in keys {
+            let at = self.sender.locate(key).await;
+            out.insert(key, at);
+        }
+        out
+    }
+
     /// Sends every task that can start its `FileManifestRequest`; a send
     /// that fails ends the task with 117. Returns how many were sent.
-    fn request_manifests(&self, t: &Arc<LiveTransfer>) -> usize {
+    fn request_manifests(&self, t: &Arc<LiveTransfer>, located: &Locations) -> usize {
         let mut asked = 0;
         for (i, plan) in t.tasks.iter().enumerate() {
             let Some(key) = plan.source.usable() else {
+                continue;
+            };
+            let Some(Ok(at)) = located.get(&key) else {
                 continue;
             };
             let frame = Frame::new(
@@ -210,16 +228,16 @@ impl FileService {
                 if st.runs[i].phase != Phase::Manifest {
                     return;
                 }
-                match self
-                    .dispatch
-                    .send(&Route::Local, &plan.source.name, key, frame)
-                {
-                    Ok(conn) => {
-                        st.runs[i].source_conn = Some(conn);
+                match self.sender.deliver_now(at, frame) {
+                    Ok(held) => {
+                        st.runs[i].source_conn = Some(held);
                         st.set_running(plan.upload, "building the manifest".into(), effect);
                         asked += 1;
                     }
-                    Err(why) => fail_task(st, plan, ERR_AGENT_DOWN, &why.to_string(), effect),
+                    Err(why) => {
+                        let why = why.for_host(&plan.source.name);
+                        fail_task(st, plan, ERR_AGENT_DOWN, &why, effect)
+                    }
                 }
             });
         }

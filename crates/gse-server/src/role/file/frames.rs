@@ -18,6 +18,7 @@ use gse_proto::{Frame, MsgType};
 use super::codes::*;
 use super::model::{LiveTransfer, Outcome, Phase, TransferState};
 use super::{FileService, model};
+use crate::cluster::sender::Delivery;
 use crate::role::link::AgentFrames;
 
 impl AgentFrames for FileService {
@@ -45,11 +46,11 @@ impl AgentFrames for FileService {
         }
     }
 
-    fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
-        self.relay_disconnect(agent, conn_id);
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
+        self.relay_disconnect(agent, ended);
         let active = self.jobs.open_jobs();
         for t in active {
-            self.transfer_disconnect(&t, agent, conn_id);
+            self.transfer_disconnect(&t, agent, ended);
         }
     }
 }
@@ -135,10 +136,10 @@ impl FileService {
         }
     }
 
-    /// Ends what went on the agent's connection `conn_id`: a source's upload
-    /// (and, before its manifest, the whole task), a target's downloads; a
-    /// relay leaves the peer sets it was in.
-    fn transfer_disconnect(&self, t: &Arc<LiveTransfer>, agent: AgentKey, conn_id: u64) {
+    /// Ends what was delivered to the agent's claim `ended`: a source's
+    /// upload (and, before its manifest, the whole task), a target's
+    /// downloads; a relay leaves the peer sets it was in.
+    fn transfer_disconnect(&self, t: &Arc<LiveTransfer>, agent: AgentKey, ended: Delivery) {
         let mut lost_relay = Vec::new();
         self.change(t, Some("finished"), |st, effect| {
             for (task, plan) in t.tasks.iter().enumerate() {
@@ -147,8 +148,8 @@ impl FileService {
                     continue;
                 }
                 let source_here =
-                    plan.source.usable() == Some(agent) && run.source_conn == Some(conn_id);
-                let sent_here = run.sent_on.get(&agent) == Some(&conn_id);
+                    plan.source.usable() == Some(agent) && run.source_conn == Some(ended);
+                let sent_here = run.sent_on.get(&agent) == Some(&ended);
                 let phase = run.phase;
                 if source_here {
                     source_lost(st, plan, phase, effect);
@@ -202,9 +203,7 @@ impl FileService {
                     peers,
                 },
             );
-            if let Err(e) = self.dispatch.send_local(key, frame) {
-                tracing::debug!(task_id = %t.id, agent = %key, error = %e, "cannot send a new peer set");
-            }
+            self.sender.post(key, frame, "a new peer set");
         }
     }
 }

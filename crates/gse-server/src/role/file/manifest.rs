@@ -7,7 +7,9 @@
 //! appended as a second encoding of the same message, which protobuf
 //! decoders merge (repeated fields append, the last scalar wins). Each body
 //! is checked against the link's frame limit: over it, the entries fail
-//! with 119.
+//! with 119. Targets and relays are located (the directory, through the
+//! sender) once the manifest is in, on a task of their own, since a frame
+//! handler cannot wait.
 
 use std::sync::Arc;
 
@@ -17,11 +19,18 @@ use gse_proto::link::{EntryType, FileEntry, FileManifest, FileRole, FileStart, P
 use gse_proto::{Frame, MsgType};
 
 use super::codes::*;
-use super::create::{fail_task, remaining_ms};
+use super::create::{Locations, fail_task, remaining_ms};
 use super::model::{EntryShape, LiveTransfer, Outcome, Phase, TransferState};
 use super::tracker::{self, Hop, Member, PeerPlan, Topology};
 use super::{FileService, model};
-use crate::role::task::Route;
+use crate::cluster::sender::SendError;
+
+/// What the `FileStart`s of one task go out with: who peers with whom,
+/// and where each agent is held.
+struct Outgoing<'a> {
+    peers: &'a PeerPlan,
+    located: &'a Locations,
+}
 
 /// What every target (or every relay) of a task is sent alike.
 struct Common {
@@ -64,7 +73,21 @@ impl FileService {
             tracing::info!(task_id = %t.id, task, skipped = m.skipped.len(), "the source left special files (FIFOs, sockets, devices) out of the manifest");
         }
         self.manifest_ok(&t, task, &m.entries);
-        self.start_targets(&t, task, m.entries);
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let plan = &t.tasks[task];
+            let relays = t.hops.iter().flat_map(|h| h.relays.iter());
+            let keys = plan
+                .targets
+                .iter()
+                .chain(relays)
+                .filter_map(|s| s.usable())
+                .collect();
+            let located = me.locate_all(keys).await;
+            me.start_targets(&t, task, m.entries, &located);
+        });
     }
 
     /// Records the manifest's shape and size; the task runs.
@@ -96,12 +119,18 @@ impl FileService {
 
     /// Works out the task's peer sets and sends every target and relay
     /// its `FileStart`.
-    fn start_targets(&self, t: &Arc<LiveTransfer>, task: usize, entries: Vec<FileEntry>) {
+    fn start_targets(
+        &self,
+        t: &Arc<LiveTransfer>,
+        task: usize,
+        entries: Vec<FileEntry>,
+        located: &Locations,
+    ) {
         let plan = &t.tasks[task];
         let peers = self.peer_plan(t, task);
         let entry_count = entries.len();
         let common = self.common(t, task, entries);
-        let limit = self.dispatch.max_frame_bytes();
+        let limit = self.sender.max_frame_bytes();
         if common.target.len() > limit {
             let why = too_large(task, entry_count, common.target.len(), limit);
             tracing::warn!(task_id = %t.id, task, bytes = common.target.len(), limit, "a manifest does not fit one FileStart frame");
@@ -111,8 +140,12 @@ impl FileService {
             return;
         }
         let (sent, relays) = self.change(t, Some("failed"), |st, effect| {
-            let sent = self.send_targets(t, task, &peers, &common.target, st, effect);
-            let relays = self.send_relays(t, task, &peers, &common.relay, st);
+            let out = Outgoing {
+                peers: &peers,
+                located,
+            };
+            let sent = self.send_targets(t, task, &out, &common.target, st, effect);
+            let relays = self.send_relays(t, task, &out, &common.relay, st);
             (sent, relays)
         });
         tracing::info!(task_id = %t.id, task, targets = sent, relays, entries = entry_count, "FileStart sent");
@@ -202,11 +235,12 @@ impl FileService {
         &self,
         t: &LiveTransfer,
         task: usize,
-        peers: &PeerPlan,
+        out: &Outgoing<'_>,
         common: &Bytes,
         st: &mut TransferState,
         effect: &mut model::Effect,
     ) -> usize {
+        let Outgoing { peers, located } = *out;
         let plan = &t.tasks[task];
         for (i, reach) in peers.targets.iter().enumerate() {
             if let Some(Err(why)) = reach {
@@ -217,7 +251,7 @@ impl FileService {
                 );
             }
         }
-        let limit = self.dispatch.max_frame_bytes();
+        let limit = self.sender.max_frame_bytes();
         let mut sent = 0;
         let mut agents: Vec<(&AgentKey, &Vec<u32>)> = plan.by_key.iter().collect();
         agents.sort_unstable_by_key(|(_, slots)| slots.first().copied());
@@ -252,10 +286,10 @@ impl FileService {
                 stream_id: 0,
                 body,
             };
-            match self.dispatch.send(&Route::Local, name, key, frame) {
-                Ok(conn) => {
+            match self.deliver_now(located, key, frame) {
+                Ok(held) => {
                     sent += 1;
-                    st.runs[task].sent_on.insert(key, conn);
+                    st.runs[task].sent_on.insert(key, held);
                     st.runs[task].peers.insert(key, my_peers);
                     for &s in &open {
                         let info =
@@ -267,7 +301,7 @@ impl FileService {
                     for s in open {
                         st.close(
                             plan.download(s),
-                            Outcome::failed(ERR_AGENT_DOWN, why.to_string()),
+                            Outcome::failed(ERR_AGENT_DOWN, why.for_host(name)),
                             effect,
                         );
                     }
@@ -283,11 +317,12 @@ impl FileService {
         &self,
         t: &LiveTransfer,
         task: usize,
-        peers: &PeerPlan,
+        out: &Outgoing<'_>,
         common: &Bytes,
         st: &mut TransferState,
     ) -> usize {
-        let limit = self.dispatch.max_frame_bytes();
+        let Outgoing { peers, located } = *out;
+        let limit = self.sender.max_frame_bytes();
         let mut sent = 0;
         for (hop, relay_peers) in t.hops.iter().zip(&peers.relays) {
             for (slot, my_peers) in hop.relays.iter().zip(relay_peers) {
@@ -307,11 +342,11 @@ impl FileService {
                     stream_id: 0,
                     body,
                 };
-                match self.dispatch.send(&Route::Local, &slot.name, key, frame) {
-                    Ok(conn) => {
+                match self.deliver_now(located, key, frame) {
+                    Ok(held) => {
                         sent += 1;
                         let run = &mut st.runs[task];
-                        run.sent_on.insert(key, conn);
+                        run.sent_on.insert(key, held);
                         run.relays.insert(key);
                         run.peers.insert(key, my_peers.clone());
                     }
@@ -322,6 +357,23 @@ impl FileService {
             }
         }
         sent
+    }
+}
+
+impl FileService {
+    /// Hands `frame` to `key` where `located` found it, at once (the
+    /// caller holds the transfer's lock while it records the delivery).
+    fn deliver_now(
+        &self,
+        located: &Locations,
+        key: AgentKey,
+        frame: Frame,
+    ) -> Result<crate::cluster::sender::Delivery, SendError> {
+        match located.get(&key) {
+            Some(Ok(at)) => self.sender.deliver_now(at, frame),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err(SendError::Offline(key)),
+        }
     }
 }
 

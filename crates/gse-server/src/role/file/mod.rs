@@ -2,8 +2,10 @@
 //! their results back.
 //!
 //! Start at [`FileService`]. [`FileService::start_transfer`] ([`create`])
-//! lists every entry at once (unknown or offline agents fail there with
-//! 117) and asks each task's source for its manifest. When a manifest
+//! lists every entry at once (unknown, offline or unreachable agents fail
+//! there with 117) and asks each task's source for its manifest. Every
+//! frame goes out through the node's [`Sender`], which finds where the
+//! agent is held; this role never sees connections or nodes. When a manifest
 //! arrives ([`manifest`]) the [`tracker`] works out who peers with whom
 //! (zones, chains, pass-throughs) and every target and relay gets a
 //! `FileStart`. Agents' reports and disconnects come through
@@ -42,14 +44,14 @@ use parking_lot::Mutex;
 
 pub use config::{FileConfig, PassThroughRule};
 
+use crate::cluster::sender::Sender;
 use crate::role::jobs::{self, Ledger};
 use crate::role::link::{LinkService, PeerInfo};
-use crate::role::task::{AgentLink, Dispatch};
 use model::{Effect, LiveTransfer, TransferState};
 
-/// What the file role needs from a link beyond sending frames: where a
-/// connected agent serves pieces, and its zone.
-pub trait FileLink: AgentLink {
+/// What the file role asks this node's link (frames go through the
+/// [`Sender`]): where a connected agent serves pieces, and its zone.
+pub trait FileLink: Send + Sync {
     fn peer_info(&self, key: AgentKey) -> Option<PeerInfo>;
 }
 
@@ -94,8 +96,10 @@ pub struct FileParts {
     pub node_id: String,
     pub config: FileConfig,
     pub store: Arc<dyn StateStore>,
-    /// This node's link, if it runs one.
+    /// This node's link, if it runs one (zones and P2P addresses).
     pub link: Option<Arc<dyn FileLink>>,
+    /// How frames reach agents, wherever they are held.
+    pub sender: Arc<Sender>,
 }
 
 /// Shared state of the file role.
@@ -103,8 +107,10 @@ pub struct FileService {
     node_id: String,
     config: FileConfig,
     store: Arc<dyn StateStore>,
-    dispatch: Dispatch,
+    sender: Arc<Sender>,
     link: Option<Arc<dyn FileLink>>,
+    /// Itself, for sends whose outcome arrives later (`Sender::post_then`).
+    me: std::sync::Weak<FileService>,
     /// Transfers in memory, those with unfinished entries, and those with
     /// changes the writer has not saved yet.
     jobs: Ledger<LiveTransfer>,
@@ -127,9 +133,9 @@ impl FileService {
     }
 
     fn new(parts: FileParts) -> Arc<Self> {
-        let agent_link = parts.link.clone().map(|l| l as Arc<dyn AgentLink>);
-        Arc::new(FileService {
-            dispatch: Dispatch::new(parts.node_id.clone(), agent_link),
+        Arc::new_cyclic(|me| FileService {
+            sender: parts.sender,
+            me: me.clone(),
             node_id: parts.node_id,
             config: parts.config,
             store: parts.store,

@@ -14,6 +14,7 @@ use gse_core::seams::state_store::{FileEntryRecord, FileTransferRecord};
 use gse_proto::link::{FileProgress, Peer};
 use parking_lot::Mutex;
 
+use crate::cluster::sender::Delivery;
 use crate::role::jobs::{self, Book, Job, Resident, Standing};
 
 use super::codes::*;
@@ -138,10 +139,10 @@ pub(crate) struct TaskRun {
     pub progress_sum: u64,
     pub manifest_ok: bool,
     pub shapes: Vec<EntryShape>,
-    /// The connection the source's manifest request went on.
-    pub source_conn: Option<u64>,
-    /// The connection each target's and relay's `FileStart` went on.
-    pub sent_on: HashMap<AgentKey, u64>,
+    /// The claim of the source its manifest request was delivered to.
+    pub source_conn: Option<Delivery>,
+    /// The claim of each target and relay its `FileStart` was delivered to.
+    pub sent_on: HashMap<AgentKey, Delivery>,
     /// Relays that were sent a `FileStart` and are still there.
     pub relays: HashSet<AgentKey>,
     /// The peer set each target and relay was given last.

@@ -1,10 +1,12 @@
 //! The direct path (F2, F3): a target (or relay) asks this node for a piece
-//! on its agent link; the node asks the source on the source's link, under
-//! a request id of its own, and hands the answer back under the target's.
+//! on its agent link; the node asks the source through the sender (wherever
+//! it is held), under a request id of its own, and hands the answer back
+//! under the target's.
 //!
 //! Checks before forwarding: the transfer, task, entry and piece exist and
-//! the asker is a target or relay of the task. A source that is not here
-//! gets `PIECE_ERROR` at once; more than [`MAX_OUTSTANDING_PER_SOURCE`]
+//! the asker is a target or relay of the task. A source the sender cannot
+//! reach gets `PIECE_ERROR` (`PIECE_BUSY` for a full queue) as soon as the
+//! send fails; more than [`MAX_OUTSTANDING_PER_SOURCE`]
 //! requests waiting on one source get `PIECE_BUSY`. Requests the source
 //! leaves unanswered for [`ANSWER_WITHIN`] are answered `PIECE_BUSY`
 //! (the writer's tick sweeps them); a source whose link ends fails its
@@ -19,7 +21,7 @@ use gse_proto::{Frame, MsgType};
 
 use super::model::Phase;
 use super::{FileService, metrics};
-use crate::role::link::SendError;
+use crate::cluster::sender::{Delivery, SendError};
 
 /// Requests waiting on one source before more are answered busy.
 pub const MAX_OUTSTANDING_PER_SOURCE: usize = 64;
@@ -32,8 +34,9 @@ struct Pending {
     /// The id the requester chose.
     request_id: u64,
     source: AgentKey,
-    /// The source's connection the request went on.
-    source_conn: Option<u64>,
+    /// The source's claim the request was delivered to (None until the
+    /// send completes).
+    source_conn: Option<Delivery>,
     since: Instant,
     transfer_id: String,
     task_index: u32,
@@ -104,7 +107,7 @@ impl FileService {
                     requester: agent,
                     request_id: req.request_id,
                     source,
-                    source_conn: self.dispatch.local_conn(source),
+                    source_conn: None,
                     since: Instant::now(),
                     transfer_id: req.transfer_id.clone(),
                     task_index: req.task_index,
@@ -118,17 +121,31 @@ impl FileService {
             request_id: id,
             ..req.clone()
         };
-        let sent = self
-            .dispatch
-            .send_local(source, Frame::new(MsgType::PieceRequest, 0, &forward));
-        if let Err(e) = sent {
-            self.relay.lock().remove(id);
-            let status = match e {
-                SendError::Busy(_) => PieceStatus::PieceBusy,
-                SendError::NotConnected(_) => PieceStatus::PieceError,
+        let me = self.me.clone();
+        let frame = Frame::new(MsgType::PieceRequest, 0, &forward);
+        self.sender.post_then(source, frame, move |sent| {
+            let Some(me) = me.upgrade() else {
+                return;
             };
-            self.answer(agent, &req, status, format!("cannot ask the source: {e}"));
-        }
+            match sent {
+                Ok(held) => {
+                    if let Some(p) = me.relay.lock().pending.get_mut(&id) {
+                        p.source_conn = Some(held);
+                    }
+                }
+                Err(e) => {
+                    // Already answered (or swept) when it is gone.
+                    if me.relay.lock().remove(id).is_none() {
+                        return;
+                    }
+                    let status = match e {
+                        SendError::Busy { .. } => PieceStatus::PieceBusy,
+                        _ => PieceStatus::PieceError,
+                    };
+                    me.answer(agent, &req, status, format!("cannot ask the source: {e}"));
+                }
+            }
+        });
     }
 
     /// The source to forward `req` to, or why it is refused.
@@ -171,11 +188,6 @@ impl FileService {
             ));
         }
         drop(st);
-        if !self.dispatch.is_local(source) {
-            return Err(format!(
-                "the source {source} is not connected to this node; fetch the piece from a peer"
-            ));
-        }
         Ok(source)
     }
 
@@ -205,15 +217,14 @@ impl FileService {
             request_id: p.request_id,
             ..data
         };
-        match self
-            .dispatch
-            .send_local(p.requester, Frame::new(MsgType::PieceData, 0, &back))
-        {
+        let requester = p.requester;
+        let back = Frame::new(MsgType::PieceData, 0, &back);
+        self.sender.post_then(requester, back, move |sent| match sent {
             Ok(_) => metrics::bytes_relayed(bytes),
             Err(e) => {
-                tracing::debug!(agent = %p.requester, error = %e, "cannot hand a direct piece back to its requester")
+                tracing::debug!(agent = %requester, error = %e, "cannot hand a direct piece back to its requester")
             }
-        }
+        });
     }
 
     /// Answers requests their source left waiting too long; called every
@@ -234,13 +245,13 @@ impl FileService {
         }
     }
 
-    /// A source's link `conn_id` ended: its requests fail; a requester's
+    /// A source's claim `ended`: its requests fail; a requester's
     /// requests are forgotten.
-    pub(super) fn relay_disconnect(&self, agent: AgentKey, conn_id: u64) {
+    pub(super) fn relay_disconnect(&self, agent: AgentKey, ended: Delivery) {
         let (failed, _forgotten): (Vec<Pending>, Vec<Pending>) = {
             let mut table = self.relay.lock();
             let ids = table.ids(|p| {
-                (p.source == agent && p.source_conn.is_none_or(|c| c == conn_id))
+                (p.source == agent && p.source_conn.is_none_or(|c| c == ended))
                     || p.requester == agent
             });
             ids.into_iter()
@@ -276,12 +287,9 @@ impl FileService {
             data: Vec::new(),
             message,
         };
-        if let Err(e) = self
-            .dispatch
-            .send_local(to, Frame::new(MsgType::PieceData, 0, &data))
-        {
-            tracing::debug!(agent = %to, error = %e, "cannot answer a direct piece request");
-        }
+        let frame = Frame::new(MsgType::PieceData, 0, &data);
+        self.sender
+            .post(to, frame, "an answer to a direct piece request");
     }
 
     /// Direct requests waiting for their source now.

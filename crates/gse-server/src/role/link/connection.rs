@@ -1,12 +1,14 @@
 //! One agent connection, from its TLS handshake (`gse_link::accept`)
-//! to close: register -> serve (heartbeats, outbound frames) -> detach.
+//! to close: register (and claim the agent in the directory) -> serve
+//! (heartbeats renewing the claim, outbound frames) -> detach (and release
+//! the claim).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use gse_core::seams::{AgentRecord, HeartbeatUpdate};
+use gse_core::seams::{AgentRecord, Epoch, HeartbeatUpdate};
 use gse_core::{AgentKey, now_ms};
 use gse_link::Accepted;
 use gse_link::claim::{certificate_identity, claimed_key};
@@ -25,6 +27,11 @@ use crate::role::alarm::{Alarm, AlarmKind};
 /// keeps tens of thousands of idle links small.
 const READ_BUFFER: usize = 512;
 
+/// How often a heartbeat also renews the agent's claim in the directory:
+/// often enough that a link another node took over ends within seconds,
+/// rarely enough that a directory in Redis is not asked per heartbeat.
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+
 pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64) {
     let Accepted {
         tls,
@@ -41,12 +48,11 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         peer,
         port: local.port(),
         path,
-        conn_id,
     };
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
-    let Some((record, p2p_addr, ack)) =
+    let Some((record, epoch, p2p_addr, ack)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
@@ -60,6 +66,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         key,
         super::Session {
             conn_id,
+            epoch,
             tx,
             close: close.clone(),
             zone: record.zone.clone(),
@@ -83,13 +90,14 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
             *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
-            serve(&svc, &mut link, key, rx, close).await
+            serve(&svc, &mut link, (key, epoch), rx, close).await
         }
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
 
     if svc.detach(key, conn_id) {
-        svc.notify_disconnect(key, conn_id);
+        svc.notify_disconnect(key, epoch);
+        release(&svc, key, epoch).await;
         let marked = svc
             .store
             .mark_offline(key, &svc.node_id, record.connected_at_ms)
@@ -106,24 +114,37 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     }
 }
 
-/// Reads and checks the first frame, which must be `Register`; refuses it
-/// (answering why) or returns the record and the accepting RegisterAck to
-/// send once the agent is attached.
+/// Ends this node's claim `epoch` on the agent (if it is still the
+/// current one: a newer claim, here or on another node, stays).
+async fn release(svc: &LinkService, key: AgentKey, epoch: Epoch) {
+    match svc.directory.release(key, epoch).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(agent = %key, "the agent's claim here was already superseded; nothing to release")
+        }
+        Err(e) => {
+            tracing::error!(agent = %key, error = %e, "cannot release the agent's claim; the next claim supersedes it")
+        }
+    }
+}
+
 /// One accepted connection: who it comes from and how it reached us.
 struct Reached {
     peer: SocketAddr,
     /// Our port it arrived on, told to the agent as `parent_port`.
     port: u16,
     path: AgentPath,
-    conn_id: u64,
 }
 
+/// Reads and checks the first frame, which must be `Register`; refuses it
+/// (answering why) or claims the agent and returns the record, the claim's
+/// epoch and the accepting RegisterAck to send once the agent is attached.
 async fn register(
     svc: &LinkService,
     link: &mut Link,
     reached: Reached,
     deadline: Instant,
-) -> Option<(AgentRecord, Option<SocketAddr>, Frame)> {
+) -> Option<(AgentRecord, Epoch, Option<SocketAddr>, Frame)> {
     let peer = reached.peer;
     let frame = match first_frame(link, deadline).await {
         Ok(frame) => frame,
@@ -150,9 +171,13 @@ async fn register(
     let checked = match checked {
         Ok(reg) => {
             let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
-            svc.admit(reg.key, &reg.msg.agent_id, certificate, peer)
+            match svc
+                .admit(reg.key, &reg.msg.agent_id, certificate, peer)
                 .await
-                .map(|()| reg)
+            {
+                Ok(()) => claim(svc, reg).await,
+                Err(message) => Err(message),
+            }
         }
         Err(message) => Err(message),
     };
@@ -172,7 +197,7 @@ async fn register(
         data_endpoint,
     };
     match checked {
-        Ok(reg) => {
+        Ok((reg, epoch)) => {
             let now = svc.connect_stamp();
             let record = AgentRecord {
                 key: reg.key,
@@ -200,10 +225,10 @@ async fn register(
                 &ack(
                     true,
                     String::new(),
-                    svc.data_endpoint(reg.key, reached.conn_id, reached.path),
+                    svc.data_endpoint(reg.key, epoch, reached.path),
                 ),
             );
-            Some((record, reg.p2p_addr, accepted))
+            Some((record, epoch, reg.p2p_addr, accepted))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");
@@ -215,6 +240,24 @@ async fn register(
                 ))
                 .await;
             None
+        }
+    }
+}
+
+/// Claims the admitted agent for this node; the epoch fences every later
+/// write about it. The error (the directory is down) refuses the
+/// registration: the agent retries.
+async fn claim(
+    svc: &LinkService,
+    reg: CheckedRegister,
+) -> Result<(CheckedRegister, Epoch), String> {
+    match svc.directory.claim(reg.key, &svc.node_id, &[]).await {
+        Ok(epoch) => Ok((reg, epoch)),
+        Err(e) => {
+            tracing::error!(agent = %reg.key, error = %e, "cannot claim a registering agent");
+            Err(format!(
+                "the server cannot record that it holds this agent ({e}); the agent retries"
+            ))
         }
     }
 }
@@ -265,12 +308,13 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
 async fn serve(
     svc: &LinkService,
     link: &mut Link,
-    key: AgentKey,
+    (key, epoch): (AgentKey, Epoch),
     mut outbound: mpsc::Receiver<Box<Frame>>,
     close: CancellationToken,
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
+    let mut renew_at = Instant::now() + RENEW_EVERY;
     loop {
         tokio::select! {
             _ = close.cancelled() => {
@@ -302,10 +346,31 @@ async fn serve(
                     Some(Ok(frame)) => frame,
                 };
                 deadline = Instant::now() + timeout;
+                let heartbeat = frame.msg_type == MsgType::Heartbeat;
                 if let Some(reason) = on_frame(svc, link, key, frame).await {
                     return reason;
                 }
+                if heartbeat && Instant::now() >= renew_at {
+                    renew_at = Instant::now() + RENEW_EVERY;
+                    if let Some(reason) = renew(svc, key, epoch).await {
+                        return reason;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Renews the agent's claim; `Some(reason)` ends the link because another
+/// claim (a newer registration, here or on another node) superseded it.
+/// A directory that cannot answer keeps the link: the agent is here.
+async fn renew(svc: &LinkService, key: AgentKey, epoch: Epoch) -> Option<String> {
+    match svc.directory.renew(key, epoch).await {
+        Ok(true) => None,
+        Ok(false) => Some("the agent registered again elsewhere; this link is stale".into()),
+        Err(e) => {
+            tracing::warn!(agent = %key, error = %e, "cannot renew the agent's claim; keeping its link");
+            None
         }
     }
 }

@@ -7,13 +7,17 @@
 //! TLS handshake (a mismatch is one clear log line, K6), then runs one task
 //! per connection ([`connection`]): `Register` (identity by the agent's reported
 //! IP, not the socket address, K7; the claim checked against the agent's
-//! certificate and the identity's pin, `identity`), then heartbeats (K3)
+//! certificate and the identity's pin, `identity`; then the agent is
+//! claimed in the [`AgentDirectory`], which fences it with an epoch), then
+//! heartbeats (K3, renewing the claim)
 //! until the link ends or goes silent for `heartbeat_timeout`. Heartbeats
 //! reach the state store in batches ([`heartbeats`]). When a link ends the
-//! agent is marked offline and the alarm role is told (K4). Other roles send
-//! frames to an agent through
-//! [`LinkService::send_to`]; frames the link does not handle itself (task
-//! output and status) go to the [`AgentFrames`] handler another role sets.
+//! agent's claim is released, it is marked offline and the alarm role is
+//! told (K4). Other roles send frames to an agent through the
+//! [`Sender`](crate::cluster::sender::Sender), which finds the claim in the
+//! directory and hands frames for this node to [`LocalLink::deliver`];
+//! frames the link does not handle itself (task output and status) go to
+//! the [`AgentFrames`] handler another role sets.
 //! It does not dispatch tasks itself.
 
 mod advertise;
@@ -30,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
-use gse_core::seams::StateStore;
+use gse_core::seams::{AgentDirectory, Epoch, StateStore};
 use gse_core::tls::TlsFiles;
 use gse_link::{AcceptNames, Acceptor, AcceptorParts, ConnLimits};
 use gse_proto::{Frame, MsgFamily};
@@ -42,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use advertise::AgentPath;
 pub use config::LinkConfig;
 
+use crate::cluster::sender::{self, Delivery, LocalLink};
 use crate::role::alarm::AlarmService;
 
 /// Frames queued for one agent before `send_to` reports it busy.
@@ -52,6 +57,9 @@ pub(crate) struct Session {
     /// The connection's generation: unique per node run, so a disconnect
     /// or a task names the connection, not just the agent.
     conn_id: u64,
+    /// The agent's claim in the directory, made when it registered here:
+    /// what roles' deliveries and disconnects name.
+    epoch: Epoch,
     /// Boxed frames keep the channel's preallocated block small (tokio
     /// allocates a block of 32 slots per channel up front).
     tx: mpsc::Sender<Box<Frame>>,
@@ -84,19 +92,19 @@ struct FrameRoute {
 pub trait AgentFrames: Send + Sync {
     /// A frame from a registered agent, of a type the link does not handle.
     fn on_frame(&self, agent: AgentKey, frame: Frame);
-    /// The agent's connection `conn_id` ended or was replaced (the agent
-    /// may already be back on a newer one); only what was sent on that
-    /// connection is gone.
-    fn on_disconnect(&self, agent: AgentKey, conn_id: u64);
+    /// The agent's claim `ended` (its connection here ended or was
+    /// replaced; the agent may already be back on a newer one): only what
+    /// was delivered to that claim is gone.
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery);
 }
 
 /// Chooses the DataServer an agent sends its data to (D4); asked when an
 /// agent registers, for `RegisterAck.data_endpoint`. Moves later are sent
 /// by the assigner itself as `DataAssign` frames through [`LinkService::send_to`].
 pub trait DataAssigner: Send + Sync {
-    /// The `host:port` of the DataServer for `agent`, registering on the
-    /// connection `conn_id` over `path`; `""` when none is reachable for it.
-    fn assign(&self, agent: AgentKey, conn_id: u64, path: AgentPath) -> String;
+    /// The `host:port` of the DataServer for `agent`, registering under
+    /// the claim `held` over `path`; `""` when none is reachable for it.
+    fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath) -> String;
 }
 
 /// Why a frame could not be handed to an agent.
@@ -115,6 +123,8 @@ pub struct LinkService {
     /// Accepts connections up to their TLS handshake.
     acceptor: Arc<Acceptor>,
     store: Arc<dyn StateStore>,
+    /// Where agents are held: claimed at registration, released at the end.
+    directory: Arc<dyn AgentDirectory>,
     alarms: Option<Arc<AlarmService>>,
     /// What agents are told their parent is (A1 parent_ip).
     advertiser: advertise::Advertiser,
@@ -152,6 +162,8 @@ pub struct LinkParts {
     pub config: LinkConfig,
     pub tls_files: TlsFiles,
     pub store: Arc<dyn StateStore>,
+    /// The agent directory this node claims its agents in.
+    pub directory: Arc<dyn AgentDirectory>,
     pub alarms: Option<Arc<AlarmService>>,
     /// `node.advertise_ip`; unset: each agent is told the address it
     /// connected to.
@@ -188,6 +200,7 @@ impl LinkService {
             config: parts.config,
             acceptor,
             store: parts.store,
+            directory: parts.directory,
             alarms: parts.alarms,
             advertiser: advertise::Advertiser::new(parts.advertise_ip),
             sessions: Mutex::new(HashMap::new()),
@@ -217,10 +230,10 @@ impl LinkService {
 
     /// The DataServer endpoint for a registering agent; `""` when this node
     /// has none (the agent then uses its own `[data] servers`).
-    fn data_endpoint(&self, key: AgentKey, conn_id: u64, path: AgentPath) -> String {
+    fn data_endpoint(&self, key: AgentKey, epoch: Epoch, path: AgentPath) -> String {
         let assigner = self.data_assigner.read().clone();
         assigner
-            .map(|a| a.assign(key, conn_id, path))
+            .map(|a| a.assign(key, Delivery::of_claim(epoch), path))
             .unwrap_or_default()
     }
 
@@ -242,8 +255,8 @@ impl LinkService {
         }
     }
 
-    /// Tells every role that the agent's connection `conn_id` is gone.
-    fn notify_disconnect(&self, key: AgentKey, conn_id: u64) {
+    /// Tells every role that the agent's claim `epoch` here is gone.
+    fn notify_disconnect(&self, key: AgentKey, epoch: Epoch) {
         let handlers: Vec<_> = self
             .frames
             .read()
@@ -251,7 +264,7 @@ impl LinkService {
             .map(|r| r.handler.clone())
             .collect();
         for h in handlers {
-            h.on_disconnect(key, conn_id);
+            h.on_disconnect(key, Delivery::of_claim(epoch));
         }
     }
 
@@ -266,16 +279,6 @@ impl LinkService {
     /// How a connected agent reached this node.
     pub fn path(&self, key: AgentKey) -> Option<AgentPath> {
         self.sessions.lock().get(&key).map(|s| s.path)
-    }
-
-    /// Whether an agent is connected to this node now.
-    pub fn is_connected(&self, key: AgentKey) -> bool {
-        self.sessions.lock().contains_key(&key)
-    }
-
-    /// The id of the agent's current connection to this node, if any.
-    pub fn conn_id(&self, key: AgentKey) -> Option<u64> {
-        self.sessions.lock().get(&key).map(|s| s.conn_id)
     }
 
     /// A registration time for a new connection: now, but never equal to
@@ -314,19 +317,16 @@ impl LinkService {
         self.sessions.lock().len()
     }
 
-    /// Hands a frame to a connected agent's link; returns the id of the
-    /// connection it went on (see [`AgentFrames::on_disconnect`]).
-    pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
+    /// Hands a frame to whichever connection of the agent this node has
+    /// now, for the link's own concerns (the DataServer assignment, D4);
+    /// roles send through the [`Sender`](crate::cluster::sender::Sender).
+    pub fn send_to(&self, key: AgentKey, frame: Frame) -> Result<(), SendError> {
         let sessions = self.sessions.lock();
         let session = sessions.get(&key).ok_or(SendError::NotConnected(key))?;
-        session
-            .tx
-            .try_send(Box::new(frame))
-            .map(|()| session.conn_id)
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
-                mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
-            })
+        session.tx.try_send(Box::new(frame)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Busy(key),
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(key),
+        })
     }
 
     /// Records a new session for `key`, closing any older one it replaces
@@ -339,7 +339,7 @@ impl LinkService {
             // Whatever ran over the old link is gone with it (the agent
             // cancels its tasks when a link ends); what was already sent on
             // the new one is not.
-            self.notify_disconnect(key, old.conn_id);
+            self.notify_disconnect(key, old.epoch);
         }
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
     }
@@ -353,6 +353,32 @@ impl LinkService {
         }
         metrics::gauge!("gse_link_agents_connected").set(sessions.len() as f64);
         current
+    }
+}
+
+impl LocalLink for LinkService {
+    fn deliver(
+        &self,
+        agent: AgentKey,
+        epoch: Epoch,
+        frame: Frame,
+    ) -> Result<(), sender::SendError> {
+        let sessions = self.sessions.lock();
+        let session = sessions
+            .get(&agent)
+            .filter(|s| s.epoch == epoch)
+            .ok_or(sender::SendError::Stale(agent))?;
+        session.tx.try_send(Box::new(frame)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => sender::SendError::Busy {
+                agent,
+                queued: OUTBOUND_QUEUE,
+            },
+            mpsc::error::TrySendError::Closed(_) => sender::SendError::Stale(agent),
+        })
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes
     }
 }
 

@@ -10,6 +10,7 @@ use gse_proto::{Frame, MsgType};
 use super::ProcService;
 use super::codes::CODE_AGENT_ABNORMAL;
 use super::model::{Answer, EntryState};
+use crate::cluster::sender::Delivery;
 use crate::role::alarm::{Alarm, AlarmKind};
 use crate::role::link::AgentFrames;
 
@@ -33,14 +34,14 @@ impl AgentFrames for ProcService {
         }
     }
 
-    fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         for task in self.jobs.open_jobs() {
             {
                 let mut st = task.state.lock();
                 for e in st.entries.iter_mut() {
-                    if let EntryState::Sent { agent: a, conn, .. } = e.state
+                    if let EntryState::Sent { agent: a, held, .. } = e.state
                         && a == agent
-                        && conn == conn_id
+                        && held == ended
                     {
                         e.state = EntryState::done(Answer::new(
                             CODE_AGENT_ABNORMAL,

@@ -4,8 +4,9 @@
 //! Start at [`ProcService`]. [`ProcService::operate`] turns the operations
 //! of one `operate_proc_multi` call into a task ([`model`]) with one entry
 //! per (operation, agent) and puts it in the queue; [`ProcService::run`]
-//! dispatches queued tasks every `proc.dispatch_interval` (unknown or
-//! offline agents answer 117 there) and fails overdue entries; control
+//! dispatches queued tasks every `proc.dispatch_interval` through the
+//! node's [`Sender`] (unknown, offline or unreachable agents answer 117
+//! there) and fails overdue entries; control
 //! commands a dangerous-operation rule blocks are refused first
 //! ([`danger`]). Agents' results, status reports and alarms arrive through
 //! [`AgentFrames`] ([`frames`]); the last status each agent reported is kept in
@@ -39,9 +40,9 @@ pub use config::ProcConfig;
 pub use model::{Answer, OpRequest};
 pub use status::ProcView;
 
+use crate::cluster::sender::Sender;
 use crate::role::alarm::AlarmService;
 use crate::role::jobs::Ledger;
-use crate::role::task::{AgentLink, Dispatch};
 use codes::*;
 use model::{EntryState, ProcTask};
 
@@ -61,8 +62,8 @@ pub struct ProcParts {
     pub node_id: String,
     pub config: ProcConfig,
     pub store: Arc<dyn StateStore>,
-    /// This node's link, if it runs one.
-    pub link: Option<Arc<dyn AgentLink>>,
+    /// How frames reach agents, wherever they are held.
+    pub sender: Arc<Sender>,
     pub alarms: Option<Arc<AlarmService>>,
     /// The dangerous-operation rules control commands are checked against.
     pub danger: Arc<DangerPolicy>,
@@ -80,7 +81,7 @@ pub struct ProcService {
     node_id: String,
     config: ProcConfig,
     store: Arc<dyn StateStore>,
-    dispatch: Dispatch,
+    sender: Arc<Sender>,
     alarms: Option<Arc<AlarmService>>,
     danger: Arc<DangerPolicy>,
     /// Tasks in memory, those with entries sent and not answered (open),
@@ -97,7 +98,7 @@ pub struct ProcService {
 impl ProcService {
     pub fn new(parts: ProcParts) -> Arc<Self> {
         Arc::new(ProcService {
-            dispatch: Dispatch::new(parts.node_id.clone(), parts.link),
+            sender: parts.sender,
             node_id: parts.node_id,
             config: parts.config,
             store: parts.store,
@@ -182,48 +183,74 @@ impl ProcService {
             .map(|e| task.ops[e.op].targets[e.target].1.clone())
             .collect();
         let records = self.store.get_agents(&refs).await?;
-        let mut st = task.state.lock();
-        st.dispatched = true;
-        for (index, record) in records.into_iter().enumerate() {
-            let entry = &st.entries[index];
-            if entry.state != EntryState::Queued {
-                continue;
-            }
-            let op = &task.ops[entry.op];
-            let name = &op.targets[entry.target].0;
-            let outcome = match record {
-                None => Err(format!(
-                    "agent {name} is unknown to gse; check the agent id, or that the agent has registered"
-                )),
-                Some(rec) => self
-                    .dispatch
-                    .route(name, &rec)
-                    .and_then(|route| {
+        // What to send, read under the lock; the sends wait on the
+        // directory and the node link, so they run without it.
+        let mut sends = Vec::new();
+        {
+            let mut st = task.state.lock();
+            st.dispatched = true;
+            for (index, record) in records.into_iter().enumerate() {
+                let entry = &st.entries[index];
+                if entry.state != EntryState::Queued {
+                    continue;
+                }
+                let op = &task.ops[entry.op];
+                let name = op.targets[entry.target].0.clone();
+                match record {
+                    None => {
+                        let why = crate::role::task::unknown_agent(&name);
+                        st.entries[index].state =
+                            EntryState::done(Answer::new(CODE_AGENT_ABNORMAL, why));
+                    }
+                    Some(rec) => {
                         let frame =
                             Frame::new(MsgType::ProcOperate, 0, &operate_frame(task, index, op));
-                        self.dispatch.send(&route, name, rec.key, frame)
-                    })
-                    .map(|conn| (rec.key, conn))
-                    .map_err(|e| e.to_string()),
-            };
-            st.entries[index].state = match outcome {
-                Ok((agent, conn)) => EntryState::Sent {
-                    agent,
-                    conn,
-                    deadline: Instant::now() + self.answer_time(&op.spec),
-                },
-                Err(why) => EntryState::done(Answer::new(CODE_AGENT_ABNORMAL, why)),
-            };
+                        let deadline = Instant::now() + self.answer_time(&op.spec);
+                        sends.push((index, name, rec.key, frame, deadline));
+                    }
+                }
+            }
         }
-        let sent = st
-            .entries
-            .iter()
-            .any(|e| matches!(e.state, EntryState::Sent { .. }));
-        drop(st);
-        if sent {
-            self.jobs.open(task);
+        if sends.is_empty() {
+            return Ok(());
         }
+        // Open before the sends, so a disconnect during them is seen.
+        self.jobs.open(task);
+        for (index, name, key, frame, deadline) in sends {
+            let located = match self.sender.locate(key).await {
+                Ok(at) => at,
+                Err(e) => {
+                    self.settle(
+                        task,
+                        index,
+                        Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name)),
+                    );
+                    continue;
+                }
+            };
+            // Recorded before the send: a disconnect of that claim during
+            // the send finds the entry.
+            task.state.lock().entries[index].state = EntryState::Sent {
+                agent: key,
+                held: located.delivery(),
+                deadline,
+            };
+            if let Err(e) = self.sender.deliver(&located, frame).await {
+                self.settle(
+                    task,
+                    index,
+                    Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name)),
+                );
+            }
+        }
+        self.retire(task);
         Ok(())
+    }
+
+    /// Answers one entry that is still waiting (queued, or sent and not
+    /// answered) with `answer`.
+    fn settle(&self, task: &ProcTask, index: usize, answer: Answer) {
+        task.state.lock().close(index, None, answer);
     }
 
     /// How long an agent may take to answer an op with this spec.

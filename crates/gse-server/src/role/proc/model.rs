@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::codes::*;
+use crate::cluster::sender::Delivery;
 use crate::role::jobs::Job;
 
 /// One operation of `operate_proc_multi`, checked.
@@ -35,7 +36,8 @@ pub enum EntryState {
     Queued,
     Sent {
         agent: AgentKey,
-        conn: u64,
+        /// The agent's claim the op was delivered to.
+        held: Delivery,
         deadline: Instant,
     },
     Done(Answer),
@@ -240,7 +242,7 @@ mod tests {
         assert!(!st.close(0, Some(key), Answer::new(0, "ok")));
         st.entries[0].state = EntryState::Sent {
             agent: key,
-            conn: 1,
+            held: Delivery::of_claim(1),
             deadline: Instant::now(),
         };
         assert!(!st.close(0, Some(other), Answer::new(0, "ok")));

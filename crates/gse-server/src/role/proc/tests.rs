@@ -37,7 +37,7 @@ async fn harness() -> Harness {
             ..ProcConfig::default()
         },
         store: store.clone(),
-        link: Some(link.clone() as Arc<dyn AgentLink>),
+        sender: link.sender(),
         alarms: None,
         danger: Arc::new(gse_core::danger::DangerPolicy::builtin()),
     });
@@ -179,13 +179,16 @@ async fn a_lost_agent_fails_its_open_entries_with_117() {
     tokio::spawn(h.svc.clone().run(stop.clone()));
     wait_until(|| !h.link.sent.lock().is_empty()).await;
     // Another connection of the same agent ending changes nothing.
-    h.svc.on_disconnect(key("10.0.0.1"), 99);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(99));
     assert_eq!(
         h.svc.results(&id).unwrap().answers["0:10.0.0.1:nodeman:beat"].error_code,
         115
     );
-    h.svc
-        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::FIRST_CONN);
+    h.svc.on_disconnect(
+        key("10.0.0.1"),
+        crate::role::task::tests::held(crate::role::task::tests::FIRST_CONN),
+    );
     assert_eq!(
         h.svc.results(&id).unwrap().answers["0:10.0.0.1:nodeman:beat"].error_code,
         117

@@ -1,16 +1,18 @@
 //! Ending entries early: terminate (T8 cancel), agents whose link was
 //! replaced behind our back, and the deadline for agents that stay silent.
 //!
-//! Terminate is asynchronous, as bk-job expects: connected agents are sent
-//! `CancelTask` and report 126 themselves; entries whose agent is not
-//! connected are closed here at once with DISCARDED/126. A cancel that
-//! finds the agent's queue full is retried from the writer's tick.
+//! Terminate is asynchronous, as bk-job expects: agents held by any node
+//! are sent `CancelTask` through the sender and report 126 themselves;
+//! entries whose agent is offline are closed here at once with
+//! DISCARDED/126; an agent whose node cannot be reached is closed with that
+//! error (the work may still run there). A cancel that finds the agent's
+//! queue full, or the directory down, is retried from the writer's tick.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gse_core::{AgentKey, AgentRef};
+use gse_core::AgentKey;
 
 use gse_core::task::{ERR_AGENT_DOWN, ERR_TERMINATED, STATUS_DISCARDED, STATUS_FAILED};
 use gse_proto::link::CancelTask;
@@ -19,7 +21,7 @@ use gse_proto::{Frame, MsgType};
 use super::model::LiveTask;
 use super::spec::TargetName;
 use super::{TaskError, TaskService};
-use crate::role::link::SendError;
+use crate::cluster::sender::{Delivery, SendError};
 
 /// How long a cancel that finds its agent's queue full is retried (longer
 /// than a stuck link takes to be closed, which closes the entries).
@@ -33,8 +35,12 @@ enum Cancel {
     Sent,
     /// The agent's queue is full; retried from the writer.
     Busy,
-    /// The agent cannot be told: nothing more runs there.
+    /// The agent is offline, or its connection ended: nothing more runs
+    /// there.
     NotConnected,
+    /// The agent is held somewhere this node cannot reach (the per-host
+    /// error): the work may go on there.
+    Unreachable(String),
 }
 
 /// A cancel waiting for room in its agent's queue.
@@ -80,7 +86,7 @@ impl TaskService {
                 self.close_unreachable(&task, target);
                 continue;
             };
-            match self.cancel_on(&task, target, key) {
+            match self.cancel_on(&task, target, key).await {
                 Cancel::Sent => cancelled += 1,
                 Cancel::Busy => {
                     pending += 1;
@@ -94,6 +100,7 @@ impl TaskService {
                         });
                 }
                 Cancel::NotConnected => self.close_unreachable(&task, target),
+                Cancel::Unreachable(why) => self.close_uncancelled(&task, target, &why),
             }
         }
         tracing::info!(task_id, cancelled, pending, "task terminate requested");
@@ -111,15 +118,19 @@ impl TaskService {
         );
     }
 
+    /// Closes a target whose agent could not be told to stop because its
+    /// node is out of reach: the error says so, and that it may still run.
+    fn close_uncancelled(&self, task: &Arc<LiveTask>, target: u32, why: &str) {
+        let msg = format!("terminate requested, but {why}; the task may still run there");
+        self.close_target(task, target, STATUS_FAILED, ERR_AGENT_DOWN, &msg);
+    }
+
     fn target_unfinished(&self, task: &LiveTask, target: u32) -> bool {
         task.target_unfinished(&task.state.lock(), target)
     }
 
-    /// Sends `CancelTask` to a connected agent.
-    fn cancel_on(&self, task: &LiveTask, target: u32, key: AgentKey) -> Cancel {
-        if !self.dispatch.is_local(key) {
-            return Cancel::NotConnected;
-        }
+    /// Sends `CancelTask` to the agent, wherever it is held.
+    async fn cancel_on(&self, task: &LiveTask, target: u32, key: AgentKey) -> Cancel {
         let frame = Frame::new(
             MsgType::CancelTask,
             0,
@@ -127,20 +138,21 @@ impl TaskService {
                 task_id: task.id.clone(),
             },
         );
-        match self.dispatch.send_local(key, frame) {
+        let name = &task.targets[target as usize].bk_agent_id;
+        match self.sender.send(key, frame).await {
             Ok(_) => Cancel::Sent,
-            Err(e @ SendError::Busy(_)) => {
-                let name = &task.targets[target as usize].bk_agent_id;
+            Err(e) if e.is_transient() => {
                 tracing::debug!(task_id = %task.id, agent = %name, error = %e, "cannot send CancelTask yet; will retry");
                 Cancel::Busy
             }
-            Err(SendError::NotConnected(_)) => Cancel::NotConnected,
+            Err(SendError::Offline(_) | SendError::Stale(_)) => Cancel::NotConnected,
+            Err(e) => Cancel::Unreachable(e.for_host(name)),
         }
     }
 
     /// Sends the cancels that found their agent's queue full again; the
     /// agent reports 126 itself once one arrives. Called every writer tick.
-    pub(super) fn retry_cancels(&self, now: Instant) {
+    pub(super) async fn retry_cancels(&self, now: Instant) {
         let due = {
             let mut cancels = self.cancels.lock();
             if cancels.is_empty() {
@@ -152,11 +164,12 @@ impl TaskService {
             if !self.target_unfinished(&p.task, target) {
                 continue;
             }
-            match self.cancel_on(&p.task, target, p.key) {
+            match self.cancel_on(&p.task, target, p.key).await {
                 Cancel::Sent => {
                     tracing::info!(task_id, target, "task cancel sent after a retry")
                 }
                 Cancel::NotConnected => self.close_unreachable(&p.task, target),
+                Cancel::Unreachable(why) => self.close_uncancelled(&p.task, target, &why),
                 Cancel::Busy if now.saturating_duration_since(p.since) >= CANCEL_RETRY_FOR => {
                     let name = &p.task.targets[target as usize].bk_agent_id;
                     tracing::error!(task_id, agent = %name, "could not send CancelTask within {}: the agent's link stays full; the task keeps running there", humantime::format_duration(CANCEL_RETRY_FOR));
@@ -214,66 +227,41 @@ impl TaskService {
         }
     }
 
-    /// Closes running entries whose agent is no longer on the connection
-    /// they were sent on: the agent killed that work when that link broke,
-    /// but its end was not seen here (a newer connection replaced it, or
-    /// the agent moved to another node before the old link timed out).
-    /// Compares connection ids, not times: a task sent on the newer
-    /// connection keeps running, however its creation and the agent's
+    /// Closes running entries whose agent no longer has the claim they
+    /// were delivered to: the agent killed that work when that link broke,
+    /// but its end was not seen here (a newer connection replaced it, on
+    /// this node or another, before the old link timed out, or the node
+    /// that held it died). Asks the directory, the one authority on where
+    /// an agent is, and compares claims, not times: a task delivered under
+    /// the newer claim keeps running, however its creation and the agent's
     /// registration interleaved.
     pub(super) async fn close_relinked(&self) {
         let active = self.jobs.open_jobs();
-        let mut watched: HashMap<AgentKey, Vec<(Arc<LiveTask>, u32)>> = HashMap::new();
+        let mut current: HashMap<AgentKey, Option<Delivery>> = HashMap::new();
         for task in &active {
             for (&key, &target) in &task.by_agent {
-                let state = task.state.lock();
-                // Not sent yet: the send itself finds out where the agent is.
-                let Some(&conn_id) = state.sent_on.get(&target) else {
-                    continue;
+                let sent = {
+                    let state = task.state.lock();
+                    // Not sent yet: the send itself finds out where the agent is.
+                    match state.sent_on.get(&target) {
+                        Some(&d) if task.target_unfinished(&state, target) => d,
+                        _ => continue,
+                    }
                 };
-                if !task.target_unfinished(&state, target) {
-                    continue;
-                }
-                drop(state);
-                if self.dispatch.local_conn(key) != Some(conn_id) {
+                let now = match current.get(&key) {
+                    Some(now) => *now,
+                    None => match self.sender.current(key).await {
+                        Ok(now) => *current.entry(key).or_insert(now),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot check task agents' claims; will try again");
+                            return;
+                        }
+                    },
+                };
+                if now != Some(sent) {
                     self.close_target(
                         task,
                         target,
-                        STATUS_FAILED,
-                        ERR_AGENT_DOWN,
-                        "agent lost its connection during the task",
-                    );
-                } else {
-                    watched.entry(key).or_default().push((task.clone(), target));
-                }
-            }
-        }
-        if watched.is_empty() {
-            return;
-        }
-        let keys: Vec<AgentKey> = watched.keys().copied().collect();
-        let refs: Vec<AgentRef> = keys.iter().map(|k| AgentRef::Key(*k)).collect();
-        let records = match self.store.get_agents(&refs).await {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot check task agents' links; will try again");
-                return;
-            }
-        };
-        for (key, record) in keys.iter().zip(records) {
-            // Still connected here, but registered on another node after
-            // the task was sent: the agent keeps one link, so the one here
-            // is dead. (Another node's connection has no id comparable to
-            // ours; its time is what there is. A record of the other node
-            // from before the task is an older link, not a move.)
-            let Some(r) = record.filter(|r| r.alive && r.node_id != self.node_id) else {
-                continue;
-            };
-            for (task, target) in &watched[key] {
-                if r.connected_at_ms > task.created_ms {
-                    self.close_target(
-                        task,
-                        *target,
                         STATUS_FAILED,
                         ERR_AGENT_DOWN,
                         "agent lost its connection during the task",

@@ -4,10 +4,14 @@
 //! Every target gets its entries at once (bk-job fails a task whose result
 //! stays empty): dispatched ones `STATUS_DISPATCHED`/115, the others final
 //! with the reason (117 unknown/offline/unreachable, 118 blocked, 101 for
-//! what we cannot run). The task is registered before any frame goes out,
-//! and each target's connection is recorded as its frame is sent, so an
-//! agent that drops right after its send is still seen by `on_disconnect`
-//! (which closes only what went on the connection that ended).
+//! what we cannot run). Each target is located through the [`Sender`]
+//! (the agent directory says where it is held, on this node or another);
+//! the task is registered before any frame goes out, and each target's
+//! delivery is recorded before its frame is sent, so an agent that drops
+//! during its send is still seen by `on_disconnect` (which closes only what
+//! was delivered to the claim that ended).
+//!
+//! [`Sender`]: crate::cluster::sender::Sender
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,11 +27,11 @@ use gse_core::task::{
 use gse_proto::link::{AtomicTask, RunScript, ScriptFile};
 use gse_proto::{Frame, MsgType};
 
-use super::dispatch::Route;
 use super::guard::{self, Findings};
 use super::model::{Entry, LiveTask, TargetIndex, TaskState, Update};
 use super::spec::{ScriptTaskSpec, TargetSpec};
-use super::{TaskError, TaskService, metrics};
+use super::{TaskError, TaskService, metrics, unknown_agent};
+use crate::cluster::sender::Located;
 
 /// Time an agent has beyond the timeouts of the atomic tasks it has left
 /// (counted from when it reports one running) to report a final status
@@ -45,8 +49,8 @@ const USER_KEY: u8 = (4 << 3) | 2;
 
 /// How one target starts.
 enum Start {
-    /// Send it the task along this route.
-    Send(Route, AgentKey),
+    /// Send it the task where it is held.
+    Send(Located),
     /// Final at once: (error_code, error_msg).
     Fail(i32, String),
 }
@@ -66,10 +70,10 @@ impl TaskService {
         let refs: Vec<_> = spec.targets.iter().map(|t| t.agent.clone()).collect();
         let records = self.store.get_agents(&refs).await?;
 
-        let starts = self.plan(&spec, &records, &findings);
+        let starts = self.plan(&spec, &records, &findings).await;
         let task = self.build(&task_id, &spec, &records, &starts);
         self.register(&task);
-        let sent = self.send_all(&task, &spec, &starts, &frames);
+        let sent = self.send_all(&task, &spec, starts, &frames).await;
 
         let names: Vec<String> = spec.targets.iter().map(|t| t.bk_agent_id.clone()).collect();
         guard::raise(
@@ -134,7 +138,7 @@ impl TaskService {
         let base = Frame::new(MsgType::RunScript, 0, &msg).body;
         let users: std::collections::HashSet<&str> =
             spec.targets.iter().map(|t| t.user.as_str()).collect();
-        let limit = self.dispatch.max_frame_bytes();
+        let limit = self.sender.max_frame_bytes();
         let mut largest = 0;
         let mut total = 0usize;
         for user in &users {
@@ -171,7 +175,7 @@ impl TaskService {
     }
 
     /// How each target starts, in target order.
-    fn plan(
+    async fn plan(
         &self,
         spec: &ScriptTaskSpec,
         records: &[Option<AgentRecord>],
@@ -185,18 +189,15 @@ impl TaskService {
                     ERR_DANGER_BLOCKED,
                     format!("blocked before dispatch: {}", f.describe()),
                 ),
-                (None, None) => Start::Fail(
-                    ERR_AGENT_DOWN,
-                    super::Unreachable::Unknown(target.bk_agent_id.clone()).to_string(),
-                ),
-                (None, Some(rec)) => self.plan_known(target, rec, &mut first_name),
+                (None, None) => Start::Fail(ERR_AGENT_DOWN, unknown_agent(&target.bk_agent_id)),
+                (None, Some(rec)) => self.plan_known(target, rec, &mut first_name).await,
             };
             starts.push(start);
         }
         starts
     }
 
-    fn plan_known<'a>(
+    async fn plan_known<'a>(
         &self,
         target: &'a TargetSpec,
         rec: &AgentRecord,
@@ -221,9 +222,9 @@ impl TaskService {
             );
         }
         first_name.insert(rec.key, &target.bk_agent_id);
-        match self.dispatch.route(&target.bk_agent_id, rec) {
-            Ok(route) => Start::Send(route, rec.key),
-            Err(why) => Start::Fail(ERR_AGENT_DOWN, why.to_string()),
+        match self.sender.locate(rec.key).await {
+            Ok(at) => Start::Send(at),
+            Err(why) => Start::Fail(ERR_AGENT_DOWN, why.for_host(&target.bk_agent_id)),
         }
     }
 
@@ -248,8 +249,8 @@ impl TaskService {
         let mut by_agent = HashMap::new();
         for (i, start) in starts.iter().enumerate() {
             let first = match start {
-                Start::Send(_, key) => {
-                    by_agent.insert(*key, i as u32);
+                Start::Send(at) => {
+                    by_agent.insert(at.agent(), i as u32);
                     Entry::new(STATUS_DISPATCHED, ERR_RUNNING, String::new())
                 }
                 Start::Fail(code, msg) => Entry::failed(*code, msg.clone(), now),
@@ -299,16 +300,16 @@ impl TaskService {
 
     /// Sends every dispatched target its frame; a failed send closes the
     /// target's entries with the reason. Returns how many were sent.
-    fn send_all(
+    async fn send_all(
         &self,
         task: &Arc<LiveTask>,
         spec: &ScriptTaskSpec,
-        starts: &[Start],
+        starts: Vec<Start>,
         frames: &HashMap<String, Bytes>,
     ) -> usize {
         let mut sent = 0;
         for (i, (target, start)) in spec.targets.iter().zip(starts).enumerate() {
-            let Start::Send(route, key) = start else {
+            let Start::Send(at) = start else {
                 continue;
             };
             let Some(body) = frames.get(&target.user) else {
@@ -319,26 +320,21 @@ impl TaskService {
                 stream_id: 0,
                 body: body.clone(),
             };
-            // The connection is recorded under the task's lock, so a
-            // disconnect of it (which closes targets under the same lock)
-            // cannot come between the send and the record.
-            let outcome = {
-                let mut state = task.state.lock();
-                let outcome = self.dispatch.send(route, &target.bk_agent_id, *key, frame);
-                if let Ok(conn_id) = outcome {
-                    state.sent_on.insert(i as u32, conn_id);
-                }
-                outcome
-            };
-            match outcome {
+            // The delivery is recorded before the send, so a disconnect of
+            // that claim during the send finds it and closes the target.
+            task.state.lock().sent_on.insert(i as u32, at.delivery());
+            match self.sender.deliver(&at, frame).await {
                 Ok(_) => sent += 1,
-                Err(why) => self.close_target(
-                    task,
-                    i as u32,
-                    STATUS_FAILED,
-                    ERR_AGENT_DOWN,
-                    &why.to_string(),
-                ),
+                Err(why) => {
+                    task.state.lock().sent_on.remove(&(i as u32));
+                    self.close_target(
+                        task,
+                        i as u32,
+                        STATUS_FAILED,
+                        ERR_AGENT_DOWN,
+                        &why.for_host(&target.bk_agent_id),
+                    )
+                }
             }
         }
         sent

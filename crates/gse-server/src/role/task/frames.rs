@@ -16,6 +16,7 @@ use gse_proto::{Frame, MsgType};
 use super::TaskService;
 use super::create::DEADLINE_GRACE;
 use super::model::Update;
+use crate::cluster::sender::Delivery;
 use crate::role::link::AgentFrames;
 
 /// Highest valid `status` (STATUS_FAILED); anything above is a bad frame.
@@ -40,14 +41,14 @@ impl AgentFrames for TaskService {
         }
     }
 
-    fn on_disconnect(&self, agent: AgentKey, conn_id: u64) {
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         let active = self.jobs.open_jobs();
         for task in active {
             let Some(&target) = task.by_agent.get(&agent) else {
                 continue;
             };
-            // Sent on a newer connection (or not sent yet): still running.
-            let sent_here = task.state.lock().sent_on.get(&target) == Some(&conn_id);
+            // Sent under a newer claim (or not sent yet): still running.
+            let sent_here = task.state.lock().sent_on.get(&target) == Some(&ended);
             if sent_here {
                 self.close_target(
                     &task,

@@ -4,7 +4,8 @@
 //! Start at [`TaskService`]. [`TaskService::start_script`] checks the
 //! dangerous-operation rules ([`guard`]), lists every target at once (unknown
 //! or offline agents fail there with 117) and hands each reachable agent one
-//! `RunScript` through the route step ([`dispatch`]). Agents' `TaskOutput` and
+//! `RunScript` through the node's [`Sender`], wherever the agent is held
+//! (this role never sees connections or nodes). Agents' `TaskOutput` and
 //! `TaskStatus` frames arrive through [`AgentFrames`] ([`frames`]); polls and
 //! terminate are in [`query`] and [`control`]. Live tasks are kept in memory
 //! ([`model`]) in the job engine's ledger ([`crate::role::jobs`]), whose
@@ -15,7 +16,6 @@
 pub mod config;
 mod control;
 mod create;
-pub mod dispatch;
 mod frames;
 pub(crate) mod guard;
 mod metrics;
@@ -36,12 +36,18 @@ use gse_core::seams::{StateStore, StoreError};
 use parking_lot::Mutex;
 
 pub use config::TaskConfig;
-pub use dispatch::{AgentLink, Dispatch, Route, Unreachable};
 pub use query::{EntryView, MAX_ANSWER_SCREEN_BYTES};
 
+use crate::cluster::sender::Sender;
 use crate::role::alarm::AlarmService;
 use crate::role::jobs::{self, Ledger};
 use model::{Effect, LiveTask, TaskState};
+
+/// The per-host error of a target no agent record matches (task, file and
+/// proc roles alike).
+pub fn unknown_agent(name: &str) -> String {
+    format!("agent {name} is unknown to gse; check the agent id, or that the agent has registered")
+}
 
 /// Why a task call failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +86,8 @@ pub struct TaskParts {
     pub node_id: String,
     pub config: TaskConfig,
     pub store: Arc<dyn StateStore>,
-    /// This node's link, if it runs one.
-    pub link: Option<Arc<dyn AgentLink>>,
+    /// How frames reach agents, wherever they are held.
+    pub sender: Arc<Sender>,
     pub danger_rules: Vec<DangerRuleSpec>,
     pub alarms: Option<Arc<AlarmService>>,
 }
@@ -91,7 +97,7 @@ pub struct TaskService {
     node_id: String,
     config: TaskConfig,
     store: Arc<dyn StateStore>,
-    dispatch: Dispatch,
+    sender: Arc<Sender>,
     danger: Arc<DangerPolicy>,
     alarms: Option<Arc<AlarmService>>,
     /// Tasks in memory, those with unfinished entries, and those with
@@ -120,7 +126,7 @@ impl TaskService {
     fn new(parts: TaskParts) -> Result<Arc<Self>, TaskStartError> {
         let danger = Arc::new(DangerPolicy::new(&parts.danger_rules)?);
         Ok(Arc::new(TaskService {
-            dispatch: Dispatch::new(parts.node_id.clone(), parts.link),
+            sender: parts.sender,
             node_id: parts.node_id,
             config: parts.config,
             store: parts.store,

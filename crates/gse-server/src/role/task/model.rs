@@ -16,6 +16,7 @@ use gse_core::seams::state_store::{
 use gse_core::task::{STATUS_FAILED, is_final};
 use parking_lot::Mutex;
 
+use crate::cluster::sender::Delivery;
 pub(crate) use crate::role::jobs::Effect;
 use crate::role::jobs::{Book, Job, Resident, Standing};
 
@@ -110,10 +111,10 @@ pub(crate) struct TaskState {
     pub run_deadlines: HashMap<u32, Instant>,
     /// No target's deadline is before this (rechecked when reached).
     pub next_check: Instant,
-    /// The link connection each target's task was sent on: only that
-    /// connection ending closes the target (the agent may already run it
-    /// on a newer one). Set while holding this lock, as the frame is sent.
-    pub sent_on: HashMap<u32, u64>,
+    /// The claim of its agent each target's task was delivered to: only
+    /// that claim ending closes the target (the agent may already run it
+    /// under a newer one). Recorded before the frame is sent.
+    pub sent_on: HashMap<u32, Delivery>,
     /// Bytes of all entries' logs held in memory.
     pub log_bytes: usize,
     output_cap: usize,

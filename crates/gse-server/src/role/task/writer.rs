@@ -117,7 +117,7 @@ impl JobKind for TaskService {
     }
 
     async fn round(&self, now: Instant, due: Due) {
-        self.retry_cancels(now);
+        self.retry_cancels(now).await;
         if due.second {
             self.close_overdue(now);
         }

@@ -19,10 +19,10 @@ async fn a_manifest_sends_every_target_its_file_start() {
     s.tasks[0].target.permission = 0o640;
     s.tasks[0].targets[1].user = "app".into();
     let id = h.start(s).await;
-    let token = h.link.manifest_requests()[0].1.token.clone();
-    h.manifest("10.0.0.1", &id, 0);
+    let token = h.link.manifest_requests().await[0].1.token.clone();
+    h.manifest("10.0.0.1", &id, 0).await;
 
-    let mut starts = h.link.starts();
+    let mut starts = h.link.starts().await;
     starts.sort_by_key(|(k, _)| *k);
     assert_eq!(starts.len(), 2);
     let (to, fs) = &starts[0];
@@ -75,15 +75,15 @@ async fn the_task_owner_wins_over_agent_users() {
     s.tasks[0].target.owner = "www:www".into();
     s.tasks[0].targets[0].user = "app".into();
     let id = h.start(s).await;
-    h.manifest("10.0.0.1", &id, 0);
-    assert_eq!(h.link.starts()[0].1.owner, "www:www");
+    h.manifest("10.0.0.1", &id, 0).await;
+    assert_eq!(h.link.starts().await[0].1.owner, "www:www");
 }
 
 #[tokio::test]
 async fn a_targets_fallback_reason_is_kept_and_shown_in_its_status() {
     let h = harness().await;
     let id = h.start(spec("0:10.0.0.1", &["0:10.0.0.2"])).await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     let why = "source 0:10.0.0.1 at 10.0.0.1:20020 unreachable over P2P: connect timed out";
     let running = FileProgress {
         done_bytes: 10,
@@ -98,7 +98,8 @@ async fn a_targets_fallback_reason_is_kept_and_shown_in_its_status() {
         ProgressSide::SideDownload,
         FileState::FileRunning,
         running,
-    );
+    )
+    .await;
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!(e.p2p_fallback, why);
     assert!(
@@ -108,7 +109,7 @@ async fn a_targets_fallback_reason_is_kept_and_shown_in_its_status() {
     );
     assert!(e.status_info.ends_with(why), "{}", e.status_info);
     // A later report without it does not erase it; the final status says it.
-    h.done("10.0.0.2", &id);
+    h.done("10.0.0.2", &id).await;
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!((e.error_code, e.p2p_fallback.as_str()), (ERR_NONE, why));
     assert_eq!(
@@ -123,7 +124,7 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
     let id = h
         .start(spec("0:10.0.0.1", &["0:10.0.0.2", "0:10.0.0.3"]))
         .await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     h.link.sent.lock().clear();
 
     let running = FileProgress {
@@ -142,7 +143,8 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         ProgressSide::SideDownload,
         FileState::FileRunning,
         running,
-    );
+    )
+    .await;
     let upload = FileProgress {
         bytes_per_s: 10240,
         ..FileProgress::default()
@@ -153,7 +155,8 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         ProgressSide::SideUpload,
         FileState::FileRunning,
         upload,
-    );
+    )
+    .await;
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!(
         (e.status, e.error_code, e.progress, e.speed_kbps),
@@ -168,7 +171,7 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         "upload: its speed, its downloads' mean progress"
     );
 
-    h.done("10.0.0.2", &id);
+    h.done("10.0.0.2", &id).await;
     let failed = FileProgress {
         error_code: 704,
         error_message: "cannot write /tmp/dst/a.txt: disk full; free space and retry".into(),
@@ -180,7 +183,8 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         ProgressSide::SideDownload,
         FileState::FileFailed,
         failed,
-    );
+    )
+    .await;
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!(
         (e.status, e.error_code, e.progress, e.speed_kbps),
@@ -197,7 +201,7 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         (STATUS_SUCCESS, ERR_NONE, 100)
     );
 
-    let mut cancels = h.link.cancels();
+    let mut cancels = h.link.cancels().await;
     cancels.sort_by_key(|(k, _)| *k);
     let to: Vec<AgentKey> = cancels.iter().map(|(k, _)| *k).collect();
     assert_eq!(to, [key("10.0.0.1"), key("10.0.0.2"), key("10.0.0.3")]);
@@ -215,7 +219,8 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
         ProgressSide::SideDownload,
         FileState::FileFailed,
         FileProgress::default(),
-    );
+    )
+    .await;
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_NONE);
 }
 
@@ -223,14 +228,15 @@ async fn progress_fills_entries_and_the_upload_ends_with_its_downloads() {
 async fn unknown_failure_codes_are_701_and_never_success() {
     let h = harness().await;
     let id = h.start(spec("0:10.0.0.1", &["0:10.0.0.2"])).await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     h.progress(
         "10.0.0.2",
         &id,
         ProgressSide::SideDownload,
         FileState::FileFailed,
         FileProgress::default(),
-    );
+    )
+    .await;
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!(e.error_code, ERR_TRANSFER_FAILED);
     assert!(e.error_msg.contains("without a message"), "{}", e.error_msg);
@@ -250,9 +256,11 @@ async fn a_manifest_error_fails_the_task_with_the_sources_code() {
         ..FileManifest::default()
     };
     // Only the source may answer.
-    h.frame("10.0.0.2", Frame::new(MsgType::FileManifest, 0, &m));
+    h.frame("10.0.0.2", Frame::new(MsgType::FileManifest, 0, &m))
+        .await;
     assert_eq!(h.upload(&id).await.error_code, ERR_RUNNING);
-    h.frame("10.0.0.1", Frame::new(MsgType::FileManifest, 0, &m));
+    h.frame("10.0.0.1", Frame::new(MsgType::FileManifest, 0, &m))
+        .await;
     for e in h.results(&id).await {
         assert_eq!(
             (e.status, e.error_code),
@@ -261,8 +269,8 @@ async fn a_manifest_error_fails_the_task_with_the_sources_code() {
         );
         assert!(e.error_msg.contains("/data/a.txt does not exist"));
     }
-    assert!(h.link.starts().is_empty());
-    let cancels = h.link.cancels();
+    assert!(h.link.starts().await.is_empty());
+    let cancels = h.link.cancels().await;
     assert!(cancels.iter().any(|(k, _)| *k == key("10.0.0.1")));
 }
 
@@ -272,9 +280,9 @@ async fn an_agent_named_twice_gets_one_file_start_and_both_entries_move() {
     let id = h
         .start(spec("0:10.0.0.1", &["0:10.0.0.2", "id-10.0.0.2"]))
         .await;
-    h.manifest("10.0.0.1", &id, 0);
-    assert_eq!(h.link.starts().len(), 1);
-    h.done("10.0.0.2", &id);
+    h.manifest("10.0.0.1", &id, 0).await;
+    assert_eq!(h.link.starts().await.len(), 1);
+    h.done("10.0.0.2", &id).await;
     let all = h.results(&id).await;
     assert!(all.iter().all(|e| e.error_code == ERR_NONE), "{all:?}");
     assert_eq!(
@@ -292,7 +300,7 @@ async fn f8_707_an_isolated_zone_fails_with_what_to_do() {
     let id = h
         .start(spec("0:10.0.0.1", &["0:10.0.0.2", "0:10.0.0.3"]))
         .await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     let e = h.download(&id, "10.0.0.3").await;
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_ZONE_REFUSED));
     assert!(
@@ -301,7 +309,7 @@ async fn f8_707_an_isolated_zone_fails_with_what_to_do() {
         "{}",
         e.error_msg
     );
-    let starts = h.link.starts();
+    let starts = h.link.starts().await;
     assert_eq!(starts.len(), 1);
     assert_eq!(starts[0].0, key("10.0.0.2"));
 }
@@ -324,8 +332,8 @@ async fn f8_a_zone_chain_relay_carries_the_files_into_its_zone() {
         relays: vec![agent("0:10.0.0.5")],
     }];
     let id = h.start(s).await;
-    h.manifest("10.0.0.1", &id, 0);
-    let starts: HashMap<AgentKey, FileStart> = h.link.starts().into_iter().collect();
+    h.manifest("10.0.0.1", &id, 0).await;
+    let starts: HashMap<AgentKey, FileStart> = h.link.starts().await.into_iter().collect();
     assert_eq!(starts.len(), 4);
     let relay = &starts[&key("10.0.0.5")];
     assert_eq!(relay.role, FileRole::RoleRelay as i32);
@@ -354,7 +362,8 @@ async fn f8_a_zone_chain_relay_carries_the_files_into_its_zone() {
         ProgressSide::SideDownload,
         FileState::FileFailed,
         FileProgress::default(),
-    );
+    )
+    .await;
     assert!(
         h.results(&id)
             .await
@@ -380,8 +389,8 @@ async fn f9_a_pass_through_lets_the_zone_fetch_from_the_source() {
         to_zone: "b".into(),
     }];
     let id = h.start(s).await;
-    h.manifest("10.0.0.1", &id, 0);
-    let starts = h.link.starts();
+    h.manifest("10.0.0.1", &id, 0).await;
+    let starts = h.link.starts().await;
     assert_eq!(starts.len(), 1);
     assert!(starts[0].1.peers[0].is_source);
 }
@@ -393,7 +402,7 @@ async fn a_119_when_the_manifest_does_not_fit_one_frame() {
     let id = h
         .start(spec("0:10.0.0.1", &["0:10.0.0.2", "0:10.0.0.3"]))
         .await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     for e in h.results(&id).await {
         assert_eq!(e.error_code, ERR_TOO_LARGE, "{e:?}");
         assert!(
@@ -402,7 +411,7 @@ async fn a_119_when_the_manifest_does_not_fit_one_frame() {
             e.error_msg
         );
     }
-    assert!(h.link.starts().is_empty());
+    assert!(h.link.starts().await.is_empty());
 }
 
 #[tokio::test]
@@ -412,7 +421,7 @@ async fn a_target_gone_before_its_file_start_fails_with_117() {
         .start(spec("0:10.0.0.1", &["0:10.0.0.2", "0:10.0.0.3"]))
         .await;
     h.link.disconnect("10.0.0.3");
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     let e = h.download(&id, "10.0.0.3").await;
     assert_eq!(e.error_code, ERR_AGENT_DOWN);
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_RUNNING);

@@ -20,7 +20,7 @@ fn name(n: &str) -> AgentName {
 async fn running(targets: &[&str]) -> (Harness, String) {
     let h = harness().await;
     let id = h.start(spec("0:10.0.0.1", targets)).await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     h.link.sent.lock().clear();
     (h, id)
 }
@@ -28,7 +28,7 @@ async fn running(targets: &[&str]) -> (Harness, String) {
 #[tokio::test]
 async fn terminate_all_marks_126_at_once_and_cancels_everyone() {
     let (h, id) = running(&["0:10.0.0.2", "0:10.0.0.3"]).await;
-    h.done("10.0.0.3", &id);
+    h.done("10.0.0.3", &id).await;
     h.svc.terminate(&id, None).await.unwrap();
     let all = h.results(&id).await;
     assert_eq!(
@@ -46,6 +46,7 @@ async fn terminate_all_marks_126_at_once_and_cancels_everyone() {
     let mut to: Vec<AgentKey> = h
         .link
         .cancels()
+        .await
         .into_iter()
         .map(|(k, c)| {
             assert_eq!(
@@ -59,7 +60,7 @@ async fn terminate_all_marks_126_at_once_and_cancels_everyone() {
     assert_eq!(to, [key("10.0.0.1"), key("10.0.0.2"), key("10.0.0.3")]);
     // Terminating again, or after the end, is accepted and does nothing.
     h.svc.terminate(&id, None).await.unwrap();
-    assert!(h.link.cancels().is_empty());
+    assert!(h.link.cancels().await.is_empty());
 }
 
 #[tokio::test]
@@ -72,7 +73,7 @@ async fn terminate_one_target_stops_only_its_download() {
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_TERMINATED);
     assert_eq!(h.download(&id, "10.0.0.3").await.error_code, ERR_RUNNING);
     assert_eq!(h.upload(&id).await.error_code, ERR_RUNNING);
-    let cancels = h.link.cancels();
+    let cancels = h.link.cancels().await;
     assert_eq!(cancels.len(), 1);
     assert_eq!(cancels[0].0, key("10.0.0.2"));
 
@@ -115,9 +116,13 @@ async fn unknown_transfers_are_not_found() {
 async fn a_target_going_offline_fails_its_download_with_117() {
     let (h, id) = running(&["0:10.0.0.2", "0:10.0.0.3"]).await;
     // A connection the FileStart did not go on changes nothing.
-    h.svc.on_disconnect(key("10.0.0.2"), FIRST_CONN + 1);
+    h.svc.on_disconnect(
+        key("10.0.0.2"),
+        crate::role::task::tests::held(FIRST_CONN + 1),
+    );
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_RUNNING);
-    h.svc.on_disconnect(key("10.0.0.2"), FIRST_CONN);
+    h.svc
+        .on_disconnect(key("10.0.0.2"), crate::role::task::tests::held(FIRST_CONN));
     let e = h.download(&id, "10.0.0.2").await;
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
     assert_eq!(e.error_msg, "agent went offline mid-transfer");
@@ -127,7 +132,8 @@ async fn a_target_going_offline_fails_its_download_with_117() {
 #[tokio::test]
 async fn a_source_going_offline_mid_transfer_ends_only_its_upload() {
     let (h, id) = running(&["0:10.0.0.2"]).await;
-    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(FIRST_CONN));
     let up = h.upload(&id).await;
     assert_eq!(up.error_code, ERR_AGENT_DOWN);
     assert!(
@@ -136,7 +142,7 @@ async fn a_source_going_offline_mid_transfer_ends_only_its_upload() {
         up.error_msg
     );
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_RUNNING);
-    h.done("10.0.0.2", &id);
+    h.done("10.0.0.2", &id).await;
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_NONE);
     assert_eq!(
         h.upload(&id).await.error_code,
@@ -149,13 +155,14 @@ async fn a_source_going_offline_mid_transfer_ends_only_its_upload() {
 async fn a_source_going_offline_before_its_manifest_fails_the_task() {
     let h = harness().await;
     let id = h.start(spec("0:10.0.0.1", &["0:10.0.0.2"])).await;
-    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(FIRST_CONN));
     for e in h.results(&id).await {
         assert_eq!(e.error_code, ERR_AGENT_DOWN, "{e:?}");
     }
     // A manifest arriving after that starts nothing.
-    h.manifest("10.0.0.1", &id, 0);
-    assert!(h.link.starts().is_empty());
+    h.manifest("10.0.0.1", &id, 0).await;
+    assert!(h.link.starts().await.is_empty());
 }
 
 #[tokio::test]
@@ -175,10 +182,11 @@ async fn f8_a_relay_going_away_leaves_its_peers_peer_sets() {
         relays: vec![agent("0:10.0.0.5")],
     }];
     let id = h.start(s).await;
-    h.manifest("10.0.0.1", &id, 0);
+    h.manifest("10.0.0.1", &id, 0).await;
     h.link.sent.lock().clear();
-    h.svc.on_disconnect(key("10.0.0.5"), FIRST_CONN);
-    let mut sets = h.link.peer_sets();
+    h.svc
+        .on_disconnect(key("10.0.0.5"), crate::role::task::tests::held(FIRST_CONN));
+    let mut sets = h.link.peer_sets().await;
     sets.sort_by_key(|(k, _)| *k);
     assert_eq!(sets.len(), 2);
     assert_eq!(sets[0].0, key("10.0.0.3"));
@@ -196,7 +204,7 @@ async fn f8_a_relay_going_away_leaves_its_peers_peer_sets() {
 #[tokio::test]
 async fn the_deadline_ends_everything_with_120_and_cancels_everyone() {
     let (h, id) = running(&["0:10.0.0.2", "0:10.0.0.3"]).await;
-    h.done("10.0.0.3", &id);
+    h.done("10.0.0.3", &id).await;
     h.link.sent.lock().clear();
     h.svc.close_overdue(Instant::now());
     assert_eq!(h.upload(&id).await.error_code, ERR_RUNNING, "not due yet");
@@ -217,7 +225,7 @@ async fn the_deadline_ends_everything_with_120_and_cancels_everyone() {
         all[1].error_msg
     );
     assert_eq!(all[2].error_code, ERR_NONE);
-    let cancels = h.link.cancels();
+    let cancels = h.link.cancels().await;
     assert_eq!(cancels.len(), 3, "one per agent: {cancels:?}");
     assert!(
         cancels
@@ -230,7 +238,7 @@ async fn the_deadline_ends_everything_with_120_and_cancels_everyone() {
 #[tokio::test]
 async fn a_restart_keeps_finished_entries_and_closes_running_ones() {
     let (h, id) = running(&["0:10.0.0.2", "0:10.0.0.3"]).await;
-    h.done("10.0.0.2", &id);
+    h.done("10.0.0.2", &id).await;
     h.flush().await;
     let before = h.results(&id).await;
 
@@ -280,7 +288,7 @@ async fn polls_by_agent_pick_uploads_by_source_and_downloads_by_target() {
 #[tokio::test]
 async fn finished_transfers_leave_memory_and_are_read_from_the_store() {
     let (h, id) = running(&["0:10.0.0.2"]).await;
-    h.done("10.0.0.2", &id);
+    h.done("10.0.0.2", &id).await;
     let before = h.results(&id).await;
     h.svc.evict(Instant::now() + MEMORY_TTL, usize::MAX);
     assert_eq!(h.svc.counts().0, 1, "unsaved transfers stay");
@@ -306,11 +314,12 @@ async fn progress_alone_is_saved_paced_and_final_changes_promptly() {
         ProgressSide::SideDownload,
         FileState::FileRunning,
         p,
-    );
+    )
+    .await;
     assert!(h.svc.flush(false, &mut Writer::default()).await);
     let stored = h.store.get_file_transfer(&id).await.unwrap().unwrap();
     assert_eq!(stored.entries[1].progress, 0, "progress waits for its pace");
-    h.done("10.0.0.3", &id);
+    h.done("10.0.0.3", &id).await;
     // The last save was just now: a final change waits for the short pace.
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(h.svc.flush(false, &mut Writer::default()).await);
@@ -333,6 +342,7 @@ async fn a_store_that_refuses_transfers_leaves_them_in_memory_for_polls() {
         config: FileConfig::default(),
         store: refusing,
         link: Some(h.link.clone() as Arc<dyn FileLink>),
+        sender: h.link.base.sender(),
     });
     let id = svc
         .start_transfer(spec("0:10.0.0.1", &["0:10.0.0.2"]), "bk_job")

@@ -29,8 +29,7 @@ use super::spec::{AgentSpec, FileKind, FileTaskSpec, SourceSpec, TargetDirSpec, 
 use super::{FileConfig, FileLink, FileParts, FileService};
 use crate::role::jobs::writer::Writer;
 use crate::role::jobs::{self, Memory};
-use crate::role::link::{AgentFrames, PeerInfo, SendError};
-use crate::role::task::AgentLink;
+use crate::role::link::{AgentFrames, PeerInfo};
 use crate::store::EmbeddedStore;
 
 pub(crate) const NODE: &str = "n1";
@@ -59,7 +58,7 @@ impl FileService {
 /// up), plus each agent's zone and P2P address in `peers`.
 #[derive(Default)]
 pub(crate) struct FakeFileLink {
-    pub base: FakeLink,
+    pub base: Arc<FakeLink>,
     pub peers: Mutex<HashMap<AgentKey, PeerInfo>>,
 }
 
@@ -70,27 +69,9 @@ impl std::ops::Deref for FakeFileLink {
     }
 }
 
-impl AgentLink for FakeFileLink {
-    fn is_connected(&self, key: AgentKey) -> bool {
-        self.base.is_connected(key)
-    }
-
-    fn conn_id(&self, key: AgentKey) -> Option<u64> {
-        self.base.conn_id(key)
-    }
-
-    fn send(&self, key: AgentKey, frame: Frame) -> Result<u64, SendError> {
-        self.base.send(key, frame)
-    }
-
-    fn max_frame_bytes(&self) -> usize {
-        self.base.max_frame_bytes()
-    }
-}
-
 impl FileLink for FakeFileLink {
     fn peer_info(&self, key: AgentKey) -> Option<PeerInfo> {
-        if !self.is_connected(key) {
+        if !self.connected.lock().contains(&key) {
             return None;
         }
         Some(self.peers.lock().get(&key).cloned().unwrap_or(PeerInfo {
@@ -102,35 +83,39 @@ impl FileLink for FakeFileLink {
 
 impl FakeFileLink {
     /// Takes the frames of type `t` sent so far, decoded, with their agent.
-    fn take<M>(&self, t: MsgType, decode: impl Fn(&Frame) -> M) -> Vec<(AgentKey, M)> {
+    async fn take<M>(&self, t: MsgType, decode: impl Fn(&Frame) -> M) -> Vec<(AgentKey, M)> {
+        settle().await;
         let mut sent = self.sent.lock();
         let (mine, rest): (Vec<_>, Vec<_>) = sent.drain(..).partition(|(_, f)| f.msg_type == t);
         *sent = rest;
         mine.iter().map(|(k, f)| (*k, decode(f))).collect()
     }
 
-    pub fn manifest_requests(&self) -> Vec<(AgentKey, FileManifestRequest)> {
+    pub async fn manifest_requests(&self) -> Vec<(AgentKey, FileManifestRequest)> {
         self.take(MsgType::FileManifestRequest, |f| f.decode().unwrap())
+            .await
     }
 
-    pub fn starts(&self) -> Vec<(AgentKey, FileStart)> {
-        self.take(MsgType::FileStart, |f| f.decode().unwrap())
+    pub async fn starts(&self) -> Vec<(AgentKey, FileStart)> {
+        self.take(MsgType::FileStart, |f| f.decode().unwrap()).await
     }
 
-    pub fn cancels(&self) -> Vec<(AgentKey, CancelTransfer)> {
+    pub async fn cancels(&self) -> Vec<(AgentKey, CancelTransfer)> {
         self.take(MsgType::CancelTransfer, |f| f.decode().unwrap())
+            .await
     }
 
-    pub fn piece_requests(&self) -> Vec<(AgentKey, PieceRequest)> {
+    pub async fn piece_requests(&self) -> Vec<(AgentKey, PieceRequest)> {
         self.take(MsgType::PieceRequest, |f| f.decode().unwrap())
+            .await
     }
 
-    pub fn piece_data(&self) -> Vec<(AgentKey, PieceData)> {
-        self.take(MsgType::PieceData, |f| f.decode().unwrap())
+    pub async fn piece_data(&self) -> Vec<(AgentKey, PieceData)> {
+        self.take(MsgType::PieceData, |f| f.decode().unwrap()).await
     }
 
-    pub fn peer_sets(&self) -> Vec<(AgentKey, PeerSet)> {
-        self.take(MsgType::PeerSet, |f| f.decode().unwrap())
+    pub async fn peer_sets(&self) -> Vec<(AgentKey, PeerSet)> {
+        self.take(MsgType::PeerSet, |f| f.decode().unwrap()).await
     }
 
     pub fn set_zone(&self, ip: &str, zone: &str) {
@@ -188,6 +173,8 @@ pub(crate) async fn harness_with(config: FileConfig) -> Harness {
             .unwrap();
         if *alive && *node == NODE {
             link.connected.lock().insert(key(ip));
+        } else if *alive {
+            link.remote.lock().insert(key(ip), node.to_string());
         }
     }
     let svc = service(&store, &link, config).await;
@@ -209,6 +196,7 @@ pub(crate) async fn service(
         config,
         store: store.clone(),
         link: Some(link.clone() as Arc<dyn FileLink>),
+        sender: link.base.sender(),
     })
     .await
     .unwrap()
@@ -270,6 +258,15 @@ pub(crate) fn entries() -> Vec<FileEntry> {
     ]
 }
 
+/// Lets the tasks the service spawned run to their end (sends from frame
+/// handlers go out through `Sender::post`, located on their own task): on
+/// the tests' single-threaded runtime each yield runs every task ready.
+pub(crate) async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
 impl Harness {
     /// Starts `spec` as app "bk_job" and returns its id.
     pub async fn start(&self, spec: TransferSpec) -> String {
@@ -277,18 +274,19 @@ impl Harness {
     }
 
     /// The source at `ip` answers task `task`'s manifest request.
-    pub fn manifest(&self, ip: &str, task_id: &str, task: u32) {
+    pub async fn manifest(&self, ip: &str, task_id: &str, task: u32) {
         let m = FileManifest {
             transfer_id: task_id.into(),
             task_index: task,
             entries: entries(),
             ..FileManifest::default()
         };
-        self.frame(ip, Frame::new(MsgType::FileManifest, 0, &m));
+        self.frame(ip, Frame::new(MsgType::FileManifest, 0, &m))
+            .await;
     }
 
     /// An agent's `FileProgress` for task 0.
-    pub fn progress(
+    pub async fn progress(
         &self,
         ip: &str,
         task_id: &str,
@@ -302,11 +300,12 @@ impl Harness {
             state: state as i32,
             ..p
         };
-        self.frame(ip, Frame::new(MsgType::FileProgress, 0, &p));
+        self.frame(ip, Frame::new(MsgType::FileProgress, 0, &p))
+            .await;
     }
 
     /// A target at `ip` reports task 0 done.
-    pub fn done(&self, ip: &str, task_id: &str) {
+    pub async fn done(&self, ip: &str, task_id: &str) {
         let p = FileProgress {
             done_bytes: 100,
             total_bytes: 100,
@@ -320,14 +319,19 @@ impl Harness {
             ProgressSide::SideDownload,
             FileState::FileDone,
             p,
-        );
+        )
+        .await;
     }
 
-    pub fn frame(&self, ip: &str, frame: Frame) {
+    /// Hands the service a frame from `ip`, then lets the sends it started
+    /// finish.
+    pub async fn frame(&self, ip: &str, frame: Frame) {
         self.svc.on_frame(key(ip), frame);
+        settle().await;
     }
 
     pub async fn results(&self, task_id: &str) -> Vec<FileEntryRecord> {
+        settle().await;
         self.svc.results(task_id, None).await.unwrap()
     }
 

@@ -64,7 +64,7 @@ async fn every_entry_is_listed_at_once_with_unusable_agents_final() {
     assert!(msgs[1].2.contains("offline"), "{msgs:?}");
     assert!(msgs[2].2.contains("held by node n2"), "{msgs:?}");
 
-    let reqs = h.link.manifest_requests();
+    let reqs = h.link.manifest_requests().await;
     assert_eq!(reqs.len(), 1);
     let (to, req) = &reqs[0];
     assert_eq!(*to, key("10.0.0.1"));
@@ -112,7 +112,7 @@ async fn a_task_without_a_usable_target_ends_without_asking_its_source() {
         "{}",
         up.error_msg
     );
-    assert!(h.link.manifest_requests().is_empty());
+    assert!(h.link.manifest_requests().await.is_empty());
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn tree_and_wildcard_tasks_ask_for_their_selection() {
     wild.source.file_name = "*.log".into();
     s.tasks.push(wild);
     let id = h.start(s).await;
-    let reqs = h.link.manifest_requests();
+    let reqs = h.link.manifest_requests().await;
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].1.selection, SelectionKind::SelectionTree as i32);
     assert_eq!(reqs[0].1.source_dir, "/data/pkg/");

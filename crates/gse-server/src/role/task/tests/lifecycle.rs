@@ -18,7 +18,8 @@ async fn disconnect_fails_running_entries_and_terminate_discards_unreachable_one
     );
 
     h.link.connected.lock().remove(&key("10.0.0.1"));
-    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(FIRST_CONN));
     let e = &poll_all(&h.svc, &task_id).await[0];
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
     assert_eq!(e.error_msg, "agent lost its connection during the task");
@@ -71,7 +72,7 @@ async fn a_cancel_that_finds_the_queue_full_is_retried_and_never_closes_the_entr
         h.link.refuse.lock().insert(key(ip));
     }
     h.svc.terminate(&task_id, None).await.unwrap();
-    h.svc.retry_cancels(Instant::now());
+    h.svc.retry_cancels(Instant::now()).await;
     let still_running = |entries: &[EntryView]| {
         entries
             .iter()
@@ -87,8 +88,8 @@ async fn a_cancel_that_finds_the_queue_full_is_retried_and_never_closes_the_entr
     // 10.0.0.1's queue drains: the cancel goes out once, and the agent
     // reports 126 itself.
     h.link.refuse.lock().remove(&key("10.0.0.1"));
-    h.svc.retry_cancels(Instant::now());
-    h.svc.retry_cancels(Instant::now());
+    h.svc.retry_cancels(Instant::now()).await;
+    h.svc.retry_cancels(Instant::now()).await;
     assert_eq!(h.link.cancels_to("10.0.0.1"), 1);
     assert!(still_running(&poll_all(&h.svc, &task_id).await));
     h.svc.on_frame(
@@ -98,7 +99,8 @@ async fn a_cancel_that_finds_the_queue_full_is_retried_and_never_closes_the_entr
 
     // 10.0.0.2 stays full past the retry limit: given up, still running.
     h.svc
-        .retry_cancels(Instant::now() + Duration::from_secs(31));
+        .retry_cancels(Instant::now() + Duration::from_secs(31))
+        .await;
     assert!(h.svc.cancels.lock().is_empty());
     let entries = poll_all(&h.svc, &task_id).await;
     assert_eq!(
@@ -111,7 +113,7 @@ async fn a_cancel_that_finds_the_queue_full_is_retried_and_never_closes_the_entr
     h.svc.terminate(&task_id, None).await.unwrap();
     h.link.connected.lock().remove(&key("10.0.0.2"));
     h.link.refuse.lock().clear();
-    h.svc.retry_cancels(Instant::now());
+    h.svc.retry_cancels(Instant::now()).await;
     let e = &poll_all(&h.svc, &task_id).await[1];
     assert_eq!((e.status, e.error_code), (STATUS_DISCARDED, ERR_TERMINATED));
     assert_eq!(h.svc.counts(), (1, 0));
@@ -366,12 +368,14 @@ async fn the_old_connections_disconnect_spares_a_task_sent_on_the_new_one() {
         .start_script(spec(&["0:10.0.0.1"], &["sleep 9"]))
         .await
         .unwrap();
-    h.svc.on_disconnect(key("10.0.0.1"), FIRST_CONN);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(FIRST_CONN));
     let e = &poll_all(&h.svc, &old).await[0];
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
     assert_eq!(poll_all(&h.svc, &new).await[0].status, STATUS_DISPATCHED);
 
-    h.svc.on_disconnect(key("10.0.0.1"), 2);
+    h.svc
+        .on_disconnect(key("10.0.0.1"), crate::role::task::tests::held(2));
     let e = &poll_all(&h.svc, &new).await[0];
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
 }
@@ -399,10 +403,10 @@ async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
     );
     assert_eq!(entries[1].status, STATUS_DISPATCHED);
 
-    // 10.0.0.2 registered on another node since; its link here is stale.
-    let mut moved = agent_record("10.0.0.2", "n2", true);
-    moved.connected_at_ms = gse_core::now_ms() + 1000;
-    h.store.upsert_agent(moved).await.unwrap();
+    // 10.0.0.2 registered on another node since (the directory says so);
+    // its link here is stale.
+    h.link.connected.lock().remove(&key("10.0.0.2"));
+    h.link.remote.lock().insert(key("10.0.0.2"), "n2".into());
     h.svc.close_relinked().await;
     let e = &poll_all(&h.svc, &task_id).await[1];
     assert_eq!((e.status, e.error_code), (STATUS_FAILED, ERR_AGENT_DOWN));
@@ -411,17 +415,15 @@ async fn an_agent_that_registered_again_mid_task_has_its_entries_closed() {
 #[tokio::test]
 async fn a_task_sent_on_a_connection_registered_after_its_creation_is_not_relinked() {
     let h = harness().await;
-    // The agent's new connection registers (its record stamped later than
-    // the task) while the task is being created; the task goes out on it.
+    // The agent's new connection registers (a newer claim) while the task
+    // is being created; the task goes out under it and is not relinked,
+    // however the times of the two compare.
     h.link.conns.lock().insert(key("10.0.0.1"), 2);
     let task_id = h
         .svc
         .start_script(spec(&["0:10.0.0.1"], &["sleep 9"]))
         .await
         .unwrap();
-    let mut again = agent_record("10.0.0.1", NODE, true);
-    again.connected_at_ms = gse_core::now_ms() + 1000;
-    h.store.upsert_agent(again).await.unwrap();
     h.svc.close_relinked().await;
     assert_eq!(
         poll_all(&h.svc, &task_id).await[0].status,
