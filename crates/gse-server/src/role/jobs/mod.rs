@@ -11,8 +11,9 @@
 //! rest: saves in batches, forgets finished jobs after a while, prunes old
 //! records, and closes at start what the last run left unfinished.
 //!
-//! The engine never reaches an agent: sending, routing and connection ids
-//! stay in the roles (`task::dispatch`), and the roles' work between saves
+//! The engine never reaches an agent: the roles send through the node's
+//! `cluster::sender::Sender` and keep the deliveries it returns, and the
+//! roles' work between saves
 //! (deadlines, cancels, relays) runs in [`JobKind::round`].
 
 mod book;
