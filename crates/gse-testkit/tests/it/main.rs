@@ -18,6 +18,7 @@ mod r10_certs;
 mod r10_hosts;
 mod r10_lost;
 mod r10_visible;
+mod r11_claims;
 mod r9_danger;
 mod r9_files;
 mod r9_http;

@@ -27,9 +27,10 @@ use crate::role::alarm::{Alarm, AlarmKind};
 /// keeps tens of thousands of idle links small.
 const READ_BUFFER: usize = 512;
 
-/// How often a heartbeat also renews the agent's claim in the directory:
-/// often enough that a link another node took over ends within seconds,
-/// rarely enough that a directory in Redis is not asked per heartbeat.
+/// How often a heartbeat also renews the agent's claim in the directory
+/// (or half of `heartbeat_timeout`, if that is shorter): often enough that
+/// a link another node took over ends within seconds, rarely enough that a
+/// directory in Redis is not asked per heartbeat.
 const RENEW_EVERY: Duration = Duration::from_secs(15);
 
 pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64) {
@@ -314,7 +315,8 @@ async fn serve(
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
-    let mut renew_at = Instant::now() + RENEW_EVERY;
+    let renew_every = RENEW_EVERY.min(timeout / 2);
+    let mut renew_at = Instant::now() + renew_every;
     loop {
         tokio::select! {
             _ = close.cancelled() => {
@@ -351,7 +353,7 @@ async fn serve(
                     return reason;
                 }
                 if heartbeat && Instant::now() >= renew_at {
-                    renew_at = Instant::now() + RENEW_EVERY;
+                    renew_at = Instant::now() + renew_every;
                     if let Some(reason) = renew(svc, key, epoch).await {
                         return reason;
                     }
