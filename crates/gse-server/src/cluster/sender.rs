@@ -296,13 +296,14 @@ impl Sender {
 
     /// Hands `frame` to the claim `located` names without waiting, for
     /// code that holds a lock while it records what it sent: this node's
-    /// link takes it at once; for another node the forward runs on its own
-    /// task and a failure there is logged (the work then ends at its
-    /// deadline, or when that node reports the agent gone).
+    /// link takes it at once (its error is returned); for another node the
+    /// forward runs on its own task, and its failure goes to `on_fail`
+    /// (the caller closes then what it recorded as sent).
     pub fn deliver_now(
         self: &Arc<Self>,
         located: &Located,
         frame: Frame,
+        on_fail: impl FnOnce(SendError) + Send + 'static,
     ) -> Result<Delivery, SendError> {
         let frame = match self.deliver_here(located, frame) {
             Ok(done) => return done,
@@ -317,6 +318,7 @@ impl Sender {
         tokio::spawn(async move {
             if let Err(e) = sender.deliver(&located, frame).await {
                 tracing::warn!(agent = %located.agent, error = %e, "cannot forward a frame to the agent's node");
+                on_fail(e);
             }
         });
         Ok(delivery)

@@ -192,3 +192,40 @@ async fn an_agent_behind_a_proxy_is_not_sent_to_yet() {
     let e = s.sender.send(key(8), frame()).await.unwrap_err();
     assert!(e.to_string().contains("proxy-a"), "{e}");
 }
+
+#[tokio::test]
+async fn deliver_now_answers_here_at_once_and_reports_a_failed_forward_later() {
+    let s = setup();
+    let e = s.hold_here(key(9)).await;
+    let here = s.sender.locate(key(9)).await.unwrap();
+    let never = |e: SendError| panic!("no forward for an agent held here: {e}");
+    assert_eq!(
+        s.sender.deliver_now(&here, frame(), never).unwrap(),
+        Delivery::of_claim(e)
+    );
+    assert_eq!(
+        s.link.sent.lock().len(),
+        1,
+        "queued before deliver_now returned"
+    );
+
+    s.dir.claim(key(10), "down", &[]).await.unwrap();
+    let far = s.sender.locate(key(10)).await.unwrap();
+    let no_link = s.sender.deliver_now(&far, frame(), never).unwrap_err();
+    assert!(
+        matches!(no_link, SendError::RemoteUnreachable { .. }),
+        "{no_link:?}"
+    );
+    assert!(s.sender.reachable(&far).is_err());
+
+    s.sender
+        .set_forwarder(Arc::new(RecordingForwarder::default()));
+    assert!(s.sender.reachable(&far).is_ok());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = s.sender.deliver_now(&far, frame(), move |e| {
+        let _ = tx.send(e.to_string());
+    });
+    assert!(sent.is_ok(), "the forward runs on its own task");
+    let why = rx.await.expect("the failed forward is reported");
+    assert!(why.contains("connection refused"), "{why}");
+}

@@ -228,7 +228,18 @@ impl FileService {
                 if st.runs[i].phase != Phase::Manifest {
                     return;
                 }
-                match self.sender.deliver_now(at, frame) {
+                let (me, lost) = (self.me.clone(), t.clone());
+                let on_fail = move |why: SendError| {
+                    let Some(me) = me.upgrade() else { return };
+                    let plan = &lost.tasks[i];
+                    let why = why.for_host(&plan.source.name);
+                    me.change(&lost, Some("failed"), |st, effect| {
+                        if st.runs[i].source_conn.is_some() && st.runs[i].phase == Phase::Manifest {
+                            fail_task(st, plan, ERR_AGENT_DOWN, &why, effect)
+                        }
+                    });
+                };
+                match self.sender.deliver_now(at, frame, on_fail) {
                     Ok(held) => {
                         st.runs[i].source_conn = Some(held);
                         st.set_running(plan.upload, "building the manifest".into(), effect);

@@ -233,7 +233,7 @@ impl FileService {
     /// many times it is named); returns how many went out.
     fn send_targets(
         &self,
-        t: &LiveTransfer,
+        t: &Arc<LiveTransfer>,
         task: usize,
         out: &Outgoing<'_>,
         common: &Bytes,
@@ -286,7 +286,19 @@ impl FileService {
                 stream_id: 0,
                 body,
             };
-            match self.deliver_now(located, key, frame) {
+            let (me, lost, who) = (self.me.clone(), t.clone(), name.clone());
+            let on_fail = move |why: SendError| {
+                let Some(me) = me.upgrade() else { return };
+                let why = why.for_host(&who);
+                let plan = &lost.tasks[task];
+                me.change(&lost, Some("failed"), |st, effect| {
+                    for &s in plan.by_key.get(&key).into_iter().flatten() {
+                        let down = Outcome::failed(ERR_AGENT_DOWN, why.clone());
+                        st.close(plan.download(s), down, effect);
+                    }
+                });
+            };
+            match self.deliver_now(located, key, frame, on_fail) {
                 Ok(held) => {
                     sent += 1;
                     st.runs[task].sent_on.insert(key, held);
@@ -342,7 +354,9 @@ impl FileService {
                     stream_id: 0,
                     body,
                 };
-                match self.deliver_now(located, key, frame) {
+                let (task_id, relay) = (t.id.clone(), slot.name.clone());
+                let on_fail = move |why: SendError| tracing::warn!(task_id = %task_id, task, relay = %relay, reason = %why, "cannot start a zone-chain relay on its node; its zone's targets fetch from the others or direct");
+                match self.deliver_now(located, key, frame, on_fail) {
                     Ok(held) => {
                         sent += 1;
                         let run = &mut st.runs[task];
@@ -368,9 +382,10 @@ impl FileService {
         located: &Locations,
         key: AgentKey,
         frame: Frame,
+        on_fail: impl FnOnce(SendError) + Send + 'static,
     ) -> Result<crate::cluster::sender::Delivery, SendError> {
         match located.get(&key) {
-            Some(Ok(at)) => self.sender.deliver_now(at, frame),
+            Some(Ok(at)) => self.sender.deliver_now(at, frame, on_fail),
             Some(Err(why)) => Err(why.clone()),
             None => Err(SendError::Offline(key)),
         }

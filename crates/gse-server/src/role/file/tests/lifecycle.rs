@@ -363,3 +363,46 @@ async fn a_store_that_refuses_transfers_leaves_them_in_memory_for_polls() {
         "retried with the next batch"
     );
 }
+
+/// A node link that cannot reach any node.
+struct RefusingForwarder;
+
+#[async_trait::async_trait]
+impl crate::cluster::sender::NodeForwarder for RefusingForwarder {
+    async fn forward(
+        &self,
+        node_id: &str,
+        agent: AgentKey,
+        _epoch: u64,
+        _frame: Frame,
+    ) -> Result<(), crate::cluster::sender::SendError> {
+        Err(crate::cluster::sender::SendError::RemoteUnreachable {
+            agent,
+            node: node_id.into(),
+            reason: "connection refused".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_target_whose_node_cannot_be_reached_fails_with_that_reason() {
+    let h = harness().await;
+    h.svc.sender.set_forwarder(Arc::new(RefusingForwarder));
+    // 10.0.0.10 is held by node "n2": with a node link it takes part ...
+    let id = h
+        .start(spec("0:10.0.0.1", &["0:10.0.0.2", "0:10.0.0.10"]))
+        .await;
+    assert_eq!(h.download(&id, "10.0.0.10").await.error_code, ERR_RUNNING);
+    // ... until its FileStart cannot be forwarded there.
+    h.manifest("10.0.0.1", &id, 0).await;
+    let far = h.download(&id, "10.0.0.10").await;
+    assert_eq!(far.error_code, ERR_AGENT_DOWN, "{far:?}");
+    assert!(
+        far.error_msg.contains("held by node n2") && far.error_msg.contains("connection refused"),
+        "{far:?}"
+    );
+    let starts = h.link.starts().await;
+    assert_eq!(starts.len(), 1, "only the local target got its FileStart");
+    assert_eq!(starts[0].0, key("10.0.0.2"));
+    assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_RUNNING);
+}
