@@ -307,33 +307,41 @@ impl TaskService {
         starts: Vec<Start>,
         frames: &HashMap<String, Bytes>,
     ) -> usize {
-        let mut sent = 0;
-        for (i, (target, start)) in spec.targets.iter().zip(starts).enumerate() {
-            let Start::Send(at) = start else {
-                continue;
-            };
-            let Some(body) = frames.get(&target.user) else {
-                continue;
-            };
-            let frame = Frame {
-                msg_type: MsgType::RunScript,
-                stream_id: 0,
-                body: body.clone(),
-            };
-            // The delivery is recorded before the send, so a disconnect of
+        let mut outgoing = Vec::new();
+        {
+            // Each delivery is recorded before its send, so a disconnect of
             // that claim during the send finds it and closes the target.
-            task.state.lock().sent_on.insert(i as u32, at.delivery());
-            match self.sender.deliver(&at, frame).await {
+            let mut state = task.state.lock();
+            for (i, (target, start)) in spec.targets.iter().zip(starts).enumerate() {
+                let Start::Send(at) = start else {
+                    continue;
+                };
+                let Some(body) = frames.get(&target.user) else {
+                    continue;
+                };
+                let frame = Frame {
+                    msg_type: MsgType::RunScript,
+                    stream_id: 0,
+                    body: body.clone(),
+                };
+                state.sent_on.insert(i as u32, at.delivery());
+                outgoing.push((i as u32, at, frame));
+            }
+        }
+        // All at once: this node's link takes its frames without waiting,
+        // and forwards to other nodes overlap instead of queueing.
+        let sends = outgoing
+            .into_iter()
+            .map(|(i, at, frame)| async move { (i, self.sender.deliver(&at, frame).await) });
+        let mut sent = 0;
+        for (i, outcome) in futures::future::join_all(sends).await {
+            match outcome {
                 Ok(_) => sent += 1,
                 Err(why) => {
-                    task.state.lock().sent_on.remove(&(i as u32));
-                    self.close_target(
-                        task,
-                        i as u32,
-                        STATUS_FAILED,
-                        ERR_AGENT_DOWN,
-                        &why.for_host(&target.bk_agent_id),
-                    )
+                    task.state.lock().sent_on.remove(&i);
+                    let name = &spec.targets[i as usize].bk_agent_id;
+                    let why = why.for_host(name);
+                    self.close_target(task, i, STATUS_FAILED, ERR_AGENT_DOWN, &why)
                 }
             }
         }
