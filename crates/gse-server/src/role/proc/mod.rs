@@ -216,33 +216,36 @@ impl ProcService {
         }
         // Open before the sends, so a disconnect during them is seen.
         self.jobs.open(task);
-        for (index, name, key, frame, deadline) in sends {
+        // Every entry on its own: one agent's lookup or forward does not
+        // hold up the others.
+        let one = |(index, name, key, frame, deadline): (usize, String, _, Frame, Instant)| async move {
             let located = match self.sender.locate(key).await {
                 Ok(at) => at,
                 Err(e) => {
-                    self.settle(
-                        task,
-                        index,
-                        Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name)),
-                    );
-                    continue;
+                    let answer = Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name));
+                    return self.settle(task, index, answer);
                 }
             };
             // Recorded before the send: a disconnect of that claim during
             // the send finds the entry.
-            task.state.lock().entries[index].state = EntryState::Sent {
-                agent: key,
-                held: located.delivery(),
-                deadline,
-            };
-            if let Err(e) = self.sender.deliver(&located, frame).await {
-                self.settle(
-                    task,
-                    index,
-                    Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name)),
-                );
+            {
+                let mut st = task.state.lock();
+                let entry = &mut st.entries[index].state;
+                if *entry != EntryState::Queued {
+                    return;
+                }
+                *entry = EntryState::Sent {
+                    agent: key,
+                    held: located.delivery(),
+                    deadline,
+                };
             }
-        }
+            if let Err(e) = self.sender.deliver(&located, frame).await {
+                let answer = Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name));
+                self.settle(task, index, answer);
+            }
+        };
+        futures::future::join_all(sends.into_iter().map(one)).await;
         self.retire(task);
         Ok(())
     }
