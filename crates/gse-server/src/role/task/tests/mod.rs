@@ -7,6 +7,7 @@
 
 mod fake;
 mod lifecycle;
+mod remote;
 mod results;
 mod start;
 
