@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gse_core::AgentRef;
 use gse_core::seams::StateStore;
+use gse_core::{AgentKey, AgentRef};
 use gse_proto::link::{ProcOperate, ProcOperateResult, ProcSpec, ProcStatus, ProcStatusReport};
 use gse_proto::{Frame, MsgType};
 use tokio_util::sync::CancellationToken;
@@ -261,4 +261,57 @@ async fn r9_6_a_blocked_control_command_is_refused_and_never_sent() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1.decode::<ProcOperate>().unwrap().name, "other");
     stop.cancel();
+}
+
+/// A node link that forwards to "n2" and cannot reach "down".
+struct Forwarder(Mutex<Vec<(String, AgentKey)>>);
+
+#[async_trait::async_trait]
+impl crate::cluster::sender::NodeForwarder for Forwarder {
+    async fn forward(
+        &self,
+        node_id: &str,
+        agent: AgentKey,
+        _epoch: u64,
+        _frame: Frame,
+    ) -> Result<(), crate::cluster::sender::SendError> {
+        if node_id == "down" {
+            return Err(crate::cluster::sender::SendError::RemoteUnreachable {
+                agent,
+                node: node_id.into(),
+                reason: "connection refused".into(),
+            });
+        }
+        self.0.lock().push((node_id.into(), agent));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn operations_on_other_nodes_agents_go_there_or_fail_naming_the_node() {
+    let h = harness().await;
+    let fwd = Arc::new(Forwarder(Mutex::new(Vec::new())));
+    h.svc.sender.set_forwarder(fwd.clone());
+    for (ip, node) in [("10.0.0.4", "n2"), ("10.0.0.5", "down")] {
+        h.store
+            .upsert_agent(agent_record(ip, node, true))
+            .await
+            .unwrap();
+        h.link.remote.lock().insert(key(ip), node.into());
+    }
+    let id = h.svc.operate(vec![op(0, &["0:10.0.0.4", "0:10.0.0.5"])]);
+    for task in h.svc.jobs.take_queue() {
+        h.svc.dispatch_task(&task).await.unwrap();
+    }
+    assert_eq!(*fwd.0.lock(), [("n2".to_string(), key("10.0.0.4"))]);
+    let r = h.svc.results(&id).unwrap();
+    assert_eq!(r.answers["0:10.0.0.4:nodeman:beat"].error_code, 115);
+    let far = &r.answers["0:10.0.0.5:nodeman:beat"];
+    assert_eq!(far.error_code, CODE_AGENT_ABNORMAL);
+    assert!(
+        far.error_msg
+            .contains("agent 0:10.0.0.5 is held by node down, which this node cannot reach"),
+        "{}",
+        far.error_msg
+    );
 }
