@@ -432,6 +432,7 @@ fn node_info(
         agent_addr: agents.map(|a| a.to_string()).unwrap_or_default(),
         api_addr: api.map(|a| a.to_string()).unwrap_or_default(),
         agents: 0,
+        node_addr: String::new(),
     }
 }
 

@@ -29,6 +29,7 @@ fn node(id: &str, agents: u64) -> NodeInfo {
         agent_addr: format!("127.0.0.1:{}", 28000 + agents),
         api_addr: "127.0.0.1:59313".into(),
         agents,
+        node_addr: String::new(),
     }
 }
 
