@@ -6,9 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gse_agent::AgentConfig;
+use gse_agent_config::AgentConfig;
 use gse_core::certs::{CertDir, CertKind};
 use gse_core::tls::TlsFiles;
+use gse_launch::agent::local_config;
 use gse_server::config::ServerConfig;
 use gse_server::role::api::AppConfig;
 use gse_server::role::file::PassThroughRule;
@@ -409,9 +410,8 @@ impl AgentProc {
             .tls
             .clone()
             .unwrap_or_else(|| cluster.tls(CertKind::Agent));
-        let mut cfg = AgentConfig::new(dir.join("data"), vec![server.to_string()], tls);
+        let mut cfg = local_config(dir.join("data"), &[server], &tls, opts.ip);
         cfg.agent.cloud_id = opts.cloud_id;
-        cfg.agent.identity_ip = Some(opts.ip);
         cfg.agent.zone = opts.zone.clone();
         cfg.file.p2p_listen = opts.p2p.then(|| SocketAddr::new(opts.ip, 0));
         cfg.file.upload_speed_mb = opts.upload_speed_mb;
