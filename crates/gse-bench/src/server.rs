@@ -102,7 +102,9 @@ impl BenchServer {
 
     /// Stops the server: SIGTERM, then SIGKILL after the grace period.
     pub async fn stop(&mut self) {
-        self.process.stop(STOP_GRACE).await;
+        if self.process.stop(STOP_GRACE).await {
+            eprintln!("gse-server did not stop within {STOP_GRACE:?} of SIGTERM; killed it");
+        }
     }
 
     /// Keeps the temp dir (for a failed run) and returns its path.

@@ -94,10 +94,11 @@ impl ServerProcess {
         }
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited after `grace`.
-    pub async fn stop(&mut self, grace: Duration) {
+    /// SIGTERM, then SIGKILL if it has not exited after `grace`; returns
+    /// whether it had to be killed (callers without a log say so).
+    pub async fn stop(&mut self, grace: Duration) -> bool {
         if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+            return false;
         }
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
         if timeout(grace, self.child.wait()).await.is_err() {
@@ -106,7 +107,9 @@ impl ServerProcess {
                 "gse-server did not stop within {grace:?} of SIGTERM; killing it"
             );
             let _ = self.child.kill().await;
+            return true;
         }
+        false
     }
 }
 
