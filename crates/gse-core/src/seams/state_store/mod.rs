@@ -15,6 +15,7 @@
 //! [`conformance`].
 
 mod agents;
+pub mod conformance;
 mod error;
 mod lost;
 mod pins;

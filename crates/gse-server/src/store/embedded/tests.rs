@@ -160,3 +160,55 @@ async fn plain_secrets_of_an_older_store_are_hashed_on_open() {
     let store = EmbeddedStore::open(&path).unwrap();
     assert!(store.get_app("job").await.unwrap().is_some());
 }
+
+/// The state store contract, on a fresh embedded store.
+#[tokio::test]
+async fn passes_the_state_store_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("s.sqlite")).unwrap();
+    gse_core::seams::state_store::conformance::all(&store).await;
+}
+
+/// SQLite's errors become kinds a caller can act on.
+#[test]
+fn sqlite_errors_map_to_actionable_kinds() {
+    let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+    for (err, kind) in [
+        (
+            failure(rusqlite::ffi::SQLITE_BUSY),
+            StoreErrorKind::Unavailable,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_FULL),
+            StoreErrorKind::Unavailable,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_CONSTRAINT),
+            StoreErrorKind::Conflict,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_CORRUPT),
+            StoreErrorKind::Corrupt,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_NOTADB),
+            StoreErrorKind::Corrupt,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_TOOBIG),
+            StoreErrorKind::Invalid,
+        ),
+        (
+            failure(rusqlite::ffi::SQLITE_MISUSE),
+            StoreErrorKind::Internal,
+        ),
+        (
+            rusqlite::Error::QueryReturnedNoRows,
+            StoreErrorKind::NotFound,
+        ),
+    ] {
+        let e = store_error("testing")(err);
+        assert_eq!(e.kind(), kind, "{e}");
+        assert_eq!(e.is_retryable(), kind == StoreErrorKind::Unavailable);
+    }
+}
