@@ -4,9 +4,12 @@
 //! memory, with agent identities, apps, task records, file transfers, data
 //! routes, identity pins and raised `agent_lost` alarms persisted to SQLite
 //! so that they survive a restart (one module per concern).
-//! The Redis store arrives with the cluster work; nothing outside this
-//! module and `node` knows which one is in use.
+//! [`redis::RedisStore`] keeps the same in Redis, shared by the nodes of a
+//! cluster (`[store] redis`). Nothing outside this module and `node` knows
+//! which one is in use.
 
 pub mod embedded;
+pub mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::{RedisStore, RedisStoreConfig};
