@@ -1,7 +1,7 @@
 //! A running gse-server node: the seams built from the config and the roles
 //! started over them.
 //!
-//! [`Node::start`] opens the state store (embedded: memory + SQLite), seeds
+//! [`Node::start`] opens the state store (embedded, or Redis), seeds
 //! the configured apps, starts the alarm, link and API roles that
 //! `[node] roles` selects, and the task and file roles wherever the API or
 //! the link runs (they take script tasks and file transfers from the API to
@@ -33,7 +33,6 @@ use crate::role::file::{FileLink, FileParts, FileService};
 use crate::role::link::{LinkParts, LinkService};
 use crate::role::proc::{ProcParts, ProcService};
 use crate::role::task::{AgentLink, TaskParts, TaskService};
-use crate::store::EmbeddedStore;
 
 /// How often the node refreshes its registry entry (load for balancing).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
@@ -381,9 +380,7 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
 
 /// Opens the configured state store and seeds the configured apps.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
-    let path = config.store_path();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path)).await??;
-    let store: Arc<dyn StateStore> = Arc::new(store);
+    let store = crate::store::open(config).await?;
     let apps = config.api.apps.clone();
     let records = tokio::task::spawn_blocking(move || {
         apps.iter()
