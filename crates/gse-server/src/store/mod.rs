@@ -12,7 +12,7 @@ pub mod embedded;
 pub mod redis;
 
 pub use embedded::EmbeddedStore;
-pub use redis::{RedisStore, RedisStoreConfig};
+pub use redis::{RedisDirectory, RedisStore, RedisStoreConfig};
 
 use std::sync::Arc;
 

@@ -27,6 +27,32 @@ async fn the_redis_store_passes_the_state_store_conformance_suite() {
     conformance::all(&store(&server, "other:").await).await;
 }
 
+/// The agent directory in Redis keeps the directory contract (epoch
+/// fencing, releases, a dead node's release), and its claims survive a
+/// Redis restart.
+#[tokio::test]
+async fn the_redis_directory_passes_the_directory_conformance_suite() {
+    use gse_core::seams::AgentDirectory;
+    use gse_core::seams::directory::conformance as dir_conformance;
+
+    let mut server = RedisServer::start(None).await;
+    let dir = store(&server, "gse:").await.directory();
+    dir_conformance::all(&dir).await;
+
+    let agent: gse_core::AgentKey = "0:10.9.0.9".parse().unwrap();
+    let epoch = dir.claim(agent, "n1", &[]).await.unwrap();
+    server.restart().await;
+    let dir = store(&server, "gse:").await.directory();
+    let at = dir
+        .locate(agent)
+        .await
+        .unwrap()
+        .expect("kept in the append-only file");
+    assert_eq!((at.node_id.as_str(), at.epoch), ("n1", epoch));
+    let newer = dir.claim(agent, "n2", &[]).await.unwrap();
+    assert!(newer > epoch, "epochs keep growing after a restart");
+}
+
 #[tokio::test]
 async fn records_survive_a_redis_restart_and_calls_fail_quickly_while_it_is_down() {
     let mut server = RedisServer::start(None).await;

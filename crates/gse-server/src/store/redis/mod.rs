@@ -43,8 +43,12 @@
 //! | `P pin_id:ID` | string | the `K` agent id `ID` is pinned to |
 //! | `P pins` | set | every pinned `K` |
 //! | `P lost` | hash | `K` → `{node_id, raised_ms}` (JSON) |
+//!
+//! The agent directory ([`RedisDirectory`], [`RedisStore::directory`])
+//! shares the connection and prefix; its keys are in [`directory`].
 
 mod agents;
+mod directory;
 mod lost;
 mod pins;
 mod routes;
@@ -52,6 +56,8 @@ mod tasks;
 mod transfers;
 
 use std::time::Duration;
+
+pub use directory::RedisDirectory;
 
 use gse_core::seams::{StoreError, StoreErrorKind, StoreKind};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
