@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::fd_budget::{self, FdBudget};
-use crate::store::EmbeddedStore;
 
 /// The wiring every role is started on.
 pub(super) struct Base {
@@ -77,9 +76,7 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
 
 /// Opens the configured state store and seeds the configured apps.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
-    let path = config.store_path();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path)).await??;
-    let store: Arc<dyn StateStore> = Arc::new(store);
+    let store = crate::store::open(config).await?;
     let apps = config.api.apps.clone();
     let records = tokio::task::spawn_blocking(move || {
         apps.iter()
