@@ -76,6 +76,8 @@ pub struct Undelivered {
     /// Type and stream of the frame as this node sent it.
     pub msg_type: MsgType,
     pub stream_id: u64,
+    /// The claim epoch this node located the agent at when it sent.
+    pub epoch: u64,
     pub code: UndeliveredCode,
     /// Why, in words, naming the node.
     pub reason: String,
@@ -292,6 +294,7 @@ impl NodeLinks {
             node_id: from.to_string(),
             stream_id: inner.stream_id,
             msg_type: inner.msg_type.to_u16(),
+            epoch: relay.epoch,
         };
         let (stream_id, evicted) = self.relay.open(agent, origin.clone());
         if let Some(old) = evicted {
@@ -330,6 +333,7 @@ impl NodeLinks {
             stream_id: origin.stream_id,
             reason,
             code: code as u32,
+            epoch: origin.epoch,
         };
         let frame = Frame::new(MsgType::NodeUndelivered, 0, &notice);
         if let Err(e) = self.queue(&origin.node_id, frame) {
@@ -368,6 +372,7 @@ impl NodeLinks {
                 agent: AgentKey::new(notice.cloud_id, ip),
                 msg_type: MsgType::from_u16(msg_type),
                 stream_id: notice.stream_id,
+                epoch: notice.epoch,
                 code: UndeliveredCode::from_wire(notice.code),
                 reason: notice.reason,
             });

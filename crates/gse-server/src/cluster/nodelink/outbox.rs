@@ -286,6 +286,7 @@ fn fail(parts: &OutboxParts, frame: Frame, why: &str) {
                 agent: AgentKey::new(relay.cloud_id, ip),
                 msg_type: MsgType::from_u16(msg_type),
                 stream_id: relay.stream_id,
+                epoch: relay.epoch,
                 code: UndeliveredCode::NodeUnreachable,
                 reason: why.to_string(),
             })

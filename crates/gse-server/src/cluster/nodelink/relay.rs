@@ -34,6 +34,8 @@ pub struct Origin {
     pub stream_id: u64,
     /// The type of the frame that opened the stream.
     pub msg_type: u16,
+    /// The claim epoch the sending node located the agent at.
+    pub epoch: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +136,7 @@ mod tests {
             node_id: node.into(),
             stream_id,
             msg_type: 0x100,
+            epoch: 1,
         }
     }
 

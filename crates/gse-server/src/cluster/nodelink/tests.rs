@@ -200,14 +200,14 @@ async fn an_agent_the_node_does_not_hold_is_reported_back() {
     let mut a = start(parts(&s, "a", "/gse", CertKind::Server), vec![], Some(la));
     let _b = start(parts(&s, "b", "/gse", CertKind::Server), vec![], Some(lb));
     a.links
-        .send_to_agent("b", key(9), 0, output(5, "x"))
+        .send_to_agent("b", key(9), 3, output(5, "x"))
         .unwrap();
     let Seen::Undelivered(n) = a.next().await else {
         panic!("expected a notice")
     };
     assert_eq!(n.code, UndeliveredCode::NotHeld);
     assert!(n.reason.contains("not held by node b"), "{}", n.reason);
-    assert_eq!(n.stream_id, 5);
+    assert_eq!((n.stream_id, n.epoch), (5, 3));
 }
 
 #[tokio::test]
