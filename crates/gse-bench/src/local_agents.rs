@@ -3,9 +3,9 @@
 //!
 //! Agent i (1-based) has identity IP 127.0.0.i and binds its connection to
 //! that address, as `gse-server quickstart` does; its config is written
-//! with `gse_agent::AgentConfig::new` into `<bench dir>/agents/<ip>/`, with
-//! its log beside it (both by quickstart's own `spawn_local_agent`; `p2p`
-//! spawns through `spawn_local_agent_with` to set the `[file]` section).
+//! by `gse_launch::agent` (quickstart's spawner) into `<bench dir>/agents/<ip>/`,
+//! with its log beside it (`p2p` spawns through `spawn_local_agent_with` to
+//! set the `[file]` section).
 //! [`RealAgents::stop`] sends SIGTERM, then kills after a grace period.
 
 use std::net::SocketAddr;
@@ -13,16 +13,16 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use gse_core::tls::TlsFiles;
-use gse_server::quickstart::{
-    LocalAgent as RealAgent, agent_ip, spawn_local_agent, stop_local_agents,
+use gse_launch::agent::{
+    LocalAgent as RealAgent, MAX_AGENTS, agent_ip, spawn_local_agent, stop_local_agents,
 };
+use gse_launch::beside_current_exe;
 
 use crate::api::ApiClient;
 use crate::procfs::rss_kib;
-use crate::server::beside_current_exe;
 
 /// Most real agents: their identity IPs stay in 127.0.0.0/8 like quickstart's.
-const MAX_REAL_AGENTS: u32 = gse_server::quickstart::MAX_AGENTS;
+const MAX_REAL_AGENTS: u32 = MAX_AGENTS;
 
 /// The agent processes of a run.
 pub struct RealAgents {
@@ -35,7 +35,7 @@ impl RealAgents {
         check_count(n)?;
         let bin = beside_current_exe("gse-agent")?;
         let agents = (1..=n)
-            .map(|i| spawn_local_agent(&bin, dir, link, tls, agent_ip(i)))
+            .map(|i| spawn_local_agent(&bin, dir, &[link], tls, agent_ip(i)))
             .collect::<Result<_>>()?;
         Ok(RealAgents { agents })
     }

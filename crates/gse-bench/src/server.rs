@@ -2,30 +2,22 @@
 //!
 //! [`BenchServer::start`] makes certificates, writes `server.toml` with free
 //! loopback ports (and the API apps and host limit of [`ServerOptions`]),
-//! spawns the built binary and waits (polling with a deadline) until
-//! `GET /healthz` answers 200. [`BenchServer::stop`] sends
-//! SIGTERM and kills after a grace period. The dir holds `server.log` and
+//! and starts the built binary on it with `gse_launch::server` (ready once
+//! `GET /healthz` answers 200). [`BenchServer::stop`] sends SIGTERM and
+//! kills after a grace period. The dir holds `server.log` and
 //! `server.out`; it is kept, and its path printed, when a bench fails.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gse_core::certs::{CertDir, CertKind};
 use gse_core::tls::TlsFiles;
+use gse_launch::beside_current_exe;
+use gse_launch::server::ServerProcess;
 use gse_server::config::ServerConfig;
 use gse_server::role::api::AppConfig;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::time::{Instant, sleep, timeout};
-
-/// How long the server has to answer `/healthz` after it is spawned.
-const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long the server has to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -55,8 +47,7 @@ impl Default for ServerOptions {
 /// A running `gse-server` and the files it uses.
 pub struct BenchServer {
     dir: tempfile::TempDir,
-    child: Child,
-    pid: u32,
+    process: ServerProcess,
     /// Where agents connect.
     pub link: SocketAddr,
     /// Where the HTTP API listens.
@@ -76,27 +67,32 @@ impl BenchServer {
             Some(bin) => bin.clone(),
             None => beside_current_exe("gse-server")?,
         };
-        let child = spawn(&bin, dir.path())?;
-        let pid = child.id().context("gse-server exited at once")?;
-        let mut server = BenchServer {
+        let started = ServerProcess::start(
+            &bin,
+            &dir.path().join("server.toml"),
+            dir.path(),
+            config.api.listen,
+        )
+        .await;
+        let process = match started {
+            Ok(p) => p,
+            Err(e) => {
+                let kept = dir.keep();
+                return Err(e.context(format!("see the server's logs in {}", kept.display())));
+            }
+        };
+        Ok(BenchServer {
             dir,
-            child,
-            pid,
+            process,
             link: config.link.listen,
             api: config.api.listen,
             agent_tls,
-        };
-        if let Err(e) = server.wait_ready(config.api.listen).await {
-            server.stop().await;
-            let kept = server.keep_dir();
-            return Err(e.context(format!("see the server's logs in {}", kept.display())));
-        }
-        Ok(server)
+        })
     }
 
     /// The server's pid, as `/proc` names it.
     pub fn proc_id(&self) -> String {
-        self.pid.to_string()
+        self.process.pid().to_string()
     }
 
     /// The bench's temp dir (kept on failure): a place for other files.
@@ -106,13 +102,8 @@ impl BenchServer {
 
     /// Stops the server: SIGTERM, then SIGKILL after the grace period.
     pub async fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        if timeout(STOP_GRACE, self.child.wait()).await.is_err() {
-            eprintln!("gse-server did not stop within {STOP_GRACE:?} of SIGTERM; killing it");
-            let _ = self.child.kill().await;
+        if self.process.stop(STOP_GRACE).await {
+            eprintln!("gse-server did not stop within {STOP_GRACE:?} of SIGTERM; killed it");
         }
     }
 
@@ -144,22 +135,6 @@ impl BenchServer {
             line: serde_json::to_string(&report)?,
             failure,
         })
-    }
-
-    async fn wait_ready(&mut self, api: SocketAddr) -> Result<()> {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("gse-server exited before it was ready ({status})");
-            }
-            if healthz(api).await.unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("gse-server did not answer GET http://{api}/healthz within {READY_WITHIN:?}");
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -197,44 +172,4 @@ fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFil
 fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
     Ok(listener.local_addr()?)
-}
-
-/// The built binary `name` in the directory of this executable.
-pub fn beside_current_exe(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find the current executable")?;
-    let bin = exe.with_file_name(name);
-    if !bin.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release -p {name})",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-fn spawn(bin: &Path, dir: &Path) -> Result<Child> {
-    let out = std::fs::File::create(dir.join("server.out"))?;
-    Command::new(bin)
-        .arg("run")
-        .arg("--config")
-        .arg(dir.join("server.toml"))
-        .arg("--log-file")
-        .arg(dir.join("server.log"))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))
-}
-
-/// True if `GET /healthz` answers 200 (HTTP/1.0 over a raw socket).
-async fn healthz(api: SocketAddr) -> std::io::Result<bool> {
-    let mut tcp = TcpStream::connect(api).await?;
-    tcp.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
-    let mut answer = Vec::new();
-    timeout(Duration::from_secs(2), tcp.read_to_end(&mut answer)).await??;
-    let status = answer.split(|&b| b == b' ').nth(1);
-    Ok(status == Some(b"200".as_slice()))
 }

@@ -34,11 +34,13 @@ pub enum MsgFamily {
     /// Data-path frames on the agent link: the assigned DataServer
     /// (data.proto, `DataAssign`).
     DataAssign,
+    /// The node link between the server nodes of a cluster (node.proto).
+    Node,
 }
 
 impl MsgFamily {
     /// Every family, in type order.
-    pub const ALL: [MsgFamily; 7] = [
+    pub const ALL: [MsgFamily; 8] = [
         MsgFamily::Link,
         MsgFamily::Task,
         MsgFamily::File,
@@ -46,6 +48,7 @@ impl MsgFamily {
         MsgFamily::Proc,
         MsgFamily::Data,
         MsgFamily::DataAssign,
+        MsgFamily::Node,
     ];
 
     /// The message types the family owns. Part of the wire contract: a
@@ -59,6 +62,7 @@ impl MsgFamily {
             MsgFamily::Proc => 0x0300..=0x037f,
             MsgFamily::Data => 0x0400..=0x040f,
             MsgFamily::DataAssign => 0x0410..=0x041f,
+            MsgFamily::Node => 0x0500..=0x05ff,
         }
     }
 

@@ -65,6 +65,12 @@ pub enum MsgType {
     DataAck,
     /// On the control link: the agent's DataServer changed (D4).
     DataAssign,
+    // The node link between server nodes (node.proto): 0x500-0x5ff (Node).
+    NodeHello,
+    NodeHelloAck,
+    NodeToAgent,
+    NodeFromAgent,
+    NodeUndelivered,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -102,6 +108,11 @@ impl MsgType {
             MsgType::DataBatch => 0x402,
             MsgType::DataAck => 0x403,
             MsgType::DataAssign => 0x410,
+            MsgType::NodeHello => 0x500,
+            MsgType::NodeHelloAck => 0x501,
+            MsgType::NodeToAgent => 0x502,
+            MsgType::NodeFromAgent => 0x503,
+            MsgType::NodeUndelivered => 0x504,
             MsgType::Other(n) => n,
         }
     }
@@ -138,6 +149,11 @@ impl MsgType {
             0x402 => MsgType::DataBatch,
             0x403 => MsgType::DataAck,
             0x410 => MsgType::DataAssign,
+            0x500 => MsgType::NodeHello,
+            0x501 => MsgType::NodeHelloAck,
+            0x502 => MsgType::NodeToAgent,
+            0x503 => MsgType::NodeFromAgent,
+            0x504 => MsgType::NodeUndelivered,
             n => MsgType::Other(n),
         }
     }
@@ -317,6 +333,7 @@ mod tests {
             .chain(0x300..=0x303)
             .chain(0x400..=0x403)
             .chain(0x410..=0x410)
+            .chain(0x500..=0x504)
         {
             let t = MsgType::from_u16(n);
             assert!(!matches!(t, MsgType::Other(_)), "type {n:#x} is not named");

@@ -2,15 +2,16 @@
 //! over several (`--roles`).
 //!
 //! Start reading at [`node::Node`], which builds the seams (state store,
-//! registry) from [`config::ServerConfig`] and starts the roles:
+//! registry) from [`config::ServerConfig`] and starts the roles, one
+//! builder per role under `node/`:
 //! - [`role::link`]: holds agent connections over mutual TLS, registration,
 //!   heartbeats, liveness (C3, K3, K6, K7);
 //! - [`role::api`]: the HTTP API upper systems call (C6, A1..A3);
 //! - [`role::alarm`]: lost-connection and later other alarms, to a JSON-lines
 //!   log and a webhook (C7, K4).
 //!
-//! The embedded state store is in [`store`]; `quickstart` wires a server and
-//! local agents together for a first look. [`fd_budget`] shares the
+//! The embedded state store is in [`store`]; `quickstart` starts this node for
+//! `gse_launch::quickstart`, which adds local agents for a first look. [`fd_budget`] shares the
 //! open-files limit among the listeners' unauthenticated connections, which
 //! each listener caps with `gse_link::limits`.
 #![forbid(unsafe_code)]

@@ -10,12 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use gse_core::AgentKey;
 use gse_core::app_secret::{self, SecretHash};
 use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS, IdentityMark};
-use gse_core::seams::{AppRecord, StateStore};
+use gse_core::seams::AppRecord;
 use gse_server::config::ServerConfig;
 use gse_server::node::Node;
 use gse_server::quickstart::{self, QuickstartOptions};
 use gse_server::reach::{self, Reach};
-use gse_server::store::EmbeddedStore;
 
 /// The gse server: holds agent connections (mutual TLS), serves the HTTP API
 /// upper systems call (job platform, node manager, monitoring), and raises
@@ -264,11 +263,11 @@ async fn apps_command(command: AppsCommand) -> Result<()> {
             })
             .await?;
             let code = record.app_code.clone();
-            let store = EmbeddedStore::open(&config.store_path())?;
+            let store = gse_server::store::open(&config).await?;
             store.put_app(record).await?;
             println!(
                 "app {code} registered in {} (as a salted hash)",
-                store.path().display()
+                gse_server::store::location(&config)
             );
             println!("bk_app_secret: {secret}");
             println!("(shown this once: the server cannot show it again)");
@@ -384,7 +383,7 @@ async fn agents(c: AgentsCommand) -> Result<()> {
         AgentsCommand::Pins { config } | AgentsCommand::ReleasePin { config, .. } => config,
     };
     let config = ServerConfig::load(config)?;
-    let store = EmbeddedStore::open(&config.store_path())?;
+    let store = gse_server::store::open(&config).await?;
     match c {
         AgentsCommand::Pins { .. } => {
             let pins = store.list_identity_pins().await?;

@@ -5,11 +5,14 @@
 //! processes against it. Every process gets its own directory with its config
 //! and log, kept (and printed) when a test fails. Readiness is polled on real
 //! endpoints with deadlines ([`eventually`]); processes stop with SIGTERM and
-//! are killed after a grace period, or on drop. The binaries are the ones
+//! are killed after a grace period, or on drop. [`Cluster::builder`] starts
+//! several nodes with ZooKeeper and agents that know every node
+//! ([`cluster`]). The binaries are the ones
 //! `cargo build --bins` put next to the test executable (or `GSE_BIN_DIR`).
 
 mod api;
 pub mod bad_tls;
+pub mod cluster;
 mod fake_agent;
 pub mod hostile;
 pub mod netlab;
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use api::Api;
+pub use cluster::{ClusterBuilder, StartedCluster};
 pub use fake_agent::{FakeAgent, FakeAgentOptions, RoguePeer};
 pub use procs::{AgentOptions, AgentProc, Cluster, ServerOptions, ServerProc};
 pub use webhook::Webhook;

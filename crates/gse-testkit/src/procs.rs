@@ -6,9 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gse_agent::AgentConfig;
+use gse_agent_config::AgentConfig;
 use gse_core::certs::{CertDir, CertKind};
 use gse_core::tls::TlsFiles;
+use gse_launch::agent::local_config;
 use gse_server::config::ServerConfig;
 use gse_server::role::api::AppConfig;
 use gse_server::role::file::PassThroughRule;
@@ -66,7 +67,12 @@ impl Cluster {
     }
 
     pub fn agent(&self, server: &ServerProc, opts: AgentOptions) -> AgentProc {
-        AgentProc::start(self, server.link_addr, opts)
+        AgentProc::start(self, &[server.link_addr], opts)
+    }
+
+    /// An agent that lists every one of `servers` (the nodes of a cluster).
+    pub fn agent_of(&self, servers: &[SocketAddr], opts: AgentOptions) -> AgentProc {
+        AgentProc::start(self, servers, opts)
     }
 }
 
@@ -128,6 +134,9 @@ pub struct ServerOptions {
     /// Open-files limit (soft and hard) the server runs under; `None` = the
     /// test's own. Lets descriptor-exhaustion tests stay cheap.
     pub open_files_limit: Option<u64>,
+    /// Directory name under the cluster's (several servers in one test);
+    /// default `server`.
+    pub name: Option<String>,
 }
 
 /// A change a test makes to a generated config.
@@ -143,6 +152,7 @@ impl Default for ServerOptions {
             file_pass_through: Vec::new(),
             customize: None,
             open_files_limit: None,
+            name: None,
         }
     }
 }
@@ -164,7 +174,7 @@ pub struct ServerProc {
 
 impl ServerProc {
     async fn start(cluster: &Cluster, opts: ServerOptions) -> Self {
-        let dir = cluster.path.join("server");
+        let dir = cluster.path.join(opts.name.as_deref().unwrap_or("server"));
         std::fs::create_dir_all(&dir).unwrap();
         let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let link_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -290,6 +300,11 @@ impl ServerProc {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Whether the process was started and not stopped or killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -398,7 +413,7 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    fn start(cluster: &Cluster, server: SocketAddr, opts: AgentOptions) -> Self {
+    fn start(cluster: &Cluster, servers: &[SocketAddr], opts: AgentOptions) -> Self {
         let name = opts
             .name
             .clone()
@@ -409,9 +424,8 @@ impl AgentProc {
             .tls
             .clone()
             .unwrap_or_else(|| cluster.tls(CertKind::Agent));
-        let mut cfg = AgentConfig::new(dir.join("data"), vec![server.to_string()], tls);
+        let mut cfg = local_config(dir.join("data"), servers, &tls, opts.ip);
         cfg.agent.cloud_id = opts.cloud_id;
-        cfg.agent.identity_ip = Some(opts.ip);
         cfg.agent.zone = opts.zone.clone();
         cfg.file.p2p_listen = opts.p2p.then(|| SocketAddr::new(opts.ip, 0));
         cfg.file.upload_speed_mb = opts.upload_speed_mb;

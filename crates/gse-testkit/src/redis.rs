@@ -1,8 +1,12 @@
-//! A real `redis-server` for tests (DEPENDENCIES.md §11): one per test, on
-//! a free loopback port, in its own directory, with no persistence.
+//! A real `redis-server` for tests (DEPENDENCIES.md §11): Debian's package,
+//! one per test, on a free loopback port, in its own directory, with an
+//! append-only file (`appendonly yes`) as a cluster's Redis would have.
 //! Started by [`RedisServer::start`] (ready when it answers PING), stopped
-//! with SIGTERM (then SIGKILL) on drop. [`RedisServer::client`] gives a
-//! `redis` client for checking what a sink wrote.
+//! with SIGTERM (then SIGKILL) on drop; [`RedisServer::restart`] brings it
+//! back on the same port from its append-only file, as an operator's
+//! restart would. [`RedisServer::client`] gives a `redis` client for
+//! checking what a sink or a store wrote; [`RedisServer::url`] the URL a
+//! node's config names.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +19,7 @@ use crate::{eventually, free_port};
 pub struct RedisServer {
     pub port: u16,
     pub dir: PathBuf,
+    password: Option<String>,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -34,34 +39,47 @@ impl RedisServer {
     /// Starts redis-server on a free loopback port and waits until it
     /// answers PING; `password` sets `requirepass`.
     pub async fn start(password: Option<&str>) -> RedisServer {
+        assert!(
+            available(),
+            "redis-server is not installed: run scripts/install-deps.sh --tests"
+        );
         let tmp = tempfile::Builder::new()
             .prefix("gse-redis-")
             .tempdir()
             .expect("redis temp dir");
-        let dir = tmp.path().to_path_buf();
-        let port = free_port();
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tmp.path().to_path_buf(),
+            password: password.map(str::to_string),
+            child: None,
+            _tmp: tmp,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts the process and waits until it answers PING (after loading
+    /// its append-only file, on a restart).
+    async fn spawn(&mut self) {
+        let port = self.port;
         let mut cmd = Command::new("redis-server");
+        // `--save ''`: no RDB snapshots, the append-only file is the data.
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "yes"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
             .arg("--logfile")
-            .arg(dir.join("redis.log"))
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(p) = password {
+        if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
         let child = cmd
             .spawn()
-            .expect("cannot start redis-server: install it (apt-get install redis-server)");
-        let server = RedisServer {
-            port,
-            dir,
-            child: Some(child),
-            _tmp: tmp,
-        };
-        let client = server.client(password);
+            .expect("cannot start redis-server: run scripts/install-deps.sh --tests");
+        self.child = Some(child);
+        let client = self.client(self.password.as_deref());
         eventually(
             &format!("redis-server on port {port} answers PING"),
             Duration::from_secs(10),
@@ -80,7 +98,21 @@ impl RedisServer {
             },
         )
         .await;
-        server
+    }
+
+    /// The URL of this server, with its password: `[store] redis`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// Stops it and starts it again on the same port; what was written
+    /// before comes back from the append-only file.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
     }
 
     /// A client for this server.
@@ -92,7 +124,8 @@ impl RedisServer {
         redis::Client::open(url).expect("redis url")
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after 2 s).
+    /// Stops the server (SIGTERM, then SIGKILL after 2 s). On SIGTERM it
+    /// flushes its append-only file first.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
             stop_child(child, Duration::from_secs(2));
@@ -103,5 +136,46 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_restart_keeps_what_was_written_and_the_password() {
+        let mut server = RedisServer::start(Some("pw")).await;
+        let client = server.client(Some("pw"));
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        server.restart().await;
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let v: Option<String> = redis::cmd("GET")
+            .arg("k")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some("v"),
+            "restored from the append-only file"
+        );
+        let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).unwrap();
+        let mut conn = anonymous.get_multiplexed_async_connection().await.unwrap();
+        assert!(
+            redis::cmd("GET")
+                .arg("k")
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .is_err(),
+            "the password still applies"
+        );
     }
 }

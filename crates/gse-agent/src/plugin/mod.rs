@@ -160,7 +160,8 @@ impl PluginService {
         match frame.decode::<ProcOperate>() {
             Ok(op) => {
                 let svc = self.clone();
-                tokio::spawn(async move { svc.operate(op).await });
+                let stream_id = frame.stream_id;
+                tokio::spawn(async move { svc.operate(stream_id, op).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a plugin operation that does not decode")
@@ -169,8 +170,9 @@ impl PluginService {
         true
     }
 
-    /// Runs one operation and answers it upstream.
-    async fn operate(&self, op: ProcOperate) {
+    /// Runs one operation and answers it upstream, on the operation's
+    /// stream (a node relaying for another node routes the answer by it).
+    async fn operate(&self, stream_id: u64, op: ProcOperate) {
         let (outcome, status) = match self.prepare(&op) {
             Err(outcome) => (outcome, unregistered(&op)),
             Ok((plugin, kind, spec)) => {
@@ -198,7 +200,7 @@ impl PluginService {
             content,
             status: Some(status),
         };
-        self.send(Frame::new(MsgType::ProcOperateResult, 0, &result));
+        self.send(Frame::new(MsgType::ProcOperateResult, stream_id, &result));
     }
 
     /// Checks the op and finds (or makes) its plugin, with the op's spec.

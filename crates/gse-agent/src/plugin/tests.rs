@@ -271,10 +271,11 @@ async fn r9_6_a_blocked_control_command_is_refused_before_anything_runs() {
         }),
         ..Default::default()
     };
-    svc.operate(op).await;
+    svc.operate(77, op).await;
     let answer = loop {
         let frame = rx.recv().await.expect("an answer");
         if frame.msg_type == gse_proto::MsgType::ProcOperateResult {
+            assert_eq!(frame.stream_id, 77, "answered on the operation's stream");
             break frame.decode::<ProcOperateResult>().unwrap();
         }
     };

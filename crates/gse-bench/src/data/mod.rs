@@ -33,7 +33,9 @@ use crate::BenchOutput;
 use crate::api::ApiClient;
 use crate::local_agents::RealAgents;
 use crate::procfs::machine_cpu_ticks;
-use crate::server::{BenchServer, ServerOptions, beside_current_exe};
+use gse_launch::beside_current_exe;
+
+use crate::server::{BenchServer, ServerOptions};
 use collector::Load;
 
 const APP_CODE: &str = "gse-bench";
@@ -175,12 +177,12 @@ async fn pipeline_phase(
 ) -> Result<(pipeline::TransportFigures, pipeline::PipelineFigures)> {
     let api = ApiClient::new(server.api, app)?;
     let bin = beside_current_exe("gse-agent")?;
-    let agent = gse_server::quickstart::spawn_local_agent(
+    let agent = gse_launch::agent::spawn_local_agent(
         &bin,
         server.dir(),
-        server.link,
+        &[server.link],
         &server.agent_tls,
-        gse_server::quickstart::agent_ip(1),
+        gse_launch::agent::agent_ip(1),
     )?;
     let socket = agent.data_ipc.clone();
     let pid = agent

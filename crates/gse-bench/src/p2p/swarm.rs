@@ -16,12 +16,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use gse_server::quickstart::{agent_ip, spawn_local_agent_with};
+use gse_launch::agent::{LocalAgent, agent_ip, spawn_local_agent_with};
 
 use crate::api::ApiClient;
 use crate::local_agents::RealAgents;
 use crate::procfs::{cpu_seconds, peak_rss_kib, written_bytes};
-use crate::server::{BenchServer, beside_current_exe};
+use gse_launch::beside_current_exe;
+
+use crate::server::BenchServer;
 
 /// How targets get a directory of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,11 +229,11 @@ fn spawn(
     ip: IpAddr,
     serve: bool,
     upload_mb: u64,
-) -> Result<gse_server::quickstart::LocalAgent> {
+) -> Result<LocalAgent> {
     spawn_local_agent_with(
         bin,
         &layout.dir,
-        server.link,
+        &[server.link],
         &server.agent_tls,
         ip,
         |cfg| {

@@ -3,7 +3,8 @@
 //!
 //! - [`Registry`]: which server nodes exist, their region and load (K1).
 //! - [`AgentDirectory`]: which node holds each agent, fenced by epochs.
-//! - [`StateStore`]: agent state, apps, and later task records and routes (C12).
+//! - [`StateStore`]: agents, apps, tasks, transfers, routes, pins and alarms,
+//!   one trait per concern (C12).
 //! - [`Sink`]: where the DataServer sends a data id's records (D5).
 //! - [`Executor`]: how an agent runs a task (T2..T8).
 //!
@@ -23,6 +24,8 @@ pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncati
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Batch, Record, Sink, SinkError};
 pub use state_store::{
-    AgentRecord, AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, LostAlarm, StateStore,
-    StoreError, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskTarget, TaskWrites,
+    AgentRecord, AgentStore, AppRecord, AppStore, EntryFailure, HeartbeatUpdate, LogWindow,
+    LostAlarm, LostAlarmStore, PinStore, RouteStore, StateStore, StoreError, StoreErrorKind,
+    StoreKind, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskStore, TaskTarget,
+    TaskWrites, TransferStore,
 };

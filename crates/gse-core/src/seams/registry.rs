@@ -28,6 +28,10 @@ pub struct NodeInfo {
     /// Agents currently connected.
     #[serde(default)]
     pub agents: u64,
+    /// Address of the node link (`ip:port`) other nodes forward work to
+    /// (T1); empty for a node without one (not a cluster member).
+    #[serde(default)]
+    pub node_addr: String,
 }
 
 /// Why the registry could not answer.
@@ -121,6 +125,7 @@ mod tests {
             agent_addr: "127.0.0.1:28668".into(),
             api_addr: String::new(),
             agents,
+            node_addr: String::new(),
         }
     }
 

@@ -171,6 +171,16 @@ fn bad_pair(files: &TlsFiles) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
 /// as an agent's (gse-server's link and DataServers, an agent's P2P
 /// listener).
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(files, CertKind::Agent)
+}
+
+/// A server config for the node link (T1): the dialing node must present
+/// a server certificate from the CA, as this node does.
+pub fn node_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(files, CertKind::Server)
+}
+
+fn server_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = load_roots(&files.ca_file)?;
     let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
@@ -180,7 +190,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     let verifier = Arc::new(RoleClientVerifier {
         inner: webpki,
-        policy: files.policy(CertKind::Agent),
+        policy: files.policy(peer),
     });
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

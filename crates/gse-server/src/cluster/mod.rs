@@ -5,8 +5,10 @@
 //! wherever the agent directory says it is held.
 
 pub mod sender;
+pub mod nodelink;
 pub mod zk;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,15 @@ pub struct ClusterConfig {
     /// departures are seen at once.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
+    /// Where this node accepts node links from the other nodes (T1):
+    /// forwarded work for its agents and their answers. Advertised to the
+    /// others as `node.advertise_ip` (or the bound address) with this port.
+    #[serde(default = "default_node_listen")]
+    pub node_listen: SocketAddr,
+    /// The name the other nodes' certificates must carry (every node's
+    /// server certificate from `gse-server certs` has it).
+    #[serde(default = "default_node_server_name")]
+    pub node_server_name: String,
 }
 
 impl Default for ClusterConfig {
@@ -46,6 +57,8 @@ impl Default for ClusterConfig {
             zk_auth: None,
             session_timeout: default_session_timeout(),
             refresh: default_refresh(),
+            node_listen: default_node_listen(),
+            node_server_name: default_node_server_name(),
         }
     }
 }
@@ -79,6 +92,9 @@ impl ClusterConfig {
         if self.zk_auth.as_ref().is_some_and(|a| !a.contains(':')) {
             p.push("cluster.zk_auth must be \"user:password\"".into());
         }
+        if self.node_server_name.trim().is_empty() {
+            p.push("cluster.node_server_name is empty: the name on the nodes' certificates, such as \"gse-server\"".into());
+        }
         if self.session_timeout < Duration::from_secs(2) {
             p.push(format!(
                 "cluster.session_timeout = {:?}: at least 2s",
@@ -99,6 +115,15 @@ fn default_session_timeout() -> Duration {
 
 fn default_refresh() -> Duration {
     Duration::from_secs(2)
+}
+
+/// 28669: beside the agent link's 28668 (GSE 2.0 has no node-link port).
+fn default_node_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 28669))
+}
+
+fn default_node_server_name() -> String {
+    gse_core::certs::DEFAULT_SERVER_NAME.into()
 }
 
 #[cfg(test)]

@@ -1,18 +1,57 @@
 //! State store implementations behind `gse_core::seams::StateStore`.
 //!
-//! [`embedded::EmbeddedStore`] is the single-node default: everything in
-//! memory, with agent identities, apps, task records (`tasks`), file
-//! transfers (`files`), data routes (`routes`), identity pins (`pins`) and
-//! raised `agent_lost` alarms (`lost`)
-//! persisted to SQLite so that they survive a restart.
-//! The Redis store arrives with the cluster work; nothing outside this
-//! module and `node` knows which one is in use.
+//! [`embedded::EmbeddedStore`] is the single-node default: agents in
+//! memory, with agent identities, apps, task records, file transfers, data
+//! routes, identity pins and raised `agent_lost` alarms persisted to SQLite
+//! so that they survive a restart (one module per concern).
+//! [`redis::RedisStore`] keeps the same in Redis, shared by the nodes of a
+//! cluster (`[store] redis`). Nothing outside this module and `node` knows
+//! which one is in use.
 
 pub mod embedded;
-mod files;
-mod lost;
-mod pins;
-mod routes;
-mod tasks;
+pub mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::{RedisDirectory, RedisStore, RedisStoreConfig};
+
+use std::sync::Arc;
+
+use gse_core::seams::StateStore;
+
+use crate::config::ServerConfig;
+
+/// Why the configured store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Embedded(#[from] embedded::OpenError),
+    #[error(transparent)]
+    Redis(#[from] redis::ConnectError),
+}
+
+/// Opens the store `[store]` selects: Redis when `redis` is set, else the
+/// embedded store. An unreachable Redis fails here, naming its address.
+pub async fn open(config: &ServerConfig) -> Result<Arc<dyn StateStore>, OpenError> {
+    Ok(match config.store.redis() {
+        Some(redis) => Arc::new(RedisStore::connect(&redis).await?),
+        None => {
+            let path = config.store_path();
+            let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+                .await
+                .expect("opening the embedded store does not panic")?;
+            Arc::new(opened)
+        }
+    })
+}
+
+/// Where the configured store is, for messages: the SQLite file, or the
+/// Redis address (without credentials).
+pub fn location(config: &ServerConfig) -> String {
+    match config.store.redis() {
+        Some(redis) => match ::redis::Client::open(redis.url.as_str()) {
+            Ok(c) => format!("the Redis store at {}", c.get_connection_info().addr()),
+            Err(_) => "the Redis store".into(),
+        },
+        None => config.store_path().display().to_string(),
+    }
+}

@@ -29,6 +29,7 @@ fn node(id: &str, agents: u64) -> NodeInfo {
         agent_addr: format!("127.0.0.1:{}", 28000 + agents),
         api_addr: "127.0.0.1:59313".into(),
         agents,
+        node_addr: String::new(),
     }
 }
 
@@ -128,89 +129,37 @@ async fn k1_an_unreachable_zookeeper_is_one_clear_error() {
     );
 }
 
-/// A `gse-server` process named `id` that joins the cluster on `zk`.
-async fn member(
-    cluster: &gse_testkit::Cluster,
-    zk: &ZooKeeperServer,
-    id: &'static str,
-) -> gse_testkit::ServerProc {
-    let servers = vec![zk.connect_string()];
-    cluster
-        .server(gse_testkit::ServerOptions {
-            customize: Some(std::sync::Arc::new(move |cfg| {
-                cfg.node.id = id.into();
-                cfg.node.region = "east".into();
-                cfg.cluster.zookeeper = servers.clone();
-                cfg.cluster.session_timeout = Duration::from_secs(3);
-                cfg.cluster.refresh = Duration::from_millis(300);
-            })),
-            ..gse_testkit::ServerOptions::default()
-        })
-        .await
-}
-
-/// `list_nodes` of `server`: (node id, agents) pairs.
-async fn listed(server: &gse_testkit::ServerProc) -> Result<Vec<String>, String> {
-    let (status, v) = server
-        .api
-        .post("/api/v2/cluster/list_nodes", serde_json::json!({}))
-        .await;
-    if status != 200 || v["code"] != 0 {
-        return Err(format!("{status} {v}"));
-    }
-    Ok(v["data"]
-        .as_array()
-        .ok_or(format!("{v}"))?
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap_or_default().to_string())
-        .collect())
-}
-
-async fn lists(server: &gse_testkit::ServerProc, want: &[&str]) {
-    eventually(
-        &format!("list_nodes shows {want:?}"),
-        Duration::from_secs(30),
-        || async {
-            let got = listed(server).await?;
-            (got == want).then_some(()).ok_or(format!("{got:?}"))
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn k1_list_nodes_and_gsectl_nodes_show_every_member_from_any_node() {
-    let zk = ZooKeeperServer::start().await;
-    let (c1, c2) = (gse_testkit::Cluster::new(), gse_testkit::Cluster::new());
-    let n1 = member(&c1, &zk, "gse-1").await;
-    let mut n2 = member(&c2, &zk, "gse-2").await;
-    lists(&n1, &["gse-1", "gse-2"]).await;
-    lists(&n2, &["gse-1", "gse-2"]).await;
-
-    let (_, v) = n1
-        .api
-        .post("/api/v2/cluster/list_nodes", serde_json::json!({}))
+    let mut cluster = gse_testkit::Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .node_config(|_, cfg| cfg.node.region = "east".into())
+        .start()
         .await;
-    let second = &v["data"][1];
-    assert_eq!(second["region"], "east", "{v}");
-    assert_eq!(second["api_addr"], n2.api_addr.to_string(), "{v}");
-    assert_eq!(second["agent_addr"], n2.link_addr.to_string(), "{v}");
-    let out = n1.api.gsectl().arg("nodes").output().unwrap();
+    let nodes = cluster.api(0).list_nodes().await.unwrap();
+    let second = &nodes[1];
+    let n2 = &cluster.nodes[1];
+    assert_eq!(second.region, "east", "{second:?}");
+    assert_eq!(second.api_addr, n2.api_addr.to_string(), "{second:?}");
+    assert_eq!(second.agent_addr, n2.link_addr.to_string(), "{second:?}");
+    let out = cluster.api(0).gsectl().arg("nodes").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("gse-2") && text.contains(&n2.link_addr.to_string()),
+        text.contains("node-2") && text.contains(&n2.link_addr.to_string()),
         "{text}"
     );
 
     // A node that dies leaves within the session timeout; back, it rejoins.
-    n2.kill9();
-    lists(&n1, &["gse-1"]).await;
-    n2.start_again().await;
-    lists(&n1, &["gse-1", "gse-2"]).await;
+    cluster.kill9(1);
+    cluster.wait_members().await;
+    cluster.nodes[1].start_again().await;
+    cluster.wait_members().await;
+    assert_eq!(cluster.running_ids(), ["node-1", "node-2"]);
     // A clean stop leaves at once.
-    n2.stop();
-    lists(&n1, &["gse-1"]).await;
+    cluster.nodes[1].stop();
+    cluster.api(0).wait_listed(&["node-1".into()]).await;
 }
 
 #[tokio::test]

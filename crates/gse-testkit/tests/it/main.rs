@@ -13,6 +13,8 @@ mod k1_registry;
 mod k3_status;
 mod k4_liveness;
 mod k6_tls;
+mod k_cluster;
+mod k_redis_store;
 mod quickstart;
 mod r10_certs;
 mod r10_hosts;

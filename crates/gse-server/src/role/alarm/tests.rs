@@ -2,7 +2,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_core::AgentKey;
-use gse_core::seams::{AgentRecord, LostAlarm, StateStore};
+use gse_core::seams::state_store::prelude::*;
+use gse_core::seams::{AgentRecord, LostAlarm};
 use tokio_util::sync::CancellationToken;
 
 use super::lost::{Resume, plan};

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use gse_core::seams::state_store::prelude::*;
 use gse_core::seams::{AppRecord, StateStore};
 use serde_json::{Value, json};
 

@@ -36,6 +36,8 @@ mod task_request;
 mod tasks;
 
 #[cfg(test)]
+mod fake_store;
+#[cfg(test)]
 mod file_tests;
 #[cfg(test)]
 mod limit_tests;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use gse_core::seams::StateStore;
+use gse_core::seams::state_store::prelude::*;
 use serde_json::{Value, json};
 
 use super::tests::{APP, FakeStore, post, record, send};

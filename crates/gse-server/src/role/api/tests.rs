@@ -2,176 +2,24 @@
 //! whole router (`oneshot`), so paths, auth, envelope and shapes are proven
 //! together. Real-process tests live in gse-testkit.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use gse_core::identity::{AgentKey, AgentRef};
-use gse_core::seams::state_store::{
-    EntryFailure, LogWindow, StoredTask, TaskEntryState, TaskRecord, TaskWrites,
-};
-use gse_core::seams::{AgentRecord, AppRecord, HeartbeatUpdate, StateStore, StoreError};
+use gse_core::identity::AgentKey;
+use gse_core::seams::state_store::prelude::*;
+use gse_core::seams::{AgentRecord, AppRecord};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{ApiConfig, ApiContext, router};
 
+pub(super) use super::fake_store::FakeStore;
+use super::fake_store::Fault;
+
 pub(super) const APP: &str = "bk_job";
 pub(super) const SECRET: &str = "s3cret";
 const REAL_ID: &str = "0100005254008ed86116666614661851";
-
-// === fake store ===
-
-#[derive(Default)]
-pub(super) struct FakeStore {
-    pub(super) agents: Mutex<HashMap<AgentKey, AgentRecord>>,
-    apps: Mutex<HashMap<String, AppRecord>>,
-    tasks: Mutex<HashMap<String, FakeTask>>,
-    /// How `list_agents` misbehaves, to test timeouts and store failures.
-    list_fault: Option<Fault>,
-}
-
-/// A task as the fake store keeps it.
-struct FakeTask {
-    record: TaskRecord,
-    entries: BTreeMap<(u32, u32), TaskEntryState>,
-    logs: HashMap<(u32, u32), Vec<u8>>,
-}
-
-#[derive(Clone, Copy)]
-enum Fault {
-    Hang,
-    Fail,
-}
-
-#[async_trait]
-impl StateStore for FakeStore {
-    fn kind(&self) -> &'static str {
-        "fake"
-    }
-    async fn upsert_agent(&self, record: AgentRecord) -> Result<(), StoreError> {
-        self.agents.lock().unwrap().insert(record.key, record);
-        Ok(())
-    }
-    async fn record_heartbeats(&self, _beats: &[HeartbeatUpdate]) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn mark_offline(
-        &self,
-        _key: AgentKey,
-        _node_id: &str,
-        _connected_at_ms: u64,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
-        let agents = self.agents.lock().unwrap();
-        let find = |r: &AgentRef| match r {
-            AgentRef::Key(k) => agents.get(k).cloned(),
-            AgentRef::Id(id) => agents.values().find(|a| &a.agent_id == id).cloned(),
-        };
-        Ok(refs.iter().map(find).collect())
-    }
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        match self.list_fault {
-            Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Fail) => Err(StoreError::Backend {
-                backend: "fake",
-                doing: "listing agents",
-                message: "disk on fire".into(),
-            }),
-            None => Ok(self.agents.lock().unwrap().values().cloned().collect()),
-        }
-    }
-    async fn get_app(&self, app_code: &str) -> Result<Option<AppRecord>, StoreError> {
-        Ok(self.apps.lock().unwrap().get(app_code).cloned())
-    }
-    async fn put_app(&self, app: AppRecord) -> Result<(), StoreError> {
-        self.apps.lock().unwrap().insert(app.app_code.clone(), app);
-        Ok(())
-    }
-    async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
-        let mut tasks = self.tasks.lock().unwrap();
-        for record in &writes.tasks {
-            tasks
-                .entry(record.task_id.clone())
-                .or_insert_with(|| FakeTask {
-                    record: record.clone(),
-                    entries: BTreeMap::new(),
-                    logs: HashMap::new(),
-                });
-        }
-        for e in &writes.entries {
-            if let Some(t) = tasks.get_mut(&e.task_id) {
-                t.entries.insert((e.target, e.atomic_id), e.clone());
-            }
-        }
-        for chunk in &writes.logs {
-            if let Some(t) = tasks.get_mut(&chunk.task_id) {
-                let log = t.logs.entry((chunk.target, chunk.atomic_id)).or_default();
-                if log.len() as u64 == chunk.offset {
-                    log.extend_from_slice(chunk.data.as_bytes());
-                }
-            }
-        }
-        Ok(())
-    }
-    async fn get_task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
-        Ok(self.tasks.lock().unwrap().get(task_id).map(|t| StoredTask {
-            record: t.record.clone(),
-            entries: t.entries.values().cloned().collect(),
-        }))
-    }
-    async fn read_task_logs(
-        &self,
-        task_id: &str,
-        windows: &[LogWindow],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let tasks = self.tasks.lock().unwrap();
-        let log = |w: &LogWindow| -> Vec<u8> {
-            let Some(log) = tasks
-                .get(task_id)
-                .and_then(|t| t.logs.get(&(w.target, w.atomic_id)))
-            else {
-                return Vec::new();
-            };
-            let from = (w.offset as usize).min(log.len());
-            let to = from.saturating_add(w.max_bytes as usize).min(log.len());
-            log[from..to].to_vec()
-        };
-        Ok(windows.iter().map(log).collect())
-    }
-    async fn fail_unfinished_tasks(
-        &self,
-        node_id: &str,
-        failure: EntryFailure,
-    ) -> Result<u64, StoreError> {
-        let mut closed = 0;
-        for t in self.tasks.lock().unwrap().values_mut() {
-            if t.record.node_id != node_id {
-                continue;
-            }
-            for e in t.entries.values_mut() {
-                if !gse_core::task::is_final(e.status, e.error_code) {
-                    e.status = failure.status;
-                    e.error_code = failure.error_code;
-                    e.error_msg = failure.error_msg.clone();
-                    e.end_ms = failure.end_ms;
-                    closed += 1;
-                }
-            }
-        }
-        Ok(closed)
-    }
-    async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
-        let mut tasks = self.tasks.lock().unwrap();
-        let before = tasks.len();
-        tasks.retain(|_, t| t.record.created_ms >= created_before_ms);
-        Ok((before - tasks.len()) as u64)
-    }
-}
 
 pub(super) fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
     AgentRecord {
@@ -203,10 +51,7 @@ pub(super) async fn app_with(config: ApiConfig) -> axum::Router {
 }
 
 async fn app_with_fault(config: ApiConfig, list_fault: Option<Fault>) -> axum::Router {
-    let store = FakeStore {
-        list_fault,
-        ..FakeStore::default()
-    };
+    let store = FakeStore::with_list_fault(list_fault);
     store
         .put_app(AppRecord::with_secret(APP, SECRET))
         .await

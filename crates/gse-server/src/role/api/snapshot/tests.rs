@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use gse_core::seams::{AppRecord, StateStore};
+use gse_core::seams::AppRecord;
+use gse_core::seams::state_store::prelude::*;
 use serde_json::{Value, json};
 
 use super::{AGENT_UNKNOWN, NO_SNAPSHOT};

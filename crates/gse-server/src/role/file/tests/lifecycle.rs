@@ -331,11 +331,10 @@ async fn progress_alone_is_saved_paced_and_final_changes_promptly() {
 #[tokio::test]
 async fn a_store_that_refuses_transfers_leaves_them_in_memory_for_polls() {
     let h = harness().await;
-    // The task role's flaky store keeps no file transfers (the trait's
-    // default methods refuse them).
+    // The task role's flaky store, refusing every write.
     let refusing: Arc<dyn StateStore> = Arc::new(crate::role::task::tests::FlakyStore {
         inner: h.store.clone(),
-        fail_writes: 0.into(),
+        fail_writes: usize::MAX.into(),
     });
     let svc = FileService::new(FileParts {
         node_id: NODE.into(),

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use gse_core::seams::StateStore;
+use gse_core::seams::state_store::prelude::*;
 use gse_link::claim::Admitted;
 
 use super::*;

@@ -6,6 +6,7 @@
 //! Real agent processes are exercised by gse-testkit's end-to-end tests.
 
 mod fake;
+mod flaky;
 mod lifecycle;
 mod remote;
 mod results;
@@ -16,10 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gse_core::seams::state_store::{
-    AppRecord, EntryFailure, HeartbeatUpdate, LogWindow, StoredTask, TaskWrites,
-};
-use gse_core::seams::{AgentRecord, StateStore, StoreError};
+use gse_core::seams::{AgentRecord, StateStore};
 use gse_core::task::*;
 use gse_core::{AgentKey, AgentRef};
 use gse_proto::link::{RunScript, TaskOutput, TaskStatus};
@@ -68,86 +66,7 @@ pub(crate) fn agent_record(ip: &str, node: &str, alive: bool) -> AgentRecord {
     }
 }
 
-// === flaky store ===
-
-/// The embedded store, but `write_tasks` fails while `fail_writes` > 0
-/// (counting down), as a full or broken disk would.
-pub(crate) struct FlakyStore {
-    pub inner: Arc<dyn StateStore>,
-    pub fail_writes: std::sync::atomic::AtomicUsize,
-}
-
-fn refused() -> StoreError {
-    StoreError::Backend {
-        backend: "flaky",
-        doing: "writing tasks",
-        message: "disk full".into(),
-    }
-}
-
-#[async_trait::async_trait]
-impl StateStore for FlakyStore {
-    fn kind(&self) -> &'static str {
-        "flaky"
-    }
-    async fn upsert_agent(&self, record: AgentRecord) -> Result<(), StoreError> {
-        self.inner.upsert_agent(record).await
-    }
-    async fn record_heartbeats(&self, beats: &[HeartbeatUpdate]) -> Result<(), StoreError> {
-        self.inner.record_heartbeats(beats).await
-    }
-    async fn mark_offline(
-        &self,
-        key: AgentKey,
-        node_id: &str,
-        connected_at_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.mark_offline(key, node_id, connected_at_ms).await
-    }
-    async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
-        self.inner.get_agents(refs).await
-    }
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.inner.list_agents().await
-    }
-    async fn get_app(&self, app_code: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.inner.get_app(app_code).await
-    }
-    async fn put_app(&self, app: AppRecord) -> Result<(), StoreError> {
-        self.inner.put_app(app).await
-    }
-    async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self
-            .fail_writes
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(refused());
-        }
-        self.inner.write_tasks(writes).await
-    }
-    async fn get_task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
-        self.inner.get_task(task_id).await
-    }
-    async fn read_task_logs(
-        &self,
-        task_id: &str,
-        windows: &[LogWindow],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.read_task_logs(task_id, windows).await
-    }
-    async fn fail_unfinished_tasks(
-        &self,
-        node_id: &str,
-        failure: EntryFailure,
-    ) -> Result<u64, StoreError> {
-        self.inner.fail_unfinished_tasks(node_id, failure).await
-    }
-    async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.prune_tasks(created_before_ms).await
-    }
-}
+pub(crate) use flaky::FlakyStore;
 
 // === harness ===
 

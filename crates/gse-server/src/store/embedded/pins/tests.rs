@@ -2,7 +2,8 @@
 //! the agent-id index on an older pins table.
 
 use gse_core::AgentRef;
-use gse_core::seams::{AgentRecord, StateStore};
+use gse_core::seams::AgentRecord;
+use gse_core::seams::state_store::prelude::*;
 
 use super::*;
 use crate::store::EmbeddedStore;

@@ -21,6 +21,11 @@ use gse_core::AgentKey;
 use gse_core::seams::state_store::{IdentityPin, PinClaim};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+use async_trait::async_trait;
+use gse_core::seams::{PinStore, StoreError};
+
+use super::EmbeddedStore;
+
 const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS identity_pins (
     agent_key      TEXT PRIMARY KEY,
@@ -268,6 +273,28 @@ pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<IdentityPin>> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     pins.sort_by_key(|p| p.key);
     Ok(pins)
+}
+
+#[async_trait]
+impl PinStore for EmbeddedStore {
+    async fn claim_identity(&self, pin: IdentityPin) -> Result<PinClaim, StoreError> {
+        self.with_db("claiming an identity", move |c| claim(c, &pin))
+            .await
+    }
+
+    async fn repin_identity(&self, pin: IdentityPin) -> Result<(), StoreError> {
+        self.with_db("re-pinning an identity", move |c| repin(c, &pin))
+            .await
+    }
+
+    async fn release_identity(&self, key: AgentKey) -> Result<Option<IdentityPin>, StoreError> {
+        self.with_db("releasing an identity pin", move |c| release(c, key))
+            .await
+    }
+
+    async fn list_identity_pins(&self) -> Result<Vec<IdentityPin>, StoreError> {
+        self.with_db("listing identity pins", list).await
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@ use gse_core::seams::state_store::{
 use gse_core::task::{ERR_NONE, ERR_RUNNING, STATUS_DISPATCHED, STATUS_RUNNING};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use async_trait::async_trait;
+use gse_core::seams::{StoreError, TaskStore};
+use std::sync::Arc;
+
+use super::EmbeddedStore;
+
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     task_id    TEXT PRIMARY KEY,
@@ -240,6 +246,50 @@ pub(super) fn prune(conn: &Connection, before_ms: u64) -> rusqlite::Result<u64> 
     }
     tx.commit()?;
     Ok(ids.len() as u64)
+}
+
+#[async_trait]
+impl TaskStore for EmbeddedStore {
+    async fn write_tasks(&self, writes: Arc<TaskWrites>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.with_db("saving task records", move |c| write(c, &writes))
+            .await
+    }
+
+    async fn get_task(&self, task_id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let id = task_id.to_string();
+        self.with_db("reading a task", move |c| get(c, &id)).await
+    }
+
+    async fn read_task_logs(
+        &self,
+        task_id: &str,
+        windows: &[LogWindow],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let id = task_id.to_string();
+        let windows = windows.to_vec();
+        self.with_db("reading task logs", move |c| read_logs(c, &id, &windows))
+            .await
+    }
+
+    async fn fail_unfinished_tasks(
+        &self,
+        node_id: &str,
+        failure: EntryFailure,
+    ) -> Result<u64, StoreError> {
+        let node = node_id.to_string();
+        self.with_db("closing unfinished task entries", move |c| {
+            fail_unfinished(c, &node, &failure)
+        })
+        .await
+    }
+
+    async fn prune_tasks(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        self.with_db("pruning old tasks", move |c| prune(c, created_before_ms))
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 use gse_core::seams::state_store::{ChannelRecord, NewId, StreamToRecord};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use async_trait::async_trait;
+use gse_core::seams::{RouteStore, StoreError};
+
+use super::EmbeddedStore;
+
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS data_stream_tos (
     id        INTEGER PRIMARY KEY,
@@ -164,6 +169,83 @@ pub(super) fn channel((channel_id, plat_name, spec): Row) -> ChannelRecord {
         channel_id,
         plat_name,
         spec,
+    }
+}
+
+#[async_trait]
+impl RouteStore for EmbeddedStore {
+    async fn insert_stream_to(
+        &self,
+        record: StreamToRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        self.with_db("adding a stream_to", move |c| {
+            insert(c, Table::StreamTos, &record.plat_name, &record.spec, id)
+        })
+        .await
+    }
+
+    async fn replace_stream_to(&self, record: StreamToRecord) -> Result<bool, StoreError> {
+        self.with_db("updating a stream_to", move |c| {
+            let StreamToRecord {
+                stream_to_id,
+                plat_name,
+                spec,
+            } = &record;
+            replace(c, Table::StreamTos, *stream_to_id, plat_name, spec)
+        })
+        .await
+    }
+
+    async fn delete_stream_to(&self, stream_to_id: u32) -> Result<bool, StoreError> {
+        self.with_db("deleting a stream_to", move |c| {
+            delete(c, Table::StreamTos, stream_to_id)
+        })
+        .await
+    }
+
+    async fn list_stream_tos(&self) -> Result<Vec<StreamToRecord>, StoreError> {
+        let rows = self
+            .with_db("listing stream_tos", |c| list(c, Table::StreamTos))
+            .await?;
+        Ok(rows.into_iter().map(stream_to).collect())
+    }
+
+    async fn insert_channel(
+        &self,
+        record: ChannelRecord,
+        id: NewId,
+    ) -> Result<Option<u32>, StoreError> {
+        self.with_db("adding a data channel", move |c| {
+            insert(c, Table::Channels, &record.plat_name, &record.spec, id)
+        })
+        .await
+    }
+
+    async fn replace_channel(&self, record: ChannelRecord) -> Result<bool, StoreError> {
+        self.with_db("updating a data channel", move |c| {
+            let ChannelRecord {
+                channel_id,
+                plat_name,
+                spec,
+            } = &record;
+            replace(c, Table::Channels, *channel_id, plat_name, spec)
+        })
+        .await
+    }
+
+    async fn delete_channel(&self, channel_id: u32) -> Result<bool, StoreError> {
+        self.with_db("deleting a data channel", move |c| {
+            delete(c, Table::Channels, channel_id)
+        })
+        .await
+    }
+
+    async fn list_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        let rows = self
+            .with_db("listing data channels", |c| list(c, Table::Channels))
+            .await?;
+        Ok(rows.into_iter().map(channel).collect())
     }
 }
 

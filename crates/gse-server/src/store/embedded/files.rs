@@ -8,6 +8,12 @@
 use gse_core::seams::state_store::{EntryFailure, FileTransferRecord};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use async_trait::async_trait;
+use gse_core::seams::{StoreError, TransferStore};
+use std::sync::Arc;
+
+use super::EmbeddedStore;
+
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS file_transfers (
     task_id    TEXT PRIMARY KEY,
@@ -109,6 +115,48 @@ pub(super) fn prune(conn: &Connection, before_ms: u64) -> rusqlite::Result<u64> 
         [before_ms as i64],
     )?;
     Ok(n as u64)
+}
+
+#[async_trait]
+impl TransferStore for EmbeddedStore {
+    async fn write_file_transfers(
+        &self,
+        transfers: Arc<Vec<FileTransferRecord>>,
+    ) -> Result<(), StoreError> {
+        if transfers.is_empty() {
+            return Ok(());
+        }
+        self.with_db("saving file transfers", move |c| write(c, &transfers))
+            .await
+    }
+
+    async fn get_file_transfer(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<FileTransferRecord>, StoreError> {
+        let id = task_id.to_string();
+        self.with_db("reading a file transfer", move |c| get(c, &id))
+            .await
+    }
+
+    async fn fail_unfinished_file_transfers(
+        &self,
+        node_id: &str,
+        failure: EntryFailure,
+    ) -> Result<u64, StoreError> {
+        let node = node_id.to_string();
+        self.with_db("closing unfinished file transfers", move |c| {
+            fail_unfinished(c, &node, &failure)
+        })
+        .await
+    }
+
+    async fn prune_file_transfers(&self, created_before_ms: u64) -> Result<u64, StoreError> {
+        self.with_db("pruning old file transfers", move |c| {
+            prune(c, created_before_ms)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@ use gse_core::AgentKey;
 use gse_core::seams::LostAlarm;
 use rusqlite::{Connection, Row, params};
 
+use async_trait::async_trait;
+use gse_core::seams::{LostAlarmStore, StoreError};
+
+use super::EmbeddedStore;
+
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS lost_alarms (
     agent_key TEXT PRIMARY KEY,
@@ -59,9 +64,29 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(String, String, u64)> {
     Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
 }
 
+#[async_trait]
+impl LostAlarmStore for EmbeddedStore {
+    async fn put_lost_alarm(&self, alarm: LostAlarm) -> Result<(), StoreError> {
+        self.with_db("saving a raised agent_lost alarm", move |c| put(c, &alarm))
+            .await
+    }
+
+    async fn clear_lost_alarm(&self, key: AgentKey, node_id: &str) -> Result<(), StoreError> {
+        let node_id = node_id.to_string();
+        self.with_db("clearing a raised agent_lost alarm", move |c| {
+            clear(c, key, &node_id)
+        })
+        .await
+    }
+
+    async fn list_lost_alarms(&self) -> Result<Vec<LostAlarm>, StoreError> {
+        self.with_db("listing raised agent_lost alarms", list).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use gse_core::seams::StateStore;
+    use gse_core::seams::state_store::prelude::*;
 
     use crate::store::EmbeddedStore;
 

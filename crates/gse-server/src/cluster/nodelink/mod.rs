@@ -1,0 +1,450 @@
+//! The node link (T1): how one server node hands work to the node that
+//! holds an agent, and how the agent's answers come back.
+//!
+//! Every node listens on `cluster.node_listen` and advertises it in its
+//! registry entry (`NodeInfo::node_addr`). The link is mutual TLS where
+//! both sides present a server certificate from the cluster's CA (the
+//! certificates `gse-server certs` makes), then a hello naming the node and
+//! its cluster (`cluster.zk_root`); frames are node.proto's.
+//!
+//! Each node writes only on connections it dialed, one per peer node, fed
+//! by that node's [`outbox`] queue in order: frames for one agent arrive in
+//! the order they were sent. It reads on the connections it accepted.
+//! - Sending side: [`NodeLinks::send_to_agent`] queues a `NodeToAgent`;
+//!   when it cannot be delivered (the node is unreachable, the agent is no
+//!   longer there, its link ended before the stream did) the roles hear it
+//!   through [`LocalAgents::undelivered`], never a hang.
+//! - Holding side: a `NodeToAgent` goes to the agent on a stream of the
+//!   [`relay`]'s choosing; the agent's frames on that stream are taken by
+//!   [`NodeLinks::agent_frame`] and go back as `NodeFromAgent`, by header.
+//!
+//! What the roles do with an agent's frames is theirs: this module moves
+//! frames between nodes and never decodes an inner body.
+
+mod conn;
+mod outbox;
+pub mod relay;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gse_core::AgentKey;
+use gse_core::seams::Registry;
+use gse_core::tls::TlsFiles;
+use gse_link::{AcceptNames, Acceptor, AcceptorParts, ConnLimits, Dialer, DialerParts};
+use gse_proto::link::{NodeRelay, NodeUndelivered};
+use gse_proto::{Frame, MsgType};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use relay::{Origin, Relay};
+
+/// Frames queued for one peer node before senders are told it is too slow.
+pub const OUTBOX_FRAMES: usize = 8192;
+
+/// Why a frame for an agent another node holds was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UndeliveredCode {
+    /// The node does not (or no longer) hold the agent.
+    NotHeld = 1,
+    /// The agent's link on that node is too slow.
+    Busy = 2,
+    /// The agent's link ended before the stream did.
+    LinkEnded = 3,
+    /// The holding node could not be reached.
+    NodeUnreachable = 4,
+}
+
+impl UndeliveredCode {
+    fn from_wire(n: u32) -> UndeliveredCode {
+        match n {
+            1 => UndeliveredCode::NotHeld,
+            2 => UndeliveredCode::Busy,
+            3 => UndeliveredCode::LinkEnded,
+            _ => UndeliveredCode::NodeUnreachable,
+        }
+    }
+}
+
+/// A frame this node sent for an agent that did not reach it, or whose
+/// stream ended without an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undelivered {
+    pub agent: AgentKey,
+    /// Type and stream of the frame as this node sent it.
+    pub msg_type: MsgType,
+    pub stream_id: u64,
+    /// The claim epoch this node located the agent at when it sent.
+    pub epoch: u64,
+    pub code: UndeliveredCode,
+    /// Why, in words, naming the node.
+    pub reason: String,
+}
+
+/// This node's agents, as the node link needs them; the link role
+/// implements it.
+pub trait LocalAgents: Send + Sync {
+    /// Hands `frame` to an agent this node holds (at `epoch`, 0 = any).
+    fn deliver(&self, agent: AgentKey, epoch: u64, frame: Frame) -> Result<(), Refused>;
+    /// A frame from an agent another node holds, answering one this node
+    /// sent it: the roles take it as from a local agent.
+    fn answer_from_remote(&self, agent: AgentKey, frame: Frame);
+    /// A frame this node sent did not arrive, or its stream ended.
+    fn undelivered(&self, notice: Undelivered);
+}
+
+/// Why [`LocalAgents::deliver`] could not hand a frame over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: UndeliveredCode,
+    pub reason: String,
+}
+
+/// Why a frame could not be queued for another node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeLinkError {
+    #[error(
+        "the node link to {node} has {OUTBOX_FRAMES} frames queued already: that node or the network to it is too slow"
+    )]
+    Busy { node: String },
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+/// What [`NodeLinks::new`] needs.
+pub struct NodeLinkParts {
+    pub node_id: String,
+    /// `cluster.zk_root`: nodes of another cluster are refused.
+    pub cluster: String,
+    pub tls_files: TlsFiles,
+    /// The name every node's certificate carries (`cluster.node_server_name`).
+    pub server_name: String,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub registry: Arc<dyn Registry>,
+    pub shutdown: CancellationToken,
+}
+
+/// How the node link's accept loop names its connections.
+const ACCEPT_NAMES: AcceptNames = AcceptNames {
+    one: "node link",
+    many: "node links",
+    over_caps: "too many node links in their handshake",
+    tls_prefix: "node link: ",
+    refused_metric: "gse_node_link_connections_refused_total",
+    tls_failures_metric: Some("gse_node_link_tls_failures_total"),
+};
+
+/// Node links of this node; see the module doc.
+pub struct NodeLinks {
+    me: String,
+    cluster: String,
+    dialer: Dialer,
+    acceptor: Arc<Acceptor>,
+    handshake_timeout: Duration,
+    max_frame_bytes: usize,
+    registry: Arc<dyn Registry>,
+    outboxes: Mutex<HashMap<String, outbox::Outbox>>,
+    relay: Relay,
+    /// Shared with the outboxes, which report frames they could not send.
+    local: Arc<RwLock<Option<Arc<dyn LocalAgents>>>>,
+    shutdown: CancellationToken,
+}
+
+impl NodeLinks {
+    pub fn new(parts: NodeLinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
+        let acceptor = Acceptor::new(AcceptorParts {
+            names: ACCEPT_NAMES,
+            tls: gse_core::tls::node_server_config(&parts.tls_files)?,
+            tls_files: parts.tls_files.clone(),
+            handshake_timeout: parts.handshake_timeout,
+            // Nodes are few; these caps only bound strangers' handshakes.
+            pending: Arc::new(ConnLimits::new(
+                256,
+                32,
+                gse_link::CapNames {
+                    total: "over the node link's pending handshakes",
+                    per_ip: "over the node link's pending handshakes per address",
+                    gauge: "gse_node_link_pending_handshakes",
+                },
+            )),
+        });
+        let dialer = Dialer::new(DialerParts {
+            tls: gse_core::tls::client_config(&parts.tls_files)?,
+            tls_files: parts.tls_files,
+            server_name: parts.server_name,
+            bind_ip: None,
+            connect_timeout: parts.connect_timeout,
+            keepalive: true,
+        });
+        let links = Arc::new(NodeLinks {
+            me: parts.node_id,
+            cluster: parts.cluster,
+            dialer,
+            acceptor,
+            handshake_timeout: parts.handshake_timeout,
+            max_frame_bytes: parts.max_frame_bytes,
+            registry: parts.registry,
+            outboxes: Mutex::new(HashMap::new()),
+            relay: Relay::default(),
+            local: Arc::new(RwLock::new(None)),
+            shutdown: parts.shutdown,
+        });
+        tokio::spawn(links.clone().follow_membership());
+        Ok(links)
+    }
+
+    /// Lets `local` take what other nodes send this node's agents.
+    pub fn set_local(&self, local: Arc<dyn LocalAgents>) {
+        *self.local.write() = Some(local);
+    }
+
+    fn local(&self) -> Option<Arc<dyn LocalAgents>> {
+        self.local.read().clone()
+    }
+
+    /// Accepts node links until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tracing::info!(addr = ?listener.local_addr().ok(), "node link listening");
+        let links = self.clone();
+        let acceptor = self.acceptor.clone();
+        acceptor
+            .run(listener, self.shutdown.clone(), move |accepted| {
+                conn::serve_inbound(links.clone(), accepted)
+            })
+            .await;
+    }
+
+    /// Queues `frame` for `agent`, held by node `node` at `epoch`. Failures
+    /// after this returns come back through [`LocalAgents::undelivered`].
+    pub fn send_to_agent(
+        &self,
+        node: &str,
+        agent: AgentKey,
+        epoch: u64,
+        frame: Frame,
+    ) -> Result<(), NodeLinkError> {
+        let relay = NodeRelay {
+            cloud_id: agent.cloud_id,
+            ip: agent.ip.to_string(),
+            epoch,
+            msg_type: frame.msg_type.to_u16().into(),
+            stream_id: frame.stream_id,
+            body: frame.body.to_vec(),
+        };
+        self.queue(node, Frame::new(MsgType::NodeToAgent, 0, &relay))
+    }
+
+    /// Holding side: takes a frame from `agent` if it answers a stream
+    /// another node opened (sending it back there); gives it back if not.
+    pub fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
+        let Some(origin) = self.relay.answer(agent, frame.stream_id) else {
+            return Err(frame);
+        };
+        let back = NodeRelay {
+            cloud_id: agent.cloud_id,
+            ip: agent.ip.to_string(),
+            epoch: 0,
+            msg_type: frame.msg_type.to_u16().into(),
+            stream_id: origin.stream_id,
+            body: frame.body.to_vec(),
+        };
+        if let Err(e) = self.queue(
+            &origin.node_id,
+            Frame::new(MsgType::NodeFromAgent, 0, &back),
+        ) {
+            tracing::warn!(agent = %agent, node = %origin.node_id, error = %e, "an agent's answer for another node is dropped");
+        }
+        Ok(())
+    }
+
+    /// Holding side: `agent`'s link ended; the nodes with streams open on
+    /// it are told, once per stream.
+    pub fn agent_gone(&self, agent: AgentKey) {
+        for origin in self.relay.agent_gone(agent) {
+            let reason = format!(
+                "the agent's link to node {} ended before it answered",
+                self.me
+            );
+            self.tell_undelivered(agent, &origin, UndeliveredCode::LinkEnded, reason);
+        }
+    }
+
+    /// Relayed streams open on this node now.
+    pub fn open_streams(&self) -> usize {
+        self.relay.open_streams()
+    }
+
+    /// Holding side: a `NodeToAgent` from node `from`.
+    fn on_to_agent(&self, from: &str, relay: NodeRelay) {
+        let Some((agent, inner)) = inner_frame(
+            relay.cloud_id,
+            &relay.ip,
+            relay.msg_type,
+            relay.stream_id,
+            relay.body,
+        ) else {
+            tracing::warn!(node = %from, ip = %relay.ip, "a node sent a frame for an agent address that does not parse; dropped");
+            return;
+        };
+        let origin = Origin {
+            node_id: from.to_string(),
+            stream_id: inner.stream_id,
+            msg_type: inner.msg_type.to_u16(),
+            epoch: relay.epoch,
+        };
+        let (stream_id, evicted) = self.relay.open(agent, origin.clone());
+        if let Some(old) = evicted {
+            let reason = format!(
+                "node {} keeps at most {} open streams per agent; this one was the least recently used",
+                self.me,
+                relay::MAX_STREAMS_PER_AGENT
+            );
+            self.tell_undelivered(agent, &old, UndeliveredCode::LinkEnded, reason);
+        }
+        let Some(local) = self.local() else {
+            return;
+        };
+        let frame = Frame {
+            msg_type: inner.msg_type,
+            stream_id,
+            body: inner.body,
+        };
+        if let Err(refused) = local.deliver(agent, relay.epoch, frame) {
+            self.relay.close(agent, stream_id);
+            self.tell_undelivered(agent, &origin, refused.code, refused.reason);
+        }
+    }
+
+    fn tell_undelivered(
+        &self,
+        agent: AgentKey,
+        origin: &Origin,
+        code: UndeliveredCode,
+        reason: String,
+    ) {
+        let notice = NodeUndelivered {
+            cloud_id: agent.cloud_id,
+            ip: agent.ip.to_string(),
+            msg_type: origin.msg_type.into(),
+            stream_id: origin.stream_id,
+            reason,
+            code: code as u32,
+            epoch: origin.epoch,
+        };
+        let frame = Frame::new(MsgType::NodeUndelivered, 0, &notice);
+        if let Err(e) = self.queue(&origin.node_id, frame) {
+            tracing::warn!(agent = %agent, node = %origin.node_id, error = %e, "cannot tell a node its frame was not delivered");
+        }
+    }
+
+    /// Sending side: a `NodeFromAgent` from the holding node.
+    fn on_from_agent(&self, from: &str, relay: NodeRelay) {
+        let Some((agent, frame)) = inner_frame(
+            relay.cloud_id,
+            &relay.ip,
+            relay.msg_type,
+            relay.stream_id,
+            relay.body,
+        ) else {
+            tracing::warn!(node = %from, ip = %relay.ip, "a node relayed a frame from an agent address that does not parse; dropped");
+            return;
+        };
+        if let Some(local) = self.local() {
+            local.answer_from_remote(agent, frame);
+        }
+    }
+
+    /// Sending side: a `NodeUndelivered` from the holding node.
+    fn on_undelivered(&self, from: &str, notice: NodeUndelivered) {
+        let Ok(ip) = notice.ip.parse() else {
+            tracing::warn!(node = %from, ip = %notice.ip, "a node reported an agent address that does not parse");
+            return;
+        };
+        let Ok(msg_type) = u16::try_from(notice.msg_type) else {
+            return;
+        };
+        if let Some(local) = self.local() {
+            local.undelivered(Undelivered {
+                agent: AgentKey::new(notice.cloud_id, ip),
+                msg_type: MsgType::from_u16(msg_type),
+                stream_id: notice.stream_id,
+                epoch: notice.epoch,
+                code: UndeliveredCode::from_wire(notice.code),
+                reason: notice.reason,
+            });
+        }
+    }
+
+    /// Queues `frame` for node `node`, starting its outbox if needed.
+    fn queue(&self, node: &str, frame: Frame) -> Result<(), NodeLinkError> {
+        if self.shutdown.is_cancelled() {
+            return Err(NodeLinkError::ShuttingDown);
+        }
+        let tx = {
+            let mut outboxes = self.outboxes.lock();
+            outboxes
+                .entry(node.to_string())
+                .or_insert_with(|| outbox::Outbox::start(self.outbox_parts(node)))
+                .sender()
+        };
+        tx.try_send(frame).map_err(|_| NodeLinkError::Busy {
+            node: node.to_string(),
+        })
+    }
+
+    /// Forgets what belonged to nodes that left the cluster.
+    async fn follow_membership(self: Arc<Self>) {
+        let mut watch = self.registry.watch();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                changed = watch.changed() => if changed.is_err() { return },
+            }
+            let live: Vec<String> = watch
+                .borrow_and_update()
+                .iter()
+                .map(|n| n.node_id.clone())
+                .collect();
+            let gone: Vec<String> = self
+                .outboxes
+                .lock()
+                .keys()
+                .filter(|k| !live.contains(k))
+                .cloned()
+                .collect();
+            for node in gone {
+                tracing::info!(node = %node, "node left the cluster; its node link is closed");
+                self.outboxes.lock().remove(&node);
+                self.relay.node_gone(&node);
+            }
+        }
+    }
+}
+
+/// The agent and inner frame a relay message carries; `None` when the
+/// address or type is not valid.
+fn inner_frame(
+    cloud_id: i64,
+    ip: &str,
+    msg_type: u32,
+    stream_id: u64,
+    body: Vec<u8>,
+) -> Option<(AgentKey, Frame)> {
+    let ip = ip.parse().ok()?;
+    let msg_type = u16::try_from(msg_type).ok()?;
+    Some((
+        AgentKey::new(cloud_id, ip),
+        Frame {
+            msg_type: MsgType::from_u16(msg_type),
+            stream_id,
+            body: body.into(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests;

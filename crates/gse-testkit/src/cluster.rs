@@ -1,0 +1,253 @@
+//! Several `gse-server` nodes in one test, with ZooKeeper and agents that
+//! know every node:
+//!
+//! ```ignore
+//! let cluster = Cluster::builder().nodes(3).zookeeper().agents(2).start().await;
+//! let nodes = cluster.api(0).list_nodes().await?;
+//! ```
+//!
+//! [`ClusterBuilder::start`] starts a ZooKeeper (when asked), then node i
+//! (0-based) as `node-<i+1>` in its own directory `node-<i+1>/` with its own
+//! config and data, joined to the ZooKeeper, then agents 127.0.0.1 ..
+//! 127.0.0.k listing every node's agent address. It returns once every node
+//! lists all of them (`list_nodes`) and every agent is alive on some node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gse_core::seams::NodeInfo;
+use gse_server::config::ServerConfig;
+
+use crate::zookeeper::ZooKeeperServer;
+use crate::{AgentOptions, AgentProc, Api, Cluster, ServerOptions, ServerProc, eventually};
+
+/// A change made to node i's config (0-based) before it is written.
+pub type NodeHook = Arc<dyn Fn(usize, &mut ServerConfig) + Send + Sync>;
+
+/// How long nodes of a test cluster take to notice a node that died (its
+/// ZooKeeper session timeout; the smallest a node accepts is 2 s).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What [`Cluster::builder`] starts; see the module doc.
+pub struct ClusterBuilder {
+    nodes: usize,
+    zookeeper: bool,
+    agents: u32,
+    server: ServerOptions,
+    node_config: Option<NodeHook>,
+}
+
+impl Cluster {
+    /// Starts building a test cluster (one node, no ZooKeeper, no agents).
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            nodes: 1,
+            zookeeper: false,
+            agents: 0,
+            server: ServerOptions::default(),
+            node_config: None,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// How many `gse-server` processes.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Start a ZooKeeper and make every node a member (`[cluster]
+    /// zookeeper`); without it each node is an embedded single node.
+    pub fn zookeeper(mut self) -> Self {
+        self.zookeeper = true;
+        self
+    }
+
+    /// How many agents (identity IPs 127.0.0.1 .. 127.0.0.k).
+    pub fn agents(mut self, k: u32) -> Self {
+        self.agents = k;
+        self
+    }
+
+    /// Knobs every node shares (heartbeats, webhook, a config hook); its
+    /// `name` is set per node.
+    pub fn server_options(mut self, opts: ServerOptions) -> Self {
+        self.server = opts;
+        self
+    }
+
+    /// A change to node i's config, after the cluster's own settings: the
+    /// place for what differs between nodes (region, roles) and for what
+    /// the builder does not start yet (`[store] redis`).
+    pub fn node_config(
+        mut self,
+        hook: impl Fn(usize, &mut ServerConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.node_config = Some(Arc::new(hook));
+        self
+    }
+
+    /// Starts everything and waits until it is ready; see the module doc.
+    pub async fn start(self) -> StartedCluster {
+        assert!(self.nodes >= 1, "a cluster has at least one node");
+        let cluster = Cluster::new();
+        let zookeeper = match self.zookeeper {
+            true => Some(ZooKeeperServer::start().await),
+            false => None,
+        };
+        // Redis ([store] redis) is the next shared service: started here
+        // like ZooKeeper, its URL set on every node in `node_options`.
+        let zk = zookeeper.as_ref().map(ZooKeeperServer::connect_string);
+        let mut nodes = Vec::with_capacity(self.nodes);
+        for i in 0..self.nodes {
+            let opts = node_options(&self.server, i, zk.clone(), self.node_config.clone());
+            nodes.push(cluster.server(opts).await);
+        }
+        let mut started = StartedCluster {
+            agents: Vec::new(),
+            nodes,
+            zookeeper,
+            cluster,
+        };
+        if started.zookeeper.is_some() {
+            started.wait_members().await;
+        }
+        let links: Vec<_> = started.nodes.iter().map(|n| n.link_addr).collect();
+        for i in 1..=self.agents {
+            let ip = gse_launch::agent::agent_ip(i).to_string();
+            let agent = started.cluster.agent_of(&links, AgentOptions::ip(&ip));
+            started.agents.push(agent);
+        }
+        for agent in &started.agents {
+            started.wait_alive_somewhere(&agent.ip.to_string()).await;
+        }
+        started
+    }
+}
+
+/// Node i's options: the shared ones, its own directory and node id, the
+/// ZooKeeper, then the test's per-node hook.
+fn node_options(
+    shared: &ServerOptions,
+    i: usize,
+    zookeeper: Option<String>,
+    node_config: Option<NodeHook>,
+) -> ServerOptions {
+    let id = node_id(i);
+    let before = shared.customize.clone();
+    ServerOptions {
+        name: Some(id.clone()),
+        customize: Some(Arc::new(move |cfg: &mut ServerConfig| {
+            if let Some(hook) = &before {
+                hook(cfg);
+            }
+            cfg.node.id = id.clone();
+            if let Some(zk) = &zookeeper {
+                cfg.cluster.zookeeper = vec![zk.clone()];
+                cfg.cluster.session_timeout = SESSION_TIMEOUT;
+                cfg.cluster.refresh = Duration::from_millis(300);
+            }
+            if let Some(hook) = &node_config {
+                hook(i, cfg);
+            }
+        })),
+        ..shared.clone()
+    }
+}
+
+/// Node i's id (0-based i): `node-1`, `node-2`, ...
+pub fn node_id(i: usize) -> String {
+    format!("node-{}", i + 1)
+}
+
+/// A started test cluster. Dropped in field order: agents, nodes,
+/// ZooKeeper, then the directory (kept, with log tails, if the test failed).
+pub struct StartedCluster {
+    pub agents: Vec<AgentProc>,
+    pub nodes: Vec<ServerProc>,
+    pub zookeeper: Option<ZooKeeperServer>,
+    pub cluster: Cluster,
+}
+
+impl StartedCluster {
+    /// Node i's API (0-based), with the test app's credentials.
+    pub fn api(&self, i: usize) -> &Api {
+        &self.nodes[i].api
+    }
+
+    /// The ids of the nodes that are running (not killed or stopped),
+    /// sorted as `list_nodes` sorts them.
+    pub fn running_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .map(node_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// SIGKILLs node i, as a crash would.
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].kill9();
+    }
+
+    /// Waits until every running node lists exactly the running nodes
+    /// (30 s, scaled by the test patience: a departure takes up to
+    /// [`SESSION_TIMEOUT`]).
+    pub async fn wait_members(&self) {
+        let want = self.running_ids();
+        for i in (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()) {
+            self.api(i).wait_listed(&want).await;
+        }
+    }
+
+    /// Waits until agent `0:ip` is alive on one of the running nodes.
+    pub async fn wait_alive_somewhere(&self, ip: &str) {
+        eventually(
+            &format!("agent 0:{ip} alive on a node"),
+            Duration::from_secs(20),
+            || async {
+                for node in self.nodes.iter().filter(|n| n.is_running()) {
+                    if node.api.alive(0, ip).await == 1 {
+                        return Ok(());
+                    }
+                }
+                Err("not alive on any node".to_string())
+            },
+        )
+        .await;
+    }
+}
+
+impl Api {
+    /// `POST /api/v2/cluster/list_nodes`: the nodes this node's registry
+    /// sees, sorted by node id; Err with the answer if it is not a list.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let (status, v) = self
+            .post("/api/v2/cluster/list_nodes", serde_json::json!({}))
+            .await;
+        if status != 200 || v["code"] != 0 {
+            return Err(format!("{status} {v}"));
+        }
+        serde_json::from_value(v["data"].clone()).map_err(|e| format!("{e}: {v}"))
+    }
+
+    /// Waits until `list_nodes` shows exactly the node ids `want` (sorted).
+    pub async fn wait_listed(&self, want: &[String]) {
+        eventually(
+            &format!("{} lists the nodes {want:?}", self.base),
+            Duration::from_secs(30),
+            || async {
+                let got: Vec<String> = self
+                    .list_nodes()
+                    .await?
+                    .into_iter()
+                    .map(|n| n.node_id)
+                    .collect();
+                (got == want).then_some(()).ok_or(format!("{got:?}"))
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,40 @@
+//! The testkit's cluster builder end to end: three `gse-server` processes
+//! on one ZooKeeper see each other, agents that list every node register,
+//! and a node that is SIGKILLed leaves every other node's list.
+
+use gse_testkit::Cluster;
+
+#[tokio::test]
+async fn k1_three_nodes_see_each_other_and_a_killed_one_leaves() {
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .zookeeper()
+        .agents(2)
+        .start()
+        .await;
+    let all = ["node-1", "node-2", "node-3"];
+    for i in 0..3 {
+        let nodes = cluster.api(i).list_nodes().await.unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, all, "node {i} lists every member");
+        for (n, proc) in nodes.iter().zip(&cluster.nodes) {
+            assert_eq!(n.api_addr, proc.api_addr.to_string(), "{n:?}");
+            assert_eq!(n.agent_addr, proc.link_addr.to_string(), "{n:?}");
+        }
+    }
+    // Each agent is held by exactly one node.
+    for agent in &cluster.agents {
+        let ip = agent.ip.to_string();
+        let mut holders = 0;
+        for i in 0..3 {
+            holders += cluster.api(i).alive(0, &ip).await;
+        }
+        assert_eq!(holders, 1, "agent {ip} is alive on one node");
+    }
+
+    cluster.kill9(1);
+    assert_eq!(cluster.running_ids(), ["node-1", "node-3"]);
+    cluster.wait_members().await;
+    let left = cluster.api(2).list_nodes().await.unwrap();
+    assert!(left.iter().all(|n| n.node_id != "node-2"), "{left:?}");
+}

@@ -1,0 +1,174 @@
+//! The Redis state store against a real redis-server: the state store
+//! conformance suite (the same one the embedded store passes), what
+//! survives a Redis restart, and a clear "unavailable" while Redis is down.
+
+use std::time::{Duration, Instant};
+
+use gse_core::seams::state_store::conformance;
+use gse_core::seams::state_store::prelude::*;
+use gse_core::seams::{AppRecord, StoreErrorKind};
+use gse_server::store::{RedisStore, RedisStoreConfig};
+use gse_testkit::redis::RedisServer;
+
+async fn store(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::connect(&RedisStoreConfig {
+        url: server.url(),
+        key_prefix: prefix.into(),
+    })
+    .await
+    .expect("connect to the test redis")
+}
+
+#[tokio::test]
+async fn the_redis_store_passes_the_state_store_conformance_suite() {
+    let server = RedisServer::start(Some("s3cret")).await;
+    conformance::all(&store(&server, "gse:").await).await;
+    // Another prefix is another store on the same Redis.
+    conformance::all(&store(&server, "other:").await).await;
+}
+
+/// The agent directory in Redis keeps the directory contract (epoch
+/// fencing, releases, a dead node's release), and its claims survive a
+/// Redis restart.
+#[tokio::test]
+async fn the_redis_directory_passes_the_directory_conformance_suite() {
+    use gse_core::seams::AgentDirectory;
+    use gse_core::seams::directory::conformance as dir_conformance;
+
+    let mut server = RedisServer::start(None).await;
+    let dir = store(&server, "gse:").await.directory();
+    dir_conformance::all(&dir).await;
+
+    let agent: gse_core::AgentKey = "0:10.9.0.9".parse().unwrap();
+    let epoch = dir.claim(agent, "n1", &[]).await.unwrap();
+    server.restart().await;
+    let dir = store(&server, "gse:").await.directory();
+    let at = dir
+        .locate(agent)
+        .await
+        .unwrap()
+        .expect("kept in the append-only file");
+    assert_eq!((at.node_id.as_str(), at.epoch), ("n1", epoch));
+    let newer = dir.claim(agent, "n2", &[]).await.unwrap();
+    assert!(newer > epoch, "epochs keep growing after a restart");
+}
+
+#[tokio::test]
+async fn records_survive_a_redis_restart_and_calls_fail_quickly_while_it_is_down() {
+    let mut server = RedisServer::start(None).await;
+    let store = store(&server, "gse:").await;
+    store
+        .put_app(AppRecord::with_secret("job", "pw"))
+        .await
+        .unwrap();
+
+    server.stop();
+    let started = Instant::now();
+    let err = store.get_app("job").await.expect_err("redis is down");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed in {:?}",
+        started.elapsed()
+    );
+
+    server.restart().await;
+    // The connection manager reconnects on a later call.
+    gse_testkit::eventually(
+        "the store answers again",
+        Duration::from_secs(15),
+        || async {
+            match store.get_app("job").await {
+                Ok(Some(app)) if app.secret_hash.verify("pw") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// A node configured with `[store] redis` keeps its state there: agents
+/// registered through it are records in Redis, and the API (which checks
+/// app secrets in the store) answers from them; after a restart of the
+/// node the records are still there.
+#[tokio::test]
+async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
+    let redis = RedisServer::start(Some("pw")).await;
+    let url = redis.url();
+    let cluster = gse_testkit::Cluster::new();
+    let mut server = cluster
+        .server(gse_testkit::ServerOptions {
+            customize: Some(std::sync::Arc::new(move |cfg| {
+                cfg.store.redis = Some(url.clone());
+                cfg.store.key_prefix = Some("node-test:".into());
+            })),
+            ..gse_testkit::ServerOptions::default()
+        })
+        .await;
+    let _agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.31"));
+    server.api.wait_alive("127.0.0.31").await;
+
+    let mut conn = redis
+        .client(Some("pw"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let alive: Option<String> = redis::cmd("HGET")
+        .arg("node-test:agent:0:127.0.0.31")
+        .arg("alive")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        alive.as_deref(),
+        Some("1"),
+        "the agent's record is in Redis"
+    );
+
+    server.restart().await;
+    server.api.wait_alive("127.0.0.31").await;
+}
+
+/// An unreachable Redis at start: one clear error naming the address, and
+/// a non-zero exit.
+#[tokio::test]
+async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
+    let port = gse_testkit::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = gse_core::certs::CertDir::new(dir.path().join("certs"));
+    certs.init(&[], 30).unwrap();
+    let mut cfg = gse_server::config::ServerConfig::with_defaults(
+        dir.path().join("data"),
+        certs.tls_files(gse_core::certs::CertKind::Server),
+    );
+    cfg.api.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
+        .parse()
+        .unwrap();
+    cfg.link.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
+        .parse()
+        .unwrap();
+    cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.store.redis = Some(format!("redis://:hidden@127.0.0.1:{port}/"));
+    let path = dir.path().join("server.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(gse_testkit::bin("gse-server"))
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("Redis state store"), "{stderr}");
+    assert!(
+        !stderr.contains("hidden"),
+        "no password in the message: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fails promptly"
+    );
+}
