@@ -283,7 +283,11 @@ impl Sender {
         });
     }
 
-    /// Like [`Sender::post`], then hands the outcome to `then`.
+    /// Like [`Sender::post`], then hands the outcome to `then`. A send
+    /// that completes at once (the embedded directory, this node's link)
+    /// is done before this returns, `then` included, so frames posted one
+    /// after another reach an agent of this node in order; one that must
+    /// wait (a remote directory, another node) finishes on its own task.
     pub fn post_then(
         self: &Arc<Self>,
         agent: AgentKey,
@@ -291,7 +295,13 @@ impl Sender {
         then: impl FnOnce(Result<Delivery, SendError>) + Send + 'static,
     ) {
         let sender = self.clone();
-        tokio::spawn(async move { then(sender.send(agent, frame).await) });
+        let mut send = Box::pin(async move { sender.send(agent, frame).await });
+        match futures::FutureExt::now_or_never(&mut send) {
+            Some(outcome) => then(outcome),
+            None => {
+                tokio::spawn(async move { then(send.await) });
+            }
+        }
     }
 
     /// Hands `frame` to the claim `located` names without waiting, for

@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gse_core::AgentKey;
 use gse_core::certs::CertKind;
+use gse_core::{AgentKey, AgentRef};
 use gse_proto::link::CancelTask;
 use gse_proto::{Frame, MsgType};
 use gse_server::cluster::sender::SendError;
@@ -86,6 +86,10 @@ async fn r11_the_link_claims_releases_and_yields_to_a_newer_claim() {
     .await;
     let at = dir.locate(a).await.unwrap().expect("still held");
     assert_eq!((at.node_id.as_str(), at.epoch), ("n-other", newer));
+    // Nor does the stale link mark the agent offline: its record is the
+    // holder's to write.
+    let rec = node.store.get_agents(&[AgentRef::Key(a)]).await.unwrap();
+    assert!(rec[0].as_ref().is_some_and(|r| r.alive), "{rec:?}");
     assert!(
         node.sender.current(a).await.unwrap() != Some(sent),
         "work delivered under the old claim is seen as lost"

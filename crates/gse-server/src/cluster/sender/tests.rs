@@ -229,3 +229,70 @@ async fn deliver_now_answers_here_at_once_and_reports_a_failed_forward_later() {
     let why = rx.await.expect("the failed forward is reported");
     assert!(why.contains("connection refused"), "{why}");
 }
+
+/// The memory directory, answering `locate` only after a yield (as a
+/// remote one answers after a round trip).
+struct SlowDirectory(MemoryDirectory);
+
+#[async_trait]
+impl AgentDirectory for SlowDirectory {
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+    async fn claim(&self, a: AgentKey, n: &str, via: &[String]) -> Result<Epoch, DirectoryError> {
+        self.0.claim(a, n, via).await
+    }
+    async fn renew(&self, a: AgentKey, e: Epoch) -> Result<bool, DirectoryError> {
+        self.0.renew(a, e).await
+    }
+    async fn release(&self, a: AgentKey, e: Epoch) -> Result<bool, DirectoryError> {
+        self.0.release(a, e).await
+    }
+    async fn locate(&self, a: AgentKey) -> Result<Option<Location>, DirectoryError> {
+        tokio::task::yield_now().await;
+        self.0.locate(a).await
+    }
+    async fn release_node(&self, n: &str) -> Result<Vec<AgentKey>, DirectoryError> {
+        self.0.release_node(n).await
+    }
+}
+
+#[tokio::test]
+async fn posts_that_need_no_wait_go_out_at_once_and_in_order() {
+    let s = setup();
+    s.hold_here(key(11)).await;
+    s.sender.post(key(11), frame(), "first");
+    let mut second = frame();
+    second.msg_type = MsgType::RunScript;
+    s.sender.post(key(11), second, "second");
+    assert_eq!(
+        *s.link.sent.lock(),
+        [
+            (key(11), MsgType::CancelTask),
+            (key(11), MsgType::RunScript)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_post_that_must_wait_finishes_on_its_own_task() {
+    let dir = Arc::new(SlowDirectory(MemoryDirectory::default()));
+    let link = Arc::new(RecordingLink::default());
+    let sender = Sender::new(
+        "me".into(),
+        dir.clone(),
+        Some(link.clone() as Arc<dyn LocalLink>),
+    );
+    let epoch = dir.claim(key(12), "me", &[]).await.unwrap();
+    link.held.lock().insert(key(12), epoch);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    sender.post_then(key(12), frame(), move |sent| {
+        let _ = tx.send(sent.map_err(|e| e.to_string()));
+    });
+    assert!(
+        link.sent.lock().is_empty(),
+        "the directory has not answered yet"
+    );
+    assert_eq!(rx.await.unwrap(), Ok(Delivery::of_claim(epoch)));
+    assert_eq!(link.sent.lock().len(), 1);
+}

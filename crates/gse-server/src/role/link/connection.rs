@@ -98,7 +98,13 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
 
     if svc.detach(key, conn_id) {
         svc.notify_disconnect(key, epoch);
-        release(&svc, key, epoch).await;
+        if !release(&svc, key, epoch).await {
+            // A newer claim holds the agent (it registered on another
+            // node): its record and its liveness are that holder's now;
+            // only a holding node alarms.
+            tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent's stale link here ended; another node holds it");
+            return;
+        }
         let marked = svc
             .store
             .mark_offline(key, &svc.node_id, record.connected_at_ms)
@@ -116,15 +122,15 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
 }
 
 /// Ends this node's claim `epoch` on the agent (if it is still the
-/// current one: a newer claim, here or on another node, stays).
-async fn release(svc: &LinkService, key: AgentKey, epoch: Epoch) {
+/// current one: a newer claim, here or on another node, stays). False when
+/// a newer claim had superseded it; a directory that cannot answer counts
+/// as released (the agent is gone from here either way).
+async fn release(svc: &LinkService, key: AgentKey, epoch: Epoch) -> bool {
     match svc.directory.release(key, epoch).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::debug!(agent = %key, "the agent's claim here was already superseded; nothing to release")
-        }
+        Ok(released) => released,
         Err(e) => {
-            tracing::error!(agent = %key, error = %e, "cannot release the agent's claim; the next claim supersedes it")
+            tracing::error!(agent = %key, error = %e, "cannot release the agent's claim; the next claim supersedes it");
+            true
         }
     }
 }
