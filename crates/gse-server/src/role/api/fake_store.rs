@@ -47,6 +47,7 @@ struct FakeTask {
 pub(super) enum Fault {
     Hang,
     Fail,
+    Down,
 }
 
 impl StoreKind for FakeStore {
@@ -83,10 +84,15 @@ impl AgentStore for FakeStore {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         match self.list_fault {
             Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Fail) => Err(StoreError::unavailable(
+            Some(Fault::Fail) => Err(StoreError::corrupt(
                 "fake",
                 "listing agents",
                 "disk on fire",
+            )),
+            Some(Fault::Down) => Err(StoreError::unavailable(
+                "fake",
+                "listing agents",
+                "connection refused",
             )),
             None => Ok(self.agents.lock().unwrap().values().cloned().collect()),
         }
