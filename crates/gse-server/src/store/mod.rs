@@ -8,6 +8,7 @@
 //! cluster (`[store] redis`). Nothing outside this module and `node` knows
 //! which one is in use.
 
+pub mod config;
 pub mod embedded;
 pub mod redis;
 
