@@ -378,9 +378,17 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the configured state store and seeds the configured apps.
+/// Opens the configured state store, marks offline the agents this node
+/// held before it started, and seeds the configured apps.
 async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
     let store = crate::store::open(config).await?;
+    // None of this node's old connections survived its restart; a shared
+    // store (Redis) says they are alive until told (the embedded store
+    // loads every agent offline anyway).
+    store
+        .mark_node_offline(&config.node.id)
+        .await
+        .context("cannot mark the agents this node held before it started offline")?;
     let apps = config.api.apps.clone();
     let records = tokio::task::spawn_blocking(move || {
         apps.iter()

@@ -90,8 +90,8 @@ async fn records_survive_a_redis_restart_and_calls_fail_quickly_while_it_is_down
 
 /// A node configured with `[store] redis` keeps its state there: agents
 /// registered through it are records in Redis, and the API (which checks
-/// app secrets in the store) answers from them; after a restart of the
-/// node the records are still there.
+/// app secrets in the store) answers from them; a node restarted after a
+/// crash marks the agents it held offline.
 #[tokio::test]
 async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
     let redis = RedisServer::start(Some("pw")).await;
@@ -106,7 +106,7 @@ async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
             ..gse_testkit::ServerOptions::default()
         })
         .await;
-    let _agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.31"));
+    let agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.31"));
     server.api.wait_alive("127.0.0.31").await;
 
     let mut conn = redis
@@ -126,8 +126,40 @@ async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
         "the agent's record is in Redis"
     );
 
-    server.restart().await;
-    server.api.wait_alive("127.0.0.31").await;
+    // A crashed node leaves its agents alive in Redis; started again, it
+    // marks them offline (its old connections are gone) until they
+    // register anew. The agent is stopped while the node is down, so only
+    // the restart can mark it.
+    server.kill9();
+    drop(agent);
+    let alive: Option<String> = redis::cmd("HGET")
+        .arg("node-test:agent:0:127.0.0.31")
+        .arg("alive")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(alive.as_deref(), Some("1"), "left alive by the crash");
+    server.start_again().await;
+    gse_testkit::eventually(
+        "the agent offline after the node restart",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let alive: Option<String> = redis::cmd("HGET")
+                    .arg("node-test:agent:0:127.0.0.31")
+                    .arg("alive")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match alive.as_deref() {
+                    Some("0") => Ok(()),
+                    other => Err(format!("alive = {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// An unreachable Redis at start: one clear error naming the address, and

@@ -73,6 +73,17 @@ impl AgentStore for FakeStore {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError> {
+        let mut keys = Vec::new();
+        for rec in self.agents.lock().unwrap().values_mut() {
+            if rec.alive && rec.node_id == node_id {
+                rec.alive = false;
+                keys.push(rec.key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         let agents = self.agents.lock().unwrap();
         let find = |r: &AgentRef| match r {
