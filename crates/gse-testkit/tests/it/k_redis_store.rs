@@ -204,3 +204,69 @@ async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
         "fails promptly"
     );
 }
+
+/// A heartbeat batch larger than one script call is split across calls of
+/// one pipeline and every beat lands.
+#[tokio::test]
+async fn a_large_heartbeat_batch_is_applied_whole() {
+    use gse_core::seams::{AgentRecord, HeartbeatUpdate};
+
+    let server = RedisServer::start(None).await;
+    let store = store(&server, "gse:").await;
+    let n = gse_server::store::redis::HEARTBEATS_PER_CALL * 2 + 7;
+    let keys: Vec<gse_core::AgentKey> = (0..n)
+        .map(|i| {
+            format!("0:10.50.{}.{}", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        store
+            .upsert_agent(AgentRecord {
+                key: *key,
+                agent_id: format!("beat-{i}"),
+                version: "1".into(),
+                hostname: "h".into(),
+                os_type: "linux".into(),
+                run_mode: 1,
+                zone: String::new(),
+                start_time_s: 1,
+                node_id: "n1".into(),
+                parent_ip: "127.0.0.1".into(),
+                parent_port: 28668,
+                peer_addr: String::new(),
+                alive: true,
+                connected_at_ms: 1,
+                last_seen_ms: 1,
+                cpu_percent: 0.0,
+                mem_bytes: 0,
+                mem_percent: 0.0,
+            })
+            .await
+            .unwrap();
+    }
+    let beats: Vec<HeartbeatUpdate> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| HeartbeatUpdate {
+            key: *key,
+            at_ms: 1000 + i as u64,
+            cpu_percent: 1.0,
+            mem_bytes: i as u64,
+            mem_percent: 2.0,
+        })
+        .collect();
+    let started = Instant::now();
+    store.record_heartbeats(&beats).await.unwrap();
+    eprintln!("{n} heartbeats applied in {:?}", started.elapsed());
+    let mut all = store.list_agents().await.unwrap();
+    all.sort_by_key(|r| r.mem_bytes);
+    assert_eq!(all.len(), n);
+    for (i, rec) in all.iter().enumerate() {
+        assert_eq!(
+            (rec.last_seen_ms, rec.mem_bytes),
+            (1000 + i as u64, i as u64)
+        );
+    }
+}
