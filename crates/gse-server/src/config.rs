@@ -15,6 +15,8 @@ use gse_core::private_files::{Exposure, exposure};
 use gse_core::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::config::{StoreConfig, StoreKind};
+
 pub use crate::role::alarm::AlarmConfig;
 pub use crate::role::api::ApiConfig;
 pub use crate::role::data::DataConfig;
@@ -147,63 +149,6 @@ pub enum Role {
 
 fn default_roles() -> Vec<Role> {
     vec![Role::Api, Role::Link, Role::Alarm, Role::Data]
-}
-
-/// `[store]`: where cluster state is kept.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Which store when `redis` is unset: `embedded` (memory + SQLite).
-    #[serde(default)]
-    pub kind: StoreKind,
-    /// SQLite file of the embedded store; default `<data_dir>/state.sqlite`.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// `redis://[user:password@]host:port[/db]`: keep the state in this
-    /// Redis, shared by the nodes of a cluster, instead of the embedded
-    /// store.
-    #[serde(default)]
-    pub redis: Option<String>,
-    /// Prefix of every Redis key; clusters sharing one Redis use different
-    /// ones. Default `gse:`.
-    #[serde(default)]
-    pub key_prefix: Option<String>,
-}
-
-impl StoreConfig {
-    /// The Redis store's settings, when `redis` is set.
-    pub fn redis(&self) -> Option<crate::store::RedisStoreConfig> {
-        self.redis
-            .as_ref()
-            .map(|url| crate::store::RedisStoreConfig {
-                url: url.clone(),
-                key_prefix: self.key_prefix.clone().unwrap_or_else(|| "gse:".into()),
-            })
-    }
-
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Some(url) = &self.redis
-            && let Err(e) = redis::Client::open(url.as_str())
-        {
-            // The URL may hold a password: name the key, not the value.
-            problems.push(format!(
-                "store.redis is not a Redis URL ({e}); write it as redis://[user:password@]host:port[/db]"
-            ));
-        }
-        if self.key_prefix.as_deref() == Some("") {
-            problems.push("store.key_prefix is empty: leave it unset for gse:".into());
-        }
-        problems
-    }
-}
-
-/// The state store implementations.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    #[default]
-    Embedded,
 }
 
 /// Why the config cannot be used; lists every problem found.
@@ -407,10 +352,10 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [node]
 data_dir = "/tmp/gse-test"
 [tls]
@@ -449,35 +394,6 @@ key_file = "s.key"
             example, defaults,
             "etc/gse-server.toml drifted from the defaults"
         );
-    }
-
-    #[test]
-    fn store_redis_selects_the_redis_store_and_a_bad_url_is_named_without_its_value() {
-        let text = format!("{MINIMAL}\n[store]\nredis = \"redis://:pw@10.0.0.5:6379/2\"\n");
-        let mut cfg = ServerConfig::from_toml(&text).unwrap();
-        cfg.resolve();
-        cfg.validate().unwrap();
-        let redis = cfg.store.redis().expect("redis selected");
-        assert_eq!(redis.url, "redis://:pw@10.0.0.5:6379/2");
-        assert_eq!(redis.key_prefix, "gse:");
-        assert!(
-            ServerConfig::from_toml(MINIMAL)
-                .unwrap()
-                .store
-                .redis()
-                .is_none()
-        );
-
-        let text = format!("{MINIMAL}\n[store]\nredis = \"http://:pw@x\"\nkey_prefix = \"\"\n");
-        let mut cfg = ServerConfig::from_toml(&text).unwrap();
-        cfg.resolve();
-        let problems = cfg.validate().unwrap_err().join("\n");
-        assert!(
-            problems.contains("store.redis is not a Redis URL"),
-            "{problems}"
-        );
-        assert!(problems.contains("store.key_prefix is empty"), "{problems}");
-        assert!(!problems.contains("pw"), "{problems}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use gse_core::danger::DangerRuleSpec;
-use gse_core::seams::{AgentDirectory, MemoryDirectory, StateStore};
+use gse_core::seams::{AgentDirectory, StateStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ impl Base {
     /// Makes the data dir, opens the store and plans the open files.
     pub async fn open(config: &ServerConfig) -> Result<Base> {
         prepare_data_dir(&config.node.data_dir)?;
-        let store = open_store(config).await?;
+        let (store, directory) = open_store(config).await?;
         let budget = FdBudget::plan(config, fd_budget::open_files_limit());
         tracing::info!(
             open_files = budget.open_files,
@@ -47,9 +47,6 @@ impl Base {
             .danger
             .resolve()
             .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-        // One node's memory until the cluster's directory (Redis) is
-        // configured.
-        let directory: Arc<dyn AgentDirectory> = Arc::new(MemoryDirectory::default());
         Ok(Base {
             node_id: config.node.id.clone(),
             store,
@@ -80,9 +77,18 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the configured state store and seeds the configured apps.
-async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
-    let store = crate::store::open(config).await?;
+/// Opens the configured state store (and the agent directory that goes
+/// with it), marks offline the agents this node
+/// held before it started, and seeds the configured apps.
+async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>)> {
+    let (store, directory) = crate::store::open_with_directory(config).await?;
+    // None of this node's old connections survived its restart; a shared
+    // store (Redis) says they are alive until told (the embedded store
+    // loads every agent offline anyway).
+    store
+        .mark_node_offline(&config.node.id)
+        .await
+        .context("cannot mark the agents this node held before it started offline")?;
     let apps = config.api.apps.clone();
     let records = tokio::task::spawn_blocking(move || {
         apps.iter()
@@ -96,5 +102,5 @@ async fn open_store(config: &ServerConfig) -> Result<Arc<dyn StateStore>> {
             .await
             .context("cannot save the apps of [api] apps")?;
     }
-    Ok(store)
+    Ok((store, directory))
 }

@@ -8,6 +8,7 @@
 //! cluster (`[store] redis`). Nothing outside this module and `node` knows
 //! which one is in use.
 
+pub mod config;
 pub mod embedded;
 pub mod redis;
 
@@ -16,7 +17,7 @@ pub use redis::{RedisDirectory, RedisStore, RedisStoreConfig};
 
 use std::sync::Arc;
 
-use gse_core::seams::StateStore;
+use gse_core::seams::{AgentDirectory, MemoryDirectory, StateStore};
 
 use crate::config::ServerConfig;
 
@@ -32,14 +33,26 @@ pub enum OpenError {
 /// Opens the store `[store]` selects: Redis when `redis` is set, else the
 /// embedded store. An unreachable Redis fails here, naming its address.
 pub async fn open(config: &ServerConfig) -> Result<Arc<dyn StateStore>, OpenError> {
+    Ok(open_with_directory(config).await?.0)
+}
+
+/// Like [`open`], with the agent directory that goes with the store: the
+/// cluster's, in Redis, or this node's memory for the embedded store.
+pub async fn open_with_directory(
+    config: &ServerConfig,
+) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>), OpenError> {
     Ok(match config.store.redis() {
-        Some(redis) => Arc::new(RedisStore::connect(&redis).await?),
+        Some(redis) => {
+            let store = RedisStore::connect(&redis).await?;
+            let directory = Arc::new(store.directory());
+            (Arc::new(store), directory)
+        }
         None => {
             let path = config.store_path();
             let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
                 .await
                 .expect("opening the embedded store does not panic")?;
-            Arc::new(opened)
+            (Arc::new(opened), Arc::new(MemoryDirectory::default()))
         }
     })
 }

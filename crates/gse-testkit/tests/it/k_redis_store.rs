@@ -90,8 +90,8 @@ async fn records_survive_a_redis_restart_and_calls_fail_quickly_while_it_is_down
 
 /// A node configured with `[store] redis` keeps its state there: agents
 /// registered through it are records in Redis, and the API (which checks
-/// app secrets in the store) answers from them; after a restart of the
-/// node the records are still there.
+/// app secrets in the store) answers from them; a node restarted after a
+/// crash marks the agents it held offline.
 #[tokio::test]
 async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
     let redis = RedisServer::start(Some("pw")).await;
@@ -106,7 +106,7 @@ async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
             ..gse_testkit::ServerOptions::default()
         })
         .await;
-    let _agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.31"));
+    let agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.31"));
     server.api.wait_alive("127.0.0.31").await;
 
     let mut conn = redis
@@ -126,8 +126,40 @@ async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
         "the agent's record is in Redis"
     );
 
-    server.restart().await;
-    server.api.wait_alive("127.0.0.31").await;
+    // A crashed node leaves its agents alive in Redis; started again, it
+    // marks them offline (its old connections are gone) until they
+    // register anew. The agent is stopped while the node is down, so only
+    // the restart can mark it.
+    server.kill9();
+    drop(agent);
+    let alive: Option<String> = redis::cmd("HGET")
+        .arg("node-test:agent:0:127.0.0.31")
+        .arg("alive")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(alive.as_deref(), Some("1"), "left alive by the crash");
+    server.start_again().await;
+    gse_testkit::eventually(
+        "the agent offline after the node restart",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let alive: Option<String> = redis::cmd("HGET")
+                    .arg("node-test:agent:0:127.0.0.31")
+                    .arg("alive")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match alive.as_deref() {
+                    Some("0") => Ok(()),
+                    other => Err(format!("alive = {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// An unreachable Redis at start: one clear error naming the address, and
@@ -171,4 +203,70 @@ async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
         started.elapsed() < Duration::from_secs(20),
         "fails promptly"
     );
+}
+
+/// A heartbeat batch larger than one script call is split across calls of
+/// one pipeline and every beat lands.
+#[tokio::test]
+async fn a_large_heartbeat_batch_is_applied_whole() {
+    use gse_core::seams::{AgentRecord, HeartbeatUpdate};
+
+    let server = RedisServer::start(None).await;
+    let store = store(&server, "gse:").await;
+    let n = gse_server::store::redis::HEARTBEATS_PER_CALL * 2 + 7;
+    let keys: Vec<gse_core::AgentKey> = (0..n)
+        .map(|i| {
+            format!("0:10.50.{}.{}", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        store
+            .upsert_agent(AgentRecord {
+                key: *key,
+                agent_id: format!("beat-{i}"),
+                version: "1".into(),
+                hostname: "h".into(),
+                os_type: "linux".into(),
+                run_mode: 1,
+                zone: String::new(),
+                start_time_s: 1,
+                node_id: "n1".into(),
+                parent_ip: "127.0.0.1".into(),
+                parent_port: 28668,
+                peer_addr: String::new(),
+                alive: true,
+                connected_at_ms: 1,
+                last_seen_ms: 1,
+                cpu_percent: 0.0,
+                mem_bytes: 0,
+                mem_percent: 0.0,
+            })
+            .await
+            .unwrap();
+    }
+    let beats: Vec<HeartbeatUpdate> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| HeartbeatUpdate {
+            key: *key,
+            at_ms: 1000 + i as u64,
+            cpu_percent: 1.0,
+            mem_bytes: i as u64,
+            mem_percent: 2.0,
+        })
+        .collect();
+    let started = Instant::now();
+    store.record_heartbeats(&beats).await.unwrap();
+    eprintln!("{n} heartbeats applied in {:?}", started.elapsed());
+    let mut all = store.list_agents().await.unwrap();
+    all.sort_by_key(|r| r.mem_bytes);
+    assert_eq!(all.len(), n);
+    for (i, rec) in all.iter().enumerate() {
+        assert_eq!(
+            (rec.last_seen_ms, rec.mem_bytes),
+            (1000 + i as u64, i as u64)
+        );
+    }
 }

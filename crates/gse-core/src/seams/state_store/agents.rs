@@ -88,6 +88,11 @@ pub trait AgentStore: Send + Sync {
         node_id: &str,
         connected_at_ms: u64,
     ) -> Result<(), StoreError>;
+    /// Marks offline every agent `node_id` holds (the node died, or it is
+    /// starting again and none of its old connections survived); returns
+    /// their keys, sorted. Agents that re-registered on another node since
+    /// are held by that node and stay as they are.
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError>;
     /// Looks agents up by either name; `None` for unknown ones, same order.
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError>;
     /// Every known agent.

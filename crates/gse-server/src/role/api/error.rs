@@ -283,6 +283,9 @@ impl ApiError {
             UnknownPath { .. } | MetricsDisabled => 1000404,
             MethodNotAllowed { .. } => 1000405,
             BodyTooLarge { .. } | TooManyEntries { .. } | OverLimit { .. } => 1000413,
+            // Unavailable (Redis down, SQLite busy): the same call may work
+            // soon, so 503 as for any overloaded dependency.
+            Store(e) if e.is_retryable() => 1000503,
             Store(_) => 1000500,
             TasksUnavailable | FilesUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,

@@ -47,6 +47,7 @@ struct FakeTask {
 pub(super) enum Fault {
     Hang,
     Fail,
+    Down,
 }
 
 impl StoreKind for FakeStore {
@@ -72,6 +73,17 @@ impl AgentStore for FakeStore {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError> {
+        let mut keys = Vec::new();
+        for rec in self.agents.lock().unwrap().values_mut() {
+            if rec.alive && rec.node_id == node_id {
+                rec.alive = false;
+                keys.push(rec.key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         let agents = self.agents.lock().unwrap();
         let find = |r: &AgentRef| match r {
@@ -83,10 +95,15 @@ impl AgentStore for FakeStore {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         match self.list_fault {
             Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Fail) => Err(StoreError::unavailable(
+            Some(Fault::Fail) => Err(StoreError::corrupt(
                 "fake",
                 "listing agents",
                 "disk on fire",
+            )),
+            Some(Fault::Down) => Err(StoreError::unavailable(
+                "fake",
+                "listing agents",
+                "connection refused",
             )),
             None => Ok(self.agents.lock().unwrap().values().cloned().collect()),
         }

@@ -547,7 +547,7 @@ async fn metrics_renders_prometheus_text_when_a_handle_is_given() {
 }
 
 #[tokio::test]
-async fn a_hanging_store_times_out_with_408_and_a_failing_one_is_1000500() {
+async fn a_hanging_store_times_out_with_408_a_failing_one_is_1000500_and_a_down_one_1000503() {
     let config = ApiConfig {
         request_timeout: std::time::Duration::from_millis(50),
         ..ApiConfig::default()
@@ -571,4 +571,17 @@ async fn a_hanging_store_times_out_with_408_and_a_failing_one_is_1000500() {
         (StatusCode::INTERNAL_SERVER_ERROR, Some(1000500))
     );
     assert!(env["message"].as_str().unwrap().contains("disk on fire"));
+
+    // A store that is down (Redis unreachable) is 503, saying so.
+    let app = app_with_fault(ApiConfig::default(), Some(Fault::Down)).await;
+    let (status, env) = send(app, post("/api/v2/cluster/list_agents", "{}")).await;
+    assert_eq!(
+        (status, env["code"].as_i64()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(1000503))
+    );
+    let message = env["message"].as_str().unwrap();
+    assert!(
+        message.contains("state store fake unavailable"),
+        "{message}"
+    );
 }

@@ -146,6 +146,37 @@ impl AgentStore for EmbeddedStore {
         }
     }
 
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError> {
+        let changed: Vec<AgentRecord> = {
+            let mut mem = self.mem.write();
+            mem.agents
+                .values_mut()
+                .filter(|r| r.alive && r.node_id == node_id)
+                .map(|r| {
+                    r.alive = false;
+                    r.clone()
+                })
+                .collect()
+        };
+        let mut keys: Vec<AgentKey> = changed.iter().map(|r| r.key).collect();
+        keys.sort();
+        if !changed.is_empty() {
+            self.with_db("marking a node's agents offline", move |c| {
+                let tx = c.unchecked_transaction()?;
+                for rec in &changed {
+                    let json = serde_json::to_string(rec).expect("agent records always serialise");
+                    tx.execute(
+                        "INSERT OR REPLACE INTO agents (agent_key, agent_id, record) VALUES (?1, ?2, ?3)",
+                        params![rec.key.to_string(), rec.agent_id, json],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await?;
+        }
+        Ok(keys)
+    }
+
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         let mem = self.mem.read();
         Ok(refs.iter().map(|r| mem.resolve(r).cloned()).collect())

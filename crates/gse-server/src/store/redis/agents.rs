@@ -12,14 +12,17 @@ use super::{BACKEND, HEARTBEATS_PER_CALL, RedisStore, decode, encode, store_erro
 
 /// Registers an agent: replaces its hash, moves its agent id's mapping
 /// here, and drops the mapping of the id it had before (if it still points
-/// here). KEYS: agent hash, agents set, new id key, old-id key prefix.
+/// here); moves it to its node's set. KEYS: agent hash, agents set, new id
+/// key, old-id key prefix, node-set prefix.
 /// ARGV: K, id, rec, node, conn_at, alive, seen, cpu, mem, memp.
 const UPSERT: &str = r"
-local old = redis.call('HGET', KEYS[1], 'id')
-if old and old ~= ARGV[2] then
-  local oldkey = KEYS[4] .. old
+local old = redis.call('HMGET', KEYS[1], 'id', 'node')
+if old[1] and old[1] ~= ARGV[2] then
+  local oldkey = KEYS[4] .. old[1]
   if redis.call('GET', oldkey) == ARGV[1] then redis.call('DEL', oldkey) end
 end
+if old[2] and old[2] ~= ARGV[4] then redis.call('SREM', KEYS[5] .. old[2], ARGV[1]) end
+redis.call('SADD', KEYS[5] .. ARGV[4], ARGV[1])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'rec', ARGV[3], 'node', ARGV[4], 'conn_at', ARGV[5],
   'alive', ARGV[6], 'seen', ARGV[7], 'cpu', ARGV[8], 'mem', ARGV[9], 'memp', ARGV[10])
@@ -38,6 +41,26 @@ for i, key in ipairs(KEYS) do
   end
 end
 return 1
+";
+
+/// Marks offline every agent node ARGV[2] holds; returns their keys.
+/// ARGV[1] = prefix. Keys that moved to another node leave the set.
+const NODE_OFFLINE: &str = r"
+local p, node = ARGV[1], ARGV[2]
+local set = p .. 'node_agents:' .. node
+local gone = {}
+for _, k in ipairs(redis.call('SMEMBERS', set)) do
+  local v = redis.call('HMGET', p .. 'agent:' .. k, 'node', 'alive')
+  if v[1] == node then
+    if v[2] == '1' then
+      redis.call('HSET', p .. 'agent:' .. k, 'alive', '0')
+      table.insert(gone, k)
+    end
+  else
+    redis.call('SREM', set, k)
+  end
+end
+return gone
 ";
 
 /// Marks an agent offline if the stored record is the connection that
@@ -114,11 +137,12 @@ impl AgentStore for RedisStore {
         let k = record.key.to_string();
         redis::cmd("EVAL")
             .arg(UPSERT)
-            .arg(4)
+            .arg(5)
             .arg(self.agent_key(record.key))
             .arg(self.key("agents"))
             .arg(self.id_key(&record.agent_id))
             .arg(self.key("agent_id:"))
+            .arg(self.key("node_agents:"))
             .arg(&k)
             .arg(&record.agent_id)
             .arg(encode(&record))
@@ -174,6 +198,20 @@ impl AgentStore for RedisStore {
             .await
             .map_err(store_error("marking an agent offline"))?;
         Ok(())
+    }
+
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError> {
+        let gone: Vec<String> = redis::cmd("EVAL")
+            .arg(NODE_OFFLINE)
+            .arg(0)
+            .arg(&self.prefix)
+            .arg(node_id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(store_error("marking a node's agents offline"))?;
+        let mut keys: Vec<AgentKey> = gone.iter().filter_map(|k| k.parse().ok()).collect();
+        keys.sort();
+        Ok(keys)
     }
 
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {

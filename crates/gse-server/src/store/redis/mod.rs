@@ -29,6 +29,7 @@
 //! | `P agent:K` | hash | `rec` (the record as registered, JSON), `id`, `node`, `conn_at`, `alive` (`1`/`0`), `seen`, `cpu`, `mem`, `memp` (heartbeats change only the last four) |
 //! | `P agents` | set | every `K` |
 //! | `P agent_id:ID` | string | the `K` agent id `ID` resolves to |
+//! | `P node_agents:N` | set | the `K`s registered last on node `N` |
 //! | `P app:CODE` | string | the app's salted secret hash |
 //! | `P task:ID` | string | the task record (JSON), written once |
 //! | `P task:ID:entries` | hash | `target:atomic` → entry state (JSON) |

@@ -138,6 +138,29 @@ pub async fn agents(store: &dyn AgentStore) {
         1,
         "one record per identity"
     );
+
+    // A dead node's agents go offline, and only its own: one that moved
+    // to another node since stays with it.
+    for (last, node) in [(11, "dead"), (12, "dead"), (13, "alive"), (14, "dead")] {
+        let id = format!("conf-agent-{last}");
+        store
+            .upsert_agent(record(last, &id, node, 50))
+            .await
+            .unwrap();
+    }
+    store
+        .upsert_agent(record(14, "conf-agent-14", "alive", 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.mark_node_offline("dead").await.unwrap(),
+        vec![key(201, 11), key(201, 12)]
+    );
+    for (last, alive) in [(11, false), (12, false), (13, true), (14, true)] {
+        let rec = one(store, AgentRef::Key(key(201, last))).await.unwrap();
+        assert_eq!(rec.alive, alive, "{rec:?}");
+    }
+    assert!(store.mark_node_offline("dead").await.unwrap().is_empty());
 }
 
 /// Apps: unknown is `None`; a put is seen at once and replaces the secret.

@@ -85,6 +85,9 @@ impl AgentStore for FlakyStore {
     ) -> Result<(), StoreError> {
         self.inner.mark_offline(key, node_id, connected_at_ms).await
     }
+    async fn mark_node_offline(&self, node_id: &str) -> Result<Vec<AgentKey>, StoreError> {
+        self.inner.mark_node_offline(node_id).await
+    }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         self.inner.get_agents(refs).await
     }
