@@ -18,6 +18,7 @@ use std::time::Duration;
 use gse_core::seams::NodeInfo;
 use gse_server::config::ServerConfig;
 
+use crate::redis::RedisServer;
 use crate::zookeeper::ZooKeeperServer;
 use crate::{AgentOptions, AgentProc, Api, Cluster, ServerOptions, ServerProc, eventually};
 
@@ -32,6 +33,7 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ClusterBuilder {
     nodes: usize,
     zookeeper: bool,
+    redis: bool,
     agents: u32,
     server: ServerOptions,
     node_config: Option<NodeHook>,
@@ -43,6 +45,7 @@ impl Cluster {
         ClusterBuilder {
             nodes: 1,
             zookeeper: false,
+            redis: false,
             agents: 0,
             server: ServerOptions::default(),
             node_config: None,
@@ -61,6 +64,14 @@ impl ClusterBuilder {
     /// zookeeper`); without it each node is an embedded single node.
     pub fn zookeeper(mut self) -> Self {
         self.zookeeper = true;
+        self
+    }
+
+    /// Start a Redis and make it every node's store and agent directory
+    /// (`[store] redis`): records readable through any node, agents
+    /// reachable from any node.
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
         self
     }
 
@@ -96,18 +107,24 @@ impl ClusterBuilder {
             true => Some(ZooKeeperServer::start().await),
             false => None,
         };
-        // Redis ([store] redis) is the next shared service: started here
-        // like ZooKeeper, its URL set on every node in `node_options`.
-        let zk = zookeeper.as_ref().map(ZooKeeperServer::connect_string);
+        let redis = match self.redis {
+            true => Some(RedisServer::start(None).await),
+            false => None,
+        };
+        let shared = Shared {
+            zookeeper: zookeeper.as_ref().map(ZooKeeperServer::connect_string),
+            redis: redis.as_ref().map(RedisServer::url),
+        };
         let mut nodes = Vec::with_capacity(self.nodes);
         for i in 0..self.nodes {
-            let opts = node_options(&self.server, i, zk.clone(), self.node_config.clone());
+            let opts = node_options(&self.server, i, shared.clone(), self.node_config.clone());
             nodes.push(cluster.server(opts).await);
         }
         let mut started = StartedCluster {
             agents: Vec::new(),
             nodes,
             zookeeper,
+            redis,
             cluster,
         };
         if started.zookeeper.is_some() {
@@ -126,12 +143,19 @@ impl ClusterBuilder {
     }
 }
 
+/// The services every node of the cluster uses.
+#[derive(Clone)]
+struct Shared {
+    zookeeper: Option<String>,
+    redis: Option<String>,
+}
+
 /// Node i's options: the shared ones, its own directory and node id, the
-/// ZooKeeper, then the test's per-node hook.
+/// ZooKeeper and Redis, then the test's per-node hook.
 fn node_options(
     shared: &ServerOptions,
     i: usize,
-    zookeeper: Option<String>,
+    services: Shared,
     node_config: Option<NodeHook>,
 ) -> ServerOptions {
     let id = node_id(i);
@@ -143,10 +167,15 @@ fn node_options(
                 hook(cfg);
             }
             cfg.node.id = id.clone();
-            if let Some(zk) = &zookeeper {
+            if let Some(zk) = &services.zookeeper {
                 cfg.cluster.zookeeper = vec![zk.clone()];
                 cfg.cluster.session_timeout = SESSION_TIMEOUT;
                 cfg.cluster.refresh = Duration::from_millis(300);
+                // Every node its own port, told to the others as bound.
+                cfg.cluster.node_listen = "127.0.0.1:0".parse().expect("an address");
+            }
+            if let Some(url) = &services.redis {
+                cfg.store.redis = Some(url.clone());
             }
             if let Some(hook) = &node_config {
                 hook(i, cfg);

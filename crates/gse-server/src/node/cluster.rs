@@ -10,28 +10,75 @@ use anyhow::{Context, Result};
 use gse_core::seams::{NodeInfo, Registry, StaticRegistry};
 use tokio_util::sync::CancellationToken;
 
-use super::common::Base;
+use super::common::{Base, bind};
+use crate::cluster::nodelink::{NodeLinkParts, NodeLinks};
+use crate::cluster::sender::Sender;
 use crate::config::ServerConfig;
 use crate::role::link::LinkService;
 
 /// How often the node refreshes its registry entry (load for balancing).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+/// Time for the TCP connect (and again the TLS handshake) to another node.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This node's addresses, as its registry entry gives them.
+pub(super) struct Addresses {
+    pub api: Option<SocketAddr>,
+    pub agents: Option<SocketAddr>,
+    /// The node link's, in a cluster.
+    pub node: Option<SocketAddr>,
+}
 
 /// Announces this node (its addresses, roles and agent count) until it stops.
 pub(super) fn spawn_announce(
     config: &ServerConfig,
     base: &mut Base,
     registry: Arc<dyn Registry>,
-    api: Option<SocketAddr>,
-    agents: Option<SocketAddr>,
+    addrs: Addresses,
     link: Option<Arc<LinkService>>,
 ) {
     base.joins.spawn(announce(
         registry,
-        node_info(config, api, agents),
+        node_info(config, addrs),
         link,
         base.shutdown.clone(),
     ));
+}
+
+/// In a cluster: listens on `cluster.node_listen` for the other nodes and
+/// lets the sender reach their agents (T1); returns the address advertised
+/// to them. A single node has no node link.
+pub(super) async fn start_node_link(
+    config: &ServerConfig,
+    base: &mut Base,
+    registry: Arc<dyn Registry>,
+    link: &Option<Arc<LinkService>>,
+    sender: &Arc<Sender>,
+) -> Result<Option<SocketAddr>> {
+    if !config.cluster.enabled() {
+        return Ok(None);
+    }
+    let listener = bind(config.cluster.node_listen, "other nodes", "cluster.node_listen").await?;
+    let advertised = config.agent_addr(listener.local_addr()?);
+    let links = NodeLinks::new(NodeLinkParts {
+        node_id: base.node_id.clone(),
+        cluster: config.cluster.zk_root.clone(),
+        tls_files: config.tls.clone(),
+        server_name: config.cluster.node_server_name.clone(),
+        connect_timeout: NODE_CONNECT_TIMEOUT,
+        handshake_timeout: config.link.handshake_timeout,
+        max_frame_bytes: config.link.max_frame_bytes,
+        registry,
+        shutdown: base.shutdown.clone(),
+    })
+    .context("cannot load the TLS material in [tls] for the node link")?;
+    if let Some(link) = link {
+        links.set_local(link.clone());
+        link.set_remote_streams(links.clone());
+    }
+    sender.set_forwarder(links.clone());
+    base.joins.spawn(links.serve(listener));
+    Ok(Some(advertised))
 }
 
 /// ZooKeeper when `[cluster] zookeeper` is set (K1), else this node alone.
@@ -48,11 +95,7 @@ pub(super) async fn start_registry(
     Ok(registry)
 }
 
-fn node_info(
-    config: &ServerConfig,
-    api: Option<SocketAddr>,
-    agents: Option<SocketAddr>,
-) -> NodeInfo {
+fn node_info(config: &ServerConfig, addrs: Addresses) -> NodeInfo {
     let roles = config
         .node
         .roles
@@ -63,10 +106,10 @@ fn node_info(
         node_id: config.node.id.clone(),
         region: config.node.region.clone(),
         roles,
-        agent_addr: agents.map(|a| a.to_string()).unwrap_or_default(),
-        api_addr: api.map(|a| a.to_string()).unwrap_or_default(),
+        agent_addr: addrs.agents.map(|a| a.to_string()).unwrap_or_default(),
+        api_addr: addrs.api.map(|a| a.to_string()).unwrap_or_default(),
         agents: 0,
-        node_addr: String::new(),
+        node_addr: addrs.node.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 

@@ -83,12 +83,17 @@ impl Node {
         let agent_addr = link::serve(bound_link, &alarms, &mut base).await;
         let registry = cluster::start_registry(&config, &base.shutdown).await?;
         let api_addr = api::start(&config, &mut base, &work, &data, registry.clone()).await?;
+        let node_addr =
+            cluster::start_node_link(&config, &mut base, registry.clone(), &link, &sender).await?;
         cluster::spawn_announce(
             &config,
             &mut base,
             registry,
-            api_addr,
-            agent_addr,
+            cluster::Addresses {
+                api: api_addr,
+                agents: agent_addr,
+                node: node_addr,
+            },
             link.clone(),
         );
 

@@ -20,6 +20,7 @@ mod r10_certs;
 mod r10_hosts;
 mod r10_lost;
 mod r10_visible;
+mod r11_forward;
 mod r11_claims;
 mod r9_danger;
 mod r9_files;

@@ -448,3 +448,33 @@ fn inner_frame(
 
 #[cfg(test)]
 mod tests;
+
+/// The sender's way to other nodes' agents: queued at once, a later
+/// failure comes back as [`LocalAgents::undelivered`].
+#[async_trait::async_trait]
+impl crate::cluster::sender::NodeForwarder for NodeLinks {
+    async fn forward(
+        &self,
+        node_id: &str,
+        agent: AgentKey,
+        epoch: gse_core::seams::directory::Epoch,
+        frame: Frame,
+    ) -> Result<(), crate::cluster::sender::SendError> {
+        self.send_to_agent(node_id, agent, epoch, frame)
+            .map_err(|e| crate::cluster::sender::SendError::RemoteUnreachable {
+                agent,
+                node: node_id.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl crate::role::link::RemoteStreams for NodeLinks {
+    fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
+        NodeLinks::agent_frame(self, agent, frame)
+    }
+
+    fn agent_gone(&self, agent: AgentKey) {
+        NodeLinks::agent_gone(self, agent)
+    }
+}

@@ -26,6 +26,9 @@ mod connection;
 mod data_drops;
 mod heartbeats;
 mod identity;
+mod remote;
+
+pub use remote::RemoteStreams;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -139,6 +142,9 @@ pub struct LinkService {
     frames: RwLock<Vec<FrameRoute>>,
     /// Set while the node starts when it runs DataServers (D4).
     data_assigner: RwLock<Option<Arc<dyn DataAssigner>>>,
+    /// Set while a cluster node starts: streams other nodes opened on this
+    /// node's agents (the node link), whose answers go back there.
+    remote: RwLock<Option<Arc<dyn RemoteStreams>>>,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
@@ -210,6 +216,7 @@ impl LinkService {
             danger_rules,
             frames: RwLock::new(Vec::new()),
             data_assigner: RwLock::new(None),
+            remote: RwLock::new(None),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
@@ -237,8 +244,22 @@ impl LinkService {
             .unwrap_or_default()
     }
 
-    /// Hands `frame` to the role that takes its type; gives it back if none does.
+    /// Hands `frame` back to the node whose stream it answers, or to the
+    /// role that takes its type; gives it back if none does.
     fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
+        let remote = self.remote.read().clone();
+        let frame = match remote {
+            Some(remote) => match remote.agent_frame(key, frame) {
+                Ok(()) => return Ok(()),
+                Err(frame) => frame,
+            },
+            None => frame,
+        };
+        self.route_to_role(key, frame)
+    }
+
+    /// Hands `frame` to the role that takes its type; gives it back if none does.
+    fn route_to_role(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
         let family = frame.msg_type.family();
         let handler = self
             .frames
@@ -255,8 +276,19 @@ impl LinkService {
         }
     }
 
-    /// Tells every role that the agent's claim `epoch` here is gone.
+    /// Tells every role, and the nodes with streams open on the agent, that
+    /// the agent's claim `epoch` here is gone.
     fn notify_disconnect(&self, key: AgentKey, epoch: Epoch) {
+        let remote = self.remote.read().clone();
+        if let Some(remote) = remote {
+            remote.agent_gone(key);
+        }
+        self.notify_roles_lost(key, epoch);
+    }
+
+    /// Tells every role that what it delivered to the agent's claim
+    /// `epoch` is gone.
+    fn notify_roles_lost(&self, key: AgentKey, epoch: Epoch) {
         let handlers: Vec<_> = self
             .frames
             .read()

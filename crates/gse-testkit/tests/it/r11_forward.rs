@@ -1,0 +1,67 @@
+//! T1 across nodes: the API of any node runs work on agents another node
+//! holds. Two nodes on one ZooKeeper and one Redis; the agents list node-1
+//! first, so node-1 holds them and node-2's API must forward over the node
+//! link, and get the agents' output back from node-1.
+
+use std::time::Duration;
+
+use gse_testkit::Cluster;
+use serde_json::json;
+
+use crate::task_api::{start, wait_final};
+
+#[tokio::test]
+async fn r11_a_task_asked_of_one_node_runs_on_agents_another_node_holds() {
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .agents(2)
+        .start()
+        .await;
+    // Both registry entries carry a node-link address.
+    let nodes = cluster.api(0).list_nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| !n.node_addr.is_empty()), "{nodes:?}");
+    let held = held_by(&cluster, 0).await;
+    assert_eq!(held, 2, "agents register with the first node they list");
+
+    let targets = ["0:127.0.0.1", "0:127.0.0.2", "0:10.9.9.9"];
+    for i in [1, 0] {
+        let api = cluster.api(i);
+        let task = start(api, &targets, "echo hello from agent", json!({})).await;
+        let done = wait_final(api, &task, &targets, Duration::from_secs(30)).await;
+        for e in &done {
+            if e["bk_agent_id"] == "0:10.9.9.9" {
+                assert_eq!(e["error_code"], 117, "an unknown agent fails at once: {e}");
+                continue;
+            }
+            assert_eq!(e["status"], 3, "asked of node-{}: {e}", i + 1);
+            assert_eq!(e["screen"], "hello from agent\n", "{e}");
+        }
+        // The record is readable through the other node too.
+        let other = cluster.api(1 - i);
+        let seen = crate::task_api::entries(other, &task, &targets).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+}
+
+/// How many agents node i holds, as its own API's `get_agent_info`
+/// reports their parent port.
+async fn held_by(cluster: &gse_testkit::StartedCluster, i: usize) -> usize {
+    let port = cluster.nodes[i].link_addr.port();
+    let mut held = 0;
+    for agent in &cluster.agents {
+        let (_, v) = cluster
+            .api(i)
+            .post(
+                "/api/c/compapi/v2/gse/get_agent_info/",
+                json!({"bk_supplier_account": "0", "hosts": [{"ip": agent.ip.to_string(), "bk_cloud_id": 0}]}),
+            )
+            .await;
+        let key = format!("0:{}", agent.ip);
+        if v["data"][&key]["parent_port"].as_u64() == Some(u64::from(port)) {
+            held += 1;
+        }
+    }
+    held
+}
