@@ -83,8 +83,9 @@ struct QuickstartArgs {
     /// with its config and data in DIR/node-<i>/; every agent lists every
     /// node. More than one node needs --zookeeper and --redis. A node that
     /// dies is reported and the others keep running; `gse-server run -c
-    /// DIR/node-<i>/server.toml` brings it back. Without it: one node in
-    /// this process, on the embedded store.
+    /// DIR/node-<i>/server.toml` brings it back. Without --nodes,
+    /// --zookeeper and --redis: one node in this process, on the embedded
+    /// store.
     #[arg(long, value_name = "N")]
     nodes: Option<u32>,
     /// ZooKeeper the nodes join ([cluster] zookeeper), HOST:PORT.
