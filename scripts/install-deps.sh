@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what gse needs on a Debian machine, skipping what is already there.
 #   scripts/install-deps.sh          build tools only (enough for the embedded platform)
+#   scripts/install-deps.sh --cluster  also ZooKeeper and Redis (scripts/quickstart.sh --cluster N)
 #   scripts/install-deps.sh --tests  also the real servers the test suite starts
 #                                    (ZooKeeper, Redis, iproute2 and nftables for the
 #                                    network-namespace tests, and the tansu Kafka broker,
@@ -8,7 +9,13 @@
 set -euo pipefail
 
 want_tests=0
-[ "${1:-}" = "--tests" ] && want_tests=1
+want_cluster=0
+case "${1:-}" in
+  --tests) want_tests=1; want_cluster=1 ;;
+  --cluster) want_cluster=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--tests | --cluster]" >&2; exit 2 ;;
+esac
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. Install Rust (stable, 1.88 or newer) with rustup: https://rustup.rs" >&2
@@ -18,9 +25,12 @@ fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || missing+=(make)
-if [ "$want_tests" = 1 ]; then
+if [ "$want_cluster" = 1 ]; then
+  # Debian's zookeeper pulls in a headless Java runtime.
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+  [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 || missing+=(zookeeper)
+fi
+if [ "$want_tests" = 1 ]; then
   # The multi-host tests join network namespaces (ip) and NAT one (nft).
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)

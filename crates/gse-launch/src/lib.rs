@@ -6,8 +6,11 @@
 //! - [`server`]: a `gse-server run` child process on a config someone else
 //!   wrote, ready once `GET /healthz` answers 200.
 //! - [`quickstart`]: the `gse-server quickstart` machinery (directory,
-//!   certificates, app, agents, quickstart.json, signals). The node itself is
-//!   started by the caller through [`quickstart::QuickstartNode`]: this crate
+//!   certificates, app, agents, quickstart.json, signals), and the node
+//!   processes of a quickstart cluster ([`quickstart::cluster`]: started,
+//!   watched, reported when they exit). The node configs are written and
+//!   the node(s) started by the caller through
+//!   [`quickstart::QuickstartNode`]: this crate
 //!   sits below gse-server, which depends on it for its `quickstart`
 //!   subcommand, so it must not depend on gse-server (or on gse-agent).
 

@@ -1,5 +1,5 @@
 //! A `gse-server run` child process on a config file someone else wrote
-//! (benches; quickstart's cluster nodes next), with its readiness: spawned,
+//! (benches; quickstart's cluster nodes), with its readiness: spawned,
 //! then polled (with a deadline) until `GET /healthz` answers 200. Its
 //! stdout and stderr go to `<dir>/server.out`, its log to `<dir>/server.log`.
 

@@ -13,7 +13,7 @@ use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS, Ide
 use gse_core::seams::AppRecord;
 use gse_server::config::ServerConfig;
 use gse_server::node::Node;
-use gse_server::quickstart::{self, QuickstartOptions};
+use gse_server::quickstart::{self, ClusterOptions, QuickstartOptions};
 use gse_server::reach::{self, Reach};
 
 /// The gse server: holds agent connections (mutual TLS), serves the HTTP API
@@ -37,7 +37,9 @@ enum Command {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
     },
-    /// Start a server and N local agents on the embedded store, ready for gsectl.
+    /// Start a server and N local agents on the embedded store, ready for
+    /// gsectl; or, with --nodes N --zookeeper --redis, a cluster of N node
+    /// processes on this host.
     Quickstart(QuickstartArgs),
     /// Make the CA and the certificates of a deployment.
     #[command(subcommand)]
@@ -65,15 +67,34 @@ struct QuickstartArgs {
     /// Number of local agents, with identity IPs 127.0.0.1 .. 127.0.0.N.
     #[arg(long, default_value_t = 1)]
     agents: u32,
-    /// Address of the HTTP API (port 0 picks a free one).
+    /// Address of the HTTP API (port 0 picks a free one). With --nodes,
+    /// the first node's: node i listens on its port + i-1 (each picks a
+    /// free one if 0).
     #[arg(long, default_value = "127.0.0.1:59313")]
     api_listen: SocketAddr,
-    /// Address agents connect to (port 0 picks a free one).
+    /// Address agents connect to (port 0 picks a free one). With --nodes,
+    /// the first node's, like --api-listen.
     #[arg(long, default_value = "127.0.0.1:28668")]
     agent_listen: SocketAddr,
     /// The gse-agent binary; default: next to gse-server.
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Start a cluster of N nodes, each its own `gse-server run` process
+    /// with its config and data in DIR/node-<i>/; every agent lists every
+    /// node. More than one node needs --zookeeper and --redis. A node that
+    /// dies is reported and the others keep running; `gse-server run -c
+    /// DIR/node-<i>/server.toml` brings it back. Without --nodes,
+    /// --zookeeper and --redis: one node in this process, on the embedded
+    /// store.
+    #[arg(long, value_name = "N")]
+    nodes: Option<u32>,
+    /// ZooKeeper the nodes join ([cluster] zookeeper), HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    zookeeper: Option<String>,
+    /// Redis the nodes keep their state in ([store] redis),
+    /// redis://[user:password@]HOST:PORT[/db].
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +223,8 @@ fn main() -> Result<()> {
     // Quickstart keeps the terminal for its summary; its log goes to DIR.
     let default_log = match &cli.command {
         Command::Quickstart(q) => {
+            // Wrong flags are said before anything is made.
+            ClusterOptions::from_flags(q.nodes, q.zookeeper.clone(), q.redis.clone())?;
             // Before the log file is opened there: DIR must be ours.
             quickstart::prepare_dir(&q.dir)?;
             Some(q.dir.join("server.log"))
@@ -226,6 +249,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 api_listen: q.api_listen,
                 agent_listen: q.agent_listen,
                 agent_bin: q.agent_bin,
+                cluster: ClusterOptions::from_flags(q.nodes, q.zookeeper, q.redis)?,
             })
             .await
         }

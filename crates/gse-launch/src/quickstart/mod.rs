@@ -1,18 +1,24 @@
-//! `gse-server quickstart`: a complete single-node platform in one command.
+//! `gse-server quickstart`: a complete platform in one command.
 //!
 //! Makes DIR, a CA with server and agent certificates (kept across runs),
-//! has the caller start a node with every role on the embedded store
-//! ([`QuickstartNode`]), registers an app for the API, and starts N
-//! `gse-agent` child processes with identity IPs 127.0.0.1 .. 127.0.0.N
-//! (cloud 0). When every agent has registered it writes
+//! has the caller start the node(s) ([`QuickstartNode`]): by default one
+//! node with every role on the embedded store, in this process; with
+//! [`ClusterOptions`] (`--nodes N --zookeeper --redis`) N `gse-server run`
+//! processes joined through ZooKeeper and sharing Redis ([`cluster`]).
+//! It registers an app for the API, and starts K `gse-agent` child
+//! processes with identity IPs 127.0.0.1 .. 127.0.0.K (cloud 0), each
+//! listing every node's agent address. When every agent has registered it writes
 //! `DIR/quickstart.json` and prints the same in words. On SIGINT or SIGTERM
 //! it stops the agents (SIGTERM, then SIGKILL after a grace period) and then
 //! the node. The files it writes (`server.toml`, agent configs) are
 //! ordinary configs: `gse-server run` / `gse-agent` run them the same way.
+//! A cluster node that exits is reported (with the `gse-server run -c`
+//! that brings it back) while the rest keep running.
 //! DIR is 0700 and every file in it that holds a secret or names one
 //! (quickstart.json, the configs, keys, the store) is 0600 from creation;
 //! each run gives the app a new secret (the store keeps only its hash).
 
+pub mod cluster;
 mod summary;
 
 use std::future::Future;
@@ -29,6 +35,7 @@ use gse_core::tls::TlsFiles;
 use gse_core::{AgentKey, AgentRef};
 use serde::Serialize;
 
+pub use self::cluster::{ClusterOptions, NodeEntry, NodeExit};
 use crate::agent::{LocalAgent, MAX_AGENTS, agent_ip, spawn_local_agent, stop_local_agents};
 
 /// App code quickstart registers for API calls.
@@ -45,6 +52,8 @@ pub struct QuickstartOptions {
     pub agent_listen: SocketAddr,
     /// The gse-agent binary; default: next to this executable.
     pub agent_bin: Option<PathBuf>,
+    /// Several nodes on ZooKeeper and Redis; None: one embedded node.
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// What the node starter is given: where quickstart keeps its files and
@@ -54,22 +63,29 @@ pub struct NodeSetup {
     pub dir: PathBuf,
     /// The server's certificate and key and the CA, under `DIR/certs`.
     pub server_tls: TlsFiles,
+    /// The first node's addresses (the others' are derived from them).
     pub api_listen: SocketAddr,
     pub agent_listen: SocketAddr,
+    /// Start these cluster nodes as processes instead of one embedded node.
+    pub cluster: Option<ClusterOptions>,
 }
 
-/// The node quickstart runs, as the caller (gse-server) started it.
+/// The node(s) quickstart runs, as the caller (gse-server) started it.
 pub trait QuickstartNode {
-    /// Where the API listens (bound).
-    fn api_addr(&self) -> SocketAddr;
-    /// Where agents connect (bound).
-    fn agent_addr(&self) -> SocketAddr;
-    /// The node's state store: quickstart registers its app there and
+    /// Every node, the first one first (its API is quickstart.json's `api`).
+    fn nodes(&self) -> Vec<NodeEntry>;
+    /// Every node's agent address, in the order of [`Self::nodes`]: what
+    /// each agent lists.
+    fn agent_addrs(&self) -> Vec<SocketAddr>;
+    /// The (shared) state store: quickstart registers its app there and
     /// watches the agents register.
     fn store(&self) -> &dyn StateStore;
-    /// Where alarms are written.
+    /// Where the first node writes alarms.
     fn alarm_log(&self) -> PathBuf;
-    /// Stops the node, giving its work `grace` to finish.
+    /// Resolves when a node process exits (each reported once); never for
+    /// a node running in this process.
+    fn next_exit(&mut self) -> impl Future<Output = NodeExit>;
+    /// Stops the node(s), giving their work `grace` to finish.
     fn stop(self, grace: Duration) -> impl Future<Output = ()>;
 }
 
@@ -82,6 +98,9 @@ pub struct QuickstartInfo {
     pub bk_app_secret: String,
     pub alarm_log: PathBuf,
     pub server_pid: u32,
+    /// Every node (one for the embedded quickstart); `api` and
+    /// `agent_listen` above are the first one's.
+    pub nodes: Vec<NodeEntry>,
     pub agents: Vec<AgentInfo>,
 }
 
@@ -117,15 +136,16 @@ where
     let agent_bin = find_agent_bin(opts.agent_bin.as_deref())?;
     let certs = ensure_certs(&dir.join("certs"))?;
 
-    let node = start_node(NodeSetup {
+    let mut node = start_node(NodeSetup {
         dir: dir.clone(),
         server_tls: certs.tls_files(CertKind::Server),
         api_listen: opts.api_listen,
         agent_listen: opts.agent_listen,
+        cluster: opts.cluster.clone(),
     })
     .await?;
-    let api = node.api_addr();
-    let agent_addr = node.agent_addr();
+    let nodes = node.nodes();
+    let agent_addrs = node.agent_addrs();
 
     let result = async {
         let secret = ensure_app(node.store()).await?;
@@ -135,30 +155,39 @@ where
             agents.push(spawn_local_agent(
                 &agent_bin,
                 &dir,
-                &[agent_addr],
+                &agent_addrs,
                 &agent_tls,
                 agent_ip(i),
             )?);
         }
         let shown = async {
             let registered = wait_registered(node.store(), &mut agents).await?;
+            let first = nodes.first().context("quickstart started no node")?;
             let info = QuickstartInfo {
-                api: format!("http://{api}"),
-                agent_listen: agent_addr.to_string(),
+                api: first.api.clone(),
+                agent_listen: first.agent_listen.clone(),
                 bk_app_code: APP_CODE.into(),
                 bk_app_secret: secret,
                 alarm_log: node.alarm_log(),
                 server_pid: std::process::id(),
+                nodes: nodes.clone(),
                 agents: registered,
             };
             private_files::write_private(&info_path, &serde_json::to_vec_pretty(&info)?)
                 .with_context(|| format!("cannot write {}", info_path.display()))?;
             summary::print(&info, &dir);
-            wait_for_signal().await;
+            watch_until_signal(&mut node).await;
             anyhow::Ok(())
         }
         .await;
-        println!("stopping {} agent(s) and the server ...", agents.len());
+        println!(
+            "stopping {} agent(s) and {} ...",
+            agents.len(),
+            match nodes.len() {
+                1 => "the server".to_string(),
+                n => format!("{n} nodes"),
+            }
+        );
         stop_local_agents(&mut agents).await;
         shown
     }
@@ -271,6 +300,24 @@ async fn wait_registered(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Until SIGINT or SIGTERM: reports every node process that exits (on the
+/// terminal and in the log) and keeps the rest running.
+async fn watch_until_signal(node: &mut impl QuickstartNode) {
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    let server_bin = std::env::current_exe().unwrap_or_else(|_| "gse-server".into());
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            exit = node.next_exit() => {
+                let message = exit.message(&server_bin);
+                tracing::warn!(node = %exit.node_id, pid = exit.pid, "{message}");
+                println!("{message}");
+            }
+        }
     }
 }
 

@@ -22,6 +22,22 @@ pub(super) fn print(info: &QuickstartInfo, dir: &Path) {
         info.bk_app_code, info.bk_app_secret
     );
     println!("  alarm log:      {}", info.alarm_log.display());
+    if info.nodes.len() > 1 {
+        println!("  nodes ({}):", info.nodes.len());
+        for n in &info.nodes {
+            println!(
+                "    {}  API {}  agent link {}  pid {}  config {}",
+                n.node_id,
+                n.api,
+                n.agent_listen,
+                n.pid,
+                n.config.display()
+            );
+        }
+        println!(
+            "    (a node that stops is reported here; `gse-server run -c <its config>` brings it back)"
+        );
+    }
     println!("  agents ({}):", info.agents.len());
     for a in &info.agents {
         println!(

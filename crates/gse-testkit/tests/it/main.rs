@@ -16,6 +16,7 @@ mod k6_tls;
 mod k_cluster;
 mod k_redis_store;
 mod quickstart;
+mod quickstart_cluster;
 mod r10_certs;
 mod r10_hosts;
 mod r10_lost;
