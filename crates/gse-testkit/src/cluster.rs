@@ -196,6 +196,7 @@ pub struct StartedCluster {
     pub agents: Vec<AgentProc>,
     pub nodes: Vec<ServerProc>,
     pub zookeeper: Option<ZooKeeperServer>,
+    pub redis: Option<RedisServer>,
     pub cluster: Cluster,
 }
 

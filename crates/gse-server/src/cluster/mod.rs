@@ -4,8 +4,8 @@
 //! uses the static registry. [`sender`] is the one way to reach an agent,
 //! wherever the agent directory says it is held.
 
-pub mod sender;
 pub mod nodelink;
+pub mod sender;
 pub mod zk;
 
 use std::net::SocketAddr;

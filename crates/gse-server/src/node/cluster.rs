@@ -58,7 +58,12 @@ pub(super) async fn start_node_link(
     if !config.cluster.enabled() {
         return Ok(None);
     }
-    let listener = bind(config.cluster.node_listen, "other nodes", "cluster.node_listen").await?;
+    let listener = bind(
+        config.cluster.node_listen,
+        "other nodes",
+        "cluster.node_listen",
+    )
+    .await?;
     let advertised = config.agent_addr(listener.local_addr()?);
     let links = NodeLinks::new(NodeLinkParts {
         node_id: base.node_id.clone(),

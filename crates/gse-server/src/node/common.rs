@@ -80,7 +80,9 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
 /// Opens the configured state store (and the agent directory that goes
 /// with it), marks offline the agents this node
 /// held before it started, and seeds the configured apps.
-async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>)> {
+async fn open_store(
+    config: &ServerConfig,
+) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>)> {
     let (store, directory) = crate::store::open_with_directory(config).await?;
     // None of this node's old connections survived its restart; a shared
     // store (Redis) says they are alive until told (the embedded store
