@@ -77,6 +77,31 @@ impl MsgType {
     pub fn family(self) -> Option<MsgFamily> {
         MsgFamily::of(self.to_u16())
     }
+
+    /// Whether a frame of this type, sent to an agent, opens a stream the
+    /// agent answers on (it echoes the frame's stream id): what a relay
+    /// must remember to route the answers back by header alone. Other
+    /// frames to an agent (cancels, peer sets, piece data, data
+    /// assignments) are answered on no stream.
+    pub fn opens_stream(self) -> bool {
+        matches!(
+            self,
+            MsgType::RunScript
+                | MsgType::FileManifestRequest
+                | MsgType::FileStart
+                | MsgType::PieceRequest
+                | MsgType::ProcOperate
+        )
+    }
+
+    /// Whether a frame of this type from an agent is the one and only
+    /// answer on its stream (a relay forgets the stream after it).
+    pub fn ends_stream(self) -> bool {
+        matches!(
+            self,
+            MsgType::FileManifest | MsgType::PieceData | MsgType::ProcOperateResult
+        )
+    }
 }
 
 #[cfg(test)]

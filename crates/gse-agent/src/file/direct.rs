@@ -75,9 +75,12 @@ impl DirectClient {
         })
     }
 
-    /// Asks the node for piece `piece` of `entry` and waits for it.
+    /// Asks the node for piece `piece` of `entry` and waits for it; the
+    /// request goes on `stream_id`, the download's stream (the answer is
+    /// matched by its request id).
     pub async fn fetch(
         &self,
+        stream_id: u64,
         transfer_id: &str,
         task_index: u32,
         entry: u32,
@@ -98,7 +101,7 @@ impl DirectClient {
             request_id,
         };
         self.out
-            .send(LinkOut::new(MsgType::PieceRequest, request_id, &req))
+            .send(LinkOut::new(MsgType::PieceRequest, stream_id, &req))
             .await
             .map_err(|_| DirectError::LinkGone)?;
         let answer = tokio::time::timeout(DIRECT_TIMEOUT, rx)

@@ -151,6 +151,7 @@ impl FileRunner {
             self.direct.clone(),
             self.out.clone(),
             self.agent.clone(),
+            stream_id,
             &start,
         );
         self.tracker.spawn(

@@ -77,3 +77,33 @@ async fn held_by(cluster: &gse_testkit::StartedCluster, i: usize) -> usize {
     }
     held
 }
+
+#[tokio::test]
+async fn r11_a_transfer_asked_of_one_node_moves_files_between_agents_another_node_holds() {
+    use crate::f_files::{code, download_of, noise, task, wait_final as wait_files, write_file};
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .agents(2)
+        .start()
+        .await;
+    assert_eq!(held_by(&cluster, 0).await, 2, "node-1 holds both agents");
+    let src = cluster.cluster.path.join("src");
+    let small = noise(5000, 11);
+    let large = noise(3 << 20, 12);
+    write_file(&src.join("small.cfg"), &small, 0o640);
+    write_file(&src.join("large.bin"), &large, 0o644);
+    let dst = cluster.cluster.path.join("dst");
+    let api = cluster.api(1);
+    let tasks = vec![
+        task("0:127.0.0.1", &src, "small.cfg", &["0:127.0.0.2"], &dst),
+        task("0:127.0.0.1", &src, "large.bin", &["0:127.0.0.2"], &dst),
+    ];
+    let id = crate::f_files::start(api, tasks, json!({})).await;
+    let done = wait_files(api, &id, 4, Duration::from_secs(60)).await;
+    let d = download_of(&done, "0:127.0.0.2");
+    assert_eq!(code(d), 0, "{done:#?}");
+    assert_eq!(std::fs::read(dst.join("small.cfg")).unwrap(), small);
+    assert_eq!(std::fs::read(dst.join("large.bin")).unwrap(), large);
+}

@@ -48,6 +48,10 @@ pub struct DownloadCtx {
     pub agent: String,
     pub transfer_id: String,
     pub task_index: u32,
+    /// The stream the node sent FileStart on: progress and direct piece
+    /// requests go on it, so a node relaying for another node routes them
+    /// to the node that owns the transfer by header alone.
+    pub stream_id: u64,
     /// The task's source, "cloud:ip" (for the fallback reason).
     pub source_agent: String,
     pub token: Vec<u8>,
@@ -72,6 +76,7 @@ impl DownloadCtx {
         direct: Arc<DirectClient>,
         out: mpsc::Sender<LinkOut>,
         agent: String,
+        stream_id: u64,
         start: &FileStart,
     ) -> Self {
         DownloadCtx {
@@ -85,6 +90,7 @@ impl DownloadCtx {
             agent,
             transfer_id: start.transfer_id.clone(),
             task_index: start.task_index,
+            stream_id,
             source_agent: start.source_agent.clone(),
             token: start.token.clone(),
             p2p_attempts: match start.p2p_attempts {

@@ -244,6 +244,9 @@ impl NodeLinks {
         let Some(origin) = self.relay.answer(agent, frame.stream_id) else {
             return Err(frame);
         };
+        if frame.msg_type.ends_stream() {
+            self.relay.close(agent, frame.stream_id);
+        }
         let back = NodeRelay {
             cloud_id: agent.cloud_id,
             ip: agent.ip.to_string(),
@@ -290,6 +293,17 @@ impl NodeLinks {
             tracing::warn!(node = %from, ip = %relay.ip, "a node sent a frame for an agent address that does not parse; dropped");
             return;
         };
+        let Some(local) = self.local() else {
+            return;
+        };
+        if !inner.msg_type.opens_stream() {
+            // Nothing comes back on its stream: no relay entry; a frame
+            // the agent cannot take is only logged (as for a local one).
+            if let Err(refused) = local.deliver(agent, relay.epoch, inner) {
+                tracing::debug!(agent = %agent, node = %from, reason = %refused.reason, "a one-way frame from another node was not delivered");
+            }
+            return;
+        }
         let origin = Origin {
             node_id: from.to_string(),
             stream_id: inner.stream_id,
@@ -298,16 +312,9 @@ impl NodeLinks {
         };
         let (stream_id, evicted) = self.relay.open(agent, origin.clone());
         if let Some(old) = evicted {
-            let reason = format!(
-                "node {} keeps at most {} open streams per agent; this one was the least recently used",
-                self.me,
-                relay::MAX_STREAMS_PER_AGENT
-            );
-            self.tell_undelivered(agent, &old, UndeliveredCode::LinkEnded, reason);
+            metrics::counter!("gse_node_link_streams_evicted_total").increment(1);
+            tracing::warn!(agent = %agent, node = %old.node_id, msg_type = old.msg_type, max = relay::MAX_STREAMS_PER_AGENT, "an agent has too many streams open for other nodes; the least recently used is forgotten");
         }
-        let Some(local) = self.local() else {
-            return;
-        };
         let frame = Frame {
             msg_type: inner.msg_type,
             stream_id,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gse_core::certs::{CertDir, CertKind, DEFAULT_SERVER_NAME};
 use gse_core::seams::{NodeInfo, StaticRegistry};
-use gse_proto::link::TaskOutput;
+use gse_proto::link::{RunScript, TaskOutput};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -130,6 +130,16 @@ async fn listener() -> (TcpListener, String) {
     (l, addr)
 }
 
+/// A frame the agent answers on its stream (a script to run).
+fn request(stream_id: u64, user: &str) -> Frame {
+    let run = RunScript {
+        task_id: "t1".into(),
+        user: user.into(),
+        ..Default::default()
+    };
+    Frame::new(MsgType::RunScript, stream_id, &run)
+}
+
 fn output(stream_id: u64, text: &str) -> Frame {
     let out = TaskOutput {
         task_id: "t1".into(),
@@ -152,13 +162,13 @@ async fn a_frame_reaches_the_agent_of_another_node_and_its_answers_come_back_in_
     );
 
     a.links
-        .send_to_agent("b", key(1), 7, output(42, "run"))
+        .send_to_agent("b", key(1), 7, request(42, "run"))
         .unwrap();
     let Seen::Delivered(agent, epoch, frame) = b.next().await else {
         panic!("expected a delivery on b")
     };
     assert_eq!((agent, epoch), (key(1), 7));
-    assert_eq!(frame.body, output(42, "run").body, "body relayed as is");
+    assert_eq!(frame.body, request(42, "run").body, "body relayed as is");
     assert_ne!(frame.stream_id, 42, "the holding node picks its own stream");
 
     // The agent answers on that stream, twice: both go back to a, in
@@ -185,11 +195,59 @@ async fn a_frame_reaches_the_agent_of_another_node_and_its_answers_come_back_in_
     };
     assert_eq!(n.code, UndeliveredCode::LinkEnded);
     assert_eq!(
-        (n.agent, n.stream_id, n.msg_type),
-        (key(1), 42, MsgType::TaskOutput)
+        (n.agent, n.stream_id, n.msg_type, n.epoch),
+        (key(1), 42, MsgType::RunScript, 7)
     );
     assert!(n.reason.contains("node b"), "{}", n.reason);
     assert_eq!(b.links.open_streams(), 0);
+}
+
+#[tokio::test]
+async fn one_way_frames_open_no_stream_and_a_single_answer_closes_its_own() {
+    let (la, a_addr) = listener().await;
+    let (lb, b_addr) = listener().await;
+    let s = setup(&[("a", &a_addr), ("b", &b_addr)]);
+    let mut a = start(parts(&s, "a", "/gse", CertKind::Server), vec![], Some(la));
+    let mut b = start(
+        parts(&s, "b", "/gse", CertKind::Server),
+        vec![key(1)],
+        Some(lb),
+    );
+    let cancel = Frame::new(
+        MsgType::CancelTask,
+        9,
+        &gse_proto::link::CancelTask::default(),
+    );
+    a.links
+        .send_to_agent("b", key(1), 1, cancel.clone())
+        .unwrap();
+    let Seen::Delivered(_, _, got) = b.next().await else {
+        panic!("expected the cancel on b")
+    };
+    assert_eq!(got, cancel, "a one-way frame goes as it is");
+    assert_eq!(b.links.open_streams(), 0);
+
+    let ask = Frame::new(
+        MsgType::PieceRequest,
+        4,
+        &gse_proto::link::PieceRequest::default(),
+    );
+    a.links.send_to_agent("b", key(1), 1, ask).unwrap();
+    let Seen::Delivered(_, _, got) = b.next().await else {
+        panic!("expected the request on b")
+    };
+    assert_eq!(b.links.open_streams(), 1);
+    let answer = Frame::new(
+        MsgType::PieceData,
+        got.stream_id,
+        &gse_proto::link::PieceRequest::default(),
+    );
+    b.links.agent_frame(key(1), answer).unwrap();
+    let Seen::FromRemote(_, back) = a.next().await else {
+        panic!("expected the answer on a")
+    };
+    assert_eq!((back.msg_type, back.stream_id), (MsgType::PieceData, 4));
+    assert_eq!(b.links.open_streams(), 0, "the only answer ends the stream");
 }
 
 #[tokio::test]
@@ -200,7 +258,7 @@ async fn an_agent_the_node_does_not_hold_is_reported_back() {
     let mut a = start(parts(&s, "a", "/gse", CertKind::Server), vec![], Some(la));
     let _b = start(parts(&s, "b", "/gse", CertKind::Server), vec![], Some(lb));
     a.links
-        .send_to_agent("b", key(9), 3, output(5, "x"))
+        .send_to_agent("b", key(9), 3, request(5, "x"))
         .unwrap();
     let Seen::Undelivered(n) = a.next().await else {
         panic!("expected a notice")
@@ -223,7 +281,7 @@ async fn an_unreachable_or_unknown_node_fails_the_frame_at_once() {
         ("nobody", "not in the cluster"),
     ] {
         a.links
-            .send_to_agent(node, key(1), 0, output(3, "x"))
+            .send_to_agent(node, key(1), 0, request(3, "x"))
             .unwrap();
         let Seen::Undelivered(n) = a.next().await else {
             panic!("expected a notice")
@@ -246,7 +304,7 @@ async fn a_peer_without_a_server_certificate_or_of_another_cluster_is_refused() 
     let mut rogue = start(parts(&s, "rogue", "/gse", CertKind::Agent), vec![], None);
     rogue
         .links
-        .send_to_agent("b", key(1), 0, output(1, "rm -rf /"))
+        .send_to_agent("b", key(1), 0, request(1, "rm -rf /"))
         .unwrap();
     let Seen::Undelivered(n) = rogue.next().await else {
         panic!("expected a refusal")
@@ -261,7 +319,7 @@ async fn a_peer_without_a_server_certificate_or_of_another_cluster_is_refused() 
     let mut other = start(parts(&s, "other", "/other", CertKind::Server), vec![], None);
     other
         .links
-        .send_to_agent("b", key(1), 0, output(1, "x"))
+        .send_to_agent("b", key(1), 0, request(1, "x"))
         .unwrap();
     let Seen::Undelivered(n) = other.next().await else {
         panic!("expected a refusal")
