@@ -4,6 +4,7 @@
 //! uses the static registry. [`sender`] is the one way to reach an agent,
 //! wherever the agent directory says it is held.
 
+pub mod membership;
 pub mod nodelink;
 pub mod sender;
 pub mod zk;

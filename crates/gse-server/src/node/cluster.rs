@@ -11,9 +11,11 @@ use gse_core::seams::{NodeInfo, Registry, StaticRegistry};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{Base, bind};
+use crate::cluster::membership::{self, MembershipParts};
 use crate::cluster::nodelink::{NodeLinkParts, NodeLinks};
 use crate::cluster::sender::Sender;
 use crate::config::ServerConfig;
+use crate::role::alarm::AlarmService;
 use crate::role::link::LinkService;
 
 /// How often the node refreshes its registry entry (load for balancing).
@@ -45,7 +47,8 @@ pub(super) fn spawn_announce(
     ));
 }
 
-/// In a cluster: listens on `cluster.node_listen` for the other nodes and
+/// In a cluster: adopts the agents of nodes that leave (`membership`),
+/// listens on `cluster.node_listen` for the other nodes and
 /// lets the sender reach their agents (T1); returns the address advertised
 /// to them. A single node has no node link.
 pub(super) async fn start_node_link(
@@ -54,10 +57,19 @@ pub(super) async fn start_node_link(
     registry: Arc<dyn Registry>,
     link: &Option<Arc<LinkService>>,
     sender: &Arc<Sender>,
+    alarms: &Option<Arc<AlarmService>>,
 ) -> Result<Option<SocketAddr>> {
     if !config.cluster.enabled() {
         return Ok(None);
     }
+    membership::spawn(MembershipParts {
+        node_id: base.node_id.clone(),
+        registry: registry.clone(),
+        directory: base.directory.clone(),
+        store: base.store.clone(),
+        alarms: alarms.clone(),
+        shutdown: base.shutdown.clone(),
+    });
     let listener = bind(
         config.cluster.node_listen,
         "other nodes",

@@ -83,8 +83,15 @@ impl Node {
         let agent_addr = link::serve(bound_link, &alarms, &mut base).await;
         let registry = cluster::start_registry(&config, &base.shutdown).await?;
         let api_addr = api::start(&config, &mut base, &work, &data, registry.clone()).await?;
-        let node_addr =
-            cluster::start_node_link(&config, &mut base, registry.clone(), &link, &sender).await?;
+        let node_addr = cluster::start_node_link(
+            &config,
+            &mut base,
+            registry.clone(),
+            &link,
+            &sender,
+            &alarms,
+        )
+        .await?;
         cluster::spawn_announce(
             &config,
             &mut base,

@@ -148,6 +148,10 @@ pub struct NodeLinks {
     max_frame_bytes: usize,
     registry: Arc<dyn Registry>,
     outboxes: Mutex<HashMap<String, outbox::Outbox>>,
+    /// Sending side: per node, the agents (and the claim epoch) this node
+    /// opened streams on there, so that when the node leaves the cluster
+    /// the work sent to them ends (one entry per agent: bounded).
+    opened: Mutex<HashMap<String, HashMap<AgentKey, u64>>>,
     relay: Relay,
     /// Shared with the outboxes, which report frames they could not send.
     local: Arc<RwLock<Option<Arc<dyn LocalAgents>>>>,
@@ -189,6 +193,7 @@ impl NodeLinks {
             max_frame_bytes: parts.max_frame_bytes,
             registry: parts.registry,
             outboxes: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
             relay: Relay::default(),
             local: Arc::new(RwLock::new(None)),
             shutdown: parts.shutdown,
@@ -235,6 +240,13 @@ impl NodeLinks {
             stream_id: frame.stream_id,
             body: frame.body.to_vec(),
         };
+        if frame.msg_type.opens_stream() {
+            self.opened
+                .lock()
+                .entry(node.to_string())
+                .or_default()
+                .insert(agent, epoch);
+        }
         self.queue(node, Frame::new(MsgType::NodeToAgent, 0, &relay))
     }
 
@@ -403,6 +415,27 @@ impl NodeLinks {
         })
     }
 
+    /// Node `node` left: the work this node sent its agents there is lost
+    /// (their links there ended with it); the roles hear so per agent.
+    fn end_work_on(&self, node: &str) {
+        let opened = self.opened.lock().remove(node).unwrap_or_default();
+        let Some(local) = self.local() else {
+            return;
+        };
+        for (agent, epoch) in opened {
+            local.undelivered(Undelivered {
+                agent,
+                msg_type: MsgType::Other(0),
+                stream_id: 0,
+                epoch,
+                code: UndeliveredCode::NodeUnreachable,
+                reason: format!(
+                    "node {node}, which held agent {agent}, left the cluster (it stopped or died); what ran there is lost"
+                ),
+            });
+        }
+    }
+
     /// Forgets what belonged to nodes that left the cluster.
     async fn follow_membership(self: Arc<Self>) {
         let mut watch = self.registry.watch();
@@ -427,6 +460,7 @@ impl NodeLinks {
                 tracing::info!(node = %node, "node left the cluster; its node link is closed");
                 self.outboxes.lock().remove(&node);
                 self.relay.node_gone(&node);
+                self.end_work_on(&node);
             }
         }
     }

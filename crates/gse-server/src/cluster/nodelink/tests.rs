@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gse_core::certs::{CertDir, CertKind, DEFAULT_SERVER_NAME};
-use gse_core::seams::{NodeInfo, StaticRegistry};
+use gse_core::seams::NodeInfo;
 use gse_proto::link::{RunScript, TaskOutput};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -79,19 +79,40 @@ fn info(id: &str, addr: &str) -> NodeInfo {
     }
 }
 
+/// A registry whose node list the test changes.
+struct TestRegistry {
+    tx: tokio::sync::watch::Sender<Vec<NodeInfo>>,
+}
+
+#[async_trait::async_trait]
+impl gse_core::seams::Registry for TestRegistry {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    async fn announce(&self, _me: NodeInfo) -> Result<(), gse_core::seams::RegistryError> {
+        Ok(())
+    }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, gse_core::seams::RegistryError> {
+        Ok(self.tx.borrow().clone())
+    }
+    fn watch(&self) -> tokio::sync::watch::Receiver<Vec<NodeInfo>> {
+        self.tx.subscribe()
+    }
+}
+
 struct Setup {
     _dir: tempfile::TempDir,
     certs: CertDir,
-    registry: Arc<StaticRegistry>,
+    registry: Arc<TestRegistry>,
 }
 
 fn setup(nodes: &[(&str, &str)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let certs = CertDir::new(dir.path().join("certs"));
     certs.init(&[], 30).unwrap();
-    let registry = Arc::new(StaticRegistry::new(
-        nodes.iter().map(|(id, addr)| info(id, addr)).collect(),
-    ));
+    let (tx, _) =
+        tokio::sync::watch::channel(nodes.iter().map(|(id, addr)| info(id, addr)).collect());
+    let registry = Arc::new(TestRegistry { tx });
     Setup {
         _dir: dir,
         certs,
@@ -326,6 +347,42 @@ async fn a_peer_without_a_server_certificate_or_of_another_cluster_is_refused() 
     };
     assert!(n.reason.contains("check cluster.zk_root"), "{}", n.reason);
     assert!(b.seen.try_recv().is_err(), "nothing reached b's agents");
+}
+
+#[tokio::test]
+async fn work_on_agents_of_a_node_that_leaves_ends_per_agent() {
+    let (la, a_addr) = listener().await;
+    let (lb, b_addr) = listener().await;
+    let s = setup(&[("a", &a_addr), ("b", &b_addr)]);
+    let mut a = start(parts(&s, "a", "/gse", CertKind::Server), vec![], Some(la));
+    let mut b = start(
+        parts(&s, "b", "/gse", CertKind::Server),
+        vec![key(1), key(2)],
+        Some(lb),
+    );
+    for k in [key(1), key(2)] {
+        a.links.send_to_agent("b", k, 5, request(1, "x")).unwrap();
+        assert!(matches!(b.next().await, Seen::Delivered(..)));
+    }
+    // b dies: it leaves the registry.
+    s.registry
+        .tx
+        .send_modify(|nodes| nodes.retain(|n| n.node_id != "b"));
+    let mut lost = Vec::new();
+    for _ in 0..2 {
+        let Seen::Undelivered(n) = a.next().await else {
+            panic!("expected a notice")
+        };
+        assert_eq!((n.code, n.epoch), (UndeliveredCode::NodeUnreachable, 5));
+        assert!(
+            n.reason.contains("node b") && n.reason.contains("left the cluster"),
+            "{}",
+            n.reason
+        );
+        lost.push(n.agent);
+    }
+    lost.sort_by_key(|k| k.ip);
+    assert_eq!(lost, [key(1), key(2)]);
 }
 
 #[test]

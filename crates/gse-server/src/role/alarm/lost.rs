@@ -19,8 +19,8 @@
 
 use std::sync::Arc;
 
-use gse_core::AgentKey;
 use gse_core::seams::{AgentRecord, LostAlarm};
+use gse_core::{AgentKey, AgentRef};
 use tokio_util::sync::CancellationToken;
 
 use super::{Alarm, AlarmKind, AlarmService};
@@ -39,6 +39,9 @@ pub(super) enum Cause {
     Dropped(String),
     /// This node (re)started and the agent was not connected to it.
     Restarted,
+    /// The node that held it left the cluster; this node, the survivor
+    /// that adopts the dead node's agents, alarms for it.
+    NodeLeft(String),
 }
 
 /// What a starting node does about an agent it knew.
@@ -120,6 +123,43 @@ impl AlarmService {
         );
     }
 
+    /// Node `dead` left the cluster holding `agents` (their records name
+    /// it): each gets `lost_grace` to register on some node, else this node
+    /// raises `agent_lost` for it, once in the cluster (only the survivor
+    /// that adopts a dead node's agents calls this).
+    pub async fn adopt_dead_node(self: &Arc<Self>, dead: &str, agents: &[AgentKey]) {
+        let refs: Vec<AgentRef> = agents.iter().map(|k| AgentRef::Key(*k)).collect();
+        let records = match self.store.get_agents(&refs).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(node = %dead, error = %e, "cannot read the agents of a node that left; those that do not come back raise no agent_lost");
+                return;
+            }
+        };
+        let mut waiting = 0;
+        for rec in records.into_iter().flatten().filter(|r| r.node_id == dead) {
+            waiting += 1;
+            self.start_grace(rec, Cause::NodeLeft(dead.to_string()));
+        }
+        tracing::info!(node = %dead, waiting, grace = %humantime::format_duration(self.config.lost_grace), "adopted the agents of a node that left the cluster: those not back on any node within the grace raise agent_lost");
+    }
+
+    /// Whether the agent of `rec` registered again since (on any node: in
+    /// a cluster it may come back on another node than the one that saw it
+    /// go, which then never hears of its return).
+    async fn back_since(&self, rec: &AgentRecord) -> bool {
+        match self.store.get_agents(&[AgentRef::Key(rec.key)]).await {
+            Ok(mut found) => found.pop().flatten().is_some_and(|now| {
+                now.alive
+                    && (now.node_id != rec.node_id || now.connected_at_ms != rec.connected_at_ms)
+            }),
+            Err(e) => {
+                tracing::warn!(agent = %rec.key, error = %e, "cannot check whether a lost agent came back elsewhere; raising agent_lost");
+                false
+            }
+        }
+    }
+
     fn start_grace(self: &Arc<Self>, rec: AgentRecord, cause: Cause) {
         let token = {
             let mut lost = self.lost.lock();
@@ -141,6 +181,14 @@ impl AlarmService {
     }
 
     async fn fire_lost(&self, rec: AgentRecord, cause: Cause) {
+        if self.back_since(&rec).await {
+            let mut lost = self.lost.lock();
+            if matches!(lost.get(&rec.key), Some(LostState::Pending(_))) {
+                lost.remove(&rec.key);
+            }
+            tracing::debug!(agent = %rec.key, "a lost agent is back on another node: no agent_lost");
+            return;
+        }
         let alarm = Alarm::about_agent(
             AlarmKind::AgentLost,
             &self.node_id,
@@ -167,6 +215,12 @@ impl AlarmService {
             Cause::Dropped(reason) => format!(
                 "agent {} ({}) lost its connection to node {}: {reason}; it has not come back for {grace}",
                 rec.key, rec.agent_id, self.node_id
+            ),
+            Cause::NodeLeft(dead) => format!(
+                "agent {} ({}) was held by node {dead}, which left the cluster; it has not registered on any node for {grace} (last seen {})",
+                rec.key,
+                rec.agent_id,
+                last_seen(rec.last_seen_ms)
             ),
             Cause::Restarted => format!(
                 "agent {} ({}) of node {} not reconnected within {grace} after the server restarted (last seen {})",
