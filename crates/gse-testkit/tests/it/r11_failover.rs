@@ -50,7 +50,10 @@ async fn r11_a_killed_node_s_agents_move_its_work_ends_and_one_lost_alarm_is_rai
     let task = start(&api2, &running, "sleep 120", json!({})).await;
     eventually("the task running", Duration::from_secs(20), || async {
         let e = entries(&api2, &task, &running).await;
-        e.iter().all(|e| e["status"] == 1).then_some(()).ok_or(format!("{e:?}"))
+        e.iter()
+            .all(|e| e["status"] == 1)
+            .then_some(())
+            .ok_or(format!("{e:?}"))
     })
     .await;
 
