@@ -25,13 +25,28 @@ pub(super) struct DataRoles {
     pub servers: Option<DataService>,
 }
 
-/// Loads the routes, starts the snapshot cache and the DataServers.
+/// How often a cluster node reads the shared routes for other nodes'
+/// changes.
+const ROUTES_FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Loads the routes (following other nodes' changes in a cluster), starts
+/// the snapshot cache and the DataServers.
 pub(super) async fn start(
     config: &ServerConfig,
     base: &mut Base,
     link: &Option<Arc<LinkService>>,
 ) -> Result<DataRoles> {
     let routes = start_route_service(config, &base.store).await?;
+    if let Some(routes) = &routes
+        && config.cluster.enabled()
+    {
+        // Other nodes' APIs change the shared routes too (D5 across nodes).
+        base.joins.spawn(
+            routes
+                .clone()
+                .follow(ROUTES_FOLLOW_EVERY, base.shutdown.clone()),
+        );
+    }
     // Taps see every record of their data id (the snapshot cache, D3).
     let snapshots = start_snapshot_cache(config, &base.shutdown, &mut base.joins);
     let data_taps: Vec<Arc<dyn DataTap>> = snapshots

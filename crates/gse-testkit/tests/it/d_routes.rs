@@ -12,12 +12,12 @@ use gse_testkit::redis::{self as test_redis, RedisServer};
 use gse_testkit::{Api, Cluster, ServerOptions};
 use serde_json::{Value, json};
 
-const V2: &str = "/api/v2/data";
+pub(crate) const V2: &str = "/api/v2/data";
 const LEGACY: &str = "/api/c/compapi/v2/gse";
 /// bk-monitor's topic naming: `0bkmonitor_<data id>0`.
 const TOPIC: &str = "0bkmonitor_10010";
 
-fn op() -> Value {
+pub(crate) fn op() -> Value {
     json!({"operator_name": "admin"})
 }
 
@@ -28,7 +28,7 @@ async fn call(api: &Api, path: &str, body: Value) -> Value {
     v
 }
 
-async fn ok(api: &Api, path: &str, body: Value) -> Value {
+pub(crate) async fn ok(api: &Api, path: &str, body: Value) -> Value {
     let v = call(api, path, body).await;
     assert_eq!(v["code"], 0, "{path}: {v}");
     assert_eq!(v["result"], true, "{path}: {v}");
@@ -389,7 +389,12 @@ fn frame(data_id: u32, payload: &str) -> Vec<u8> {
 }
 
 /// Sends `<tag>-0..n` for `data_id` through the agent's local socket.
-async fn send(agent: &gse_testkit::AgentProc, data_id: u32, tag: &str, n: usize) -> Vec<String> {
+pub(crate) async fn send(
+    agent: &gse_testkit::AgentProc,
+    data_id: u32,
+    tag: &str,
+    n: usize,
+) -> Vec<String> {
     use tokio::io::AsyncWriteExt;
     let path = agent.dir.join("data").join("ipc.state.report");
     let mut conn =
@@ -413,7 +418,7 @@ async fn send(agent: &gse_testkit::AgentProc, data_id: u32, tag: &str, n: usize)
 }
 
 /// The `data` of every line of a file sink.
-fn file_payloads(path: &std::path::Path) -> Vec<String> {
+pub(crate) fn file_payloads(path: &std::path::Path) -> Vec<String> {
     gse_testkit::read_lines(path)
         .iter()
         .map(|l| {
@@ -440,7 +445,7 @@ async fn stream_payloads(client: &redis::Client, key: &str) -> Vec<String> {
         .collect()
 }
 
-fn has_all(got: &[String], want: &[String]) -> Result<(), String> {
+pub(crate) fn has_all(got: &[String], want: &[String]) -> Result<(), String> {
     let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
     if missing.is_empty() {
         Ok(())

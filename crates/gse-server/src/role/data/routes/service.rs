@@ -15,11 +15,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use gse_core::seams::StateStore;
 use gse_core::seams::state_store::{ChannelRecord, NewId, StreamToRecord};
+use gse_core::seams::{StateStore, StoreError};
 use serde_json::Value;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::error::RouteError;
 use super::model::{Channel, Route, StreamFilter, StreamTo};
@@ -105,6 +107,50 @@ impl RouteService {
     pub async fn reload(&self) -> Result<()> {
         let stream_tos = self.store.list_stream_tos().await?;
         let channels = self.store.list_channels().await?;
+        self.apply(stream_tos, channels).await;
+        Ok(())
+    }
+
+    /// Follows the routes other nodes change, until `shutdown` (in a
+    /// cluster, where any node's API writes the shared store): every
+    /// `every`, the stored routes are read and, when they differ from what
+    /// the table was last built from, applied, so a route added through
+    /// any node carries data on this node's DataServers within seconds,
+    /// without a restart. Reading whole tables (a few hundred records at
+    /// most) keeps no feed state that a Redis restart could lose. A store
+    /// that cannot be read keeps the table as it is.
+    pub async fn follow(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut last: Option<(Vec<StreamToRecord>, Vec<ChannelRecord>)> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let read = async {
+                let stream_tos = self.store.list_stream_tos().await?;
+                let channels = self.store.list_channels().await?;
+                Ok::<_, StoreError>((stream_tos, channels))
+            };
+            let now = match read.await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the data routes to follow other nodes' changes; keeping the current table");
+                    continue;
+                }
+            };
+            if last.as_ref() == Some(&now) {
+                continue;
+            }
+            if last.is_some() {
+                tracing::info!("data routes changed in the store; applying");
+            }
+            self.apply(now.0.clone(), now.1.clone()).await;
+            last = Some(now);
+        }
+    }
+
+    /// Builds the table from stored records.
+    async fn apply(&self, stream_tos: Vec<StreamToRecord>, channels: Vec<ChannelRecord>) {
         let mut state = self.state.lock().await;
         state.stream_tos = stream_tos
             .into_iter()
@@ -133,7 +179,6 @@ impl RouteService {
             })
             .collect();
         self.rebuild(&mut state);
-        Ok(())
     }
 
     fn rebuild(&self, state: &mut State) {
