@@ -242,6 +242,7 @@ async fn a_large_heartbeat_batch_is_applied_whole() {
                 cpu_percent: 0.0,
                 mem_bytes: 0,
                 mem_percent: 0.0,
+                p2p_addr: String::new(),
             })
             .await
             .unwrap();

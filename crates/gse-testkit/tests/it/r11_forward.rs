@@ -104,6 +104,13 @@ async fn r11_a_transfer_asked_of_one_node_moves_files_between_agents_another_nod
     let done = wait_files(api, &id, 4, Duration::from_secs(60)).await;
     let d = download_of(&done, "0:127.0.0.2");
     assert_eq!(code(d), 0, "{done:#?}");
+    // The large file went P2P between the agents (their peer addresses
+    // come from the shared store: neither is held by the owning node).
+    let p2p: u64 = crate::f_files::downloads(&done)
+        .iter()
+        .map(|d| d["content"]["bytes_p2p"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(p2p, large.len() as u64, "{done:#?}");
     assert_eq!(std::fs::read(dst.join("small.cfg")).unwrap(), small);
     assert_eq!(std::fs::read(dst.join("large.bin")).unwrap(), large);
 }

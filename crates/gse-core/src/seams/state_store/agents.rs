@@ -39,6 +39,10 @@ pub struct AgentRecord {
     pub cpu_percent: f32,
     pub mem_bytes: u64,
     pub mem_percent: f32,
+    /// Where the agent serves file pieces to its peers (F1, F8), `ip:port`;
+    /// empty when it does not. Nodes read it for agents other nodes hold.
+    #[serde(default)]
+    pub p2p_addr: String,
 }
 
 /// One heartbeat's worth of change to an agent record.

@@ -30,6 +30,7 @@ fn record(ip: &str) -> AgentRecord {
         cpu_percent: 0.0,
         mem_bytes: 0,
         mem_percent: 0.0,
+        p2p_addr: String::new(),
     }
 }
 

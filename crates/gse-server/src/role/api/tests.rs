@@ -41,6 +41,7 @@ pub(super) fn record(ip: &str, agent_id: &str, alive: bool) -> AgentRecord {
         cpu_percent: 12.345,
         mem_bytes: 8 * 1024 * 1024,
         mem_percent: 0.5,
+        p2p_addr: String::new(),
     }
 }
 

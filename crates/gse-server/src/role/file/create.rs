@@ -181,6 +181,7 @@ impl FileService {
                 .as_ref()
                 .map(|r| r.agent_id.clone())
                 .unwrap_or_default(),
+            p2p_addr: record.as_ref().and_then(|r| r.p2p_addr.parse().ok()),
             zone: record.map(|r| r.zone).unwrap_or_default(),
             down,
         }

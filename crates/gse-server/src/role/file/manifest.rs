@@ -162,7 +162,10 @@ impl FileService {
                 zone: info
                     .as_ref()
                     .map_or_else(|| slot.zone.clone(), |i| i.zone.clone()),
-                addr: info.and_then(|i| i.p2p_addr),
+                addr: match info {
+                    Some(i) => i.p2p_addr,
+                    None => slot.p2p_addr,
+                },
             })
         };
         let source = member(&plan.source).unwrap_or_default();

@@ -33,6 +33,9 @@ pub(crate) struct AgentSlot {
     pub real_id: String,
     /// Its registered zone (the link's view wins while it is connected).
     pub zone: String,
+    /// Where it serves pieces, as registered (the link's view wins while
+    /// it is connected here; an agent of another node has only this).
+    pub p2p_addr: Option<std::net::SocketAddr>,
     /// Why it takes no part (error code, message), if so.
     pub down: Option<(i32, String)>,
 }

@@ -225,6 +225,7 @@ async fn register(
                 cpu_percent: 0.0,
                 mem_bytes: 0,
                 mem_percent: 0.0,
+                p2p_addr: reg.p2p_addr.map(|a| a.to_string()).unwrap_or_default(),
             };
             let accepted = Frame::new(
                 MsgType::RegisterAck,

@@ -25,6 +25,7 @@ fn record(last: u8, agent_id: &str, node: &str, connected_at_ms: u64) -> AgentRe
         cpu_percent: 0.0,
         mem_bytes: 0,
         mem_percent: 0.0,
+        p2p_addr: String::new(),
     }
 }
 

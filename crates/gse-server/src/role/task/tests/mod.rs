@@ -63,6 +63,7 @@ pub(crate) fn agent_record(ip: &str, node: &str, alive: bool) -> AgentRecord {
         cpu_percent: 0.0,
         mem_bytes: 0,
         mem_percent: 0.0,
+        p2p_addr: String::new(),
     }
 }
 

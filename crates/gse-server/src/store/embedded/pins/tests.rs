@@ -29,6 +29,7 @@ pub(crate) fn record(ip: &str, id: &str, connected_at_ms: u64) -> AgentRecord {
         cpu_percent: 0.0,
         mem_bytes: 0,
         mem_percent: 0.0,
+        p2p_addr: String::new(),
     }
 }
 
