@@ -22,14 +22,14 @@ const KEY: &str = "0:127.0.0.1:nodeman:sleeper";
 
 /// A plugin on disk; kills whatever its pid file names when dropped, so
 /// no test leaves a `sleep` behind.
-struct Plugin {
+pub(crate) struct Plugin {
     dir: PathBuf,
 }
 
 impl Plugin {
     /// `start.sh` backgrounds `sleep` and writes its pid, unless `broken`
     /// (then it starts nothing).
-    fn new(root: &Path, broken: bool) -> Self {
+    pub(crate) fn new(root: &Path, broken: bool) -> Self {
         let dir = root.join(if broken { "broken" } else { "sleeper" });
         std::fs::create_dir_all(&dir).unwrap();
         let start = if broken {
@@ -42,7 +42,7 @@ impl Plugin {
         Plugin { dir }
     }
 
-    fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.dir.join("plugin.pid"))
             .ok()?
             .trim()
@@ -51,7 +51,7 @@ impl Plugin {
     }
 
     /// The spec nodeman sends, with short checks.
-    fn spec(&self) -> Value {
+    pub(crate) fn spec(&self) -> Value {
         json!({
             "identity": {"index_key": "", "proc_name": "sleeper",
                          "setup_path": self.dir.display().to_string(),
@@ -75,7 +75,7 @@ impl Drop for Plugin {
     }
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat
         .rsplit_once(')')
@@ -119,7 +119,13 @@ async fn poll(api: &Api, task_id: &str, key: &str) -> (Vec<(i64, i64)>, Value) {
     }
 }
 
-async fn op_code(api: &Api, op_type: u32, agent: &str, name: &str, spec: &Value) -> (i64, String) {
+pub(crate) async fn op_code(
+    api: &Api,
+    op_type: u32,
+    agent: &str,
+    name: &str,
+    spec: &Value,
+) -> (i64, String) {
     let task = operate(api, op_type, agent, name, spec).await;
     let key = format!("{agent}:nodeman:{name}");
     let (_, e) = poll(api, &task, &key).await;
@@ -129,7 +135,7 @@ async fn op_code(api: &Api, op_type: u32, agent: &str, name: &str, spec: &Value)
     )
 }
 
-async fn status(api: &Api) -> Value {
+pub(crate) async fn status(api: &Api) -> Value {
     let (_, v) = api
         .post(
             STATUS,

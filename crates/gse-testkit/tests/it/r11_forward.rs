@@ -114,3 +114,38 @@ async fn r11_a_transfer_asked_of_one_node_moves_files_between_agents_another_nod
     assert_eq!(std::fs::read(dst.join("small.cfg")).unwrap(), small);
     assert_eq!(std::fs::read(dst.join("large.bin")).unwrap(), large);
 }
+
+#[tokio::test]
+async fn r11_plugin_operations_asked_of_one_node_run_on_an_agent_another_node_holds() {
+    use crate::d_plugins::{Plugin, alive, op_code, status};
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .agents(1)
+        .start()
+        .await;
+    assert_eq!(held_by(&cluster, 0).await, 1, "node-1 holds the agent");
+    let api = cluster.api(1);
+    let plugin = Plugin::new(&cluster.agents[0].dir, false);
+    let (code, msg) = op_code(api, 0, "0:127.0.0.1", "sleeper", &plugin.spec()).await;
+    assert_eq!(code, 0, "start through node-2: {msg}");
+    let pid = plugin.pid().expect("the plugin wrote its pid");
+    assert!(alive(pid));
+    // Its status, reported by the agent to node-1, reads through node-2.
+    let info = eventually(
+        "the plugin's status through node-2",
+        Duration::from_secs(20),
+        || async {
+            let info = status(api).await;
+            (info["status"] == 1)
+                .then_some(info.clone())
+                .ok_or(info.to_string())
+        },
+    )
+    .await;
+    assert_eq!(info["bk_agent_id"], "0:127.0.0.1");
+    let (code, msg) = op_code(api, 1, "0:127.0.0.1", "sleeper", &plugin.spec()).await;
+    assert_eq!(code, 0, "stop through node-2: {msg}");
+    assert!(!alive(pid));
+}
