@@ -216,6 +216,7 @@ impl ServerConfig {
     /// Pure checks; every problem names its key and value.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = self.cluster.problems();
+        problems.extend(self.cluster_problems());
         if self.cluster.enabled()
             && self.link.listen.ip().is_unspecified()
             && self.node.advertise_ip.is_none()
@@ -344,6 +345,39 @@ impl ServerConfig {
         shown
     }
 
+    /// What a cluster member (`[cluster] zookeeper`) needs besides its
+    /// `[cluster]` keys: the shared store, the link role where it runs the
+    /// API (the agents' answers to work it owns come back through it), and
+    /// an address to tell the other nodes.
+    fn cluster_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.cluster.enabled() {
+            return p;
+        }
+        if self.store.redis.is_none() {
+            p.push(
+                "cluster.zookeeper is set but store.redis is not: the nodes of a cluster share agents, tasks and \
+                 routes in Redis; set store.redis = \"redis://host:port\" (the same on every node)"
+                    .into(),
+            );
+        }
+        if self.has_role(Role::Api) && !self.has_role(Role::Link) {
+            p.push(
+                "node.roles has api but not link: in a cluster the agents' answers to work this node's API \
+                 starts come back over the node link to the link role; add \"link\" to node.roles"
+                    .into(),
+            );
+        }
+        if self.cluster.node_listen.ip().is_unspecified() && self.node.advertise_ip.is_none() {
+            p.push(format!(
+                "node.advertise_ip is unset while cluster.node_listen = \"{}\" is a wildcard: the other nodes \
+                 need an address to reach this one; set node.advertise_ip",
+                self.cluster.node_listen
+            ));
+        }
+        p
+    }
+
     /// The agent-link address for this node's registry entry and
     /// quickstart: the advertised IP, or the bound address.
     pub fn agent_addr(&self, bound: SocketAddr) -> SocketAddr {
@@ -421,5 +455,25 @@ key_file = "s.key"
         cfg.resolve();
         let problems = cfg.validate().unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn a_cluster_member_needs_redis_the_link_with_the_api_and_an_address() {
+        let text = format!("{MINIMAL}\n[cluster]\nzookeeper = [\"zk1:2181\"]\n");
+        let mut cfg = ServerConfig::from_toml(&text).unwrap();
+        cfg.node.roles = vec![Role::Api];
+        cfg.link.listen = "10.0.0.1:28668".parse().unwrap();
+        cfg.resolve();
+        let problems = cfg.validate().unwrap_err();
+        for key in ["store.redis", "add \"link\"", "cluster.node_listen"] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key}: {problems:?}"
+            );
+        }
+        cfg.store.redis = Some("redis://10.0.0.9:6379".into());
+        cfg.node.roles = vec![Role::Api, Role::Link];
+        cfg.node.advertise_ip = Some("10.0.0.1".parse().unwrap());
+        cfg.validate().unwrap();
     }
 }

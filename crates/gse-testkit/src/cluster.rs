@@ -64,6 +64,9 @@ impl ClusterBuilder {
     /// zookeeper`); without it each node is an embedded single node.
     pub fn zookeeper(mut self) -> Self {
         self.zookeeper = true;
+        // A cluster member keeps its state in the shared Redis too
+        // (`ServerConfig::validate` refuses a member without it).
+        self.redis = true;
         self
     }
 

@@ -181,6 +181,11 @@ async fn k1_a_node_without_zookeeper_refuses_to_start_and_says_why() {
     cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.cluster.zookeeper = vec![format!("127.0.0.1:{port}")];
     cfg.cluster.session_timeout = Duration::from_secs(2);
+    cfg.cluster.node_listen = "127.0.0.1:0".parse().unwrap();
+    // A member keeps its state in Redis: a real one, so that ZooKeeper is
+    // what fails.
+    let redis = gse_testkit::redis::RedisServer::start(None).await;
+    cfg.store.redis = Some(redis.url());
     let path = dir.path().join("server.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
     let out = std::process::Command::new(gse_testkit::bin("gse-server"))

@@ -22,14 +22,31 @@ async fn k1_three_nodes_see_each_other_and_a_killed_one_leaves() {
             assert_eq!(n.agent_addr, proc.link_addr.to_string(), "{n:?}");
         }
     }
-    // Each agent is held by exactly one node.
+    // Each agent is held by exactly one node: every node's API (one shared
+    // store) names the same parent, one of the nodes.
     for agent in &cluster.agents {
         let ip = agent.ip.to_string();
-        let mut holders = 0;
+        let mut parents = Vec::new();
         for i in 0..3 {
-            holders += cluster.api(i).alive(0, &ip).await;
+            let (_, v) = cluster
+                .api(i)
+                .post(
+                    "/api/c/compapi/v2/gse/get_agent_info/",
+                    serde_json::json!({"bk_supplier_account": "0", "hosts": [{"ip": ip, "bk_cloud_id": 0}]}),
+                )
+                .await;
+            parents.push(v["data"][format!("0:{ip}")]["parent_port"].as_u64());
         }
-        assert_eq!(holders, 1, "agent {ip} is alive on one node");
+        assert!(parents.windows(2).all(|w| w[0] == w[1]), "{parents:?}");
+        let ports: Vec<Option<u64>> = cluster
+            .nodes
+            .iter()
+            .map(|n| Some(u64::from(n.link_addr.port())))
+            .collect();
+        assert!(
+            ports.contains(&parents[0]),
+            "agent {ip} held by a node: {parents:?}"
+        );
     }
 
     cluster.kill9(1);
