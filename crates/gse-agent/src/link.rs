@@ -76,6 +76,20 @@ enum End {
     Shutdown,
     /// The link was lost after working for a while; reconnect.
     Lost(String),
+    /// The node handed this agent over to another node (K2): register
+    /// there next.
+    Redirect { to: String, reason: String },
+}
+
+/// What a connection attempt came to.
+enum Attempt {
+    Registered(Box<Registered>),
+    /// The node holds more than its share of agents (K2) and names the
+    /// node to register with instead.
+    Redirect {
+        to: String,
+        message: String,
+    },
 }
 
 /// Why a connection attempt failed, already put in words.
@@ -120,20 +134,38 @@ pub async fn run(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut attempt: usize = 0;
+    // Where a node sent this agent (K2): tried once, before the list; a
+    // redirected Register is accepted there without a further redirect,
+    // so this never loops.
+    let mut redirect: Option<String> = None;
     loop {
-        let server = &cfg.upstream.servers[attempt % cfg.upstream.servers.len()];
-        attempt += 1;
+        let redirected = redirect.is_some();
+        let server = match redirect.take() {
+            Some(to) => to,
+            None => {
+                attempt += 1;
+                cfg.upstream.servers[(attempt - 1) % cfg.upstream.servers.len()].clone()
+            }
+        };
+        let server = &server;
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = connect(&cfg, &dialer, server, &identity, started, &files) => o,
+            o = connect(&cfg, &dialer, (server, redirected), &identity, started, &files) => o,
         };
         match outcome {
-            Ok(Registered {
-                mut link,
-                ack,
-                agent,
-                p2p_addr,
-            }) => {
+            Ok(Attempt::Redirect { to, message }) => {
+                tracing::info!(server = %server, to = %to, "the server redirects this agent: {message}");
+                redirect = Some(to);
+                // At once: the node named is up and less loaded.
+                continue;
+            }
+            Ok(Attempt::Registered(registered)) => {
+                let Registered {
+                    mut link,
+                    ack,
+                    agent,
+                    p2p_addr,
+                } = *registered;
                 if let Some(data) = &data {
                     data.control_registered(server, &ack.data_endpoint, &agent);
                 }
@@ -160,6 +192,13 @@ pub async fn run(
                     End::Shutdown => return,
                     End::Lost(reason) => {
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
+                    }
+                    End::Redirect { to, reason } => {
+                        tracing::info!(server = %server, to = %to, reason = %reason, "the server hands this agent over to another node");
+                        redirect = Some(to);
+                        // The node paces its hand-overs (bounded rate,
+                        // jitter), so going at once makes no storm.
+                        continue;
                     }
                 }
                 if registered.elapsed() >= STABLE_AFTER {
@@ -194,11 +233,11 @@ struct Registered {
 async fn connect(
     cfg: &AgentConfig,
     dialer: &Dialer,
-    server: &str,
+    (server, redirected): (&str, bool),
     identity: &AgentIdentity,
     started: u64,
     files: &FileService,
-) -> Result<Registered, AttemptError> {
+) -> Result<Attempt, AttemptError> {
     let limit = cfg.upstream.connect_timeout;
     let tls = dialer
         .dial(server)
@@ -234,6 +273,8 @@ async fn connect(
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
         p2p_addr: p2p_addr.clone(),
+        region: cfg.agent.region.clone(),
+        redirected,
     };
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await
@@ -259,11 +300,16 @@ async fn connect(
         MsgType::RegisterAck => {
             let ack: RegisterAck = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
             if ack.accepted {
-                Ok(Registered {
+                Ok(Attempt::Registered(Box::new(Registered {
                     link,
                     ack,
                     agent,
                     p2p_addr,
+                })))
+            } else if !ack.redirect.is_empty() && !redirected {
+                Ok(Attempt::Redirect {
+                    to: ack.redirect,
+                    message: ack.message,
                 })
             } else {
                 Err(AttemptError(format!(
@@ -480,6 +526,7 @@ async fn say_goodbye(link: &mut Link) {
         0,
         &Goodbye {
             reason: "agent stopping".into(),
+            ..Goodbye::default()
         },
     );
     let _ = timeout(Duration::from_secs(2), async {
@@ -519,11 +566,18 @@ fn on_frame(
 fn on_link_frame(frame: Frame) -> Option<End> {
     match frame.msg_type {
         MsgType::Goodbye => {
-            let reason = frame
-                .decode::<Goodbye>()
-                .map(|g| g.reason)
-                .unwrap_or_default();
-            Some(End::Lost(format!("the server said goodbye: {reason}")))
+            let bye = frame.decode::<Goodbye>().unwrap_or_default();
+            if bye.redirect.is_empty() {
+                Some(End::Lost(format!(
+                    "the server said goodbye: {}",
+                    bye.reason
+                )))
+            } else {
+                Some(End::Redirect {
+                    to: bye.redirect,
+                    reason: bye.reason,
+                })
+            }
         }
         MsgType::LinkError => {
             let message = frame

@@ -223,6 +223,7 @@ fn register(i: u32) -> Register {
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
         p2p_addr: String::new(),
+        ..Register::default()
     }
 }
 

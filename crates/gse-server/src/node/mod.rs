@@ -85,6 +85,7 @@ impl Node {
         let api_addr = api::start(&config, &mut base, &work, &data, registry.clone()).await?;
         let node_addr =
             cluster::start_node_link(&config, &mut base, registry.clone(), &link, &sender).await?;
+        cluster::spawn_balance(&config, &mut base, registry.clone(), &link);
         cluster::spawn_announce(
             &config,
             &mut base,

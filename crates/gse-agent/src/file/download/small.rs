@@ -101,7 +101,13 @@ pub async fn fetch_piece(
         ctx.limits.acquire(len).await;
         let error = match ctx
             .direct
-            .fetch(ctx.stream_id, &ctx.transfer_id, ctx.task_index, entry, piece)
+            .fetch(
+                ctx.stream_id,
+                &ctx.transfer_id,
+                ctx.task_index,
+                entry,
+                piece,
+            )
             .await
         {
             Ok(data) if digest.piece_matches(piece, &data) => return Ok(data),

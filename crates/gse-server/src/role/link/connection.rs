@@ -53,7 +53,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
-    let Some((record, epoch, p2p_addr, ack)) =
+    let Some((record, epoch, (p2p_addr, region), ack)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
@@ -63,6 +63,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
+    let handover = Arc::new(std::sync::OnceLock::new());
     svc.attach(
         key,
         super::Session {
@@ -73,6 +74,8 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             zone: record.zone.clone(),
             p2p_addr,
             path,
+            region,
+            handover: handover.clone(),
         },
     );
     if let Err(e) = svc.store.upsert_agent(record.clone()).await {
@@ -91,7 +94,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
             *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
-            serve(&svc, &mut link, (key, epoch), rx, close).await
+            serve(&svc, &mut link, (key, epoch), rx, (close, &handover)).await
         }
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
@@ -113,8 +116,10 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
         }
         tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
+        // A handed-over agent is on its way to another node, not lost.
         if let Some(alarms) = &svc.alarms
             && !svc.shutdown.is_cancelled()
+            && handover.get().is_none()
         {
             alarms.agent_lost(record, reason);
         }
@@ -151,7 +156,7 @@ async fn register(
     link: &mut Link,
     reached: Reached,
     deadline: Instant,
-) -> Option<(AgentRecord, Epoch, Option<SocketAddr>, Frame)> {
+) -> Option<(AgentRecord, Epoch, (Option<SocketAddr>, String), Frame)> {
     let peer = reached.peer;
     let frame = match first_frame(link, deadline).await {
         Ok(frame) => frame,
@@ -182,7 +187,31 @@ async fn register(
                 .admit(reg.key, &reg.msg.agent_id, certificate, peer)
                 .await
             {
-                Ok(()) => claim(svc, reg).await,
+                Ok(()) => match redirect(svc, &reg.msg) {
+                    Some(to) => {
+                        tracing::info!(agent = %reg.key, peer = %peer, to = %to, "redirecting a registering agent to a less loaded node");
+                        metrics::counter!("gse_link_redirects_total").increment(1);
+                        let message = format!(
+                            "this node holds more than its share of agents; register with {to}"
+                        );
+                        let _ = link
+                            .send(Frame::new(
+                                MsgType::RegisterAck,
+                                frame.stream_id,
+                                &RegisterAck {
+                                    accepted: false,
+                                    message,
+                                    node_id: svc.node_id.clone(),
+                                    server_version: gse_core::VERSION.into(),
+                                    redirect: to,
+                                    ..RegisterAck::default()
+                                },
+                            ))
+                            .await;
+                        return None;
+                    }
+                    None => claim(svc, reg).await,
+                },
                 Err(message) => Err(message),
             }
         }
@@ -202,6 +231,7 @@ async fn register(
             Vec::new()
         },
         data_endpoint,
+        redirect: String::new(),
     };
     match checked {
         Ok((reg, epoch)) => {
@@ -235,7 +265,7 @@ async fn register(
                     svc.data_endpoint(reg.key, epoch, reached.path),
                 ),
             );
-            Some((record, epoch, reg.p2p_addr, accepted))
+            Some((record, epoch, (reg.p2p_addr, reg.msg.region), accepted))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");
@@ -249,6 +279,15 @@ async fn register(
             None
         }
     }
+}
+
+/// Where a registering agent goes instead (K2, K5); never for one a node
+/// already redirected here, so an agent cannot bounce between nodes.
+fn redirect(svc: &LinkService, msg: &Register) -> Option<String> {
+    if msg.redirected {
+        return None;
+    }
+    svc.redirect(&msg.region)
 }
 
 /// Claims the admitted agent for this node; the epoch fences every later
@@ -285,6 +324,7 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
         ("hostname", &msg.hostname),
         ("os_type", &msg.os_type),
         ("zone", &msg.zone),
+        ("region", &msg.region),
     ] {
         if value.len() > 256 {
             return Err(format!("{name} is {} bytes long; at most 256", value.len()));
@@ -317,7 +357,7 @@ async fn serve(
     link: &mut Link,
     (key, epoch): (AgentKey, Epoch),
     mut outbound: mpsc::Receiver<Box<Frame>>,
-    close: CancellationToken,
+    (close, handover): (CancellationToken, &std::sync::OnceLock<String>),
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
@@ -326,8 +366,15 @@ async fn serve(
     loop {
         tokio::select! {
             _ = close.cancelled() => {
-                let reason = if svc.shutdown.is_cancelled() { "server shutting down" } else { "replaced by a newer connection" };
-                let goodbye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into() });
+                let redirect = handover.get().cloned().unwrap_or_default();
+                let reason = if svc.shutdown.is_cancelled() {
+                    "server shutting down"
+                } else if !redirect.is_empty() {
+                    "handed over to a less loaded node"
+                } else {
+                    "replaced by a newer connection"
+                };
+                let goodbye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into(), redirect });
                 let _ = send_within(link, goodbye, timeout).await;
                 return reason.into();
             }

@@ -33,6 +33,7 @@ pub use remote::RemoteStreams;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gse_core::AgentKey;
@@ -73,6 +74,12 @@ pub(crate) struct Session {
     p2p_addr: Option<SocketAddr>,
     /// How the agent reached this node (what it was told as its parent).
     path: AgentPath,
+    /// The agent's region (K5), from its Register.
+    region: String,
+    /// Set (with the agent address it goes to) when this node hands the
+    /// agent over to another (K2); the connection then says goodbye with
+    /// that redirect.
+    handover: Arc<OnceLock<String>>,
 }
 
 /// Where a connected agent serves file pieces to its peers (F1, F8).
@@ -110,6 +117,14 @@ pub trait DataAssigner: Send + Sync {
     fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath) -> String;
 }
 
+/// Balances agents over the cluster's nodes (K2, K5): asked when an agent
+/// registers without having been redirected already.
+pub trait Redirector: Send + Sync {
+    /// The agent address of the node an agent of `region` should register
+    /// with instead of this one; `None` to take it here.
+    fn redirect(&self, region: &str) -> Option<String>;
+}
+
 /// Why a frame could not be handed to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -145,6 +160,8 @@ pub struct LinkService {
     /// Set while a cluster node starts: streams other nodes opened on this
     /// node's agents (the node link), whose answers go back there.
     remote: RwLock<Option<Arc<dyn RemoteStreams>>>,
+    /// Set while a cluster node starts (K2).
+    redirector: RwLock<Option<Arc<dyn Redirector>>>,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
@@ -217,6 +234,7 @@ impl LinkService {
             frames: RwLock::new(Vec::new()),
             data_assigner: RwLock::new(None),
             remote: RwLock::new(None),
+            redirector: RwLock::new(None),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
@@ -233,6 +251,49 @@ impl LinkService {
     /// Lets `assigner` choose each registering agent's DataServer.
     pub fn set_data_assigner(&self, assigner: Arc<dyn DataAssigner>) {
         *self.data_assigner.write() = Some(assigner);
+    }
+
+    /// Lets `redirector` send registering agents to other nodes (K2).
+    pub fn set_redirector(&self, redirector: Arc<dyn Redirector>) {
+        *self.redirector.write() = Some(redirector);
+    }
+
+    /// Where an agent of `region` registering here should go instead.
+    fn redirect(&self, region: &str) -> Option<String> {
+        let redirector = self.redirector.read().clone();
+        redirector.and_then(|r| r.redirect(region))
+    }
+
+    /// Agents connected now and not being handed over: this node's load
+    /// as balancing counts it.
+    pub fn balanced(&self) -> usize {
+        self.sessions
+            .lock()
+            .values()
+            .filter(|s| s.handover.get().is_none())
+            .count()
+    }
+
+    /// Hands over one connected agent for which `target` (given the
+    /// agent's region) names an agent address: the connection says goodbye
+    /// with that redirect and closes. Returns the address, if one moved.
+    pub fn hand_over_one(&self, target: impl Fn(&str) -> Option<String>) -> Option<String> {
+        let sessions = self.sessions.lock();
+        for (key, s) in sessions.iter() {
+            if s.handover.get().is_some() {
+                continue;
+            }
+            let Some(to) = target(&s.region) else {
+                continue;
+            };
+            if s.handover.set(to.clone()).is_ok() {
+                tracing::info!(agent = %key, to = %to, "handing the agent over to a less loaded node");
+                metrics::counter!("gse_link_handovers_total").increment(1);
+                s.close.cancel();
+                return Some(to);
+            }
+        }
+        None
     }
 
     /// The DataServer endpoint for a registering agent; `""` when this node

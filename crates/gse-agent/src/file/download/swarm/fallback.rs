@@ -123,7 +123,13 @@ impl Swarm {
             let fetched = async {
                 ctx.limits.acquire(len).await;
                 ctx.direct
-                    .fetch(ctx.stream_id, &ctx.transfer_id, ctx.task_index, entry, piece)
+                    .fetch(
+                        ctx.stream_id,
+                        &ctx.transfer_id,
+                        ctx.task_index,
+                        entry,
+                        piece,
+                    )
                     .await
             };
             let result = tokio::select! {
