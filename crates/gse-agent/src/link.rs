@@ -25,6 +25,12 @@
 //! ([`FileService`]) is bound once, before the first connection, and its
 //! address is registered as `p2p_addr`; file tasks end with the session.
 //!
+//! Balance (K2): a `RegisterAck` refusing with a `redirect`, or a
+//! `Goodbye` with one, names the node to register with next; the agent goes
+//! there at once, with `Register.redirected` set (that node takes it without
+//! redirecting it again), and back to its own server list if that fails.
+//! `Register.region` carries `[agent] region` (K5).
+//!
 //! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
 //! across sessions (plugins are supervised while the link is down); each
 //! session attaches a queue for its results and status reports.
