@@ -598,3 +598,28 @@ fn on_link_frame(frame: Frame) -> Option<End> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goodbye(redirect: &str) -> Frame {
+        let bye = Goodbye {
+            reason: "handed over".into(),
+            redirect: redirect.into(),
+        };
+        Frame::new(MsgType::Goodbye, 0, &bye)
+    }
+
+    #[test]
+    fn a_goodbye_with_a_redirect_names_the_next_node() {
+        match on_link_frame(goodbye("127.0.0.9:28668")) {
+            Some(End::Redirect { to, reason }) => {
+                assert_eq!(to, "127.0.0.9:28668");
+                assert_eq!(reason, "handed over");
+            }
+            _ => panic!("expected a redirect"),
+        }
+        assert!(matches!(on_link_frame(goodbye("")), Some(End::Lost(_))));
+    }
+}

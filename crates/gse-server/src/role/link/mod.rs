@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
@@ -162,6 +162,9 @@ pub struct LinkService {
     remote: RwLock<Option<Arc<dyn RemoteStreams>>>,
     /// Set while a cluster node starts (K2).
     redirector: RwLock<Option<Arc<dyn Redirector>>>,
+    /// Sessions handed over (K2) and not yet gone: left out of this node's
+    /// load without walking every session per registration.
+    leaving: AtomicUsize,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
@@ -235,6 +238,7 @@ impl LinkService {
             data_assigner: RwLock::new(None),
             remote: RwLock::new(None),
             redirector: RwLock::new(None),
+            leaving: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
@@ -267,11 +271,10 @@ impl LinkService {
     /// Agents connected now and not being handed over: this node's load
     /// as balancing counts it.
     pub fn balanced(&self) -> usize {
-        self.sessions
-            .lock()
-            .values()
-            .filter(|s| s.handover.get().is_none())
-            .count()
+        let sessions = self.sessions.lock();
+        sessions
+            .len()
+            .saturating_sub(self.leaving.load(Ordering::Relaxed))
     }
 
     /// Hands over one connected agent for which `target` (given the
@@ -287,6 +290,7 @@ impl LinkService {
                 continue;
             };
             if s.handover.set(to.clone()).is_ok() {
+                self.leaving.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(agent = %key, to = %to, "handing the agent over to a less loaded node");
                 metrics::counter!("gse_link_handovers_total").increment(1);
                 s.close.cancel();
@@ -427,6 +431,7 @@ impl LinkService {
     fn attach(&self, key: AgentKey, session: Session) {
         let old = self.sessions.lock().insert(key, session);
         if let Some(old) = old {
+            self.left(&old);
             tracing::info!(agent = %key, "a new connection of this agent replaces its older one");
             old.close.cancel();
             // Whatever ran over the old link is gone with it (the agent
@@ -437,12 +442,19 @@ impl LinkService {
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
     }
 
+    /// A session left the map: no longer counted as leaving, if it was.
+    fn left(&self, gone: &Session) {
+        if gone.handover.get().is_some() {
+            self.leaving.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Forgets the session if it is still `conn_id`'s; true if it was.
     fn detach(&self, key: AgentKey, conn_id: u64) -> bool {
         let mut sessions = self.sessions.lock();
         let current = sessions.get(&key).is_some_and(|s| s.conn_id == conn_id);
-        if current {
-            sessions.remove(&key);
+        if current && let Some(gone) = sessions.remove(&key) {
+            self.left(&gone);
         }
         metrics::gauge!("gse_link_agents_connected").set(sessions.len() as f64);
         current
