@@ -8,10 +8,11 @@
 //!   redirect to the least-loaded node; an agent whose region has nodes up
 //!   is always sent to one of them. A redirected agent is accepted without
 //!   a further redirect (the link's part), so nobody bounces.
-//! - later ([`run`]): a node holding more than the least-loaded node of an
-//!   agent's candidates (by more than one agent or 5%) hands agents over,
-//!   one per tick at `[cluster] rebalance_per_s` with jitter, so a joining
-//!   node fills gradually and agents never reconnect in a storm.
+//! - later ([`run`]): the most loaded node among an agent's candidates,
+//!   holding more than the least-loaded one by more than one agent or 5%
+//!   for a while (`SETTLE`, as figures lag), hands agents over, one per
+//!   tick at `[cluster] rebalance_per_s` with jitter, so a joining node
+//!   fills gradually and agents never reconnect in a storm.
 //!
 //! Figures in the registry lag; a node counts the agents it sent to each
 //! node lately ([`Sent`]) on top of the figure, so a burst of registrations
@@ -29,9 +30,14 @@ use tokio_util::sync::CancellationToken;
 use crate::role::link::{LinkService, Redirector};
 
 /// How long an agent sent to a node counts on top of that node's published
-/// figure: the announce loop's check period plus the registry's refresh,
-/// with room to spare.
-const SENT_COUNTS_FOR: Duration = Duration::from_secs(3);
+/// figure: the announce loop's check period plus the registry's default
+/// refresh (2 s), with room to spare.
+const SENT_COUNTS_FOR: Duration = Duration::from_secs(5);
+/// How long an imbalance must last before agents are handed over: other
+/// nodes' figures lag by the announce check (1 s) plus the registry's
+/// refresh (2 s by default), and acting on a figure from before a burst of
+/// registrations would move agents back and forth.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// Nodes an agent of `region` is balanced over: the nodes taking agents
 /// (with an agent address) of its region, or every such node when the
@@ -69,8 +75,11 @@ pub fn tolerance(count: u64) -> u64 {
 }
 
 /// At registration: where node `me` sends an agent of `region` instead of
-/// taking it, or `None` to take it. `nodes` carry the current figures
-/// (this node's own live count included).
+/// taking it, or `None` to take it: when taking it would put this node
+/// above its fair share plus [`slack`], or further above the least-loaded
+/// node than the hand-over rule allows (so what registration builds,
+/// hand-over leaves alone). `nodes` carry the current figures (this node's
+/// own live count included).
 pub fn redirect_target<'a>(nodes: &'a [NodeInfo], me: &str, region: &str) -> Option<&'a NodeInfo> {
     let candidates = candidates(nodes, region);
     let least = least(&candidates)?;
@@ -80,20 +89,24 @@ pub fn redirect_target<'a>(nodes: &'a [NodeInfo], me: &str, region: &str) -> Opt
     };
     let total: u64 = candidates.iter().map(|n| n.agents).sum::<u64>() + 1;
     let share = total as f64 / candidates.len() as f64;
-    let over = (mine.agents + 1) as f64 > share + slack(share);
+    let after = mine.agents + 1;
+    let over = after as f64 > share + slack(share)
+        || after.saturating_sub(least.agents) > tolerance(after);
     (over && least.agents < mine.agents).then_some(least)
 }
 
 /// Later: where node `me` hands over one of its agents of `region`, or
 /// `None` when it holds no more than the least-loaded candidate by
-/// [`tolerance`].
+/// [`tolerance`]. Only the most loaded nodes give agents away, so a node
+/// that just received some does not pass them on while figures settle.
 pub fn hand_over_target<'a>(nodes: &'a [NodeInfo], me: &str, region: &str) -> Option<&'a NodeInfo> {
     let candidates = candidates(nodes, region);
     let least = least(&candidates)?;
     let Some(mine) = candidates.iter().find(|n| n.node_id == me) else {
         return Some(least);
     };
-    (mine.agents.saturating_sub(least.agents) > tolerance(mine.agents)).then_some(least)
+    let most = candidates.iter().all(|n| n.agents <= mine.agents);
+    (most && mine.agents.saturating_sub(least.agents) > tolerance(mine.agents)).then_some(least)
 }
 
 /// The regions whose agents have their own decision: every node's region.
@@ -142,6 +155,9 @@ pub struct Balancer {
     registry: Arc<dyn Registry>,
     link: Arc<LinkService>,
     sent: Sent,
+    /// Since when this node has seen itself holding too many (None: it
+    /// does not).
+    imbalanced_since: Mutex<Option<Instant>>,
 }
 
 impl Balancer {
@@ -151,6 +167,7 @@ impl Balancer {
             registry,
             link,
             sent: Sent::default(),
+            imbalanced_since: Mutex::new(None),
         })
     }
 
@@ -183,6 +200,14 @@ impl Balancer {
                 .or_insert_with(|| hand_over_target(&nodes, &self.me, &n.region));
         }
         if targets.values().all(Option::is_none) {
+            *self.imbalanced_since.lock() = None;
+            return false;
+        }
+        let since = *self
+            .imbalanced_since
+            .lock()
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() < SETTLE {
             return false;
         }
         let moved = self.link.hand_over_one(|agent_region| {

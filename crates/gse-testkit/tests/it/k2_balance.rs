@@ -74,6 +74,20 @@ async fn wait_spread(cluster: &StartedCluster, lo: usize, hi: usize) -> Vec<Opti
     .await
 }
 
+/// A counter's value summed over every node's `/metrics` (0 where a node
+/// never counted it).
+async fn counter(cluster: &StartedCluster, name: &str) -> u64 {
+    let mut sum = 0;
+    for i in 0..cluster.nodes.len() {
+        let (_, text) = cluster.api(i).get("/metrics").await.unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    sum
+}
+
 #[tokio::test]
 async fn k2_agents_listing_the_same_first_node_spread_over_three_nodes() {
     let cluster = Cluster::builder()
@@ -97,6 +111,16 @@ async fn k2_agents_listing_the_same_first_node_spread_over_three_nodes() {
         },
     )
     .await;
+    // No reconnect storm: most agents were placed by a redirect at
+    // registration; hand-overs moved fewer agents than there are, each
+    // once.
+    let handovers = counter(&cluster, "gse_link_handovers_total").await;
+    let registrations = counter(&cluster, "gse_link_registrations_total").await;
+    assert!(handovers < 9, "{handovers} hand-overs for 9 agents");
+    assert!(
+        registrations <= 9 + handovers,
+        "{registrations} registrations, {handovers} hand-overs"
+    );
 }
 
 #[tokio::test]

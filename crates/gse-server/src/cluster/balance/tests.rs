@@ -45,12 +45,12 @@ fn candidates_are_the_agents_region_or_everyone() {
 }
 
 #[test]
-fn registration_is_redirected_only_above_share_plus_slack() {
+fn registration_is_redirected_above_share_or_the_hand_over_tolerance() {
     // 2 agents here, none elsewhere: the third goes to the least loaded.
     let nodes = [node("a", "", 2), node("b", "", 1), node("c", "", 0)];
     assert_eq!(id(redirect_target(&nodes, "a", "")), Some("c"));
-    // b taking one more stays within share + 1.
-    assert_eq!(id(redirect_target(&nodes, "b", "")), None);
+    // b taking one more would be 2 above c, which hand-over would undo.
+    assert_eq!(id(redirect_target(&nodes, "b", "")), Some("c"));
     assert_eq!(id(redirect_target(&nodes, "c", "")), None);
     // Balanced: nobody redirects.
     let nodes = [node("a", "", 3), node("b", "", 3), node("c", "", 3)];
@@ -61,6 +61,32 @@ fn registration_is_redirected_only_above_share_plus_slack() {
     let big = |mine| [node("a", "", mine), node("b", "", 1000)];
     assert_eq!(id(redirect_target(&big(1040), "a", "")), None);
     assert_eq!(id(redirect_target(&big(1200), "a", "")), Some("b"));
+}
+
+/// Agents all registering at one node, with the figures current, end
+/// spread evenly and leave hand-over nothing to do.
+#[test]
+fn a_burst_at_one_node_is_spread_by_redirects_alone() {
+    let mut nodes = vec![node("a", "", 0), node("b", "", 0), node("c", "", 0)];
+    for _ in 0..30 {
+        let at = match redirect_target(&nodes, "a", "") {
+            Some(t) => t.node_id.clone(),
+            None => "a".into(),
+        };
+        nodes.iter_mut().find(|n| n.node_id == at).unwrap().agents += 1;
+    }
+    let counts: Vec<u64> = nodes.iter().map(|n| n.agents).collect();
+    assert_eq!(counts, [10, 10, 10]);
+    for me in ["a", "b", "c"] {
+        assert_eq!(id(hand_over_target(&nodes, me, "")), None);
+    }
+}
+
+#[test]
+fn only_the_most_loaded_node_hands_over() {
+    let nodes = [node("a", "", 6), node("b", "", 4), node("c", "", 0)];
+    assert_eq!(id(hand_over_target(&nodes, "a", "")), Some("c"));
+    assert_eq!(id(hand_over_target(&nodes, "b", "")), None);
 }
 
 #[test]

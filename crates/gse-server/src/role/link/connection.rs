@@ -53,7 +53,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
-    let Some((record, epoch, (p2p_addr, region), ack)) =
+    let Some((record, epoch, (p2p_addr, region), ack, joining)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
@@ -78,6 +78,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             handover: handover.clone(),
         },
     );
+    drop(joining);
     if let Err(e) = svc.store.upsert_agent(record.clone()).await {
         tracing::error!(agent = %key, error = %e, "cannot record the agent's registration");
     }
@@ -151,12 +152,18 @@ struct Reached {
 /// Reads and checks the first frame, which must be `Register`; refuses it
 /// (answering why) or claims the agent and returns the record, the claim's
 /// epoch and the accepting RegisterAck to send once the agent is attached.
-async fn register(
-    svc: &LinkService,
+async fn register<'s>(
+    svc: &'s LinkService,
     link: &mut Link,
     reached: Reached,
     deadline: Instant,
-) -> Option<(AgentRecord, Epoch, (Option<SocketAddr>, String), Frame)> {
+) -> Option<(
+    AgentRecord,
+    Epoch,
+    (Option<SocketAddr>, String),
+    Frame,
+    super::Joining<'s>,
+)> {
     let peer = reached.peer;
     let frame = match first_frame(link, deadline).await {
         Ok(frame) => frame,
@@ -180,6 +187,8 @@ async fn register(
             other.to_u16()
         )),
     };
+    // Held once this node decides to take the agent (its load counts it).
+    let mut joining = None;
     let checked = match checked {
         Ok(reg) => {
             let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
@@ -210,7 +219,10 @@ async fn register(
                             .await;
                         return None;
                     }
-                    None => claim(svc, reg).await,
+                    None => {
+                        joining = Some(svc.joining());
+                        claim(svc, reg).await
+                    }
                 },
                 Err(message) => Err(message),
             }
@@ -265,7 +277,14 @@ async fn register(
                     svc.data_endpoint(reg.key, epoch, reached.path),
                 ),
             );
-            Some((record, epoch, (reg.p2p_addr, reg.msg.region), accepted))
+            let joining = joining.unwrap_or_else(|| svc.joining());
+            Some((
+                record,
+                epoch,
+                (reg.p2p_addr, reg.msg.region),
+                accepted,
+                joining,
+            ))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");

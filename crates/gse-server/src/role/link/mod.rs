@@ -165,11 +165,24 @@ pub struct LinkService {
     /// Sessions handed over (K2) and not yet gone: left out of this node's
     /// load without walking every session per registration.
     leaving: AtomicUsize,
+    /// Registrations this node decided to take and has not attached yet:
+    /// counted in its load, so a burst of agents registering at once is
+    /// not all taken on the figure from before the burst.
+    joining: AtomicUsize,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
     shutdown: CancellationToken,
+}
+
+/// A registration being taken (`LinkService::joining`).
+struct Joining<'a>(&'a LinkService);
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        self.0.joining.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How the link's accept loop names its connections (log lines, metrics).
@@ -239,6 +252,7 @@ impl LinkService {
             remote: RwLock::new(None),
             redirector: RwLock::new(None),
             leaving: AtomicUsize::new(0),
+            joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
@@ -272,9 +286,15 @@ impl LinkService {
     /// as balancing counts it.
     pub fn balanced(&self) -> usize {
         let sessions = self.sessions.lock();
-        sessions
-            .len()
+        (sessions.len() + self.joining.load(Ordering::Relaxed))
             .saturating_sub(self.leaving.load(Ordering::Relaxed))
+    }
+
+    /// Counts a registration this node takes until the guard goes (once
+    /// the agent is attached, or the registration failed).
+    fn joining(&self) -> Joining<'_> {
+        self.joining.fetch_add(1, Ordering::Relaxed);
+        Joining(self)
     }
 
     /// Hands over one connected agent for which `target` (given the
