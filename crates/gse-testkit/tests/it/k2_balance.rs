@@ -202,3 +202,39 @@ async fn k5_agents_of_a_region_land_on_its_nodes_and_the_others_spread() {
         "agents without a region spread: {held:?}"
     );
 }
+
+#[tokio::test]
+async fn k5_agents_of_a_region_with_no_node_up_move_to_it_once_one_joins() {
+    // node-1, node-2: east; node-3 (added later): west. Agents 1-2 are
+    // west, 3-4 have no region.
+    let mut cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .node_config(|i, cfg| cfg.node.region = if i == 2 { "west" } else { "east" }.into())
+        .agents(4)
+        .agent_options(|i, opts| {
+            if i <= 2 {
+                opts.customize = Some(std::sync::Arc::new(
+                    |cfg: &mut gse_agent_config::AgentConfig| cfg.agent.region = "west".into(),
+                ));
+            }
+        })
+        .start()
+        .await;
+    // No west node: the west agents are balanced over every node.
+    let held = holders(&cluster).await;
+    assert!(held.iter().all(|h| matches!(h, Some(0 | 1))), "{held:?}");
+    let west = cluster.add_node().await;
+    eventually(
+        "the west agents move to the west node",
+        Duration::from_secs(90),
+        || async {
+            let held = holders(&cluster).await;
+            (held[..2] == [Some(west); 2])
+                .then_some(())
+                .ok_or(format!("{held:?}"))
+        },
+    )
+    .await;
+}
