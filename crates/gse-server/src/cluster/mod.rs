@@ -48,6 +48,11 @@ pub struct ClusterConfig {
     /// server certificate from `gse-server certs` has it).
     #[serde(default = "default_node_server_name")]
     pub node_server_name: String,
+    /// K2 balance by connections: redirect registering agents and hand
+    /// agents over to less loaded nodes; false = every agent stays on the
+    /// node it registers with.
+    #[serde(default = "default_balance")]
+    pub balance: bool,
     /// K2 hand-over: at most this many agents a second that a node holding
     /// more than its share tells to reconnect to a less loaded node (with
     /// jitter); 0 = never hand agents over (registrations are still
@@ -66,6 +71,7 @@ impl Default for ClusterConfig {
             refresh: default_refresh(),
             node_listen: default_node_listen(),
             node_server_name: default_node_server_name(),
+            balance: default_balance(),
             rebalance_per_s: default_rebalance_per_s(),
         }
     }
@@ -134,6 +140,10 @@ fn default_refresh() -> Duration {
 /// 28669: beside the agent link's 28668 (GSE 2.0 has no node-link port).
 fn default_node_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 28669))
+}
+
+fn default_balance() -> bool {
+    true
 }
 
 /// A node joining a cluster of 20,000-agent nodes takes a few minutes to

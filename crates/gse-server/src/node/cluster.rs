@@ -60,7 +60,7 @@ pub(super) fn spawn_balance(
     link: &Option<Arc<LinkService>>,
 ) {
     let Some(link) = link else { return };
-    if !config.cluster.enabled() {
+    if !config.cluster.enabled() || !config.cluster.balance {
         return;
     }
     let balancer = Balancer::new(base.node_id.clone(), registry, link.clone());

@@ -76,6 +76,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             path,
             region,
             handover: handover.clone(),
+            last_work_ms: std::sync::atomic::AtomicU64::new(0),
         },
     );
     drop(joining);

@@ -53,6 +53,10 @@ pub use config::LinkConfig;
 use crate::cluster::sender::{self, Delivery, LocalLink};
 use crate::role::alarm::AlarmService;
 
+/// An agent sent work this recently is moved (K2) only when no idler one
+/// can be: its tasks would end with the link.
+const BUSY_FOR_MS: u64 = 5 * 60 * 1000;
+
 /// Frames queued for one agent before `send_to` reports it busy.
 const OUTBOUND_QUEUE: usize = 256;
 
@@ -80,6 +84,9 @@ pub(crate) struct Session {
     /// agent over to another (K2); the connection then says goodbye with
     /// that redirect.
     handover: Arc<OnceLock<String>>,
+    /// When a role last sent the agent work (unix ms; 0 = never): a
+    /// hand-over ends the agent's running tasks, so idle agents go first.
+    last_work_ms: AtomicU64,
 }
 
 /// Where a connected agent serves file pieces to its peers (F1, F8).
@@ -300,9 +307,17 @@ impl LinkService {
     /// Hands over one connected agent for which `target` (given the
     /// agent's region) names an agent address: the connection says goodbye
     /// with that redirect and closes. Returns the address, if one moved.
+    /// Agents sent no work lately ([`BUSY_FOR_MS`]) go first.
     pub fn hand_over_one(&self, target: impl Fn(&str) -> Option<String>) -> Option<String> {
         let sessions = self.sessions.lock();
-        for (key, s) in sessions.iter() {
+        let now = gse_core::now_ms();
+        let idle =
+            |s: &Session| now.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) >= BUSY_FOR_MS;
+        let idle_first = sessions
+            .iter()
+            .filter(|(_, s)| idle(s))
+            .chain(sessions.iter().filter(|(_, s)| !idle(s)));
+        for (key, s) in idle_first {
             if s.handover.get().is_some() {
                 continue;
             }
@@ -493,6 +508,9 @@ impl LocalLink for LinkService {
             .get(&agent)
             .filter(|s| s.epoch == epoch)
             .ok_or(sender::SendError::Stale(agent))?;
+        session
+            .last_work_ms
+            .store(gse_core::now_ms(), Ordering::Relaxed);
         session.tx.try_send(Box::new(frame)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => sender::SendError::Busy {
                 agent,
