@@ -67,6 +67,10 @@ pub struct AgentSection {
     /// P2P zone (F8); empty = the default zone.
     #[serde(default)]
     pub zone: String,
+    /// K5 region: nodes balance this agent over their region's nodes only
+    /// (any node when none of them is up); empty = the whole cluster.
+    #[serde(default)]
+    pub region: String,
 }
 
 /// `[upstream]`: the node(s) this agent connects to.
@@ -319,6 +323,7 @@ impl AgentConfig {
                 agent_id: None,
                 data_dir,
                 zone: String::new(),
+                region: String::new(),
             },
             upstream: UpstreamConfig {
                 servers,

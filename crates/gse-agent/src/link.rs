@@ -25,6 +25,12 @@
 //! ([`FileService`]) is bound once, before the first connection, and its
 //! address is registered as `p2p_addr`; file tasks end with the session.
 //!
+//! Balance (K2): a `RegisterAck` refusing with a `redirect`, or a
+//! `Goodbye` with one, names the node to register with next; the agent goes
+//! there at once, with `Register.redirected` set (that node takes it without
+//! redirecting it again), and back to its own server list if that fails.
+//! `Register.region` carries `[agent] region` (K5).
+//!
 //! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
 //! across sessions (plugins are supervised while the link is down); each
 //! session attaches a queue for its results and status reports.
@@ -76,6 +82,20 @@ enum End {
     Shutdown,
     /// The link was lost after working for a while; reconnect.
     Lost(String),
+    /// The node handed this agent over to another node (K2): register
+    /// there next.
+    Redirect { to: String, reason: String },
+}
+
+/// What a connection attempt came to.
+enum Attempt {
+    Registered(Box<Registered>),
+    /// The node holds more than its share of agents (K2) and names the
+    /// node to register with instead.
+    Redirect {
+        to: String,
+        message: String,
+    },
 }
 
 /// Why a connection attempt failed, already put in words.
@@ -120,20 +140,38 @@ pub async fn run(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut attempt: usize = 0;
+    // Where a node sent this agent (K2): tried once, before the list; a
+    // redirected Register is accepted there without a further redirect,
+    // so this never loops.
+    let mut redirect: Option<String> = None;
     loop {
-        let server = &cfg.upstream.servers[attempt % cfg.upstream.servers.len()];
-        attempt += 1;
+        let redirected = redirect.is_some();
+        let server = match redirect.take() {
+            Some(to) => to,
+            None => {
+                attempt += 1;
+                cfg.upstream.servers[(attempt - 1) % cfg.upstream.servers.len()].clone()
+            }
+        };
+        let server = &server;
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = connect(&cfg, &dialer, server, &identity, started, &files) => o,
+            o = connect(&cfg, &dialer, (server, redirected), &identity, started, &files) => o,
         };
         match outcome {
-            Ok(Registered {
-                mut link,
-                ack,
-                agent,
-                p2p_addr,
-            }) => {
+            Ok(Attempt::Redirect { to, message }) => {
+                tracing::info!(server = %server, to = %to, "the server redirects this agent: {message}");
+                redirect = Some(to);
+                // At once: the node named is up and less loaded.
+                continue;
+            }
+            Ok(Attempt::Registered(registered)) => {
+                let Registered {
+                    mut link,
+                    ack,
+                    agent,
+                    p2p_addr,
+                } = *registered;
                 if let Some(data) = &data {
                     data.control_registered(server, &ack.data_endpoint, &agent);
                 }
@@ -160,6 +198,13 @@ pub async fn run(
                     End::Shutdown => return,
                     End::Lost(reason) => {
                         tracing::warn!(server = %server, reason = %reason, "link to the server lost; reconnecting");
+                    }
+                    End::Redirect { to, reason } => {
+                        tracing::info!(server = %server, to = %to, reason = %reason, "the server hands this agent over to another node");
+                        redirect = Some(to);
+                        // The node paces its hand-overs (bounded rate,
+                        // jitter), so going at once makes no storm.
+                        continue;
                     }
                 }
                 if registered.elapsed() >= STABLE_AFTER {
@@ -194,11 +239,11 @@ struct Registered {
 async fn connect(
     cfg: &AgentConfig,
     dialer: &Dialer,
-    server: &str,
+    (server, redirected): (&str, bool),
     identity: &AgentIdentity,
     started: u64,
     files: &FileService,
-) -> Result<Registered, AttemptError> {
+) -> Result<Attempt, AttemptError> {
     let limit = cfg.upstream.connect_timeout;
     let tls = dialer
         .dial(server)
@@ -234,6 +279,8 @@ async fn connect(
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
         p2p_addr: p2p_addr.clone(),
+        region: cfg.agent.region.clone(),
+        redirected,
     };
     link.send(Frame::new(MsgType::Register, 1, &register))
         .await
@@ -259,11 +306,16 @@ async fn connect(
         MsgType::RegisterAck => {
             let ack: RegisterAck = frame.decode().map_err(|e| AttemptError(e.to_string()))?;
             if ack.accepted {
-                Ok(Registered {
+                Ok(Attempt::Registered(Box::new(Registered {
                     link,
                     ack,
                     agent,
                     p2p_addr,
+                })))
+            } else if !ack.redirect.is_empty() && !redirected {
+                Ok(Attempt::Redirect {
+                    to: ack.redirect,
+                    message: ack.message,
                 })
             } else {
                 Err(AttemptError(format!(
@@ -480,6 +532,7 @@ async fn say_goodbye(link: &mut Link) {
         0,
         &Goodbye {
             reason: "agent stopping".into(),
+            ..Goodbye::default()
         },
     );
     let _ = timeout(Duration::from_secs(2), async {
@@ -519,11 +572,18 @@ fn on_frame(
 fn on_link_frame(frame: Frame) -> Option<End> {
     match frame.msg_type {
         MsgType::Goodbye => {
-            let reason = frame
-                .decode::<Goodbye>()
-                .map(|g| g.reason)
-                .unwrap_or_default();
-            Some(End::Lost(format!("the server said goodbye: {reason}")))
+            let bye = frame.decode::<Goodbye>().unwrap_or_default();
+            if bye.redirect.is_empty() {
+                Some(End::Lost(format!(
+                    "the server said goodbye: {}",
+                    bye.reason
+                )))
+            } else {
+                Some(End::Redirect {
+                    to: bye.redirect,
+                    reason: bye.reason,
+                })
+            }
         }
         MsgType::LinkError => {
             let message = frame
@@ -536,5 +596,30 @@ fn on_link_frame(frame: Frame) -> Option<End> {
         }
         // HeartbeatAck: hearing anything is what counts.
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goodbye(redirect: &str) -> Frame {
+        let bye = Goodbye {
+            reason: "handed over".into(),
+            redirect: redirect.into(),
+        };
+        Frame::new(MsgType::Goodbye, 0, &bye)
+    }
+
+    #[test]
+    fn a_goodbye_with_a_redirect_names_the_next_node() {
+        match on_link_frame(goodbye("127.0.0.9:28668")) {
+            Some(End::Redirect { to, reason }) => {
+                assert_eq!(to, "127.0.0.9:28668");
+                assert_eq!(reason, "handed over");
+            }
+            _ => panic!("expected a redirect"),
+        }
+        assert!(matches!(on_link_frame(goodbye("")), Some(End::Lost(_))));
     }
 }

@@ -77,7 +77,14 @@ mod tests {
     use tokio::io::duplex;
 
     fn goodbye() -> Frame {
-        Frame::new(MsgType::Goodbye, 7, &Goodbye { reason: "x".into() })
+        Frame::new(
+            MsgType::Goodbye,
+            7,
+            &Goodbye {
+                reason: "x".into(),
+                ..Goodbye::default()
+            },
+        )
     }
 
     #[tokio::test]

@@ -363,7 +363,10 @@ mod tests {
         let full = encoded(Frame::new(
             MsgType::Goodbye,
             1,
-            &crate::link::Goodbye { reason: "x".into() },
+            &crate::link::Goodbye {
+                reason: "x".into(),
+                ..Default::default()
+            },
         ));
         let mut codec = FrameCodec::default();
         for cut in [0, 5, HEADER_LEN, full.len() - 1] {

@@ -25,6 +25,9 @@ use crate::{AgentOptions, AgentProc, Api, Cluster, ServerOptions, ServerProc, ev
 /// A change made to node i's config (0-based) before it is written.
 pub type NodeHook = Arc<dyn Fn(usize, &mut ServerConfig) + Send + Sync>;
 
+/// A change made to agent i's options (1-based, as its IP 127.0.0.i).
+pub type AgentHook = Arc<dyn Fn(u32, &mut AgentOptions) + Send + Sync>;
+
 /// How long nodes of a test cluster take to notice a node that died (its
 /// ZooKeeper session timeout; the smallest a node accepts is 2 s).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -37,6 +40,7 @@ pub struct ClusterBuilder {
     agents: u32,
     server: ServerOptions,
     node_config: Option<NodeHook>,
+    agent_options: Option<AgentHook>,
 }
 
 impl Cluster {
@@ -49,6 +53,7 @@ impl Cluster {
             agents: 0,
             server: ServerOptions::default(),
             node_config: None,
+            agent_options: None,
         }
     }
 }
@@ -102,6 +107,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// A change to agent i's options (1-based, its IP 127.0.0.i): the
+    /// place for what differs between agents (their region).
+    pub fn agent_options(
+        mut self,
+        hook: impl Fn(u32, &mut AgentOptions) + Send + Sync + 'static,
+    ) -> Self {
+        self.agent_options = Some(Arc::new(hook));
+        self
+    }
+
     /// Starts everything and waits until it is ready; see the module doc.
     pub async fn start(self) -> StartedCluster {
         assert!(self.nodes >= 1, "a cluster has at least one node");
@@ -129,6 +144,11 @@ impl ClusterBuilder {
             zookeeper,
             redis,
             cluster,
+            spec: NodeSpec {
+                server: self.server,
+                shared,
+                node_config: self.node_config,
+            },
         };
         if started.zookeeper.is_some() {
             started.wait_members().await;
@@ -136,7 +156,11 @@ impl ClusterBuilder {
         let links: Vec<_> = started.nodes.iter().map(|n| n.link_addr).collect();
         for i in 1..=self.agents {
             let ip = gse_launch::agent::agent_ip(i).to_string();
-            let agent = started.cluster.agent_of(&links, AgentOptions::ip(&ip));
+            let mut opts = AgentOptions::ip(&ip);
+            if let Some(hook) = &self.agent_options {
+                hook(i, &mut opts);
+            }
+            let agent = started.cluster.agent_of(&links, opts);
             started.agents.push(agent);
         }
         for agent in &started.agents {
@@ -144,6 +168,13 @@ impl ClusterBuilder {
         }
         started
     }
+}
+
+/// How the builder made its nodes, to make more later.
+struct NodeSpec {
+    server: ServerOptions,
+    shared: Shared,
+    node_config: Option<NodeHook>,
 }
 
 /// The services every node of the cluster uses.
@@ -201,6 +232,7 @@ pub struct StartedCluster {
     pub zookeeper: Option<ZooKeeperServer>,
     pub redis: Option<RedisServer>,
     pub cluster: Cluster,
+    spec: NodeSpec,
 }
 
 impl StartedCluster {
@@ -218,6 +250,26 @@ impl StartedCluster {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// Starts one more node (`node-<n+1>`, configured as the others,
+    /// the node hook included), waits until every running node lists it,
+    /// and returns its index. Agents started before do not list it.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let spec = &self.spec;
+        let opts = node_options(
+            &spec.server,
+            i,
+            spec.shared.clone(),
+            spec.node_config.clone(),
+        );
+        let node = self.cluster.server(opts).await;
+        self.nodes.push(node);
+        if self.zookeeper.is_some() {
+            self.wait_members().await;
+        }
+        i
     }
 
     /// SIGKILLs node i, as a crash would.

@@ -80,6 +80,7 @@ impl FakeAgent {
             run_mode: 1,
             protocol_version: LINK_PROTOCOL_VERSION,
             p2p_addr: opts.p2p_addr.map(|a| a.to_string()).unwrap_or_default(),
+            ..Register::default()
         };
         link.send(Frame::new(MsgType::Register, 1, &register))
             .await

@@ -223,6 +223,10 @@ fn register(i: u32) -> Register {
         run_mode: 1,
         protocol_version: LINK_PROTOCOL_VERSION,
         p2p_addr: String::new(),
+        region: String::new(),
+        // The bench places its simulated agents itself (a fleet per node)
+        // and follows no redirect (K2): the node must take them.
+        redirected: true,
     }
 }
 

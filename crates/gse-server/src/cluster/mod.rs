@@ -4,6 +4,7 @@
 //! uses the static registry. [`sender`] is the one way to reach an agent,
 //! wherever the agent directory says it is held.
 
+pub mod balance;
 pub mod membership;
 pub mod nodelink;
 pub mod sender;
@@ -48,6 +49,17 @@ pub struct ClusterConfig {
     /// server certificate from `gse-server certs` has it).
     #[serde(default = "default_node_server_name")]
     pub node_server_name: String,
+    /// K2 balance by connections: redirect registering agents and hand
+    /// agents over to less loaded nodes; false = every agent stays on the
+    /// node it registers with.
+    #[serde(default = "default_balance")]
+    pub balance: bool,
+    /// K2 hand-over: at most this many agents a second that a node holding
+    /// more than its share tells to reconnect to a less loaded node (with
+    /// jitter); 0 = never hand agents over (registrations are still
+    /// redirected).
+    #[serde(default = "default_rebalance_per_s")]
+    pub rebalance_per_s: u32,
 }
 
 impl Default for ClusterConfig {
@@ -60,6 +72,8 @@ impl Default for ClusterConfig {
             refresh: default_refresh(),
             node_listen: default_node_listen(),
             node_server_name: default_node_server_name(),
+            balance: default_balance(),
+            rebalance_per_s: default_rebalance_per_s(),
         }
     }
 }
@@ -96,6 +110,12 @@ impl ClusterConfig {
         if self.node_server_name.trim().is_empty() {
             p.push("cluster.node_server_name is empty: the name on the nodes' certificates, such as \"gse-server\"".into());
         }
+        if self.rebalance_per_s > 1000 {
+            p.push(format!(
+                "cluster.rebalance_per_s = {}: at most 1000 agents a second",
+                self.rebalance_per_s
+            ));
+        }
         if self.session_timeout < Duration::from_secs(2) {
             p.push(format!(
                 "cluster.session_timeout = {:?}: at least 2s",
@@ -121,6 +141,16 @@ fn default_refresh() -> Duration {
 /// 28669: beside the agent link's 28668 (GSE 2.0 has no node-link port).
 fn default_node_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 28669))
+}
+
+fn default_balance() -> bool {
+    true
+}
+
+/// A node joining a cluster of 20,000-agent nodes takes a few minutes to
+/// fill, while reconnects stay a trickle next to the heartbeats.
+fn default_rebalance_per_s() -> u32 {
+    50
 }
 
 fn default_node_server_name() -> String {

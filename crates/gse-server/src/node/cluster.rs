@@ -11,6 +11,7 @@ use gse_core::seams::{NodeInfo, Registry, StaticRegistry};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{Base, bind};
+use crate::cluster::balance::{self, Balancer};
 use crate::cluster::membership::{self, MembershipParts};
 use crate::cluster::nodelink::{NodeLinkParts, NodeLinks};
 use crate::cluster::sender::Sender;
@@ -18,8 +19,12 @@ use crate::config::ServerConfig;
 use crate::role::alarm::AlarmService;
 use crate::role::link::LinkService;
 
-/// How often the node refreshes its registry entry (load for balancing).
+/// How often the node refreshes its registry entry even when its load did
+/// not change.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+/// How often the node checks its agent count, publishing it when it
+/// changed: the other nodes balance on it (K2), so it must not lag long.
+const LOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Time for the TCP connect (and again the TLS handshake) to another node.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,6 +48,28 @@ pub(super) fn spawn_announce(
         registry,
         node_info(config, addrs),
         link,
+        base.shutdown.clone(),
+    ));
+}
+
+/// In a cluster, where this node takes agents: balances them over the
+/// cluster's nodes (K2, K5), redirecting registrations and handing agents
+/// over at `[cluster] rebalance_per_s`.
+pub(super) fn spawn_balance(
+    config: &ServerConfig,
+    base: &mut Base,
+    registry: Arc<dyn Registry>,
+    link: &Option<Arc<LinkService>>,
+) {
+    let Some(link) = link else { return };
+    if !config.cluster.enabled() || !config.cluster.balance {
+        return;
+    }
+    let balancer = Balancer::new(base.node_id.clone(), registry, link.clone());
+    link.set_redirector(balancer.clone());
+    base.joins.spawn(balance::run(
+        balancer,
+        config.cluster.rebalance_per_s,
         base.shutdown.clone(),
     ));
 }
@@ -137,14 +164,23 @@ async fn announce(
     link: Option<Arc<LinkService>>,
     shutdown: CancellationToken,
 ) {
+    let mut published: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        me.agents = link.as_ref().map_or(0, |l| l.connected() as u64);
-        if let Err(e) = registry.announce(me.clone()).await {
-            tracing::warn!(registry = registry.kind(), error = %e, "cannot announce this node");
+        let agents = link.as_ref().map_or(0, |l| l.connected() as u64);
+        let due =
+            published.is_none_or(|(count, at)| count != agents || at.elapsed() >= ANNOUNCE_EVERY);
+        if due {
+            me.agents = agents;
+            if let Err(e) = registry.announce(me.clone()).await {
+                tracing::warn!(registry = registry.kind(), error = %e, "cannot announce this node");
+            }
+            // Tried: again on the next change or in ANNOUNCE_EVERY, not
+            // every second while the registry is down.
+            published = Some((agents, tokio::time::Instant::now()));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            _ = tokio::time::sleep(LOAD_CHECK_EVERY) => {}
         }
     }
 }

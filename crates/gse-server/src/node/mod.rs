@@ -92,6 +92,7 @@ impl Node {
             &alarms,
         )
         .await?;
+        cluster::spawn_balance(&config, &mut base, registry.clone(), &link);
         cluster::spawn_announce(
             &config,
             &mut base,

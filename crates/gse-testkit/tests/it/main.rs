@@ -10,6 +10,7 @@ mod d_routes;
 mod d_snapshot;
 mod f_files;
 mod k1_registry;
+mod k2_balance;
 mod k3_status;
 mod k4_liveness;
 mod k6_tls;

@@ -28,6 +28,8 @@ async fn r11_a_killed_node_s_agents_move_its_work_ends_and_one_lost_alarm_is_rai
         .nodes(2)
         .zookeeper()
         .redis()
+        // Agents stay where they first register (K2 would move some).
+        .node_config(|_, cfg| cfg.cluster.balance = false)
         .agents(2)
         .server_options(ServerOptions {
             lost_grace: GRACE,

@@ -17,6 +17,8 @@ async fn r11_a_task_asked_of_one_node_runs_on_agents_another_node_holds() {
         .zookeeper()
         .redis()
         .agents(2)
+        // Both agents stay on node-1 (K2 balance would move one).
+        .node_config(|_, cfg| cfg.cluster.balance = false)
         .start()
         .await;
     // Both registry entries carry a node-link address.
@@ -86,6 +88,8 @@ async fn r11_a_transfer_asked_of_one_node_moves_files_between_agents_another_nod
         .zookeeper()
         .redis()
         .agents(2)
+        // Both agents stay on node-1 (K2 balance would move one).
+        .node_config(|_, cfg| cfg.cluster.balance = false)
         .start()
         .await;
     assert_eq!(held_by(&cluster, 0).await, 2, "node-1 holds both agents");
@@ -122,6 +126,8 @@ async fn r11_plugin_operations_asked_of_one_node_run_on_an_agent_another_node_ho
         .nodes(2)
         .zookeeper()
         .redis()
+        // Agents stay where they first register (K2 would move some).
+        .node_config(|_, cfg| cfg.cluster.balance = false)
         .agents(1)
         .start()
         .await;

@@ -53,7 +53,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
-    let Some((record, epoch, p2p_addr, ack)) =
+    let Some((record, epoch, (p2p_addr, region), ack, joining)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
@@ -63,6 +63,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
+    let handover = Arc::new(std::sync::OnceLock::new());
     svc.attach(
         key,
         super::Session {
@@ -73,8 +74,12 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             zone: record.zone.clone(),
             p2p_addr,
             path,
+            region,
+            handover: handover.clone(),
+            last_work_ms: std::sync::atomic::AtomicU64::new(0),
         },
     );
+    drop(joining);
     if let Err(e) = svc.store.upsert_agent(record.clone()).await {
         tracing::error!(agent = %key, error = %e, "cannot record the agent's registration");
     }
@@ -91,7 +96,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
             *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
-            serve(&svc, &mut link, (key, epoch), rx, close).await
+            serve(&svc, &mut link, (key, epoch), rx, (close, &handover)).await
         }
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
@@ -113,8 +118,10 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
         }
         tracing::info!(agent = %key, peer = %peer, reason = %reason, "agent disconnected");
+        // A handed-over agent is on its way to another node, not lost.
         if let Some(alarms) = &svc.alarms
             && !svc.shutdown.is_cancelled()
+            && handover.get().is_none()
         {
             alarms.agent_lost(record, reason);
         }
@@ -146,12 +153,18 @@ struct Reached {
 /// Reads and checks the first frame, which must be `Register`; refuses it
 /// (answering why) or claims the agent and returns the record, the claim's
 /// epoch and the accepting RegisterAck to send once the agent is attached.
-async fn register(
-    svc: &LinkService,
+async fn register<'s>(
+    svc: &'s LinkService,
     link: &mut Link,
     reached: Reached,
     deadline: Instant,
-) -> Option<(AgentRecord, Epoch, Option<SocketAddr>, Frame)> {
+) -> Option<(
+    AgentRecord,
+    Epoch,
+    (Option<SocketAddr>, String),
+    Frame,
+    super::Joining<'s>,
+)> {
     let peer = reached.peer;
     let frame = match first_frame(link, deadline).await {
         Ok(frame) => frame,
@@ -175,6 +188,8 @@ async fn register(
             other.to_u16()
         )),
     };
+    // Held once this node decides to take the agent (its load counts it).
+    let mut joining = None;
     let checked = match checked {
         Ok(reg) => {
             let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
@@ -182,7 +197,34 @@ async fn register(
                 .admit(reg.key, &reg.msg.agent_id, certificate, peer)
                 .await
             {
-                Ok(()) => claim(svc, reg).await,
+                Ok(()) => match redirect(svc, &reg.msg) {
+                    Some(to) => {
+                        tracing::info!(agent = %reg.key, peer = %peer, to = %to, "redirecting a registering agent to a less loaded node");
+                        metrics::counter!("gse_link_redirects_total").increment(1);
+                        let message = format!(
+                            "this node holds more than its share of agents; register with {to}"
+                        );
+                        let _ = link
+                            .send(Frame::new(
+                                MsgType::RegisterAck,
+                                frame.stream_id,
+                                &RegisterAck {
+                                    accepted: false,
+                                    message,
+                                    node_id: svc.node_id.clone(),
+                                    server_version: gse_core::VERSION.into(),
+                                    redirect: to,
+                                    ..RegisterAck::default()
+                                },
+                            ))
+                            .await;
+                        return None;
+                    }
+                    None => {
+                        joining = Some(svc.joining());
+                        claim(svc, reg).await
+                    }
+                },
                 Err(message) => Err(message),
             }
         }
@@ -202,6 +244,7 @@ async fn register(
             Vec::new()
         },
         data_endpoint,
+        redirect: String::new(),
     };
     match checked {
         Ok((reg, epoch)) => {
@@ -236,7 +279,14 @@ async fn register(
                     svc.data_endpoint(reg.key, epoch, reached.path),
                 ),
             );
-            Some((record, epoch, reg.p2p_addr, accepted))
+            let joining = joining.unwrap_or_else(|| svc.joining());
+            Some((
+                record,
+                epoch,
+                (reg.p2p_addr, reg.msg.region),
+                accepted,
+                joining,
+            ))
         }
         Err(message) => {
             tracing::warn!(peer = %peer, "refusing agent registration: {message}");
@@ -250,6 +300,15 @@ async fn register(
             None
         }
     }
+}
+
+/// Where a registering agent goes instead (K2, K5); never for one a node
+/// already redirected here, so an agent cannot bounce between nodes.
+fn redirect(svc: &LinkService, msg: &Register) -> Option<String> {
+    if msg.redirected {
+        return None;
+    }
+    svc.redirect(&msg.region)
 }
 
 /// Claims the admitted agent for this node; the epoch fences every later
@@ -286,6 +345,7 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
         ("hostname", &msg.hostname),
         ("os_type", &msg.os_type),
         ("zone", &msg.zone),
+        ("region", &msg.region),
     ] {
         if value.len() > 256 {
             return Err(format!("{name} is {} bytes long; at most 256", value.len()));
@@ -318,7 +378,7 @@ async fn serve(
     link: &mut Link,
     (key, epoch): (AgentKey, Epoch),
     mut outbound: mpsc::Receiver<Box<Frame>>,
-    close: CancellationToken,
+    (close, handover): (CancellationToken, &std::sync::OnceLock<String>),
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
@@ -327,8 +387,15 @@ async fn serve(
     loop {
         tokio::select! {
             _ = close.cancelled() => {
-                let reason = if svc.shutdown.is_cancelled() { "server shutting down" } else { "replaced by a newer connection" };
-                let goodbye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into() });
+                let redirect = handover.get().cloned().unwrap_or_default();
+                let reason = if svc.shutdown.is_cancelled() {
+                    "server shutting down"
+                } else if !redirect.is_empty() {
+                    "handed over to a less loaded node"
+                } else {
+                    "replaced by a newer connection"
+                };
+                let goodbye = Frame::new(MsgType::Goodbye, 0, &Goodbye { reason: reason.into(), redirect });
                 let _ = send_within(link, goodbye, timeout).await;
                 return reason.into();
             }

@@ -33,7 +33,8 @@ pub use remote::RemoteStreams;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
@@ -51,6 +52,10 @@ pub use config::LinkConfig;
 
 use crate::cluster::sender::{self, Delivery, LocalLink};
 use crate::role::alarm::AlarmService;
+
+/// An agent sent work this recently is moved (K2) only when no idler one
+/// can be: its tasks would end with the link.
+const BUSY_FOR_MS: u64 = 5 * 60 * 1000;
 
 /// Frames queued for one agent before `send_to` reports it busy.
 const OUTBOUND_QUEUE: usize = 256;
@@ -73,6 +78,15 @@ pub(crate) struct Session {
     p2p_addr: Option<SocketAddr>,
     /// How the agent reached this node (what it was told as its parent).
     path: AgentPath,
+    /// The agent's region (K5), from its Register.
+    region: String,
+    /// Set (with the agent address it goes to) when this node hands the
+    /// agent over to another (K2); the connection then says goodbye with
+    /// that redirect.
+    handover: Arc<OnceLock<String>>,
+    /// When a role last sent the agent work (unix ms; 0 = never): a
+    /// hand-over ends the agent's running tasks, so idle agents go first.
+    last_work_ms: AtomicU64,
 }
 
 /// Where a connected agent serves file pieces to its peers (F1, F8).
@@ -110,6 +124,14 @@ pub trait DataAssigner: Send + Sync {
     fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath) -> String;
 }
 
+/// Balances agents over the cluster's nodes (K2, K5): asked when an agent
+/// registers without having been redirected already.
+pub trait Redirector: Send + Sync {
+    /// The agent address of the node an agent of `region` should register
+    /// with instead of this one; `None` to take it here.
+    fn redirect(&self, region: &str) -> Option<String>;
+}
+
 /// Why a frame could not be handed to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -145,11 +167,29 @@ pub struct LinkService {
     /// Set while a cluster node starts: streams other nodes opened on this
     /// node's agents (the node link), whose answers go back there.
     remote: RwLock<Option<Arc<dyn RemoteStreams>>>,
+    /// Set while a cluster node starts (K2).
+    redirector: RwLock<Option<Arc<dyn Redirector>>>,
+    /// Sessions handed over (K2) and not yet gone: left out of this node's
+    /// load without walking every session per registration.
+    leaving: AtomicUsize,
+    /// Registrations this node decided to take and has not attached yet:
+    /// counted in its load, so a burst of agents registering at once is
+    /// not all taken on the figure from before the burst.
+    joining: AtomicUsize,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
     shutdown: CancellationToken,
+}
+
+/// A registration being taken (`LinkService::joining`).
+struct Joining<'a>(&'a LinkService);
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        self.0.joining.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How the link's accept loop names its connections (log lines, metrics).
@@ -217,6 +257,9 @@ impl LinkService {
             frames: RwLock::new(Vec::new()),
             data_assigner: RwLock::new(None),
             remote: RwLock::new(None),
+            redirector: RwLock::new(None),
+            leaving: AtomicUsize::new(0),
+            joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             shutdown: parts.shutdown,
@@ -233,6 +276,63 @@ impl LinkService {
     /// Lets `assigner` choose each registering agent's DataServer.
     pub fn set_data_assigner(&self, assigner: Arc<dyn DataAssigner>) {
         *self.data_assigner.write() = Some(assigner);
+    }
+
+    /// Lets `redirector` send registering agents to other nodes (K2).
+    pub fn set_redirector(&self, redirector: Arc<dyn Redirector>) {
+        *self.redirector.write() = Some(redirector);
+    }
+
+    /// Where an agent of `region` registering here should go instead.
+    fn redirect(&self, region: &str) -> Option<String> {
+        let redirector = self.redirector.read().clone();
+        redirector.and_then(|r| r.redirect(region))
+    }
+
+    /// Agents connected now and not being handed over: this node's load
+    /// as balancing counts it.
+    pub fn balanced(&self) -> usize {
+        let sessions = self.sessions.lock();
+        (sessions.len() + self.joining.load(Ordering::Relaxed))
+            .saturating_sub(self.leaving.load(Ordering::Relaxed))
+    }
+
+    /// Counts a registration this node takes until the guard goes (once
+    /// the agent is attached, or the registration failed).
+    fn joining(&self) -> Joining<'_> {
+        self.joining.fetch_add(1, Ordering::Relaxed);
+        Joining(self)
+    }
+
+    /// Hands over one connected agent for which `target` (given the
+    /// agent's region) names an agent address: the connection says goodbye
+    /// with that redirect and closes. Returns the address, if one moved.
+    /// Agents sent no work lately ([`BUSY_FOR_MS`]) go first.
+    pub fn hand_over_one(&self, target: impl Fn(&str) -> Option<String>) -> Option<String> {
+        let sessions = self.sessions.lock();
+        let now = gse_core::now_ms();
+        let idle =
+            |s: &Session| now.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) >= BUSY_FOR_MS;
+        let idle_first = sessions
+            .iter()
+            .filter(|(_, s)| idle(s))
+            .chain(sessions.iter().filter(|(_, s)| !idle(s)));
+        for (key, s) in idle_first {
+            if s.handover.get().is_some() {
+                continue;
+            }
+            let Some(to) = target(&s.region) else {
+                continue;
+            };
+            if s.handover.set(to.clone()).is_ok() {
+                self.leaving.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(agent = %key, to = %to, "handing the agent over to a less loaded node");
+                metrics::counter!("gse_link_handovers_total").increment(1);
+                s.close.cancel();
+                return Some(to);
+            }
+        }
+        None
     }
 
     /// The DataServer endpoint for a registering agent; `""` when this node
@@ -366,6 +466,7 @@ impl LinkService {
     fn attach(&self, key: AgentKey, session: Session) {
         let old = self.sessions.lock().insert(key, session);
         if let Some(old) = old {
+            self.left(&old);
             tracing::info!(agent = %key, "a new connection of this agent replaces its older one");
             old.close.cancel();
             // Whatever ran over the old link is gone with it (the agent
@@ -376,12 +477,19 @@ impl LinkService {
         metrics::gauge!("gse_link_agents_connected").set(self.connected() as f64);
     }
 
+    /// A session left the map: no longer counted as leaving, if it was.
+    fn left(&self, gone: &Session) {
+        if gone.handover.get().is_some() {
+            self.leaving.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Forgets the session if it is still `conn_id`'s; true if it was.
     fn detach(&self, key: AgentKey, conn_id: u64) -> bool {
         let mut sessions = self.sessions.lock();
         let current = sessions.get(&key).is_some_and(|s| s.conn_id == conn_id);
-        if current {
-            sessions.remove(&key);
+        if current && let Some(gone) = sessions.remove(&key) {
+            self.left(&gone);
         }
         metrics::gauge!("gse_link_agents_connected").set(sessions.len() as f64);
         current
@@ -400,6 +508,9 @@ impl LocalLink for LinkService {
             .get(&agent)
             .filter(|s| s.epoch == epoch)
             .ok_or(sender::SendError::Stale(agent))?;
+        session
+            .last_work_ms
+            .store(gse_core::now_ms(), Ordering::Relaxed);
         session.tx.try_send(Box::new(frame)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => sender::SendError::Busy {
                 agent,

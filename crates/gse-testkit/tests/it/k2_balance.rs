@@ -1,0 +1,240 @@
+//! K2 balance by connections and K5 regions, with real nodes on one
+//! ZooKeeper and one Redis: agents that all list node-1 first end spread
+//! over the nodes (redirects at registration, hand-overs after), a node
+//! that joins is given agents gradually, and an agent with a region lands
+//! on its region's node.
+
+use std::time::Duration;
+
+use gse_testkit::{Cluster, StartedCluster, eventually};
+use serde_json::json;
+
+/// Which node (0-based) holds each agent, in agent order; `None` for an
+/// agent not alive anywhere. Read through node-1's API: with Redis every
+/// node answers for every agent (T1).
+async fn holders(cluster: &StartedCluster) -> Vec<Option<usize>> {
+    let hosts: Vec<_> = cluster
+        .agents
+        .iter()
+        .map(|a| json!({"ip": a.ip.to_string(), "bk_cloud_id": 0}))
+        .collect();
+    let body = json!({"bk_supplier_account": "0", "hosts": hosts});
+    let api = cluster.api(0);
+    let (_, info) = api
+        .post("/api/c/compapi/v2/gse/get_agent_info/", body.clone())
+        .await;
+    let (_, status) = api
+        .post("/api/c/compapi/v2/gse/get_agent_status/", body)
+        .await;
+    cluster
+        .agents
+        .iter()
+        .map(|a| {
+            let key = format!("0:{}", a.ip);
+            if status["data"][&key]["bk_agent_alive"] != 1 {
+                return None;
+            }
+            let port = info["data"][&key]["parent_port"].as_u64()?;
+            cluster
+                .nodes
+                .iter()
+                .position(|n| u64::from(n.link_addr.port()) == port)
+        })
+        .collect()
+}
+
+/// Agents held per node, once every agent is alive somewhere.
+fn counts(held: &[Option<usize>], nodes: usize) -> Result<Vec<usize>, String> {
+    let mut counts = vec![0; nodes];
+    for (i, h) in held.iter().enumerate() {
+        match h {
+            Some(n) => counts[*n] += 1,
+            None => return Err(format!("agent {} is not alive anywhere: {held:?}", i + 1)),
+        }
+    }
+    Ok(counts)
+}
+
+/// Waits until the nodes hold between `lo` and `hi` agents each; returns
+/// who holds which agent.
+async fn wait_spread(cluster: &StartedCluster, lo: usize, hi: usize) -> Vec<Option<usize>> {
+    eventually(
+        &format!("every node holds {lo}..={hi} agents"),
+        Duration::from_secs(90),
+        || async {
+            let held = holders(cluster).await;
+            let counts = counts(&held, cluster.nodes.len())?;
+            counts
+                .iter()
+                .all(|c| (lo..=hi).contains(c))
+                .then_some(held)
+                .ok_or(format!("{counts:?}"))
+        },
+    )
+    .await
+}
+
+/// A counter's value summed over every node's `/metrics` (0 where a node
+/// never counted it).
+async fn counter(cluster: &StartedCluster, name: &str) -> u64 {
+    let mut sum = 0;
+    for i in 0..cluster.nodes.len() {
+        let (_, text) = cluster.api(i).get("/metrics").await.unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    sum
+}
+
+#[tokio::test]
+async fn k2_agents_listing_the_same_first_node_spread_over_three_nodes() {
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .zookeeper()
+        .redis()
+        .agents(9)
+        .start()
+        .await;
+    wait_spread(&cluster, 2, 4).await;
+    // The registry's load figures agree once published.
+    eventually(
+        "list_nodes shows the load",
+        Duration::from_secs(30),
+        || async {
+            let nodes = cluster.api(1).list_nodes().await?;
+            let load: Vec<u64> = nodes.iter().map(|n| n.agents).collect();
+            (load.iter().sum::<u64>() == 9 && load.iter().all(|c| (2..=4).contains(c)))
+                .then_some(())
+                .ok_or(format!("{load:?}"))
+        },
+    )
+    .await;
+    // No reconnect storm: most agents were placed by a redirect at
+    // registration; hand-overs moved fewer agents than there are, each
+    // once.
+    let handovers = counter(&cluster, "gse_link_handovers_total").await;
+    let registrations = counter(&cluster, "gse_link_registrations_total").await;
+    assert!(handovers < 9, "{handovers} hand-overs for 9 agents");
+    assert!(
+        registrations <= 9 + handovers,
+        "{registrations} registrations, {handovers} hand-overs"
+    );
+}
+
+#[tokio::test]
+async fn k2_a_joining_node_is_given_agents_gradually() {
+    let mut cluster = Cluster::builder()
+        .nodes(1)
+        .zookeeper()
+        .redis()
+        .agents(6)
+        // One hand-over a second (jittered): slow enough to watch.
+        .node_config(|_, cfg| cfg.cluster.rebalance_per_s = 1)
+        .start()
+        .await;
+    assert_eq!(counts(&holders(&cluster).await, 1).unwrap(), [6]);
+    let new = cluster.add_node().await;
+    // Watch node-2's count climb: one agent at a time, never all at once.
+    let seen = std::sync::Mutex::new(Vec::new());
+    eventually(
+        "node-2 holds its share",
+        Duration::from_secs(90),
+        || async {
+            let held = holders(&cluster).await;
+            let counts = counts(&held, 2)?;
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&counts[new]) {
+                seen.push(counts[new]);
+            }
+            (counts[new] >= 2 && counts[0] >= 2)
+                .then_some(())
+                .ok_or(format!("{counts:?}"))
+        },
+    )
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.contains(&1),
+        "node-2's count rose through 1 (one hand-over at a time): {seen:?}"
+    );
+    let climbs: Vec<usize> = seen.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    assert!(climbs.iter().all(|&c| c <= 1), "no jumps: {seen:?}");
+    let final_counts = counts(&holders(&cluster).await, 2).unwrap();
+    assert!(
+        final_counts.iter().all(|c| (2..=4).contains(c)),
+        "{final_counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn k5_agents_of_a_region_land_on_its_nodes_and_the_others_spread() {
+    // node-1, node-2: east; node-3: west. Agents 1-3 are west, 4-9 have
+    // no region; all list node-1 first.
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .zookeeper()
+        .redis()
+        .node_config(|i, cfg| cfg.node.region = if i == 2 { "west" } else { "east" }.into())
+        .agents(9)
+        .agent_options(|i, opts| {
+            if i <= 3 {
+                opts.customize = Some(std::sync::Arc::new(
+                    |cfg: &mut gse_agent_config::AgentConfig| cfg.agent.region = "west".into(),
+                ));
+            }
+        })
+        .start()
+        .await;
+    let held = wait_spread(&cluster, 2, 4).await;
+    let west: Vec<_> = held[..3].to_vec();
+    assert_eq!(
+        west,
+        [Some(2); 3],
+        "west agents are on the west node: {held:?}"
+    );
+    let mut others: Vec<usize> = held[3..].iter().flatten().copied().collect();
+    others.sort();
+    others.dedup();
+    assert!(
+        others.len() >= 2,
+        "agents without a region spread: {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn k5_agents_of_a_region_with_no_node_up_move_to_it_once_one_joins() {
+    // node-1, node-2: east; node-3 (added later): west. Agents 1-2 are
+    // west, 3-4 have no region.
+    let mut cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .node_config(|i, cfg| cfg.node.region = if i == 2 { "west" } else { "east" }.into())
+        .agents(4)
+        .agent_options(|i, opts| {
+            if i <= 2 {
+                opts.customize = Some(std::sync::Arc::new(
+                    |cfg: &mut gse_agent_config::AgentConfig| cfg.agent.region = "west".into(),
+                ));
+            }
+        })
+        .start()
+        .await;
+    // No west node: the west agents are balanced over every node.
+    let held = holders(&cluster).await;
+    assert!(held.iter().all(|h| matches!(h, Some(0 | 1))), "{held:?}");
+    let west = cluster.add_node().await;
+    eventually(
+        "the west agents move to the west node",
+        Duration::from_secs(90),
+        || async {
+            let held = holders(&cluster).await;
+            (held[..2] == [Some(west); 2])
+                .then_some(())
+                .ok_or(format!("{held:?}"))
+        },
+    )
+    .await;
+}
