@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::fd_budget::{self, FdBudget};
+use crate::role::data::snapshot::SharedSnapshots;
 
 /// The wiring every role is started on.
 pub(super) struct Base {
@@ -21,6 +22,9 @@ pub(super) struct Base {
     pub store: Arc<dyn StateStore>,
     /// Where agents are held: the link claims them, the sender reads it.
     pub directory: Arc<dyn AgentDirectory>,
+    /// Where a cluster's nodes share system snapshots (Redis); `None` for
+    /// the embedded store.
+    pub shared_snapshots: Option<Arc<dyn SharedSnapshots>>,
     pub budget: FdBudget,
     /// `[danger]` resolved: the task and proc roles and the link check
     /// against it.
@@ -34,7 +38,11 @@ impl Base {
     /// Makes the data dir, opens the store and plans the open files.
     pub async fn open(config: &ServerConfig) -> Result<Base> {
         prepare_data_dir(&config.node.data_dir)?;
-        let (store, directory) = open_store(config).await?;
+        let crate::store::Opened {
+            store,
+            directory,
+            snapshots: shared_snapshots,
+        } = open_store(config).await?;
         let budget = FdBudget::plan(config, fd_budget::open_files_limit());
         tracing::info!(
             open_files = budget.open_files,
@@ -51,6 +59,7 @@ impl Base {
             node_id: config.node.id.clone(),
             store,
             directory,
+            shared_snapshots,
             budget,
             danger_rules,
             shutdown: CancellationToken::new(),
@@ -77,13 +86,12 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the configured state store (and the agent directory that goes
-/// with it), marks offline the agents this node
-/// held before it started, and seeds the configured apps.
-async fn open_store(
-    config: &ServerConfig,
-) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>)> {
-    let (store, directory) = crate::store::open_with_directory(config).await?;
+/// Opens the configured state store (with the agent directory and shared
+/// snapshots that go with it), marks offline the agents this node held
+/// before it started, and seeds the configured apps.
+async fn open_store(config: &ServerConfig) -> Result<crate::store::Opened> {
+    let opened = crate::store::open_with_directory(config).await?;
+    let store = &opened.store;
     // None of this node's old connections survived its restart; a shared
     // store (Redis) says they are alive until told (the embedded store
     // loads every agent offline anyway).
@@ -104,5 +112,5 @@ async fn open_store(
             .await
             .context("cannot save the apps of [api] apps")?;
     }
-    Ok((store, directory))
+    Ok(opened)
 }

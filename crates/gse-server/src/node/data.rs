@@ -49,6 +49,12 @@ pub(super) async fn start(
     }
     // Taps see every record of their data id (the snapshot cache, D3).
     let snapshots = start_snapshot_cache(config, &base.shutdown, &mut base.joins);
+    if let (Some(cache), Some(shared)) = (&snapshots, &base.shared_snapshots)
+        && config.cluster.enabled()
+    {
+        // The API of any node serves snapshots another node's DataServer got.
+        cache.share(shared.clone(), &mut base.joins, base.shutdown.clone());
+    }
     let data_taps: Vec<Arc<dyn DataTap>> = snapshots
         .iter()
         .map(|c| c.clone() as Arc<dyn DataTap>)

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use gse_core::seams::{AgentDirectory, MemoryDirectory, StateStore};
 
 use crate::config::ServerConfig;
+use crate::role::data::snapshot::SharedSnapshots;
 
 /// Why the configured store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -33,26 +34,39 @@ pub enum OpenError {
 /// Opens the store `[store]` selects: Redis when `redis` is set, else the
 /// embedded store. An unreachable Redis fails here, naming its address.
 pub async fn open(config: &ServerConfig) -> Result<Arc<dyn StateStore>, OpenError> {
-    Ok(open_with_directory(config).await?.0)
+    Ok(open_with_directory(config).await?.store)
+}
+
+/// What a node opens from `[store]`: the store, the agent directory that
+/// goes with it, and (Redis) where the nodes share system snapshots.
+pub struct Opened {
+    pub store: Arc<dyn StateStore>,
+    pub directory: Arc<dyn AgentDirectory>,
+    pub snapshots: Option<Arc<dyn SharedSnapshots>>,
 }
 
 /// Like [`open`], with the agent directory that goes with the store: the
 /// cluster's, in Redis, or this node's memory for the embedded store.
-pub async fn open_with_directory(
-    config: &ServerConfig,
-) -> Result<(Arc<dyn StateStore>, Arc<dyn AgentDirectory>), OpenError> {
+pub async fn open_with_directory(config: &ServerConfig) -> Result<Opened, OpenError> {
     Ok(match config.store.redis() {
         Some(redis) => {
-            let store = RedisStore::connect(&redis).await?;
-            let directory = Arc::new(store.directory());
-            (Arc::new(store), directory)
+            let store = Arc::new(RedisStore::connect(&redis).await?);
+            Opened {
+                directory: Arc::new(store.directory()),
+                snapshots: Some(store.clone()),
+                store,
+            }
         }
         None => {
             let path = config.store_path();
             let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
                 .await
                 .expect("opening the embedded store does not panic")?;
-            (Arc::new(opened), Arc::new(MemoryDirectory::default()))
+            Opened {
+                store: Arc::new(opened),
+                directory: Arc::new(MemoryDirectory::default()),
+                snapshots: None,
+            }
         }
     })
 }

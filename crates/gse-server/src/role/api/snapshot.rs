@@ -56,7 +56,11 @@ pub async fn get_agent_snapshot(ctx: &ApiContext, body: &Fields) -> Result<Value
             AgentRef::Key(k) => Some(k),
             AgentRef::Id(_) => record.as_ref().map(|r| r.key),
         };
-        let (entry, size) = entry(cache, sent, key, record.is_some(), latest_only);
+        let kept = match key {
+            Some(k) => cache.get_anywhere(&k, latest_only).await,
+            None => None,
+        };
+        let (entry, size) = entry(cache, sent, key, kept, record.is_some());
         bytes += size;
         if bytes > limit {
             return Err(ApiError::AnswerTooLarge { limit });
@@ -70,10 +74,9 @@ fn entry(
     cache: &SnapshotCache,
     sent: String,
     key: Option<AgentKey>,
+    kept: Option<Vec<std::sync::Arc<str>>>,
     known: bool,
-    latest_only: bool,
 ) -> (AgentSnapshots, usize) {
-    let kept = key.and_then(|k| cache.get(&k, latest_only));
     let agent_key = key.map(|k| k.to_string()).unwrap_or_default();
     let Some(kept) = kept else {
         let window = humantime::format_duration(cache.window());

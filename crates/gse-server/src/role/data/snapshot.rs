@@ -21,6 +21,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+mod shared;
+
+pub use shared::SharedSnapshots;
+
 /// Snapshots stored or dropped, by `outcome` (a fixed set: `stored`,
 /// `too_large`, `bad_json`, `bad_source`, `duplicate`, `stale`,
 /// `agents_full`, `memory_full`).
@@ -183,6 +187,8 @@ pub struct SnapshotCache {
     config: SnapshotCacheConfig,
     data_id: u32,
     inner: Mutex<Inner>,
+    /// In a cluster: the store the nodes share snapshots in ([`shared`]).
+    shared: std::sync::OnceLock<shared::Sharing>,
 }
 
 // === impl SnapshotCache ===
@@ -194,7 +200,50 @@ impl SnapshotCache {
             config,
             data_id,
             inner: Mutex::new(Inner::default()),
+            shared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shares every kept snapshot with the other nodes through `store`, and
+    /// reads there what this node did not get; the writer runs in `tasks`
+    /// until `shutdown`.
+    pub fn share(
+        &self,
+        store: Arc<dyn SharedSnapshots>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: CancellationToken,
+    ) {
+        let (sharing, writer) = shared::Sharing::start(
+            store,
+            self.config.max_per_agent,
+            self.config.window,
+            shutdown,
+        );
+        if self.shared.set(sharing).is_ok() {
+            tasks.spawn(writer);
+        }
+    }
+
+    /// The agent's snapshots of the last window, as [`SnapshotCache::get`],
+    /// from this node's cache or, in a cluster, from the shared store
+    /// (another node's DataServer got them).
+    pub async fn get_anywhere(&self, key: &AgentKey, latest_only: bool) -> Option<Vec<Arc<str>>> {
+        if let Some(kept) = self.get(key, latest_only) {
+            return Some(kept);
+        }
+        let sharing = self.shared.get()?;
+        let since = gse_core::now_ms().saturating_sub(self.config.window.as_millis() as u64);
+        let mut got: Vec<Arc<str>> = match sharing.store.get_snapshots(*key, since).await {
+            Ok(got) => got.into_iter().map(Arc::from).collect(),
+            Err(e) => {
+                tracing::warn!(agent = %key, error = %e, "cannot read shared system snapshots");
+                return None;
+            }
+        };
+        if latest_only && got.len() > 1 {
+            got.drain(..got.len() - 1);
+        }
+        (!got.is_empty()).then_some(got)
     }
 
     pub fn window(&self) -> Duration {
@@ -218,6 +267,7 @@ impl SnapshotCache {
     fn insert_at(&self, source: &str, payload: &[u8], now: Instant) -> Result<(), Dropped> {
         let key: AgentKey = source.parse().map_err(|_| Dropped::BadSource)?;
         let (time_ms, json) = self.check(payload)?;
+        let shared_copy = self.shared.get().map(|s| (s, json.clone()));
         let mut inner = self.inner.lock();
         inner.admit(&key, now, &self.config)?;
         let entry = Entry {
@@ -227,6 +277,12 @@ impl SnapshotCache {
         };
         let placed = inner.place(key, entry, &self.config);
         inner.publish_gauges();
+        drop(inner);
+        if placed.is_ok()
+            && let Some((sharing, json)) = shared_copy
+        {
+            sharing.offer(key, &json);
+        }
         placed
     }
 

@@ -44,6 +44,7 @@
 //! | `P pin_id:ID` | string | the `K` agent id `ID` is pinned to |
 //! | `P pins` | set | every pinned `K` |
 //! | `P lost` | hash | `K` → `{node_id, raised_ms}` (JSON) |
+//! | `P snap:K` | list | the agent's system snapshots, newest first, `{at, s}` (JSON); trimmed to `data.snapshot.max_per_agent`, expiring a window after the last |
 //!
 //! The agent directory ([`RedisDirectory`], [`RedisStore::directory`])
 //! shares the connection and prefix; its keys are in [`directory`].
@@ -53,6 +54,7 @@ mod directory;
 mod lost;
 mod pins;
 mod routes;
+mod snapshots;
 mod tasks;
 mod transfers;
 
