@@ -61,6 +61,13 @@ pub trait AgentDirectory: Send + Sync {
     async fn release(&self, agent: AgentKey, epoch: Epoch) -> Result<bool, DirectoryError>;
     /// Where `agent` is, if some node holds it.
     async fn locate(&self, agent: AgentKey) -> Result<Option<Location>, DirectoryError>;
+    /// Where each of `agents` is, in their order: one round trip for a
+    /// whole task's targets (a fan-out to 10,000 agents must not wait for
+    /// 10,000 lookups one after another).
+    async fn locate_many(
+        &self,
+        agents: &[AgentKey],
+    ) -> Result<Vec<Option<Location>>, DirectoryError>;
     /// Ends every claim `node_id` holds (it died); the agents released.
     async fn release_node(&self, node_id: &str) -> Result<Vec<AgentKey>, DirectoryError>;
 }
@@ -134,6 +141,14 @@ impl AgentDirectory for MemoryDirectory {
         Ok(self.state().held.get(&agent).cloned())
     }
 
+    async fn locate_many(
+        &self,
+        agents: &[AgentKey],
+    ) -> Result<Vec<Option<Location>>, DirectoryError> {
+        let st = self.state();
+        Ok(agents.iter().map(|a| st.held.get(a).cloned()).collect())
+    }
+
     async fn release_node(&self, node_id: &str) -> Result<Vec<AgentKey>, DirectoryError> {
         let mut st = self.state();
         let mut gone: Vec<AgentKey> = st
@@ -164,6 +179,27 @@ pub mod conformance {
         claims_fence_older_holders(dir).await;
         release_needs_the_current_epoch(dir).await;
         a_dead_node_is_released_alone(dir).await;
+        many_are_located_as_one_by_one(dir).await;
+    }
+
+    /// `locate_many` answers what `locate` answers, in the asked order.
+    pub async fn many_are_located_as_one_by_one(dir: &dyn AgentDirectory) {
+        let (a, b, c) = (key(5), key(6), key(7));
+        dir.claim(a, "n1", &[]).await.unwrap();
+        dir.claim(c, "n2", &["p1".to_string()]).await.unwrap();
+        let many = dir.locate_many(&[c, b, a]).await.unwrap();
+        let one_by_one = vec![
+            dir.locate(c).await.unwrap(),
+            dir.locate(b).await.unwrap(),
+            dir.locate(a).await.unwrap(),
+        ];
+        assert_eq!(many, one_by_one);
+        assert_eq!(
+            many[0].as_ref().map(|l| l.via.clone()),
+            Some(vec!["p1".to_string()])
+        );
+        assert_eq!(many[1], None);
+        assert!(dir.locate_many(&[]).await.unwrap().is_empty());
     }
 
     /// A newer claim wins, its epoch is larger, and the old holder learns

@@ -194,6 +194,34 @@ impl Sender {
         }
     }
 
+    /// Where each of `agents` is now, in their order, in one directory
+    /// round trip (a task's or transfer's targets); each `Offline` when no
+    /// node holds it, all `Directory` when the directory cannot answer.
+    pub async fn locate_many(&self, agents: &[AgentKey]) -> Vec<Result<Located, SendError>> {
+        match self.directory.locate_many(agents).await {
+            Ok(found) => agents
+                .iter()
+                .zip(found)
+                .map(|(&agent, at)| match at {
+                    Some(at) => Ok(Located { agent, at }),
+                    None => Err(SendError::Offline(agent)),
+                })
+                .collect(),
+            Err(e) => {
+                let e = Arc::new(e);
+                agents
+                    .iter()
+                    .map(|&agent| {
+                        Err(SendError::Directory {
+                            agent,
+                            source: e.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// The delivery a frame sent to `agent` now would have, if it is held
     /// anywhere: a role compares it with what it sent to learn whether the
     /// agent still has the connection its work went on.

@@ -252,6 +252,10 @@ impl AgentDirectory for SlowDirectory {
         tokio::task::yield_now().await;
         self.0.locate(a).await
     }
+    async fn locate_many(&self, a: &[AgentKey]) -> Result<Vec<Option<Location>>, DirectoryError> {
+        tokio::task::yield_now().await;
+        self.0.locate_many(a).await
+    }
     async fn release_node(&self, n: &str) -> Result<Vec<AgentKey>, DirectoryError> {
         self.0.release_node(n).await
     }

@@ -187,16 +187,13 @@ impl FileService {
         }
     }
 
-    /// Where each of `keys` is held now (each agent asked once).
+    /// Where each of `keys` is held now (each agent asked once, all in one
+    /// directory round trip).
     pub(super) async fn locate_all(&self, mut keys: Vec<gse_core::AgentKey>) -> Locations {
         keys.sort_unstable();
         keys.dedup();
-        let mut out = Locations::with_capacity(keys.len());
-        for key in keys {
-            let at = self.sender.locate(key).await;
-            out.insert(key, at);
-        }
-        out
+        let found = self.sender.locate_many(&keys).await;
+        keys.into_iter().zip(found).collect()
     }
 
     /// Sends every task that can start its `FileManifestRequest`; a send

@@ -31,7 +31,7 @@ use super::guard::{self, Findings};
 use super::model::{Entry, LiveTask, TargetIndex, TaskState, Update};
 use super::spec::{ScriptTaskSpec, TargetSpec};
 use super::{TaskError, TaskService, metrics, unknown_agent};
-use crate::cluster::sender::Located;
+use crate::cluster::sender::{Located, SendError};
 
 /// Time an agent has beyond the timeouts of the atomic tasks it has left
 /// (counted from when it reports one running) to report a final status
@@ -174,13 +174,23 @@ impl TaskService {
             .collect())
     }
 
-    /// How each target starts, in target order.
+    /// How each target starts, in target order. Every known target is
+    /// located in one directory round trip first.
     async fn plan(
         &self,
         spec: &ScriptTaskSpec,
         records: &[Option<AgentRecord>],
         findings: &Findings,
     ) -> Vec<Start> {
+        let keys: Vec<AgentKey> = match findings.blocked {
+            Some(_) => Vec::new(),
+            None => records.iter().flatten().map(|r| r.key).collect(),
+        };
+        let mut located: HashMap<AgentKey, Result<Located, SendError>> = keys
+            .iter()
+            .copied()
+            .zip(self.sender.locate_many(&keys).await)
+            .collect();
         let mut first_name: HashMap<AgentKey, &str> = HashMap::new();
         let mut starts = Vec::with_capacity(spec.targets.len());
         for (target, record) in spec.targets.iter().zip(records) {
@@ -190,18 +200,19 @@ impl TaskService {
                     format!("blocked before dispatch: {}", f.describe()),
                 ),
                 (None, None) => Start::Fail(ERR_AGENT_DOWN, unknown_agent(&target.bk_agent_id)),
-                (None, Some(rec)) => self.plan_known(target, rec, &mut first_name).await,
+                (None, Some(rec)) => self.plan_known(target, rec, &mut first_name, &mut located),
             };
             starts.push(start);
         }
         starts
     }
 
-    async fn plan_known<'a>(
+    fn plan_known<'a>(
         &self,
         target: &'a TargetSpec,
         rec: &AgentRecord,
         first_name: &mut HashMap<AgentKey, &'a str>,
+        located: &mut HashMap<AgentKey, Result<Located, SendError>>,
     ) -> Start {
         if !target.bk_container_id.is_empty() {
             return Start::Fail(
@@ -222,9 +233,13 @@ impl TaskService {
             );
         }
         first_name.insert(rec.key, &target.bk_agent_id);
-        match self.sender.locate(rec.key).await {
-            Ok(at) => Start::Send(at),
-            Err(why) => Start::Fail(ERR_AGENT_DOWN, why.for_host(&target.bk_agent_id)),
+        match located.remove(&rec.key) {
+            Some(Ok(at)) => Start::Send(at),
+            Some(Err(why)) => Start::Fail(ERR_AGENT_DOWN, why.for_host(&target.bk_agent_id)),
+            None => Start::Fail(
+                ERR_AGENT_DOWN,
+                SendError::Offline(rec.key).for_host(&target.bk_agent_id),
+            ),
         }
     }
 

@@ -149,27 +149,48 @@ impl AgentDirectory for RedisDirectory {
     }
 
     async fn locate(&self, agent: AgentKey) -> Result<Option<Location>, DirectoryError> {
-        let (node, via, epoch): (Option<String>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
+        Ok(self.locate_many(&[agent]).await?.pop().flatten())
+    }
+
+    async fn locate_many(
+        &self,
+        agents: &[AgentKey],
+    ) -> Result<Vec<Option<Location>>, DirectoryError> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pipeline of HMGETs: a single round trip for every agent.
+        let mut pipe = redis::pipe();
+        for agent in agents {
+            pipe.cmd("HMGET")
                 .arg(format!("{}dir:{agent}", self.prefix))
                 .arg("node")
                 .arg("via")
-                .arg("epoch")
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(unavailable)?;
-        let (Some(node_id), Some(via), Some(epoch)) = (node, via, epoch) else {
-            return Ok(None);
-        };
-        let via = serde_json::from_str(&via).map_err(|e| DirectoryError::Unavailable {
-            backend: BACKEND,
-            message: format!("locating {agent}: unreadable proxy list in Redis: {e}"),
-        })?;
-        Ok(Some(Location {
-            node_id,
-            via,
-            epoch: epoch_of("locating", &epoch)?,
-        }))
+                .arg("epoch");
+        }
+        type Fields = (Option<String>, Option<String>, Option<String>);
+        let rows: Vec<Fields> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        agents
+            .iter()
+            .zip(rows)
+            .map(|(agent, (node, via, epoch))| {
+                let (Some(node_id), Some(via), Some(epoch)) = (node, via, epoch) else {
+                    return Ok(None);
+                };
+                let via = serde_json::from_str(&via).map_err(|e| DirectoryError::Unavailable {
+                    backend: BACKEND,
+                    message: format!("locating {agent}: unreadable proxy list in Redis: {e}"),
+                })?;
+                Ok(Some(Location {
+                    node_id,
+                    via,
+                    epoch: epoch_of("locating", &epoch)?,
+                }))
+            })
+            .collect()
     }
 
     async fn release_node(&self, node_id: &str) -> Result<Vec<AgentKey>, DirectoryError> {

@@ -121,6 +121,17 @@ impl AgentDirectory for FakeLink {
         Ok(current)
     }
 
+    async fn locate_many(
+        &self,
+        keys: &[AgentKey],
+    ) -> Result<Vec<Option<Location>>, DirectoryError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.locate(*key).await?);
+        }
+        Ok(out)
+    }
+
     async fn locate(&self, key: AgentKey) -> Result<Option<Location>, DirectoryError> {
         if let Some(epoch) = self.epoch(key) {
             return Ok(Some(Location {
