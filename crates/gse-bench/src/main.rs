@@ -15,6 +15,7 @@
 
 mod agents;
 mod api;
+mod cluster;
 mod data;
 mod fanout;
 mod local_agents;
