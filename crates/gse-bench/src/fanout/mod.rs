@@ -84,6 +84,10 @@ pub struct FanoutArgs {
     /// With --nodes > 1: skip the one-node reference run.
     #[arg(long)]
     no_reference: bool,
+    /// Cluster mode (ZooKeeper + Redis) even with --nodes 1: tells what
+    /// the shared store costs apart from forwarding between nodes.
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The agents of a run.
@@ -132,7 +136,7 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
         Some(n) => local_agents::check_count(n)?,
         None => check_fd_limit(args.agents, fd_limit)?,
     }
-    if args.nodes > 1 {
+    if args.nodes > 1 || args.cluster {
         return nodes::run(&args).await;
     }
     let (report, failure) = single_node(&args).await?;

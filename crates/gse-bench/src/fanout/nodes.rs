@@ -28,8 +28,11 @@ const MEMBERS_WITHIN: Duration = Duration::from_secs(30);
 /// The cluster run, then (unless `--no-reference`) the one-node run, as
 /// one line: the cluster's figures with the reference's and their ratio.
 pub async fn run(args: &FanoutArgs) -> Result<BenchOutput> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
     if args.real_agents.is_some() {
-        bail!("--nodes > 1 runs simulated agents only (drop --real-agents)");
+        bail!("cluster mode runs simulated agents only (drop --real-agents)");
     }
     let (mut report, mut failure) = cluster(args).await?;
     if !args.no_reference {
