@@ -16,7 +16,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::time::{Instant, sleep};
 
-use crate::server::free_port;
+use gse_server::role::api::AppConfig;
+
+use crate::api::ApiClient;
+use crate::server::{BenchServer, ClusterMember, ServerOptions, free_port};
+
+/// How long node 1 has to list every node after they all started.
+const MEMBERS_WITHIN: Duration = Duration::from_secs(30);
 
 /// Debian's ZooKeeper jar; its manifest pulls in the other jars.
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -122,6 +128,43 @@ impl Drop for Services {
     }
 }
 
+/// Starts `n` nodes on `services`, all with one set of certificates (the
+/// first node's) and the API app `app`; on an error the started ones are
+/// stopped and their files kept.
+pub async fn start_nodes(
+    services: &Services,
+    n: u32,
+    app: &AppConfig,
+    bin: &Option<PathBuf>,
+    max_hosts_per_call: usize,
+) -> Result<Vec<BenchServer>> {
+    let mut nodes: Vec<BenchServer> = Vec::new();
+    for i in 0..n {
+        let member = ClusterMember {
+            node_id: node_id(i),
+            zookeeper: services.zookeeper.to_string(),
+            redis: services.redis_url(),
+            certs: nodes.first().map(BenchServer::certs_dir),
+        };
+        let started = BenchServer::start(&ServerOptions {
+            bin: bin.clone(),
+            max_hosts_per_call: Some(max_hosts_per_call),
+            apps: vec![app.clone()],
+            cluster: Some(member),
+            ..ServerOptions::default()
+        })
+        .await;
+        match started {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop_all(nodes, true).await;
+                return Err(e.context(format!("cannot start {}", node_id(i))));
+            }
+        }
+    }
+    Ok(nodes)
+}
+
 /// Polls `probe` (a blocking TCP exchange) until it succeeds or `within`
 /// passes.
 async fn wait_until(
@@ -170,5 +213,58 @@ fn redis_pong(addr: SocketAddr) -> Result<()> {
         Ok(())
     } else {
         bail!("answered {answer:?}")
+    }
+}
+
+/// Stops the nodes (SIGTERM, then SIGKILL), keeping their files if asked.
+pub async fn stop_all(nodes: Vec<BenchServer>, keep: bool) {
+    for mut node in nodes {
+        node.stop().await;
+        if keep {
+            let dir = node.keep_dir();
+            eprintln!("node files kept in {}", dir.display());
+        }
+    }
+}
+
+/// Waits until node 1 lists all `n` nodes (K1), so that work for agents
+/// of the others can be forwarded from the first round on.
+pub async fn wait_members(api: &ApiClient, n: u32) -> Result<()> {
+    let want = member_ids(n);
+    let deadline = Instant::now() + MEMBERS_WITHIN;
+    loop {
+        let got = api.node_ids().await?;
+        if got == want {
+            eprintln!("cluster of {n} nodes formed");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("node-1 lists {got:?} after {MEMBERS_WITHIN:?}, expected {want:?}");
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every node's id, sorted as `list_nodes` sorts them (by string).
+fn member_ids(n: u32) -> Vec<String> {
+    let mut ids: Vec<String> = (0..n).map(node_id).collect();
+    ids.sort();
+    ids
+}
+
+/// Node i's id (0-based i): `node-1`, `node-2`, ...
+fn node_id(i: u32) -> String {
+    format!("node-{}", i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_sort_as_list_nodes_does() {
+        assert_eq!(member_ids(3), ["node-1", "node-2", "node-3"]);
+        let twelve = member_ids(12);
+        assert_eq!(&twelve[..4], ["node-1", "node-10", "node-11", "node-12"]);
     }
 }

@@ -132,6 +132,18 @@ impl BenchServer {
         }
     }
 
+    /// SIGKILL, as a crashed node: no goodbye to its agents or the cluster.
+    /// Returns once the process is reaped.
+    pub async fn kill(&mut self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.process.pid() as i32), Signal::SIGKILL)
+            .context("cannot SIGKILL gse-server")?;
+        // Already dead: this only reaps it.
+        self.process.stop(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
     /// Keeps the temp dir (for a failed run) and returns its path.
     pub fn keep_dir(self) -> PathBuf {
         self.dir.keep()

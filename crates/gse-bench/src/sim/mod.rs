@@ -12,6 +12,7 @@
 //! so every handshake here is a full one, as on a real fleet's first connect.
 
 mod executor;
+pub mod failover;
 mod task;
 
 pub use executor::SimulatedExecutor;
@@ -143,7 +144,7 @@ impl Fleet {
         self.first_error.get().cloned()
     }
 
-    fn fail(&self, i: u32, e: anyhow::Error) {
+    pub(crate) fn fail(&self, i: u32, e: anyhow::Error) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let _ = self.first_error.set(format!("agent {i}: {e:#}"));
     }
@@ -187,11 +188,16 @@ pub fn identity_ip(i: u32) -> String {
 
 /// TCP from the agent's source address, TLS, Register -> RegisterAck.
 async fn connect(fleet: &Fleet, i: u32) -> Result<(Link, RegisterAck)> {
+    let server = fleet.servers[i as usize % fleet.servers.len()];
+    connect_to(fleet, i, server).await
+}
+
+/// [`connect`] to a given server.
+async fn connect_to(fleet: &Fleet, i: u32, server: SocketAddr) -> Result<(Link, RegisterAck)> {
     let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source_ip(i), 0))
         .with_context(|| format!("cannot bind to {}", source_ip(i)))?;
-    let server = fleet.servers[i as usize % fleet.servers.len()];
     let tcp = socket
         .connect(server)
         .await
