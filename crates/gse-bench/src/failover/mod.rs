@@ -63,6 +63,9 @@ struct Report {
     nodes: u32,
     /// From the first connect until node 2 reported every agent alive.
     ready_s: f64,
+    /// Agents node 2 reported alive just after the SIGKILL, before any
+    /// had moved (the status a caller saw then).
+    alive_reported_at_kill: usize,
     /// SIGKILL -> the last agent registered with another node.
     registered_elsewhere_s: Option<f64>,
     /// SIGKILL -> node 2's API reports every agent alive again.
@@ -147,6 +150,10 @@ async fn drive(
     let killed_at = fleet.started.elapsed();
     let kill = Instant::now();
     nodes[0].kill().await?;
+    // What the survivor says the moment the holder died (its agents are
+    // all between nodes then): a directory that still shows the dead
+    // node's claims answers "alive" here.
+    let alive_at_kill = survivor.alive(&ips).await?;
     let registered_elsewhere_s = wait_moved(&fleet, &moves, args)
         .await
         .map(|us| (Duration::from_micros(us).saturating_sub(killed_at)).as_secs_f64());
@@ -167,6 +174,7 @@ async fn drive(
         agents: args.agents,
         nodes: args.nodes,
         ready_s: r2(ready_s),
+        alive_reported_at_kill: alive_at_kill,
         registered_elsewhere_s: registered_elsewhere_s.map(r2),
         alive_again_s: alive_again_s.map(r2),
         reregistered: moves.reregistered.load(Ordering::Relaxed),
