@@ -30,6 +30,9 @@ use crate::sim::{Fleet, identity_ip};
 /// The figure.
 const TARGET: &str = "every agent of the killed node registered elsewhere within 30 s, 0 handshake failures beyond retries";
 const TARGET_S: f64 = 30.0;
+/// With --agents-stay-down: status right again within the same time.
+const STAY_DOWN_TARGET: &str =
+    "agents of the killed node that do not come back reported not alive within 30 s";
 const APP_CODE: &str = "gse-bench";
 
 /// Flags of `gse-bench failover`.
@@ -47,6 +50,10 @@ pub struct FailoverArgs {
     /// After the kill, give up waiting after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     give_up_after: Duration,
+    /// The agents do not come back after the kill: time instead until
+    /// the survivor's API reports them all not alive.
+    #[arg(long)]
+    agents_stay_down: bool,
     /// The gse-server binary; default: beside gse-bench.
     #[arg(long)]
     server_bin: Option<std::path::PathBuf>,
@@ -63,6 +70,7 @@ struct Report {
     nodes: u32,
     /// From the first connect until node 2 reported every agent alive.
     ready_s: f64,
+    agents_stay_down: bool,
     /// Agents node 2 reported alive just after the SIGKILL, before any
     /// had moved (the status a caller saw then).
     alive_reported_at_kill: usize,
@@ -70,6 +78,9 @@ struct Report {
     registered_elsewhere_s: Option<f64>,
     /// SIGKILL -> node 2's API reports every agent alive again.
     alive_again_s: Option<f64>,
+    /// With --agents-stay-down: SIGKILL -> node 2 reports none alive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    all_offline_s: Option<f64>,
     reregistered: u64,
     links_lost: u64,
     /// Attempts that failed and were retried (or not).
@@ -147,6 +158,9 @@ async fn drive(
         args.agents
     );
 
+    if args.agents_stay_down {
+        moves.stay_down.store(true, Ordering::Relaxed);
+    }
     let killed_at = fleet.started.elapsed();
     let kill = Instant::now();
     nodes[0].kill().await?;
@@ -154,6 +168,17 @@ async fn drive(
     // all between nodes then): a directory that still shows the dead
     // node's claims answers "alive" here.
     let alive_at_kill = survivor.alive(&ips).await?;
+    if args.agents_stay_down {
+        let offline = wait_offline(&survivor, &ips, args.give_up_after).await?;
+        let all_offline_s = offline.then(|| kill.elapsed().as_secs_f64());
+        fleet.shutdown.cancel();
+        return Ok(stay_down_report(
+            args,
+            ready_s,
+            alive_at_kill,
+            all_offline_s,
+        ));
+    }
     let registered_elsewhere_s = wait_moved(&fleet, &moves, args)
         .await
         .map(|us| (Duration::from_micros(us).saturating_sub(killed_at)).as_secs_f64());
@@ -173,8 +198,10 @@ async fn drive(
         bench: "failover",
         agents: args.agents,
         nodes: args.nodes,
+        agents_stay_down: false,
         ready_s: r2(ready_s),
         alive_reported_at_kill: alive_at_kill,
+        all_offline_s: None,
         registered_elsewhere_s: registered_elsewhere_s.map(r2),
         alive_again_s: alive_again_s.map(r2),
         reregistered: moves.reregistered.load(Ordering::Relaxed),
@@ -199,6 +226,64 @@ async fn drive(
         _ => None,
     };
     Ok((report, failure))
+}
+
+/// The line of an `--agents-stay-down` run: no agent moves; the figure
+/// is how long the survivor keeps calling the dead node's agents alive.
+fn stay_down_report(
+    args: &FailoverArgs,
+    ready_s: f64,
+    alive_at_kill: usize,
+    all_offline_s: Option<f64>,
+) -> (Report, Option<String>) {
+    let report = Report {
+        bench: "failover",
+        agents: args.agents,
+        nodes: args.nodes,
+        agents_stay_down: true,
+        ready_s: r2(ready_s),
+        alive_reported_at_kill: alive_at_kill,
+        registered_elsewhere_s: None,
+        alive_again_s: None,
+        all_offline_s: all_offline_s.map(r2),
+        reregistered: 0,
+        links_lost: u64::from(args.agents),
+        failed_attempts: 0,
+        handshake_failures_beyond_retries: 0,
+        retries_per_agent: agents::ATTEMPTS,
+        first_error: None,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        target: STAY_DOWN_TARGET,
+        meets_target: all_offline_s.is_some_and(|s| s < TARGET_S),
+    };
+    let failure = all_offline_s.is_none().then(|| {
+        format!(
+            "node-2 still reports agents of the killed node alive {:?} after the kill",
+            args.give_up_after
+        )
+    });
+    (report, failure)
+}
+
+/// Whether `api` reports none of `ips` alive within `within`.
+async fn wait_offline(api: &ApiClient, ips: &[String], within: Duration) -> Result<bool> {
+    let deadline = Instant::now() + within;
+    let mut last_print = Instant::now();
+    loop {
+        let alive = api.alive(ips).await?;
+        if alive == 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("node-2 reports {alive}/{} alive at the deadline", ips.len());
+            return Ok(false);
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("node-2 reports {alive}/{} alive", ips.len());
+            last_print = Instant::now();
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until every agent registered again (or gave up, or time ran

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::{sleep, timeout};
@@ -39,6 +39,9 @@ pub struct Moves {
     pub links_lost: AtomicU64,
     /// Microseconds from the fleet's start to the latest re-registration.
     pub last_reregistered_us: AtomicU64,
+    /// Set: an agent whose link ends does not come back (a host that died
+    /// with its node).
+    pub stay_down: AtomicBool,
 }
 
 /// Agent i's servers, in the order it tries them.
@@ -98,6 +101,9 @@ pub async fn run(fleet: Arc<Fleet>, moves: Arc<Moves>, servers: Vec<SocketAddr>,
             return;
         }
         moves.links_lost.fetch_add(1, Ordering::Relaxed);
+        if moves.stay_down.load(Ordering::Relaxed) {
+            return;
+        }
         // The node it was on is gone (or sent it away): the next one.
         at += 1;
     }
