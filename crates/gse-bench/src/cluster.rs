@@ -1,6 +1,9 @@
-//! ZooKeeper and Redis for the cluster benches (`fanout --nodes N`): the
-//! Debian packages (DEPENDENCIES.md §4, §11), each one process on a free
-//! loopback port in the bench's temp dir, killed when dropped.
+//! The cluster benches' setup (`fanout --nodes N`, `failover`): ZooKeeper
+//! and Redis ([`Services`]: the Debian packages, DEPENDENCIES.md §4, §11,
+//! each one process on a free loopback port in the bench's temp dir,
+//! killed when dropped), N nodes on them sharing one set of certificates
+//! ([`start_nodes`]), and the wait until they all see each other
+//! ([`wait_members`]).
 //!
 //! Not shared with gse-testkit's `zookeeper.rs` / `redis.rs`: those panic
 //! (test style) and pull in the `redis` client, and gse-bench does not
