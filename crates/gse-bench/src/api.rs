@@ -118,6 +118,19 @@ impl ApiClient {
         Ok(status.values().filter(|a| a.bk_agent_alive == 1).count())
     }
 
+    /// The `node_id`s `list_nodes` reports (K1), sorted.
+    pub async fn node_ids(&self) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Node {
+            node_id: String,
+        }
+        let (nodes, _): (Vec<Node>, _) =
+            self.call("/api/v2/cluster/list_nodes", &json!({})).await?;
+        let mut ids: Vec<String> = nodes.into_iter().map(|n| n.node_id).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// The server's `GET /metrics` page (no credentials needed).
     pub async fn metrics_text(&self) -> Result<String> {
         let answer = self

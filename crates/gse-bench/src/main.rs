@@ -15,7 +15,9 @@
 
 mod agents;
 mod api;
+mod cluster;
 mod data;
+mod failover;
 mod fanout;
 mod local_agents;
 mod p2p;
@@ -54,6 +56,10 @@ enum Command {
     /// report records/s, MB/s, CPU and RSS per side, lost and duplicated
     /// records.
     Data(data::DataArgs),
+    /// Kill a cluster node holding K simulated agents (default 19,000)
+    /// and time until they are registered with the other nodes and alive
+    /// again through the API (needs ZooKeeper and Redis installed).
+    Failover(failover::FailoverArgs),
 }
 
 /// What a bench hands back: its JSON line, and what went wrong if the run
@@ -72,6 +78,7 @@ fn main() -> Result<()> {
             Command::Fanout(args) => fanout::run(args).await,
             Command::P2p(args) => p2p::run(args).await,
             Command::Data(args) => data::run(args).await,
+            Command::Failover(args) => failover::run(args).await,
         }
     })?;
     println!("{}", out.line);

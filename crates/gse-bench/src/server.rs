@@ -31,6 +31,23 @@ pub struct ServerOptions {
     pub max_hosts_per_call: Option<usize>,
     /// `api.apps`: who may call the API.
     pub apps: Vec<AppConfig>,
+    /// Membership of a cluster; `None`: an embedded single node.
+    pub cluster: Option<ClusterMember>,
+}
+
+/// How one node of a bench cluster is configured.
+#[derive(Clone)]
+pub struct ClusterMember {
+    /// `node.id`, distinct per node.
+    pub node_id: String,
+    /// `[cluster] zookeeper`, `host:port`.
+    pub zookeeper: String,
+    /// `[store] redis`.
+    pub redis: String,
+    /// An already initialised cert dir (the first node's) whose server
+    /// certificate this node uses too, so the nodes' links trust each
+    /// other; `None`: make new certificates.
+    pub certs: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +57,7 @@ impl Default for ServerOptions {
             heartbeat_interval: Duration::from_secs(5),
             max_hosts_per_call: None,
             apps: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -54,6 +72,7 @@ pub struct BenchServer {
     pub api: SocketAddr,
     /// Agent-side TLS material, signed by the server's CA.
     pub agent_tls: TlsFiles,
+    certs: PathBuf,
 }
 
 impl BenchServer {
@@ -62,7 +81,7 @@ impl BenchServer {
             .prefix("gse-bench-")
             .tempdir()
             .context("cannot create a temp dir")?;
-        let (config, agent_tls) = write_files(dir.path(), opts)?;
+        let (config, agent_tls, certs) = write_files(dir.path(), opts)?;
         let bin = match &opts.bin {
             Some(bin) => bin.clone(),
             None => beside_current_exe("gse-server")?,
@@ -87,12 +106,18 @@ impl BenchServer {
             link: config.link.listen,
             api: config.api.listen,
             agent_tls,
+            certs,
         })
     }
 
     /// The server's pid, as `/proc` names it.
     pub fn proc_id(&self) -> String {
         self.process.pid().to_string()
+    }
+
+    /// The certificates this server uses (made in its temp dir, or shared).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.certs.clone()
     }
 
     /// The bench's temp dir (kept on failure): a place for other files.
@@ -107,6 +132,18 @@ impl BenchServer {
         }
     }
 
+    /// SIGKILL, as a crashed node: no goodbye to its agents or the cluster.
+    /// Returns once the process is reaped.
+    pub async fn kill(&mut self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.process.pid() as i32), Signal::SIGKILL)
+            .context("cannot SIGKILL gse-server")?;
+        // Already dead: this only reaps it.
+        self.process.stop(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
     /// Keeps the temp dir (for a failed run) and returns its path.
     pub fn keep_dir(self) -> PathBuf {
         self.dir.keep()
@@ -116,10 +153,24 @@ impl BenchServer {
     /// took), keeps the files when asked or when the run was not clean, and
     /// turns the report into the bench's output line.
     pub async fn finish<R: serde::Serialize>(
-        mut self,
+        self,
         result: Result<(R, Option<String>)>,
         keep: bool,
     ) -> Result<crate::BenchOutput> {
+        let (report, failure) = self.close(result, keep).await?;
+        Ok(crate::BenchOutput {
+            line: serde_json::to_string(&report)?,
+            failure,
+        })
+    }
+
+    /// [`Self::finish`] without the serialising: stops the server, keeps
+    /// the files when asked or when the run was not clean.
+    pub async fn close<R>(
+        mut self,
+        result: Result<(R, Option<String>)>,
+        keep: bool,
+    ) -> Result<(R, Option<String>)> {
         let stopping = std::time::Instant::now();
         self.stop().await;
         eprintln!(
@@ -130,19 +181,19 @@ impl BenchServer {
         if keep || failed {
             eprintln!("bench files kept in {}", self.keep_dir().display());
         }
-        let (report, failure) = result?;
-        Ok(crate::BenchOutput {
-            line: serde_json::to_string(&report)?,
-            failure,
-        })
+        result
     }
 }
 
-/// Certificates and `server.toml` in `dir`; returns the resolved config and
-/// the agents' TLS files.
-fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFiles)> {
-    let certs = CertDir::new(dir.join("certs"));
-    certs.init(&[], 3650).context("cannot make certificates")?;
+/// Certificates and `server.toml` in `dir`; returns the resolved config,
+/// the agents' TLS files and the cert dir.
+fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFiles, PathBuf)> {
+    let shared = opts.cluster.as_ref().and_then(|m| m.certs.clone());
+    let certs_path = shared.clone().unwrap_or_else(|| dir.join("certs"));
+    let certs = CertDir::new(&certs_path);
+    if shared.is_none() {
+        certs.init(&[], 3650).context("cannot make certificates")?;
+    }
     let tls = |kind| certs.tls_files(kind);
     let mut config = ServerConfig::with_defaults(dir.join("data"), tls(CertKind::Server));
     config.api.listen = free_port()?;
@@ -155,6 +206,13 @@ fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFil
         config.api.max_hosts_per_call = max;
     }
     config.api.apps = opts.apps.clone();
+    if let Some(member) = &opts.cluster {
+        config.node.id = member.node_id.clone();
+        config.cluster.zookeeper = vec![member.zookeeper.clone()];
+        // Every node its own port, told to the others as bound.
+        config.cluster.node_listen = "127.0.0.1:0".parse()?;
+        config.store.redis = Some(member.redis.clone());
+    }
     config.resolve();
     if let Err(problems) = config.validate() {
         bail!(
@@ -165,11 +223,11 @@ fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFil
     let path = dir.join("server.toml");
     std::fs::write(&path, config.to_toml())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok((config, tls(CertKind::Agent)))
+    Ok((config, tls(CertKind::Agent), certs_path))
 }
 
 /// A loopback address whose port was free a moment ago.
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
     Ok(listener.local_addr()?)
 }

@@ -11,9 +11,11 @@
 //! `get_execute_script_result` ([`crate::api`]) -> one [`Report`].
 
 mod metrics;
+mod nodes;
 mod report;
 mod round;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +75,19 @@ pub struct FanoutArgs {
     /// Keep the temp dir (certs, configs, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
+    /// Server nodes. With N > 1: ZooKeeper, Redis and N gse-server
+    /// processes in one cluster, simulated agent i connected to node
+    /// i % N, the task asked of (and polled on) node 1; then the same run
+    /// on one embedded node as the reference ([`nodes`]).
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// With --nodes > 1: skip the one-node reference run.
+    #[arg(long)]
+    no_reference: bool,
+    /// Cluster mode (ZooKeeper + Redis) even with --nodes 1: tells what
+    /// the shared store costs apart from forwarding between nodes.
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The agents of a run.
@@ -121,30 +136,55 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
         Some(n) => local_agents::check_count(n)?,
         None => check_fd_limit(args.agents, fd_limit)?,
     }
-    let hosts = args.real_agents.unwrap_or(args.agents) as usize;
-    let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
+    if args.nodes > 1 || args.cluster {
+        return nodes::run(&args).await;
+    }
+    let (report, failure) = single_node(&args).await?;
+    Ok(BenchOutput {
+        line: serde_json::to_string(&report)?,
+        failure,
+    })
+}
+
+/// The bench's API app, with a fresh secret.
+fn bench_app() -> AppConfig {
+    AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()))
+}
+
+/// `api.max_hosts_per_call` of every server: one call names every agent.
+fn max_hosts(args: &FanoutArgs) -> usize {
+    (args.real_agents.unwrap_or(args.agents) as usize).max(5000)
+}
+
+/// The whole run on one embedded node (the default, and the reference of
+/// `--nodes N`).
+async fn single_node(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
+    let app = bench_app();
     let server = BenchServer::start(&ServerOptions {
         bin: args.server_bin.clone(),
-        max_hosts_per_call: Some(hosts.max(5000)),
+        max_hosts_per_call: Some(max_hosts(args)),
         apps: vec![app.clone()],
         ..ServerOptions::default()
     })
     .await?;
-    let result = drive(&args, &server, &app).await;
-    server.finish(result, args.keep_dir).await
+    let links = [server.link];
+    let result = drive(args, &server, &app, &links).await;
+    server.close(result, args.keep_dir).await
 }
 
-/// Brings the agents up, runs the rounds, stops the agents.
+/// Brings the agents up (simulated ones spread over `links`), runs the
+/// rounds through `server`'s API, stops the agents.
 async fn drive(
     args: &FanoutArgs,
     server: &BenchServer,
     app: &AppConfig,
+    links: &[SocketAddr],
 ) -> Result<(Report, Option<String>)> {
     let pid = server.proc_id();
     let server_idle_rss_kib = rss_kib(&pid)?;
     let api = ApiClient::new(server.api, app)?;
     let began = Instant::now();
-    let (mut agents, targets) = start_agents(args, server, &api).await?;
+    let (mut agents, targets) = start_agents(args, server, &api, links).await?;
     let ready_s = began.elapsed().as_secs_f64();
     eprintln!("{} agents alive after {ready_s:.1}s", targets.len());
     let server_ready_rss_kib = rss_kib(&pid)?;
@@ -164,6 +204,7 @@ async fn drive(
     let (rounds, cpu) = measured?;
     let run = RunFigures {
         mode: agents.mode(),
+        nodes: links.len() as u32,
         executor: agents.executor(),
         agents: plan.targets.len() as u32,
         command: COMMAND.into(),
@@ -188,6 +229,7 @@ async fn start_agents(
     args: &FanoutArgs,
     server: &BenchServer,
     api: &ApiClient,
+    links: &[SocketAddr],
 ) -> Result<(Agents, Vec<String>)> {
     if let Some(n) = args.real_agents {
         let mut real = RealAgents::spawn(n, server.dir(), server.link, &server.agent_tls)?;
@@ -195,7 +237,7 @@ async fn start_agents(
         real.wait_alive(api).await?;
         return Ok((Agents::Real(real), targets));
     }
-    let fleet = Fleet::new(&server.agent_tls, server.link, args.concurrency)?;
+    let fleet = Fleet::spread(&server.agent_tls, links.to_vec(), args.concurrency)?;
     fleet.spawn_all(args.agents);
     fleet.wait_connected(args.agents).await;
     if let Some(e) = fleet.first_error() {

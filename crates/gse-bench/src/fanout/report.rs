@@ -11,6 +11,10 @@ use super::round::RoundFigures;
 pub const TARGET: &str = "p50 < 1000 ms, p99 < 2000 ms for 10000 agents on 2 cores";
 const TARGET_P50_MS: f64 = 1000.0;
 const TARGET_P99_MS: f64 = 2000.0;
+/// Issue 11's figure for `--nodes N`, measured against a one-node run.
+pub const CLUSTER_TARGET: &str =
+    "seen p50 and p99 across the nodes at most 1.3 x the same run on one node";
+const CLUSTER_MAX_RATIO: f64 = 1.3;
 
 /// Percentiles (nearest rank) of a set of times, ms.
 #[derive(Serialize, Debug, Default, Clone, Copy)]
@@ -55,6 +59,8 @@ pub struct RoundLine {
 /// Figures that are not per entry, gathered by the run.
 pub struct RunFigures {
     pub mode: &'static str,
+    /// Server nodes the agents were spread over.
+    pub nodes: u32,
     pub executor: &'static str,
     pub agents: u32,
     pub command: String,
@@ -76,6 +82,7 @@ pub struct RunFigures {
 pub struct Report {
     bench: &'static str,
     mode: &'static str,
+    nodes: u32,
     executor: &'static str,
     agents: u32,
     rounds: usize,
@@ -111,6 +118,20 @@ pub struct Report {
     /// The server's own histograms over the whole run.
     server_metrics: ServerMetrics,
     cores: usize,
+    /// `--nodes N` with a reference: the one-node run's seen times and
+    /// entries that failed, and this run's p50 and p99 over them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference_seen_ms: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference_failed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_p99: Option<f64>,
+    /// Whether the one-node target (DESIGN.md) holds for this run; with a
+    /// reference, `target` and `meets_target` are the cluster's ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meets_single_node_target: Option<bool>,
     target: &'static str,
     meets_target: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +151,7 @@ impl Report {
         Report {
             bench: "fanout",
             mode: run.mode,
+            nodes: run.nodes,
             executor: run.executor,
             agents: run.agents,
             rounds: rounds.len(),
@@ -161,10 +183,33 @@ impl Report {
             agents_rss_mib: run.agents_rss_kib.map(mib),
             server_metrics: run.server_metrics,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            reference_seen_ms: None,
+            reference_failed: None,
+            ratio_p50: None,
+            ratio_p99: None,
+            meets_single_node_target: None,
             target: TARGET,
             meets_target: failed == 0 && seen_ms.p50 < TARGET_P50_MS && seen_ms.p99 < TARGET_P99_MS,
             first_failure: rounds.iter().find_map(|r| r.first_failure.clone()),
         }
+    }
+
+    /// Measures this (cluster) run against `reference`, the same agents on
+    /// one node: the target becomes the ratio of the seen times.
+    pub fn compare(&mut self, reference: &Report) {
+        let ratio = |a: f64, b: f64| if b > 0.0 { r2(a / b) } else { f64::INFINITY };
+        let p50 = ratio(self.seen_ms.p50, reference.seen_ms.p50);
+        let p99 = ratio(self.seen_ms.p99, reference.seen_ms.p99);
+        self.reference_seen_ms = Some(reference.seen_ms);
+        self.reference_failed = Some(reference.failed);
+        self.ratio_p50 = Some(p50);
+        self.ratio_p99 = Some(p99);
+        self.meets_single_node_target = Some(self.meets_target);
+        self.target = CLUSTER_TARGET;
+        self.meets_target = self.failed == 0
+            && reference.failed == 0
+            && p50 <= CLUSTER_MAX_RATIO
+            && p99 <= CLUSTER_MAX_RATIO;
     }
 
     /// Why the run was not clean: an entry that did not succeed with the
@@ -224,5 +269,53 @@ mod tests {
         assert_eq!((s.p50, s.p90, s.p99, s.max), (50.0, 90.0, 99.0, 100.0));
         assert_eq!(Stats::of(&[7.0]).p50, 7.0);
         assert_eq!(Stats::of(&[]).max, 0.0);
+    }
+
+    fn report(nodes: u32, seen: &[f64], failed: u64) -> Report {
+        let round = RoundFigures {
+            seen_ms: seen.to_vec(),
+            succeeded: seen.len() as u64 - failed,
+            failed,
+            ..RoundFigures::default()
+        };
+        let run = RunFigures {
+            mode: "simulated",
+            nodes,
+            executor: "simulation",
+            agents: seen.len() as u32,
+            command: "echo hello".into(),
+            poll_interval_ms: 50.0,
+            ready_s: 1.0,
+            server_idle_rss_kib: 0,
+            server_ready_rss_kib: 0,
+            server_after_rss_kib: 0,
+            server_cpu_percent: 0.0,
+            bench_cpu_percent: 0.0,
+            agents_rss_kib: None,
+            server_metrics: ServerMetrics::default(),
+        };
+        Report::new(run, &[round])
+    }
+
+    #[test]
+    fn a_cluster_run_is_measured_by_its_ratio_to_the_reference() {
+        let reference = report(1, &[100.0, 200.0], 0);
+        let mut within = report(3, &[120.0, 260.0], 0);
+        within.compare(&reference);
+        assert_eq!((within.ratio_p50, within.ratio_p99), (Some(1.2), Some(1.3)));
+        assert!(within.meets_target, "1.2 and 1.3 are within 1.3");
+        assert_eq!(within.target, CLUSTER_TARGET);
+
+        let mut slow = report(3, &[100.0, 300.0], 0);
+        slow.compare(&reference);
+        assert_eq!(slow.ratio_p99, Some(1.5));
+        assert!(!slow.meets_target, "p99 1.5 x the reference");
+
+        let mut failing_reference = report(3, &[100.0, 200.0], 0);
+        failing_reference.compare(&report(1, &[100.0, 200.0], 1));
+        assert!(
+            !failing_reference.meets_target,
+            "a reference with failed entries measures nothing"
+        );
     }
 }

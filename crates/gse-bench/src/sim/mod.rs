@@ -12,6 +12,7 @@
 //! so every handshake here is a full one, as on a real fleet's first connect.
 
 mod executor;
+pub mod failover;
 mod task;
 
 pub use executor::SimulatedExecutor;
@@ -50,7 +51,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// What every simulated agent shares: where to connect, and the counters.
 pub struct Fleet {
     connector: TlsConnector,
-    server: SocketAddr,
+    /// Agent `i` connects to `servers[i % len]`: a cluster's nodes do not
+    /// balance agents yet, so the bench spreads them itself.
+    servers: Vec<SocketAddr>,
     /// Bounds the handshakes in flight.
     handshakes: Semaphore,
     pub shutdown: CancellationToken,
@@ -73,11 +76,21 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(tls: &TlsFiles, server: SocketAddr, concurrency: usize) -> Result<Arc<Self>> {
+        Self::spread(tls, vec![server], concurrency)
+    }
+
+    /// A fleet whose agent `i` connects to `servers[i % servers.len()]`.
+    pub fn spread(
+        tls: &TlsFiles,
+        servers: Vec<SocketAddr>,
+        concurrency: usize,
+    ) -> Result<Arc<Self>> {
+        anyhow::ensure!(!servers.is_empty(), "a fleet needs a server to connect to");
         let mut config = (*gse_core::tls::client_config(tls)?).clone();
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(Fleet {
             connector: TlsConnector::from(Arc::new(config)),
-            server,
+            servers,
             handshakes: Semaphore::new(concurrency),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
@@ -131,7 +144,7 @@ impl Fleet {
         self.first_error.get().cloned()
     }
 
-    fn fail(&self, i: u32, e: anyhow::Error) {
+    pub(crate) fn fail(&self, i: u32, e: anyhow::Error) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let _ = self.first_error.set(format!("agent {i}: {e:#}"));
     }
@@ -175,14 +188,20 @@ pub fn identity_ip(i: u32) -> String {
 
 /// TCP from the agent's source address, TLS, Register -> RegisterAck.
 async fn connect(fleet: &Fleet, i: u32) -> Result<(Link, RegisterAck)> {
+    let server = fleet.servers[i as usize % fleet.servers.len()];
+    connect_to(fleet, i, server).await
+}
+
+/// [`connect`] to a given server.
+async fn connect_to(fleet: &Fleet, i: u32, server: SocketAddr) -> Result<(Link, RegisterAck)> {
     let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source_ip(i), 0))
         .with_context(|| format!("cannot bind to {}", source_ip(i)))?;
     let tcp = socket
-        .connect(fleet.server)
+        .connect(server)
         .await
-        .with_context(|| format!("TCP connect to {} failed", fleet.server))?;
+        .with_context(|| format!("TCP connect to {server} failed"))?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(gse_core::certs::DEFAULT_SERVER_NAME)?;
     let tls = fleet
