@@ -212,6 +212,10 @@ fn write_files(dir: &Path, opts: &ServerOptions) -> Result<(ServerConfig, TlsFil
         // Every node its own port, told to the others as bound.
         config.cluster.node_listen = "127.0.0.1:0".parse()?;
         config.store.redis = Some(member.redis.clone());
+        // The bench places its simulated agents itself (agent i on node
+        // i % N), and they do not follow a hand-over: K2 would only move
+        // some of them away mid-run.
+        config.cluster.balance = false;
     }
     config.resolve();
     if let Err(problems) = config.validate() {
