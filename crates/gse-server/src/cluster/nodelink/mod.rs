@@ -295,14 +295,8 @@ impl NodeLinks {
 
     /// Holding side: a `NodeToAgent` from node `from`.
     fn on_to_agent(&self, from: &str, relay: NodeRelay) {
-        let Some((agent, inner)) = inner_frame(
-            relay.cloud_id,
-            &relay.ip,
-            relay.msg_type,
-            relay.stream_id,
-            relay.body,
-        ) else {
-            tracing::warn!(node = %from, ip = %relay.ip, "a node sent a frame for an agent address that does not parse; dropped");
+        let epoch = relay.epoch;
+        let Some((agent, inner)) = inner_frame(from, relay) else {
             return;
         };
         let Some(local) = self.local() else {
@@ -311,7 +305,7 @@ impl NodeLinks {
         if !inner.msg_type.opens_stream() {
             // Nothing comes back on its stream: no relay entry; a frame
             // the agent cannot take is only logged (as for a local one).
-            if let Err(refused) = local.deliver(agent, relay.epoch, inner) {
+            if let Err(refused) = local.deliver(agent, epoch, inner) {
                 tracing::debug!(agent = %agent, node = %from, reason = %refused.reason, "a one-way frame from another node was not delivered");
             }
             return;
@@ -320,7 +314,7 @@ impl NodeLinks {
             node_id: from.to_string(),
             stream_id: inner.stream_id,
             msg_type: inner.msg_type.to_u16(),
-            epoch: relay.epoch,
+            epoch: epoch,
         };
         let (stream_id, evicted) = self.relay.open(agent, origin.clone());
         if let Some(old) = evicted {
@@ -332,7 +326,7 @@ impl NodeLinks {
             stream_id,
             body: inner.body,
         };
-        if let Err(refused) = local.deliver(agent, relay.epoch, frame) {
+        if let Err(refused) = local.deliver(agent, epoch, frame) {
             self.relay.close(agent, stream_id);
             self.tell_undelivered(agent, &origin, refused.code, refused.reason);
         }
@@ -362,14 +356,7 @@ impl NodeLinks {
 
     /// Sending side: a `NodeFromAgent` from the holding node.
     fn on_from_agent(&self, from: &str, relay: NodeRelay) {
-        let Some((agent, frame)) = inner_frame(
-            relay.cloud_id,
-            &relay.ip,
-            relay.msg_type,
-            relay.stream_id,
-            relay.body,
-        ) else {
-            tracing::warn!(node = %from, ip = %relay.ip, "a node relayed a frame from an agent address that does not parse; dropped");
+        let Some((agent, frame)) = inner_frame(from, relay) else {
             return;
         };
         if let Some(local) = self.local() {
@@ -466,23 +453,24 @@ impl NodeLinks {
     }
 }
 
-/// The agent and inner frame a relay message carries; `None` when the
-/// address or type is not valid.
-fn inner_frame(
-    cloud_id: i64,
-    ip: &str,
-    msg_type: u32,
-    stream_id: u64,
-    body: Vec<u8>,
-) -> Option<(AgentKey, Frame)> {
-    let ip = ip.parse().ok()?;
-    let msg_type = u16::try_from(msg_type).ok()?;
+/// The agent and inner frame a relay message from node `from` carries;
+/// `None` (logged) when its address or type is not valid.
+fn inner_frame(from: &str, relay: NodeRelay) -> Option<(AgentKey, Frame)> {
+    let parsed = relay
+        .ip
+        .parse()
+        .ok()
+        .zip(u16::try_from(relay.msg_type).ok());
+    let Some((ip, msg_type)) = parsed else {
+        tracing::warn!(node = %from, ip = %relay.ip, msg_type = relay.msg_type, "a node relayed a frame with an agent address or type that does not parse; dropped");
+        return None;
+    };
     Some((
-        AgentKey::new(cloud_id, ip),
+        AgentKey::new(relay.cloud_id, ip),
         Frame {
             msg_type: MsgType::from_u16(msg_type),
-            stream_id,
-            body: body.into(),
+            stream_id: relay.stream_id,
+            body: relay.body.into(),
         },
     ))
 }
