@@ -314,7 +314,7 @@ impl NodeLinks {
             node_id: from.to_string(),
             stream_id: inner.stream_id,
             msg_type: inner.msg_type.to_u16(),
-            epoch: epoch,
+            epoch,
         };
         let (stream_id, evicted) = self.relay.open(agent, origin.clone());
         if let Some(old) = evicted {
