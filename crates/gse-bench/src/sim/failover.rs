@@ -112,7 +112,7 @@ pub async fn run(fleet: Arc<Fleet>, moves: Arc<Moves>, servers: Vec<SocketAddr>,
 /// Back-off after `failures` failed attempts in a row, with jitter.
 fn backoff(failures: u32) -> Duration {
     let base = BACKOFF_MIN
-        .saturating_mul(1 << failures.min(5).saturating_sub(1))
+        .saturating_mul(1 << failures.min(6).saturating_sub(1))
         .min(BACKOFF_MAX);
     base + base.mul_f64(rand::random::<f64>())
 }
