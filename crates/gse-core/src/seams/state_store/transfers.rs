@@ -79,6 +79,23 @@ impl FileTransferRecord {
     pub fn is_finished(&self) -> bool {
         self.entries.iter().all(FileEntryRecord::is_final)
     }
+
+    /// Ends every entry that is not final with `failure` (what every store
+    /// does to the transfers of a node that stopped without finishing
+    /// them); returns how many it ended.
+    pub fn close_unfinished(&mut self, failure: &EntryFailure) -> u64 {
+        let mut closed = 0;
+        for e in self.entries.iter_mut().filter(|e| !e.is_final()) {
+            e.status = failure.status;
+            e.error_code = failure.error_code;
+            e.error_msg = failure.error_msg.clone();
+            e.status_info = failure.error_msg.clone();
+            e.end_ms = failure.end_ms;
+            e.speed_kbps = 0;
+            closed += 1;
+        }
+        closed
+    }
 }
 
 #[async_trait]

@@ -91,15 +91,7 @@ pub(super) fn fail_unfinished(
                     continue;
                 }
             };
-            for e in record.entries.iter_mut().filter(|e| !e.is_final()) {
-                e.status = failure.status;
-                e.error_code = failure.error_code;
-                e.error_msg = failure.error_msg.clone();
-                e.status_info = failure.error_msg.clone();
-                e.end_ms = failure.end_ms;
-                e.speed_kbps = 0;
-                closed += 1;
-            }
+            closed += record.close_unfinished(failure);
             update.execute(params![task_id, to_json(&record)])?;
         }
     }

@@ -107,15 +107,7 @@ impl TransferStore for RedisStore {
             if t.is_finished() {
                 continue;
             }
-            for e in t.entries.iter_mut().filter(|e| !e.is_final()) {
-                e.status = failure.status;
-                e.error_code = failure.error_code;
-                e.error_msg = failure.error_msg.clone();
-                e.status_info = failure.error_msg.clone();
-                e.end_ms = failure.end_ms;
-                e.speed_kbps = 0;
-                closed += 1;
-            }
+            closed += t.close_unfinished(&failure);
             changed.push(t);
         }
         if !changed.is_empty() {
