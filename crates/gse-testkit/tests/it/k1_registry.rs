@@ -166,19 +166,7 @@ async fn k1_list_nodes_and_gsectl_nodes_show_every_member_from_any_node() {
 async fn k1_a_node_without_zookeeper_refuses_to_start_and_says_why() {
     let port = gse_testkit::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let certs = gse_core::certs::CertDir::new(dir.path().join("certs"));
-    certs.init(&[], 30).unwrap();
-    let mut cfg = gse_server::config::ServerConfig::with_defaults(
-        dir.path().join("data"),
-        certs.tls_files(gse_core::certs::CertKind::Server),
-    );
-    cfg.api.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
-        .parse()
-        .unwrap();
-    cfg.link.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
-        .parse()
-        .unwrap();
-    cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut cfg = crate::k1_registry::loopback_config(dir.path());
     cfg.cluster.zookeeper = vec![format!("127.0.0.1:{port}")];
     cfg.cluster.session_timeout = Duration::from_secs(2);
     cfg.cluster.node_listen = "127.0.0.1:0".parse().unwrap();
@@ -198,4 +186,24 @@ async fn k1_a_node_without_zookeeper_refuses_to_start_and_says_why() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.contains("cannot join the cluster"), "{stderr}");
+}
+
+/// A node's config in `dir` (fresh certificates, loopback listeners on free
+/// ports), for tests that start `gse-server run` by hand.
+pub(crate) fn loopback_config(dir: &std::path::Path) -> gse_server::config::ServerConfig {
+    let certs = gse_core::certs::CertDir::new(dir.join("certs"));
+    certs.init(&[], 30).unwrap();
+    let mut cfg = gse_server::config::ServerConfig::with_defaults(
+        dir.join("data"),
+        certs.tls_files(gse_core::certs::CertKind::Server),
+    );
+    let free = || {
+        format!("127.0.0.1:{}", gse_testkit::free_port())
+            .parse()
+            .unwrap()
+    };
+    cfg.api.listen = free();
+    cfg.link.listen = free();
+    cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg
 }

@@ -168,19 +168,7 @@ async fn a_node_with_store_redis_keeps_agents_and_apps_in_redis() {
 async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
     let port = gse_testkit::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let certs = gse_core::certs::CertDir::new(dir.path().join("certs"));
-    certs.init(&[], 30).unwrap();
-    let mut cfg = gse_server::config::ServerConfig::with_defaults(
-        dir.path().join("data"),
-        certs.tls_files(gse_core::certs::CertKind::Server),
-    );
-    cfg.api.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
-        .parse()
-        .unwrap();
-    cfg.link.listen = format!("127.0.0.1:{}", gse_testkit::free_port())
-        .parse()
-        .unwrap();
-    cfg.data.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut cfg = crate::k1_registry::loopback_config(dir.path());
     cfg.store.redis = Some(format!("redis://:hidden@127.0.0.1:{port}/"));
     let path = dir.path().join("server.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
