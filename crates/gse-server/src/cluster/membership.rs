@@ -5,8 +5,11 @@
 //! elsewhere since are newer and stay), and gives each `lost_grace` to come
 //! back before it raises `agent_lost`, once in the cluster.
 //!
-//! A node that leaves and is back before this runs (a quick restart) is
-//! left alone: the registry is read again just before acting. The sending
+//! A node must stay out of the registry for `confirm_after` (the ZooKeeper
+//! session timeout) before its agents are adopted: a ZooKeeper restart or
+//! an expired session empties the list for a moment while every node is
+//! alive; the registry is read again just before acting, so a node that is
+//! back (re-registered, or quickly restarted) is left alone. The sending
 //! side of work on the dead node's agents ends in the node link
 //! (`nodelink`, per agent), not here.
 
@@ -25,6 +28,11 @@ pub struct MembershipParts {
     pub directory: Arc<dyn AgentDirectory>,
     pub store: Arc<dyn StateStore>,
     pub alarms: Option<Arc<AlarmService>>,
+    /// How long a node must stay out of the registry before its agents are
+    /// adopted (`cluster.session_timeout`): a ZooKeeper that restarted, or
+    /// a session that expired, empties the list for a moment while every
+    /// node is alive and re-registering.
+    pub confirm_after: std::time::Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -34,6 +42,7 @@ pub fn spawn(parts: MembershipParts) -> tokio::task::JoinHandle<()> {
 }
 
 async fn run(p: MembershipParts) {
+    let p = Arc::new(p);
     let mut watch = p.registry.watch();
     let mut known: BTreeSet<String> = ids(&watch.borrow_and_update());
     loop {
@@ -50,7 +59,13 @@ async fn run(p: MembershipParts) {
             continue;
         }
         for dead in gone {
-            adopt(&p, &dead).await;
+            let p = p.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = p.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(p.confirm_after) => adopt(&p, &dead).await,
+                }
+            });
         }
     }
 }

@@ -95,6 +95,7 @@ pub(super) async fn start_node_link(
         directory: base.directory.clone(),
         store: base.store.clone(),
         alarms: alarms.clone(),
+        confirm_after: config.cluster.session_timeout,
         shutdown: base.shutdown.clone(),
     });
     let listener = bind(
