@@ -24,8 +24,8 @@ pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncati
 pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Batch, Record, Sink, SinkError};
 pub use state_store::{
-    AgentRecord, AgentStore, AppRecord, AppStore, EntryFailure, HeartbeatUpdate, LogWindow,
-    LostAlarm, LostAlarmStore, PinStore, RouteStore, StateStore, StoreError, StoreErrorKind,
-    StoreKind, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskStore, TaskTarget,
-    TaskWrites, TransferStore,
+    AgentRecord, AgentStore, AppRecord, AppStore, EntryFailure, HeartbeatUpdate, KnownAgent,
+    LogWindow, LostAlarm, LostAlarmStore, PinStore, RouteStore, StateStore, StoreError,
+    StoreErrorKind, StoreKind, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskStore,
+    TaskTarget, TaskWrites, TransferStore,
 };
