@@ -83,11 +83,17 @@ fn host_ip(endpoint: &str) -> Option<IpAddr> {
 }
 
 /// The least-loaded DataServer an agent of `region` that reached this node
-/// over `path` can use (by bytes/s, then links; this node's first on ties).
+/// over `path` can use (by bytes/s, then links; this node's first on ties),
+/// of its region if it reaches some of its region's.
 pub fn choose(slots: &[Slot], path: AgentPath, region: &str) -> Option<usize> {
-    let region = decision_region(slots, region);
-    (0..slots.len())
-        .filter(|i| in_region(&slots[*i], region) && slots[*i].endpoint_for(path).is_some())
+    let reachable: Vec<usize> = (0..slots.len())
+        .filter(|i| slots[*i].endpoint_for(path).is_some())
+        .collect();
+    let regional = |i: &usize| !region.is_empty() && slots[*i].region == region;
+    let in_region = reachable.iter().any(regional);
+    reachable
+        .into_iter()
+        .filter(|i| !in_region || regional(i))
         .min_by(|a, b| {
             let (a, b) = (&slots[*a], &slots[*b]);
             a.load.total_cmp(&b.load).then(a.links.cmp(&b.links))
@@ -262,6 +268,29 @@ mod tests {
         assert_eq!(decision_region(&slots, "gz"), "");
         assert!(!in_region(&slots[1], "sz"));
         assert!(in_region(&slots[1], ""));
+    }
+
+    #[test]
+    fn registration_takes_the_least_loaded_reachable_data_server_of_the_region() {
+        let mut slots = vec![
+            slot("127.0.0.1:1", "sz"),
+            slot("127.0.0.2:1", "sz"),
+            slot("10.0.0.3:1", ""),
+        ];
+        slots[0].load = 5000.0;
+        slots[1].links = 3;
+        slots[2].load = 0.0;
+        let local = path("127.0.0.9");
+        // Its region's two: by load first, then links.
+        assert_eq!(choose(&slots, local, "sz"), Some(1));
+        slots[1].load = 6000.0;
+        assert_eq!(choose(&slots, local, "sz"), Some(0));
+        // No region, or one without DataServers: the whole cluster.
+        assert_eq!(choose(&slots, local, ""), Some(2));
+        assert_eq!(choose(&slots, local, "gz"), Some(2));
+        // A remote agent cannot reach the loopback ones of its region.
+        assert_eq!(choose(&slots, path("10.0.0.9"), "sz"), Some(2));
+        assert_eq!(choose(&slots[..2], path("10.0.0.9"), "sz"), None);
     }
 
     #[test]
