@@ -18,7 +18,9 @@
 //! some (K5), and each node assigns and moves only the agents it holds,
 //! at most one a round onto each other node's DataServer
 //! ([`plan_moves_over`]). An agent on another node's DataServer keeps the
-//! rate measured before it left (that node measures it now).
+//! rate measured before it left (that node measures it now, and publishes
+//! only its total), or counts with that DataServer's average per link if it
+//! never sent here.
 
 mod cluster;
 mod load;
@@ -193,6 +195,9 @@ impl Balancer {
                 };
                 let rate = match h.at {
                     Target::Local(_) => st.rates.get(k).copied().unwrap_or(0.0),
+                    // Never measured here (assigned there at registration):
+                    // that DataServer's average per link.
+                    _ if h.carried <= 0.0 => slots[i].load / slots[i].links.max(1) as f64,
                     _ => h.carried,
                 };
                 let region = decision_region(&slots, &h.region);
