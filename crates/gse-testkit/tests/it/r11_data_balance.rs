@@ -3,6 +3,8 @@
 //! DataServers is given another node's at registration, and a node whose
 //! only DataServer is loaded moves one of its agents to another node's;
 //! the records arrive through the other node's DataServer and its route.
+//! A node that dies takes its DataServers out of every node's view: its
+//! agents' holders give them another.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +76,66 @@ async fn r11_an_agent_of_a_node_without_data_servers_sends_through_another_nodes
         || async { has_all(&file_payloads(&sink), &sent) },
     )
     .await;
+}
+
+/// Sends probes through `agent` until one is in one of `sinks`; returns
+/// that sink's index.
+async fn probe_until_in(agent: &gse_testkit::AgentProc, sinks: &[PathBuf], tag: &str) -> usize {
+    eventually(
+        &format!("a {tag} record through a DataServer"),
+        Duration::from_secs(40),
+        || async {
+            send(agent, DATA_ID, tag, 1).await;
+            sinks
+                .iter()
+                .position(|s| file_payloads(s).iter().any(|p| p.starts_with(tag)))
+                .ok_or_else(|| format!("no {tag} record in {sinks:?} yet"))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_when_the_node_of_an_agents_data_server_dies_its_holder_gives_it_another() {
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .zookeeper()
+        .node_config(|i, cfg| {
+            base(cfg);
+            if i == 0 {
+                cfg.node.roles = vec![Role::Api, Role::Link, Role::Alarm];
+            }
+        })
+        .start()
+        .await;
+    file_route(&cluster.nodes[0], DATA_ID).await;
+    let agent = cluster
+        .cluster
+        .agent(&cluster.nodes[0], AgentOptions::ip("127.0.0.1"));
+    cluster.api(0).wait_alive("127.0.0.1").await;
+    let sinks = [sink_of(&cluster.nodes[1]), sink_of(&cluster.nodes[2])];
+    let first = probe_until_in(&agent, &sinks, "before").await;
+
+    // The node of that DataServer dies; node-1 sees its entry go and gives
+    // the agent the other one (what the agent spooled meanwhile follows).
+    cluster.kill9(first + 1);
+    let other = 1 - first;
+    let sent = send(&agent, DATA_ID, "during", 20).await;
+    let after = probe_until_in(&agent, &sinks[other..=other], "after").await;
+    assert_eq!(after, 0);
+    eventually(
+        "the records sent while the DataServer was gone",
+        Duration::from_secs(30),
+        || async { has_all(&file_payloads(&sinks[other]), &sent) },
+    )
+    .await;
+    assert!(
+        cluster.nodes[0].log().contains(&format!(
+            "node-{}/data0 takes an agent without a DataServer",
+            other + 2
+        )),
+        "node-1 did not reassign the agent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
