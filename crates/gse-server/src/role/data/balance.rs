@@ -360,6 +360,34 @@ impl Balancer {
             .and_then(|s| s.endpoint.for_agent(path))
             .map(|_| best)
     }
+
+    /// Says why a registering agent is given no DataServer.
+    fn warn_unreachable(&self, agent: AgentKey, path: AgentPath, clustered: bool) {
+        let data_servers = self
+            .servers
+            .iter()
+            .map(|s| s.endpoint.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if clustered {
+            tracing::warn!(
+                agent = %agent,
+                from = %path.peer_ip,
+                data_servers = %data_servers,
+                "no DataServer of the cluster is reachable for this agent (none up, or they listen on loopback \
+                 only); it sends to its own [data] servers, if any, until one is. Set data.listen to an address \
+                 agents reach"
+            );
+        } else {
+            tracing::warn!(
+                agent = %agent,
+                from = %path.peer_ip,
+                data_servers = %data_servers,
+                "no DataServer of this node is reachable for an agent on another host (they listen on loopback only); \
+                 it sends to its own [data] servers, if any. Set data.listen to an address agents reach"
+            );
+        }
+    }
 }
 
 /// Moves among the DataServers of `region` ("": all) for this node's
@@ -418,15 +446,10 @@ impl DataAssigner for Balancer {
                 }
             }
         };
+        let clustered = self.cluster.get().is_some();
         let Some(endpoint) = endpoint else {
-            tracing::warn!(
-                agent = %agent,
-                from = %path.peer_ip,
-                data_servers = %self.servers.iter().map(|s| s.endpoint.to_string()).collect::<Vec<_>>().join(", "),
-                "no DataServer is reachable for this agent (this node's listen on loopback only, and no other node's \
-                 is reachable); it sends to its own [data] servers, if any. Set data.listen to an address agents reach"
-            );
-            if self.cluster.get().is_some() {
+            self.warn_unreachable(agent, path, clustered);
+            if clustered {
                 // Given one in a later round, once one is up.
                 st.assigned.insert(
                     agent,
