@@ -12,9 +12,9 @@
 //! starts serving (after the alarm role has picked up the agents known
 //! before this start, so that one that does not come back raises
 //! `agent_lost`, `role::alarm::lost`), the API, and the announcement of
-//! this node with its agent count and DataServers. [`Node::stop`] cancels everything and waits for the
-//! roles to finish. Addresses actually bound (port 0 allowed) are in the
-//! `Node`.
+//! this node with its agent count and DataServers. [`Node::stop`] cancels
+//! everything and waits for the roles to finish. Addresses actually bound
+//! (port 0 allowed) are in the `Node`.
 
 mod alarm;
 mod api;
