@@ -19,7 +19,7 @@ use gse_core::seams::{DataServerInfo, NodeInfo};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ServerLoad;
+use super::{MIN_SPREAD, ServerLoad};
 use crate::role::data::DataEndpoint;
 use crate::role::link::AgentPath;
 
@@ -83,21 +83,29 @@ fn host_ip(endpoint: &str) -> Option<IpAddr> {
 }
 
 /// The least-loaded DataServer an agent of `region` that reached this node
-/// over `path` can use (by bytes/s, then links; this node's first on ties),
-/// of its region if it reaches some of its region's.
+/// over `path` can use, of its region if it reaches some of its region's:
+/// among those within [`MIN_SPREAD`] bytes/s of the least loaded (rates
+/// wander; a difference a move would not be made for does not send an
+/// agent to another node), the one with the fewest links, this node's
+/// first on ties.
 pub fn choose(slots: &[Slot], path: AgentPath, region: &str) -> Option<usize> {
     let reachable: Vec<usize> = (0..slots.len())
         .filter(|i| slots[*i].endpoint_for(path).is_some())
         .collect();
     let regional = |i: &usize| !region.is_empty() && slots[*i].region == region;
     let in_region = reachable.iter().any(regional);
-    reachable
+    let eligible: Vec<usize> = reachable
         .into_iter()
         .filter(|i| !in_region || regional(i))
-        .min_by(|a, b| {
-            let (a, b) = (&slots[*a], &slots[*b]);
-            a.load.total_cmp(&b.load).then(a.links.cmp(&b.links))
-        })
+        .collect();
+    let least = eligible
+        .iter()
+        .map(|i| slots[*i].load)
+        .min_by(f64::total_cmp)?;
+    eligible
+        .into_iter()
+        .filter(|i| slots[*i].load <= least + MIN_SPREAD)
+        .min_by_key(|i| slots[*i].links)
 }
 
 /// The region an agent of `agent_region` is balanced in: its own when a
@@ -277,14 +285,19 @@ mod tests {
             slot("127.0.0.2:1", "sz"),
             slot("10.0.0.3:1", ""),
         ];
-        slots[0].load = 5000.0;
+        slots[0].load = 50_000.0;
         slots[1].links = 3;
-        slots[2].load = 0.0;
         let local = path("127.0.0.9");
         // Its region's two: by load first, then links.
         assert_eq!(choose(&slots, local, "sz"), Some(1));
-        slots[1].load = 6000.0;
-        assert_eq!(choose(&slots, local, "sz"), Some(0));
+        slots[1].load = 40_000.0;
+        assert_eq!(
+            choose(&slots, local, "sz"),
+            Some(0),
+            "close loads: by links"
+        );
+        slots[1].links = 0;
+        assert_eq!(choose(&slots, local, "sz"), Some(0), "ties: the first");
         // No region, or one without DataServers: the whole cluster.
         assert_eq!(choose(&slots, local, ""), Some(2));
         assert_eq!(choose(&slots, local, "gz"), Some(2));
