@@ -86,8 +86,9 @@ fn host_ip(endpoint: &str) -> Option<IpAddr> {
 /// over `path` can use, of its region if it reaches some of its region's:
 /// among those within [`MIN_SPREAD`] bytes/s of the least loaded (rates
 /// wander; a difference a move would not be made for does not send an
-/// agent to another node), the one with the fewest links, this node's
-/// first on ties.
+/// agent to another node), this node's own with the fewest links, else
+/// another node's with the fewest: an agent's data crosses to another node
+/// only for load, never for a link count (K2 already spreads the agents).
 pub fn choose(slots: &[Slot], path: AgentPath, region: &str) -> Option<usize> {
     let reachable: Vec<usize> = (0..slots.len())
         .filter(|i| slots[*i].endpoint_for(path).is_some())
@@ -105,7 +106,12 @@ pub fn choose(slots: &[Slot], path: AgentPath, region: &str) -> Option<usize> {
     eligible
         .into_iter()
         .filter(|i| slots[*i].load <= least + MIN_SPREAD)
-        .min_by_key(|i| slots[*i].links)
+        .min_by_key(|i| {
+            (
+                !matches!(slots[*i].target, Target::Local(_)),
+                slots[*i].links,
+            )
+        })
 }
 
 /// The region an agent of `agent_region` is balanced in: its own when a
@@ -304,6 +310,25 @@ mod tests {
         // A remote agent cannot reach the loopback ones of its region.
         assert_eq!(choose(&slots, path("10.0.0.9"), "sz"), Some(2));
         assert_eq!(choose(&slots[..2], path("10.0.0.9"), "sz"), None);
+    }
+
+    #[test]
+    fn registration_stays_on_this_node_unless_another_is_less_loaded() {
+        let mut slots = vec![slot("10.0.0.2:1", ""), slot("10.0.0.1:1", "")];
+        slots[1].target = Target::Local(0);
+        slots[1].links = 40;
+        let agent = path("10.0.0.9");
+        assert_eq!(
+            choose(&slots, agent, ""),
+            Some(1),
+            "more links but close loads: this node's own"
+        );
+        slots[1].load = 2.0 * MIN_SPREAD;
+        assert_eq!(
+            choose(&slots, agent, ""),
+            Some(0),
+            "busier by more than a move is made for: the other node's"
+        );
     }
 
     #[test]
