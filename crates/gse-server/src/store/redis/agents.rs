@@ -260,19 +260,34 @@ impl AgentStore for RedisStore {
         if refs.is_empty() {
             return Ok(Vec::new());
         }
-        // One pipeline: an agent id's key (its mapping exists only while
-        // its record does, see UPSERT), or a key's agent id.
-        let mut pipe = redis::pipe();
-        for r in refs {
-            match r {
-                AgentRef::Id(id) => pipe.get(self.id_key(id)),
-                AgentRef::Key(k) => pipe.hget(self.agent_key(*k), "id"),
-            };
-        }
-        let found: Vec<Option<String>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(store_error(DOING))?;
+        // An agent id's key (its mapping exists only while its record
+        // does, see UPSERT), or a key's agent id. Tasks name their targets
+        // by agent id: those are one MGET, a single reply to parse.
+        let found: Vec<Option<String>> = if refs.iter().all(|r| matches!(r, AgentRef::Id(_))) {
+            let ids: Vec<String> = refs
+                .iter()
+                .filter_map(|r| match r {
+                    AgentRef::Id(id) => Some(self.id_key(id)),
+                    AgentRef::Key(_) => None,
+                })
+                .collect();
+            redis::cmd("MGET")
+                .arg(ids)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(store_error(DOING))?
+        } else {
+            let mut pipe = redis::pipe();
+            for r in refs {
+                match r {
+                    AgentRef::Id(id) => pipe.get(self.id_key(id)),
+                    AgentRef::Key(k) => pipe.hget(self.agent_key(*k), "id"),
+                };
+            }
+            pipe.query_async(&mut self.conn())
+                .await
+                .map_err(store_error(DOING))?
+        };
         Ok(refs
             .iter()
             .zip(found)

@@ -79,6 +79,16 @@ pub async fn agents(store: &dyn AgentStore) {
         ],
     )
     .await;
+    // Agent ids alone (as tasks name their targets) too.
+    identified_as_found(
+        store,
+        &[
+            AgentRef::Id("conf-agent-1".into()),
+            AgentRef::Id("conf-nobody".into()),
+            AgentRef::Id("conf-agent-1".into()),
+        ],
+    )
+    .await;
     assert!(
         store.list_agents().await.unwrap().contains(&a),
         "a registered agent is listed"
