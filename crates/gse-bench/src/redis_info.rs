@@ -1,9 +1,12 @@
-//! Redis' own figures: `INFO stats` over a plain TCP connection (RESP),
-//! for the commands a cluster's nodes send it (`gse-bench scale`).
+//! Redis' own figures: `INFO stats` and `INFO commandstats` over a plain
+//! TCP connection (RESP), for the commands a cluster's nodes send it
+//! (`gse-bench scale`). Commands a Lua script runs (`redis.call`) are
+//! counted as well as the `EVAL` that ran them.
 //!
 //! Not through the `redis` client: gse-bench does not depend on it, and
 //! one command with one bulk answer is all it needs.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -28,6 +31,30 @@ pub async fn stats(addr: SocketAddr) -> Result<RedisStats> {
         .await
         .context("the INFO call panicked")??;
     RedisStats::parse(&text).with_context(|| format!("INFO stats of redis-server on {addr}"))
+}
+
+/// Calls so far of every command Redis served (`INFO commandstats`), by
+/// lower-case name (`eval`, `hset`, ...).
+pub async fn command_calls(addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+    let text = tokio::task::spawn_blocking(move || info(addr, "commandstats"))
+        .await
+        .context("the INFO call panicked")??;
+    Ok(parse_commandstats(&text))
+}
+
+/// `cmdstat_<name>:calls=<n>,usec=...` lines; others are skipped.
+fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, fields) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }
 
 impl RedisStats {
@@ -101,6 +128,18 @@ mod tests {
         assert_eq!(bulk(b"$5").unwrap(), None);
         let err = bulk(b"-NOAUTH Authentication required.\r\n").unwrap_err();
         assert!(err.to_string().contains("NOAUTH"), "{err}");
+    }
+
+    #[test]
+    fn parses_calls_per_command() {
+        let text = "# Commandstats\r\n\
+                    cmdstat_eval:calls=40,usec=900,usec_per_call=22.5,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_hset:calls=16000,usec=1,usec_per_call=0.1\r\n\
+                    cmdstat_info:calls=x\r\n";
+        let calls = parse_commandstats(text);
+        assert_eq!(calls.get("eval"), Some(&40));
+        assert_eq!(calls.get("hset"), Some(&16_000));
+        assert_eq!(calls.len(), 2, "a line without a number is skipped");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The JSON line of `gse-bench scale` (fields: docs/BENCHMARKS.md,
 //! "Scale (issue 11)").
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::ScaleArgs;
@@ -45,6 +47,9 @@ pub struct RedisFigures {
     /// sampled (every second).
     instantaneous_ops_per_sec: f64,
     instantaneous_ops_per_sec_max: f64,
+    /// Calls per second of each command run in the window (commands a
+    /// Lua script runs are counted as well as its `eval`).
+    commands_per_s: BTreeMap<String, f64>,
 }
 
 /// The nodes' heartbeat batching, all nodes together.
@@ -57,6 +62,8 @@ pub struct HeartbeatFigures {
     /// `gse_link_heartbeat_batches_total`.
     batches_per_s: f64,
     per_batch: f64,
+    /// Redis commands per heartbeat received, all traffic included.
+    redis_ops_per_heartbeat: f64,
     store_write: Summary,
 }
 
@@ -160,12 +167,14 @@ impl Report {
                 ops_per_s: per_s(commands),
                 instantaneous_ops_per_sec: m.redis.after.instantaneous_ops_per_sec,
                 instantaneous_ops_per_sec_max: m.redis.instantaneous_max,
+                commands_per_s: per_command(&m.redis.calls_before, &m.redis.calls_after, secs),
             },
             heartbeats: HeartbeatFigures {
                 expected_per_s: r1(f64::from(args.agents()) / interval.as_secs_f64()),
                 received_per_s: per_s(heartbeats),
                 batches_per_s: per_s(batches),
                 per_batch: ratio(heartbeats, batches),
+                redis_ops_per_heartbeat: ratio(commands, heartbeats),
                 store_write: store_after.since(&store_before),
             },
             sim: SimFigures {
@@ -232,6 +241,21 @@ fn node_figures(
     }
 }
 
+/// Calls per second of every command called in the window.
+fn per_command(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    secs: f64,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(name, &calls)| {
+            let n = calls.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (n > 0).then(|| (name.clone(), r1(n as f64 / secs)))
+        })
+        .collect()
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { r1(a as f64 / b as f64) }
 }
@@ -246,4 +270,124 @@ fn r1(x: f64) -> f64 {
 
 fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_info::RedisStats;
+    use crate::scale::window::{NodeMetrics, RedisWindow};
+    use crate::sim::process::Counters;
+
+    fn args() -> ScaleArgs {
+        ScaleArgs {
+            nodes: 2,
+            agents_per_node: 1000,
+            measure_s: 10,
+            heartbeat_interval_ms: Some(1000),
+            concurrency: 8,
+            ready_within: std::time::Duration::from_secs(1),
+            server_bin: None,
+            keep_dir: false,
+        }
+    }
+
+    /// Two nodes that each took 10,000 heartbeats in 10 batches over 10 s,
+    /// with Redis at `redis_cpu` % and node 2 at `rss_mib` at its peak.
+    fn measured(rss_mib: u64, redis_cpu: f64, lost: u64) -> Measured {
+        let node = |rss_kib| NodeWindow {
+            rss_peak_kib: rss_kib,
+            rss_hwm_kib: rss_kib,
+            cpu_percent: 12.0,
+            before: NodeMetrics::default(),
+            after: NodeMetrics {
+                heartbeats: 10_000,
+                batches: 10,
+                store_write: Histogram {
+                    sum: 0.02,
+                    count: 10.0,
+                    max: 0.004,
+                },
+                tls_failures: 0,
+            },
+        };
+        let stats = |total| RedisStats {
+            total_commands_processed: total,
+            instantaneous_ops_per_sec: 30.0,
+        };
+        let calls = |n| BTreeMap::from([("eval".to_string(), n), ("info".to_string(), 5)]);
+        Measured {
+            seconds: 10.0,
+            nodes: vec![node(100 * 1024), node(rss_mib * 1024)],
+            redis: RedisWindow {
+                cpu_percent: redis_cpu,
+                rss_kib: 2048,
+                before: stats(1000),
+                after: stats(1300),
+                instantaneous_max: 40.0,
+                calls_before: calls(0),
+                calls_after: calls(20),
+            },
+            sims_before: Counters::default(),
+            sims_after: Counters {
+                lost,
+                heartbeats_sent: 20_000,
+                heartbeats_acked: 20_000,
+                ..Counters::default()
+            },
+            sims_cpu_percent: 30.0,
+            failure: None,
+        }
+    }
+
+    fn report(m: &Measured) -> Report {
+        let listed: Vec<NodeLoad> = (0..2)
+            .map(|i| NodeLoad {
+                node_id: node_id(i),
+                agents: 1000,
+            })
+            .collect();
+        Report::new(&args(), 3.0, &listed, &[50 * 1024, 60 * 1024], m)
+    }
+
+    #[test]
+    fn figures_are_rates_over_the_window() {
+        let r = report(&measured(300, 10.0, 0));
+        assert_eq!(r.agents, 2000);
+        assert_eq!(r.heartbeats.expected_per_s, 2000.0);
+        assert_eq!(r.heartbeats.received_per_s, 2000.0);
+        assert_eq!(r.heartbeats.batches_per_s, 2.0);
+        assert_eq!(r.heartbeats.per_batch, 1000.0);
+        assert_eq!(r.heartbeats.store_write.mean_ms, 2.0);
+        assert_eq!(r.redis.ops_per_s, 30.0);
+        assert_eq!(r.redis.commands_per_s.get("eval"), Some(&2.0));
+        assert!(
+            !r.redis.commands_per_s.contains_key("info"),
+            "no calls in the window"
+        );
+        assert_eq!(r.per_node[1].agents_listed, 1000);
+        assert_eq!(r.per_node[1].rss_ready_mib, 60.0);
+        assert_eq!(r.max_rss_peak_mib, 300.0);
+        assert!(r.meets_target && r.failure().is_none());
+    }
+
+    #[test]
+    fn one_node_over_700_mib_or_redis_over_half_a_core_misses_the_target() {
+        assert!(!report(&measured(700, 10.0, 0)).meets_target);
+        assert!(!report(&measured(300, 50.0, 0)).meets_target);
+    }
+
+    #[test]
+    fn lost_links_or_an_early_end_fail_the_run() {
+        let r = report(&measured(300, 10.0, 3));
+        assert!(!r.meets_target);
+        assert!(
+            r.failure().unwrap().contains("3 of 2000"),
+            "{:?}",
+            r.failure()
+        );
+        let mut m = measured(300, 10.0, 0);
+        m.failure = Some("the simulated agents of x exited".into());
+        assert_eq!(report(&m).failure(), m.failure);
+    }
 }

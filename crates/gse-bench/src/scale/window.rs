@@ -1,10 +1,11 @@
 //! The measured window of `gse-bench scale`: the nodes' `/metrics` and
-//! Redis' `INFO stats` read at both ends (counters as deltas), CPU of
+//! Redis' `INFO stats` and `commandstats` read at both ends (counters as deltas), CPU of
 //! every process from `/proc` over the window, and the nodes' RSS and
 //! Redis' instantaneous ops/s sampled every [`SAMPLE_EVERY`] for their
 //! peaks. A child that exits during the window ends it early, as a
 //! failure of the run.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ impl NodeMetrics {
 struct Snapshot {
     nodes: Vec<NodeMetrics>,
     redis: RedisStats,
+    redis_calls: BTreeMap<String, u64>,
     sims: Counters,
 }
 
@@ -68,6 +70,9 @@ pub struct RedisWindow {
     pub rss_kib: u64,
     pub before: RedisStats,
     pub after: RedisStats,
+    /// Calls by command at both ends (`INFO commandstats`).
+    pub calls_before: BTreeMap<String, u64>,
+    pub calls_after: BTreeMap<String, u64>,
     /// The highest `instantaneous_ops_per_sec` sampled.
     pub instantaneous_max: f64,
 }
@@ -161,6 +166,8 @@ pub async fn measure(
             rss_kib: rss_kib(&redis_pid)?,
             before: before.redis,
             after: after.redis,
+            calls_before: before.redis_calls,
+            calls_after: after.redis_calls,
             instantaneous_max: instantaneous_max.max(after.redis.instantaneous_ops_per_sec),
         },
         sims_before: before.sims,
@@ -188,6 +195,7 @@ async fn snapshot(
     Ok(Snapshot {
         nodes,
         redis: redis_info::stats(redis).await?,
+        redis_calls: redis_info::command_calls(redis).await?,
         sims: Counters::sum(&all),
     })
 }
