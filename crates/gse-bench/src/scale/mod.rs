@@ -27,7 +27,7 @@ use tokio::time::{Instant, sleep};
 use crate::BenchOutput;
 use crate::api::{ApiClient, NodeLoad};
 use crate::cluster::{BenchCluster, wait_members};
-use crate::procfs::{check_fd_limit, raise_fd_limit, rss_kib};
+use crate::procfs::{check_fd_limit_of, raise_fd_limit, rss_kib};
 use crate::server::ServerOptions;
 use crate::sim::process::{Counters, SimProcess};
 use report::Report;
@@ -93,7 +93,7 @@ pub async fn run(args: ScaleArgs) -> Result<BenchOutput> {
     }
     let fd_limit = raise_fd_limit()?;
     // Each node and each child holds one descriptor per agent of its own.
-    check_fd_limit(args.agents_per_node, fd_limit)?;
+    check_fd_limit_of("--agents-per-node", args.agents_per_node, fd_limit)?;
     let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
     let template = ServerOptions {
         bin: args.server_bin.clone(),

@@ -126,8 +126,11 @@ pub async fn measure(
     let mut failure = None;
     while began.elapsed() < length {
         sleep(SAMPLE_EVERY.min(length.saturating_sub(began.elapsed()))).await;
-        for (peak, pid) in peaks.iter_mut().zip(&pids) {
-            *peak = (*peak).max(rss_kib(pid)?);
+        for (i, (peak, pid)) in peaks.iter_mut().zip(&pids).enumerate() {
+            let now = rss_kib(pid).with_context(|| {
+                format!("node-{} (pid {pid}) is gone; see its server.log", i + 1)
+            })?;
+            *peak = (*peak).max(now);
         }
         match redis_info::stats(redis).await {
             Ok(s) => instantaneous_max = instantaneous_max.max(s.instantaneous_ops_per_sec),
