@@ -3,12 +3,14 @@
 //!
 //! Every bench is a subcommand in its own module: start at [`Command`].
 //! Benches run the REAL binaries ([`server`] spawns the built `gse-server`)
-//! and either simulate many agents in this one process over real TCP +
-//! mutual TLS connections, speaking the real link protocol ([`sim`], whose
-//! tasks run through the Executor seam's simulation runner), or spawn real
+//! and either simulate many agents over real TCP + mutual TLS connections,
+//! speaking the real link protocol ([`sim`], whose tasks run through the
+//! Executor seam's simulation runner; in this process, or for `scale` in
+//! one `sim-agents` child per node, [`sim::process`]), or spawn real
 //! `gse-agent` processes ([`local_agents`]; `fanout --real-agents`, `p2p`).
 //! All drive the server through its HTTP API ([`api`]). [`procfs`] reads
-//! the processes' figures (RSS, CPU, bytes written, fd limits). The timed
+//! the processes' figures (RSS, CPU, bytes written, fd limits); [`prom`]
+//! and [`redis_info`] the servers' and Redis' own counters. The timed
 //! tests of the workspace live in each crate's `tests/`, not here.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
