@@ -1,7 +1,7 @@
 //! The bench's side of the server's HTTP API, as bk-job calls it:
 //! `async_execute_script`, `get_execute_script_result` (docs/API.md),
-//! `get_agent_status` to know when the agents are all alive, and the
-//! server's `/metrics` page. Other calls (the file API of `p2p`) go through
+//! `get_agent_status` to know when the agents are all alive, `list_nodes`
+//! (a cluster's nodes and their loads), and the server's `/metrics` page. Other calls (the file API of `p2p`) go through
 //! [`ApiClient::call`] from their bench's module.
 //!
 //! Every call sends the app's credentials in the `X-Bkapi-Authorization`
@@ -37,6 +37,14 @@ pub struct ResultEntry {
     pub start_time: u64,
     pub end_time: u64,
     pub screen: String,
+}
+
+/// One node of a `list_nodes` answer: its id and load.
+#[derive(Deserialize, Debug, Clone)]
+pub struct NodeLoad {
+    pub node_id: String,
+    /// Agents it holds, as its registry entry last said.
+    pub agents: u64,
 }
 
 #[derive(Deserialize)]
@@ -120,15 +128,15 @@ impl ApiClient {
 
     /// The `node_id`s `list_nodes` reports (K1), sorted.
     pub async fn node_ids(&self) -> Result<Vec<String>> {
-        #[derive(Deserialize)]
-        struct Node {
-            node_id: String,
-        }
-        let (nodes, _): (Vec<Node>, _) =
+        Ok(self.nodes().await?.into_iter().map(|n| n.node_id).collect())
+    }
+
+    /// `list_nodes` (K1): every node and the agents it holds, sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeLoad>> {
+        let (mut nodes, _): (Vec<NodeLoad>, _) =
             self.call("/api/v2/cluster/list_nodes", &json!({})).await?;
-        let mut ids: Vec<String> = nodes.into_iter().map(|n| n.node_id).collect();
-        ids.sort();
-        Ok(ids)
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 
     /// The server's `GET /metrics` page (no credentials needed).

@@ -1,9 +1,9 @@
-//! The cluster benches' setup (`fanout --nodes N`, `failover`): ZooKeeper
-//! and Redis ([`Services`]: the Debian packages, DEPENDENCIES.md §4, §11,
-//! each one process on a free loopback port in the bench's temp dir,
-//! killed when dropped), N nodes on them sharing one set of certificates
-//! ([`start_nodes`]), and the wait until they all see each other
-//! ([`wait_members`]).
+//! The cluster benches' setup (`fanout --nodes N`, `failover`, `scale`):
+//! ZooKeeper and Redis ([`Services`]: the Debian packages, DEPENDENCIES.md
+//! §4, §11, each one process on a free loopback port in the bench's temp
+//! dir, killed when dropped), N nodes on them sharing one set of
+//! certificates ([`start_nodes`]), both in one [`BenchCluster`], and the
+//! wait until they all see each other ([`wait_members`]).
 //!
 //! Not shared with gse-testkit's `zookeeper.rs` / `redis.rs`: those panic
 //! (test style) and pull in the `redis` client, and gse-bench does not
@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::time::{Instant, sleep};
-
-use gse_server::role::api::AppConfig;
 
 use crate::api::ApiClient;
 use crate::server::{BenchServer, ClusterMember, ServerOptions, free_port};
@@ -37,6 +35,8 @@ const REDIS_READY_WITHIN: Duration = Duration::from_secs(10);
 pub struct Services {
     pub zookeeper: SocketAddr,
     pub redis: SocketAddr,
+    /// The redis-server's pid (its CPU and RSS in `/proc`).
+    redis_pid: u32,
     dir: PathBuf,
     children: Vec<Child>,
 }
@@ -49,6 +49,7 @@ impl Services {
         let mut services = Services {
             zookeeper: free_port()?,
             redis: free_port()?,
+            redis_pid: 0,
             dir: dir.to_path_buf(),
             children: Vec::new(),
         };
@@ -59,6 +60,11 @@ impl Services {
         let redis = services.redis;
         wait_until("redis-server", redis, REDIS_READY_WITHIN, redis_pong).await?;
         Ok(services)
+    }
+
+    /// The redis-server's pid, as `/proc` names it.
+    pub fn redis_proc_id(&self) -> String {
+        self.redis_pid.to_string()
     }
 
     /// `[store] redis` of every node.
@@ -117,6 +123,7 @@ impl Services {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start redis-server: run scripts/install-deps.sh --tests")?;
+        self.redis_pid = child.id();
         self.children.push(child);
         Ok(())
     }
@@ -131,15 +138,14 @@ impl Drop for Services {
     }
 }
 
-/// Starts `n` nodes on `services`, all with one set of certificates (the
-/// first node's) and the API app `app`; on an error the started ones are
-/// stopped and their files kept.
+/// Starts `n` nodes on `services` from `template` (binary, API apps,
+/// limits, heartbeat interval), all with one set of certificates (the
+/// first node's); on an error the started ones are stopped and their
+/// files kept.
 pub async fn start_nodes(
     services: &Services,
     n: u32,
-    app: &AppConfig,
-    bin: &Option<PathBuf>,
-    max_hosts_per_call: usize,
+    template: &ServerOptions,
 ) -> Result<Vec<BenchServer>> {
     let mut nodes: Vec<BenchServer> = Vec::new();
     for i in 0..n {
@@ -150,11 +156,8 @@ pub async fn start_nodes(
             certs: nodes.first().map(BenchServer::certs_dir),
         };
         let started = BenchServer::start(&ServerOptions {
-            bin: bin.clone(),
-            max_hosts_per_call: Some(max_hosts_per_call),
-            apps: vec![app.clone()],
             cluster: Some(member),
-            ..ServerOptions::default()
+            ..template.clone()
         })
         .await;
         match started {
@@ -166,6 +169,57 @@ pub async fn start_nodes(
         }
     }
     Ok(nodes)
+}
+
+/// ZooKeeper, Redis and the nodes of one bench run, in one temp dir.
+pub struct BenchCluster {
+    /// Kept (and its path printed) by [`BenchCluster::stop`] when asked.
+    dir: tempfile::TempDir,
+    pub services: Services,
+    pub nodes: Vec<BenchServer>,
+}
+
+impl BenchCluster {
+    /// Starts ZooKeeper and Redis, then `n` nodes from `template`
+    /// ([`start_nodes`]); on an error the files are kept.
+    pub async fn start(n: u32, template: &ServerOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("gse-bench-services-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let services = match Services::start(dir.path()).await {
+            Ok(s) => s,
+            Err(e) => {
+                let kept = dir.keep();
+                return Err(e.context(format!("see {}", kept.display())));
+            }
+        };
+        match start_nodes(&services, n, template).await {
+            Ok(nodes) => Ok(BenchCluster {
+                dir,
+                services,
+                nodes,
+            }),
+            Err(e) => {
+                drop(services);
+                eprintln!("ZooKeeper and Redis files kept in {}", dir.keep().display());
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the nodes, then ZooKeeper and Redis, keeping every file if
+    /// `keep`.
+    pub async fn stop(self, keep: bool) {
+        stop_all(self.nodes, keep).await;
+        drop(self.services);
+        if keep {
+            eprintln!(
+                "ZooKeeper and Redis files kept in {}",
+                self.dir.keep().display()
+            );
+        }
+    }
 }
 
 /// Polls `probe` (a blocking TCP exchange) until it succeeds or `within`
@@ -256,7 +310,7 @@ fn member_ids(n: u32) -> Vec<String> {
 }
 
 /// Node i's id (0-based i): `node-1`, `node-2`, ...
-fn node_id(i: u32) -> String {
+pub fn node_id(i: u32) -> String {
     format!("node-{}", i + 1)
 }
 

@@ -3,12 +3,14 @@
 //!
 //! Every bench is a subcommand in its own module: start at [`Command`].
 //! Benches run the REAL binaries ([`server`] spawns the built `gse-server`)
-//! and either simulate many agents in this one process over real TCP +
-//! mutual TLS connections, speaking the real link protocol ([`sim`], whose
-//! tasks run through the Executor seam's simulation runner), or spawn real
+//! and either simulate many agents over real TCP + mutual TLS connections,
+//! speaking the real link protocol ([`sim`], whose tasks run through the
+//! Executor seam's simulation runner; in this process, or for `scale` in
+//! one `sim-agents` child per node, [`sim::process`]), or spawn real
 //! `gse-agent` processes ([`local_agents`]; `fanout --real-agents`, `p2p`).
 //! All drive the server through its HTTP API ([`api`]). [`procfs`] reads
-//! the processes' figures (RSS, CPU, bytes written, fd limits). The timed
+//! the processes' figures (RSS, CPU, bytes written, fd limits); [`prom`]
+//! and [`redis_info`] the servers' and Redis' own counters. The timed
 //! tests of the workspace live in each crate's `tests/`, not here.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -22,6 +24,9 @@ mod fanout;
 mod local_agents;
 mod p2p;
 mod procfs;
+mod prom;
+mod redis_info;
+mod scale;
 mod server;
 mod sim;
 
@@ -60,6 +65,15 @@ enum Command {
     /// and time until they are registered with the other nodes and alive
     /// again through the API (needs ZooKeeper and Redis installed).
     Failover(failover::FailoverArgs),
+    /// Hold K heartbeating simulated agents (default 19,000) on each of N
+    /// cluster nodes (default 5); report every node's RSS and CPU, Redis'
+    /// CPU and ops/s, and how heartbeats are batched (needs ZooKeeper and
+    /// Redis installed).
+    Scale(scale::ScaleArgs),
+    /// Internal: the simulated agents of one `scale` node, in a child
+    /// process of their own (a process may hold only so many descriptors).
+    #[command(hide = true)]
+    SimAgents(sim::process::SimAgentsArgs),
 }
 
 /// What a bench hands back: its JSON line, and what went wrong if the run
@@ -72,15 +86,19 @@ pub struct BenchOutput {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let out = rt.block_on(async {
-        match cli.command {
-            Command::Agents(args) => agents::run(args).await,
-            Command::Fanout(args) => fanout::run(args).await,
-            Command::P2p(args) => p2p::run(args).await,
-            Command::Data(args) => data::run(args).await,
-            Command::Failover(args) => failover::run(args).await,
+    let out = match cli.command {
+        Command::Agents(args) => rt.block_on(agents::run(args)),
+        Command::Fanout(args) => rt.block_on(fanout::run(args)),
+        Command::P2p(args) => rt.block_on(p2p::run(args)),
+        Command::Data(args) => rt.block_on(data::run(args)),
+        Command::Failover(args) => rt.block_on(failover::run(args)),
+        Command::Scale(args) => rt.block_on(scale::run(args)),
+        Command::SimAgents(args) => {
+            rt.block_on(sim::process::run_child(args))?;
+            // Not waiting for the agents' tasks or the stdin reader.
+            std::process::exit(0);
         }
-    })?;
+    }?;
     println!("{}", out.line);
     match out.failure {
         Some(failure) => anyhow::bail!("{failure}"),

@@ -130,11 +130,16 @@ const FD_RESERVE: u64 = 100;
 /// agents that the open-files limit cannot hold: both the server and this
 /// process hold one descriptor per agent.
 pub fn check_fd_limit(agents: u32, fd_limit: u64) -> Result<()> {
+    check_fd_limit_of("--agents", agents, fd_limit)
+}
+
+/// [`check_fd_limit`] for a count given by the flag `flag`.
+pub fn check_fd_limit_of(flag: &str, agents: u32, fd_limit: u64) -> Result<()> {
     if u64::from(agents) + FD_RESERVE > fd_limit {
         bail!(
-            "--agents {agents} needs about {} open files in gse-server and in gse-bench, \
+            "{flag} {agents} needs about {} open files in gse-server and in gse-bench, \
              but the open-files hard limit (RLIMIT_NOFILE) is {fd_limit} and raising it needs \
-             CAP_SYS_RESOURCE; use --agents {} or fewer, or raise the hard limit \
+             CAP_SYS_RESOURCE; use {flag} {} or fewer, or raise the hard limit \
              (ulimit -Hn, limits.conf, systemd LimitNOFILE)",
             u64::from(agents) + FD_RESERVE,
             fd_limit.saturating_sub(FD_RESERVE)
@@ -153,6 +158,11 @@ mod tests {
         let err = check_fd_limit(50_000, 20_000).unwrap_err().to_string();
         assert!(err.contains("hard limit (RLIMIT_NOFILE) is 20000"), "{err}");
         assert!(err.contains("--agents 19900 or fewer"), "{err}");
+        let err = check_fd_limit_of("--agents-per-node", 20_000, 20_000).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--agents-per-node 20000 needs"),
+            "{err}"
+        );
     }
 
     #[test]

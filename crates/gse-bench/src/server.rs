@@ -22,6 +22,7 @@ use gse_server::role::api::AppConfig;
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// What the server is started with.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// The `gse-server` binary; default: beside the current executable.
     pub bin: Option<PathBuf>,

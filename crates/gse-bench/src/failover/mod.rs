@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use gse_server::role::api::AppConfig;
 use serde::Serialize;
@@ -21,9 +21,9 @@ use tokio::time::{Instant, sleep};
 
 use crate::BenchOutput;
 use crate::api::ApiClient;
-use crate::cluster::{Services, start_nodes, stop_all, wait_members};
+use crate::cluster::{BenchCluster, wait_members};
 use crate::procfs::{check_fd_limit, raise_fd_limit};
-use crate::server::BenchServer;
+use crate::server::{BenchServer, ServerOptions};
 use crate::sim::failover::{self as agents, Moves};
 use crate::sim::{Fleet, identity_ip};
 
@@ -102,28 +102,17 @@ pub async fn run(args: FailoverArgs) -> Result<BenchOutput> {
     }
     let fd_limit = raise_fd_limit()?;
     check_fd_limit(args.agents, fd_limit)?;
-    let dir = tempfile::Builder::new()
-        .prefix("gse-bench-services-")
-        .tempdir()
-        .context("cannot create a temp dir")?;
-    let services = Services::start(dir.path()).await?;
     let app = AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()));
-    let mut nodes = start_nodes(
-        &services,
-        args.nodes,
-        &app,
-        &args.server_bin,
-        (args.agents as usize).max(5000),
-    )
-    .await?;
-    let result = drive(&args, &mut nodes, &app).await;
+    let template = ServerOptions {
+        bin: args.server_bin.clone(),
+        max_hosts_per_call: Some((args.agents as usize).max(5000)),
+        apps: vec![app.clone()],
+        ..ServerOptions::default()
+    };
+    let mut cluster = BenchCluster::start(args.nodes, &template).await?;
+    let result = drive(&args, &mut cluster.nodes, &app).await;
     let failed = !matches!(&result, Ok((_, None)));
-    let keep = args.keep_dir || failed;
-    stop_all(nodes, keep).await;
-    if keep {
-        eprintln!("ZooKeeper and Redis files kept in {}", dir.keep().display());
-    }
-    drop(services);
+    cluster.stop(args.keep_dir || failed).await;
     let (report, failure) = result?;
     Ok(BenchOutput {
         line: serde_json::to_string(&report)?,

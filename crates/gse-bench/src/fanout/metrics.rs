@@ -4,24 +4,17 @@
 //! store took, and how long the API took per call. These tell the server's
 //! work apart from TLS, scheduling and polling in the bench's latencies.
 //!
-//! The recorder renders histograms as summaries: `<name>_sum`,
-//! `<name>_count` and `<name>{quantile="1"}` (the largest value kept).
+//! The page is read with [`crate::prom`].
 
 use serde::Serialize;
+
+use crate::prom::{Summary, summary};
 
 const DISPATCH: &str = "gse_task_dispatch_seconds";
 const STORE_FLUSH: &str = "gse_task_store_flush_seconds";
 const API_DURATION: &str = "gse_api_request_duration_seconds";
 const EXECUTE_PATH: &str = "path=\"/api/v2/task/extensions/async_execute_script\"";
 const RESULTS_PATH: &str = "path=\"/api/v2/task/extensions/get_execute_script_result\"";
-
-/// Count, mean and max of one server histogram, ms.
-#[derive(Serialize, Debug, Default, PartialEq)]
-pub struct Summary {
-    count: u64,
-    mean_ms: f64,
-    max_ms: f64,
-}
 
 /// The server's histograms the bench reports.
 #[derive(Serialize, Debug, Default, PartialEq)]
@@ -46,42 +39,6 @@ impl ServerMetrics {
             api_results: summary(text, API_DURATION, RESULTS_PATH),
         }
     }
-}
-
-/// The summary `name` among the lines whose labels contain `label`.
-fn summary(text: &str, name: &str, label: &str) -> Summary {
-    let (mut sum, mut count, mut max) = (0.0, 0.0, 0.0);
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-        if !labels.contains(label) {
-            continue;
-        }
-        match metric.strip_prefix(name) {
-            Some("_sum") => sum += value,
-            Some("_count") => count += value,
-            Some("") if labels.contains("quantile=\"1\"") => max = f64::max(max, value),
-            _ => {}
-        }
-    }
-    Summary {
-        count: count as u64,
-        mean_ms: round(if count > 0.0 {
-            1000.0 * sum / count
-        } else {
-            0.0
-        }),
-        max_ms: round(1000.0 * max),
-    }
-}
-
-fn round(ms: f64) -> f64 {
-    (ms * 10.0).round() / 10.0
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@
 //! results come back through them. The server figures of the line (RSS,
 //! CPU, metrics) are node 1's, the node that owns the task.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::report::Report;
 use super::{FanoutArgs, bench_app, drive, max_hosts, single_node};
 use crate::BenchOutput;
 use crate::api::ApiClient;
-use crate::cluster::{Services, start_nodes, stop_all, wait_members};
+use crate::cluster::{BenchCluster, wait_members};
+use crate::server::ServerOptions;
 
 /// The cluster run, then (unless `--no-reference`) the one-node run, as
 /// one line: the cluster's figures with the reference's and their ratio.
@@ -43,48 +44,22 @@ pub async fn run(args: &FanoutArgs) -> Result<BenchOutput> {
 
 /// ZooKeeper + Redis, N nodes, the rounds; everything stopped after.
 async fn cluster(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
-    let dir = tempfile::Builder::new()
-        .prefix("gse-bench-services-")
-        .tempdir()
-        .context("cannot create a temp dir")?;
-    let services = match Services::start(dir.path()).await {
-        Ok(s) => s,
-        Err(e) => {
-            let kept = dir.keep();
-            return Err(e.context(format!("see {}", kept.display())));
-        }
-    };
     let app = bench_app();
-    let mut nodes = match start_nodes(
-        &services,
-        args.nodes,
-        &app,
-        &args.server_bin,
-        max_hosts(args),
-    )
-    .await
-    {
-        Ok(nodes) => nodes,
-        Err(e) => {
-            eprintln!("ZooKeeper and Redis files kept in {}", dir.keep().display());
-            return Err(e);
-        }
+    let template = ServerOptions {
+        bin: args.server_bin.clone(),
+        max_hosts_per_call: Some(max_hosts(args)),
+        apps: vec![app.clone()],
+        ..ServerOptions::default()
     };
-    let links: Vec<_> = nodes.iter().map(|n| n.link).collect();
+    let cluster = BenchCluster::start(args.nodes, &template).await?;
+    let links: Vec<_> = cluster.nodes.iter().map(|n| n.link).collect();
     let result = async {
-        let api = ApiClient::new(nodes[0].api, &app)?;
+        let api = ApiClient::new(cluster.nodes[0].api, &app)?;
         wait_members(&api, args.nodes).await?;
-        drive(args, &nodes[0], &app, &links).await
+        drive(args, &cluster.nodes[0], &app, &links).await
     }
     .await;
     let failed = !matches!(&result, Ok((_, None)));
-    let keep = args.keep_dir || failed;
-    let first = nodes.remove(0);
-    stop_all(nodes, keep).await;
-    let closed = first.close(result, args.keep_dir).await;
-    if keep {
-        eprintln!("ZooKeeper and Redis files kept in {}", dir.keep().display());
-    }
-    drop(services);
-    closed
+    cluster.stop(args.keep_dir || failed).await;
+    result
 }

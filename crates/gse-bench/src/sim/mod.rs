@@ -13,6 +13,7 @@
 
 mod executor;
 pub mod failover;
+pub mod process;
 mod task;
 
 pub use executor::SimulatedExecutor;
@@ -108,7 +109,14 @@ impl Fleet {
 
     /// Starts agents `0..agents`, one tokio task each.
     pub fn spawn_all(self: &Arc<Self>, agents: u32) {
-        for i in 0..agents {
+        self.spawn_range(0..agents);
+    }
+
+    /// Starts agents `range` (their indexes: identity, source address),
+    /// one tokio task each: a fleet in each of several processes takes
+    /// its own range.
+    pub fn spawn_range(self: &Arc<Self>, range: std::ops::Range<u32>) {
+        for i in range {
             tokio::spawn(run(self.clone(), i));
         }
     }
@@ -176,9 +184,16 @@ pub async fn run(fleet: Arc<Fleet>, i: u32) {
 }
 
 /// Source address of agent `i`: spread over 127.0.0.0/8, 250 per address,
-/// so the ephemeral ports of one source address are never the limit.
+/// so the ephemeral ports of one source address are never the limit
+/// (127.1.0.1 up; past 64,000 agents on to 127.2.0.1, ...).
 fn source_ip(i: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8))
+    let block = i / 250;
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        1 + (block >> 8) as u8,
+        block as u8,
+        (i % 250 + 1) as u8,
+    ))
 }
 
 /// Identity IP of agent `i`: unique per agent, so each is its own host.
@@ -310,6 +325,8 @@ mod tests {
     fn addresses_and_ids_are_unique_and_valid() {
         assert_eq!(source_ip(0).to_string(), "127.1.0.1");
         assert_eq!(source_ip(19_999).to_string(), "127.1.79.250");
+        assert_eq!(source_ip(64_000).to_string(), "127.2.0.1");
+        assert_eq!(source_ip(94_999).to_string(), "127.2.123.250");
         assert_eq!(identity_ip(70_000), "10.1.17.112");
         let reg = register(49_999);
         assert_eq!(reg.agent_id.len(), 32);

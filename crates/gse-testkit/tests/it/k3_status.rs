@@ -98,6 +98,8 @@ async fn k3_status_and_info_of_real_agents() {
     let (_, metrics) = api.get("/metrics").await.unwrap();
     assert!(metrics.contains("gse_link_agents_connected 2"), "{metrics}");
     assert!(metrics.contains("gse_link_heartbeats_total"));
+    assert!(metrics.contains("gse_link_heartbeat_batches_total"));
+    assert!(metrics.contains("gse_link_heartbeat_store_seconds_count"));
     assert!(metrics.contains(
         r#"gse_api_requests_total{path="/api/v2/cluster/list_agent_state",code="1011003"}"#
     ));

@@ -1,6 +1,11 @@
 //! Batches heartbeats on their way to the state store: one store call per
 //! batch (up to `MAX_BATCH`, or whatever arrived within `FLUSH_EVERY`), so
 //! tens of thousands of agents cost a few store writes a second.
+//!
+//! Metrics: `gse_link_heartbeats_total` (heartbeats written),
+//! `gse_link_heartbeat_batches_total` (store calls) and
+//! `gse_link_heartbeat_store_seconds` (each call's time), so the batching
+//! can be read from outside (`gse-bench scale`: heartbeats per batch).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +47,13 @@ pub(super) fn start(
                 .await;
             }
             metrics::counter!("gse_link_heartbeats_total").increment(batch.len() as u64);
+            metrics::counter!("gse_link_heartbeat_batches_total").increment(1);
+            let began = std::time::Instant::now();
             if let Err(e) = store.record_heartbeats(&batch).await {
                 tracing::error!(error = %e, lost = batch.len(), "cannot record heartbeats; agent status may look stale");
             }
+            metrics::histogram!("gse_link_heartbeat_store_seconds")
+                .record(began.elapsed().as_secs_f64());
             batch.clear();
         }
     });
