@@ -1,0 +1,359 @@
+//! K2 hand-overs that never end running work.
+//!
+//! Balancing picks a connected agent ([`LinkService::hand_over_one`]) and
+//! asks it to move: an agent of link protocol 2 or later is sent `HandOver`
+//! and keeps its link (and is sent work) until nothing runs on it; then it
+//! says `HandOverReady`, and the connection seals the session (no more
+//! deliveries) and says `Goodbye` with the redirect, but only if every frame
+//! it wrote has reached the agent and none is queued, so no work is on its
+//! way when the link ends. Meanwhile the agent counts as leaving
+//! ([`Leaving`]), so balancing picks no more agents than needed. A request
+//! the agent has not followed within [`HANDOVER_WAIT`] lapses (the count is
+//! released, the agent may be picked again later): a forever-busy or
+//! misbehaving agent never holds the count.
+//!
+//! An older agent ignores `HandOver`; it is moved the old way (a `Goodbye`
+//! with the redirect, ending the link at once) only when it was sent no work
+//! for [`BUSY_FOR_MS`], and never otherwise.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gse_core::AgentKey;
+use gse_proto::{Frame, MsgType};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{LinkService, Session};
+
+/// How long an agent asked to move counts as leaving: a task or transfer
+/// running longer than this keeps the agent here, and balancing asks
+/// another one (or this one again, later).
+pub(super) const HANDOVER_WAIT: Duration = Duration::from_secs(180);
+
+/// An agent sent work this recently is asked to move only when no idler
+/// one can be; an agent that cannot wait for its work to end (protocol 1)
+/// is never moved while this busy.
+pub(super) const BUSY_FOR_MS: u64 = 5 * 60 * 1000;
+
+/// One session's hand-over request.
+#[derive(Default)]
+pub(crate) struct Slot(Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    /// Where the agent was asked to go, and when.
+    asked: Option<(String, Instant)>,
+    /// The request is counted in [`Leaving`].
+    counted: bool,
+    /// When a request last lapsed: such an agent is asked again only when
+    /// no other can be.
+    lapsed_at: Option<Instant>,
+}
+
+impl Slot {
+    /// Where the agent was asked to go, if it was (and the request did
+    /// not lapse).
+    pub(crate) fn to(&self) -> Option<String> {
+        self.0.lock().asked.as_ref().map(|(to, _)| to.clone())
+    }
+
+    /// A request lapsed within the last [`HANDOVER_WAIT`].
+    fn lapsed_lately(&self, now: Instant) -> bool {
+        self.0
+            .lock()
+            .lapsed_at
+            .is_some_and(|at| now.duration_since(at) < HANDOVER_WAIT)
+    }
+}
+
+/// Most departures kept for the balancer to collect: it collects them
+/// every tick, so this only bounds memory if it stopped.
+const DEPARTED_KEPT: usize = 10_000;
+
+/// Hand-overs asked and neither followed nor lapsed: left out of this
+/// node's load without walking every session per registration, and
+/// counted per target node so balancing adds them to its load meanwhile.
+#[derive(Default)]
+pub(crate) struct Leaving {
+    total: AtomicUsize,
+    /// Requests pending per agent address asked to go to.
+    to: Mutex<HashMap<String, usize>>,
+    /// Where agents asked to move went since last collected.
+    departed: Mutex<Vec<String>>,
+}
+
+impl Leaving {
+    pub(crate) fn count(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Requests pending per agent address asked to go to.
+    pub(crate) fn pending(&self) -> HashMap<String, usize> {
+        self.to.lock().clone()
+    }
+
+    /// The addresses agents asked to move left for since the last call.
+    pub(crate) fn take_departed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.departed.lock())
+    }
+
+    fn counted(&self, to: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        *self.to.lock().entry(to.to_string()).or_default() += 1;
+    }
+
+    fn released(&self, to: &str) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let mut pending = self.to.lock();
+        if let Some(n) = pending.get_mut(to) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(to);
+            }
+        }
+    }
+
+    /// Asks the agent of `slot` to go to `to`; false if it was asked
+    /// already.
+    pub(crate) fn ask(&self, slot: &Slot, to: String, now: Instant) -> bool {
+        let mut s = slot.0.lock();
+        if s.asked.is_some() {
+            return false;
+        }
+        self.counted(&to);
+        s.asked = Some((to, now));
+        s.counted = true;
+        true
+    }
+
+    /// Ends the request of `slot` if it was asked `wait` or longer before
+    /// `now` and the agent is still here: it no longer counts as leaving.
+    /// True if it lapsed now.
+    pub(crate) fn lapse(&self, slot: &Slot, now: Instant, wait: Duration) -> bool {
+        let mut s = slot.0.lock();
+        let due = s
+            .asked
+            .as_ref()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= wait);
+        if !(due && s.counted) {
+            return false;
+        }
+        if let Some((to, _)) = s.asked.take() {
+            self.released(&to);
+        }
+        s.counted = false;
+        s.lapsed_at = Some(now);
+        true
+    }
+
+    /// The session of `slot` left this node (followed the request, closed
+    /// or was replaced): its request no longer counts. Where it was asked
+    /// to go stays readable ([`Slot::to`]).
+    pub(crate) fn left(&self, slot: &Slot) {
+        let mut s = slot.0.lock();
+        if !std::mem::take(&mut s.counted) {
+            return;
+        }
+        if let Some((to, _)) = &s.asked {
+            self.released(to);
+            let mut departed = self.departed.lock();
+            if departed.len() < DEPARTED_KEPT {
+                departed.push(to.clone());
+            }
+        }
+    }
+}
+
+/// The order in which sessions are asked: the lowest first.
+fn rank(s: &Session, now_ms: u64, now: Instant) -> u8 {
+    let busy = now_ms.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) < BUSY_FOR_MS;
+    u8::from(s.handover.lapsed_lately(now)) * 2 + u8::from(busy)
+}
+
+impl LinkService {
+    /// Asks one connected agent for which `target` (given the agent's
+    /// region) names an agent address to move there (see the module
+    /// docs). Returns the address, if one was asked. Agents sent no work
+    /// lately go first, then busy ones, then ones whose last request
+    /// lapsed lately.
+    pub fn hand_over_one(
+        self: &Arc<Self>,
+        target: impl Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        let sessions = self.sessions.lock();
+        let now_ms = gse_core::now_ms();
+        let now = Instant::now();
+        let mut best: Option<(u8, &AgentKey, &Session, String)> = None;
+        for (key, s) in sessions.iter() {
+            if s.handover.to().is_some() {
+                continue;
+            }
+            let rank = rank(s, now_ms, now);
+            // An old agent would lose its running work.
+            if !s.follows_handover && rank % 2 == 1 {
+                continue;
+            }
+            if best.as_ref().is_some_and(|(r, ..)| *r <= rank) {
+                continue;
+            }
+            let Some(to) = target(&s.region) else {
+                continue;
+            };
+            best = Some((rank, key, s, to));
+            if rank == 0 {
+                break;
+            }
+        }
+        let (_, &key, s, to) = best?;
+        if s.follows_handover {
+            let ask = gse_proto::link::HandOver {
+                redirect: to.clone(),
+                reason: "handed over to a less loaded node".into(),
+                within_ms: HANDOVER_WAIT.as_millis() as u32,
+            };
+            // Queued like work, so it reaches the agent after what was
+            // sent before it; a full queue: not now.
+            if s.tx
+                .try_send(Box::new(Frame::new(MsgType::HandOver, 0, &ask)))
+                .is_err()
+            {
+                return None;
+            }
+        }
+        if !self.leaving.ask(&s.handover, to.clone(), now) {
+            return None;
+        }
+        tracing::info!(agent = %key, to = %to, waits = s.follows_handover, "handing the agent over to a less loaded node");
+        metrics::counter!("gse_link_handovers_total").increment(1);
+        if s.follows_handover {
+            self.lapse_later(key, s.conn_id);
+        } else {
+            s.close.cancel();
+        }
+        Some(to)
+    }
+
+    /// Releases the request to `conn_id` once [`HANDOVER_WAIT`] has passed
+    /// if the agent has not followed it by then.
+    fn lapse_later(self: &Arc<Self>, key: AgentKey, conn_id: u64) {
+        let svc = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(HANDOVER_WAIT) => {
+                    if let Some(svc) = svc.upgrade() {
+                        svc.lapse(key, conn_id);
+                    }
+                }
+            }
+        });
+    }
+
+    fn lapse(&self, key: AgentKey, conn_id: u64) {
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(&key).filter(|s| s.conn_id == conn_id) else {
+            return;
+        };
+        if self
+            .leaving
+            .lapse(&s.handover, Instant::now(), HANDOVER_WAIT)
+        {
+            tracing::warn!(agent = %key, wait = ?HANDOVER_WAIT, "the agent did not follow its hand-over in time (work kept running on it); it counts here again");
+            metrics::counter!("gse_link_handovers_lapsed_total").increment(1);
+        }
+    }
+
+    /// The agent of `conn_id` said it is idle (`HandOverReady`): when it
+    /// was asked to move, has read every frame written to it (`received`
+    /// of `written`) and nothing is queued for it, its session takes no
+    /// more deliveries and the address it goes to is returned; `None`
+    /// keeps the link as it is.
+    pub(super) fn seal(
+        &self,
+        key: AgentKey,
+        conn_id: u64,
+        (received, written): (u64, u64),
+    ) -> Option<String> {
+        let sessions = self.sessions.lock();
+        let s = sessions.get(&key).filter(|s| s.conn_id == conn_id)?;
+        let to = s.handover.to()?;
+        // Deliveries queue under this lock, so nothing slips in between.
+        let queued = s.tx.max_capacity() - s.tx.capacity();
+        if received != written || queued > 0 {
+            tracing::debug!(agent = %key, received, written, queued, "the agent is ready to move but work is on its way to it");
+            return None;
+        }
+        s.sealed.store(true, Ordering::Relaxed);
+        Some(to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_not_followed_lapses_and_releases_the_count() {
+        let leaving = Leaving::default();
+        let slot = Slot::default();
+        let t0 = Instant::now();
+        assert!(leaving.ask(&slot, "10.0.0.2:28668".into(), t0));
+        assert!(
+            !leaving.ask(&slot, "10.0.0.3:28668".into(), t0),
+            "asked twice"
+        );
+        assert_eq!(leaving.count(), 1);
+        assert_eq!(slot.to().as_deref(), Some("10.0.0.2:28668"));
+        assert_eq!(leaving.pending().get("10.0.0.2:28668"), Some(&1));
+
+        let wait = Duration::from_secs(180);
+        assert!(!leaving.lapse(&slot, t0 + wait - Duration::from_secs(1), wait));
+        assert_eq!(leaving.count(), 1, "still within the wait");
+
+        assert!(leaving.lapse(&slot, t0 + wait, wait));
+        assert_eq!(leaving.count(), 0);
+        assert!(leaving.pending().is_empty());
+        assert!(leaving.take_departed().is_empty(), "it did not go");
+        assert_eq!(slot.to(), None);
+        assert!(slot.lapsed_lately(t0 + wait));
+        assert!(!leaving.lapse(&slot, t0 + wait * 2, wait), "lapses once");
+        assert_eq!(leaving.count(), 0);
+
+        // It can be asked again later, and counts again.
+        let t1 = t0 + wait * 2;
+        assert!(!slot.lapsed_lately(t1 + wait));
+        assert!(leaving.ask(&slot, "10.0.0.3:28668".into(), t1));
+        assert_eq!(leaving.count(), 1);
+        // A lapse timer of the first request finds this one not due.
+        assert!(!leaving.lapse(&slot, t1 + Duration::from_secs(1), wait));
+        assert_eq!(leaving.count(), 1);
+    }
+
+    #[test]
+    fn a_session_that_left_counts_once_and_never_lapses() {
+        let leaving = Leaving::default();
+        let slot = Slot::default();
+        let t0 = Instant::now();
+        leaving.left(&slot);
+        assert_eq!(leaving.count(), 0, "one never asked is not counted");
+
+        assert!(leaving.ask(&slot, "10.0.0.2:28668".into(), t0));
+        leaving.left(&slot);
+        leaving.left(&slot);
+        assert_eq!(leaving.count(), 0, "released once");
+        assert!(leaving.pending().is_empty());
+        assert_eq!(leaving.take_departed(), vec!["10.0.0.2:28668".to_string()]);
+        assert_eq!(
+            slot.to().as_deref(),
+            Some("10.0.0.2:28668"),
+            "its lost alarm is left out"
+        );
+        let wait = Duration::from_secs(180);
+        assert!(!leaving.lapse(&slot, t0 + wait, wait));
+        assert_eq!(leaving.count(), 0);
+    }
+}
