@@ -284,14 +284,18 @@ async fn k2_a_hand_over_lets_running_tasks_finish_before_the_agent_moves() {
     let running = entries(api, &task, &targets).await;
     assert!(
         !running.iter().any(is_final),
-        "the hand-over was asked while the script ran: {running:?}"
+        "no entry ended when the hand-over was asked: {running:?}"
     );
+    // Work sent to agents waiting to move runs too.
+    let more = start(api, &targets, "echo again", json!({})).await;
     // Every entry completes; none ends with a disconnect.
-    let done = wait_final(api, &task, &targets, Duration::from_secs(60)).await;
-    for e in &done {
-        assert_eq!(e["status"], 2, "success: {e}");
-        assert_eq!(e["error_code"], 0, "{e}");
-        assert_eq!(e["screen"], "done\n", "{e}");
+    for (task, screen) in [(&more, "again\n"), (&task, "done\n")] {
+        let done = wait_final(api, task, &targets, Duration::from_secs(60)).await;
+        for e in &done {
+            assert_eq!(e["status"], 2, "success: {e}");
+            assert_eq!(e["error_code"], 0, "{e}");
+            assert_eq!(e["screen"], screen, "{e}");
+        }
     }
     // And then the agents move: two each.
     wait_spread(&cluster, 2, 2).await;
