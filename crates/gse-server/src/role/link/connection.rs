@@ -13,9 +13,7 @@ use gse_core::{AgentKey, now_ms};
 use gse_link::Accepted;
 use gse_link::claim::{certificate_identity, claimed_key};
 use gse_link::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
-use gse_proto::link::{
-    Goodbye, HandOverReady, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck,
-};
+use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -439,7 +437,7 @@ async fn serve(
                 deadline = Instant::now() + timeout;
                 let heartbeat = frame.msg_type == MsgType::Heartbeat;
                 if frame.msg_type == MsgType::HandOverReady {
-                    if let Some(reason) = ready(svc, link, (key, conn_id), &frame, written).await {
+                    if let Some(reason) = super::handover::ready(svc, link, (key, conn_id), &frame, written).await {
                         return reason;
                     }
                     continue;
@@ -462,37 +460,6 @@ async fn serve(
     }
 }
 
-/// The agent says it is idle and ready to move (K2, `handover`): when
-/// nothing is on its way to it, it is told where to go and the link ends
-/// (`Some(reason)`); otherwise it goes on being served.
-async fn ready(
-    svc: &LinkService,
-    link: &mut Link,
-    (key, conn_id): (AgentKey, u64),
-    frame: &Frame,
-    written: u64,
-) -> Option<String> {
-    let received = match frame.decode::<HandOverReady>() {
-        Ok(r) => r.received,
-        Err(e) => {
-            tracing::warn!(agent = %key, error = %e, "ignoring a HandOverReady that does not decode");
-            return None;
-        }
-    };
-    let redirect = svc.seal(key, conn_id, (received, written))?;
-    let reason = "handed over to a less loaded node";
-    let goodbye = Frame::new(
-        MsgType::Goodbye,
-        0,
-        &Goodbye {
-            reason: reason.into(),
-            redirect,
-        },
-    );
-    let _ = send_within(link, goodbye, svc.config.heartbeat_timeout).await;
-    Some(reason.into())
-}
-
 /// Renews the agent's claim; `Some(reason)` ends the link because another
 /// claim (a newer registration, here or on another node) superseded it.
 /// A directory that cannot answer keeps the link: the agent is here.
@@ -508,7 +475,11 @@ async fn renew(svc: &LinkService, key: AgentKey, epoch: Epoch) -> Option<String>
 }
 
 /// Writes one frame, giving up after `limit`; the error is why the link ends.
-async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(), String> {
+pub(super) async fn send_within(
+    link: &mut Link,
+    frame: Frame,
+    limit: Duration,
+) -> Result<(), String> {
     gse_link::session::send_within(link, frame, limit)
         .await
         .map_err(|e| match e {

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gse_core::AgentKey;
+use gse_link::session::ServerSession as Link;
+use gse_proto::link::{Goodbye, HandOverReady};
 use gse_proto::{Frame, MsgType};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -167,10 +169,63 @@ impl Leaving {
     }
 }
 
-/// The order in which sessions are asked: the lowest first.
-fn rank(s: &Session, now_ms: u64, now: Instant) -> u8 {
-    let busy = now_ms.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) < BUSY_FOR_MS;
-    u8::from(s.handover.lapsed_lately(now)) * 2 + u8::from(busy)
+/// How a session stands for being asked to move.
+#[derive(Clone, Copy, Default)]
+struct Standing {
+    /// Asked already (and not lapsed).
+    asked: bool,
+    /// Sent work within [`BUSY_FOR_MS`].
+    busy: bool,
+    /// A request lapsed within [`HANDOVER_WAIT`].
+    lapsed_lately: bool,
+    /// Follows `HandOver` (link protocol 2 or later).
+    follows: bool,
+}
+
+impl Standing {
+    fn of(s: &Session, now_ms: u64, now: Instant) -> Self {
+        Standing {
+            asked: s.handover.to().is_some(),
+            busy: now_ms.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) < BUSY_FOR_MS,
+            lapsed_lately: s.handover.lapsed_lately(now),
+            follows: s.follows_handover,
+        }
+    }
+
+    /// The order in which sessions are asked, the lowest first; `None`:
+    /// not to be asked (asked already, or an old agent that would lose
+    /// its running work).
+    fn rank(self) -> Option<u8> {
+        if self.asked || (self.busy && !self.follows) {
+            return None;
+        }
+        Some(u8::from(self.lapsed_lately) * 2 + u8::from(self.busy))
+    }
+}
+
+/// The first of the best-ranked `sessions` for which `target` names an
+/// address, with that address.
+fn pick<T>(
+    sessions: impl IntoIterator<Item = (T, Standing)>,
+    target: impl Fn(&T) -> Option<String>,
+) -> Option<(T, String)> {
+    let mut best: Option<(u8, T, String)> = None;
+    for (s, standing) in sessions {
+        let Some(rank) = standing.rank() else {
+            continue;
+        };
+        if best.as_ref().is_some_and(|(r, ..)| *r <= rank) {
+            continue;
+        }
+        let Some(to) = target(&s) else {
+            continue;
+        };
+        best = Some((rank, s, to));
+        if rank == 0 {
+            break;
+        }
+    }
+    best.map(|(_, s, to)| (s, to))
 }
 
 impl LinkService {
@@ -186,28 +241,10 @@ impl LinkService {
         let sessions = self.sessions.lock();
         let now_ms = gse_core::now_ms();
         let now = Instant::now();
-        let mut best: Option<(u8, &AgentKey, &Session, String)> = None;
-        for (key, s) in sessions.iter() {
-            if s.handover.to().is_some() {
-                continue;
-            }
-            let rank = rank(s, now_ms, now);
-            // An old agent would lose its running work.
-            if !s.follows_handover && rank % 2 == 1 {
-                continue;
-            }
-            if best.as_ref().is_some_and(|(r, ..)| *r <= rank) {
-                continue;
-            }
-            let Some(to) = target(&s.region) else {
-                continue;
-            };
-            best = Some((rank, key, s, to));
-            if rank == 0 {
-                break;
-            }
-        }
-        let (_, &key, s, to) = best?;
+        let standing = sessions
+            .iter()
+            .map(|(key, s)| ((key, s), Standing::of(s, now_ms, now)));
+        let ((&key, s), to) = pick(standing, |(_, s)| target(&s.region))?;
         if s.follows_handover {
             let ask = gse_proto::link::HandOver {
                 redirect: to.clone(),
@@ -292,6 +329,37 @@ impl LinkService {
     }
 }
 
+/// The agent says it is idle and ready to move (`HandOverReady`): when
+/// nothing is on its way to it, it is told where to go and the link ends
+/// (`Some(reason)`); otherwise it goes on being served.
+pub(super) async fn ready(
+    svc: &LinkService,
+    link: &mut Link,
+    (key, conn_id): (AgentKey, u64),
+    frame: &Frame,
+    written: u64,
+) -> Option<String> {
+    let received = match frame.decode::<HandOverReady>() {
+        Ok(r) => r.received,
+        Err(e) => {
+            tracing::warn!(agent = %key, error = %e, "ignoring a HandOverReady that does not decode");
+            return None;
+        }
+    };
+    let redirect = svc.seal(key, conn_id, (received, written))?;
+    let reason = "handed over to a less loaded node";
+    let goodbye = Frame::new(
+        MsgType::Goodbye,
+        0,
+        &Goodbye {
+            reason: reason.into(),
+            redirect,
+        },
+    );
+    let _ = super::connection::send_within(link, goodbye, svc.config.heartbeat_timeout).await;
+    Some(reason.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +399,57 @@ mod tests {
         // A lapse timer of the first request finds this one not due.
         assert!(!leaving.lapse(&slot, t1 + Duration::from_secs(1), wait));
         assert_eq!(leaving.count(), 1);
+    }
+
+    #[test]
+    fn idle_agents_go_first_busy_old_ones_never_and_lapsed_ones_last() {
+        let idle = Standing {
+            follows: true,
+            ..Standing::default()
+        };
+        let busy = Standing { busy: true, ..idle };
+        let lapsed = Standing {
+            lapsed_lately: true,
+            ..idle
+        };
+        let old_idle = Standing {
+            follows: false,
+            ..idle
+        };
+        let old_busy = Standing {
+            busy: true,
+            ..old_idle
+        };
+        let asked = Standing {
+            asked: true,
+            ..idle
+        };
+        let anywhere = |_: &&str| Some("10.0.0.2:28668".to_string());
+        let first = |list: Vec<(&'static str, Standing)>| pick(list, anywhere).map(|(s, _)| s);
+
+        assert_eq!(first(vec![("busy", busy), ("idle", idle)]), Some("idle"));
+        assert_eq!(
+            first(vec![("lapsed", lapsed), ("busy", busy)]),
+            Some("busy")
+        );
+        assert_eq!(
+            first(vec![("lapsed", lapsed)]),
+            Some("lapsed"),
+            "picked again, later"
+        );
+        assert_eq!(
+            first(vec![("old busy", old_busy), ("lapsed", lapsed)]),
+            Some("lapsed")
+        );
+        assert_eq!(first(vec![("old busy", old_busy), ("asked", asked)]), None);
+        assert_eq!(
+            first(vec![("busy", busy), ("old idle", old_idle)]),
+            Some("old idle")
+        );
+        // One with no target (another region, balanced) is passed over.
+        let only_b = |s: &&str| (*s == "b").then(|| "10.0.0.2:28668".to_string());
+        let list = vec![("a", idle), ("b", busy)];
+        assert_eq!(pick(list, only_b).map(|(s, _)| s), Some("b"));
     }
 
     #[test]
