@@ -20,8 +20,9 @@ use tokio::time::Instant;
 pub(super) const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// How often `HandOverReady` is said again while the agent stays idle and
-/// the node has not answered (it saw work on its way to the agent then).
-const READY_AGAIN: Duration = Duration::from_secs(2);
+/// the node has not answered (it saw work on its way to the agent then, or
+/// lets agents go at its hand-over rate).
+const READY_AGAIN: Duration = Duration::from_secs(1);
 
 /// A node's request to move, not followed yet.
 struct Pending {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gse_core::AgentKey;
@@ -166,6 +166,42 @@ impl Leaving {
                 departed.push(to.clone());
             }
         }
+    }
+}
+
+/// Agents let go per second at most: agents whose work ended at the same
+/// moment still leave at the hand-over rate, not in a reconnect storm (an
+/// agent let wait says it is ready again a moment later).
+#[derive(Default)]
+pub(crate) struct Pace {
+    /// 0: no limit.
+    per_s: AtomicU32,
+    /// The current one-second window's start and the agents let go in it.
+    window: Mutex<(Option<Instant>, u32)>,
+}
+
+impl Pace {
+    pub(crate) fn set(&self, per_s: u32) {
+        self.per_s.store(per_s, Ordering::Relaxed);
+    }
+
+    /// Whether one more agent may go at `now` (counted if so).
+    fn allow(&self, now: Instant) -> bool {
+        let per_s = self.per_s.load(Ordering::Relaxed);
+        if per_s == 0 {
+            return true;
+        }
+        let mut w = self.window.lock();
+        match w.0 {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
+                if w.1 >= per_s {
+                    return false;
+                }
+                w.1 += 1;
+            }
+            _ => *w = (Some(now), 1),
+        }
+        true
     }
 }
 
@@ -324,6 +360,10 @@ impl LinkService {
             tracing::debug!(agent = %key, received, written, queued, "the agent is ready to move but work is on its way to it");
             return None;
         }
+        if !self.pace.allow(Instant::now()) {
+            tracing::debug!(agent = %key, "the agent is ready to move; letting it go a moment later (hand-over rate)");
+            return None;
+        }
         s.sealed.store(true, Ordering::Relaxed);
         Some(to)
     }
@@ -450,6 +490,19 @@ mod tests {
         let only_b = |s: &&str| (*s == "b").then(|| "10.0.0.2:28668".to_string());
         let list = vec![("a", idle), ("b", busy)];
         assert_eq!(pick(list, only_b).map(|(s, _)| s), Some("b"));
+    }
+
+    #[test]
+    fn agents_ready_at_once_go_at_the_hand_over_rate() {
+        let pace = Pace::default();
+        let t0 = Instant::now();
+        assert!((0..100).all(|_| pace.allow(t0)), "no limit set");
+        pace.set(2);
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(pace.allow(t1));
+        assert!(pace.allow(t1 + Duration::from_millis(500)));
+        assert!(!pace.allow(t1 + Duration::from_millis(900)), "two a second");
+        assert!(pace.allow(t1 + Duration::from_secs(1)), "the next second");
     }
 
     #[test]

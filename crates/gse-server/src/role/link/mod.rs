@@ -172,6 +172,8 @@ pub struct LinkService {
     redirector: RwLock<Option<Arc<dyn Redirector>>>,
     /// Sessions asked to move (K2) and not yet gone or lapsed.
     leaving: handover::Leaving,
+    /// How fast agents ready to move are let go (K2).
+    pace: handover::Pace,
     /// Registrations this node decided to take and has not attached yet:
     /// counted in its load, so a burst of agents registering at once is
     /// not all taken on the figure from before the burst.
@@ -259,6 +261,7 @@ impl LinkService {
             remote: RwLock::new(None),
             redirector: RwLock::new(None),
             leaving: handover::Leaving::default(),
+            pace: handover::Pace::default(),
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
@@ -281,6 +284,12 @@ impl LinkService {
     /// Lets `redirector` send registering agents to other nodes (K2).
     pub fn set_redirector(&self, redirector: Arc<dyn Redirector>) {
         *self.redirector.write() = Some(redirector);
+    }
+
+    /// Lets at most `per_s` agents a second leave for the node they are
+    /// handed over to (`[cluster] rebalance_per_s`; 0: no limit).
+    pub fn set_handover_rate(&self, per_s: u32) {
+        self.pace.set(per_s);
     }
 
     /// Where an agent of `region` registering here should go instead.
