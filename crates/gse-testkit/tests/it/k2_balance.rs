@@ -260,8 +260,9 @@ async fn k2_a_hand_over_lets_running_tasks_finish_before_the_agent_moves() {
         .collect();
     let targets: Vec<&str> = ids.iter().map(String::as_str).collect();
     let api = cluster.api(0);
-    // Long enough to outlast the join and the balancer's settling (5 s).
-    let task = start(api, &targets, "sleep 15; echo done", json!({})).await;
+    // Long enough to outlast the join and the balancer's settling (5 s),
+    // with room for a slow machine.
+    let task = start(api, &targets, "sleep 20; echo done", json!({})).await;
     eventually(
         "the script runs on every agent",
         Duration::from_secs(10),
