@@ -57,6 +57,31 @@ where
     }
 }
 
+/// Writes `frames` and flushes once, giving up after `limit` for all of
+/// them: a burst (a task's frames for thousands of agents) goes out in few
+/// TLS records and system calls instead of one flush per frame (the codec
+/// still writes whenever its buffer fills).
+pub async fn send_all_within<S>(
+    sink: &mut S,
+    frames: &[Frame],
+    limit: Duration,
+) -> Result<(), WriteError>
+where
+    S: Sink<Frame, Error = FrameError> + Unpin,
+{
+    let write = async {
+        for frame in frames {
+            sink.feed(frame.clone()).await?;
+        }
+        sink.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Failed(e)),
+        Err(_) => Err(WriteError::TimedOut(limit)),
+    }
+}
+
 /// Writes (and flushes) `frame`, giving up after `limit`.
 pub async fn send_within<S>(sink: &mut S, frame: Frame, limit: Duration) -> Result<(), WriteError>
 where
@@ -118,6 +143,34 @@ mod tests {
         let mut a = Framed::new(a, FrameCodec::default());
         let limit = Duration::from_millis(50);
         let e = send_within(&mut a, goodbye(), limit).await.unwrap_err();
+        assert!(matches!(e, WriteError::TimedOut(l) if l == limit), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_burst_arrives_whole_and_in_order_or_gives_up_in_time() {
+        let (a, b) = duplex(1 << 20);
+        let (mut a, mut b) = (
+            Framed::new(a, FrameCodec::default()),
+            Framed::new(b, FrameCodec::default()),
+        );
+        let burst: Vec<Frame> = (0..300)
+            .map(|i| Frame {
+                stream_id: i,
+                ..goodbye()
+            })
+            .collect();
+        send_all_within(&mut a, &burst, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for want in &burst {
+            let soon = Instant::now() + Duration::from_secs(5);
+            assert_eq!(&first_frame(&mut b, soon).await.unwrap(), want);
+        }
+
+        let (c, _d) = duplex(8);
+        let mut c = Framed::new(c, FrameCodec::default());
+        let limit = Duration::from_millis(50);
+        let e = send_all_within(&mut c, &burst, limit).await.unwrap_err();
         assert!(matches!(e, WriteError::TimedOut(l) if l == limit), "{e}");
     }
 }

@@ -21,11 +21,11 @@ pub mod state_store;
 
 pub use directory::{AgentDirectory, DirectoryError, Epoch, Location, MemoryDirectory};
 pub use executor::{ExecOutcome, ExecRequest, Executor, ExitKind, RunAs, truncation_marker};
-pub use registry::{NodeInfo, Registry, RegistryError, StaticRegistry};
+pub use registry::{DataServerInfo, NodeInfo, Registry, RegistryError, StaticRegistry};
 pub use sink::{Batch, Record, Sink, SinkError};
 pub use state_store::{
-    AgentRecord, AgentStore, AppRecord, AppStore, EntryFailure, HeartbeatUpdate, LogWindow,
-    LostAlarm, LostAlarmStore, PinStore, RouteStore, StateStore, StoreError, StoreErrorKind,
-    StoreKind, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskStore, TaskTarget,
-    TaskWrites, TransferStore,
+    AgentRecord, AgentStore, AppRecord, AppStore, EntryFailure, HeartbeatUpdate, KnownAgent,
+    LogWindow, LostAlarm, LostAlarmStore, PinStore, RouteStore, StateStore, StoreError,
+    StoreErrorKind, StoreKind, StoredTask, TaskEntryState, TaskLogChunk, TaskRecord, TaskStore,
+    TaskTarget, TaskWrites, TransferStore,
 };

@@ -32,6 +32,25 @@ pub struct NodeInfo {
     /// (T1); empty for a node without one (not a cluster member).
     #[serde(default)]
     pub node_addr: String,
+    /// This node's DataServers and their load (D4 across nodes): every
+    /// node with the link role assigns and moves its agents over all of
+    /// the cluster's DataServers. Empty for a node without the data role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_servers: Vec<DataServerInfo>,
+}
+
+/// One DataServer of a node, as the node publishes it in its entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataServerInfo {
+    /// `<node_id>/data<index>`, unique in the cluster.
+    pub id: String,
+    /// `host:port` an agent of any node dials: the advertised address,
+    /// never a wildcard.
+    pub endpoint: String,
+    /// Data links open now.
+    pub links: u64,
+    /// Bytes a second received over the last measurement interval.
+    pub bytes_per_s: u64,
 }
 
 /// Why the registry could not answer.
@@ -126,6 +145,7 @@ mod tests {
             api_addr: String::new(),
             agents,
             node_addr: String::new(),
+            data_servers: Vec::new(),
         }
     }
 

@@ -1,13 +1,14 @@
 //! Cluster membership (K1): the registry this node announces itself to
 //! (ZooKeeper when `[cluster] zookeeper` is set, else this node alone) and
-//! the loop that keeps its entry and load current.
+//! the loop that keeps its entry and load current (agents, and the
+//! DataServers every node's D4 balancer uses).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gse_core::seams::{NodeInfo, Registry, StaticRegistry};
+use gse_core::seams::{DataServerInfo, NodeInfo, Registry, StaticRegistry};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{Base, bind};
@@ -17,6 +18,7 @@ use crate::cluster::nodelink::{NodeLinkParts, NodeLinks};
 use crate::cluster::sender::Sender;
 use crate::config::ServerConfig;
 use crate::role::alarm::AlarmService;
+use crate::role::data::balance::{Balancer as DataBalancer, ClusterView, ServerLoad, published};
 use crate::role::link::LinkService;
 
 /// How often the node refreshes its registry entry even when its load did
@@ -36,20 +38,87 @@ pub(super) struct Addresses {
     pub node: Option<SocketAddr>,
 }
 
-/// Announces this node (its addresses, roles and agent count) until it stops.
+/// Announces this node (its addresses, roles, agent count and
+/// DataServers) until it stops.
 pub(super) fn spawn_announce(
     config: &ServerConfig,
     base: &mut Base,
     registry: Arc<dyn Registry>,
     addrs: Addresses,
     link: Option<Arc<LinkService>>,
+    data_servers: Vec<Arc<ServerLoad>>,
 ) {
+    // What stands for a wildcard DataServer's host: this node's address.
+    let node_ip = config
+        .node
+        .advertise_ip
+        .or(addrs.agents.map(|a| a.ip()))
+        .or(addrs.node.map(|a| a.ip()));
+    let data = PublishedData {
+        servers: data_servers,
+        node_ip,
+    };
+    if config.cluster.enabled() {
+        data.warn_unpublished();
+    }
     base.joins.spawn(announce(
         registry,
         node_info(config, addrs),
         link,
+        data,
         base.shutdown.clone(),
     ));
+}
+
+/// In a cluster, the D4 balancer (where the link runs) balances over
+/// every node's DataServers, as their registry entries publish them.
+pub(super) fn join_data_balance(
+    config: &ServerConfig,
+    base: &Base,
+    registry: &Arc<dyn Registry>,
+    balancer: &Option<Arc<DataBalancer>>,
+) {
+    let Some(balancer) = balancer else { return };
+    if !config.cluster.enabled() {
+        return;
+    }
+    balancer.join_cluster(ClusterView::new(
+        base.node_id.clone(),
+        config.node.region.clone(),
+        registry.watch(),
+        config.data.rebalance_interval,
+    ));
+}
+
+/// This node's DataServers as its registry entry gives them (D4 across
+/// nodes).
+struct PublishedData {
+    servers: Vec<Arc<ServerLoad>>,
+    node_ip: Option<IpAddr>,
+}
+
+impl PublishedData {
+    fn now(&self) -> Vec<DataServerInfo> {
+        self.servers
+            .iter()
+            .filter_map(|s| published(s, self.node_ip))
+            .collect()
+    }
+
+    /// Says which DataServers the other nodes' agents are not given.
+    fn warn_unpublished(&self) {
+        for s in &self.servers {
+            if published(s, self.node_ip).is_none() {
+                tracing::warn!(
+                    server = %s.id,
+                    endpoint = %s.endpoint,
+                    "this DataServer is not offered to the other nodes' agents: it listens on loopback (or on a \
+                     wildcard address with no node address to stand for it); set data.listen to an address agents \
+                     reach, or data.advertise_host"
+                );
+            }
+        }
+    }
 }
 
 /// In a cluster, where this node takes agents: balances them over the
@@ -156,6 +225,7 @@ fn node_info(config: &ServerConfig, addrs: Addresses) -> NodeInfo {
         api_addr: addrs.api.map(|a| a.to_string()).unwrap_or_default(),
         agents: 0,
         node_addr: addrs.node.map(|a| a.to_string()).unwrap_or_default(),
+        data_servers: Vec::new(),
     }
 }
 
@@ -164,21 +234,25 @@ async fn announce(
     registry: Arc<dyn Registry>,
     mut me: NodeInfo,
     link: Option<Arc<LinkService>>,
+    data: PublishedData,
     shutdown: CancellationToken,
 ) {
-    let mut published: Option<(u64, tokio::time::Instant)> = None;
+    let mut published: Option<(u64, Vec<DataServerInfo>, tokio::time::Instant)> = None;
     loop {
         let agents = link.as_ref().map_or(0, |l| l.connected() as u64);
-        let due =
-            published.is_none_or(|(count, at)| count != agents || at.elapsed() >= ANNOUNCE_EVERY);
+        let data_servers = data.now();
+        let due = published.as_ref().is_none_or(|(count, servers, at)| {
+            *count != agents || *servers != data_servers || at.elapsed() >= ANNOUNCE_EVERY
+        });
         if due {
             me.agents = agents;
+            me.data_servers = data_servers.clone();
             if let Err(e) = registry.announce(me.clone()).await {
                 tracing::warn!(registry = registry.kind(), error = %e, "cannot announce this node");
             }
             // Tried: again on the next change or in ANNOUNCE_EVERY, not
             // every second while the registry is down.
-            published = Some((agents, tokio::time::Instant::now()));
+            published = Some((agents, data_servers, tokio::time::Instant::now()));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

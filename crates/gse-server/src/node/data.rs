@@ -1,7 +1,9 @@
 //! The data path: the data routes (D5, where the API, the link or the data
 //! role runs), the system snapshot cache (D3) and the DataServers (C5, D4)
-//! where `[node] roles` selects the data role. Started before the link
-//! serves, so that registering agents are given a DataServer.
+//! where `[node] roles` selects the data role, and the D4 balancer where
+//! the link runs (with DataServers, or without in a cluster: the other
+//! nodes' then). Started before the link serves, so that registering
+//! agents are given a DataServer.
 
 use std::sync::Arc;
 
@@ -12,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::Base;
 use crate::config::{Role, ServerConfig};
+use crate::role::data::balance::Balancer;
 use crate::role::data::routes::{RouteService, RouteTable};
 use crate::role::data::sink::SinkContext;
 use crate::role::data::snapshot::SnapshotCache;
-use crate::role::data::{DataParts, DataService, DataTap};
+use crate::role::data::{DataParts, DataService, DataTap, start_balancer};
 use crate::role::link::LinkService;
 
 /// The data-path parts this node runs.
@@ -23,6 +26,9 @@ pub(super) struct DataRoles {
     pub routes: Option<Arc<RouteService>>,
     pub snapshots: Option<Arc<SnapshotCache>>,
     pub servers: Option<DataService>,
+    /// Where the link runs: assigns agents their DataServer (D4), this
+    /// node's or, in a cluster, any node's.
+    pub balancer: Option<Arc<Balancer>>,
 }
 
 /// How often a cluster node reads the shared routes for other nodes'
@@ -82,10 +88,23 @@ pub(super) async fn start(
     } else {
         None
     };
+    let balancer = match (&servers, link) {
+        (Some(servers), _) => servers.balancer.clone(),
+        // A cluster node without DataServers gives its agents the others'.
+        (None, Some(link)) if config.cluster.enabled() => Some(start_balancer(
+            Vec::new(),
+            link,
+            config.data.rebalance_interval,
+            &base.shutdown,
+            &mut base.joins,
+        )),
+        (None, _) => None,
+    };
     Ok(DataRoles {
         routes,
         snapshots,
         servers,
+        balancer,
     })
 }
 

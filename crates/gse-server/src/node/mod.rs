@@ -7,13 +7,14 @@
 //! alarm role, the agent link (bound first, so the other roles can register
 //! their frame families on it), the work roles (`work`: task, file and
 //! proc, wherever the API or the link runs), the data path (`data`: routes,
-//! snapshot cache, DataServers), then the link starts serving (after the
-//! alarm role has picked up the agents known before this start, so that one
-//! that does not come back raises `agent_lost`, `role::alarm::lost`), the
-//! cluster registry (`cluster`), the API, and the announcement of this node
-//! with its agent count. [`Node::stop`] cancels everything and waits for the
-//! roles to finish. Addresses actually bound (port 0 allowed) are in the
-//! `Node`.
+//! snapshot cache, DataServers), the cluster registry (`cluster`; the D4
+//! balancer sees every node's DataServers from then on), then the link
+//! starts serving (after the alarm role has picked up the agents known
+//! before this start, so that one that does not come back raises
+//! `agent_lost`, `role::alarm::lost`), the API, and the announcement of
+//! this node with its agent count and DataServers. [`Node::stop`] cancels
+//! everything and waits for the roles to finish. Addresses actually bound
+//! (port 0 allowed) are in the `Node`.
 
 mod alarm;
 mod api;
@@ -80,8 +81,11 @@ impl Node {
         );
         let work = work::start(&config, &mut base, &link, &sender, &alarms).await?;
         let data = data::start(&config, &mut base, &link).await?;
-        let agent_addr = link::serve(bound_link, &alarms, &mut base).await;
         let registry = cluster::start_registry(&config, &base.shutdown).await?;
+        // Before the link serves: the first agents are given any node's
+        // DataServer already.
+        cluster::join_data_balance(&config, &base, &registry, &data.balancer);
+        let agent_addr = link::serve(bound_link, &alarms, &mut base).await;
         let api_addr = api::start(&config, &mut base, &work, &data, registry.clone()).await?;
         let node_addr = cluster::start_node_link(
             &config,
@@ -103,6 +107,10 @@ impl Node {
                 node: node_addr,
             },
             link.clone(),
+            data.servers
+                .as_ref()
+                .map(|d| d.servers.iter().map(|s| s.load.clone()).collect())
+                .unwrap_or_default(),
         );
 
         tracing::info!(node = %base.node_id, api = ?api_addr, agents = ?agent_addr, store = base.store.kind(), "gse-server node started");

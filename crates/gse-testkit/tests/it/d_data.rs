@@ -197,7 +197,13 @@ pub(crate) async fn wait_all(
 
 /// Sends `n` records `<tag>-<i>` as 0xC01 on one connection, `per_tick` at a
 /// time every `tick`.
-async fn stream_records(path: PathBuf, tag: String, n: usize, per_tick: usize, tick: Duration) {
+pub(crate) async fn stream_records(
+    path: PathBuf,
+    tag: String,
+    n: usize,
+    per_tick: usize,
+    tick: Duration,
+) {
     let mut conn = connect(&path).await;
     for chunk in (0..n).collect::<Vec<_>>().chunks(per_tick) {
         let mut buf = Vec::new();

@@ -30,6 +30,7 @@ fn node(id: &str, agents: u64) -> NodeInfo {
         api_addr: "127.0.0.1:59313".into(),
         agents,
         node_addr: String::new(),
+        data_servers: Vec::new(),
     }
 }
 

@@ -23,6 +23,7 @@ mod r10_hosts;
 mod r10_lost;
 mod r10_visible;
 mod r11_claims;
+mod r11_data_balance;
 mod r11_failover;
 mod r11_faults;
 mod r11_forward;

@@ -23,7 +23,7 @@ mod routes;
 mod tasks;
 mod transfers;
 
-pub use agents::{AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate};
+pub use agents::{AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, KnownAgent};
 pub use error::{StoreError, StoreErrorKind};
 pub use lost::{LostAlarm, LostAlarmStore};
 pub use pins::{IdentityPin, PinClaim, PinStore};

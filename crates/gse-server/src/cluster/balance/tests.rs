@@ -9,6 +9,7 @@ fn node(id: &str, region: &str, agents: u64) -> NodeInfo {
         api_addr: String::new(),
         agents,
         node_addr: String::new(),
+        data_servers: Vec::new(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use gse_core::AgentKey;
 use gse_core::seams::Registry;
-use gse_link::session::{ClientSession, first_frame, send_within};
+use gse_link::session::{ClientSession, first_frame, send_all_within, send_within};
 use gse_link::{Backoff, DialError, Dialer};
 use gse_proto::link::{LinkError, NodeHello, NodeHelloAck, NodeRelay};
 use gse_proto::{Frame, FrameCodec, MsgType};
@@ -27,8 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LocalAgents, NodeLinks, OUTBOX_FRAMES, Undelivered, UndeliveredCode};
 
-/// Time for one frame's write before the link counts as broken.
+/// Time for one write (of up to [`WRITE_BATCH`] frames) before the link
+/// counts as broken.
 const WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// Most frames one write takes from the queue, and the bytes after which
+/// it takes no more (file pieces are large: a write stays well within
+/// [`WRITE_LIMIT`] on a slow link).
+const WRITE_BATCH: usize = 512;
+const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Back-off between dials of an unreachable node.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -133,13 +139,27 @@ async fn run(parts: OutboxParts, mut rx: mpsc::Receiver<Frame>) {
             }
         }
         let Some(s) = session.as_mut() else { continue };
-        if let Err(e) = send_within(&mut s.sink, frame.clone(), WRITE_LIMIT).await {
+        // What queued meanwhile goes in the same write, in order.
+        let mut bytes = frame.body.len();
+        let mut batch = vec![frame];
+        while batch.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(f) => {
+                    bytes += f.body.len();
+                    batch.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send_all_within(&mut s.sink, &batch, WRITE_LIMIT).await {
             let why = format!("the node link to {} broke: {e}", parts.node);
-            tracing::warn!(node = %parts.node, error = %e, "node link write failed");
-            fail(&parts, frame, &why);
+            tracing::warn!(node = %parts.node, error = %e, frames = batch.len(), "node link write failed");
+            for frame in batch {
+                fail(&parts, frame, &why);
+            }
             session = None;
         } else {
-            metrics::counter!("gse_node_link_frames_sent_total").increment(1);
+            metrics::counter!("gse_node_link_frames_sent_total").increment(batch.len() as u64);
         }
     }
     // Stopped (the node left, or shutdown): what is still queued fails.

@@ -76,6 +76,7 @@ fn info(id: &str, addr: &str) -> NodeInfo {
         api_addr: String::new(),
         agents: 0,
         node_addr: addr.into(),
+        data_servers: Vec::new(),
     }
 }
 

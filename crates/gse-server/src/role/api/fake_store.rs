@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use gse_core::identity::{AgentKey, AgentRef};
 use gse_core::seams::state_store::{
-    ChannelRecord, EntryFailure, FileTransferRecord, IdentityPin, LogWindow, NewId, PinClaim,
-    StoredTask, StreamToRecord, TaskEntryState, TaskRecord, TaskWrites,
+    ChannelRecord, EntryFailure, FileTransferRecord, IdentityPin, KnownAgent, LogWindow, NewId,
+    PinClaim, StoredTask, StreamToRecord, TaskEntryState, TaskRecord, TaskWrites,
 };
 use gse_core::seams::{
     AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, LostAlarm, LostAlarmStore,
@@ -91,6 +91,16 @@ impl AgentStore for FakeStore {
             AgentRef::Id(id) => agents.values().find(|a| &a.agent_id == id).cloned(),
         };
         Ok(refs.iter().map(find).collect())
+    }
+    async fn identify_agents(
+        &self,
+        refs: &[AgentRef],
+    ) -> Result<Vec<Option<KnownAgent>>, StoreError> {
+        let found = self.get_agents(refs).await?;
+        Ok(found
+            .iter()
+            .map(|r| r.as_ref().map(KnownAgent::from))
+            .collect())
     }
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         match self.list_fault {

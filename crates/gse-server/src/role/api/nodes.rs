@@ -1,7 +1,7 @@
 //! `POST /api/v2/cluster/list_nodes` (K1, our extension): the server nodes
 //! of the cluster as the registry sees them, from any node:
-//! `[{node_id, region, roles, agent_addr, api_addr, agents}]`, sorted by
-//! node id. A single node lists itself.
+//! `[{node_id, region, roles, agent_addr, api_addr, agents,
+//! data_servers}]`, sorted by node id. A single node lists itself.
 
 use serde_json::Value;
 

@@ -57,6 +57,23 @@ impl DataEndpoint {
         };
         Some(SocketAddr::new(ip, self.port).to_string())
     }
+
+    /// `host:port` published for the agents of every node (D4 across
+    /// nodes): `data.advertise_host`, the bound address, or for a wildcard
+    /// listener `node_ip` (this node's advertised address). `None` when
+    /// there is none, and for a loopback address unless `node_ip` is
+    /// loopback too (a cluster on one host): another host's agent would
+    /// dial its own host.
+    pub fn advertised(&self, node_ip: Option<IpAddr>) -> Option<String> {
+        let local_cluster = node_ip.is_some_and(|ip| ip.is_loopback());
+        let ip = match &self.host {
+            Host::Named(name) => return Some(join(name, self.port)),
+            Host::Bound(ip) if ip.is_loopback() && !local_cluster => return None,
+            Host::Bound(ip) => *ip,
+            Host::Parent => node_ip.filter(|ip| !ip.is_unspecified())?,
+        };
+        Some(SocketAddr::new(ip, self.port).to_string())
+    }
 }
 
 /// For logs: the host, or what it depends on.
@@ -124,5 +141,20 @@ mod tests {
         let named = DataEndpoint::new(&named, "0.0.0.0:1".parse().unwrap());
         assert_eq!(named.for_agent(remote).unwrap(), "data.example:1");
         assert_eq!(named.to_string(), "data.example:1");
+    }
+
+    #[test]
+    fn published_endpoints_are_never_wildcards() {
+        let cfg = DataConfig::default();
+        let node: IpAddr = "10.77.0.1".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let wildcard = DataEndpoint::new(&cfg, "0.0.0.0:28625".parse().unwrap());
+        assert_eq!(wildcard.advertised(Some(node)).unwrap(), "10.77.0.1:28625");
+        assert_eq!(wildcard.advertised(None), None);
+        let bound = DataEndpoint::new(&cfg, "10.77.0.2:7".parse().unwrap());
+        assert_eq!(bound.advertised(None).unwrap(), "10.77.0.2:7");
+        let loopback = DataEndpoint::new(&cfg, "127.0.0.1:7".parse().unwrap());
+        assert_eq!(loopback.advertised(Some(node)), None, "not for other hosts");
+        assert_eq!(loopback.advertised(Some(lo)).unwrap(), "127.0.0.1:7");
     }
 }

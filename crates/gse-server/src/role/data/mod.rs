@@ -8,7 +8,8 @@
 //! cache) and acking a batch only when every sink stored it. Where the link
 //! role runs, [`balance::Balancer`] assigns each registering agent the
 //! least-loaded DataServer and moves agents every `rebalance_interval`
-//! (D4). Metrics are in [`metrics`]. The route and stream_to APIs are in
+//! (D4), over every node's DataServers in a cluster. Metrics are in
+//! [`metrics`]. The route and stream_to APIs are in
 //! `role::api::data_routes`; the agent side is `gse_agent::data`.
 
 pub mod balance;
@@ -68,6 +69,39 @@ pub struct DataParts {
     pub shutdown: CancellationToken,
 }
 
+/// Starts the D4 balancer of `link` over `servers` (this node's
+/// DataServers, none for a cluster node without the data role): it assigns
+/// registering agents and rebalances every `interval` until `shutdown`.
+pub fn start_balancer(
+    servers: Vec<Arc<ServerLoad>>,
+    link: &Arc<LinkService>,
+    interval: std::time::Duration,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Arc<Balancer> {
+    let b = Balancer::new(servers, link.clone());
+    link.set_data_assigner(b.clone());
+    // Agents never send this family: the route only delivers disconnects.
+    link.add_frame_handler(MsgFamily::DataAssign, b.clone());
+    tasks.spawn(b.clone().run(interval, shutdown.clone()));
+    b
+}
+
+/// Measures `servers`' loads every `interval` until `shutdown`.
+async fn sample_loads(
+    servers: Vec<Arc<ServerLoad>>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => servers.iter().for_each(|s| s.sample()),
+        }
+    }
+}
+
 /// The started DataServers.
 pub struct DataService {
     /// Each DataServer's endpoint as agents are told, in `[data] listen`
@@ -119,18 +153,23 @@ impl DataService {
         for (svc, listener) in servers.iter().zip(listeners) {
             tasks.spawn(svc.clone().serve(listener));
         }
-        let balancer = parts.link.map(|link| {
-            let loads = servers.iter().map(|s| s.load.clone()).collect();
-            let b = Balancer::new(loads, link.clone());
-            link.set_data_assigner(b.clone());
-            // Agents never send this family: the route only delivers disconnects.
-            link.add_frame_handler(MsgFamily::DataAssign, b.clone());
-            tasks.spawn(
-                b.clone()
-                    .run(parts.config.rebalance_interval, parts.shutdown.clone()),
-            );
-            b
-        });
+        let loads: Vec<Arc<ServerLoad>> = servers.iter().map(|s| s.load.clone()).collect();
+        let interval = parts.config.rebalance_interval;
+        let balancer = match parts.link {
+            Some(link) => Some(start_balancer(
+                loads,
+                &link,
+                interval,
+                &parts.shutdown,
+                tasks,
+            )),
+            None => {
+                // No link here: the loads are measured for the registry
+                // entry only (other nodes' agents send here, D4).
+                tasks.spawn(sample_loads(loads, interval, parts.shutdown.clone()));
+                None
+            }
+        };
         Ok(DataService {
             endpoints: servers.iter().map(|s| s.load.endpoint.clone()).collect(),
             servers,

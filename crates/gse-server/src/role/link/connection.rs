@@ -285,7 +285,7 @@ async fn register<'s>(
                 &ack(
                     true,
                     String::new(),
-                    svc.data_endpoint(reg.key, epoch, reached.path),
+                    svc.data_endpoint(reg.key, epoch, reached.path, &reg.msg.region),
                 ),
             );
             let joining = joining.unwrap_or_else(|| svc.joining());

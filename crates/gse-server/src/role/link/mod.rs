@@ -121,8 +121,9 @@ pub trait AgentFrames: Send + Sync {
 /// by the assigner itself as `DataAssign` frames through [`LinkService::send_to`].
 pub trait DataAssigner: Send + Sync {
     /// The `host:port` of the DataServer for `agent`, registering under
-    /// the claim `held` over `path`; `""` when none is reachable for it.
-    fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath) -> String;
+    /// the claim `held` over `path`, of `region` (K5); `""` when none is
+    /// reachable for it.
+    fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath, region: &str) -> String;
 }
 
 /// Balances agents over the cluster's nodes (K2, K5): asked when an agent
@@ -325,10 +326,10 @@ impl LinkService {
 
     /// The DataServer endpoint for a registering agent; `""` when this node
     /// has none (the agent then uses its own `[data] servers`).
-    fn data_endpoint(&self, key: AgentKey, epoch: Epoch, path: AgentPath) -> String {
+    fn data_endpoint(&self, key: AgentKey, epoch: Epoch, path: AgentPath, region: &str) -> String {
         let assigner = self.data_assigner.read().clone();
         assigner
-            .map(|a| a.assign(key, Delivery::of_claim(epoch), path))
+            .map(|a| a.assign(key, Delivery::of_claim(epoch), path, region))
             .unwrap_or_default()
     }
 

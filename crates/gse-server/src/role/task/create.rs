@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gse_core::AgentKey;
-use gse_core::seams::AgentRecord;
+use gse_core::seams::KnownAgent;
 use gse_core::seams::state_store::TaskTarget;
 use gse_core::task::{
     ERR_AGENT_DOWN, ERR_DANGER_BLOCKED, ERR_RUNNING, ERR_SPAWN, STATUS_DISPATCHED, STATUS_FAILED,
@@ -68,9 +68,11 @@ impl TaskService {
             None => self.encode(&task_id, &spec)?,
         };
         let refs: Vec<_> = spec.targets.iter().map(|t| t.agent.clone()).collect();
-        let records = self.store.get_agents(&refs).await?;
+        let records = self.store.identify_agents(&refs).await?;
+        let read_ms = begun.elapsed().as_millis();
 
         let starts = self.plan(&spec, &records, &findings).await;
+        let planned_ms = begun.elapsed().as_millis();
         let task = self.build(&task_id, &spec, &records, &starts);
         self.register(&task);
         let sent = self.send_all(&task, &spec, starts, &frames).await;
@@ -90,6 +92,9 @@ impl TaskService {
             dispatched = sent,
             atomic_tasks = spec.atomic_tasks.len(),
             blocked = findings.blocked.is_some(),
+            read_ms,
+            planned_ms,
+            sent_ms = begun.elapsed().as_millis(),
             "task started"
         );
         Ok(task_id)
@@ -179,7 +184,7 @@ impl TaskService {
     async fn plan(
         &self,
         spec: &ScriptTaskSpec,
-        records: &[Option<AgentRecord>],
+        records: &[Option<KnownAgent>],
         findings: &Findings,
     ) -> Vec<Start> {
         let keys: Vec<AgentKey> = match findings.blocked {
@@ -210,7 +215,7 @@ impl TaskService {
     fn plan_known<'a>(
         &self,
         target: &'a TargetSpec,
-        rec: &AgentRecord,
+        rec: &KnownAgent,
         first_name: &mut HashMap<AgentKey, &'a str>,
         located: &mut HashMap<AgentKey, Result<Located, SendError>>,
     ) -> Start {
@@ -248,7 +253,7 @@ impl TaskService {
         &self,
         task_id: &str,
         spec: &ScriptTaskSpec,
-        records: &[Option<AgentRecord>],
+        records: &[Option<KnownAgent>],
         starts: &[Start],
     ) -> Arc<LiveTask> {
         let now = gse_core::now_ms();

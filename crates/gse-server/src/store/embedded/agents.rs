@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use gse_core::app_secret::SecretHash;
-use gse_core::seams::{AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, StoreError};
+use gse_core::seams::{
+    AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, KnownAgent, StoreError,
+};
 use gse_core::{AgentKey, AgentRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -180,6 +182,17 @@ impl AgentStore for EmbeddedStore {
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         let mem = self.mem.read();
         Ok(refs.iter().map(|r| mem.resolve(r).cloned()).collect())
+    }
+
+    async fn identify_agents(
+        &self,
+        refs: &[AgentRef],
+    ) -> Result<Vec<Option<KnownAgent>>, StoreError> {
+        let mem = self.mem.read();
+        Ok(refs
+            .iter()
+            .map(|r| mem.resolve(r).map(KnownAgent::from))
+            .collect())
     }
 
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use gse_core::app_secret::SecretHash;
-use gse_core::seams::{AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, StoreError};
+use gse_core::seams::{
+    AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, KnownAgent, StoreError,
+};
 use gse_core::{AgentKey, AgentRef};
 
 use super::{BACKEND, HEARTBEATS_PER_CALL, RedisStore, decode, encode, store_error};
@@ -247,6 +249,58 @@ impl AgentStore for RedisStore {
         Ok(keys
             .iter()
             .map(|k| k.and_then(|_| records.next().flatten()))
+            .collect())
+    }
+
+    async fn identify_agents(
+        &self,
+        refs: &[AgentRef],
+    ) -> Result<Vec<Option<KnownAgent>>, StoreError> {
+        const DOING: &str = "identifying agents";
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // An agent id's key (its mapping exists only while its record
+        // does, see UPSERT), or a key's agent id. Tasks name their targets
+        // by agent id: those are one MGET, a single reply to parse.
+        let found: Vec<Option<String>> = if refs.iter().all(|r| matches!(r, AgentRef::Id(_))) {
+            let ids: Vec<String> = refs
+                .iter()
+                .filter_map(|r| match r {
+                    AgentRef::Id(id) => Some(self.id_key(id)),
+                    AgentRef::Key(_) => None,
+                })
+                .collect();
+            redis::cmd("MGET")
+                .arg(ids)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(store_error(DOING))?
+        } else {
+            let mut pipe = redis::pipe();
+            for r in refs {
+                match r {
+                    AgentRef::Id(id) => pipe.get(self.id_key(id)),
+                    AgentRef::Key(k) => pipe.hget(self.agent_key(*k), "id"),
+                };
+            }
+            pipe.query_async(&mut self.conn())
+                .await
+                .map_err(store_error(DOING))?
+        };
+        Ok(refs
+            .iter()
+            .zip(found)
+            .map(|(r, v)| match r {
+                AgentRef::Id(id) => v.and_then(|k| k.parse().ok()).map(|key| KnownAgent {
+                    key,
+                    agent_id: id.clone(),
+                }),
+                AgentRef::Key(key) => v.map(|agent_id| KnownAgent {
+                    key: *key,
+                    agent_id,
+                }),
+            })
             .collect())
     }
 

@@ -180,10 +180,14 @@ impl AgentDirectory for RedisDirectory {
                 let (Some(node_id), Some(via), Some(epoch)) = (node, via, epoch) else {
                     return Ok(None);
                 };
-                let via = serde_json::from_str(&via).map_err(|e| DirectoryError::Unavailable {
-                    backend: BACKEND,
-                    message: format!("locating {agent}: unreadable proxy list in Redis: {e}"),
-                })?;
+                // Almost every agent is reached directly: skip the parser.
+                let via = match via.as_str() {
+                    "[]" => Vec::new(),
+                    _ => serde_json::from_str(&via).map_err(|e| DirectoryError::Unavailable {
+                        backend: BACKEND,
+                        message: format!("locating {agent}: unreadable proxy list in Redis: {e}"),
+                    })?,
+                };
                 Ok(Some(Location {
                     node_id,
                     via,

@@ -2,7 +2,9 @@
 
 use super::key;
 use crate::identity::AgentRef;
-use crate::seams::state_store::{AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate};
+use crate::seams::state_store::{
+    AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, KnownAgent,
+};
 
 fn record(last: u8, agent_id: &str, node: &str, connected_at_ms: u64) -> AgentRecord {
     let k = key(201, last);
@@ -33,6 +35,23 @@ async fn one(store: &dyn AgentStore, r: AgentRef) -> Option<AgentRecord> {
     store.get_agents(&[r]).await.unwrap().pop().unwrap()
 }
 
+/// `identify_agents` names exactly what `get_agents` finds.
+async fn identified_as_found(store: &dyn AgentStore, refs: &[AgentRef]) {
+    let found: Vec<Option<KnownAgent>> = store
+        .get_agents(refs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.as_ref().map(KnownAgent::from))
+        .collect();
+    assert_eq!(
+        store.identify_agents(refs).await.unwrap(),
+        found,
+        "identify_agents({refs:?})"
+    );
+    assert_eq!(store.identify_agents(&[]).await.unwrap(), Vec::new());
+}
+
 /// Registration, lookup by either name, heartbeats, and offline marks
 /// fenced by the holding connection.
 pub async fn agents(store: &dyn AgentStore) {
@@ -50,6 +69,26 @@ pub async fn agents(store: &dyn AgentStore) {
         .await
         .unwrap();
     assert_eq!(got, vec![None, Some(a.clone()), Some(a.clone()), None]);
+    identified_as_found(
+        store,
+        &[
+            AgentRef::Id("conf-nobody".into()),
+            AgentRef::Key(a.key),
+            AgentRef::Id("conf-agent-1".into()),
+            AgentRef::Key(key(201, 250)),
+        ],
+    )
+    .await;
+    // Agent ids alone (as tasks name their targets) too.
+    identified_as_found(
+        store,
+        &[
+            AgentRef::Id("conf-agent-1".into()),
+            AgentRef::Id("conf-nobody".into()),
+            AgentRef::Id("conf-agent-1".into()),
+        ],
+    )
+    .await;
     assert!(
         store.list_agents().await.unwrap().contains(&a),
         "a registered agent is listed"
@@ -131,8 +170,18 @@ pub async fn agents(store: &dyn AgentStore) {
     store.upsert_agent(c.clone()).await.unwrap();
     assert_eq!(
         one(store, AgentRef::Id("conf-agent-2".into())).await,
-        Some(c)
+        Some(c.clone())
     );
+    identified_as_found(
+        store,
+        &[
+            AgentRef::Id("conf-agent-1".into()),
+            AgentRef::Id("conf-agent-2".into()),
+            AgentRef::Key(a.key),
+            AgentRef::Key(c.key),
+        ],
+    )
+    .await;
     let listed = store.list_agents().await.unwrap();
     assert_eq!(
         listed.iter().filter(|r| r.key.ip == b.key.ip).count(),

@@ -41,3 +41,25 @@ fn a_move_that_would_not_narrow_the_spread_is_not_made() {
     assert_eq!(moves.len(), 1, "{moves:?}");
     assert_eq!((moves[0].from, moves[0].to), (2, 1));
 }
+
+#[test]
+fn other_nodes_load_counts_and_a_remote_server_takes_one_agent_a_round() {
+    // Server 0 (here) carries 4 agents of 100 kB/s; servers 1 and 2 are
+    // another node's, 1 loaded by that node's agents, 2 idle.
+    let agents: Vec<_> = (1..=4).map(|i| (key(i), 0, 100_000.0)).collect();
+    let moves = plan_moves_over(&[0.0, 400_000.0, 0.0], &[false, true, true], &agents);
+    assert_eq!(moves.len(), 1, "one onto the idle remote server: {moves:?}");
+    assert_eq!((moves[0].from, moves[0].to), (0, 2));
+    // Two idle remote servers: one agent each.
+    let moves = plan_moves_over(&[0.0, 0.0, 0.0], &[false, true, true], &agents);
+    let targets: Vec<usize> = moves.iter().map(|m| m.to).collect();
+    assert_eq!(targets, vec![1, 2], "{moves:?}");
+    // Other nodes' load already on the idle-looking server: nothing to do.
+    assert!(plan_moves_over(&[0.0, 400_000.0], &[false, true], &agents).is_empty());
+    // Without caps, the same as plan_moves.
+    let two = [(key(1), 0, 200_000.0), (key(3), 0, 200_000.0)];
+    assert_eq!(
+        plan_moves_over(&[0.0, 0.0], &[false, false], &two),
+        plan_moves(2, &two)
+    );
+}

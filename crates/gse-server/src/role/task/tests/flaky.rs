@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gse_core::seams::state_store::{
-    ChannelRecord, EntryFailure, FileTransferRecord, IdentityPin, LogWindow, NewId, PinClaim,
-    StoredTask, StreamToRecord, TaskWrites,
+    ChannelRecord, EntryFailure, FileTransferRecord, IdentityPin, KnownAgent, LogWindow, NewId,
+    PinClaim, StoredTask, StreamToRecord, TaskWrites,
 };
 use gse_core::seams::{
     AgentRecord, AgentStore, AppRecord, AppStore, HeartbeatUpdate, LostAlarm, LostAlarmStore,
@@ -90,6 +90,12 @@ impl AgentStore for FlakyStore {
     }
     async fn get_agents(&self, refs: &[AgentRef]) -> Result<Vec<Option<AgentRecord>>, StoreError> {
         self.inner.get_agents(refs).await
+    }
+    async fn identify_agents(
+        &self,
+        refs: &[AgentRef],
+    ) -> Result<Vec<Option<KnownAgent>>, StoreError> {
+        self.inner.identify_agents(refs).await
     }
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.inner.list_agents().await
