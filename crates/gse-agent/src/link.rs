@@ -29,6 +29,8 @@
 //! `Goodbye` with one, names the node to register with next; the agent goes
 //! there at once, with `Register.redirected` set (that node takes it without
 //! redirecting it again), and back to its own server list if that fails.
+//! A node that hands this agent over sends `HandOver` first and the agent
+//! moves only once nothing runs here ([`handover`]), so no work ends.
 //! `Register.region` carries `[agent] region` (K5).
 //!
 //! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
@@ -57,6 +59,8 @@ use crate::identity::AgentIdentity;
 use crate::plugin::PluginService;
 use crate::stats::SelfStats;
 use crate::task::{TaskRunner, policy};
+
+mod handover;
 
 /// A link that stayed registered this long resets the backoff, so one flap
 /// does not leave the agent offline for the longest delay after the next
@@ -425,6 +429,11 @@ async fn session(
     let write_limit = period * MISSED_ACKS;
     let mut last_heard = Instant::now();
     let mut seq = 0u64;
+    // Frames read since the RegisterAck, and the node's request to move.
+    let mut received = 0u64;
+    let mut handover = handover::HandOverState::default();
+    let mut idle_check = tokio::time::interval(handover::IDLE_CHECK);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -457,6 +466,21 @@ async fn session(
                     return end;
                 }
             }
+            _ = idle_check.tick(), if handover.is_pending() => {
+                // Final frames still queued are results the node has not
+                // seen yet: not idle until they are written.
+                let idle = tasks.live() == 0
+                    && files.live() == 0
+                    && plugins.operating() == 0
+                    && outbound.tasks.is_empty()
+                    && outbound.files.is_empty()
+                    && outbound.plugins.is_empty();
+                if let Some(frame) = handover.ready(idle, received, Instant::now())
+                    && let Err(end) = send_within(link, frame, write_limit, shutdown, "a hand-over answer").await
+                {
+                    return end;
+                }
+            }
             next = link.next() => {
                 let frame = match next {
                     None => return End::Lost("the server closed the connection".into()),
@@ -464,6 +488,11 @@ async fn session(
                     Some(Ok(frame)) => frame,
                 };
                 last_heard = Instant::now();
+                received += 1;
+                if frame.msg_type == MsgType::HandOver {
+                    handover.asked(&frame, Instant::now());
+                    continue;
+                }
                 if frame.msg_type == MsgType::DataAssign {
                     data_assign(&frame, outbound.data.as_deref());
                     continue;

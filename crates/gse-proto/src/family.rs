@@ -125,6 +125,8 @@ mod tests {
         let expected = [
             (MsgType::Register, Link),
             (MsgType::LinkError, Link),
+            (MsgType::HandOver, Link),
+            (MsgType::HandOverReady, Link),
             (MsgType::RunScript, Task),
             (MsgType::TaskStatus, Task),
             (MsgType::FileManifestRequest, File),

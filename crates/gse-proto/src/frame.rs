@@ -37,6 +37,10 @@ pub enum MsgType {
     HeartbeatAck,
     Goodbye,
     LinkError,
+    /// Node -> agent: move when idle (K2).
+    HandOver,
+    /// Agent -> node: idle now, ready to move.
+    HandOverReady,
     RunScript,
     CancelTask,
     TaskOutput,
@@ -84,6 +88,8 @@ impl MsgType {
             MsgType::HeartbeatAck => 4,
             MsgType::Goodbye => 5,
             MsgType::LinkError => 6,
+            MsgType::HandOver => 7,
+            MsgType::HandOverReady => 8,
             MsgType::RunScript => 0x100,
             MsgType::CancelTask => 0x101,
             MsgType::TaskOutput => 0x102,
@@ -125,6 +131,8 @@ impl MsgType {
             4 => MsgType::HeartbeatAck,
             5 => MsgType::Goodbye,
             6 => MsgType::LinkError,
+            7 => MsgType::HandOver,
+            8 => MsgType::HandOverReady,
             0x100 => MsgType::RunScript,
             0x101 => MsgType::CancelTask,
             0x102 => MsgType::TaskOutput,
@@ -326,7 +334,7 @@ mod tests {
 
     #[test]
     fn every_known_type_keeps_its_number() {
-        for n in (1..=6)
+        for n in (1..=8)
             .chain(0x100..=0x103)
             .chain(0x200..=0x207)
             .chain(0x280..=0x282)

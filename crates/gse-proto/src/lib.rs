@@ -41,7 +41,12 @@ impl link::ProcSpec {
 }
 
 /// Version of the agent link protocol this build speaks; sent in `Register`.
-pub const LINK_PROTOCOL_VERSION: u32 = 1;
+/// 2: the agent follows `HandOver` (K2) when idle.
+pub const LINK_PROTOCOL_VERSION: u32 = 2;
+
+/// The first agent link protocol version whose agents follow `HandOver`;
+/// older agents ignore it.
+pub const HANDOVER_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest record a collector may send on the agent's local data socket, in
 /// body bytes of one frame (so at least its payload): the SDK's own 10 MiB

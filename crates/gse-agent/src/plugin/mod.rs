@@ -83,6 +83,30 @@ struct Shared {
     pending_alarms: Mutex<Vec<ProcAlarm>>,
     /// Serialises writes of the state file.
     save_lock: tokio::sync::Mutex<()>,
+    /// Operations received and not answered yet: a hand-over (K2) waits
+    /// for them.
+    operating: std::sync::atomic::AtomicUsize,
+}
+
+/// One operation in flight, counted in `Shared::operating` until dropped
+/// (also if the operation panics).
+struct Operating(Arc<Shared>);
+
+impl Operating {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared
+            .operating
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Operating(shared.clone())
+    }
+}
+
+impl Drop for Operating {
+    fn drop(&mut self) {
+        self.0
+            .operating
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The agent's plugin supervisor. Cheap to clone.
@@ -114,6 +138,7 @@ impl PluginService {
                 policy: Mutex::new(Arc::new(DangerPolicy::builtin())),
                 pending_alarms: Mutex::new(Vec::new()),
                 save_lock: tokio::sync::Mutex::new(()),
+                operating: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         for s in saved {
@@ -161,13 +186,24 @@ impl PluginService {
             Ok(op) => {
                 let svc = self.clone();
                 let stream_id = frame.stream_id;
-                tokio::spawn(async move { svc.operate(stream_id, op).await });
+                let operating = Operating::start(&self.shared);
+                tokio::spawn(async move {
+                    svc.operate(stream_id, op).await;
+                    drop(operating);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a plugin operation that does not decode")
             }
         }
         true
+    }
+
+    /// Operations received and not answered yet (their answer queued).
+    pub fn operating(&self) -> usize {
+        self.shared
+            .operating
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one operation and answers it upstream, on the operation's

@@ -164,6 +164,7 @@ fn bare_service(dir: &Path) -> super::PluginService {
             )),
             pending_alarms: parking_lot::Mutex::new(Vec::new()),
             save_lock: tokio::sync::Mutex::new(()),
+            operating: std::sync::atomic::AtomicUsize::new(0),
         }),
     }
 }

@@ -173,9 +173,21 @@ impl Balancer {
 
     /// The cluster as this node sees it now: the registry's figures, this
     /// node's own live count (agents being handed over left out), plus
-    /// what it sent to others lately.
+    /// what it sent to others lately and the agents on their way to them
+    /// (asked to move, waiting for their work to end).
     fn view(&self) -> Vec<NodeInfo> {
         let mut nodes = self.registry.watch().borrow().clone();
+        // An agent that went counts at its node until the node's figure
+        // has it; one still waiting to go counts there already.
+        for to in self.link.handed_over() {
+            if let Some(n) = nodes.iter().find(|n| n.agent_addr == to) {
+                self.sent.record(&n.node_id);
+            }
+        }
+        let pending = self.link.handing_over();
+        for n in nodes.iter_mut() {
+            n.agents += pending.get(&n.agent_addr).copied().unwrap_or(0) as u64;
+        }
         self.sent.apply(&mut nodes);
         let mine = self.link.balanced() as u64;
         for n in nodes.iter_mut().filter(|n| n.node_id == self.me) {
@@ -218,11 +230,8 @@ impl Balancer {
                 .flatten()
                 .map(|n| n.agent_addr.clone())
         });
-        let Some(to) = moved else { return false };
-        if let Some(n) = nodes.iter().find(|n| n.agent_addr == to) {
-            self.sent.record(&n.node_id);
-        }
-        true
+        // Counted at its target from now on (`view`).
+        moved.is_some()
     }
 }
 

@@ -55,8 +55,8 @@ pub struct ClusterConfig {
     #[serde(default = "default_balance")]
     pub balance: bool,
     /// K2 hand-over: at most this many agents a second that a node holding
-    /// more than its share tells to reconnect to a less loaded node (with
-    /// jitter); 0 = never hand agents over (registrations are still
+    /// more than its share asks to move to a less loaded node once idle
+    /// (with jitter); 0 = never hand agents over (registrations are still
     /// redirected).
     #[serde(default = "default_rebalance_per_s")]
     pub rebalance_per_s: u32,

@@ -136,6 +136,7 @@ pub(super) fn spawn_balance(
     }
     let balancer = Balancer::new(base.node_id.clone(), registry, link.clone());
     link.set_redirector(balancer.clone());
+    link.set_handover_rate(config.cluster.rebalance_per_s);
     base.joins.spawn(balance::run(
         balancer,
         config.cluster.rebalance_per_s,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use gse_testkit::{Cluster, StartedCluster, eventually};
 use serde_json::json;
 
+use crate::task_api::{entries, is_final, start, wait_final};
+
 /// Which node (0-based) holds each agent, in agent order; `None` for an
 /// agent not alive anywhere. Read through node-1's API: with Redis every
 /// node answers for every agent (T1).
@@ -237,4 +239,65 @@ async fn k5_agents_of_a_region_with_no_node_up_move_to_it_once_one_joins() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn k2_a_hand_over_lets_running_tasks_finish_before_the_agent_moves() {
+    // Four busy agents on node-1; node-2 joins while their script runs.
+    let mut cluster = Cluster::builder()
+        .nodes(1)
+        .zookeeper()
+        .redis()
+        .agents(4)
+        .node_config(|_, cfg| cfg.cluster.rebalance_per_s = 2)
+        .start()
+        .await;
+    assert_eq!(counts(&holders(&cluster).await, 1).unwrap(), [4]);
+    let ids: Vec<String> = cluster
+        .agents
+        .iter()
+        .map(|a| format!("0:{}", a.ip))
+        .collect();
+    let targets: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let api = cluster.api(0);
+    // Long enough to outlast the join and the balancer's settling (5 s),
+    // with room for a slow machine.
+    let task = start(api, &targets, "sleep 20; echo done", json!({})).await;
+    eventually(
+        "the script runs on every agent",
+        Duration::from_secs(10),
+        || async {
+            let got = entries(api, &task, &targets).await;
+            (got.len() == 4 && got.iter().all(|e| e["status"] == 1))
+                .then_some(())
+                .ok_or(format!("{got:?}"))
+        },
+    )
+    .await;
+    cluster.add_node().await;
+    // node-1 asks agents to move while their script still runs.
+    eventually("hand-overs asked", Duration::from_secs(30), || async {
+        let n = counter(&cluster, "gse_link_handovers_total").await;
+        (n >= 1).then_some(()).ok_or(format!("{n} hand-overs"))
+    })
+    .await;
+    let api = cluster.api(0);
+    let running = entries(api, &task, &targets).await;
+    assert!(
+        !running.iter().any(is_final),
+        "no entry ended when the hand-over was asked: {running:?}"
+    );
+    // Work sent to agents waiting to move runs too.
+    let more = start(api, &targets, "echo again", json!({})).await;
+    // Every entry completes; none ends with a disconnect.
+    for (task, screen) in [(&more, "again\n"), (&task, "done\n")] {
+        let done = wait_final(api, task, &targets, Duration::from_secs(60)).await;
+        for e in &done {
+            assert_eq!(e["status"], 2, "success: {e}");
+            assert_eq!(e["error_code"], 0, "{e}");
+            assert_eq!(e["screen"], screen, "{e}");
+        }
+    }
+    // And then the agents move: two each.
+    wait_spread(&cluster, 2, 2).await;
 }

@@ -53,7 +53,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
-    let Some((record, epoch, (p2p_addr, region), ack, joining)) =
+    let Some((record, epoch, (p2p_addr, region, protocol), ack, joining)) =
         Box::pin(register(&svc, &mut link, reached, deadline)).await
     else {
         return;
@@ -63,7 +63,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     let key = record.key;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = svc.shutdown.child_token();
-    let handover = Arc::new(std::sync::OnceLock::new());
+    let handover = Arc::new(super::handover::Slot::default());
     svc.attach(
         key,
         super::Session {
@@ -76,6 +76,8 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             path,
             region,
             handover: handover.clone(),
+            follows_handover: protocol >= gse_proto::HANDOVER_PROTOCOL_VERSION,
+            sealed: std::sync::atomic::AtomicBool::new(false),
             last_work_ms: std::sync::atomic::AtomicU64::new(0),
         },
     );
@@ -96,7 +98,14 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
             *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
-            serve(&svc, &mut link, (key, epoch), rx, (close, &handover)).await
+            serve(
+                &svc,
+                &mut link,
+                (key, epoch, conn_id),
+                rx,
+                (close, &handover),
+            )
+            .await
         }
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
@@ -121,7 +130,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         // A handed-over agent is on its way to another node, not lost.
         if let Some(alarms) = &svc.alarms
             && !svc.shutdown.is_cancelled()
-            && handover.get().is_none()
+            && handover.to().is_none()
         {
             alarms.agent_lost(record, reason);
         }
@@ -161,7 +170,7 @@ async fn register<'s>(
 ) -> Option<(
     AgentRecord,
     Epoch,
-    (Option<SocketAddr>, String),
+    (Option<SocketAddr>, String, u32),
     Frame,
     super::Joining<'s>,
 )> {
@@ -283,7 +292,7 @@ async fn register<'s>(
             Some((
                 record,
                 epoch,
-                (reg.p2p_addr, reg.msg.region),
+                (reg.p2p_addr, reg.msg.region, reg.msg.protocol_version),
                 accepted,
                 joining,
             ))
@@ -376,18 +385,21 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
 async fn serve(
     svc: &LinkService,
     link: &mut Link,
-    (key, epoch): (AgentKey, Epoch),
+    (key, epoch, conn_id): (AgentKey, Epoch, u64),
     mut outbound: mpsc::Receiver<Box<Frame>>,
-    (close, handover): (CancellationToken, &std::sync::OnceLock<String>),
+    (close, handover): (CancellationToken, &super::handover::Slot),
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
     let renew_every = RENEW_EVERY.min(timeout / 2);
     let mut renew_at = Instant::now() + renew_every;
+    // Frames written to the agent since the RegisterAck; the agent counts
+    // the ones it read, so a hand-over can tell none is on its way.
+    let mut written: u64 = 0;
     loop {
         tokio::select! {
             _ = close.cancelled() => {
-                let redirect = handover.get().cloned().unwrap_or_default();
+                let redirect = handover.to().unwrap_or_default();
                 let reason = if svc.shutdown.is_cancelled() {
                     "server shutting down"
                 } else if !redirect.is_empty() {
@@ -414,6 +426,7 @@ async fn serve(
                 if let Err(reason) = send_within(link, *frame, timeout).await {
                     return reason;
                 }
+                written += 1;
             }
             next = link.next() => {
                 let frame = match next {
@@ -423,8 +436,18 @@ async fn serve(
                 };
                 deadline = Instant::now() + timeout;
                 let heartbeat = frame.msg_type == MsgType::Heartbeat;
+                if frame.msg_type == MsgType::HandOverReady {
+                    if let Some(reason) = super::handover::ready(svc, link, (key, conn_id), &frame, written).await {
+                        return reason;
+                    }
+                    continue;
+                }
                 if let Some(reason) = on_frame(svc, link, key, frame).await {
                     return reason;
+                }
+                if heartbeat {
+                    // Its HeartbeatAck.
+                    written += 1;
                 }
                 if heartbeat && Instant::now() >= renew_at {
                     renew_at = Instant::now() + renew_every;
@@ -452,7 +475,11 @@ async fn renew(svc: &LinkService, key: AgentKey, epoch: Epoch) -> Option<String>
 }
 
 /// Writes one frame, giving up after `limit`; the error is why the link ends.
-async fn send_within(link: &mut Link, frame: Frame, limit: Duration) -> Result<(), String> {
+pub(super) async fn send_within(
+    link: &mut Link,
+    frame: Frame,
+    limit: Duration,
+) -> Result<(), String> {
     gse_link::session::send_within(link, frame, limit)
         .await
         .map_err(|e| match e {

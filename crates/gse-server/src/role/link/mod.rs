@@ -24,6 +24,7 @@ mod advertise;
 mod config;
 mod connection;
 mod data_drops;
+mod handover;
 mod heartbeats;
 mod identity;
 mod remote;
@@ -33,8 +34,7 @@ pub use remote::RemoteStreams;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use gse_core::AgentKey;
 use gse_core::danger::DangerRuleSpec;
@@ -52,10 +52,6 @@ pub use config::LinkConfig;
 
 use crate::cluster::sender::{self, Delivery, LocalLink};
 use crate::role::alarm::AlarmService;
-
-/// An agent sent work this recently is moved (K2) only when no idler one
-/// can be: its tasks would end with the link.
-const BUSY_FOR_MS: u64 = 5 * 60 * 1000;
 
 /// Frames queued for one agent before `send_to` reports it busy.
 const OUTBOUND_QUEUE: usize = 256;
@@ -80,12 +76,17 @@ pub(crate) struct Session {
     path: AgentPath,
     /// The agent's region (K5), from its Register.
     region: String,
-    /// Set (with the agent address it goes to) when this node hands the
-    /// agent over to another (K2); the connection then says goodbye with
-    /// that redirect.
-    handover: Arc<OnceLock<String>>,
-    /// When a role last sent the agent work (unix ms; 0 = never): a
-    /// hand-over ends the agent's running tasks, so idle agents go first.
+    /// Set (with the agent address it goes to) while this node hands the
+    /// agent over to another (K2, [`handover`]).
+    handover: Arc<handover::Slot>,
+    /// The agent follows `HandOver` once idle (link protocol 2 or later);
+    /// an older one is moved only by ending its link.
+    follows_handover: bool,
+    /// Set once the agent is leaving for the node it was handed to: no
+    /// more deliveries, as the link ends right after.
+    sealed: AtomicBool,
+    /// When a role last sent the agent work (unix ms; 0 = never): idle
+    /// agents are handed over first.
     last_work_ms: AtomicU64,
 }
 
@@ -170,9 +171,10 @@ pub struct LinkService {
     remote: RwLock<Option<Arc<dyn RemoteStreams>>>,
     /// Set while a cluster node starts (K2).
     redirector: RwLock<Option<Arc<dyn Redirector>>>,
-    /// Sessions handed over (K2) and not yet gone: left out of this node's
-    /// load without walking every session per registration.
-    leaving: AtomicUsize,
+    /// Sessions asked to move (K2) and not yet gone or lapsed.
+    leaving: handover::Leaving,
+    /// How fast agents ready to move are let go (K2).
+    pace: handover::Pace,
     /// Registrations this node decided to take and has not attached yet:
     /// counted in its load, so a burst of agents registering at once is
     /// not all taken on the figure from before the burst.
@@ -259,7 +261,8 @@ impl LinkService {
             data_assigner: RwLock::new(None),
             remote: RwLock::new(None),
             redirector: RwLock::new(None),
-            leaving: AtomicUsize::new(0),
+            leaving: handover::Leaving::default(),
+            pace: handover::Pace::default(),
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
@@ -284,6 +287,12 @@ impl LinkService {
         *self.redirector.write() = Some(redirector);
     }
 
+    /// Lets at most `per_s` agents a second leave for the node they are
+    /// handed over to (`[cluster] rebalance_per_s`; 0: no limit).
+    pub fn set_handover_rate(&self, per_s: u32) {
+        self.pace.set(per_s);
+    }
+
     /// Where an agent of `region` registering here should go instead.
     fn redirect(&self, region: &str) -> Option<String> {
         let redirector = self.redirector.read().clone();
@@ -294,8 +303,18 @@ impl LinkService {
     /// as balancing counts it.
     pub fn balanced(&self) -> usize {
         let sessions = self.sessions.lock();
-        (sessions.len() + self.joining.load(Ordering::Relaxed))
-            .saturating_sub(self.leaving.load(Ordering::Relaxed))
+        (sessions.len() + self.joining.load(Ordering::Relaxed)).saturating_sub(self.leaving.count())
+    }
+
+    /// Agents asked to move and not gone yet, per agent address they go
+    /// to (K2): balancing counts them there already.
+    pub fn handing_over(&self) -> HashMap<String, usize> {
+        self.leaving.pending()
+    }
+
+    /// The agent addresses agents handed over went to since the last call.
+    pub fn handed_over(&self) -> Vec<String> {
+        self.leaving.take_departed()
     }
 
     /// Counts a registration this node takes until the guard goes (once
@@ -303,37 +322,6 @@ impl LinkService {
     fn joining(&self) -> Joining<'_> {
         self.joining.fetch_add(1, Ordering::Relaxed);
         Joining(self)
-    }
-
-    /// Hands over one connected agent for which `target` (given the
-    /// agent's region) names an agent address: the connection says goodbye
-    /// with that redirect and closes. Returns the address, if one moved.
-    /// Agents sent no work lately ([`BUSY_FOR_MS`]) go first.
-    pub fn hand_over_one(&self, target: impl Fn(&str) -> Option<String>) -> Option<String> {
-        let sessions = self.sessions.lock();
-        let now = gse_core::now_ms();
-        let idle =
-            |s: &Session| now.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) >= BUSY_FOR_MS;
-        let idle_first = sessions
-            .iter()
-            .filter(|(_, s)| idle(s))
-            .chain(sessions.iter().filter(|(_, s)| !idle(s)));
-        for (key, s) in idle_first {
-            if s.handover.get().is_some() {
-                continue;
-            }
-            let Some(to) = target(&s.region) else {
-                continue;
-            };
-            if s.handover.set(to.clone()).is_ok() {
-                self.leaving.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(agent = %key, to = %to, "handing the agent over to a less loaded node");
-                metrics::counter!("gse_link_handovers_total").increment(1);
-                s.close.cancel();
-                return Some(to);
-            }
-        }
-        None
     }
 
     /// The DataServer endpoint for a registering agent; `""` when this node
@@ -480,9 +468,7 @@ impl LinkService {
 
     /// A session left the map: no longer counted as leaving, if it was.
     fn left(&self, gone: &Session) {
-        if gone.handover.get().is_some() {
-            self.leaving.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.leaving.left(&gone.handover);
     }
 
     /// Forgets the session if it is still `conn_id`'s; true if it was.
@@ -507,7 +493,7 @@ impl LocalLink for LinkService {
         let sessions = self.sessions.lock();
         let session = sessions
             .get(&agent)
-            .filter(|s| s.epoch == epoch)
+            .filter(|s| s.epoch == epoch && !s.sealed.load(Ordering::Relaxed))
             .ok_or(sender::SendError::Stale(agent))?;
         session
             .last_work_ms
