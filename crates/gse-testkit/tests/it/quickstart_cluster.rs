@@ -38,12 +38,26 @@ fn ids(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn read_info(path: &Path) -> Value {
-    eventually("quickstart.json", Duration::from_secs(120), || async {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|e| e.to_string())
-    })
-    .await
+/// quickstart.json once quickstart wrote it; quickstart's output if it
+/// exits first or the wait runs out.
+async fn read_info(path: &Path, quickstart: &mut Stopped, out: &Path) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(info) = serde_json::from_str(&text)
+        {
+            return info;
+        }
+        let exited = quickstart.0.try_wait().unwrap();
+        if exited.is_some() || tokio::time::Instant::now() > deadline {
+            panic!(
+                "no quickstart.json (quickstart {}); its output:\n{}",
+                exited.map_or("still running after 120 s".to_string(), |s| format!("exited: {s}")),
+                std::fs::read_to_string(out).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until agent `0:ip` is alive on one of `apis`.
@@ -91,7 +105,7 @@ async fn quickstart_runs_three_nodes_survives_one_dying_and_takes_it_back() {
             .spawn()
             .unwrap(),
     );
-    let info = read_info(&qs.join("quickstart.json")).await;
+    let info = read_info(&qs.join("quickstart.json"), &mut quickstart, &out_path).await;
     let nodes = info["nodes"].as_array().expect("quickstart.json nodes");
     assert_eq!(nodes.len(), 3, "{info}");
     let want = ids(&["node-1", "node-2", "node-3"]);
