@@ -21,15 +21,15 @@ use super::{RedisStore, decode, encode, store_error};
 
 impl RedisStore {
     fn task_key(&self, task_id: &str) -> String {
-        self.key(format!("task:{task_id}"))
+        task_key(&self.prefix, task_id)
     }
 
     fn entries_key(&self, task_id: &str) -> String {
-        self.key(format!("task:{task_id}:entries"))
+        entries_key(&self.prefix, task_id)
     }
 
     fn log_key(&self, task_id: &str, target: u32, atomic_id: u32) -> String {
-        self.key(format!("task:{task_id}:log:{target}:{atomic_id}"))
+        log_key(&self.prefix, task_id, target, atomic_id)
     }
 
     /// The entries of a task, by (target, atomic id).
@@ -52,8 +52,54 @@ impl RedisStore {
     }
 }
 
+fn task_key(prefix: &str, task_id: &str) -> String {
+    format!("{prefix}task:{task_id}")
+}
+
+fn entries_key(prefix: &str, task_id: &str) -> String {
+    format!("{prefix}task:{task_id}:entries")
+}
+
+fn log_key(prefix: &str, task_id: &str, target: u32, atomic_id: u32) -> String {
+    format!("{prefix}task:{task_id}:log:{target}:{atomic_id}")
+}
+
 fn entry_field(e: &TaskEntryState) -> String {
     format!("{}:{}", e.target, e.atomic_id)
+}
+
+/// One batch as one transaction.
+fn task_pipeline(prefix: &str, writes: &TaskWrites) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for t in &writes.tasks {
+        // NX: a record is written once; a batch sent again keeps it.
+        pipe.cmd("SET")
+            .arg(task_key(prefix, &t.task_id))
+            .arg(encode(t))
+            .arg("NX")
+            .ignore();
+        pipe.zadd(
+            format!("{prefix}tasks:by_created"),
+            &t.task_id,
+            t.created_ms,
+        )
+        .ignore();
+        pipe.sadd(format!("{prefix}tasks:node:{}", t.node_id), &t.task_id)
+            .ignore();
+    }
+    for e in &writes.entries {
+        pipe.hset(entries_key(prefix, &e.task_id), entry_field(e), encode(e))
+            .ignore();
+    }
+    for c in &writes.logs {
+        pipe.cmd("SETRANGE")
+            .arg(log_key(prefix, &c.task_id, c.target, c.atomic_id))
+            .arg(c.offset)
+            .arg(c.data.as_bytes())
+            .ignore();
+    }
+    pipe
 }
 
 #[async_trait]
@@ -62,31 +108,13 @@ impl TaskStore for RedisStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for t in &writes.tasks {
-            // NX: a record is written once; a batch sent again keeps it.
-            pipe.cmd("SET")
-                .arg(self.task_key(&t.task_id))
-                .arg(encode(t))
-                .arg("NX")
-                .ignore();
-            pipe.zadd(self.key("tasks:by_created"), &t.task_id, t.created_ms)
-                .ignore();
-            pipe.sadd(self.key(format!("tasks:node:{}", t.node_id)), &t.task_id)
-                .ignore();
-        }
-        for e in &writes.entries {
-            pipe.hset(self.entries_key(&e.task_id), entry_field(e), encode(e))
-                .ignore();
-        }
-        for c in &writes.logs {
-            pipe.cmd("SETRANGE")
-                .arg(self.log_key(&c.task_id, c.target, c.atomic_id))
-                .arg(c.offset)
-                .arg(c.data.as_bytes())
-                .ignore();
-        }
+        // Encoding a batch (thousands of entries as JSON, then the
+        // commands) is tens of milliseconds of CPU: off the async workers,
+        // which meanwhile take agents' frames and answer polls.
+        let prefix = self.prefix.clone();
+        let pipe = tokio::task::spawn_blocking(move || task_pipeline(&prefix, &writes))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(store_error("saving task records"))
