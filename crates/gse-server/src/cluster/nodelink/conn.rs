@@ -90,7 +90,7 @@ pub(super) async fn serve_inbound(links: Arc<NodeLinks>, accepted: Accepted) {
         metrics::counter!("gse_node_link_frames_received_total").increment(1);
         match frame.msg_type {
             MsgType::NodeToAgent => match frame.decode::<NodeRelay>() {
-                Ok(r) => links.on_to_agent(&from, r),
+                Ok(r) => links.on_to_agent(&from, r).await,
                 Err(e) => tracing::warn!(node = %from, error = %e, "bad NodeToAgent dropped"),
             },
             MsgType::NodeFromAgent => match frame.decode::<NodeRelay>() {

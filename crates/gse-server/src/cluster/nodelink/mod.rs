@@ -37,12 +37,19 @@ use gse_proto::link::{NodeRelay, NodeUndelivered};
 use gse_proto::{Frame, MsgType};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use relay::{Origin, Relay};
 
-/// Frames queued for one peer node before senders are told it is too slow.
+/// Frames queued for one peer node: a sender finding the queue full waits
+/// for room (up to [`QUEUE_WAIT`]), so a burst (a task for 50,000 agents,
+/// or their answers) slows down instead of failing or being dropped.
 pub const OUTBOX_FRAMES: usize = 8192;
+/// Longest a sender waits for room in a peer's queue before that node
+/// counts as too slow: the frame then fails (or, for an agent's answer,
+/// is dropped and logged; its entry ends at its deadline).
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a frame for an agent another node holds was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +113,9 @@ pub struct Refused {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeLinkError {
     #[error(
-        "the node link to {node} has {OUTBOX_FRAMES} frames queued already: that node or the network to it is too slow"
+        "the node link to {node} has had {frames} frames queued for {QUEUE_WAIT:?}: that node or the network to it is too slow"
     )]
-    Busy { node: String },
+    Busy { node: String, frames: usize },
     #[error("this node is shutting down")]
     ShuttingDown,
 }
@@ -124,6 +131,8 @@ pub struct NodeLinkParts {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Frames queued per peer node ([`OUTBOX_FRAMES`] in a node).
+    pub outbox_frames: usize,
     pub registry: Arc<dyn Registry>,
     pub shutdown: CancellationToken,
 }
@@ -146,6 +155,7 @@ pub struct NodeLinks {
     acceptor: Arc<Acceptor>,
     handshake_timeout: Duration,
     max_frame_bytes: usize,
+    outbox_frames: usize,
     registry: Arc<dyn Registry>,
     outboxes: Mutex<HashMap<String, outbox::Outbox>>,
     /// Sending side: per node, the agents (and the claim epoch) this node
@@ -191,6 +201,7 @@ impl NodeLinks {
             acceptor,
             handshake_timeout: parts.handshake_timeout,
             max_frame_bytes: parts.max_frame_bytes,
+            outbox_frames: parts.outbox_frames,
             registry: parts.registry,
             outboxes: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
@@ -225,7 +236,7 @@ impl NodeLinks {
 
     /// Queues `frame` for `agent`, held by node `node` at `epoch`. Failures
     /// after this returns come back through [`LocalAgents::undelivered`].
-    pub fn send_to_agent(
+    pub async fn send_to_agent(
         &self,
         node: &str,
         agent: AgentKey,
@@ -248,11 +259,15 @@ impl NodeLinks {
                 .insert(agent, epoch);
         }
         self.queue(node, Frame::new(MsgType::NodeToAgent, 0, &relay))
+            .await
     }
 
     /// Holding side: takes a frame from `agent` if it answers a stream
     /// another node opened (sending it back there); gives it back if not.
-    pub fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
+    /// Waits while the queue to that node is full: the agent's link then
+    /// reads no more meanwhile (its answers stay in order, and none is
+    /// dropped for a burst).
+    pub async fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
         let Some(origin) = self.relay.answer(agent, frame.stream_id) else {
             return Err(frame);
         };
@@ -267,10 +282,14 @@ impl NodeLinks {
             stream_id: origin.stream_id,
             body: frame.body.to_vec(),
         };
-        if let Err(e) = self.queue(
-            &origin.node_id,
-            Frame::new(MsgType::NodeFromAgent, 0, &back),
-        ) {
+        if let Err(e) = self
+            .queue(
+                &origin.node_id,
+                Frame::new(MsgType::NodeFromAgent, 0, &back),
+            )
+            .await
+        {
+            metrics::counter!("gse_node_link_answers_dropped_total").increment(1);
             tracing::warn!(agent = %agent, node = %origin.node_id, error = %e, "an agent's answer for another node is dropped");
         }
         Ok(())
@@ -284,7 +303,24 @@ impl NodeLinks {
                 "the agent's link to node {} ended before it answered",
                 self.me
             );
-            self.tell_undelivered(agent, &origin, UndeliveredCode::LinkEnded, reason);
+            let frame = undelivered_frame(agent, &origin, UndeliveredCode::LinkEnded, reason);
+            let tx = match self.outbox(&origin.node_id) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    tracing::warn!(agent = %agent, node = %origin.node_id, error = %e, "cannot tell a node its stream ended");
+                    continue;
+                }
+            };
+            // Called as a link ends (no waiting there): a full queue gets
+            // the notice from a task of its own.
+            if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+                let node = origin.node_id.clone();
+                tokio::spawn(async move {
+                    if tx.send_timeout(frame, QUEUE_WAIT).await.is_err() {
+                        tracing::warn!(agent = %agent, node = %node, "cannot tell a node its stream ended: its queue stayed full");
+                    }
+                });
+            }
         }
     }
 
@@ -294,7 +330,7 @@ impl NodeLinks {
     }
 
     /// Holding side: a `NodeToAgent` from node `from`.
-    fn on_to_agent(&self, from: &str, relay: NodeRelay) {
+    async fn on_to_agent(&self, from: &str, relay: NodeRelay) {
         let epoch = relay.epoch;
         let Some((agent, inner)) = inner_frame(from, relay) else {
             return;
@@ -328,28 +364,20 @@ impl NodeLinks {
         };
         if let Err(refused) = local.deliver(agent, epoch, frame) {
             self.relay.close(agent, stream_id);
-            self.tell_undelivered(agent, &origin, refused.code, refused.reason);
+            self.tell_undelivered(agent, &origin, refused.code, refused.reason)
+                .await;
         }
     }
 
-    fn tell_undelivered(
+    async fn tell_undelivered(
         &self,
         agent: AgentKey,
         origin: &Origin,
         code: UndeliveredCode,
         reason: String,
     ) {
-        let notice = NodeUndelivered {
-            cloud_id: agent.cloud_id,
-            ip: agent.ip.to_string(),
-            msg_type: origin.msg_type.into(),
-            stream_id: origin.stream_id,
-            reason,
-            code: code as u32,
-            epoch: origin.epoch,
-        };
-        let frame = Frame::new(MsgType::NodeUndelivered, 0, &notice);
-        if let Err(e) = self.queue(&origin.node_id, frame) {
+        let frame = undelivered_frame(agent, origin, code, reason);
+        if let Err(e) = self.queue(&origin.node_id, frame).await {
             tracing::warn!(agent = %agent, node = %origin.node_id, error = %e, "cannot tell a node its frame was not delivered");
         }
     }
@@ -385,21 +413,31 @@ impl NodeLinks {
         }
     }
 
-    /// Queues `frame` for node `node`, starting its outbox if needed.
-    fn queue(&self, node: &str, frame: Frame) -> Result<(), NodeLinkError> {
+    /// Queues `frame` for node `node`, starting its outbox if needed, and
+    /// waits (up to [`QUEUE_WAIT`]) while that queue is full.
+    async fn queue(&self, node: &str, frame: Frame) -> Result<(), NodeLinkError> {
+        let tx = self.outbox(node)?;
+        tx.send_timeout(frame, QUEUE_WAIT)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => NodeLinkError::Busy {
+                    node: node.to_string(),
+                    frames: self.outbox_frames,
+                },
+                mpsc::error::SendTimeoutError::Closed(_) => NodeLinkError::ShuttingDown,
+            })
+    }
+
+    /// The queue to node `node`, its outbox started if needed.
+    fn outbox(&self, node: &str) -> Result<mpsc::Sender<Frame>, NodeLinkError> {
         if self.shutdown.is_cancelled() {
             return Err(NodeLinkError::ShuttingDown);
         }
-        let tx = {
-            let mut outboxes = self.outboxes.lock();
-            outboxes
-                .entry(node.to_string())
-                .or_insert_with(|| outbox::Outbox::start(self.outbox_parts(node)))
-                .sender()
-        };
-        tx.try_send(frame).map_err(|_| NodeLinkError::Busy {
-            node: node.to_string(),
-        })
+        let mut outboxes = self.outboxes.lock();
+        Ok(outboxes
+            .entry(node.to_string())
+            .or_insert_with(|| outbox::Outbox::start(self.outbox_parts(node)))
+            .sender())
     }
 
     /// Node `node` left: the work this node sent its agents there is lost
@@ -478,8 +516,28 @@ fn inner_frame(from: &str, relay: NodeRelay) -> Option<(AgentKey, Frame)> {
 #[cfg(test)]
 mod tests;
 
-/// The sender's way to other nodes' agents: queued at once, a later
-/// failure comes back as [`LocalAgents::undelivered`].
+/// Tells node `origin` its frame for `agent` was not delivered.
+fn undelivered_frame(
+    agent: AgentKey,
+    origin: &Origin,
+    code: UndeliveredCode,
+    reason: String,
+) -> Frame {
+    let notice = NodeUndelivered {
+        cloud_id: agent.cloud_id,
+        ip: agent.ip.to_string(),
+        msg_type: origin.msg_type.into(),
+        stream_id: origin.stream_id,
+        reason,
+        code: code as u32,
+        epoch: origin.epoch,
+    };
+    Frame::new(MsgType::NodeUndelivered, 0, &notice)
+}
+
+/// The sender's way to other nodes' agents: queued (waiting for room
+/// while the node's queue is full), a later failure comes back as
+/// [`LocalAgents::undelivered`].
 #[async_trait::async_trait]
 impl crate::cluster::sender::NodeForwarder for NodeLinks {
     async fn forward(
@@ -490,6 +548,7 @@ impl crate::cluster::sender::NodeForwarder for NodeLinks {
         frame: Frame,
     ) -> Result<(), crate::cluster::sender::SendError> {
         self.send_to_agent(node_id, agent, epoch, frame)
+            .await
             .map_err(|e| crate::cluster::sender::SendError::RemoteUnreachable {
                 agent,
                 node: node_id.to_string(),
@@ -498,9 +557,10 @@ impl crate::cluster::sender::NodeForwarder for NodeLinks {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::role::link::RemoteStreams for NodeLinks {
-    fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
-        NodeLinks::agent_frame(self, agent, frame)
+    async fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame> {
+        NodeLinks::agent_frame(self, agent, frame).await
     }
 
     fn agent_gone(&self, agent: AgentKey) {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{LocalAgents, NodeLinks, OUTBOX_FRAMES, Undelivered, UndeliveredCode};
+use super::{LocalAgents, NodeLinks, Undelivered, UndeliveredCode};
 
 /// Time for one write (of up to [`WRITE_BATCH`] frames) before the link
 /// counts as broken.
@@ -49,6 +49,8 @@ pub(super) struct OutboxParts {
     pub dialer: Dialer,
     pub registry: Arc<dyn Registry>,
     pub max_frame_bytes: usize,
+    /// Frames the queue holds.
+    pub frames: usize,
     pub handshake_timeout: Duration,
     pub local: Local,
     pub stop: CancellationToken,
@@ -62,7 +64,7 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub fn start(parts: OutboxParts) -> Outbox {
-        let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
+        let (tx, rx) = mpsc::channel(parts.frames);
         let stop = parts.stop.clone();
         tokio::spawn(run(parts, rx));
         Outbox { tx, stop }
@@ -88,6 +90,7 @@ impl NodeLinks {
             dialer: self.dialer.clone(),
             registry: self.registry.clone(),
             max_frame_bytes: self.max_frame_bytes,
+            frames: self.outbox_frames,
             handshake_timeout: self.handshake_timeout,
             local: self.local.clone(),
             stop: self.shutdown.child_token(),

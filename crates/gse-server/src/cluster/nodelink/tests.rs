@@ -130,6 +130,7 @@ fn parts(s: &Setup, id: &str, cluster: &str, kind: CertKind) -> NodeLinkParts {
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
         max_frame_bytes: 1 << 20,
+        outbox_frames: OUTBOX_FRAMES,
         registry: s.registry.clone(),
         shutdown: CancellationToken::new(),
     }
@@ -185,6 +186,7 @@ async fn a_frame_reaches_the_agent_of_another_node_and_its_answers_come_back_in_
 
     a.links
         .send_to_agent("b", key(1), 7, request(42, "run"))
+        .await
         .unwrap();
     let Seen::Delivered(agent, epoch, frame) = b.next().await else {
         panic!("expected a delivery on b")
@@ -198,6 +200,7 @@ async fn a_frame_reaches_the_agent_of_another_node_and_its_answers_come_back_in_
     for text in ["one", "two"] {
         b.links
             .agent_frame(key(1), output(frame.stream_id, text))
+            .await
             .expect("a relayed stream");
     }
     for text in ["one", "two"] {
@@ -208,7 +211,12 @@ async fn a_frame_reaches_the_agent_of_another_node_and_its_answers_come_back_in_
         assert_eq!(back, output(42, text));
     }
     // Frames on b's own streams stay on b.
-    assert!(b.links.agent_frame(key(1), output(0, "local")).is_err());
+    assert!(
+        b.links
+            .agent_frame(key(1), output(0, "local"))
+            .await
+            .is_err()
+    );
 
     // The agent's link ends: a hears that its stream ended unanswered.
     b.links.agent_gone(key(1));
@@ -242,6 +250,7 @@ async fn one_way_frames_open_no_stream_and_a_single_answer_closes_its_own() {
     );
     a.links
         .send_to_agent("b", key(1), 1, cancel.clone())
+        .await
         .unwrap();
     let Seen::Delivered(_, _, got) = b.next().await else {
         panic!("expected the cancel on b")
@@ -254,7 +263,7 @@ async fn one_way_frames_open_no_stream_and_a_single_answer_closes_its_own() {
         4,
         &gse_proto::link::PieceRequest::default(),
     );
-    a.links.send_to_agent("b", key(1), 1, ask).unwrap();
+    a.links.send_to_agent("b", key(1), 1, ask).await.unwrap();
     let Seen::Delivered(_, _, got) = b.next().await else {
         panic!("expected the request on b")
     };
@@ -264,7 +273,7 @@ async fn one_way_frames_open_no_stream_and_a_single_answer_closes_its_own() {
         got.stream_id,
         &gse_proto::link::PieceRequest::default(),
     );
-    b.links.agent_frame(key(1), answer).unwrap();
+    b.links.agent_frame(key(1), answer).await.unwrap();
     let Seen::FromRemote(_, back) = a.next().await else {
         panic!("expected the answer on a")
     };
@@ -281,6 +290,7 @@ async fn an_agent_the_node_does_not_hold_is_reported_back() {
     let _b = start(parts(&s, "b", "/gse", CertKind::Server), vec![], Some(lb));
     a.links
         .send_to_agent("b", key(9), 3, request(5, "x"))
+        .await
         .unwrap();
     let Seen::Undelivered(n) = a.next().await else {
         panic!("expected a notice")
@@ -304,6 +314,7 @@ async fn an_unreachable_or_unknown_node_fails_the_frame_at_once() {
     ] {
         a.links
             .send_to_agent(node, key(1), 0, request(3, "x"))
+            .await
             .unwrap();
         let Seen::Undelivered(n) = a.next().await else {
             panic!("expected a notice")
@@ -327,6 +338,7 @@ async fn a_peer_without_a_server_certificate_or_of_another_cluster_is_refused() 
     rogue
         .links
         .send_to_agent("b", key(1), 0, request(1, "rm -rf /"))
+        .await
         .unwrap();
     let Seen::Undelivered(n) = rogue.next().await else {
         panic!("expected a refusal")
@@ -342,6 +354,7 @@ async fn a_peer_without_a_server_certificate_or_of_another_cluster_is_refused() 
     other
         .links
         .send_to_agent("b", key(1), 0, request(1, "x"))
+        .await
         .unwrap();
     let Seen::Undelivered(n) = other.next().await else {
         panic!("expected a refusal")
@@ -362,7 +375,10 @@ async fn work_on_agents_of_a_node_that_leaves_ends_per_agent() {
         Some(lb),
     );
     for k in [key(1), key(2)] {
-        a.links.send_to_agent("b", k, 5, request(1, "x")).unwrap();
+        a.links
+            .send_to_agent("b", k, 5, request(1, "x"))
+            .await
+            .unwrap();
         assert!(matches!(b.next().await, Seen::Delivered(..)));
     }
     // b dies: it leaves the registry.
@@ -397,5 +413,39 @@ fn undelivered_codes_round_trip() {
     for (n, code) in all {
         assert_eq!(UndeliveredCode::from_wire(n), code);
         assert_eq!(code as u32, n);
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_answers_waits_for_room_on_the_way_back_and_none_is_dropped() {
+    let (la, a_addr) = listener().await;
+    let (lb, b_addr) = listener().await;
+    let s = setup(&[("a", &a_addr), ("b", &b_addr)]);
+    let mut a = start(parts(&s, "a", "/gse", CertKind::Server), vec![], Some(la));
+    // b's queue back to a holds 2 frames: every answer past those must
+    // wait for room (a queue that refused them dropped all but a few).
+    let mut small = parts(&s, "b", "/gse", CertKind::Server);
+    small.outbox_frames = 2;
+    let mut b = start(small, vec![key(1)], Some(lb));
+
+    a.links
+        .send_to_agent("b", key(1), 7, request(42, "run"))
+        .await
+        .unwrap();
+    let Seen::Delivered(_, _, frame) = b.next().await else {
+        panic!("expected a delivery on b")
+    };
+    const ANSWERS: usize = 500;
+    for i in 0..ANSWERS {
+        b.links
+            .agent_frame(key(1), output(frame.stream_id, &i.to_string()))
+            .await
+            .expect("a relayed stream");
+    }
+    for i in 0..ANSWERS {
+        let Seen::FromRemote(_, back) = a.next().await else {
+            panic!("expected answer {i} on a")
+        };
+        assert_eq!(back, output(42, &i.to_string()), "answer {i}, in order");
     }
 }

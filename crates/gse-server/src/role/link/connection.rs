@@ -565,7 +565,7 @@ async fn on_frame(
             .await,
         ),
         other => {
-            if let Err(frame) = svc.route_frame(key, frame) {
+            if let Err(frame) = svc.route_frame(key, frame).await {
                 tracing::debug!(agent = %key, msg_type = other.to_u16(), stream = frame.stream_id, "ignoring a frame type this node does not handle");
             }
             None

@@ -335,10 +335,10 @@ impl LinkService {
 
     /// Hands `frame` back to the node whose stream it answers, or to the
     /// role that takes its type; gives it back if none does.
-    fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
+    async fn route_frame(&self, key: AgentKey, frame: Frame) -> Result<(), Frame> {
         let remote = self.remote.read().clone();
         let frame = match remote {
-            Some(remote) => match remote.agent_frame(key, frame) {
+            Some(remote) => match remote.agent_frame(key, frame).await {
                 Ok(()) => return Ok(()),
                 Err(frame) => frame,
             },

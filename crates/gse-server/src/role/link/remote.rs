@@ -23,10 +23,11 @@ use crate::cluster::nodelink::{LocalAgents, Refused, Undelivered, UndeliveredCod
 use crate::cluster::sender::{LocalLink, SendError};
 
 /// Streams other nodes opened on this node's agents; see the module doc.
+#[async_trait::async_trait]
 pub trait RemoteStreams: Send + Sync {
-    /// Takes `frame` from `agent` if it answers another node's stream;
-    /// gives it back if not.
-    fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame>;
+    /// Takes `frame` from `agent` if it answers another node's stream
+    /// (waiting while the way back is full); gives it back if not.
+    async fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame>;
     /// The agent's link here ended: its open streams end too.
     fn agent_gone(&self, agent: AgentKey);
 }
