@@ -417,6 +417,12 @@ impl NodeLinks {
     /// waits (up to [`QUEUE_WAIT`]) while that queue is full.
     async fn queue(&self, node: &str, frame: Frame) -> Result<(), NodeLinkError> {
         let tx = self.outbox(node)?;
+        // Room (the usual case) takes no timer.
+        let frame = match tx.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(NodeLinkError::ShuttingDown),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         tx.send_timeout(frame, QUEUE_WAIT)
             .await
             .map_err(|e| match e {
