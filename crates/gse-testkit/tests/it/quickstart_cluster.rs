@@ -52,7 +52,9 @@ async fn read_info(path: &Path, quickstart: &mut Stopped, out: &Path) -> Value {
         if exited.is_some() || tokio::time::Instant::now() > deadline {
             panic!(
                 "no quickstart.json (quickstart {}); its output:\n{}",
-                exited.map_or("still running after 120 s".to_string(), |s| format!("exited: {s}")),
+                exited.map_or("still running after 120 s".to_string(), |s| format!(
+                    "exited: {s}"
+                )),
                 std::fs::read_to_string(out).unwrap_or_default()
             );
         }
