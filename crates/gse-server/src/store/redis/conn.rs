@@ -12,8 +12,13 @@
 //! a call fails in a way that means "this is not, or no longer, the master"
 //! (refused, dropped, timed out, READONLY from a demoted master), wakes a
 //! task that asks the sentinels again and, when they name another master,
-//! swaps in a manager to it. The task also asks every [`RECHECK`], so reads
-//! that a demoted master still answers move over too. The failed call
+//! swaps in a manager to it. A sentinel's `+switch-master` announcement
+//! (pub/sub) wakes it too, because a demoted master that is still up keeps
+//! accepting writes until the sentinels turn it into a replica, and those
+//! writes would be lost in its resync: following the announcement at once
+//! keeps that window to milliseconds (`min-replicas-to-write` on the
+//! master closes it, as with any Sentinel client). The task also asks
+//! every [`RECHECK`] in case an announcement was missed. The failed call
 //! itself is not retried: it may have been a write that was applied, and
 //! the store's callers already treat "unavailable" as retryable.
 
@@ -96,7 +101,7 @@ impl StoreConn {
     /// the sentinels first, with Sentinel) and checks it answers.
     pub async fn connect(config: &RedisStoreConfig) -> Result<StoreConn, ConnectError> {
         let url = redis::Client::open(config.url.as_str()).map_err(ConnectError::Url)?;
-        let Some(sentinel) = &config.sentinel else {
+        let Some(config_sentinel) = &config.sentinel else {
             // The address without the credentials, for messages.
             let addr = url.get_connection_info().addr().to_string();
             let conn = open_manager(url)
@@ -114,14 +119,14 @@ impl StoreConn {
         };
         let describe = format!(
             "`{}` through the sentinels {}",
-            sentinel.master_name,
-            sentinel.addrs.join(", ")
+            config_sentinel.master_name,
+            config_sentinel.addrs.join(", ")
         );
         let failed = |reason: String| ConnectError::Sentinel {
             describe: describe.clone(),
             reason,
         };
-        let client = sentinel_client(sentinel, url.get_connection_info().redis_settings())
+        let client = sentinel_client(config_sentinel, url.get_connection_info().redis_settings())
             .map_err(|e| failed(e.to_string()))?;
         let sentinel = Sentinel {
             client: tokio::sync::Mutex::new(client),
@@ -134,6 +139,10 @@ impl StoreConn {
             sentinel: Some(sentinel),
         });
         tokio::spawn(follow_master(Arc::downgrade(&shared)));
+        tokio::spawn(watch_switches(
+            Arc::downgrade(&shared),
+            sentinel_infos(config_sentinel),
+        ));
         Ok(StoreConn { shared })
     }
 
@@ -254,6 +263,72 @@ async fn follow_master(shared: Weak<Shared>) {
         }
         drop(shared);
         tokio::time::sleep(MIN_RESOLVE_GAP).await;
+    }
+}
+
+/// How to reach each sentinel (with its password) for pub/sub.
+fn sentinel_infos(config: &SentinelConfig) -> Vec<redis::ConnectionInfo> {
+    config
+        .addrs
+        .iter()
+        .filter_map(|a| sentinel_addr(a))
+        .map(|addr| {
+            let info = redis::IntoConnectionInfo::into_connection_info(addr)
+                .expect("a TCP address is connection info");
+            let mut settings = redis::RedisConnectionInfo::default();
+            if let Some(p) = &config.password {
+                settings = settings.set_password(p);
+            }
+            info.set_redis_settings(settings)
+        })
+        .collect()
+}
+
+/// With Sentinel: listens to `+switch-master` on the first sentinel that
+/// answers (the next one when it goes away) and wakes [`follow_master`]
+/// on each announcement. Ends when the store is dropped.
+async fn watch_switches(shared: Weak<Shared>, sentinels: Vec<redis::ConnectionInfo>) {
+    use futures::StreamExt;
+    loop {
+        for info in &sentinels {
+            let Some(nudge) = shared
+                .upgrade()
+                .and_then(|s| s.sentinel.as_ref().map(|s| s.nudge.clone()))
+            else {
+                return;
+            };
+            let subscribed = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+                let mut pubsub = redis::Client::open(info.clone())?
+                    .get_async_pubsub()
+                    .await?;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, RedisError>(pubsub)
+            })
+            .await;
+            let Ok(Ok(pubsub)) = subscribed else {
+                continue;
+            };
+            // A switch may have happened while no sentinel was listened to.
+            nudge.notify_one();
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    message = messages.next() => match message {
+                        Some(_) => nudge.notify_one(),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(RECHECK) => {
+                        if shared.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if shared.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
