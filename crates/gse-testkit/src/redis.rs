@@ -180,6 +180,15 @@ impl RedisServer {
         redis::Client::open(url).expect("redis url")
     }
 
+    /// Kills the server (SIGKILL): a crash, as a Sentinel failover test
+    /// needs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after 2 s). On SIGTERM it
     /// flushes its append-only file first.
     pub fn stop(&mut self) {

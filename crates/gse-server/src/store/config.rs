@@ -27,7 +27,7 @@ pub struct StoreConfig {
     /// Redis Sentinel: `host:port` of each sentinel. With
     /// `redis_master_name`, the store uses the master these name (and
     /// follows failovers); `redis` then only gives user, password and db.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis_sentinels: Vec<String>,
     /// The name the sentinels monitor the master under (`sentinel monitor
     /// NAME ...`); set with `redis_sentinels`.

@@ -153,6 +153,65 @@ async fn a_sentinel_failover_is_followed_without_a_restart_and_nothing_is_lost()
     assert!(newer > epoch, "the directory writes to the new master too");
 }
 
+/// The master dies (SIGKILL, nothing announced to us): calls fail as
+/// "unavailable", the sentinel promotes the replica once the master is
+/// down for its down-after, and the store writes there within 30 s.
+#[tokio::test]
+async fn a_killed_master_is_replaced_and_the_store_follows() {
+    let mut master = RedisServer::start(None).await;
+    let replica = RedisServer::start_replica(&master).await;
+    let sentinel = Sentinel::start(&master, "gse", None).await;
+    let store = RedisStore::connect(&sentinel_config(
+        &master,
+        vec![sentinel.addr()],
+        "gse",
+        None,
+    ))
+    .await
+    .expect("connect through the sentinel");
+    store
+        .put_app(AppRecord::with_secret("before", "pw"))
+        .await
+        .unwrap();
+    gse_testkit::eventually(
+        "the replica has the write",
+        Duration::from_secs(10),
+        || async {
+            match exists(&replica, "gse:app:before").await? {
+                true => Ok(()),
+                false => Err("not yet".into()),
+            }
+        },
+    )
+    .await;
+
+    master.kill();
+    let started = Instant::now();
+    let err = store
+        .put_app(AppRecord::with_secret("during", "pw"))
+        .await
+        .expect_err("the master is gone");
+    assert!(err.is_retryable(), "{err}");
+    gse_testkit::eventually(
+        "the store writes to the promoted replica",
+        Duration::from_secs(30),
+        || {
+            let store = &store;
+            async move {
+                store
+                    .put_app(AppRecord::with_secret("after", "pw"))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(store.addr(), format!("127.0.0.1:{}", replica.port));
+    assert!(exists(&replica, "gse:app:after").await.unwrap());
+    assert!(store.get_app("before").await.unwrap().is_some());
+}
+
 /// No sentinel reachable, or a sentinel that does not know the master:
 /// one quick error naming the sentinels and the master name, without the
 /// passwords.
