@@ -67,6 +67,49 @@ async fn the_sentinel_resolved_store_passes_the_state_store_conformance_suite() 
     conformance::all(&store).await;
 }
 
+/// With Sentinel, `redis` gives the master's ACL user, password and db
+/// (its host is not dialled).
+#[tokio::test]
+async fn the_acl_user_and_db_of_store_redis_apply_to_the_sentinel_master() {
+    let master = RedisServer::start(Some("admin")).await;
+    let mut conn = master
+        .client(Some("admin"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "gse", "on", ">gse-pw", "~*", "&*", "+@all"][..])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let sentinel = Sentinel::start(&master, "gse", None).await;
+    let mut config = sentinel_config(&master, vec![sentinel.addr()], "gse", None);
+    config.url = "redis://gse:gse-pw@not-the-master/3".into();
+    let store = RedisStore::connect(&config).await.expect("the ACL user");
+    store
+        .put_app(AppRecord::with_secret("acl", "pw"))
+        .await
+        .unwrap();
+    redis::cmd("SELECT")
+        .arg(3)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let in_db3: bool = redis::cmd("EXISTS")
+        .arg("gse:app:acl")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(in_db3, "written in database 3");
+
+    config.url = "redis://gse:wrong@not-the-master/3".into();
+    let err = RedisStore::connect(&config)
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert!(!err.to_string().contains("wrong"), "no password: {err}");
+}
+
 /// A master, one replica and one sentinel: after a failover the store
 /// writes to the promoted replica within 30 s, without a restart, and what
 /// was written before is still there. The agent directory, which shares

@@ -133,7 +133,11 @@ impl StoreConn {
             nudge: Arc::new(Notify::new()),
             describe: describe.clone(),
         };
-        let (conn, addr) = sentinel.resolve().await.map_err(failed)?;
+        let (conn, addr) = sentinel
+            .resolve(None)
+            .await
+            .map_err(failed)?
+            .expect("without a current master, one is connected");
         let shared = Arc::new(Shared {
             current: RwLock::new(Current { conn, addr }),
             sentinel: Some(sentinel),
@@ -199,17 +203,22 @@ fn sentinel_client(
 
 impl Sentinel {
     /// Asks the sentinels for the master (which must answer ROLE as a
-    /// master) and connects to it.
+    /// master) and connects to it, unless it is still at `current` (`None`:
+    /// the connection in use stays).
     ///
     /// Boxed: the redis crate's Sentinel futures are deep enough that
     /// inlining them into a node's start overflows rustc's query depth.
-    fn resolve(
-        &self,
-    ) -> futures::future::BoxFuture<'_, Result<(ConnectionManager, String), String>> {
-        Box::pin(self.resolve_inline())
+    fn resolve<'a>(
+        &'a self,
+        current: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<Option<(ConnectionManager, String)>, String>> {
+        Box::pin(self.resolve_inline(current))
     }
 
-    async fn resolve_inline(&self) -> Result<(ConnectionManager, String), String> {
+    async fn resolve_inline(
+        &self,
+        current: Option<&str>,
+    ) -> Result<Option<(ConnectionManager, String)>, String> {
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
             let client = self.client.lock().await.async_get_client().await?;
             let addr = client.get_connection_info().addr().to_string();
@@ -219,11 +228,14 @@ impl Sentinel {
         .map_err(|_| format!("no answer within {RESOLVE_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
         let (client, addr) = found;
+        if current == Some(addr.as_str()) {
+            return Ok(None);
+        }
         let conn = tokio::time::timeout(RESOLVE_TIMEOUT, open_manager(client))
             .await
             .map_err(|_| format!("the master at {addr} did not answer within {RESOLVE_TIMEOUT:?}"))?
             .map_err(|e| format!("the master at {addr}: {e}"))?;
-        Ok((conn, addr))
+        Ok(Some((conn, addr)))
     }
 }
 
@@ -247,15 +259,15 @@ async fn follow_master(shared: Weak<Shared>) {
         };
         let sentinel = shared.sentinel.as_ref().expect("only run with Sentinel");
         let was = shared.current.read().addr.clone();
-        match sentinel.resolve().await {
-            Ok((conn, addr)) if addr != was => {
+        match sentinel.resolve(Some(&was)).await {
+            Ok(Some((conn, addr))) => {
                 tracing::warn!(
                     from = %was, to = %addr, master = %sentinel.describe,
                     "state store: the Redis master moved; following it"
                 );
                 *shared.current.write() = Current { conn, addr };
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(
                 master = %sentinel.describe,
                 "state store: cannot find the Redis master: {e}; asking again"
