@@ -304,10 +304,13 @@ async fn unreachable_sentinels_and_an_unknown_master_are_clear_errors() {
 }
 
 /// A node configured with `redis_sentinels` + `redis_master_name` keeps
-/// its state in the master the sentinel names and serves the API.
+/// its state in the master the sentinel names and serves the API; after
+/// a Sentinel failover it writes to the new master without a restart (an
+/// agent registering then is recorded there and seen alive).
 #[tokio::test]
-async fn a_node_with_sentinel_keys_serves_the_api_from_the_master() {
+async fn a_node_with_sentinel_keys_serves_the_api_and_follows_a_failover() {
     let master = RedisServer::start(Some("pw")).await;
+    let replica = RedisServer::start_replica(&master).await;
     let sentinel = Sentinel::start(&master, "gse", None).await;
     let addr = sentinel.addr();
     let cluster = gse_testkit::Cluster::new();
@@ -323,7 +326,7 @@ async fn a_node_with_sentinel_keys_serves_the_api_from_the_master() {
             ..gse_testkit::ServerOptions::default()
         })
         .await;
-    let _agent = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.32"));
+    let _first = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.32"));
     server.api.wait_alive("127.0.0.32").await;
     assert!(
         exists(&master, "sentinel-node:agent:0:127.0.0.32")
@@ -331,6 +334,17 @@ async fn a_node_with_sentinel_keys_serves_the_api_from_the_master() {
             .unwrap(),
         "the agent's record is in the master"
     );
+
+    sentinel.failover().await;
+    let _second = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.0.33"));
+    server.api.wait_alive("127.0.0.33").await;
+    assert!(
+        exists(&replica, "sentinel-node:agent:0:127.0.0.33")
+            .await
+            .unwrap(),
+        "registered after the failover: recorded in the promoted replica"
+    );
+    server.api.wait_alive("127.0.0.32").await;
 }
 
 /// A node whose sentinels cannot be reached refuses to start, naming them
