@@ -354,10 +354,11 @@ impl ServerConfig {
         if !self.cluster.enabled() {
             return p;
         }
-        if self.store.redis.is_none() {
+        if !self.store.uses_redis() {
             p.push(
                 "cluster.zookeeper is set but store.redis is not: the nodes of a cluster share agents, tasks and \
-                 routes in Redis; set store.redis = \"redis://host:port\" (the same on every node)"
+                 routes in Redis; set store.redis = \"redis://host:port\" (or store.redis_sentinels and \
+                 store.redis_master_name for Sentinel), the same on every node"
                     .into(),
             );
         }

@@ -19,6 +19,7 @@ pub mod netlab;
 mod ports;
 mod procs;
 pub mod redis;
+pub mod sentinel;
 pub mod tansu;
 mod webhook;
 pub mod zookeeper;

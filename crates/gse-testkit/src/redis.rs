@@ -6,7 +6,8 @@
 //! back on the same port from its append-only file, as an operator's
 //! restart would. [`RedisServer::client`] gives a `redis` client for
 //! checking what a sink or a store wrote; [`RedisServer::url`] the URL a
-//! node's config names.
+//! node's config names. [`RedisServer::start_replica`] starts a replica of
+//! another (for Sentinel failovers, with [`crate::sentinel`]).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,8 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: PathBuf,
     password: Option<String>,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -51,11 +54,54 @@ impl RedisServer {
             port: free_port(),
             dir: tmp.path().to_path_buf(),
             password: password.map(str::to_string),
+            replica_of: None,
             child: None,
             _tmp: tmp,
         };
         server.spawn().await;
         server
+    }
+
+    /// Starts a replica of `master` (same password, which is also what it
+    /// authenticates to the master with) and waits until it has caught up
+    /// (`master_link_status:up`).
+    pub async fn start_replica(master: &RedisServer) -> RedisServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("gse-redis-replica-")
+            .tempdir()
+            .expect("redis temp dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tmp.path().to_path_buf(),
+            password: master.password.clone(),
+            replica_of: Some(master.port),
+            child: None,
+            _tmp: tmp,
+        };
+        server.spawn().await;
+        let client = server.client(server.password.as_deref());
+        eventually(
+            &format!("replica on port {} linked to its master", server.port),
+            Duration::from_secs(15),
+            || {
+                let client = client.clone();
+                async move {
+                    let info = info_replication(&client).await?;
+                    if info.contains("master_link_status:up") {
+                        Ok(())
+                    } else {
+                        Err(info)
+                    }
+                }
+            },
+        )
+        .await;
+        server
+    }
+
+    /// `INFO replication` of this server.
+    pub async fn info_replication(&self) -> Result<String, String> {
+        info_replication(&self.client(self.password.as_deref())).await
     }
 
     /// Starts the process and waits until it answers PING (after loading
@@ -73,7 +119,12 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(p) = &self.password {
-            cmd.args(["--requirepass", p]);
+            // masterauth too: a Sentinel failover may make any server a
+            // replica of another.
+            cmd.args(["--requirepass", p, "--masterauth", p]);
+        }
+        if let Some(master) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
         let child = cmd
             .spawn()
@@ -100,6 +151,11 @@ impl RedisServer {
         .await;
     }
 
+    /// Its `requirepass`, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
     /// The URL of this server, with its password: `[store] redis`.
     pub fn url(&self) -> String {
         match &self.password {
@@ -124,6 +180,15 @@ impl RedisServer {
         redis::Client::open(url).expect("redis url")
     }
 
+    /// Kills the server (SIGKILL): a crash, as a Sentinel failover test
+    /// needs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after 2 s). On SIGTERM it
     /// flushes its append-only file first.
     pub fn stop(&mut self) {
@@ -131,6 +196,18 @@ impl RedisServer {
             stop_child(child, Duration::from_secs(2));
         }
     }
+}
+
+async fn info_replication(client: &redis::Client) -> Result<String, String> {
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("INFO")
+        .arg("replication")
+        .query_async::<String>(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Drop for RedisServer {

@@ -13,7 +13,8 @@ pub mod embedded;
 pub mod redis;
 
 pub use embedded::EmbeddedStore;
-pub use redis::{RedisDirectory, RedisStore, RedisStoreConfig};
+pub(crate) use redis::sentinel_addr as redis_sentinel_addr;
+pub use redis::{RedisDirectory, RedisStore, RedisStoreConfig, SentinelConfig};
 
 use std::sync::Arc;
 
@@ -75,6 +76,14 @@ pub async fn open_with_directory(config: &ServerConfig) -> Result<Opened, OpenEr
 /// Redis address (without credentials).
 pub fn location(config: &ServerConfig) -> String {
     match config.store.redis() {
+        Some(crate::store::RedisStoreConfig {
+            sentinel: Some(sentinel),
+            ..
+        }) => format!(
+            "the Redis master `{}` through the sentinels {}",
+            sentinel.master_name,
+            sentinel.addrs.join(", ")
+        ),
         Some(redis) => match ::redis::Client::open(redis.url.as_str()) {
             Ok(c) => format!("the Redis store at {}", c.get_connection_info().addr()),
             Err(_) => "the Redis store".into(),

@@ -11,12 +11,9 @@ use gse_server::store::{RedisStore, RedisStoreConfig};
 use gse_testkit::redis::RedisServer;
 
 async fn store(server: &RedisServer, prefix: &str) -> RedisStore {
-    RedisStore::connect(&RedisStoreConfig {
-        url: server.url(),
-        key_prefix: prefix.into(),
-    })
-    .await
-    .expect("connect to the test redis")
+    RedisStore::connect(&RedisStoreConfig::at(server.url(), prefix))
+        .await
+        .expect("connect to the test redis")
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ mod k3_status;
 mod k4_liveness;
 mod k6_tls;
 mod k_cluster;
+mod k_redis_sentinel;
 mod k_redis_store;
 mod quickstart;
 mod quickstart_cluster;

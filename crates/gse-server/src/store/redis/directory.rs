@@ -16,7 +16,6 @@
 use async_trait::async_trait;
 use gse_core::AgentKey;
 use gse_core::seams::{AgentDirectory, DirectoryError, Epoch, Location};
-use redis::aio::ConnectionManager;
 
 use super::RedisStore;
 
@@ -66,7 +65,7 @@ return gone
 /// The agent directory in Redis; see the module doc.
 #[derive(Clone)]
 pub struct RedisDirectory {
-    conn: ConnectionManager,
+    conn: super::StoreConn,
     prefix: String,
 }
 

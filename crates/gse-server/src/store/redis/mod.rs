@@ -3,7 +3,9 @@
 //! cluster (`[store] redis = "redis://[user:password@]host:port[/db]"`).
 //!
 //! One [`ConnectionManager`] (a multiplexed connection that reconnects by
-//! itself) carries every call; each connection attempt and each answer has
+//! itself) carries every call, through [`conn::StoreConn`], which with
+//! Sentinel (`redis_sentinels` + `redis_master_name`) finds the master
+//! through the sentinels at start and again when it fails or moves; each connection attempt and each answer has
 //! a timeout ([`CONNECT_TIMEOUT`], [`RESPONSE_TIMEOUT`]), so while Redis is
 //! down a call fails within seconds with [`StoreErrorKind::Unavailable`]
 //! instead of hanging. Writes that must be seen whole (a task batch, a
@@ -14,10 +16,7 @@
 //! beats, every call of a batch in one pipeline.
 //!
 //! Scripts compute some key names from the prefix, so the store needs one
-//! Redis (or a Sentinel-managed master), not Redis Cluster. Sentinel itself
-//! (`master_name` and sentinel addresses) is not supported yet: the redis
-//! crate's Sentinel client gives plain connections without the connection
-//! manager's reconnects; point `redis` at the master (or a proxy) instead.
+//! Redis (or a Sentinel-managed master), not Redis Cluster.
 //!
 //! # Key layout
 //!
@@ -50,6 +49,7 @@
 //! shares the connection and prefix; its keys are in [`directory`].
 
 mod agents;
+mod conn;
 mod directory;
 mod lost;
 mod pins;
@@ -60,10 +60,11 @@ mod transfers;
 
 use std::time::Duration;
 
+pub use conn::StoreConn;
+pub(crate) use conn::sentinel_addr;
 pub use directory::RedisDirectory;
 
 use gse_core::seams::{StoreError, StoreErrorKind, StoreKind};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 const BACKEND: &str = "redis";
@@ -78,10 +79,36 @@ pub const HEARTBEATS_PER_CALL: usize = 500;
 /// Where the store is and under which prefix.
 #[derive(Clone, Debug)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`. With [`Self::sentinel`]
+    /// only its user, password and db are used (the sentinels name the
+    /// master's address).
     pub url: String,
     /// Prefix of every key; clusters sharing a Redis use different ones.
     pub key_prefix: String,
+    /// Find the master through these sentinels instead of `url`'s address.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+impl RedisStoreConfig {
+    /// The Redis at `url` (no Sentinel).
+    pub fn at(url: impl Into<String>, key_prefix: impl Into<String>) -> RedisStoreConfig {
+        RedisStoreConfig {
+            url: url.into(),
+            key_prefix: key_prefix.into(),
+            sentinel: None,
+        }
+    }
+}
+
+/// Redis Sentinel: which sentinels to ask for which master.
+#[derive(Clone, Debug)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel, asked in this order.
+    pub addrs: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// The sentinels' own password (`requirepass` in sentinel.conf).
+    pub password: Option<String>,
 }
 
 /// Why the Redis store could not start.
@@ -93,55 +120,36 @@ pub enum ConnectError {
         "cannot reach the Redis state store at {addr}: {source}; check that redis-server runs there and that [store] redis names it (with the right password)"
     )]
     Unreachable { addr: String, source: RedisError },
+    #[error(
+        "cannot find the Redis master {describe}: {reason}; check that redis-sentinel runs there and monitors that master ([store] redis_sentinels, redis_master_name) and that the master answers (with the password in [store] redis)"
+    )]
+    Sentinel { describe: String, reason: String },
 }
 
 /// The Redis state store; see the module doc.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: StoreConn,
     prefix: String,
-    addr: String,
 }
 
 impl RedisStore {
-    /// Connects (failing within seconds when Redis cannot be reached or
-    /// refuses the credentials) and checks it answers.
+    /// Connects (failing within seconds when Redis, or with Sentinel the
+    /// sentinels or the master they name, cannot be reached or refuse the
+    /// credentials) and checks it answers.
     pub async fn connect(config: &RedisStoreConfig) -> Result<RedisStore, ConnectError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(ConnectError::Url)?;
-        // The address without the credentials, for messages.
-        let addr = client.get_connection_info().addr().to_string();
-        let unreachable = |source| ConnectError::Unreachable {
-            addr: addr.clone(),
-            source,
-        };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // Reconnects are retried by the next call; a call never waits
-            // through a long backoff.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(unreachable)?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(unreachable)?;
         Ok(RedisStore {
-            conn,
+            conn: StoreConn::connect(config).await?,
             prefix: config.key_prefix.clone(),
-            addr,
         })
     }
 
-    /// `host:port` of the Redis in use.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// `host:port` of the Redis in use (the current master, with Sentinel).
+    pub fn addr(&self) -> String {
+        self.conn.addr()
     }
 
-    /// A handle for one call (clones share the multiplexed connection).
-    fn conn(&self) -> ConnectionManager {
+    /// A handle for one call (clones share the connection).
+    fn conn(&self) -> StoreConn {
         self.conn.clone()
     }
 
@@ -228,10 +236,10 @@ mod tests {
             .unwrap()
             .port();
         let started = std::time::Instant::now();
-        let err = RedisStore::connect(&RedisStoreConfig {
-            url: format!("redis://:secret@127.0.0.1:{port}/"),
-            key_prefix: "gse:".into(),
-        })
+        let err = RedisStore::connect(&RedisStoreConfig::at(
+            format!("redis://:secret@127.0.0.1:{port}/"),
+            "gse:",
+        ))
         .await
         .err()
         .expect("nothing listens there");
