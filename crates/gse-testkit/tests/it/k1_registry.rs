@@ -175,7 +175,20 @@ async fn k1_a_node_without_zookeeper_refuses_to_start_and_says_why() {
     // what fails.
     let redis = gse_testkit::redis::RedisServer::start(None).await;
     cfg.store.redis = Some(redis.url());
-    let path = dir.path().join("server.toml");
+    let stderr = crate::k1_registry::refused_start(dir.path(), &cfg);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("cannot join the cluster"), "{stderr}");
+}
+
+/// A node's config in `dir` (fresh certificates, loopback listeners on free
+/// ports), for tests that start `gse-server run` by hand.
+/// Runs `gse-server run` on `cfg` (written to `dir`), which must refuse to
+/// start; its stderr, to say why.
+pub(crate) fn refused_start(
+    dir: &std::path::Path,
+    cfg: &gse_server::config::ServerConfig,
+) -> String {
+    let path = dir.join("server.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
     let out = std::process::Command::new(gse_testkit::bin("gse-server"))
         .arg("run")
@@ -183,14 +196,11 @@ async fn k1_a_node_without_zookeeper_refuses_to_start_and_says_why() {
         .arg(&path)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
-    assert!(stderr.contains("cannot join the cluster"), "{stderr}");
+    stderr
 }
 
-/// A node's config in `dir` (fresh certificates, loopback listeners on free
-/// ports), for tests that start `gse-server run` by hand.
 pub(crate) fn loopback_config(dir: &std::path::Path) -> gse_server::config::ServerConfig {
     let certs = gse_core::certs::CertDir::new(dir.join("certs"));
     certs.init(&[], 30).unwrap();

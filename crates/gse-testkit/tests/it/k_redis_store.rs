@@ -167,17 +167,8 @@ async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crate::k1_registry::loopback_config(dir.path());
     cfg.store.redis = Some(format!("redis://:hidden@127.0.0.1:{port}/"));
-    let path = dir.path().join("server.toml");
-    std::fs::write(&path, cfg.to_toml()).unwrap();
     let started = Instant::now();
-    let out = std::process::Command::new(gse_testkit::bin("gse-server"))
-        .arg("run")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = crate::k1_registry::refused_start(dir.path(), &cfg);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.contains("Redis state store"), "{stderr}");
     assert!(
