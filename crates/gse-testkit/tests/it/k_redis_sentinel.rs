@@ -167,18 +167,10 @@ async fn a_sentinel_failover_is_followed_without_a_restart_and_nothing_is_lost()
         },
     )
     .await;
-    gse_testkit::eventually(
+    writes_again(
+        &store,
         "the store writes to the new master",
         Duration::from_secs(30).saturating_sub(started.elapsed()),
-        || {
-            let store = &store;
-            async move {
-                store
-                    .put_app(AppRecord::with_secret("after", "pw"))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -235,18 +227,10 @@ async fn a_killed_master_is_replaced_and_the_store_follows() {
         .await
         .expect_err("the master is gone");
     assert!(err.is_retryable(), "{err}");
-    gse_testkit::eventually(
+    writes_again(
+        &store,
         "the store writes to the promoted replica",
         Duration::from_secs(30),
-        || {
-            let store = &store;
-            async move {
-                store
-                    .put_app(AppRecord::with_secret("after", "pw"))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -364,4 +348,16 @@ async fn a_node_with_unreachable_sentinels_refuses_to_start_and_says_why() {
         started.elapsed() < Duration::from_secs(20),
         "fails promptly"
     );
+}
+
+/// Waits (up to `within`) until `store` writes again: an app record
+/// `after` once it follows the new master.
+async fn writes_again(store: &RedisStore, what: &str, within: Duration) {
+    gse_testkit::eventually(what, within, || async {
+        store
+            .put_app(AppRecord::with_secret("after", "pw"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
 }
