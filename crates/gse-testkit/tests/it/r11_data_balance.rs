@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gse_server::config::{Role, ServerConfig};
-use gse_testkit::{AgentOptions, Cluster, ServerProc, eventually};
+use gse_testkit::{AgentOptions, Cluster, ServerProc, StartedCluster, eventually};
 
 use crate::d_data::{DATA_ID, file_route, sink_counts, socket_of, stream_records};
 use crate::d_routes::{file_payloads, has_all, send};
@@ -32,10 +32,10 @@ fn base(cfg: &mut ServerConfig) {
     cfg.data.rebalance_interval = Duration::from_secs(2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r11_an_agent_of_a_node_without_data_servers_sends_through_another_nodes() {
+/// `nodes` nodes, the first without DataServers, and a file route.
+async fn without_data_servers_on_the_first(nodes: usize) -> StartedCluster {
     let cluster = Cluster::builder()
-        .nodes(2)
+        .nodes(nodes)
         .zookeeper()
         .node_config(|i, cfg| {
             base(cfg);
@@ -46,6 +46,12 @@ async fn r11_an_agent_of_a_node_without_data_servers_sends_through_another_nodes
         .start()
         .await;
     file_route(&cluster.nodes[0], DATA_ID).await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r11_an_agent_of_a_node_without_data_servers_sends_through_another_nodes() {
+    let cluster = without_data_servers_on_the_first(2).await;
     // Only node-1 in its server list: it registers there, and node-1 has
     // no DataServer of its own.
     let agent = cluster
@@ -97,18 +103,7 @@ async fn probe_until_in(agent: &gse_testkit::AgentProc, sinks: &[PathBuf], tag: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r11_when_the_node_of_an_agents_data_server_dies_its_holder_gives_it_another() {
-    let mut cluster = Cluster::builder()
-        .nodes(3)
-        .zookeeper()
-        .node_config(|i, cfg| {
-            base(cfg);
-            if i == 0 {
-                cfg.node.roles = vec![Role::Api, Role::Link, Role::Alarm];
-            }
-        })
-        .start()
-        .await;
-    file_route(&cluster.nodes[0], DATA_ID).await;
+    let mut cluster = without_data_servers_on_the_first(3).await;
     let agent = cluster
         .cluster
         .agent(&cluster.nodes[0], AgentOptions::ip("127.0.0.1"));
