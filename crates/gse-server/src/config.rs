@@ -227,6 +227,9 @@ impl ServerConfig {
                 self.link.listen
             ));
         }
+        if let Some(problem) = node_id_problem(&self.node.id) {
+            problems.push(problem);
+        }
         if self.node.roles.is_empty() {
             problems
                 .push("node.roles is empty: name at least one of api, link, alarm, data".into());
@@ -386,6 +389,25 @@ impl ServerConfig {
     }
 }
 
+/// Longest `node.id`.
+const NODE_ID_MAX: usize = 128;
+
+/// Why `id` cannot name a node, if it cannot: it names the node's
+/// ZooKeeper znode and its agents' claims in Redis, so it is a host-name
+/// like word (letters, digits, `.`, `-`, `_`, `:`). Empty is filled in
+/// from the host name by [`ServerConfig::resolve`].
+fn node_id_problem(id: &str) -> Option<String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if id.len() > NODE_ID_MAX || !id.chars().all(ok) {
+        Some(format!(
+            "node.id = {id:?}: a node id is at most {NODE_ID_MAX} letters, digits, '.', '-', '_' or ':' \
+             (it names the node in ZooKeeper and in Redis); pick another, or leave it out to use the host name"
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -446,6 +468,17 @@ key_file = "s.key"
         let text = format!("{MINIMAL}\n[link]\nlisten_port = 1\n");
         let err = ServerConfig::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn a_node_id_is_a_host_name_like_word() {
+        for good in ["node-1", "gse.example.com", "n_2:a", ""] {
+            assert_eq!(node_id_problem(good), None, "{good:?}");
+        }
+        for bad in ["a/b", "two words", "line\nbreak", &"x".repeat(129)] {
+            let problem = node_id_problem(bad).expect(bad);
+            assert!(problem.starts_with("node.id = "), "{problem}");
+        }
     }
 
     #[test]

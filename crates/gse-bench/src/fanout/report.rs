@@ -56,6 +56,14 @@ pub struct RoundLine {
     polls: usize,
 }
 
+/// The entries of the agents one node holds.
+#[derive(Serialize, Debug)]
+pub struct NodeLine {
+    node: usize,
+    dispatch_ms: Stats,
+    server_ms: Stats,
+}
+
 /// Figures that are not per entry, gathered by the run.
 pub struct RunFigures {
     pub mode: &'static str,
@@ -97,6 +105,10 @@ pub struct Report {
     server_ms: Stats,
     /// POST start -> the entry's start_time (the agent began running it).
     dispatch_ms: Stats,
+    /// `--nodes N`: dispatch and server times of the agents each node
+    /// holds (node 1, which is asked, first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    by_node: Vec<NodeLine>,
     /// Round trip of the async_execute_script POST.
     api_start_ms: Stats,
     /// Per round, the seen time of its last entry.
@@ -163,6 +175,7 @@ impl Report {
             seen_ms,
             server_ms: Stats::of(&all(|r| &r.server_ms)),
             dispatch_ms: Stats::of(&all(|r| &r.dispatch_ms)),
+            by_node: by_node(rounds),
             api_start_ms: Stats::of(&api_start),
             last_result_ms: Stats::of(&per_round),
             polls: rounds.iter().map(|r| r.poll_ms.len()).sum(),
@@ -224,6 +237,26 @@ impl Report {
             )
         })
     }
+}
+
+fn by_node(rounds: &[RoundFigures]) -> Vec<NodeLine> {
+    let nodes = rounds.first().map_or(0, |r| r.server_ms_by_node.len());
+    if nodes < 2 {
+        return Vec::new();
+    }
+    let of = |n: usize, f: fn(&RoundFigures) -> &Vec<Vec<f64>>| -> Vec<f64> {
+        rounds
+            .iter()
+            .flat_map(|r| f(r).get(n).into_iter().flatten().copied())
+            .collect()
+    };
+    (0..nodes)
+        .map(|n| NodeLine {
+            node: n + 1,
+            dispatch_ms: Stats::of(&of(n, |r| &r.dispatch_ms_by_node)),
+            server_ms: Stats::of(&of(n, |r| &r.server_ms_by_node)),
+        })
+        .collect()
 }
 
 fn round_line(r: &RoundFigures) -> RoundLine {

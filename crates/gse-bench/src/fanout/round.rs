@@ -13,7 +13,7 @@
 //! poll's duration and answer size. Entries are told apart by
 //! `bk_agent_id`; every target has one atomic task.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -25,6 +25,7 @@ use crate::api::{ApiClient, ResultEntry};
 use crate::procfs::rss_kib;
 
 /// What every round does.
+#[derive(Clone)]
 pub struct RoundPlan {
     /// `cloud_id:ip` of every target.
     pub targets: Vec<String>,
@@ -37,6 +38,11 @@ pub struct RoundPlan {
     pub give_up_after: Duration,
     /// The server's pid, to sample its RSS at every poll.
     pub server_pid: String,
+    /// Index of the node each target is held by (by `cloud_id:ip`); empty
+    /// on one node.
+    pub node_of: HashMap<String, usize>,
+    /// Nodes the targets are spread over.
+    pub nodes: usize,
 }
 
 /// What one round measured; times in ms.
@@ -45,6 +51,10 @@ pub struct RoundFigures {
     pub seen_ms: Vec<f64>,
     pub server_ms: Vec<f64>,
     pub dispatch_ms: Vec<f64>,
+    /// `server_ms` and `dispatch_ms` split by the node holding the agent
+    /// (`--nodes N`): tells forwarding apart from the rest.
+    pub server_ms_by_node: Vec<Vec<f64>>,
+    pub dispatch_ms_by_node: Vec<Vec<f64>>,
     /// Round trip of the `async_execute_script` POST.
     pub api_start_ms: f64,
     /// Seen time of the last entry.
@@ -66,7 +76,11 @@ impl RoundFigures {
 
 /// Runs one round; an error is a failed API call, not a failed entry.
 pub async fn run(api: &ApiClient, plan: &RoundPlan) -> Result<RoundFigures> {
-    let mut figures = RoundFigures::default();
+    let mut figures = RoundFigures {
+        server_ms_by_node: vec![Vec::new(); plan.nodes],
+        dispatch_ms_by_node: vec![Vec::new(); plan.nodes],
+        ..RoundFigures::default()
+    };
     let began = Instant::now();
     let began_ms = now_ms();
     let task_id = api
@@ -111,9 +125,18 @@ fn record(f: &mut RoundFigures, plan: &RoundPlan, e: &ResultEntry, seen_ms: f64,
     let since_post = |at: u64| at as f64 - began_ms as f64;
     f.seen_ms.push(seen_ms);
     f.last_ms = f.last_ms.max(seen_ms);
-    f.server_ms.push(since_post(e.end_time));
+    let node = plan.node_of.get(e.bk_agent_id.as_str()).copied();
+    let server = since_post(e.end_time);
+    f.server_ms.push(server);
+    if let Some(at) = node.and_then(|n| f.server_ms_by_node.get_mut(n)) {
+        at.push(server);
+    }
     if e.start_time > 0 {
-        f.dispatch_ms.push(since_post(e.start_time));
+        let dispatch = since_post(e.start_time);
+        f.dispatch_ms.push(dispatch);
+        if let Some(at) = node.and_then(|n| f.dispatch_ms_by_node.get_mut(n)) {
+            at.push(dispatch);
+        }
     }
     let ok = e.status == STATUS_SUCCESS && e.error_code == 0;
     if ok && e.screen == plan.expected_screen {

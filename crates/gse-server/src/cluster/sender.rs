@@ -270,6 +270,38 @@ impl Sender {
         Ok(located.delivery())
     }
 
+    /// Hands each frame to the claim its [`Located`] names, all at once:
+    /// the forwards to other nodes are queued first (they have a hop more
+    /// to go, and the other nodes start on them while this node's link
+    /// takes its own frames), then this node's agents get theirs. Each
+    /// outcome comes back with its `tag`, in no particular order.
+    pub async fn deliver_all<T>(
+        &self,
+        items: Vec<(T, Located, Frame)>,
+    ) -> Vec<(T, Result<Delivery, SendError>)> {
+        let (remote, here): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, located, _)| {
+            located.at.via.is_empty() && located.at.node_id != self.node_id
+        });
+        let forwards =
+            futures::future::join_all(remote.into_iter().map(|(tag, located, frame)| async move {
+                let outcome = self.deliver(&located, frame).await;
+                (tag, outcome)
+            }));
+        let mut forwards = std::pin::pin!(forwards);
+        // One poll queues every forward that has room on its node link.
+        let first = futures::poll!(forwards.as_mut());
+        let mut out = Vec::with_capacity(here.len());
+        for (tag, located, frame) in here {
+            let outcome = self.deliver(&located, frame).await;
+            out.push((tag, outcome));
+        }
+        out.extend(match first {
+            std::task::Poll::Ready(done) => done,
+            std::task::Poll::Pending => forwards.await,
+        });
+        out
+    }
+
     /// Delivers what needs no other node at once (an agent held here, or
     /// behind proxies, which are not reached yet); gives back the frame of
     /// an agent another node holds.

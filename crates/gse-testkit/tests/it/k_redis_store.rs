@@ -247,3 +247,76 @@ async fn a_large_heartbeat_batch_is_applied_whole() {
         );
     }
 }
+
+/// A task's targets resolve in one MGET of `agent_of:K` strings; a record
+/// saved by an older build has only its hash, and is still found by key
+/// (and by id), so no agent becomes "unknown" across an upgrade.
+#[tokio::test]
+async fn agents_saved_before_agent_of_existed_are_still_identified_by_key() {
+    use gse_core::AgentRef;
+    use gse_core::seams::AgentRecord;
+
+    let server = RedisServer::start(None).await;
+    let store = store(&server, "gse:").await;
+    let record = |last: u8| AgentRecord {
+        key: format!("0:10.60.0.{last}").parse().unwrap(),
+        agent_id: format!("upgrade-{last}"),
+        version: "1".into(),
+        hostname: "h".into(),
+        os_type: "linux".into(),
+        run_mode: 1,
+        zone: String::new(),
+        start_time_s: 1,
+        node_id: "n1".into(),
+        parent_ip: "127.0.0.1".into(),
+        parent_port: 28668,
+        peer_addr: String::new(),
+        alive: true,
+        connected_at_ms: 1,
+        last_seen_ms: 1,
+        cpu_percent: 0.0,
+        mem_bytes: 0,
+        mem_percent: 0.0,
+        p2p_addr: String::new(),
+    };
+    for last in 1..=3 {
+        store.upsert_agent(record(last)).await.unwrap();
+    }
+    // Agent 2 as an older build left it: no `agent_of:K`.
+    let mut raw = server
+        .client(None)
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg("gse:agent_of:0:10.60.0.2")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "upsert writes agent_of:K");
+
+    let refs = [
+        AgentRef::Key("0:10.60.0.1".parse().unwrap()),
+        AgentRef::Key("0:10.60.0.2".parse().unwrap()),
+        AgentRef::Id("upgrade-3".into()),
+        AgentRef::Key("0:10.60.0.9".parse().unwrap()),
+        AgentRef::Id("upgrade-2".into()),
+    ];
+    let found: Vec<Option<String>> = store
+        .identify_agents(&refs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.map(|k| format!("{} {}", k.key, k.agent_id)))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            Some("0:10.60.0.1 upgrade-1".to_string()),
+            Some("0:10.60.0.2 upgrade-2".to_string()),
+            Some("0:10.60.0.3 upgrade-3".to_string()),
+            None,
+            Some("0:10.60.0.2 upgrade-2".to_string()),
+        ]
+    );
+}

@@ -15,7 +15,12 @@ struct RecordingLink {
     held: Mutex<HashMap<AgentKey, Epoch>>,
     full: Mutex<bool>,
     sent: Mutex<Vec<(AgentKey, MsgType)>>,
+    /// Where the frame went, in order: "here" or the node id.
+    journal: Journal,
 }
+
+/// Every hand-over of a link and a forwarder, in order.
+type Journal = Arc<Mutex<Vec<String>>>;
 
 impl LocalLink for RecordingLink {
     fn deliver(&self, agent: AgentKey, epoch: Epoch, frame: Frame) -> Result<(), SendError> {
@@ -26,6 +31,7 @@ impl LocalLink for RecordingLink {
             return Err(SendError::Busy { agent, queued: 1 });
         }
         self.sent.lock().push((agent, frame.msg_type));
+        self.journal.lock().push("here".into());
         Ok(())
     }
 
@@ -38,6 +44,7 @@ impl LocalLink for RecordingLink {
 #[derive(Default)]
 struct RecordingForwarder {
     sent: Mutex<Vec<(String, AgentKey, Epoch)>>,
+    journal: Journal,
 }
 
 #[async_trait]
@@ -57,6 +64,7 @@ impl NodeForwarder for RecordingForwarder {
             });
         }
         self.sent.lock().push((node_id.into(), agent, epoch));
+        self.journal.lock().push(node_id.into());
         Ok(())
     }
 }
@@ -170,6 +178,46 @@ async fn an_agent_of_another_node_goes_through_the_forwarder_or_fails_clearly() 
     assert!(
         s.link.sent.lock().is_empty(),
         "nothing went to this node's link"
+    );
+}
+
+#[tokio::test]
+async fn deliver_all_queues_the_forwards_before_this_nodes_own_frames() {
+    let s = setup();
+    let fwd = Arc::new(RecordingForwarder {
+        journal: s.link.journal.clone(),
+        ..RecordingForwarder::default()
+    });
+    s.sender.set_forwarder(fwd.clone());
+    let mut items = Vec::new();
+    for last in 1..=6u8 {
+        let located = if last % 2 == 0 {
+            s.hold_here(key(last)).await;
+            s.sender.locate(key(last)).await.unwrap()
+        } else {
+            let node = if last == 5 { "down" } else { "other" };
+            s.dir.claim(key(last), node, &[]).await.unwrap();
+            s.sender.locate(key(last)).await.unwrap()
+        };
+        items.push((last, located, frame()));
+    }
+    let mut outcomes: Vec<(u8, bool)> = s
+        .sender
+        .deliver_all(items)
+        .await
+        .into_iter()
+        .map(|(tag, r)| (tag, r.is_ok()))
+        .collect();
+    outcomes.sort();
+    let want: Vec<(u8, bool)> = (1..=6).map(|l| (l, l != 5)).collect();
+    assert_eq!(
+        outcomes, want,
+        "every tag once; only the refused forward failed"
+    );
+    assert_eq!(
+        *s.link.journal.lock(),
+        ["other", "other", "here", "here", "here"],
+        "forwards go first"
     );
 }
 

@@ -348,13 +348,10 @@ impl TaskService {
                 outgoing.push((i as u32, at, frame));
             }
         }
-        // All at once: this node's link takes its frames without waiting,
-        // and forwards to other nodes overlap instead of queueing.
-        let sends = outgoing
-            .into_iter()
-            .map(|(i, at, frame)| async move { (i, self.sender.deliver(&at, frame).await) });
+        // All at once: forwards to other nodes overlap instead of queueing,
+        // and this node's link takes its frames without waiting.
         let mut sent = 0;
-        for (i, outcome) in futures::future::join_all(sends).await {
+        for (i, outcome) in self.sender.deliver_all(outgoing).await {
             match outcome {
                 Ok(_) => sent += 1,
                 Err(why) => {

@@ -1,5 +1,5 @@
 //! Agents and apps in Redis (`P agent:K`, `P agents`, `P agent_id:ID`,
-//! `P app:CODE`; see the module doc of [`super`]).
+//! `P agent_of:K`, `P app:CODE`; see the module doc of [`super`]).
 
 use std::collections::HashMap;
 
@@ -14,8 +14,9 @@ use super::{BACKEND, HEARTBEATS_PER_CALL, RedisStore, decode, encode, store_erro
 
 /// Registers an agent: replaces its hash, moves its agent id's mapping
 /// here, and drops the mapping of the id it had before (if it still points
-/// here); moves it to its node's set. KEYS: agent hash, agents set, new id
-/// key, old-id key prefix, node-set prefix.
+/// here); moves it to its node's set; keeps its id beside it as a string.
+/// KEYS: agent hash, agents set, new id key, old-id key prefix, node-set
+/// prefix, the key's id string.
 /// ARGV: K, id, rec, node, conn_at, alive, seen, cpu, mem, memp.
 const UPSERT: &str = r"
 local old = redis.call('HMGET', KEYS[1], 'id', 'node')
@@ -29,6 +30,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'rec', ARGV[3], 'node', ARGV[4], 'conn_at', ARGV[5],
   'alive', ARGV[6], 'seen', ARGV[7], 'cpu', ARGV[8], 'mem', ARGV[9], 'memp', ARGV[10])
 redis.call('SET', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[6], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 ";
@@ -85,6 +87,12 @@ impl RedisStore {
         self.key(format!("agent_id:{agent_id}"))
     }
 
+    /// The string holding the agent id of key `key` (what `agent:K`'s
+    /// `id` field holds), so that keys and ids resolve in one `MGET`.
+    fn key_id_key(&self, key: AgentKey) -> String {
+        self.key(format!("agent_of:{key}"))
+    }
+
     /// The records of `keys` (`None` for unknown ones), one pipeline.
     async fn load_agents(
         &self,
@@ -139,12 +147,13 @@ impl AgentStore for RedisStore {
         let k = record.key.to_string();
         redis::cmd("EVAL")
             .arg(UPSERT)
-            .arg(5)
+            .arg(6)
             .arg(self.agent_key(record.key))
             .arg(self.key("agents"))
             .arg(self.id_key(&record.agent_id))
             .arg(self.key("agent_id:"))
             .arg(self.key("node_agents:"))
+            .arg(self.key_id_key(record.key))
             .arg(&k)
             .arg(&record.agent_id)
             .arg(encode(&record))
@@ -261,33 +270,44 @@ impl AgentStore for RedisStore {
             return Ok(Vec::new());
         }
         // An agent id's key (its mapping exists only while its record
-        // does, see UPSERT), or a key's agent id. Tasks name their targets
-        // by agent id: those are one MGET, a single reply to parse.
-        let found: Vec<Option<String>> = if refs.iter().all(|r| matches!(r, AgentRef::Id(_))) {
-            let ids: Vec<String> = refs
-                .iter()
-                .filter_map(|r| match r {
-                    AgentRef::Id(id) => Some(self.id_key(id)),
-                    AgentRef::Key(_) => None,
-                })
-                .collect();
-            redis::cmd("MGET")
-                .arg(ids)
+        // does, see UPSERT), or a key's agent id: both are strings, so every
+        // target of a task resolves in one MGET, a single reply to parse.
+        let names: Vec<String> = refs
+            .iter()
+            .map(|r| match r {
+                AgentRef::Id(id) => self.id_key(id),
+                AgentRef::Key(k) => self.key_id_key(*k),
+            })
+            .collect();
+        let mut found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(names)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(store_error(DOING))?;
+        // Records registered by a build older than `agent_of:K` have only
+        // the hash: look those keys up there (none once they re-register).
+        let older: Vec<usize> = refs
+            .iter()
+            .zip(&found)
+            .enumerate()
+            .filter(|(_, (r, v))| matches!(r, AgentRef::Key(_)) && v.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if !older.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &older {
+                if let AgentRef::Key(k) = &refs[i] {
+                    pipe.hget(self.agent_key(*k), "id");
+                }
+            }
+            let ids: Vec<Option<String>> = pipe
                 .query_async(&mut self.conn())
                 .await
-                .map_err(store_error(DOING))?
-        } else {
-            let mut pipe = redis::pipe();
-            for r in refs {
-                match r {
-                    AgentRef::Id(id) => pipe.get(self.id_key(id)),
-                    AgentRef::Key(k) => pipe.hget(self.agent_key(*k), "id"),
-                };
+                .map_err(store_error(DOING))?;
+            for (i, id) in older.into_iter().zip(ids) {
+                found[i] = id;
             }
-            pipe.query_async(&mut self.conn())
-                .await
-                .map_err(store_error(DOING))?
-        };
+        }
         Ok(refs
             .iter()
             .zip(found)

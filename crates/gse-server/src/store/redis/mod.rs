@@ -28,6 +28,7 @@
 //! | `P agent:K` | hash | `rec` (the record as registered, JSON), `id`, `node`, `conn_at`, `alive` (`1`/`0`), `seen`, `cpu`, `mem`, `memp` (heartbeats change only the last four) |
 //! | `P agents` | set | every `K` |
 //! | `P agent_id:ID` | string | the `K` agent id `ID` resolves to |
+//! | `P agent_of:K` | string | the agent id of `K` (its hash's `id`), for one-`MGET` look-ups |
 //! | `P node_agents:N` | set | the `K`s registered last on node `N` |
 //! | `P app:CODE` | string | the app's salted secret hash |
 //! | `P task:ID` | string | the task record (JSON), written once |
