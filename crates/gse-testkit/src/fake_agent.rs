@@ -30,6 +30,9 @@ use tokio_util::codec::Framed;
 pub struct FakeAgent {
     tx: mpsc::Sender<Frame>,
     rx: mpsc::Receiver<Frame>,
+    /// Frames read on the link since the RegisterAck, heartbeat acks
+    /// included (what a real agent says in `HandOverReady`).
+    received: Arc<AtomicU64>,
     pub ack: RegisterAck,
 }
 
@@ -95,6 +98,8 @@ impl FakeAgent {
 
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
         let (in_tx, in_rx) = mpsc::channel::<Frame>(1024);
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = received.clone();
         tokio::spawn(async move {
             let mut beat = tokio::time::interval(Duration::from_secs(1));
             let mut seq = 0;
@@ -112,8 +117,12 @@ impl FakeAgent {
                         None => return,
                     },
                     got = link.next() => match got {
-                        Some(Ok(f)) if f.msg_type == MsgType::HeartbeatAck => {}
-                        Some(Ok(f)) => if in_tx.send(f).await.is_err() { return },
+                        Some(Ok(f)) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            if f.msg_type != MsgType::HeartbeatAck && in_tx.send(f).await.is_err() {
+                                return;
+                            }
+                        }
                         _ => return,
                     },
                 }
@@ -122,8 +131,14 @@ impl FakeAgent {
         FakeAgent {
             tx: out_tx,
             rx: in_rx,
+            received,
             ack,
         }
+    }
+
+    /// Frames read since the RegisterAck (heartbeat acks included).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     pub async fn send(&self, frame: Frame) {

@@ -49,6 +49,23 @@ pub enum SendError {
         "agent {0} lost its connection as the frame was sent; it is offline until it registers again"
     )]
     Stale(AgentKey),
+    /// The agent's link was handed over to another node (K2) and the agent
+    /// has not registered there yet: the frame did not reach it, and can
+    /// follow it there ([`Sender::follow`]).
+    #[error(
+        "agent {0} is moving to another node (its link was handed over); it has not registered there yet"
+    )]
+    Moving(AgentKey),
+    /// A moving agent did not register anywhere within the time it was
+    /// waited for.
+    #[error(
+        "agent {agent} was moving to another node and did not register there within {}",
+        humantime::format_duration(*within)
+    )]
+    NotArrived {
+        agent: AgentKey,
+        within: std::time::Duration,
+    },
     /// Another node holds the agent and this node cannot hand it the frame.
     #[error("agent {agent} is held by node {node}, which this node cannot reach: {reason}")]
     RemoteUnreachable {
@@ -84,8 +101,12 @@ impl SendError {
     pub fn for_host(&self, name: &str) -> String {
         let text = self.to_string();
         let key = match self {
-            SendError::Offline(k) | SendError::Stale(k) | SendError::NoLink(k) => k,
-            SendError::RemoteUnreachable { agent, .. }
+            SendError::Offline(k)
+            | SendError::Stale(k)
+            | SendError::NoLink(k)
+            | SendError::Moving(k) => k,
+            SendError::NotArrived { agent, .. }
+            | SendError::RemoteUnreachable { agent, .. }
             | SendError::Busy { agent, .. }
             | SendError::Directory { agent, .. } => agent,
         };
@@ -392,6 +413,95 @@ impl Sender {
             }
         });
         Ok(delivery)
+    }
+}
+
+/// Work waiting for agents that are moving to another node (K2): a frame
+/// that did not reach an agent because its link here was handed over
+/// ([`SendError::Moving`]) waits here, and is handed back with the agent's
+/// new claim once it registered again (here or on another node), or with
+/// [`SendError::NotArrived`] once `within` passed. A role keeps one and
+/// asks [`Followers::arrived`] on its timer; every ask is one directory
+/// round trip for all the agents waited for.
+pub struct Followers<T> {
+    waiting: parking_lot::Mutex<Vec<Waiting<T>>>,
+}
+
+struct Waiting<T> {
+    agent: AgentKey,
+    after: Epoch,
+    until: tokio::time::Instant,
+    within: std::time::Duration,
+    item: T,
+}
+
+impl<T> Default for Followers<T> {
+    fn default() -> Self {
+        Followers {
+            waiting: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> Followers<T> {
+    /// Waits (at most `within`) for `agent` to hold a claim newer than
+    /// `moved_from`, the delivery its link was handed over under.
+    pub fn wait(
+        &self,
+        agent: AgentKey,
+        moved_from: Delivery,
+        within: std::time::Duration,
+        item: T,
+    ) {
+        self.waiting.lock().push(Waiting {
+            agent,
+            after: moved_from.epoch,
+            until: tokio::time::Instant::now() + within,
+            within,
+            item,
+        });
+    }
+
+    /// How many items wait.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.lock().is_empty()
+    }
+
+    /// The items whose agent registered again (with where) or whose time
+    /// ran out (`NotArrived`); the others go on waiting. A directory that
+    /// cannot answer only ends the items whose time ran out.
+    pub async fn arrived(&self, sender: &Sender) -> Vec<(T, Result<Located, SendError>)> {
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        let agents: Vec<AgentKey> = waiting.iter().map(|w| w.agent).collect();
+        let found = sender.directory.locate_many(&agents).await.ok();
+        let now = tokio::time::Instant::now();
+        let mut done = Vec::new();
+        let mut still = Vec::new();
+        for (i, w) in waiting.into_iter().enumerate() {
+            match found.as_ref().and_then(|f| f.get(i).cloned().flatten()) {
+                Some(at) if at.epoch > w.after => {
+                    done.push((w.item, Ok(Located { agent: w.agent, at })))
+                }
+                _ if now >= w.until => done.push((
+                    w.item,
+                    Err(SendError::NotArrived {
+                        agent: w.agent,
+                        within: w.within,
+                    }),
+                )),
+                _ => still.push(w),
+            }
+        }
+        self.waiting.lock().extend(still);
+        done
     }
 }
 

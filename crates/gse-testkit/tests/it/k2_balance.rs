@@ -301,3 +301,147 @@ async fn k2_a_hand_over_lets_running_tasks_finish_before_the_agent_moves() {
     // And then the agents move: two each.
     wait_spread(&cluster, 2, 2).await;
 }
+
+/// The agent of `agents` that node-1 asks to move (K2) first; its index
+/// and where it is told to go.
+async fn first_asked_to_move(agents: &mut [gse_testkit::FakeAgent]) -> (usize, String) {
+    use gse_proto::MsgType;
+    use gse_proto::link::HandOver;
+    let waits = agents.iter_mut().enumerate().map(|(i, a)| {
+        Box::pin(async move {
+            let f = a
+                .recv_type(MsgType::HandOver, Duration::from_secs(60))
+                .await;
+            (i, f.decode::<HandOver>().expect("HandOver").redirect)
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+/// Answers the next `n` RunScript frames on `agent` with success, echoing
+/// each frame's stream (relayed ones go back through the node that sent
+/// them); returns their task ids.
+async fn run_scripts(agent: &mut gse_testkit::FakeAgent, n: usize) -> Vec<String> {
+    use gse_core::task::{ERR_NONE, STATUS_SUCCESS};
+    use gse_proto::link::{RunScript, TaskOutput, TaskStatus};
+    use gse_proto::{Frame, MsgType};
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let f = agent
+            .recv_type(MsgType::RunScript, Duration::from_secs(30))
+            .await;
+        let run: RunScript = f.decode().expect("RunScript");
+        let now = gse_core::now_ms();
+        let output = TaskOutput {
+            task_id: run.task_id.clone(),
+            atomic_id: 0,
+            data: b"followed\n".to_vec(),
+        };
+        agent
+            .send(Frame::new(MsgType::TaskOutput, f.stream_id, &output))
+            .await;
+        let status = TaskStatus {
+            task_id: run.task_id.clone(),
+            atomic_id: 0,
+            status: STATUS_SUCCESS,
+            error_code: ERR_NONE,
+            exit_code: 0,
+            start_time_ms: now,
+            end_time_ms: now,
+            ..TaskStatus::default()
+        };
+        agent
+            .send(Frame::new(MsgType::TaskStatus, f.stream_id, &status))
+            .await;
+        ids.push(run.task_id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
+    use gse_core::certs::CertKind;
+    use gse_proto::link::HandOverReady;
+    use gse_proto::{Frame, MsgType};
+    use gse_testkit::{FakeAgent, FakeAgentOptions};
+
+    // Two agents on node-1 (hand-driven, so the test chooses when the
+    // moving one registers again); node-2 joins and one is handed over.
+    let mut cluster = Cluster::builder()
+        .nodes(1)
+        .zookeeper()
+        .redis()
+        .node_config(|_, cfg| cfg.cluster.rebalance_per_s = 2)
+        .start()
+        .await;
+    let tls = cluster.cluster.tls(CertKind::Agent);
+    let link = cluster.nodes[0].link_addr;
+    let ips = ["127.0.12.1", "127.0.12.2"];
+    let mut agents = Vec::new();
+    for ip in ips {
+        agents.push(FakeAgent::connect(link, &tls, FakeAgentOptions::ip(ip)).await);
+    }
+    cluster.add_node().await;
+    let (i, redirect) = first_asked_to_move(&mut agents).await;
+    let mut moving = agents.swap_remove(i);
+    // Idle: ready to go. The node lets it go once nothing is on its way
+    // to it (and at its hand-over pace): say so again until it does.
+    let deadline = tokio::time::Instant::now() + gse_testkit::patience(Duration::from_secs(30));
+    loop {
+        let ready = HandOverReady {
+            received: moving.received(),
+        };
+        moving
+            .send(Frame::new(MsgType::HandOverReady, 0, &ready))
+            .await;
+        let goodbye = tokio::time::timeout(
+            Duration::from_millis(500),
+            moving.recv_type(MsgType::Goodbye, Duration::from_secs(5)),
+        );
+        if goodbye.await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never let the agent go"
+        );
+    }
+    drop(moving);
+
+    // Between its links: a task asked of the node it left (which holds
+    // its claim still) and one asked of the node it goes to (forwarded to
+    // the node it left, which refuses it as moving). Neither fails.
+    let target = format!("0:{}", ips[i]);
+    let targets = [target.as_str()];
+    let asked_of_old = start(cluster.api(0), &targets, "echo followed", json!({})).await;
+    let asked_of_new = start(cluster.api(1), &targets, "echo followed", json!({})).await;
+    for (api, task) in [
+        (cluster.api(0), &asked_of_old),
+        (cluster.api(1), &asked_of_new),
+    ] {
+        let e = entries(api, task, &targets).await;
+        assert!(!e.iter().any(is_final), "waits for the agent: {e:?}");
+    }
+
+    // It registers where it was told: both tasks reach it there.
+    let mut moved = FakeAgent::connect(
+        redirect.parse().expect("an agent address"),
+        &tls,
+        FakeAgentOptions::ip(ips[i]),
+    )
+    .await;
+    let mut ran = run_scripts(&mut moved, 2).await;
+    ran.sort();
+    let mut want = vec![asked_of_old.clone(), asked_of_new.clone()];
+    want.sort();
+    assert_eq!(ran, want);
+    for (api, task) in [
+        (cluster.api(0), &asked_of_old),
+        (cluster.api(1), &asked_of_new),
+    ] {
+        let done = wait_final(api, task, &targets, Duration::from_secs(30)).await;
+        assert_eq!(done[0]["status"], 2, "{}", done[0]);
+        assert_eq!(done[0]["error_code"], 0, "{}", done[0]);
+        assert_eq!(done[0]["screen"], "followed\n", "{}", done[0]);
+    }
+}

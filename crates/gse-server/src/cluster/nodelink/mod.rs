@@ -62,6 +62,9 @@ pub enum UndeliveredCode {
     LinkEnded = 3,
     /// The holding node could not be reached.
     NodeUnreachable = 4,
+    /// The agent's link on that node was handed over (K2): the agent is
+    /// on its way to another node and the frame can follow it.
+    Moving = 5,
 }
 
 impl UndeliveredCode {
@@ -70,6 +73,7 @@ impl UndeliveredCode {
             1 => UndeliveredCode::NotHeld,
             2 => UndeliveredCode::Busy,
             3 => UndeliveredCode::LinkEnded,
+            5 => UndeliveredCode::Moving,
             _ => UndeliveredCode::NodeUnreachable,
         }
     }

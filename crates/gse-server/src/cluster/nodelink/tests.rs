@@ -409,6 +409,7 @@ fn undelivered_codes_round_trip() {
         (2, UndeliveredCode::Busy),
         (3, UndeliveredCode::LinkEnded),
         (4, UndeliveredCode::NodeUnreachable),
+        (5, UndeliveredCode::Moving),
     ]);
     for (n, code) in all {
         assert_eq!(UndeliveredCode::from_wire(n), code);

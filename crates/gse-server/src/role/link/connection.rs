@@ -112,6 +112,19 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
 
     if svc.detach(key, conn_id) {
         svc.notify_disconnect(key, epoch);
+        if reason == super::handover::HANDED_OVER && !svc.shutdown.is_cancelled() {
+            tracing::info!(agent = %key, peer = %peer, to = %handover.to().unwrap_or_default(), "agent handed over; its claim here is kept until it registers there");
+            svc.moved.insert(key, epoch);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(super::handover::MOVE_GRACE) => {}
+                    _ = svc.shutdown.cancelled() => {}
+                }
+                svc.moved.remove(key, epoch);
+                moved_away(&svc, record, epoch).await;
+            });
+            return;
+        }
         if !release(&svc, key, epoch).await {
             // A newer claim holds the agent (it registered on another
             // node): its record and its liveness are that holder's now;
@@ -134,6 +147,34 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         {
             alarms.agent_lost(record, reason);
         }
+    }
+}
+
+/// [`super::handover::MOVE_GRACE`] after an agent was handed over: its
+/// claim here ends, and if no newer claim took it meanwhile (it registered
+/// nowhere), it is offline and lost.
+async fn moved_away(svc: &LinkService, record: AgentRecord, epoch: Epoch) {
+    let key = record.key;
+    if !release(svc, key, epoch).await {
+        tracing::debug!(agent = %key, "the handed-over agent registered again; its claim here was superseded");
+        return;
+    }
+    if let Err(e) = svc
+        .store
+        .mark_offline(key, &svc.node_id, record.connected_at_ms)
+        .await
+    {
+        tracing::error!(agent = %key, error = %e, "cannot record the agent as offline");
+    }
+    let reason = format!(
+        "handed over to another node but registered nowhere within {}",
+        humantime::format_duration(super::handover::MOVE_GRACE)
+    );
+    tracing::warn!(agent = %key, "{reason}");
+    if let Some(alarms) = &svc.alarms
+        && !svc.shutdown.is_cancelled()
+    {
+        alarms.agent_lost(record, reason);
     }
 }
 
@@ -403,7 +444,7 @@ async fn serve(
                 let reason = if svc.shutdown.is_cancelled() {
                     "server shutting down"
                 } else if !redirect.is_empty() {
-                    "handed over to a less loaded node"
+                    super::handover::HANDED_OVER
                 } else {
                     "replaced by a newer connection"
                 };

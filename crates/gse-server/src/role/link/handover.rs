@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gse_core::AgentKey;
+use gse_core::seams::Epoch;
 use gse_link::session::ServerSession as Link;
 use gse_proto::link::{Goodbye, HandOverReady};
 use gse_proto::{Frame, MsgType};
@@ -68,6 +69,43 @@ impl Slot {
             .lock()
             .lapsed_at
             .is_some_and(|at| now.duration_since(at) < HANDOVER_WAIT)
+    }
+}
+
+/// How long a handed-over agent's claim here outlives its link: work sent
+/// to it meanwhile is refused as [`SendError::Moving`] (so its sender
+/// waits for the agent's new claim instead of failing the work), and the
+/// agent's record stays online. An agent that registered nowhere by then
+/// is released, marked offline and alarmed as lost.
+///
+/// [`SendError::Moving`]: crate::cluster::sender::SendError::Moving
+pub(super) const MOVE_GRACE: Duration = Duration::from_secs(30);
+
+/// Why a link ends when its agent is handed over (told to the agent, and
+/// how the link's end knows it was a move).
+pub(super) const HANDED_OVER: &str = "handed over to a less loaded node";
+
+/// Agents whose link here was handed over and whose claim is kept for
+/// [`MOVE_GRACE`], by the claim's epoch.
+#[derive(Default)]
+pub(crate) struct Moved(Mutex<HashMap<AgentKey, Epoch>>);
+
+impl Moved {
+    pub(super) fn insert(&self, agent: AgentKey, epoch: Epoch) {
+        self.0.lock().insert(agent, epoch);
+    }
+
+    /// Whether `agent`'s claim `epoch` is one that moved away.
+    pub(super) fn holds(&self, agent: AgentKey, epoch: Epoch) -> bool {
+        self.0.lock().get(&agent) == Some(&epoch)
+    }
+
+    /// Forgets the move of claim `epoch` (not a later one's).
+    pub(super) fn remove(&self, agent: AgentKey, epoch: Epoch) {
+        let mut moved = self.0.lock();
+        if moved.get(&agent) == Some(&epoch) {
+            moved.remove(&agent);
+        }
     }
 }
 
@@ -284,7 +322,7 @@ impl LinkService {
         if s.follows_handover {
             let ask = gse_proto::link::HandOver {
                 redirect: to.clone(),
-                reason: "handed over to a less loaded node".into(),
+                reason: HANDED_OVER.into(),
                 within_ms: HANDOVER_WAIT.as_millis() as u32,
             };
             // Queued like work, so it reaches the agent after what was
@@ -387,7 +425,7 @@ pub(super) async fn ready(
         }
     };
     let redirect = svc.seal(key, conn_id, (received, written))?;
-    let reason = "handed over to a less loaded node";
+    let reason = HANDED_OVER;
     let goodbye = Frame::new(
         MsgType::Goodbye,
         0,

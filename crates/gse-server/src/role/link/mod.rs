@@ -114,6 +114,14 @@ pub trait AgentFrames: Send + Sync {
     /// replaced; the agent may already be back on a newer one): only what
     /// was delivered to that claim is gone.
     fn on_disconnect(&self, agent: AgentKey, ended: Delivery);
+    /// A frame sent to the agent's claim `moved_from` on another node did
+    /// not reach it: the agent is moving (K2) and has not registered
+    /// anywhere yet. What was sent there and has not started can follow
+    /// it ([`crate::cluster::sender::Followers`]); by default it is lost
+    /// as with a disconnect.
+    fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
+        self.on_disconnect(agent, moved_from);
+    }
 }
 
 /// Chooses the DataServer an agent sends its data to (D4); asked when an
@@ -173,6 +181,8 @@ pub struct LinkService {
     redirector: RwLock<Option<Arc<dyn Redirector>>>,
     /// Sessions asked to move (K2) and not yet gone or lapsed.
     leaving: handover::Leaving,
+    /// Agents handed over lately whose claim here is kept a while (K2).
+    moved: handover::Moved,
     /// How fast agents ready to move are let go (K2).
     pace: handover::Pace,
     /// Registrations this node decided to take and has not attached yet:
@@ -262,6 +272,7 @@ impl LinkService {
             remote: RwLock::new(None),
             redirector: RwLock::new(None),
             leaving: handover::Leaving::default(),
+            moved: handover::Moved::default(),
             pace: handover::Pace::default(),
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
@@ -373,6 +384,20 @@ impl LinkService {
             remote.agent_gone(key);
         }
         self.notify_roles_lost(key, epoch);
+    }
+
+    /// Tells every role that a frame for the agent's claim `epoch` on
+    /// another node did not reach it because the agent is moving.
+    fn notify_roles_moving(&self, key: AgentKey, epoch: Epoch) {
+        let handlers: Vec<_> = self
+            .frames
+            .read()
+            .iter()
+            .map(|r| r.handler.clone())
+            .collect();
+        for h in handlers {
+            h.on_moving(key, Delivery::of_claim(epoch));
+        }
     }
 
     /// Tells every role that what it delivered to the agent's claim
@@ -491,10 +516,15 @@ impl LocalLink for LinkService {
         frame: Frame,
     ) -> Result<(), sender::SendError> {
         let sessions = self.sessions.lock();
-        let session = sessions
-            .get(&agent)
-            .filter(|s| s.epoch == epoch && !s.sealed.load(Ordering::Relaxed))
-            .ok_or(sender::SendError::Stale(agent))?;
+        let Some(session) = sessions.get(&agent).filter(|s| s.epoch == epoch) else {
+            return Err(match self.moved.holds(agent, epoch) {
+                true => sender::SendError::Moving(agent),
+                false => sender::SendError::Stale(agent),
+            });
+        };
+        if session.sealed.load(Ordering::Relaxed) {
+            return Err(sender::SendError::Moving(agent));
+        }
         session
             .last_work_ms
             .store(gse_core::now_ms(), Ordering::Relaxed);

@@ -53,6 +53,10 @@ impl LocalAgents for LinkService {
                 code: UndeliveredCode::Busy,
                 reason: format!("{e} (on node {})", self.node_id),
             },
+            SendError::Moving(_) => Refused {
+                code: UndeliveredCode::Moving,
+                reason: format!("{e} (it left node {})", self.node_id),
+            },
             _ => not_held(&self.node_id, agent),
         })
     }
@@ -65,7 +69,10 @@ impl LocalAgents for LinkService {
 
     fn undelivered(&self, notice: Undelivered) {
         tracing::info!(agent = %notice.agent, msg_type = notice.msg_type.to_u16(), reason = %notice.reason, "a frame for an agent of another node was not delivered");
-        self.notify_roles_lost(notice.agent, notice.epoch);
+        match notice.code {
+            UndeliveredCode::Moving => self.notify_roles_moving(notice.agent, notice.epoch),
+            _ => self.notify_roles_lost(notice.agent, notice.epoch),
+        }
     }
 }
 

@@ -145,7 +145,9 @@ impl TaskService {
                 tracing::debug!(task_id = %task.id, agent = %name, error = %e, "cannot send CancelTask yet; will retry");
                 Cancel::Busy
             }
-            Err(SendError::Offline(_) | SendError::Stale(_)) => Cancel::NotConnected,
+            Err(SendError::Offline(_) | SendError::Stale(_) | SendError::Moving(_)) => {
+                Cancel::NotConnected
+            }
             Err(e) => Cancel::Unreachable(e.for_host(name)),
         }
     }

@@ -73,7 +73,7 @@ impl TaskService {
 
         let starts = self.plan(&spec, &records, &findings).await;
         let planned_ms = begun.elapsed().as_millis();
-        let task = self.build(&task_id, &spec, &records, &starts);
+        let task = self.build(&task_id, &spec, &records, &starts, &frames);
         self.register(&task);
         let sent = self.send_all(&task, &spec, starts, &frames).await;
 
@@ -255,6 +255,7 @@ impl TaskService {
         spec: &ScriptTaskSpec,
         records: &[Option<KnownAgent>],
         starts: &[Start],
+        frames: &HashMap<String, Bytes>,
     ) -> Arc<LiveTask> {
         let now = gse_core::now_ms();
         let n = spec.atomic_tasks.len();
@@ -294,6 +295,11 @@ impl TaskService {
             created_ms: now,
             atomic_count: n as u32,
             index: TargetIndex::new(&targets),
+            bodies: spec
+                .targets
+                .iter()
+                .map(|t| frames.get(&t.user).cloned().unwrap_or_default())
+                .collect(),
             targets,
             by_agent,
             atomic_timeouts,
@@ -344,16 +350,23 @@ impl TaskService {
                     stream_id: 0,
                     body: body.clone(),
                 };
-                state.sent_on.insert(i as u32, at.delivery());
-                outgoing.push((i as u32, at, frame));
+                let delivery = at.delivery();
+                state.sent_on.insert(i as u32, delivery);
+                outgoing.push(((i as u32, delivery), at, frame));
             }
         }
         // All at once: forwards to other nodes overlap instead of queueing,
         // and this node's link takes its frames without waiting.
         let mut sent = 0;
-        for (i, outcome) in self.sender.deliver_all(outgoing).await {
+        for ((i, delivery), outcome) in self.sender.deliver_all(outgoing).await {
             match outcome {
                 Ok(_) => sent += 1,
+                Err(SendError::Moving(agent)) => {
+                    // Not sent: it goes once the agent registered again.
+                    task.state.lock().sent_on.remove(&i);
+                    self.follow(task, i, agent, delivery);
+                    sent += 1;
+                }
                 Err(why) => {
                     task.state.lock().sent_on.remove(&i);
                     let name = &spec.targets[i as usize].bk_agent_id;

@@ -41,6 +41,37 @@ impl AgentFrames for TaskService {
         }
     }
 
+    fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
+        for task in self.jobs.open_jobs() {
+            let Some(&target) = task.by_agent.get(&agent) else {
+                continue;
+            };
+            let follows = {
+                let mut state = task.state.lock();
+                if state.sent_on.get(&target) != Some(&moved_from) {
+                    continue;
+                }
+                // Refused by the node the agent left: it never ran.
+                let untouched = task.target_untouched(&state, target);
+                if untouched {
+                    state.sent_on.remove(&target);
+                }
+                untouched
+            };
+            if follows {
+                self.follow(&task, target, agent, moved_from);
+            } else {
+                self.close_target(
+                    &task,
+                    target,
+                    STATUS_FAILED,
+                    ERR_AGENT_DOWN,
+                    "agent lost its connection during the task",
+                );
+            }
+        }
+    }
+
     fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         let active = self.jobs.open_jobs();
         for task in active {

@@ -20,6 +20,7 @@ mod frames;
 pub(crate) mod guard;
 mod metrics;
 mod model;
+mod moving;
 mod query;
 pub mod spec;
 mod writer;
@@ -38,7 +39,7 @@ use parking_lot::Mutex;
 pub use config::TaskConfig;
 pub use query::{EntryView, MAX_ANSWER_SCREEN_BYTES};
 
-use crate::cluster::sender::Sender;
+use crate::cluster::sender::{Followers, Sender};
 use crate::role::alarm::AlarmService;
 use crate::role::jobs::{self, Ledger};
 use model::{Effect, LiveTask, TaskState};
@@ -105,6 +106,9 @@ pub struct TaskService {
     jobs: Ledger<LiveTask>,
     /// Cancels waiting for room in their agent's queue, by (task, target).
     cancels: Mutex<HashMap<(String, u32), control::PendingCancel>>,
+    /// Targets waiting for their moving agent to register again
+    /// ([`moving`]).
+    moving: Followers<(Arc<LiveTask>, u32)>,
     seq: AtomicU64,
 }
 
@@ -134,6 +138,7 @@ impl TaskService {
             alarms: parts.alarms,
             jobs: Ledger::default(),
             cancels: Mutex::new(HashMap::new()),
+            moving: Followers::default(),
             seq: AtomicU64::new(1),
         }))
     }

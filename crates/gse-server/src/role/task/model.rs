@@ -94,6 +94,10 @@ pub(crate) struct LiveTask {
     /// queue the rest, so a task may wait long before it starts.
     pub queued_deadline: Instant,
     pub index: TargetIndex,
+    /// Each target's `RunScript` body (shared, one per distinct user),
+    /// kept so that a target whose agent was moving when it was sent can
+    /// be sent it again once the agent registered on its new node.
+    pub bodies: Vec<bytes::Bytes>,
     pub state: Mutex<TaskState>,
 }
 
@@ -310,6 +314,17 @@ impl LiveTask {
             .map(|&t| u64::from(t))
             .sum();
         now + Duration::from_secs(left) + grace
+    }
+
+    /// Whether every entry of `target` is still as it was sent (dispatched,
+    /// not started): the agent has not taken it up.
+    pub fn target_untouched(&self, state: &TaskState, target: u32) -> bool {
+        (0..self.atomic_count).all(|a| {
+            self.entry_index(target, a).is_some_and(|i| {
+                let e = &state.entries[i as usize];
+                e.status == gse_core::task::STATUS_DISPATCHED && e.start_ms == 0
+            })
+        })
     }
 
     /// Whether any entry of `target` is not final yet.

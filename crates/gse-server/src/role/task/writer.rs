@@ -118,6 +118,7 @@ impl JobKind for TaskService {
 
     async fn round(&self, now: Instant, due: Due) {
         self.retry_cancels(now).await;
+        self.resend_moved().await;
         if due.second {
             self.close_overdue(now);
         }

@@ -28,6 +28,9 @@ pub(crate) struct FakeLink {
     pub conns: Mutex<std::collections::HashMap<AgentKey, u64>>,
     /// Agents held by other nodes, and by which.
     pub remote: Mutex<std::collections::HashMap<AgentKey, String>>,
+    /// Connected agents whose link was handed over (K2): every send is
+    /// `Moving` until they are claimed again.
+    pub moving: Mutex<HashSet<AgentKey>>,
 }
 
 /// The claim epoch of an agent in `FakeLink::connected` unless `conns`
@@ -73,6 +76,9 @@ impl LocalLink for FakeLink {
         if self.epoch(key) != Some(epoch) {
             return Err(SendError::Stale(key));
         }
+        if self.moving.lock().contains(&key) {
+            return Err(SendError::Moving(key));
+        }
         self.sent.lock().push((key, frame));
         Ok(())
     }
@@ -97,7 +103,14 @@ impl AgentDirectory for FakeLink {
         node_id: &str,
         _via: &[String],
     ) -> Result<u64, DirectoryError> {
-        let epoch = self.epoch(key).unwrap_or(FIRST_CONN) + 1;
+        // Epochs only grow, across nodes too.
+        let remote = self
+            .remote
+            .lock()
+            .contains_key(&key)
+            .then_some(REMOTE_CLAIM);
+        let epoch = self.epoch(key).or(remote).unwrap_or(FIRST_CONN) + 1;
+        self.moving.lock().remove(&key);
         if node_id == NODE {
             self.remote.lock().remove(&key);
             self.connected.lock().insert(key);

@@ -8,6 +8,7 @@
 mod fake;
 mod flaky;
 mod lifecycle;
+mod moving;
 mod remote;
 mod results;
 mod start;
