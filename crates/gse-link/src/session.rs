@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use gse_core::certs::IdentityMark;
 use gse_proto::{Frame, FrameCodec, FrameError};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -21,6 +22,33 @@ use tokio_util::codec::Framed;
 
 /// A session on the accepting side (agent link, DataServer).
 pub type ServerSession = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec>;
+
+/// What a node serves one agent over: the agent's frames both ways, and
+/// the identity its certificate names. A direct link ([`ServerSession`])
+/// is one; the node's code for an agent (register, heartbeats, work) is
+/// written once against this, whatever carries the frames.
+pub trait AgentChannel:
+    Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send
+{
+    /// The identity the agent's certificate names, when it is a
+    /// per-agent one (read from the certificate checked at the TLS
+    /// handshake); `None` for a fleet-wide certificate.
+    fn certificate_identity(&self) -> Option<IdentityMark>;
+
+    /// Gives back write-buffer memory a large frame grew (a long idle
+    /// link needs `keep` bytes at most).
+    fn shrink_write_buffer(&mut self, keep: usize);
+}
+
+impl AgentChannel for ServerSession {
+    fn certificate_identity(&self) -> Option<IdentityMark> {
+        crate::claim::certificate_identity(self.get_ref().get_ref().1.peer_certificates())
+    }
+
+    fn shrink_write_buffer(&mut self, keep: usize) {
+        *self.write_buffer_mut() = bytes::BytesMut::with_capacity(keep);
+    }
+}
 /// A session on the dialing side.
 pub type ClientSession = Framed<tokio_rustls::client::TlsStream<TcpStream>, FrameCodec>;
 

@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use gse_core::seams::{AgentRecord, Epoch, HeartbeatUpdate};
 use gse_core::{AgentKey, now_ms};
 use gse_link::Accepted;
-use gse_link::claim::{certificate_identity, claimed_key};
-use gse_link::session::{FirstFrameError, ServerSession as Link, WriteError, first_frame};
+use gse_link::claim::claimed_key;
+use gse_link::session::{AgentChannel, FirstFrameError, WriteError, first_frame};
 use gse_proto::link::{Goodbye, Heartbeat, HeartbeatAck, LinkError, Register, RegisterAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use tokio::sync::mpsc;
@@ -44,12 +44,26 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Where the agent reached us is what it is told we are (`advertise`).
     let path = svc.advertiser.path(local, peer);
     let codec = FrameCodec::new(svc.config.max_frame_bytes);
-    let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
+    let link = Framed::with_capacity(tls, codec, READ_BUFFER);
     let reached = Reached {
         peer,
         port: local.port(),
         path,
     };
+    run_over(svc, link, reached, (deadline, Some(pending)), conn_id).await;
+}
+
+/// Serves one agent over `link` (a direct link, or a channel relayed to
+/// it), from its `Register` by `deadline` to the link's end. `pending` is
+/// its place among the handshakes in progress, given up once registered.
+async fn run_over<L: AgentChannel>(
+    svc: Arc<LinkService>,
+    mut link: L,
+    reached: Reached,
+    (deadline, pending): (Instant, Option<gse_link::ConnPermit>),
+    conn_id: u64,
+) {
+    let (peer, path) = (reached.peer, reached.path);
     // Boxed so that its state is freed once it finishes, instead of
     // staying inside this long-lived task's future next to the link
     // (about 1.5 KB per agent).
@@ -97,7 +111,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         Ok(()) => {
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
-            *link.write_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
+            link.shrink_write_buffer(READ_BUFFER);
             serve(
                 &svc,
                 &mut link,
@@ -203,9 +217,9 @@ struct Reached {
 /// Reads and checks the first frame, which must be `Register`; refuses it
 /// (answering why) or claims the agent and returns the record, the claim's
 /// epoch and the accepting RegisterAck to send once the agent is attached.
-async fn register<'s>(
+async fn register<'s, L: AgentChannel>(
     svc: &'s LinkService,
-    link: &mut Link,
+    link: &mut L,
     reached: Reached,
     deadline: Instant,
 ) -> Option<(
@@ -242,7 +256,7 @@ async fn register<'s>(
     let mut joining = None;
     let checked = match checked {
         Ok(reg) => {
-            let certificate = certificate_identity(link.get_ref().get_ref().1.peer_certificates());
+            let certificate = link.certificate_identity();
             match svc
                 .admit(reg.key, &reg.msg.agent_id, certificate, peer)
                 .await
@@ -423,9 +437,9 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
 /// Every write is bounded by `heartbeat_timeout`: an agent that stops
 /// reading (stopped process, paused VM) must not hold this task forever
 /// while its heartbeat deadline goes unchecked.
-async fn serve(
+async fn serve<L: AgentChannel>(
     svc: &LinkService,
-    link: &mut Link,
+    link: &mut L,
     (key, epoch, conn_id): (AgentKey, Epoch, u64),
     mut outbound: mpsc::Receiver<Box<Frame>>,
     (close, handover): (CancellationToken, &super::handover::Slot),
@@ -516,8 +530,8 @@ async fn renew(svc: &LinkService, key: AgentKey, epoch: Epoch) -> Option<String>
 }
 
 /// Writes one frame, giving up after `limit`; the error is why the link ends.
-pub(super) async fn send_within(
-    link: &mut Link,
+pub(super) async fn send_within<L: AgentChannel>(
+    link: &mut L,
     frame: Frame,
     limit: Duration,
 ) -> Result<(), String> {
@@ -559,9 +573,9 @@ fn data_dropped(svc: &LinkService, key: AgentKey, hb: &Heartbeat) {
 }
 
 /// Handles one frame from a registered agent; `Some(reason)` ends the link.
-async fn on_frame(
+async fn on_frame<L: AgentChannel>(
     svc: &LinkService,
-    link: &mut Link,
+    link: &mut L,
     key: AgentKey,
     frame: Frame,
 ) -> Option<String> {
@@ -614,7 +628,7 @@ async fn on_frame(
     }
 }
 
-async fn protocol_error(link: &mut Link, message: String, limit: Duration) -> String {
+async fn protocol_error<L: AgentChannel>(link: &mut L, message: String, limit: Duration) -> String {
     let frame = Frame::new(
         MsgType::LinkError,
         0,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use gse_core::AgentKey;
 use gse_core::seams::Epoch;
-use gse_link::session::ServerSession as Link;
+use gse_link::session::AgentChannel;
 use gse_proto::link::{Goodbye, HandOverReady};
 use gse_proto::{Frame, MsgType};
 use parking_lot::Mutex;
@@ -410,9 +410,9 @@ impl LinkService {
 /// The agent says it is idle and ready to move (`HandOverReady`): when
 /// nothing is on its way to it, it is told where to go and the link ends
 /// (`Some(reason)`); otherwise it goes on being served.
-pub(super) async fn ready(
+pub(super) async fn ready<L: AgentChannel>(
     svc: &LinkService,
-    link: &mut Link,
+    link: &mut L,
     (key, conn_id): (AgentKey, u64),
     frame: &Frame,
     written: u64,
