@@ -63,7 +63,9 @@ pub enum UndeliveredCode {
     /// The holding node could not be reached.
     NodeUnreachable = 4,
     /// The agent's link on that node was handed over (K2): the agent is
-    /// on its way to another node and the frame can follow it.
+    /// on its way to another node, and the frame (or, when the sealed link
+    /// ended, whatever was sent on the stream and not taken up) can follow
+    /// it.
     Moving = 5,
 }
 
@@ -302,12 +304,23 @@ impl NodeLinks {
     /// Holding side: `agent`'s link ended; the nodes with streams open on
     /// it are told, once per stream.
     pub fn agent_gone(&self, agent: AgentKey) {
+        self.streams_end(agent, UndeliveredCode::LinkEnded)
+    }
+
+    /// Ends every stream open on `agent`, telling each stream's node why.
+    fn streams_end(&self, agent: AgentKey, code: UndeliveredCode) {
         for origin in self.relay.agent_gone(agent) {
-            let reason = format!(
-                "the agent's link to node {} ended before it answered",
-                self.me
-            );
-            let frame = undelivered_frame(agent, &origin, UndeliveredCode::LinkEnded, reason);
+            let reason = match code {
+                UndeliveredCode::Moving => format!(
+                    "the agent left node {} for another node (handed over)",
+                    self.me
+                ),
+                _ => format!(
+                    "the agent's link to node {} ended before it answered",
+                    self.me
+                ),
+            };
+            let frame = undelivered_frame(agent, &origin, code, reason);
             let tx = match self.outbox(&origin.node_id) {
                 Ok(tx) => tx,
                 Err(e) => {
@@ -575,5 +588,9 @@ impl crate::role::link::RemoteStreams for NodeLinks {
 
     fn agent_gone(&self, agent: AgentKey) {
         NodeLinks::agent_gone(self, agent)
+    }
+
+    fn agent_moved(&self, agent: AgentKey) {
+        NodeLinks::streams_end(self, agent, UndeliveredCode::Moving)
     }
 }

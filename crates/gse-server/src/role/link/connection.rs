@@ -120,8 +120,18 @@ async fn run_over<L: AgentChannel>(
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
 
+    let sealed = svc.sealed(key, conn_id);
     if svc.detach(key, conn_id) {
-        svc.notify_disconnect(key, epoch);
+        if sealed {
+            // Sealed only once nothing was on its way to the agent and it
+            // ran nothing: no role lost work on this claim. What was sent
+            // since was refused as `Moving` and follows the agent; a plain
+            // disconnect would fail a target whose refusal is still on its
+            // way back instead.
+            svc.notify_moved(key, epoch);
+        } else {
+            svc.notify_disconnect(key, epoch);
+        }
         if reason == super::handover::HANDED_OVER && !svc.shutdown.is_cancelled() {
             tracing::info!(agent = %key, peer = %peer, to = %handover.to().unwrap_or_default(), "agent handed over; its claim here is kept until it registers there");
             svc.moved.insert(key, epoch);

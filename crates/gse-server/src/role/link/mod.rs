@@ -114,11 +114,11 @@ pub trait AgentFrames: Send + Sync {
     /// replaced; the agent may already be back on a newer one): only what
     /// was delivered to that claim is gone.
     fn on_disconnect(&self, agent: AgentKey, ended: Delivery);
-    /// A frame sent to the agent's claim `moved_from` on another node did
-    /// not reach it: the agent is moving (K2) and has not registered
-    /// anywhere yet. What was sent there and has not started can follow
-    /// it ([`crate::cluster::sender::Followers`]); by default it is lost
-    /// as with a disconnect.
+    /// The agent's claim `moved_from` ended by a hand-over (K2): the agent
+    /// left idle for another node, so whatever was sent to that claim and
+    /// has not started never reached it (a frame on its way was refused)
+    /// and can follow it ([`crate::cluster::sender::Followers`]). By
+    /// default it is handled as a disconnect.
     fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
         self.on_disconnect(agent, moved_from);
     }
@@ -494,6 +494,26 @@ impl LinkService {
     /// A session left the map: no longer counted as leaving, if it was.
     fn left(&self, gone: &Session) {
         self.leaving.left(&gone.handover);
+    }
+
+    /// Whether `conn_id`'s session is sealed for a hand-over (it took no
+    /// more deliveries once nothing was on its way to the agent).
+    fn sealed(&self, key: AgentKey, conn_id: u64) -> bool {
+        self.sessions
+            .lock()
+            .get(&key)
+            .is_some_and(|s| s.conn_id == conn_id && s.sealed.load(Ordering::Relaxed))
+    }
+
+    /// The agent left idle for another node (a sealed hand-over): roles
+    /// here and nodes with streams open on it hear it as moving, so work
+    /// that never reached it follows it ([`AgentFrames::on_moving`]).
+    fn notify_moved(&self, key: AgentKey, epoch: Epoch) {
+        let remote = self.remote.read().clone();
+        if let Some(remote) = remote {
+            remote.agent_moved(key);
+        }
+        self.notify_roles_moving(key, epoch);
     }
 
     /// Forgets the session if it is still `conn_id`'s; true if it was.

@@ -30,6 +30,10 @@ pub trait RemoteStreams: Send + Sync {
     async fn agent_frame(&self, agent: AgentKey, frame: Frame) -> Result<(), Frame>;
     /// The agent's link here ended: its open streams end too.
     fn agent_gone(&self, agent: AgentKey);
+    /// The agent left idle for another node (a sealed hand-over): its open
+    /// streams end as `Moving`, so what their nodes sent and it never got
+    /// follows it there.
+    fn agent_moved(&self, agent: AgentKey);
 }
 
 impl LinkService {

@@ -3,8 +3,9 @@
 //! A hand-over seals the agent's link once nothing is on its way to it;
 //! until the agent registered on its new node, a frame for it is refused
 //! as `Moving` (by this node's link, or by the holding node through the
-//! node link: [`AgentFrames::on_moving`]). It never reached the agent, so
-//! nothing ran: the target is kept dispatched, waits in
+//! node link: [`AgentFrames::on_moving`], which also comes when the sealed
+//! link ends, for what was sent to it then). It never reached the agent,
+//! so nothing ran: the target is kept dispatched, waits in
 //! [`TaskService::moving`] and is sent again, to its new claim, by the
 //! writer's next round after the agent registered; one that registers
 //! nowhere within [`FOLLOW_WITHIN`] fails as offline (117).

@@ -95,14 +95,17 @@ async fn a_task_another_node_refused_because_the_agent_moves_follows_it() {
         .await
         .unwrap()
         .expect("held by n2");
-    // n2 answers that the agent's link there was handed over.
+    // n2 says the agent's link there was handed over: once as the sealed
+    // link ends, once more as it refuses the frame that was on its way.
+    h.svc.on_moving(key("10.0.0.4"), moved_from);
     h.svc.on_moving(key("10.0.0.4"), moved_from);
     let e = &poll_all(&h.svc, &task_id).await[0];
     assert_eq!(e.status, STATUS_DISPATCHED, "{e:?}");
     // The agent registers on this node.
     h.link.claim(key("10.0.0.4"), NODE, &[]).await.unwrap();
     h.svc.resend_moved().await;
-    assert_eq!(run_scripts_to(&h.link, "10.0.0.4"), 1);
+    h.svc.resend_moved().await;
+    assert_eq!(run_scripts_to(&h.link, "10.0.0.4"), 1, "sent once");
     run_ok(&h.svc, "10.0.0.4", &task_id, 0, "hi\n");
     let e = &poll_all(&h.svc, &task_id).await[0];
     assert_eq!(
