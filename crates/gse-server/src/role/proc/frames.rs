@@ -34,6 +34,25 @@ impl AgentFrames for ProcService {
         }
     }
 
+    fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
+        // Sent to that claim and not answered: the agent left idle, so
+        // none reached it (it runs no operation when it leaves).
+        for task in self.jobs.open_jobs() {
+            let sent: Vec<usize> = task
+                .state
+                .lock()
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e.state, EntryState::Sent { agent: a, held, .. } if a == agent && held == moved_from))
+                .map(|(i, _)| i)
+                .collect();
+            if !sent.is_empty() {
+                self.follow(&task, sent, agent, moved_from);
+            }
+        }
+    }
+
     fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         for task in self.jobs.open_jobs() {
             {

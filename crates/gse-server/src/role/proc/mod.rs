@@ -21,6 +21,7 @@ mod danger;
 mod frames;
 mod metrics;
 pub mod model;
+mod moving;
 pub mod status;
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub use config::ProcConfig;
 pub use model::{Answer, OpRequest};
 pub use status::ProcView;
 
-use crate::cluster::sender::Sender;
+use crate::cluster::sender::{Followers, SendError, Sender};
 use crate::role::alarm::AlarmService;
 use crate::role::jobs::Ledger;
 use codes::*;
@@ -91,6 +92,9 @@ pub struct ProcService {
     order: Mutex<std::collections::VecDeque<String>>,
     status: status::StatusCache,
     seq: AtomicU64,
+    /// Entries whose agent was moving to another node (K2) when they were
+    /// sent, by task: sent again once it registered there ([`moving`]).
+    moving: Followers<(Arc<ProcTask>, Vec<usize>)>,
 }
 
 // === impl ProcService ===
@@ -108,6 +112,7 @@ impl ProcService {
             order: Mutex::new(Default::default()),
             status: status::StatusCache::default(),
             seq: AtomicU64::new(1),
+            moving: Followers::default(),
         })
     }
 
@@ -163,6 +168,7 @@ impl ProcService {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.resend_moved().await;
             for task in self.jobs.take_queue() {
                 if let Err(e) = self.dispatch_task(&task).await {
                     tracing::error!(task_id = %task.id, error = %e, "cannot dispatch a proc task; its entries fail");
@@ -240,9 +246,15 @@ impl ProcService {
                     deadline,
                 };
             }
-            if let Err(e) = self.sender.deliver(&located, frame).await {
-                let answer = Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name));
-                self.settle(task, index, answer);
+            match self.sender.deliver(&located, frame).await {
+                Ok(_) => {}
+                Err(SendError::Moving(agent)) => {
+                    self.follow(task, vec![index], agent, located.delivery())
+                }
+                Err(e) => {
+                    let answer = Answer::new(CODE_AGENT_ABNORMAL, e.for_host(&name));
+                    self.settle(task, index, answer);
+                }
             }
         };
         futures::future::join_all(sends.into_iter().map(one)).await;

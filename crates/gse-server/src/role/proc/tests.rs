@@ -315,3 +315,35 @@ async fn operations_on_other_nodes_agents_go_there_or_fail_naming_the_node() {
         far.error_msg
     );
 }
+
+/// K2: an operation sent while its agent moves to another node never
+/// reached it; it goes once the agent registered again, and is not failed
+/// by the move (here, and when the node it left says so).
+#[tokio::test]
+async fn an_operation_sent_while_its_agent_moves_follows_it() {
+    use gse_core::seams::AgentDirectory;
+    let h = harness().await;
+    online(&h, "10.0.0.1").await;
+    h.link.moving.lock().insert(key("10.0.0.1"));
+    let id = h.svc.operate(vec![op(1, &["0:10.0.0.1"])]);
+    let stop = CancellationToken::new();
+    tokio::spawn(h.svc.clone().run(stop.clone()));
+    wait_until(|| !h.svc.moving.is_empty()).await;
+    let pending =
+        |h: &Harness| h.svc.results(&id).unwrap().answers["0:10.0.0.1:nodeman:beat"].error_code;
+    assert_eq!(pending(&h), 115, "waits for the agent");
+    assert!(h.link.sent.lock().is_empty());
+    // The move ends the old claim: nothing sent there is failed by it.
+    h.svc.on_moving(
+        key("10.0.0.1"),
+        crate::role::task::tests::held(crate::role::task::tests::FIRST_CONN),
+    );
+    assert_eq!(pending(&h), 115);
+    // It registers again: the operation goes to the new claim, once.
+    h.link.claim(key("10.0.0.1"), "n1", &[]).await.unwrap();
+    wait_until(|| !h.link.sent.lock().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.link.sent.lock().len(), 1);
+    assert_eq!(pending(&h), 115, "sent, not answered yet");
+    stop.cancel();
+}
