@@ -295,11 +295,12 @@ impl TaskService {
             created_ms: now,
             atomic_count: n as u32,
             index: TargetIndex::new(&targets),
-            bodies: spec
-                .targets
-                .iter()
-                .map(|t| frames.get(&t.user).cloned().unwrap_or_default())
-                .collect(),
+            bodies: parking_lot::Mutex::new(
+                spec.targets
+                    .iter()
+                    .map(|t| frames.get(&t.user).cloned().unwrap_or_default())
+                    .collect(),
+            ),
             targets,
             by_agent,
             atomic_timeouts,

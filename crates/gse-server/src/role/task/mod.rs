@@ -165,6 +165,8 @@ impl TaskService {
         f(&mut task.state.lock(), &mut effect);
         metrics::entries_finished(&effect.finals);
         if self.jobs.settle(task, &effect) {
+            // Nothing is sent for it any more.
+            *task.bodies.lock() = Vec::new();
             tracing::info!(task_id = %task.id, targets = task.targets.len(), "task finished");
         }
     }

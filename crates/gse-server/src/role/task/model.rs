@@ -95,9 +95,10 @@ pub(crate) struct LiveTask {
     pub queued_deadline: Instant,
     pub index: TargetIndex,
     /// Each target's `RunScript` body (shared, one per distinct user),
-    /// kept so that a target whose agent was moving when it was sent can
-    /// be sent it again once the agent registered on its new node.
-    pub bodies: Vec<bytes::Bytes>,
+    /// kept while the task runs so that a target whose agent was moving
+    /// when it was sent can be sent it once the agent registered on its
+    /// new node; emptied when the task finishes (a script may be large).
+    pub bodies: Mutex<Vec<bytes::Bytes>>,
     pub state: Mutex<TaskState>,
 }
 

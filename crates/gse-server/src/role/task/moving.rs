@@ -66,10 +66,13 @@ impl TaskService {
                 }
                 state.sent_on.insert(target, delivery);
             }
+            let Some(body) = task.bodies.lock().get(target as usize).cloned() else {
+                continue;
+            };
             let frame = Frame {
                 msg_type: MsgType::RunScript,
                 stream_id: 0,
-                body: task.bodies[target as usize].clone(),
+                body,
             };
             match self.sender.deliver(&located, frame).await {
                 Ok(_) => {
