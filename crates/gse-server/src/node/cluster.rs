@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{Base, bind};
 use crate::cluster::balance::{self, Balancer};
 use crate::cluster::membership::{self, MembershipParts};
-use crate::cluster::nodelink::{NodeLinkParts, NodeLinks, OUTBOX_FRAMES};
+use crate::cluster::nodelink::{NodeLinkParts, NodeLinks, OUTBOX_FRAMES, QUEUE_WAIT};
 use crate::cluster::sender::Sender;
 use crate::config::ServerConfig;
 use crate::role::alarm::AlarmService;
@@ -184,6 +184,7 @@ pub(super) async fn start_node_link(
         handshake_timeout: config.link.handshake_timeout,
         max_frame_bytes: config.link.max_frame_bytes,
         outbox_frames: OUTBOX_FRAMES,
+        queue_wait: QUEUE_WAIT,
         registry,
         shutdown: base.shutdown.clone(),
     })

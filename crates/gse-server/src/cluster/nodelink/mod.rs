@@ -119,9 +119,14 @@ pub struct Refused {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeLinkError {
     #[error(
-        "the node link to {node} has had {frames} frames queued for {QUEUE_WAIT:?}: that node or the network to it is too slow"
+        "the node link to {node} has had {frames} frames queued for {}: that node or the network to it is too slow",
+        humantime::format_duration(*waited)
     )]
-    Busy { node: String, frames: usize },
+    Busy {
+        node: String,
+        frames: usize,
+        waited: Duration,
+    },
     #[error("this node is shutting down")]
     ShuttingDown,
 }
@@ -139,6 +144,9 @@ pub struct NodeLinkParts {
     pub max_frame_bytes: usize,
     /// Frames queued per peer node ([`OUTBOX_FRAMES`] in a node).
     pub outbox_frames: usize,
+    /// How long a sender waits for room in a full queue ([`QUEUE_WAIT`]
+    /// in a node).
+    pub queue_wait: Duration,
     pub registry: Arc<dyn Registry>,
     pub shutdown: CancellationToken,
 }
@@ -162,6 +170,14 @@ pub struct NodeLinks {
     handshake_timeout: Duration,
     max_frame_bytes: usize,
     outbox_frames: usize,
+    queue_wait: Duration,
+    /// Peer nodes whose queue stayed full for a whole `queue_wait`: frames
+    /// for them fail at once until their queue has room again, so a
+    /// stalled peer costs one wait, not one per frame (an agent's answers
+    /// wait in its read loop, where waits add up to a heartbeat timeout).
+    stalled: Mutex<std::collections::HashSet<String>>,
+    /// `stalled` is not empty: the usual send skips its lock.
+    any_stalled: std::sync::atomic::AtomicBool,
     registry: Arc<dyn Registry>,
     outboxes: Mutex<HashMap<String, outbox::Outbox>>,
     /// Sending side: per node, the agents (and the claim epoch) this node
@@ -208,6 +224,9 @@ impl NodeLinks {
             handshake_timeout: parts.handshake_timeout,
             max_frame_bytes: parts.max_frame_bytes,
             outbox_frames: parts.outbox_frames,
+            queue_wait: parts.queue_wait,
+            stalled: Mutex::new(Default::default()),
+            any_stalled: std::sync::atomic::AtomicBool::new(false),
             registry: parts.registry,
             outboxes: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
@@ -431,24 +450,52 @@ impl NodeLinks {
     }
 
     /// Queues `frame` for node `node`, starting its outbox if needed, and
-    /// waits (up to [`QUEUE_WAIT`]) while that queue is full.
+    /// waits (up to `queue_wait`) while that queue is full; a node whose
+    /// queue stayed full that long is failed at once until it has room.
     async fn queue(&self, node: &str, frame: Frame) -> Result<(), NodeLinkError> {
+        use std::sync::atomic::Ordering;
         let tx = self.outbox(node)?;
+        let busy = || NodeLinkError::Busy {
+            node: node.to_string(),
+            frames: self.outbox_frames,
+            waited: self.queue_wait,
+        };
         // Room (the usual case) takes no timer.
         let frame = match tx.try_send(frame) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if self.any_stalled.load(Ordering::Relaxed) {
+                    self.unstall(node);
+                }
+                return Ok(());
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(NodeLinkError::ShuttingDown),
             Err(mpsc::error::TrySendError::Full(frame)) => frame,
         };
-        tx.send_timeout(frame, QUEUE_WAIT)
-            .await
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => NodeLinkError::Busy {
-                    node: node.to_string(),
-                    frames: self.outbox_frames,
-                },
-                mpsc::error::SendTimeoutError::Closed(_) => NodeLinkError::ShuttingDown,
-            })
+        if self.any_stalled.load(Ordering::Relaxed) && self.stalled.lock().contains(node) {
+            return Err(busy());
+        }
+        match tx.send_timeout(frame, self.queue_wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(NodeLinkError::ShuttingDown),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                let mut stalled = self.stalled.lock();
+                if stalled.insert(node.to_string()) {
+                    tracing::warn!(node, waited = ?self.queue_wait, "the node link to this node took nothing for a whole wait; frames for it fail at once until it has room");
+                }
+                self.any_stalled.store(true, Ordering::Relaxed);
+                Err(busy())
+            }
+        }
+    }
+
+    /// Node `node`'s queue took a frame: it is not stalled (any more).
+    fn unstall(&self, node: &str) {
+        let mut stalled = self.stalled.lock();
+        if stalled.remove(node) {
+            tracing::info!(node, "the node link to this node takes frames again");
+        }
+        self.any_stalled
+            .store(!stalled.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The queue to node `node`, its outbox started if needed.

@@ -131,6 +131,7 @@ fn parts(s: &Setup, id: &str, cluster: &str, kind: CertKind) -> NodeLinkParts {
         handshake_timeout: Duration::from_secs(5),
         max_frame_bytes: 1 << 20,
         outbox_frames: OUTBOX_FRAMES,
+        queue_wait: QUEUE_WAIT,
         registry: s.registry.clone(),
         shutdown: CancellationToken::new(),
     }
@@ -448,5 +449,66 @@ async fn a_burst_of_answers_waits_for_room_on_the_way_back_and_none_is_dropped()
             panic!("expected answer {i} on a")
         };
         assert_eq!(back, output(42, &i.to_string()), "answer {i}, in order");
+    }
+}
+
+/// A peer node that takes nothing (it accepted the connection and never
+/// answers the handshake): once one frame waited a whole `queue_wait` for
+/// room, the next fail at once instead of each waiting again, so an
+/// agent whose answers go there is not held up frame after frame.
+#[tokio::test]
+async fn a_stalled_peer_costs_one_wait_then_frames_for_it_fail_at_once() {
+    let (la, a_addr) = listener().await;
+    // Accepts, reads nothing, answers nothing.
+    let (dead, dead_addr) = listener().await;
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = dead.accept().await {
+            held.push(conn);
+        }
+    });
+    let s = setup(&[("a", &a_addr), ("dead", &dead_addr)]);
+    let mut p = parts(&s, "a", "/gse", CertKind::Server);
+    p.outbox_frames = 2;
+    p.queue_wait = Duration::from_secs(2);
+    // The dial to it stays in its handshake throughout.
+    p.handshake_timeout = Duration::from_secs(60);
+    let a = start(p, vec![], Some(la));
+
+    let mut first_busy = None;
+    for i in 0..10u64 {
+        let began = std::time::Instant::now();
+        let sent = a
+            .links
+            .send_to_agent("dead", key(1), 7, request(i, "x"))
+            .await;
+        if let Err(e) = sent {
+            assert!(
+                matches!(&e, NodeLinkError::Busy { node, .. } if node == "dead"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("queued for 2s"), "{e}");
+            first_busy = Some(began.elapsed());
+            break;
+        }
+    }
+    let waited = first_busy.expect("the queue to a peer that takes nothing fills");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the first waits: {waited:?}"
+    );
+    for i in 0..5u64 {
+        let began = std::time::Instant::now();
+        let e = a
+            .links
+            .send_to_agent("dead", key(1), 7, request(100 + i, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, NodeLinkError::Busy { .. }), "{e}");
+        assert!(
+            began.elapsed() < Duration::from_secs(1),
+            "the next fail at once, not after another wait: {:?}",
+            began.elapsed()
+        );
     }
 }
