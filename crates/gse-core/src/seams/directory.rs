@@ -57,6 +57,16 @@ pub trait AgentDirectory: Send + Sync {
     /// Whether the claim `epoch` is still the current one (the holder
     /// keeps its link only while it is).
     async fn renew(&self, agent: AgentKey, epoch: Epoch) -> Result<bool, DirectoryError>;
+    /// [`AgentDirectory::renew`] for many claims, in their order: a node
+    /// renews every agent it holds at once, in one round trip where the
+    /// directory can.
+    async fn renew_many(&self, claims: &[(AgentKey, Epoch)]) -> Result<Vec<bool>, DirectoryError> {
+        let mut out = Vec::with_capacity(claims.len());
+        for &(agent, epoch) in claims {
+            out.push(self.renew(agent, epoch).await?);
+        }
+        Ok(out)
+    }
     /// Ends the claim `epoch` if it is current; true if it was.
     async fn release(&self, agent: AgentKey, epoch: Epoch) -> Result<bool, DirectoryError>;
     /// Where `agent` is, if some node holds it.
@@ -180,6 +190,24 @@ pub mod conformance {
         release_needs_the_current_epoch(dir).await;
         a_dead_node_is_released_alone(dir).await;
         many_are_located_as_one_by_one(dir).await;
+        many_are_renewed_as_one_by_one(dir).await;
+    }
+
+    /// `renew_many` answers what `renew` answers, in the asked order.
+    pub async fn many_are_renewed_as_one_by_one(dir: &dyn AgentDirectory) {
+        let (a, b, c) = (key(8), key(9), key(10));
+        let old = dir.claim(a, "n1", &[]).await.unwrap();
+        let newer = dir.claim(a, "n2", &[]).await.unwrap();
+        let held = dir.claim(c, "n1", &[]).await.unwrap();
+        let claims = [(a, old), (b, 1), (c, held), (a, newer)];
+        let many = dir.renew_many(&claims).await.unwrap();
+        let mut one_by_one = Vec::new();
+        for (agent, epoch) in claims {
+            one_by_one.push(dir.renew(agent, epoch).await.unwrap());
+        }
+        assert_eq!(many, one_by_one);
+        assert_eq!(many, [false, false, true, true]);
+        assert!(dir.renew_many(&[]).await.unwrap().is_empty());
     }
 
     /// `locate_many` answers what `locate` answers, in the asked order.

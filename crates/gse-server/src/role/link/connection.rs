@@ -23,15 +23,12 @@ use tokio_util::sync::CancellationToken;
 use super::{AgentPath, LinkService, OUTBOUND_QUEUE};
 use crate::role::alarm::{Alarm, AlarmKind};
 
+/// Why a link ends whose claim a newer one superseded.
+const STALE: &str = "the agent registered again elsewhere; this link is stale";
+
 /// Initial read buffer per connection; grows only for large frames, which
 /// keeps tens of thousands of idle links small.
 const READ_BUFFER: usize = 512;
-
-/// How often a heartbeat also renews the agent's claim in the directory
-/// (or half of `heartbeat_timeout`, if that is shorter): often enough that
-/// a link another node took over ends within seconds, rarely enough that a
-/// directory in Redis is not asked per heartbeat.
-const RENEW_EVERY: Duration = Duration::from_secs(15);
 
 pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64) {
     let Accepted {
@@ -96,6 +93,7 @@ async fn run_over<L: AgentChannel>(
             follows_handover: protocol >= gse_proto::HANDOVER_PROTOCOL_VERSION,
             sealed: std::sync::atomic::AtomicBool::new(false),
             last_work_ms: std::sync::atomic::AtomicU64::new(0),
+            stale: std::sync::atomic::AtomicBool::new(false),
         },
     );
     drop(joining);
@@ -115,7 +113,7 @@ async fn run_over<L: AgentChannel>(
             // The RegisterAck (with the danger rules) grew the write buffer
             // to a few KB; a long idle link needs far less.
             link.shrink_write_buffer(READ_BUFFER);
-            serve(&svc, link, (key, epoch, conn_id), rx, (close, &handover)).await
+            serve(&svc, link, (key, conn_id), rx, (close, &handover)).await
         }
         Err(e) => format!("cannot send the RegisterAck: {e}"),
     };
@@ -446,14 +444,12 @@ fn check(msg: Register) -> Result<CheckedRegister, String> {
 async fn serve<L: AgentChannel>(
     svc: &LinkService,
     link: &mut L,
-    (key, epoch, conn_id): (AgentKey, Epoch, u64),
+    (key, conn_id): (AgentKey, u64),
     mut outbound: mpsc::Receiver<Box<Frame>>,
     (close, handover): (CancellationToken, &super::handover::Slot),
 ) -> String {
     let timeout = svc.config.heartbeat_timeout;
     let mut deadline = Instant::now() + timeout;
-    let renew_every = RENEW_EVERY.min(timeout / 2);
-    let mut renew_at = Instant::now() + renew_every;
     // Frames written to the agent since the RegisterAck; the agent counts
     // the ones it read, so a hand-over can tell none is on its way.
     let mut written: u64 = 0;
@@ -463,6 +459,8 @@ async fn serve<L: AgentChannel>(
                 let redirect = handover.to().unwrap_or_default();
                 let reason = if svc.shutdown.is_cancelled() {
                     "server shutting down"
+                } else if svc.is_stale(key, conn_id) {
+                    STALE
                 } else if !redirect.is_empty() {
                     super::handover::HANDED_OVER
                 } else {
@@ -510,27 +508,8 @@ async fn serve<L: AgentChannel>(
                     // Its HeartbeatAck.
                     written += 1;
                 }
-                if heartbeat && Instant::now() >= renew_at {
-                    renew_at = Instant::now() + renew_every;
-                    if let Some(reason) = renew(svc, key, epoch).await {
-                        return reason;
-                    }
-                }
-            }
-        }
-    }
-}
 
-/// Renews the agent's claim; `Some(reason)` ends the link because another
-/// claim (a newer registration, here or on another node) superseded it.
-/// A directory that cannot answer keeps the link: the agent is here.
-async fn renew(svc: &LinkService, key: AgentKey, epoch: Epoch) -> Option<String> {
-    match svc.directory.renew(key, epoch).await {
-        Ok(true) => None,
-        Ok(false) => Some("the agent registered again elsewhere; this link is stale".into()),
-        Err(e) => {
-            tracing::warn!(agent = %key, error = %e, "cannot renew the agent's claim; keeping its link");
-            None
+            }
         }
     }
 }

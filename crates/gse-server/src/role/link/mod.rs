@@ -9,7 +9,8 @@
 //! IP, not the socket address, K7; the claim checked against the agent's
 //! certificate and the identity's pin, `identity`; then the agent is
 //! claimed in the [`AgentDirectory`], which fences it with an epoch), then
-//! heartbeats (K3, renewing the claim)
+//! heartbeats (K3; the claims of every agent held are renewed together,
+//! [`renew`])
 //! until the link ends or goes silent for `heartbeat_timeout`. Heartbeats
 //! reach the state store in batches ([`heartbeats`]). When a link ends the
 //! agent's claim is released, it is marked offline and the alarm role is
@@ -28,6 +29,7 @@ mod handover;
 mod heartbeats;
 mod identity;
 mod remote;
+mod renew;
 
 pub use remote::RemoteStreams;
 
@@ -88,6 +90,8 @@ pub(crate) struct Session {
     /// When a role last sent the agent work (unix ms; 0 = never): idle
     /// agents are handed over first.
     last_work_ms: AtomicU64,
+    /// A newer claim superseded this one: the link ends as stale.
+    stale: AtomicBool,
 }
 
 /// Where a connected agent serves file pieces to its peers (F1, F8).
@@ -442,6 +446,7 @@ impl LinkService {
             handshake_timeout = ?self.config.handshake_timeout,
             "agent link listening"
         );
+        tokio::spawn(self.clone().renew_claims());
         let svc = self.clone();
         let acceptor = self.acceptor.clone();
         acceptor
@@ -494,6 +499,14 @@ impl LinkService {
     /// A session left the map: no longer counted as leaving, if it was.
     fn left(&self, gone: &Session) {
         self.leaving.left(&gone.handover);
+    }
+
+    /// Whether `conn_id`'s session was found stale (a newer claim).
+    fn is_stale(&self, key: AgentKey, conn_id: u64) -> bool {
+        self.sessions
+            .lock()
+            .get(&key)
+            .is_some_and(|s| s.conn_id == conn_id && s.stale.load(Ordering::Relaxed))
     }
 
     /// Whether `conn_id`'s session is sealed for a hand-over (it took no
