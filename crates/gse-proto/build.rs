@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("gse/link/v1/data.proto"),
         root.join("gse/link/v1/proc.proto"),
         root.join("gse/link/v1/node.proto"),
+        root.join("gse/link/v1/proxy.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

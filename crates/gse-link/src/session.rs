@@ -38,6 +38,18 @@ pub trait AgentChannel:
     /// Gives back write-buffer memory a large frame grew (a long idle
     /// link needs `keep` bytes at most).
     fn shrink_write_buffer(&mut self, keep: usize);
+
+    /// The only cloud area (`bk_cloud_id`) an agent may register from
+    /// over this channel: a proxy's area; `None` for a direct link.
+    fn cloud_area(&self) -> Option<i64> {
+        None
+    }
+
+    /// The proxies the agent's frames pass, nearest the node first (its
+    /// location's `via`); empty for a direct link.
+    fn via(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl AgentChannel for ServerSession {

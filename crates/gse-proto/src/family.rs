@@ -36,11 +36,13 @@ pub enum MsgFamily {
     DataAssign,
     /// The node link between the server nodes of a cluster (node.proto).
     Node,
+    /// A proxy's link upstream, its agents' channels (proxy.proto).
+    Proxy,
 }
 
 impl MsgFamily {
     /// Every family, in type order.
-    pub const ALL: [MsgFamily; 8] = [
+    pub const ALL: [MsgFamily; 9] = [
         MsgFamily::Link,
         MsgFamily::Task,
         MsgFamily::File,
@@ -49,6 +51,7 @@ impl MsgFamily {
         MsgFamily::Data,
         MsgFamily::DataAssign,
         MsgFamily::Node,
+        MsgFamily::Proxy,
     ];
 
     /// The message types the family owns. Part of the wire contract: a
@@ -63,6 +66,7 @@ impl MsgFamily {
             MsgFamily::Data => 0x0400..=0x040f,
             MsgFamily::DataAssign => 0x0410..=0x041f,
             MsgFamily::Node => 0x0500..=0x05ff,
+            MsgFamily::Proxy => 0x0600..=0x06ff,
         }
     }
 

@@ -75,6 +75,12 @@ pub enum MsgType {
     NodeToAgent,
     NodeFromAgent,
     NodeUndelivered,
+    // A proxy's link upstream (proxy.proto): 0x600-0x6ff (Proxy).
+    ProxyHello,
+    ProxyHelloAck,
+    ProxyOpen,
+    ProxyData,
+    ProxyClose,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -119,6 +125,11 @@ impl MsgType {
             MsgType::NodeToAgent => 0x502,
             MsgType::NodeFromAgent => 0x503,
             MsgType::NodeUndelivered => 0x504,
+            MsgType::ProxyHello => 0x600,
+            MsgType::ProxyHelloAck => 0x601,
+            MsgType::ProxyOpen => 0x602,
+            MsgType::ProxyData => 0x603,
+            MsgType::ProxyClose => 0x604,
             MsgType::Other(n) => n,
         }
     }
@@ -162,6 +173,11 @@ impl MsgType {
             0x502 => MsgType::NodeToAgent,
             0x503 => MsgType::NodeFromAgent,
             0x504 => MsgType::NodeUndelivered,
+            0x600 => MsgType::ProxyHello,
+            0x601 => MsgType::ProxyHelloAck,
+            0x602 => MsgType::ProxyOpen,
+            0x603 => MsgType::ProxyData,
+            0x604 => MsgType::ProxyClose,
             n => MsgType::Other(n),
         }
     }
@@ -342,6 +358,7 @@ mod tests {
             .chain(0x400..=0x403)
             .chain(0x410..=0x410)
             .chain(0x500..=0x504)
+            .chain(0x600..=0x604)
         {
             let t = MsgType::from_u16(n);
             assert!(!matches!(t, MsgType::Other(_)), "type {n:#x} is not named");

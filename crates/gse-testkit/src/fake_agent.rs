@@ -1,4 +1,4 @@
-//! Hand-driven agents and peers for adversarial tests.
+//! Hand-driven agents, proxies and peers for adversarial tests.
 //!
 //! A [`FakeAgent`] is a real mTLS connection to a server's link that
 //! registers like an agent and then lets the test read and write frames
@@ -267,4 +267,129 @@ fn full_bitmap(n: u32) -> Vec<u8> {
         bytes[(i / 8) as usize] |= 1 << (i % 8);
     }
     bytes
+}
+
+/// A hand-driven proxy (issue 12): a real mTLS connection to a node's
+/// agent link with a proxy certificate, saying `ProxyHello`; the test
+/// opens agents' channels and reads and writes their frames itself.
+pub struct FakeProxy {
+    tx: mpsc::Sender<Frame>,
+    rx: mpsc::Receiver<Frame>,
+    /// The node's answer to the hello.
+    pub ack: gse_proto::link::ProxyHelloAck,
+}
+
+impl FakeProxy {
+    /// Connects with `tls` (a proxy's, or any, certificate), sends
+    /// `first` (a `ProxyHello`, or anything else to see it refused) and
+    /// reads the node's answer: the ack, or `Err` with the first frame's
+    /// type and body when it is not a `ProxyHelloAck` (or none came).
+    pub async fn connect(
+        server: SocketAddr,
+        tls: &TlsFiles,
+        first: Frame,
+    ) -> Result<FakeProxy, Option<Frame>> {
+        let config = gse_core::tls::client_config(tls).expect("proxy TLS config");
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tcp = tokio::net::TcpStream::connect(server)
+            .await
+            .expect("connect to the link");
+        let name = ServerName::try_from(gse_core::certs::DEFAULT_SERVER_NAME).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS to the link");
+        let mut link = Framed::new(tls, FrameCodec::default());
+        link.send(first).await.expect("send the first frame");
+        let answer = match tokio::time::timeout(Duration::from_secs(10), link.next()).await {
+            Ok(Some(Ok(f))) => f,
+            _ => return Err(None),
+        };
+        if answer.msg_type != MsgType::ProxyHelloAck {
+            return Err(Some(answer));
+        }
+        let ack: gse_proto::link::ProxyHelloAck = answer.decode().expect("ProxyHelloAck");
+        let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
+        let (in_tx, in_rx) = mpsc::channel::<Frame>(1024);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    out = out_rx.recv() => match out {
+                        Some(f) => if link.send(f).await.is_err() { return },
+                        None => return,
+                    },
+                    got = link.next() => match got {
+                        Some(Ok(f)) => if in_tx.send(f).await.is_err() { return },
+                        _ => return,
+                    },
+                }
+            }
+        });
+        Ok(FakeProxy {
+            tx: out_tx,
+            rx: in_rx,
+            ack,
+        })
+    }
+
+    pub async fn send(&self, frame: Frame) {
+        self.tx.send(frame).await.expect("fake proxy link open");
+    }
+
+    /// Opens channel `chan` for an agent at `peer` whose certificate names
+    /// no identity (a fleet-wide agent certificate).
+    pub async fn open(&self, chan: u64, peer: SocketAddr) {
+        let open = gse_proto::link::ProxyOpen {
+            chan,
+            peer_addr: peer.to_string(),
+            ..Default::default()
+        };
+        self.send(Frame::new(MsgType::ProxyOpen, 0, &open)).await;
+    }
+
+    /// Sends `inner` as the agent of channel `chan`.
+    pub async fn to_node(&self, chan: u64, inner: Frame) {
+        let data = gse_proto::link::ProxyData {
+            chan,
+            msg_type: inner.msg_type.to_u16().into(),
+            stream_id: inner.stream_id,
+            body: inner.body.to_vec(),
+        };
+        self.send(Frame::new(MsgType::ProxyData, 0, &data)).await;
+    }
+
+    /// The next frame of type `want` for channel `chan` within `within`
+    /// (others are dropped); a `ProxyClose` of `chan` is returned as
+    /// `Err(reason)`.
+    pub async fn recv_on(
+        &mut self,
+        chan: u64,
+        want: MsgType,
+        within: Duration,
+    ) -> Result<Frame, String> {
+        let deadline = tokio::time::Instant::now() + crate::patience(within);
+        loop {
+            let got = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {want:?} on channel {chan} within {within:?}"))
+                .expect("fake proxy link closed");
+            match got.msg_type {
+                MsgType::ProxyData => {
+                    let d: gse_proto::link::ProxyData = got.decode().expect("ProxyData");
+                    let inner = Frame {
+                        msg_type: MsgType::from_u16(d.msg_type as u16),
+                        stream_id: d.stream_id,
+                        body: d.body.into(),
+                    };
+                    if d.chan == chan && inner.msg_type == want {
+                        return Ok(inner);
+                    }
+                }
+                MsgType::ProxyClose => {
+                    let c: gse_proto::link::ProxyClose = got.decode().expect("ProxyClose");
+                    if c.chan == chan {
+                        return Err(c.reason);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }

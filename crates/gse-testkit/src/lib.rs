@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use api::Api;
 pub use cluster::{ClusterBuilder, StartedCluster};
-pub use fake_agent::{FakeAgent, FakeAgentOptions, RoguePeer};
+pub use fake_agent::{FakeAgent, FakeAgentOptions, FakeProxy, RoguePeer};
 pub use procs::{AgentOptions, AgentProc, Cluster, ServerOptions, ServerProc};
 pub use webhook::Webhook;
 

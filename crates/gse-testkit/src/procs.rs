@@ -43,6 +43,9 @@ impl Cluster {
         certs
             .issue(CertKind::ApiClient, None, &[], 30, false)
             .expect("an API-client certificate");
+        certs
+            .issue(CertKind::Proxy, None, &[], 30, false)
+            .expect("a proxy certificate");
         Cluster {
             dir: Some(dir),
             path,

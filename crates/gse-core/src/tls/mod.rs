@@ -69,6 +69,7 @@ impl TlsFiles {
     fn policy(&self, wanted: CertKind) -> PeerPolicy {
         PeerPolicy {
             wanted,
+            also: None,
             legacy: self.legacy_unmarked_certs,
         }
     }
@@ -174,6 +175,15 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_for(files, CertKind::Agent)
 }
 
+/// A server config for a node's agent link: agents, and the proxies that
+/// relay the agents of isolated areas (issue 12), each with a certificate
+/// marked so (an unmarked legacy certificate passes as an agent only).
+pub fn link_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut policy = files.policy(CertKind::Agent);
+    policy.also = Some(CertKind::Proxy);
+    server_config_with(files, policy)
+}
+
 /// A server config for the node link (T1): the dialing node must present
 /// a server certificate from the CA, as this node does.
 pub fn node_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
@@ -181,6 +191,10 @@ pub fn node_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsErro
 }
 
 fn server_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, files.policy(peer))
+}
+
+fn server_config_with(files: &TlsFiles, policy: PeerPolicy) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = load_roots(&files.ca_file)?;
     let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
@@ -190,7 +204,7 @@ fn server_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ServerConfi
         })?;
     let verifier = Arc::new(RoleClientVerifier {
         inner: webpki,
-        policy: files.policy(peer),
+        policy,
     });
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

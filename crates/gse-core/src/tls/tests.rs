@@ -296,3 +296,34 @@ fn names_are_the_dns_names_and_ips_and_a_reissue_keeps_them() {
         "gse-server certs init --dir <the CA's directory> --server-name 10.77.0.1 --server-name gse.lan"
     );
 }
+
+/// A node's agent link takes agents and proxies (issue 12); nothing else,
+/// and no other listener takes proxies.
+#[test]
+fn the_agent_link_takes_agents_and_proxies_and_only_it_takes_proxies() {
+    let (_d, cd) = cert_dir();
+    cd.issue(CertKind::Proxy, None, &[], 30, false).unwrap();
+    cd.issue(CertKind::ApiClient, None, &[], 30, false).unwrap();
+    let server = files(&cd, CertKind::Server, None);
+    for (kind, passes) in [
+        (CertKind::Agent, true),
+        (CertKind::Proxy, true),
+        (CertKind::Server, false),
+        (CertKind::ApiClient, false),
+    ] {
+        let peer = files(&cd, kind, None);
+        let (c, s) = handshake(
+            client_config(&peer).unwrap(),
+            link_server_config(&server).unwrap(),
+        );
+        assert_eq!(c.is_none() && s.is_none(), passes, "{kind:?}: {c:?} {s:?}");
+    }
+    // A DataServer or an agent's P2P listener takes agents only.
+    let proxy = files(&cd, CertKind::Proxy, None);
+    let (_, s) = handshake(
+        client_config(&proxy).unwrap(),
+        server_config(&server).unwrap(),
+    );
+    let text = say(Side::Server { sni: None }, &server, &s);
+    assert!(text.contains("a proxy certificate"), "{text}");
+}

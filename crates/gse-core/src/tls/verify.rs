@@ -94,9 +94,15 @@ fn after_webpki<T>(
         Err(e) => Err(defect(end_entity)
             .map(|d| refusal(PeerCertProblem::Defect(d)))
             .unwrap_or_else(|| super::names::with_cert_names(e, end_entity))),
-        Ok(v) => check_role(end_entity, policy.wanted, policy.legacy)
-            .map(|()| v)
-            .map_err(refusal),
+        Ok(v) => match policy.also {
+            // The second role a listener takes (a node's agent link takes
+            // proxies too): only a certificate marked so, never an
+            // unmarked legacy one.
+            Some(also) if matches!(read_mark(end_entity), Ok(Some(m)) if m.kind == also) => Ok(v),
+            _ => check_role(end_entity, policy.wanted, policy.legacy)
+                .map(|()| v)
+                .map_err(refusal),
+        },
     }
 }
 
@@ -104,6 +110,8 @@ fn after_webpki<T>(
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PeerPolicy {
     pub wanted: CertKind,
+    /// A second role that passes too (marked certificates only).
+    pub also: Option<CertKind>,
     pub legacy: bool,
 }
 

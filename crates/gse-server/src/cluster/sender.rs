@@ -3,8 +3,9 @@
 //!
 //! [`Sender::send`] asks the [`AgentDirectory`] where the agent is and
 //! delivers there: to this node's link ([`LocalLink`]), or to the node that
-//! holds it through a [`NodeForwarder`] (the node-to-node link), or, later,
-//! down a proxy chain. The task, file and proc roles hand it frames and get
+//! holds it through a [`NodeForwarder`] (the node-to-node link). An agent
+//! behind a proxy is held by the node its proxy is connected to, and that
+//! node's link writes into the agent's channel on the proxy's link. The task, file and proc roles hand it frames and get
 //! back a [`Delivery`]: an opaque token naming the claim the frame went to,
 //! which they compare with the one a disconnect names
 //! ([`crate::role::link::AgentFrames::on_disconnect`]). They never see
@@ -259,9 +260,6 @@ impl Sender {
     /// others'); the error is the one a send would give.
     pub fn reachable(&self, located: &Located) -> Result<(), SendError> {
         let Located { agent, at } = located;
-        if !at.via.is_empty() {
-            return Err(behind_proxies(*agent, at));
-        }
         if at.node_id == self.node_id {
             return match self.local {
                 Some(_) => Ok(()),
@@ -300,9 +298,9 @@ impl Sender {
         &self,
         items: Vec<(T, Located, Frame)>,
     ) -> Vec<(T, Result<Delivery, SendError>)> {
-        let (remote, here): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, located, _)| {
-            located.at.via.is_empty() && located.at.node_id != self.node_id
-        });
+        let (remote, here): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(_, located, _)| located.at.node_id != self.node_id);
         let forwards =
             futures::future::join_all(remote.into_iter().map(|(tag, located, frame)| async move {
                 let outcome = self.deliver(&located, frame).await;
@@ -323,18 +321,15 @@ impl Sender {
         out
     }
 
-    /// Delivers what needs no other node at once (an agent held here, or
-    /// behind proxies, which are not reached yet); gives back the frame of
-    /// an agent another node holds.
+    /// Delivers what needs no other node at once (an agent held here,
+    /// directly or through a proxy connected here: its channel is a link
+    /// of this node); gives back the frame of an agent another node holds.
     fn deliver_here(
         &self,
         located: &Located,
         frame: Frame,
     ) -> Result<Result<Delivery, SendError>, Frame> {
         let Located { agent, at } = located;
-        if !at.via.is_empty() {
-            return Ok(Err(behind_proxies(*agent, at)));
-        }
         if at.node_id != self.node_id {
             return Err(frame);
         }
@@ -502,18 +497,6 @@ impl<T> Followers<T> {
         }
         self.waiting.lock().extend(still);
         done
-    }
-}
-
-/// The error for an agent behind proxies, until the proxy path exists.
-fn behind_proxies(agent: AgentKey, at: &Location) -> SendError {
-    SendError::RemoteUnreachable {
-        agent,
-        node: at.node_id.clone(),
-        reason: format!(
-            "the agent is behind proxies ({}), which this node cannot send through yet",
-            at.via.join(" -> ")
-        ),
     }
 }
 

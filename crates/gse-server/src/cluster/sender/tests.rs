@@ -231,14 +231,27 @@ async fn an_agent_held_here_without_a_link_role_is_named_so() {
 }
 
 #[tokio::test]
-async fn an_agent_behind_a_proxy_is_not_sent_to_yet() {
+async fn an_agent_behind_a_proxy_is_reached_through_the_node_its_proxy_is_on() {
     let s = setup();
-    s.dir
+    // Held here, through proxy-a (its channel is this node's link).
+    let epoch = s
+        .dir
         .claim(key(8), "me", &["proxy-a".to_string()])
         .await
         .unwrap();
-    let e = s.sender.send(key(8), frame()).await.unwrap_err();
-    assert!(e.to_string().contains("proxy-a"), "{e}");
+    s.link.held.lock().insert(key(8), epoch);
+    s.sender.send(key(8), frame()).await.unwrap();
+    assert_eq!(*s.link.sent.lock(), [(key(8), MsgType::CancelTask)]);
+    // Held by another node through its proxy: forwarded there.
+    let fwd = Arc::new(RecordingForwarder::default());
+    s.sender.set_forwarder(fwd.clone());
+    let other = s
+        .dir
+        .claim(key(9), "other", &["proxy-b".to_string()])
+        .await
+        .unwrap();
+    s.sender.send(key(9), frame()).await.unwrap();
+    assert_eq!(*fwd.sent.lock(), [("other".to_string(), key(9), other)]);
 }
 
 #[tokio::test]

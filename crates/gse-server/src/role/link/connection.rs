@@ -41,7 +41,12 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Where the agent reached us is what it is told we are (`advertise`).
     let path = svc.advertiser.path(local, peer);
     let codec = FrameCodec::new(svc.config.max_frame_bytes);
+    let proxy = super::proxied::is_proxy(tls.get_ref().1.peer_certificates());
     let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
+    if proxy {
+        super::proxied::serve(svc, link, (peer, deadline, pending)).await;
+        return;
+    }
     let reached = Reached {
         peer,
         port: local.port(),
@@ -56,7 +61,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
 /// Serves one agent over `link` (a direct link, or a channel relayed to
 /// it), from its `Register` by `deadline` to the link's end. `pending` is
 /// its place among the handshakes in progress, given up once registered.
-async fn run_over<L: AgentChannel>(
+pub(super) async fn run_over<L: AgentChannel>(
     svc: Arc<LinkService>,
     link: &mut L,
     reached: Reached,
@@ -211,11 +216,12 @@ async fn release(svc: &LinkService, key: AgentKey, epoch: Epoch) -> bool {
 }
 
 /// One accepted connection: who it comes from and how it reached us.
-struct Reached {
-    peer: SocketAddr,
-    /// Our port it arrived on, told to the agent as `parent_port`.
-    port: u16,
-    path: AgentPath,
+pub(super) struct Reached {
+    pub(super) peer: SocketAddr,
+    /// Our port it arrived on (or the proxy's agents reach it on), told to
+    /// the agent as `parent_port`.
+    pub(super) port: u16,
+    pub(super) path: AgentPath,
 }
 
 /// Reads and checks the first frame, which must be `Register`; refuses it
@@ -246,11 +252,20 @@ async fn register<'s, L: AgentChannel>(
             return None;
         }
     };
+    let area = link.cloud_area();
     let checked = match frame.msg_type {
         MsgType::Register => frame
             .decode::<Register>()
             .map_err(|e| e.to_string())
-            .and_then(check),
+            .and_then(check)
+            .and_then(|reg| match area {
+                // A proxy relays only the agents of the area it serves.
+                Some(area) if reg.key.cloud_id != area => Err(format!(
+                    "agent {} is of cloud area {}, but registers through the proxy of cloud area {area}; connect it to its own area's proxy",
+                    reg.key, reg.key.cloud_id
+                )),
+                _ => Ok(reg),
+            }),
         other => Err(format!(
             "the first frame must be Register, got type {}",
             other.to_u16()
@@ -290,7 +305,7 @@ async fn register<'s, L: AgentChannel>(
                     }
                     None => {
                         joining = Some(svc.joining());
-                        claim(svc, reg).await
+                        claim(svc, reg, &link.via()).await
                     }
                 },
                 Err(message) => Err(message),
@@ -385,8 +400,9 @@ fn redirect(svc: &LinkService, msg: &Register) -> Option<String> {
 async fn claim(
     svc: &LinkService,
     reg: CheckedRegister,
+    via: &[String],
 ) -> Result<(CheckedRegister, Epoch), String> {
-    match svc.directory.claim(reg.key, &svc.node_id, &[]).await {
+    match svc.directory.claim(reg.key, &svc.node_id, via).await {
         Ok(epoch) => Ok((reg, epoch)),
         Err(e) => {
             tracing::error!(agent = %reg.key, error = %e, "cannot claim a registering agent");

@@ -28,6 +28,7 @@ mod data_drops;
 mod handover;
 mod heartbeats;
 mod identity;
+mod proxied;
 mod remote;
 mod renew;
 
@@ -242,7 +243,7 @@ impl LinkService {
     pub fn new(parts: LinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
         let acceptor = Acceptor::new(AcceptorParts {
             names: ACCEPT_NAMES,
-            tls: gse_core::tls::server_config(&parts.tls_files)?,
+            tls: gse_core::tls::link_server_config(&parts.tls_files)?,
             tls_files: parts.tls_files,
             handshake_timeout: parts.config.handshake_timeout,
             pending: parts.pending,
