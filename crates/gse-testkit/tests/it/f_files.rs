@@ -439,10 +439,13 @@ async fn f3_without_a_reachable_source_pieces_come_direct_and_then_from_peers() 
     let targets = ["0:127.0.2.42", "0:127.0.2.43"];
     let dst = s.cluster.path.join("dst");
     let api = &s.server.api;
+    // The source uploads at 2 MiB/s: twice 12 MiB direct would take 12 s,
+    // so the targets trade what each got (on a busy machine an unthrottled
+    // source could serve both everything before they met).
     let id = start(
         api,
         vec![task("0:127.0.2.41", &src, "h.bin", &targets, &dst)],
-        json!({}),
+        json!({"upload_speed": 2}),
     )
     .await;
     let done = wait_final(api, &id, 3, Duration::from_secs(90)).await;

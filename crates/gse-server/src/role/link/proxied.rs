@@ -35,8 +35,11 @@ use super::{AgentPath, LinkService};
 
 /// Agents one proxy link may carry at once.
 const MAX_CHANNELS: usize = 50_000;
-/// Frames queued into one channel before the proxy's link waits for it.
-const CHANNEL_QUEUE: usize = 64;
+/// Frames queued into one channel's session. The proxy's link never
+/// waits for one channel (its other agents' frames, and the writes up
+/// that unblock the sessions, would wait behind it): a session that falls
+/// this far behind has its channel closed (the agent reconnects).
+const CHANNEL_QUEUE: usize = 256;
 /// Frames of all channels queued for the proxy's link.
 const OUT_QUEUE: usize = 4096;
 
@@ -318,12 +321,30 @@ async fn from_proxy(
                 stream_id: data.stream_id,
                 body: data.body.into(),
             };
-            // The agent's session reads promptly; a full channel slows the
-            // proxy's link rather than losing the agent's frame.
-            if tx.send(inner).await.is_err() {
-                channels.remove(&data.chan);
+            match tx.try_send(inner) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    channels.remove(&data.chan);
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    channels.remove(&data.chan);
+                    tracing::warn!(proxy = %hello.proxy_id, chan = data.chan, queued = CHANNEL_QUEUE, "an agent's session behind the proxy fell too far behind its frames; closing its channel");
+                    let reason = format!(
+                        "the agent's session on node {} fell {CHANNEL_QUEUE} frames behind; reconnect",
+                        svc.node_id
+                    );
+                    let close = Frame::new(
+                        MsgType::ProxyClose,
+                        0,
+                        &ProxyClose {
+                            chan: data.chan,
+                            reason,
+                        },
+                    );
+                    super::connection::send_within(link, close, svc.config.heartbeat_timeout).await
+                }
             }
-            Ok(())
         }
         MsgType::ProxyClose => {
             let close: ProxyClose = frame.decode().map_err(bad)?;
