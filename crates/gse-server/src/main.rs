@@ -128,7 +128,7 @@ enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
         /// What the certificate is for (default with --agent: agent).
-        #[arg(long, value_enum, required_unless_present = "agent")]
+        #[arg(long, value_enum, required_unless_present_any = ["agent", "proxy_area"])]
         kind: Option<KindArg>,
         /// The identity (cloud_id:ip) a per-agent certificate may claim,
         /// written into it as the URI name gse://agent/<cloud_id>/<ip>.
@@ -137,8 +137,14 @@ enum CertsCommand {
         /// The only agent id the per-agent certificate may register with.
         #[arg(long, requires = "agent")]
         agent_id: Option<String>,
+        /// The one cloud area (bk_cloud_id, above 0) a proxy certificate
+        /// may serve, written into it as gse://proxy/<cloud_id>; without
+        /// it, a proxy certificate may serve any area.
+        #[arg(long, value_name = "CLOUD_ID", conflicts_with = "agent")]
+        proxy_area: Option<i64>,
         /// File name stem (default: gse_server, gse_agent, gse_proxy,
-        /// gse_api_client; with --agent, gse_agent_<cloud_id>_<ip>).
+        /// gse_api_client; with --agent, gse_agent_<cloud_id>_<ip>; with
+        /// --proxy-area, gse_proxy_<cloud_id>).
         #[arg(long)]
         name: Option<String>,
         /// Extra DNS name or IP the certificate carries (repeatable).
@@ -377,12 +383,26 @@ fn certs(c: CertsCommand) -> Result<()> {
             kind,
             agent,
             agent_id,
+            proxy_area,
             name,
             sans,
             days,
             force,
         } => {
             let cd = CertDir::new(&dir);
+            if let Some(area) = proxy_area {
+                if area <= 0 {
+                    anyhow::bail!(
+                        "--proxy-area {area}: a proxy serves a cloud area above 0 (area 0 is the servers' own)"
+                    );
+                }
+                if !matches!(kind, None | Some(KindArg::Proxy)) {
+                    anyhow::bail!("--proxy-area makes a proxy certificate; drop --kind {kind:?}");
+                }
+                let p = cd.issue_proxy(area, name.as_deref(), &sans, days, force)?;
+                println!("issued {} / {}", p.cert.display(), p.key.display());
+                return Ok(());
+            }
             let p = match (agent, kind) {
                 (Some(key), None | Some(KindArg::Agent)) => {
                     let identity = IdentityMark { key, agent_id };

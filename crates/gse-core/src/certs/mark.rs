@@ -6,6 +6,7 @@
 //! | mark | certificate |
 //! |------|-------------|
 //! | `gse://server`, `gse://proxy`, `gse://api-client` | that role |
+//! | `gse://proxy/<cloud_id>` | a proxy that may serve that cloud area only |
 //! | `gse://agent` | the shared agent certificate |
 //! | `gse://agent/<cloud_id>/<ip>` | a per-agent certificate for that identity |
 //! | `gse://agent/<cloud_id>/<ip>/<agent_id>` | ... bound to that agent id too |
@@ -42,6 +43,9 @@ pub struct CertMark {
     pub kind: CertKind,
     /// Only agent certificates carry one: a per-agent certificate.
     pub identity: Option<IdentityMark>,
+    /// Only proxy certificates carry one: the one cloud area
+    /// (`bk_cloud_id`) the proxy may serve.
+    pub area: Option<i64>,
 }
 
 /// Why a certificate's mark cannot be read.
@@ -63,6 +67,16 @@ impl CertMark {
         CertMark {
             kind,
             identity: None,
+            area: None,
+        }
+    }
+
+    /// The mark of a proxy certificate bound to cloud area `area`.
+    pub fn proxy(area: i64) -> Self {
+        CertMark {
+            kind: CertKind::Proxy,
+            identity: None,
+            area: Some(area),
         }
     }
 
@@ -71,6 +85,7 @@ impl CertMark {
         CertMark {
             kind: CertKind::Agent,
             identity: Some(IdentityMark { key, agent_id }),
+            area: None,
         }
     }
 
@@ -83,6 +98,9 @@ impl CertMark {
                 uri.push('/');
                 uri.push_str(agent_id);
             }
+        }
+        if let Some(area) = self.area {
+            uri.push_str(&format!("/{area}"));
         }
         uri
     }
@@ -101,6 +119,23 @@ impl CertMark {
         let kind = CertKind::from_mark_name(kind)
             .ok_or_else(|| bad("unknown role (server, agent, proxy or api-client)"))?;
         let rest: Vec<&str> = parts.collect();
+        if kind == CertKind::Proxy {
+            let area = match rest.as_slice() {
+                [] => None,
+                [area] => Some(
+                    area.parse::<i64>()
+                        .ok()
+                        .filter(|a| *a > 0)
+                        .ok_or_else(|| bad("the cloud area is not a number above 0"))?,
+                ),
+                _ => return Err(bad("expected gse://proxy or gse://proxy/<cloud_id>")),
+            };
+            return Ok(CertMark {
+                kind,
+                identity: None,
+                area,
+            });
+        }
         let identity = match rest.as_slice() {
             [] => None,
             _ if kind != CertKind::Agent => return Err(bad("only agent marks name an identity")),
@@ -122,7 +157,11 @@ impl CertMark {
             }
             _ => return Err(bad("expected gse://agent/<cloud_id>/<ip>[/<agent_id>]")),
         };
-        Ok(CertMark { kind, identity })
+        Ok(CertMark {
+            kind,
+            identity,
+            area: None,
+        })
     }
 }
 
@@ -175,6 +214,8 @@ mod tests {
             CertMark::agent(key, None),
             CertMark::agent(key, Some("0100a-b_c.d:e".into())),
             CertMark::agent(v6, Some("x".into())),
+            CertMark::role(CertKind::Proxy),
+            CertMark::proxy(7),
         ] {
             assert_eq!(CertMark::parse(&mark.uri()), Ok(mark.clone()), "{mark}");
         }
@@ -199,6 +240,9 @@ mod tests {
             "gse://agent/0",
             "gse://agent/0/10.0.0.1/bad id",
             "gse://agent/0/10.0.0.1/id/more",
+            "gse://proxy/0",
+            "gse://proxy/x",
+            "gse://proxy/7/8",
         ] {
             assert!(
                 matches!(CertMark::parse(uri), Err(MarkError::Malformed { .. })),

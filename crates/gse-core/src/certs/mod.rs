@@ -264,6 +264,31 @@ impl CertDir {
         self.issue_marked(&mark, &common_name, names, &paths, days, force)
     }
 
+    /// Issues a proxy certificate bound to cloud area `area`: a node takes
+    /// its `ProxyHello` only for that area. The file stem defaults to
+    /// `gse_proxy_<area>`.
+    pub fn issue_proxy(
+        &self,
+        area: i64,
+        stem: Option<&str>,
+        extra_names: &[String],
+        days: u32,
+        force: bool,
+    ) -> Result<IssuedPaths, CertError> {
+        let default_stem = format!("gse_proxy_{area}");
+        let paths = self.paths(CertKind::Proxy, Some(stem.unwrap_or(&default_stem)));
+        let common_name = format!("gse-proxy area {area}");
+        let names = leaf_names(CertKind::Proxy, extra_names);
+        self.issue_marked(
+            &CertMark::proxy(area),
+            &common_name,
+            names,
+            &paths,
+            days,
+            force,
+        )
+    }
+
     fn issue_marked(
         &self,
         mark: &CertMark,

@@ -224,3 +224,56 @@ async fn c2_a_proxy_relays_only_its_area_and_only_a_proxy_certificate_says_hello
         ack.message
     );
 }
+
+/// A proxy certificate made for one cloud area (`gse-server certs issue
+/// --proxy-area 7`) serves that area only; one without an area serves any.
+#[tokio::test]
+async fn c2_a_proxy_certificate_bound_to_an_area_serves_that_area_only() {
+    let cluster = Cluster::builder().start().await;
+    let certs = cluster.cluster.path.join("certs");
+    let issued = std::process::Command::new(gse_testkit::bin("gse-server"))
+        .args(["certs", "issue", "--dir"])
+        .arg(&certs)
+        .args(["--proxy-area", "7"])
+        .output()
+        .expect("run gse-server certs issue");
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let refused = std::process::Command::new(gse_testkit::bin("gse-server"))
+        .args(["certs", "issue", "--dir"])
+        .arg(&certs)
+        .args(["--proxy-area", "0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("a proxy serves a cloud area above 0"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let tls = gse_core::tls::TlsFiles {
+        cert_file: certs.join("gse_proxy_7.crt"),
+        key_file: certs.join("gse_proxy_7.key"),
+        ..cluster.cluster.tls(CertKind::Proxy)
+    };
+    let link = cluster.nodes[0].link_addr;
+    let ok = FakeProxy::connect(link, &tls, hello(AREA))
+        .await
+        .expect("an ack");
+    assert!(ok.ack.accepted, "{:?}", ok.ack);
+    let other = FakeProxy::connect(link, &tls, hello(AREA + 1))
+        .await
+        .expect("an ack");
+    assert!(!other.ack.accepted);
+    assert!(
+        other
+            .ack
+            .message
+            .contains("certificate is for cloud area 7 (gse://proxy/7), not 8"),
+        "{}",
+        other.ack.message
+    );
+}

@@ -41,10 +41,10 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Where the agent reached us is what it is told we are (`advertise`).
     let path = svc.advertiser.path(local, peer);
     let codec = FrameCodec::new(svc.config.max_frame_bytes);
-    let proxy = super::proxied::is_proxy(tls.get_ref().1.peer_certificates());
+    let proxy = super::proxied::proxy_mark(tls.get_ref().1.peer_certificates());
     let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
-    if proxy {
-        super::proxied::serve(svc, link, (peer, deadline, pending)).await;
+    if let Some(cert_area) = proxy {
+        super::proxied::serve(svc, link, cert_area, (peer, deadline, pending)).await;
         return;
     }
     let reached = Reached {

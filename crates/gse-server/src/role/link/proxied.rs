@@ -43,12 +43,15 @@ const CHANNEL_QUEUE: usize = 256;
 /// Frames of all channels queued for the proxy's link.
 const OUT_QUEUE: usize = 4096;
 
-/// Whether the peer's certificate is marked as a proxy's (an unmarked
-/// legacy certificate never is).
-pub(super) fn is_proxy(certs: Option<&[CertificateDer<'_>]>) -> bool {
-    certs
-        .and_then(|c| c.first())
-        .is_some_and(|der| matches!(read_mark(der), Ok(Some(m)) if m.kind == CertKind::Proxy))
+/// What a proxy's certificate allows: `Some(None)` any area, `Some(Some(n))`
+/// area `n` only; `None` when the certificate is not marked as a proxy's
+/// (an unmarked legacy certificate never is).
+pub(super) fn proxy_mark(certs: Option<&[CertificateDer<'_>]>) -> Option<Option<i64>> {
+    let der = certs?.first()?;
+    match read_mark(der) {
+        Ok(Some(m)) if m.kind == CertKind::Proxy => Some(m.area),
+        _ => None,
+    }
 }
 
 /// What the channels send up the proxy's link.
@@ -134,9 +137,10 @@ struct Hello {
 pub(super) async fn serve(
     svc: Arc<LinkService>,
     mut link: ServerSession,
+    cert_area: Option<i64>,
     (peer, deadline, pending): (SocketAddr, Instant, ConnPermit),
 ) {
-    let Some(hello) = hello(&svc, &mut link, peer, deadline).await else {
+    let Some(hello) = hello(&svc, &mut link, cert_area, peer, deadline).await else {
         return;
     };
     drop(pending);
@@ -150,6 +154,7 @@ pub(super) async fn serve(
 async fn hello(
     svc: &LinkService,
     link: &mut ServerSession,
+    cert_area: Option<i64>,
     peer: SocketAddr,
     deadline: Instant,
 ) -> Option<Hello> {
@@ -165,7 +170,15 @@ async fn hello(
         MsgType::ProxyHello => frame
             .decode::<ProxyHello>()
             .map_err(|e| e.to_string())
-            .and_then(check_hello),
+            .and_then(check_hello)
+            .and_then(|h| match cert_area {
+                // A certificate bound to an area serves that area only.
+                Some(area) if area != h.area => Err(format!(
+                    "this proxy's certificate is for cloud area {area} (gse://proxy/{area}), not {}; issue one for that area with `gse-server certs issue --proxy-area {}`",
+                    h.area, h.area
+                )),
+                _ => Ok(h),
+            }),
         other => Err(format!(
             "a proxy certificate's first frame must be ProxyHello, got type {} (an agent registers with an agent certificate)",
             other.to_u16()
