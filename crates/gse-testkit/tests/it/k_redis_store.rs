@@ -185,7 +185,7 @@ async fn a_node_with_an_unreachable_redis_refuses_to_start_and_says_why() {
 /// one pipeline and every beat lands.
 #[tokio::test]
 async fn a_large_heartbeat_batch_is_applied_whole() {
-    use gse_core::seams::{AgentRecord, HeartbeatUpdate};
+    use gse_core::seams::HeartbeatUpdate;
 
     let server = RedisServer::start(None).await;
     let store = store(&server, "gse:").await;
@@ -199,27 +199,7 @@ async fn a_large_heartbeat_batch_is_applied_whole() {
         .collect();
     for (i, key) in keys.iter().enumerate() {
         store
-            .upsert_agent(AgentRecord {
-                key: *key,
-                agent_id: format!("beat-{i}"),
-                version: "1".into(),
-                hostname: "h".into(),
-                os_type: "linux".into(),
-                run_mode: 1,
-                zone: String::new(),
-                start_time_s: 1,
-                node_id: "n1".into(),
-                parent_ip: "127.0.0.1".into(),
-                parent_port: 28668,
-                peer_addr: String::new(),
-                alive: true,
-                connected_at_ms: 1,
-                last_seen_ms: 1,
-                cpu_percent: 0.0,
-                mem_bytes: 0,
-                mem_percent: 0.0,
-                p2p_addr: String::new(),
-            })
+            .upsert_agent(online_record(*key, format!("beat-{i}")))
             .await
             .unwrap();
     }
@@ -254,30 +234,14 @@ async fn a_large_heartbeat_batch_is_applied_whole() {
 #[tokio::test]
 async fn agents_saved_before_agent_of_existed_are_still_identified_by_key() {
     use gse_core::AgentRef;
-    use gse_core::seams::AgentRecord;
 
     let server = RedisServer::start(None).await;
     let store = store(&server, "gse:").await;
-    let record = |last: u8| AgentRecord {
-        key: format!("0:10.60.0.{last}").parse().unwrap(),
-        agent_id: format!("upgrade-{last}"),
-        version: "1".into(),
-        hostname: "h".into(),
-        os_type: "linux".into(),
-        run_mode: 1,
-        zone: String::new(),
-        start_time_s: 1,
-        node_id: "n1".into(),
-        parent_ip: "127.0.0.1".into(),
-        parent_port: 28668,
-        peer_addr: String::new(),
-        alive: true,
-        connected_at_ms: 1,
-        last_seen_ms: 1,
-        cpu_percent: 0.0,
-        mem_bytes: 0,
-        mem_percent: 0.0,
-        p2p_addr: String::new(),
+    let record = |last: u8| {
+        online_record(
+            format!("0:10.60.0.{last}").parse().unwrap(),
+            format!("upgrade-{last}"),
+        )
     };
     for last in 1..=3 {
         store.upsert_agent(record(last)).await.unwrap();
@@ -319,4 +283,29 @@ async fn agents_saved_before_agent_of_existed_are_still_identified_by_key() {
             Some("0:10.60.0.2 upgrade-2".to_string()),
         ]
     );
+}
+
+/// An agent registered on node "n1" and online.
+fn online_record(key: gse_core::AgentKey, agent_id: String) -> gse_core::seams::AgentRecord {
+    gse_core::seams::AgentRecord {
+        key,
+        agent_id,
+        version: "1".into(),
+        hostname: "h".into(),
+        os_type: "linux".into(),
+        run_mode: 1,
+        zone: String::new(),
+        start_time_s: 1,
+        node_id: "n1".into(),
+        parent_ip: "127.0.0.1".into(),
+        parent_port: 28668,
+        peer_addr: String::new(),
+        alive: true,
+        connected_at_ms: 1,
+        last_seen_ms: 1,
+        cpu_percent: 0.0,
+        mem_bytes: 0,
+        mem_percent: 0.0,
+        p2p_addr: String::new(),
+    }
 }

@@ -394,20 +394,17 @@ impl LinkService {
     /// Tells every role that a frame for the agent's claim `epoch` on
     /// another node did not reach it because the agent is moving.
     fn notify_roles_moving(&self, key: AgentKey, epoch: Epoch) {
-        let handlers: Vec<_> = self
-            .frames
-            .read()
-            .iter()
-            .map(|r| r.handler.clone())
-            .collect();
-        for h in handlers {
-            h.on_moving(key, Delivery::of_claim(epoch));
-        }
+        self.each_role(|h| h.on_moving(key, Delivery::of_claim(epoch)));
     }
 
     /// Tells every role that what it delivered to the agent's claim
     /// `epoch` is gone.
     fn notify_roles_lost(&self, key: AgentKey, epoch: Epoch) {
+        self.each_role(|h| h.on_disconnect(key, Delivery::of_claim(epoch)));
+    }
+
+    /// Calls `f` on every role's frame handler (outside the lock).
+    fn each_role(&self, f: impl Fn(&dyn AgentFrames)) {
         let handlers: Vec<_> = self
             .frames
             .read()
@@ -415,7 +412,7 @@ impl LinkService {
             .map(|r| r.handler.clone())
             .collect();
         for h in handlers {
-            h.on_disconnect(key, Delivery::of_claim(epoch));
+            f(h.as_ref());
         }
     }
 

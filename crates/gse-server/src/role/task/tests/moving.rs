@@ -2,32 +2,9 @@
 //! never reached it, so it waits for the agent's next claim and goes there
 //! (or fails as offline if the agent registers nowhere in time).
 
+use super::remote::Forwarder;
 use super::*;
-use crate::cluster::sender::{NodeForwarder, SendError};
 use gse_core::seams::AgentDirectory;
-use parking_lot::Mutex;
-
-/// A node link that records what it forwards.
-#[derive(Default)]
-struct Forwarder {
-    sent: Mutex<Vec<(String, AgentKey, MsgType)>>,
-}
-
-#[async_trait::async_trait]
-impl NodeForwarder for Forwarder {
-    async fn forward(
-        &self,
-        node_id: &str,
-        agent: AgentKey,
-        _epoch: u64,
-        frame: Frame,
-    ) -> Result<(), SendError> {
-        self.sent
-            .lock()
-            .push((node_id.into(), agent, frame.msg_type));
-        Ok(())
-    }
-}
 
 fn run_scripts_to(link: &FakeLink, ip: &str) -> usize {
     link.sent

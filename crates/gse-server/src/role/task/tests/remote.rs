@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 
 /// A node link that records what it forwards, and refuses node "down".
 #[derive(Default)]
-struct Forwarder {
-    sent: Mutex<Vec<(String, AgentKey, MsgType)>>,
+pub(super) struct Forwarder {
+    pub(super) sent: Mutex<Vec<(String, AgentKey, MsgType)>>,
 }
 
 #[async_trait::async_trait]
