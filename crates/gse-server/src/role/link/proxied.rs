@@ -35,6 +35,8 @@ use super::{AgentPath, LinkService};
 
 /// Agents one proxy link may carry at once.
 const MAX_CHANNELS: usize = 50_000;
+/// Proxies below this one an agent's way may pass (a chain's depth).
+const MAX_CHAIN: usize = 8;
 /// Frames queued into one channel's session. The proxy's link never
 /// waits for one channel (its other agents' frames, and the writes up
 /// that unblock the sessions, would wait behind it): a session that falls
@@ -208,13 +210,31 @@ async fn hello(
     }
 }
 
-fn check_hello(h: ProxyHello) -> Result<Hello, String> {
-    let id_ok = !h.proxy_id.is_empty()
-        && h.proxy_id.len() <= 128
-        && h.proxy_id
+/// Whether `id` can name a proxy: 1 to 128 letters, digits, '.', '-',
+/// '_' or ':' (it is kept in the agent's location).
+fn proxy_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-    if !id_ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+}
+
+/// Why a channel's proxy path cannot be taken, if it cannot.
+fn bad_via(via: &[String]) -> Option<String> {
+    if via.len() > MAX_CHAIN {
+        return Some(format!(
+            "the agent's way passes {} proxies below this one; at most {MAX_CHAIN}",
+            via.len()
+        ));
+    }
+    via.iter()
+        .find(|id| !proxy_id_ok(id))
+        .map(|id| format!("{id:?} in the agent's proxy path is not a proxy id"))
+}
+
+fn check_hello(h: ProxyHello) -> Result<Hello, String> {
+    if !proxy_id_ok(&h.proxy_id) {
         return Err(format!(
             "proxy_id {:?} is not an id: 1 to 128 letters, digits, '.', '-', '_' or ':'",
             h.proxy_id
@@ -309,6 +329,11 @@ async fn from_proxy(
                     format!("this node takes at most {MAX_CHANNELS} agents per proxy link")
                 };
                 let close = Frame::new(MsgType::ProxyClose, 0, &ProxyClose { chan, reason });
+                return super::connection::send_within(link, close, svc.config.heartbeat_timeout)
+                    .await;
+            }
+            if let Some(why) = bad_via(&open.via) {
+                let close = Frame::new(MsgType::ProxyClose, 0, &ProxyClose { chan, reason: why });
                 return super::connection::send_within(link, close, svc.config.heartbeat_timeout)
                     .await;
             }
@@ -418,4 +443,38 @@ fn open_channel(
         run_over(svc, &mut channel, reached, (deadline, None), conn_id).await;
         let _ = up.send(Up::Ended(chan)).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_names_an_id_an_area_and_where_agents_reach_the_proxy() {
+        let hello = |id: &str, area: i64, addr: &str| ProxyHello {
+            proxy_id: id.into(),
+            bk_cloud_id: area,
+            agent_addr: addr.into(),
+            version: String::new(),
+        };
+        let ok = check_hello(hello("pa-1", 7, "10.7.0.1:28668")).unwrap();
+        assert_eq!((ok.area, ok.agent_addr.port()), (7, 28668));
+        for (bad, why) in [
+            (hello("", 7, "10.7.0.1:1"), "proxy_id"),
+            (hello("a/b", 7, "10.7.0.1:1"), "proxy_id"),
+            (hello("pa", 0, "10.7.0.1:1"), "bk_cloud_id 0"),
+            (hello("pa", 7, "10.7.0.1"), "agent_addr"),
+        ] {
+            let e = check_hello(bad).err().expect("refused");
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_path_is_a_short_list_of_ids() {
+        assert_eq!(bad_via(&["pa-2".into(), "pa-3".into()]), None);
+        let long: Vec<String> = (0..=MAX_CHAIN).map(|i| format!("p{i}")).collect();
+        assert!(bad_via(&long).unwrap().contains("at most 8"));
+        assert!(bad_via(&["x y".into()]).unwrap().contains("not a proxy id"));
+    }
 }
