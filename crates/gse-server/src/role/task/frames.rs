@@ -42,24 +42,38 @@ impl AgentFrames for TaskService {
     }
 
     fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
+        self.claim_ended(agent, moved_from, true);
+    }
+
+    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
+        self.claim_ended(agent, ended, false);
+    }
+}
+
+impl TaskService {
+    /// The agent's claim `ended`: every target sent under it closes, but
+    /// when the agent left idle for another node (`moved`) one it never
+    /// took up follows it there instead. A target sent under a newer claim
+    /// (or not sent yet) goes on.
+    fn claim_ended(&self, agent: AgentKey, ended: Delivery, moved: bool) {
         for task in self.jobs.open_jobs() {
             let Some(&target) = task.by_agent.get(&agent) else {
                 continue;
             };
             let follows = {
                 let mut state = task.state.lock();
-                if state.sent_on.get(&target) != Some(&moved_from) {
+                if state.sent_on.get(&target) != Some(&ended) {
                     continue;
                 }
                 // Refused by the node the agent left: it never ran.
-                let untouched = task.target_untouched(&state, target);
-                if untouched {
+                let follows = moved && task.target_untouched(&state, target);
+                if follows {
                     state.sent_on.remove(&target);
                 }
-                untouched
+                follows
             };
             if follows {
-                self.follow(&task, target, agent, moved_from);
+                self.follow(&task, target, agent, ended);
             } else {
                 self.close_target(
                     &task,
@@ -72,28 +86,6 @@ impl AgentFrames for TaskService {
         }
     }
 
-    fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
-        let active = self.jobs.open_jobs();
-        for task in active {
-            let Some(&target) = task.by_agent.get(&agent) else {
-                continue;
-            };
-            // Sent under a newer claim (or not sent yet): still running.
-            let sent_here = task.state.lock().sent_on.get(&target) == Some(&ended);
-            if sent_here {
-                self.close_target(
-                    &task,
-                    target,
-                    STATUS_FAILED,
-                    ERR_AGENT_DOWN,
-                    "agent lost its connection during the task",
-                );
-            }
-        }
-    }
-}
-
-impl TaskService {
     /// The entry an agent's frame is about, if there is one.
     fn entry_of(
         &self,
