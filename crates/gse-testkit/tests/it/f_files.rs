@@ -383,10 +383,13 @@ async fn f5_corrupt_pieces_from_a_rogue_peer_are_refused_and_refetched() {
     let dst = s.cluster.path.join("dst");
     let targets = ["0:127.0.2.32", "0:127.0.2.33", "0:127.0.2.34"];
     let api = &s.server.api;
+    // The source uploads at 2 MiB/s, so the targets must fetch from peers
+    // too (the rogue claims every piece); an unthrottled source on a busy
+    // machine served them everything before they asked anyone else.
     let id = start(
         api,
         vec![task("0:127.0.2.31", &src, "f.bin", &targets, &dst)],
-        json!({}),
+        json!({"upload_speed": 2}),
     )
     .await;
     // The honest targets finish; the rogue never reports.
