@@ -20,7 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new()
         // Record payloads stay slices of the frame body when decoded (no
         // copy per record on the DataServer).
-        .bytes([".gse.link.v1.DataRecord.payload"])
+        // An agent's frame relayed by a proxy stays the frame's bytes.
+        .bytes([
+            ".gse.link.v1.DataRecord.payload",
+            ".gse.link.v1.ProxyData.body",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -96,6 +96,28 @@ pub struct UpstreamConfig {
     pub backoff_max: Duration,
 }
 
+impl UpstreamConfig {
+    /// Pure checks, each problem naming its key (an agent's and a
+    /// gse-proxy's `[upstream]` alike).
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if self.servers.is_empty() {
+            problems.push("upstream.servers is empty: list at least one host:port".into());
+        }
+        for s in &self.servers {
+            if s.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                problems.push(format!("upstream.servers: {s:?} is not host:port"));
+            }
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            problems
+                .push("upstream.backoff_initial must be > 0 and <= upstream.backoff_max".into());
+        }
+    }
+}
+
 /// `[file]`: file transfer (F1-F10, C4): the P2P listener that serves
 /// pieces to peers, and this agent's speed and memory limits.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -283,23 +305,7 @@ impl AgentConfig {
         {
             problems.push(format!("agent.agent_id: {e}"));
         }
-        if self.upstream.servers.is_empty() {
-            problems.push("upstream.servers is empty: list at least one host:port".into());
-        }
-        for s in &self.upstream.servers {
-            if s.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                problems.push(format!("upstream.servers: {s:?} is not host:port"));
-            }
-        }
-        if self.upstream.backoff_initial.is_zero()
-            || self.upstream.backoff_max < self.upstream.backoff_initial
-        {
-            problems
-                .push("upstream.backoff_initial must be > 0 and <= upstream.backoff_max".into());
-        }
+        self.upstream.validate(&mut problems);
         self.file.validate(&mut problems);
         self.data.validate(&mut problems);
         self.plugin.validate(&mut problems);

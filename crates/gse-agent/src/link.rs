@@ -113,7 +113,7 @@ pub async fn run(
     data: Option<Arc<DataPlane>>,
     shutdown: CancellationToken,
 ) {
-    let tls = match gse_core::tls::client_config(&cfg.tls) {
+    let tls = match gse_core::tls::upstream_client_config(&cfg.tls, cfg.agent.cloud_id) {
         Ok(tls) => tls,
         Err(e) => {
             tracing::error!("cannot load the agent's TLS material: {e}");

@@ -23,6 +23,7 @@ pub mod private_files;
 pub mod refusals;
 pub mod seams;
 pub mod task;
+pub mod telemetry;
 pub mod tls;
 
 pub use identity::{AgentKey, AgentRef};

@@ -19,6 +19,9 @@
 //!   checked against the peer's certificate and the pins in the store; one
 //!   check for every hello that claims one.
 //!
+//! - [`proxy`]: the proxy link's hello, channels and frames (issue 12),
+//!   for the node and gse-proxy alike.
+//!
 //! What a hello carries, and what a link does once it is up, is its role's
 //! (gse-server `role::link`, `role::data`; gse-agent `link`, `data`,
 //! `file::peer`). The TLS material and its explanations are gse-core's
@@ -32,6 +35,7 @@ pub mod claim;
 pub mod dial;
 pub mod limits;
 pub mod net_hint;
+pub mod proxy;
 pub mod session;
 
 pub use accept::{AcceptNames, Accepted, Acceptor, AcceptorParts};

@@ -25,4 +25,3 @@ pub mod quickstart;
 pub mod reach;
 pub mod role;
 pub mod store;
-pub mod telemetry;

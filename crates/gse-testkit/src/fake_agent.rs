@@ -350,7 +350,7 @@ impl FakeProxy {
             chan,
             msg_type: inner.msg_type.to_u16().into(),
             stream_id: inner.stream_id,
-            body: inner.body.to_vec(),
+            body: inner.body,
         };
         self.send(Frame::new(MsgType::ProxyData, 0, &data)).await;
     }
@@ -376,7 +376,7 @@ impl FakeProxy {
                     let inner = Frame {
                         msg_type: MsgType::from_u16(d.msg_type as u16),
                         stream_id: d.stream_id,
-                        body: d.body.into(),
+                        body: d.body,
                     };
                     if d.chan == chan && inner.msg_type == want {
                         return Ok(inner);

@@ -18,6 +18,7 @@ pub mod hostile;
 pub mod netlab;
 mod ports;
 mod procs;
+pub mod proxy;
 pub mod redis;
 pub mod sentinel;
 pub mod tansu;
@@ -32,6 +33,7 @@ pub use api::Api;
 pub use cluster::{ClusterBuilder, StartedCluster};
 pub use fake_agent::{FakeAgent, FakeAgentOptions, FakeProxy, RoguePeer};
 pub use procs::{AgentOptions, AgentProc, Cluster, ServerOptions, ServerProc};
+pub use proxy::{ProxyOptions, ProxyProc, area_agent};
 pub use webhook::Webhook;
 
 /// Finds a built gse binary.

@@ -268,7 +268,7 @@ pub async fn start(
     let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE);
     let (assigned_tx, assigned_rx) = watch::channel(None);
     let transport = Dialer::new(DialerParts {
-        tls: gse_core::tls::client_config(&cfg.tls)?,
+        tls: gse_core::tls::upstream_client_config(&cfg.tls, cfg.agent.cloud_id)?,
         tls_files: cfg.tls.clone(),
         server_name: cfg.upstream.server_name.clone(),
         bind_ip: None,

@@ -166,6 +166,9 @@ fn their_problem(w: &Words, files: &TlsFiles, problem: &PeerCertProblem) -> Stri
             "a certificate without a gse role mark where {} was expected (made by `gse-server certs` before role marks, or by another PKI); {hint}, or, while upgrading, set legacy_unmarked_certs = true in this side's [tls] section (then any certificate from the CA passes in any role)",
             wanted.a_certificate()
         ),
+        PeerCertProblem::WrongArea { area, want } => format!(
+            "a proxy certificate for cloud area {area}, but this side is in area {want}: point it at its own area's proxy, or issue that proxy a certificate for area {want} (`gse-server certs issue --proxy-area {want}`)"
+        ),
         PeerCertProblem::BadMark(e) => {
             format!("a certificate whose gse mark cannot be used ({e}); {hint}")
         }

@@ -70,6 +70,7 @@ impl TlsFiles {
         PeerPolicy {
             wanted,
             also: None,
+            proxy_area: None,
             legacy: self.legacy_unmarked_certs,
         }
     }
@@ -231,7 +232,26 @@ pub fn peer_client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsErro
     client_config_for(files, CertKind::Agent)
 }
 
+/// A client config for the upstream links of a side in cloud area `area`:
+/// in area 0, [`client_config`]; in any other area the servers are out of
+/// reach and the area's gse-proxy stands in for them, so a proxy
+/// certificate for that area (or for any) passes as well as a server's.
+/// A gse-proxy dials its upstream (a node, or the next proxy of a chain)
+/// with this too.
+pub fn upstream_client_config(files: &TlsFiles, area: i64) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut policy = files.policy(CertKind::Server);
+    if area != 0 {
+        policy.also = Some(CertKind::Proxy);
+        policy.proxy_area = Some(area);
+    }
+    client_config_with(files, policy)
+}
+
 fn client_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with(files, files.policy(peer))
+}
+
+fn client_config_with(files: &TlsFiles, policy: PeerPolicy) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(&files.ca_file)?;
     let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
@@ -241,7 +261,7 @@ fn client_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ClientConfi
         })?;
     let verifier = Arc::new(RoleServerVerifier {
         inner: webpki,
-        policy: files.policy(peer),
+        policy,
     });
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

@@ -327,3 +327,39 @@ fn the_agent_link_takes_agents_and_proxies_and_only_it_takes_proxies() {
     let text = say(Side::Server { sni: None }, &server, &s);
     assert!(text.contains("a proxy certificate"), "{text}");
 }
+
+/// An area's agents (and a chain's lower proxy) take that area's proxy as
+/// their server (issue 12), by the name "gse-proxy"; never another area's
+/// proxy, and an agent of area 0 takes no proxy at all.
+#[test]
+fn an_areas_agents_take_their_areas_proxy_as_their_server_and_no_other() {
+    let (_d, cd) = cert_dir();
+    cd.issue_proxy(7, None, &[], 30, false).unwrap();
+    cd.issue_proxy(8, None, &[], 30, false).unwrap();
+    let agent = files(&cd, CertKind::Agent, None);
+    let proxy = |area: i64| files(&cd, CertKind::Proxy, Some(&format!("gse_proxy_{area}")));
+    let as_proxy = |client_area: i64, proxy_area: i64| {
+        handshake_as(
+            "gse-proxy",
+            upstream_client_config(&agent, client_area).unwrap(),
+            link_server_config(&proxy(proxy_area)).unwrap(),
+        )
+    };
+    let (c, s) = as_proxy(7, 7);
+    assert!(c.is_none() && s.is_none(), "{c:?} {s:?}");
+    let (c, _) = as_proxy(8, 7);
+    let text = say(Side::Client, &agent, &c);
+    assert!(
+        text.contains("cloud area 7") && text.contains("area 8"),
+        "{text}"
+    );
+    let (c, _) = as_proxy(0, 7);
+    assert!(c.is_some(), "an agent of area 0 took a proxy as its server");
+    // The servers themselves still pass for an area's agent.
+    let server = files(&cd, CertKind::Server, None);
+    let (c, s) = handshake(
+        upstream_client_config(&agent, 7).unwrap(),
+        server_config(&server).unwrap(),
+    );
+    assert!(c.is_none() && s.is_none(), "{c:?} {s:?}");
+}

@@ -29,6 +29,10 @@ pub enum PeerCertProblem {
     WrongRole { mark: CertMark, wanted: CertKind },
     #[error("a certificate without a gse role mark where {} was expected", .wanted.a_certificate())]
     Unmarked { wanted: CertKind },
+    #[error(
+        "a proxy certificate for cloud area {area} (gse://proxy/{area}) where this side is in area {want}: a proxy serves its own area's agents only"
+    )]
+    WrongArea { area: i64, want: i64 },
     #[error("a certificate whose gse mark cannot be used: {0}")]
     BadMark(MarkError),
     #[error("{0}")]
@@ -94,11 +98,18 @@ fn after_webpki<T>(
         Err(e) => Err(defect(end_entity)
             .map(|d| refusal(PeerCertProblem::Defect(d)))
             .unwrap_or_else(|| super::names::with_cert_names(e, end_entity))),
-        Ok(v) => match policy.also {
-            // The second role a listener takes (a node's agent link takes
-            // proxies too): only a certificate marked so, never an
-            // unmarked legacy one.
-            Some(also) if matches!(read_mark(end_entity), Ok(Some(m)) if m.kind == also) => Ok(v),
+        Ok(v) => match (policy.also, read_mark(end_entity)) {
+            // The second role a side takes (a node's agent link takes
+            // proxies too; an area's agent, its proxy as its server): only
+            // a certificate marked so, never an unmarked legacy one, and,
+            // where the policy names an area, a proxy certificate for that
+            // area (or for any).
+            (Some(also), Ok(Some(m))) if m.kind == also => match (policy.proxy_area, m.area) {
+                (Some(want), Some(area)) if want != area => {
+                    Err(refusal(PeerCertProblem::WrongArea { area, want }))
+                }
+                _ => Ok(v),
+            },
             _ => check_role(end_entity, policy.wanted, policy.legacy)
                 .map(|()| v)
                 .map_err(refusal),
@@ -112,6 +123,9 @@ pub(super) struct PeerPolicy {
     pub wanted: CertKind,
     /// A second role that passes too (marked certificates only).
     pub also: Option<CertKind>,
+    /// The cloud area a proxy certificate passing as `also` must be bound
+    /// to (or bound to none); `None`: any area.
+    pub proxy_area: Option<i64>,
     pub legacy: bool,
 }
 

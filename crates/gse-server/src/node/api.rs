@@ -27,7 +27,7 @@ pub(super) async fn start(
     let listener = bind(config.api.listen, "the HTTP API", "api.listen").await?;
     let addr = listener.local_addr()?;
     let ctx = ApiContext {
-        metrics: Some(crate::telemetry::metrics_handle()),
+        metrics: Some(gse_core::telemetry::metrics_handle()),
         tasks: work.tasks.clone(),
         files: work.files.clone(),
         routes: data.routes.clone(),

@@ -3,6 +3,7 @@
 //! Run `cargo build --bins` first (scripts/test.sh does).
 
 mod api_input;
+mod c2_proxy;
 mod c2_proxy_link;
 mod d_data;
 mod d_kafka;

@@ -41,7 +41,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     // Where the agent reached us is what it is told we are (`advertise`).
     let path = svc.advertiser.path(local, peer);
     let codec = FrameCodec::new(svc.config.max_frame_bytes);
-    let proxy = super::proxied::proxy_mark(tls.get_ref().1.peer_certificates());
+    let proxy = gse_link::proxy::proxy_mark(tls.get_ref().1.peer_certificates());
     let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
     if let Some(cert_area) = proxy {
         super::proxied::serve(svc, link, cert_area, (peer, deadline, pending)).await;
@@ -96,6 +96,7 @@ pub(super) async fn run_over<L: AgentChannel>(
             region,
             handover: handover.clone(),
             follows_handover: protocol >= gse_proto::HANDOVER_PROTOCOL_VERSION,
+            proxied: link.cloud_area().is_some(),
             sealed: std::sync::atomic::AtomicBool::new(false),
             last_work_ms: std::sync::atomic::AtomicU64::new(0),
             stale: std::sync::atomic::AtomicBool::new(false),
@@ -280,7 +281,7 @@ async fn register<'s, L: AgentChannel>(
                 .admit(reg.key, &reg.msg.agent_id, certificate, peer)
                 .await
             {
-                Ok(()) => match redirect(svc, &reg.msg) {
+                Ok(()) => match redirect(svc, &reg.msg, link.cloud_area().is_some()) {
                     Some(to) => {
                         tracing::info!(agent = %reg.key, peer = %peer, to = %to, "redirecting a registering agent to a less loaded node");
                         metrics::counter!("gse_link_redirects_total").increment(1);
@@ -332,13 +333,21 @@ async fn register<'s, L: AgentChannel>(
     match checked {
         Ok((reg, epoch)) => {
             let now = svc.connect_stamp();
+            // The proxy host's own agent (it reaches its proxy from the
+            // proxy's own address) is listed as the proxy (run_mode 0), as
+            // the seed's FAQ has it; every other agent says what it is.
+            let run_mode = if !link.via().is_empty() && reg.key.ip == reached.path.parent_ip {
+                0
+            } else {
+                reg.msg.run_mode
+            };
             let record = AgentRecord {
                 key: reg.key,
                 agent_id: reg.msg.agent_id,
                 version: reg.msg.version,
                 hostname: reg.msg.hostname,
                 os_type: reg.msg.os_type,
-                run_mode: reg.msg.run_mode,
+                run_mode,
                 zone: reg.msg.zone,
                 start_time_s: reg.msg.start_time_s,
                 node_id: svc.node_id.clone(),
@@ -386,9 +395,10 @@ async fn register<'s, L: AgentChannel>(
 }
 
 /// Where a registering agent goes instead (K2, K5); never for one a node
-/// already redirected here, so an agent cannot bounce between nodes.
-fn redirect(svc: &LinkService, msg: &Register) -> Option<String> {
-    if msg.redirected {
+/// already redirected here, so an agent cannot bounce between nodes, nor
+/// for one behind a proxy, which reaches no node but through its proxy.
+fn redirect(svc: &LinkService, msg: &Register, proxied: bool) -> Option<String> {
+    if msg.redirected || proxied {
         return None;
     }
     svc.redirect(&msg.region)

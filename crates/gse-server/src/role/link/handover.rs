@@ -254,6 +254,10 @@ struct Standing {
     lapsed_lately: bool,
     /// Follows `HandOver` (link protocol 2 or later).
     follows: bool,
+    /// Behind a gse-proxy: it reaches the cluster only through its
+    /// proxy's link, so it is never asked to move (its proxy's link is
+    /// what would have to).
+    proxied: bool,
 }
 
 impl Standing {
@@ -263,14 +267,15 @@ impl Standing {
             busy: now_ms.saturating_sub(s.last_work_ms.load(Ordering::Relaxed)) < BUSY_FOR_MS,
             lapsed_lately: s.handover.lapsed_lately(now),
             follows: s.follows_handover,
+            proxied: s.proxied,
         }
     }
 
     /// The order in which sessions are asked, the lowest first; `None`:
     /// not to be asked (asked already, or an old agent that would lose
-    /// its running work).
+    /// its running work, or one behind a proxy).
     fn rank(self) -> Option<u8> {
-        if self.asked || (self.busy && !self.follows) {
+        if self.asked || self.proxied || (self.busy && !self.follows) {
             return None;
         }
         Some(u8::from(self.lapsed_lately) * 2 + u8::from(self.busy))

@@ -85,6 +85,8 @@ pub(crate) struct Session {
     /// The agent follows `HandOver` once idle (link protocol 2 or later);
     /// an older one is moved only by ending its link.
     follows_handover: bool,
+    /// Behind a gse-proxy (issue 12): never redirected nor handed over.
+    proxied: bool,
     /// Set once the agent is leaving for the node it was handed to: no
     /// more deliveries, as the link ends right after.
     sealed: AtomicBool,

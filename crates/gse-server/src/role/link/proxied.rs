@@ -19,13 +19,12 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures::{Sink, Stream, StreamExt};
-use gse_core::AgentKey;
-use gse_core::certs::{CertKind, IdentityMark, read_mark};
+use gse_core::certs::IdentityMark;
 use gse_link::ConnPermit;
+use gse_link::proxy::{self, Hello};
 use gse_link::session::{AgentChannel, FirstFrameError, ServerSession, first_frame};
 use gse_proto::link::{ProxyClose, ProxyData, ProxyHello, ProxyHelloAck, ProxyOpen};
 use gse_proto::{Frame, FrameError, MsgType};
-use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::PollSender;
@@ -35,8 +34,6 @@ use super::{AgentPath, LinkService};
 
 /// Agents one proxy link may carry at once.
 const MAX_CHANNELS: usize = 50_000;
-/// Proxies below this one an agent's way may pass (a chain's depth).
-const MAX_CHAIN: usize = 8;
 /// Frames queued into one channel's session. The proxy's link never
 /// waits for one channel (its other agents' frames, and the writes up
 /// that unblock the sessions, would wait behind it): a session that falls
@@ -44,17 +41,6 @@ const MAX_CHAIN: usize = 8;
 const CHANNEL_QUEUE: usize = 256;
 /// Frames of all channels queued for the proxy's link.
 const OUT_QUEUE: usize = 4096;
-
-/// What a proxy's certificate allows: `Some(None)` any area, `Some(Some(n))`
-/// area `n` only; `None` when the certificate is not marked as a proxy's
-/// (an unmarked legacy certificate never is).
-pub(super) fn proxy_mark(certs: Option<&[CertificateDer<'_>]>) -> Option<Option<i64>> {
-    let der = certs?.first()?;
-    match read_mark(der) {
-        Ok(Some(m)) if m.kind == CertKind::Proxy => Some(m.area),
-        _ => None,
-    }
-}
 
 /// What the channels send up the proxy's link.
 enum Up {
@@ -128,13 +114,6 @@ impl AgentChannel for ProxiedChannel {
     }
 }
 
-/// Who the proxy said it is.
-struct Hello {
-    proxy_id: String,
-    area: i64,
-    agent_addr: SocketAddr,
-}
-
 /// Serves a proxy's link until it ends.
 pub(super) async fn serve(
     svc: Arc<LinkService>,
@@ -172,15 +151,7 @@ async fn hello(
         MsgType::ProxyHello => frame
             .decode::<ProxyHello>()
             .map_err(|e| e.to_string())
-            .and_then(check_hello)
-            .and_then(|h| match cert_area {
-                // A certificate bound to an area serves that area only.
-                Some(area) if area != h.area => Err(format!(
-                    "this proxy's certificate is for cloud area {area} (gse://proxy/{area}), not {}; issue one for that area with `gse-server certs issue --proxy-area {}`",
-                    h.area, h.area
-                )),
-                _ => Ok(h),
-            }),
+            .and_then(|h| proxy::check_hello(h, cert_area)),
         other => Err(format!(
             "a proxy certificate's first frame must be ProxyHello, got type {} (an agent registers with an agent certificate)",
             other.to_u16()
@@ -210,55 +181,6 @@ async fn hello(
     }
 }
 
-/// Whether `id` can name a proxy: 1 to 128 letters, digits, '.', '-',
-/// '_' or ':' (it is kept in the agent's location).
-fn proxy_id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-}
-
-/// Why a channel's proxy path cannot be taken, if it cannot.
-fn bad_via(via: &[String]) -> Option<String> {
-    if via.len() > MAX_CHAIN {
-        return Some(format!(
-            "the agent's way passes {} proxies below this one; at most {MAX_CHAIN}",
-            via.len()
-        ));
-    }
-    via.iter()
-        .find(|id| !proxy_id_ok(id))
-        .map(|id| format!("{id:?} in the agent's proxy path is not a proxy id"))
-}
-
-fn check_hello(h: ProxyHello) -> Result<Hello, String> {
-    if !proxy_id_ok(&h.proxy_id) {
-        return Err(format!(
-            "proxy_id {:?} is not an id: 1 to 128 letters, digits, '.', '-', '_' or ':'",
-            h.proxy_id
-        ));
-    }
-    if h.bk_cloud_id <= 0 {
-        return Err(format!(
-            "bk_cloud_id {} is not a cloud area a proxy serves (the servers' own area 0 needs none)",
-            h.bk_cloud_id
-        ));
-    }
-    let agent_addr = h.agent_addr.parse().map_err(|e| {
-        format!(
-            "agent_addr {:?} is not ip:port ({e}): it is what the area's agents are told their parent is",
-            h.agent_addr
-        )
-    })?;
-    Ok(Hello {
-        proxy_id: h.proxy_id,
-        area: h.bk_cloud_id,
-        agent_addr,
-    })
-}
-
 /// Moves frames between the proxy's link and its channels; why it ended.
 async fn relay(
     svc: &Arc<LinkService>,
@@ -274,20 +196,12 @@ async fn relay(
             _ = svc.shutdown.cancelled() => return "server shutting down".into(),
             Some(up) = up_rx.recv() => {
                 let frame = match up {
-                    Up::Frame(chan, f) => Frame::new(MsgType::ProxyData, 0, &ProxyData {
-                        chan,
-                        msg_type: f.msg_type.to_u16().into(),
-                        stream_id: f.stream_id,
-                        body: f.body.to_vec(),
-                    }),
+                    Up::Frame(chan, f) => proxy::wrap(chan, f),
                     Up::Ended(chan) => {
                         if channels.remove(&chan).is_none() {
                             continue;
                         }
-                        Frame::new(MsgType::ProxyClose, 0, &ProxyClose {
-                            chan,
-                            reason: "the agent's session on the node ended".into(),
-                        })
+                        proxy::close_frame(chan, "the agent's session on the node ended")
                     }
                 };
                 if let Err(reason) = super::connection::send_within(link, frame, timeout).await {
@@ -328,12 +242,12 @@ async fn from_proxy(
                 } else {
                     format!("this node takes at most {MAX_CHANNELS} agents per proxy link")
                 };
-                let close = Frame::new(MsgType::ProxyClose, 0, &ProxyClose { chan, reason });
+                let close = proxy::close_frame(chan, reason);
                 return super::connection::send_within(link, close, svc.config.heartbeat_timeout)
                     .await;
             }
-            if let Some(why) = bad_via(&open.via) {
-                let close = Frame::new(MsgType::ProxyClose, 0, &ProxyClose { chan, reason: why });
+            if let Some(why) = proxy::bad_via(&open.via) {
+                let close = proxy::close_frame(chan, why);
                 return super::connection::send_within(link, close, svc.config.heartbeat_timeout)
                     .await;
             }
@@ -344,42 +258,25 @@ async fn from_proxy(
         }
         MsgType::ProxyData => {
             let data: ProxyData = frame.decode().map_err(bad)?;
-            let Some(tx) = channels.get(&data.chan) else {
-                tracing::debug!(proxy = %hello.proxy_id, chan = data.chan, "a frame for a channel that is not open; dropped");
+            let (chan, inner) = proxy::unwrap(data).map_err(|e| format!("protocol error: {e}"))?;
+            let Some(tx) = channels.get(&chan) else {
+                tracing::debug!(proxy = %hello.proxy_id, chan, "a frame for a channel that is not open; dropped");
                 return Ok(());
-            };
-            let Ok(msg_type) = u16::try_from(data.msg_type) else {
-                return Err(format!(
-                    "protocol error: message type {} out of range",
-                    data.msg_type
-                ));
-            };
-            let inner = Frame {
-                msg_type: MsgType::from_u16(msg_type),
-                stream_id: data.stream_id,
-                body: data.body.into(),
             };
             match tx.try_send(inner) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    channels.remove(&data.chan);
+                    channels.remove(&chan);
                     Ok(())
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    channels.remove(&data.chan);
-                    tracing::warn!(proxy = %hello.proxy_id, chan = data.chan, queued = CHANNEL_QUEUE, "an agent's session behind the proxy fell too far behind its frames; closing its channel");
+                    channels.remove(&chan);
+                    tracing::warn!(proxy = %hello.proxy_id, chan, queued = CHANNEL_QUEUE, "an agent's session behind the proxy fell too far behind its frames; closing its channel");
                     let reason = format!(
                         "the agent's session on node {} fell {CHANNEL_QUEUE} frames behind; reconnect",
                         svc.node_id
                     );
-                    let close = Frame::new(
-                        MsgType::ProxyClose,
-                        0,
-                        &ProxyClose {
-                            chan: data.chan,
-                            reason,
-                        },
-                    );
+                    let close = proxy::close_frame(chan, reason);
                     super::connection::send_within(link, close, svc.config.heartbeat_timeout).await
                 }
             }
@@ -407,24 +304,18 @@ fn open_channel(
     up: mpsc::Sender<Up>,
 ) {
     let chan = open.chan;
-    let identity = open
-        .cert_identity
-        .then(|| {
-            let ip = open.cert_ip.parse().ok()?;
-            Some(IdentityMark {
-                key: AgentKey::new(open.cert_cloud_id, ip),
-                agent_id: (!open.cert_agent_id.is_empty()).then_some(open.cert_agent_id.clone()),
-            })
-        })
-        .flatten();
+    let identity = proxy::open_identity(&open);
     let agent_peer: SocketAddr = open.peer_addr.parse().unwrap_or(peer);
     let mut via = vec![hello.proxy_id.clone()];
     via.extend(open.via.iter().cloned());
+    // The proxy the agent is connected to is its parent: in a chain, the
+    // lowest one, as that proxy said.
+    let parent: SocketAddr = open.parent_addr.parse().unwrap_or(hello.agent_addr);
     let reached = Reached {
         peer: agent_peer,
-        port: hello.agent_addr.port(),
+        port: parent.port(),
         path: AgentPath {
-            parent_ip: hello.agent_addr.ip(),
+            parent_ip: parent.ip(),
             peer_ip: agent_peer.ip(),
         },
     };
@@ -443,38 +334,4 @@ fn open_channel(
         run_over(svc, &mut channel, reached, (deadline, None), conn_id).await;
         let _ = up.send(Up::Ended(chan)).await;
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_hello_names_an_id_an_area_and_where_agents_reach_the_proxy() {
-        let hello = |id: &str, area: i64, addr: &str| ProxyHello {
-            proxy_id: id.into(),
-            bk_cloud_id: area,
-            agent_addr: addr.into(),
-            version: String::new(),
-        };
-        let ok = check_hello(hello("pa-1", 7, "10.7.0.1:28668")).unwrap();
-        assert_eq!((ok.area, ok.agent_addr.port()), (7, 28668));
-        for (bad, why) in [
-            (hello("", 7, "10.7.0.1:1"), "proxy_id"),
-            (hello("a/b", 7, "10.7.0.1:1"), "proxy_id"),
-            (hello("pa", 0, "10.7.0.1:1"), "bk_cloud_id 0"),
-            (hello("pa", 7, "10.7.0.1"), "agent_addr"),
-        ] {
-            let e = check_hello(bad).err().expect("refused");
-            assert!(e.contains(why), "{e}");
-        }
-    }
-
-    #[test]
-    fn a_proxy_path_is_a_short_list_of_ids() {
-        assert_eq!(bad_via(&["pa-2".into(), "pa-3".into()]), None);
-        let long: Vec<String> = (0..=MAX_CHAIN).map(|i| format!("p{i}")).collect();
-        assert!(bad_via(&long).unwrap().contains("at most 8"));
-        assert!(bad_via(&["x y".into()]).unwrap().contains("not a proxy id"));
-    }
 }

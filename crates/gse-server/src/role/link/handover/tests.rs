@@ -43,6 +43,7 @@ fn a_request_not_followed_lapses_and_releases_the_count() {
 fn idle_agents_go_first_busy_old_ones_never_and_lapsed_ones_last() {
     let idle = Standing {
         follows: true,
+        proxied: false,
         ..Standing::default()
     };
     let busy = Standing { busy: true, ..idle };
@@ -52,6 +53,7 @@ fn idle_agents_go_first_busy_old_ones_never_and_lapsed_ones_last() {
     };
     let old_idle = Standing {
         follows: false,
+        proxied: false,
         ..idle
     };
     let old_busy = Standing {

@@ -1,6 +1,7 @@
-//! Metrics set-up for the server: the `metrics` facade feeds a Prometheus
-//! recorder whose handle the API role renders at `/metrics`. (Logging set-up
-//! is shared with the agent: `gse_core::logging`.)
+//! Metrics set-up for the gse processes that export them (gse-server,
+//! gse-proxy): the `metrics` facade feeds a Prometheus recorder whose
+//! handle each renders at `/metrics` (the server on its API, the proxy on
+//! its `[metrics] listen` address). Logging set-up is [`crate::logging`].
 
 use std::sync::OnceLock;
 

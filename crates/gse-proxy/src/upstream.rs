@@ -1,0 +1,370 @@
+//! The proxy's one link upstream: to any node of the cluster (or, in a
+//! chain, to the next proxy up), failing over between the configured
+//! addresses, and the table of channels that ride on it.
+//!
+//! [`run`] dials, says `ProxyHello`, and while the link is up publishes it
+//! as an [`Upstream`]: the connections of agents and lower proxies
+//! ([`crate::downstream`]) open their channels on it. When the link ends
+//! every channel ends with it (agents reconnect, to this proxy once it is
+//! linked again, or to their area's other proxy), and the next address is
+//! tried at once, then with back-off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use gse_link::proxy;
+use gse_link::session::{ClientSession, first_frame, send_all_within};
+use gse_link::{Backoff, Dialer, DialerParts};
+use gse_proto::link::{ProxyClose, ProxyData, ProxyHello, ProxyHelloAck};
+use gse_proto::{Frame, FrameCodec, MsgType};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::ProxyError;
+use crate::config::ProxyConfig;
+
+/// Frames of all channels queued for the link upstream.
+const OUT_QUEUE: usize = 4096;
+/// Frames written upstream in one flush, at most.
+const WRITE_BATCH: usize = 256;
+/// A write upstream that takes longer ends the link: the node stopped
+/// reading.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A link that stayed up this long resets the back-off.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where a channel's frames from upstream go.
+pub(crate) enum Route {
+    /// An agent connected to this proxy: its connection's queue of the
+    /// agent's frames.
+    Direct(mpsc::Sender<Frame>),
+    /// An agent below a lower proxy: that proxy's link queue, on its own
+    /// channel number there.
+    Lower { tx: mpsc::Sender<Frame>, chan: u64 },
+}
+
+/// The link upstream while it is up.
+pub(crate) struct Upstream {
+    /// The node the link reached (as the node, or the upper proxy, says).
+    pub node_id: String,
+    out: mpsc::Sender<Frame>,
+    routes: Mutex<Routes>,
+    /// Cancelled when the link ends.
+    pub gone: CancellationToken,
+    max_channels: usize,
+}
+
+#[derive(Default)]
+struct Routes {
+    next: u64,
+    open: HashMap<u64, Route>,
+    /// Of `open`, the agents connected to this proxy itself.
+    direct: usize,
+}
+
+/// Why a channel could not be opened.
+pub(crate) enum OpenError {
+    /// The link upstream ended.
+    Gone,
+    /// `max_agents` channels are open.
+    Full(usize),
+}
+
+impl Upstream {
+    /// Opens a channel for `route`: its number, once `open(chan)` (the
+    /// channel's `ProxyOpen`) is queued upstream.
+    pub async fn open(
+        &self,
+        route: Route,
+        open: impl FnOnce(u64) -> Frame,
+    ) -> Result<u64, OpenError> {
+        let chan = {
+            let mut routes = self.routes.lock();
+            if routes.open.len() >= self.max_channels {
+                return Err(OpenError::Full(self.max_channels));
+            }
+            routes.next += 1;
+            let chan = routes.next;
+            if matches!(route, Route::Direct(_)) {
+                routes.direct += 1;
+            }
+            routes.open.insert(chan, route);
+            self.gauges(&routes);
+            chan
+        };
+        if self.send(open(chan)).await {
+            Ok(chan)
+        } else {
+            self.routes.lock().open.remove(&chan);
+            Err(OpenError::Gone)
+        }
+    }
+
+    /// Queues `frame` upstream; false once the link has ended.
+    pub async fn send(&self, frame: Frame) -> bool {
+        tokio::select! {
+            _ = self.gone.cancelled() => false,
+            sent = self.out.send(frame) => sent.is_ok(),
+        }
+    }
+
+    /// Ends channel `chan` from this side: forgotten, and `ProxyClose`
+    /// sent unless upstream closed it first.
+    pub async fn close(&self, chan: u64, reason: &str) {
+        if self.forget(chan).is_some() {
+            self.send(proxy::close_frame(chan, reason)).await;
+        }
+    }
+
+    fn forget(&self, chan: u64) -> Option<Route> {
+        let mut routes = self.routes.lock();
+        let route = routes.open.remove(&chan);
+        if matches!(route, Some(Route::Direct(_))) {
+            routes.direct -= 1;
+        }
+        self.gauges(&routes);
+        route
+    }
+
+    fn gauges(&self, routes: &Routes) {
+        metrics::gauge!("gse_proxy_agents").set(routes.direct as f64);
+        metrics::gauge!("gse_proxy_channels").set(routes.open.len() as f64);
+    }
+
+    /// Ends the link's channels: their connections end when their routes'
+    /// senders are dropped (lower proxies' links watch [`Self::gone`]).
+    fn end(&self) {
+        self.gone.cancel();
+        let mut routes = self.routes.lock();
+        routes.open.clear();
+        routes.direct = 0;
+        self.gauges(&routes);
+    }
+
+    /// Acts on one frame from upstream; `Err(reason)` ends the link.
+    async fn on_upstream_frame(&self, frame: Frame) -> Result<(), String> {
+        let bad = |e: gse_proto::FrameError| format!("protocol error: {e}");
+        match frame.msg_type {
+            MsgType::ProxyData => {
+                let data: ProxyData = frame.decode().map_err(bad)?;
+                let (chan, inner) =
+                    proxy::unwrap(data).map_err(|e| format!("protocol error: {e}"))?;
+                metrics::counter!("gse_proxy_frames_total", "direction" => "down").increment(1);
+                let sent = match self.routes.lock().open.get(&chan) {
+                    None => return Ok(()),
+                    Some(Route::Direct(tx)) => tx.try_send(inner).map_err(drop_frame),
+                    Some(Route::Lower { tx, chan: theirs }) => {
+                        tx.try_send(proxy::wrap(*theirs, inner)).map_err(drop_frame)
+                    }
+                };
+                match sent {
+                    Ok(()) => Ok(()),
+                    // The connection ended; it closes the channel itself.
+                    Err(Dropped::Closed) => Ok(()),
+                    Err(Dropped::Full) => {
+                        metrics::counter!("gse_proxy_channels_lagging_total").increment(1);
+                        tracing::warn!(
+                            chan,
+                            "an agent fell too far behind its frames from upstream; closing its channel (it reconnects)"
+                        );
+                        self.close(
+                            chan,
+                            "the agent's connection to the proxy fell behind; it reconnects",
+                        )
+                        .await;
+                        Ok(())
+                    }
+                }
+            }
+            MsgType::ProxyClose => {
+                let close: ProxyClose = frame.decode().map_err(bad)?;
+                tracing::debug!(chan = close.chan, reason = %close.reason, "upstream closed a channel");
+                if let Some(Route::Lower { tx, chan }) = self.forget(close.chan) {
+                    let _ = tx.try_send(proxy::close_frame(chan, close.reason));
+                }
+                // A direct route's sender is dropped here: its connection
+                // ends once it has written what was queued.
+                Ok(())
+            }
+            other => Err(format!(
+                "protocol error: upstream sent message type {} on a proxy's link",
+                other.to_u16()
+            )),
+        }
+    }
+}
+
+enum Dropped {
+    Full,
+    Closed,
+}
+
+fn drop_frame<T>(e: mpsc::error::TrySendError<T>) -> Dropped {
+    match e {
+        mpsc::error::TrySendError::Full(_) => Dropped::Full,
+        mpsc::error::TrySendError::Closed(_) => Dropped::Closed,
+    }
+}
+
+/// What the downstream side sees of the link upstream: `Some` while up.
+pub(crate) type Current = watch::Receiver<Option<Arc<Upstream>>>;
+
+/// Keeps a link upstream until `shutdown`, publishing it in `current`.
+pub(crate) async fn run(
+    cfg: Arc<ProxyConfig>,
+    agent_addr: std::net::SocketAddr,
+    current: watch::Sender<Option<Arc<Upstream>>>,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    let up = &cfg.upstream;
+    let dialer = Dialer::new(DialerParts {
+        tls: gse_core::tls::upstream_client_config(&cfg.tls, cfg.proxy.bk_cloud_id)?,
+        tls_files: cfg.tls.clone(),
+        server_name: up.server_name.clone(),
+        bind_ip: up.bind_ip,
+        connect_timeout: up.connect_timeout,
+        keepalive: true,
+    });
+    let hello = ProxyHello {
+        proxy_id: cfg.proxy.id.clone(),
+        bk_cloud_id: cfg.proxy.bk_cloud_id,
+        agent_addr: agent_addr.to_string(),
+        version: gse_core::VERSION.into(),
+    };
+    let mut backoff = Backoff::new(up.backoff_initial, up.backoff_max);
+    let mut attempt = 0usize;
+    loop {
+        let server = &up.servers[attempt % up.servers.len()];
+        attempt += 1;
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = connect(&dialer, server, &hello, up.connect_timeout) => c,
+        };
+        match connected {
+            Ok((link, node_id)) => {
+                metrics::counter!("gse_proxy_upstream_connects_total").increment(1);
+                metrics::gauge!("gse_proxy_upstream_connected").set(1.0);
+                tracing::info!(server = %server, node = %node_id, "linked upstream; relaying the area's agents");
+                let since = Instant::now();
+                let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+                let link_up = Arc::new(Upstream {
+                    node_id,
+                    out: out_tx,
+                    routes: Mutex::new(Routes::default()),
+                    gone: shutdown.child_token(),
+                    max_channels: cfg.proxy.max_agents,
+                });
+                current.send_replace(Some(link_up.clone()));
+                let reason = serve(link, &link_up, out_rx).await;
+                current.send_replace(None);
+                link_up.end();
+                metrics::gauge!("gse_proxy_upstream_connected").set(0.0);
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::warn!(server = %server, reason = %reason, "link upstream lost; the agents' channels end and the next server is tried");
+                if since.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                    // The next address at once: this one just failed.
+                    continue;
+                }
+            }
+            Err(text) => tracing::warn!(server = %server, "cannot link upstream: {text}"),
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// TCP, TLS, `ProxyHello` and its answer; the link and the node's id.
+async fn connect(
+    dialer: &Dialer,
+    server: &str,
+    hello: &ProxyHello,
+    limit: Duration,
+) -> Result<(ClientSession, String), String> {
+    let tls = dialer.dial(server).await.map_err(|e| match &e {
+        gse_link::DialError::Tls {
+            explained: Some(text),
+            ..
+        } => text.clone(),
+        _ => e.to_string(),
+    })?;
+    let mut link = Framed::new(tls, FrameCodec::default());
+    let sent =
+        tokio::time::timeout(limit, link.send(Frame::new(MsgType::ProxyHello, 0, hello))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return Err("cannot send ProxyHello".into());
+    }
+    let answer = first_frame(&mut link, Instant::now() + limit)
+        .await
+        .map_err(|e| match e {
+            gse_link::session::FirstFrameError::Closed => {
+                "the server closed the link after ProxyHello (an older gse-server that knows no proxies, or this certificate is not a proxy's)".into()
+            }
+            e => format!("no answer to ProxyHello: {e}"),
+        })?;
+    if answer.msg_type != MsgType::ProxyHelloAck {
+        return Err(format!(
+            "the server answered ProxyHello with message type {}",
+            answer.msg_type.to_u16()
+        ));
+    }
+    let ack: ProxyHelloAck = answer
+        .decode()
+        .map_err(|e| format!("a ProxyHelloAck that cannot be read: {e}"))?;
+    if !ack.accepted {
+        return Err(format!(
+            "node {} refused this proxy: {}",
+            ack.node_id, ack.message
+        ));
+    }
+    Ok((link, ack.node_id))
+}
+
+/// Moves frames both ways until the link ends; why it ended.
+async fn serve(
+    link: ClientSession,
+    up: &Arc<Upstream>,
+    mut out_rx: mpsc::Receiver<Frame>,
+) -> String {
+    let (mut sink, mut stream) = link.split();
+    let writer = async {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while out_rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            metrics::counter!("gse_proxy_frames_total", "direction" => "up")
+                .increment(batch.len() as u64);
+            if let Err(e) = send_all_within(&mut sink, &batch, WRITE_TIMEOUT).await {
+                return format!("write upstream failed: {e}");
+            }
+            batch.clear();
+        }
+        "the proxy is stopping".to_string()
+    };
+    let reader = async {
+        loop {
+            match stream.next().await {
+                None => return "upstream closed the link".to_string(),
+                Some(Err(e)) => return format!("read upstream failed: {e}"),
+                Some(Ok(frame)) => {
+                    if let Err(reason) = up.on_upstream_frame(frame).await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = up.gone.cancelled() => "the proxy is stopping".into(),
+        r = writer => r,
+        r = reader => r,
+    }
+}

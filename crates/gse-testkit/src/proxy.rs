@@ -1,0 +1,233 @@
+//! `gse-proxy` processes for tests (issue 12): one cloud area's relay,
+//! linked upstream to test servers (or to another proxy, for chains).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gse_agent_config::{AgentConfig, UpstreamConfig};
+use gse_core::certs::CertKind;
+use gse_proxy::config::{MetricsSection, ProxyConfig, ProxySection};
+
+use crate::procs::{AgentOptions, Cluster, stop_child};
+use crate::{bin, eventually, free_port};
+
+/// Knobs of a test proxy.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub id: String,
+    /// The cloud area it serves.
+    pub area: i64,
+    /// The address it listens on for its agents (and connects from).
+    pub ip: IpAddr,
+    /// Its upstream: nodes' link addresses, or another proxy's.
+    pub upstream: Vec<SocketAddr>,
+    /// "gse-server", or "gse-proxy" when the upstream is a proxy.
+    pub server_name: String,
+}
+
+impl ProxyOptions {
+    /// Proxy `id` of `area` on `ip`, linked to `nodes`.
+    pub fn new(id: &str, area: i64, ip: &str, nodes: &[SocketAddr]) -> Self {
+        ProxyOptions {
+            id: id.into(),
+            area,
+            ip: ip.parse().expect("an IP"),
+            upstream: nodes.to_vec(),
+            server_name: gse_core::certs::DEFAULT_SERVER_NAME.into(),
+        }
+    }
+
+    /// Proxy `id` of the same area below `upper` (a chain).
+    pub fn below(id: &str, ip: &str, upper: &ProxyProc) -> Self {
+        ProxyOptions {
+            server_name: "gse-proxy".into(),
+            ..ProxyOptions::new(id, upper.area, ip, &[upper.listen])
+        }
+    }
+}
+
+/// A running `gse-proxy` process.
+pub struct ProxyProc {
+    child: Option<Child>,
+    pub id: String,
+    pub area: i64,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    /// Where its agents connect.
+    pub listen: SocketAddr,
+    /// Its Prometheus endpoint.
+    pub metrics: SocketAddr,
+}
+
+impl Cluster {
+    /// Starts a proxy (its certificate, for its area, is issued on first
+    /// use); [`ProxyProc::wait_linked`] waits until it is linked upstream.
+    pub fn proxy(&self, opts: ProxyOptions) -> ProxyProc {
+        let dir = self.path.join(format!("proxy-{}", opts.id));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stem = format!("gse_proxy_{}", opts.area);
+        let paths = self.certs.paths(CertKind::Proxy, Some(&stem));
+        if !paths.cert.exists() {
+            self.certs
+                .issue_proxy(opts.area, None, &[], 30, false)
+                .expect("a proxy certificate for the area");
+        }
+        let tls = gse_core::tls::TlsFiles::new(self.certs.ca_cert(), paths.cert, paths.key);
+        let listen = SocketAddr::new(opts.ip, free_port());
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cfg = ProxyConfig {
+            proxy: ProxySection {
+                id: opts.id.clone(),
+                bk_cloud_id: opts.area,
+                listen,
+                advertise_ip: None,
+                handshake_timeout: Duration::from_secs(10),
+                max_agents: 50_000,
+                max_pending: 1024,
+                max_pending_per_ip: 64,
+            },
+            upstream: UpstreamConfig {
+                servers: opts.upstream.iter().map(|a| a.to_string()).collect(),
+                server_name: opts.server_name.clone(),
+                bind_ip: opts.ip.is_loopback().then_some(opts.ip),
+                connect_timeout: Duration::from_secs(5),
+                backoff_initial: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(2),
+            },
+            tls,
+            metrics: MetricsSection {
+                listen: Some(metrics),
+            },
+        };
+        cfg.validate().expect("a valid proxy config");
+        let config_path = dir.join("proxy.toml");
+        std::fs::write(&config_path, cfg.to_toml()).unwrap();
+        let mut proxy = ProxyProc {
+            child: None,
+            id: opts.id,
+            area: opts.area,
+            log_path: dir.join("proxy.log"),
+            dir,
+            config_path,
+            listen,
+            metrics,
+        };
+        proxy.spawn();
+        proxy
+    }
+}
+
+impl ProxyProc {
+    fn spawn(&mut self) {
+        let child = Command::new(bin("gse-proxy"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--log-level")
+            .arg("debug")
+            .arg("--log-file")
+            .arg(&self.log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn gse-proxy");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its Prometheus metrics now (empty when it does not answer).
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics);
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// A metric's value (the first line that starts with `name`).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Waits until the proxy is linked upstream.
+    pub async fn wait_linked(&self) {
+        eventually(
+            &format!("proxy {} linked upstream", self.id),
+            Duration::from_secs(20),
+            || async {
+                (self.metric("gse_proxy_upstream_connected").await == Some(1.0))
+                    .then_some(())
+                    .ok_or_else(|| self.metrics_tail())
+            },
+        )
+        .await;
+    }
+
+    fn metrics_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// Options of an agent of this proxy's area at `ip` (list this proxy,
+    /// and any other, as its servers).
+    pub fn agent_options(&self, ip: &str) -> AgentOptions {
+        area_agent(ip, self.area)
+    }
+
+    /// SIGKILL, as a crash would; reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; the exit code if it exited.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|c| stop_child(c, Duration::from_secs(10)))
+    }
+
+    /// Starts it again with the same config.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options of an agent of cloud area `area` at `ip`: it takes its area's
+/// proxy as its server (`server_name = "gse-proxy"`).
+pub fn area_agent(ip: &str, area: i64) -> AgentOptions {
+    let hook: Arc<dyn Fn(&mut AgentConfig) + Send + Sync> = Arc::new(|cfg: &mut AgentConfig| {
+        cfg.upstream.server_name = "gse-proxy".into();
+    });
+    AgentOptions {
+        cloud_id: area,
+        customize: Some(hook),
+        ..AgentOptions::ip(ip)
+    }
+}

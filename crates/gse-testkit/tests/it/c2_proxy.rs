@@ -1,0 +1,198 @@
+//! Issue 12 (C2, T1 multi-level, K3 through a proxy): real `gse-proxy`
+//! processes relaying real agents of a cloud area. The agents know only
+//! their proxies (`server_name = "gse-proxy"`, the proxy's certificate
+//! bound to their area); the proxies link to the nodes, or to each other.
+
+use std::time::Duration;
+
+use gse_testkit::{
+    AgentProc, Api, Cluster, ProxyOptions, ProxyProc, ServerOptions, area_agent, eventually,
+};
+use serde_json::{Value, json};
+
+use crate::task_api::{start, wait_final};
+
+const AREA: i64 = 7;
+
+/// `list_agent_info`'s entry for `AREA:ip`.
+async fn info(api: &Api, ip: &str) -> Value {
+    let (_, v) = api
+        .post(
+            "/api/v2/cluster/list_agent_info",
+            json!({"agent_id_list": [format!("{AREA}:{ip}")]}),
+        )
+        .await;
+    v["data"][0].clone()
+}
+
+async fn wait_alive(api: &Api, ip: &str, within: Duration) {
+    eventually(&format!("agent {AREA}:{ip} alive"), within, || async {
+        (api.alive(AREA, ip).await == 1)
+            .then_some(())
+            .ok_or("not alive".to_string())
+    })
+    .await;
+}
+
+async fn wait_offline(api: &Api, ip: &str, within: Duration) {
+    eventually(&format!("agent {AREA}:{ip} offline"), within, || async {
+        (api.alive(AREA, ip).await != 1)
+            .then_some(())
+            .ok_or("still alive".to_string())
+    })
+    .await;
+}
+
+/// Runs `echo WORD` on `AREA:ip` and checks its output.
+async fn echo_through(api: &Api, ip: &str, word: &str) {
+    let target = format!("{AREA}:{ip}");
+    let targets = [target.as_str()];
+    let task = start(api, &targets, &format!("echo {word}"), json!({})).await;
+    let done = wait_final(api, &task, &targets, Duration::from_secs(20)).await;
+    assert_eq!(
+        (done[0]["status"].as_i64(), done[0]["screen"].as_str()),
+        (Some(2), Some(format!("{word}\n").as_str())),
+        "{}",
+        done[0]
+    );
+}
+
+fn agent(cluster: &Cluster, ip: &str, proxies: &[&ProxyProc]) -> AgentProc {
+    let servers: Vec<_> = proxies.iter().map(|p| p.listen).collect();
+    cluster.agent_of(&servers, area_agent(ip, AREA))
+}
+
+#[tokio::test]
+async fn c2_area_agents_register_through_a_proxy_run_tasks_and_go_offline_with_it() {
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let mut proxy = cluster.proxy(ProxyOptions::new(
+        "pa-1",
+        AREA,
+        "127.0.7.1",
+        &[server.link_addr],
+    ));
+    proxy.wait_linked().await;
+    // An area host's agent, and the proxy host's own agent.
+    let _agents = [
+        agent(&cluster, "127.0.7.2", &[&proxy]),
+        agent(&cluster, "127.0.7.1", &[&proxy]),
+    ];
+    let api = &server.api;
+    for ip in ["127.0.7.2", "127.0.7.1"] {
+        wait_alive(api, ip, Duration::from_secs(20)).await;
+    }
+
+    // Listed under the proxy: their parent is the proxy as they reach it;
+    // the proxy host's own agent is the proxy (run_mode 0).
+    let port = u64::from(proxy.listen.port());
+    let area_host = info(api, "127.0.7.2").await;
+    assert_eq!(
+        (&area_host["parent_ip"], area_host["parent_port"].as_u64()),
+        (&json!("127.0.7.1"), Some(port)),
+        "{area_host}"
+    );
+    assert_eq!(area_host["run_mode"], 1, "{area_host}");
+    assert_eq!(info(api, "127.0.7.1").await["run_mode"], 0);
+    assert_eq!(proxy.metric("gse_proxy_agents").await, Some(2.0));
+
+    echo_through(api, "127.0.7.2", "through-the-proxy").await;
+
+    // The proxy dies: its area's agents go offline (well within 30 s);
+    // restarted, they come back and take work again.
+    proxy.kill9();
+    for ip in ["127.0.7.2", "127.0.7.1"] {
+        wait_offline(api, ip, Duration::from_secs(30)).await;
+    }
+    proxy.restart();
+    proxy.wait_linked().await;
+    for ip in ["127.0.7.2", "127.0.7.1"] {
+        wait_alive(api, ip, Duration::from_secs(30)).await;
+    }
+    echo_through(api, "127.0.7.2", "after-the-restart").await;
+}
+
+#[tokio::test]
+async fn c2_a_chain_of_proxies_relays_and_an_areas_agents_fail_over_between_its_proxies() {
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let api = &server.api;
+    let upper = cluster.proxy(ProxyOptions::new(
+        "pa-up",
+        AREA,
+        "127.0.7.1",
+        &[server.link_addr],
+    ));
+    upper.wait_linked().await;
+    let mut lower = cluster.proxy(ProxyOptions::below("pa-low", "127.0.7.11", &upper));
+    lower.wait_linked().await;
+
+    // Behind the lower proxy: two levels down, the agent still runs tasks,
+    // and its parent is the proxy it reaches.
+    let _deep = agent(&cluster, "127.0.7.12", &[&lower]);
+    wait_alive(api, "127.0.7.12", Duration::from_secs(20)).await;
+    let deep = info(api, "127.0.7.12").await;
+    assert_eq!(deep["parent_ip"], "127.0.7.11", "{deep}");
+    echo_through(api, "127.0.7.12", "two-levels-down").await;
+
+    // An agent that lists both proxies of the area moves to the other
+    // when the one it uses dies.
+    let _both = agent(&cluster, "127.0.7.13", &[&lower, &upper]);
+    wait_alive(api, "127.0.7.13", Duration::from_secs(20)).await;
+    assert_eq!(info(api, "127.0.7.13").await["parent_ip"], "127.0.7.11");
+    lower.kill9();
+    eventually(
+        "the agent on the area's other proxy",
+        Duration::from_secs(30),
+        || async {
+            let i = info(api, "127.0.7.13").await;
+            (i["parent_ip"] == "127.0.7.1" && i["status_code"] == 2)
+                .then_some(())
+                .ok_or(i.to_string())
+        },
+    )
+    .await;
+    echo_through(api, "127.0.7.13", "after-failover").await;
+}
+
+#[tokio::test]
+async fn c2_a_proxy_fails_over_between_nodes_and_its_agents_follow() {
+    let mut cluster = Cluster::builder()
+        .nodes(2)
+        .zookeeper()
+        .redis()
+        .node_config(|_, cfg| cfg.cluster.balance = false)
+        .start()
+        .await;
+    let nodes: Vec<_> = cluster.nodes.iter().map(|n| n.link_addr).collect();
+    let proxy = cluster
+        .cluster
+        .proxy(ProxyOptions::new("pa-1", AREA, "127.0.7.1", &nodes));
+    proxy.wait_linked().await;
+    let area_agent = agent(&cluster.cluster, "127.0.7.2", &[&proxy]);
+    let api1 = cluster.api(1).clone();
+    wait_alive(&api1, "127.0.7.2", Duration::from_secs(20)).await;
+    // Through the node the proxy is not linked to: work is forwarded.
+    echo_through(&api1, "127.0.7.2", "forwarded-to-the-proxys-node").await;
+
+    // The proxy's node dies: the proxy links to the other, and its agents
+    // register there again.
+    cluster.kill9(0);
+    eventually(
+        "the agent registered again through the proxy's new link",
+        Duration::from_secs(30),
+        || async {
+            let log = area_agent.log();
+            let registered = log.matches("connected and registered").count();
+            (registered >= 2 && api1.alive(AREA, "127.0.7.2").await == 1)
+                .then_some(())
+                .ok_or(format!("registered {registered} times"))
+        },
+    )
+    .await;
+    assert!(
+        proxy.log().contains("node=node-2"),
+        "the proxy is not linked to node-2"
+    );
+    echo_through(&api1, "127.0.7.2", "after-node-failover").await;
+}
