@@ -35,6 +35,7 @@ pub mod claim;
 pub mod dial;
 pub mod limits;
 pub mod net_hint;
+pub mod probe;
 pub mod proxy;
 pub mod session;
 

@@ -81,6 +81,10 @@ pub enum MsgType {
     ProxyOpen,
     ProxyData,
     ProxyClose,
+    /// A node asks a proxy to probe a lost agent's host (C11), and its
+    /// answer.
+    ProxyProbe,
+    ProxyProbeResult,
     /// A type this build does not know (a newer peer); relays pass it on.
     Other(u16),
 }
@@ -130,6 +134,8 @@ impl MsgType {
             MsgType::ProxyOpen => 0x602,
             MsgType::ProxyData => 0x603,
             MsgType::ProxyClose => 0x604,
+            MsgType::ProxyProbe => 0x605,
+            MsgType::ProxyProbeResult => 0x606,
             MsgType::Other(n) => n,
         }
     }
@@ -178,6 +184,8 @@ impl MsgType {
             0x602 => MsgType::ProxyOpen,
             0x603 => MsgType::ProxyData,
             0x604 => MsgType::ProxyClose,
+            0x605 => MsgType::ProxyProbe,
+            0x606 => MsgType::ProxyProbeResult,
             n => MsgType::Other(n),
         }
     }
@@ -358,7 +366,7 @@ mod tests {
             .chain(0x400..=0x403)
             .chain(0x410..=0x410)
             .chain(0x500..=0x504)
-            .chain(0x600..=0x604)
+            .chain(0x600..=0x606)
         {
             let t = MsgType::from_u16(n);
             assert!(!matches!(t, MsgType::Other(_)), "type {n:#x} is not named");

@@ -149,6 +149,7 @@ impl Downstream {
         drop(pending);
         tracing::info!(lower = %lower, peer = %peer, "a lower proxy linked; relaying its agents");
         let (tx, mut rx) = mpsc::channel::<Frame>(LOWER_QUEUE);
+        up.lower_linked(&lower, tx.clone());
         // Their channel number -> ours.
         let mut chans: HashMap<u64, u64> = HashMap::new();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -184,6 +185,7 @@ impl Downstream {
                 }
             }
         };
+        up.lower_unlinked(&lower, &tx);
         tracing::info!(lower = %lower, peer = %peer, reason = %reason, "a lower proxy's link ended; its agents' channels end");
         for ours in chans.into_values() {
             up.close(ours, "the lower proxy's link ended").await;
@@ -306,6 +308,13 @@ impl Downstream {
                 if let Some(&ours) = chans.get(&theirs)
                     && !up.send(proxy::wrap(ours, inner)).await
                 {
+                    return Err("the link upstream ended".into());
+                }
+                Ok(())
+            }
+            // A probe's answer (C11): for the node, unchanged.
+            MsgType::ProxyProbeResult => {
+                if !up.send(frame).await {
                     return Err("the link upstream ended".into());
                 }
                 Ok(())

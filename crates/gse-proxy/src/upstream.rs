@@ -14,13 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use gse_link::probe::{ProbeSpec, Verdict};
 use gse_link::proxy;
 use gse_link::session::{ClientSession, first_frame, send_all_within};
 use gse_link::{Backoff, Dialer, DialerParts};
-use gse_proto::link::{ProxyClose, ProxyData, ProxyHello, ProxyHelloAck};
+use gse_proto::link::{
+    ProxyClose, ProxyData, ProxyHello, ProxyHelloAck, ProxyProbe, ProxyProbeResult,
+};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,10 @@ const WRITE_BATCH: usize = 256;
 /// A write upstream that takes longer ends the link: the node stopped
 /// reading.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Host probes run at once (C11).
+const PROBES_AT_ONCE: usize = 64;
+/// Longest probe a node may ask for, per probe kind.
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A link that stayed up this long resets the back-off.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -57,6 +64,12 @@ pub(crate) struct Upstream {
     /// Cancelled when the link ends.
     pub gone: CancellationToken,
     max_channels: usize,
+    /// This proxy's id (named in its probes' answers).
+    proxy_id: String,
+    /// The lower proxies linked to this one (a chain), by id: their
+    /// links' queues, for probes addressed through them.
+    lowers: Mutex<HashMap<String, mpsc::Sender<Frame>>>,
+    probe_slots: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -181,6 +194,11 @@ impl Upstream {
                     }
                 }
             }
+            MsgType::ProxyProbe => {
+                let ask: ProxyProbe = frame.decode().map_err(bad)?;
+                self.probe(ask);
+                Ok(())
+            }
             MsgType::ProxyClose => {
                 let close: ProxyClose = frame.decode().map_err(bad)?;
                 tracing::debug!(chan = close.chan, reason = %close.reason, "upstream closed a channel");
@@ -197,6 +215,74 @@ impl Upstream {
             )),
         }
     }
+}
+
+impl Upstream {
+    /// Lower proxy `id`'s link takes frames on `tx` (until
+    /// [`Self::lower_unlinked`]).
+    pub fn lower_linked(&self, id: &str, tx: mpsc::Sender<Frame>) {
+        self.lowers.lock().insert(id.to_string(), tx);
+    }
+
+    pub fn lower_unlinked(&self, id: &str, tx: &mpsc::Sender<Frame>) {
+        let mut lowers = self.lowers.lock();
+        if lowers.get(id).is_some_and(|t| t.same_channel(tx)) {
+            lowers.remove(id);
+        }
+    }
+
+    /// A node asks for a host probe (C11): this proxy probes, or passes it
+    /// down the chain; the answer goes up.
+    fn probe(&self, mut ask: ProxyProbe) {
+        if !ask.via.is_empty() {
+            let lower = ask.via.remove(0);
+            let tx = self.lowers.lock().get(&lower).cloned();
+            let passed = tx.is_some_and(|tx| {
+                tx.try_send(Frame::new(MsgType::ProxyProbe, 0, &ask))
+                    .is_ok()
+            });
+            if !passed {
+                let why = format!("proxy {} has no link to proxy {lower}", self.proxy_id);
+                self.answer_probe(ask.probe_id, Verdict::none(why));
+            }
+            return;
+        }
+        let Ok(ip) = ask.ip.parse::<std::net::IpAddr>() else {
+            let why = format!("{:?} is not an IP address", ask.ip);
+            self.answer_probe(ask.probe_id, Verdict::none(why));
+            return;
+        };
+        let spec = ProbeSpec {
+            tcp_port: u16::try_from(ask.tcp_port).unwrap_or(0),
+            timeout: Duration::from_millis(ask.timeout_ms.into()).min(MAX_PROBE_TIMEOUT),
+        };
+        let (slots, out, proxy_id) = (
+            self.probe_slots.clone(),
+            self.out.clone(),
+            self.proxy_id.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            let v = gse_link::probe::probe(ip, spec).await;
+            tracing::info!(host = %ip, reachable = v.reachable, probe = %v.probe, "probed a lost agent's host for the node");
+            let _ = out.try_send(probe_result(ask.probe_id, &proxy_id, v));
+        });
+    }
+
+    fn answer_probe(&self, probe_id: u64, v: Verdict) {
+        let _ = self.out.try_send(probe_result(probe_id, &self.proxy_id, v));
+    }
+}
+
+fn probe_result(probe_id: u64, proxy_id: &str, v: Verdict) -> Frame {
+    let result = ProxyProbeResult {
+        probe_id,
+        reachable: v.reachable,
+        probe: format!("proxy {proxy_id}: {}", v.probe),
+    };
+    Frame::new(MsgType::ProxyProbeResult, 0, &result)
 }
 
 enum Dropped {
@@ -258,6 +344,9 @@ pub(crate) async fn run(
                     routes: Mutex::new(Routes::default()),
                     gone: shutdown.child_token(),
                     max_channels: cfg.proxy.max_agents,
+                    proxy_id: cfg.proxy.id.clone(),
+                    lowers: Mutex::new(HashMap::new()),
+                    probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
                 });
                 current.send_replace(Some(link_up.clone()));
                 let reason = serve(link, &link_up, out_rx).await;

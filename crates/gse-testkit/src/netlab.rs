@@ -136,9 +136,55 @@ impl NetLab {
         ip_in(ns, &["link", "set", "lo", "up"]);
     }
 
+    /// A host at `10.77.<area>.<last>` on the isolated network of `area`
+    /// (a bridge of its own, made on first use): it reaches that network
+    /// only, as a host of a cloud area reaches its proxy and not the
+    /// servers.
+    pub fn area_host(&self, name: &str, area: u8, last: u8) -> NetHost {
+        let ns = format!("{}-{name}", self.name);
+        self.namespace(&ns);
+        let ip = Ipv4Addr::new(10, 77, area, last);
+        let port = self.cable_on(&self.area_bridge(area), &ns, "eth0", ip);
+        NetHost {
+            ns,
+            ip: ip.into(),
+            switch: self.switch.clone(),
+            port,
+        }
+    }
+
+    /// Gives `host` a second cable, `eth1` at `10.77.<area>.<last>`, into
+    /// the isolated network of `area` (a proxy's host: on the servers'
+    /// network and its area's, forwarding nothing between them). Returns
+    /// the address there.
+    pub fn join_area(&self, host: &NetHost, area: u8, last: u8) -> IpAddr {
+        let ip = Ipv4Addr::new(10, 77, area, last);
+        self.cable_on(&self.area_bridge(area), &host.ns, "eth1", ip);
+        ip.into()
+    }
+
+    /// The bridge of `area`'s network, made on first use.
+    fn area_bridge(&self, area: u8) -> String {
+        let bridge = format!("br{area}");
+        let exists = Command::new("ip")
+            .args(["-n", &self.switch, "link", "show", &bridge])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            ip_cmd(&["-n", &self.switch, "link", "add", &bridge, "type", "bridge"]);
+            ip_cmd(&["-n", &self.switch, "link", "set", &bridge, "up"]);
+        }
+        bridge
+    }
+
     /// A veth pair from the bridge into `ns` (named `dev` there, holding
     /// `ip`/24); returns the bridge end's name.
     fn cable(&self, ns: &str, dev: &str, ip: Ipv4Addr) -> String {
+        self.cable_on("br0", ns, dev, ip)
+    }
+
+    /// [`Self::cable`] on `bridge`.
+    fn cable_on(&self, bridge: &str, ns: &str, dev: &str, ip: Ipv4Addr) -> String {
         let port = format!("p{}", self.cables.fetch_add(1, Ordering::Relaxed));
         ip_cmd(&[
             "-n",
@@ -154,7 +200,7 @@ impl NetLab {
             "netns",
             ns,
         ]);
-        ip_cmd(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
+        ip_cmd(&["-n", &self.switch, "link", "set", &port, "master", bridge]);
         ip_cmd(&["-n", &self.switch, "link", "set", &port, "up"]);
         ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", dev]);
         ip_in(ns, &["link", "set", dev, "up"]);

@@ -52,6 +52,9 @@ impl ProxyOptions {
 /// A running `gse-proxy` process.
 pub struct ProxyProc {
     child: Option<Child>,
+    /// A command the proxy's binary and arguments are appended to (`ip
+    /// netns exec NS`); empty: run directly.
+    launcher: Vec<String>,
     pub id: String,
     pub area: i64,
     pub dir: PathBuf,
@@ -108,6 +111,7 @@ impl Cluster {
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
         let mut proxy = ProxyProc {
             child: None,
+            launcher: Vec::new(),
             id: opts.id,
             area: opts.area,
             log_path: dir.join("proxy.log"),
@@ -122,8 +126,41 @@ impl Cluster {
 }
 
 impl ProxyProc {
+    /// A proxy on a config file the test wrote itself (the shipped one
+    /// with an operator's changes), started through `launcher`; its files
+    /// are in `dir`. `metrics`: where the test reaches its endpoint.
+    pub fn from_config(
+        dir: PathBuf,
+        config_path: PathBuf,
+        launcher: Vec<String>,
+        metrics: SocketAddr,
+    ) -> ProxyProc {
+        let cfg = ProxyConfig::load(&config_path).expect("a valid proxy config");
+        let mut proxy = ProxyProc {
+            child: None,
+            launcher,
+            id: cfg.proxy.id.clone(),
+            area: cfg.proxy.bk_cloud_id,
+            log_path: dir.join("proxy.log"),
+            dir,
+            config_path,
+            listen: cfg.agent_addr(cfg.proxy.listen),
+            metrics,
+        };
+        proxy.spawn();
+        proxy
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(bin("gse-proxy"))
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("gse-proxy"));
+                c
+            }
+            None => Command::new(bin("gse-proxy")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .arg("--log-level")

@@ -46,6 +46,11 @@ pub(super) async fn bind_link(
         shutdown: base.shutdown.clone(),
     })
     .context("cannot load the TLS material in [tls]")?;
+    if let Some(alarms) = alarms {
+        // Lost agents' hosts are probed where they can be reached: from
+        // here, or by their area's proxy linked to this node (C11).
+        alarms.set_prober(service.clone());
+    }
     Ok(Some(BoundLink {
         service,
         listener,

@@ -4,6 +4,7 @@
 
 mod api_input;
 mod c2_proxy;
+mod c2_proxy_hosts;
 mod c2_proxy_link;
 mod d_data;
 mod d_kafka;

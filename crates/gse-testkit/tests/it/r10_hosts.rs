@@ -22,11 +22,11 @@ use crate::d_data::{DATA_ID, connect, file_route, plain, wait_all};
 use crate::f_files::{agent_obj, download_of, results, write_file};
 use crate::task_api;
 
-const SERVER_NAME: &str = "gse.example.com";
+pub(crate) const SERVER_NAME: &str = "gse.example.com";
 const APP: &str = "bk_job";
 
 /// The shipped config file `name` (in the repository's `etc/`), parsed.
-fn shipped(name: &str) -> toml::Table {
+pub(crate) fn shipped(name: &str) -> toml::Table {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../etc")
         .join(name);
@@ -35,21 +35,21 @@ fn shipped(name: &str) -> toml::Table {
 }
 
 /// Sets `section.key` in a parsed config.
-fn set(cfg: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+pub(crate) fn set(cfg: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
     cfg.get_mut(section)
         .and_then(toml::Value::as_table_mut)
         .unwrap_or_else(|| panic!("[{section}] in the shipped config"))
         .insert(key.into(), value.into());
 }
 
-fn set_tls(cfg: &mut toml::Table, certs: &Path, cert: &str) {
+pub(crate) fn set_tls(cfg: &mut toml::Table, certs: &Path, cert: &str) {
     let file = |f: &str| certs.join(f).display().to_string();
     set(cfg, "tls", "ca_file", file("gseca.crt"));
     set(cfg, "tls", "cert_file", file(&format!("{cert}.crt")));
     set(cfg, "tls", "key_file", file(&format!("{cert}.key")));
 }
 
-fn gse_server(args: &[&str]) -> String {
+pub(crate) fn gse_server(args: &[&str]) -> String {
     let out = Command::new(bin("gse-server"))
         .args(args)
         .output()
@@ -60,6 +60,65 @@ fn gse_server(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Certificates in `certs` (`certs init --server-name`), and a server on
+/// host 10.77.0.1 of `lab` from the shipped config with `edit` applied;
+/// its API is reached through the returned forwarder.
+pub(crate) async fn deploy_server(
+    lab: &NetLab,
+    cluster: &Cluster,
+    certs: &Path,
+    edit: fn(&mut toml::Table),
+) -> (ServerProc, Forward) {
+    gse_server(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--server-name",
+        SERVER_NAME,
+    ]);
+    let server_host = lab.host("server", 1);
+    let dir = cluster.path.join("server");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = shipped("gse-server.toml");
+    set(
+        &mut cfg,
+        "node",
+        "data_dir",
+        dir.join("data").display().to_string(),
+    );
+    set_tls(&mut cfg, certs, "gse_server");
+    // So that bk-job on another host reaches the API.
+    set(&mut cfg, "api", "listen", "10.77.0.1:59313");
+    edit(&mut cfg);
+    let config_path = dir.join("gse-server.toml");
+    std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let out = gse_server(&[
+        "apps",
+        "add",
+        "-c",
+        config_path.to_str().unwrap(),
+        "--code",
+        APP,
+    ]);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("bk_app_secret: "))
+        .unwrap_or_else(|| panic!("no secret in {out:?}"))
+        .to_string();
+    let api_addr: SocketAddr = "10.77.0.1:59313".parse().unwrap();
+    let api = server_host.forward(api_addr);
+    let server = ServerProc::from_config(
+        dir,
+        config_path,
+        server_host.launcher(),
+        Api::new(format!("http://{}", api.addr), APP, &secret),
+        api_addr,
+    )
+    .await;
+    (server, api)
 }
 
 /// A server host (10.77.0.1) and agent hosts, deployed from the shipped
@@ -85,55 +144,7 @@ impl Deployment {
         let lab = NetLab::new();
         let cluster = Cluster::new();
         let certs = cluster.path.join("etc-certs");
-        gse_server(&[
-            "certs",
-            "init",
-            "--dir",
-            certs.to_str().unwrap(),
-            "--server-name",
-            SERVER_NAME,
-        ]);
-
-        let server_host = lab.host("server", 1);
-        let dir = cluster.path.join("server");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cfg = shipped("gse-server.toml");
-        set(
-            &mut cfg,
-            "node",
-            "data_dir",
-            dir.join("data").display().to_string(),
-        );
-        set_tls(&mut cfg, &certs, "gse_server");
-        // So that bk-job on another host reaches the API.
-        set(&mut cfg, "api", "listen", "10.77.0.1:59313");
-        edit(&mut cfg);
-        let config_path = dir.join("gse-server.toml");
-        std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
-        let out = gse_server(&[
-            "apps",
-            "add",
-            "-c",
-            config_path.to_str().unwrap(),
-            "--code",
-            APP,
-        ]);
-        let secret = out
-            .lines()
-            .find_map(|l| l.strip_prefix("bk_app_secret: "))
-            .unwrap_or_else(|| panic!("no secret in {out:?}"))
-            .to_string();
-        let api_addr: SocketAddr = "10.77.0.1:59313".parse().unwrap();
-        let api = server_host.forward(api_addr);
-        let server = ServerProc::from_config(
-            dir,
-            config_path,
-            server_host.launcher(),
-            Api::new(format!("http://{}", api.addr), APP, &secret),
-            api_addr,
-        )
-        .await;
-
+        let (server, api) = deploy_server(&lab, &cluster, &certs, edit).await;
         let mut hosts: Vec<NetHost> = agents
             .iter()
             .map(|last| lab.host(&format!("agent-{last}"), *last))

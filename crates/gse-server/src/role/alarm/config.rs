@@ -23,6 +23,15 @@ pub struct AlarmConfig {
     /// last connected to it.
     #[serde(default = "default_lost_grace", with = "humantime_serde")]
     pub lost_grace: Duration,
+    /// When `agent_lost` is raised, its host is probed first (C11): ICMP
+    /// echo where this process may send it, else (or without a reply) a
+    /// TCP connect to this port, where a refusal counts as a live host.
+    /// 0: ICMP only. Hosts of a cloud area are probed by their proxy.
+    #[serde(default = "default_probe_tcp_port")]
+    pub probe_tcp_port: u16,
+    /// Time for each probe.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 fn default_webhook_timeout() -> Duration {
@@ -33,6 +42,15 @@ fn default_lost_grace() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_probe_tcp_port() -> u16 {
+    // sshd: listening on nearly every server.
+    22
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
 impl Default for AlarmConfig {
     fn default() -> Self {
         AlarmConfig {
@@ -40,6 +58,8 @@ impl Default for AlarmConfig {
             webhook_url: None,
             webhook_timeout: default_webhook_timeout(),
             lost_grace: default_lost_grace(),
+            probe_tcp_port: default_probe_tcp_port(),
+            probe_timeout: default_probe_timeout(),
         }
     }
 }
@@ -61,6 +81,20 @@ impl AlarmConfig {
                 humantime::format_duration(self.lost_grace)
             ));
         }
+        if self.probe_timeout.is_zero() || self.probe_timeout > Duration::from_secs(4) {
+            problems.push(format!(
+                "alarm.probe_timeout = {}: more than 0 and at most 4s (ICMP, then TCP), so that a lost agent is alarmed within 30 s",
+                humantime::format_duration(self.probe_timeout)
+            ));
+        }
         problems
+    }
+
+    /// How lost hosts are probed.
+    pub fn probe_spec(&self) -> gse_link::probe::ProbeSpec {
+        gse_link::probe::ProbeSpec {
+            tcp_port: self.probe_tcp_port,
+            timeout: self.probe_timeout,
+        }
     }
 }

@@ -35,8 +35,9 @@ pub(super) enum LostState {
 /// Why a grace period started.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Cause {
-    /// The link dropped while this node ran, for this reason.
-    Dropped(String),
+    /// The link dropped while this node ran, for this reason; the agent
+    /// was reached through the proxies `via`.
+    Dropped { reason: String, via: Vec<String> },
     /// This node (re)started and the agent was not connected to it.
     Restarted,
     /// The node that held it left the cluster; this node, the survivor
@@ -81,9 +82,11 @@ pub(super) fn plan(
 
 impl AlarmService {
     /// An agent's link dropped: raise `agent_lost` after the grace period
-    /// unless it comes back first. Repeated calls for one loss raise one alarm.
-    pub fn agent_lost(self: &Arc<Self>, rec: AgentRecord, reason: String) {
-        self.start_grace(rec, Cause::Dropped(reason));
+    /// unless it comes back first. Repeated calls for one loss raise one
+    /// alarm. `via`: the proxies it was reached through (nearest this node
+    /// first), through which its host is probed.
+    pub fn agent_lost(self: &Arc<Self>, rec: AgentRecord, reason: String, via: Vec<String>) {
+        self.start_grace(rec, Cause::Dropped { reason, via });
     }
 
     /// Picks up the losses this node knew before it (re)started (see the
@@ -189,12 +192,17 @@ impl AlarmService {
             tracing::debug!(agent = %rec.key, "a lost agent is back on another node: no agent_lost");
             return;
         }
-        let alarm = Alarm::about_agent(
-            AlarmKind::AgentLost,
-            &self.node_id,
-            &rec,
-            self.lost_message(&rec, &cause),
-        );
+        let verdict = self.probe_host(&rec, &cause).await;
+        let alarm = Alarm {
+            host_reachable: Some(verdict.reachable),
+            probe: verdict.probe,
+            ..Alarm::about_agent(
+                AlarmKind::AgentLost,
+                &self.node_id,
+                &rec,
+                self.lost_message(&rec, &cause),
+            )
+        };
         {
             let mut lost = self.lost.lock();
             match lost.get(&rec.key) {
@@ -209,10 +217,25 @@ impl AlarmService {
         self.persist_lost(rec.key).await;
     }
 
+    /// Whether the lost agent's host answers (C11), probed by whoever can
+    /// reach it: the link role (this node, or the agent's proxy), or this
+    /// node itself before the link role is up.
+    async fn probe_host(&self, rec: &AgentRecord, cause: &Cause) -> gse_link::probe::Verdict {
+        let via: &[String] = match cause {
+            Cause::Dropped { via, .. } => via,
+            _ => &[],
+        };
+        let spec = self.config.probe_spec();
+        match self.prober.get() {
+            Some(prober) => prober.probe(rec, via, spec).await,
+            None => gse_link::probe::probe(rec.key.ip, spec).await,
+        }
+    }
+
     fn lost_message(&self, rec: &AgentRecord, cause: &Cause) -> String {
         let grace = humantime::format_duration(self.config.lost_grace);
         match cause {
-            Cause::Dropped(reason) => format!(
+            Cause::Dropped { reason, .. } => format!(
                 "agent {} ({}) lost its connection to node {}: {reason}; it has not come back for {grace}",
                 rec.key, rec.agent_id, self.node_id
             ),

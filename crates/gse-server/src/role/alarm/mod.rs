@@ -97,6 +97,14 @@ pub struct Alarm {
     /// Plugin alarms: the plugin, `namespace:name`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub plugin: String,
+    /// `agent_lost`: whether the host answered a probe (C11), so that an
+    /// operator knows whether the host or only the agent is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_reachable: Option<bool>,
+    /// `agent_lost`: the probe used ("icmp", "tcp:22", "icmp+tcp:22",
+    /// "proxy P: icmp", "none (why)").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub probe: String,
     pub message: String,
 }
 
@@ -125,6 +133,8 @@ impl Alarm {
             rule: String::new(),
             agent_count: None,
             plugin: String::new(),
+            host_reachable: None,
+            probe: String::new(),
             message,
         }
     }
@@ -202,7 +212,23 @@ pub struct AlarmService {
     lost: Mutex<HashMap<AgentKey, lost::LostState>>,
     /// Serialises the writes of `lost` to the store (see `persist_lost`).
     persisting: tokio::sync::Mutex<()>,
+    /// Probes a lost agent's host (C11); set once the link role is up.
+    prober: std::sync::OnceLock<Arc<dyn HostProber>>,
     shutdown: CancellationToken,
+}
+
+/// Probes the host of a lost agent from where it can be reached: this
+/// node, or the proxy of the agent's cloud area (the link role's).
+#[async_trait::async_trait]
+pub trait HostProber: Send + Sync {
+    /// `via`: the proxies the agent was reached through, nearest this node
+    /// first (empty: a direct agent, or not known).
+    async fn probe(
+        &self,
+        agent: &AgentRecord,
+        via: &[String],
+        spec: gse_link::probe::ProbeSpec,
+    ) -> gse_link::probe::Verdict;
 }
 
 impl AlarmService {
@@ -223,8 +249,15 @@ impl AlarmService {
             store,
             lost: Mutex::new(HashMap::new()),
             persisting: tokio::sync::Mutex::new(()),
+            prober: std::sync::OnceLock::new(),
             shutdown,
         }))
+    }
+
+    /// Who probes lost agents' hosts (the link role, once built); before
+    /// that, this node probes them itself.
+    pub fn set_prober(&self, prober: Arc<dyn HostProber>) {
+        let _ = self.prober.set(prober);
     }
 
     /// Queues an alarm for every sink.

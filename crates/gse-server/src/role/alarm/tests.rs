@@ -77,11 +77,11 @@ async fn one_lost_alarm_per_loss_and_a_clear_on_return() {
     let svc = service(&log, &store);
 
     // A blip shorter than the grace period raises nothing.
-    svc.agent_lost(record("10.0.0.1"), "connection closed".into());
+    svc.agent_lost(record("10.0.0.1"), "connection closed".into(), Vec::new());
     svc.agent_back(&record("10.0.0.1"));
     // A real loss, reported twice, raises one alarm, kept in the store.
-    svc.agent_lost(record("10.0.0.2"), "connection closed".into());
-    svc.agent_lost(record("10.0.0.2"), "heartbeat timeout".into());
+    svc.agent_lost(record("10.0.0.2"), "connection closed".into(), Vec::new());
+    svc.agent_lost(record("10.0.0.2"), "heartbeat timeout".into(), Vec::new());
     tokio::time::sleep(Duration::from_millis(400)).await;
     let kept = store.list_lost_alarms().await.unwrap();
     assert_eq!(kept.len(), 1);
@@ -157,7 +157,7 @@ async fn after_a_restart_the_missing_are_alarmed_once_and_old_alarms_cleared_on_
         store.upsert_agent(on_node("10.0.0.4", "n2")).await.unwrap();
         let svc = service(&log, &store);
         // 10.0.0.3 is lost and alarmed before the crash.
-        svc.agent_lost(record("10.0.0.3"), "connection closed".into());
+        svc.agent_lost(record("10.0.0.3"), "connection closed".into(), Vec::new());
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let store = Arc::new(EmbeddedStore::open(&path).unwrap());

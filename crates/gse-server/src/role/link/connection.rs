@@ -169,7 +169,7 @@ pub(super) async fn run_over<L: AgentChannel>(
             && !svc.shutdown.is_cancelled()
             && handover.to().is_none()
         {
-            alarms.agent_lost(record, reason);
+            alarms.agent_lost(record, reason, link.via());
         }
     }
 }
@@ -198,7 +198,8 @@ async fn moved_away(svc: &LinkService, record: AgentRecord, epoch: Epoch) {
     if let Some(alarms) = &svc.alarms
         && !svc.shutdown.is_cancelled()
     {
-        alarms.agent_lost(record, reason);
+        // Handed over: never an agent behind a proxy, so probed from here.
+        alarms.agent_lost(record, reason, Vec::new());
     }
 }
 

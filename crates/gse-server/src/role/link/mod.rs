@@ -28,6 +28,7 @@ mod data_drops;
 mod handover;
 mod heartbeats;
 mod identity;
+mod probe;
 mod proxied;
 mod remote;
 mod renew;
@@ -200,6 +201,8 @@ pub struct LinkService {
     data_drops: data_drops::DataDrops,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
+    /// The proxies linked to this node, for probing their areas' hosts.
+    proxy_links: probe::ProxyLinks,
     shutdown: CancellationToken,
 }
 
@@ -284,6 +287,7 @@ impl LinkService {
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
+            proxy_links: probe::ProxyLinks::default(),
             shutdown: parts.shutdown,
         }))
     }

@@ -42,11 +42,14 @@ const CHANNEL_QUEUE: usize = 256;
 /// Frames of all channels queued for the proxy's link.
 const OUT_QUEUE: usize = 4096;
 
-/// What the channels send up the proxy's link.
-enum Up {
+/// What goes up the proxy's link.
+pub(super) enum Up {
+    /// A frame of a channel's agent.
     Frame(u64, Frame),
     /// The channel's agent session ended here.
     Ended(u64),
+    /// A frame of the link itself (a probe, [`super::probe`]).
+    Raw(Frame),
 }
 
 /// One agent behind the proxy, as the link role's agent code sees it.
@@ -188,9 +191,26 @@ async fn relay(
     hello: &Hello,
     peer: SocketAddr,
 ) -> String {
-    let timeout = svc.config.heartbeat_timeout;
     let (up_tx, mut up_rx) = mpsc::channel::<Up>(OUT_QUEUE);
     let mut channels: HashMap<u64, mpsc::Sender<Frame>> = HashMap::new();
+    let link_id = svc.next_conn.fetch_add(1, Ordering::Relaxed);
+    svc.proxy_links
+        .linked(&hello.proxy_id, hello.area, link_id, up_tx.clone());
+    let reason = relay_frames(svc, link, hello, peer, (&up_tx, &mut up_rx), &mut channels).await;
+    svc.proxy_links.unlinked(&hello.proxy_id, link_id);
+    reason
+}
+
+/// [`relay`]'s loop.
+async fn relay_frames(
+    svc: &Arc<LinkService>,
+    link: &mut ServerSession,
+    hello: &Hello,
+    peer: SocketAddr,
+    (up_tx, up_rx): (&mpsc::Sender<Up>, &mut mpsc::Receiver<Up>),
+    channels: &mut HashMap<u64, mpsc::Sender<Frame>>,
+) -> String {
+    let timeout = svc.config.heartbeat_timeout;
     loop {
         tokio::select! {
             _ = svc.shutdown.cancelled() => return "server shutting down".into(),
@@ -203,6 +223,7 @@ async fn relay(
                         }
                         proxy::close_frame(chan, "the agent's session on the node ended")
                     }
+                    Up::Raw(frame) => frame,
                 };
                 if let Err(reason) = super::connection::send_within(link, frame, timeout).await {
                     return reason;
@@ -214,7 +235,7 @@ async fn relay(
                     Some(Err(e)) => return format!("connection error: {e}"),
                     Some(Ok(f)) => f,
                 };
-                if let Err(reason) = from_proxy(svc, link, hello, peer, frame, (&mut channels, &up_tx)).await {
+                if let Err(reason) = from_proxy(svc, link, hello, peer, frame, (channels, up_tx)).await {
                     return reason;
                 }
             }
@@ -280,6 +301,10 @@ async fn from_proxy(
                     super::connection::send_within(link, close, svc.config.heartbeat_timeout).await
                 }
             }
+        }
+        MsgType::ProxyProbeResult => {
+            svc.proxy_links.answered(frame.decode().map_err(bad)?);
+            Ok(())
         }
         MsgType::ProxyClose => {
             let close: ProxyClose = frame.decode().map_err(bad)?;

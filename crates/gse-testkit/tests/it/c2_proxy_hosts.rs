@@ -1,0 +1,181 @@
+//! Issue 12 on separate hosts (C2, C11), deployed from the shipped config
+//! files: the servers' network (10.77.0.0/24) and cloud area 7's
+//! (10.77.7.0/24) are separate bridges; the proxy's host is on both and
+//! forwards nothing, so the area's agents reach the proxy and never the
+//! servers. Certificates: `certs init --server-name`, and `certs issue
+//! --proxy-area 7` for the proxy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use gse_testkit::netlab::{NetHost, NetLab};
+use gse_testkit::{AgentProc, Api, Cluster, ProxyProc, eventually};
+use serde_json::{Value, json};
+
+use crate::r10_hosts::{SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped};
+use crate::task_api;
+
+const AREA: u8 = 7;
+
+/// The proxy on `host` (10.77.0.2, and 10.77.7.1 in the area) from the
+/// shipped etc/gse-proxy.toml with the changes its comments name.
+fn start_proxy(lab: &NetLab, cluster: &Cluster, certs: &Path, host: &NetHost) -> ProxyProc {
+    let area_ip = lab.join_area(host, AREA, 1);
+    gse_server(&[
+        "certs",
+        "issue",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--proxy-area",
+        &AREA.to_string(),
+    ]);
+    let dir = cluster.path.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = shipped("gse-proxy.toml");
+    set(&mut cfg, "proxy", "id", "proxy-area-7");
+    set(&mut cfg, "proxy", "bk_cloud_id", i64::from(AREA));
+    set(&mut cfg, "proxy", "advertise_ip", area_ip.to_string());
+    set(&mut cfg, "upstream", "servers", vec!["10.77.0.1:28668"]);
+    set(&mut cfg, "upstream", "server_name", SERVER_NAME);
+    set_tls(&mut cfg, certs, "gse_proxy_7");
+    let path = dir.join("gse-proxy.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let metrics: SocketAddr = "127.0.0.1:29402".parse().unwrap();
+    let forward = host.forward(metrics);
+    let proxy = ProxyProc::from_config(dir, path, host.launcher(), forward.addr);
+    // The forwarder lives as long as the test's process.
+    std::mem::forget(forward);
+    proxy
+}
+
+/// An agent of area 7 on `host` from the shipped config: its proxy is its
+/// only upstream.
+fn start_area_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
+    let dir = cluster.path.join(format!("agent-{}", host.ip));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = shipped("gse-agent.toml");
+    set(
+        &mut cfg,
+        "agent",
+        "data_dir",
+        dir.join("data").display().to_string(),
+    );
+    set(&mut cfg, "agent", "cloud_id", i64::from(AREA));
+    set(&mut cfg, "upstream", "servers", vec!["10.77.7.1:28668"]);
+    set(&mut cfg, "upstream", "server_name", "gse-proxy");
+    set_tls(&mut cfg, certs, "gse_agent");
+    set(&mut cfg, "data", "ipc_links", Vec::<String>::new());
+    set(
+        &mut cfg,
+        "plugin",
+        "message_ipc_links",
+        Vec::<String>::new(),
+    );
+    let path = dir.join("gse-agent.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    AgentProc::from_config(dir, path, host.ip, host.launcher())
+}
+
+async fn info(api: &Api, ip: &str) -> Value {
+    let (_, v) = api
+        .post(
+            "/api/v2/cluster/list_agent_info",
+            json!({"agent_id_list": [format!("{AREA}:{ip}")]}),
+        )
+        .await;
+    v["data"][0].clone()
+}
+
+async fn wait_alive(api: &Api, ip: &str) {
+    eventually(
+        &format!("agent {AREA}:{ip} alive"),
+        Duration::from_secs(30),
+        || async {
+            (api.alive(i64::from(AREA), ip).await == 1)
+                .then_some(())
+                .ok_or("not alive".to_string())
+        },
+    )
+    .await;
+}
+
+/// The `agent_lost` alarm of `AREA:ip`, once raised.
+async fn lost_alarm(server: &gse_testkit::ServerProc, ip: &str) -> Value {
+    let agent = format!("{AREA}:{ip}");
+    eventually(
+        &format!("agent_lost for {agent}"),
+        Duration::from_secs(45),
+        || async {
+            server
+                .alarms()
+                .into_iter()
+                .find(|a| a["kind"] == "agent_lost" && a["agent"] == agent.as_str())
+                .ok_or("not raised".to_string())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it() {
+    let lab = NetLab::new();
+    let cluster = Cluster::new();
+    let certs = cluster.path.join("etc-certs");
+    let (server, _api_forward) = deploy_server(&lab, &cluster, &certs, |_| {}).await;
+    let proxy_host = lab.host("proxy", 2);
+    let proxy = start_proxy(&lab, &cluster, &certs, &proxy_host);
+    proxy.wait_linked().await;
+    let hosts: Vec<NetHost> = [3, 4]
+        .iter()
+        .map(|last| lab.area_host(&format!("area-{last}"), AREA, *last))
+        .collect();
+    // The area's hosts have no way to the servers, only to their proxy.
+    let server_link: SocketAddr = "10.77.0.1:28668".parse().unwrap();
+    assert!(
+        hosts[0].connect(server_link).is_err(),
+        "an area host reached the server"
+    );
+    assert!(hosts[0].connect("10.77.7.1:28668".parse().unwrap()).is_ok());
+
+    let mut agents: Vec<AgentProc> = hosts
+        .iter()
+        .map(|h| start_area_agent(&cluster, &certs, h))
+        .collect();
+    let api = &server.api;
+    for h in &hosts {
+        wait_alive(api, &h.ip.to_string()).await;
+    }
+    let first = info(api, "10.77.7.3").await;
+    assert_eq!(first["parent_ip"], "10.77.7.1", "{first}");
+    assert_eq!(first["parent_port"], 28668, "{first}");
+
+    // A task runs on each area host, through the proxy.
+    let targets = ["7:10.77.7.3", "7:10.77.7.4"];
+    let task = task_api::start(api, &targets, "ip -4 -o addr show dev eth0", json!({})).await;
+    let done = task_api::wait_final(api, &task, &targets, Duration::from_secs(60)).await;
+    for (e, ip) in done.iter().zip(["10.77.7.3", "10.77.7.4"]) {
+        assert_eq!(e["status"], 2, "{e}");
+        assert!(e["screen"].as_str().unwrap().contains(ip), "{e}");
+    }
+
+    // C11: the agent dies on a live host: the host answers its proxy's
+    // probe. A host cut off the area's network does not.
+    agents[0].kill9();
+    hosts[1].cut();
+    let alive_host = lost_alarm(&server, "10.77.7.3").await;
+    assert_eq!(alive_host["host_reachable"], true, "{alive_host}");
+    assert!(
+        alive_host["probe"]
+            .as_str()
+            .unwrap()
+            .starts_with("proxy proxy-area-7: icmp"),
+        "{alive_host}"
+    );
+    let cut_host = lost_alarm(&server, "10.77.7.4").await;
+    assert_eq!(cut_host["host_reachable"], false, "{cut_host}");
+    assert!(
+        cut_host["probe"].as_str().unwrap().contains("tcp:22"),
+        "{cut_host}"
+    );
+}
