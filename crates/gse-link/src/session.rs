@@ -50,6 +50,12 @@ pub trait AgentChannel:
     fn via(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Where the agent sends its data when its proxy relays it (C10): told
+    /// to it as its DataServer; `None` for a direct link.
+    fn data_endpoint(&self) -> Option<String> {
+        None
+    }
 }
 
 impl AgentChannel for ServerSession {

@@ -40,6 +40,11 @@ pub struct ProxySection {
     /// chain) connect.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where the area's agents (and lower proxies) send their data (C10):
+    /// each data link is relayed to the DataServer the node names, which
+    /// acknowledges every batch itself.
+    #[serde(default = "default_data_listen")]
+    pub data_listen: SocketAddr,
     /// The address agents are told their parent is (`parent_ip`); needed
     /// when `listen` is a wildcard address.
     #[serde(default)]
@@ -70,6 +75,11 @@ pub struct MetricsSection {
 fn default_listen() -> SocketAddr {
     // GSE's proxy binds :: at the agents' cluster port (COMPAT 4.1).
     SocketAddr::from(([0u16; 8], 28668))
+}
+
+fn default_data_listen() -> SocketAddr {
+    // GSE's agents send data to port 28625 (COMPAT 4.1).
+    SocketAddr::from(([0u16; 8], 28625))
 }
 
 fn default_handshake_timeout() -> Duration {

@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use gse_link::proxy;
-use gse_link::session::{ServerSession, first_frame, send_all_within, send_within};
+use gse_link::proxy::mux;
+use gse_link::session::{ServerSession, send_all_within};
 use gse_link::{Accepted, ConnPermit};
-use gse_proto::link::{ProxyClose, ProxyData, ProxyHello, ProxyHelloAck, ProxyOpen};
+use gse_proto::link::{ProxyClose, ProxyData, ProxyHelloAck, ProxyOpen};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -46,6 +47,11 @@ pub(crate) struct Downstream {
     pub proxy_id: String,
     /// Where the area's agents reach this proxy: their parent.
     pub agent_addr: SocketAddr,
+    /// This proxy's data listener as they reach it, on the control
+    /// listener (told to agents and lower proxies); `None` on the data
+    /// listener itself.
+    pub data_addr: Option<SocketAddr>,
+    /// The link upstream this listener's connections ride on.
     pub current: Current,
     pub shutdown: CancellationToken,
 }
@@ -94,7 +100,11 @@ impl Downstream {
         let (tx, mut rx) = mpsc::channel(CHANNEL_QUEUE);
         let opened = up
             .open(Route::Direct(tx), |chan| {
-                proxy::open_frame(chan, (peer, self.agent_addr), identity.as_ref())
+                proxy::open_frame(
+                    chan,
+                    (peer, self.agent_addr, self.data_addr),
+                    identity.as_ref(),
+                )
             })
             .await;
         let chan = match opened {
@@ -192,8 +202,8 @@ impl Downstream {
         }
     }
 
-    /// Reads and answers a lower proxy's `ProxyHello`: its id, or `None`
-    /// when refused.
+    /// Reads and answers a lower proxy's `ProxyHello` (it must serve this
+    /// proxy's area): its id, or `None` when refused.
     async fn lower_hello(
         &self,
         up: &Upstream,
@@ -202,57 +212,33 @@ impl Downstream {
         peer: SocketAddr,
         deadline: Instant,
     ) -> Option<String> {
-        let frame = match first_frame(link, deadline).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(peer = %peer, error = %e, "no ProxyHello from a proxy certificate's peer; closing");
-                return None;
-            }
-        };
-        let checked = match frame.msg_type {
-            MsgType::ProxyHello => frame
-                .decode::<ProxyHello>()
-                .map_err(|e| e.to_string())
-                .and_then(|h| proxy::check_hello(h, cert_area))
-                .and_then(|h| {
-                    if h.area != self.area {
-                        Err(format!(
-                            "proxy {} serves cloud area {}, this proxy ({}) area {}: a chain stays in one area",
-                            h.proxy_id, h.area, self.proxy_id, self.area
-                        ))
-                    } else if h.proxy_id == self.proxy_id {
-                        Err(format!("proxy id {} is this proxy's own", h.proxy_id))
-                    } else {
-                        Ok(h)
-                    }
-                }),
-            other => Err(format!(
-                "a proxy certificate's first frame must be ProxyHello, got type {}",
-                other.to_u16()
-            )),
-        };
-        let (accepted, message) = match &checked {
-            Ok(_) => (true, String::new()),
-            Err(why) => {
-                tracing::warn!(peer = %peer, reason = %why, "refusing a lower proxy");
-                (false, why.clone())
-            }
-        };
         let ack = ProxyHelloAck {
-            accepted,
-            message,
+            accepted: true,
+            message: String::new(),
             node_id: up.node_id.clone(),
+            data_endpoint: self.data_addr.map(|a| a.to_string()).unwrap_or_default(),
         };
-        let sent = send_within(
-            link,
-            Frame::new(MsgType::ProxyHelloAck, frame.stream_id, &ack),
-            WRITE_TIMEOUT,
-        )
-        .await;
-        match (checked, sent) {
-            (Ok(h), Ok(())) => Some(h.proxy_id),
-            _ => None,
-        }
+        let accept = |h: &proxy::Hello| {
+            if h.area != self.area {
+                Err((
+                    format!(
+                        "proxy {} serves cloud area {}, this proxy ({}) area {}: a chain stays in one area",
+                        h.proxy_id, h.area, self.proxy_id, self.area
+                    ),
+                    ack.clone(),
+                ))
+            } else if h.proxy_id == self.proxy_id {
+                Err((
+                    format!("proxy id {} is this proxy's own", h.proxy_id),
+                    ack.clone(),
+                ))
+            } else {
+                Ok(ack.clone())
+            }
+        };
+        let hello =
+            mux::accept_hello(link, (cert_area, peer, deadline), WRITE_TIMEOUT, accept).await?;
+        Some(hello.proxy_id)
     }
 
     /// Acts on one frame of a lower proxy; `Err(reason)` ends its link.

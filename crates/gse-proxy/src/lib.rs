@@ -56,6 +56,15 @@ const ACCEPT_NAMES: AcceptNames = AcceptNames {
     tls_failures_metric: Some("gse_proxy_tls_failures_total"),
 };
 
+const DATA_ACCEPT_NAMES: AcceptNames = AcceptNames {
+    one: "data link",
+    many: "data links",
+    over_caps: "too many connections still in their TLS handshake",
+    tls_prefix: "data link: ",
+    refused_metric: "gse_proxy_connections_refused_total",
+    tls_failures_metric: Some("gse_proxy_tls_failures_total"),
+};
+
 const PENDING_CAPS: CapNames = CapNames {
     total: "over proxy.max_pending",
     per_ip: "over proxy.max_pending_per_ip",
@@ -68,6 +77,8 @@ pub struct Started {
     pub listen: SocketAddr,
     /// What agents are told their parent is.
     pub agent_addr: SocketAddr,
+    /// Where agents are told to send their data.
+    pub data_addr: SocketAddr,
     /// The Prometheus endpoint, when configured.
     pub metrics: Option<SocketAddr>,
 }
@@ -92,42 +103,73 @@ pub async fn start(cfg: ProxyConfig, shutdown: CancellationToken) -> Result<Star
         addr: listen,
         source,
     })?;
+    let data_listen = cfg.proxy.data_listen;
+    let data_listener =
+        TcpListener::bind(data_listen)
+            .await
+            .map_err(|source| ProxyError::Listen {
+                what: "proxy.data_listen, for the area's data",
+                addr: data_listen,
+                source,
+            })?;
+    let data_bound = data_listener
+        .local_addr()
+        .map_err(|source| ProxyError::Listen {
+            what: "proxy.data_listen, for the area's data",
+            addr: data_listen,
+            source,
+        })?;
     let metrics = match cfg.metrics.listen {
         Some(addr) => Some(serve_metrics(addr, shutdown.clone()).await?),
         None => None,
     };
     let agent_addr = cfg.agent_addr(bound);
+    let data_addr = cfg.agent_addr(data_bound);
 
-    let (current_tx, current) = watch::channel(None);
+    let (control_tx, control) = watch::channel(None);
+    let (data_tx, data) = watch::channel(None);
+    let links = upstream::Links {
+        control: control_tx,
+        data: data_tx,
+    };
     let up_cfg = cfg.clone();
     let up_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = upstream::run(up_cfg, agent_addr, current_tx, up_shutdown).await {
+        if let Err(e) = upstream::run(up_cfg, agent_addr, links, up_shutdown).await {
             tracing::error!("the link upstream cannot run: {e}");
         }
     });
 
-    let acceptor = Acceptor::new(AcceptorParts {
-        names: ACCEPT_NAMES,
-        tls,
-        tls_files: cfg.tls.clone(),
-        handshake_timeout: cfg.proxy.handshake_timeout,
-        pending: Arc::new(ConnLimits::new(
-            cfg.proxy.max_pending,
-            cfg.proxy.max_pending_per_ip,
-            PENDING_CAPS,
-        )),
-    });
-    let downstream = Arc::new(downstream::Downstream {
-        area: cfg.proxy.bk_cloud_id,
-        proxy_id: cfg.proxy.id.clone(),
-        agent_addr,
-        current,
-        shutdown: shutdown.clone(),
-    });
-    tokio::spawn(acceptor.run(listener, shutdown, move |accepted| {
-        downstream.clone().serve(accepted)
-    }));
+    // One set of caps for both listeners' pending handshakes.
+    let pending = Arc::new(ConnLimits::new(
+        cfg.proxy.max_pending,
+        cfg.proxy.max_pending_per_ip,
+        PENDING_CAPS,
+    ));
+    let listeners = [
+        (listener, control, Some(data_addr), ACCEPT_NAMES),
+        (data_listener, data, None, DATA_ACCEPT_NAMES),
+    ];
+    for (listener, current, data_addr, names) in listeners {
+        let acceptor = Acceptor::new(AcceptorParts {
+            names,
+            tls: tls.clone(),
+            tls_files: cfg.tls.clone(),
+            handshake_timeout: cfg.proxy.handshake_timeout,
+            pending: pending.clone(),
+        });
+        let downstream = Arc::new(downstream::Downstream {
+            area: cfg.proxy.bk_cloud_id,
+            proxy_id: cfg.proxy.id.clone(),
+            agent_addr,
+            data_addr,
+            current,
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(acceptor.run(listener, shutdown.clone(), move |accepted| {
+            downstream.clone().serve(accepted)
+        }));
+    }
     tracing::info!(
         proxy = %cfg.proxy.id, bk_cloud_id = cfg.proxy.bk_cloud_id, listen = %bound,
         agents_reach = %agent_addr, upstream = ?cfg.upstream.servers,
@@ -136,6 +178,7 @@ pub async fn start(cfg: ProxyConfig, shutdown: CancellationToken) -> Result<Star
     Ok(Started {
         listen: bound,
         agent_addr,
+        data_addr,
         metrics,
     })
 }

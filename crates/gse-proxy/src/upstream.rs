@@ -33,6 +33,9 @@ use crate::config::ProxyConfig;
 
 /// Frames of all channels queued for the link upstream.
 const OUT_QUEUE: usize = 4096;
+/// Frames queued for the data link upstream: batches of up to 10 MiB, so
+/// few; an agent whose batch waits for room waits (it has few in flight).
+const DATA_OUT_QUEUE: usize = 16;
 /// Frames written upstream in one flush, at most.
 const WRITE_BATCH: usize = 256;
 /// A write upstream that takes longer ends the link: the node stopped
@@ -70,6 +73,8 @@ pub(crate) struct Upstream {
     /// links' queues, for probes addressed through them.
     lowers: Mutex<HashMap<String, mpsc::Sender<Frame>>>,
     probe_slots: Arc<Semaphore>,
+    /// "control" or "data", in metrics.
+    pub kind: &'static str,
 }
 
 #[derive(Default)]
@@ -89,6 +94,25 @@ pub(crate) enum OpenError {
 }
 
 impl Upstream {
+    fn new(
+        node_id: String,
+        (out, gone): (mpsc::Sender<Frame>, CancellationToken),
+        (max_channels, kind): (usize, &'static str),
+        proxy_id: &str,
+    ) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            node_id,
+            out,
+            routes: Mutex::new(Routes::default()),
+            gone,
+            max_channels,
+            proxy_id: proxy_id.to_string(),
+            lowers: Mutex::new(HashMap::new()),
+            probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
+            kind,
+        })
+    }
+
     /// Opens a channel for `route`: its number, once `open(chan)` (the
     /// channel's `ProxyOpen`) is queued upstream.
     pub async fn open(
@@ -145,8 +169,9 @@ impl Upstream {
     }
 
     fn gauges(&self, routes: &Routes) {
-        metrics::gauge!("gse_proxy_agents").set(routes.direct as f64);
-        metrics::gauge!("gse_proxy_channels").set(routes.open.len() as f64);
+        let link = self.kind;
+        metrics::gauge!("gse_proxy_agents", "link" => link).set(routes.direct as f64);
+        metrics::gauge!("gse_proxy_channels", "link" => link).set(routes.open.len() as f64);
     }
 
     /// Ends the link's channels: their connections end when their routes'
@@ -300,28 +325,38 @@ fn drop_frame<T>(e: mpsc::error::TrySendError<T>) -> Dropped {
 /// What the downstream side sees of the link upstream: `Some` while up.
 pub(crate) type Current = watch::Receiver<Option<Arc<Upstream>>>;
 
-/// Keeps a link upstream until `shutdown`, publishing it in `current`.
+/// Where the downstream side finds the links upstream.
+pub(crate) struct Links {
+    /// The control link.
+    pub control: watch::Sender<Option<Arc<Upstream>>>,
+    /// The data link (C10), while the control link is up and names a
+    /// DataServer.
+    pub data: watch::Sender<Option<Arc<Upstream>>>,
+}
+
+/// Keeps a link upstream until `shutdown`, publishing it in `links`.
 pub(crate) async fn run(
     cfg: Arc<ProxyConfig>,
     agent_addr: std::net::SocketAddr,
-    current: watch::Sender<Option<Arc<Upstream>>>,
+    links: Links,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
     let up = &cfg.upstream;
-    let dialer = Dialer::new(DialerParts {
+    let dialer = Arc::new(Dialer::new(DialerParts {
         tls: gse_core::tls::upstream_client_config(&cfg.tls, cfg.proxy.bk_cloud_id)?,
         tls_files: cfg.tls.clone(),
         server_name: up.server_name.clone(),
         bind_ip: up.bind_ip,
         connect_timeout: up.connect_timeout,
         keepalive: true,
-    });
+    }));
     let hello = ProxyHello {
         proxy_id: cfg.proxy.id.clone(),
         bk_cloud_id: cfg.proxy.bk_cloud_id,
         agent_addr: agent_addr.to_string(),
         version: gse_core::VERSION.into(),
     };
+    let links = Arc::new(links);
     let mut backoff = Backoff::new(up.backoff_initial, up.backoff_max);
     let mut attempt = 0usize;
     loop {
@@ -332,25 +367,32 @@ pub(crate) async fn run(
             c = connect(&dialer, server, &hello, up.connect_timeout) => c,
         };
         match connected {
-            Ok((link, node_id)) => {
+            Ok((link, ack)) => {
                 metrics::counter!("gse_proxy_upstream_connects_total").increment(1);
                 metrics::gauge!("gse_proxy_upstream_connected").set(1.0);
-                tracing::info!(server = %server, node = %node_id, "linked upstream; relaying the area's agents");
+                tracing::info!(server = %server, node = %ack.node_id, data = %ack.data_endpoint, "linked upstream; relaying the area's agents");
                 let since = Instant::now();
                 let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-                let link_up = Arc::new(Upstream {
-                    node_id,
-                    out: out_tx,
-                    routes: Mutex::new(Routes::default()),
-                    gone: shutdown.child_token(),
-                    max_channels: cfg.proxy.max_agents,
-                    proxy_id: cfg.proxy.id.clone(),
-                    lowers: Mutex::new(HashMap::new()),
-                    probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
-                });
-                current.send_replace(Some(link_up.clone()));
+                let link_up = Upstream::new(
+                    ack.node_id,
+                    (out_tx, shutdown.child_token()),
+                    (cfg.proxy.max_agents, "control"),
+                    &cfg.proxy.id,
+                );
+                if !ack.data_endpoint.is_empty() {
+                    let data = DataLink {
+                        dialer: dialer.clone(),
+                        endpoint: ack.data_endpoint,
+                        hello: hello.clone(),
+                        cfg: cfg.clone(),
+                        links: links.clone(),
+                        gone: link_up.gone.clone(),
+                    };
+                    tokio::spawn(data.run());
+                }
+                links.control.send_replace(Some(link_up.clone()));
                 let reason = serve(link, &link_up, out_rx).await;
-                current.send_replace(None);
+                links.control.send_replace(None);
                 link_up.end();
                 metrics::gauge!("gse_proxy_upstream_connected").set(0.0);
                 if shutdown.is_cancelled() {
@@ -373,13 +415,72 @@ pub(crate) async fn run(
     }
 }
 
-/// TCP, TLS, `ProxyHello` and its answer; the link and the node's id.
+/// The data link (C10) of one control link: to the DataServer the node
+/// named, kept (with back-off) until the control link ends.
+struct DataLink {
+    dialer: Arc<Dialer>,
+    endpoint: String,
+    hello: ProxyHello,
+    cfg: Arc<ProxyConfig>,
+    links: Arc<Links>,
+    /// The control link's end.
+    gone: CancellationToken,
+}
+
+impl DataLink {
+    async fn run(self) {
+        let up = &self.cfg.upstream;
+        let mut backoff = Backoff::new(up.backoff_initial, up.backoff_max);
+        let endpoint = &self.endpoint;
+        loop {
+            let connected = tokio::select! {
+                _ = self.gone.cancelled() => return,
+                c = connect(&self.dialer, endpoint, &self.hello, up.connect_timeout) => c,
+            };
+            match connected {
+                Ok((link, ack)) => {
+                    metrics::gauge!("gse_proxy_data_upstream_connected").set(1.0);
+                    tracing::info!(data_server = %ack.node_id, endpoint = %endpoint, "data link up; relaying the area's data");
+                    let since = Instant::now();
+                    let (out_tx, out_rx) = mpsc::channel(DATA_OUT_QUEUE);
+                    let link_up = Upstream::new(
+                        ack.node_id,
+                        (out_tx, self.gone.child_token()),
+                        (self.cfg.proxy.max_agents, "data"),
+                        &self.cfg.proxy.id,
+                    );
+                    self.links.data.send_replace(Some(link_up.clone()));
+                    let reason = serve(link, &link_up, out_rx).await;
+                    self.links.data.send_replace(None);
+                    link_up.end();
+                    metrics::gauge!("gse_proxy_data_upstream_connected").set(0.0);
+                    if self.gone.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!(endpoint = %endpoint, reason = %reason, "data link lost; the agents keep their data until it is back");
+                    if since.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                }
+                Err(text) => {
+                    tracing::warn!(endpoint = %endpoint, "cannot open the data link: {text}")
+                }
+            }
+            tokio::select! {
+                _ = self.gone.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}
+
+/// TCP, TLS, `ProxyHello` and its answer; the link and the answer.
 async fn connect(
     dialer: &Dialer,
     server: &str,
     hello: &ProxyHello,
     limit: Duration,
-) -> Result<(ClientSession, String), String> {
+) -> Result<(ClientSession, ProxyHelloAck), String> {
     let tls = dialer.dial(server).await.map_err(|e| match &e {
         gse_link::DialError::Tls {
             explained: Some(text),
@@ -416,7 +517,7 @@ async fn connect(
             ack.node_id, ack.message
         ));
     }
-    Ok((link, ack.node_id))
+    Ok((link, ack))
 }
 
 /// Moves frames both ways until the link ends; why it ended.

@@ -81,12 +81,14 @@ impl Cluster {
         }
         let tls = gse_core::tls::TlsFiles::new(self.certs.ca_cert(), paths.cert, paths.key);
         let listen = SocketAddr::new(opts.ip, free_port());
+        let data_listen = SocketAddr::new(opts.ip, free_port());
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let cfg = ProxyConfig {
             proxy: ProxySection {
                 id: opts.id.clone(),
                 bk_cloud_id: opts.area,
                 listen,
+                data_listen,
                 advertise_ip: None,
                 handshake_timeout: Duration::from_secs(10),
                 max_agents: 50_000,

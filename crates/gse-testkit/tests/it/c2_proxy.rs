@@ -94,7 +94,10 @@ async fn c2_area_agents_register_through_a_proxy_run_tasks_and_go_offline_with_i
     );
     assert_eq!(area_host["run_mode"], 1, "{area_host}");
     assert_eq!(info(api, "127.0.7.1").await["run_mode"], 0);
-    assert_eq!(proxy.metric("gse_proxy_agents").await, Some(2.0));
+    assert_eq!(
+        proxy.metric("gse_proxy_agents{link=\"control\"}").await,
+        Some(2.0)
+    );
 
     echo_through(api, "127.0.7.2", "through-the-proxy").await;
 
@@ -195,4 +198,64 @@ async fn c2_a_proxy_fails_over_between_nodes_and_its_agents_follow() {
         "the proxy is not linked to node-2"
     );
     echo_through(&api1, "127.0.7.2", "after-node-failover").await;
+}
+
+/// C10: an area agent's records go through its proxy (the node tells it
+/// the proxy's data listener, the proxy relays its data link to a
+/// DataServer, which acks each batch); the proxy SIGKILLed mid-stream and
+/// restarted loses no acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c10_area_records_reach_the_sink_through_the_proxy_and_survive_its_sigkill() {
+    use crate::d_data::{DATA_ID, file_route, sink_counts, socket_of, stream_records, wait_all};
+
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let sink = file_route(&server, DATA_ID).await;
+    let mut proxy = cluster.proxy(ProxyOptions::new(
+        "pa-1",
+        AREA,
+        "127.0.7.1",
+        &[server.link_addr],
+    ));
+    proxy.wait_linked().await;
+    let agent = agent(&cluster, "127.0.7.2", &[&proxy]);
+    wait_alive(&server.api, "127.0.7.2", Duration::from_secs(20)).await;
+    eventually(
+        "the agent's data link on the proxy",
+        Duration::from_secs(20),
+        || async {
+            (proxy.metric("gse_proxy_agents{link=\"data\"}").await == Some(1.0))
+                .then_some(())
+                .ok_or("no data channel".to_string())
+        },
+    )
+    .await;
+
+    let n = 3000;
+    let sender = tokio::spawn(stream_records(
+        socket_of(&agent),
+        "area".into(),
+        n,
+        30,
+        Duration::from_millis(20),
+    ));
+    eventually("records flowing", Duration::from_secs(20), || async {
+        (sink_counts(&sink).len() > 200)
+            .then_some(())
+            .ok_or("few".to_string())
+    })
+    .await;
+    proxy.kill9();
+    proxy.restart();
+    proxy.wait_linked().await;
+    sender.await.unwrap();
+    let want: Vec<String> = (0..n).map(|i| format!("area-{i}")).collect();
+    wait_all(&sink, &want, Duration::from_secs(60)).await;
+    // Every record is the area agent's own.
+    let line = std::fs::read_to_string(&sink).unwrap();
+    assert!(
+        line.contains("7:127.0.7.2"),
+        "{}",
+        &line[..line.len().min(300)]
+    );
 }

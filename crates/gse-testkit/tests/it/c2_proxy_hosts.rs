@@ -13,6 +13,7 @@ use gse_testkit::netlab::{NetHost, NetLab};
 use gse_testkit::{AgentProc, Api, Cluster, ProxyProc, eventually};
 use serde_json::{Value, json};
 
+use crate::d_data::{DATA_ID, file_route, socket_of, stream_records, wait_all};
 use crate::r10_hosts::{SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped};
 use crate::task_api;
 
@@ -158,6 +159,20 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
         assert_eq!(e["status"], 2, "{e}");
         assert!(e["screen"].as_str().unwrap().contains(ip), "{e}");
     }
+
+    // C10: an area host's records reach the sink through the proxy (the
+    // area has no way to the DataServer itself).
+    let sink = file_route(&server, DATA_ID).await;
+    stream_records(
+        socket_of(&agents[0]),
+        "area".into(),
+        200,
+        50,
+        Duration::from_millis(10),
+    )
+    .await;
+    let want: Vec<String> = (0..200).map(|i| format!("area-{i}")).collect();
+    wait_all(&sink, &want, Duration::from_secs(30)).await;
 
     // C11: the agent dies on a live host: the host answers its proxy's
     // probe. A host cut off the area's network does not.

@@ -421,6 +421,17 @@ fn plan_region(slots: &[Slot], region: &str, agents: &[(AgentKey, usize, f64)]) 
 }
 
 impl DataAssigner for Balancer {
+    fn for_proxy(&self, path: AgentPath) -> String {
+        // This node's least-loaded DataServer the proxy reaches; its
+        // channels there are not assigned agents (the proxy's link is what
+        // would move, not them).
+        let mut st = self.state.lock();
+        let none = AgentKey::new(-1, std::net::Ipv4Addr::UNSPECIFIED.into());
+        self.assign_local(&mut st, none, path)
+            .and_then(|i| self.servers[i].endpoint.for_agent(path))
+            .unwrap_or_default()
+    }
+
     fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath, region: &str) -> String {
         let mut st = self.state.lock();
         let st = &mut *st;

@@ -117,7 +117,7 @@ impl DataService {
     /// Binds every DataServer, wires the balancer into the link and spawns
     /// the listeners (and the rebalance loop) into `tasks`.
     pub async fn start(parts: DataParts, tasks: &mut JoinSet<()>) -> Result<DataService> {
-        let tls = gse_core::tls::server_config(&parts.tls_files)
+        let tls = gse_core::tls::link_server_config(&parts.tls_files)
             .context("cannot load the TLS material in [tls] for the DataServers")?;
         let handler = BatchHandler::new(parts.routes, parts.taps);
         let mut servers = Vec::new();

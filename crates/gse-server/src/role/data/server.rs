@@ -20,17 +20,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use gse_core::AgentKey;
 use gse_core::seams::StateStore;
 use gse_link::claim::{self, Claim, claimed_key};
-use gse_link::session::{FirstFrameError, ServerSession as Link, first_frame};
-use gse_link::{AcceptNames, Accepted, Acceptor};
-use gse_proto::link::{DataAck, DataHello, DataHelloAck};
+use gse_link::proxy::mux::{self, ChannelServer, MuxLimits, ProxiedChannel};
+use gse_link::session::{AgentChannel, FirstFrameError, ServerSession as Link, first_frame};
+use gse_link::{AcceptNames, Accepted, Acceptor, ConnPermit};
+use gse_proto::link::{DataAck, DataHello, DataHelloAck, ProxyHelloAck};
 use gse_proto::{Frame, FrameCodec, MsgType};
 use prost::Message;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -88,12 +92,32 @@ impl DataServer {
 }
 
 async fn serve_link(svc: Arc<DataServer>, accepted: Accepted) {
+    let cert_area = gse_link::proxy::proxy_mark(accepted.peer_certificates());
     let Accepted {
-        tls, peer, pending, ..
+        tls,
+        peer,
+        pending,
+        deadline,
+        ..
     } = accepted;
-    let codec = FrameCodec::new(svc.config.max_batch_bytes + FRAME_SLACK);
+    // A proxy's channels carry whole batches as its agents send them.
+    let codec = FrameCodec::new(svc.config.max_batch_bytes + 2 * FRAME_SLACK);
     let mut link = Framed::new(tls, codec);
-    let Some(key) = hello(&svc, &mut link, peer).await else {
+    if let Some(cert_area) = cert_area {
+        return serve_proxy(svc, link, cert_area, (peer, deadline, pending)).await;
+    }
+    serve_agent(&svc, &mut link, peer, Some(pending)).await;
+}
+
+/// Serves one agent's data link (a direct one, or a channel of its
+/// proxy's) until it ends.
+async fn serve_agent<L: AgentChannel>(
+    svc: &DataServer,
+    link: &mut L,
+    peer: SocketAddr,
+    pending: Option<ConnPermit>,
+) {
+    let Some(key) = hello(svc, link, peer).await else {
         return;
     };
     // Admitted: no longer counted among the pending handshakes.
@@ -101,13 +125,91 @@ async fn serve_link(svc: Arc<DataServer>, accepted: Accepted) {
     let counters = svc.load.attach(key);
     let source: Arc<str> = key.to_string().into();
     tracing::info!(agent = %key, server = %svc.load.id, "data link up");
-    let reason = pump(&svc, &mut link, &source, &counters).await;
+    let reason = pump(svc, link, &source, &counters).await;
     svc.load.detach();
     tracing::info!(agent = %key, server = %svc.load.id, reason = %reason, "data link closed");
 }
 
+/// Agents one proxy's data link may carry at once.
+const PROXY_CHANNELS: usize = 50_000;
+/// Batches queued into one channel's session before it is closed (its
+/// agent sends them again): the agent itself has at most a few in flight.
+const PROXY_CHANNEL_QUEUE: usize = 64;
+const PROXY_OUT_QUEUE: usize = 4096;
+
+/// Serves a gse-proxy's data link (C10): its channels are its area's
+/// agents' data links, each served as a direct one (identity checked
+/// against what its certificate names, of the proxy's area only).
+async fn serve_proxy(
+    svc: Arc<DataServer>,
+    mut link: Link,
+    cert_area: Option<i64>,
+    (peer, deadline, pending): (SocketAddr, Instant, ConnPermit),
+) {
+    let server_id = svc.load.id.clone();
+    let accept = |_: &gse_link::proxy::Hello| {
+        Ok(ProxyHelloAck {
+            accepted: true,
+            node_id: server_id.clone(),
+            ..ProxyHelloAck::default()
+        })
+    };
+    let Some(hello) = mux::accept_hello(
+        &mut link,
+        (cert_area, peer, deadline),
+        WRITE_TIMEOUT,
+        accept,
+    )
+    .await
+    else {
+        return;
+    };
+    drop(pending);
+    tracing::info!(proxy = %hello.proxy_id, bk_cloud_id = hello.area, server = %svc.load.id, "a proxy's data link up");
+    let limits = MuxLimits {
+        max_channels: PROXY_CHANNELS,
+        channel_queue: PROXY_CHANNEL_QUEUE,
+        out_queue: PROXY_OUT_QUEUE,
+        write_timeout: WRITE_TIMEOUT,
+        who: format!("DataServer {}", svc.load.id),
+    };
+    let (up_tx, mut up_rx) = mpsc::channel(PROXY_OUT_QUEUE);
+    let shutdown = svc.shutdown.clone();
+    let server = ProxiedData { svc: svc.clone() };
+    let reason = mux::relay(
+        &mut link,
+        (&hello, peer),
+        &server,
+        &limits,
+        (&up_tx, &mut up_rx),
+        &shutdown,
+    )
+    .await;
+    tracing::info!(proxy = %hello.proxy_id, server = %svc.load.id, reason = %reason, "a proxy's data link closed");
+}
+
+/// Serves a proxy's channels as data links.
+struct ProxiedData {
+    svc: Arc<DataServer>,
+}
+
+impl ChannelServer for ProxiedData {
+    fn serve(&self, mut channel: ProxiedChannel) -> BoxFuture<'static, ()> {
+        let svc = self.svc.clone();
+        async move {
+            let peer = channel.peer;
+            serve_agent(&svc, &mut channel, peer, None).await;
+        }
+        .boxed()
+    }
+}
+
 /// Reads and checks `DataHello`, answers it; the agent's key if accepted.
-async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<AgentKey> {
+async fn hello<L: AgentChannel>(
+    svc: &DataServer,
+    link: &mut L,
+    peer: SocketAddr,
+) -> Option<AgentKey> {
     let limit = svc.config.handshake_timeout;
     let first = match first_frame(link, Instant::now() + limit).await {
         Ok(f) => f,
@@ -132,12 +234,18 @@ async fn hello(svc: &DataServer, link: &mut Link, peer: SocketAddr) -> Option<Ag
         )),
     };
     let checked = match checked {
+        // Through a proxy, only agents of its area.
+        Ok((key, _)) if link.cloud_area().is_some_and(|area| area != key.cloud_id) => Err(format!(
+            "agent {key} is of cloud area {}, but sends data through the proxy of cloud area {}",
+            key.cloud_id,
+            link.cloud_area().unwrap_or_default()
+        )),
         Ok((key, agent_id)) => {
-            let claim = Claim::new(
+            let claim = Claim {
                 key,
-                &agent_id,
-                link.get_ref().get_ref().1.peer_certificates(),
-            );
+                agent_id: &agent_id,
+                certificate: link.certificate_identity(),
+            };
             claim::admit(svc.store.as_ref(), claim, peer)
                 .await
                 .map(|_| key)
@@ -177,9 +285,9 @@ fn check_hello(h: DataHello) -> Result<(AgentKey, String), String> {
 }
 
 /// Stores batches and acks them until the link ends; returns why it ended.
-async fn pump(
+async fn pump<L: AgentChannel>(
     svc: &DataServer,
-    link: &mut Link,
+    link: &mut L,
     source: &Arc<str>,
     counters: &super::balance::AgentCounters,
 ) -> String {
@@ -230,9 +338,9 @@ async fn pump(
     reason
 }
 
-async fn ack(
+async fn ack<L: AgentChannel>(
     svc: &DataServer,
-    link: &mut Link,
+    link: &mut L,
     seq: u64,
     result: Result<super::batch::Stored, super::batch::StoreError>,
 ) -> Result<(), String> {

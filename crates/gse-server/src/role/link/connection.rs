@@ -44,7 +44,7 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
     let proxy = gse_link::proxy::proxy_mark(tls.get_ref().1.peer_certificates());
     let mut link = Framed::with_capacity(tls, codec, READ_BUFFER);
     if let Some(cert_area) = proxy {
-        super::proxied::serve(svc, link, cert_area, (peer, deadline, pending)).await;
+        super::proxied::serve(svc, link, (cert_area, path), (peer, deadline, pending)).await;
         return;
     }
     let reached = Reached {
@@ -369,7 +369,10 @@ async fn register<'s, L: AgentChannel>(
                 &ack(
                     true,
                     String::new(),
-                    svc.data_endpoint(reg.key, epoch, reached.path, &reg.msg.region),
+                    // Behind a proxy, its proxy relays its data.
+                    link.data_endpoint().unwrap_or_else(|| {
+                        svc.data_endpoint(reg.key, epoch, reached.path, &reg.msg.region)
+                    }),
                 ),
             );
             let joining = joining.unwrap_or_else(|| svc.joining());

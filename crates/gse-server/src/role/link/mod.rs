@@ -140,6 +140,11 @@ pub trait DataAssigner: Send + Sync {
     /// the claim `held` over `path`, of `region` (K5); `""` when none is
     /// reachable for it.
     fn assign(&self, agent: AgentKey, held: Delivery, path: AgentPath, region: &str) -> String;
+
+    /// The `host:port` of a DataServer of this node for a gse-proxy that
+    /// reached it over `path`: the proxy relays its area's data links
+    /// there (C10); `""` when none is reachable for it.
+    fn for_proxy(&self, path: AgentPath) -> String;
 }
 
 /// Balances agents over the cluster's nodes (K2, K5): asked when an agent
@@ -353,6 +358,13 @@ impl LinkService {
         assigner
             .map(|a| a.assign(key, Delivery::of_claim(epoch), path, region))
             .unwrap_or_default()
+    }
+
+    /// The DataServer a proxy that reached this node over `path` relays
+    /// its agents' data links to; `""` when this node has none.
+    fn proxy_data_endpoint(&self, path: AgentPath) -> String {
+        let assigner = self.data_assigner.read().clone();
+        assigner.map(|a| a.for_proxy(path)).unwrap_or_default()
     }
 
     /// Hands `frame` back to the node whose stream it answers, or to the

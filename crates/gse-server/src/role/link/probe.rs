@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LinkService;
-use super::proxied::Up;
+use gse_link::proxy::mux::Up;
 
 /// Probes run at once from this node (a partition can lose thousands of
 /// agents together).

@@ -9,6 +9,8 @@
 //! inner frame travels as its header and body bytes: no proxy decodes an
 //! agent's body.
 
+pub mod mux;
+
 use std::net::SocketAddr;
 
 use gse_core::AgentKey;
@@ -102,17 +104,19 @@ pub fn bad_via(via: &[String]) -> Option<String> {
 }
 
 /// `ProxyOpen` for an agent at `peer`, connected to the sender at
-/// `parent` (the sender's agent address), whose certificate names
-/// `identity` (a per-agent certificate).
+/// `parent` (the sender's agent address; its data listener `data`, if it
+/// relays data), whose certificate names `identity` (a per-agent
+/// certificate).
 pub fn open_frame(
     chan: u64,
-    (peer, parent): (SocketAddr, SocketAddr),
+    (peer, parent, data): (SocketAddr, SocketAddr, Option<SocketAddr>),
     identity: Option<&IdentityMark>,
 ) -> Frame {
     let mut open = ProxyOpen {
         chan,
         peer_addr: peer.to_string(),
         parent_addr: parent.to_string(),
+        data_addr: data.map(|d| d.to_string()).unwrap_or_default(),
         ..ProxyOpen::default()
     };
     if let Some(id) = identity {
@@ -232,10 +236,12 @@ mod tests {
         };
         let peer = "10.7.0.9:4000".parse().unwrap();
         let parent = "10.7.0.1:28668".parse().unwrap();
-        let open: ProxyOpen = open_frame(3, (peer, parent), Some(&id)).decode().unwrap();
+        let open: ProxyOpen = open_frame(3, (peer, parent, Some(parent)), Some(&id))
+            .decode()
+            .unwrap();
         assert_eq!(open_identity(&open), Some(id));
         assert_eq!(open.parent_addr, "10.7.0.1:28668");
-        let open: ProxyOpen = open_frame(3, (peer, parent), None).decode().unwrap();
+        let open: ProxyOpen = open_frame(3, (peer, parent, None), None).decode().unwrap();
         assert_eq!(open_identity(&open), None);
     }
 }
