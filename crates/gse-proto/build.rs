@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes([
             ".gse.link.v1.DataRecord.payload",
             ".gse.link.v1.ProxyData.body",
+            // A piece a proxy caches and serves (F8) is not copied.
+            ".gse.link.v1.PieceData.data",
         ])
         .compile_fds(fds)?;
     Ok(())

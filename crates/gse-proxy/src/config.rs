@@ -24,6 +24,47 @@ pub struct ProxyConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub file: FileSection,
+}
+
+/// `[file]`: the pieces kept for the area's targets (F8).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSection {
+    /// Where pieces fetched upstream are kept; emptied at start.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Most bytes kept, in MB (1 MB = 1048576 bytes); the least recently
+    /// used pieces go first.
+    #[serde(default = "default_cache_max_mb")]
+    pub cache_max_mb: u64,
+    /// A transfer's pieces are removed once no target asked for any of
+    /// them for this long.
+    #[serde(default = "default_cache_idle", with = "humantime_serde")]
+    pub cache_idle: Duration,
+}
+
+impl Default for FileSection {
+    fn default() -> Self {
+        FileSection {
+            cache_dir: default_cache_dir(),
+            cache_max_mb: default_cache_max_mb(),
+            cache_idle: default_cache_idle(),
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gse-proxy/file-cache")
+}
+
+fn default_cache_max_mb() -> u64 {
+    4096
+}
+
+fn default_cache_idle() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `[proxy]`: who this proxy is and where its area's agents reach it.
@@ -174,6 +215,11 @@ impl ProxyConfig {
             problems.push(
                 "proxy.max_agents, proxy.max_pending and proxy.max_pending_per_ip must be > 0"
                     .into(),
+            );
+        }
+        if self.file.cache_max_mb == 0 || self.file.cache_dir.as_os_str().is_empty() {
+            problems.push(
+                "file.cache_dir must name a directory and file.cache_max_mb be > 0 (the area's targets share what the proxy fetched)".into(),
             );
         }
         self.upstream.validate(&mut problems);

@@ -119,7 +119,7 @@ impl Downstream {
                 _ = self.shutdown.cancelled() => break "the proxy is stopping".to_string(),
                 got = conn.next() => match got {
                     Some(Ok(frame)) => {
-                        if !up.send(proxy::wrap(chan, frame)).await {
+                        if !up.from_agent(chan, frame).await {
                             break "the link upstream ended".to_string();
                         }
                     }
@@ -244,7 +244,7 @@ impl Downstream {
     /// Acts on one frame of a lower proxy; `Err(reason)` ends its link.
     async fn on_lower_frame(
         &self,
-        up: &Upstream,
+        up: &Arc<Upstream>,
         lower: &str,
         tx: &mpsc::Sender<Frame>,
         chans: &mut HashMap<u64, u64>,
@@ -292,7 +292,7 @@ impl Downstream {
                 let (theirs, inner) =
                     proxy::unwrap(data).map_err(|e| format!("protocol error: {e}"))?;
                 if let Some(&ours) = chans.get(&theirs)
-                    && !up.send(proxy::wrap(ours, inner)).await
+                    && !up.from_agent(ours, inner).await
                 {
                     return Err("the link upstream ended".into());
                 }

@@ -20,6 +20,7 @@
 
 pub mod config;
 mod downstream;
+mod pieces;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -43,6 +44,13 @@ pub enum ProxyError {
     Listen {
         what: &'static str,
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot prepare the file cache {dir} (file.cache_dir): {source}; point it at a directory this process may create and empty"
+    )]
+    Cache {
+        dir: std::path::PathBuf,
         source: std::io::Error,
     },
 }
@@ -125,6 +133,12 @@ pub async fn start(cfg: ProxyConfig, shutdown: CancellationToken) -> Result<Star
     };
     let agent_addr = cfg.agent_addr(bound);
     let data_addr = cfg.agent_addr(data_bound);
+    let f = &cfg.file;
+    let store = pieces::PieceStore::open(f.cache_dir.clone(), f.cache_max_mb << 20, f.cache_idle)
+        .map_err(|source| ProxyError::Cache {
+        dir: f.cache_dir.clone(),
+        source,
+    })?;
 
     let (control_tx, control) = watch::channel(None);
     let (data_tx, data) = watch::channel(None);
@@ -135,7 +149,7 @@ pub async fn start(cfg: ProxyConfig, shutdown: CancellationToken) -> Result<Star
     let up_cfg = cfg.clone();
     let up_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = upstream::run(up_cfg, agent_addr, links, up_shutdown).await {
+        if let Err(e) = upstream::run(up_cfg, (agent_addr, store), links, up_shutdown).await {
             tracing::error!("the link upstream cannot run: {e}");
         }
     });

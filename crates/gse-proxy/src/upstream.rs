@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ProxyError;
 use crate::config::ProxyConfig;
+use crate::pieces::{Asked, PieceStore, Pieces};
 
 /// Frames of all channels queued for the link upstream.
 const OUT_QUEUE: usize = 4096;
@@ -41,6 +42,8 @@ const WRITE_BATCH: usize = 256;
 /// A write upstream that takes longer ends the link: the node stopped
 /// reading.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often unanswered piece fetches and idle transfers are swept (F8).
+const PIECE_SWEEP: Duration = Duration::from_secs(5);
 /// Host probes run at once (C11).
 const PROBES_AT_ONCE: usize = 64;
 /// Longest probe a node may ask for, per probe kind.
@@ -75,6 +78,8 @@ pub(crate) struct Upstream {
     probe_slots: Arc<Semaphore>,
     /// "control" or "data", in metrics.
     pub kind: &'static str,
+    /// The pieces the area's targets fetch through this link (F8).
+    pieces: Arc<Pieces>,
 }
 
 #[derive(Default)]
@@ -98,9 +103,9 @@ impl Upstream {
         node_id: String,
         (out, gone): (mpsc::Sender<Frame>, CancellationToken),
         (max_channels, kind): (usize, &'static str),
-        proxy_id: &str,
+        (proxy_id, store): (&str, Arc<PieceStore>),
     ) -> Arc<Upstream> {
-        Arc::new(Upstream {
+        let up = Arc::new(Upstream {
             node_id,
             out,
             routes: Mutex::new(Routes::default()),
@@ -110,7 +115,60 @@ impl Upstream {
             lowers: Mutex::new(HashMap::new()),
             probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
             kind,
-        })
+            pieces: Arc::new(Pieces::new(store)),
+        });
+        if kind == "control" {
+            tokio::spawn(up.clone().sweep_pieces());
+        }
+        up
+    }
+
+    /// Every few seconds until the link ends: fetches left unanswered are
+    /// given up ("busy" to their waiters), idle transfers leave the cache.
+    async fn sweep_pieces(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PIECE_SWEEP);
+        loop {
+            tokio::select! {
+                _ = self.gone.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (chan, frame) in self.pieces.expired() {
+                let _ = self.deliver(chan, frame);
+            }
+            self.pieces.store().sweep().await;
+        }
+    }
+
+    /// An agent's frame on channel `chan`, for upstream: a target's piece
+    /// request may be answered here (F8); false once the link has ended.
+    pub async fn from_agent(self: &Arc<Self>, chan: u64, frame: Frame) -> bool {
+        if frame.msg_type != MsgType::PieceRequest || self.kind != "control" {
+            return self.send(proxy::wrap(chan, frame)).await;
+        }
+        match self.pieces.up(chan, frame) {
+            (Asked::Fetch(f), _) | (Asked::Pass(f), _) => self.send(proxy::wrap(chan, f)).await,
+            (Asked::Handled, later) => {
+                if let Some(later) = later {
+                    let up = self.clone();
+                    tokio::spawn(async move {
+                        let (chan, frame) = later.frame().await;
+                        let _ = up.deliver(chan, frame);
+                    });
+                }
+                true
+            }
+        }
+    }
+
+    /// Hands `inner` to the agent of channel `chan`.
+    fn deliver(&self, chan: u64, inner: Frame) -> Result<(), Dropped> {
+        match self.routes.lock().open.get(&chan) {
+            None => Err(Dropped::Closed),
+            Some(Route::Direct(tx)) => tx.try_send(inner).map_err(drop_frame),
+            Some(Route::Lower { tx, chan: theirs }) => {
+                tx.try_send(proxy::wrap(*theirs, inner)).map_err(drop_frame)
+            }
+        }
     }
 
     /// Opens a channel for `route`: its number, once `open(chan)` (the
@@ -159,6 +217,7 @@ impl Upstream {
     }
 
     fn forget(&self, chan: u64) -> Option<Route> {
+        self.pieces.channel_ended(chan);
         let mut routes = self.routes.lock();
         let route = routes.open.remove(&chan);
         if matches!(route, Some(Route::Direct(_))) {
@@ -193,14 +252,14 @@ impl Upstream {
                 let (chan, inner) =
                     proxy::unwrap(data).map_err(|e| format!("protocol error: {e}"))?;
                 metrics::counter!("gse_proxy_frames_total", "direction" => "down").increment(1);
-                let sent = match self.routes.lock().open.get(&chan) {
-                    None => return Ok(()),
-                    Some(Route::Direct(tx)) => tx.try_send(inner).map_err(drop_frame),
-                    Some(Route::Lower { tx, chan: theirs }) => {
-                        tx.try_send(proxy::wrap(*theirs, inner)).map_err(drop_frame)
+                if let Some(answers) = self.pieces.down(chan, &inner) {
+                    // Our fetch's answer, for every target waiting on it.
+                    for (chan, frame) in answers {
+                        let _ = self.deliver(chan, frame);
                     }
-                };
-                match sent {
+                    return Ok(());
+                }
+                match self.deliver(chan, inner) {
                     Ok(()) => Ok(()),
                     // The connection ended; it closes the channel itself.
                     Err(Dropped::Closed) => Ok(()),
@@ -337,7 +396,7 @@ pub(crate) struct Links {
 /// Keeps a link upstream until `shutdown`, publishing it in `links`.
 pub(crate) async fn run(
     cfg: Arc<ProxyConfig>,
-    agent_addr: std::net::SocketAddr,
+    (agent_addr, store): (std::net::SocketAddr, Arc<PieceStore>),
     links: Links,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
@@ -377,7 +436,7 @@ pub(crate) async fn run(
                     ack.node_id,
                     (out_tx, shutdown.child_token()),
                     (cfg.proxy.max_agents, "control"),
-                    &cfg.proxy.id,
+                    (&cfg.proxy.id, store.clone()),
                 );
                 if !ack.data_endpoint.is_empty() {
                     let data = DataLink {
@@ -387,6 +446,7 @@ pub(crate) async fn run(
                         cfg: cfg.clone(),
                         links: links.clone(),
                         gone: link_up.gone.clone(),
+                        store: store.clone(),
                     };
                     tokio::spawn(data.run());
                 }
@@ -425,6 +485,7 @@ struct DataLink {
     links: Arc<Links>,
     /// The control link's end.
     gone: CancellationToken,
+    store: Arc<PieceStore>,
 }
 
 impl DataLink {
@@ -447,7 +508,7 @@ impl DataLink {
                         ack.node_id,
                         (out_tx, self.gone.child_token()),
                         (self.cfg.proxy.max_agents, "data"),
-                        &self.cfg.proxy.id,
+                        (&self.cfg.proxy.id, self.store.clone()),
                     );
                     self.links.data.send_replace(Some(link_up.clone()));
                     let reason = serve(link, &link_up, out_rx).await;

@@ -237,7 +237,7 @@ impl RoguePeer {
                                     piece: req.piece,
                                     request_id: req.request_id,
                                     status: PieceStatus::PieceOk as i32,
-                                    data: vec![0xA5; len],
+                                    data: vec![0xA5; len].into(),
                                     message: String::new(),
                                 };
                                 Frame::new(MsgType::PieceData, frame.stream_id, &data)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gse_agent_config::{AgentConfig, UpstreamConfig};
 use gse_core::certs::CertKind;
-use gse_proxy::config::{MetricsSection, ProxyConfig, ProxySection};
+use gse_proxy::config::{FileSection, MetricsSection, ProxyConfig, ProxySection};
 
 use crate::procs::{AgentOptions, Cluster, stop_child};
 use crate::{bin, eventually, free_port};
@@ -106,6 +106,10 @@ impl Cluster {
             tls,
             metrics: MetricsSection {
                 listen: Some(metrics),
+            },
+            file: FileSection {
+                cache_dir: dir.join("file-cache"),
+                ..FileSection::default()
             },
         };
         cfg.validate().expect("a valid proxy config");

@@ -259,3 +259,93 @@ async fn c10_area_records_reach_the_sink_through_the_proxy_and_survive_its_sigki
         &line[..line.len().min(300)]
     );
 }
+
+/// F8 through a proxy: a file from a source outside the area reaches every
+/// area target, and about one copy of it crosses into the area (the proxy
+/// fetches each piece once, the targets share the rest among themselves
+/// and from its cache); an area agent is a source for a target outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_one_copy_of_a_file_crosses_into_the_area_for_all_its_targets() {
+    use crate::f_files::{
+        code, noise, start as start_files, task, wait_final as files_final, write_file,
+    };
+
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let api = &server.api;
+    let _source = cluster.agent(&server, gse_testkit::AgentOptions::ip("127.0.8.1"));
+    api.wait_alive("127.0.8.1").await;
+    let proxy = cluster.proxy(ProxyOptions::new(
+        "pa-1",
+        AREA,
+        "127.0.7.1",
+        &[server.link_addr],
+    ));
+    proxy.wait_linked().await;
+    let ips = ["127.0.7.2", "127.0.7.3", "127.0.7.4", "127.0.7.5"];
+    let _area: Vec<AgentProc> = ips
+        .iter()
+        .map(|ip| agent(&cluster, ip, &[&proxy]))
+        .collect();
+    for ip in ips {
+        wait_alive(api, ip, Duration::from_secs(20)).await;
+    }
+
+    let size = 100 << 20;
+    let content = noise(size, 8);
+    let src = cluster.path.join("src");
+    write_file(&src.join("big.bin"), &content, 0o644);
+    let targets: Vec<String> = ips.iter().map(|ip| format!("{AREA}:{ip}")).collect();
+    let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let dst = cluster.path.join("dst");
+    let id = start_files(
+        api,
+        vec![task("0:127.0.8.1", &src, "big.bin", &target_refs, &dst)],
+        json!({}),
+    )
+    .await;
+    let done = files_final(api, &id, 1 + ips.len(), Duration::from_secs(120)).await;
+    for e in &done {
+        assert_eq!(code(e), 0, "{e}");
+    }
+    assert!(
+        std::fs::read(dst.join("big.bin")).unwrap() == content,
+        "the file differs"
+    );
+    let crossed = proxy
+        .metric("gse_proxy_file_bytes_from_upstream_total")
+        .await
+        .unwrap_or(0.0);
+    let copies = crossed / size as f64;
+    println!(
+        "{crossed} bytes crossed into the area for {} targets: {copies:.2} copies",
+        ips.len()
+    );
+    assert!(
+        copies <= 1.1,
+        "{copies:.2} copies of the file crossed into the area"
+    );
+
+    // An area agent as the source of a target outside the area.
+    let back = noise(3 << 20, 9);
+    let area_src = cluster.path.join("area-src");
+    write_file(&area_src.join("back.bin"), &back, 0o644);
+    let out_dst = cluster.path.join("out-dst");
+    let id = start_files(
+        api,
+        vec![task(
+            "7:127.0.7.2",
+            &area_src,
+            "back.bin",
+            &["0:127.0.8.1"],
+            &out_dst,
+        )],
+        json!({}),
+    )
+    .await;
+    let done = files_final(api, &id, 2, Duration::from_secs(60)).await;
+    for e in &done {
+        assert_eq!(code(e), 0, "{e}");
+    }
+    assert_eq!(std::fs::read(out_dst.join("back.bin")).unwrap(), back);
+}

@@ -166,6 +166,7 @@ impl FileService {
                     Some(i) => i.p2p_addr,
                     None => slot.p2p_addr,
                 },
+                area: key.cloud_id,
             })
         };
         let source = member(&plan.source).unwrap_or_default();

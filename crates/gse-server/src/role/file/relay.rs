@@ -284,7 +284,7 @@ impl FileService {
             piece: req.piece,
             request_id: req.request_id,
             status: status as i32,
-            data: Vec::new(),
+            data: bytes::Bytes::new(),
             message,
         };
         let frame = Frame::new(MsgType::PieceData, 0, &data);

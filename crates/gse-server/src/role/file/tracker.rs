@@ -12,7 +12,12 @@
 //!   zone boundary;
 //! - a pass-through (A -> B) adds zone A's holders to the peers of B's
 //!   targets (A must itself be reached);
-//! - a target whose zone none of these reaches is refused (707).
+//! - a target whose zone none of these reaches is refused (707);
+//! - peers share a cloud area (`bk_cloud_id`): agents of different areas
+//!   cannot reach each other. A target of another area than the source's
+//!   peers only with the targets of its own area and zone; it is reached
+//!   through its area's proxy, which fetches each piece upstream once and
+//!   serves it to the area (F8, issue 12), never refused for its zone.
 //!
 //! Only agents with a P2P address can be peers. Each set holds at most
 //! `limit` peers: the source and relays first, then a random sample of the
@@ -41,6 +46,8 @@ pub struct Member {
     pub zone: String,
     /// Its P2P listener; `None` = it serves no pieces.
     pub addr: Option<SocketAddr>,
+    /// Its cloud area (`bk_cloud_id`).
+    pub area: i64,
 }
 
 /// One hop of a zone chain; a relay that cannot take part is `None`.
@@ -81,8 +88,8 @@ struct Candidates<'a> {
 /// The zones of a task and who holds pieces in each.
 struct Zones<'a> {
     source: &'a Member,
-    /// Targets that can serve pieces, by zone.
-    targets: HashMap<&'a str, Vec<&'a Member>>,
+    /// Targets that can serve pieces, by cloud area and zone.
+    targets: HashMap<(i64, String), Vec<&'a Member>>,
     /// Relays that can serve pieces, per hop.
     relays: Vec<Vec<&'a Member>>,
     /// The first hop into each zone, and each hop's zone.
@@ -122,9 +129,9 @@ pub fn plan(top: &Topology<'_>, limit: usize, rng: &mut impl Rng) -> PeerPlan {
 
 impl<'a> Zones<'a> {
     fn new(top: &Topology<'a>) -> Self {
-        let mut targets: HashMap<&str, Vec<&Member>> = HashMap::new();
+        let mut targets: HashMap<(i64, String), Vec<&Member>> = HashMap::new();
         for m in top.targets.iter().flatten().filter(|m| m.addr.is_some()) {
-            targets.entry(m.zone.as_str()).or_default().push(m);
+            targets.entry((m.area, m.zone.clone())).or_default().push(m);
         }
         let relays = top
             .hops
@@ -175,7 +182,7 @@ impl<'a> Zones<'a> {
         if let Some(&hop) = self.hop_of.get(zone) {
             c.first.extend(self.relays[hop].iter().map(|m| (*m, false)));
         }
-        if let Some(pool) = self.targets.get(zone) {
+        if let Some(pool) = self.targets.get(&(self.source.area, zone.to_string())) {
             c.pools.push(pool);
         }
     }
@@ -187,6 +194,14 @@ impl<'a> Zones<'a> {
         rng: &mut impl Rng,
     ) -> Result<Vec<Peer>, String> {
         let zone = me.zone.as_str();
+        if me.area != self.source.area {
+            // Reached through its area's proxy; peers in its area only.
+            let mut c = Candidates::default();
+            if let Some(pool) = self.targets.get(&(me.area, zone.to_string())) {
+                c.pools.push(pool);
+            }
+            return Ok(pick(&c, &me.agent, limit, rng));
+        }
         if !self.reached.contains(zone) {
             return Err(isolated(me, &self.source.zone));
         }
@@ -212,7 +227,7 @@ impl<'a> Zones<'a> {
                 .extend(self.relays[i - 1].iter().map(|m| (*m, false)));
             self.hop_zones[i - 1]
         };
-        if let Some(pool) = self.targets.get(prev_zone) {
+        if let Some(pool) = self.targets.get(&(self.source.area, prev_zone.to_string())) {
             c.pools.push(pool);
         }
         c.pools.push(&self.relays[i]);

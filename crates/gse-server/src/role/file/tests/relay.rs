@@ -42,7 +42,7 @@ fn answer(req: &PieceRequest, data: &[u8]) -> Frame {
             piece: req.piece,
             request_id: req.request_id,
             status: PieceStatus::PieceOk as i32,
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
             message: String::new(),
         },
     )
@@ -76,7 +76,7 @@ async fn f2_a_piece_goes_to_the_source_and_back_under_each_sides_id() {
     let d = answered(&h, "10.0.0.3").await;
     assert_eq!(d.request_id, 77, "the requester's own id");
     assert_eq!(
-        (d.status, d.data.as_slice()),
+        (d.status, &d.data[..]),
         (PieceStatus::PieceOk as i32, &b"piece-bytes"[..])
     );
     assert_eq!((d.entry_index, d.piece), (0, 1));

@@ -12,6 +12,10 @@ fn member(agent: &str, zone: &str) -> Member {
         agent: agent.into(),
         zone: zone.into(),
         addr: Some(format!("{ip}:20020").parse().unwrap()),
+        area: agent
+            .split_once(':')
+            .and_then(|(area, _)| area.parse().ok())
+            .unwrap_or(0),
     }
 }
 
@@ -233,4 +237,26 @@ fn unavailable_targets_and_relays_are_skipped() {
     assert!(plan.targets[0].is_none());
     assert!(plan.relays[0][0].is_none());
     assert_eq!(agents(peers_of(&plan, 1)), ["0:10.1.0.1"]);
+}
+
+/// Issue 12: agents of another cloud area than the source's reach neither
+/// it nor the servers' network; they peer with their own area's targets
+/// only (their proxy serves them the rest), and the source's area never
+/// gets them as peers. A zone of theirs no rule reaches is no 707.
+#[test]
+fn f8_an_areas_targets_peer_inside_their_area_only() {
+    let source = member("0:10.0.0.1", "");
+    let targets = [
+        member("0:10.0.0.2", ""),
+        member("7:10.7.0.2", ""),
+        member("7:10.7.0.3", ""),
+        member("7:10.7.0.4", "rack-b"),
+        member("8:10.8.0.2", ""),
+    ];
+    let plan = run(&source, &targets, &[], &[], 10);
+    assert_eq!(sorted(peers_of(&plan, 0)), ["0:10.0.0.1"]);
+    assert_eq!(sorted(peers_of(&plan, 1)), ["7:10.7.0.3"]);
+    assert_eq!(sorted(peers_of(&plan, 2)), ["7:10.7.0.2"]);
+    assert!(peers_of(&plan, 3).is_empty(), "a zone of its own: none");
+    assert!(peers_of(&plan, 4).is_empty(), "another area: none");
 }
