@@ -8,6 +8,8 @@
 #       on free loopback ports, their data and logs in DIR/zookeeper and
 #       DIR/redis; then N server nodes joined through them and K agents that
 #       know every node. Ctrl-C stops the nodes and agents, then both.
+#   scripts/quickstart.sh --cloud-area ID:K [...]   (repeatable, with either)
+#       also a gse-proxy for cloud area ID and K agents behind it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

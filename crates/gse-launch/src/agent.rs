@@ -24,6 +24,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A `gse-agent` child process started on this host.
 pub struct LocalAgent {
     pub ip: IpAddr,
+    /// Its cloud area (`bk_cloud_id`).
+    pub cloud_id: i64,
     pub child: Child,
     /// Its log file.
     pub log: PathBuf,
@@ -102,6 +104,7 @@ pub fn spawn_local_agent_with(
         .with_context(|| format!("cannot start {}", bin.display()))?;
     Ok(LocalAgent {
         ip,
+        cloud_id: cfg.agent.cloud_id,
         child,
         log,
         data_ipc,

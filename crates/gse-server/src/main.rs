@@ -13,7 +13,7 @@ use gse_core::certs::{CertDir, CertKind, DEFAULT_CA_DAYS, DEFAULT_LEAF_DAYS, Ide
 use gse_core::seams::AppRecord;
 use gse_server::config::ServerConfig;
 use gse_server::node::Node;
-use gse_server::quickstart::{self, ClusterOptions, QuickstartOptions};
+use gse_server::quickstart::{self, AreaOption, ClusterOptions, QuickstartOptions};
 use gse_server::reach::{self, Reach};
 
 /// The gse server: holds agent connections (mutual TLS), serves the HTTP API
@@ -95,6 +95,13 @@ struct QuickstartArgs {
     /// redis://[user:password@]HOST:PORT[/db].
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// A cloud area behind a proxy, ID:K (repeatable): starts a gse-proxy
+    /// for area ID (its certificate bound to the area) and K agents of
+    /// that area whose only upstream is the proxy (identity IPs
+    /// 127.(20+n).0.2 .. for the n-th area given). quickstart.json lists
+    /// them under `proxies` and `agents`.
+    #[arg(long = "cloud-area", value_name = "ID:K")]
+    cloud_areas: Vec<AreaOption>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +263,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 agent_listen: q.agent_listen,
                 agent_bin: q.agent_bin,
                 cluster: ClusterOptions::from_flags(q.nodes, q.zookeeper, q.redis)?,
+                areas: q.cloud_areas,
             })
             .await
         }

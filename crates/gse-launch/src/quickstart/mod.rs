@@ -13,11 +13,14 @@
 //! the node. The files it writes (`server.toml`, agent configs) are
 //! ordinary configs: `gse-server run` / `gse-agent` run them the same way.
 //! A cluster node that exits is reported (with the `gse-server run -c`
-//! that brings it back) while the rest keep running.
+//! that brings it back) while the rest keep running. Each `--cloud-area
+//! ID:K` adds a `gse-proxy` process for area ID and K agents behind it
+//! ([`areas`]).
 //! DIR is 0700 and every file in it that holds a secret or names one
 //! (quickstart.json, the configs, keys, the store) is 0600 from creation;
 //! each run gives the app a new secret (the store keeps only its hash).
 
+pub mod areas;
 pub mod cluster;
 mod summary;
 
@@ -35,8 +38,11 @@ use gse_core::tls::TlsFiles;
 use gse_core::{AgentKey, AgentRef};
 use serde::Serialize;
 
+pub use self::areas::{AreaOption, ProxyEntry};
 pub use self::cluster::{ClusterOptions, NodeEntry, NodeExit};
-use crate::agent::{LocalAgent, MAX_AGENTS, agent_ip, spawn_local_agent, stop_local_agents};
+use crate::agent::{
+    LocalAgent, MAX_AGENTS, agent_ip, spawn_local_agent, spawn_local_agent_with, stop_local_agents,
+};
 
 /// App code quickstart registers for API calls.
 pub const APP_CODE: &str = "gse-quickstart";
@@ -54,6 +60,8 @@ pub struct QuickstartOptions {
     pub agent_bin: Option<PathBuf>,
     /// Several nodes on ZooKeeper and Redis; None: one embedded node.
     pub cluster: Option<ClusterOptions>,
+    /// Cloud areas, each with a proxy and agents behind it (issue 12).
+    pub areas: Vec<AreaOption>,
 }
 
 /// What the node starter is given: where quickstart keeps its files and
@@ -101,6 +109,9 @@ pub struct QuickstartInfo {
     /// Every node (one for the embedded quickstart); `api` and
     /// `agent_listen` above are the first one's.
     pub nodes: Vec<NodeEntry>,
+    /// One per `--cloud-area`: the area's proxy.
+    pub proxies: Vec<ProxyEntry>,
+    /// Every agent, those behind proxies too (with their `bk_cloud_id`).
     pub agents: Vec<AgentInfo>,
 }
 
@@ -129,8 +140,13 @@ where
             opts.agents
         );
     }
+    areas::check(&opts.areas)?;
     prepare_dir(&opts.dir)?;
     let dir = opts.dir.canonicalize()?;
+    let proxy_bin = match opts.areas.is_empty() {
+        true => None,
+        false => Some(areas::find_proxy_bin()?),
+    };
     let info_path = dir.join("quickstart.json");
     let _ = std::fs::remove_file(&info_path);
     let agent_bin = find_agent_bin(opts.agent_bin.as_deref())?;
@@ -147,6 +163,7 @@ where
     let nodes = node.nodes();
     let agent_addrs = node.agent_addrs();
 
+    let mut proxies = Vec::new();
     let result = async {
         let secret = ensure_app(node.store()).await?;
         let agent_tls = certs.tls_files(CertKind::Agent);
@@ -160,8 +177,28 @@ where
                 agent_ip(i),
             )?);
         }
+        for (index, area) in opts.areas.iter().enumerate() {
+            let bin = proxy_bin.as_deref().context("no gse-proxy binary")?;
+            let proxy = areas::start_proxy(bin, (&dir, &certs), (area, index), &agent_addrs)?;
+            for j in 1..=area.agents {
+                agents.push(spawn_local_agent_with(
+                    &agent_bin,
+                    &dir,
+                    &[proxy.listen],
+                    &agent_tls,
+                    areas::area_agent_ip(index, j),
+                    |cfg| {
+                        // Behind its area's proxy, which it takes as its
+                        // server by the proxy certificate's name.
+                        cfg.agent.cloud_id = area.bk_cloud_id;
+                        cfg.upstream.server_name = "gse-proxy".into();
+                    },
+                )?);
+            }
+            proxies.push(proxy);
+        }
         let shown = async {
-            let registered = wait_registered(node.store(), &mut agents).await?;
+            let registered = wait_registered(node.store(), &mut agents, &mut proxies).await?;
             let first = nodes.first().context("quickstart started no node")?;
             let info = QuickstartInfo {
                 api: first.api.clone(),
@@ -171,6 +208,7 @@ where
                 alarm_log: node.alarm_log(),
                 server_pid: std::process::id(),
                 nodes: nodes.clone(),
+                proxies: proxies.iter().map(|p| p.entry.clone()).collect(),
                 agents: registered,
             };
             private_files::write_private(&info_path, &serde_json::to_vec_pretty(&info)?)
@@ -189,6 +227,7 @@ where
             }
         );
         stop_local_agents(&mut agents).await;
+        areas::stop_proxies(&mut proxies, STOP_GRACE).await;
         shown
     }
     .await;
@@ -255,13 +294,15 @@ async fn ensure_app(store: &dyn StateStore) -> Result<String> {
 async fn wait_registered(
     store: &dyn StateStore,
     agents: &mut [LocalAgent],
+    proxies: &mut [areas::LocalProxy],
 ) -> Result<Vec<AgentInfo>> {
     let refs: Vec<AgentRef> = agents
         .iter()
-        .map(|a| AgentRef::Key(AgentKey::new(0, a.ip)))
+        .map(|a| AgentRef::Key(AgentKey::new(a.cloud_id, a.ip)))
         .collect();
     let deadline = tokio::time::Instant::now() + REGISTER_DEADLINE;
     loop {
+        areas::check_running(proxies)?;
         for a in agents.iter_mut() {
             if let Some(status) = a.child.try_wait()? {
                 bail!(
@@ -292,7 +333,7 @@ async fn wait_registered(
                 .iter()
                 .zip(records.iter())
                 .filter(|(_, r)| !r.as_ref().is_some_and(|r| r.alive))
-                .map(|(a, _)| format!("{} (log {})", a.ip, a.log.display()))
+                .map(|(a, _)| format!("{}:{} (log {})", a.cloud_id, a.ip, a.log.display()))
                 .collect();
             bail!(
                 "agents not registered after {REGISTER_DEADLINE:?}: {}",

@@ -38,6 +38,16 @@ pub(super) fn print(info: &QuickstartInfo, dir: &Path) {
             "    (a node that stops is reported here; `gse-server run -c <its config>` brings it back)"
         );
     }
+    for p in &info.proxies {
+        println!(
+            "  proxy of cloud area {}: agents connect to {}  pid {}  metrics {}  config {}",
+            p.bk_cloud_id,
+            p.agent_listen,
+            p.pid,
+            p.metrics,
+            p.config.display()
+        );
+    }
     println!("  agents ({}):", info.agents.len());
     for a in &info.agents {
         println!(

@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use gse_core::private_files;
 use gse_core::seams::StateStore;
-pub use gse_launch::quickstart::{APP_CODE, ClusterOptions, QuickstartOptions, prepare_dir};
+pub use gse_launch::quickstart::{
+    APP_CODE, AreaOption, ClusterOptions, QuickstartOptions, prepare_dir,
+};
 use gse_launch::quickstart::{NodeEntry, NodeExit, NodeSetup, QuickstartNode};
 
 use crate::config::ServerConfig;

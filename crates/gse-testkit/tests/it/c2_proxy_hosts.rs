@@ -14,7 +14,10 @@ use gse_testkit::{AgentProc, Api, Cluster, ProxyProc, eventually};
 use serde_json::{Value, json};
 
 use crate::d_data::{DATA_ID, file_route, socket_of, stream_records, wait_all};
-use crate::r10_hosts::{SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped};
+use crate::f_files::{self as files, noise, write_file};
+use crate::r10_hosts::{
+    SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped, start_agent,
+};
 use crate::task_api;
 
 const AREA: u8 = 7;
@@ -173,6 +176,35 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
     .await;
     let want: Vec<String> = (0..200).map(|i| format!("area-{i}")).collect();
     wait_all(&sink, &want, Duration::from_secs(30)).await;
+
+    // F8: a file from a host on the servers' network reaches both area
+    // hosts; one copy crosses into the area.
+    let src_host = lab.host("source", 5);
+    let _source = start_agent(&cluster, &certs, &src_host);
+    api.wait_alive("10.77.0.5").await;
+    let size = 20 << 20;
+    let content = noise(size, 12);
+    let src = cluster.path.join("src");
+    write_file(&src.join("big.bin"), &content, 0o644);
+    let dst = cluster.path.join("dst");
+    let id = files::start(
+        api,
+        vec![files::task("0:10.77.0.5", &src, "big.bin", &targets, &dst)],
+        json!({}),
+    )
+    .await;
+    for e in files::wait_final(api, &id, 3, Duration::from_secs(120)).await {
+        assert_eq!(files::code(&e), 0, "{e}");
+    }
+    assert!(std::fs::read(dst.join("big.bin")).unwrap() == content);
+    let crossed = proxy
+        .metric("gse_proxy_file_bytes_from_upstream_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        crossed / size as f64 <= 1.1,
+        "{crossed} bytes crossed for {size}"
+    );
 
     // C11: the agent dies on a live host: the host answers its proxy's
     // probe. A host cut off the area's network does not.

@@ -175,7 +175,7 @@ impl Deployment {
 }
 
 /// An agent on `host` from the shipped config with the README's changes.
-fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
+pub(crate) fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
     let dir = cluster.path.join(format!("agent-{}", host.ip));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = shipped("gse-agent.toml");
