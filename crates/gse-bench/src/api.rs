@@ -116,9 +116,14 @@ impl ApiClient {
 
     /// How many of `ips` (cloud 0) are alive.
     pub async fn alive(&self, ips: &[String]) -> Result<usize> {
+        self.alive_in(0, ips).await
+    }
+
+    /// How many agents of cloud `area` at `ips` are alive.
+    pub async fn alive_in(&self, area: i64, ips: &[String]) -> Result<usize> {
         let hosts: Vec<Value> = ips
             .iter()
-            .map(|ip| json!({"ip": ip, "bk_cloud_id": 0}))
+            .map(|ip| json!({"ip": ip, "bk_cloud_id": area}))
             .collect();
         let body = json!({ "hosts": hosts });
         let (status, _): (std::collections::HashMap<String, AgentAlive>, _) =
@@ -157,12 +162,22 @@ impl ApiClient {
     pub async fn wait_alive(
         &self,
         ips: &[String],
+        check: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_alive_in(0, ips, check).await
+    }
+
+    /// [`Self::wait_alive`] for agents of cloud `area`.
+    pub async fn wait_alive_in(
+        &self,
+        area: i64,
+        ips: &[String],
         mut check: impl FnMut() -> Result<()>,
     ) -> Result<()> {
         let deadline = Instant::now() + ALIVE_WITHIN;
         loop {
             check()?;
-            let alive = self.alive(ips).await?;
+            let alive = self.alive_in(area, ips).await?;
             if alive == ips.len() {
                 return Ok(());
             }

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::unistd::{SysconfVar, sysconf};
 
 /// Clock ticks per second of `utime`/`stime` in `/proc/<pid>/stat`.
@@ -114,12 +113,7 @@ impl CpuMark {
 /// Lifts the soft open-files limit to the hard one (children inherit it);
 /// returns the limit now in force.
 pub fn raise_fd_limit() -> Result<u64> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("cannot read RLIMIT_NOFILE")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .with_context(|| format!("cannot raise the open-files limit from {soft} to {hard}"))?;
-    }
-    Ok(hard)
+    gse_core::rlimit::raise_open_files().map_err(anyhow::Error::msg)
 }
 
 /// Descriptors each process keeps for itself beyond one per agent (listeners,

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod logging;
 pub mod private_files;
 pub mod refusals;
+pub mod rlimit;
 pub mod seams;
 pub mod task;
 pub mod telemetry;

@@ -71,6 +71,10 @@ async fn proxy_main() -> anyhow::Result<()> {
             if let Some(exposed) = exposed {
                 tracing::warn!("{exposed}");
             }
+            // Each of the area's agents is a descriptor or two.
+            if let Err(e) = gse_core::rlimit::raise_open_files() {
+                tracing::warn!("{e}; fewer agents can connect");
+            }
             let shutdown = CancellationToken::new();
             if let Err(e) = gse_proxy::start(config, shutdown.clone()).await {
                 // Into the log file too, not only stderr.

@@ -465,15 +465,7 @@ async fn agents(c: AgentsCommand) -> Result<()> {
 /// Lifts the soft open-files limit to the hard one: every agent holds a
 /// socket, and the default soft limit (often 1024) is far too low.
 fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
-    {
-        tracing::warn!(
-            soft,
-            hard,
-            "cannot raise the open-files limit; fewer agents can connect"
-        );
+    if let Err(e) = gse_core::rlimit::raise_open_files() {
+        tracing::warn!("{e}; fewer agents can connect");
     }
 }

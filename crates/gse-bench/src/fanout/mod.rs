@@ -12,6 +12,7 @@
 
 mod metrics;
 mod nodes;
+mod proxied;
 mod report;
 mod round;
 
@@ -89,6 +90,11 @@ pub struct FanoutArgs {
     /// the shared store costs apart from forwarding between nodes.
     #[arg(long)]
     cluster: bool,
+    /// The simulated agents are of a cloud area behind one gse-proxy
+    /// (issue 12); then the same run with the agents connected directly as
+    /// the reference ([`proxied`]).
+    #[arg(long)]
+    proxy: bool,
 }
 
 /// The agents of a run.
@@ -137,6 +143,9 @@ pub async fn run(args: FanoutArgs) -> Result<BenchOutput> {
         Some(n) => local_agents::check_count(n)?,
         None => check_fd_limit(args.agents, fd_limit)?,
     }
+    if args.proxy {
+        return proxied::run(&args).await;
+    }
     if args.nodes > 1 || args.cluster {
         return nodes::run(&args).await;
     }
@@ -169,8 +178,14 @@ async fn single_node(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
     })
     .await?;
     let links = [server.link];
-    let result = drive(args, &server, &app, &links).await;
+    let result = drive(args, &server, &app, &links, None).await;
     server.close(result, args.keep_dir).await
+}
+
+/// Agents of a cloud area behind a proxy: the area, and the proxy's pid.
+pub(super) struct Behind {
+    pub area: i64,
+    pub pid: String,
 }
 
 /// Brings the agents up (simulated ones spread over `links`), runs the
@@ -180,15 +195,19 @@ async fn drive(
     server: &BenchServer,
     app: &AppConfig,
     links: &[SocketAddr],
+    behind: Option<&Behind>,
 ) -> Result<(Report, Option<String>)> {
     let pid = server.proc_id();
     let server_idle_rss_kib = rss_kib(&pid)?;
+    let proxy_idle_rss_kib = behind.map(|b| rss_kib(&b.pid)).transpose()?;
     let api = ApiClient::new(server.api, app)?;
     let began = Instant::now();
-    let (mut agents, targets) = start_agents(args, server, &api, links).await?;
+    let area = behind.map_or(0, |b| b.area);
+    let (mut agents, targets) = start_agents(args, server, &api, (links, area)).await?;
     let ready_s = began.elapsed().as_secs_f64();
     eprintln!("{} agents alive after {ready_s:.1}s", targets.len());
     let server_ready_rss_kib = rss_kib(&pid)?;
+    let proxy_ready_rss_kib = behind.map(|b| rss_kib(&b.pid)).transpose()?;
     let plan = RoundPlan {
         command: COMMAND.into(),
         expected_screen: EXPECTED_SCREEN.into(),
@@ -196,6 +215,7 @@ async fn drive(
         poll_every: args.poll_interval,
         give_up_after: args.round_timeout,
         server_pid: pid.clone(),
+        proxy_pid: behind.map(|b| b.pid.clone()),
         node_of: if links.len() > 1 {
             // Simulated agent i is held by node i % N (`Fleet::spread`).
             plan_targets_by_node(&targets, links.len())
@@ -225,6 +245,13 @@ async fn drive(
         bench_cpu_percent: cpu.bench,
         agents_rss_kib,
         server_metrics,
+        proxy: match (behind, proxy_idle_rss_kib, proxy_ready_rss_kib) {
+            (Some(b), Some(idle), Some(ready)) => Some(report::ProxyFigures::new(
+                (idle, ready, rss_kib(&b.pid)?),
+                cpu.proxy.unwrap_or(0.0),
+            )),
+            _ => None,
+        },
     };
     let report = Report::new(run, &rounds);
     let failure = report.failure();
@@ -237,7 +264,7 @@ async fn start_agents(
     args: &FanoutArgs,
     server: &BenchServer,
     api: &ApiClient,
-    links: &[SocketAddr],
+    (links, area): (&[SocketAddr], i64),
 ) -> Result<(Agents, Vec<String>)> {
     if let Some(n) = args.real_agents {
         let mut real = RealAgents::spawn(n, server.dir(), server.link, &server.agent_tls)?;
@@ -245,7 +272,7 @@ async fn start_agents(
         real.wait_alive(api).await?;
         return Ok((Agents::Real(real), targets));
     }
-    let fleet = Fleet::spread(&server.agent_tls, links.to_vec(), args.concurrency)?;
+    let fleet = Fleet::in_area(&server.agent_tls, links.to_vec(), args.concurrency, area)?;
     fleet.spawn_all(args.agents);
     fleet.wait_connected(args.agents).await;
     if let Some(e) = fleet.first_error() {
@@ -253,8 +280,8 @@ async fn start_agents(
         bail!("simulated agents failed to connect; first error: {e}");
     }
     let ips: Vec<String> = (0..args.agents).map(identity_ip).collect();
-    api.wait_alive(&ips, || Ok(())).await?;
-    let targets = ips.iter().map(|ip| format!("0:{ip}")).collect();
+    api.wait_alive_in(area, &ips, || Ok(())).await?;
+    let targets = ips.iter().map(|ip| format!("{area}:{ip}")).collect();
     Ok((Agents::Simulated(fleet), targets))
 }
 
@@ -312,10 +339,11 @@ async fn rounds_apart(
         .context("the API client's thread ended without an answer")?
 }
 
-/// CPU of both processes while rounds ran (pauses left out), % of one core.
+/// CPU of the processes while rounds ran (pauses left out), % of one core.
 struct RoundsCpu {
     server: f64,
     bench: f64,
+    proxy: Option<f64>,
 }
 
 /// Runs the rounds with a pause between them, printing each in brief.
@@ -325,16 +353,20 @@ async fn run_rounds(
     rounds: usize,
 ) -> Result<(Vec<RoundFigures>, RoundsCpu)> {
     let mut all = Vec::with_capacity(rounds);
-    let (mut wall, mut server_cpu, mut bench_cpu) = (0.0, 0.0, 0.0);
+    let (mut wall, mut server_cpu, mut bench_cpu, mut proxy_cpu) = (0.0, 0.0, 0.0, 0.0);
     for i in 1..=rounds {
         let server = CpuMark::now(&plan.server_pid)?;
         let bench = CpuMark::now("self")?;
+        let proxy = plan.proxy_pid.as_deref().map(CpuMark::now).transpose()?;
         let began = Instant::now();
         let figures = round::run(api, plan).await?;
         let seconds = began.elapsed().as_secs_f64();
         wall += seconds;
         server_cpu += server.percent_since()? * seconds;
         bench_cpu += bench.percent_since()? * seconds;
+        if let Some(proxy) = proxy {
+            proxy_cpu += proxy.percent_since()? * seconds;
+        }
         let seen = report::Stats::of(&figures.seen_ms);
         eprintln!(
             "round {i}/{rounds}: seen p50 {} ms, p99 {} ms, last {:.0} ms, {} polls, {} failed",
@@ -353,6 +385,7 @@ async fn run_rounds(
     let cpu = RoundsCpu {
         server: server_cpu / wall,
         bench: bench_cpu / wall,
+        proxy: plan.proxy_pid.as_ref().map(|_| proxy_cpu / wall),
     };
     Ok((all, cpu))
 }

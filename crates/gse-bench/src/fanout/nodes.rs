@@ -56,7 +56,7 @@ async fn cluster(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
     let result = async {
         let api = ApiClient::new(cluster.nodes[0].api, &app)?;
         wait_members(&api, args.nodes).await?;
-        drive(args, &cluster.nodes[0], &app, &links).await
+        drive(args, &cluster.nodes[0], &app, &links, None).await
     }
     .await;
     let failed = !matches!(&result, Ok((_, None)));

@@ -15,6 +15,32 @@ const TARGET_P99_MS: f64 = 2000.0;
 pub const CLUSTER_TARGET: &str =
     "seen p50 and p99 across the nodes at most 1.3 x the same run on one node";
 const CLUSTER_MAX_RATIO: f64 = 1.3;
+/// Issue 12's figure for `--proxy`, measured against direct agents.
+pub const PROXY_TARGET: &str =
+    "seen p50 and p99 through one proxy at most 1.2 x the same agents connected directly";
+pub const PROXY_MAX_RATIO: f64 = 1.2;
+
+/// The proxy of a `--proxy` run: its memory and CPU.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct ProxyFigures {
+    rss_mib_idle: f64,
+    rss_mib_ready: f64,
+    rss_mib_after: f64,
+    /// While rounds ran, % of one core.
+    cpu_percent: f64,
+}
+
+impl ProxyFigures {
+    /// RSS (KiB) idle, with every agent connected, after the rounds.
+    pub fn new((idle, ready, after): (u64, u64, u64), cpu_percent: f64) -> Self {
+        ProxyFigures {
+            rss_mib_idle: mib(idle),
+            rss_mib_ready: mib(ready),
+            rss_mib_after: mib(after),
+            cpu_percent: r2(cpu_percent),
+        }
+    }
+}
 
 /// Percentiles (nearest rank) of a set of times, ms.
 #[derive(Serialize, Debug, Default, Clone, Copy)]
@@ -83,6 +109,8 @@ pub struct RunFigures {
     /// Real mode: all agent processes together.
     pub agents_rss_kib: Option<u64>,
     pub server_metrics: ServerMetrics,
+    /// `--proxy`: the proxy's figures.
+    pub proxy: Option<ProxyFigures>,
 }
 
 /// One run's figures; field order is the order of the JSON line.
@@ -127,6 +155,8 @@ pub struct Report {
     bench_cpu_percent: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     agents_rss_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<ProxyFigures>,
     /// The server's own histograms over the whole run.
     server_metrics: ServerMetrics,
     cores: usize,
@@ -194,6 +224,7 @@ impl Report {
             server_cpu_percent: r2(run.server_cpu_percent),
             bench_cpu_percent: r2(run.bench_cpu_percent),
             agents_rss_mib: run.agents_rss_kib.map(mib),
+            proxy: run.proxy,
             server_metrics: run.server_metrics,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             reference_seen_ms: None,
@@ -210,6 +241,12 @@ impl Report {
     /// Measures this (cluster) run against `reference`, the same agents on
     /// one node: the target becomes the ratio of the seen times.
     pub fn compare(&mut self, reference: &Report) {
+        self.compare_to(reference, (CLUSTER_TARGET, CLUSTER_MAX_RATIO));
+    }
+
+    /// Measures this run against `reference` with `target`: at most
+    /// `max_ratio` times its seen p50 and p99.
+    pub fn compare_to(&mut self, reference: &Report, (target, max_ratio): (&'static str, f64)) {
         let ratio = |a: f64, b: f64| if b > 0.0 { r2(a / b) } else { f64::INFINITY };
         let p50 = ratio(self.seen_ms.p50, reference.seen_ms.p50);
         let p99 = ratio(self.seen_ms.p99, reference.seen_ms.p99);
@@ -218,11 +255,9 @@ impl Report {
         self.ratio_p50 = Some(p50);
         self.ratio_p99 = Some(p99);
         self.meets_single_node_target = Some(self.meets_target);
-        self.target = CLUSTER_TARGET;
-        self.meets_target = self.failed == 0
-            && reference.failed == 0
-            && p50 <= CLUSTER_MAX_RATIO
-            && p99 <= CLUSTER_MAX_RATIO;
+        self.target = target;
+        self.meets_target =
+            self.failed == 0 && reference.failed == 0 && p50 <= max_ratio && p99 <= max_ratio;
     }
 
     /// Why the run was not clean: an entry that did not succeed with the

@@ -38,6 +38,8 @@ pub struct RoundPlan {
     pub give_up_after: Duration,
     /// The server's pid, to sample its RSS at every poll.
     pub server_pid: String,
+    /// With `--proxy`: the proxy's pid, whose CPU is measured too.
+    pub proxy_pid: Option<String>,
     /// Index of the node each target is held by (by `cloud_id:ip`); empty
     /// on one node.
     pub node_of: HashMap<String, usize>,

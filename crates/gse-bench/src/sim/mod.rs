@@ -57,6 +57,9 @@ pub struct Fleet {
     servers: Vec<SocketAddr>,
     /// Bounds the handshakes in flight.
     handshakes: Semaphore,
+    /// The agents' cloud area: 0, or an area whose proxy they connect to
+    /// (as "gse-proxy", its certificate bound to the area).
+    area: i64,
     pub shutdown: CancellationToken,
     /// When the first agent started to connect.
     pub started: Instant,
@@ -86,13 +89,25 @@ impl Fleet {
         servers: Vec<SocketAddr>,
         concurrency: usize,
     ) -> Result<Arc<Self>> {
+        Self::in_area(tls, servers, concurrency, 0)
+    }
+
+    /// [`Self::spread`] for agents of cloud `area`: with an area above 0,
+    /// `servers` are the area's proxies.
+    pub fn in_area(
+        tls: &TlsFiles,
+        servers: Vec<SocketAddr>,
+        concurrency: usize,
+        area: i64,
+    ) -> Result<Arc<Self>> {
         anyhow::ensure!(!servers.is_empty(), "a fleet needs a server to connect to");
-        let mut config = (*gse_core::tls::client_config(tls)?).clone();
+        let mut config = (*gse_core::tls::upstream_client_config(tls, area)?).clone();
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(Fleet {
             connector: TlsConnector::from(Arc::new(config)),
             servers,
             handshakes: Semaphore::new(concurrency),
+            area,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             registered: AtomicU64::new(0),
@@ -218,7 +233,10 @@ async fn connect_to(fleet: &Fleet, i: u32, server: SocketAddr) -> Result<(Link, 
         .await
         .with_context(|| format!("TCP connect to {server} failed"))?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(gse_core::certs::DEFAULT_SERVER_NAME)?;
+    let name = match fleet.area {
+        0 => ServerName::try_from(gse_core::certs::DEFAULT_SERVER_NAME)?,
+        _ => ServerName::try_from("gse-proxy")?,
+    };
     let tls = fleet
         .connector
         .connect(name, tcp)
@@ -226,7 +244,7 @@ async fn connect_to(fleet: &Fleet, i: u32, server: SocketAddr) -> Result<(Link, 
         .context("TLS handshake failed")?;
     let codec = FrameCodec::new(MAX_BODY);
     let mut link = Framed::with_capacity(tls, codec, LINK_BUFFER);
-    link.send(Frame::new(MsgType::Register, 1, &register(i)))
+    link.send(Frame::new(MsgType::Register, 1, &register(i, fleet.area)))
         .await
         .context("cannot send Register")?;
     let frame = link
@@ -244,10 +262,10 @@ async fn connect_to(fleet: &Fleet, i: u32, server: SocketAddr) -> Result<(Link, 
     Ok((link, ack))
 }
 
-fn register(i: u32) -> Register {
+fn register(i: u32, area: i64) -> Register {
     Register {
         agent_id: format!("bench{i:027}"),
-        cloud_id: 0,
+        cloud_id: area,
         identity_ip: identity_ip(i),
         version: gse_core::VERSION.into(),
         hostname: format!("bench-{i}"),
@@ -328,7 +346,7 @@ mod tests {
         assert_eq!(source_ip(64_000).to_string(), "127.2.0.1");
         assert_eq!(source_ip(94_999).to_string(), "127.2.123.250");
         assert_eq!(identity_ip(70_000), "10.1.17.112");
-        let reg = register(49_999);
+        let reg = register(49_999, 0);
         assert_eq!(reg.agent_id.len(), 32);
         gse_core::identity::validate_agent_id(&reg.agent_id).unwrap();
     }
