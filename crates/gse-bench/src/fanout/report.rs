@@ -361,6 +361,7 @@ mod tests {
             bench_cpu_percent: 0.0,
             agents_rss_kib: None,
             server_metrics: ServerMetrics::default(),
+            proxy: None,
         };
         Report::new(run, &[round])
     }
