@@ -47,7 +47,10 @@ impl RealAgents {
 
     /// `cloud_id:ip` of every agent, as task targets.
     pub fn targets(&self) -> Vec<String> {
-        self.agents.iter().map(|a| format!("0:{}", a.ip)).collect()
+        self.agents
+            .iter()
+            .map(|a| format!("{}:{}", a.cloud_id, a.ip))
+            .collect()
     }
 
     /// The agents' pids, as `/proc` names them, in spawn order (an agent
@@ -63,21 +66,33 @@ impl RealAgents {
     /// Waits until the server reports every agent alive; fails early, with
     /// its log's path, if an agent exits.
     pub async fn wait_alive(&mut self, api: &ApiClient) -> Result<()> {
-        let ips: Vec<String> = self.agents.iter().map(|a| a.ip.to_string()).collect();
-        let agents = &mut self.agents;
-        api.wait_alive(&ips, || {
-            for a in agents.iter_mut() {
-                if let Some(status) = a.child.try_wait()? {
-                    bail!(
-                        "agent {} exited ({status}) before registering; see {}",
-                        a.ip,
-                        a.log.display()
-                    );
+        let mut areas: Vec<i64> = self.agents.iter().map(|a| a.cloud_id).collect();
+        areas.sort_unstable();
+        areas.dedup();
+        for area in areas {
+            let ips: Vec<String> = self
+                .agents
+                .iter()
+                .filter(|a| a.cloud_id == area)
+                .map(|a| a.ip.to_string())
+                .collect();
+            let agents = &mut self.agents;
+            api.wait_alive_in(area, &ips, || {
+                for a in agents.iter_mut() {
+                    if let Some(status) = a.child.try_wait()? {
+                        bail!(
+                            "agent {}:{} exited ({status}) before registering; see {}",
+                            a.cloud_id,
+                            a.ip,
+                            a.log.display()
+                        );
+                    }
                 }
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Resident memory of all agents together, KiB.

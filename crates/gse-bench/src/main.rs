@@ -25,6 +25,7 @@ mod local_agents;
 mod p2p;
 mod procfs;
 mod prom;
+mod proxy;
 mod redis_info;
 mod scale;
 mod server;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use gse_link::proxy;
 use gse_link::proxy::mux;
-use gse_link::session::{ServerSession, send_all_within};
+use gse_link::session::{AgentChannel, ServerSession, send_all_within};
 use gse_link::{Accepted, ConnPermit};
 use gse_proto::link::{ProxyClose, ProxyData, ProxyHelloAck, ProxyOpen};
 use gse_proto::{Frame, FrameCodec, MsgType};
@@ -40,6 +40,10 @@ const CHANNEL_QUEUE: usize = 256;
 const LOWER_QUEUE: usize = 4096;
 /// Frames written to one connection in one flush, at most.
 const WRITE_BATCH: usize = 64;
+/// Read buffer of a connection (it grows for a large frame).
+const READ_BUFFER: usize = 512;
+/// A connection's write buffer beyond this is given back after a write.
+const KEEP_WRITE_BUFFER: usize = 4096;
 
 /// What every connection's handler needs.
 pub(crate) struct Downstream {
@@ -68,7 +72,8 @@ impl Downstream {
             pending,
             ..
         } = accepted;
-        let conn = Framed::new(tls, FrameCodec::default());
+        // Small buffers: most of the area's links are idle most of the time.
+        let conn = Framed::with_capacity(tls, FrameCodec::default(), READ_BUFFER);
         // Taken now: a connection opened while the link was up ends with it.
         let Some(up) = self.current.borrow().clone() else {
             tracing::info!(peer = %peer, "not linked upstream yet; closing the connection (the agent retries, or tries its area's other proxy)");
@@ -112,7 +117,7 @@ impl Downstream {
             Err(e) => return refused(peer, e),
         };
         tracing::debug!(peer = %peer, chan, node = %up.node_id, "agent connected; relaying");
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut batch = Vec::new();
         let reason = loop {
             tokio::select! {
                 _ = up.gone.cancelled() => break "the link upstream ended".to_string(),
@@ -133,7 +138,16 @@ impl Downstream {
                     if let Err(e) = send_all_within(&mut conn, &batch, WRITE_TIMEOUT).await {
                         break format!("writing to the agent failed: {e}");
                     }
-                    batch.clear();
+                    // Idle links keep little: the batch and the write buffer
+                    // a burst grew are given back.
+                    if batch.capacity() > 4 {
+                        batch = Vec::new();
+                    } else {
+                        batch.clear();
+                    }
+                    if conn.write_buffer().capacity() > KEEP_WRITE_BUFFER {
+                        conn.shrink_write_buffer(READ_BUFFER);
+                    }
                 }
             }
         };

@@ -6,22 +6,12 @@
 //! to a fresh server are the reference: the line carries the proxy's RSS
 //! and CPU and the ratio of the seen times.
 
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
-use gse_core::certs::CertDir;
-use gse_launch::quickstart::areas::{self, AreaOption, LocalProxy};
-use tokio::time::{Instant, sleep};
+use anyhow::{Result, bail};
 
 use super::report::{PROXY_MAX_RATIO, PROXY_TARGET, Report};
 use super::{Behind, FanoutArgs, bench_app, drive, max_hosts, single_node};
-use crate::BenchOutput;
 use crate::server::{BenchServer, ServerOptions};
-
-/// The simulated agents' cloud area.
-const AREA: i64 = 7;
-/// Time the proxy has to link to the server.
-const LINK_WITHIN: Duration = Duration::from_secs(30);
+use crate::{BenchOutput, proxy};
 
 /// The run behind the proxy, then (unless `--no-reference`) the direct
 /// one, as one line.
@@ -57,49 +47,15 @@ async fn behind_proxy(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
     })
     .await?;
     let result = async {
-        let bin = gse_launch::beside_current_exe("gse-proxy")?;
-        let certs = CertDir::new(server.certs_dir());
-        let area = AreaOption {
-            bk_cloud_id: AREA,
-            agents: 0,
+        let proxy = proxy::start(&server).await?;
+        let behind = Behind {
+            area: proxy::AREA,
+            pid: proxy.entry.pid.to_string(),
         };
-        let mut proxy =
-            areas::start_proxy(&bin, (server.dir(), &certs), (&area, 0), &[server.link])?;
-        let ran = async {
-            wait_linked(&mut proxy).await?;
-            let behind = Behind {
-                area: AREA,
-                pid: proxy.entry.pid.to_string(),
-            };
-            drive(args, &server, &app, &[proxy.listen], Some(&behind)).await
-        }
-        .await;
-        areas::stop_proxies(std::slice::from_mut(&mut proxy), Duration::from_secs(5)).await;
+        let ran = drive(args, &server, &app, &[proxy.listen], Some(&behind)).await;
+        proxy::stop(proxy).await;
         ran
     }
     .await;
     server.close(result, args.keep_dir).await
-}
-
-/// Waits until the proxy says it is linked upstream.
-async fn wait_linked(proxy: &mut LocalProxy) -> Result<()> {
-    let deadline = Instant::now() + LINK_WITHIN;
-    loop {
-        areas::check_running(std::slice::from_mut(proxy))?;
-        let text = match reqwest::get(&proxy.entry.metrics).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if text.lines().any(|l| l == "gse_proxy_upstream_connected 1") {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(anyhow::anyhow!(
-                "the proxy did not link to the server within {LINK_WITHIN:?}; its log: {}",
-                proxy.log.display()
-            ))
-            .context("starting the proxy");
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
 }

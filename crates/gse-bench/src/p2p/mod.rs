@@ -77,6 +77,12 @@ pub struct P2pArgs {
     /// Keep the temp dir (certs, configs, logs; never the payload copies).
     #[arg(long)]
     keep_dir: bool,
+    /// The targets are agents of a cloud area behind a gse-proxy (issue
+    /// 12): a `proxy` phase, with the bytes that crossed into the area,
+    /// then the `p2p` phase (the same targets connected directly) as its
+    /// reference; `--mode` is not used.
+    #[arg(long)]
+    proxy: bool,
 }
 
 /// Which phases run.
@@ -92,6 +98,8 @@ enum Mode {
 enum Phase {
     P2p,
     Direct,
+    /// P2P with the targets behind a proxy.
+    Proxy,
 }
 
 /// Runs the bench; see the module header for the steps.
@@ -165,13 +173,21 @@ async fn drive(
 
 impl Bench<'_> {
     async fn phases(&self) -> Result<(Report, Option<String>)> {
+        if self.args.proxy {
+            let (behind, crossed) = self.proxy_phase().await?;
+            let reference = self.phase(Phase::P2p, None).await?;
+            let report =
+                Report::new(&self.params, Some(reference), None).with_proxy(behind, crossed);
+            let failure = report.failure();
+            return Ok((report, failure));
+        }
         let mode = self.args.mode;
         let p2p = match mode {
-            Mode::P2p | Mode::Both => Some(self.phase(Phase::P2p).await?),
+            Mode::P2p | Mode::Both => Some(self.phase(Phase::P2p, None).await?),
             Mode::Direct => None,
         };
         let direct = match mode {
-            Mode::Direct | Mode::Both => Some(self.phase(Phase::Direct).await?),
+            Mode::Direct | Mode::Both => Some(self.phase(Phase::Direct, None).await?),
             Mode::P2p => None,
         };
         let report = Report::new(&self.params, p2p, direct);
@@ -179,16 +195,46 @@ impl Bench<'_> {
         Ok((report, failure))
     }
 
+    /// The proxy phase: a proxy, the transfer to targets behind it, and
+    /// the piece bytes the proxy fetched upstream (what crossed into the
+    /// area).
+    async fn proxy_phase(&self) -> Result<(PhaseReport, u64)> {
+        let proxy = crate::proxy::start(self.server).await?;
+        let behind = Some((crate::proxy::AREA, proxy.listen));
+        let measured = self.phase(Phase::Proxy, behind).await;
+        let crossed =
+            crate::proxy::metric(&proxy, "gse_proxy_file_bytes_from_upstream_total").await;
+        crate::proxy::stop(proxy).await;
+        // The targets' ids are pinned to their area's identities now: the
+        // next phase's agents (area 0, same addresses) get new ones.
+        for ip in self.layout.target_ips() {
+            let data = self
+                .layout
+                .dir
+                .join("agents")
+                .join(ip.to_string())
+                .join("data");
+            let _ = std::fs::remove_dir_all(data);
+        }
+        let report = measured?;
+        Ok((report, crossed.unwrap_or(0.0) as u64))
+    }
+
     /// Spawns the phase's agents, runs the transfer, stops them, checks and
     /// deletes the copies.
-    async fn phase(&self, phase: Phase) -> Result<PhaseReport> {
+    async fn phase(
+        &self,
+        phase: Phase,
+        behind: Option<(i64, std::net::SocketAddr)>,
+    ) -> Result<PhaseReport> {
         eprintln!(
             "{phase:?} phase: starting the source and {} targets",
             self.args.agents
         );
         let what = PhaseAgents {
             upload_mb: self.args.upload_mb,
-            targets_serve: phase == Phase::P2p,
+            targets_serve: phase != Phase::Direct,
+            behind,
         };
         let mut swarm = Swarm::start(&self.layout, self.server, &self.api, what).await?;
         let measured = self.measure(&mut swarm, phase).await;
@@ -245,7 +291,7 @@ impl Bench<'_> {
         }
         let ideal = self.params.size_bytes as f64 / self.params.upload_cap_bytes_per_s as f64;
         let factor = match phase {
-            Phase::P2p => 10.0,
+            Phase::P2p | Phase::Proxy => 10.0,
             Phase::Direct => 3.0 * f64::from(self.args.agents),
         };
         Duration::from_secs_f64(ideal * factor).max(MIN_TIMEOUT)

@@ -14,6 +14,9 @@ const TARGET_RATIO_P50: f64 = 1.1;
 const TARGET_RATIO_MAX: f64 = 1.5;
 const TARGET_SOURCE_RATIO: f64 = 3.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// Issue 12's target for `--proxy`.
+pub const PROXY_TARGET: &str = "targets behind one proxy: every target done, at most 1.1 copies of the file cross into the area";
+const PROXY_MAX_COPIES: f64 = 1.1;
 
 /// What the run was asked to do.
 pub struct RunParams {
@@ -173,6 +176,20 @@ pub struct Report {
     direct: Option<PhaseReport>,
     /// Direct's slowest target over P2P's.
     speedup_max: Option<f64>,
+    /// `--proxy`: the targets behind a proxy; `p2p` is then its reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<PhaseReport>,
+    /// Piece bytes the proxy fetched upstream: what crossed into the area.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_bytes_crossed: Option<u64>,
+    /// Those bytes over S (target: at most 1.1 copies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_copies_crossed: Option<f64>,
+    /// The proxy phase's completion p50 and max over the reference's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_vs_p2p_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_vs_p2p_max: Option<f64>,
     cores: usize,
     target: &'static str,
     meets_target: bool,
@@ -200,15 +217,46 @@ impl Report {
             p2p,
             direct,
             speedup_max,
+            proxy: None,
+            proxy_bytes_crossed: None,
+            proxy_copies_crossed: None,
+            proxy_vs_p2p_p50: None,
+            proxy_vs_p2p_max: None,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             target: TARGET,
             meets_target,
         }
     }
 
+    /// Adds the proxy phase (`--proxy`): `crossed` piece bytes entered the
+    /// area; the p2p phase is its reference. The target becomes the
+    /// proxy's: at most [`PROXY_MAX_COPIES`] copies crossed, every target
+    /// done.
+    pub fn with_proxy(mut self, proxy: PhaseReport, crossed: u64) -> Self {
+        let copies = r3(crossed as f64 / self.size_bytes.max(1) as f64);
+        if let Some(p2p) = &self.p2p {
+            let ratio = |a: f64, b: f64| if b > 0.0 { r2(a / b) } else { f64::INFINITY };
+            self.proxy_vs_p2p_p50 = Some(ratio(proxy.completion_s.p50, p2p.completion_s.p50));
+            self.proxy_vs_p2p_max = Some(ratio(proxy.completion_s.max, p2p.completion_s.max));
+        }
+        self.target = PROXY_TARGET;
+        self.meets_target = proxy.failed == 0 && copies <= PROXY_MAX_COPIES;
+        self.proxy = Some(proxy);
+        self.proxy_bytes_crossed = Some(crossed);
+        self.proxy_copies_crossed = Some(copies);
+        self
+    }
+
     /// The first phase's failure, named.
     pub fn failure(&self) -> Option<String> {
         let isolated = self.isolated_targets;
+        if let Some(f) = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.failure(self.agents, isolated))
+        {
+            return Some(format!("proxy: {f}"));
+        }
         let p = self
             .p2p
             .as_ref()

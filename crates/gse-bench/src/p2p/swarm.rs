@@ -108,6 +108,9 @@ pub struct PhaseAgents {
     pub upload_mb: u64,
     /// Whether targets serve pieces to each other.
     pub targets_serve: bool,
+    /// The targets are agents of this cloud area behind the proxy at this
+    /// address (issue 12); `None`: connected to the server.
+    pub behind: Option<(i64, SocketAddr)>,
 }
 
 /// The running agents of a phase: index 0 is the source.
@@ -148,7 +151,7 @@ impl Swarm {
             layout,
             server,
             &bin,
-            layout.source_ip(),
+            (layout.source_ip(), None),
             true,
             what.upload_mb,
         )?];
@@ -161,7 +164,7 @@ impl Swarm {
                 layout,
                 server,
                 &bin,
-                ip,
+                (ip, what.behind),
                 what.targets_serve,
                 what.upload_mb,
             )?);
@@ -221,24 +224,30 @@ impl Swarm {
     }
 }
 
-/// One agent with the bench's `[file]` section.
+/// One agent with the bench's `[file]` section; behind the proxy of
+/// `behind` (its area, its address) if given.
 fn spawn(
     layout: &Layout,
     server: &BenchServer,
     bin: &Path,
-    ip: IpAddr,
+    (ip, behind): (IpAddr, Option<(i64, SocketAddr)>),
     serve: bool,
     upload_mb: u64,
 ) -> Result<LocalAgent> {
+    let upstream = behind.map_or(server.link, |(_, proxy)| proxy);
     spawn_local_agent_with(
         bin,
         &layout.dir,
-        &[server.link],
+        &[upstream],
         &server.agent_tls,
         ip,
         |cfg| {
             cfg.file.p2p_listen = serve.then_some(SocketAddr::new(ip, 0));
             cfg.file.upload_speed_mb = upload_mb;
+            if let Some((area, _)) = behind {
+                cfg.agent.cloud_id = area;
+                cfg.upstream.server_name = "gse-proxy".into();
+            }
         },
     )
 }

@@ -28,7 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSender};
 
 use super::{Hello, bad_via, check_hello, close_frame, open_identity, unwrap, wrap};
-use crate::session::{AgentChannel, FirstFrameError, first_frame, send_within};
+use crate::session::{AgentChannel, FirstFrameError, first_frame, send_all_within, send_within};
+
+/// Frames written to a proxy's link in one flush, at most.
+const WRITE_BATCH: usize = 256;
 
 /// What goes up a proxy's link to the proxy.
 pub enum Up {
@@ -213,6 +216,7 @@ where
     S: Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin,
     C: ChannelServer + ?Sized,
 {
+    let mut ups = Vec::with_capacity(WRITE_BATCH);
     let mut mux = Mux {
         hello,
         peer,
@@ -224,18 +228,26 @@ where
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return "shutting down".into(),
-            Some(up) = up_rx.recv() => {
-                let frame = match up {
-                    Up::Frame(chan, f) => wrap(chan, f),
-                    Up::Ended(chan) => {
-                        if mux.channels.remove(&chan).is_none() {
-                            continue;
+            n = up_rx.recv_many(&mut ups, WRITE_BATCH) => {
+                if n == 0 {
+                    return "shutting down".into();
+                }
+                // A burst (a task's frames for thousands of agents) goes
+                // out in few TLS records and writes.
+                let mut frames = Vec::with_capacity(ups.len());
+                for up in ups.drain(..) {
+                    match up {
+                        Up::Frame(chan, f) => frames.push(wrap(chan, f)),
+                        Up::Ended(chan) => {
+                            if mux.channels.remove(&chan).is_some() {
+                                let why = format!("the agent's session on {} ended", limits.who);
+                                frames.push(close_frame(chan, why));
+                            }
                         }
-                        close_frame(chan, format!("the agent's session on {} ended", limits.who))
+                        Up::Raw(frame) => frames.push(frame),
                     }
-                    Up::Raw(frame) => frame,
-                };
-                if let Err(e) = send_within(link, frame, limits.write_timeout).await {
+                }
+                if let Err(e) = send_all_within(link, &frames, limits.write_timeout).await {
                     return format!("write to the proxy failed: {e}");
                 }
             }

@@ -132,11 +132,24 @@ async fn c2_a_chain_of_proxies_relays_and_an_areas_agents_fail_over_between_its_
 
     // Behind the lower proxy: two levels down, the agent still runs tasks,
     // and its parent is the proxy it reaches.
-    let _deep = agent(&cluster, "127.0.7.12", &[&lower]);
+    let deep_agent = agent(&cluster, "127.0.7.12", &[&lower]);
     wait_alive(api, "127.0.7.12", Duration::from_secs(20)).await;
     let deep = info(api, "127.0.7.12").await;
     assert_eq!(deep["parent_ip"], "127.0.7.11", "{deep}");
     echo_through(api, "127.0.7.12", "two-levels-down").await;
+    // Plugin operations too (start, then stop), two levels down.
+    {
+        use crate::d_plugins::{Plugin, alive, op_code};
+        let plugin = Plugin::new(&deep_agent.dir, false);
+        let target = format!("{AREA}:127.0.7.12");
+        let (code, msg) = op_code(api, 0, &target, "sleeper", &plugin.spec()).await;
+        assert_eq!(code, 0, "start through the chain: {msg}");
+        let pid = plugin.pid().expect("the plugin wrote its pid");
+        assert!(alive(pid));
+        let (code, msg) = op_code(api, 1, &target, "sleeper", &plugin.spec()).await;
+        assert_eq!(code, 0, "stop through the chain: {msg}");
+        assert!(!alive(pid));
+    }
 
     // An agent that lists both proxies of the area moves to the other
     // when the one it uses dies.
