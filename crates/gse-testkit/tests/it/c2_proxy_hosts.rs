@@ -5,7 +5,7 @@
 //! servers. Certificates: `certs init --server-name`, and `certs issue
 //! --proxy-area 7` for the proxy.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use gse_testkit::netlab::{NetHost, NetLab};
 use gse_testkit::{AgentProc, Api, Cluster, ProxyProc, eventually};
 use serde_json::{Value, json};
 
-use crate::d_data::{DATA_ID, file_route, socket_of, stream_records, wait_all};
+use crate::d_data::{DATA_ID, file_route, sink_counts, socket_of, stream_records, wait_all};
 use crate::f_files::{self as files, noise, write_file};
 use crate::r10_hosts::{
     SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped, start_agent,
@@ -21,11 +21,11 @@ use crate::r10_hosts::{
 use crate::task_api;
 
 const AREA: u8 = 7;
+/// The network below the lower proxy of a chain.
+const DEEP: u8 = 71;
 
-/// The proxy on `host` (10.77.0.2, and 10.77.7.1 in the area) from the
-/// shipped etc/gse-proxy.toml with the changes its comments name.
-fn start_proxy(lab: &NetLab, cluster: &Cluster, certs: &Path, host: &NetHost) -> ProxyProc {
-    let area_ip = lab.join_area(host, AREA, 1);
+/// `certs issue --proxy-area 7`: the proxies' certificate.
+fn issue_proxy_cert(certs: &Path) {
     gse_server(&[
         "certs",
         "issue",
@@ -34,14 +34,31 @@ fn start_proxy(lab: &NetLab, cluster: &Cluster, certs: &Path, host: &NetHost) ->
         "--proxy-area",
         &AREA.to_string(),
     ]);
-    let dir = cluster.path.join("proxy");
+}
+
+/// A proxy of area 7 on `host` from the shipped etc/gse-proxy.toml with the
+/// changes its comments name: `id`, the address its agents reach it at,
+/// and its upstream (an address and the name its certificate carries).
+fn start_proxy(
+    cluster: &Cluster,
+    certs: &Path,
+    host: &NetHost,
+    (id, agents_reach, (upstream, server_name)): (&str, IpAddr, (&str, &str)),
+) -> ProxyProc {
+    let dir = cluster.path.join(id);
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = shipped("gse-proxy.toml");
-    set(&mut cfg, "proxy", "id", "proxy-area-7");
+    set(&mut cfg, "proxy", "id", id);
     set(&mut cfg, "proxy", "bk_cloud_id", i64::from(AREA));
-    set(&mut cfg, "proxy", "advertise_ip", area_ip.to_string());
-    set(&mut cfg, "upstream", "servers", vec!["10.77.0.1:28668"]);
-    set(&mut cfg, "upstream", "server_name", SERVER_NAME);
+    set(&mut cfg, "proxy", "advertise_ip", agents_reach.to_string());
+    set(&mut cfg, "upstream", "servers", vec![upstream]);
+    set(&mut cfg, "upstream", "server_name", server_name);
+    set(
+        &mut cfg,
+        "file",
+        "cache_dir",
+        dir.join("cache").display().to_string(),
+    );
     set_tls(&mut cfg, certs, "gse_proxy_7");
     let path = dir.join("gse-proxy.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
@@ -55,7 +72,7 @@ fn start_proxy(lab: &NetLab, cluster: &Cluster, certs: &Path, host: &NetHost) ->
 
 /// An agent of area 7 on `host` from the shipped config: its proxy is its
 /// only upstream.
-fn start_area_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
+fn start_area_agent(cluster: &Cluster, certs: &Path, host: &NetHost, proxy: &str) -> AgentProc {
     let dir = cluster.path.join(format!("agent-{}", host.ip));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = shipped("gse-agent.toml");
@@ -66,7 +83,7 @@ fn start_area_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentPro
         dir.join("data").display().to_string(),
     );
     set(&mut cfg, "agent", "cloud_id", i64::from(AREA));
-    set(&mut cfg, "upstream", "servers", vec!["10.77.7.1:28668"]);
+    set(&mut cfg, "upstream", "servers", vec![proxy]);
     set(&mut cfg, "upstream", "server_name", "gse-proxy");
     set_tls(&mut cfg, certs, "gse_agent");
     set(&mut cfg, "data", "ipc_links", Vec::<String>::new());
@@ -89,6 +106,19 @@ async fn info(api: &Api, ip: &str) -> Value {
         )
         .await;
     v["data"][0].clone()
+}
+
+async fn wait_offline(api: &Api, ip: &str) {
+    eventually(
+        &format!("agent {AREA}:{ip} offline"),
+        Duration::from_secs(30),
+        || async {
+            (api.alive(i64::from(AREA), ip).await != 1)
+                .then_some(())
+                .ok_or("still alive".to_string())
+        },
+    )
+    .await;
 }
 
 async fn wait_alive(api: &Api, ip: &str) {
@@ -127,8 +157,15 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
     let cluster = Cluster::new();
     let certs = cluster.path.join("etc-certs");
     let (server, _api_forward) = deploy_server(&lab, &cluster, &certs, |_| {}).await;
+    issue_proxy_cert(&certs);
     let proxy_host = lab.host("proxy", 2);
-    let proxy = start_proxy(&lab, &cluster, &certs, &proxy_host);
+    let area_ip = lab.join_area(&proxy_host, AREA, 1);
+    let proxy = start_proxy(
+        &cluster,
+        &certs,
+        &proxy_host,
+        ("proxy-area-7", area_ip, ("10.77.0.1:28668", SERVER_NAME)),
+    );
     proxy.wait_linked().await;
     let hosts: Vec<NetHost> = [3, 4]
         .iter()
@@ -144,7 +181,7 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
 
     let mut agents: Vec<AgentProc> = hosts
         .iter()
-        .map(|h| start_area_agent(&cluster, &certs, h))
+        .map(|h| start_area_agent(&cluster, &certs, h, "10.77.7.1:28668"))
         .collect();
     let api = &server.api;
     for h in &hosts {
@@ -225,4 +262,120 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
         cut_host["probe"].as_str().unwrap().contains("tcp:22"),
         "{cut_host}"
     );
+}
+
+/// A chain on its own networks: the upper proxy (10.77.0.2 / 10.77.7.1)
+/// links to the servers, the lower one (10.77.7.11 / 10.77.71.1) to the
+/// upper one, and a host of network 71 reaches only the lower proxy. Tasks
+/// and files reach it two levels down (one copy crossing into the area);
+/// its records survive the lower proxy's SIGKILL mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2_a_chain_on_its_own_networks_carries_tasks_files_and_data_through_a_proxy_crash() {
+    let lab = NetLab::new();
+    let cluster = Cluster::new();
+    let certs = cluster.path.join("etc-certs");
+    let (server, _api_forward) = deploy_server(&lab, &cluster, &certs, |_| {}).await;
+    issue_proxy_cert(&certs);
+    let upper_host = lab.host("proxy", 2);
+    let upper_ip = lab.join_area(&upper_host, AREA, 1);
+    let upper = start_proxy(
+        &cluster,
+        &certs,
+        &upper_host,
+        ("proxy-area-7", upper_ip, ("10.77.0.1:28668", SERVER_NAME)),
+    );
+    upper.wait_linked().await;
+    let lower_host = lab.area_host("proxy-low", AREA, 11);
+    let lower_ip = lab.join_area(&lower_host, DEEP, 1);
+    let mut lower = start_proxy(
+        &cluster,
+        &certs,
+        &lower_host,
+        (
+            "proxy-area-7-low",
+            lower_ip,
+            ("10.77.7.1:28668", "gse-proxy"),
+        ),
+    );
+    lower.wait_linked().await;
+
+    let deep = lab.area_host("deep", DEEP, 2);
+    assert!(
+        deep.connect("10.77.7.1:28668".parse().unwrap()).is_err(),
+        "a deep host reached the upper proxy"
+    );
+    let area = lab.area_host("area-3", AREA, 3);
+    let agents = [
+        start_area_agent(&cluster, &certs, &deep, "10.77.71.1:28668"),
+        start_area_agent(&cluster, &certs, &area, "10.77.7.1:28668"),
+    ];
+    let api = &server.api;
+    for ip in ["10.77.71.2", "10.77.7.3"] {
+        wait_alive(api, ip).await;
+    }
+    assert_eq!(info(api, "10.77.71.2").await["parent_ip"], "10.77.71.1");
+
+    let targets = ["7:10.77.71.2", "7:10.77.7.3"];
+    let task = task_api::start(api, &targets[..1], "ip -4 -o addr show dev eth0", json!({})).await;
+    let done = task_api::wait_final(api, &task, &targets[..1], Duration::from_secs(60)).await;
+    assert!(
+        done[0]["screen"].as_str().unwrap().contains("10.77.71.2"),
+        "{}",
+        done[0]
+    );
+
+    // 100 MiB from the servers' network to both, one copy crossing into
+    // the area (counted by the upper proxy).
+    let src_host = lab.host("source", 5);
+    let _source = start_agent(&cluster, &certs, &src_host);
+    api.wait_alive("10.77.0.5").await;
+    let size = 100 << 20;
+    let content = noise(size, 13);
+    let src = cluster.path.join("src");
+    write_file(&src.join("big.bin"), &content, 0o644);
+    let dst = cluster.path.join("dst");
+    let id = files::start(
+        api,
+        vec![files::task("0:10.77.0.5", &src, "big.bin", &targets, &dst)],
+        json!({}),
+    )
+    .await;
+    for e in files::wait_final(api, &id, 3, Duration::from_secs(180)).await {
+        assert_eq!(files::code(&e), 0, "{e}");
+    }
+    assert!(std::fs::read(dst.join("big.bin")).unwrap() == content);
+    let crossed = upper
+        .metric("gse_proxy_file_bytes_from_upstream_total")
+        .await
+        .unwrap_or(0.0);
+    println!("{crossed} bytes crossed into the area for 100 MiB to 2 targets");
+    assert!(
+        crossed / size as f64 <= 1.1,
+        "{crossed} bytes crossed for {size}"
+    );
+
+    // Records of the deep host; its proxy is killed mid-stream and
+    // restarted: nothing acknowledged is lost.
+    let sink = file_route(&server, DATA_ID).await;
+    let n = 3000;
+    let sender = tokio::spawn(stream_records(
+        socket_of(&agents[0]),
+        "deep".into(),
+        n,
+        30,
+        Duration::from_millis(20),
+    ));
+    eventually("records flowing", Duration::from_secs(30), || async {
+        (sink_counts(&sink).len() > 200)
+            .then_some(())
+            .ok_or("few".to_string())
+    })
+    .await;
+    lower.kill9();
+    wait_offline(api, "10.77.71.2").await;
+    lower.restart();
+    lower.wait_linked().await;
+    sender.await.unwrap();
+    let want: Vec<String> = (0..n).map(|i| format!("deep-{i}")).collect();
+    wait_all(&sink, &want, Duration::from_secs(90)).await;
 }
