@@ -465,29 +465,12 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = match self.launcher.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin("gse-agent"));
-                c
-            }
-            None => Command::new(bin("gse-agent")),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--log-level")
-            .arg("debug")
-            .arg("--log-file")
-            .arg(&self.log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn gse-agent");
-        self.child = Some(child);
+        let files = (
+            self.config_path.as_path(),
+            self.log_path.as_path(),
+            self.dir.as_path(),
+        );
+        self.child = Some(spawn_gse("gse-agent", &self.launcher, files));
     }
 
     pub fn pid(&self) -> u32 {
@@ -536,6 +519,37 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Starts the gse binary `name` (through `launcher`, e.g. `ip netns exec
+/// NS`, when not empty) on `config`, logging at debug level to `log`, its
+/// stderr to `dir/stderr.log`.
+pub(crate) fn spawn_gse(
+    name: &str,
+    launcher: &[String],
+    (config, log, dir): (&Path, &Path, &Path),
+) -> Child {
+    let mut cmd = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
+    };
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-level")
+        .arg("debug")
+        .arg("--log-file")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("stderr.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL; the exit code if it exited.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use gse_agent_config::{AgentConfig, UpstreamConfig};
 use gse_core::certs::CertKind;
 use gse_proxy::config::{FileSection, MetricsSection, ProxyConfig, ProxySection};
 
-use crate::procs::{AgentOptions, Cluster, stop_child};
-use crate::{bin, eventually, free_port};
+use crate::procs::{AgentOptions, Cluster, spawn_gse, stop_child};
+use crate::{eventually, free_port};
 
 /// Knobs of a test proxy.
 #[derive(Clone)]
@@ -158,29 +158,12 @@ impl ProxyProc {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = match self.launcher.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin("gse-proxy"));
-                c
-            }
-            None => Command::new(bin("gse-proxy")),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--log-level")
-            .arg("debug")
-            .arg("--log-file")
-            .arg(&self.log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("stderr.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn gse-proxy");
-        self.child = Some(child);
+        let files = (
+            self.config_path.as_path(),
+            self.log_path.as_path(),
+            self.dir.as_path(),
+        );
+        self.child = Some(spawn_gse("gse-proxy", &self.launcher, files));
     }
 
     pub fn pid(&self) -> u32 {

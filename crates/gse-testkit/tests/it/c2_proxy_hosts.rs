@@ -13,10 +13,10 @@ use gse_testkit::netlab::{NetHost, NetLab};
 use gse_testkit::{AgentProc, Api, Cluster, ProxyProc, eventually};
 use serde_json::{Value, json};
 
-use crate::d_data::{DATA_ID, file_route, sink_counts, socket_of, stream_records, wait_all};
+use crate::d_data::{DATA_ID, file_route, records_survive, socket_of, stream_records, wait_all};
 use crate::f_files::{self as files, noise, write_file};
 use crate::r10_hosts::{
-    SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped, start_agent,
+    SERVER_NAME, deploy_server, gse_server, set, set_tls, shipped, start_agent, start_agent_with,
 };
 use crate::task_api;
 
@@ -70,32 +70,14 @@ fn start_proxy(
     proxy
 }
 
-/// An agent of area 7 on `host` from the shipped config: its proxy is its
-/// only upstream.
+/// An agent of area 7 on `host` from the shipped config: the proxy at
+/// `proxy` is its only upstream.
 fn start_area_agent(cluster: &Cluster, certs: &Path, host: &NetHost, proxy: &str) -> AgentProc {
-    let dir = cluster.path.join(format!("agent-{}", host.ip));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut cfg = shipped("gse-agent.toml");
-    set(
-        &mut cfg,
-        "agent",
-        "data_dir",
-        dir.join("data").display().to_string(),
-    );
-    set(&mut cfg, "agent", "cloud_id", i64::from(AREA));
-    set(&mut cfg, "upstream", "servers", vec![proxy]);
-    set(&mut cfg, "upstream", "server_name", "gse-proxy");
-    set_tls(&mut cfg, certs, "gse_agent");
-    set(&mut cfg, "data", "ipc_links", Vec::<String>::new());
-    set(
-        &mut cfg,
-        "plugin",
-        "message_ipc_links",
-        Vec::<String>::new(),
-    );
-    let path = dir.join("gse-agent.toml");
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    AgentProc::from_config(dir, path, host.ip, host.launcher())
+    start_agent_with(cluster, certs, host, |cfg| {
+        set(cfg, "agent", "cloud_id", i64::from(AREA));
+        set(cfg, "upstream", "servers", vec![proxy]);
+        set(cfg, "upstream", "server_name", "gse-proxy");
+    })
 }
 
 async fn info(api: &Api, ip: &str) -> Value {
@@ -357,25 +339,11 @@ async fn c2_a_chain_on_its_own_networks_carries_tasks_files_and_data_through_a_p
     // Records of the deep host; its proxy is killed mid-stream and
     // restarted: nothing acknowledged is lost.
     let sink = file_route(&server, DATA_ID).await;
-    let n = 3000;
-    let sender = tokio::spawn(stream_records(
-        socket_of(&agents[0]),
-        "deep".into(),
-        n,
-        30,
-        Duration::from_millis(20),
-    ));
-    eventually("records flowing", Duration::from_secs(30), || async {
-        (sink_counts(&sink).len() > 200)
-            .then_some(())
-            .ok_or("few".to_string())
+    records_survive(socket_of(&agents[0]), &sink, "deep", async || {
+        lower.kill9();
+        wait_offline(api, "10.77.71.2").await;
+        lower.restart();
+        lower.wait_linked().await;
     })
     .await;
-    lower.kill9();
-    wait_offline(api, "10.77.71.2").await;
-    lower.restart();
-    lower.wait_linked().await;
-    sender.await.unwrap();
-    let want: Vec<String> = (0..n).map(|i| format!("deep-{i}")).collect();
-    wait_all(&sink, &want, Duration::from_secs(90)).await;
 }

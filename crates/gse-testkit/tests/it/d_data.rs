@@ -215,6 +215,36 @@ pub(crate) async fn stream_records(
     }
 }
 
+/// Streams 3000 records `<tag>-<i>` into `socket`, runs `crash` once some
+/// have reached `sink` (a process killed and brought back), and waits until
+/// every record is in the sink: nothing acknowledged is lost.
+pub(crate) async fn records_survive(
+    socket: PathBuf,
+    sink: &Path,
+    tag: &str,
+    crash: impl AsyncFnOnce(),
+) {
+    let n = 3000;
+    let sender = tokio::spawn(stream_records(
+        socket,
+        tag.into(),
+        n,
+        30,
+        Duration::from_millis(20),
+    ));
+    // Let some arrive, then crash in the middle of the stream.
+    eventually("records flowing", Duration::from_secs(30), || async {
+        (sink_counts(sink).len() > 200)
+            .then_some(())
+            .ok_or("few".to_string())
+    })
+    .await;
+    crash().await;
+    sender.await.unwrap();
+    let want: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    wait_all(sink, &want, Duration::from_secs(90)).await;
+}
+
 // === tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,27 +339,12 @@ async fn d5_server_sigkill_mid_stream_loses_no_record() {
         agent,
         socket: _socket,
     } = data_rig().await;
-    let n = 3000;
-    let sender = tokio::spawn(stream_records(
-        socket_of(&agent),
-        "kill".into(),
-        n,
-        30,
-        Duration::from_millis(20),
-    ));
-    // Let some arrive, then kill the server in the middle of the stream.
-    eventually("records flowing", Duration::from_secs(20), || async {
-        (sink_counts(&sink).len() > 200)
-            .then_some(())
-            .ok_or("few".to_string())
+    records_survive(socket_of(&agent), &sink, "kill", async || {
+        server.kill9();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.start_again().await;
     })
     .await;
-    server.kill9();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.start_again().await;
-    sender.await.unwrap();
-    let want: Vec<String> = (0..n).map(|i| format!("kill-{i}")).collect();
-    wait_all(&sink, &want, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The README's first command, minus the build: `gse-server quickstart`
 //! starts a server and N agents, writes quickstart.json, and stops cleanly.
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gse_testkit::{Api, bin, eventually};
@@ -9,18 +10,19 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-#[tokio::test]
-async fn quickstart_runs_a_platform_and_stops_its_agents() {
+/// `gse-server quickstart ARGS` on free ports in a new directory, once its
+/// quickstart.json is written: the directory (kept alive), DIR, the
+/// process and quickstart.json.
+async fn start_quickstart(args: &[&str]) -> (tempfile::TempDir, PathBuf, Child, Value) {
     let dir = tempfile::Builder::new()
         .prefix("gse-qs-")
         .tempdir()
         .unwrap();
     let qs = dir.path().join("qs");
-    let mut child = Command::new(bin("gse-server"))
+    let child = Command::new(bin("gse-server"))
+        .arg("quickstart")
+        .args(args)
         .args([
-            "quickstart",
-            "--agents",
-            "2",
             "--api-listen",
             "127.0.0.1:0",
             "--agent-listen",
@@ -28,7 +30,7 @@ async fn quickstart_runs_a_platform_and_stops_its_agents() {
             "--dir",
         ])
         .arg(&qs)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -38,6 +40,13 @@ async fn quickstart_runs_a_platform_and_stops_its_agents() {
         serde_json::from_str(&text).map_err(|e| e.to_string())
     })
     .await;
+    (dir, qs, child, info)
+}
+
+#[tokio::test]
+async fn quickstart_runs_a_platform_and_stops_its_agents() {
+    let (_dir, qs, mut child, info) = start_quickstart(&["--agents", "2"]).await;
+    let info_path = qs.join("quickstart.json");
     for key in [
         "api",
         "agent_listen",
@@ -110,35 +119,8 @@ async fn quickstart_runs_a_platform_and_stops_its_agents() {
 /// area's agents, and everything stops with quickstart.
 #[tokio::test]
 async fn quickstart_cloud_area_starts_a_proxy_with_its_agents_behind_it() {
-    let dir = tempfile::Builder::new()
-        .prefix("gse-qs-")
-        .tempdir()
-        .unwrap();
-    let qs = dir.path().join("qs");
-    let mut child = Command::new(bin("gse-server"))
-        .args([
-            "quickstart",
-            "--agents",
-            "1",
-            "--cloud-area",
-            "7:2",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--dir",
-        ])
-        .arg(&qs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let info_path = qs.join("quickstart.json");
-    let info: Value = eventually("quickstart.json", Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(&info_path).map_err(|e| e.to_string())?;
-        serde_json::from_str(&text).map_err(|e| e.to_string())
-    })
-    .await;
+    let (_dir, _qs, mut child, info) =
+        start_quickstart(&["--agents", "1", "--cloud-area", "7:2"]).await;
     let proxies = info["proxies"].as_array().expect("proxies");
     assert_eq!(proxies.len(), 1, "{info}");
     let proxy = &proxies[0];

@@ -176,6 +176,21 @@ impl Deployment {
 
 /// An agent on `host` from the shipped config with the README's changes.
 pub(crate) fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> AgentProc {
+    start_agent_with(cluster, certs, host, |cfg| {
+        set(cfg, "upstream", "servers", vec!["10.77.0.1:28668"]);
+        set(cfg, "upstream", "server_name", SERVER_NAME);
+    })
+}
+
+/// An agent on `host` from the shipped config with the README's changes
+/// for a second agent on a host (its data dir, certificates, no host-wide
+/// socket links), then `edit`'s (its upstream).
+pub(crate) fn start_agent_with(
+    cluster: &Cluster,
+    certs: &Path,
+    host: &NetHost,
+    edit: impl FnOnce(&mut toml::Table),
+) -> AgentProc {
     let dir = cluster.path.join(format!("agent-{}", host.ip));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = shipped("gse-agent.toml");
@@ -185,8 +200,6 @@ pub(crate) fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> Ag
         "data_dir",
         dir.join("data").display().to_string(),
     );
-    set(&mut cfg, "upstream", "servers", vec!["10.77.0.1:28668"]);
-    set(&mut cfg, "upstream", "server_name", SERVER_NAME);
     set_tls(&mut cfg, certs, "gse_agent");
     set(&mut cfg, "data", "ipc_links", Vec::<String>::new());
     set(
@@ -199,6 +212,7 @@ pub(crate) fn start_agent(cluster: &Cluster, certs: &Path, host: &NetHost) -> Ag
         // Behind NAT, as the shipped config's comment says.
         set(&mut cfg, "agent", "identity_ip", host.ip.to_string());
     }
+    edit(&mut cfg);
     let path = dir.join("gse-agent.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     AgentProc::from_config(dir, path, host.ip, host.launcher())
