@@ -588,7 +588,9 @@ async fn serve(
     mut out_rx: mpsc::Receiver<Frame>,
 ) -> String {
     let (mut sink, mut stream) = link.split();
-    let writer = async {
+    // The writer is a task of its own: the agents' frames go up while the
+    // reader hands the node's down, on the other core.
+    let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         while out_rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             metrics::counter!("gse_proxy_frames_total", "direction" => "up")
@@ -599,6 +601,12 @@ async fn serve(
             batch.clear();
         }
         "the proxy is stopping".to_string()
+    });
+    let abort = writer.abort_handle();
+    let writer = async {
+        writer
+            .await
+            .unwrap_or_else(|e| format!("the writer upstream failed: {e}"))
     };
     let reader = async {
         loop {
@@ -613,9 +621,11 @@ async fn serve(
             }
         }
     };
-    tokio::select! {
+    let reason = tokio::select! {
         _ = up.gone.cancelled() => "the proxy is stopping".into(),
         r = writer => r,
         r = reader => r,
-    }
+    };
+    abort.abort();
+    reason
 }
