@@ -97,12 +97,20 @@ struct Stored {
 }
 
 impl PieceStore {
-    /// A store in `dir` (emptied: pieces of an earlier run are not trusted).
+    /// A store in `dir`, made private (0700; refused when another user
+    /// could have planted or could swap it); the pieces an earlier run left
+    /// there are removed (they are not trusted), and nothing else in it.
     pub fn open(dir: PathBuf, max_bytes: u64, idle: Duration) -> std::io::Result<Arc<Self>> {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+        gse_core::private_files::make_private_dir(&dir)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stem = name.strip_suffix(".tmp").unwrap_or(&name);
+            let ours = stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit());
+            if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::remove_file(entry.path())?;
+            }
         }
-        gse_core::private_files::create_private_dir(&dir)?;
         Ok(Arc::new(PieceStore {
             dir,
             max_bytes,
@@ -524,6 +532,16 @@ mod tests {
         let (chan, frame) = later.expect("served from the cache").frame().await;
         let d: PieceData = frame.decode().unwrap();
         assert_eq!((chan, d.request_id, &d.data[..]), (3, 11, &b"piece-0"[..]));
+        // Pieces of an earlier run are removed at start, nothing else.
+        let dir_c = dir.path().join("c");
+        std::fs::write(dir_c.join("operator-notes.txt"), "keep").unwrap();
+        drop(pieces);
+        let _again = PieceStore::open(dir_c.clone(), 1 << 20, Duration::from_secs(60)).unwrap();
+        let left: Vec<String> = std::fs::read_dir(&dir_c)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["operator-notes.txt"]);
         // An idle transfer is evicted.
         let idle = PieceStore::open(dir.path().join("d"), 1 << 20, Duration::ZERO).unwrap();
         let key = PieceKey::of_request(&ours);

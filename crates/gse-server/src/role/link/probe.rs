@@ -30,9 +30,19 @@ const PROXY_SLACK: Duration = Duration::from_secs(2);
 /// The proxies linked to this node, and the probes waiting on them.
 pub(super) struct ProxyLinks {
     links: Mutex<HashMap<String, ProxyLink>>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Verdict>>>,
+    /// By probe id: the link asked, and who waits for the answer.
+    waiting: Mutex<HashMap<u64, (u64, oneshot::Sender<Verdict>)>>,
     next: AtomicU64,
     slots: Semaphore,
+}
+
+/// The way to a proxy that can probe a host.
+struct Route {
+    proxy: String,
+    link_id: u64,
+    tx: mpsc::Sender<Up>,
+    /// The proxies below it the probe passes, nearest first.
+    below: Vec<String>,
 }
 
 struct ProxyLink {
@@ -68,9 +78,16 @@ impl ProxyLinks {
         }
     }
 
-    /// A proxy's answer to probe `result.probe_id`.
-    pub fn answered(&self, result: ProxyProbeResult) {
-        if let Some(tx) = self.waiting.lock().remove(&result.probe_id) {
+    /// Link `link_id`'s answer to probe `result.probe_id`; an answer on
+    /// another link than the one asked is ignored (a proxy answers only
+    /// for itself and the proxies below it).
+    pub fn answered(&self, link_id: u64, result: ProxyProbeResult) {
+        let mut waiting = self.waiting.lock();
+        if waiting
+            .get(&result.probe_id)
+            .is_some_and(|(asked, _)| *asked == link_id)
+            && let Some((_, tx)) = waiting.remove(&result.probe_id)
+        {
             let _ = tx.send(Verdict {
                 reachable: result.reachable,
                 probe: result.probe,
@@ -80,30 +97,35 @@ impl ProxyLinks {
 
     /// The link to ask for a host of `area` reached through `via`, with
     /// the rest of the path below it.
-    fn route(&self, area: i64, via: &[String]) -> Option<(String, mpsc::Sender<Up>, Vec<String>)> {
+    fn route(&self, area: i64, via: &[String]) -> Option<Route> {
         let links = self.links.lock();
-        match via.split_first() {
-            Some((top, rest)) => links
-                .get(top)
-                .map(|l| (top.clone(), l.tx.clone(), rest.to_vec())),
+        let (id, link, below) = match via.split_first() {
+            Some((top, rest)) => (top.clone(), links.get(top)?, rest.to_vec()),
             None => links
                 .iter()
                 .find(|(_, l)| l.area == area)
-                .map(|(id, l)| (id.clone(), l.tx.clone(), Vec::new())),
-        }
+                .map(|(id, l)| (id.clone(), l, Vec::new()))?,
+        };
+        Some(Route {
+            proxy: id,
+            link_id: link.link_id,
+            tx: link.tx.clone(),
+            below,
+        })
     }
 
-    /// Asks proxy `proxy` (over `tx`) to probe `ip`, the probe passing the
-    /// proxies `below` it.
-    async fn through_proxy(
-        &self,
-        (proxy, tx, below): (String, mpsc::Sender<Up>, Vec<String>),
-        ip: std::net::IpAddr,
-        spec: ProbeSpec,
-    ) -> Verdict {
+    /// Asks `route`'s proxy to probe `ip`, the probe passing the proxies
+    /// below it.
+    async fn through_proxy(&self, route: Route, ip: std::net::IpAddr, spec: ProbeSpec) -> Verdict {
+        let Route {
+            proxy,
+            link_id,
+            tx,
+            below,
+        } = route;
         let probe_id = self.next.fetch_add(1, Ordering::Relaxed);
         let (answer_tx, answer) = oneshot::channel();
-        self.waiting.lock().insert(probe_id, answer_tx);
+        self.waiting.lock().insert(probe_id, (link_id, answer_tx));
         let ask = ProxyProbe {
             probe_id,
             ip: ip.to_string(),
@@ -152,5 +174,48 @@ impl crate::role::alarm::HostProber for LinkService {
                 via[0], self.node_id
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rogue proxy (or one below it) cannot answer a probe asked of
+    /// another proxy's link: the answer counts only from the link asked.
+    #[tokio::test]
+    async fn a_probe_is_answered_only_by_the_link_it_was_asked_on() {
+        let links = ProxyLinks::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        links.linked("pa-1", 7, 1, tx);
+        let asked = links.through_proxy(
+            links.route(7, &[]).expect("a proxy of area 7"),
+            "10.7.0.9".parse().unwrap(),
+            ProbeSpec {
+                tcp_port: 22,
+                timeout: Duration::from_millis(200),
+            },
+        );
+        let answer = async {
+            let Some(Up::Raw(frame)) = rx.recv().await else {
+                panic!("no probe sent")
+            };
+            let ask: ProxyProbe = frame.decode().unwrap();
+            let said = |reachable| ProxyProbeResult {
+                probe_id: ask.probe_id,
+                reachable,
+                probe: "icmp".into(),
+            };
+            links.answered(2, said(true));
+            links.answered(1, said(false));
+        };
+        let (verdict, ()) = tokio::join!(asked, answer);
+        assert_eq!(
+            verdict,
+            Verdict {
+                reachable: false,
+                probe: "icmp".into()
+            }
+        );
     }
 }

@@ -79,7 +79,10 @@ pub(super) async fn serve(
     let link_id = svc.next_conn.fetch_add(1, Ordering::Relaxed);
     svc.proxy_links
         .linked(&hello.proxy_id, hello.area, link_id, up_tx.clone());
-    let server = Channels { svc: svc.clone() };
+    let server = Channels {
+        svc: svc.clone(),
+        link_id,
+    };
     let reason = mux::relay(
         &mut link,
         (&hello, peer),
@@ -96,6 +99,8 @@ pub(super) async fn serve(
 /// Serves a proxy's channels as agents' links.
 struct Channels {
     svc: Arc<LinkService>,
+    /// This proxy link's number among the node's proxy links.
+    link_id: u64,
 }
 
 impl ChannelServer for Channels {
@@ -118,7 +123,7 @@ impl ChannelServer for Channels {
         match frame.msg_type {
             MsgType::ProxyProbeResult => {
                 let result = frame.decode().map_err(|e| format!("protocol error: {e}"))?;
-                self.svc.proxy_links.answered(result);
+                self.svc.proxy_links.answered(self.link_id, result);
                 Ok(())
             }
             other => Err(format!(
