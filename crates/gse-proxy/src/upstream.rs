@@ -80,6 +80,8 @@ pub(crate) struct Upstream {
     pub kind: &'static str,
     /// The pieces the area's targets fetch through this link (F8).
     pieces: Arc<Pieces>,
+    /// `gse_proxy_frames_total{direction="down"}`, looked up once.
+    frames_down: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -116,6 +118,7 @@ impl Upstream {
             probe_slots: Arc::new(Semaphore::new(PROBES_AT_ONCE)),
             kind,
             pieces: Arc::new(Pieces::new(store)),
+            frames_down: metrics::counter!("gse_proxy_frames_total", "direction" => "down"),
         });
         if kind == "control" {
             tokio::spawn(up.clone().sweep_pieces());
@@ -202,6 +205,12 @@ impl Upstream {
 
     /// Queues `frame` upstream; false once the link has ended.
     pub async fn send(&self, frame: Frame) -> bool {
+        // Without waiting when there is room (the common case, per frame).
+        let frame = match self.out.try_send(frame) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         tokio::select! {
             _ = self.gone.cancelled() => false,
             sent = self.out.send(frame) => sent.is_ok(),
@@ -251,7 +260,7 @@ impl Upstream {
                 let data: ProxyData = frame.decode().map_err(bad)?;
                 let (chan, inner) =
                     proxy::unwrap(data).map_err(|e| format!("protocol error: {e}"))?;
-                metrics::counter!("gse_proxy_frames_total", "direction" => "down").increment(1);
+                self.frames_down.increment(1);
                 if let Some(answers) = self.pieces.down(chan, &inner) {
                     // Our fetch's answer, for every target waiting on it.
                     for (chan, frame) in answers {
