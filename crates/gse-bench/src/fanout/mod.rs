@@ -95,6 +95,12 @@ pub struct FanoutArgs {
     /// the reference ([`proxied`]).
     #[arg(long)]
     proxy: bool,
+    /// With --proxy: let the proxy share every core with the server and
+    /// the bench. By default (2 cores or more) the proxy gets the last core
+    /// to itself and the server and the bench the others, in both runs, as
+    /// a proxy runs on a host of its own.
+    #[arg(long)]
+    share_cores: bool,
 }
 
 /// The agents of a run.

@@ -157,6 +157,9 @@ pub struct Report {
     agents_rss_mib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     proxy: Option<ProxyFigures>,
+    /// `--proxy`: how the cores were shared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores_split: Option<String>,
     /// The server's own histograms over the whole run.
     server_metrics: ServerMetrics,
     cores: usize,
@@ -225,6 +228,7 @@ impl Report {
             bench_cpu_percent: r2(run.bench_cpu_percent),
             agents_rss_mib: run.agents_rss_kib.map(mib),
             proxy: run.proxy,
+            cores_split: None,
             server_metrics: run.server_metrics,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             reference_seen_ms: None,
