@@ -142,6 +142,29 @@ pub fn check_fd_limit_of(flag: &str, agents: u32, fd_limit: u64) -> Result<()> {
     Ok(())
 }
 
+/// Pins every thread of process `pid` ("self" for this one) to `cpus`.
+/// Threads and children made later inherit it from the thread that makes
+/// them.
+pub fn pin_process(pid: &str, cpus: &[usize]) -> Result<()> {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("cpu {cpu}"))?;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("cannot list the threads of process {pid}"))?;
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        sched_setaffinity(Pid::from_raw(tid), &set).with_context(|| {
+            format!("cannot pin thread {tid} of process {pid} to cpus {cpus:?}")
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,27 +192,4 @@ mod tests {
         assert!(cpu_seconds("self").unwrap() >= 0.0);
         assert!(CpuMark::now("self").unwrap().percent_since().unwrap() >= 0.0);
     }
-}
-
-/// Pins every thread of process `pid` ("self" for this one) to `cpus`.
-/// Threads and children made later inherit it from the thread that makes
-/// them.
-pub fn pin_process(pid: &str, cpus: &[usize]) -> Result<()> {
-    use nix::sched::{CpuSet, sched_setaffinity};
-    use nix::unistd::Pid;
-    let mut set = CpuSet::new();
-    for &cpu in cpus {
-        set.set(cpu).with_context(|| format!("cpu {cpu}"))?;
-    }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .with_context(|| format!("cannot list the threads of process {pid}"))?;
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        sched_setaffinity(Pid::from_raw(tid), &set).with_context(|| {
-            format!("cannot pin thread {tid} of process {pid} to cpus {cpus:?}")
-        })?;
-    }
-    Ok(())
 }
