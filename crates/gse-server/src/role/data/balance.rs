@@ -422,13 +422,25 @@ fn plan_region(slots: &[Slot], region: &str, agents: &[(AgentKey, usize, f64)]) 
 
 impl DataAssigner for Balancer {
     fn for_proxy(&self, path: AgentPath) -> String {
-        // This node's least-loaded DataServer the proxy reaches; its
-        // channels there are not assigned agents (the proxy's link is what
-        // would move, not them).
+        // This node's least-loaded DataServer the proxy reaches, else in a
+        // cluster any node's; its channels there are not assigned agents
+        // (the proxy's link is what would move, not them).
         let mut st = self.state.lock();
+        let st = &mut *st;
         let none = AgentKey::new(-1, std::net::Ipv4Addr::UNSPECIFIED.into());
-        self.assign_local(&mut st, none, path)
-            .and_then(|i| self.servers[i].endpoint.for_agent(path))
+        let local = self
+            .assign_local(st, none, path)
+            .and_then(|i| self.servers[i].endpoint.for_agent(path));
+        if let Some(endpoint) = local {
+            return endpoint;
+        }
+        let Some(view) = self.cluster.get() else {
+            return String::new();
+        };
+        let counts = st.local_counts(self.servers.len());
+        let slots = view.slots(&self.servers, &counts, &mut st.pending);
+        choose(&slots, path, "")
+            .and_then(|i| slots[i].endpoint_for(path))
             .unwrap_or_default()
     }
 
