@@ -198,7 +198,7 @@ impl Upstream {
         if self.send(open(chan)).await {
             Ok(chan)
         } else {
-            self.routes.lock().open.remove(&chan);
+            self.forget(chan);
             Err(OpenError::Gone)
         }
     }
