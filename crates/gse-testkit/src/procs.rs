@@ -336,10 +336,7 @@ impl ServerProc {
 
     /// SIGKILL, as a crash would; reaps the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_now(&mut self.child);
     }
 
     /// Starts the server again after [`ServerProc::kill9`] or
@@ -352,10 +349,7 @@ impl ServerProc {
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_now(&mut self.child);
     }
 }
 
@@ -495,10 +489,7 @@ impl AgentProc {
 
     /// SIGKILL, as a crash would; reaps the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_now(&mut self.child);
     }
 
     /// SIGTERM, then SIGKILL after 10 s; returns the exit code if it exited.
@@ -518,6 +509,14 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// SIGKILL to `child`, if any, and reap it.
+pub(crate) fn kill_now(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

@@ -11,7 +11,7 @@ use gse_agent_config::{AgentConfig, UpstreamConfig};
 use gse_core::certs::CertKind;
 use gse_proxy::config::{FileSection, MetricsSection, ProxyConfig, ProxySection};
 
-use crate::procs::{AgentOptions, Cluster, spawn_gse, stop_child};
+use crate::procs::{AgentOptions, Cluster, kill_now, spawn_gse, stop_child};
 use crate::{eventually, free_port};
 
 /// Knobs of a test proxy.
@@ -211,18 +211,9 @@ impl ProxyProc {
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
-    /// Options of an agent of this proxy's area at `ip` (list this proxy,
-    /// and any other, as its servers).
-    pub fn agent_options(&self, ip: &str) -> AgentOptions {
-        area_agent(ip, self.area)
-    }
-
     /// SIGKILL, as a crash would; reaps the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_now(&mut self.child);
     }
 
     /// SIGTERM, then SIGKILL after 10 s; the exit code if it exited.

@@ -167,6 +167,17 @@ fn bench_app() -> AppConfig {
     AppConfig::with_secret(APP_CODE, format!("{:032x}", rand::random::<u128>()))
 }
 
+/// Every server of the bench: its binary, the bench's app, and
+/// `api.max_hosts_per_call` so that one call names every agent.
+fn server_options(args: &FanoutArgs, app: &AppConfig) -> ServerOptions {
+    ServerOptions {
+        bin: args.server_bin.clone(),
+        max_hosts_per_call: Some(max_hosts(args)),
+        apps: vec![app.clone()],
+        ..ServerOptions::default()
+    }
+}
+
 /// `api.max_hosts_per_call` of every server: one call names every agent.
 fn max_hosts(args: &FanoutArgs) -> usize {
     (args.real_agents.unwrap_or(args.agents) as usize).max(5000)
@@ -176,13 +187,7 @@ fn max_hosts(args: &FanoutArgs) -> usize {
 /// `--nodes N`).
 async fn single_node(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
     let app = bench_app();
-    let server = BenchServer::start(&ServerOptions {
-        bin: args.server_bin.clone(),
-        max_hosts_per_call: Some(max_hosts(args)),
-        apps: vec![app.clone()],
-        ..ServerOptions::default()
-    })
-    .await?;
+    let server = BenchServer::start(&server_options(args, &app)).await?;
     let links = [server.link];
     let result = drive(args, &server, &app, &links, None).await;
     server.close(result, args.keep_dir).await

@@ -12,11 +12,10 @@
 use anyhow::{Result, bail};
 
 use super::report::Report;
-use super::{FanoutArgs, bench_app, drive, max_hosts, single_node};
+use super::{FanoutArgs, bench_app, drive, server_options, single_node};
 use crate::BenchOutput;
 use crate::api::ApiClient;
 use crate::cluster::{BenchCluster, wait_members};
-use crate::server::ServerOptions;
 
 /// The cluster run, then (unless `--no-reference`) the one-node run, as
 /// one line: the cluster's figures with the reference's and their ratio.
@@ -45,12 +44,7 @@ pub async fn run(args: &FanoutArgs) -> Result<BenchOutput> {
 /// ZooKeeper + Redis, N nodes, the rounds; everything stopped after.
 async fn cluster(args: &FanoutArgs) -> Result<(Report, Option<String>)> {
     let app = bench_app();
-    let template = ServerOptions {
-        bin: args.server_bin.clone(),
-        max_hosts_per_call: Some(max_hosts(args)),
-        apps: vec![app.clone()],
-        ..ServerOptions::default()
-    };
+    let template = server_options(args, &app);
     let cluster = BenchCluster::start(args.nodes, &template).await?;
     let links: Vec<_> = cluster.nodes.iter().map(|n| n.link).collect();
     let result = async {

@@ -9,8 +9,8 @@
 use anyhow::{Result, bail};
 
 use super::report::{PROXY_MAX_RATIO, PROXY_TARGET, Report};
-use super::{Behind, FanoutArgs, bench_app, drive, max_hosts, single_node};
-use crate::server::{BenchServer, ServerOptions};
+use super::{Behind, FanoutArgs, bench_app, drive, server_options, single_node};
+use crate::server::BenchServer;
 use crate::{BenchOutput, proxy};
 
 /// The run behind the proxy, then (unless `--no-reference`) the direct
@@ -75,13 +75,7 @@ async fn behind_proxy(
     split: Option<&CoreSplit>,
 ) -> Result<(Report, Option<String>)> {
     let app = bench_app();
-    let server = BenchServer::start(&ServerOptions {
-        bin: args.server_bin.clone(),
-        max_hosts_per_call: Some(max_hosts(args)),
-        apps: vec![app.clone()],
-        ..ServerOptions::default()
-    })
-    .await?;
+    let server = BenchServer::start(&server_options(args, &app)).await?;
     let result = async {
         let proxy = proxy::start(&server).await?;
         if let Some(split) = split {

@@ -133,6 +133,49 @@ async fn lost_alarm(server: &gse_testkit::ServerProc, ip: &str) -> Value {
     .await
 }
 
+/// `size` bytes from a new host on the servers' network (10.77.0.5) to
+/// `targets` behind `proxy`: every target gets the file, and at most 1.1
+/// copies of it cross into the area.
+async fn one_copy_crosses(
+    lab: &NetLab,
+    (cluster, certs): (&Cluster, &Path),
+    api: &Api,
+    proxy: &ProxyProc,
+    targets: &[&str],
+    size: usize,
+) {
+    let src_host = lab.host("source", 5);
+    let _source = start_agent(cluster, certs, &src_host);
+    api.wait_alive("10.77.0.5").await;
+    let content = noise(size, 12);
+    let src = cluster.path.join("src");
+    write_file(&src.join("big.bin"), &content, 0o644);
+    let dst = cluster.path.join("dst");
+    let id = files::start(
+        api,
+        vec![files::task("0:10.77.0.5", &src, "big.bin", targets, &dst)],
+        json!({}),
+    )
+    .await;
+    let entries = targets.len() + 1;
+    for e in files::wait_final(api, &id, entries, Duration::from_secs(180)).await {
+        assert_eq!(files::code(&e), 0, "{e}");
+    }
+    assert!(std::fs::read(dst.join("big.bin")).unwrap() == content);
+    let crossed = proxy
+        .metric("gse_proxy_file_bytes_from_upstream_total")
+        .await
+        .unwrap_or(0.0);
+    println!(
+        "{crossed} bytes crossed into the area for {size} to {} targets",
+        targets.len()
+    );
+    assert!(
+        crossed / size as f64 <= 1.1,
+        "{crossed} bytes crossed for {size}"
+    );
+}
+
 #[tokio::test]
 async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it() {
     let lab = NetLab::new();
@@ -198,32 +241,7 @@ async fn c2_area_agents_reach_only_their_proxy_and_lost_hosts_are_probed_by_it()
 
     // F8: a file from a host on the servers' network reaches both area
     // hosts; one copy crosses into the area.
-    let src_host = lab.host("source", 5);
-    let _source = start_agent(&cluster, &certs, &src_host);
-    api.wait_alive("10.77.0.5").await;
-    let size = 20 << 20;
-    let content = noise(size, 12);
-    let src = cluster.path.join("src");
-    write_file(&src.join("big.bin"), &content, 0o644);
-    let dst = cluster.path.join("dst");
-    let id = files::start(
-        api,
-        vec![files::task("0:10.77.0.5", &src, "big.bin", &targets, &dst)],
-        json!({}),
-    )
-    .await;
-    for e in files::wait_final(api, &id, 3, Duration::from_secs(120)).await {
-        assert_eq!(files::code(&e), 0, "{e}");
-    }
-    assert!(std::fs::read(dst.join("big.bin")).unwrap() == content);
-    let crossed = proxy
-        .metric("gse_proxy_file_bytes_from_upstream_total")
-        .await
-        .unwrap_or(0.0);
-    assert!(
-        crossed / size as f64 <= 1.1,
-        "{crossed} bytes crossed for {size}"
-    );
+    one_copy_crosses(&lab, (&cluster, &certs), api, &proxy, &targets, 20 << 20).await;
 
     // C11: the agent dies on a live host: the host answers its proxy's
     // probe. A host cut off the area's network does not.
@@ -308,33 +326,7 @@ async fn c2_a_chain_on_its_own_networks_carries_tasks_files_and_data_through_a_p
 
     // 100 MiB from the servers' network to both, one copy crossing into
     // the area (counted by the upper proxy).
-    let src_host = lab.host("source", 5);
-    let _source = start_agent(&cluster, &certs, &src_host);
-    api.wait_alive("10.77.0.5").await;
-    let size = 100 << 20;
-    let content = noise(size, 13);
-    let src = cluster.path.join("src");
-    write_file(&src.join("big.bin"), &content, 0o644);
-    let dst = cluster.path.join("dst");
-    let id = files::start(
-        api,
-        vec![files::task("0:10.77.0.5", &src, "big.bin", &targets, &dst)],
-        json!({}),
-    )
-    .await;
-    for e in files::wait_final(api, &id, 3, Duration::from_secs(180)).await {
-        assert_eq!(files::code(&e), 0, "{e}");
-    }
-    assert!(std::fs::read(dst.join("big.bin")).unwrap() == content);
-    let crossed = upper
-        .metric("gse_proxy_file_bytes_from_upstream_total")
-        .await
-        .unwrap_or(0.0);
-    println!("{crossed} bytes crossed into the area for 100 MiB to 2 targets");
-    assert!(
-        crossed / size as f64 <= 1.1,
-        "{crossed} bytes crossed for {size}"
-    );
+    one_copy_crosses(&lab, (&cluster, &certs), api, &upper, &targets, 100 << 20).await;
 
     // Records of the deep host; its proxy is killed mid-stream and
     // restarted: nothing acknowledged is lost.
