@@ -147,13 +147,19 @@ impl FakeAgent {
 
     /// The next frame of type `want` within `within` (others are dropped).
     pub async fn recv_type(&mut self, want: MsgType, within: Duration) -> Frame {
+        self.recv_any(&[want], within).await
+    }
+
+    /// The next frame of one of the types `want` within `within` (others
+    /// are dropped).
+    pub async fn recv_any(&mut self, want: &[MsgType], within: Duration) -> Frame {
         let deadline = tokio::time::Instant::now() + crate::patience(within);
         loop {
             let got = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("no {want:?} frame within {within:?}"))
                 .expect("fake agent link closed");
-            if got.msg_type == want {
+            if want.contains(&got.msg_type) {
                 return got;
             }
         }

@@ -358,15 +358,27 @@ async fn run_scripts(agent: &mut gse_testkit::FakeAgent, n: usize) -> Vec<String
     ids
 }
 
-#[tokio::test]
-async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
+/// Two hand-driven agents at `ips` on node-1, node-2 joined, and one of
+/// them handed over: it left node-1 and has not registered anywhere yet.
+struct OneMoving {
+    cluster: StartedCluster,
+    tls: gse_core::tls::TlsFiles,
+    /// Index in `ips` of the agent that is moving, and where it was told
+    /// to go.
+    moving: usize,
+    redirect: std::net::SocketAddr,
+    /// The agent that stays on node-1.
+    stayer: gse_testkit::FakeAgent,
+}
+
+async fn one_agent_moving(ips: [&str; 2]) -> OneMoving {
     use gse_core::certs::CertKind;
     use gse_proto::link::HandOverReady;
     use gse_proto::{Frame, MsgType};
     use gse_testkit::{FakeAgent, FakeAgentOptions};
 
-    // Two agents on node-1 (hand-driven, so the test chooses when the
-    // moving one registers again); node-2 joins and one is handed over.
+    // Hand-driven agents, so the test chooses when the moving one
+    // registers again; node-2 joins and one is handed over.
     let mut cluster = Cluster::builder()
         .nodes(1)
         .zookeeper()
@@ -376,7 +388,6 @@ async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
         .await;
     let tls = cluster.cluster.tls(CertKind::Agent);
     let link = cluster.nodes[0].link_addr;
-    let ips = ["127.0.12.1", "127.0.12.2"];
     let mut agents = Vec::new();
     for ip in ips {
         agents.push(FakeAgent::connect(link, &tls, FakeAgentOptions::ip(ip)).await);
@@ -407,6 +418,26 @@ async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
         );
     }
     drop(moving);
+    OneMoving {
+        cluster,
+        tls,
+        moving: i,
+        redirect: redirect.parse().expect("an agent address"),
+        stayer: agents.pop().expect("the other agent"),
+    }
+}
+
+#[tokio::test]
+async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
+    use gse_testkit::{FakeAgent, FakeAgentOptions};
+    let ips = ["127.0.12.1", "127.0.12.2"];
+    let OneMoving {
+        cluster,
+        tls,
+        moving: i,
+        redirect,
+        stayer: _stayer,
+    } = one_agent_moving(ips).await;
 
     // Between its links: a task asked of the node it left (which holds
     // its claim still) and one asked of the node it goes to (forwarded to
@@ -424,12 +455,7 @@ async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
     }
 
     // It registers where it was told: both tasks reach it there.
-    let mut moved = FakeAgent::connect(
-        redirect.parse().expect("an agent address"),
-        &tls,
-        FakeAgentOptions::ip(ips[i]),
-    )
-    .await;
+    let mut moved = FakeAgent::connect(redirect, &tls, FakeAgentOptions::ip(ips[i])).await;
     let mut ran = run_scripts(&mut moved, 2).await;
     ran.sort();
     let mut want = vec![asked_of_old.clone(), asked_of_new.clone()];
@@ -443,5 +469,149 @@ async fn k2_work_sent_while_an_agent_moves_follows_it_to_its_new_node() {
         assert_eq!(done[0]["status"], 2, "{}", done[0]);
         assert_eq!(done[0]["error_code"], 0, "{}", done[0]);
         assert_eq!(done[0]["screen"], "followed\n", "{}", done[0]);
+    }
+}
+
+#[tokio::test]
+async fn k2_file_transfers_sent_while_an_agent_moves_follow_it_to_its_new_node() {
+    use gse_proto::link::{
+        EntryType, FileEntry, FileManifest, FileManifestRequest, FileProgress, FileStart,
+        FileState, ProgressSide,
+    };
+    use gse_proto::{Frame, MsgType};
+    use gse_testkit::{FakeAgent, FakeAgentOptions};
+    use std::path::Path;
+
+    use crate::f_files::{download_of, results, task};
+
+    /// A source's manifest of one small file, answering `req` on `stream`.
+    fn manifest(req: &FileManifestRequest, stream: u64) -> Frame {
+        let m = FileManifest {
+            transfer_id: req.transfer_id.clone(),
+            task_index: req.task_index,
+            entries: vec![FileEntry {
+                path: "a.txt".into(),
+                mode: 0o644,
+                r#type: EntryType::EntryFile as i32,
+                size: 5,
+                piece_size: 1 << 20,
+                piece_hashes: vec![7; 32],
+                blake3: vec![7; 32],
+                md5_hex: "0".repeat(32),
+                link_target: String::new(),
+            }],
+            ..FileManifest::default()
+        };
+        Frame::new(MsgType::FileManifest, stream, &m)
+    }
+    /// A target's report that it installed what `start` (on `stream`) named.
+    fn done(start: &FileStart, stream: u64) -> Frame {
+        let p = FileProgress {
+            transfer_id: start.transfer_id.clone(),
+            task_index: start.task_index,
+            side: ProgressSide::SideDownload as i32,
+            state: FileState::FileDone as i32,
+            done_bytes: 5,
+            total_bytes: 5,
+            bytes_direct: 5,
+            files_done: 1,
+            files_total: 1,
+            ..FileProgress::default()
+        };
+        Frame::new(MsgType::FileProgress, stream, &p)
+    }
+    /// Waits until `entry` of `transfer` (through `api`) says it waits for
+    /// its moving agent.
+    async fn waits_for_the_move(api: &gse_testkit::Api, transfer: &str, entry: &str) {
+        gse_testkit::eventually(
+            &format!("{entry} of {transfer} waits for its moving agent"),
+            Duration::from_secs(30),
+            || async {
+                let all = results(api, transfer).await;
+                let e = match entry {
+                    "upload" => all[0].clone(),
+                    dest => download_of(&all, dest).clone(),
+                };
+                let info = e["content"]["status_info"].as_str().unwrap_or_default();
+                (e["error_code"] == 115 && info.contains("moving to another node"))
+                    .then_some(())
+                    .ok_or(format!("{e}"))
+            },
+        )
+        .await
+    }
+
+    let ips = ["127.0.13.1", "127.0.13.2"];
+    let OneMoving {
+        cluster,
+        tls,
+        moving: i,
+        redirect,
+        mut stayer,
+    } = one_agent_moving(ips).await;
+    let (moving, staying) = (format!("0:{}", ips[i]), format!("0:{}", ips[1 - i]));
+    let (src, dst) = (Path::new("/srv"), Path::new("/dst"));
+
+    // Between its links: a transfer to it asked of the node it left, and
+    // one from it asked of the node it goes to. Neither fails.
+    let to_it = crate::f_files::start(
+        cluster.api(0),
+        vec![task(&staying, src, "a.txt", &[moving.as_str()], dst)],
+        json!({}),
+    )
+    .await;
+    let from_it = crate::f_files::start(
+        cluster.api(1),
+        vec![task(&moving, src, "a.txt", &[staying.as_str()], dst)],
+        json!({}),
+    )
+    .await;
+    let f = stayer
+        .recv_type(MsgType::FileManifestRequest, Duration::from_secs(30))
+        .await;
+    let req: FileManifestRequest = f.decode().expect("FileManifestRequest");
+    assert_eq!(req.transfer_id, to_it);
+    stayer.send(manifest(&req, f.stream_id)).await;
+    waits_for_the_move(cluster.api(0), &to_it, &moving).await;
+    waits_for_the_move(cluster.api(1), &from_it, "upload").await;
+
+    // It registers where it was told: both requests reach it there.
+    let mut moved = FakeAgent::connect(redirect, &tls, FakeAgentOptions::ip(ips[i])).await;
+    let mut got_start = None;
+    let mut got_request = None;
+    while got_start.is_none() || got_request.is_none() {
+        let f = moved
+            .recv_any(
+                &[MsgType::FileStart, MsgType::FileManifestRequest],
+                Duration::from_secs(30),
+            )
+            .await;
+        match f.msg_type {
+            MsgType::FileStart => got_start = Some(f),
+            _ => got_request = Some(f),
+        }
+    }
+    let (f, r) = (got_start.unwrap(), got_request.unwrap());
+    let start: FileStart = f.decode().expect("FileStart");
+    assert_eq!(start.transfer_id, to_it);
+    assert_eq!(start.entries.len(), 1);
+    moved.send(done(&start, f.stream_id)).await;
+    let req: FileManifestRequest = r.decode().expect("FileManifestRequest");
+    assert_eq!(req.transfer_id, from_it);
+    moved.send(manifest(&req, r.stream_id)).await;
+    // The agent that stayed is the target of the second one.
+    let f = stayer
+        .recv_type(MsgType::FileStart, Duration::from_secs(30))
+        .await;
+    let start: FileStart = f.decode().expect("FileStart");
+    assert_eq!(start.transfer_id, from_it);
+    stayer.send(done(&start, f.stream_id)).await;
+
+    for (api, transfer) in [(cluster.api(0), &to_it), (cluster.api(1), &from_it)] {
+        let all = crate::f_files::wait_final(api, transfer, 2, Duration::from_secs(30)).await;
+        for e in &all {
+            assert_eq!(e["error_code"], 0, "{transfer}: {e}");
+            assert_eq!(e["content"]["status"], 2, "{transfer}: {e}");
+        }
     }
 }

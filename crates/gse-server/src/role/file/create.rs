@@ -24,6 +24,7 @@ use super::codes::*;
 use super::model::{
     AgentSlot, Effect, HopPlan, LiveTransfer, Outcome, Phase, TaskPlan, TaskRun, TransferState,
 };
+use super::moving::Request;
 use super::spec::{AgentSpec, BYTES_PER_MB, FileKind, FileTaskSpec, TransferSpec, ZonePair};
 use super::{FileError, FileService, metrics};
 use crate::cluster::sender::{Located, SendError};
@@ -197,7 +198,8 @@ impl FileService {
     }
 
     /// Sends every task that can start its `FileManifestRequest`; a send
-    /// that fails ends the task with 117. Returns how many were sent.
+    /// that fails ends the task with 117 (one to an agent moving to
+    /// another node follows it there). Returns how many were sent.
     fn request_manifests(&self, t: &Arc<LiveTransfer>, located: &Locations) -> usize {
         let mut asked = 0;
         for (i, plan) in t.tasks.iter().enumerate() {
@@ -207,50 +209,38 @@ impl FileService {
             let Some(Ok(at)) = located.get(&key) else {
                 continue;
             };
-            let frame = Frame::new(
-                MsgType::FileManifestRequest,
-                0,
-                &FileManifestRequest {
-                    transfer_id: t.id.clone(),
-                    task_index: i as u32,
-                    source_dir: plan.selection.source_dir.clone(),
-                    selection: plan.selection.kind as i32,
-                    pattern: plan.selection.pattern.clone(),
-                    upload_bytes_per_s: t.upload_bps,
-                    timeout_ms: remaining_ms(t),
-                    token: t.token.clone(),
-                    user: plan.source_user.clone(),
-                },
-            );
+            let frame = self.manifest_request(t, i);
             self.change(t, Some("failed"), |st, effect| {
                 if st.runs[i].phase != Phase::Manifest {
                     return;
                 }
-                let (me, lost) = (self.me.clone(), t.clone());
-                let on_fail = move |why: SendError| {
-                    let Some(me) = me.upgrade() else { return };
-                    let plan = &lost.tasks[i];
-                    let why = why.for_host(&plan.source.name);
-                    me.change(&lost, Some("failed"), |st, effect| {
-                        if st.runs[i].source_conn.is_some() && st.runs[i].phase == Phase::Manifest {
-                            fail_task(st, plan, ERR_AGENT_DOWN, &why, effect)
-                        }
-                    });
-                };
-                match self.sender.deliver_now(at, frame, on_fail) {
-                    Ok(held) => {
-                        st.runs[i].source_conn = Some(held);
-                        st.set_running(plan.upload, "building the manifest".into(), effect);
-                        asked += 1;
-                    }
-                    Err(why) => {
-                        let why = why.for_host(&plan.source.name);
-                        fail_task(st, plan, ERR_AGENT_DOWN, &why, effect)
-                    }
+                let request = (i, key, Request::Manifest);
+                if self.send_request(t, request, at, frame, st, effect) {
+                    asked += 1;
                 }
             });
         }
         asked
+    }
+
+    /// Task `task`'s `FileManifestRequest`, for its source.
+    pub(super) fn manifest_request(&self, t: &LiveTransfer, task: usize) -> Frame {
+        let plan = &t.tasks[task];
+        Frame::new(
+            MsgType::FileManifestRequest,
+            0,
+            &FileManifestRequest {
+                transfer_id: t.id.clone(),
+                task_index: task as u32,
+                source_dir: plan.selection.source_dir.clone(),
+                selection: plan.selection.kind as i32,
+                pattern: plan.selection.pattern.clone(),
+                upload_bytes_per_s: t.upload_bps,
+                timeout_ms: remaining_ms(t),
+                token: t.token.clone(),
+                user: plan.source_user.clone(),
+            },
+        )
     }
 }
 
@@ -394,6 +384,8 @@ impl TaskRun {
             sent_on: HashMap::new(),
             relays: HashSet::new(),
             peers: HashMap::new(),
+            heard: HashSet::new(),
+            start: None,
         }
     }
 }

@@ -46,6 +46,11 @@ impl AgentFrames for FileService {
         }
     }
 
+    fn on_moving(&self, agent: AgentKey, moved_from: Delivery) {
+        self.claim_moved(agent, moved_from);
+        self.on_disconnect(agent, moved_from);
+    }
+
     fn on_disconnect(&self, agent: AgentKey, ended: Delivery) {
         self.relay_disconnect(agent, ended);
         let active = self.jobs.open_jobs();
@@ -65,6 +70,13 @@ impl FileService {
         let Some(plan) = t.tasks.get(task) else {
             return;
         };
+        let member = plan.source.key == Some(agent)
+            || plan.by_key.contains_key(&agent)
+            || t.relay_keys.contains(&agent);
+        if member {
+            // It has what it was sent for this task: that never follows a move.
+            t.state.lock().runs[task].heard.insert(agent);
+        }
         match ProgressSide::try_from(p.side) {
             Ok(ProgressSide::SideUpload) if plan.source.usable() == Some(agent) => {
                 self.upload_progress(&t, task, p)

@@ -20,7 +20,8 @@ use gse_proto::{Frame, MsgType};
 
 use super::codes::*;
 use super::create::{Locations, fail_task, remaining_ms};
-use super::model::{EntryShape, LiveTransfer, Outcome, Phase, TransferState};
+use super::model::{EntryShape, LiveTransfer, Outcome, Phase, StartBodies, TransferState};
+use super::moving::Request;
 use super::tracker::{self, Hop, Member, PeerPlan, Topology};
 use super::{FileService, model};
 use crate::cluster::sender::SendError;
@@ -30,12 +31,6 @@ use crate::cluster::sender::SendError;
 struct Outgoing<'a> {
     peers: &'a PeerPlan,
     located: &'a Locations,
-}
-
-/// What every target (or every relay) of a task is sent alike.
-struct Common {
-    target: Bytes,
-    relay: Bytes,
 }
 
 impl FileService {
@@ -139,13 +134,18 @@ impl FileService {
             });
             return;
         }
+        let common = Arc::new(common);
         let (sent, relays) = self.change(t, Some("failed"), |st, effect| {
+            if st.runs[task].phase == Phase::Running {
+                // Kept for agents that follow a move (`moving`).
+                st.runs[task].start = Some(common.clone());
+            }
             let out = Outgoing {
                 peers: &peers,
                 located,
             };
             let sent = self.send_targets(t, task, &out, &common.target, st, effect);
-            let relays = self.send_relays(t, task, &out, &common.relay, st);
+            let relays = self.send_relays(t, task, &out, &common.relay, st, effect);
             (sent, relays)
         });
         tracing::info!(task_id = %t.id, task, targets = sent, relays, entries = entry_count, "FileStart sent");
@@ -201,7 +201,7 @@ impl FileService {
     }
 
     /// The shared parts of the task's `FileStart`s, encoded once.
-    fn common(&self, t: &LiveTransfer, task: usize, entries: Vec<FileEntry>) -> Common {
+    fn common(&self, t: &LiveTransfer, task: usize, entries: Vec<FileEntry>) -> StartBodies {
         let plan = &t.tasks[task];
         let mut msg = FileStart {
             transfer_id: t.id.clone(),
@@ -230,7 +230,7 @@ impl FileService {
         msg.owner.clear();
         msg.auto_mkdir = false;
         let relay = Frame::new(MsgType::FileStart, 0, &msg).body;
-        Common { target, relay }
+        StartBodies { target, relay }
     }
 
     /// Sends each target agent its `FileStart` (once per agent, however
@@ -284,44 +284,26 @@ impl FileService {
                 }
                 continue;
             }
-            let name = &plan.targets[open[0] as usize].name;
             let frame = Frame {
                 msg_type: MsgType::FileStart,
                 stream_id: 0,
                 body,
             };
-            let (me, lost, who) = (self.me.clone(), t.clone(), name.clone());
-            let on_fail = move |why: SendError| {
-                let Some(me) = me.upgrade() else { return };
-                let why = why.for_host(&who);
-                let plan = &lost.tasks[task];
-                me.change(&lost, Some("failed"), |st, effect| {
-                    for &s in plan.by_key.get(&key).into_iter().flatten() {
-                        let down = Outcome::failed(ERR_AGENT_DOWN, why.clone());
-                        st.close(plan.download(s), down, effect);
-                    }
-                });
+            let Some(Ok(at)) = located.get(&key) else {
+                let why = match located.get(&key) {
+                    Some(Err(why)) => why.clone(),
+                    _ => SendError::Offline(key),
+                };
+                let name = &plan.targets[open[0] as usize].name;
+                for s in open {
+                    let down = Outcome::failed(ERR_AGENT_DOWN, why.for_host(name));
+                    st.close(plan.download(s), down, effect);
+                }
+                continue;
             };
-            match self.deliver_now(located, key, frame, on_fail) {
-                Ok(held) => {
-                    sent += 1;
-                    st.runs[task].sent_on.insert(key, held);
-                    st.runs[task].peers.insert(key, my_peers);
-                    for &s in &open {
-                        let info =
-                            "sent the manifest; waiting for the agent's first report".to_string();
-                        st.set_running(plan.download(s), info, effect);
-                    }
-                }
-                Err(why) => {
-                    for s in open {
-                        st.close(
-                            plan.download(s),
-                            Outcome::failed(ERR_AGENT_DOWN, why.for_host(name)),
-                            effect,
-                        );
-                    }
-                }
+            st.runs[task].peers.insert(key, my_peers);
+            if self.send_request(t, (task, key, Request::Start), at, frame, st, effect) {
+                sent += 1;
             }
         }
         sent
@@ -331,11 +313,12 @@ impl FileService {
     /// reached is logged (its zone's targets fetch direct through the node).
     fn send_relays(
         &self,
-        t: &LiveTransfer,
+        t: &Arc<LiveTransfer>,
         task: usize,
         out: &Outgoing<'_>,
         common: &Bytes,
         st: &mut TransferState,
+        effect: &mut model::Effect,
     ) -> usize {
         let Outgoing { peers, located } = *out;
         let limit = self.sender.max_frame_bytes();
@@ -353,24 +336,18 @@ impl FileService {
                     tracing::warn!(task_id = %t.id, task, relay = %slot.name, bytes = body.len(), limit, "a relay's FileStart is over the frame limit; not sent");
                     continue;
                 }
+                let Some(Ok(at)) = located.get(&key) else {
+                    tracing::warn!(task_id = %t.id, task, relay = %slot.name, "cannot start a zone-chain relay: it is not held by any node; its zone's targets fetch from the others or direct");
+                    continue;
+                };
                 let frame = Frame {
                     msg_type: MsgType::FileStart,
                     stream_id: 0,
                     body,
                 };
-                let (task_id, relay) = (t.id.clone(), slot.name.clone());
-                let on_fail = move |why: SendError| tracing::warn!(task_id = %task_id, task, relay = %relay, reason = %why, "cannot start a zone-chain relay on its node; its zone's targets fetch from the others or direct");
-                match self.deliver_now(located, key, frame, on_fail) {
-                    Ok(held) => {
-                        sent += 1;
-                        let run = &mut st.runs[task];
-                        run.sent_on.insert(key, held);
-                        run.relays.insert(key);
-                        run.peers.insert(key, my_peers.clone());
-                    }
-                    Err(why) => {
-                        tracing::warn!(task_id = %t.id, task, relay = %slot.name, reason = %why, "cannot start a zone-chain relay; its zone's targets fetch from the others or direct")
-                    }
+                st.runs[task].peers.insert(key, my_peers.clone());
+                if self.send_request(t, (task, key, Request::Start), at, frame, st, effect) {
+                    sent += 1;
                 }
             }
         }
@@ -378,26 +355,8 @@ impl FileService {
     }
 }
 
-impl FileService {
-    /// Hands `frame` to `key` where `located` found it, at once (the
-    /// caller holds the transfer's lock while it records the delivery).
-    fn deliver_now(
-        &self,
-        located: &Locations,
-        key: AgentKey,
-        frame: Frame,
-        on_fail: impl FnOnce(SendError) + Send + 'static,
-    ) -> Result<crate::cluster::sender::Delivery, SendError> {
-        match located.get(&key) {
-            Some(Ok(at)) => self.sender.deliver_now(at, frame, on_fail),
-            Some(Err(why)) => Err(why.clone()),
-            None => Err(SendError::Offline(key)),
-        }
-    }
-}
-
 /// `common` followed by an encoding of this agent's own fields.
-fn with_suffix(common: &Bytes, peers: &[Peer], owner: &str, task_owner: &str) -> Bytes {
+pub(super) fn with_suffix(common: &Bytes, peers: &[Peer], owner: &str, task_owner: &str) -> Bytes {
     let own = FileStart {
         peers: peers.to_vec(),
         // The task's owner is in `common` already; an agent's own `user`

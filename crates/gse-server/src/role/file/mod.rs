@@ -8,7 +8,8 @@
 //! agent is held; this role never sees connections or nodes. When a manifest
 //! arrives ([`manifest`]) the [`tracker`] works out who peers with whom
 //! (zones, chains, pass-throughs) and every target and relay gets a
-//! `FileStart`. Agents' reports and disconnects come through
+//! `FileStart`; one for an agent moving to another node follows it there
+//! ([`moving`]). Agents' reports and disconnects come through
 //! [`AgentFrames`] ([`frames`]); pieces fetched direct pass through this
 //! node ([`relay`]). Polls and terminate are in [`query`] and [`control`].
 //! Live transfers are kept in the job engine's ledger
@@ -26,6 +27,7 @@ mod frames;
 mod manifest;
 mod metrics;
 mod model;
+mod moving;
 mod query;
 mod relay;
 pub mod spec;
@@ -44,7 +46,7 @@ use parking_lot::Mutex;
 
 pub use config::{FileConfig, PassThroughRule};
 
-use crate::cluster::sender::Sender;
+use crate::cluster::sender::{Followers, Sender};
 use crate::role::jobs::{self, Ledger};
 use crate::role::link::{LinkService, PeerInfo};
 use model::{Effect, LiveTransfer, TransferState};
@@ -116,6 +118,9 @@ pub struct FileService {
     jobs: Ledger<LiveTransfer>,
     /// Direct piece requests on their way to a source.
     relay: Mutex<relay::RelayTable>,
+    /// Requests waiting for their agent, moving to another node, to
+    /// register again ([`moving`]).
+    moving: Followers<moving::Follow>,
     seq: AtomicU64,
 }
 
@@ -142,6 +147,7 @@ impl FileService {
             link: parts.link,
             jobs: Ledger::default(),
             relay: Mutex::new(relay::RelayTable::default()),
+            moving: Followers::default(),
             seq: AtomicU64::new(1),
         })
     }

@@ -7,6 +7,7 @@
 //! an agent frame touches one entry, so it is held for microseconds.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gse_core::AgentKey;
@@ -150,6 +151,19 @@ pub(crate) struct TaskRun {
     pub relays: HashSet<AgentKey>,
     /// The peer set each target and relay was given last.
     pub peers: HashMap<AgentKey, Vec<Peer>>,
+    /// Agents that reported on the task (a `FileProgress`): what was sent
+    /// to them reached them, so it cannot follow them to another node.
+    pub heard: HashSet<AgentKey>,
+    /// The task's `FileStart` bodies, kept while it runs, for an agent that
+    /// was moving when its `FileStart` went out ([`super::moving`]).
+    pub start: Option<Arc<StartBodies>>,
+}
+
+/// What every target (or every relay) of a task is sent alike in its
+/// `FileStart`, encoded once; each agent's own part is appended to it.
+pub(crate) struct StartBodies {
+    pub target: bytes::Bytes,
+    pub relay: bytes::Bytes,
 }
 
 /// How urgently a transfer's record must be saved.
@@ -288,6 +302,7 @@ impl TransferState {
             run.open_downloads = run.open_downloads.saturating_sub(1);
             if run.open_downloads == 0 {
                 run.phase = Phase::Done;
+                run.start = None;
                 effect.tasks_done.push(task as u32);
                 self.settle_upload(task, effect);
             }
@@ -318,6 +333,15 @@ impl TransferState {
             )
         };
         self.close(up, outcome, effect);
+    }
+
+    /// A non-final entry's new state line; its status stays.
+    pub fn set_info(&mut self, idx: u32, info: String, effect: &mut Effect) {
+        match self.entries.get_mut(idx as usize) {
+            Some(e) if !e.is_final() => e.status_info = info,
+            _ => return,
+        }
+        self.touch(Unsaved::Progress, effect);
     }
 
     /// A running entry's new state line; marks it running.

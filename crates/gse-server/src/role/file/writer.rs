@@ -144,6 +144,7 @@ impl JobKind for FileService {
 
     async fn round(&self, now: Instant, due: Due) {
         self.sweep_relays(now);
+        self.resend_moved().await;
         if due.second {
             self.close_overdue(now);
         }

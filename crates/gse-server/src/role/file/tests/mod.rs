@@ -8,6 +8,7 @@
 
 mod flow;
 mod lifecycle;
+mod moving;
 mod relay;
 mod start;
 
