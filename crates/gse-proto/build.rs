@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("gse/link/v1/file.proto"),
         root.join("gse/link/v1/data.proto"),
         root.join("gse/link/v1/proc.proto"),
+        root.join("gse/link/v1/message.proto"),
         root.join("gse/link/v1/node.proto"),
         root.join("gse/link/v1/proxy.proto"),
     ];

@@ -11,6 +11,7 @@
 //! max_message_connections = 256  # plugin-message connections at once
 //! max_message_connections_per_uid = 64  # ... of one non-root user
 //! message_ipc_links = ["/var/run/gse2/agent/ipc.state.message"]
+//! message_users = []        # besides root and the agent's own user
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,14 @@ pub struct PluginConfig {
     /// removed at stop (like `data.ipc_links`); default [`PLUGIN_PATHS`].
     #[serde(default = "default_message_ipc_links")]
     pub message_ipc_links: Vec<PathBuf>,
+    /// Local users (names, or numeric uids) whose connections may speak for
+    /// a plugin on the plugin-message socket besides root and the agent's
+    /// own user: receive the server's messages (0x9008) and send messages
+    /// to the server (0x900a). Anyone may connect and get keepalive
+    /// answers; a message from another user is dropped, and none is
+    /// written to it, so a local user cannot pose as a plugin.
+    #[serde(default)]
+    pub message_users: Vec<String>,
 }
 
 impl Default for PluginConfig {
@@ -84,6 +93,7 @@ impl Default for PluginConfig {
             max_message_connections: default_max_message_connections(),
             max_message_connections_per_uid: default_max_message_connections_per_uid(),
             message_ipc_links: default_message_ipc_links(),
+            message_users: Vec::new(),
         }
     }
 }

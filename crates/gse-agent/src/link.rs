@@ -35,7 +35,9 @@
 //!
 //! Plugin frames (`MsgFamily::Proc`) go to the [`PluginService`], which lives
 //! across sessions (plugins are supervised while the link is down); each
-//! session attaches a queue for its results and status reports.
+//! session attaches a queue for its results and status reports. Plugin
+//! messages (`MsgFamily::PluginMessage`) go to the plugin-message socket's
+//! hub (`crate::data::message_ipc::MessageHub`) the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +78,9 @@ const OUTBOUND_FRAMES: usize = 256;
 /// File frames queued for the link (progress, manifests, requests, and a
 /// few piece answers).
 const FILE_OUTBOUND_FRAMES: usize = 64;
+
+/// Plugin-message frames queued for the link (acks, plugins' messages).
+const MESSAGE_OUTBOUND_FRAMES: usize = 256;
 
 /// What to check when nothing answers at an upstream address.
 const UNANSWERED: &str = "is gse-server running and link.listen reachable?";
@@ -383,18 +388,22 @@ async fn serve(
 ) -> End {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
     let (plugin_tx, plugin_rx) = mpsc::channel(crate::plugin::OUTBOUND_FRAMES);
+    let (message_tx, message_rx) = mpsc::channel(MESSAGE_OUTBOUND_FRAMES);
     let policy = policy::from_register_ack(&ack.danger_rules);
     plugins.attach(plugin_tx, Arc::new(policy.clone()));
+    attach_messages(data.as_deref(), Some(message_tx));
     let runner = TaskRunner::new(executor.clone(), policy, out_tx);
     let queues = Outbound {
         tasks: out_rx,
         files: file_rx,
         plugins: plugin_rx,
-        data,
+        messages: message_rx,
+        data: data.clone(),
     };
     let runners = (&runner, &files, plugins);
     let end = session(link, ack, stats, shutdown, runners, queues).await;
     plugins.detach();
+    attach_messages(data.as_deref(), None);
     // The outbound queues' receivers went with the session, so cancelled
     // tasks cannot block on their last frames.
     tokio::join!(runner.cancel_all(), files.cancel_all());
@@ -406,7 +415,10 @@ struct Outbound {
     tasks: mpsc::Receiver<Frame>,
     files: mpsc::Receiver<LinkOut>,
     plugins: mpsc::Receiver<Frame>,
-    /// Where `DataAssign` frames go (D4); `None` without a data path.
+    /// Plugin messages' acks, and plugins' messages for the server.
+    messages: mpsc::Receiver<Frame>,
+    /// Where `DataAssign` frames go (D4), and plugin messages; `None`
+    /// without a data path.
     data: Option<Arc<DataPlane>>,
 }
 
@@ -466,6 +478,11 @@ async fn session(
                     return end;
                 }
             }
+            Some(frame) = outbound.messages.recv() => {
+                if let Err(end) = send_within(link, frame, write_limit, shutdown, "a plugin message frame").await {
+                    return end;
+                }
+            }
             _ = idle_check.tick(), if handover.is_pending() => {
                 // Final frames still queued are results the node has not
                 // seen yet: not idle until they are written.
@@ -497,12 +514,61 @@ async fn session(
                     data_assign(&frame, outbound.data.as_deref());
                     continue;
                 }
+                if frame.msg_type.family() == Some(MsgFamily::PluginMessage) {
+                    if let Some(answer) = plugin_message(&frame, outbound.data.as_deref())
+                        && let Err(end) = send_within(link, answer, write_limit, shutdown, "a plugin message's answer").await
+                    {
+                        return end;
+                    }
+                    continue;
+                }
                 if let Some(end) = on_frame(frame, tasks, files, plugins) {
                     return end;
                 }
             }
         }
     }
+}
+
+/// Lets the plugin-message socket's plugins reach the server through `tx`
+/// (`None`: the session ended).
+#[cfg_attr(not(unix), allow(unused_variables))]
+fn attach_messages(data: Option<&DataPlane>, tx: Option<mpsc::Sender<Frame>>) {
+    #[cfg(unix)]
+    if let Some(data) = data {
+        match tx {
+            Some(tx) => data.messages.attach(tx),
+            None => data.messages.detach(),
+        }
+    }
+}
+
+/// A plugin message from the node (COMPAT §1.3): handed to the
+/// plugin-message socket, which answers on the link's message queue; an
+/// agent without the socket answers here at once.
+#[cfg_attr(not(unix), allow(unused_variables))]
+fn plugin_message(frame: &Frame, data: Option<&DataPlane>) -> Option<Frame> {
+    #[cfg(unix)]
+    if let Some(data) = data {
+        if !data.messages.handle(frame) {
+            tracing::debug!(
+                msg_type = frame.msg_type.to_u16(),
+                "ignoring a plugin-message frame type this agent does not handle"
+            );
+        }
+        return None;
+    }
+    let message_id = frame
+        .decode::<gse_proto::link::PluginMessage>()
+        .map(|m| m.message_id)
+        .unwrap_or_default();
+    let ack = gse_proto::link::PluginMessageAck {
+        message_id,
+        code: gse_proto::plugin_message::NOT_CONNECTED,
+        message: "this agent has no plugin-message socket".into(),
+        connections: 0,
+    };
+    Some(Frame::new(MsgType::PluginMessageAck, frame.stream_id, &ack))
 }
 
 /// Writes `frame` (`what`, for the log), giving up after `limit` or on

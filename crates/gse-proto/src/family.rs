@@ -29,6 +29,8 @@ pub enum MsgFamily {
     Peer,
     /// Plugin management on the agent link (proc.proto).
     Proc,
+    /// Plugin messages on the agent link (message.proto).
+    PluginMessage,
     /// The data link between an agent and a DataServer (data.proto).
     Data,
     /// Data-path frames on the agent link: the assigned DataServer
@@ -42,12 +44,13 @@ pub enum MsgFamily {
 
 impl MsgFamily {
     /// Every family, in type order.
-    pub const ALL: [MsgFamily; 9] = [
+    pub const ALL: [MsgFamily; 10] = [
         MsgFamily::Link,
         MsgFamily::Task,
         MsgFamily::File,
         MsgFamily::Peer,
         MsgFamily::Proc,
+        MsgFamily::PluginMessage,
         MsgFamily::Data,
         MsgFamily::DataAssign,
         MsgFamily::Node,
@@ -63,6 +66,7 @@ impl MsgFamily {
             MsgFamily::File => 0x0200..=0x027f,
             MsgFamily::Peer => 0x0280..=0x02ff,
             MsgFamily::Proc => 0x0300..=0x037f,
+            MsgFamily::PluginMessage => 0x0380..=0x03ff,
             MsgFamily::Data => 0x0400..=0x040f,
             MsgFamily::DataAssign => 0x0410..=0x041f,
             MsgFamily::Node => 0x0500..=0x05ff,
@@ -95,6 +99,7 @@ impl MsgType {
                 | MsgType::FileStart
                 | MsgType::PieceRequest
                 | MsgType::ProcOperate
+                | MsgType::PluginMessage
         )
     }
 
@@ -103,7 +108,10 @@ impl MsgType {
     pub fn ends_stream(self) -> bool {
         matches!(
             self,
-            MsgType::FileManifest | MsgType::PieceData | MsgType::ProcOperateResult
+            MsgType::FileManifest
+                | MsgType::PieceData
+                | MsgType::ProcOperateResult
+                | MsgType::PluginMessageAck
         )
     }
 }

@@ -25,6 +25,19 @@ pub mod link {
     include!(concat!(env!("OUT_DIR"), "/gse.link.v1.rs"));
 }
 
+/// `PluginMessageAck.code` (message.proto): what became of a plugin message.
+pub mod plugin_message {
+    /// Written to the plugin's connections.
+    pub const DELIVERED: u32 = 0;
+    /// No connection of the plugin (that may speak for it) is open on the
+    /// agent, or the agent has no plugin-message socket.
+    pub const NOT_CONNECTED: u32 = 1;
+    /// The plugin's connections are not reading (their queues are full).
+    pub const UNREACHABLE: u32 = 2;
+    /// The message was not valid (names too long, does not decode).
+    pub const BAD_MESSAGE: u32 = 3;
+}
+
 impl link::ProcSpec {
     /// The commands an agent may run for a plugin, each with its API field
     /// name (the dangerous-operation check names the one that matched).

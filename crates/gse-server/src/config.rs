@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// `[proc]`: plugin process operations (D2, C8).
     #[serde(default)]
     pub proc: crate::role::proc::ProcConfig,
+    /// `[plugin_message]`: plugin messages' slots (COMPAT §1.3).
+    #[serde(default)]
+    pub plugin_message: crate::role::message::MessageConfig,
 }
 
 /// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
@@ -255,6 +258,7 @@ impl ServerConfig {
             problems.extend(self.data.problems());
         }
         problems.extend(self.proc.problems());
+        problems.extend(self.plugin_message.problems());
         problems.extend(self.api.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
@@ -306,6 +310,7 @@ impl ServerConfig {
             file: FileConfig::default(),
             data: DataConfig::default(),
             proc: Default::default(),
+            plugin_message: Default::default(),
         }
     }
 
@@ -330,6 +335,14 @@ impl ServerConfig {
                     "plain-text app secrets ([[api.apps]] app_secret; prefer app_secret_hash)",
                 ),
             );
+        } else if self.plugin_message.slots.iter().any(|s| s.token.is_some()) {
+            checks.insert(
+                0,
+                (
+                    config_file.to_path_buf(),
+                    "plain-text slot tokens ([[plugin_message.slots]] token; prefer token_hash)",
+                ),
+            );
         }
         checks
             .iter()
@@ -343,6 +356,11 @@ impl ServerConfig {
         for app in &mut shown.api.apps {
             if app.app_secret.is_some() {
                 app.app_secret = Some("<hidden>".into());
+            }
+        }
+        for slot in &mut shown.plugin_message.slots {
+            if slot.token.is_some() {
+                slot.token = Some("<hidden>".into());
             }
         }
         shown

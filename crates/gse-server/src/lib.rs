@@ -8,7 +8,13 @@
 //!   heartbeats, liveness (C3, K3, K6, K7);
 //! - [`role::api`]: the HTTP API upper systems call (C6, A1..A3);
 //! - [`role::alarm`]: lost-connection and later other alarms, to a JSON-lines
-//!   log and a webhook (C7, K4).
+//!   log and a webhook (C7, K4);
+//! - [`role::message`]: plugin messages between upper systems and the
+//!   agents' hosted plugins (COMPAT §1.3).
+//!
+//! [`secret_cache`] checks secrets (app secrets, plugin-message slot
+//! tokens) against their stored hashes; [`webhook`] POSTs JSON to upper
+//! systems with bounded retries (alarms, plugin messages).
 //!
 //! The embedded state store is in [`store`]; `quickstart` starts this node for
 //! `gse_launch::quickstart`, which adds local agents for a first look. [`fd_budget`] shares the
@@ -24,4 +30,6 @@ pub mod node;
 pub mod quickstart;
 pub mod reach;
 pub mod role;
+pub mod secret_cache;
 pub mod store;
+pub mod webhook;

@@ -7,10 +7,13 @@
 //! [`MessageServer::run`]. A keepalive (0x9006) is answered with 0x9007
 //! carrying the agent's identity and status (`{agent_id, version,
 //! cloud_id, run_mode, status_code, status}`), echoing the request's
-//! sequence; the SDK counts itself authorised after the first one. Respond
-//! messages (0x900a) are checked and counted; forwarding them to a server
-//! callback is not implemented. A bad magic, a length under 28 or over
-//! `plugin.max_message_bytes` closes that connection only. Frames are
+//! sequence; the SDK counts itself authorised after the first one. Messages
+//! both ways (the server's 0x9008 to a plugin, a plugin's 0x900a to the
+//! server) go through the [`MessageHub`], and only for connections whose
+//! peer may speak for a plugin (root, the agent's user,
+//! `plugin.message_users`): the socket is open to every local user, and
+//! none of them may pose as a plugin. A bad magic, a length under 28 or
+//! over `plugin.max_message_bytes` closes that connection only. Frames are
 //! [`MessageCodec`].
 //!
 //! The socket is open to every local user (plugins run as other users),
@@ -40,6 +43,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 pub use self::codec::*;
+pub use self::hub::{MessageHub, Speakers};
 
 use super::config::ROOT_RESERVE_DIVISOR;
 use super::local_socket::admission::{Admission, Conn, ConnLimits, Names, Slot};
@@ -99,6 +103,7 @@ pub struct MessageServer {
     answer: Arc<Bytes>,
     max: u32,
     limits: ConnLimits,
+    hub: Arc<MessageHub>,
 }
 
 // === impl MessageServer ===
@@ -109,6 +114,7 @@ impl MessageServer {
     pub fn start(
         cfg: &crate::AgentConfig,
         identity: &crate::identity::AgentIdentity,
+        hub: Arc<MessageHub>,
     ) -> Option<MessageServer> {
         let plugin = &cfg.plugin;
         let path = plugin.message_ipc(&cfg.agent.data_dir);
@@ -116,6 +122,7 @@ impl MessageServer {
         match MessageServer::bind(&path, answer, plugin.max_message_bytes) {
             Ok(server) => Some(
                 server
+                    .with_hub(hub)
                     .with_max_connections(plugin.max_message_connections)
                     .with_max_connections_per_uid(plugin.max_message_connections_per_uid)
                     .with_links(&plugin.message_ipc_links),
@@ -146,6 +153,7 @@ impl MessageServer {
             links: Links::default(),
             answer: Arc::new(Bytes::from(body)),
             max: max_frame_bytes,
+            hub: Arc::new(MessageHub::new(Speakers::default_only())),
             limits: ConnLimits {
                 max_connections: DEFAULT_MAX_MESSAGE_CONNECTIONS,
                 max_connections_per_uid: DEFAULT_MAX_MESSAGE_CONNECTIONS_PER_UID,
@@ -154,6 +162,16 @@ impl MessageServer {
                 max_frame: max_frame_bytes as usize,
             },
         })
+    }
+
+    /// Messages go through `hub` (shared with the agent's link).
+    pub fn with_hub(mut self, hub: Arc<MessageHub>) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    pub fn hub(&self) -> &Arc<MessageHub> {
+        &self.hub
     }
 
     /// At most `n` (at least 1) connections are served at once; further
@@ -209,6 +227,9 @@ impl MessageServer {
                         answer: self.answer.clone(),
                         max: self.max,
                         idle_timeout: self.limits.idle_timeout,
+                        hub: self.hub.clone(),
+                        id: self.hub.conn_id(),
+                        may_speak: self.hub.speakers().may_speak(conn.peer.uid),
                     };
                     tokio::spawn(c.serve(conn, shutdown.child_token()));
                 }
@@ -228,6 +249,19 @@ struct Connection {
     answer: Arc<Bytes>,
     max: u32,
     idle_timeout: Duration,
+    hub: Arc<MessageHub>,
+    id: u64,
+    /// Its peer may speak for a plugin ([`Speakers`]).
+    may_speak: bool,
+}
+
+/// What a connection became as it went.
+#[derive(Default)]
+struct Speaking {
+    /// The plugin its last keepalive named, once it listens as it.
+    name: Option<String>,
+    /// The server's messages for it.
+    push: Option<tokio::sync::mpsc::Receiver<MessageFrame>>,
 }
 
 /// Why a plugin-message connection ended.
@@ -241,36 +275,40 @@ impl Connection {
     async fn serve(self, conn: Conn, shutdown: CancellationToken) {
         let Conn { stream, peer, slot } = conn;
         let end = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            end = self.pump(stream, &slot) => end,
+            _ = shutdown.cancelled() => None,
+            end = self.pump(stream, &slot) => Some(end),
         };
+        self.hub.forget(self.id);
         match end {
-            End::Closed => {}
-            End::Idle => tracing::debug!(
+            None | Some(End::Closed) => {}
+            Some(End::Idle) => tracing::debug!(
                 %peer,
                 idle = ?self.idle_timeout,
                 "closing a plugin-message connection that sent no frame in time"
             ),
-            End::Bad(MessageError::Io(e)) => {
+            Some(End::Bad(MessageError::Io(e))) => {
                 tracing::debug!(%peer, error = %e, "a plugin-message connection went away")
             }
-            End::Bad(e) => tracing::warn!(%peer, error = %e, "closing a plugin-message connection"),
+            Some(End::Bad(e)) => {
+                tracing::warn!(%peer, error = %e, "closing a plugin-message connection")
+            }
         }
     }
 
-    /// Answers frames until the connection ends, reading within the
-    /// connection's budget and idle timeout. At most [`MAX_PENDING_REPLIES`]
-    /// bytes of replies wait before they are written: decoding (and so
-    /// reading) stops until they are, so a client that pipelines keepalives
-    /// and never reads holds one such buffer, and then the write timeout
-    /// closes it.
+    /// Answers frames and writes the server's messages until the
+    /// connection ends, reading within the connection's budget and idle
+    /// timeout. At most [`MAX_PENDING_REPLIES`] bytes of replies wait
+    /// before they are written: decoding (and so reading) stops until they
+    /// are, so a client that pipelines keepalives and never reads holds one
+    /// such buffer, and then the write timeout closes it.
     async fn pump(&self, stream: UnixStream, slot: &Slot) -> End {
         let (mut rd, mut wr) = stream.into_split();
         let mut codec = MessageCodec::new(self.max);
         let mut reader = FrameReader::new(self.idle_timeout);
         let mut out = BytesMut::new();
+        let mut speaking = Speaking::default();
         loop {
-            match self.answer_some(&mut codec, reader.buf(), &mut out) {
+            match self.answer_some(&mut codec, reader.buf(), &mut out, &mut speaking) {
                 Ok(0) => {}
                 Ok(_) => reader.progress(),
                 Err(e) => return End::Bad(e),
@@ -283,11 +321,17 @@ impl Connection {
                 }
             }
             let head = codec.frame_len(reader.buf());
-            match reader.fill(&mut rd, slot, head).await {
-                Ok(0) => return End::Closed,
-                Ok(_) => {}
-                Err(ReadEnd::Idle(_)) => return End::Idle,
-                Err(ReadEnd::Io(e)) => return End::Bad(MessageError::Io(e)),
+            tokio::select! {
+                read = reader.fill(&mut rd, slot, head) => match read {
+                    Ok(0) => return End::Closed,
+                    Ok(_) => {}
+                    Err(ReadEnd::Idle(_)) => return End::Idle,
+                    Err(ReadEnd::Io(e)) => return End::Bad(MessageError::Io(e)),
+                },
+                pushed = next_push(&mut speaking.push) => match pushed {
+                    Some(frame) => codec.encode(frame, &mut out).expect("encoding never fails"),
+                    None => speaking.push = None,
+                },
             }
         }
     }
@@ -300,6 +344,7 @@ impl Connection {
         codec: &mut MessageCodec,
         buf: &mut BytesMut,
         out: &mut BytesMut,
+        speaking: &mut Speaking,
     ) -> Result<usize, MessageError> {
         let mut frames = 0;
         while out.len() < MAX_PENDING_REPLIES {
@@ -307,19 +352,20 @@ impl Connection {
                 break;
             };
             frames += 1;
-            if let Some(reply) = self.on_frame(&frame) {
+            if let Some(reply) = self.on_frame(&frame, speaking) {
                 codec.encode(reply, out).expect("encoding never fails");
             }
         }
         Ok(frames)
     }
 
-    fn on_frame(&self, frame: &MessageFrame) -> Option<MessageFrame> {
+    fn on_frame(&self, frame: &MessageFrame, speaking: &mut Speaking) -> Option<MessageFrame> {
         let h = frame.header;
         match h.proto_type {
             KEEPALIVE_REQ => {
                 let plugin = plugin_name(&frame.body);
-                tracing::debug!(plugin = %plugin, "plugin keepalive");
+                tracing::debug!(plugin = ?plugin, "plugin keepalive");
+                self.listen_as(plugin, speaking);
                 Some(MessageFrame::new(
                     KEEPALIVE_RESP,
                     h.sequence,
@@ -327,12 +373,20 @@ impl Connection {
                 ))
             }
             RESPOND_MESSAGE => {
-                let parts_ok = h.reserved0 > 0
-                    && u64::from(h.reserved0) + u64::from(h.reserved1) == frame.body.len() as u64;
-                tracing::debug!(
-                    well_formed = parts_ok,
-                    "plugin message for the server; forwarding upstream is not implemented, dropped"
-                );
+                if !self.may_speak {
+                    tracing::warn!(
+                        plugin = ?speaking.name,
+                        "a plugin message from a local user that may not speak for plugins is dropped (root, the agent's user and plugin.message_users may)"
+                    );
+                    return None;
+                }
+                let parts = (h.reserved0, h.reserved1);
+                if let Err(e) = self
+                    .hub
+                    .respond(speaking.name.as_deref(), parts, &frame.body)
+                {
+                    tracing::warn!(error = %e, "a plugin message for the server is not valid; dropped");
+                }
                 None
             }
             other => {
@@ -343,6 +397,28 @@ impl Connection {
                 None
             }
         }
+    }
+
+    /// The connection speaks for `plugin` from now on, if its peer may.
+    fn listen_as(&self, plugin: Option<String>, speaking: &mut Speaking) {
+        let Some(plugin) = plugin.filter(|_| self.may_speak) else {
+            return;
+        };
+        if speaking.name.as_deref() != Some(plugin.as_str()) {
+            speaking.push = Some(self.hub.listen(&plugin, self.id));
+            speaking.name = Some(plugin);
+        }
+    }
+}
+
+/// The next frame the server sent the connection's plugin; never, while
+/// it listens as none.
+async fn next_push(
+    push: &mut Option<tokio::sync::mpsc::Receiver<MessageFrame>>,
+) -> Option<MessageFrame> {
+    match push {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -362,18 +438,21 @@ async fn write_replies(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> io::Resul
     }
 }
 
-/// `plugin_name` of a keepalive body, for the log; "?" when absent.
-fn plugin_name(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
+/// `plugin_name` of a keepalive body, if it names one of at most
+/// [`hub::MAX_NAME`] bytes.
+fn plugin_name(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Keepalive {
+        #[serde(default)]
+        plugin_name: String,
+    }
+    serde_json::from_slice::<Keepalive>(body)
         .ok()
-        .and_then(|v| {
-            v.get("plugin_name")?
-                .as_str()
-                .map(|s| s.chars().take(64).collect())
-        })
-        .unwrap_or_else(|| "?".into())
+        .map(|k| k.plugin_name)
+        .filter(|n| !n.is_empty() && n.len() <= hub::MAX_NAME)
 }
 
 mod codec;
+mod hub;
 #[cfg(test)]
 mod tests;

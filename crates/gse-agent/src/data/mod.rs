@@ -159,6 +159,8 @@ pub struct DataPlane {
     pub ipc_path: PathBuf,
     /// `host:port` of the control link's server, for wildcard endpoints.
     control: parking_lot::Mutex<String>,
+    /// Plugin messages both ways (the plugin-message socket's plugins).
+    pub messages: Arc<message_ipc::MessageHub>,
     tasks: TaskTracker,
 }
 
@@ -309,8 +311,11 @@ pub async fn start(
     };
     let tasks = TaskTracker::new();
     tasks.spawn(server.run(shutdown.clone()));
-    if let Some(messages) = message_ipc::MessageServer::start(cfg, identity) {
-        tasks.spawn(messages.run(shutdown.clone()));
+    let messages = Arc::new(message_ipc::MessageHub::new(
+        message_ipc::Speakers::resolve(&cfg.plugin.message_users),
+    ));
+    if let Some(server) = message_ipc::MessageServer::start(cfg, identity, messages.clone()) {
+        tasks.spawn(server.run(shutdown.clone()));
     }
     tasks.spawn(batcher::run(
         intake::Inbox::new(own_rx, records_rx),
@@ -327,6 +332,7 @@ pub async fn start(
         stats,
         ipc_path,
         control: parking_lot::Mutex::new(String::new()),
+        messages,
         tasks,
     })
 }

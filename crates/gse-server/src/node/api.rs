@@ -32,6 +32,7 @@ pub(super) async fn start(
         files: work.files.clone(),
         routes: data.routes.clone(),
         procs: work.procs.clone(),
+        messages: work.messages.clone(),
         snapshots: data.snapshots.clone(),
         registry: Some(registry),
         ..ApiContext::new(base.store.clone(), config.api.clone())

@@ -60,6 +60,8 @@ pub struct Node {
     /// Data routes and the live route table (D5), where the API or the link runs.
     pub routes: Option<Arc<RouteService>>,
     pub procs: Option<Arc<ProcService>>,
+    /// Plugin messages (COMPAT §1.3), where the API or the link runs.
+    pub messages: Option<Arc<crate::role::message::MessageService>>,
     /// The DataServers (C5, D4), if this node runs the data role.
     pub data: Option<DataService>,
     shutdown: CancellationToken,
@@ -126,6 +128,7 @@ impl Node {
             files: work.files,
             routes: data.routes,
             procs: work.procs,
+            messages: work.messages,
             data: data.servers,
             shutdown: base.shutdown,
             joins: base.joins,

@@ -1,5 +1,6 @@
 //! The work roles, where the API or the link runs: task (script tasks),
-//! file (transfers) and proc (plugin operations). Each takes work from the
+//! file (transfers), proc (plugin operations) and message (plugin
+//! messages). Each takes work from the
 //! API to this node's agents and registers the link's frames of its family
 //! (`add_frame_handler(MsgFamily, …)`); their writers and dispatchers run
 //! in the node's task set.
@@ -15,6 +16,7 @@ use crate::config::{Role, ServerConfig};
 use crate::role::alarm::AlarmService;
 use crate::role::file::{FileLink, FileParts, FileService};
 use crate::role::link::LinkService;
+use crate::role::message::{MessageParts, MessageService};
 use crate::role::proc::{ProcParts, ProcService};
 use crate::role::task::{TaskParts, TaskService};
 
@@ -23,6 +25,7 @@ pub(super) struct WorkRoles {
     pub tasks: Option<Arc<TaskService>>,
     pub files: Option<Arc<FileService>>,
     pub procs: Option<Arc<ProcService>>,
+    pub messages: Option<Arc<MessageService>>,
 }
 
 /// Starts the task, file and proc roles and spawns their loops.
@@ -58,10 +61,12 @@ pub(super) async fn start(
     if let Some(svc) = &procs {
         base.joins.spawn(svc.clone().run(base.shutdown.clone()));
     }
+    let messages = start_message_role(config, store, link, sender).await?;
     Ok(WorkRoles {
         tasks,
         files,
         procs,
+        messages,
     })
 }
 
@@ -150,4 +155,32 @@ fn start_proc_role(
         link.add_frame_handler(gse_proto::MsgFamily::Proc, svc.clone());
     }
     Some(svc)
+}
+
+/// Starts the message role where the API or the link runs (plugin
+/// messages from the API to this node's agents, their answers, and the
+/// plugins' messages up to the slots' callbacks) and hands it the link's
+/// plugin-message frames.
+async fn start_message_role(
+    config: &ServerConfig,
+    store: &Arc<dyn StateStore>,
+    link: &Option<Arc<LinkService>>,
+    sender: &Arc<Sender>,
+) -> Result<Option<Arc<MessageService>>> {
+    if !(config.has_role(Role::Api) || config.has_role(Role::Link)) {
+        return Ok(None);
+    }
+    let parts = MessageParts {
+        config: config.plugin_message.clone(),
+        store: store.clone(),
+        sender: sender.clone(),
+    };
+    // Plain tokens are hashed here (slow on purpose): off the async threads.
+    let svc = tokio::task::spawn_blocking(move || MessageService::new(parts))
+        .await
+        .context("cannot start the message role")?;
+    if let Some(link) = link {
+        link.add_frame_handler(gse_proto::MsgFamily::PluginMessage, svc.clone());
+    }
+    Ok(Some(svc))
 }

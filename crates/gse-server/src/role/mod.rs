@@ -7,6 +7,7 @@ pub mod data;
 pub mod file;
 pub(crate) mod jobs;
 pub mod link;
+pub mod message;
 pub mod proc;
 pub mod task;
 

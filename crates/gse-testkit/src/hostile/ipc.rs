@@ -64,6 +64,21 @@ pub enum IpcCmd {
         #[arg(long)]
         seconds: u64,
     },
+    /// Connects to the plugin-message SOCKET as plugin PLUGIN (keepalive),
+    /// sends the server a message with id `hostile-<pid>`, creates READY,
+    /// then waits SECONDS for messages from the server. Prints
+    /// {"keepalive_answered", "sent", "messages_received"}: a local user
+    /// posing as a plugin must receive none.
+    PosePlugin {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        plugin: String,
+        #[arg(long)]
+        ready: PathBuf,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Sends one 0xC01 record with PAYLOAD on DATA_ID. Prints {"sent",
     /// "pid", "uid", "error"}: who the agent should say sent it.
     SendRecord {
@@ -112,6 +127,12 @@ pub fn run(cmd: IpcCmd) -> Value {
                 data_id,
                 payload,
             } => send_record(&socket, data_id, payload.as_bytes()).await,
+            IpcCmd::PosePlugin {
+                socket,
+                plugin,
+                ready,
+                seconds,
+            } => pose_plugin(&socket, &plugin, &ready, Duration::from_secs(seconds)).await,
         }
     })
 }
@@ -293,4 +314,31 @@ async fn send_record(socket: &Path, data_id: u32, payload: &[u8]) -> Value {
         }
     }
     out
+}
+
+/// See [`IpcCmd::PosePlugin`].
+async fn pose_plugin(socket: &Path, plugin: &str, ready: &Path, wait: Duration) -> Value {
+    use crate::plugin_client::PluginClient;
+    let (mut client, _) = match PluginClient::connect(socket, plugin).await {
+        Ok(c) => c,
+        Err(e) => return json!({"keepalive_answered": false, "error": e.to_string()}),
+    };
+    let id = format!("hostile-{}", std::process::id());
+    let sent = client.send_message(plugin, &id, b"{}").await.is_ok();
+    // The keepalive after it is answered only once the message was read.
+    let answered = client.keepalive(plugin).await.is_ok();
+    let _ = std::fs::write(ready, b"ready");
+    let deadline = Instant::now() + wait;
+    let mut received = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match client.next_message(left).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    json!({"keepalive_answered": answered, "sent": sent, "message_id": id, "messages_received": received})
 }

@@ -8,6 +8,7 @@ mod c2_proxy_hosts;
 mod c2_proxy_link;
 mod d_data;
 mod d_kafka;
+mod d_plugin_messages;
 mod d_plugins;
 mod d_routes;
 mod d_snapshot;

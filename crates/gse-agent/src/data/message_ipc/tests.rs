@@ -192,7 +192,11 @@ fn pipelined_keepalives_buffer_a_bounded_answer_at_a_time() {
         )),
         max: 1024,
         idle_timeout: IDLE_TIMEOUT,
+        hub: Arc::new(MessageHub::default()),
+        id: 1,
+        may_speak: true,
     };
+    let mut speaking = Speaking::default();
     // What one 64 KiB read holds: ~2,300 keepalives of 28 bytes.
     const SENT: usize = 65536 / HEADER_LEN;
     let mut buf = BytesMut::new();
@@ -207,7 +211,9 @@ fn pipelined_keepalives_buffer_a_bounded_answer_at_a_time() {
     let reply_len = encode(MessageFrame::new(KEEPALIVE_RESP, 0, (*conn.answer).clone())).len();
     let (mut out, mut answered, mut rounds) = (BytesMut::new(), 0, 0);
     loop {
-        let frames = conn.answer_some(&mut codec, &mut buf, &mut out).unwrap();
+        let frames = conn
+            .answer_some(&mut codec, &mut buf, &mut out, &mut speaking)
+            .unwrap();
         if frames == 0 {
             break;
         }
@@ -223,4 +229,169 @@ fn pipelined_keepalives_buffer_a_bounded_answer_at_a_time() {
     }
     assert_eq!(answered, SENT, "every keepalive answered, in rounds");
     assert!(rounds > 1 && buf.is_empty());
+}
+
+/// A plugin-message socket served with `speakers`, its hub's way to the
+/// link, and an SDK-like client that said its keepalive as `plugin`.
+async fn plugin_session(
+    dir: &std::path::Path,
+    speakers: Speakers,
+    plugin: &str,
+) -> (
+    Arc<MessageHub>,
+    tokio::sync::mpsc::Receiver<gse_proto::Frame>,
+    Framed<UnixStream, MessageCodec>,
+    CancellationToken,
+) {
+    let path = dir.join("ipc.state.message");
+    let hub = Arc::new(MessageHub::new(speakers));
+    let server = MessageServer::bind(&path, KeepaliveAnswer::running("agent-1", 0), 1 << 20)
+        .unwrap()
+        .with_hub(hub.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    hub.attach(tx);
+    let mut client = Framed::new(
+        UnixStream::connect(&path).await.unwrap(),
+        MessageCodec::new(1 << 20),
+    );
+    let body = format!(
+        r#"{{"plugin_name":"{plugin}","version":"1","pid":1,"status_code":0,"status":"ok","remark":""}}"#
+    );
+    client
+        .send(MessageFrame::new(KEEPALIVE_REQ, 1, Bytes::from(body)))
+        .await
+        .unwrap();
+    let reply = client.next().await.unwrap().unwrap();
+    assert_eq!(reply.header.proto_type, KEEPALIVE_RESP, "authorised");
+    (hub, rx, client, stop)
+}
+
+fn plugin_message(plugin: &str, stream: u64) -> gse_proto::Frame {
+    gse_proto::Frame::new(
+        gse_proto::MsgType::PluginMessage,
+        stream,
+        &gse_proto::link::PluginMessage {
+            plugin: plugin.into(),
+            message_id: "bkmonitorbeat.fetch/host/dataid.ab.1".into(),
+            content: br#"{"code":0,"data":[{"task":"t","dataid":1001}]}"#.to_vec(),
+        },
+    )
+}
+
+/// A 0x900a as the SDK builds it: the info JSON, then the content.
+fn respond(name: &str, message_id: &str, content: &[u8]) -> MessageFrame {
+    let info = format!(
+        r#"{{"name":"{name}","transmit_type":0,"topic":"","message_id":"{message_id}","session_id":""}}"#
+    );
+    let mut body = BytesMut::from(info.as_bytes());
+    body.extend_from_slice(content);
+    let mut f = MessageFrame::new(RESPOND_MESSAGE, 9, body.freeze());
+    f.header.reserved0 = info.len() as u32;
+    f.header.reserved1 = content.len() as u32;
+    f
+}
+
+#[tokio::test]
+async fn the_servers_message_reaches_the_plugin_and_the_plugins_goes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut up, mut client, stop) =
+        plugin_session(dir.path(), Speakers::default_only(), "bkmonitorbeat").await;
+    assert_eq!(hub.listening(), ["bkmonitorbeat"]);
+
+    // Down: written to the plugin as a 0x9008, answered on the stream.
+    assert!(hub.handle(&plugin_message("bkmonitorbeat", 5)));
+    let ack = up.recv().await.unwrap();
+    assert_eq!(ack.msg_type, gse_proto::MsgType::PluginMessageAck);
+    assert_eq!(ack.stream_id, 5);
+    let ack: gse_proto::link::PluginMessageAck = ack.decode().unwrap();
+    assert_eq!((ack.code, ack.connections), (0, 1), "{ack:?}");
+    let got = client.next().await.unwrap().unwrap();
+    assert_eq!(got.header.proto_type, DISPATCH_MESSAGE);
+    let (info_len, content_len) = (got.header.reserved0 as usize, got.header.reserved1 as usize);
+    assert!(info_len > 0);
+    assert_eq!(info_len + content_len, got.body.len(), "the SDK's check");
+    assert_eq!(got.header.length as usize, HEADER_LEN + got.body.len());
+    let info: serde_json::Value = serde_json::from_slice(&got.body[..info_len]).unwrap();
+    assert_eq!(info["message_id"], "bkmonitorbeat.fetch/host/dataid.ab.1");
+    assert_eq!(info["session_id"], "");
+    assert_eq!(
+        &got.body[info_len..],
+        br#"{"code":0,"data":[{"task":"t","dataid":1001}]}"#
+    );
+
+    // Up: its 0x900a goes to the server as a PluginMessageUp.
+    let content = br#"{"type":"fetch/host/dataid","params":{"tasks":["t"]}}"#;
+    client
+        .send(respond("bkmonitorbeat", "m-2", content))
+        .await
+        .unwrap();
+    let frame = up.recv().await.unwrap();
+    assert_eq!(frame.msg_type, gse_proto::MsgType::PluginMessageUp);
+    let m: gse_proto::link::PluginMessageUp = frame.decode().unwrap();
+    assert_eq!(
+        (
+            m.plugin.as_str(),
+            m.message_id.as_str(),
+            m.content.as_slice()
+        ),
+        ("bkmonitorbeat", "m-2", &content[..])
+    );
+
+    // A message for a plugin nobody speaks for.
+    hub.handle(&plugin_message("other", 6));
+    let ack: gse_proto::link::PluginMessageAck = up.recv().await.unwrap().decode().unwrap();
+    assert_eq!(ack.code, gse_proto::plugin_message::NOT_CONNECTED);
+    assert!(
+        ack.message.contains("\"other\" is not connected"),
+        "{ack:?}"
+    );
+
+    // A 0x900a whose part lengths do not add up is dropped: the next one
+    // is the next to go up.
+    let mut bad = respond("bkmonitorbeat", "m-3", b"xyz");
+    bad.header.reserved1 = 99;
+    client.send(bad).await.unwrap();
+    client
+        .send(respond("bkmonitorbeat", "m-4", b"{}"))
+        .await
+        .unwrap();
+    let m: gse_proto::link::PluginMessageUp = up.recv().await.unwrap().decode().unwrap();
+    assert_eq!(m.message_id, "m-4");
+    drop(client);
+    for _ in 0..500 {
+        if hub.listening().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        hub.listening().is_empty(),
+        "a closed connection is forgotten"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_user_that_may_not_speak_for_plugins_gets_no_message_and_sends_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut up, mut client, stop) =
+        plugin_session(dir.path(), Speakers::nobody(), "bkmonitorbeat").await;
+    assert!(hub.listening().is_empty(), "not listed as the plugin");
+    hub.handle(&plugin_message("bkmonitorbeat", 5));
+    let ack: gse_proto::link::PluginMessageAck = up.recv().await.unwrap().decode().unwrap();
+    assert_eq!(ack.code, gse_proto::plugin_message::NOT_CONNECTED);
+    client
+        .send(respond("bkmonitorbeat", "m-1", b"{}"))
+        .await
+        .unwrap();
+    // Keepalives still work; nothing went up.
+    assert!(
+        keepalive(&mut client, std::time::Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    assert!(up.try_recv().is_err());
+    stop.cancel();
 }

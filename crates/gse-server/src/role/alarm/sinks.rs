@@ -2,7 +2,8 @@
 //!
 //! The log line is written (and flushed) before the webhook is tried, so the
 //! file is the record of every alarm even when the webhook is down. Webhook
-//! POSTs run on their own tasks with three attempts each.
+//! POSTs ([`crate::webhook`]) run on their own tasks with three attempts
+//! each, at most [`WEBHOOK_PENDING`] at once.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,15 +11,19 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::webhook::{Accept, Policy, Webhook};
+
 use super::{Alarm, AlarmConfig};
 
 /// Attempts per webhook POST.
 const WEBHOOK_ATTEMPTS: u32 = 3;
+/// Webhook POSTs under way at once; an alarm beyond it is only in the log.
+pub(crate) const WEBHOOK_PENDING: usize = 1024;
 
 /// The sinks an alarm is delivered to.
 pub(crate) struct Delivery {
     log: Option<(PathBuf, std::fs::File)>,
-    webhook: Option<(String, reqwest::Client)>,
+    webhook: Option<(String, Webhook)>,
 }
 
 impl Delivery {
@@ -28,11 +33,15 @@ impl Delivery {
             None => None,
         };
         let webhook = config.webhook_url.as_ref().map(|url| {
-            let client = reqwest::Client::builder()
-                .timeout(config.webhook_timeout)
-                .build()
-                .expect("a plain reqwest client always builds");
-            (url.clone(), client)
+            let policy = Policy {
+                timeout: config.webhook_timeout,
+                attempts: WEBHOOK_ATTEMPTS,
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(2),
+                max_pending: WEBHOOK_PENDING,
+                accept: Accept::Success,
+            };
+            (url.clone(), Webhook::new("alarm webhook", policy))
         });
         Ok(Delivery { log, webhook })
     }
@@ -40,8 +49,19 @@ impl Delivery {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Alarm>) {
         while let Some(alarm) = rx.recv().await {
             self.write_log(&alarm);
-            if let Some((url, client)) = &self.webhook {
-                tokio::spawn(post_webhook(client.clone(), url.clone(), alarm));
+            if let Some((url, hook)) = &self.webhook {
+                let body = serde_json::to_vec(&alarm).expect("alarms always serialise");
+                let failed = |delivered: bool| {
+                    if !delivered {
+                        metrics::counter!("gse_alarm_sink_failures_total", "sink" => "webhook")
+                            .increment(1);
+                    }
+                };
+                if let Err(e) = hook.post(url, body, "an alarm".into(), failed) {
+                    metrics::counter!("gse_alarm_sink_failures_total", "sink" => "webhook")
+                        .increment(1);
+                    tracing::error!(error = %e, "the alarm is only in the alarm log");
+                }
             }
         }
     }
@@ -57,20 +77,4 @@ impl Delivery {
             tracing::error!(path = %path.display(), error = %e, "cannot write the alarm log; an alarm is missing from it");
         }
     }
-}
-
-async fn post_webhook(client: reqwest::Client, url: String, alarm: Alarm) {
-    let mut last_error = String::new();
-    for attempt in 1..=WEBHOOK_ATTEMPTS {
-        match client.post(&url).json(&alarm).send().await {
-            Ok(resp) if resp.status().is_success() => return,
-            Ok(resp) => last_error = format!("HTTP {}", resp.status()),
-            Err(e) => last_error = e.to_string(),
-        }
-        if attempt < WEBHOOK_ATTEMPTS {
-            tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
-        }
-    }
-    metrics::counter!("gse_alarm_sink_failures_total", "sink" => "webhook").increment(1);
-    tracing::error!(url = %url, error = %last_error, attempts = WEBHOOK_ATTEMPTS, "alarm webhook failed; the alarm is only in the alarm log");
 }

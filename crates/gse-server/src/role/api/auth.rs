@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::body::{Fields, optional_str};
 use super::error::{ApiError, quoted};
-use super::secret_cache::{Verdict, VerifiedSecrets};
+use crate::secret_cache::{Verdict, VerifiedSecrets};
 
 const AUTHORIZATION_HEADER: &str = "x-bkapi-authorization";
 const APP_CODE_HEADER: &str = "x-bkapi-app-code";

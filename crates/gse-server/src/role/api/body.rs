@@ -1,5 +1,7 @@
 //! Reading a request body: bounded in size, parsed as a JSON object, and read
-//! field by field so an error names the exact field (`hosts[3].ip`).
+//! field by field so an error names the exact field (`hosts[3].ip`), or
+//! into a typed request ([`typed`]), whose errors name the field path the
+//! same way.
 //!
 //! Unknown fields are ignored everywhere: clients add their own (bk_token,
 //! bk_username, bk_supplier_account, nodeman_spec, atomicTaskNum ...).
@@ -58,6 +60,31 @@ pub fn parse_object(bytes: &[u8]) -> Result<Fields, ApiError> {
             reason: syntax_reason(&e),
         }),
     }
+}
+
+/// The body as the typed request `T` (serde; unknown fields ignored); an
+/// error names the field path (`agent_message_list[2].content`) and what
+/// was wrong with it.
+pub fn typed<T: serde::de::DeserializeOwned>(fields: &Fields) -> Result<T, ApiError> {
+    let value = Value::Object(fields.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        match inner.strip_prefix("missing field `") {
+            Some(rest) => {
+                let name = rest.trim_end_matches('`');
+                let field = match path.as_str() {
+                    "." => name.to_string(),
+                    p => format!("{p}.{name}"),
+                };
+                ApiError::MissingField { field }
+            }
+            None => ApiError::Invalid {
+                field: if path == "." { "body".into() } else { path },
+                problem: inner,
+            },
+        }
+    })
 }
 
 /// serde_json's message without its trailing " at line L column C", which

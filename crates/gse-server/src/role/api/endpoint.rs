@@ -14,6 +14,7 @@ use super::body::Fields;
 use super::data_routes;
 use super::error::{ApiError, quoted};
 use super::files;
+use super::messages;
 use super::nodes;
 use super::procs;
 use super::snapshot;
@@ -77,6 +78,11 @@ pub enum Endpoint {
     /// `list_nodes`: the cluster's server nodes and their load (K1; our
     /// extension).
     ListNodes,
+    /// v2 `dispatch_message`: a message to a plugin on many agents (COMPAT
+    /// §1.3; the GSE SDK's server API, bk-monitor).
+    DispatchMessage,
+    /// v2 `dispatch_multi_message`: each agent's plugin its own message.
+    DispatchMultiMessage,
 }
 
 /// Canonical path (no prefix, no trailing slash) of every endpoint.
@@ -93,6 +99,14 @@ pub const ENDPOINTS: &[(&str, Endpoint)] = &[
     ("/api/v2/cluster/list_agent_info", Endpoint::ListAgentInfo),
     ("/api/v2/cluster/list_agents", Endpoint::ListAgents),
     ("/api/v2/cluster/list_nodes", Endpoint::ListNodes),
+    (
+        "/api/v2/cluster/dispatch_message",
+        Endpoint::DispatchMessage,
+    ),
+    (
+        "/api/v2/cluster/dispatch_multi_message",
+        Endpoint::DispatchMultiMessage,
+    ),
     (
         "/api/v2/task/extensions/async_execute_script",
         Endpoint::ExecuteScript,
@@ -305,6 +319,8 @@ impl Endpoint {
             Endpoint::DeleteStreamTo => data_routes::delete_streamto(ctx, body).await,
             Endpoint::QueryStreamTo => data_routes::query_streamto(ctx, body).await,
             Endpoint::GetAgentSnapshot => snapshot::get_agent_snapshot(ctx, body).await,
+            Endpoint::DispatchMessage => messages::dispatch_message(ctx, body).await,
+            Endpoint::DispatchMultiMessage => messages::dispatch_multi_message(ctx, body).await,
         }
     }
 }

@@ -187,6 +187,14 @@ pub enum ApiError {
     },
 
     #[error(
+        "this node does not run the message role; send plugin messages to a node that runs the api and link roles"
+    )]
+    MessagesUnavailable,
+    /// A plugin-message dispatch refused as a whole (slot, token).
+    #[error(transparent)]
+    Message(#[from] crate::role::message::MessageError),
+
+    #[error(
         "this node does not run the data role, which keeps the agents' system snapshots; \
          send get_agent_snapshot to a node that runs the api and data roles"
     )]
@@ -289,7 +297,17 @@ impl ApiError {
             Store(_) => 1000500,
             TasksUnavailable | FilesUnavailable => 1000503,
             NoAgentFound { .. } => 1011003,
-            ProcsUnavailable => 1000503,
+            ProcsUnavailable | MessagesUnavailable => 1000503,
+            Message(e) => {
+                use crate::role::message::MessageError as M;
+                match e {
+                    M::UnknownSlot(_) => 1000400,
+                    M::WrongToken(_) => 1000403,
+                    M::Busy => 1000503,
+                    M::Store(e) if e.is_retryable() => 1000503,
+                    M::Store(_) => 1000500,
+                }
+            }
             SnapshotsUnavailable | Registry(_) => 1000503,
             ProcTaskNotFound { .. } => TASK_NOT_FOUND,
             ProcTaskQueued { .. } => crate::role::proc::codes::ENVELOPE_QUEUED,

@@ -25,11 +25,11 @@ pub mod error;
 mod file_request;
 mod files;
 mod listener;
+mod messages;
 pub mod metrics;
 mod nodes;
 mod proc_request;
 mod procs;
-mod secret_cache;
 mod server;
 mod snapshot;
 mod task_request;
@@ -57,8 +57,8 @@ use crate::role::file::FileService;
 use crate::role::proc::ProcService;
 use crate::role::task::TaskService;
 
+use crate::secret_cache::VerifiedSecrets;
 use gse_core::refusals::RefusalLog;
-use secret_cache::VerifiedSecrets;
 
 pub use config::{ApiConfig, AppConfig};
 pub use error::ApiError;
@@ -84,6 +84,9 @@ pub struct ApiContext {
     /// Where plugin process operations go; `None` answers their endpoints
     /// with 1000503.
     pub procs: Option<Arc<ProcService>>,
+    /// Where plugin messages go; `None` answers their endpoints with
+    /// 1000503.
+    pub messages: Option<Arc<crate::role::message::MessageService>>,
     /// Where data routes and stream_tos go; `None` answers their
     /// endpoints with 1000503.
     pub routes: Option<Arc<RouteService>>,
@@ -111,6 +114,7 @@ impl ApiContext {
             tasks: None,
             files: None,
             procs: None,
+            messages: None,
             routes: None,
             snapshots: None,
             registry: None,

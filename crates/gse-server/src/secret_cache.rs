@@ -1,4 +1,6 @@
-//! Secrets the API has already checked against their stored Argon2id hash.
+//! Secrets already checked against their stored Argon2id hash: app
+//! secrets (the API) and plugin-message slot tokens (`role::message`), each
+//! user with its own cache.
 //!
 //! Argon2id costs tens of milliseconds and 12 MiB per check on purpose
 //! (that is what makes a stolen hash useless); bk-job polls results several
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use gse_core::app_secret::SecretHash;
 use gse_core::seams::AppRecord;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -75,19 +78,22 @@ impl Default for VerifiedSecrets {
 impl VerifiedSecrets {
     /// Whether `secret` is `app`'s secret (or too busy to tell).
     pub async fn verify(&self, app: &AppRecord, secret: &str) -> Verdict {
+        self.verify_named(&app.app_code, &app.secret_hash, secret)
+            .await
+    }
+
+    /// Whether `secret` is the one `hash` (the stored hash of `name`'s
+    /// secret) was made from, or too busy to tell.
+    pub async fn verify_named(&self, name: &str, hash: &SecretHash, secret: &str) -> Verdict {
         let digest = blake3::keyed_hash(&self.key, secret.as_bytes());
-        if self.remembered(app, &digest) {
+        if self.remembered(name, hash, &digest) {
             return Verdict::Right;
         }
-        let key: Key = (
-            app.app_code.clone(),
-            app.secret_hash.as_str().to_string(),
-            digest,
-        );
+        let key: Key = (name.to_string(), hash.as_str().to_string(), digest);
         if self.refused_lately(&key) {
             return Verdict::Wrong;
         }
-        let Some(ok) = self.slow_check(app, secret).await else {
+        let Some(ok) = self.slow_check(hash, secret).await else {
             return Verdict::Busy;
         };
         if ok {
@@ -102,7 +108,7 @@ impl VerifiedSecrets {
 
     /// The Argon2id check on the blocking pool, holding a slot until the
     /// check itself ends; `None` when too many calls wait for a slot.
-    async fn slow_check(&self, app: &AppRecord, secret: &str) -> Option<bool> {
+    async fn slow_check(&self, hash: &SecretHash, secret: &str) -> Option<bool> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -110,7 +116,7 @@ impl VerifiedSecrets {
         let permit = self.slow_checks.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let permit = permit.ok()?;
-        let hash = app.secret_hash.clone();
+        let hash = hash.clone();
         let candidate = secret.to_string();
         let job = tokio::task::spawn_blocking(move || {
             let _slot = permit;
@@ -119,12 +125,12 @@ impl VerifiedSecrets {
         Some(job.await.unwrap_or(false))
     }
 
-    fn remembered(&self, app: &AppRecord, digest: &blake3::Hash) -> bool {
+    fn remembered(&self, name: &str, hash: &SecretHash, digest: &blake3::Hash) -> bool {
         let known = self.known.lock();
         // blake3::Hash compares in constant time.
-        known.get(&app.app_code).is_some_and(|(phc, known_digest)| {
-            phc == app.secret_hash.as_str() && known_digest == digest
-        })
+        known
+            .get(name)
+            .is_some_and(|(phc, known_digest)| phc == hash.as_str() && known_digest == digest)
     }
 
     fn refused_lately(&self, key: &Key) -> bool {
@@ -159,7 +165,7 @@ mod tests {
         assert_eq!(cache.refused.lock().len(), 1, "but remembered as wrong");
         assert_eq!(cache.verify(&app, "right").await, Verdict::Right);
         let digest = blake3::keyed_hash(&cache.key, b"right");
-        assert!(cache.remembered(&app, &digest));
+        assert!(cache.remembered(&app.app_code, &app.secret_hash, &digest));
         assert_eq!(cache.verify(&app, "wrong").await, Verdict::Wrong);
         // Rotated: the old secret no longer passes from memory, and a
         // secret refused under the old hash is checked again.
