@@ -27,9 +27,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod data;
 pub mod plugin;
+pub mod watchdog;
 
 pub use data::DataConfig;
 pub use plugin::PluginConfig;
+pub use watchdog::WatchdogConfig;
 
 /// The whole agent config file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -46,6 +48,9 @@ pub struct AgentConfig {
     /// `[plugin]`: plugin supervisor and plugin-message socket (D2, C8).
     #[serde(default)]
     pub plugin: PluginConfig,
+    /// `[watchdog]`: the process supervising the agent's worker.
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
 }
 
 /// `[agent]`: who this agent is.
@@ -309,6 +314,7 @@ impl AgentConfig {
         self.file.validate(&mut problems);
         self.data.validate(&mut problems);
         self.plugin.validate(&mut problems);
+        self.watchdog.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -319,8 +325,9 @@ impl AgentConfig {
     /// A config with defaults for one of several agents on a host
     /// (quickstart, tests, benchmarks): like the defaults, but with no
     /// `ipc_links`/`message_ipc_links`, since those name host-wide paths
-    /// only one agent can own. A packaged agent's config keeps the
-    /// defaults (etc/gse-agent.toml).
+    /// only one agent can own, and no watchdog (the pid the caller starts
+    /// is the agent itself; a test that wants one turns it on). A packaged
+    /// agent's config keeps the defaults (etc/gse-agent.toml).
     pub fn new(data_dir: PathBuf, servers: Vec<String>, tls: TlsFiles) -> Self {
         AgentConfig {
             agent: AgentSection {
@@ -348,6 +355,10 @@ impl AgentConfig {
             plugin: PluginConfig {
                 message_ipc_links: Vec::new(),
                 ..PluginConfig::default()
+            },
+            watchdog: WatchdogConfig {
+                enabled: false,
+                ..WatchdogConfig::default()
             },
         }
     }
@@ -472,6 +483,8 @@ mod tests {
         // A packaged agent serves the host-wide collector paths.
         defaults.data.ipc_links = DataConfig::default().ipc_links;
         defaults.plugin.message_ipc_links = PluginConfig::default().message_ipc_links;
+        // ... and runs under its watchdog.
+        defaults.watchdog.enabled = true;
         assert_eq!(
             example, defaults,
             "etc/gse-agent.toml drifted from the defaults"

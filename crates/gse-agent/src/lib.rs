@@ -30,6 +30,7 @@ pub mod safe_dir;
 pub mod snapshot;
 pub mod stats;
 pub mod task;
+pub mod watchdog;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct Agent {
     config: Arc<AgentConfig>,
     identity: identity::AgentIdentity,
     executor: Arc<dyn Executor>,
+    /// Why the watchdog started this worker again, if it did.
+    restart: Option<watchdog::Restart>,
 }
 
 impl Agent {
@@ -53,7 +56,15 @@ impl Agent {
             config: Arc::new(config),
             identity,
             executor: Arc::new(executor::ProcessExecutor),
+            restart: None,
         })
+    }
+
+    /// This worker was restarted by the watchdog for `restart`: its first
+    /// session's heartbeats say so.
+    pub fn with_restart(mut self, restart: Option<watchdog::Restart>) -> Self {
+        self.restart = restart;
+        self
     }
 
     /// Runs tasks through `executor` instead of real processes (simulations).
@@ -87,6 +98,7 @@ impl Agent {
             self.identity,
             self.executor,
             data.clone(),
+            self.restart,
             shutdown,
         )
         .await;
@@ -95,4 +107,23 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+#[cfg(unix)]
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+}
+
+/// Ctrl-C only; running as a Windows service is not implemented yet.
+#[cfg(not(unix))]
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
 }

@@ -116,6 +116,7 @@ pub async fn run(
     identity: AgentIdentity,
     executor: Arc<dyn Executor>,
     data: Option<Arc<DataPlane>>,
+    mut restart: Option<crate::watchdog::Restart>,
     shutdown: CancellationToken,
 ) {
     let tls = match gse_core::tls::upstream_client_config(&cfg.tls, cfg.agent.cloud_id) {
@@ -144,6 +145,8 @@ pub async fn run(
     let plugins = PluginService::start(&cfg, shutdown.clone());
     let mut backoff = Backoff::new(cfg.upstream.backoff_initial, cfg.upstream.backoff_max);
     let mut stats = SelfStats::new();
+    // Said in the heartbeats of this worker's first session only.
+    let mut said_restart = restart.take();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -196,7 +199,7 @@ pub async fn run(
                 let served = serve(
                     &mut link,
                     &ack,
-                    &mut stats,
+                    (&mut stats, said_restart.take()),
                     &shutdown,
                     &executor,
                     files,
@@ -379,7 +382,7 @@ fn dial_failed(server: &str, e: DialError) -> String {
 async fn serve(
     link: &mut Link,
     ack: &RegisterAck,
-    stats: &mut SelfStats,
+    (stats, restart): (&mut SelfStats, Option<crate::watchdog::Restart>),
     shutdown: &CancellationToken,
     executor: &Arc<dyn Executor>,
     (files, file_rx): (FileRunner, mpsc::Receiver<LinkOut>),
@@ -401,7 +404,8 @@ async fn serve(
         data: data.clone(),
     };
     let runners = (&runner, &files, plugins);
-    let end = session(link, ack, stats, shutdown, runners, queues).await;
+    let said = Said { stats, restart };
+    let end = session(link, ack, said, shutdown, runners, queues).await;
     plugins.detach();
     attach_messages(data.as_deref(), None);
     // The outbound queues' receivers went with the session, so cancelled
@@ -428,7 +432,7 @@ struct Outbound {
 async fn session(
     link: &mut Link,
     ack: &RegisterAck,
-    stats: &mut SelfStats,
+    mut said: Said<'_>,
     shutdown: &CancellationToken,
     (tasks, files, plugins): (&TaskRunner, &FileRunner, &PluginService),
     mut outbound: Outbound,
@@ -457,7 +461,7 @@ async fn session(
                     return End::Lost(format!("no answer from the server for {:?}", last_heard.elapsed()));
                 }
                 seq += 1;
-                let frame = heartbeat(seq, stats, outbound.data.as_deref());
+                let frame = heartbeat(seq, &mut said, outbound.data.as_deref());
                 if let Err(end) = send_within(link, frame, write_limit, shutdown, "a heartbeat").await {
                     return end;
                 }
@@ -595,9 +599,17 @@ async fn send_within(
     }
 }
 
-fn heartbeat(seq: u64, stats: &mut SelfStats, data: Option<&DataPlane>) -> Frame {
-    let s = stats.sample();
+/// What the agent says of itself in a session's heartbeats.
+struct Said<'a> {
+    stats: &'a mut SelfStats,
+    /// Why the watchdog restarted this worker (its first session only).
+    restart: Option<crate::watchdog::Restart>,
+}
+
+fn heartbeat(seq: u64, said: &mut Said<'_>, data: Option<&DataPlane>) -> Frame {
+    let s = said.stats.sample();
     let drops = data.map(|d| d.stats.snapshot()).unwrap_or_default();
+    let restart = said.restart.clone().unwrap_or_default();
     let hb = Heartbeat {
         seq,
         time_ms: gse_core::now_ms(),
@@ -606,6 +618,9 @@ fn heartbeat(seq: u64, stats: &mut SelfStats, data: Option<&DataPlane>) -> Frame
         mem_percent: s.mem_percent,
         data_spool_dropped_batches: drops.spool_dropped_batches,
         data_lost_records: drops.lost_records,
+        restart_reason: restart.reason,
+        restarted_at_ms: restart.at_ms,
+        restarts: restart.restarts,
     };
     Frame::new(MsgType::Heartbeat, 0, &hb)
 }

@@ -32,8 +32,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the agent in the foreground until SIGTERM or SIGINT (the default).
-    Run,
+    /// Run the agent in the foreground until SIGTERM or SIGINT (the
+    /// default). With `[watchdog] enabled` (the default of a packaged
+    /// config) this process is the watchdog: it runs the agent as a worker
+    /// process and starts it again when it crashes or goes over its memory
+    /// or cpu budget; plugins keep running across a restart.
+    Run(RunArgs),
+    /// The agent itself, as the watchdog starts it (not for direct use).
+    #[command(hide = true)]
+    Worker,
     /// Check the config file and print the agent's identity, then exit.
     CheckConfig,
     /// Send stdin to the running agent's local data socket (D1): every
@@ -41,6 +48,14 @@ enum Command {
     /// Prints how many records were sent. The socket is `--socket`, or the
     /// `[data] ipc` path of the config file (`--config`).
     Send(SendArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct RunArgs {
+    /// Run the agent in this process, without a watchdog, whatever
+    /// `[watchdog] enabled` says.
+    #[arg(long)]
+    no_watchdog: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,8 +115,18 @@ async fn agent_main() -> anyhow::Result<()> {
         return send(&cli.config, args);
     }
     let config = AgentConfig::load(&cli.config)?;
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    if let Command::Run(args) = &command
+        && config.watchdog.enabled
+        && !args.no_watchdog
+    {
+        let mut worker = vec!["--config".into(), cli.config.clone().into_os_string()];
+        worker.extend(cli.log.to_args());
+        worker.push("worker".into());
+        return gse_agent::watchdog::supervise(&config.watchdog, worker).await;
+    }
     let agent = Agent::new(config.clone())?;
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::CheckConfig => {
             println!("config {} is valid", cli.config.display());
             println!("agent_id: {}", agent.agent_id());
@@ -143,15 +168,21 @@ async fn agent_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run => {
+        Command::Run(_) | Command::Worker => {
             if let Some(exposed) =
                 private_files::exposure(&config.tls.key_file, "the agent's private TLS key")
             {
                 tracing::warn!("{exposed}");
             }
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
-            tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, "gse-agent starting");
+            tokio::spawn(gse_agent::stop_on_signal(shutdown.clone()));
+            let agent = if matches!(command, Command::Worker) {
+                gse_agent::watchdog::watch_parent(shutdown.clone());
+                agent.with_restart(gse_agent::watchdog::Restart::from_env())
+            } else {
+                agent
+            };
+            tracing::info!(agent_id = %agent.agent_id(), version = gse_core::VERSION, pid = std::process::id(), "gse-agent starting");
             if let Err(e) = agent.run(shutdown).await {
                 // Into the agent's log file too, not only stderr.
                 tracing::error!("gse-agent cannot run: {e}");
@@ -188,22 +219,4 @@ fn send(config: &std::path::Path, args: &SendArgs) -> anyhow::Result<()> {
 #[cfg(not(unix))]
 fn send(_config: &std::path::Path, _args: &SendArgs) -> anyhow::Result<()> {
     anyhow::bail!("gse-agent send needs a unix socket; not supported on this platform yet")
-}
-
-#[cfg(unix)]
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    shutdown.cancel();
-}
-
-/// Ctrl-C only; running as a Windows service is not implemented yet.
-#[cfg(not(unix))]
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
 }

@@ -25,6 +25,21 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
+    /// These flags as command-line arguments again (for a child process,
+    /// e.g. the agent's worker).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--log-level".into(), self.log_level.clone().into()];
+        if let Some(file) = &self.log_file {
+            args.push("--log-file".into());
+            args.push(file.clone().into_os_string());
+        }
+        if self.log_json {
+            args.push("--log-json".into());
+        }
+        args
+    }
+
     /// Installs the subscriber these flags describe; `default_file` is used
     /// when no --log-file was given.
     pub fn init(&self, default_file: Option<&Path>) -> std::io::Result<()> {

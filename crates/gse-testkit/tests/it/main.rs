@@ -46,3 +46,4 @@ mod r9_secrets;
 mod restart;
 mod t_tasks;
 mod task_api;
+mod w_watchdog;

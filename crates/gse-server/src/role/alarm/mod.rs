@@ -50,6 +50,9 @@ pub enum AlarmKind {
     /// Issue 9: a registration claimed an identity that is pinned to
     /// another agent id, or not the one its certificate names; refused.
     IdentityConflict,
+    /// Issue 13: an agent's watchdog restarted its worker (it crashed, or
+    /// went over its memory or cpu budget).
+    AgentRestarted,
 }
 
 impl AlarmKind {
@@ -62,6 +65,7 @@ impl AlarmKind {
             AlarmKind::PluginFailed => "plugin_failed",
             AlarmKind::DataDropped => "data_dropped",
             AlarmKind::IdentityConflict => "identity_conflict",
+            AlarmKind::AgentRestarted => "agent_restarted",
         }
     }
 }

@@ -587,6 +587,29 @@ fn data_dropped(svc: &LinkService, key: AgentKey, hb: &Heartbeat) {
     }
 }
 
+/// The agent's watchdog restarted its worker: one `agent_restarted` alarm
+/// (and count) per restart.
+fn agent_restarted(svc: &LinkService, key: AgentKey, hb: &Heartbeat) {
+    if !svc.restarts.is_new(key, hb.restarted_at_ms) {
+        return;
+    }
+    metrics::counter!("gse_link_agent_restarts_total").increment(1);
+    // Agent input: bounded before it reaches a log line or an alarm.
+    let reason: String = hb.restart_reason.chars().take(1024).collect();
+    tracing::warn!(agent = %key, restarts = hb.restarts, reason = %reason, "the agent's watchdog restarted its worker");
+    if let Some(alarms) = &svc.alarms {
+        alarms.raise(Alarm::about_agent_key(
+            AlarmKind::AgentRestarted,
+            &svc.node_id,
+            key,
+            format!(
+                "agent {key}'s watchdog restarted its worker (restart {} since the watchdog started): {reason}",
+                hb.restarts
+            ),
+        ));
+    }
+}
+
 /// Handles one frame from a registered agent; `Some(reason)` ends the link.
 async fn on_frame<L: AgentChannel>(
     svc: &LinkService,
@@ -612,6 +635,7 @@ async fn on_frame<L: AgentChannel>(
                 metrics::counter!("gse_link_heartbeats_dropped_total").increment(1);
             }
             data_dropped(svc, key, &hb);
+            agent_restarted(svc, key, &hb);
             let ack = HeartbeatAck {
                 seq: hb.seq,
                 server_time_ms: now_ms(),

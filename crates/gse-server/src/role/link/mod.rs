@@ -32,6 +32,7 @@ mod probe;
 mod proxied;
 mod remote;
 mod renew;
+mod restarts;
 
 pub use remote::RemoteStreams;
 
@@ -204,6 +205,8 @@ pub struct LinkService {
     joining: AtomicUsize,
     /// Data agents report they dropped (heartbeats), for alarms.
     data_drops: data_drops::DataDrops,
+    /// Worker restarts alarmed (issue 13).
+    restarts: restarts::Restarts,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
     /// The proxies linked to this node, for probing their areas' hosts.
@@ -291,6 +294,7 @@ impl LinkService {
             pace: handover::Pace::default(),
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
+            restarts: restarts::Restarts::default(),
             conflict_alarms: identity::ConflictAlarms::default(),
             proxy_links: probe::ProxyLinks::default(),
             shutdown: parts.shutdown,
