@@ -127,7 +127,7 @@ mod tests {
             assert!(a.end() < b.start(), "{:?} overlaps {:?}", pair[0], pair[1]);
         }
         assert_eq!(MsgFamily::of(0), None);
-        assert_eq!(MsgFamily::of(0x0380), None);
+        assert_eq!(MsgFamily::of(0x0420), None);
         assert_eq!(MsgFamily::of(0xffff), None);
     }
 
@@ -147,6 +147,8 @@ mod tests {
             (MsgType::Have, Peer),
             (MsgType::ProcOperate, Proc),
             (MsgType::ProcAlarm, Proc),
+            (MsgType::PluginMessage, PluginMessage),
+            (MsgType::PluginMessageUp, PluginMessage),
             (MsgType::DataHello, Data),
             (MsgType::DataAck, Data),
             (MsgType::DataAssign, DataAssign),
