@@ -17,6 +17,7 @@
 pub mod app_secret;
 pub mod certs;
 pub mod danger;
+pub mod file_digest;
 pub mod identity;
 pub mod logging;
 pub mod private_files;

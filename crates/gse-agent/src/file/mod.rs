@@ -20,7 +20,7 @@
 
 pub mod account;
 pub mod codes;
-pub mod digest;
+pub use gse_core::file_digest as digest;
 pub mod direct;
 pub mod download;
 pub mod install;

@@ -13,6 +13,7 @@ mod d_plugins;
 mod d_routes;
 mod d_snapshot;
 mod f_files;
+mod f_push;
 mod k1_registry;
 mod k2_balance;
 mod k3_status;

@@ -48,6 +48,10 @@ pub enum Endpoint {
     GetTransferResult,
     /// v2 `async_terminate_transfer_file`: stop a file transfer (bk-job).
     TerminateTransfer,
+    /// v2 `async_push_file`: files given by content (bk-cmdb's host identity).
+    PushFile,
+    /// v2 `async/get_transfer_file_result`: poll a push (bk-cmdb).
+    GetPushResult,
     /// v2 `operate_proc_multi`: plugin process operations (bk-nodeman).
     OperateProcMulti,
     /// Legacy single-operation `operate_proc`.
@@ -130,6 +134,11 @@ pub const ENDPOINTS: &[(&str, Endpoint)] = &[
     (
         "/api/v2/task/extensions/async_terminate_transfer_file",
         Endpoint::TerminateTransfer,
+    ),
+    ("/api/v2/task/async_push_file", Endpoint::PushFile),
+    (
+        "/api/v2/task/async/get_transfer_file_result",
+        Endpoint::GetPushResult,
     ),
     (
         "/api/v2/proc/operate_proc_multi",
@@ -306,6 +315,8 @@ impl Endpoint {
             Endpoint::TransferFile => files::transfer_file(ctx, caller, body).await,
             Endpoint::GetTransferResult => files::get_transfer_result(ctx, body).await,
             Endpoint::TerminateTransfer => files::terminate_transfer(ctx, body).await,
+            Endpoint::PushFile => files::push_file(ctx, caller, body).await,
+            Endpoint::GetPushResult => files::get_push_result(ctx, body).await,
             Endpoint::OperateProcMulti => procs::operate_multi(ctx, body).await,
             Endpoint::OperateProc => procs::operate_one(ctx, body).await,
             Endpoint::GetProcOperateResult => procs::operate_result(ctx, body).await,

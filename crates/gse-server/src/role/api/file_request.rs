@@ -18,7 +18,8 @@ use super::error::{ApiError, json_type, quoted};
 use crate::role::file::FileConfig;
 use crate::role::file::spec::{
     self, AgentName, AgentSpec, FileKind, FileTaskSpec, MAX_ENTRIES, MAX_HOPS, MAX_PASS_THROUGH,
-    MAX_RELAYS_PER_HOP, MAX_SPEED_MB, SourceSpec, TargetDirSpec, TransferSpec, ZoneHop, ZonePair,
+    MAX_RELAYS_PER_HOP, MAX_SPEED_MB, SourceFrom, SourceSpec, TargetDirSpec, TransferSpec, ZoneHop,
+    ZonePair,
 };
 use crate::role::task::spec::{MAX_LABEL_BYTES, check_store_dir, check_user};
 
@@ -328,7 +329,7 @@ fn source(o: &Fields, path: &str) -> Result<SourceSpec, ApiError> {
         }
     }
     Ok(SourceSpec {
-        agent,
+        from: SourceFrom::Agent(agent),
         store_dir: store_dir.to_string(),
         file_name: file_name.to_string(),
         kind,
@@ -483,7 +484,7 @@ fn check_distinct_agents(spec: &TransferSpec, max: usize) -> Result<(), ApiError
     let all = spec
         .tasks
         .iter()
-        .flat_map(|t| std::iter::once(&t.source.agent).chain(&t.targets))
+        .flat_map(|t| t.source.agent().into_iter().chain(&t.targets))
         .chain(spec.zone_chain.iter().flat_map(|h| &h.relays));
     for a in all {
         agents.insert(a.agent.to_string());

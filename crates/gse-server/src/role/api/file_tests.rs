@@ -162,6 +162,7 @@ async fn transfer_poll_and_terminate_answer_in_bk_jobs_shapes() {
             "start_time",
             "status",
             "status_info",
+            "type",
         ]
     );
     let up = &list[0];

@@ -1,6 +1,7 @@
 //! The file-transfer endpoints bk-job calls (F10, COMPAT.md §2.1):
 //! `async_transfer_file`, `get_transfer_file_result`,
-//! `async_terminate_transfer_file`.
+//! `async_terminate_transfer_file`; and bk-cmdb's content push (COMPAT
+//! §2.2b): `async_push_file` and `async/get_transfer_file_result`.
 //!
 //! Each reads its request ([`file_request`](super::file_request)), calls the
 //! file role, and shapes the answer as bk-job reads it:
@@ -60,6 +61,9 @@ struct FileResult<'a> {
 #[derive(Serialize)]
 struct Content<'a> {
     mode: u8,
+    /// `"upload"` (mode 0) or `"download"` (mode 1), as bk-cmdb and bscp
+    /// read it.
+    r#type: &'static str,
     source_agent_id: &'a str,
     source_container_id: &'a str,
     source_file_dir: &'a str,
@@ -88,6 +92,7 @@ impl<'a> FileResult<'a> {
             error_msg: &e.error_msg,
             content: Content {
                 mode: e.mode,
+                r#type: if e.mode == 0 { "upload" } else { "download" },
                 source_agent_id: &e.source_agent_id,
                 source_container_id: &e.source_container_id,
                 source_file_dir: &e.source_file_dir,
@@ -116,6 +121,26 @@ pub async fn get_transfer_result(ctx: &ApiContext, body: &Fields) -> Result<Valu
     let files = service(ctx)?;
     let task_id = task_request::task_id(body)?;
     let agents = file_request::agent_names(body, ctx.config.max_hosts_per_call)?;
+    let entries = files.results(&task_id, agents.as_deref()).await?;
+    let list: Vec<FileResult<'_>> = entries.iter().map(FileResult::new).collect();
+    Ok(json!({ "result": list }))
+}
+
+/// `async_push_file`: small files given by their content, written by the
+/// named agents as a transfer's targets install files (no source agent:
+/// this node serves the bytes).
+pub async fn push_file(ctx: &ApiContext, caller: &str, body: &Fields) -> Result<Value, ApiError> {
+    let files = service(ctx)?;
+    let spec = super::push_request::push(body, ctx.config.max_hosts_per_call)?;
+    let task_id = files.start_transfer(spec, caller).await?;
+    Ok(task_answer(&task_id))
+}
+
+/// `async/get_transfer_file_result` (bk-cmdb): `get_transfer_file_result`'s
+/// answer, asked by `agent_id_list`.
+pub async fn get_push_result(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
+    let files = service(ctx)?;
+    let (task_id, agents) = super::push_request::result_query(body, ctx.config.max_hosts_per_call)?;
     let entries = files.results(&task_id, agents.as_deref()).await?;
     let list: Vec<FileResult<'_>> = entries.iter().map(FileResult::new).collect();
     Ok(json!({ "result": list }))

@@ -30,6 +30,7 @@ pub mod metrics;
 mod nodes;
 mod proc_request;
 mod procs;
+mod push_request;
 mod server;
 mod snapshot;
 mod task_request;

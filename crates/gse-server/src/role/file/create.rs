@@ -17,15 +17,18 @@ use std::time::Instant;
 use gse_core::AgentRef;
 use gse_core::seams::AgentRecord;
 use gse_core::seams::state_store::FileEntryRecord;
-use gse_proto::link::FileManifestRequest;
+use gse_proto::link::{EntryType, FileEntry, FileManifestRequest};
 use gse_proto::{Frame, MsgType};
 
 use super::codes::*;
 use super::model::{
-    AgentSlot, Effect, HopPlan, LiveTransfer, Outcome, Phase, TaskPlan, TaskRun, TransferState,
+    AgentSlot, Effect, HopPlan, LiveTransfer, Outcome, Phase, PushedFile, TaskPlan, TaskRun,
+    TransferState,
 };
 use super::moving::Request;
-use super::spec::{AgentSpec, BYTES_PER_MB, FileKind, FileTaskSpec, TransferSpec, ZonePair};
+use super::spec::{
+    AgentSpec, BYTES_PER_MB, FileKind, FileTaskSpec, SourceFrom, TransferSpec, ZonePair,
+};
 use super::{FileError, FileService, metrics};
 use crate::cluster::sender::{Located, SendError};
 use crate::role::task::unknown_agent;
@@ -53,6 +56,7 @@ impl FileService {
         self.register(&transfer);
         self.apply(&transfer, effect, None);
         let asked = self.request_manifests(&transfer, &located);
+        self.push_contents(&transfer);
         metrics::transfer_started();
         tracing::info!(
             task_id = %task_id,
@@ -99,7 +103,11 @@ impl FileService {
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         let mut runs = Vec::with_capacity(spec.tasks.len());
         for (i, task) in spec.tasks.iter().enumerate() {
-            let source = next(&task.source.agent);
+            let source = match task.source.agent() {
+                Some(agent) => next(agent),
+                // This node sends the bytes itself.
+                None => AgentSlot::default(),
+            };
             let targets: Vec<AgentSlot> = task.targets.iter().map(&mut next).collect();
             let plan = plan_task(task, source, targets, entries.len() as u32);
             entries.extend(first_entries(i as u32, &plan));
@@ -223,6 +231,16 @@ impl FileService {
         asked
     }
 
+    /// Starts the tasks whose file this node sends itself: their manifest
+    /// is made already.
+    fn push_contents(&self, t: &Arc<LiveTransfer>) {
+        for (task, plan) in t.tasks.iter().enumerate() {
+            if let Some(file) = &plan.content {
+                self.manifest_in(t.clone(), task, vec![file.entry.clone()]);
+            }
+        }
+    }
+
     /// Task `task`'s `FileManifestRequest`, for its source.
     pub(super) fn manifest_request(&self, t: &LiveTransfer, task: usize) -> Frame {
         let plan = &t.tasks[task];
@@ -256,7 +274,7 @@ fn agent_refs(spec: &TransferSpec) -> Vec<AgentRef> {
     let tasks = spec
         .tasks
         .iter()
-        .flat_map(|t| std::iter::once(&t.source.agent).chain(&t.targets));
+        .flat_map(|t| t.source.agent().into_iter().chain(&t.targets));
     let relays = spec.zone_chain.iter().flat_map(|h| &h.relays);
     tasks.chain(relays).map(|a| a.agent.clone()).collect()
 }
@@ -290,13 +308,47 @@ fn plan_task(
         source,
         source_dir: task.source.store_dir.clone(),
         source_name: task.source.file_name.clone(),
-        source_user: task.source.agent.user.clone(),
+        source_user: task
+            .source
+            .agent()
+            .map(|a| a.user.clone())
+            .unwrap_or_default(),
         selection: task.source.selection(),
         target,
         targets,
         owners,
         upload,
         by_key,
+        content: match &task.source.from {
+            SourceFrom::Content(bytes) => {
+                Some(Arc::new(pushed_file(&task.source.file_name, bytes)))
+            }
+            SourceFrom::Agent(_) => None,
+        },
+    }
+}
+
+/// The manifest entry of a file this node pushes: one regular file named
+/// `name`, hashed as an agent hashes the files it sends.
+fn pushed_file(name: &str, bytes: &bytes::Bytes) -> PushedFile {
+    use gse_core::file_digest::{digest_reader, piece_size_for};
+    let size = bytes.len() as u64;
+    let d = digest_reader(&bytes[..], size, piece_size_for(size))
+        .expect("reading bytes in memory cannot fail");
+    let entry = FileEntry {
+        path: name.to_string(),
+        mode: super::spec::DEFAULT_PUSH_MODE,
+        r#type: EntryType::EntryFile as i32,
+        size: d.size,
+        piece_size: d.piece_size,
+        piece_hashes: d.pieces.iter().flat_map(|h| h.0).collect(),
+        blake3: d.blake3.0.to_vec(),
+        md5_hex: d.md5,
+        link_target: String::new(),
+    };
+    PushedFile {
+        bytes: bytes.clone(),
+        entry,
     }
 }
 

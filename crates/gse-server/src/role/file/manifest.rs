@@ -67,7 +67,14 @@ impl FileService {
         if !m.skipped.is_empty() {
             tracing::info!(task_id = %t.id, task, skipped = m.skipped.len(), "the source left special files (FIFOs, sockets, devices) out of the manifest");
         }
-        self.manifest_ok(&t, task, &m.entries);
+        self.manifest_in(t, task, m.entries);
+    }
+
+    /// Task `task`'s manifest is in (from its source, or made here for a
+    /// pushed file): recorded, then every target and relay is located (on
+    /// a task of its own) and sent its `FileStart`.
+    pub(super) fn manifest_in(&self, t: Arc<LiveTransfer>, task: usize, entries: Vec<FileEntry>) {
+        self.manifest_ok(&t, task, &entries);
         let Some(me) = self.me.upgrade() else {
             return;
         };
@@ -81,7 +88,7 @@ impl FileService {
                 .filter_map(|s| s.usable())
                 .collect();
             let located = me.locate_all(keys).await;
-            me.start_targets(&t, task, m.entries, &located);
+            me.start_targets(&t, task, entries, &located);
         });
     }
 
@@ -218,7 +225,12 @@ impl FileService {
             entries,
             peers: Vec::new(),
             source_agent: plan.source.key.map(|k| k.to_string()).unwrap_or_default(),
-            direct_limit: self.config.direct_limit_bytes,
+            // A pushed file has no source to fetch from over P2P: the
+            // whole of it comes direct, from this node.
+            direct_limit: match &plan.content {
+                Some(file) => self.config.direct_limit_bytes.max(file.entry.size),
+                None => self.config.direct_limit_bytes,
+            },
             p2p_attempts: self.config.p2p_attempts,
             token: t.token.clone(),
         };

@@ -68,6 +68,16 @@ pub(crate) struct TaskPlan {
     /// The targets that take part, by agent: an agent named twice gets one
     /// `FileStart`, and its reports update both entries.
     pub by_key: HashMap<AgentKey, Vec<u32>>,
+    /// The file's bytes when this node is the source (`async_push_file`),
+    /// with its manifest entry.
+    pub content: Option<Arc<PushedFile>>,
+}
+
+/// A file this node sends itself (`async_push_file`): its bytes and its
+/// manifest entry, made once at the start.
+pub(crate) struct PushedFile {
+    pub bytes: bytes::Bytes,
+    pub entry: gse_proto::link::FileEntry,
 }
 
 impl TaskPlan {

@@ -3,6 +3,9 @@
 //! it is held), under a request id of its own, and hands the answer back
 //! under the target's.
 //!
+//! A file this node pushes itself (`async_push_file`) has no source agent:
+//! its pieces are answered here, from the bytes the request gave.
+//!
 //! Checks before forwarding: the transfer, task, entry and piece exist and
 //! the asker is a target or relay of the task. A source the sender cannot
 //! reach gets `PIECE_ERROR` (`PIECE_BUSY` for a full queue) as soon as the
@@ -19,7 +22,7 @@ use gse_core::AgentKey;
 use gse_proto::link::{PieceData, PieceRequest, PieceStatus};
 use gse_proto::{Frame, MsgType};
 
-use super::model::Phase;
+use super::model::{Phase, PushedFile};
 use super::{FileService, metrics};
 use crate::cluster::sender::{Delivery, SendError};
 
@@ -42,6 +45,14 @@ struct Pending {
     task_index: u32,
     entry_index: u32,
     piece: u32,
+}
+
+/// Who answers a direct piece request.
+enum Serve {
+    /// The task's source agent, asked by this node.
+    Source(AgentKey),
+    /// This node, from the bytes of a pushed file.
+    Here(std::sync::Arc<PushedFile>),
 }
 
 /// Forwarded requests by the id this node gave them.
@@ -82,7 +93,8 @@ impl RelayTable {
 impl FileService {
     pub(super) fn on_piece_request(&self, agent: AgentKey, req: PieceRequest) {
         let source = match self.check_piece_request(agent, &req) {
-            Ok(source) => source,
+            Ok(Serve::Source(source)) => source,
+            Ok(Serve::Here(file)) => return self.serve_pushed(agent, &req, &file),
             Err(why) => {
                 tracing::debug!(agent = %agent, task_id = %req.transfer_id, reason = %why, "refusing a direct piece request");
                 return self.answer(agent, &req, PieceStatus::PieceError, why);
@@ -148,8 +160,9 @@ impl FileService {
         });
     }
 
-    /// The source to forward `req` to, or why it is refused.
-    fn check_piece_request(&self, agent: AgentKey, req: &PieceRequest) -> Result<AgentKey, String> {
+    /// Who answers `req` (its task's source, or this node for a pushed
+    /// file), or why it is refused.
+    fn check_piece_request(&self, agent: AgentKey, req: &PieceRequest) -> Result<Serve, String> {
         let t = self
             .live(&req.transfer_id)
             .ok_or_else(|| format!("transfer {:?} is not running on this node", req.transfer_id))?;
@@ -158,12 +171,16 @@ impl FileService {
             .tasks
             .get(task)
             .ok_or_else(|| format!("transfer {} has no task {task}", t.id))?;
-        let source = plan.source.usable().ok_or_else(|| {
-            format!(
-                "the source {} of task {task} takes no part",
-                plan.source.name
-            )
-        })?;
+        let source = match (&plan.content, plan.source.usable()) {
+            (Some(file), _) => Serve::Here(file.clone()),
+            (None, Some(key)) => Serve::Source(key),
+            (None, None) => {
+                return Err(format!(
+                    "the source {} of task {task} takes no part",
+                    plan.source.name
+                ));
+            }
+        };
         let st = t.state.lock();
         let run = &st.runs[task];
         if !plan.by_key.contains_key(&agent) && !run.relays.contains(&agent) {
@@ -273,6 +290,29 @@ impl FileService {
             request_id: p.request_id,
         };
         self.answer(p.requester, &req, status, message);
+    }
+
+    /// Answers `req` with a piece of a file this node pushes.
+    fn serve_pushed(&self, to: AgentKey, req: &PieceRequest, file: &PushedFile) {
+        let size = u64::from(file.entry.piece_size.max(1));
+        let start = (u64::from(req.piece) * size).min(file.bytes.len() as u64) as usize;
+        let end = (start as u64 + size).min(file.bytes.len() as u64) as usize;
+        let data = PieceData {
+            transfer_id: req.transfer_id.clone(),
+            task_index: req.task_index,
+            entry_index: req.entry_index,
+            piece: req.piece,
+            request_id: req.request_id,
+            status: PieceStatus::PieceOk as i32,
+            data: file.bytes.slice(start..end),
+            message: String::new(),
+        };
+        let bytes = (end - start) as u64;
+        let frame = Frame::new(MsgType::PieceData, 0, &data);
+        self.sender.post_then(to, frame, move |sent| match sent {
+            Ok(_) => metrics::bytes_relayed(bytes),
+            Err(e) => tracing::debug!(agent = %to, error = %e, "cannot hand a pushed file's piece to its target"),
+        });
     }
 
     /// Answers `req` on behalf of the source, without data.

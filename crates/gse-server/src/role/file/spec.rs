@@ -24,6 +24,8 @@ pub const MAX_SPEED_MB: u64 = 1 << 20;
 /// Bytes per MB of the API's `upload_speed`/`download_speed` (MiB, as GSE's
 /// agents count them).
 pub const BYTES_PER_MB: u64 = 1024 * 1024;
+/// Mode of a pushed file (`async_push_file`) unless the caller gives one.
+pub const DEFAULT_PUSH_MODE: u32 = 0o644;
 /// Longest file name or pattern, bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
@@ -72,10 +74,20 @@ pub enum FileKind {
     Wildcard = 4,
 }
 
+/// Where the bytes come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceFrom {
+    /// An agent's files (`async_transfer_file`).
+    Agent(AgentSpec),
+    /// The bytes given in the request (`async_push_file`): this node is
+    /// the source of one regular file.
+    Content(bytes::Bytes),
+}
+
 /// What to send, as the caller named it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceSpec {
-    pub agent: AgentSpec,
+    pub from: SourceFrom,
     /// `store_dir` and `file_name` exactly as sent (echoed in results).
     pub store_dir: String,
     pub file_name: String,
@@ -157,6 +169,14 @@ pub struct Selection {
 }
 
 impl SourceSpec {
+    /// The source agent, unless the bytes come with the request.
+    pub fn agent(&self) -> Option<&AgentSpec> {
+        match &self.from {
+            SourceFrom::Agent(a) => Some(a),
+            SourceFrom::Content(_) => None,
+        }
+    }
+
     /// The selection the source builds its manifest from. A directory is
     /// `store_dir` (joined with `file_name` when one is given); a wildcard
     /// whose directory part holds glob characters (`/data/*/logs/` +
@@ -318,12 +338,12 @@ mod tests {
 
     fn source(dir: &str, name: &str, kind: FileKind) -> SourceSpec {
         SourceSpec {
-            agent: AgentSpec {
+            from: SourceFrom::Agent(AgentSpec {
                 bk_agent_id: "0:10.0.0.1".into(),
                 agent: AgentRef::parse("0:10.0.0.1").unwrap(),
                 bk_container_id: String::new(),
                 user: String::new(),
-            },
+            }),
             store_dir: dir.into(),
             file_name: name.into(),
             kind,

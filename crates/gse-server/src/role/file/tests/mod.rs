@@ -26,7 +26,9 @@ use gse_proto::link::{
 use gse_proto::{Frame, MsgType};
 use parking_lot::Mutex;
 
-use super::spec::{AgentSpec, FileKind, FileTaskSpec, SourceSpec, TargetDirSpec, TransferSpec};
+use super::spec::{
+    AgentSpec, FileKind, FileTaskSpec, SourceFrom, SourceSpec, TargetDirSpec, TransferSpec,
+};
 use super::{FileConfig, FileLink, FileParts, FileService};
 use crate::role::jobs::writer::Writer;
 use crate::role::jobs::{self, Memory};
@@ -223,7 +225,7 @@ pub(crate) fn spec(source: &str, targets: &[&str]) -> TransferSpec {
 pub(crate) fn task(source: &str, targets: &[&str]) -> FileTaskSpec {
     FileTaskSpec {
         source: SourceSpec {
-            agent: agent(source),
+            from: SourceFrom::Agent(agent(source)),
             store_dir: "/data".into(),
             file_name: "a.txt".into(),
             kind: FileKind::File,

@@ -1,4 +1,5 @@
-//! A file's content fingerprint: pieces, per-piece blake3, whole-file hashes.
+//! A file's content fingerprint: pieces, per-piece blake3, whole-file hashes
+//! (the agents' manifests, and the node's for content it pushes itself).
 //!
 //! [`FileDigest`] is what a manifest says about one regular file, and what
 //! a target checks received bytes against (F5): a blake3 hash per piece

@@ -1,0 +1,180 @@
+//! Reading bk-cmdb's content push (COMPAT §2.2b): `async_push_file` and
+//! its poll `async/get_transfer_file_result`, into typed requests
+//! ([`super::body::typed`]: unknown fields ignored, errors naming the field
+//! path), then checked as a transfer's fields are.
+
+use gse_core::AgentRef;
+use serde::Deserialize;
+
+use super::body::{Fields, typed};
+use super::error::{ApiError, quoted};
+use crate::role::file::spec::{
+    self, AgentName, AgentSpec, DEFAULT_PUSH_MODE, FileKind, FileTaskSpec, SourceFrom, SourceSpec,
+    TargetDirSpec, TransferSpec,
+};
+use crate::role::task::spec::check_store_dir;
+
+/// Largest `file_content`: pushes are small text files (host identities,
+/// configs); bigger files go through `async_transfer_file`.
+pub const MAX_PUSH_BYTES: usize = 1 << 20;
+
+#[derive(Deserialize)]
+struct PushFile {
+    #[serde(default)]
+    timeout_seconds: u64,
+    #[serde(default)]
+    auto_mkdir: bool,
+    tasks: Vec<PushTask>,
+}
+
+#[derive(Deserialize)]
+struct PushTask {
+    file_name: String,
+    store_dir: String,
+    /// The file's text itself.
+    file_content: String,
+    #[serde(default)]
+    owner: String,
+    /// The file's mode bits, as chmod(2) takes them (bk-cmdb sends Go's
+    /// `0644`, i.e. 420); 0 = 0644.
+    #[serde(default)]
+    right: u32,
+    agent_id_list: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PushResultQuery {
+    task_id: String,
+    #[serde(default)]
+    agent_id_list: Vec<String>,
+}
+
+/// `async_push_file` as a transfer whose source is this node.
+pub fn push(body: &Fields, max_hosts: usize) -> Result<TransferSpec, ApiError> {
+    let req: PushFile = typed(body)?;
+    if req.tasks.is_empty() {
+        return Err(invalid("tasks", "empty: give at least one file"));
+    }
+    let mut hosts = 0usize;
+    let mut tasks = Vec::with_capacity(req.tasks.len());
+    for (i, t) in req.tasks.into_iter().enumerate() {
+        let at = |name: &str| format!("tasks[{i}].{name}");
+        spec::check_plain_name(&t.file_name)
+            .map_err(|p| invalid(at("file_name"), format!("{:?} {p}", quoted(&t.file_name))))?;
+        check_store_dir(&t.store_dir)
+            .map_err(|p| invalid(at("store_dir"), format!("{:?} {p}", quoted(&t.store_dir))))?;
+        if !t.owner.is_empty() {
+            spec::check_owner(&t.owner)
+                .map_err(|p| invalid(at("owner"), format!("{:?} {p}", quoted(&t.owner))))?;
+        }
+        if t.right > 0o7777 {
+            return Err(invalid(
+                at("right"),
+                format!("{} is not a file mode (at most 4095, 07777)", t.right),
+            ));
+        }
+        if t.file_content.len() > MAX_PUSH_BYTES {
+            return Err(ApiError::OverLimit {
+                field: at("file_content"),
+                what: "bytes",
+                count: t.file_content.len(),
+                limit: MAX_PUSH_BYTES,
+                key: "the content push limit; send bigger files with async_transfer_file",
+            });
+        }
+        if t.agent_id_list.is_empty() {
+            return Err(invalid(
+                at("agent_id_list"),
+                "empty: name at least one agent",
+            ));
+        }
+        hosts += t.agent_id_list.len();
+        if hosts > max_hosts {
+            return Err(ApiError::TooManyEntries {
+                field: "tasks[].agent_id_list",
+                count: hosts,
+                limit: max_hosts,
+            });
+        }
+        let targets = t
+            .agent_id_list
+            .iter()
+            .enumerate()
+            .map(|(j, id)| target(id, &format!("tasks[{i}].agent_id_list[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        tasks.push(FileTaskSpec {
+            source: SourceSpec {
+                from: SourceFrom::Content(t.file_content.into_bytes().into()),
+                store_dir: String::new(),
+                file_name: t.file_name,
+                kind: FileKind::File,
+            },
+            target: TargetDirSpec {
+                store_dir: t.store_dir,
+                file_name: String::new(),
+                owner: t.owner,
+                permission: match t.right {
+                    0 => DEFAULT_PUSH_MODE,
+                    mode => mode,
+                },
+            },
+            targets,
+        });
+    }
+    Ok(TransferSpec {
+        tasks,
+        timeout_seconds: req.timeout_seconds,
+        auto_mkdir: req.auto_mkdir,
+        ..TransferSpec::default()
+    })
+}
+
+/// `async/get_transfer_file_result`: the task, and the agents asked about
+/// (`None`: all).
+pub fn result_query(
+    body: &Fields,
+    max_hosts: usize,
+) -> Result<(String, Option<Vec<AgentName>>), ApiError> {
+    let q: PushResultQuery = typed(body)?;
+    if q.task_id.is_empty() {
+        return Err(ApiError::MissingField {
+            field: "task_id".into(),
+        });
+    }
+    if q.agent_id_list.len() > max_hosts {
+        return Err(ApiError::TooManyEntries {
+            field: "agent_id_list",
+            count: q.agent_id_list.len(),
+            limit: max_hosts,
+        });
+    }
+    let agents: Vec<AgentName> = q
+        .agent_id_list
+        .into_iter()
+        .map(|bk_agent_id| AgentName {
+            bk_agent_id,
+            bk_container_id: String::new(),
+        })
+        .collect();
+    Ok((q.task_id, (!agents.is_empty()).then_some(agents)))
+}
+
+fn target(id: &str, field: &str) -> Result<AgentSpec, ApiError> {
+    let agent = AgentRef::parse(id).map_err(|source| ApiError::BadAgentId {
+        field: field.to_string(),
+        source,
+    })?;
+    Ok(AgentSpec {
+        bk_agent_id: id.to_string(),
+        agent,
+        bk_container_id: String::new(),
+        user: String::new(),
+    })
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ApiError {
+    ApiError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
