@@ -34,6 +34,8 @@ if [ "$want_tests" = 1 ]; then
   # The multi-host tests join network namespaces (ip) and NAT one (nft).
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  # The packaging test verifies the systemd units.
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

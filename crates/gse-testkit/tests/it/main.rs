@@ -22,6 +22,7 @@ mod k6_tls;
 mod k_cluster;
 mod k_redis_sentinel;
 mod k_redis_store;
+mod p_packages;
 mod quickstart;
 mod quickstart_cluster;
 mod r10_certs;
