@@ -24,6 +24,7 @@ pub mod data;
 pub mod executor;
 pub mod file;
 pub mod identity;
+pub mod join;
 pub mod link;
 pub mod plugin;
 pub mod safe_dir;

@@ -43,6 +43,10 @@ enum Command {
     Worker,
     /// Check the config file and print the agent's identity, then exit.
     CheckConfig,
+    /// Get this agent's own certificate from a node with a one-time token
+    /// (`gse-server enroll token` prints this command), written where the
+    /// config's [tls] says; then start the agent.
+    Join(JoinArgs),
     /// Send stdin to the running agent's local data socket (D1): every
     /// non-empty line becomes one record (a 0xC01 frame) of `--data-id`.
     /// Prints how many records were sent. The socket is `--socket`, or the
@@ -56,6 +60,23 @@ struct RunArgs {
     /// `[watchdog] enabled` says.
     #[arg(long)]
     no_watchdog: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// The node's agent link, host:port.
+    #[arg(long)]
+    server: String,
+    /// The token, "<id>.<secret>"; good once.
+    #[arg(long)]
+    token: String,
+    /// SHA-256 of the CA certificate (hex), as `enroll token` printed it:
+    /// the node must prove it is from that CA before the token is sent.
+    #[arg(long)]
+    ca_sha256: String,
+    /// Replace a certificate and key already at the config's [tls] paths.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,6 +134,24 @@ async fn agent_main() -> anyhow::Result<()> {
     cli.log.init(None).context("cannot open the log file")?;
     if let Some(Command::Send(args)) = &cli.command {
         return send(&cli.config, args);
+    }
+    if let Some(Command::Join(args)) = &cli.command {
+        // Read for its [tls] paths and identity; the files need not exist.
+        let config = AgentConfig::load(&cli.config)?;
+        let opts = gse_agent::join::JoinOptions {
+            server: args.server.clone(),
+            token: args.token.clone(),
+            ca_sha256: args.ca_sha256.clone(),
+            force: args.force,
+        };
+        let joined = gse_agent::join::join(&config, &opts).await?;
+        println!(
+            "joined as {}: certificate in {}, key in {}; start the agent now (systemctl start gse-agent)",
+            joined.identity,
+            config.tls.cert_file.display(),
+            config.tls.key_file.display()
+        );
+        return Ok(());
     }
     let config = AgentConfig::load(&cli.config)?;
     let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
@@ -191,7 +230,7 @@ async fn agent_main() -> anyhow::Result<()> {
             tracing::info!("gse-agent stopped");
             Ok(())
         }
-        Command::Send(_) => unreachable!("handled before loading the agent"),
+        Command::Send(_) | Command::Join(_) => unreachable!("handled before loading the agent"),
     }
 }
 

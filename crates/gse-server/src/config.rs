@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// `[plugin_message]`: plugin messages' slots (COMPAT §1.3).
     #[serde(default)]
     pub plugin_message: crate::role::message::MessageConfig,
+    /// `[enroll]`: agents joining with a token (`gse-agent join`).
+    #[serde(default)]
+    pub enroll: crate::role::link::enroll::EnrollConfig,
 }
 
 /// `[danger]`: dangerous-operation rules (T6, T7), checked by the server
@@ -259,6 +262,7 @@ impl ServerConfig {
         }
         problems.extend(self.proc.problems());
         problems.extend(self.plugin_message.problems());
+        problems.extend(self.enroll.problems());
         problems.extend(self.api.problems());
         if self.api.max_hosts_per_call == 0 {
             problems.push("api.max_hosts_per_call = 0: it must be at least 1".into());
@@ -311,6 +315,7 @@ impl ServerConfig {
             data: DataConfig::default(),
             proc: Default::default(),
             plugin_message: Default::default(),
+            enroll: Default::default(),
         }
     }
 
@@ -321,6 +326,10 @@ impl ServerConfig {
     pub fn exposures(&self, config_file: &Path) -> Vec<Exposure> {
         let mut checks = vec![
             (self.tls.key_file.clone(), "the server's private TLS key"),
+            (
+                self.enroll.ca_key_file.clone(),
+                "the CA's private key (enroll.ca_key_file)",
+            ),
             (
                 self.node.data_dir.clone(),
                 "the node's state (app secret hashes, task records)",

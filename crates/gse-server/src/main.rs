@@ -52,10 +52,39 @@ enum Command {
     /// refused (identity_conflict alarm) until the pin is released.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Let agents join with a token (`gse-agent join`) instead of copying a
+    /// shared key to every host; needs `[enroll] enabled` on the node.
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
     /// Check a config file and print it with every default filled in.
     CheckConfig {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EnrollCommand {
+    /// Make a token an agent joins with, good once and for --ttl, and print
+    /// the agent's join command. Without --ip the agent gets the identity
+    /// of the address it connects from; with it (hosts behind NAT), that
+    /// identity, from anywhere.
+    Token {
+        #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
+        config: PathBuf,
+        /// How long the token is good (at most enroll.max_ttl).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Pin the agent's cloud area.
+        #[arg(long)]
+        cloud_id: Option<i64>,
+        /// Pin the agent's identity IP.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// The node address agents dial (host:port) for the printed command;
+        /// default: node.advertise_ip (else this host's name) and link.listen's port.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -270,6 +299,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Certs(c) => certs(c),
         Command::Apps(apps) => apps_command(apps).await,
         Command::Agents(c) => agents(c).await,
+        Command::Enroll(c) => enroll(c),
         Command::CheckConfig { config: path } => {
             let config = ServerConfig::load(&path)?;
             print!("{}", config.redacted().to_toml());
@@ -468,4 +498,63 @@ fn raise_fd_limit() {
     if let Err(e) = gse_core::rlimit::raise_open_files() {
         tracing::warn!("{e}; fewer agents can connect");
     }
+}
+
+/// `gse-server enroll ...`.
+fn enroll(cmd: EnrollCommand) -> anyhow::Result<()> {
+    use gse_server::role::link::enroll::Tokens;
+    let EnrollCommand::Token {
+        config: path,
+        ttl,
+        cloud_id,
+        ip,
+        server,
+    } = cmd;
+    let config = ServerConfig::load(&path)?;
+    if !config.enroll.enabled {
+        anyhow::bail!(
+            "{}: [enroll] enabled is false: agents could not use the token; enable it (with enroll.ca_key_file) and restart the node first",
+            path.display()
+        );
+    }
+    if ttl > config.enroll.max_ttl {
+        anyhow::bail!(
+            "--ttl {} is over enroll.max_ttl ({})",
+            humantime::format_duration(ttl),
+            humantime::format_duration(config.enroll.max_ttl)
+        );
+    }
+    let ca_pem = std::fs::read_to_string(&config.tls.ca_file).with_context(|| {
+        format!(
+            "cannot read the CA certificate {}",
+            config.tls.ca_file.display()
+        )
+    })?;
+    let pin = gse_core::certs::ca_fingerprint(&ca_pem)
+        .with_context(|| format!("{} holds no certificate", config.tls.ca_file.display()))?;
+    let tokens = Tokens::new(config.enroll.tokens_path(&config.node.data_dir));
+    let made = tokens
+        .create(ttl, cloud_id, ip)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = server.unwrap_or_else(|| {
+        let host = config
+            .node
+            .advertise_ip
+            .map(|ip| ip.to_string())
+            .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", config.link.listen.port())
+    });
+    println!(
+        "token good once, until {} (unix ms {})",
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(made.expires_ms)
+        ),
+        made.expires_ms
+    );
+    println!(
+        "on the agent host, as root:\n  gse-agent join --server {server} --token {} --ca-sha256 {pin}",
+        made.token
+    );
+    Ok(())
 }

@@ -303,24 +303,9 @@ impl CertDir {
                 path: paths.cert.clone(),
             });
         }
-        let ca_pem = read_file(&self.ca_cert())?;
-        let ca_key = KeyPair::from_pem(&read_file(&self.ca_key())?).map_err(rc("CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rc("CA certificate"))?;
-
+        let issuer = load_issuer(&self.ca_cert(), &self.ca_key())?;
         let key = KeyPair::generate().map_err(rc("leaf key"))?;
-        let mut params =
-            CertificateParams::new(names.clone()).map_err(rc(format!("names {names:?}")))?;
-        let uri = mark.uri();
-        let uri_name = uri.as_str().try_into().map_err(rc(format!("mark {uri}")))?;
-        params.subject_alt_names.push(SanType::URI(uri_name));
-        params.distinguished_name = dn(common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = mark.kind.purposes();
-        params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, days);
+        let params = leaf_params(mark, common_name, names, days)?;
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(rc("leaf certificate"))?;
@@ -332,6 +317,83 @@ impl CertDir {
 
 /// The DNS names and IPs of a certificate of `kind`: its defaults, then
 /// `extra`, without repeats.
+/// The CA of `ca_cert` and `ca_key` (PEM files), ready to sign.
+fn load_issuer(ca_cert: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
+    let ca_pem = read_file(ca_cert)?;
+    let ca_key = KeyPair::from_pem(&read_file(ca_key)?).map_err(rc("CA key"))?;
+    Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rc("CA certificate"))
+}
+
+/// What every leaf certificate says: its names, its `gse://` mark, its
+/// purposes and validity. Only these go into a certificate, whatever a
+/// signing request asked for.
+fn leaf_params(
+    mark: &CertMark,
+    common_name: &str,
+    names: Vec<String>,
+    days: u32,
+) -> Result<CertificateParams, CertError> {
+    let mut params =
+        CertificateParams::new(names.clone()).map_err(rc(format!("names {names:?}")))?;
+    let uri = mark.uri();
+    let uri_name = uri.as_str().try_into().map_err(rc(format!("mark {uri}")))?;
+    params.subject_alt_names.push(SanType::URI(uri_name));
+    params.distinguished_name = dn(common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = mark.kind.purposes();
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, days);
+    Ok(params)
+}
+
+/// Signs an agent's certificate signing request (PEM) with the CA of
+/// `ca_cert` and `ca_key`: a per-agent certificate for `identity` (agent
+/// enrollment). The request's signature proves the agent holds the key;
+/// everything else it asks for is ignored: the certificate says only what
+/// [`CertDir::issue_agent`] would. Returns the certificate, PEM.
+pub fn sign_agent_request(
+    ca_cert: &Path,
+    ca_key: &Path,
+    csr_pem: &str,
+    identity: IdentityMark,
+    days: u32,
+) -> Result<String, CertError> {
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(rc("the certificate signing request"))?;
+    let common_name = format!("gse-agent {}", identity.key);
+    let mark = CertMark::agent(identity.key, identity.agent_id);
+    csr.params = leaf_params(&mark, &common_name, leaf_names(CertKind::Agent, &[]), days)?;
+    let issuer = load_issuer(ca_cert, ca_key)?;
+    let cert = csr.signed_by(&issuer).map_err(rc("agent certificate"))?;
+    Ok(cert.pem())
+}
+
+/// The SHA-256 of a PEM certificate's DER (its first certificate), hex:
+/// what `gse-agent join --ca-sha256` pins (as `openssl x509 -outform der |
+/// sha256sum` prints it).
+pub fn ca_fingerprint(pem: &str) -> Option<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(hex::encode(sha2::Sha256::digest(der.as_ref())))
+}
+
+/// A new key pair and a signing request for it (PEM each): what an
+/// enrolling agent sends (the key never leaves the host).
+pub fn agent_request() -> Result<(String, String), CertError> {
+    let key = KeyPair::generate().map_err(rc("agent key"))?;
+    let params = CertificateParams::new(vec!["gse-agent".to_string()]).map_err(rc("request"))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(rc("certificate signing request"))?;
+    let pem = csr.pem().map_err(rc("certificate signing request"))?;
+    Ok((key.serialize_pem(), pem))
+}
+
 fn leaf_names(kind: CertKind, extra: &[String]) -> Vec<String> {
     let mut names = kind.default_names();
     for name in extra {

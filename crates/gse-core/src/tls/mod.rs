@@ -16,6 +16,7 @@
 //! make rustls panic.
 
 mod accept;
+pub mod enroll;
 mod explain;
 pub mod names;
 pub mod verify;
@@ -185,6 +186,16 @@ pub fn link_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsErro
     server_config_with(files, policy)
 }
 
+/// [`link_server_config`] for a node that enrolls agents (issue 13): a
+/// client may also come without a certificate. Such a connection may only
+/// enroll (the node's link role sends it nowhere else); one that presents
+/// a certificate is checked as always.
+pub fn link_server_config_enrolling(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut policy = files.policy(CertKind::Agent);
+    policy.also = Some(CertKind::Proxy);
+    server_config_built(files, policy, true)
+}
+
 /// A server config for the node link (T1): the dialing node must present
 /// a server certificate from the CA, as this node does.
 pub fn node_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
@@ -196,13 +207,23 @@ fn server_config_for(files: &TlsFiles, peer: CertKind) -> Result<Arc<ServerConfi
 }
 
 fn server_config_with(files: &TlsFiles, policy: PeerPolicy) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_built(files, policy, false)
+}
+
+fn server_config_built(
+    files: &TlsFiles,
+    policy: PeerPolicy,
+    certificate_optional: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = load_roots(&files.ca_file)?;
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier {
-            path: files.ca_file.clone(),
-            message: e.to_string(),
-        })?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if certificate_optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let webpki = builder.build().map_err(|e| TlsError::Verifier {
+        path: files.ca_file.clone(),
+        message: e.to_string(),
+    })?;
     let verifier = Arc::new(RoleClientVerifier {
         inner: webpki,
         policy,

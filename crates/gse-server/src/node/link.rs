@@ -43,6 +43,16 @@ pub(super) async fn bind_link(
         advertise_ip: config.node.advertise_ip,
         danger_rules: base.danger_rules.clone(),
         pending: base.budget.link_pending_limits(),
+        enroll: config
+            .enroll
+            .enabled
+            .then(|| crate::role::link::enroll::Enroller {
+                tokens: crate::role::link::enroll::Tokens::new(
+                    config.enroll.tokens_path(&config.node.data_dir),
+                ),
+                config: config.enroll.clone(),
+                ca_cert: config.tls.ca_file.clone(),
+            }),
         shutdown: base.shutdown.clone(),
     })
     .context("cannot load the TLS material in [tls]")?;

@@ -36,6 +36,7 @@ mod r11_faults;
 mod r11_forward;
 mod r11_routes;
 mod r11_snapshots;
+mod r13_enroll;
 mod r9_danger;
 mod r9_files;
 mod r9_http;

@@ -38,6 +38,18 @@ pub(super) async fn run(svc: Arc<LinkService>, accepted: Accepted, conn_id: u64)
         deadline,
         pending,
     } = accepted;
+    // No client certificate: allowed only where agents enroll, and then
+    // the connection may do nothing else.
+    if tls.get_ref().1.peer_certificates().is_none() {
+        match &svc.enroll {
+            Some(enroller) => super::enroll::serve(enroller, tls, peer, deadline).await,
+            None => {
+                tracing::warn!(peer = %peer, "a connection without a client certificate got through; closed")
+            }
+        }
+        drop(pending);
+        return;
+    }
     // Where the agent reached us is what it is told we are (`advertise`).
     let path = svc.advertiser.path(local, peer);
     let codec = FrameCodec::new(svc.config.max_frame_bytes);

@@ -25,6 +25,7 @@ mod advertise;
 mod config;
 mod connection;
 mod data_drops;
+pub mod enroll;
 mod handover;
 mod heartbeats;
 mod identity;
@@ -207,6 +208,9 @@ pub struct LinkService {
     data_drops: data_drops::DataDrops,
     /// Worker restarts alarmed (issue 13).
     restarts: restarts::Restarts,
+    /// Agent enrollment (`[enroll] enabled`): connections without a
+    /// certificate may only enroll.
+    enroll: Option<Arc<enroll::Enroller>>,
     /// Identity conflicts alarmed lately, so a retrying impostor raises one.
     conflict_alarms: identity::ConflictAlarms,
     /// The proxies linked to this node, for probing their areas' hosts.
@@ -249,6 +253,8 @@ pub struct LinkParts {
     pub danger_rules: Vec<DangerRuleSpec>,
     /// Caps on connections before Register (`FdBudget::link_pending_limits`).
     pub pending: Arc<ConnLimits>,
+    /// Agent enrollment, when `[enroll] enabled`.
+    pub enroll: Option<enroll::Enroller>,
     pub shutdown: CancellationToken,
 }
 
@@ -256,7 +262,10 @@ impl LinkService {
     pub fn new(parts: LinkParts) -> Result<Arc<Self>, gse_core::tls::TlsError> {
         let acceptor = Acceptor::new(AcceptorParts {
             names: ACCEPT_NAMES,
-            tls: gse_core::tls::link_server_config(&parts.tls_files)?,
+            tls: match parts.enroll {
+                Some(_) => gse_core::tls::link_server_config_enrolling(&parts.tls_files)?,
+                None => gse_core::tls::link_server_config(&parts.tls_files)?,
+            },
             tls_files: parts.tls_files,
             handshake_timeout: parts.config.handshake_timeout,
             pending: parts.pending,
@@ -295,6 +304,7 @@ impl LinkService {
             joining: AtomicUsize::new(0),
             data_drops: data_drops::DataDrops::default(),
             restarts: restarts::Restarts::default(),
+            enroll: parts.enroll.map(Arc::new),
             conflict_alarms: identity::ConflictAlarms::default(),
             proxy_links: probe::ProxyLinks::default(),
             shutdown: parts.shutdown,
