@@ -66,8 +66,19 @@ pub(crate) fn dispatch_body(message_id: &str, agents: &[&str], content: &str) ->
     })
 }
 
-#[tokio::test]
-async fn d_bkmonitorbeat_asks_for_its_data_ids_and_gets_the_answer_back() {
+/// A server with the bkmonitorbeat slot calling back to `hook`, and an
+/// agent on 127.0.0.1 alive there.
+struct Rig {
+    hook: Webhook,
+    cluster: Cluster,
+    server: gse_testkit::ServerProc,
+    agent_id: String,
+    /// The agent's plugin-message socket.
+    socket: std::path::PathBuf,
+    _agent: gse_testkit::AgentProc,
+}
+
+async fn rig() -> Rig {
     let hook = Webhook::start().await;
     let slot = monitor_slot(&hook.url);
     let cluster = Cluster::new();
@@ -80,10 +91,28 @@ async fn d_bkmonitorbeat_asks_for_its_data_ids_and_gets_the_answer_back() {
         })
         .await;
     let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
+    server.api.wait_alive("127.0.0.1").await;
+    Rig {
+        agent_id: agent.agent_id().expect("the agent's id"),
+        socket: agent.dir.join("data/ipc.state.message"),
+        hook,
+        cluster,
+        server,
+        _agent: agent,
+    }
+}
+
+#[tokio::test]
+async fn d_bkmonitorbeat_asks_for_its_data_ids_and_gets_the_answer_back() {
+    let Rig {
+        hook,
+        cluster: _cluster,
+        server,
+        agent_id,
+        socket,
+        _agent,
+    } = rig().await;
     let api = &server.api;
-    api.wait_alive("127.0.0.1").await;
-    let agent_id = agent.agent_id().expect("the agent's id");
-    let socket = agent.dir.join("data/ipc.state.message");
     let (mut plugin, answer) = connect(&socket, "bkmonitorbeat").await;
     assert_eq!(answer["agent_id"], agent_id.as_str());
 
@@ -195,22 +224,15 @@ async fn d_bkmonitorbeat_asks_for_its_data_ids_and_gets_the_answer_back() {
 
 #[tokio::test]
 async fn d_a_local_user_posing_as_a_plugin_gets_no_message_and_sends_none() {
-    let hook = Webhook::start().await;
-    let slot = monitor_slot(&hook.url);
-    let cluster = Cluster::new();
-    let server = cluster
-        .server(ServerOptions {
-            customize: Some(Arc::new(move |cfg| {
-                cfg.plugin_message.slots = vec![slot.clone()];
-            })),
-            ..ServerOptions::default()
-        })
-        .await;
-    let agent = cluster.agent(&server, AgentOptions::ip("127.0.0.1"));
+    let Rig {
+        hook,
+        cluster,
+        server,
+        agent_id,
+        socket,
+        _agent,
+    } = rig().await;
     let api = &server.api;
-    api.wait_alive("127.0.0.1").await;
-    let agent_id = agent.agent_id().expect("the agent's id");
-    let socket = agent.dir.join("data/ipc.state.message");
     let (mut plugin, _) = connect(&socket, "bkmonitorbeat").await;
     hostile::open_path_to(socket.parent().unwrap());
     let shared = cluster.path.join("shared");
