@@ -261,6 +261,7 @@ enum AgentsCommand {
 }
 
 fn main() -> Result<()> {
+    gse_core::tls::install_default_provider();
     let cli = Cli::parse();
     // Quickstart keeps the terminal for its summary; its log goes to DIR.
     let default_log = match &cli.command {

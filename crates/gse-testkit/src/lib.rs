@@ -21,6 +21,7 @@ mod ports;
 mod procs;
 pub mod proxy;
 pub mod redis;
+pub mod relay;
 pub mod sentinel;
 pub mod tansu;
 mod webhook;

@@ -25,6 +25,12 @@ use crate::{eventually, free_port, read_lines};
 pub struct Tansu {
     child: Option<Child>,
     port: u16,
+    /// The port clients are told in metadata (a relay in front), when not
+    /// `port`.
+    advertised: Option<u16>,
+    /// Where this helper's own clients connect when a relay fronts the
+    /// broker: its address, and TLS to it.
+    front: Option<(String, Option<std::sync::Arc<rustls::ClientConfig>>)>,
     dir: PathBuf,
     bin: PathBuf,
 }
@@ -47,6 +53,12 @@ impl Tansu {
     /// Starts tansu on a free loopback port, logging to `dir/tansu.log`, and
     /// waits until it answers a metadata request.
     pub async fn start(dir: &Path) -> Tansu {
+        Self::start_advertising(dir, None).await
+    }
+
+    /// Like [`Tansu::start`], but telling clients (in metadata) to come
+    /// back through `advertised` (a relay's port), when given.
+    pub async fn start_advertising(dir: &Path, advertised: Option<u16>) -> Tansu {
         let bin = tansu_bin();
         assert!(
             bin.is_file(),
@@ -58,6 +70,8 @@ impl Tansu {
         let mut t = Tansu {
             child: None,
             port: free_port(),
+            advertised,
+            front: None,
             dir: dir.to_path_buf(),
             bin,
         };
@@ -88,13 +102,26 @@ impl Tansu {
         self.spawn().await;
     }
 
+    /// This helper's clients go through the relay at `addr` (with TLS when
+    /// given), which the broker advertises ([`Tansu::start_advertising`]).
+    pub fn set_front(&mut self, addr: String, tls: Option<std::sync::Arc<rustls::ClientConfig>>) {
+        self.front = Some((addr, tls));
+    }
+
     /// A client on this broker.
     pub async fn client(&self) -> Client {
-        ClientBuilder::new(vec![self.addr()])
-            .backoff_config(short_backoff())
+        let (addr, tls) = match &self.front {
+            Some((addr, tls)) => (addr.clone(), tls.clone()),
+            None => (self.addr(), None),
+        };
+        let mut builder = ClientBuilder::new(vec![addr.clone()]).backoff_config(short_backoff());
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls);
+        }
+        builder
             .build()
             .await
-            .unwrap_or_else(|e| panic!("connect to tansu at {}: {e}", self.addr()))
+            .unwrap_or_else(|e| panic!("connect to tansu at {addr}: {e}"))
     }
 
     /// Creates `topic` with `partitions` partitions (replication 1).
@@ -144,10 +171,14 @@ impl Tansu {
             .open(self.dir.join("tansu.log"))
             .expect("tansu log file");
         let url = format!("tcp://{}", self.addr());
+        let advertised = match self.advertised {
+            Some(port) => format!("tcp://127.0.0.1:{port}"),
+            None => url.clone(),
+        };
         let child = Command::new(&self.bin)
             .arg("broker")
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -297,5 +297,27 @@ fn client_config_with(files: &TlsFiles, policy: PeerPolicy) -> Result<Arc<Client
     Ok(Arc::new(config))
 }
 
+/// Makes aws-lc-rs the process's default crypto provider, once, at start:
+/// every TLS config gse builds names it already, and this keeps any
+/// library that asks for the default (the Kafka client links `ring` too)
+/// on the same one. A second call does nothing.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default((*provider()).clone());
+}
+
+/// A client config for a service outside gse over TLS (Kafka brokers): its
+/// certificate must chain to a CA of `ca_file` (a PEM bundle) and name
+/// the host dialed; no client certificate. Built with the one crypto
+/// provider every gse TLS config uses.
+pub fn ca_client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(ca_file)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the default protocol versions are supported")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use gse_server::role::data::routes::model::{ReportMode, Route, StreamTo};
 use gse_server::role::data::sink::kafka::{
     HEADER_AGENT, HEADER_DATA_ID, HEADER_INDEX, HEADER_SEQ, KafkaSink, KafkaTarget,
 };
+use gse_testkit::relay::Relay;
 use gse_testkit::tansu::Tansu;
 use gse_testkit::{AgentOptions, AgentProc, Api, Cluster, ServerOptions, eventually};
 use rskafka::record::RecordAndOffset;
@@ -381,5 +382,131 @@ async fn d5_agent_records_reach_kafka_through_an_api_route() {
         "after the broker restart: {} records, {} duplicates",
         got.len(),
         got.len() - unique.len()
+    );
+}
+
+/// A stream_to for brokers behind `addr`, with more `kafka` fields.
+fn stream_to_at(port: u16, extra: Value) -> StreamTo {
+    let mut s = stream_to(port);
+    let kafka = s.body["kafka"].as_object_mut().unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        kafka.insert(k.clone(), v.clone());
+    }
+    s
+}
+
+/// Tansu behind a relay (terminating TLS with `tls` when given) that it
+/// advertises, so clients reach it only through the relay; the topic made.
+async fn fronted(cluster: &Cluster, tls: Option<&gse_core::tls::TlsFiles>) -> (Tansu, Relay) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut tansu = Tansu::start_advertising(&cluster.path.join("tansu"), Some(port)).await;
+    let relay = Relay::start(listener, tansu.addr().parse().unwrap(), tls);
+    let client_tls = tls.map(|t| gse_core::tls::ca_client_config(&t.ca_file).unwrap());
+    tansu.set_front(relay.addr.to_string(), client_tls);
+    tansu.create_topic(TOPIC, 1).await;
+    (tansu, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_kafka_sink_speaks_tls_to_the_brokers_and_checks_their_certificate() {
+    use gse_core::certs::CertKind;
+    let cluster = Cluster::new();
+    let front = cluster.tls(CertKind::Server);
+    let (tansu, relay) = fronted(&cluster, Some(&front)).await;
+    let port = relay.addr.port();
+    let ca = front.ca_file.display().to_string();
+
+    let sink = KafkaSink::from_route(
+        &stream_to_at(port, json!({"security_protocol": "SSL", "ssl_cafile": ca})),
+        &route(json!({"topic_name": TOPIC})),
+    )
+    .unwrap();
+    sink.write_batch(&batch("0:10.0.0.1", 1, 20, 0))
+        .await
+        .unwrap();
+    let got = tansu.fetch_all(TOPIC, 0).await;
+    assert_eq!(got.len(), 20);
+    assert_eq!(text(&got[19].record.value), "{\"seq\":1,\"i\":19}");
+
+    // Brokers whose certificate is not from the CA given: refused, named.
+    let other = Cluster::new();
+    let wrong_ca = other.tls(CertKind::Server).ca_file.display().to_string();
+    let sink = KafkaSink::from_route(
+        &stream_to_at(
+            port,
+            json!({"security_protocol": "SSL", "ssl_cafile": wrong_ca}),
+        ),
+        &route(json!({"topic_name": TOPIC})),
+    )
+    .unwrap();
+    let err = sink
+        .write_batch(&batch("0:10.0.0.1", 2, 1, 0))
+        .await
+        .expect_err("an unknown CA is refused");
+    let text = err.to_string();
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert_eq!(
+        tansu.fetch_all(TOPIC, 0).await.len(),
+        20,
+        "nothing more arrived"
+    );
+
+    // Plain Kafka to a TLS front fails too (no silent downgrade).
+    let plain =
+        KafkaSink::from_route(&stream_to(port), &route(json!({"topic_name": TOPIC}))).unwrap();
+    assert!(
+        plain
+            .write_batch(&batch("0:10.0.0.1", 3, 1, 0))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_kafka_sink_compresses_with_lz4_and_zstd() {
+    let cluster = Cluster::new();
+    let (tansu, relay) = fronted(&cluster, None).await;
+    let port = relay.addr.port();
+    // 200 records of 10 KiB of spaces: 2 MB that compress to almost nothing.
+    let big = |seq| batch("0:10.0.0.1", seq, 200, 10 * 1024);
+    let mut sent = Vec::new();
+    for (seq, compression) in [(1, "none"), (2, "lz4"), (3, "zstd")] {
+        let sink = KafkaSink::from_route(
+            &stream_to_at(port, json!({"compression": compression})),
+            &route(json!({"topic_name": TOPIC})),
+        )
+        .unwrap();
+        let before = relay.bytes_up();
+        sink.write_batch(&big(seq)).await.unwrap();
+        sent.push((compression, relay.bytes_up() - before));
+    }
+    let plain = sent[0].1;
+    assert!(plain > 2_000_000, "{sent:?}");
+    for (name, bytes) in &sent[1..] {
+        assert!(
+            *bytes < plain / 20,
+            "{name} sent {bytes} bytes, plain {plain}: {sent:?}"
+        );
+    }
+    // And every record reads back whole.
+    let got = tansu.fetch_all(TOPIC, 0).await;
+    assert_eq!(got.len(), 600);
+    assert!(
+        got.iter()
+            .all(|r| r.record.value.as_ref().unwrap().len() == 10 * 1024)
+    );
+
+    let err = KafkaTarget::from_route(
+        &stream_to_at(port, json!({"compression": "brotli"})),
+        &route(json!({"topic_name": TOPIC})),
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("compression 'brotli' is not supported"),
+        "{err}"
     );
 }

@@ -52,8 +52,9 @@ use tokio::sync::Mutex;
 use crate::role::data::routes::model::{Route, StreamTo};
 
 pub use config::{
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE, KafkaConfigError,
-    KafkaSasl, KafkaSinkConfig, KafkaTarget, MAX_PARTITIONS, RECORD_OVERHEAD_BYTES, SaslMechanism,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DEADLINE, KafkaCompression,
+    KafkaConfigError, KafkaSasl, KafkaSinkConfig, KafkaTarget, KafkaTls, MAX_PARTITIONS,
+    RECORD_OVERHEAD_BYTES, SaslMechanism,
 };
 
 /// Client id the brokers see in their logs and quotas.
@@ -197,9 +198,13 @@ impl KafkaSink {
             .sum();
         let began = Instant::now();
         let timeout = self.config.request_timeout;
-        match tokio::time::timeout(timeout, client.produce(records, Compression::NoCompression))
-            .await
-        {
+        let compression = match self.config.compression {
+            KafkaCompression::None => Compression::NoCompression,
+            KafkaCompression::Gzip => Compression::Gzip,
+            KafkaCompression::Lz4 => Compression::Lz4,
+            KafkaCompression::Zstd => Compression::Zstd,
+        };
+        match tokio::time::timeout(timeout, client.produce(records, compression)).await {
             Ok(Ok(_offsets)) => {
                 metrics::produced(&self.config.name, n, bytes, began.elapsed());
                 Ok(())
@@ -250,6 +255,12 @@ impl KafkaSink {
             .backoff_config(backoff);
         if let Some(sasl) = &self.config.sasl {
             builder = builder.sasl_config(sasl.to_rskafka());
+        }
+        if let Some(tls) = &self.config.tls {
+            // Built with the process's one crypto provider (aws-lc-rs).
+            let config = gse_core::tls::ca_client_config(&tls.ca_file)
+                .map_err(|e| KafkaError::InvalidResponse(format!("TLS to the brokers: {e}")))?;
+            builder = builder.tls_config(config);
         }
         builder.build().await
     }

@@ -44,6 +44,30 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
+/// How produce requests are compressed (`stream_to.kafka.compression`, our
+/// extension; bk-monitor sends none: no compression).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KafkaCompression {
+    #[default]
+    None,
+    Gzip,
+    Lz4,
+    Zstd,
+}
+
+/// TLS to the brokers (`security_protocol` SSL or SASL_SSL): the brokers'
+/// certificates are checked against `ssl_cafile` (a PEM bundle on the node;
+/// our extension, librdkafka's `ssl.ca.location`), else the system's
+/// bundle, and must name the host of the address dialed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTls {
+    pub ca_file: std::path::PathBuf,
+}
+
+/// The system's CA bundle (Debian's `ca-certificates`), used when a
+/// stream_to names no `ssl_cafile`.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// SASL credentials of a stream_to. `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSasl {
@@ -63,8 +87,13 @@ pub struct KafkaTarget {
     pub sasl_passwd: Option<String>,
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (case does not matter).
     pub sasl_mechanisms: Option<String>,
-    /// `PLAINTEXT` or `SASL_PLAINTEXT`; TLS (`SSL`, `SASL_SSL`) is refused.
+    /// `PLAINTEXT`, `SASL_PLAINTEXT`, `SSL` or `SASL_SSL`.
     pub security_protocol: Option<String>,
+    /// `ssl_cafile`: the CA bundle brokers' certificates are checked
+    /// against (TLS only).
+    pub ssl_cafile: Option<String>,
+    /// `compression`: `none`, `gzip`, `lz4` or `zstd`.
+    pub compression: Option<String>,
     /// `route.stream_to.kafka.topic_name`.
     pub topic_name: String,
     /// `route.stream_to.kafka.partition`: how many partitions the topic has
@@ -83,6 +112,8 @@ pub struct KafkaSinkConfig {
     /// Partitions the records are spread over (by agent), at least 1.
     pub partitions: i32,
     pub sasl: Option<KafkaSasl>,
+    pub tls: Option<KafkaTls>,
+    pub compression: KafkaCompression,
     pub retry_deadline: Duration,
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
@@ -142,6 +173,8 @@ impl KafkaTarget {
             sasl_passwd: text("sasl_passwd"),
             sasl_mechanisms: text("sasl_mechanisms"),
             security_protocol: text("security_protocol"),
+            ssl_cafile: text("ssl_cafile"),
+            compression: text("compression"),
             topic_name,
             partition,
         })
@@ -155,6 +188,8 @@ impl KafkaTarget {
         check_topic(&self.topic_name, &mut problems);
         let partitions = partitions(self.partition, &mut problems);
         let sasl = self.sasl(&mut problems);
+        let tls = self.tls(&mut problems);
+        let compression = self.compression(&mut problems);
         if !problems.is_empty() {
             return Err(KafkaConfigError {
                 sink: self.stream_to_name,
@@ -167,6 +202,8 @@ impl KafkaTarget {
             topic: self.topic_name,
             partitions,
             sasl,
+            tls,
+            compression,
             retry_deadline: DEFAULT_RETRY_DEADLINE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -182,20 +219,16 @@ impl KafkaTarget {
         let protocol = non_empty(&self.security_protocol).map(str::to_ascii_uppercase);
         let wants_sasl = match protocol.as_deref() {
             None => user.is_some() || pass.is_some(),
-            Some("PLAINTEXT") => {
+            Some(p @ ("PLAINTEXT" | "SSL")) => {
                 if user.is_some() || pass.is_some() {
-                    problems.push("security_protocol PLAINTEXT contradicts sasl_username/sasl_passwd: use SASL_PLAINTEXT or drop the credentials".into());
+                    problems.push(format!("security_protocol {p} contradicts sasl_username/sasl_passwd: use SASL_{p} or drop the credentials"));
                 }
                 false
             }
-            Some("SASL_PLAINTEXT") => true,
-            Some(p @ ("SSL" | "SASL_SSL")) => {
-                problems.push(format!("security_protocol {p} (TLS to the brokers) is not supported by this build; use PLAINTEXT or SASL_PLAINTEXT"));
-                return None;
-            }
+            Some("SASL_PLAINTEXT" | "SASL_SSL") => true,
             Some(p) => {
                 problems.push(format!(
-                    "security_protocol '{p}' is unknown; use PLAINTEXT or SASL_PLAINTEXT"
+                    "security_protocol '{p}' is unknown; use PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL"
                 ));
                 return None;
             }
@@ -224,6 +257,51 @@ impl KafkaTarget {
             username: user.to_owned(),
             password: pass.to_owned(),
         })
+    }
+}
+
+impl KafkaTarget {
+    /// TLS when `security_protocol` is SSL or SASL_SSL.
+    fn tls(&self, problems: &mut Vec<String>) -> Option<KafkaTls> {
+        let protocol = non_empty(&self.security_protocol).map(str::to_ascii_uppercase);
+        let ca = non_empty(&self.ssl_cafile);
+        match protocol.as_deref() {
+            Some("SSL" | "SASL_SSL") => {
+                let ca_file = std::path::PathBuf::from(ca.unwrap_or(SYSTEM_CA_BUNDLE));
+                if !ca_file.is_absolute() {
+                    problems.push(format!(
+                        "ssl_cafile '{}' is not an absolute path on the node",
+                        ca_file.display()
+                    ));
+                    return None;
+                }
+                Some(KafkaTls { ca_file })
+            }
+            _ => {
+                if ca.is_some() {
+                    problems.push("ssl_cafile is given but security_protocol is not SSL or SASL_SSL: say which".into());
+                }
+                None
+            }
+        }
+    }
+
+    fn compression(&self, problems: &mut Vec<String>) -> KafkaCompression {
+        match non_empty(&self.compression)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("none") => KafkaCompression::None,
+            Some("gzip") => KafkaCompression::Gzip,
+            Some("lz4") => KafkaCompression::Lz4,
+            Some("zstd") => KafkaCompression::Zstd,
+            Some(other) => {
+                problems.push(format!(
+                    "compression '{other}' is not supported; use none, gzip, lz4 or zstd"
+                ));
+                KafkaCompression::None
+            }
+        }
     }
 }
 

@@ -52,7 +52,7 @@ fn every_problem_is_reported_at_once() {
         storage_address: vec![],
         topic_name: "bad topic!".into(),
         partition: Some(-3),
-        security_protocol: Some("SASL_SSL".into()),
+        security_protocol: Some("TLS13".into()),
         ..target()
     };
     let err = t.validate().unwrap_err();
@@ -63,7 +63,7 @@ fn every_problem_is_reported_at_once() {
         "storage_address",
         "bad topic!",
         "partition -3",
-        "SASL_SSL",
+        "security_protocol 'TLS13' is unknown",
     ] {
         assert!(text.contains(needle), "{needle} missing from: {text}");
     }
@@ -214,4 +214,53 @@ async fn no_broker_is_an_error_naming_the_brokers_not_a_hang() {
     assert!(text.contains("mq_stream_to_1"), "{text}");
     // Empty batches need no broker.
     sink.write_batch(&batch(&[])).await.unwrap();
+}
+
+#[test]
+fn tls_protocols_take_a_ca_and_sasl_ssl_takes_credentials() {
+    let ssl = KafkaTarget {
+        security_protocol: Some("ssl".into()),
+        ..target()
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(
+        ssl.tls.map(|t| t.ca_file),
+        Some(std::path::PathBuf::from(super::config::SYSTEM_CA_BUNDLE)),
+        "the system's bundle by default"
+    );
+    assert!(ssl.sasl.is_none());
+    let sasl_ssl = KafkaTarget {
+        security_protocol: Some("SASL_SSL".into()),
+        sasl_username: Some("u".into()),
+        sasl_passwd: Some("p".into()),
+        sasl_mechanisms: Some("SCRAM-SHA-512".into()),
+        ssl_cafile: Some("/etc/gse/kafka-ca.pem".into()),
+        compression: Some("ZSTD".into()),
+        ..target()
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(
+        sasl_ssl.tls.unwrap().ca_file,
+        std::path::PathBuf::from("/etc/gse/kafka-ca.pem")
+    );
+    assert_eq!(sasl_ssl.sasl.unwrap().mechanism, SaslMechanism::ScramSha512);
+    assert_eq!(sasl_ssl.compression, KafkaCompression::Zstd);
+    for (protocol, cafile, user, needle) in [
+        ("SSL", None, Some("u"), "security_protocol SSL contradicts"),
+        ("PLAINTEXT", Some("/x.pem"), None, "ssl_cafile is given but"),
+        ("SSL", Some("ca.pem"), None, "not an absolute path"),
+    ] {
+        let err = KafkaTarget {
+            security_protocol: Some(protocol.into()),
+            ssl_cafile: cafile.map(str::to_string),
+            sasl_username: user.map(str::to_string),
+            sasl_passwd: user.map(str::to_string),
+            ..target()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
 }
