@@ -376,6 +376,109 @@ async fn d5_redis_sink_publishes_and_streams_to_a_real_redis() {
     assert!(err.contains("could not store 1 records"), "{err}");
 }
 
+/// A Redis stream_to whose `redis` object is `redis`.
+fn redis_stream_to_with(redis: Value) -> StreamTo {
+    StreamTo {
+        body: json!({"name": "redis_snapshot", "report_mode": "redis", "redis": redis}),
+        ..redis_stream_to(0, "")
+    }
+}
+
+/// XLEN of `key` on `server`.
+async fn xlen(server: &RedisServer, password: &str, key: &str) -> u64 {
+    let mut conn = server
+        .client(Some(password))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_redis_sink_follows_the_sentinels_master_across_a_failover() {
+    use gse_testkit::sentinel::Sentinel;
+    let master = RedisServer::start(Some("pw")).await;
+    let replica = RedisServer::start_replica(&master).await;
+    let sentinel = Sentinel::start(&master, "gse-data", None).await;
+    let (host, port) = sentinel
+        .addr()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap()))
+        .unwrap();
+    let st = redis_stream_to_with(json!({
+        "storage_address": [{"ip": host, "port": port}], "master_name": "gse-data", "passwd": "pw"
+    }));
+    let route = redis_route(json!({"channel_name": "gse:sentinel", "mode": "stream"}));
+    let sink = RedisSink::new(&st, 1001, &route).unwrap();
+    sink.write_batch(&batch(5)).await.unwrap();
+    assert_eq!(
+        xlen(&master, "pw", "gse:sentinel").await,
+        5,
+        "written to the master"
+    );
+    gse_testkit::eventually(
+        "the replica has the records",
+        Duration::from_secs(10),
+        || async {
+            (xlen(&replica, "pw", "gse:sentinel").await == 5)
+                .then_some(())
+                .ok_or_else(String::new)
+        },
+    )
+    .await;
+
+    // The sentinels promote the replica: the sink follows without being
+    // made again (a batch in between may fail, and the agent resends it).
+    assert_eq!(sentinel.failover().await, replica.port);
+    gse_testkit::eventually(
+        "the sink writes to the new master",
+        Duration::from_secs(30),
+        || async {
+            sink.write_batch(&batch(2))
+                .await
+                .map_err(|e| e.to_string())?;
+            (xlen(&replica, "pw", "gse:sentinel").await >= 7)
+                .then_some(())
+                .ok_or_else(|| "not on the new master yet".to_string())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d6_redis_sink_uses_the_first_address_that_answers() {
+    let mut first = RedisServer::start(Some("pw")).await;
+    let mut second = RedisServer::start(Some("pw")).await;
+    let st = redis_stream_to_with(json!({"passwd": "pw", "storage_address": [
+        {"ip": "127.0.0.1", "port": first.port}, {"ip": "127.0.0.1", "port": second.port}]}));
+    let route = redis_route(json!({"channel_name": "gse:multi", "mode": "stream"}));
+    let sink = RedisSink::new(&st, 1001, &route).unwrap();
+    sink.write_batch(&batch(3)).await.unwrap();
+    assert_eq!(xlen(&first, "pw", "gse:multi").await, 3);
+    assert_eq!(xlen(&second, "pw", "gse:multi").await, 0);
+    // The first goes away: the batch that finds it gone fails (the agent
+    // resends it), the next goes to the second.
+    first.stop();
+    let _ = sink.write_batch(&batch(1)).await;
+    sink.write_batch(&batch(4)).await.unwrap();
+    assert_eq!(xlen(&second, "pw", "gse:multi").await, 4);
+    // Neither answers: the error names both.
+    second.stop();
+    let err = sink.write_batch(&batch(1)).await;
+    let err = match err {
+        Err(e) => e.to_string(),
+        Ok(()) => sink.write_batch(&batch(1)).await.unwrap_err().to_string(),
+    };
+    assert!(
+        err.contains(&format!("127.0.0.1:{}, 127.0.0.1:", first.port)),
+        "{err}"
+    );
+}
+
 // === records through a real agent, per route ===
 
 /// A 0xC01 frame (COMPAT.md §1.2): 24-byte big-endian header + payload.

@@ -14,28 +14,37 @@
 //! sender.
 //!
 //! A batch is one pipeline; `write_batch` returns once Redis answered every
-//! command. The first address of `stream_to.redis.storage_address` is used,
-//! with `passwd` if set; Sentinel (`master_name`) is not supported and such a
-//! stream_to is refused at sink creation. The connection is made at the
+//! command. Which Redis: with `stream_to.redis.master_name`, the master the
+//! sentinels of `storage_address` name, followed across failovers (the
+//! store's own connection, [`StoreConn`]); without it, the addresses of
+//! `storage_address` in order: the first that answers is used until it
+//! fails, then the list is tried again from the top. `passwd`, if set, is
+//! Redis's password (not the sentinels'). The connection is made at the
 //! first batch and re-made after failures (a failed batch is retried by the
 //! agent, never lost).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use gse_core::seams::{Batch, Sink, SinkError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use serde_json::Value;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use crate::role::data::routes::model::{ReportMode, Route, StreamTo};
 use crate::role::data::routes::validate;
+use crate::store::redis::{RedisStoreConfig, SentinelConfig, StoreConn};
 
 /// Trim length of stream mode when the route gives none.
 pub const DEFAULT_STREAM_MAXLEN: u64 = 1_000_000;
-/// How long connecting, and each answer, may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Which Redis a sink writes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// These addresses (`host:port`), the first that answers.
+    Fixed(Vec<String>),
+    /// The master these sentinels name.
+    Sentinel {
+        sentinels: Vec<String>,
+        master_name: String,
+    },
+}
 
 /// How records reach Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +58,13 @@ pub enum RedisMode {
 /// Sends a route's records to Redis; see the module doc.
 pub struct RedisSink {
     name: String,
-    /// `host:port`, for messages.
-    addr: String,
+    target: RedisTarget,
+    password: Option<String>,
     channel: String,
     mode: RedisMode,
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    /// The connection in use, made at the first batch; dropped after a
+    /// failure, so the next batch connects again.
+    conn: Mutex<Option<StoreConn>>,
 }
 
 fn str_of<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
@@ -103,7 +113,7 @@ impl std::fmt::Debug for RedisSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSink")
             .field("name", &self.name)
-            .field("addr", &self.addr)
+            .field("target", &self.target)
             .field("channel", &self.channel)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
@@ -116,15 +126,14 @@ impl RedisSink {
             .section()
             .and_then(Value::as_object)
             .ok_or("report_mode redis needs a redis object with storage_address")?;
-        if str_of(stream_to.section(), "master_name").is_some() {
-            return Err(
-                "redis.master_name is set, but Redis Sentinel is not supported; give the master's \
-                 address in storage_address and no master_name"
-                    .into(),
-            );
-        }
-        let addrs = validate::storage_addresses(section, "redis").map_err(|e| e.to_string())?;
-        let (host, port) = addrs[0].clone();
+        let addrs: Vec<String> = validate::storage_addresses(section, "redis")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(host, port)| match host.contains(':') {
+                true => format!("[{host}]:{port}"),
+                false => format!("{host}:{port}"),
+            })
+            .collect();
         let channel = channel_of(route).ok_or_else(|| {
             format!(
                 "route {:?} of channel {channel_id} has no redis.channel_name",
@@ -132,23 +141,70 @@ impl RedisSink {
             )
         })?;
         let mode = mode_of(route)?;
-        let mut redis_settings = RedisConnectionInfo::default();
-        if let Some(passwd) = str_of(stream_to.section(), "passwd") {
-            redis_settings = redis_settings.set_password(passwd);
-        }
-        let info = ConnectionAddr::Tcp(host.clone(), port)
-            .into_connection_info()
-            .map_err(|e| e.to_string())?
-            .set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let target = match str_of(stream_to.section(), "master_name") {
+            Some(master) => RedisTarget::Sentinel {
+                sentinels: addrs,
+                master_name: master.to_string(),
+            },
+            None => RedisTarget::Fixed(addrs),
+        };
         Ok(RedisSink {
             name: stream_to.name.clone(),
-            addr: format!("{host}:{port}"),
+            target,
+            password: str_of(stream_to.section(), "passwd").map(str::to_string),
             channel,
             mode,
-            client,
-            conn: OnceCell::new(),
+            conn: Mutex::new(None),
         })
+    }
+
+    /// Where the sink writes.
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
+    }
+
+    /// `redis://[:password@]host:port` (the password percent-encoded).
+    fn url(&self, addr: &str) -> String {
+        match &self.password {
+            Some(p) => format!(
+                "redis://:{}@{addr}",
+                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+            ),
+            None => format!("redis://{addr}"),
+        }
+    }
+
+    /// A connection to the target: the sentinels' master, or the first
+    /// address that answers.
+    async fn connect(&self) -> Result<StoreConn, String> {
+        match &self.target {
+            RedisTarget::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                let config = RedisStoreConfig {
+                    // Only its password is used: the sentinels name the address.
+                    url: self.url("sentinel-named-master:6379"),
+                    key_prefix: String::new(),
+                    sentinel: Some(SentinelConfig {
+                        addrs: sentinels.clone(),
+                        master_name: master_name.clone(),
+                        password: None,
+                    }),
+                };
+                StoreConn::connect(&config).await.map_err(|e| e.to_string())
+            }
+            RedisTarget::Fixed(addrs) => {
+                let mut why = Vec::new();
+                for addr in addrs {
+                    match StoreConn::connect(&RedisStoreConfig::at(self.url(addr), "")).await {
+                        Ok(conn) => return Ok(conn),
+                        Err(e) => why.push(e.to_string()),
+                    }
+                }
+                Err(why.join("; "))
+            }
+        }
     }
 
     /// The channel (or stream key) records go to.
@@ -158,20 +214,6 @@ impl RedisSink {
 
     pub fn mode(&self) -> RedisMode {
         self.mode
-    }
-
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(TIMEOUT))
-                    .set_response_timeout(Some(TIMEOUT))
-                    .set_number_of_retries(2);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await?;
-        Ok(conn.clone())
     }
 
     fn pipeline(&self, batch: &Batch) -> redis::Pipeline {
@@ -225,19 +267,51 @@ impl Sink for RedisSink {
         if batch.records.is_empty() {
             return Ok(());
         }
-        let fail = |e: redis::RedisError| SinkError::Store {
+        let fail = |e: String| SinkError::Store {
             sink: self.name.clone(),
             records: batch.records.len(),
             message: format!(
                 "redis {} (channel {:?}): {e}; check that it is up and the password is right",
-                self.addr, self.channel
+                self.describe(),
+                self.channel
             ),
         };
-        let mut conn = self.connection().await.map_err(fail)?;
-        self.pipeline(batch)
-            .exec_async(&mut conn)
-            .await
-            .map_err(fail)
+        let mut guard = self.conn.lock().await;
+        let mut conn = match guard.as_ref() {
+            Some(conn) => conn.clone(),
+            None => {
+                let conn = self.connect().await.map_err(fail)?;
+                *guard = Some(conn.clone());
+                conn
+            }
+        };
+        drop(guard);
+        let written = self.pipeline(batch).exec_async(&mut conn).await;
+        if let Err(e) = written {
+            // The next batch starts over: the first address that answers,
+            // or the master the sentinels name now.
+            if matches!(self.target, RedisTarget::Fixed(ref a) if a.len() > 1) {
+                *self.conn.lock().await = None;
+            }
+            return Err(fail(e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl RedisSink {
+    /// The target, for messages.
+    fn describe(&self) -> String {
+        match &self.target {
+            RedisTarget::Fixed(addrs) => addrs.join(", "),
+            RedisTarget::Sentinel {
+                sentinels,
+                master_name,
+            } => format!(
+                "master `{master_name}` of the sentinels {}",
+                sentinels.join(", ")
+            ),
+        }
     }
 }
 
@@ -291,9 +365,16 @@ mod tests {
                 .contains("publish or stream")
         );
         let sentinel = stream_to(json!({
-            "storage_address": [{"ip": "127.0.0.1", "port": 26379}], "master_name": "mymaster"
+            "storage_address": [{"ip": "127.0.0.1", "port": 26379}, {"ip": "::1", "port": 26380}],
+            "master_name": "mymaster"
         }));
-        let err = RedisSink::new(&sentinel, 1, &route(json!({"channel_name": "c"}))).unwrap_err();
-        assert!(err.contains("Sentinel"), "{err}");
+        let sink = RedisSink::new(&sentinel, 1, &route(json!({"channel_name": "c"}))).unwrap();
+        assert_eq!(
+            sink.target(),
+            &RedisTarget::Sentinel {
+                sentinels: vec!["127.0.0.1:26379".into(), "[::1]:26380".into()],
+                master_name: "mymaster".into()
+            }
+        );
     }
 }
