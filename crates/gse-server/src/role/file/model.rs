@@ -481,7 +481,13 @@ impl Resident for LiveTransfer {
             finished_at: st.book.finished_at(),
             unsaved: st.book.queued(),
             entries: st.entries.len(),
-            bytes: 0,
+            // What it holds besides its entries: pushed files' bytes.
+            bytes: self
+                .tasks
+                .iter()
+                .filter_map(|t| t.content.as_ref())
+                .map(|f| f.bytes.len())
+                .sum(),
         }
     }
 }

@@ -31,11 +31,15 @@ pub const MEMORY_TTL: Duration = Duration::from_secs(600);
 /// Most entries of finished transfers kept in memory; beyond it the oldest
 /// finished transfers leave early.
 pub const MEMORY_ENTRIES: usize = 500_000;
-/// What finished transfers may hold of memory (they hold no logs).
+/// Bytes of pushed files (`async_push_file`) that transfers in memory may
+/// hold; beyond it the oldest finished ones leave early.
+pub const MEMORY_PUSHED_BYTES: usize = 256 << 20;
+/// What finished transfers may hold of memory (no logs; pushed files'
+/// bytes until they leave).
 pub const MEMORY: Memory = Memory {
     ttl: MEMORY_TTL,
     max_entries: MEMORY_ENTRIES,
-    max_bytes: usize::MAX,
+    max_bytes: MEMORY_PUSHED_BYTES,
 };
 
 /// How often `t` may be saved: about 1 ms per 10 entries between saves.

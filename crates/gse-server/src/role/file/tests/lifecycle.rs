@@ -405,3 +405,44 @@ async fn a_target_whose_node_cannot_be_reached_fails_with_that_reason() {
     assert_eq!(starts[0].0, key("10.0.0.2"));
     assert_eq!(h.download(&id, "10.0.0.2").await.error_code, ERR_RUNNING);
 }
+
+#[tokio::test]
+async fn a_pushed_file_is_served_by_the_node_and_its_bytes_count_against_memory() {
+    use crate::role::file::spec::SourceFrom;
+    let h = harness().await;
+    let mut push = spec("0:10.0.0.1", &["0:10.0.0.2"]);
+    push.tasks[0].source.from = SourceFrom::Content(bytes::Bytes::from(vec![b'x'; 100]));
+    let id = h.start(push).await;
+    // No manifest request: the node made the manifest and sent FileStart.
+    assert!(h.link.manifest_requests().await.is_empty());
+    let starts = h.link.starts().await;
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].1.entries[0].size, 100);
+    assert!(
+        starts[0].1.direct_limit >= 100,
+        "fetched direct, from the node"
+    );
+    // A piece request is answered by the node itself.
+    let req = PieceRequest {
+        transfer_id: id.clone(),
+        task_index: 0,
+        entry_index: 0,
+        piece: 0,
+        request_id: 7,
+    };
+    h.frame("10.0.0.2", Frame::new(MsgType::PieceRequest, 0, &req))
+        .await;
+    let data = h.link.piece_data().await;
+    assert_eq!(data.len(), 1);
+    assert_eq!((data[0].1.request_id, data[0].1.data.len()), (7, 100));
+    h.done("10.0.0.2", &id).await;
+    h.flush().await;
+    // Finished and saved: over a memory budget of pushed bytes, it leaves.
+    let memory = Memory {
+        max_bytes: 50,
+        ..crate::role::file::writer::MEMORY
+    };
+    h.svc.jobs.evict(Instant::now(), &memory);
+    assert_eq!(h.svc.counts().0, 0);
+    assert_eq!(h.download(&id, "10.0.0.2").await.status, STATUS_SUCCESS);
+}
