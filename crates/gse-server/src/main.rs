@@ -56,6 +56,9 @@ enum Command {
     /// shared key to every host; needs `[enroll] enabled` on the node.
     #[command(subcommand)]
     Enroll(EnrollCommand),
+    /// Print the HTTP API's OpenAPI 3.1 document (what a node serves at
+    /// GET /api/openapi.json; docs/openapi.json is this output).
+    Openapi,
     /// Check a config file and print it with every default filled in.
     CheckConfig {
         #[arg(short = 'c', long, env = "GSE_SERVER_CONFIG")]
@@ -301,6 +304,10 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Apps(apps) => apps_command(apps).await,
         Command::Agents(c) => agents(c).await,
         Command::Enroll(c) => enroll(c),
+        Command::Openapi => {
+            print!("{}", gse_server::role::api::openapi::document_json());
+            Ok(())
+        }
         Command::CheckConfig { config: path } => {
             let config = ServerConfig::load(&path)?;
             print!("{}", config.redacted().to_toml());

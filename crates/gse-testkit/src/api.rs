@@ -96,6 +96,7 @@ impl Api {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        crate::openapi::check_answer(path, status, &value);
         (status, value)
     }
 

@@ -16,6 +16,7 @@ pub mod cluster;
 mod fake_agent;
 pub mod hostile;
 pub mod netlab;
+pub mod openapi;
 pub mod plugin_client;
 mod ports;
 mod procs;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// One server node as the cluster sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub node_id: String,
     /// K5 region; empty = cluster-wide policy.
@@ -40,7 +40,7 @@ pub struct NodeInfo {
 }
 
 /// One DataServer of a node, as the node publishes it in its entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DataServerInfo {
     /// `<node_id>/data<index>`, unique in the cluster.
     pub id: String,

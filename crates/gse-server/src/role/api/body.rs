@@ -62,6 +62,10 @@ pub fn parse_object(bytes: &[u8]) -> Result<Fields, ApiError> {
     }
 }
 
+/// The request of an endpoint that reads nothing but credentials.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct NoFields {}
+
 /// The body as the typed request `T` (serde; unknown fields ignored); an
 /// error names the field path (`agent_message_list[2].content`) and what
 /// was wrong with it.

@@ -16,6 +16,7 @@ use super::error::{ApiError, quoted};
 use super::files;
 use super::messages;
 use super::nodes;
+use super::openapi::{OPENAPI_PATH, Shape};
 use super::procs;
 use super::snapshot;
 use super::tasks;
@@ -225,6 +226,8 @@ pub enum Route {
     Health,
     /// `GET /metrics`: Prometheus text, no credentials.
     Metrics,
+    /// `GET /api/openapi.json`: the API's OpenAPI document, no credentials.
+    OpenApi,
     Api(Endpoint),
 }
 
@@ -242,6 +245,7 @@ impl Route {
         let ops = match path {
             "/healthz" => Some(Route::Health),
             "/metrics" => Some(Route::Metrics),
+            OPENAPI_PATH => Some(Route::OpenApi),
             _ => None,
         };
         if let Some(route) = ops {
@@ -264,6 +268,7 @@ impl Route {
         match self {
             Route::Health => "/healthz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => OPENAPI_PATH,
             Route::Api(endpoint) => endpoint.path(),
         }
     }
@@ -292,6 +297,51 @@ impl Endpoint {
             .iter()
             .find(|(_, e)| *e == self)
             .map_or("unknown", |(p, _)| p)
+    }
+
+    /// One line on what the endpoint does, for the OpenAPI document.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Endpoint::GetAgentStatus => "Liveness of agents by cloud:ip (v1)",
+            Endpoint::GetAgentInfo => "Version and parent of agents by cloud:ip (v1)",
+            Endpoint::ListAgentState => "State of agents by agent id (bk-job, bk-nodeman)",
+            Endpoint::ListAgentInfo => "Version, parent and status of agents by agent id",
+            Endpoint::ListAgents => "Every known agent (gsectl)",
+            Endpoint::ExecuteScript => "Start a script task (bk-job)",
+            Endpoint::GetScriptResult => "Poll a script task (bk-job)",
+            Endpoint::TerminateScript => "Stop a script task (bk-job)",
+            Endpoint::TransferFile => "Start a file transfer (bk-job)",
+            Endpoint::GetTransferResult => "Poll a file transfer (bk-job)",
+            Endpoint::TerminateTransfer => "Stop a file transfer (bk-job)",
+            Endpoint::PushFile => "Write files given by content on agents (bk-cmdb)",
+            Endpoint::GetPushResult => "Poll a content push (bk-cmdb)",
+            Endpoint::OperateProcMulti => "Plugin process operations (bk-nodeman)",
+            Endpoint::OperateProc => "One plugin process operation (legacy)",
+            Endpoint::GetProcOperateResult => "Poll a process operation task (bk-nodeman)",
+            Endpoint::GetProcStatus => "Plugin status per agent (bk-nodeman)",
+            Endpoint::AddRoute => "Register a data id's routes",
+            Endpoint::UpdateRoute => "Add or replace routes of a data id",
+            Endpoint::DeleteRoute => "Delete a data id, or named routes of it",
+            Endpoint::QueryRoute => "A data id's routes",
+            Endpoint::AddStreamTo => "Register a receiver (Kafka, Redis, file ...)",
+            Endpoint::UpdateStreamTo => "Change a receiver",
+            Endpoint::DeleteStreamTo => "Remove an unused receiver",
+            Endpoint::QueryStreamTo => "List receivers",
+            Endpoint::GetAgentSnapshot => "Agents' system snapshots of the last minute",
+            Endpoint::ListNodes => "The cluster's server nodes and their load",
+            Endpoint::DispatchMessage => "A message to a plugin on many agents",
+            Endpoint::DispatchMultiMessage => "Each agent's plugin its own message",
+        }
+    }
+
+    /// The typed request the endpoint reads and the answer it gives.
+    pub fn shape(self) -> Shape {
+        match self {
+            Endpoint::ListNodes => nodes::shape(),
+            Endpoint::DispatchMessage => messages::shape_single(),
+            Endpoint::DispatchMultiMessage => messages::shape_multi(),
+            _ => Shape::untyped(),
+        }
     }
 
     /// Runs the endpoint on a request authenticated as the app `caller`;

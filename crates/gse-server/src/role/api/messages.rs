@@ -9,17 +9,33 @@
 use std::sync::Arc;
 
 use gse_core::AgentRef;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiContext;
 use super::body::{Fields, typed};
 use super::error::ApiError;
+use super::openapi::{Shape, answer};
 use crate::role::message::config::MAX_NAME;
-use crate::role::message::{Dispatch, MessageService};
+use crate::role::message::{Dispatch, Failure, MessageService};
+
+/// Both endpoints' answer: the agents the message did not reach.
+#[derive(Serialize, ToSchema)]
+struct Dispatched {
+    results: Vec<Failure>,
+}
+
+pub fn shape_single() -> Shape {
+    Shape::of::<DispatchMessage, Dispatched>()
+}
+
+pub fn shape_multi() -> Shape {
+    Shape::of::<DispatchMultiMessage, Dispatched>()
+}
 
 /// `slot_id` as a number, or a string of digits.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum SlotId {
     Number(u64),
@@ -27,7 +43,7 @@ enum SlotId {
 }
 
 /// `dispatch_message`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct DispatchMessage {
     slot_id: SlotId,
     token: String,
@@ -37,7 +53,7 @@ struct DispatchMessage {
 }
 
 /// `dispatch_multi_message`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct DispatchMultiMessage {
     slot_id: SlotId,
     token: String,
@@ -51,7 +67,7 @@ struct DispatchMultiMessage {
     back_content: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct AgentMessage {
     bk_agent_id: String,
     content: String,
@@ -79,7 +95,7 @@ pub async fn dispatch_message(ctx: &ApiContext, body: &Fields) -> Result<Value, 
         targets,
         "agent_id_list",
     )?;
-    answer(svc, d).await
+    dispatched(svc, d).await
 }
 
 /// `dispatch_multi_message`: each agent its own content, between
@@ -104,7 +120,7 @@ pub async fn dispatch_multi_message(ctx: &ApiContext, body: &Fields) -> Result<V
         targets,
         "agent_message_list",
     )?;
-    answer(svc, d).await
+    dispatched(svc, d).await
 }
 
 /// The dispatch, once its fields are within their limits.
@@ -176,7 +192,7 @@ fn checked(
     })
 }
 
-async fn answer(svc: &MessageService, d: Dispatch) -> Result<Value, ApiError> {
-    let failures = svc.dispatch(d).await?;
-    Ok(json!({ "results": failures }))
+async fn dispatched(svc: &MessageService, d: Dispatch) -> Result<Value, ApiError> {
+    let results = svc.dispatch(d).await?;
+    answer(&Dispatched { results })
 }

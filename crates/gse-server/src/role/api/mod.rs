@@ -28,6 +28,7 @@ mod listener;
 mod messages;
 pub mod metrics;
 mod nodes;
+pub mod openapi;
 mod proc_request;
 mod procs;
 mod push_request;

@@ -3,10 +3,17 @@
 //! `[{node_id, region, roles, agent_addr, api_addr, agents,
 //! data_servers}]`, sorted by node id. A single node lists itself.
 
+use gse_core::seams::NodeInfo;
 use serde_json::Value;
 
 use super::ApiContext;
+use super::body::NoFields;
 use super::error::ApiError;
+use super::openapi::Shape;
+
+pub fn shape() -> Shape {
+    Shape::of::<NoFields, Vec<NodeInfo>>()
+}
 
 pub async fn list_nodes(ctx: &ApiContext) -> Result<Value, ApiError> {
     let Some(registry) = &ctx.registry else {

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::HttpBody;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::ApiContext;
 use super::auth::Credentials;
@@ -41,6 +41,7 @@ async fn dispatch(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response 
     let (code, response) = match route {
         Ok(Route::Health) => health(id),
         Ok(Route::Metrics) => prometheus(&ctx, id),
+        Ok(Route::OpenApi) => (0, openapi_response(id)),
         Ok(Route::Api(endpoint)) => api_call(&ctx, endpoint, req, id).await,
         Err(err) => {
             let envelope = failure(&id, label, &err);
@@ -204,6 +205,17 @@ fn health(id: HeaderValue) -> (i64, Response) {
     let mut envelope = Envelope::success(data);
     envelope.message = "ok".to_string();
     (0, envelope.into_response_with_id(id))
+}
+
+/// The OpenAPI document, built once per process.
+fn openapi_response(id: HeaderValue) -> Response {
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_json(),
+    )
+        .into_response();
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
 }
 
 fn prometheus(ctx: &ApiContext, id: HeaderValue) -> (i64, Response) {

@@ -79,7 +79,7 @@ pub struct Dispatch {
 }
 
 /// An agent a dispatch did not reach, as the API lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub bk_agent_id: String,
     pub code: i64,
