@@ -4,16 +4,18 @@
 //! state store once, and shapes the answer exactly as the client reads it.
 //! Field names and key sets are the wire contract; docs/API.md shows them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use gse_core::identity::{AgentKey, AgentRef};
 use gse_core::seams::AgentRecord;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiContext;
-use super::body::{Fields, bounded_array, entry_cloud_id, entry_str, optional_bool};
+use super::body::{Fields, typed};
 use super::error::{ApiError, quoted};
+use super::openapi::{Shape, answer};
 
 /// `status_code` of a connected agent: the only value bk-job and bk-nodeman
 /// both read as alive.
@@ -22,6 +24,39 @@ const STATUS_RUNNING: i32 = 2;
 /// different things to bk-job and bk-nodeman (COMPAT.md §2.1 CONFLICT), so we
 /// answer "not found", which both read as "not alive".
 const STATUS_OFFLINE: i32 = -2;
+
+/// The request of the v1 calls.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct HostsRequest {
+    /// The hosts asked about, at most `api.max_hosts_per_call`.
+    hosts: Vec<HostName>,
+}
+
+/// A v1 host: `{ip, bk_cloud_id}`.
+#[derive(Deserialize, ToSchema)]
+struct HostName {
+    /// IPv4 or IPv6 address, answered back exactly as sent.
+    ip: String,
+    /// Cloud area id, an integer >= 0 (a number in a string is refused).
+    #[schema(value_type = i64, minimum = 0)]
+    bk_cloud_id: Option<serde_json::Number>,
+}
+
+/// The request of the v2 calls that name agents.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct AgentIdsRequest {
+    /// Agent ids, or `cloud:ip` for agents registered without one; at most
+    /// `api.max_hosts_per_call`. An id listed again is answered once.
+    agent_id_list: Vec<String>,
+}
+
+/// The request of `list_agents`.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ListAgentsRequest {
+    /// Only the agents connected now.
+    #[serde(default)]
+    alive_only: Option<bool>,
+}
 
 /// A v1 host as the caller named it; `ip` is kept as sent so the answer's
 /// `"cloud:ip"` keys match the caller's own lookup.
@@ -32,47 +67,67 @@ struct Host {
 
 /// `hosts: [{ip, bk_cloud_id}]` of the v1 calls.
 fn parse_hosts(ctx: &ApiContext, body: &Fields) -> Result<Vec<Host>, ApiError> {
-    let items = bounded_array(body, "hosts", ctx.config.max_hosts_per_call)?;
-    let mut hosts = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    let req: HostsRequest = typed(body)?;
+    check_count("hosts", req.hosts.len(), ctx)?;
+    let mut hosts = Vec::with_capacity(req.hosts.len());
+    for (i, item) in req.hosts.into_iter().enumerate() {
         let path = format!("hosts[{i}]");
-        let ip_str = entry_str(item, &path, "ip")?;
-        let ip = ip_str.trim().parse().map_err(|_| ApiError::BadIp {
+        let ip = item.ip.trim().parse().map_err(|_| ApiError::BadIp {
             field: format!("{path}.ip"),
-            value: quoted(ip_str),
+            value: quoted(&item.ip),
         })?;
-        let cloud_id = entry_cloud_id(item, &path)?;
+        let cloud_id = cloud_id(item.bk_cloud_id, &path)?;
         hosts.push(Host {
-            ip: ip_str.to_string(),
+            ip: item.ip,
             key: AgentKey::new(cloud_id, ip),
         });
     }
     Ok(hosts)
 }
 
+/// A list over `api.max_hosts_per_call` is refused with 413.
+fn check_count(field: &'static str, count: usize, ctx: &ApiContext) -> Result<(), ApiError> {
+    let limit = ctx.config.max_hosts_per_call;
+    if count > limit {
+        return Err(ApiError::TooManyEntries {
+            field,
+            count,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// A required cloud id: an integer >= 0.
+pub(super) fn cloud_id(value: Option<serde_json::Number>, path: &str) -> Result<i64, ApiError> {
+    let field = format!("{path}.bk_cloud_id");
+    let Some(n) = value else {
+        return Err(ApiError::MissingField { field });
+    };
+    match n.as_i64() {
+        Some(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::BadCloudId {
+            field,
+            value: quoted(&n.to_string()),
+        }),
+    }
+}
+
 /// `agent_id_list: [string]` of the v2 calls, each `cloud:ip` or a real id;
 /// an id listed again is answered once.
-pub(super) fn parse_agent_ids(
+pub(super) fn agent_ids(
     ctx: &ApiContext,
-    body: &Fields,
+    list: Vec<String>,
 ) -> Result<Vec<(String, AgentRef)>, ApiError> {
-    let items = bounded_array(body, "agent_id_list", ctx.config.max_hosts_per_call)?;
-    let mut ids = Vec::with_capacity(items.len());
-    let mut seen = HashSet::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    check_count("agent_id_list", list.len(), ctx)?;
+    let mut ids = Vec::with_capacity(list.len());
+    let mut seen = HashSet::with_capacity(list.len());
+    for (i, raw) in list.into_iter().enumerate() {
         let field = format!("agent_id_list[{i}]");
-        let Some(raw) = item.as_str() else {
-            let got = super::error::json_type(item);
-            return Err(ApiError::WrongType {
-                field,
-                expected: "a string",
-                got,
-            });
-        };
         let agent =
-            AgentRef::parse(raw).map_err(|source| ApiError::BadAgentId { field, source })?;
-        if seen.insert(raw) {
-            ids.push((raw.to_string(), agent));
+            AgentRef::parse(&raw).map_err(|source| ApiError::BadAgentId { field, source })?;
+        if seen.insert(raw.clone()) {
+            ids.push((raw, agent));
         }
     }
     Ok(ids)
@@ -92,7 +147,8 @@ async fn lookup_ids(
     ctx: &ApiContext,
     body: &Fields,
 ) -> Result<Vec<(String, AgentRecord)>, ApiError> {
-    let ids = parse_agent_ids(ctx, body)?;
+    let req: AgentIdsRequest = typed(body)?;
+    let ids = agent_ids(ctx, req.agent_id_list)?;
     let refs: Vec<AgentRef> = ids.iter().map(|(_, r)| r.clone()).collect();
     let records = ctx.store.get_agents(&refs).await?;
     let found: Vec<(String, AgentRecord)> = ids
@@ -104,10 +160,6 @@ async fn lookup_ids(
         return Err(ApiError::NoAgentFound { asked: refs.len() });
     }
     Ok(found)
-}
-
-fn to_data<T: Serialize>(value: T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 fn status_code(record: &AgentRecord) -> i32 {
@@ -128,9 +180,37 @@ fn rate(percent: f32) -> f64 {
     }
 }
 
+pub fn shape_status_v1() -> Shape {
+    Shape::of::<HostsRequest, AgentStatusByHost<'static>>()
+}
+
+pub fn shape_info_v1() -> Shape {
+    Shape::of::<HostsRequest, AgentInfoByHost<'static>>()
+}
+
+pub fn shape_state_v2() -> Shape {
+    Shape::of::<AgentIdsRequest, Vec<AgentState<'static>>>()
+}
+
+pub fn shape_info_v2() -> Shape {
+    Shape::of::<AgentIdsRequest, Vec<AgentInfoV2<'static>>>()
+}
+
+pub fn shape_list() -> Shape {
+    Shape::of::<ListAgentsRequest, AgentList<'static>>()
+}
+
 // === v1: get_agent_status, get_agent_info ===
 
-#[derive(Serialize)]
+/// `get_agent_status`: every requested host by `"cloud:ip"`.
+#[derive(Serialize, ToSchema)]
+struct AgentStatusByHost<'a>(BTreeMap<String, AgentStatus<'a>>);
+
+/// `get_agent_info`: the known hosts by `"cloud:ip"`.
+#[derive(Serialize, ToSchema)]
+struct AgentInfoByHost<'a>(BTreeMap<String, AgentInfoV1<'a>>);
+
+#[derive(Serialize, ToSchema)]
 struct AgentStatus<'a> {
     ip: &'a str,
     bk_cloud_id: i64,
@@ -141,7 +221,7 @@ struct AgentStatus<'a> {
 pub async fn get_agent_status(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let hosts = parse_hosts(ctx, body)?;
     let records = lookup_hosts(ctx, &hosts).await?;
-    let mut data = Map::new();
+    let mut data = BTreeMap::new();
     for (host, record) in hosts.iter().zip(&records) {
         let alive = record.as_ref().is_some_and(|r| r.alive);
         let status = AgentStatus {
@@ -149,15 +229,12 @@ pub async fn get_agent_status(ctx: &ApiContext, body: &Fields) -> Result<Value, 
             bk_cloud_id: host.key.cloud_id,
             bk_agent_alive: alive.into(),
         };
-        data.insert(
-            format!("{}:{}", host.key.cloud_id, host.ip),
-            to_data(status),
-        );
+        data.insert(format!("{}:{}", host.key.cloud_id, host.ip), status);
     }
-    Ok(Value::Object(data))
+    answer(&AgentStatusByHost(data))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentInfoV1<'a> {
     ip: &'a str,
     version: &'a str,
@@ -170,7 +247,7 @@ struct AgentInfoV1<'a> {
 pub async fn get_agent_info(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let hosts = parse_hosts(ctx, body)?;
     let records = lookup_hosts(ctx, &hosts).await?;
-    let mut data = Map::new();
+    let mut data = BTreeMap::new();
     for (host, record) in hosts.iter().zip(&records) {
         let Some(r) = record else { continue };
         let info = AgentInfoV1 {
@@ -180,14 +257,14 @@ pub async fn get_agent_info(ctx: &ApiContext, body: &Fields) -> Result<Value, Ap
             parent_ip: &r.parent_ip,
             parent_port: r.parent_port,
         };
-        data.insert(format!("{}:{}", host.key.cloud_id, host.ip), to_data(info));
+        data.insert(format!("{}:{}", host.key.cloud_id, host.ip), info);
     }
-    Ok(Value::Object(data))
+    answer(&AgentInfoByHost(data))
 }
 
 // === v2: list_agent_state, list_agent_info ===
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentState<'a> {
     bk_agent_id: &'a str,
     bk_cloud_id: i64,
@@ -208,10 +285,10 @@ pub async fn list_agent_state(ctx: &ApiContext, body: &Fields) -> Result<Value, 
             status_code: status_code(r),
         })
         .collect();
-    Ok(to_data(states))
+    answer(&states)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentInfoV2<'a> {
     code: i32,
     message: &'a str,
@@ -267,12 +344,12 @@ pub async fn list_agent_info(ctx: &ApiContext, body: &Fields) -> Result<Value, A
         .iter()
         .map(|(sent, r)| AgentInfoV2::new(sent, r))
         .collect();
-    Ok(to_data(infos))
+    answer(&infos)
 }
 
 // === extension: list_agents ===
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentSummary<'a> {
     bk_agent_id: &'a str,
     agent_key: String,
@@ -321,7 +398,7 @@ impl<'a> AgentSummary<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentList<'a> {
     total: usize,
     agents: Vec<AgentSummary<'a>>,
@@ -329,13 +406,14 @@ struct AgentList<'a> {
 
 /// Every known agent (or only the connected ones), sorted by cloud id then IP.
 pub async fn list_agents(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
-    let alive_only = optional_bool(body, "alive_only")?.unwrap_or(false);
+    let req: ListAgentsRequest = typed(body)?;
+    let alive_only = req.alive_only.unwrap_or(false);
     let mut records = ctx.store.list_agents().await?;
     records.retain(|r| r.alive || !alive_only);
     records.sort_by_key(|r| r.key);
     let agents: Vec<AgentSummary<'_>> = records.iter().map(AgentSummary::new).collect();
-    Ok(to_data(AgentList {
+    answer(&AgentList {
         total: agents.len(),
         agents,
-    }))
+    })
 }

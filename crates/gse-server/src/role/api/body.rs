@@ -72,8 +72,23 @@ pub struct NoFields {}
 pub fn typed<T: serde::de::DeserializeOwned>(fields: &Fields) -> Result<T, ApiError> {
     let value = Value::Object(fields.clone());
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let mut path = e.path().to_string();
+        let mut inner = e.into_inner().to_string();
+        // An error inside a [`Verbatim`] part carries the rest of its path.
+        if let Some((rest, problem)) = inner
+            .strip_prefix(NESTED)
+            .and_then(|r| r.split_once(NESTED))
+        {
+            if rest != "." {
+                path = if path == "." {
+                    rest.to_string()
+                } else {
+                    format!("{path}.{rest}")
+                };
+            }
+            inner = problem.to_string();
+        }
+        let inner = plain_words(&inner);
         match inner.strip_prefix("missing field `") {
             Some(rest) => {
                 let name = rest.trim_end_matches('`');
@@ -89,6 +104,58 @@ pub fn typed<T: serde::de::DeserializeOwned>(fields: &Fields) -> Result<T, ApiEr
             },
         }
     })
+}
+
+/// serde's "invalid type: string \"0\", expected u64" in the words the
+/// API uses everywhere: "expected an integer, got string \"0\"".
+fn plain_words(message: &str) -> String {
+    let expected = |what: &str| -> String {
+        let what = what.trim();
+        match what {
+            "u8" | "u16" | "u32" | "u64" | "usize" => "an integer >= 0".into(),
+            "i8" | "i16" | "i32" | "i64" | "isize" | "a JSON number" => "an integer".into(),
+            "f32" | "f64" => "a number".into(),
+            "a sequence" => "an array".into(),
+            "a map" => "an object".into(),
+            w if w.starts_with("struct ") => "an object".into(),
+            w if w.starts_with("a boolean") => "a boolean".into(),
+            w => w.to_string(),
+        }
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((got, want)) = rest.split_once(", expected ")
+        {
+            return format!("expected {}, got {got}", expected(want));
+        }
+    }
+    message.to_string()
+}
+
+/// Marks the inner path in the message of an error inside a [`Verbatim`].
+const NESTED: char = '\u{0}';
+
+/// A request part read as `T` and also kept exactly as sent (`raw`):
+/// callers compare what a query returns with what they sent, so parts
+/// such as a stream_to are stored verbatim, while `T` is what the server
+/// checks and reads. An error in `T` names its whole field path.
+///
+/// In a `ToSchema` struct, describe the field with
+/// `#[schema(value_type = T)]`.
+#[derive(Debug)]
+pub struct Verbatim<T> {
+    pub raw: Map<String, Value>,
+    pub typed: T,
+}
+
+impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for Verbatim<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <Map<String, Value> as serde::Deserialize>::deserialize(d)?;
+        let typed = serde_path_to_error::deserialize(Value::Object(raw.clone())).map_err(|e| {
+            serde::de::Error::custom(format_args!("{NESTED}{}{NESTED}{}", e.path(), e.inner()))
+        })?;
+        Ok(Verbatim { raw, typed })
+    }
 }
 
 /// serde_json's message without its trailing " at line L column C", which
@@ -258,5 +325,75 @@ pub fn not_an_integer(field: String, got: &Value) -> ApiError {
         field,
         expected: "an integer",
         got: json_type(got),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)] // read by serde only
+    struct Req {
+        hosts: Vec<HostPart>,
+        part: Option<Verbatim<Inner>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct HostPart {
+        ip: String,
+        bk_cloud_id: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        list: Vec<HostPart>,
+    }
+
+    fn err(v: serde_json::Value) -> ApiError {
+        typed::<Req>(v.as_object().unwrap()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field_path_in_plain_words() {
+        let e =
+            err(json!({"hosts": [{"ip": "a", "bk_cloud_id": 0}, {"ip": "b", "bk_cloud_id": "0"}]}));
+        assert_eq!(e.code(), 1000400);
+        assert_eq!(
+            e.to_string(),
+            ApiError::Invalid {
+                field: "hosts[1].bk_cloud_id".into(),
+                problem: "expected an integer >= 0, got string \"0\"".into(),
+            }
+            .to_string()
+        );
+        let e = err(json!({"hosts": [{"ip": "a"}]}));
+        assert!(
+            matches!(&e, ApiError::MissingField { field } if field == "hosts[0].bk_cloud_id"),
+            "{e:?}"
+        );
+        assert!(matches!(err(json!({})), ApiError::MissingField { field } if field == "hosts"));
+    }
+
+    #[test]
+    fn a_verbatim_part_keeps_what_was_sent_and_names_inner_paths() {
+        let body = json!({"hosts": [], "part": {"list": [], "extra": {"kept": [1, null]}}});
+        let req: Req = typed(body.as_object().unwrap()).unwrap();
+        let part = req.part.unwrap();
+        assert_eq!(Value::Object(part.raw), body["part"]);
+        let e = err(json!({"hosts": [], "part": {"list": [{"ip": 1, "bk_cloud_id": 0}]}}));
+        assert!(
+            matches!(&e, ApiError::Invalid { field, problem }
+                if field == "part.list[0].ip" && problem == "expected a string, got integer `1`"),
+            "{e:?}"
+        );
+        let e = err(json!({"hosts": [], "part": {}}));
+        assert!(
+            matches!(&e, ApiError::MissingField { field } if field == "part.list"),
+            "{e:?}"
+        );
     }
 }

@@ -337,7 +337,21 @@ impl Endpoint {
     /// The typed request the endpoint reads and the answer it gives.
     pub fn shape(self) -> Shape {
         match self {
+            Endpoint::GetAgentStatus => agents::shape_status_v1(),
+            Endpoint::GetAgentInfo => agents::shape_info_v1(),
+            Endpoint::ListAgentState => agents::shape_state_v2(),
+            Endpoint::ListAgentInfo => agents::shape_info_v2(),
+            Endpoint::ListAgents => agents::shape_list(),
+            Endpoint::GetAgentSnapshot => snapshot::shape(),
             Endpoint::ListNodes => nodes::shape(),
+            Endpoint::AddRoute
+            | Endpoint::UpdateRoute
+            | Endpoint::DeleteRoute
+            | Endpoint::QueryRoute
+            | Endpoint::AddStreamTo
+            | Endpoint::UpdateStreamTo
+            | Endpoint::DeleteStreamTo
+            | Endpoint::QueryStreamTo => data_routes::shape(self),
             Endpoint::DispatchMessage => messages::shape_single(),
             Endpoint::DispatchMultiMessage => messages::shape_multi(),
             _ => Shape::untyped(),

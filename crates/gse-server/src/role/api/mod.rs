@@ -15,7 +15,7 @@
 
 mod agents;
 pub mod auth;
-mod body;
+pub(crate) mod body;
 pub mod config;
 mod conn_io;
 mod data_routes;

@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use utoipa::ToSchema;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref,
     RefOr, Required, ResponseBuilder, ResponsesBuilder,
@@ -43,8 +43,12 @@ impl Shape {
     /// TEMPORARY while the endpoints are being typed: anything.
     pub fn untyped() -> Shape {
         Shape {
-            request: Schema::default().into(),
-            answer: Schema::default().into(),
+            request: ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .into(),
+            answer: ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .into(),
             components: Vec::new(),
         }
     }
@@ -279,7 +283,12 @@ fn error_envelope() -> RefOr<Schema> {
                 .description(Some("1000400.. for HTTP errors, else the GSE code")),
         )
         .property("message", ObjectBuilder::new().schema_type(Type::String))
-        .property("data", Schema::default())
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .description(Some("null, [] or the per-agent answers of 1011003")),
+        )
         .required("result")
         .required("code")
         .required("message")

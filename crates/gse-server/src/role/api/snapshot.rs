@@ -10,13 +10,15 @@
 //! lists their fields.
 
 use gse_core::identity::{AgentKey, AgentRef};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiContext;
-use super::agents::parse_agent_ids;
-use super::body::{Fields, optional_bool};
+use super::agents::agent_ids;
+use super::body::{Fields, typed};
 use super::error::ApiError;
+use super::openapi::{Shape, answer};
 use crate::role::data::snapshot::SnapshotCache;
 
 /// Entry `code` of an agent gse does not know (GSE's "agent not found").
@@ -24,8 +26,22 @@ pub const AGENT_UNKNOWN: i64 = 1011003;
 /// Entry `code` of a known agent with no snapshot in the window (ours).
 pub const NO_SNAPSHOT: i64 = 1011201;
 
+/// `get_agent_snapshot`.
+#[derive(Deserialize, ToSchema)]
+struct SnapshotRequest {
+    /// Agent ids, or `cloud:ip`; at most `api.max_hosts_per_call`.
+    agent_id_list: Vec<String>,
+    /// Only each agent's latest snapshot.
+    #[serde(default)]
+    latest_only: Option<bool>,
+}
+
+pub fn shape() -> Shape {
+    Shape::of::<SnapshotRequest, Vec<AgentSnapshots>>()
+}
+
 /// One requested agent in the answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentSnapshots {
     /// Exactly the id the caller sent.
     bk_agent_id: String,
@@ -33,7 +49,9 @@ struct AgentSnapshots {
     agent_key: String,
     code: i64,
     message: String,
-    /// Oldest first.
+    /// Oldest first; each the agent's JSON object as it sent it
+    /// (docs/API.md lists the fields).
+    #[schema(value_type = Vec<Object>)]
     snapshots: Vec<Value>,
 }
 
@@ -42,15 +60,16 @@ pub async fn get_agent_snapshot(ctx: &ApiContext, body: &Fields) -> Result<Value
         .snapshots
         .as_ref()
         .ok_or(ApiError::SnapshotsUnavailable)?;
-    let latest_only = optional_bool(body, "latest_only")?.unwrap_or(false);
-    let ids = parse_agent_ids(ctx, body)?;
+    let req: SnapshotRequest = typed(body)?;
+    let latest_only = req.latest_only.unwrap_or(false);
+    let ids = agent_ids(ctx, req.agent_id_list)?;
     let refs: Vec<AgentRef> = ids.iter().map(|(_, r)| r.clone()).collect();
     let records = ctx.store.get_agents(&refs).await?;
     // Snapshots are counted as they are taken, so an answer over the cap
     // is refused before it is built whole.
     let limit = ctx.config.max_response_bytes;
     let mut bytes = 0usize;
-    let mut answer = Vec::with_capacity(ids.len());
+    let mut entries = Vec::with_capacity(ids.len());
     for ((sent, agent), record) in ids.into_iter().zip(records) {
         let key = match agent {
             AgentRef::Key(k) => Some(k),
@@ -65,9 +84,9 @@ pub async fn get_agent_snapshot(ctx: &ApiContext, body: &Fields) -> Result<Value
         if bytes > limit {
             return Err(ApiError::AnswerTooLarge { limit });
         }
-        answer.push(entry);
+        entries.push(entry);
     }
-    Ok(serde_json::to_value(answer).unwrap_or(Value::Null))
+    answer(&entries)
 }
 
 fn entry(

@@ -8,6 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::validate::Label;
 
 /// `stream_to.report_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,25 +97,78 @@ pub struct Channel {
     pub stream_filters: Vec<StreamFilter>,
 }
 
+/// One entry of query_streamto: the shape add_streamto takes, plus the id
+/// (inside `stream_to` and beside it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamToEntry {
+    pub stream_to_id: u32,
+    pub metadata: StreamToMetadata,
+    /// The stream_to as it was sent, with its `stream_to_id`.
+    #[schema(value_type = Object)]
+    pub stream_to: Value,
+}
+
+/// `metadata` of a query_streamto entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamToMetadata {
+    pub plat_name: String,
+    /// As sent (an object or a string); absent when none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Label>)]
+    pub label: Option<Value>,
+}
+
+/// One entry of query_route, in the shape bk-monitor-worker decodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelEntry {
+    pub metadata: ChannelMetadata,
+    pub route: Vec<RouteEntry>,
+    /// The channel's stream filters as sent.
+    #[schema(value_type = Vec<Object>)]
+    pub stream_filters: Vec<Value>,
+}
+
+/// `metadata` of a query_route entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelMetadata {
+    /// 1 at creation, +1 on every change, as a string.
+    pub version: String,
+    pub channel_id: u32,
+    pub plat_name: String,
+    /// As sent (an object or a string); `{}` when none was.
+    #[schema(value_type = Label)]
+    pub label: Value,
+}
+
+/// A route of a query_route entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteEntry {
+    pub name: String,
+    /// The route's stream_to as sent.
+    #[schema(value_type = Object)]
+    pub stream_to: Value,
+    pub filter_name_and: Vec<String>,
+    pub filter_name_or: Vec<String>,
+}
+
 // === impl StreamTo ===
 
 impl StreamTo {
     /// One entry of query_streamto: the shape add_streamto takes, plus the
     /// id (inside `stream_to` and beside it).
-    pub fn to_query_json(&self) -> Value {
+    pub fn to_query(&self) -> StreamToEntry {
         let mut stream_to = self.body.clone();
         if let Some(obj) = stream_to.as_object_mut() {
             obj.insert("stream_to_id".into(), json!(self.stream_to_id));
         }
-        let mut metadata = json!({ "plat_name": self.plat_name });
-        if let Some(label) = &self.label {
-            metadata["label"] = label.clone();
+        StreamToEntry {
+            stream_to_id: self.stream_to_id,
+            metadata: StreamToMetadata {
+                plat_name: self.plat_name.clone(),
+                label: self.label.clone(),
+            },
+            stream_to,
         }
-        json!({
-            "stream_to_id": self.stream_to_id,
-            "metadata": metadata,
-            "stream_to": stream_to,
-        })
     }
 
     /// The mode's own section (`body.redis`, ...), if sent.
@@ -124,13 +180,13 @@ impl StreamTo {
 // === impl Route ===
 
 impl Route {
-    pub fn to_query_json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "stream_to": self.stream_to,
-            "filter_name_and": self.filter_name_and,
-            "filter_name_or": self.filter_name_or,
-        })
+    pub fn to_query(&self) -> RouteEntry {
+        RouteEntry {
+            name: self.name.clone(),
+            stream_to: self.stream_to.clone(),
+            filter_name_and: self.filter_name_and.clone(),
+            filter_name_or: self.filter_name_or.clone(),
+        }
     }
 
     /// The route's section for a mode (`stream_to.redis`, ...), if sent.
@@ -144,17 +200,17 @@ impl Route {
 impl Channel {
     /// One entry of query_route, in the shape bk-monitor-worker decodes
     /// (`metadata.version` a string, `label` an object).
-    pub fn to_query_json(&self) -> Value {
-        json!({
-            "metadata": {
-                "version": self.version.to_string(),
-                "channel_id": self.channel_id,
-                "plat_name": self.plat_name,
-                "label": self.label.clone().unwrap_or_else(|| json!({})),
+    pub fn to_query(&self) -> ChannelEntry {
+        ChannelEntry {
+            metadata: ChannelMetadata {
+                version: self.version.to_string(),
+                channel_id: self.channel_id,
+                plat_name: self.plat_name.clone(),
+                label: self.label.clone().unwrap_or_else(|| json!({})),
             },
-            "route": self.routes.iter().map(Route::to_query_json).collect::<Vec<_>>(),
-            "stream_filters": self.stream_filters.iter().map(|f| f.body.clone()).collect::<Vec<_>>(),
-        })
+            route: self.routes.iter().map(Route::to_query).collect(),
+            stream_filters: self.stream_filters.iter().map(|f| f.body.clone()).collect(),
+        }
     }
 
     /// Adds routes, replacing those of the same name (update_route).

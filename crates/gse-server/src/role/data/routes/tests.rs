@@ -32,8 +32,18 @@ async fn fixture() -> Fixture {
     Fixture { dir, svc }
 }
 
+/// A request part read as a client's body would be: its typed reading,
+/// or the error naming the path.
+fn part<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
+fn stream_to(v: Value) -> Result<StreamToSpec, String> {
+    validate::stream_to(part(v)?, "stream_to").map_err(|e| e.to_string())
+}
+
 fn spec(v: Value) -> StreamToSpec {
-    validate::stream_to(Some(&v), "stream_to").unwrap()
+    stream_to(v).unwrap()
 }
 
 fn file_spec(path: &str) -> StreamToSpec {
@@ -48,7 +58,7 @@ fn kafka_spec() -> StreamToSpec {
 }
 
 fn routes(v: Value) -> Vec<model::Route> {
-    validate::routes(v.as_object().unwrap(), "").unwrap()
+    validate::routes(part(v["route"].clone()).unwrap(), "").unwrap()
 }
 
 fn channel(id: Option<u32>, routes: Vec<model::Route>) -> NewChannel {
@@ -172,7 +182,7 @@ async fn file_paths_outside_the_data_dir_are_refused() {
     let long = "a/".repeat(2049);
     for bad in ["x\ny", "x\u{1b}[2J", "x\ty", "x\u{85}", "", long.as_str()] {
         let body = json!({"name": "f", "report_mode": "file", "data_log_path": bad});
-        let err = validate::stream_to(Some(&body), "stream_to").unwrap_err();
+        let err = stream_to(body).unwrap_err();
         assert!(
             err.to_string().contains("stream_to.data_log_path"),
             "{bad:?}: {err}"
@@ -278,7 +288,7 @@ async fn routes_survive_a_reopen_with_their_versions() {
         .query_channels(Some(1001), Some("bkmonitor"), None)
         .await;
     assert_eq!(got.len(), 1);
-    let q = got[0].to_query_json();
+    let q = serde_json::to_value(got[0].to_query()).unwrap();
     assert_eq!(q["metadata"]["version"], "2");
     assert_eq!(q["route"][1]["name"], "b");
     assert_eq!(svc.table().targets(1001).unwrap().len(), 2);
@@ -292,12 +302,9 @@ async fn routes_survive_a_reopen_with_their_versions() {
 
 #[test]
 fn request_parts_are_checked_field_by_field() {
-    let bad = |v: Value| {
-        validate::stream_to(Some(&v), "stream_to")
-            .unwrap_err()
-            .to_string()
-    };
-    assert!(bad(json!({"report_mode": "file"})).contains("stream_to.name"));
+    let bad = |v: Value| stream_to(v).unwrap_err();
+    assert!(bad(json!({"report_mode": "file"})).contains("missing field `name`"));
+    assert!(bad(json!({"name": "", "report_mode": "file"})).contains("stream_to.name"));
     assert!(
         bad(json!({"name": "x", "report_mode": "nats"})).contains("kafka, redis, pulsar or file")
     );
@@ -306,7 +313,7 @@ fn request_parts_are_checked_field_by_field() {
         bad(json!({"name": "x", "report_mode": "kafka", "kafka": {"storage_address": [{"ip": "h", "port": 70000}]}}))
             .contains("stream_to.kafka.storage_address[0].port")
     );
-    let r = |v: Value| validate::routes(v.as_object().unwrap(), "").map(|r| r.len());
+    let r = |v: Value| validate::routes(part(v["route"].clone()).unwrap(), "").map(|r| r.len());
     let dup = json!({"route": [
         {"name": "a", "stream_to": {"stream_to_id": 1}},
         {"name": "a", "stream_to": {"stream_to_id": 1}}
@@ -317,17 +324,18 @@ fn request_parts_are_checked_field_by_field() {
         .collect();
     assert_eq!(r(json!({"route": many})).unwrap_err().code(), 1000413);
     // Go clients send 0 for "no id".
-    let meta = json!({"channel_id": 0});
+    let zero: serde_json::Number = part(json!(0)).unwrap();
     assert_eq!(
-        validate::opt_id(
-            meta.as_object().unwrap(),
-            "metadata",
-            "channel_id",
-            validate::MAX_CHANNEL_ID
-        )
-        .unwrap(),
+        validate::opt_id(Some(zero), "metadata.channel_id", validate::MAX_CHANNEL_ID).unwrap(),
         None
     );
-    let filters = json!({"stream_filters": [{"name": "f", "field_in": "header"}]});
-    assert!(validate::filters(filters.as_object().unwrap(), "").is_err());
+    let filters = part(json!([{"name": "f", "field_in": "header"}])).unwrap();
+    assert!(validate::filters(Some(filters), "").is_err());
+    // A route's own stream_to is checked with its whole path.
+    let no_id = json!([{"name": "a", "stream_to": {"kafka": {}}}]);
+    let err = validate::routes(part(no_id).unwrap(), "").unwrap_err();
+    assert!(
+        err.to_string().contains("route[0].stream_to.stream_to_id"),
+        "{err}"
+    );
 }

@@ -1,15 +1,19 @@
-//! Reading data-route request parts (COMPAT.md §2.3) into the model, every
-//! field checked and bounded, every error naming its field
-//! (`route[2].stream_to.stream_to_id`). Unknown fields are ignored; the
-//! parts callers compare later are kept as sent.
+//! The data-route request parts (COMPAT.md §2.3), typed as clients send
+//! them, and their reading into the model: every field checked and
+//! bounded, every error naming its field (`route[2].stream_to.stream_to_id`).
+//! Unknown fields are ignored; the parts callers compare later are kept as
+//! sent ([`Verbatim`]).
 //!
 //! Checks that need stored state (does the stream_to exist, does the route
 //! carry its mode's section) are in [`check_route`], called by the service.
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::{Map, Number, Value};
+use utoipa::ToSchema;
 
 use super::error::RouteError;
 use super::model::{ReportMode, Route, StreamFilter, StreamTo};
+pub use crate::role::api::body::Verbatim;
 
 /// Longest name (route, stream_to, filter, plat_name, operator).
 pub const MAX_NAME_CHARS: usize = 128;
@@ -47,8 +51,140 @@ pub enum DeleteMethod {
     Specification,
 }
 
-fn type_name(v: &Value) -> &'static str {
-    crate::role::api::error::json_type(v)
+/// `operation` of every call.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OperationPart {
+    /// Who makes the change (logged; required by every call).
+    pub operator_name: String,
+    /// `delete_route` only: `all` (the whole channel, default) or
+    /// `specification` (the routes and filters named there).
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// A `label`: an object (bk-monitor-worker decodes it as one) or a string,
+/// stored and returned as sent.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Label {
+    Object(Map<String, Value>),
+    Text(String),
+}
+
+// By hand: the derive cannot describe a variant holding a free-form map.
+impl utoipa::PartialSchema for Label {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+        let one_of = OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Object))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some("An object or a string, kept as sent"))
+            .build();
+        Schema::OneOf(one_of).into()
+    }
+}
+
+impl ToSchema for Label {}
+
+/// A stream_to as `add_streamto` and `update_streamto` send it; stored as
+/// sent. Fields not named here (`kafka.sasl_username`, `redis.password`,
+/// ...; docs/API.md lists what sinks read) are kept.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StreamToPart {
+    /// The receiver's name.
+    pub name: String,
+    /// `kafka`, `redis`, `pulsar` or `file`.
+    pub report_mode: String,
+    /// `file`: the directory records are written under (in the node's
+    /// data dir).
+    #[serde(default)]
+    pub data_log_path: Option<String>,
+    /// `kafka`: the brokers and settings.
+    #[serde(default)]
+    pub kafka: Option<SinkSection>,
+    /// `redis`: the servers (or sentinels) and settings.
+    #[serde(default)]
+    pub redis: Option<SinkSection>,
+    /// `pulsar`: the brokers.
+    #[serde(default)]
+    pub pulsar: Option<SinkSection>,
+}
+
+/// The section of a stream_to's mode.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SinkSection {
+    /// At least one `{ip, port}`.
+    #[serde(default)]
+    pub storage_address: Option<Vec<StorageAddress>>,
+}
+
+/// One server of a stream_to.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StorageAddress {
+    /// Host name or address.
+    pub ip: String,
+    /// 1-65535.
+    #[schema(value_type = u16, minimum = 1)]
+    pub port: Option<Number>,
+}
+
+/// One route of `add_route` / `update_route`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RoutePart {
+    /// Unique in its channel.
+    pub name: String,
+    /// The stream_to records go to, and this route's settings for it
+    /// (`kafka.topic_name`, `redis.channel_name`, `pulsar.name`); stored as
+    /// sent.
+    #[schema(value_type = RouteStreamTo)]
+    pub stream_to: Verbatim<RouteStreamTo>,
+    /// Filters that must all match.
+    #[serde(default)]
+    pub filter_name_and: Option<Vec<String>>,
+    /// Filters of which one must match.
+    #[serde(default)]
+    pub filter_name_or: Option<Vec<String>>,
+}
+
+/// A route's `stream_to`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RouteStreamTo {
+    /// The stream_to's id.
+    #[schema(value_type = u32, minimum = 1)]
+    pub stream_to_id: Option<Number>,
+    /// `{topic_name}` for a kafka stream_to.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub kafka: Option<Value>,
+    /// `{channel_name}` (or `{data_set, biz_id}`) for a redis stream_to.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub redis: Option<Value>,
+    /// `{name}` for a pulsar stream_to.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub pulsar: Option<Value>,
+}
+
+/// A stream filter; stored and returned as sent.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FilterPart {
+    /// Unique in its channel.
+    pub name: String,
+    /// `int`, `string` or `bytes`.
+    #[serde(default)]
+    pub field_data_type: Option<String>,
+    /// `protocol` or `data`.
+    #[serde(default)]
+    pub field_in: Option<String>,
+}
+
+/// A route or filter named for deletion: its name, or the whole object.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum NamePart {
+    Name(String),
+    Object { name: String },
 }
 
 fn join(field: &str, name: &str) -> String {
@@ -59,95 +195,51 @@ fn join(field: &str, name: &str) -> String {
     }
 }
 
-/// A required object.
-pub fn object<'a>(v: Option<&'a Value>, field: &str) -> Result<&'a Map<String, Value>> {
-    match v {
-        None | Some(Value::Null) => Err(RouteError::invalid(
-            field,
-            "missing; this field is required",
-        )),
-        Some(Value::Object(m)) => Ok(m),
-        Some(other) => Err(RouteError::invalid(
-            field,
-            format!("expected an object, got {}", type_name(other)),
-        )),
-    }
-}
-
-fn opt_str<'a>(m: &'a Map<String, Value>, field: &str, name: &str) -> Result<Option<&'a str>> {
-    match m.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(RouteError::invalid(
-            join(field, name),
-            format!("expected a string, got {}", type_name(other)),
-        )),
-    }
-}
-
-/// A required name: non-empty, at most [`MAX_NAME_CHARS`], no control
-/// characters.
-pub fn name(m: &Map<String, Value>, field: &str, key: &str) -> Result<String> {
-    let full = join(field, key);
-    let s = opt_str(m, field, key)?
-        .ok_or_else(|| RouteError::invalid(&full, "missing; this field is required"))?;
+/// A name: non-empty, at most [`MAX_NAME_CHARS`], no control characters.
+pub fn name(s: String, field: &str) -> Result<String> {
     if s.is_empty() || s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control) {
         return Err(RouteError::invalid(
-            full,
+            field,
             format!("must be 1 to {MAX_NAME_CHARS} characters without control characters"),
         ));
     }
-    Ok(s.to_string())
+    Ok(s)
 }
 
-/// An optional id: an integer (a number in a string is refused: the
-/// clients' schemas say int); 0 and null count as absent (Go clients send
-/// their zero value).
-pub fn opt_id(m: &Map<String, Value>, field: &str, key: &str, max: u32) -> Result<Option<u32>> {
-    let bad = |v: &Value| {
-        RouteError::invalid(
-            join(field, key),
+/// An optional id: an integer (a number in a string is refused by the
+/// request's types: the clients' schemas say int); 0 and null count as
+/// absent (Go clients send their zero value).
+pub fn opt_id(value: Option<Number>, field: &str, max: u32) -> Result<Option<u32>> {
+    let Some(n) = value else {
+        return Ok(None);
+    };
+    match n.as_u64() {
+        Some(0) => Ok(None),
+        Some(v) if v <= u64::from(max) => Ok(Some(v as u32)),
+        _ => Err(RouteError::invalid(
+            field,
             format!(
                 "{} is not an id between 1 and {max}",
-                crate::role::api::error::quoted(&v.to_string())
+                crate::role::api::error::quoted(&n.to_string())
             ),
-        )
-    };
-    let v = match m.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(v) => v,
-    };
-    let n = match v {
-        Value::Number(n) => n.as_u64(),
-        other => {
-            let got = crate::role::api::error::json_type(other);
-            let problem = format!("expected an integer between 1 and {max}, got {got}");
-            return Err(RouteError::invalid(join(field, key), problem));
-        }
-    };
-    match n {
-        Some(0) => Ok(None),
-        Some(n) if n <= u64::from(max) => Ok(Some(n as u32)),
-        _ => Err(bad(v)),
+        )),
     }
 }
 
 /// A required id (see [`opt_id`]).
-pub fn id(m: &Map<String, Value>, field: &str, key: &str, max: u32) -> Result<u32> {
-    opt_id(m, field, key, max)?
-        .ok_or_else(|| RouteError::invalid(join(field, key), "missing; this field is required"))
+pub fn id(value: Option<Number>, field: &str, max: u32) -> Result<u32> {
+    opt_id(value, field, max)?
+        .ok_or_else(|| RouteError::invalid(field, "missing; this field is required"))
 }
 
 /// `operation.operator_name`, required by every call.
-pub fn operator(body: &Map<String, Value>) -> Result<String> {
-    let op = object(body.get("operation"), "operation")?;
-    name(op, "operation", "operator_name")
+pub fn operator(op: OperationPart) -> Result<String> {
+    name(op.operator_name, "operation.operator_name")
 }
 
 /// `operation.method` of delete_route (default `all`).
-pub fn delete_method(body: &Map<String, Value>) -> Result<DeleteMethod> {
-    let op = object(body.get("operation"), "operation")?;
-    match opt_str(op, "operation", "method")? {
+pub fn delete_method(op: &OperationPart) -> Result<DeleteMethod> {
+    match op.method.as_deref() {
         None | Some("all") => Ok(DeleteMethod::All),
         Some("specification") => Ok(DeleteMethod::Specification),
         Some(other) => Err(RouteError::invalid(
@@ -171,81 +263,67 @@ fn bounded(v: &Value, field: &str) -> Result<()> {
     Ok(())
 }
 
-/// An optional label: an object (bk-monitor-worker decodes it as one) or a
-/// string, bounded.
-pub fn label(m: &Map<String, Value>, field: &str) -> Result<Option<Value>> {
+/// An optional label, bounded; kept as sent.
+pub fn label(label: Option<Label>, field: &str) -> Result<Option<Value>> {
     let full = join(field, "label");
-    match m.get("label") {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ (Value::Object(_) | Value::String(_))) => {
-            bounded(v, &full)?;
-            Ok(Some(v.clone()))
-        }
-        Some(other) => Err(RouteError::invalid(
-            full,
-            format!("expected an object, got {}", type_name(other)),
-        )),
-    }
+    let value = match label {
+        None => return Ok(None),
+        Some(Label::Object(m)) => Value::Object(m),
+        Some(Label::Text(s)) => Value::String(s),
+    };
+    bounded(&value, &full)?;
+    Ok(Some(value))
 }
 
-/// A required array of at most `limit` entries; null or absent is empty
-/// when `required` is false.
-pub fn array<'a>(
-    m: &'a Map<String, Value>,
-    field: &str,
-    key: &str,
-    limit: usize,
-) -> Result<&'a [Value]> {
-    let full = join(field, key);
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(items)) if items.len() > limit => Err(RouteError::OverLimit {
-            field: full,
+/// A list of at most `limit` entries (absent is empty).
+fn bounded_list<T>(items: Option<Vec<T>>, field: String, limit: usize) -> Result<Vec<T>> {
+    let items = items.unwrap_or_default();
+    if items.len() > limit {
+        return Err(RouteError::OverLimit {
+            field,
             count: items.len(),
             limit,
-        }),
-        Some(Value::Array(items)) => Ok(items),
-        Some(other) => Err(RouteError::invalid(
-            full,
-            format!("expected an array, got {}", type_name(other)),
-        )),
+        });
     }
+    Ok(items)
 }
 
 /// A stream_to request part.
-pub fn stream_to(v: Option<&Value>, field: &str) -> Result<StreamToSpec> {
-    let m = object(v, field)?;
-    let name = name(m, field, "name")?;
+pub fn stream_to(part: Verbatim<StreamToPart>, field: &str) -> Result<StreamToSpec> {
+    let Verbatim { raw, typed } = part;
+    let name = name(typed.name, &join(field, "name"))?;
     let mode_field = join(field, "report_mode");
-    let mode = opt_str(m, field, "report_mode")?
-        .ok_or_else(|| RouteError::invalid(&mode_field, "missing; this field is required"))?;
-    let report_mode = ReportMode::parse(mode).ok_or_else(|| {
+    let report_mode = ReportMode::parse(&typed.report_mode).ok_or_else(|| {
         RouteError::invalid(
             &mode_field,
             format!(
                 "{:?} is not a report mode; use kafka, redis, pulsar or file",
-                crate::role::api::error::quoted(mode)
+                crate::role::api::error::quoted(&typed.report_mode)
             ),
         )
     })?;
-    let mut body = Value::Object(m.clone());
+    let mut body = Value::Object(raw);
     body.as_object_mut().unwrap().remove("stream_to_id");
     bounded(&body, field)?;
-    match report_mode {
+    let section = match report_mode {
         ReportMode::File => {
-            let path = opt_str(m, field, "data_log_path")?.unwrap_or_default();
-            data_log_path(path, &join(field, "data_log_path"))?;
+            let path = typed.data_log_path.unwrap_or_default();
+            data_log_path(&path, &join(field, "data_log_path"))?;
+            None
         }
-        mode => {
-            let key = mode.as_str();
-            let section = object(m.get(key), &join(field, key)).map_err(|_| {
-                RouteError::invalid(
-                    join(field, key),
-                    format!("report_mode {key} needs a {key} object with storage_address"),
-                )
-            })?;
-            storage_addresses(section, &join(field, key))?;
-        }
+        ReportMode::Kafka => Some(typed.kafka),
+        ReportMode::Redis => Some(typed.redis),
+        ReportMode::Pulsar => Some(typed.pulsar),
+    };
+    if let Some(section) = section {
+        let key = report_mode.as_str();
+        let section = section.ok_or_else(|| {
+            RouteError::invalid(
+                join(field, key),
+                format!("report_mode {key} needs a {key} object with storage_address"),
+            )
+        })?;
+        storage_addresses(section, &join(field, key))?;
     }
     Ok(StreamToSpec {
         name,
@@ -287,53 +365,69 @@ fn data_log_path(path: &str, field: &str) -> Result<()> {
 }
 
 /// `storage_address: [{ip, port}]`: at least one, each a host and a port.
-pub fn storage_addresses(section: &Map<String, Value>, field: &str) -> Result<Vec<(String, u16)>> {
-    let items = array(section, field, "storage_address", MAX_ADDRESSES)?;
+pub fn storage_addresses(section: SinkSection, field: &str) -> Result<Vec<(String, u16)>> {
+    let list_field = join(field, "storage_address");
+    let items = bounded_list(section.storage_address, list_field.clone(), MAX_ADDRESSES)?;
     if items.is_empty() {
         return Err(RouteError::invalid(
-            join(field, "storage_address"),
+            list_field,
             "needs at least one {ip, port}",
         ));
     }
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let f = format!("{field}.storage_address[{i}]");
-            let m = object(Some(item), &f)?;
-            let host = name(m, &f, "ip")?;
-            let port = opt_id(m, &f, "port", u32::from(u16::MAX))?
+            let f = format!("{list_field}[{i}]");
+            let host = name(item.ip, &format!("{f}.ip"))?;
+            let port = opt_id(item.port, &format!("{f}.port"), u32::from(u16::MAX))?
                 .ok_or_else(|| RouteError::invalid(format!("{f}.port"), "needs a port 1-65535"))?;
             Ok((host, port as u16))
         })
         .collect()
 }
 
-fn names(m: &Map<String, Value>, field: &str, key: &str) -> Result<Vec<String>> {
-    array(m, field, key, MAX_FILTERS)?
-        .iter()
+/// The addresses of a stored stream_to's mode section, as sinks read them.
+pub fn section_addresses(section: &Map<String, Value>, field: &str) -> Result<Vec<(String, u16)>> {
+    let typed: SinkSection = serde_path_to_error::deserialize(Value::Object(section.clone()))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                field.to_string()
+            } else {
+                join(field, &path)
+            };
+            RouteError::invalid(at, e.into_inner().to_string())
+        })?;
+    storage_addresses(typed, field)
+}
+
+fn names(list: Option<Vec<String>>, field: String) -> Result<Vec<String>> {
+    bounded_list(list, field.clone(), MAX_FILTERS)?
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS => {
-                Ok(s.clone())
+        .map(|(i, s)| {
+            if !s.is_empty() && s.chars().count() <= MAX_NAME_CHARS {
+                Ok(s)
+            } else {
+                Err(RouteError::invalid(
+                    format!("{field}[{i}]"),
+                    "expected a filter name (a non-empty string)",
+                ))
             }
-            _ => Err(RouteError::invalid(
-                format!("{}[{i}]", join(field, key)),
-                "expected a filter name (a non-empty string)",
-            )),
         })
         .collect()
 }
 
 /// The routes of a request (`route`, `specification.route`), structurally
 /// checked; names must be unique.
-pub fn routes(m: &Map<String, Value>, field: &str) -> Result<Vec<Route>> {
-    let items = array(m, field, "route", MAX_ROUTES)?;
+pub fn routes(parts: Option<Vec<RoutePart>>, field: &str) -> Result<Vec<Route>> {
+    let list = join(field, "route");
+    let items = bounded_list(parts, list.clone(), MAX_ROUTES)?;
     let mut out: Vec<Route> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let f = format!("{}[{i}]", join(field, "route"));
-        let r = object(Some(item), &f)?;
-        let name = name(r, &f, "name")?;
+    for (i, r) in items.into_iter().enumerate() {
+        let f = format!("{list}[{i}]");
+        let name = name(r.name, &format!("{f}.name"))?;
         if out.iter().any(|o| o.name == name) {
             return Err(RouteError::invalid(
                 format!("{f}.name"),
@@ -341,16 +435,19 @@ pub fn routes(m: &Map<String, Value>, field: &str) -> Result<Vec<Route>> {
             ));
         }
         let st_field = format!("{f}.stream_to");
-        let st = object(r.get("stream_to"), &st_field)?;
-        let stream_to_id = id(st, &st_field, "stream_to_id", u32::MAX)?;
-        let stream_to = Value::Object(st.clone());
+        let stream_to_id = id(
+            r.stream_to.typed.stream_to_id,
+            &format!("{st_field}.stream_to_id"),
+            u32::MAX,
+        )?;
+        let stream_to = Value::Object(r.stream_to.raw);
         bounded(&stream_to, &st_field)?;
         out.push(Route {
             name,
             stream_to_id,
             stream_to,
-            filter_name_and: names(r, &f, "filter_name_and")?,
-            filter_name_or: names(r, &f, "filter_name_or")?,
+            filter_name_and: names(r.filter_name_and, format!("{f}.filter_name_and"))?,
+            filter_name_or: names(r.filter_name_or, format!("{f}.filter_name_or"))?,
         });
     }
     Ok(out)
@@ -389,20 +486,20 @@ pub fn check_route(route: &Route, stream_to: &StreamTo, field: &str) -> Result<(
 }
 
 /// The stream filters of a request; names must be unique.
-pub fn filters(m: &Map<String, Value>, field: &str) -> Result<Vec<StreamFilter>> {
-    let items = array(m, field, "stream_filters", MAX_FILTERS)?;
+pub fn filters(parts: Option<Vec<Verbatim<FilterPart>>>, field: &str) -> Result<Vec<StreamFilter>> {
+    let list = join(field, "stream_filters");
+    let items = bounded_list(parts, list.clone(), MAX_FILTERS)?;
     let mut out: Vec<StreamFilter> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let f = format!("{}[{i}]", join(field, "stream_filters"));
-        let fm = object(Some(item), &f)?;
-        let name = name(fm, &f, "name")?;
+    for (i, Verbatim { raw, typed }) in items.into_iter().enumerate() {
+        let f = format!("{list}[{i}]");
+        let name = name(typed.name, &format!("{f}.name"))?;
         if out.iter().any(|o| o.name == name) {
             return Err(RouteError::invalid(
                 format!("{f}.name"),
                 format!("{name:?} appears twice; filter names are unique in a channel"),
             ));
         }
-        if let Some(t) = opt_str(fm, &f, "field_data_type")?
+        if let Some(t) = typed.field_data_type.as_deref()
             && !matches!(t, "int" | "string" | "bytes")
         {
             return Err(RouteError::invalid(
@@ -410,7 +507,7 @@ pub fn filters(m: &Map<String, Value>, field: &str) -> Result<Vec<StreamFilter>>
                 "use int, string or bytes",
             ));
         }
-        if let Some(t) = opt_str(fm, &f, "field_in")?
+        if let Some(t) = typed.field_in.as_deref()
             && !matches!(t, "protocol" | "data")
         {
             return Err(RouteError::invalid(
@@ -418,7 +515,7 @@ pub fn filters(m: &Map<String, Value>, field: &str) -> Result<Vec<StreamFilter>>
                 "use protocol or data",
             ));
         }
-        let body = Value::Object(fm.clone());
+        let body = Value::Object(raw);
         bounded(&body, &f)?;
         out.push(StreamFilter { name, body });
     }
@@ -427,23 +524,20 @@ pub fn filters(m: &Map<String, Value>, field: &str) -> Result<Vec<StreamFilter>>
 
 /// The names listed under `specification.route` / `.stream_filters` of
 /// delete_route.
-pub fn delete_names(m: &Map<String, Value>, field: &str, key: &str) -> Result<Vec<String>> {
+pub fn delete_names(parts: Option<Vec<NamePart>>, field: &str, key: &str) -> Result<Vec<String>> {
     let limit = if key == "route" {
         MAX_ROUTES
     } else {
         MAX_FILTERS
     };
-    array(m, field, key, limit)?
-        .iter()
+    let list = join(field, key);
+    bounded_list(parts, list.clone(), limit)?
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s.clone()),
+        .map(|(i, part)| match part {
+            NamePart::Name(s) => Ok(s),
             // Tolerate whole route objects: take their name.
-            Value::Object(o) => name(o, &format!("{field}.{key}[{i}]"), "name"),
-            other => Err(RouteError::invalid(
-                format!("{field}.{key}[{i}]"),
-                format!("expected a name, got {}", type_name(other)),
-            )),
+            NamePart::Object { name: n } => name(n, &format!("{list}[{i}].name")),
         })
         .collect()
 }

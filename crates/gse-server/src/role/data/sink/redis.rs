@@ -126,7 +126,7 @@ impl RedisSink {
             .section()
             .and_then(Value::as_object)
             .ok_or("report_mode redis needs a redis object with storage_address")?;
-        let addrs: Vec<String> = validate::storage_addresses(section, "redis")
+        let addrs: Vec<String> = validate::section_addresses(section, "redis")
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|(host, port)| match host.contains(':') {

@@ -141,7 +141,7 @@ impl KafkaTarget {
             .and_then(Value::as_object)
             .ok_or("report_mode kafka needs a kafka object with storage_address")?;
         let storage_address =
-            validate::storage_addresses(section, "kafka").map_err(|e| e.to_string())?;
+            validate::section_addresses(section, "kafka").map_err(|e| e.to_string())?;
         let text = |key: &str| section.get(key).and_then(Value::as_str).map(str::to_owned);
         let route_kafka = route.section(ReportMode::Kafka);
         let route_text = |key: &str| {
