@@ -340,6 +340,10 @@ impl Endpoint {
             Endpoint::ListNodes => nodes::shape(),
             Endpoint::DispatchMessage => messages::shape_single(),
             Endpoint::DispatchMultiMessage => messages::shape_multi(),
+            Endpoint::OperateProcMulti => procs::shape_multi(),
+            Endpoint::OperateProc => procs::shape_one(),
+            Endpoint::GetProcOperateResult => procs::shape_result(),
+            Endpoint::GetProcStatus => procs::shape_status(),
             _ => Shape::untyped(),
         }
     }
