@@ -354,6 +354,10 @@ impl Endpoint {
             | Endpoint::QueryStreamTo => data_routes::shape(self),
             Endpoint::DispatchMessage => messages::shape_single(),
             Endpoint::DispatchMultiMessage => messages::shape_multi(),
+            Endpoint::OperateProcMulti => procs::shape_multi(),
+            Endpoint::OperateProc => procs::shape_one(),
+            Endpoint::GetProcOperateResult => procs::shape_result(),
+            Endpoint::GetProcStatus => procs::shape_status(),
             _ => Shape::untyped(),
         }
     }

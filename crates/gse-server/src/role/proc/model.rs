@@ -52,10 +52,15 @@ impl EntryState {
 }
 
 /// A finished entry's answer, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = ProcEntryAnswer)]
 pub struct Answer {
+    /// 0 success, 115 still running, 117 agent abnormal (unknown, offline
+    /// or lost), 828 already running, 829 not running, 832 unknown op
+    /// type, 836 not alive after start, 65535 failed.
     pub error_code: i32,
     pub error_msg: String,
+    /// What the agent reported (the operation's output).
     pub content: String,
 }
 
