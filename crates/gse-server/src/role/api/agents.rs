@@ -13,7 +13,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::ApiContext;
-use super::body::{Fields, typed};
+use super::body::{Fields, cloud_id, typed};
 use super::error::{ApiError, quoted};
 use super::openapi::{Shape, answer};
 
@@ -96,21 +96,6 @@ fn check_count(field: &'static str, count: usize, ctx: &ApiContext) -> Result<()
         });
     }
     Ok(())
-}
-
-/// A required cloud id: an integer >= 0.
-pub(super) fn cloud_id(value: Option<serde_json::Number>, path: &str) -> Result<i64, ApiError> {
-    let field = format!("{path}.bk_cloud_id");
-    let Some(n) = value else {
-        return Err(ApiError::MissingField { field });
-    };
-    match n.as_i64() {
-        Some(id) if id >= 0 => Ok(id),
-        _ => Err(ApiError::BadCloudId {
-            field,
-            value: quoted(&n.to_string()),
-        }),
-    }
 }
 
 /// `agent_id_list: [string]` of the v2 calls, each `cloud:ip` or a real id;

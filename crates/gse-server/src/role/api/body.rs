@@ -238,23 +238,19 @@ pub fn entry_str<'a>(entry: &'a Value, path: &str, name: &str) -> Result<&'a str
     }
 }
 
-/// A required cloud id of an array entry: an integer >= 0. A number in a
-/// string (`"0"`) is refused: every client schema says int (COMPAT.md §2).
-pub fn entry_cloud_id(entry: &Value, path: &str) -> Result<i64, ApiError> {
+/// A required cloud id of the entry at `path` (`hosts[2]`): an integer
+/// >= 0. Read as a JSON number, so a number in a string (`"0"`) is refused
+/// by the request's type: every client schema says int (COMPAT.md §2).
+pub fn cloud_id(value: Option<serde_json::Number>, path: &str) -> Result<i64, ApiError> {
     let field = format!("{path}.bk_cloud_id");
-    let value = entry.get("bk_cloud_id").filter(|v| !v.is_null());
-    let Some(value) = value else {
+    let Some(n) = value else {
         return Err(ApiError::MissingField { field });
     };
-    let parsed = match value {
-        Value::Number(n) => n.as_i64(),
-        other => return Err(not_an_integer(field, other)),
-    };
-    match parsed {
+    match n.as_i64() {
         Some(id) if id >= 0 => Ok(id),
         _ => Err(ApiError::BadCloudId {
             field,
-            value: quoted(&value.to_string()),
+            value: quoted(&n.to_string()),
         }),
     }
 }

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
-use super::body::{Fields, typed};
+use super::body::{Fields, cloud_id, typed};
 use super::error::{ApiError, quoted};
 use crate::role::proc::OpRequest;
 
@@ -467,21 +467,6 @@ fn typed_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ApiError
         },
         other => other,
     })
-}
-
-/// A required cloud id of the host at `entry`: an integer >= 0.
-fn cloud_id(n: Option<Number>, entry: &str) -> Result<i64, ApiError> {
-    let field = format!("{entry}.bk_cloud_id");
-    let Some(n) = n else {
-        return Err(ApiError::MissingField { field });
-    };
-    match n.as_i64() {
-        Some(id) if id >= 0 => Ok(id),
-        _ => Err(ApiError::BadCloudId {
-            field,
-            value: quoted(&n.to_string()),
-        }),
-    }
 }
 
 /// An optional integer >= 0 that fits 32 bits, named `path.name`.
