@@ -49,13 +49,23 @@ pub fn validate(path: &str, status: u16, answer: &Value) -> Result<(), Vec<Strin
     } else {
         "default".to_string()
     };
+    // A 200 is the success envelope or the failure one; `result` says
+    // which to hold it to, so that a mismatch is named field by field
+    // rather than as "not valid under any of oneOf".
+    let branch = match answer["result"].as_bool() {
+        Some(true) => 0,
+        _ => 1,
+    };
     let validator = {
         let mut cache = VALIDATORS.lock().unwrap();
         cache
-            .entry((doc_path.clone(), key.clone()))
+            .entry((doc_path.clone(), format!("{key}/{branch}")))
             .or_insert_with(|| {
-                let schema = &responses[&key]["content"]["application/json"]["schema"];
+                let mut schema = &responses[&key]["content"]["application/json"]["schema"];
                 assert!(!schema.is_null(), "{doc_path}: no schema for {key}");
+                if let Some(one_of) = schema["oneOf"].as_array() {
+                    schema = &one_of[branch];
+                }
                 // The response schema, with the document's components
                 // beside it so that `#/components/schemas/...` resolves.
                 let root = json!({
@@ -90,4 +100,35 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_unlike_the_document_is_caught() {
+        let path = "/api/v2/cluster/list_agents/";
+        let good = json!({"result": true, "code": 0, "message": "success",
+            "data": {"total": 0, "agents": []}});
+        assert_eq!(validate(path, 200, &good), Ok(()));
+        // A field of the wrong type, a missing field, a success with a
+        // failure code: each is named.
+        for (bad, at) in [
+            (json!({"result": true, "code": 0, "message": "success",
+                "data": {"total": "0", "agents": []}}), "/data/total"),
+            (json!({"result": true, "code": 0, "message": "success",
+                "data": {"agents": []}}), "/data"),
+            (json!({"result": true, "code": 7, "message": "x", "data": null}), "/code"),
+        ] {
+            let problems = validate(path, 200, &bad).unwrap_err().join("\n");
+            assert!(problems.contains(at), "{at}: {problems}");
+        }
+        // Failures: any data, but the envelope's own fields are required.
+        let failure = json!({"result": false, "code": 1000400, "message": "x", "data": null});
+        assert_eq!(validate(path, 400, &failure), Ok(()));
+        assert!(validate(path, 400, &json!({"result": false})).is_err());
+        // Paths the server does not serve are not checked.
+        assert_eq!(validate("/nope", 404, &json!({})), Ok(()));
+    }
 }

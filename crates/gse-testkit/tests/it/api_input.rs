@@ -58,3 +58,28 @@ async fn a3_auth_and_bad_input_are_clear_errors() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(api.alive(0, "127.0.0.1").await, 0);
 }
+
+/// Issue 13 item 4: a node serves its OpenAPI document without
+/// credentials, and it is the committed `docs/openapi.json`.
+#[tokio::test]
+async fn the_openapi_document_is_served_and_is_the_committed_one() {
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json"),
+    )
+    .expect("docs/openapi.json");
+    for path in ["/api/openapi.json", "/api/bk-gse/prod/api/openapi.json/"] {
+        let (status, text) = server.api.get(path).await.unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(text == committed, "{path}: the served document differs");
+    }
+    let doc: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every path in it answers as the document says (POST for endpoints).
+    let (status, v) = server
+        .api
+        .send("/api/openapi.json", Vec::new(), &[])
+        .await;
+    assert_eq!((status, v["code"].as_i64()), (405, Some(1000405)), "{v}");
+}
