@@ -340,6 +340,11 @@ impl Endpoint {
             Endpoint::ListNodes => nodes::shape(),
             Endpoint::DispatchMessage => messages::shape_single(),
             Endpoint::DispatchMultiMessage => messages::shape_multi(),
+            Endpoint::TransferFile => files::shape_transfer(),
+            Endpoint::GetTransferResult => files::shape_result(),
+            Endpoint::TerminateTransfer => files::shape_terminate(),
+            Endpoint::PushFile => files::shape_push(),
+            Endpoint::GetPushResult => files::shape_push_result(),
             _ => Shape::untyped(),
         }
     }
