@@ -115,11 +115,20 @@ mod tests {
         // A field of the wrong type, a missing field, a success with a
         // failure code: each is named.
         for (bad, at) in [
-            (json!({"result": true, "code": 0, "message": "success",
-                "data": {"total": "0", "agents": []}}), "/data/total"),
-            (json!({"result": true, "code": 0, "message": "success",
-                "data": {"agents": []}}), "/data"),
-            (json!({"result": true, "code": 7, "message": "x", "data": null}), "/code"),
+            (
+                json!({"result": true, "code": 0, "message": "success",
+                "data": {"total": "0", "agents": []}}),
+                "/data/total",
+            ),
+            (
+                json!({"result": true, "code": 0, "message": "success",
+                "data": {"agents": []}}),
+                "/data",
+            ),
+            (
+                json!({"result": true, "code": 7, "message": "x", "data": null}),
+                "/code",
+            ),
         ] {
             let problems = validate(path, 200, &bad).unwrap_err().join("\n");
             assert!(problems.contains(at), "{at}: {problems}");

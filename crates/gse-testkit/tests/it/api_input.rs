@@ -77,9 +77,6 @@ async fn the_openapi_document_is_served_and_is_the_committed_one() {
     let doc: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     // Every path in it answers as the document says (POST for endpoints).
-    let (status, v) = server
-        .api
-        .send("/api/openapi.json", Vec::new(), &[])
-        .await;
+    let (status, v) = server.api.send("/api/openapi.json", Vec::new(), &[]).await;
     assert_eq!((status, v["code"].as_i64()), (405, Some(1000405)), "{v}");
 }

@@ -358,6 +358,11 @@ impl Endpoint {
             Endpoint::OperateProc => procs::shape_one(),
             Endpoint::GetProcOperateResult => procs::shape_result(),
             Endpoint::GetProcStatus => procs::shape_status(),
+            Endpoint::TransferFile => files::shape_transfer(),
+            Endpoint::GetTransferResult => files::shape_result(),
+            Endpoint::TerminateTransfer => files::shape_terminate(),
+            Endpoint::PushFile => files::shape_push(),
+            Endpoint::GetPushResult => files::shape_push_result(),
             _ => Shape::untyped(),
         }
     }

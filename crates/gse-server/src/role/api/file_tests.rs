@@ -223,7 +223,7 @@ async fn bad_requests_name_the_field() {
         ),
         (
             with(job_request(), "/tasks/0/target/permission", json!(true)),
-            "tasks[0].target.permission: expected octal digits",
+            "tasks[0].target.permission: expected octal digits as a number or a string, got boolean `true`",
         ),
         (
             with(job_request(), "/tasks/0/source/store_dir", json!("data")),
@@ -283,11 +283,19 @@ async fn bad_requests_name_the_field() {
         ),
         (
             with(job_request(), "/download_speed", json!("fast")),
-            "download_speed",
+            "download_speed: expected an integer",
+        ),
+        (
+            with(job_request(), "/upload_speed", json!(1.5)),
+            "upload_speed: expected an integer",
+        ),
+        (
+            with(job_request(), "/tasks/0/source/file_type", json!("1")),
+            "tasks[0].source.file_type: expected an integer",
         ),
         (
             with(job_request(), "/auto_mkdir", json!("yes")),
-            "auto_mkdir: expected a boolean",
+            "auto_mkdir: expected a boolean, got string \"yes\"",
         ),
     ];
     for (body, want) in cases {
@@ -450,4 +458,93 @@ fn extensions_parse_into_the_spec() {
             .starts_with("pass_through[0].to_zone: missing")
     );
     assert!(bad("/zone_chain", json!((0..17).map(|i| json!({"zone": format!("z{i}"), "relays": [{"bk_agent_id": "0:1.1.1.1"}]})).collect::<Vec<_>>())).contains("at most 16"));
+}
+
+#[tokio::test]
+async fn null_is_absent_and_poll_errors_name_the_field() {
+    let app = app().await;
+    // Optional fields sent as null count as absent.
+    let mut body = job_request();
+    for (at, value) in [
+        ("/auto_mkdir", json!(null)),
+        ("/timeout_seconds", json!(null)),
+        ("/upload_speed", json!(null)),
+        ("/tasks/0/target/permission", json!(null)),
+        ("/tasks/0/target/owner", json!(null)),
+        ("/tasks/0/source/file_type", json!(null)),
+        ("/tasks/0/target/agents/0/user", json!(null)),
+        ("/tasks/0/source/agent/pwd", json!(12)),
+    ] {
+        body = with(body, at, value);
+    }
+    body["zone_chain"] = json!(null);
+    body["pass_through"] = json!(null);
+    let (_, env) = call(&app, TRANSFER, body).await;
+    assert_eq!(env["code"], 0, "{env}");
+    let task_id = env["data"]["result"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A required field sent as null is missing.
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(job_request(), "/tasks/0/source/store_dir", json!(null)),
+            "tasks[0].source.store_dir: missing",
+        ),
+        (
+            with(job_request(), "/tasks/0/target/agents", json!(null)),
+            "tasks[0].target.agents: missing",
+        ),
+        (
+            with(job_request(), "/tasks/0/target/permission", json!(7.5)),
+            "tasks[0].target.permission: \"7.5\" is not a file mode",
+        ),
+        (
+            with(
+                job_request(),
+                "/tasks/0/target/agents/2/bk_agent_id",
+                json!(9),
+            ),
+            "tasks[0].target.agents[2].bk_agent_id: expected a string, got integer `9`",
+        ),
+        (
+            with(job_request(), "/timeout_seconds", json!(-1)),
+            "timeout_seconds: expected an integer >= 0, got integer `-1`",
+        ),
+    ];
+    for (body, want) in cases {
+        let (status, env) = call(&app, TRANSFER, body).await;
+        let msg = super::tests::bad_request_message(status, &env, want);
+        assert!(msg.starts_with(want), "{want}: {msg}");
+    }
+
+    let polls: Vec<(Value, &str)> = vec![
+        (json!({"task_id": null}), "task_id: missing"),
+        (json!({"task_id": ""}), "task_id: \"\" is not a task id"),
+        (
+            json!({"task_id": 5}),
+            "task_id: expected a string, got integer `5`",
+        ),
+        (
+            json!({"task_id": task_id, "agents": [{"bk_agent_id": "0:10.0.0.2"}, {"bk_agent_id": "nope nope"}]}),
+            "agents[1].bk_agent_id",
+        ),
+        (
+            json!({"task_id": task_id, "agents": [{"bk_agent_id": "0:10.0.0.2", "user": "Root"}]}),
+            "agents[0].user",
+        ),
+    ];
+    for path in [RESULT, TERMINATE] {
+        for (body, want) in &polls {
+            let (status, env) = call(&app, path, body.clone()).await;
+            let msg = super::tests::bad_request_message(status, &env, want);
+            assert!(msg.starts_with(want), "{path} {want}: {msg}");
+        }
+    }
+    // An empty or null agent list means all agents.
+    for agents in [json!([]), json!(null)] {
+        let (_, env) = call(&app, RESULT, json!({"task_id": task_id, "agents": agents})).await;
+        assert_eq!(env["data"]["result"].as_array().unwrap().len(), 4, "{env}");
+    }
 }

@@ -12,12 +12,15 @@ use std::sync::Arc;
 
 use gse_core::seams::state_store::FileEntryRecord;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiContext;
 use super::body::Fields;
 use super::error::ApiError;
-use super::{file_request, task_request};
+use super::file_request::{self, TransferFile, TransferQuery};
+use super::openapi::{Shape, answer};
+use super::push_request::{self, PushFile, PushResultQuery};
 use crate::role::file::FileService;
 
 /// The `protover` of every entry: 2, the protocol without "valuekey".
@@ -27,9 +30,55 @@ fn service(ctx: &ApiContext) -> Result<&Arc<FileService>, ApiError> {
     ctx.files.as_ref().ok_or(ApiError::FilesUnavailable)
 }
 
+pub fn shape_transfer() -> Shape {
+    Shape::of::<TransferFile, FileTaskStarted>()
+}
+
+pub fn shape_result() -> Shape {
+    Shape::of::<TransferQuery, FileResults<'static>>()
+}
+
+pub fn shape_terminate() -> Shape {
+    Shape::of::<TransferQuery, FileTaskStarted>()
+}
+
+pub fn shape_push() -> Shape {
+    Shape::of::<PushFile, FileTaskStarted>()
+}
+
+pub fn shape_push_result() -> Shape {
+    Shape::of::<PushResultQuery, FileResults<'static>>()
+}
+
 /// `data = {"result": {"task_id": ...}}`, the answer of every async call.
-fn task_answer(task_id: &str) -> Value {
-    json!({ "result": { "task_id": task_id } })
+#[derive(Serialize, ToSchema)]
+struct FileTaskStarted {
+    result: FileTaskId,
+}
+
+#[derive(Serialize, ToSchema)]
+struct FileTaskId {
+    /// The transfer's id (`GSETASK:F:...`), to poll or terminate it with.
+    task_id: String,
+}
+
+fn task_answer(task_id: String) -> Result<Value, ApiError> {
+    answer(&FileTaskStarted {
+        result: FileTaskId { task_id },
+    })
+}
+
+/// `data = {"result": [...]}` of both polls: one entry per upload (one per
+/// task) and per download (one per target of a task), in that order.
+#[derive(Serialize, ToSchema)]
+struct FileResults<'a> {
+    result: Vec<FileResult<'a>>,
+}
+
+fn results(entries: &[FileEntryRecord]) -> Result<Value, ApiError> {
+    answer(&FileResults {
+        result: entries.iter().map(FileResult::new).collect(),
+    })
 }
 
 /// `async_transfer_file`, for the app `caller` (pass-throughs are allowed
@@ -43,45 +92,63 @@ pub async fn transfer_file(
     let limits = file_request::Limits::new(ctx.config.max_hosts_per_call, files.config());
     let spec = file_request::transfer(body, &limits)?;
     let task_id = files.start_transfer(spec, caller).await?;
-    Ok(task_answer(&task_id))
+    task_answer(task_id)
 }
 
 /// One entry of `get_transfer_file_result`, as bk-job's
 /// `AtomicFileTaskResult` reads it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct FileResult<'a> {
+    /// 115 while running, 0 done, 126 terminated, else why it failed
+    /// (docs/API.md).
     error_code: i32,
     error_msg: &'a str,
-    content: Content<'a>,
+    content: FileResultContent<'a>,
 }
 
 /// bk-job's `AtomicFileTaskResultContent`, plus our `bytes_p2p`,
 /// `bytes_direct` and `p2p_fallback` (bk-job's Jackson ignores unknown
 /// fields, COMPAT.md §2.0). Times are unix ms, `speed` KB/s, `size` bytes.
-#[derive(Serialize)]
-struct Content<'a> {
+#[derive(Serialize, ToSchema)]
+struct FileResultContent<'a> {
+    /// 0 = upload (the source's side), 1 = download (one target's side).
     mode: u8,
     /// `"upload"` (mode 0) or `"download"` (mode 1), as bk-cmdb and bscp
     /// read it.
+    #[schema(value_type = String, pattern = "^(upload|download)$")]
     r#type: &'static str,
+    /// The source as the caller named it (empty for a content push).
     source_agent_id: &'a str,
     source_container_id: &'a str,
+    /// The source's `store_dir` and `file_name` as sent.
     source_file_dir: &'a str,
     source_file_name: &'a str,
+    /// The target as the caller named it (empty for uploads).
     dest_agent_id: &'a str,
     dest_container_id: &'a str,
     dest_file_dir: &'a str,
     dest_file_name: &'a str,
+    /// 0-100.
     progress: u32,
+    /// KB/s.
     speed: u64,
+    /// Bytes of the task's files.
     size: u64,
+    /// 0 waiting, 1 running, 2 success, 3 timeout, 4 terminated, 5 failed.
     status: i32,
     status_info: &'a str,
+    /// Unix ms; 0 = not yet.
     start_time: u64,
+    /// Unix ms; 0 = not yet.
     end_time: u64,
+    /// Always 2: the protocol without "valuekey".
     protover: u32,
+    /// Downloads: bytes that came from peers.
     bytes_p2p: u64,
+    /// Downloads: bytes that came direct through the node.
     bytes_direct: u64,
+    /// Downloads: why pieces meant for peers went direct through the node,
+    /// as the target reported it; empty when none did.
     p2p_fallback: &'a str,
 }
 
@@ -90,7 +157,7 @@ impl<'a> FileResult<'a> {
         FileResult {
             error_code: e.error_code,
             error_msg: &e.error_msg,
-            content: Content {
+            content: FileResultContent {
                 mode: e.mode,
                 r#type: if e.mode == 0 { "upload" } else { "download" },
                 source_agent_id: &e.source_agent_id,
@@ -119,11 +186,9 @@ impl<'a> FileResult<'a> {
 
 pub async fn get_transfer_result(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let files = service(ctx)?;
-    let task_id = task_request::task_id(body)?;
-    let agents = file_request::agent_names(body, ctx.config.max_hosts_per_call)?;
+    let (task_id, agents) = file_request::query(body, ctx.config.max_hosts_per_call)?;
     let entries = files.results(&task_id, agents.as_deref()).await?;
-    let list: Vec<FileResult<'_>> = entries.iter().map(FileResult::new).collect();
-    Ok(json!({ "result": list }))
+    results(&entries)
 }
 
 /// `async_push_file`: small files given by their content, written by the
@@ -131,25 +196,23 @@ pub async fn get_transfer_result(ctx: &ApiContext, body: &Fields) -> Result<Valu
 /// this node serves the bytes).
 pub async fn push_file(ctx: &ApiContext, caller: &str, body: &Fields) -> Result<Value, ApiError> {
     let files = service(ctx)?;
-    let spec = super::push_request::push(body, ctx.config.max_hosts_per_call)?;
+    let spec = push_request::push(body, ctx.config.max_hosts_per_call)?;
     let task_id = files.start_transfer(spec, caller).await?;
-    Ok(task_answer(&task_id))
+    task_answer(task_id)
 }
 
 /// `async/get_transfer_file_result` (bk-cmdb): `get_transfer_file_result`'s
 /// answer, asked by `agent_id_list`.
 pub async fn get_push_result(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let files = service(ctx)?;
-    let (task_id, agents) = super::push_request::result_query(body, ctx.config.max_hosts_per_call)?;
+    let (task_id, agents) = push_request::result_query(body, ctx.config.max_hosts_per_call)?;
     let entries = files.results(&task_id, agents.as_deref()).await?;
-    let list: Vec<FileResult<'_>> = entries.iter().map(FileResult::new).collect();
-    Ok(json!({ "result": list }))
+    results(&entries)
 }
 
 pub async fn terminate_transfer(ctx: &ApiContext, body: &Fields) -> Result<Value, ApiError> {
     let files = service(ctx)?;
-    let task_id = task_request::task_id(body)?;
-    let agents = file_request::agent_names(body, ctx.config.max_hosts_per_call)?;
+    let (task_id, agents) = file_request::query(body, ctx.config.max_hosts_per_call)?;
     files.terminate(&task_id, agents.as_deref()).await?;
-    Ok(task_answer(&task_id))
+    task_answer(task_id)
 }

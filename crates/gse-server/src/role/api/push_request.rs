@@ -5,6 +5,7 @@
 
 use gse_core::AgentRef;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::body::{Fields, typed};
 use super::error::{ApiError, quoted};
@@ -18,33 +19,50 @@ use crate::role::task::spec::check_store_dir;
 /// configs); bigger files go through `async_transfer_file`.
 pub const MAX_PUSH_BYTES: usize = 1 << 20;
 
-#[derive(Deserialize)]
-struct PushFile {
+/// `async_push_file`: small files given by their content (bk-cmdb's
+/// host identity), written by the named agents.
+#[derive(Deserialize, ToSchema)]
+pub struct PushFile {
+    /// Seconds the push may take; 0 or absent = the configured default.
     #[serde(default)]
     timeout_seconds: u64,
+    /// Create missing target directories.
     #[serde(default)]
     auto_mkdir: bool,
+    /// One entry per file: at least one. All tasks together name at most
+    /// `api.max_hosts_per_call` agents.
     tasks: Vec<PushTask>,
 }
 
-#[derive(Deserialize)]
-struct PushTask {
+/// One file to write, and the agents that write it.
+#[derive(Deserialize, ToSchema)]
+pub struct PushTask {
+    /// The file's name (no directory part).
     file_name: String,
+    /// The absolute directory the file goes to.
     store_dir: String,
-    /// The file's text itself.
+    /// The file's text itself (at most 1 MiB).
     file_content: String,
+    /// `user` or `user:group` owning the file; empty or absent = the
+    /// agent's own user.
     #[serde(default)]
     owner: String,
     /// The file's mode bits, as chmod(2) takes them (bk-cmdb sends Go's
-    /// `0644`, i.e. 420); 0 = 0644.
+    /// `0644`, i.e. 420); at most 4095 (07777); 0 or absent = 0644.
     #[serde(default)]
+    #[schema(maximum = 4095)]
     right: u32,
+    /// The agents that write the file: at least one agent id.
     agent_id_list: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct PushResultQuery {
+/// `async/get_transfer_file_result`.
+#[derive(Deserialize, ToSchema)]
+pub struct PushResultQuery {
+    /// The task id `async_push_file` answered.
     task_id: String,
+    /// The agents asked about (at most `api.max_hosts_per_call`); absent
+    /// or empty = all of them.
     #[serde(default)]
     agent_id_list: Vec<String>,
 }
