@@ -238,9 +238,10 @@ pub fn entry_str<'a>(entry: &'a Value, path: &str, name: &str) -> Result<&'a str
     }
 }
 
-/// A required cloud id of the entry at `path` (`hosts[2]`): an integer
-/// >= 0. Read as a JSON number, so a number in a string (`"0"`) is refused
-/// by the request's type: every client schema says int (COMPAT.md §2).
+/// A required cloud id of the entry at `path` (`hosts[2]`): an integer,
+/// at least 0. Read as a JSON number, so a number in a string (`"0"`) is
+/// refused by the request's type: every client schema says int (COMPAT.md
+/// §2).
 pub fn cloud_id(value: Option<serde_json::Number>, path: &str) -> Result<i64, ApiError> {
     let field = format!("{path}.bk_cloud_id");
     let Some(n) = value else {
