@@ -340,6 +340,9 @@ impl Endpoint {
             Endpoint::ListNodes => nodes::shape(),
             Endpoint::DispatchMessage => messages::shape_single(),
             Endpoint::DispatchMultiMessage => messages::shape_multi(),
+            Endpoint::ExecuteScript => tasks::shape_execute(),
+            Endpoint::GetScriptResult => tasks::shape_result(),
+            Endpoint::TerminateScript => tasks::shape_terminate(),
             _ => Shape::untyped(),
         }
     }
