@@ -168,44 +168,6 @@ fn syntax_reason(e: &serde_json::Error) -> String {
     }
 }
 
-/// A required array field, refused with 413 when it has more than `limit`
-/// entries (checked before any entry is looked at).
-pub fn bounded_array<'a>(
-    fields: &'a Fields,
-    name: &'static str,
-    limit: usize,
-) -> Result<&'a [Value], ApiError> {
-    let value = fields.get(name).ok_or_else(|| ApiError::MissingField {
-        field: name.to_string(),
-    })?;
-    let items = value.as_array().ok_or_else(|| ApiError::WrongType {
-        field: name.to_string(),
-        expected: "an array",
-        got: json_type(value),
-    })?;
-    if items.len() > limit {
-        return Err(ApiError::TooManyEntries {
-            field: name,
-            count: items.len(),
-            limit,
-        });
-    }
-    Ok(items)
-}
-
-/// An optional boolean field; null counts as absent.
-pub fn optional_bool(fields: &Fields, name: &str) -> Result<Option<bool>, ApiError> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::WrongType {
-            field: name.to_string(),
-            expected: "a boolean",
-            got: json_type(other),
-        }),
-    }
-}
-
 /// An optional string field; null counts as absent.
 pub fn optional_str<'a>(fields: &'a Fields, name: &str) -> Result<Option<&'a str>, ApiError> {
     match fields.get(name) {
@@ -213,25 +175,6 @@ pub fn optional_str<'a>(fields: &'a Fields, name: &str) -> Result<Option<&'a str
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(ApiError::WrongType {
             field: name.to_string(),
-            expected: "a string",
-            got: json_type(other),
-        }),
-    }
-}
-
-/// A required string field of an array entry, named `list[index].name`.
-pub fn entry_str<'a>(entry: &'a Value, path: &str, name: &str) -> Result<&'a str, ApiError> {
-    let field = || format!("{path}.{name}");
-    let obj = entry.as_object().ok_or_else(|| ApiError::WrongType {
-        field: path.to_string(),
-        expected: "an object",
-        got: json_type(entry),
-    })?;
-    match obj.get(name) {
-        None | Some(Value::Null) => Err(ApiError::MissingField { field: field() }),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(ApiError::WrongType {
-            field: field(),
             expected: "a string",
             got: json_type(other),
         }),
@@ -253,75 +196,6 @@ pub fn cloud_id(value: Option<serde_json::Number>, path: &str) -> Result<i64, Ap
             field,
             value: quoted(&n.to_string()),
         }),
-    }
-}
-
-/// An optional array field, refused with 413 over `limit` entries; null or
-/// absent is an empty list.
-pub fn optional_array<'a>(
-    fields: &'a Fields,
-    name: &'static str,
-    limit: usize,
-) -> Result<&'a [Value], ApiError> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(_) => bounded_array(fields, name, limit),
-    }
-}
-
-/// An optional string field of an array entry (null counts as absent).
-pub fn entry_opt_str<'a>(
-    entry: &'a Value,
-    path: &str,
-    name: &str,
-) -> Result<Option<&'a str>, ApiError> {
-    match entry.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ApiError::WrongType {
-            field: format!("{path}.{name}"),
-            expected: "a string",
-            got: json_type(other),
-        }),
-    }
-}
-
-/// An optional non-negative integer field of an array entry (or of the
-/// body, with `path` empty). A number in a string is refused.
-pub fn entry_opt_u64(entry: &Value, path: &str, name: &str) -> Result<Option<u64>, ApiError> {
-    let field = || {
-        if path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{path}.{name}")
-        }
-    };
-    let parsed = match entry.get(name) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(other @ (Value::String(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => {
-            return Err(not_an_integer(field(), other));
-        }
-    };
-    match parsed {
-        Some(n) => Ok(Some(n)),
-        None => Err(ApiError::Invalid {
-            field: field(),
-            problem: format!(
-                "{} is not an integer >= 0",
-                quoted(&entry.get(name).map(Value::to_string).unwrap_or_default())
-            ),
-        }),
-    }
-}
-
-/// The error for a field that must be an integer and is not a number at
-/// all (a number in a string included: clients send ints as ints).
-pub fn not_an_integer(field: String, got: &Value) -> ApiError {
-    ApiError::WrongType {
-        field,
-        expected: "an integer",
-        got: json_type(got),
     }
 }
 

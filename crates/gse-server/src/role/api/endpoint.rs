@@ -363,7 +363,9 @@ impl Endpoint {
             Endpoint::TerminateTransfer => files::shape_terminate(),
             Endpoint::PushFile => files::shape_push(),
             Endpoint::GetPushResult => files::shape_push_result(),
-            _ => Shape::untyped(),
+            Endpoint::ExecuteScript => tasks::shape_execute(),
+            Endpoint::GetScriptResult => tasks::shape_result(),
+            Endpoint::TerminateScript => tasks::shape_terminate(),
         }
     }
 

@@ -23,6 +23,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::body::{Fields, typed};
 use super::error::{ApiError, quoted};
+use super::task_request::check_task_id;
 use crate::role::file::FileConfig;
 use crate::role::file::spec::{
     self, AgentName, AgentSpec, FileKind, FileTaskSpec, MAX_ENTRIES, MAX_HOPS, MAX_PASS_THROUGH,
@@ -600,13 +601,7 @@ pub fn query(
     max_hosts: usize,
 ) -> Result<(String, Option<Vec<AgentName>>), ApiError> {
     let q: TransferQuery = typed(body)?;
-    let task_id = required(q.task_id, || "task_id".into())?;
-    if task_id.is_empty() || task_id.len() > MAX_LABEL_BYTES {
-        return Err(invalid(
-            "task_id",
-            format!("{:?} is not a task id", quoted(&task_id)),
-        ));
-    }
+    let task_id = check_task_id(required(q.task_id, || "task_id".into())?)?;
     let items = q.agents.unwrap_or_default();
     bounded(
         &items,

@@ -40,19 +40,6 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// TEMPORARY while the endpoints are being typed: anything.
-    pub fn untyped() -> Shape {
-        Shape {
-            request: ObjectBuilder::new()
-                .schema_type(SchemaType::AnyValue)
-                .into(),
-            answer: ObjectBuilder::new()
-                .schema_type(SchemaType::AnyValue)
-                .into(),
-            components: Vec::new(),
-        }
-    }
-
     /// The shape of an endpoint that reads `Req` and answers `Ans`.
     pub fn of<Req: ToSchema, Ans: ToSchema>() -> Shape {
         let mut components = Vec::new();

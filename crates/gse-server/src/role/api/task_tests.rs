@@ -208,7 +208,7 @@ async fn every_bad_field_is_named() {
         (
             "/atomic_tasks/0/timeout_seconds",
             json!(-1),
-            "atomic_tasks[0].timeout_seconds: -1 is not an integer",
+            "atomic_tasks[0].timeout_seconds: expected an integer >= 0, got integer `-1`",
         ),
         (
             "/atomic_tasks/0/command",
@@ -225,7 +225,46 @@ async fn every_bad_field_is_named() {
             json!([1]),
             "atomic_tasks_relations[0].atomic_task_id_idx: atomic task 1 may only wait",
         ),
-        ("/login_env", json!("yes"), "login_env: expected a boolean"),
+        (
+            "/login_env",
+            json!("yes"),
+            "login_env: expected a boolean, got string \"yes\"",
+        ),
+        (
+            "/atomic_tasks/1/atomic_task_id",
+            json!("1"),
+            "atomic_tasks[1].atomic_task_id: expected an integer >= 0, got string",
+        ),
+        (
+            "/atomic_tasks/0/atomic_task_id",
+            Value::Null,
+            "atomic_tasks[0].atomic_task_id: missing",
+        ),
+        (
+            "/atomic_tasks/0/atomic_task_id",
+            json!(0.5),
+            "atomic_tasks[0].atomic_task_id: expected an integer >= 0, got floating point `0.5`",
+        ),
+        (
+            "/atomic_tasks_relations/0/atomic_task_id",
+            json!(2),
+            "atomic_tasks_relations[0].atomic_task_id: 2 is not an atomic task id",
+        ),
+        (
+            "/atomic_tasks_relations/0/atomic_task_id_idx",
+            json!(["0"]),
+            "atomic_tasks_relations[0].atomic_task_id_idx[0]: expected an integer >= 0, got string",
+        ),
+        (
+            "/scripts/0/script_content",
+            json!(7),
+            "scripts[0].script_content: expected a string, got integer `7`",
+        ),
+        (
+            "/agents/1",
+            json!({"bk_agent_id": "0:10.9.9.9", "bk_container_id": "c".repeat(257)}),
+            "agents[1].bk_container_id: is over 256 bytes",
+        ),
         ("/tag", json!("t".repeat(257)), "tag: is over 256 bytes"),
     ];
     for (pointer, value, want) in cases {
@@ -243,6 +282,99 @@ async fn every_bad_field_is_named() {
     assert_eq!(
         env["message"],
         "atomic_tasks: missing; this field is required"
+    );
+}
+
+#[tokio::test]
+async fn null_counts_as_absent_and_unknown_fields_are_ignored() {
+    let mut body = job_request();
+    for pointer in [
+        "/scripts",
+        "/atomic_tasks_relations",
+        "/windows_interpreter",
+        "/login_env",
+        "/tag",
+        "/agents/0/user",
+        "/atomic_tasks/0/timeout_seconds",
+    ] {
+        *body.pointer_mut(pointer).unwrap() = Value::Null;
+    }
+    // bk-job's pwd and atomicTaskNum, and fields no one reads, of any type.
+    *body.pointer_mut("/agents/0/pwd").unwrap() = json!({"rsa": [1, 2]});
+    body["atomicTaskNum"] = json!("two");
+    body["bk_username"] = json!(7);
+    body["agents"][1]["bk_container_id"] = Value::Null;
+    let (status, env) = call(EXECUTE, body).await;
+    assert_eq!(
+        (status, env["code"].as_i64()),
+        (StatusCode::OK, Some(0)),
+        "{env}"
+    );
+}
+
+#[tokio::test]
+async fn poll_and_terminate_name_the_bad_field() {
+    let agent = |extra: Value| {
+        let mut a = json!({"bk_agent_id": "0:10.0.0.1"});
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        a
+    };
+    let windows: Vec<Value> = (0..101).map(|i| json!({"atomic_task_id": i})).collect();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            RESULT,
+            json!({"task_id": ""}),
+            "task_id: \"\" is not a task id",
+        ),
+        (
+            RESULT,
+            json!({"task_id": "t", "agent_tasks": [agent(json!({})), {"bk_agent_id": "a b"}]}),
+            "agent_tasks[1].bk_agent_id:",
+        ),
+        (
+            RESULT,
+            json!({"task_id": "t", "agent_tasks": [agent(json!({"atomic_tasks": [{"offset": "5"}]}))]}),
+            "agent_tasks[0].atomic_tasks[0].offset: expected an integer >= 0, got string",
+        ),
+        (
+            RESULT,
+            json!({"task_id": "t", "agent_tasks": [agent(json!({"atomic_tasks": windows}))]}),
+            "agent_tasks[0].atomic_tasks: has 101 entries",
+        ),
+        (
+            RESULT,
+            json!({"task_id": "t", "agent_tasks": [agent(json!({"bk_container_id": "c".repeat(257)}))]}),
+            "agent_tasks[0].bk_container_id: is over 256 bytes",
+        ),
+        (
+            TERMINATE,
+            json!({"task_id": "t", "agents": [agent(json!({})), {"bk_container_id": "c"}]}),
+            "agents[1].bk_agent_id: missing",
+        ),
+        (
+            TERMINATE,
+            json!({"task_id": 5}),
+            "task_id: expected a string, got integer `5`",
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (status, env) = call(path, body.clone()).await;
+        let message = super::tests::bad_request_message(status, &env, want);
+        assert!(message.starts_with(want), "{body}: {message}");
+    }
+
+    // More atomic tasks than a task can have is 413, like too many agents.
+    let mut body = job_request();
+    body["atomic_tasks"] = (0..101)
+        .map(|i| json!({"atomic_task_id": i, "command": "true"}))
+        .collect();
+    let (status, env) = call(EXECUTE, body).await;
+    assert_eq!(
+        (status, env["code"].as_i64()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some(1000413)),
+        "{env}"
     );
 }
 
