@@ -70,8 +70,9 @@ pub struct NoFields {}
 /// error names the field path (`agent_message_list[2].content`) and what
 /// was wrong with it.
 pub fn typed<T: serde::de::DeserializeOwned>(fields: &Fields) -> Result<T, ApiError> {
-    let value = Value::Object(fields.clone());
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    // Read from the parsed map in place (serde_json deserializes from a
+    // `&Map`), not from a copy of it.
+    serde_path_to_error::deserialize(fields).map_err(|e| {
         let mut path = e.path().to_string();
         let mut inner = e.into_inner().to_string();
         // An error inside a [`Verbatim`] part carries the rest of its path.
@@ -151,7 +152,7 @@ pub struct Verbatim<T> {
 impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for Verbatim<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = <Map<String, Value> as serde::Deserialize>::deserialize(d)?;
-        let typed = serde_path_to_error::deserialize(Value::Object(raw.clone())).map_err(|e| {
+        let typed = serde_path_to_error::deserialize(&raw).map_err(|e| {
             serde::de::Error::custom(format_args!("{NESTED}{}{NESTED}{}", e.path(), e.inner()))
         })?;
         Ok(Verbatim { raw, typed })

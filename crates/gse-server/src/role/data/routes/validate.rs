@@ -389,16 +389,15 @@ pub fn storage_addresses(section: SinkSection, field: &str) -> Result<Vec<(Strin
 
 /// The addresses of a stored stream_to's mode section, as sinks read them.
 pub fn section_addresses(section: &Map<String, Value>, field: &str) -> Result<Vec<(String, u16)>> {
-    let typed: SinkSection = serde_path_to_error::deserialize(Value::Object(section.clone()))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." {
-                field.to_string()
-            } else {
-                join(field, &path)
-            };
-            RouteError::invalid(at, e.into_inner().to_string())
-        })?;
+    let typed: SinkSection = serde_path_to_error::deserialize(section).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            field.to_string()
+        } else {
+            join(field, &path)
+        };
+        RouteError::invalid(at, e.into_inner().to_string())
+    })?;
     storage_addresses(typed, field)
 }
 
