@@ -6,15 +6,22 @@
 #                                    (ZooKeeper, Redis, iproute2 and nftables for the
 #                                    network-namespace tests, and the tansu Kafka broker,
 #                                    built once into ${GSE_TOOLS_DIR:-~/.cache/gse})
+#   scripts/install-deps.sh --cross  what scripts/cross-build.sh needs: Debian's Rust
+#                                    1.96 with std's source (rustc-web, rust-web-src:
+#                                    cargo builds std for other targets), the MinGW and
+#                                    aarch64 cross compilers, and qemu-user to run the
+#                                    arm64 agent in the platform tests
 set -euo pipefail
 
 want_tests=0
 want_cluster=0
+want_cross=0
 case "${1:-}" in
   --tests) want_tests=1; want_cluster=1 ;;
   --cluster) want_cluster=1 ;;
+  --cross) want_cross=1 ;;
   "") ;;
-  *) echo "usage: $0 [--tests | --cluster]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--tests | --cluster | --cross]" >&2; exit 2 ;;
 esac
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -38,12 +45,31 @@ if [ "$want_tests" = 1 ]; then
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing: ${missing[*]}"
+security_missing=()
+if [ "$want_cross" = 1 ]; then
+  # std's source must match the compiler exactly, so the cross builds use
+  # Debian's compiler and its std source, both from bookworm-security.
+  [ -x /usr/bin/rustc ] && /usr/bin/rustc --version 2>/dev/null | grep -q '^rustc 1\.96' \
+    || security_missing+=(rustc-web cargo-web)
+  [ -d /usr/lib/rustlib/src/rust/library ] || security_missing+=(rust-web-src)
+  command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+  command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+fi
+
+if [ "${#missing[@]}" -gt 0 ] || [ "${#security_missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ "${#security_missing[@]}" -gt 0 ]; then
+    echo "installing from bookworm-security: ${security_missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      -t bookworm-security "${security_missing[@]}" >/dev/null
+  fi
 fi
 
 # tansu: an Apache-Kafka-compatible broker (Rust, crates.io) for the Kafka sink

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --tests
 cargo build --bins --quiet
+# The agent (and proxy) for arm64 and Windows; the platform tests run the
+# arm64 one under qemu.
+scripts/cross-build.sh
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast
 else

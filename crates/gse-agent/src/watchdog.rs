@@ -298,6 +298,9 @@ async fn stop(child: &mut Child, grace: Duration) {
             "the worker did not stop in time; killing it"
         );
     }
+    // Windows has no SIGTERM: the worker is ended at once.
+    #[cfg(not(unix))]
+    let _ = grace;
     let _ = child.kill().await;
 }
 
@@ -339,6 +342,9 @@ pub fn watch_parent(shutdown: tokio_util::sync::CancellationToken) {
             })
             .expect("a thread for the watchdog check");
     }
+    // Without getppid the worker cannot tell; it stops with its service.
+    #[cfg(not(unix))]
+    let _ = shutdown;
 }
 
 #[cfg(test)]

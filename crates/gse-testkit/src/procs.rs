@@ -380,6 +380,9 @@ pub struct AgentOptions {
     /// Directory name under the cluster's, for two agents (two "hosts")
     /// claiming one identity; default `agent-<cloud>-<ip>`.
     pub name: Option<String>,
+    /// The agent binary; default the native `gse-agent` beside the tests
+    /// (a cross-built one runs through a `launcher` such as qemu).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -395,6 +398,7 @@ impl AgentOptions {
             customize: None,
             launcher: Vec::new(),
             name: None,
+            binary: None,
         }
     }
 }
@@ -403,6 +407,7 @@ impl AgentOptions {
 pub struct AgentProc {
     child: Option<Child>,
     launcher: Vec<String>,
+    binary: PathBuf,
     pub ip: IpAddr,
     pub dir: PathBuf,
     pub config_path: PathBuf,
@@ -434,7 +439,12 @@ impl AgentProc {
         }
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, cfg.to_toml()).unwrap();
-        AgentProc::from_config(dir, config_path, opts.ip, opts.launcher.clone())
+        let mut agent = AgentProc::new(dir, config_path, opts.ip, opts.launcher.clone());
+        if let Some(binary) = opts.binary {
+            agent.binary = binary;
+        }
+        agent.spawn();
+        agent
     }
 
     /// An agent on a config file the test wrote itself (e.g. the shipped
@@ -446,16 +456,21 @@ impl AgentProc {
         ip: IpAddr,
         launcher: Vec<String>,
     ) -> AgentProc {
-        let mut agent = AgentProc {
+        let mut agent = AgentProc::new(dir, config_path, ip, launcher);
+        agent.spawn();
+        agent
+    }
+
+    fn new(dir: PathBuf, config_path: PathBuf, ip: IpAddr, launcher: Vec<String>) -> AgentProc {
+        AgentProc {
             child: None,
             launcher,
+            binary: bin("gse-agent"),
             ip,
             log_path: dir.join("agent.log"),
             dir,
             config_path,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     fn spawn(&mut self) {
@@ -464,7 +479,7 @@ impl AgentProc {
             self.log_path.as_path(),
             self.dir.as_path(),
         );
-        self.child = Some(spawn_gse("gse-agent", &self.launcher, files));
+        self.child = Some(spawn_gse(&self.binary, &self.launcher, files));
     }
 
     pub fn pid(&self) -> u32 {
@@ -524,17 +539,18 @@ pub(crate) fn kill_now(child: &mut Option<Child>) {
 /// NS`, when not empty) on `config`, logging at debug level to `log`, its
 /// stderr to `dir/stderr.log`.
 pub(crate) fn spawn_gse(
-    name: &str,
+    binary: &Path,
     launcher: &[String],
     (config, log, dir): (&Path, &Path, &Path),
 ) -> Child {
+    let name = binary.display();
     let mut cmd = match launcher.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
-            c.args(args).arg(bin(name));
+            c.args(args).arg(binary);
             c
         }
-        None => Command::new(bin(name)),
+        None => Command::new(binary),
     };
     cmd.arg("--config")
         .arg(config)

@@ -163,7 +163,7 @@ impl ProxyProc {
             self.log_path.as_path(),
             self.dir.as_path(),
         );
-        self.child = Some(spawn_gse("gse-proxy", &self.launcher, files));
+        self.child = Some(spawn_gse(&crate::bin("gse-proxy"), &self.launcher, files));
     }
 
     pub fn pid(&self) -> u32 {

@@ -50,3 +50,4 @@ mod restart;
 mod t_tasks;
 mod task_api;
 mod w_watchdog;
+mod x_platforms;

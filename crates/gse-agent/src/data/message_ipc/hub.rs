@@ -43,6 +43,7 @@ pub struct Speakers {
 impl Speakers {
     /// Root, the agent's own user and `users` (names or numeric uids);
     /// a name that does not resolve is logged and left out.
+    #[cfg(unix)]
     pub fn resolve(users: &[String]) -> Self {
         let mut uids: HashSet<u32> = [0, nix::unistd::geteuid().as_raw()].into();
         for user in users {
@@ -62,6 +63,13 @@ impl Speakers {
             }
         }
         Speakers { uids }
+    }
+
+    /// Without Unix peer credentials there is no one to admit: nobody may
+    /// speak for a plugin (the message socket is Unix-only).
+    #[cfg(not(unix))]
+    pub fn resolve(_users: &[String]) -> Self {
+        Speakers::default()
     }
 
     /// Root and the agent's own user only.
