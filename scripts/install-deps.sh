@@ -9,8 +9,8 @@
 #   scripts/install-deps.sh --cross  what scripts/cross-build.sh needs: Debian's Rust
 #                                    1.96 with std's source (rustc-web, rust-web-src:
 #                                    cargo builds std for other targets), the MinGW and
-#                                    aarch64 cross compilers, and qemu-user to run the
-#                                    arm64 agent in the platform tests
+#                                    aarch64 cross compilers, and qemu-user and wine to
+#                                    run the arm64 and Windows agents in the platform tests
 set -euo pipefail
 
 want_tests=0
@@ -55,6 +55,7 @@ if [ "$want_cross" = 1 ]; then
   command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || missing+=(gcc-mingw-w64-x86-64)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+  [ -x /usr/lib/wine/wine64 ] || missing+=(wine64)
 fi
 
 if [ "${#missing[@]}" -gt 0 ] || [ "${#security_missing[@]}" -gt 0 ]; then

@@ -3,7 +3,7 @@
 //! native server: it registers, runs a task, receives a file from a native
 //! agent and sends data records a collector writes to its local socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gse_testkit::{AgentOptions, Cluster, ServerOptions, bin};
@@ -18,7 +18,7 @@ use crate::task_api;
 /// (the test command runs it first).
 fn cross_built(triple: &str, name: &str) -> PathBuf {
     // bin() is target/debug/<name>.
-    let target = bin(name)
+    let target = bin("gse-agent")
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
@@ -112,5 +112,109 @@ async fn x1_the_arm64_agent_under_qemu_registers_runs_a_task_receives_a_file_and
     }
     conn.write_all(&buf).await.unwrap();
     wait_all(&sink, &want, Duration::from_secs(60)).await;
+    drop(native);
+}
+
+/// The Windows agent, copied into `dir` with the `bcryptprimitives.dll`
+/// stand-in wine 8 needs (crates/gse-testkit/wine), and the command that
+/// starts it under wine with its own prefix (its C: drive) in `dir`.
+fn windows_agent(dir: &Path) -> (PathBuf, Vec<String>) {
+    let built = cross_built("x86_64-pc-windows-gnu", "gse-agent.exe");
+    std::fs::create_dir_all(dir).unwrap();
+    let exe = dir.join("gse-agent.exe");
+    std::fs::copy(&built, &exe).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("wine");
+    let status = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-O2", "-shared", "-o"])
+        .arg(dir.join("bcryptprimitives.dll"))
+        .arg(src.join("bcryptprimitives.c"))
+        .arg(src.join("bcryptprimitives.def"))
+        .arg("-ladvapi32")
+        .status()
+        .expect("x86_64-w64-mingw32-gcc (scripts/install-deps.sh --cross)");
+    assert!(status.success(), "building the bcryptprimitives stand-in");
+    let launcher = vec![
+        "env".into(),
+        format!("WINEPREFIX={}", dir.join("prefix").display()),
+        "WINEDEBUG=-all".into(),
+        "/usr/lib/wine/wine64".into(),
+    ];
+    (exe, launcher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x2_the_windows_agent_under_wine_runs_commands_and_bat_scripts_and_receives_files() {
+    let cluster = Cluster::new();
+    let server = cluster.server(ServerOptions::default()).await;
+    let wine = cluster.path.join("wine");
+    let (exe, launcher) = windows_agent(&wine);
+    let mut opts = AgentOptions::ip("127.0.14.3");
+    opts.binary = Some(exe);
+    opts.launcher = launcher;
+    let _agent = cluster.agent(&server, opts);
+    let native = cluster.agent(&server, AgentOptions::ip("127.0.14.4"));
+    let api = &server.api;
+    api.wait_alive("127.0.14.3").await;
+    api.wait_alive("127.0.14.4").await;
+    let (_, v) = api.post("/api/v2/cluster/list_agents", json!({})).await;
+    let me = v["data"]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ip"] == "127.0.14.3")
+        .cloned()
+        .unwrap();
+    assert_eq!(me["os_type"], "windows", "{me}");
+
+    // A command through cmd: its output and exit code.
+    let targets = ["0:127.0.14.3"];
+    let task = task_api::start(api, &targets, "echo hello& exit 3", json!({})).await;
+    let done = task_api::wait_final(api, &task, &targets, Duration::from_secs(120)).await;
+    assert_eq!(done[0]["screen"], "hello\r\n", "{}", done[0]);
+    assert_eq!(done[0]["script_exit_code"], 3, "{}", done[0]);
+
+    // A .bat script written to C:\ first, then run with an argument.
+    let scripts = json!([{
+        "script_name": "probe.bat",
+        "script_store_dir": "C:\\gse-scripts",
+        "script_content": "@echo off\r\necho bat says %1\r\nexit /b 7\r\n",
+    }]);
+    let task = task_api::start(
+        api,
+        &targets,
+        "C:\\gse-scripts\\probe.bat hi",
+        json!({"scripts": scripts}),
+    )
+    .await;
+    let done = task_api::wait_final(api, &task, &targets, Duration::from_secs(120)).await;
+    assert_eq!(done[0]["screen"], "bat says hi\r\n", "{}", done[0]);
+    assert_eq!(done[0]["script_exit_code"], 7, "{}", done[0]);
+    assert!(
+        wine.join("prefix/drive_c/gse-scripts/probe.bat").is_file(),
+        "the script is on C:"
+    );
+
+    // A file from the native agent into a C:\ directory.
+    let src = cluster.path.join("src");
+    let content = noise(1 << 20, 15);
+    write_file(&src.join("setup.cfg"), &content, 0o644);
+    let id = f_files::start(
+        api,
+        vec![json!({
+            "source": {"file_name": "setup.cfg", "store_dir": src,
+                       "agent": {"bk_agent_id": "0:127.0.14.4"}},
+            "target": {"file_name": "", "store_dir": "C:\\gse-in",
+                       "agents": [{"bk_agent_id": "0:127.0.14.3"}]},
+        })],
+        json!({}),
+    )
+    .await;
+    let results = f_files::wait_final(api, &id, 2, Duration::from_secs(120)).await;
+    assert!(
+        results.iter().all(|e| f_files::code(e) == 0),
+        "{results:#?}"
+    );
+    let got = std::fs::read(wine.join("prefix/drive_c/gse-in/setup.cfg")).unwrap();
+    assert!(got == content, "the file arrived changed");
     drop(native);
 }
