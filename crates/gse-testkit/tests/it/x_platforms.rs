@@ -133,12 +133,26 @@ fn windows_agent(dir: &Path) -> (PathBuf, Vec<String>) {
         .status()
         .expect("x86_64-w64-mingw32-gcc (scripts/install-deps.sh --cross)");
     assert!(status.success(), "building the bcryptprimitives stand-in");
-    let launcher = vec![
+    let launcher: Vec<String> = vec![
         "env".into(),
         format!("WINEPREFIX={}", dir.join("prefix").display()),
         "WINEDEBUG=-all".into(),
         "/usr/lib/wine/wine64".into(),
     ];
+    // Make the prefix now (wine's first start takes seconds, longer on a
+    // busy machine), so the agent's own start is not what waits for it.
+    let out = std::process::Command::new(&launcher[0])
+        .args(&launcher[1..])
+        .arg(&exe)
+        .arg("--version")
+        .output()
+        .expect("wine64 (scripts/install-deps.sh --cross)");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("gse-agent "),
+        "the Windows agent does not start under wine: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (exe, launcher)
 }
 
